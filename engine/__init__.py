@@ -1,0 +1,29 @@
+"""SpecAR engine: speculative decoding for autoregressive image models, in plain PyTorch.
+
+    from engine import load_model, generate, Conditioning, JacobiDrafts
+    model = load_model("path/to/model")
+    result = generate(model, Conditioning.classes([3]), draft=JacobiDrafts(window=16))
+    images = model.decode(result.tokens)
+
+The engine never imports ComfyUI; the nodes and the ``specar`` CLI are its callers.
+"""
+
+from .drafts.base import DecodeState, DraftSource, StepOutcome
+from .drafts.drafter import DrafterModelDrafts
+from .drafts.jacobi import JacobiDrafts
+from .errors import CheckpointError, IncompatibleDrafterError, SettingsError, SpecARError
+from .loop import generate
+from .models.base import ImageTokenModel, ModelOutput
+from .models.registry import load_model, resolve_device, resolve_dtype
+from .policies import AcceptancePolicy, ExactPolicy, make_policy
+from .types import Conditioning, DraftBlock, GenerationResult, SamplingSettings, StepEvent, TokenKind, Verdict
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AcceptancePolicy", "CheckpointError", "Conditioning", "DecodeState", "DraftBlock", "DraftSource",
+    "DrafterModelDrafts", "ExactPolicy", "GenerationResult", "ImageTokenModel", "IncompatibleDrafterError",
+    "JacobiDrafts", "ModelOutput", "SamplingSettings", "SettingsError", "SpecARError", "StepEvent",
+    "StepOutcome", "TokenKind", "Verdict", "generate", "load_model", "make_policy", "resolve_device",
+    "resolve_dtype",
+]

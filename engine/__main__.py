@@ -1,0 +1,5 @@
+"""``python -m engine`` is the ``specar`` command."""
+
+from .cli import main
+
+raise SystemExit(main())

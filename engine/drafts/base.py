@@ -1,0 +1,72 @@
+"""The draft-source plug-in interface and the state the loop shares with it."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import torch
+
+from ..models.base import ImageTokenModel
+from ..sampling import DistributionProcessor
+from ..types import Conditioning, DraftBlock, Verdict
+
+
+@dataclass
+class DecodeState:
+    """The generation in progress, as draft sources may read it (never write it)."""
+
+    model: ImageTokenModel  # the target
+    cond: Conditioning
+    guided: bool
+    processor: DistributionProcessor  # the target's; drafts use the same settings
+    generator: torch.Generator
+    tokens: torch.Tensor  # [B, N + 1] committed tokens (column N is scratch), on the model's device
+    committed: torch.Tensor  # [B] long on the host: tokens committed per row
+    max_drafts: int  # the most drafts any unfinished row can still use this step
+
+    @property
+    def batch(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def num_tokens(self) -> int:
+        return self.model.num_image_tokens
+
+
+@dataclass
+class StepOutcome:
+    """What one target forward decided, handed back to the draft source."""
+
+    block: DraftBlock
+    verdict: Verdict
+    p: torch.Tensor  # [B, n + 1, V] processed target distributions of the forward
+    hidden: torch.Tensor  # [R, n + 1, D] target hidden states of the forward
+    committed_before: torch.Tensor  # [B] host, committed tokens before this step
+
+
+class DraftSource(ABC):
+    """Proposes draft blocks; keeps whatever state it needs between target forwards."""
+
+    name: str = "draft"
+
+    def __init__(self) -> None:
+        self.forwards = 0  # forwards of a separate drafter network, if any
+        self.seconds = 0.0  # time spent in them
+
+    def begin(self, state: DecodeState) -> None:
+        """Called once after the target's prefill committed token 0."""
+
+    @abstractmethod
+    def propose(self, state: DecodeState) -> DraftBlock:
+        """Drafts for positions ``committed[b], committed[b] + 1, ...`` (at most ``state.max_drafts``)."""
+
+    def observe(self, state: DecodeState, outcome: StepOutcome) -> None:
+        """Called after every verified block, once ``state`` holds the newly committed tokens."""
+
+    def end(self) -> None:
+        """Release per-generation state (caches)."""
+
+
+def chain(tokens: torch.Tensor, q: torch.Tensor) -> DraftBlock:
+    return DraftBlock(tokens, q, list(range(-1, tokens.shape[1] - 1)))

@@ -1,0 +1,24 @@
+"""Errors the engine raises on bad input.
+
+Every error a user can cause (a wrong file, an impossible setting, a drafter that does not fit the
+target) is a :class:`SpecARError` with a message that names the problem and, where possible, the
+fix. Callers (CLI, ComfyUI nodes) show the message as is instead of a torch traceback.
+"""
+
+from __future__ import annotations
+
+
+class SpecARError(ValueError):
+    """Base class for user-facing engine errors."""
+
+
+class CheckpointError(SpecARError):
+    """A checkpoint is missing, unreadable, corrupt, or not the layout we expected."""
+
+
+class SettingsError(SpecARError):
+    """A sampling or decoding setting is out of range or contradicts another one."""
+
+
+class IncompatibleDrafterError(SpecARError):
+    """A drafter cannot draft for this target (vocabulary, grid or conditioning differ)."""

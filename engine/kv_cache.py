@@ -1,0 +1,136 @@
+"""A key/value cache with its own length per row, for our own-code transformers.
+
+Speculative decoding appends a block of k tokens, then keeps only what was accepted, and every
+row of the batch may accept a different number. The cache therefore stores one length per row
+(the two CFG halves of an image share it), writes each row's block at that row's offset, and
+rolls back by lowering lengths: no copy. Trees keep their accepted path with :meth:`compact`.
+
+Buffers are preallocated and grown geometrically; attention only reads up to the longest row.
+Lengths live on the host because the loop already knows them there (it syncs once per forward),
+so planning a forward never waits for the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionPlan:
+    """Where one forward's k new tokens go and what each of them may attend to."""
+
+    write_slots: torch.Tensor  # [R, k] long, cache slot of each new token
+    uniform_start: int | None  # the common start slot when every row has the same length
+    read_length: int  # slots [0, read_length) are read by attention
+    mask: torch.Tensor  # [R, 1, k, read_length] bool, True = may attend
+
+
+class RaggedKVCache:
+    """Per-layer K/V buffers ``[R, heads, capacity, head_dim]`` with a length per row."""
+
+    def __init__(self, n_layers: int, rows: int, n_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device, capacity: int = 256) -> None:
+        self.n_layers, self.rows, self.n_kv_heads, self.head_dim = n_layers, rows, n_kv_heads, head_dim
+        self.dtype, self.device = dtype, device
+        self.capacity = 0
+        self.k: list[torch.Tensor] = []
+        self.v: list[torch.Tensor] = []
+        self.key_valid = torch.zeros(rows, 0, dtype=torch.bool, device=device)
+        self.lengths = torch.zeros(rows, dtype=torch.long)  # host copy, the source of truth
+        self._plan: AttentionPlan | None = None
+        self._grow(capacity)
+
+    def _grow(self, needed: int) -> None:
+        if needed <= self.capacity:
+            return
+        new_cap = max(needed, int(self.capacity * 1.5) + 16)
+        shape = (self.rows, self.n_kv_heads, new_cap, self.head_dim)
+        old_k, old_v, old_valid = self.k, self.v, self.key_valid
+        self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
+        self.v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
+        self.key_valid = torch.ones(self.rows, new_cap, dtype=torch.bool, device=self.device)
+        if self.capacity:
+            for new, old in zip(self.k + self.v, old_k + old_v):
+                new[:, :, : self.capacity] = old
+            self.key_valid[:, : self.capacity] = old_valid
+        self.capacity = new_cap
+
+    def plan(self, k: int, allowed: torch.Tensor | None = None,
+             key_valid_new: torch.Tensor | None = None) -> AttentionPlan:
+        """Prepare a forward of ``k`` new tokens per row and advance every row's length by ``k``.
+
+        ``allowed[i, j]`` says whether new token i may attend to new token j (a tree mask);
+        ``None`` means causal. ``key_valid_new [R, k]`` marks new slots that no other token may
+        attend to (padding in a condition); a token may always attend to itself.
+        """
+        lengths = self.lengths
+        longest = int(lengths.max())
+        self._grow(longest + k)
+        read_length = longest + k
+        dev = self.device
+        lengths_dev = lengths.to(dev)
+        offsets = torch.arange(k, device=dev)
+        write_slots = lengths_dev[:, None] + offsets[None, :]
+        if key_valid_new is not None:
+            self.key_valid.scatter_(1, write_slots, key_valid_new.to(dev))
+        else:
+            self.key_valid.scatter_(1, write_slots, True)
+        if allowed is None:
+            allowed = torch.ones(k, k, dtype=torch.bool, device=dev).tril_()
+        slots = torch.arange(read_length, device=dev)
+        rel = slots[None, :] - lengths_dev[:, None]  # [R, L]: index inside the new block
+        in_block = (rel >= 0) & (rel < k)
+        relc = rel.clamp(0, max(k - 1, 0))
+        valid = self.key_valid[:, :read_length]
+        in_prefix = (rel < 0) & valid  # [R, L]
+        block_ok = allowed.to(dev)[:, relc].permute(1, 0, 2)  # [R, k, L]
+        is_self = relc[:, None, :] == offsets[None, :, None]
+        block_ok = block_ok & in_block[:, None, :] & (valid[:, None, :] | is_self)
+        mask = (in_prefix[:, None, :] | block_ok).unsqueeze(1)
+        uniform = int(lengths.min()) == longest
+        plan = AttentionPlan(write_slots, longest if uniform else None, read_length, mask)
+        self.lengths = lengths + k
+        self._plan = plan
+        return plan
+
+    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write this layer's new keys/values ``[R, H, k, D]``; return what attention reads."""
+        plan = self._plan
+        assert plan is not None, "plan() must be called before a forward"
+        kb, vb = self.k[layer], self.v[layer]
+        if plan.uniform_start is not None:
+            s = plan.uniform_start
+            kb[:, :, s : s + k_new.shape[2]] = k_new
+            vb[:, :, s : s + v_new.shape[2]] = v_new
+        else:
+            idx = plan.write_slots[:, None, :, None].expand(-1, kb.shape[1], -1, kb.shape[3])
+            kb.scatter_(2, idx, k_new.to(kb.dtype))
+            vb.scatter_(2, idx, v_new.to(vb.dtype))
+        return kb[:, :, : plan.read_length], vb[:, :, : plan.read_length]
+
+    def truncate(self, lengths: torch.Tensor) -> None:
+        """Keep the first ``lengths[r]`` slots of every row (a rollback; nothing is copied)."""
+        lengths = lengths.to("cpu", torch.long)
+        if bool((lengths > self.lengths).any()):
+            raise ValueError("truncate() can only shorten rows")
+        self.lengths = lengths.clone()
+
+    def compact(self, start: torch.Tensor, keep: torch.Tensor, counts: torch.Tensor) -> None:
+        """Move slots ``start[r] + keep[r, i]`` to ``start[r] + i`` for ``i < counts[r]``.
+
+        Used after a tree verification: ``start`` is each row's length before the tree forward and
+        ``keep`` the (increasing) block indices of the nodes on the accepted path. Afterwards every
+        row's length is ``start + counts``.
+        """
+        start_dev = start.to(self.device)
+        keep = keep.to(self.device).clamp_min(0)
+        src = start_dev[:, None] + keep
+        dst = start_dev[:, None] + torch.arange(keep.shape[1], device=self.device)[None, :]
+        for buf in self.k + self.v:
+            H, D = buf.shape[1], buf.shape[3]
+            moved = buf.gather(2, src[:, None, :, None].expand(-1, H, -1, D))
+            buf.scatter_(2, dst[:, None, :, None].expand(-1, H, -1, D), moved)
+        self.key_valid.scatter_(1, dst, self.key_valid.gather(1, src))
+        self.lengths = start.to("cpu", torch.long) + counts.to("cpu", torch.long)

@@ -1,0 +1,183 @@
+"""The one decoding loop: any draft source, any acceptance policy; plain AR is no draft source.
+
+    prefill -> token 0
+    until every row has all its tokens:
+        the draft source proposes a block (chain or tree)
+        one target forward over [pending token, block]
+        the processor turns logits into p; the policy's verdict picks the accepted path
+        the cache keeps the pending token and the accepted path; tokens are committed
+        the draft source sees the outcome; the observer sees the step (and may stop it)
+
+Rows advance independently (each keeps its own cache length); a row that is done rides along
+until the others finish, and nothing it computes is kept. The loop syncs with the device once
+per target forward, to learn how far each row advanced.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from .drafts.base import DecodeState, DraftSource, StepOutcome
+from .models.base import ImageTokenModel
+from .policies import AcceptancePolicy, ExactPolicy
+from .sampling import DistributionProcessor, make_generator, sample
+from .types import Conditioning, DraftBlock, GenerationResult, SamplingSettings, StepEvent, TokenKind, Verdict
+from .verify import tree_attention, tree_layout, verify_chain, verify_tree
+
+Observer = Callable[[StepEvent], "bool | None"]
+"""Called after every target forward; returning ``False`` stops the generation early."""
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class _Clock:
+    """Wall time inside model forwards (synchronising first on GPUs when ``precise``)."""
+
+    def __init__(self, device: torch.device, precise: bool) -> None:
+        self.device, self.precise, self.seconds = device, precise, 0.0
+
+    def run(self, call: Callable[[], object]) -> object:
+        if self.precise:
+            _sync(self.device)
+        start = time.perf_counter()
+        out = call()
+        if self.precise:
+            _sync(self.device)
+        self.seconds += time.perf_counter() - start
+        return out
+
+
+def _block_inputs(block: DraftBlock, pending: torch.Tensor, start: torch.Tensor, last: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Inputs, input positions, tree mask and node positions for one target forward.
+
+    ``start [B]`` is the pending token's position; positions past the image (rows that are done)
+    are clamped, as their outputs are discarded.
+    """
+    inputs = torch.cat([pending, block.tokens], dim=1)
+    if block.is_chain:
+        offsets = torch.arange(block.size + 1, device=pending.device)
+        mask = None
+    else:
+        _, depth = tree_layout(block.parents)
+        offsets = torch.tensor([0] + depth, device=pending.device)
+        mask = tree_attention(block.parents).to(pending.device)
+    positions = (start[:, None] + offsets[None, :]).clamp(max=last)
+    return inputs, positions, mask, positions[:, 1:]
+
+
+@torch.inference_mode()
+def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSettings | None = None,
+             draft: DraftSource | None = None, policy: AcceptancePolicy | None = None,
+             observer: Observer | None = None, precise_timing: bool = False) -> GenerationResult:
+    """Generate ``cond.batch_size`` images' tokens with ``model`` as the target.
+
+    ``draft=None`` is plain autoregressive decoding; ``policy`` defaults to lossless acceptance.
+    ``precise_timing`` synchronises the GPU around model calls so the time split between model
+    and loop is exact (benchmarks); it costs a little speed.
+    """
+    settings = settings or model.default_settings
+    policy = policy or ExactPolicy()
+    model.check_conditioning(cond)
+    B, N, dev = cond.batch_size, model.num_image_tokens, model.device
+    generator = make_generator(settings.seed, dev)
+    processor = DistributionProcessor(settings, model.constrain)
+    clock = _Clock(dev, precise_timing)
+    tokens = torch.zeros(B, N + 1, dtype=torch.long, device=dev)  # column N: scratch for rows that are done
+    kinds = torch.full((B, N + 1), -1, dtype=torch.int8, device=dev)
+    forward_index = torch.full((B, N + 1), -1, dtype=torch.int32, device=dev)
+    started = time.perf_counter()
+
+    out = clock.run(lambda: model.prefill(cond, settings.uses_cfg))
+    p0 = processor(out.logits, torch.zeros(B, 1, dtype=torch.long, device=dev))  # type: ignore[attr-defined]
+    tokens[:, 0] = sample(p0[:, 0], generator)
+    kinds[:, 0] = int(TokenKind.PLAIN)
+    forward_index[:, 0] = 0
+    committed = torch.ones(B, dtype=torch.long)
+    state = DecodeState(model, cond, settings.uses_cfg, processor, generator, tokens, committed, N - 2)
+    target_forwards, drafted, accepted_total, finished = 1, 0, 0, True
+
+    def notify() -> bool:
+        if observer is None:
+            return True
+        event = StepEvent(target_forwards - 1, tokens[:, :N], committed.clone(), kinds[:, :N], target_forwards, N)
+        return observer(event) is not False
+
+    try:
+        if draft is not None:
+            draft.begin(state)
+        keep_going = notify()
+        while keep_going and int(committed.min()) < N:
+            remaining = N - committed
+            done = remaining == 0
+            state.max_drafts = int(remaining.max()) - 1
+            block = draft.propose(state) if draft is not None else DraftBlock.empty(B, model.vocab_size, dev)
+            committed_dev = committed.to(dev)
+            pending = tokens.gather(1, (committed_dev - 1)[:, None])
+            inputs, positions, mask, node_positions = _block_inputs(block, pending, committed_dev - 1, N - 1)
+            out = clock.run(lambda: model.forward(inputs, positions, mask))
+            p = processor(out.logits, (positions + 1).clamp(max=N - 1))  # type: ignore[attr-defined]
+            limit = (remaining - 1).clamp(min=0).to(dev)
+            verify = verify_chain if block.is_chain else verify_tree
+            verdict = verify(policy, p, block, node_positions, limit, generator)
+
+            accepted = verdict.accepted.cpu()  # the one host sync of the step
+            accepted = torch.where(done, 0, accepted)
+            kept = torch.where(done, 0, 1 + accepted)  # pending token + accepted nodes
+            cached_before = committed - 1
+            if block.is_chain:
+                model.truncate(cached_before + kept)
+            else:
+                keep = torch.cat([torch.zeros(B, 1, dtype=torch.long, device=dev), 1 + verdict.path.clamp(min=0)], 1)
+                model.compact(keep, kept)
+
+            _commit(tokens, kinds, forward_index, block, verdict, committed_dev, done.to(dev), target_forwards, N)
+            examined = accepted + (verdict.next_kind.cpu() == int(TokenKind.CORRECTED)).long()
+            drafted += int(examined[~done].sum())
+            accepted_total += int(accepted.sum())
+            committed_before = committed
+            committed = torch.where(done, committed, committed + 1 + accepted)
+            state.committed = committed
+            target_forwards += 1
+            if draft is not None:
+                draft.observe(state, StepOutcome(block, verdict, p, out.hidden, committed_before))  # type: ignore[attr-defined]
+            keep_going = notify()
+        finished = bool(int(committed.min()) >= N)
+    finally:
+        if draft is not None:
+            draft.end()
+        model.release()
+    _sync(dev)
+    wall = time.perf_counter() - started
+    return GenerationResult(
+        tokens=tokens[:, :N].cpu(), kinds=kinds[:, :N].cpu(), forward_index=forward_index[:, :N].cpu(),
+        committed=committed.clone(), target_forwards=target_forwards,
+        drafter_forwards=draft.forwards if draft is not None else 0, drafted=drafted, accepted=accepted_total,
+        wall_seconds=wall, model_seconds=clock.seconds + (draft.seconds if draft is not None else 0.0),
+        finished=finished,
+    )
+
+
+def _commit(tokens: torch.Tensor, kinds: torch.Tensor, forward_index: torch.Tensor, block: DraftBlock,
+            verdict: Verdict, committed: torch.Tensor, done: torch.Tensor, step: int, N: int) -> None:
+    """Write each row's accepted path and next token at its committed offset (done rows: nowhere)."""
+    B = tokens.shape[0]
+    depth = verdict.path.shape[1]
+    offsets = torch.arange(depth + 1, device=tokens.device)[None, :]
+    path_tokens = block.tokens.gather(1, verdict.path.clamp(min=0)) if depth else tokens[:, :0]
+    filler = torch.zeros(B, 1, dtype=torch.long, device=tokens.device)
+    acc = verdict.accepted[:, None]
+    new_tokens = torch.where(offsets < acc, torch.cat([path_tokens, filler], 1), verdict.next_token[:, None])
+    new_kinds = torch.where(offsets < acc, int(TokenKind.ACCEPTED), verdict.next_kind[:, None]).to(torch.int8)
+    target = committed[:, None] + offsets
+    writable = (offsets <= acc) & ~done[:, None] & (target < N)
+    target = torch.where(writable, target, N)
+    tokens.scatter_(1, target, torch.where(writable, new_tokens, tokens.gather(1, target)))
+    kinds.scatter_(1, target, torch.where(writable, new_kinds, kinds.gather(1, target)))
+    forward_index.scatter_(1, target, torch.where(writable, step, forward_index.gather(1, target)).to(torch.int32))

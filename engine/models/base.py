@@ -1,0 +1,119 @@
+"""The model adapter: everything the loop needs from an image-token model, and nothing more.
+
+An adapter owns the network, its KV cache and its pixel decoder, and hides what is specific to
+one family: how the unconditional half of the CFG batch is built, where structural tokens go, how
+positions map onto its rotary table. The loop, draft sources and policies see only this class.
+
+Rows: with guidance the adapter runs a paired batch ``[cond rows; uncond rows]`` of ``2B`` rows
+and returns raw logits in that order; the distribution processor combines them. Both halves
+always receive the same tokens and are rolled back together.
+
+Positions are image-token indices: an input token at position ``t`` is image token ``t`` and its
+output row predicts token ``t + 1``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..types import Conditioning, SamplingSettings
+
+
+@dataclass
+class ModelOutput:
+    logits: torch.Tensor  # [R, k, V] float32 raw logits, cond rows then uncond rows
+    hidden: torch.Tensor  # [R, k, D] last-layer hidden states (after the final norm)
+
+
+class PixelDecoder(Protocol):
+    """Turns image codes into pixels and exposes the code vectors (for latent-proximity policies)."""
+
+    def codebook_vectors(self, codes: torch.Tensor) -> torch.Tensor:
+        """Latent vector of every code in ``codes`` (any shape) -> ``[..., C]``."""
+
+    def decode(self, codes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        """Codes ``[B, h*w]`` in raster order -> float images ``[B, 3, H, W]`` in [-1, 1]."""
+
+
+class ImageTokenModel(ABC):
+    """Adapter protocol for discrete-token AR image models (target or drafter)."""
+
+    name: str
+    vocab_size: int
+    grid: tuple[int, int]
+    hidden_size: int
+    default_settings: SamplingSettings
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def conditioning_kind(self) -> str:
+        """``"class"``, ``"prompt"`` or ``"caption"``: what :class:`Conditioning` field it reads."""
+        return "class"
+
+    @property
+    def num_classes(self) -> int | None:
+        """Number of classes for class-conditional models, else ``None``."""
+        return None
+
+    def describe(self) -> str:
+        return f"{self.name} ({self.grid[0]}x{self.grid[1]} tokens, vocab {self.vocab_size})"
+
+    @abstractmethod
+    def prefill(self, cond: Conditioning, guided: bool) -> ModelOutput:
+        """Start a new generation: reset the cache, run the condition, and return the outputs
+        ``[R, 1, ...]`` whose logits predict image token 0. ``guided`` adds the unconditional half."""
+
+    @abstractmethod
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
+                tree_mask: torch.Tensor | None = None) -> ModelOutput:
+        """Append ``tokens [B, k]`` at ``positions [B, k]`` to the cache and return their outputs.
+
+        ``tree_mask [k, k]`` (bool) says which new tokens each new token may attend to
+        (ancestors and itself); ``None`` is causal.
+        """
+
+    @abstractmethod
+    def cached_lengths(self) -> torch.Tensor:
+        """Image tokens held in the cache per image, ``[B]`` on the host."""
+
+    @abstractmethod
+    def truncate(self, lengths: torch.Tensor) -> None:
+        """Roll the cache back to ``lengths[b]`` image tokens per image (both CFG halves)."""
+
+    @abstractmethod
+    def compact(self, keep: torch.Tensor, counts: torch.Tensor) -> None:
+        """After a tree forward, keep block nodes ``keep[b, :counts[b]]`` (increasing) right after
+        the tokens cached before that forward, and drop the rest of the block."""
+
+    def constrain(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Model-specific restrictions of guided logits ``[B, k, V]`` predicting ``positions``."""
+        return logits
+
+    @abstractmethod
+    def latent(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codebook vectors of ``codes`` (what latent-proximity relaxations compare)."""
+
+    @abstractmethod
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes ``[B, N]`` -> ``uint8`` images ``[B, H, W, 3]`` on the CPU."""
+
+    def check_conditioning(self, cond: Conditioning) -> None:
+        """Raise :class:`~engine.errors.SettingsError` if ``cond`` cannot drive this model."""
+
+    def release(self) -> None:
+        """Free the cache (models stay loaded); called when a generation ends."""
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Float images ``[B, 3, H, W]`` in [-1, 1] -> ``uint8 [B, H, W, 3]`` on the CPU."""
+    pixels = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous().cpu()

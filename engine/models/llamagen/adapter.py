@@ -1,0 +1,140 @@
+"""Adapter that runs a LlamaGen :class:`GPT` behind the engine's model protocol."""
+
+from __future__ import annotations
+
+import torch
+
+from ...errors import SettingsError
+from ...kv_cache import RaggedKVCache
+from ...types import Conditioning, SamplingSettings
+from ..base import ImageTokenModel, ModelOutput, PixelDecoder, to_uint8
+from .gpt import GPT, default_capacity
+
+C2I_DEFAULTS = SamplingSettings(cfg_scale=4.0, temperature=1.0, top_k=2000, top_p=1.0)
+T2I_DEFAULTS = SamplingSettings(cfg_scale=7.5, temperature=1.0, top_k=1000, top_p=1.0)
+
+
+class LlamaGenModel(ImageTokenModel):
+    """LlamaGen c2i or t2i with the paired CFG batch of ``generate.py``.
+
+    c2i: the unconditional half uses the null class (row ``num_classes`` of the class table).
+    t2i: captions arrive as text-encoder features ``[B, T, C]`` with a mask; the unconditional
+    half uses the stored null caption, and the caption mask hides padded condition slots from
+    both halves (each slot still sees itself), as LlamaGen does.
+    """
+
+    def __init__(self, gpt: GPT, decoder: PixelDecoder | None, name: str = "llamagen",
+                 default_settings: SamplingSettings | None = None) -> None:
+        self.gpt = gpt.eval()
+        self.cfg = gpt.cfg
+        self.decoder = decoder
+        self.name = name
+        self.vocab_size = self.cfg.vocab_size
+        self.grid = (self.cfg.grid_size, self.cfg.grid_size)
+        self.hidden_size = self.cfg.dim
+        param = next(gpt.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        if default_settings is None:
+            default_settings = C2I_DEFAULTS if self.cfg.model_type == "c2i" else T2I_DEFAULTS
+        self.default_settings = default_settings
+        self.cache: RaggedKVCache | None = None
+        self.batch = 0
+        self.guided = False
+        self._block_start = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def conditioning_kind(self) -> str:
+        return "class" if self.cfg.model_type == "c2i" else "caption"
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.cfg.num_classes if self.cfg.model_type == "c2i" else None
+
+    def check_conditioning(self, cond: Conditioning) -> None:
+        if self.cfg.model_type == "c2i":
+            if cond.class_ids is None:
+                raise SettingsError(f"{self.name} is class-conditional: give class ids, not prompts or captions")
+            bad = [c for c in cond.class_ids if not 0 <= c < self.cfg.num_classes]
+            if bad:
+                raise SettingsError(f"class id {bad[0]} is out of range for {self.name}: valid ids are 0..{self.cfg.num_classes - 1}")
+        else:
+            if cond.caption_embeddings is None:
+                raise SettingsError(f"{self.name} is text-conditional: give caption embeddings (a prompt through a text encoder)")
+            emb = cond.caption_embeddings
+            if emb.dim() != 3 or emb.shape[1] != self.cfg.cls_token_num or emb.shape[2] != self.cfg.caption_dim:
+                raise SettingsError(
+                    f"caption embeddings must be [B, {self.cfg.cls_token_num}, {self.cfg.caption_dim}], got {list(emb.shape)}")
+
+    # -- cache ------------------------------------------------------------------------------------
+
+    def _rows(self, per_image: torch.Tensor) -> torch.Tensor:
+        """Repeat a per-image tensor for both CFG halves."""
+        return torch.cat([per_image, per_image]) if self.guided else per_image
+
+    @torch.inference_mode()
+    def prefill(self, cond: Conditioning, guided: bool) -> ModelOutput:
+        self.check_conditioning(cond)
+        self.batch, self.guided = cond.batch_size, guided
+        rows = 2 * self.batch if guided else self.batch
+        self.cache = self.gpt.new_cache(rows, default_capacity(self.cfg))
+        key_valid = None
+        if self.cfg.model_type == "c2i":
+            ids = torch.tensor(cond.class_ids, dtype=torch.long, device=self.device)
+            if guided:
+                ids = torch.cat([ids, torch.full_like(ids, self.cfg.num_classes)])
+            h = self.gpt.cls_embedding(ids)
+        else:
+            emb = cond.caption_embeddings.to(self.device, self.dtype)  # type: ignore[union-attr]
+            mask = cond.caption_mask
+            mask = torch.ones(emb.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
+            mask = mask.to(self.device)
+            if guided:
+                null = self.gpt.cls_embedding.uncond_embedding.to(self.dtype).expand_as(emb)
+                emb, mask = torch.cat([emb, null]), torch.cat([mask, mask])
+            h = self.gpt.cls_embedding(emb)
+            key_valid = mask
+        slots = torch.arange(self.cfg.cls_token_num, device=self.device).expand(rows, -1)
+        self.cache.plan(self.cfg.cls_token_num, key_valid_new=key_valid)
+        hidden = self.gpt.run_layers(h, slots, self.cache)[:, -1:]
+        return ModelOutput(self.gpt.logits(hidden), hidden)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
+                tree_mask: torch.Tensor | None = None) -> ModelOutput:
+        assert self.cache is not None, "prefill() first"
+        self._block_start = self.cache.lengths.clone()
+        tokens = self._rows(tokens.to(self.device))
+        slots = self._rows(positions.to(self.device)) + self.cfg.cls_token_num
+        self.cache.plan(tokens.shape[1], allowed=tree_mask)
+        hidden = self.gpt.run_layers(self.gpt.tok_embeddings(tokens), slots, self.cache)
+        return ModelOutput(self.gpt.logits(hidden), hidden)
+
+    def cached_lengths(self) -> torch.Tensor:
+        assert self.cache is not None
+        return self.cache.lengths[: self.batch] - self.cfg.cls_token_num
+
+    def truncate(self, lengths: torch.Tensor) -> None:
+        assert self.cache is not None
+        self.cache.truncate(self._rows(lengths.cpu()) + self.cfg.cls_token_num)
+
+    def compact(self, keep: torch.Tensor, counts: torch.Tensor) -> None:
+        assert self.cache is not None
+        self.cache.compact(self._block_start, self._rows(keep), self._rows(counts.cpu()))
+
+    def release(self) -> None:
+        self.cache = None
+
+    # -- pixels -----------------------------------------------------------------------------------
+
+    def _require_decoder(self) -> PixelDecoder:
+        if self.decoder is None:
+            raise SettingsError(f"{self.name} was loaded without a VQ decoder, so it cannot make pixels or code vectors")
+        return self.decoder
+
+    @torch.inference_mode()
+    def latent(self, codes: torch.Tensor) -> torch.Tensor:
+        return self._require_decoder().codebook_vectors(codes)
+
+    @torch.inference_mode()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        return to_uint8(self._require_decoder().decode(codes, self.grid))

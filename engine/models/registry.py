@@ -1,0 +1,106 @@
+"""From a name or a path to a ready model adapter.
+
+A path may be a weights file or a model directory. A directory holds the weights, optionally a
+``config.json`` (``{"family": "llamagen", "n_head": ..., "image_size": ...}``) and, for VQ
+models, the tokenizer (a file whose name starts with ``vq``). The family is read from the config
+or recognised from the weights.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import CheckpointError, SettingsError
+from .base import ImageTokenModel
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` -> CUDA if present, else Apple MPS, else CPU."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError as exc:
+        raise SettingsError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from exc
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise SettingsError("device cuda was asked for but this PyTorch sees no CUDA GPU (use --device cpu or auto)")
+    return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """``auto`` -> bfloat16 on GPUs that support it, float32 elsewhere."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
+             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    if dtype == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in names:
+        raise SettingsError(f"unknown dtype {dtype!r} (use auto, fp32, bf16 or fp16)")
+    return names[dtype]
+
+
+def _weights_in(directory: Path) -> tuple[Path, Path | None]:
+    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES)
+    vq = [p for p in files if p.name.lower().startswith("vq")]
+    main = [p for p in files if p not in vq]
+    if not main:
+        raise CheckpointError(f"{directory} holds no model weights ({', '.join(WEIGHT_SUFFIXES)})")
+    if len(main) > 1:
+        raise CheckpointError(f"{directory} holds several weight files ({', '.join(p.name for p in main)}); keep one per model directory")
+    return main[0], (vq[0] if vq else None)
+
+
+def load_llamagen(path: str | Path, vq_path: str | Path | None = None, device: str | torch.device = "auto",
+                  dtype: str | torch.dtype = "auto", name: str | None = None) -> ImageTokenModel:
+    """A LlamaGen GPT (file or directory) with its VQ16 decoder, ready on ``device``."""
+    from .llamagen.adapter import LlamaGenModel
+    from .llamagen.checkpoint import read_config_json, read_gpt
+    from .vq16 import load_vq16
+
+    path = Path(path)
+    hints: dict[str, object] = {}
+    if path.is_dir():
+        hints = read_config_json(path)
+        weights, found_vq = _weights_in(path)
+        vq_path = vq_path or found_vq
+    elif path.is_file():
+        weights = path
+        hints = read_config_json(path.parent) if (path.parent / "config.json").is_file() else {}
+    else:
+        raise CheckpointError(f"model not found: {path}")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    gpt = read_gpt(weights, hints).to(dev, dt)
+    gpt.reset_rope()
+    decoder = load_vq16(vq_path, device=dev, dtype=torch.float32) if vq_path else None
+    return LlamaGenModel(gpt, decoder, name=name or path.stem)
+
+
+def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+               vq_path: str | Path | None = None) -> ImageTokenModel:
+    """Load a model by path. Families are recognised from ``config.json`` or from the weights."""
+    path = Path(spec)
+    if not path.exists():
+        raise CheckpointError(f"model {str(spec)!r} not found (give a weights file or a model directory)")
+    family = "llamagen"
+    config = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    if config.is_file():
+        from ..checkpoints import read_json
+
+        family = str(read_json(config).get("family", family))
+    if family != "llamagen":
+        raise CheckpointError(f"{path}: model family {family!r} is not supported yet (supported: llamagen)")
+    return load_llamagen(path, vq_path, device, dtype)

@@ -1,0 +1,37 @@
+"""Lossless speculative sampling (Leviathan et al. 2023, arXiv 2211.17192; Chen et al. 2023,
+arXiv 2302.01318).
+
+Accept ``x ~ q`` with probability ``min(1, p(x)/q(x))``; after a rejection draw from
+``norm(max(0, p - q))``. The emitted token is then distributed exactly as ``p``, whatever ``q``
+is. Point-mass drafts (one-hot ``q``) reduce to accepting with ``p(x)`` and removing ``x`` from
+``p`` on rejection, and under greedy settings (``p`` one-hot on the argmax) the rule accepts a
+draft exactly when it equals the target's argmax.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..sampling import residual
+from .base import AcceptancePolicy, PolicyContext
+
+Q_FLOOR = 1e-10  # a drafted token always has q(x) > 0; the floor only guards the division
+
+
+def token_probs(dist: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``dist[..., tokens]``: the probability of each token under its own row."""
+    return dist.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+class ExactPolicy(AcceptancePolicy):
+    name = "exact"
+    lossless = True
+
+    def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
+                   ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        ratio = token_probs(p, tokens) / token_probs(q, tokens).clamp_min(Q_FLOOR)
+        return ratio.clamp_max(1.0), {}
+
+    def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
+                 ctx: PolicyContext) -> torch.Tensor:
+        return residual(p, q)

@@ -1,0 +1,106 @@
+"""The distribution processor and the samplers built on it.
+
+One processor turns raw model logits into the distribution a token is drawn from, for the target
+and for every draft alike, so the ``q`` an acceptance test divides by is exactly the distribution
+the draft was sampled from. All work is in float32 on the logits' device, vectorised over batch
+and block positions.
+
+Order: classifier-free guidance, then the model's constraints (image-vocabulary restriction,
+forced structural tokens), then temperature, top-k, top-p, softmax. Constraints come straight
+after guidance, as in Lumina-mGPT's processor list: masking before guidance would give
+``-inf - -inf = nan``, and masking after top-k could leave no allowed token at all.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .types import SamplingSettings
+
+Constraint = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+"""``constrain(logits [B, k, V], positions [B, k]) -> logits``; positions are the image-token
+indices being predicted. Returns logits with disallowed entries set to ``-inf``."""
+
+NEG_INF = float("-inf")
+
+
+class DistributionProcessor:
+    """CFG -> constraints -> temperature -> top-k -> top-p -> softmax, in float32."""
+
+    def __init__(self, settings: SamplingSettings, constrain: Constraint | None = None) -> None:
+        self.settings = settings
+        self.constrain = constrain
+
+    def guide(self, logits: torch.Tensor) -> torch.Tensor:
+        """Combine the paired batch ``[cond rows; uncond rows]`` into guided logits ``[B, k, V]``."""
+        logits = logits.float()
+        if not self.settings.uses_cfg:
+            return logits
+        cond, uncond = logits.chunk(2, dim=0)
+        return uncond + self.settings.cfg_scale * (cond - uncond)
+
+    def __call__(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Processed probabilities ``[B, k, V]`` for raw model logits ``[R, k, V]``."""
+        guided = self.guide(logits)
+        if self.constrain is not None:
+            guided = self.constrain(guided, positions)
+        return self.finish(guided)
+
+    def finish(self, logits: torch.Tensor) -> torch.Tensor:
+        """Temperature, top-k, top-p and softmax of already guided and constrained logits."""
+        s = self.settings
+        if s.greedy:
+            return point_mass(logits.argmax(dim=-1), logits.shape[-1])
+        logits = logits / s.temperature
+        if s.top_k and s.top_k < logits.shape[-1]:
+            kth = torch.topk(logits, s.top_k, dim=-1).values[..., -1:]
+            logits = logits.masked_fill(logits < kth, NEG_INF)
+        if s.top_p < 1.0:
+            logits = _nucleus(logits, s.top_p)
+        return torch.softmax(logits, dim=-1)
+
+
+def _nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose mass reaches ``top_p`` (always at least the top one)."""
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits, dim=-1)
+    mass_before = probs.cumsum(dim=-1) - probs
+    drop_sorted = mass_before >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, NEG_INF)
+
+
+def point_mass(tokens: torch.Tensor, vocab: int) -> torch.Tensor:
+    """One-hot float32 distributions for ``tokens`` (any shape) over ``vocab`` entries."""
+    out = torch.zeros(*tokens.shape, vocab, dtype=torch.float32, device=tokens.device)
+    return out.scatter_(-1, tokens.unsqueeze(-1), 1.0)
+
+
+def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Draw one token per distribution in ``probs [..., V]`` (exponential race: exact, no host sync).
+
+    ``argmax_i p_i / E_i`` with ``E_i ~ Exp(1)`` picks ``i`` with probability ``p_i``; zero-mass
+    entries can never win.
+    """
+    race = torch.empty_like(probs).exponential_(generator=generator)
+    return (probs / race).argmax(dim=-1)
+
+
+def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``norm(max(0, p - q))`` along the last axis, falling back to ``p`` where that is all zero.
+
+    This is the distribution a correction is drawn from after a draft drawn from ``q`` was
+    rejected; with a one-hot ``q`` it is ``p`` with the rejected token removed.
+    """
+    r = (p - q).clamp_min_(0.0)
+    mass = r.sum(dim=-1, keepdim=True)
+    return torch.where(mass > 1e-12, r / mass.clamp_min(1e-30), p)
+
+
+def make_generator(seed: int, device: torch.device | str) -> torch.Generator:
+    """A generator on ``device`` seeded with ``seed``: same seed, same settings, same image."""
+    gen = torch.Generator(device=torch.device(device))
+    gen.manual_seed(int(seed))
+    return gen

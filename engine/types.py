@@ -1,0 +1,217 @@
+"""Small data classes that cross module borders.
+
+The loop, the model adapters, the draft sources and the acceptance policies only talk to each
+other through these types, so each plug-in can be read (and replaced) on its own.
+
+Shapes use ``B`` for images in the batch, ``n`` for drafted tokens in one block, ``V`` for the
+vocabulary the model's head produces and ``N`` for image tokens per image.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from .errors import SettingsError
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How the target's logits become a distribution, and the seed of the whole run.
+
+    ``greedy`` turns every distribution into a point mass on its argmax, which makes every
+    lossless method reproduce plain greedy decoding token for token.
+    """
+
+    cfg_scale: float = 1.0
+    temperature: float = 1.0
+    top_k: int = 0  # 0: no top-k
+    top_p: float = 1.0  # 1.0: no nucleus filtering
+    greedy: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cfg_scale < 0:
+            raise SettingsError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if not self.greedy and self.temperature <= 0:
+            raise SettingsError(
+                f"temperature must be > 0 when sampling, got {self.temperature} "
+                "(use greedy decoding for temperature 0)"
+            )
+        if self.top_k < 0:
+            raise SettingsError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise SettingsError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def uses_cfg(self) -> bool:
+        """Classifier-free guidance needs the unconditional half of the batch only when scale != 1."""
+        return self.cfg_scale != 1.0
+
+    def with_(self, **changes: object) -> "SamplingSettings":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Conditioning:
+    """What the target is asked to draw, one entry per image in the batch.
+
+    Exactly one kind is set: ``class_ids`` for class-conditional models, ``prompts`` for models
+    that tokenise text themselves, or ``caption_embeddings`` (with ``caption_mask``) for models
+    conditioned on precomputed text-encoder features such as LlamaGen t2i.
+    """
+
+    class_ids: tuple[int, ...] | None = None
+    prompts: tuple[str, ...] | None = None
+    caption_embeddings: torch.Tensor | None = None  # [B, T, C]
+    caption_mask: torch.Tensor | None = None  # [B, T] bool, True = real token
+
+    def __post_init__(self) -> None:
+        kinds = [k for k in ("class_ids", "prompts", "caption_embeddings") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise SettingsError(f"Conditioning needs exactly one of class_ids, prompts, caption_embeddings; got {kinds or 'none'}")
+
+    @property
+    def batch_size(self) -> int:
+        if self.class_ids is not None:
+            return len(self.class_ids)
+        if self.prompts is not None:
+            return len(self.prompts)
+        assert self.caption_embeddings is not None
+        return int(self.caption_embeddings.shape[0])
+
+    @staticmethod
+    def classes(class_ids: list[int] | tuple[int, ...]) -> "Conditioning":
+        return Conditioning(class_ids=tuple(int(c) for c in class_ids))
+
+
+@dataclass
+class DraftBlock:
+    """Tokens a draft source proposes for one target forward.
+
+    ``parents[i]`` is the index of node ``i``'s parent inside the block, or -1 when its parent is
+    the last committed token; a chain is ``[-1, 0, 1, ...]``. The same tree shape is used for
+    every row of the batch. ``q[b, i]`` is the full processed distribution that ``tokens[b, i]``
+    was drawn from; point-mass drafts (random or spatial initialisation) store a one-hot row, and
+    the uniform convention stores ``1/V`` everywhere, so one acceptance rule covers all of them.
+    """
+
+    tokens: torch.Tensor  # [B, n] long
+    q: torch.Tensor  # [B, n, V] float32
+    parents: list[int]
+
+    @property
+    def size(self) -> int:
+        return int(self.tokens.shape[1])
+
+    @property
+    def is_chain(self) -> bool:
+        return all(p == i - 1 for i, p in enumerate(self.parents))
+
+    @staticmethod
+    def empty(batch: int, vocab: int, device: torch.device) -> "DraftBlock":
+        return DraftBlock(
+            tokens=torch.zeros(batch, 0, dtype=torch.long, device=device),
+            q=torch.zeros(batch, 0, vocab, dtype=torch.float32, device=device),
+            parents=[],
+        )
+
+    def truncated(self, n: int) -> "DraftBlock":
+        """The first ``n`` nodes (valid for chains, and for trees stored in parent-first order)."""
+        return DraftBlock(self.tokens[:, :n], self.q[:, :n], self.parents[:n])
+
+
+@dataclass
+class Verdict:
+    """An acceptance policy's decision for one block, per row of the batch.
+
+    ``path[b, :accepted[b]]`` are the block indices of the accepted nodes (for a chain simply
+    0, 1, ...). ``next_token`` is the token the target emitted after them, drawn from
+    ``next_dist``: a correction after a rejection, or a bonus token when nothing on the path was
+    rejected; ``next_kind`` says which (a :class:`TokenKind`). ``diagnostics`` holds per-node
+    quantities a policy decided on (for heatmaps).
+    """
+
+    accepted: torch.Tensor  # [B] long
+    path: torch.Tensor  # [B, depth] long, block indices of accepted nodes, padded with -1
+    next_token: torch.Tensor  # [B] long
+    next_dist: torch.Tensor  # [B, V] float32
+    next_kind: torch.Tensor  # [B] long TokenKind of next_token
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class TokenKind(enum.IntEnum):
+    """How a committed token came to be; the heatmap colours cells by this."""
+
+    PLAIN = 0  # sampled by the target with no draft offered at this position
+    ACCEPTED = 1  # a draft token that the policy accepted
+    CORRECTED = 2  # drawn by the target after the draft at this position was rejected
+    BONUS = 3  # drawn by the target after every draft of the block was accepted
+
+
+@dataclass
+class StepEvent:
+    """What an observer sees after every target forward."""
+
+    step: int  # index of the target forward that just ran (0 = prefill)
+    tokens: torch.Tensor  # [B, N] committed tokens so far (undefined past ``committed``)
+    committed: torch.Tensor  # [B] how many tokens each row has committed
+    kinds: torch.Tensor  # [B, N] TokenKind codes, -1 where nothing is committed yet
+    target_forwards: int
+    total_tokens: int  # number of image tokens per image
+
+    @property
+    def tokens_per_forward(self) -> float:
+        return float(self.committed.float().mean()) / max(self.target_forwards, 1)
+
+
+@dataclass
+class GenerationResult:
+    """Tokens and bookkeeping of one call of :func:`engine.generate`.
+
+    ``forward_index[b, t]`` is the target forward that committed token ``t`` of image ``b`` and
+    ``kinds[b, t]`` how it was committed; together they are the data behind the heatmaps.
+    """
+
+    tokens: torch.Tensor  # [B, N] long (cpu)
+    kinds: torch.Tensor  # [B, N] int8 TokenKind
+    forward_index: torch.Tensor  # [B, N] int32
+    committed: torch.Tensor  # [B] tokens committed per row (N unless interrupted)
+    target_forwards: int
+    drafter_forwards: int
+    drafted: int  # draft tokens examined by the policy, over all rows
+    accepted: int  # of those, accepted
+    wall_seconds: float
+    model_seconds: float  # time inside target and drafter forwards
+    finished: bool = True
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.tokens.shape[0])
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Step compression: image tokens per target forward, averaged over the batch."""
+        return float(self.committed.float().mean()) / max(self.target_forwards, 1)
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    def stats(self) -> dict[str, object]:
+        """The JSON-ready summary the CLI writes with ``--stats``."""
+        return {
+            "tokens": self.tokens.tolist(),
+            "target_forwards": self.target_forwards,
+            "drafter_forwards": self.drafter_forwards,
+            "tokens_per_forward": round(self.tokens_per_forward, 4),
+            "acceptance_rate": round(self.acceptance_rate, 4),
+            "drafted": self.drafted,
+            "accepted": self.accepted,
+            "wall_seconds": round(self.wall_seconds, 4),
+            "model_seconds": round(self.model_seconds, 4),
+            "finished": self.finished,
+        }
