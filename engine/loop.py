@@ -20,6 +20,7 @@ from typing import Callable
 
 import torch
 
+from .errors import SettingsError
 from .drafts.base import DecodeState, DraftSource, StepOutcome
 from .models.base import ImageTokenModel
 from .policies import AcceptancePolicy, ExactPolicy
@@ -75,12 +76,15 @@ def _block_inputs(block: DraftBlock, pending: torch.Tensor, start: torch.Tensor,
 @torch.inference_mode()
 def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSettings | None = None,
              draft: DraftSource | None = None, policy: AcceptancePolicy | None = None,
-             observer: Observer | None = None, precise_timing: bool = False) -> GenerationResult:
+             observer: Observer | None = None, precise_timing: bool = False,
+             prefix: torch.Tensor | None = None) -> GenerationResult:
     """Generate ``cond.batch_size`` images' tokens with ``model`` as the target.
 
     ``draft=None`` is plain autoregressive decoding; ``policy`` defaults to lossless acceptance.
     ``precise_timing`` synchronises the GPU around model calls so the time split between model
-    and loop is exact (benchmarks); it costs a little speed.
+    and loop is exact (benchmarks); it costs a little speed. ``prefix [B, P]`` fixes the first
+    ``P`` tokens (continuing an interrupted image, or pinning a context in tests); they are
+    read in one extra target forward.
     """
     settings = settings or model.default_settings
     policy = policy or ExactPolicy()
@@ -100,8 +104,18 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
     kinds[:, 0] = int(TokenKind.PLAIN)
     forward_index[:, 0] = 0
     committed = torch.ones(B, dtype=torch.long)
-    state = DecodeState(model, cond, settings.uses_cfg, processor, generator, tokens, committed, N - 2)
     target_forwards, drafted, accepted_total, finished = 1, 0, 0, True
+    if prefix is not None and prefix.shape[1] > 0:
+        P = _check_prefix(prefix, B, N, model.vocab_size)
+        tokens[:, :P] = prefix.to(dev)
+        kinds[:, :P] = int(TokenKind.PLAIN)
+        forward_index[:, :P] = 0
+        committed.fill_(P)
+        if P > 1:
+            positions = torch.arange(P - 1, device=dev).expand(B, -1)
+            clock.run(lambda: model.forward(tokens[:, : P - 1], positions))
+            target_forwards += 1
+    state = DecodeState(model, cond, settings.uses_cfg, processor, generator, tokens, committed, N - 2)
 
     def notify() -> bool:
         if observer is None:
@@ -162,6 +176,14 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
         wall_seconds=wall, model_seconds=clock.seconds + (draft.seconds if draft is not None else 0.0),
         finished=finished,
     )
+
+
+def _check_prefix(prefix: torch.Tensor, batch: int, total: int, vocab: int) -> int:
+    if prefix.dim() != 2 or prefix.shape[0] != batch or not 0 < prefix.shape[1] < total:
+        raise SettingsError(f"prefix must be [batch={batch}, P] with 0 < P < {total}, got {list(prefix.shape)}")
+    if int(prefix.min()) < 0 or int(prefix.max()) >= vocab:
+        raise SettingsError(f"prefix tokens must lie in 0..{vocab - 1}")
+    return int(prefix.shape[1])
 
 
 def _commit(tokens: torch.Tensor, kinds: torch.Tensor, forward_index: torch.Tensor, block: DraftBlock,

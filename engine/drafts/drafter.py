@@ -50,6 +50,10 @@ class DrafterModelDrafts(DraftSource):
         check_drafter_fits(state.model, self.drafter)
         self.processor = DistributionProcessor(state.processor.settings, self.drafter.constrain)
         self._timed(lambda: self.drafter.prefill(state.cond, state.guided))
+        known = int(state.committed.min()) - 1  # a fixed prefix: read it now, as the target did
+        if known > 0:
+            positions = torch.arange(known, device=state.tokens.device).expand(state.batch, -1)
+            self._timed(lambda: self.drafter.forward(state.tokens[:, :known], positions))
 
     def _timed(self, call):  # type: ignore[no-untyped-def]
         start = time.perf_counter()

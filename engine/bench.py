@@ -1,0 +1,179 @@
+"""Benchmarks: plain AR and speculative methods on the same images and seeds, in one process.
+
+Every method decodes the same calls (same conditioning, same seed per call), after a short
+warm-up of its own, with precise timing, so wall-time ratios compare like with like on one
+machine in one run. Rows keep their :class:`GenerationResult` objects, so quality metrics and
+Pareto sweeps can build on a run without decoding again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from .drafts.base import DraftSource
+from .drafts.drafter import DrafterModelDrafts, check_drafter_fits
+from .drafts.jacobi import JacobiDrafts
+from .errors import SettingsError
+from .loop import generate
+from .models.base import ImageTokenModel
+from .policies import make_policy
+from .types import Conditioning, GenerationResult, SamplingSettings, StepEvent
+
+# Jacobi variants by method name: (initialisation of new window slots, MC-SJD coupling).
+JACOBI_METHODS: dict[str, tuple[str, bool]] = {
+    "jacobi": ("random", False),
+    "jacobi-row": ("row_above", False),
+    "mcsjd": ("random", True),
+    "mcsjd-row": ("row_above", True),
+}
+METHODS: dict[str, str] = {
+    "ar": "plain autoregressive decoding, one token per target forward (the baseline)",
+    "jacobi": "speculative Jacobi decoding, random initialisation of new window slots",
+    "jacobi-row": "speculative Jacobi decoding, new slots start as the token one grid row above",
+    "mcsjd": "MC-SJD: Jacobi decoding with coupled resampling, random initialisation",
+    "mcsjd-row": "MC-SJD with row-above initialisation",
+    "drafter": "a separate small drafter model proposes tokens",
+}
+WARMUP_FORWARDS = 8  # enough to run every kernel shape once (prefill, blocks, drafter) without a whole image
+
+ConditionFn = Callable[[Sequence[int]], Conditioning]
+"""Conditioning for the images with these indices (so every method draws the same images)."""
+
+
+@dataclass(frozen=True)
+class MethodOptions:
+    """Knobs shared by the methods: Jacobi window, drafter gamma, Jacobi ``q`` convention, policy."""
+
+    window: int = 16
+    gamma: int = 4
+    q_init: str = "one_hot"
+    policy: str = "exact"
+
+
+def method_name(draft: str, init: str = "random", coupling: bool = False) -> str:
+    """The benchmark name of a ``generate`` configuration (``none`` -> ``ar``, ``model`` -> ``drafter``)."""
+    if draft == "none":
+        return "ar"
+    if draft == "model":
+        return "drafter"
+    return next(name for name, variant in JACOBI_METHODS.items() if variant == (init, coupling))
+
+
+def make_draft(method: str, options: MethodOptions, drafter: ImageTokenModel | None = None) -> DraftSource | None:
+    """A fresh draft source for ``method`` (``None`` for plain AR); draft sources hold per-call state."""
+    if method == "ar":
+        return None
+    if method == "drafter":
+        if drafter is None:
+            raise SettingsError("method 'drafter' needs a drafter model (give --drafter PATH)")
+        return DrafterModelDrafts(drafter, options.gamma)
+    if method not in JACOBI_METHODS:
+        raise SettingsError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
+    init, coupling = JACOBI_METHODS[method]
+    return JacobiDrafts(options.window, init, options.q_init, coupling)
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"jacobi, mcsjd"`` -> ``["ar", "jacobi", "mcsjd"]``: AR always runs first, as the baseline."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in METHODS]
+    if unknown:
+        raise SettingsError(f"unknown method {unknown[0]!r}; available: {', '.join(METHODS)}")
+    return list(dict.fromkeys(["ar", *names]))
+
+
+@dataclass
+class BenchRow:
+    """One method's numbers. Forward counts are per generate call: a forward serves the whole batch."""
+
+    method: str
+    images: int
+    calls: int
+    target_forwards_per_image: float  # mean of result.target_forwards over calls
+    tokens_per_forward: float
+    acceptance_rate: float | None  # None for plain AR (nothing drafted)
+    drafter_forwards_per_image: float  # mean of result.drafter_forwards over calls
+    seconds_per_image: float
+    speedup: float  # AR seconds per image / this method's, same run
+    loop_overhead: float  # share of wall time outside model forwards
+    results: list[GenerationResult] = field(default_factory=list, repr=False, compare=False)
+
+    def to_dict(self) -> dict[str, object]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "results"}
+
+
+def plan_calls(images: int, batch: int, settings: SamplingSettings) -> list[tuple[list[int], SamplingSettings]]:
+    """Image indices and settings of every call: call starting at image ``i`` uses seed ``seed + i``."""
+    if images < 1 or batch < 1:
+        raise SettingsError(f"images and batch must be >= 1, got images={images}, batch={batch}")
+    return [(list(range(start, min(start + batch, images))), settings.with_(seed=settings.seed + start))
+            for start in range(0, images, batch)]
+
+
+def _stop_after(forwards: int) -> Callable[[StepEvent], bool]:
+    return lambda event: event.target_forwards < forwards
+
+
+def run_method(model: ImageTokenModel, method: str, conditions: ConditionFn,
+               calls: list[tuple[list[int], SamplingSettings]], options: MethodOptions,
+               drafter: ImageTokenModel | None = None, warmup: bool = True) -> list[GenerationResult]:
+    """Warm up briefly, then run every call of the plan with ``method``; precise timing."""
+    def one(indices: list[int], settings: SamplingSettings, observer: Callable[[StepEvent], bool] | None = None
+            ) -> GenerationResult:
+        return generate(model, conditions(indices), settings, make_draft(method, options, drafter),
+                        make_policy(options.policy), observer, precise_timing=True)
+
+    if warmup:
+        one(*calls[0], observer=_stop_after(WARMUP_FORWARDS))
+    return [one(indices, settings) for indices, settings in calls]
+
+
+def summarize(method: str, results: list[GenerationResult], baseline_seconds_per_image: float | None) -> BenchRow:
+    """Aggregate one method's calls into a row; ``baseline_seconds_per_image`` is AR's (None: this is AR)."""
+    calls = len(results)
+    images = sum(r.batch_size for r in results)
+    wall = sum(r.wall_seconds for r in results)
+    drafted = sum(r.drafted for r in results)
+    per_image = wall / images
+    return BenchRow(
+        method=method, images=images, calls=calls,
+        target_forwards_per_image=sum(r.target_forwards for r in results) / calls,
+        tokens_per_forward=sum(float(r.committed.float().mean()) for r in results) / sum(r.target_forwards for r in results),
+        acceptance_rate=sum(r.accepted for r in results) / drafted if drafted else (None if method == "ar" else 0.0),
+        drafter_forwards_per_image=sum(r.drafter_forwards for r in results) / calls,
+        seconds_per_image=per_image,
+        speedup=(baseline_seconds_per_image or per_image) / per_image,
+        loop_overhead=1.0 - sum(r.model_seconds for r in results) / wall,
+        results=results,
+    )
+
+
+def validate(model: ImageTokenModel, methods: Sequence[str], options: MethodOptions,
+             drafter: ImageTokenModel | None) -> None:
+    """Fail on bad settings before any method runs, not after minutes of the first ones."""
+    for method in methods:
+        make_draft(method, options, drafter)
+    make_policy(options.policy)
+    if "drafter" in methods and drafter is not None:
+        check_drafter_fits(model, drafter)
+
+
+def run_bench(model: ImageTokenModel, conditions: ConditionFn, methods: Sequence[str], images: int, batch: int,
+              settings: SamplingSettings, options: MethodOptions = MethodOptions(),
+              drafter: ImageTokenModel | None = None, warmup: bool = True,
+              log: Callable[[str], None] | None = None) -> list[BenchRow]:
+    """Run plain AR and ``methods`` on the same calls; one row each, AR first."""
+    methods = list(dict.fromkeys(["ar", *methods]))
+    validate(model, methods, options, drafter)
+    calls = plan_calls(images, batch, settings)
+    for indices, _ in calls:
+        model.check_conditioning(conditions(indices))
+    rows: list[BenchRow] = []
+    for method in methods:
+        results = run_method(model, method, conditions, calls, options, drafter, warmup)
+        rows.append(summarize(method, results, rows[0].seconds_per_image if rows else None))
+        if log is not None:
+            row = rows[-1]
+            log(f"{method}: {row.images} images, {row.seconds_per_image:.3f} s/image, {row.tokens_per_forward:.2f} tokens/forward")
+    return rows

@@ -1,0 +1,155 @@
+"""Acceptance heatmaps: where the speculative decoder saved target forwards, cell by cell.
+
+Each image token becomes one cell coloured by how it was committed (:class:`TokenKind`); accepted
+drafts get brighter the longer the run committed by their target forward, so long green streaks
+are where drafting paid off. The palette is a set of named constants so the web widget can draw
+the same colours. Pixels only go through PIL; nothing here needs a GPU.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .types import GenerationResult, TokenKind
+
+RGB = tuple[int, int, int]
+
+COLOR_NOT_COMMITTED: RGB = (0, 0, 0)  # the generation stopped before this token
+COLOR_PLAIN: RGB = (128, 128, 128)  # sampled by the target, no draft offered
+COLOR_CORRECTED: RGB = (220, 72, 60)  # target's token after a rejected draft
+COLOR_BONUS: RGB = (245, 178, 40)  # target's extra token after a fully accepted block
+COLOR_ACCEPTED_SHORT: RGB = (24, 96, 44)  # accepted, in a run of ACCEPTED_RUN_SHORT tokens
+COLOR_ACCEPTED_LONG: RGB = (120, 255, 130)  # accepted, in a run of ACCEPTED_RUN_LONG or more
+ACCEPTED_RUN_SHORT = 2  # the shortest run holding an accepted token: it plus the target's token
+ACCEPTED_RUN_LONG = 16  # runs this long (a full default Jacobi window) get the brightest green
+
+PALETTE: dict[str, RGB] = {
+    "not_committed": COLOR_NOT_COMMITTED,
+    "plain": COLOR_PLAIN,
+    "accepted_short": COLOR_ACCEPTED_SHORT,
+    "accepted_long": COLOR_ACCEPTED_LONG,
+    "corrected": COLOR_CORRECTED,
+    "bonus": COLOR_BONUS,
+}
+LEGEND: tuple[tuple[str, RGB], ...] = (
+    ("target only", COLOR_PLAIN),
+    ("accepted, short run", COLOR_ACCEPTED_SHORT),
+    ("accepted, long run", COLOR_ACCEPTED_LONG),
+    ("corrected", COLOR_CORRECTED),
+    ("bonus", COLOR_BONUS),
+    ("not generated", COLOR_NOT_COMMITTED),
+)
+
+
+def run_lengths(forward_index: torch.Tensor) -> torch.Tensor:
+    """Tokens committed by the same target forward as each token ``[B, N]`` (0 where none)."""
+    index = forward_index.long()
+    valid = index >= 0
+    slot = index.clamp(min=0)
+    counts = torch.zeros(index.shape[0], int(slot.max()) + 1 if slot.numel() else 1)
+    counts.scatter_add_(1, slot, valid.float())
+    return torch.where(valid, counts.gather(1, slot), 0.0)
+
+
+def accepted_brightness(runs: torch.Tensor) -> torch.Tensor:
+    """0 for the shortest accepted run, 1 from ``ACCEPTED_RUN_LONG`` on; log scale in between."""
+    span = math.log(ACCEPTED_RUN_LONG / ACCEPTED_RUN_SHORT)
+    return (torch.log(runs.clamp(min=ACCEPTED_RUN_SHORT) / ACCEPTED_RUN_SHORT) / span).clamp(0.0, 1.0)
+
+
+def token_colors(result: GenerationResult) -> torch.Tensor:
+    """One RGB colour per token, ``float [B, N, 3]`` in 0..255."""
+    kinds = result.kinds.long()
+    colors = torch.tensor(COLOR_NOT_COMMITTED, dtype=torch.float32).expand(*kinds.shape, 3).clone()
+    for kind, color in ((TokenKind.PLAIN, COLOR_PLAIN), (TokenKind.CORRECTED, COLOR_CORRECTED),
+                        (TokenKind.BONUS, COLOR_BONUS)):
+        colors[kinds == int(kind)] = torch.tensor(color, dtype=torch.float32)
+    short = torch.tensor(COLOR_ACCEPTED_SHORT, dtype=torch.float32)
+    long = torch.tensor(COLOR_ACCEPTED_LONG, dtype=torch.float32)
+    green = short + accepted_brightness(run_lengths(result.forward_index))[..., None] * (long - short)
+    accepted = kinds == int(TokenKind.ACCEPTED)
+    colors[accepted] = green[accepted]
+    return colors
+
+
+def upscale_cells(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour upscale of per-cell values ``[B, h, w, ...]`` to ``[B, H, W, ...]``."""
+    (h, w), (H, W) = cells.shape[1:3], size
+    rows = torch.arange(H) * h // H
+    cols = torch.arange(W) * w // W
+    return cells[:, rows][:, :, cols]
+
+
+def acceptance_heatmap(result: GenerationResult, grid: tuple[int, int], size: tuple[int, int] | None = None) -> torch.Tensor:
+    """``uint8 [B, H, W, 3]`` heatmap of ``result`` on the token ``grid``, upscaled to ``size`` (H, W)."""
+    h, w = grid
+    cells = token_colors(result).round().to(torch.uint8).reshape(result.batch_size, h, w, 3)
+    return upscale_cells(cells, size or grid)
+
+
+def committed_mask(result: GenerationResult, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """``bool [B, H, W]``: pixels whose token was committed (all of them unless interrupted)."""
+    cells = (result.kinds >= 0).reshape(result.batch_size, *grid)
+    return upscale_cells(cells, size)
+
+
+def _as_array(images: torch.Tensor | np.ndarray) -> np.ndarray:
+    array = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images [B, H, W, 3], got {array.dtype} {list(array.shape)}")
+    return array
+
+
+def image_grid(images: torch.Tensor | np.ndarray, ncols: int | None = None) -> Image.Image:
+    """Tile ``uint8 [B, H, W, 3]`` images row by row (``ncols`` per row, default near-square)."""
+    array = _as_array(images)
+    B, H, W, _ = array.shape
+    ncols = max(1, min(ncols or math.ceil(math.sqrt(B)), B))
+    nrows = math.ceil(B / ncols)
+    canvas = np.zeros((nrows * H, ncols * W, 3), dtype=np.uint8)
+    for i, image in enumerate(array):
+        r, c = divmod(i, ncols)
+        canvas[r * H:(r + 1) * H, c * W:(c + 1) * W] = image
+    return Image.fromarray(canvas)
+
+
+def legend_strip(width: int) -> Image.Image:
+    """A one-line key of the heatmap colours, at least ``width`` pixels wide."""
+    font = ImageFont.load_default()
+    swatch, gap, height = 10, 12, 16
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    widths = [swatch + 4 + int(measure.textlength(label, font=font)) for label, _ in LEGEND]
+    strip = Image.new("RGB", (max(width, sum(widths) + gap * len(LEGEND)), height), (255, 255, 255))
+    draw = ImageDraw.Draw(strip)
+    x = gap // 2
+    for (label, color), item_width in zip(LEGEND, widths):
+        draw.rectangle([x, 3, x + swatch - 1, 3 + swatch - 1], fill=color, outline=(90, 90, 90))
+        draw.text((x + swatch + 4, 2), label, fill=(0, 0, 0), font=font)
+        x += item_width + gap
+    return strip
+
+
+def side_by_side(images: torch.Tensor | np.ndarray, heatmaps: torch.Tensor | np.ndarray,
+                 ncols: int | None = None) -> Image.Image:
+    """Each image next to its heatmap, tiled like :func:`image_grid`, with a legend strip below."""
+    pairs = np.concatenate([_as_array(images), _as_array(heatmaps)], axis=2)
+    grid = image_grid(pairs, ncols)
+    legend = legend_strip(grid.width)
+    canvas = Image.new("RGB", (legend.width, grid.height + legend.height), (255, 255, 255))
+    canvas.paste(grid, (0, 0))
+    canvas.paste(legend, (0, grid.height))
+    return canvas
+
+
+def save_png(image: Image.Image | torch.Tensor | np.ndarray, path: str | Path) -> Path:
+    """Write a PIL image or a ``uint8 [B, H, W, 3]`` batch (as a grid) to ``path``, making folders."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    picture = image if isinstance(image, Image.Image) else image_grid(image)
+    picture.save(path, format="PNG")
+    return path
