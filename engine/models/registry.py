@@ -68,7 +68,6 @@ def load_llamagen(path: str | Path, vq_path: str | Path | None = None, device: s
     """A LlamaGen GPT (file or directory) with its VQ16 decoder, ready on ``device``."""
     from .llamagen.adapter import LlamaGenModel
     from .llamagen.checkpoint import read_config_json, read_gpt
-    from .vq16 import load_vq16
 
     path = Path(path)
     hints: dict[str, object] = {}
@@ -85,7 +84,11 @@ def load_llamagen(path: str | Path, vq_path: str | Path | None = None, device: s
     dt = resolve_dtype(dtype, dev)
     gpt = read_gpt(weights, hints).to(dev, dt)
     gpt.reset_rope()
-    decoder = load_vq16(vq_path, device=dev, dtype=torch.float32) if vq_path else None
+    decoder = None
+    if vq_path:
+        from .vq16 import load_vq16
+
+        decoder = load_vq16(vq_path, device=dev, dtype=torch.float32)
     return LlamaGenModel(gpt, decoder, name=name or path.stem)
 
 

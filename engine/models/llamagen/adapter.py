@@ -117,6 +117,7 @@ class LlamaGenModel(ImageTokenModel):
         assert self.cache is not None
         self.cache.truncate(self._rows(lengths.cpu()) + self.cfg.cls_token_num)
 
+    @torch.inference_mode()
     def compact(self, keep: torch.Tensor, counts: torch.Tensor) -> None:
         assert self.cache is not None
         self.cache.compact(self._block_start, self._rows(keep), self._rows(counts.cpu()))

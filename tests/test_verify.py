@@ -1,0 +1,95 @@
+"""The shared verifier on synthetic distributions: chains and trees emit tokens distributed as p."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from stats import noise_floor, total_variation
+
+from engine.policies import ExactPolicy
+from engine.sampling import point_mass
+from engine.types import DraftBlock, TokenKind
+from engine.verify import tree_attention, tree_layout, verify_chain, verify_tree
+
+V, ROWS = 12, 20000
+
+
+def _dist(seed: int, sharp: float = 1.5) -> torch.Tensor:
+    logits = torch.randn(V, generator=torch.Generator().manual_seed(seed)) * sharp
+    return torch.softmax(logits, -1)
+
+
+def _counts(tokens: torch.Tensor) -> torch.Tensor:
+    return torch.bincount(tokens, minlength=V)
+
+
+def _first_emitted(block: DraftBlock, verdict) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    first_node = verdict.path[:, 0].clamp(min=0)
+    return torch.where(verdict.accepted > 0, block.tokens.gather(1, first_node[:, None])[:, 0], verdict.next_token)
+
+
+def test_chain_with_full_draft_distribution_emits_p() -> None:
+    p, q = _dist(0), _dist(1)
+    gen = torch.Generator().manual_seed(5)
+    drafts = torch.multinomial(q, ROWS, replacement=True, generator=gen)[:, None]
+    block = DraftBlock(drafts, q.expand(ROWS, 1, V).clone(), [-1])
+    p_rows = torch.stack([p, _dist(2)]).expand(ROWS, 2, V)
+    verdict = verify_chain(ExactPolicy(), p_rows, block, torch.zeros(ROWS, 1, dtype=torch.long),
+                           torch.full((ROWS,), 5), gen)
+    assert total_variation(_counts(_first_emitted(block, verdict)), p) <= noise_floor(p, ROWS)
+    # the bonus row is only used after an acceptance; corrections come from the residual
+    kinds = verdict.next_kind
+    assert set(kinds.unique().tolist()) == {int(TokenKind.BONUS), int(TokenKind.CORRECTED)}
+
+
+def test_chain_respects_the_per_row_limit() -> None:
+    p = point_mass(torch.tensor([[3, 4, 5]]), V).expand(4, 3, V)
+    block = DraftBlock(torch.tensor([[3, 4]]).expand(4, 2), point_mass(torch.tensor([[3, 4]]), V).expand(4, 2, V), [-1, 0])
+    limit = torch.tensor([0, 1, 2, 7])
+    verdict = verify_chain(ExactPolicy(), p, block, torch.zeros(4, 2, dtype=torch.long), limit, torch.Generator())
+    assert verdict.accepted.tolist() == [0, 1, 2, 2]
+    assert verdict.next_token.tolist() == [3, 4, 5, 5]
+    assert verdict.next_kind.tolist() == [TokenKind.PLAIN, TokenKind.BONUS, TokenKind.BONUS, TokenKind.BONUS]
+
+
+@pytest.mark.parametrize("siblings", ["point_mass_top3", "without_replacement"])
+def test_tree_siblings_recursive_rejection_emits_p(siblings: str) -> None:
+    p, q = _dist(10), _dist(11, sharp=0.7)
+    gen = torch.Generator().manual_seed(9)
+    if siblings == "point_mass_top3":  # deterministic candidates, e.g. a drafter's top-k
+        tokens = q.topk(3).indices.expand(ROWS, 3)
+        q_nodes = point_mass(tokens, V)
+    else:  # three distinct candidates sampled from q without replacement, each storing q
+        tokens = torch.stack([torch.multinomial(q, 3, replacement=False, generator=gen) for _ in range(ROWS)])
+        q_nodes = q.expand(ROWS, 3, V).clone()
+    block = DraftBlock(tokens, q_nodes, [-1, -1, -1])
+    p_rows = torch.cat([p[None], torch.stack([_dist(20 + i) for i in range(3)])]).expand(ROWS, 4, V)
+    verdict = verify_tree(ExactPolicy(), p_rows, block, torch.zeros(ROWS, 3, dtype=torch.long),
+                          torch.full((ROWS,), 4), gen)
+    assert total_variation(_counts(_first_emitted(block, verdict)), p) <= noise_floor(p, ROWS)
+
+
+def test_tree_second_level_follows_the_accepted_node() -> None:
+    """After accepting node i, the next token follows p after node i (bonus or deeper node)."""
+    p_root = point_mass(torch.tensor(4), V)
+    p_after = [_dist(30), _dist(31)]
+    tokens = torch.tensor([4, 7]).expand(ROWS, 2)  # node 0 = 4 (always accepted), node 1 = 7 under it
+    block = DraftBlock(tokens, point_mass(tokens, V), [-1, 0])
+    p_rows = torch.stack([p_root, p_after[0], p_after[1]]).expand(ROWS, 3, V)
+    gen = torch.Generator().manual_seed(4)
+    verdict = verify_tree(ExactPolicy(), p_rows, block, torch.zeros(ROWS, 2, dtype=torch.long),
+                          torch.full((ROWS,), 9), gen)
+    assert bool((verdict.path[:, 0] == 0).all())
+    second = torch.where(verdict.accepted > 1, torch.full_like(verdict.next_token, 7), verdict.next_token)
+    assert total_variation(_counts(second), p_after[0]) <= noise_floor(p_after[0], ROWS)
+
+
+def test_tree_layout_and_mask() -> None:
+    parents = [-1, -1, 0, 0, 2]
+    table, depth = tree_layout(parents)
+    assert depth == [1, 1, 2, 2, 3]
+    assert table[0].tolist()[:2] == [0, 1] and table[1].tolist()[:2] == [2, 3] and table[3, 0] == 4
+    mask = tree_attention(parents)
+    assert mask[5].tolist() == [True, True, False, True, False, True]  # node 4 sees pending, 0, 2, itself
+    with pytest.raises(ValueError):
+        tree_layout([1, -1])
