@@ -141,7 +141,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
             verify = verify_chain if block.is_chain else verify_tree
             verdict = verify(policy, p, block, node_positions, limit, generator)
 
-            accepted = verdict.accepted.cpu()  # the one host sync of the step
+            accepted, next_kind = torch.stack([verdict.accepted, verdict.next_kind]).cpu()  # the step's one host sync
             accepted = torch.where(done, 0, accepted)
             kept = torch.where(done, 0, 1 + accepted)  # pending token + accepted nodes
             cached_before = committed - 1
@@ -152,7 +152,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
                 model.compact(keep, kept)
 
             _commit(tokens, kinds, forward_index, block, verdict, committed_dev, done.to(dev), target_forwards, N)
-            examined = accepted + (verdict.next_kind.cpu() == int(TokenKind.CORRECTED)).long()
+            examined = accepted + (next_kind == int(TokenKind.CORRECTED)).long()
             drafted += int(examined[~done].sum())
             accepted_total += int(accepted.sum())
             committed_before = committed
