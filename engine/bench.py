@@ -1,8 +1,8 @@
 """Benchmarks: plain AR and speculative methods on the same images and seeds, in one process.
 
 Every method decodes the same calls (same conditioning, same seed per call), after a short
-warm-up of its own, with precise timing, so wall-time ratios compare like with like on one
-machine in one run. Rows keep their :class:`GenerationResult` objects, so quality metrics and
+warm-up of its own, with precise timing, and the methods take turns call by call, so wall-time
+ratios compare like with like on one machine in one run. Rows keep their :class:`GenerationResult` objects, so quality metrics and
 Pareto sweeps can build on a run without decoding again.
 """
 
@@ -39,6 +39,8 @@ WARMUP_FORWARDS = 8  # enough to run every kernel shape once (prefill, blocks, d
 
 ConditionFn = Callable[[Sequence[int]], Conditioning]
 """Conditioning for the images with these indices (so every method draws the same images)."""
+Call = tuple[list[int], SamplingSettings]
+"""One generate call of a benchmark: the indices of its images and its settings (seed)."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ class BenchRow:
         return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "results"}
 
 
-def plan_calls(images: int, batch: int, settings: SamplingSettings) -> list[tuple[list[int], SamplingSettings]]:
+def plan_calls(images: int, batch: int, settings: SamplingSettings) -> list[Call]:
     """Image indices and settings of every call: call starting at image ``i`` uses seed ``seed + i``."""
     if images < 1 or batch < 1:
         raise SettingsError(f"images and batch must be >= 1, got images={images}, batch={batch}")
@@ -115,18 +117,13 @@ def _stop_after(forwards: int) -> Callable[[StepEvent], bool]:
     return lambda event: event.target_forwards < forwards
 
 
-def run_method(model: ImageTokenModel, method: str, conditions: ConditionFn,
-               calls: list[tuple[list[int], SamplingSettings]], options: MethodOptions,
-               drafter: ImageTokenModel | None = None, warmup: bool = True) -> list[GenerationResult]:
-    """Warm up briefly, then run every call of the plan with ``method``; precise timing."""
-    def one(indices: list[int], settings: SamplingSettings, observer: Callable[[StepEvent], bool] | None = None
-            ) -> GenerationResult:
-        return generate(model, conditions(indices), settings, make_draft(method, options, drafter),
-                        make_policy(options.policy), observer, precise_timing=True)
-
-    if warmup:
-        one(*calls[0], observer=_stop_after(WARMUP_FORWARDS))
-    return [one(indices, settings) for indices, settings in calls]
+def run_call(model: ImageTokenModel, method: str, conditions: ConditionFn, call: Call,
+             options: MethodOptions, drafter: ImageTokenModel | None = None,
+             observer: Callable[[StepEvent], bool] | None = None) -> GenerationResult:
+    """One generate call of the plan with ``method``, precisely timed."""
+    indices, settings = call
+    return generate(model, conditions(indices), settings, make_draft(method, options, drafter),
+                    make_policy(options.policy), observer, precise_timing=True)
 
 
 def summarize(method: str, results: list[GenerationResult], baseline_seconds_per_image: float | None) -> BenchRow:
@@ -163,17 +160,24 @@ def run_bench(model: ImageTokenModel, conditions: ConditionFn, methods: Sequence
               settings: SamplingSettings, options: MethodOptions = MethodOptions(),
               drafter: ImageTokenModel | None = None, warmup: bool = True,
               log: Callable[[str], None] | None = None) -> list[BenchRow]:
-    """Run plain AR and ``methods`` on the same calls; one row each, AR first."""
+    """Run plain AR and ``methods`` on the same calls; one row each, AR first.
+
+    Methods take turns call by call, so a machine that slows down or speeds up during the run
+    (thermal limits, other processes) affects every method alike.
+    """
     methods = list(dict.fromkeys(["ar", *methods]))
     validate(model, methods, options, drafter)
     calls = plan_calls(images, batch, settings)
     for indices, _ in calls:
         model.check_conditioning(conditions(indices))
-    rows: list[BenchRow] = []
-    for method in methods:
-        results = run_method(model, method, conditions, calls, options, drafter, warmup)
-        rows.append(summarize(method, results, rows[0].seconds_per_image if rows else None))
+    if warmup:
+        for method in methods:
+            run_call(model, method, conditions, calls[0], options, drafter, _stop_after(WARMUP_FORWARDS))
+    results: dict[str, list[GenerationResult]] = {method: [] for method in methods}
+    for call in calls:
+        for method in methods:
+            results[method].append(run_call(model, method, conditions, call, options, drafter))
         if log is not None:
-            row = rows[-1]
-            log(f"{method}: {row.images} images, {row.seconds_per_image:.3f} s/image, {row.tokens_per_forward:.2f} tokens/forward")
-    return rows
+            log(f"{call[0][-1] + 1}/{images} images done by every method")
+    baseline = summarize("ar", results["ar"], None)
+    return [baseline] + [summarize(m, results[m], baseline.seconds_per_image) for m in methods[1:]]

@@ -28,6 +28,8 @@ COLOR_ACCEPTED_LONG: RGB = (120, 255, 130)  # accepted, in a run of ACCEPTED_RUN
 ACCEPTED_RUN_SHORT = 2  # the shortest run holding an accepted token: it plus the target's token
 ACCEPTED_RUN_LONG = 16  # runs this long (a full default Jacobi window) get the brightest green
 
+LEGEND_BACKGROUND: RGB = (255, 255, 255)
+
 PALETTE: dict[str, RGB] = {
     "not_committed": COLOR_NOT_COMMITTED,
     "plain": COLOR_PLAIN,
@@ -105,13 +107,14 @@ def _as_array(images: torch.Tensor | np.ndarray) -> np.ndarray:
     return array
 
 
-def image_grid(images: torch.Tensor | np.ndarray, ncols: int | None = None) -> Image.Image:
+def image_grid(images: torch.Tensor | np.ndarray, ncols: int | None = None, background: RGB = (0, 0, 0)) -> Image.Image:
     """Tile ``uint8 [B, H, W, 3]`` images row by row (``ncols`` per row, default near-square)."""
     array = _as_array(images)
     B, H, W, _ = array.shape
     ncols = max(1, min(ncols or math.ceil(math.sqrt(B)), B))
     nrows = math.ceil(B / ncols)
-    canvas = np.zeros((nrows * H, ncols * W, 3), dtype=np.uint8)
+    canvas = np.empty((nrows * H, ncols * W, 3), dtype=np.uint8)
+    canvas[:] = background
     for i, image in enumerate(array):
         r, c = divmod(i, ncols)
         canvas[r * H:(r + 1) * H, c * W:(c + 1) * W] = image
@@ -124,7 +127,7 @@ def legend_strip(width: int) -> Image.Image:
     swatch, gap, height = 10, 12, 16
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     widths = [swatch + 4 + int(measure.textlength(label, font=font)) for label, _ in LEGEND]
-    strip = Image.new("RGB", (max(width, sum(widths) + gap * len(LEGEND)), height), (255, 255, 255))
+    strip = Image.new("RGB", (max(width, sum(widths) + gap * len(LEGEND)), height), LEGEND_BACKGROUND)
     draw = ImageDraw.Draw(strip)
     x = gap // 2
     for (label, color), item_width in zip(LEGEND, widths):
@@ -136,11 +139,14 @@ def legend_strip(width: int) -> Image.Image:
 
 def side_by_side(images: torch.Tensor | np.ndarray, heatmaps: torch.Tensor | np.ndarray,
                  ncols: int | None = None) -> Image.Image:
-    """Each image next to its heatmap, tiled like :func:`image_grid`, with a legend strip below."""
+    """Each image next to its heatmap, tiled like :func:`image_grid`, with a legend strip below.
+
+    Empty grid slots are white, so they cannot be mistaken for the black of tokens not generated.
+    """
     pairs = np.concatenate([_as_array(images), _as_array(heatmaps)], axis=2)
-    grid = image_grid(pairs, ncols)
+    grid = image_grid(pairs, ncols, background=LEGEND_BACKGROUND)
     legend = legend_strip(grid.width)
-    canvas = Image.new("RGB", (legend.width, grid.height + legend.height), (255, 255, 255))
+    canvas = Image.new("RGB", (legend.width, grid.height + legend.height), LEGEND_BACKGROUND)
     canvas.paste(grid, (0, 0))
     canvas.paste(legend, (0, grid.height))
     return canvas

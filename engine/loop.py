@@ -35,6 +35,8 @@ Observer = Callable[[StepEvent], "bool | None"]
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
 
 
 class _Clock:

@@ -201,10 +201,14 @@ class GenerationResult:
     def acceptance_rate(self) -> float:
         return self.accepted / self.drafted if self.drafted else 0.0
 
+    def _committed_tokens(self) -> torch.Tensor:
+        """Tokens with -1 where nothing was committed (an interrupted generation)."""
+        return self.tokens.masked_fill(self.kinds < 0, -1)
+
     def stats(self) -> dict[str, object]:
         """The JSON-ready summary the CLI writes with ``--stats``."""
         return {
-            "tokens": self.tokens.tolist(),
+            "tokens": self._committed_tokens().tolist(),
             "target_forwards": self.target_forwards,
             "drafter_forwards": self.drafter_forwards,
             "tokens_per_forward": round(self.tokens_per_forward, 4),

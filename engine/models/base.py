@@ -64,6 +64,11 @@ class ImageTokenModel(ABC):
         """Number of classes for class-conditional models, else ``None``."""
         return None
 
+    @property
+    def can_decode(self) -> bool:
+        """Whether :meth:`decode` can make pixels (a GPT loaded without its VQ cannot)."""
+        return True
+
     def describe(self) -> str:
         return f"{self.name} ({self.grid[0]}x{self.grid[1]} tokens, vocab {self.vocab_size})"
 

@@ -127,6 +127,10 @@ class LlamaGenModel(ImageTokenModel):
 
     # -- pixels -----------------------------------------------------------------------------------
 
+    @property
+    def can_decode(self) -> bool:
+        return self.decoder is not None
+
     def _require_decoder(self) -> PixelDecoder:
         if self.decoder is None:
             raise SettingsError(f"{self.name} was loaded without a VQ decoder, so it cannot make pixels or code vectors")

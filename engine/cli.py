@@ -1,0 +1,407 @@
+"""The ``specar`` command: generate images with speculative decoding, or benchmark the methods.
+
+    specar generate --model models/c2i_B_256 --class-id 207 --out dog.png --heatmap dog_heat.png
+    specar bench --model models/c2i_B_256 --methods jacobi,mcsjd --images 8
+
+This module only parses, loads and prints: decoding lives in :mod:`engine.loop`, benchmarking in
+:mod:`engine.bench`, pictures in :mod:`engine.heatmap`. User mistakes surface as one
+``error: ...`` line and exit code 2; Ctrl-C during ``generate`` keeps what was already decoded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import signal
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from types import FrameType
+from typing import Callable, Sequence
+
+from . import __version__
+from .bench import METHODS, BenchRow, ConditionFn, MethodOptions, make_draft, method_name, parse_methods, run_bench
+from .drafts.drafter import check_drafter_fits
+from .drafts.jacobi import INITIALISATIONS, Q_CONVENTIONS
+from .errors import SettingsError, SpecARError
+from .heatmap import acceptance_heatmap, committed_mask, image_grid, save_png, side_by_side
+from .loop import generate
+from .models.base import ImageTokenModel
+from .models.registry import load_model
+from .policies import POLICIES, make_policy
+from .progress import ProgressBar, summary_line
+from .types import Conditioning, GenerationResult, SamplingSettings, StepEvent
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl-C"
+DEFAULT_BENCH_METHODS = "jacobi,jacobi-row,mcsjd"
+
+
+# -- arguments ------------------------------------------------------------------------------------
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type, so a bad count is reported with the option's name before any model loads."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model")
+    group.add_argument("--model", metavar="PATH", help=(
+        "the target model: a LlamaGen weights file, or a directory holding the weights, an optional "
+        "config.json and the VQ tokenizer (a file named vq*.pt or vq*.safetensors)"))
+    group.add_argument("--vq", metavar="PATH", help="the VQ tokenizer that turns tokens into pixels, if it is not in the model directory")
+    group.add_argument("--drafter", metavar="PATH", help=(
+        "a small model of the same family (same vocabulary and token grid) that proposes tokens for the target to check"))
+    group.add_argument("--device", default="auto",
+                       help="where to run: auto (a CUDA GPU, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps (default: auto)")
+    group.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                       help="number format of the weights: auto is bf16 on GPUs that support it, else fp32 (default: auto)")
+
+
+def _add_conditioning_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("what to draw").add_mutually_exclusive_group()
+    group.add_argument("--class-id", dest="class_ids", metavar="N", type=_int_at_least(0), nargs="+", help=(
+        "class number(s) for class-conditional models (ImageNet: 0..999); one per image, or one for all "
+        "images (default: image i draws class i)"))
+    group.add_argument("--prompt", metavar="TEXT", help=(
+        "what to draw, in words: for models that read text, or a class name for class-conditional models "
+        "that know their class names"))
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("sampling (unset options take the model's defaults)")
+    group.add_argument("--cfg", type=float, metavar="F",
+                       help="classifier-free guidance scale: higher follows the class or prompt more closely; 1 turns guidance off")
+    group.add_argument("--temperature", type=float, metavar="F", help="randomness of each token: below 1 is safer, above 1 wilder")
+    group.add_argument("--top-k", type=_int_at_least(0), metavar="N", help="sample only among the N likeliest tokens (0: all)")
+    group.add_argument("--top-p", type=float, metavar="F",
+                       help="sample only among the likeliest tokens that together hold this much probability (1: all)")
+    group.add_argument("--greedy", action="store_true", help="always take the likeliest token (no randomness)")
+    group.add_argument("--seed", type=int, metavar="N", help="random seed; the same seed and settings give the same images (default: 0)")
+
+
+def _add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    group = parser.add_argument_group("speculative decoding")
+    group.add_argument("--policy", default="exact", choices=sorted(POLICIES),
+                       help="how drafts are accepted: exact keeps the output distribution identical to plain decoding (default: exact)")
+    group.add_argument("--window", type=_int_at_least(1), default=16, metavar="N",
+                       help="Jacobi decoding: tokens fed to the target per forward, the pending one plus N-1 guesses (default: 16)")
+    group.add_argument("--q-init", default="one_hot", choices=Q_CONVENTIONS, help=(
+        "Jacobi decoding: how a fresh random guess is weighed when accepting it; both are exact (default: one_hot, as in SJD)"))
+    group.add_argument("--gamma", type=_int_at_least(1), default=4, metavar="N",
+                       help="drafter decoding: tokens the drafter proposes per target forward (default: 4)")
+    return group
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="specar", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Speculative decoding for autoregressive image models: the same images as plain "
+                    "decoding, in fewer model forwards.",
+        epilog="Run 'specar generate --help' or 'specar bench --help' for their options.")
+    parser.add_argument("--version", action="version", version=f"specar {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = commands.add_parser("generate", help="draw images and write them as a PNG",
+                              description="Draw images with speculative decoding and write them as one PNG grid.")
+    _add_model_options(gen)
+    _add_conditioning_options(gen)
+    _add_sampling_options(gen)
+    drafting = _add_method_options(gen)
+    drafting.add_argument("--draft", choices=("none", "jacobi", "model"), help=(
+        "where guesses come from: none is plain one-token-at-a-time decoding, jacobi lets the model guess for itself, "
+        "model uses --drafter (default: model if --drafter is given, else jacobi)"))
+    drafting.add_argument("--jacobi-init", default="random", choices=INITIALISATIONS, help=(
+        "Jacobi decoding: first guess for a new position, a random token or the token one row above (default: random)"))
+    drafting.add_argument("--coupling", action="store_true",
+                          help="Jacobi decoding: MC-SJD coupled resampling, which keeps guesses stable between forwards")
+    out = gen.add_argument_group("output")
+    out.add_argument("--batch", type=_int_at_least(1), metavar="N",
+                     help="images drawn together (default: the number of --class-id values, else 1)")
+    out.add_argument("--out", required=True, metavar="IMAGE.png", help="where to write the images, tiled into one PNG")
+    out.add_argument("--heatmap", metavar="HEAT.png", help=(
+        "also write an acceptance heatmap, laid out like --out: grey = target only, green = accepted guess "
+        "(brighter = longer accepted run), red = corrected, amber = bonus, black = not generated"))
+    out.add_argument("--compare", metavar="BOTH.png", help="also write each image beside its heatmap, with a colour legend")
+    out.add_argument("--stats", metavar="STATS.json",
+                     help="also write the tokens, forward counts, acceptance rate, timings and settings as JSON")
+    out.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    gen.set_defaults(run=_generate)
+
+    bench = commands.add_parser("bench", help="compare plain decoding with speculative methods",
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Time plain decoding and each method on the same images and seeds, in one process.\n"
+                                            "Methods:\n" + "\n".join(f"  {name:<11} {text}" for name, text in METHODS.items()))
+    _add_model_options(bench)
+    _add_conditioning_options(bench)
+    _add_sampling_options(bench)
+    _add_method_options(bench)
+    runs = bench.add_argument_group("benchmark")
+    runs.add_argument("--methods", metavar="LIST", help=(
+        f"comma-separated methods to compare with plain decoding (ar), which always runs "
+        f"(default: {DEFAULT_BENCH_METHODS}, plus drafter when --drafter is given)"))
+    runs.add_argument("--images", type=_int_at_least(1), default=8, metavar="N", help="images per method (default: 8)")
+    runs.add_argument("--batch", type=_int_at_least(1), default=1, metavar="N",
+                      help="images per generate call; the call starting at image i uses seed + i (default: 1)")
+    runs.add_argument("--json", metavar="OUT.json", help="also write every row of the table, and the settings, as JSON")
+    runs.add_argument("--quiet", action="store_true", help="print only the table")
+    bench.set_defaults(run=_bench)
+    return parser
+
+
+# -- shared steps ---------------------------------------------------------------------------------
+
+def _load_target(args: argparse.Namespace) -> ImageTokenModel:
+    if args.model is None:
+        raise SettingsError("no model given: pass --model PATH (a LlamaGen weights file, or a directory with the "
+                            "weights, config.json and vq*.pt); a bundled demo model is planned but not shipped yet")
+    return load_model(args.model, args.device, args.dtype, args.vq)
+
+
+def _load_drafter(args: argparse.Namespace, target: ImageTokenModel) -> ImageTokenModel:
+    drafter = load_model(args.drafter, args.device, args.dtype)
+    check_drafter_fits(target, drafter)
+    return drafter
+
+
+def _settings(model: ImageTokenModel, args: argparse.Namespace) -> SamplingSettings:
+    given = {"cfg_scale": args.cfg, "temperature": args.temperature, "top_k": args.top_k,
+             "top_p": args.top_p, "seed": args.seed, "greedy": args.greedy or None}
+    return model.default_settings.with_(**{k: v for k, v in given.items() if v is not None})
+
+
+def _class_for_prompt(model: ImageTokenModel, prompt: str) -> int:
+    """The class whose name (or one of its comma-separated aliases) is ``prompt``, ignoring case."""
+    names: list[str] | None = getattr(model, "class_names", None)
+    if not names:
+        raise SettingsError(f"{model.name} takes class numbers and does not know class names: use --class-id "
+                            f"0..{(model.num_classes or 1) - 1} instead of --prompt")
+    wanted = prompt.strip().lower()
+    for index, name in enumerate(names):
+        if wanted == name.strip().lower() or wanted in (alias.strip().lower() for alias in name.split(",")):
+            return index
+    close = difflib.get_close_matches(prompt, names, n=3)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise SettingsError(f"{model.name} has no class named {prompt!r}{hint} Class names: {', '.join(names)}")
+
+
+def _conditions(model: ImageTokenModel, class_ids: list[int] | None, prompt: str | None) -> ConditionFn:
+    """Conditioning for images by index: class ids cycle, a prompt repeats, default image i -> class i."""
+    kind = model.conditioning_kind
+    if kind == "prompt":
+        if prompt is None:
+            raise SettingsError(f"{model.name} draws from text: give --prompt TEXT")
+        return lambda indices: Conditioning(prompts=tuple(prompt for _ in indices))
+    if kind != "class":
+        raise SettingsError(f"{model.name} is conditioned on {kind} embeddings from a text encoder, "
+                            "which the command line cannot compute yet; use a class-conditional model")
+    ids = [_class_for_prompt(model, prompt)] if prompt is not None else class_ids
+    if ids:
+        return lambda indices: Conditioning.classes([ids[i % len(ids)] for i in indices])
+    count = model.num_classes or 1
+    return lambda indices: Conditioning.classes([i % count for i in indices])
+
+
+def _write_json(path: str, data: dict[str, object]) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(json.dumps(data, indent=1) + "\n")
+
+
+def _method_options(method: str, options: MethodOptions, args: argparse.Namespace) -> dict[str, object]:
+    if method == "ar":
+        return {}
+    if method == "drafter":
+        return {"gamma": options.gamma}
+    return {"window": options.window, "init": args.jacobi_init, "q_init": options.q_init, "coupling": args.coupling}
+
+
+class StopOnInterrupt:
+    """The first Ctrl-C asks the loop (through its observer) to stop after the current forward;
+    a second one interrupts at once. Outside the main thread signals cannot be caught: no-op."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: object = None
+
+    def __enter__(self) -> "StopOnInterrupt":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+
+
+# -- generate -------------------------------------------------------------------------------------
+
+def _draft_kind(args: argparse.Namespace) -> str:
+    kind = args.draft or ("model" if args.drafter else "jacobi")
+    if kind == "model" and not args.drafter:
+        raise SettingsError("--draft model needs --drafter PATH (a small model of the same family)")
+    if kind != "model" and args.drafter:
+        raise SettingsError(f"--drafter is only used with --draft model, not with --draft {kind}")
+    return kind
+
+
+def _batch_size(args: argparse.Namespace) -> int:
+    ids = args.class_ids or []
+    batch = args.batch or len(ids) or 1
+    if len(ids) > 1 and len(ids) != batch:
+        raise SettingsError(f"--class-id got {len(ids)} classes for --batch {batch}: give one per image, or one for all")
+    return batch
+
+
+def _require_pixels(model: ImageTokenModel) -> None:
+    """Fail before decoding, not after it, when the model has no VQ decoder to make pixels."""
+    if not model.can_decode:
+        raise SettingsError(f"{model.name} has no VQ tokenizer to turn tokens into pixels: put a vq*.pt file in "
+                            "the model directory or pass --vq PATH")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    kind = _draft_kind(args)
+    batch = _batch_size(args)
+    method = method_name(kind, args.jacobi_init, args.coupling)
+    options = MethodOptions(args.window, args.gamma, args.q_init, args.policy)
+    model = _load_target(args)
+    _require_pixels(model)
+    drafter = _load_drafter(args, model) if kind == "model" else None
+    settings = _settings(model, args)
+    cond = _conditions(model, args.class_ids, args.prompt)(range(batch))
+    model.check_conditioning(cond)
+    progress = ProgressBar(enabled=not args.quiet)
+    with StopOnInterrupt() as stop:
+        def observer(event: StepEvent) -> bool:
+            progress(event)
+            return not stop.requested
+
+        result = generate(model, cond, settings, make_draft(method, options, drafter), make_policy(args.policy), observer)
+    progress.finish(summary_line(result))
+    if args.stats:
+        _write_json(args.stats, _stats(result, method, _method_options(method, options, args), args.policy,
+                                       model, drafter, cond, settings))
+    _write_pictures(args, model, result)
+    if not result.finished:
+        done, total = int(result.committed.sum()), result.tokens.numel()
+        print(f"interrupted: wrote the {done} of {total} tokens decoded so far (black where none)", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0
+
+
+def _stats(result: GenerationResult, method: str, method_options: dict[str, object], policy: str,
+           model: ImageTokenModel, drafter: ImageTokenModel | None, cond: Conditioning,
+           settings: SamplingSettings) -> dict[str, object]:
+    """The result's own stats plus everything needed to reproduce it."""
+    conditioning = {"class_ids": list(cond.class_ids)} if cond.class_ids is not None else {"prompts": list(cond.prompts or ())}
+    return {**result.stats(), "method": method, "method_options": method_options, "policy": policy,
+            "model": model.name, "drafter": drafter.name if drafter else None, "conditioning": conditioning,
+            "settings": asdict(settings), "device": str(model.device), "dtype": _dtype_name(model)}
+
+
+def _dtype_name(model: ImageTokenModel) -> str:
+    return str(model.dtype).removeprefix("torch.")
+
+
+def _write_pictures(args: argparse.Namespace, model: ImageTokenModel, result: GenerationResult) -> None:
+    images = model.decode(result.tokens)
+    size = (int(images.shape[1]), int(images.shape[2]))
+    if not result.finished:
+        images = images * committed_mask(result, model.grid, size)[..., None]
+    ncols = math.ceil(math.sqrt(result.batch_size))
+    save_png(image_grid(images, ncols), args.out)
+    heatmaps = acceptance_heatmap(result, model.grid, size)
+    if args.heatmap:
+        save_png(image_grid(heatmaps, ncols), args.heatmap)
+    if args.compare:
+        save_png(side_by_side(images, heatmaps, ncols), args.compare)
+
+
+# -- bench ----------------------------------------------------------------------------------------
+
+def _bench(args: argparse.Namespace) -> int:
+    default = DEFAULT_BENCH_METHODS + (",drafter" if args.drafter else "")
+    methods = parse_methods(args.methods or default)
+    if args.drafter and "drafter" not in methods:
+        raise SettingsError("--drafter is given but --methods does not include drafter")
+    options = MethodOptions(args.window, args.gamma, args.q_init, args.policy)
+    model = _load_target(args)
+    drafter = _load_drafter(args, model) if args.drafter else None
+    settings = _settings(model, args)
+    log = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
+    rows = run_bench(model, _conditions(model, args.class_ids, args.prompt), methods, args.images, args.batch,
+                     settings, options, drafter, log=log)
+    print(format_table(rows, model, settings, args.batch))
+    if args.json:
+        _write_json(args.json, {"model": model.name, "drafter": drafter.name if drafter else None,
+                                "device": str(model.device), "dtype": _dtype_name(model),
+                                "images": args.images, "batch": args.batch, "settings": asdict(settings),
+                                "options": asdict(options), "rows": [row.to_dict() for row in rows]})
+    return 0
+
+
+TABLE_COLUMNS = ("method", "images", "fwd/img", "tok/fwd", "accept", "drafter fwd/img", "s/img", "speed-up", "loop overhead")
+
+
+def _cells(row: BenchRow) -> tuple[str, ...]:
+    accept = "-" if row.acceptance_rate is None else f"{100 * row.acceptance_rate:.1f}%"
+    return (row.method, str(row.images), f"{row.target_forwards_per_image:.1f}", f"{row.tokens_per_forward:.2f}",
+            accept, f"{row.drafter_forwards_per_image:.1f}", f"{row.seconds_per_image:.3f}",
+            f"{row.speedup:.2f}x", f"{100 * row.loop_overhead:.1f}%")
+
+
+def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: SamplingSettings, batch: int) -> str:
+    """The benchmark table with a header that says how to read it."""
+    forwards = ("target forwards per image" if batch == 1 else
+                f"target forwards per call of {batch} images (one forward serves every image of the batch)")
+    mode = "greedy" if settings.greedy else f"temperature {settings.temperature}, top-k {settings.top_k}, top-p {settings.top_p}"
+    header = [f"{model.describe()} on {model.device}, cfg {settings.cfg_scale}, {mode}, seed {settings.seed}",
+              f"fwd/img: {forwards}",
+              "speed-up: AR's s/img over the method's, measured in this run",
+              "loop overhead: share of wall time outside model forwards"]
+    table = [TABLE_COLUMNS, *(_cells(row) for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(TABLE_COLUMNS))]
+    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+             for line in table]
+    return "\n".join(header + [""] + lines)
+
+
+# -- entry point ----------------------------------------------------------------------------------
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``specar`` command; returns the exit code (2: bad input, 130: interrupted)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version or a usage error that argparse already printed
+        return int(exc.code or 0)
+    try:
+        return int(args.run(args))
+    except SpecARError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

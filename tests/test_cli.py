@@ -1,0 +1,182 @@
+"""The ``specar`` command end to end on tiny random models written in the official file layouts."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from engine import cli
+from engine.heatmap import (COLOR_ACCEPTED_LONG, COLOR_ACCEPTED_SHORT, COLOR_NOT_COMMITTED, COLOR_PLAIN,
+                            acceptance_heatmap, run_lengths, side_by_side)
+from engine.models.vq16 import VQ16Config, VQ16Decoder
+from engine.progress import ProgressBar
+from engine.types import GenerationResult, TokenKind
+from tiny import TINY_DRAFTER, save_official_pt, tiny_gpt, tiny_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_VQ = VQ16Config(codebook_size=64, codebook_dim=8, z_channels=32, ch=32, ch_mult=(1, 2), num_res_blocks=1)
+IMAGE_SIDE = 8 * 2  # 8x8 tokens, 2x upsampling in the tiny VQ decoder
+FAST = ["--cfg", "1", "--window", "6", "--quiet"]  # no CFG pair: half the work per forward
+
+
+def _model_dir(root: Path, gpt: torch.nn.Module, n_head: int, with_vq: bool) -> Path:
+    root.mkdir()
+    save_official_pt(gpt, root / "c2i_tiny.pt")  # type: ignore[arg-type]
+    (root / "config.json").write_text(json.dumps({"family": "llamagen", "n_head": n_head, "grid_size": 8}))
+    if with_vq:
+        torch.manual_seed(0)
+        torch.save({"model": VQ16Decoder(TINY_VQ).state_dict()}, root / "vq_tiny.pt")
+    return root
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    return {
+        "model": _model_dir(root / "target", tiny_gpt(), 4, with_vq=True),
+        "drafter": _model_dir(root / "drafter", tiny_gpt(1, **TINY_DRAFTER), 2, with_vq=False),
+        "bad_drafter": _model_dir(root / "bad", tiny_gpt(1, **{**TINY_DRAFTER, "vocab_size": 32}), 2, with_vq=False),
+    }
+
+
+def _generate(dirs: dict[str, Path], out: Path, *extra: str) -> tuple[int, dict]:
+    stats = out / "stats.json"
+    code = cli.main(["generate", "--model", str(dirs["model"]), "--out", str(out / "img.png"),
+                     "--stats", str(stats), *FAST, *extra])
+    return code, json.loads(stats.read_text()) if stats.exists() else {}
+
+
+def test_generate_writes_image_heatmap_and_stats(dirs: dict[str, Path], tmp_path: Path) -> None:
+    code, stats = _generate(dirs, tmp_path, "--class-id", "3", "--seed", "5",
+                            "--heatmap", str(tmp_path / "heat.png"), "--compare", str(tmp_path / "both.png"))
+    assert code == 0
+    assert Image.open(tmp_path / "img.png").size == (IMAGE_SIDE, IMAGE_SIDE)
+    assert Image.open(tmp_path / "heat.png").size == (IMAGE_SIDE, IMAGE_SIDE)
+    assert Image.open(tmp_path / "both.png").width >= 2 * IMAGE_SIDE
+    for key in ("tokens", "target_forwards", "tokens_per_forward", "acceptance_rate", "wall_seconds"):
+        assert key in stats
+    assert stats["finished"] and stats["method"] == "jacobi" and stats["conditioning"] == {"class_ids": [3]}
+    assert stats["settings"]["seed"] == 5 and stats["settings"]["cfg_scale"] == 1.0
+    assert len(stats["tokens"][0]) == 64 and stats["target_forwards"] < 64
+
+    again_code, again = _generate(dirs, tmp_path / "again", "--class-id", "3", "--seed", "5")
+    assert again_code == 0 and again["tokens"] == stats["tokens"]
+
+
+def test_greedy_jacobi_equals_plain_decoding(dirs: dict[str, Path], tmp_path: Path) -> None:
+    args = ("--greedy", "--class-id", "1", "2")
+    _, jacobi = _generate(dirs, tmp_path / "jacobi", *args, "--jacobi-init", "row_above", "--coupling")
+    _, plain = _generate(dirs, tmp_path / "plain", *args, "--draft", "none")
+    assert plain["method"] == "ar" and jacobi["method"] == "mcsjd-row"
+    assert jacobi["tokens"] == plain["tokens"]
+    assert Image.open(tmp_path / "plain" / "img.png").size == (2 * IMAGE_SIDE, IMAGE_SIDE)
+
+
+def test_generate_with_drafter(dirs: dict[str, Path], tmp_path: Path) -> None:
+    code, stats = _generate(dirs, tmp_path, "--drafter", str(dirs["drafter"]), "--gamma", "3")
+    assert code == 0 and stats["method"] == "drafter" and stats["method_options"] == {"gamma": 3}
+    assert stats["drafter_forwards"] > 0 and stats["finished"]
+
+
+def test_ctrl_c_keeps_the_tokens_decoded_so_far(dirs: dict[str, Path], tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    def press_ctrl_c(self: ProgressBar, event) -> None:  # type: ignore[no-untyped-def]
+        if event.target_forwards == 3:
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(ProgressBar, "__call__", press_ctrl_c)
+    handler = signal.getsignal(signal.SIGINT)
+    code, stats = _generate(dirs, tmp_path, "--draft", "none", "--heatmap", str(tmp_path / "heat.png"))
+    assert code == cli.EXIT_INTERRUPTED
+    assert stats["finished"] is False and stats["target_forwards"] == 3
+    heat = Image.open(tmp_path / "heat.png")
+    assert heat.getpixel((0, 0)) == COLOR_PLAIN and heat.getpixel((IMAGE_SIDE - 1, IMAGE_SIDE - 1)) == COLOR_NOT_COMMITTED
+    assert Image.open(tmp_path / "img.png").getpixel((IMAGE_SIDE - 1, IMAGE_SIDE - 1)) == (0, 0, 0)
+    assert signal.getsignal(signal.SIGINT) is handler
+
+
+def test_bench_prints_a_row_per_method_and_writes_json(dirs: dict[str, Path], tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "bench.json"
+    code = cli.main(["bench", "--model", str(dirs["model"]), "--drafter", str(dirs["drafter"]),
+                     "--methods", "jacobi-row,mcsjd,drafter", "--images", "2", "--batch", "2", "--json", str(out), *FAST])
+    assert code == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index("") + 1:]
+    assert table[0].split()[:3] == ["method", "images", "fwd/img"]
+    assert [line.split()[0] for line in table[1:]] == ["ar", "jacobi-row", "mcsjd", "drafter"]
+    assert "one forward serves every image of the batch" in "\n".join(lines)
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["ar", "jacobi-row", "mcsjd", "drafter"]
+    assert rows[0]["speedup"] == 1.0 and rows[0]["acceptance_rate"] is None and rows[0]["tokens_per_forward"] == 1.0
+    assert all(r["images"] == 2 and r["calls"] == 1 for r in rows)
+    assert rows[3]["drafter_forwards_per_image"] > 0 and rows[1]["tokens_per_forward"] > 1.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["generate", "--out", "x.png"], "--model"),
+    (["generate", "--model", "/no/such/model", "--out", "x.png"], "not found"),
+    (["generate", "--model", "{model}", "--out", "x.png", "--class-id", "99"], "class id 99"),
+    (["generate", "--model", "{model}", "--out", "x.png", "--drafter", "{bad_drafter}"], "vocabulary 32"),
+    (["generate", "--model", "{model}", "--out", "x.png", "--draft", "model"], "--drafter"),
+    (["generate", "--model", "{model}", "--out", "x.png", "--prompt", "a dog"], "--class-id"),
+    (["generate", "--model", "{model}", "--out", "x.png", "--class-id", "1", "2", "--batch", "3"], "--batch 3"),
+    (["generate", "--model", "{model}", "--out", "x.png", "--window", "0"], "--window"),
+    (["bench", "--model", "{model}", "--methods", "jacobi,fast"], "'fast'"),
+    (["bench", "--model", "{model}", "--methods", "drafter"], "--drafter"),
+])
+def test_bad_input_exits_2_naming_the_problem(dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              args: list[str], message: str) -> None:
+    argv = [a.format(**{k: str(v) for k, v in dirs.items()}) for a in args]
+    argv = [str(tmp_path / a) if a == "x.png" else a for a in argv]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_prompt_picks_a_class_by_name() -> None:
+    model = tiny_model()
+    model.class_names = [f"class {i}, alias {i}" for i in range(10)]  # type: ignore[attr-defined]
+    assert cli._class_for_prompt(model, "Alias 7") == 7
+    assert cli._class_for_prompt(model, "CLASS 2, alias 2") == 2
+    with pytest.raises(cli.SpecARError, match="class 0, alias 0"):
+        cli._class_for_prompt(model, "a dog")
+
+
+def _result(kinds: list[int], forward_index: list[int]) -> GenerationResult:
+    n = len(kinds)
+    return GenerationResult(tokens=torch.zeros(1, n, dtype=torch.long), kinds=torch.tensor([kinds], dtype=torch.int8),
+                            forward_index=torch.tensor([forward_index], dtype=torch.int32),
+                            committed=torch.tensor([sum(k >= 0 for k in kinds)]), target_forwards=max(forward_index) + 1,
+                            drafter_forwards=0, drafted=0, accepted=0, wall_seconds=1.0, model_seconds=0.5)
+
+
+def test_heatmap_colours_cells_by_how_they_were_committed() -> None:
+    A, C, B, P = int(TokenKind.ACCEPTED), int(TokenKind.CORRECTED), int(TokenKind.BONUS), int(TokenKind.PLAIN)
+    # forward 0: token 0; forward 1: one accepted + correction; forward 2: 16 accepted (run of 17); rest not committed
+    kinds = [P, A, C] + [A] * 16 + [B] + [-1] * 44
+    forward_index = [0, 1, 1] + [2] * 17 + [-1] * 44
+    result = _result(kinds, forward_index)
+    assert run_lengths(result.forward_index)[0, :4].tolist() == [1, 2, 2, 17]
+    heat = acceptance_heatmap(result, (8, 8), (16, 16))
+    assert heat.shape == (1, 16, 16, 3) and heat.dtype == torch.uint8
+    cell = lambda t: heat[0, 2 * (t // 8), 2 * (t % 8)].tolist()  # noqa: E731
+    assert cell(0) == list(COLOR_PLAIN)
+    assert cell(1) == list(COLOR_ACCEPTED_SHORT)
+    assert cell(3) == list(COLOR_ACCEPTED_LONG)
+    assert cell(63) == list(COLOR_NOT_COMMITTED)
+    assert side_by_side(heat, heat).height > 16
+
+
+def test_python_m_engine_help_runs() -> None:
+    done = subprocess.run([sys.executable, "-m", "engine", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0
+    assert "generate" in done.stdout and "bench" in done.stdout
