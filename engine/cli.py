@@ -56,12 +56,13 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", metavar="PATH", help=(
-        "the target model: a LlamaGen weights file, or a directory holding the weights, an optional "
-        "config.json and the VQ tokenizer (a file named vq*.pt or vq*.safetensors)"))
+    group.add_argument("--model", metavar="NAME|PATH", default="demo", help=(
+        "the target model: demo (the bundled model, the default), a LlamaGen weights file, or a directory holding "
+        "the weights, an optional config.json and the VQ tokenizer (a file named vq*.pt or vq*.safetensors)"))
     group.add_argument("--vq", metavar="PATH", help="the VQ tokenizer that turns tokens into pixels, if it is not in the model directory")
-    group.add_argument("--drafter", metavar="PATH", help=(
-        "a small model of the same family (same vocabulary and token grid) that proposes tokens for the target to check"))
+    group.add_argument("--drafter", metavar="NAME|PATH", help=(
+        "a small model of the same family (same vocabulary and token grid) that proposes tokens for the target to "
+        "check (default with --model demo: demo-drafter, the bundled one)"))
     group.add_argument("--device", default="auto",
                        help="where to run: auto (a CUDA GPU, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps (default: auto)")
     group.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
@@ -161,10 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- shared steps ---------------------------------------------------------------------------------
 
+def _use_bundled_drafter(args: argparse.Namespace, wanted: bool) -> None:
+    """The demo target comes with its drafter: use it where a drafter is wanted and none was named."""
+    if wanted and args.model == "demo" and args.drafter is None:
+        args.drafter = "demo-drafter"
+
+
 def _load_target(args: argparse.Namespace) -> ImageTokenModel:
-    if args.model is None:
-        raise SettingsError("no model given: pass --model PATH (a LlamaGen weights file, or a directory with the "
-                            "weights, config.json and vq*.pt); a bundled demo model is planned but not shipped yet")
     return load_model(args.model, args.device, args.dtype, args.vq)
 
 
@@ -278,6 +282,7 @@ def _require_pixels(model: ImageTokenModel) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    _use_bundled_drafter(args, args.draft in (None, "model"))
     kind = _draft_kind(args)
     batch = _batch_size(args)
     method = method_name(kind, args.jacobi_init, args.coupling)
@@ -338,6 +343,7 @@ def _write_pictures(args: argparse.Namespace, model: ImageTokenModel, result: Ge
 # -- bench ----------------------------------------------------------------------------------------
 
 def _bench(args: argparse.Namespace) -> int:
+    _use_bundled_drafter(args, args.methods is None or "drafter" in args.methods)
     default = DEFAULT_BENCH_METHODS + (",drafter" if args.drafter else "")
     methods = parse_methods(args.methods or default)
     if args.drafter and "drafter" not in methods:

@@ -121,7 +121,6 @@ def test_bench_prints_a_row_per_method_and_writes_json(dirs: dict[str, Path], tm
 
 
 @pytest.mark.parametrize("args, message", [
-    (["generate", "--out", "x.png"], "--model"),
     (["generate", "--model", "/no/such/model", "--out", "x.png"], "not found"),
     (["generate", "--model", "{model}", "--out", "x.png", "--class-id", "99"], "class id 99"),
     (["generate", "--model", "{model}", "--out", "x.png", "--drafter", "{bad_drafter}"], "vocabulary 32"),

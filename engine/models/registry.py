@@ -92,9 +92,19 @@ def load_llamagen(path: str | Path, vq_path: str | Path | None = None, device: s
     return LlamaGenModel(gpt, decoder, name=name or path.stem)
 
 
+BUNDLED = {"demo": "the bundled demo target", "demo-drafter": "the bundled demo drafter"}
+
+
 def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
                vq_path: str | Path | None = None) -> ImageTokenModel:
-    """Load a model by path. Families are recognised from ``config.json`` or from the weights."""
+    """Load a bundled model by name (``demo``, ``demo-drafter``) or any model by path.
+
+    Families are recognised from ``config.json`` or from the weights.
+    """
+    if str(spec) in BUNDLED:
+        from ..demo.model import load_demo, load_demo_drafter
+
+        return (load_demo if spec == "demo" else load_demo_drafter)(device=device)
     path = Path(spec)
     if not path.exists():
         raise CheckpointError(f"model {str(spec)!r} not found (give a weights file or a model directory)")
