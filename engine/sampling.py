@@ -79,13 +79,16 @@ def point_mass(tokens: torch.Tensor, vocab: int) -> torch.Tensor:
 
 
 def sample(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Draw one token per distribution in ``probs [..., V]`` (exponential race: exact, no host sync).
+    """Draw one token per distribution in ``probs [..., V]`` by inverting its CDF.
 
-    ``argmax_i p_i / E_i`` with ``E_i ~ Exp(1)`` picks ``i`` with probability ``p_i``; zero-mass
-    entries can never win.
+    One uniform per row and a binary search: exact, no host sync, and far cheaper than drawing a
+    random number per vocabulary entry. ``right=True`` skips zero-mass entries, whose CDF step
+    is empty, so they can never be drawn.
     """
-    race = torch.empty_like(probs).exponential_(generator=generator)
-    return (probs / race).argmax(dim=-1)
+    cdf = probs.cumsum(dim=-1)
+    u = torch.rand(*probs.shape[:-1], 1, generator=generator, device=probs.device, dtype=cdf.dtype)
+    index = torch.searchsorted(cdf, u * cdf[..., -1:], right=True)
+    return index.squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
