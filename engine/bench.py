@@ -87,15 +87,16 @@ def parse_methods(text: str) -> list[str]:
 
 @dataclass
 class BenchRow:
-    """One method's numbers. Forward counts are per generate call: a forward serves the whole batch."""
+    """One method's numbers. Forward counts are per image (from the per-token records), so they do
+    not depend on how images were batched; seconds are wall time per image at the run's batch size."""
 
     method: str
     images: int
     calls: int
-    target_forwards_per_image: float  # mean of result.target_forwards over calls
+    target_forwards_per_image: float  # mean over images of the forwards that committed its tokens
     tokens_per_forward: float
     acceptance_rate: float | None  # None for plain AR (nothing drafted)
-    drafter_forwards_per_image: float  # mean of result.drafter_forwards over calls
+    drafter_forwards_per_image: float  # drafter forwards per call, divided by the images of the call
     seconds_per_image: float
     speedup: float  # AR seconds per image / this method's, same run
     loop_overhead: float  # share of wall time outside model forwards
@@ -135,10 +136,10 @@ def summarize(method: str, results: list[GenerationResult], baseline_seconds_per
     per_image = wall / images
     return BenchRow(
         method=method, images=images, calls=calls,
-        target_forwards_per_image=sum(r.target_forwards for r in results) / calls,
-        tokens_per_forward=sum(float(r.committed.float().mean()) for r in results) / sum(r.target_forwards for r in results),
+        target_forwards_per_image=sum(int(r.forwards_per_image.sum()) for r in results) / images,
+        tokens_per_forward=sum(int(r.committed.sum()) for r in results) / sum(int(r.forwards_per_image.sum()) for r in results),
         acceptance_rate=sum(r.accepted for r in results) / drafted if drafted else (None if method == "ar" else 0.0),
-        drafter_forwards_per_image=sum(r.drafter_forwards for r in results) / calls,
+        drafter_forwards_per_image=sum(r.drafter_forwards for r in results) / images,
         seconds_per_image=per_image,
         speedup=(baseline_seconds_per_image or per_image) / per_image,
         loop_overhead=1.0 - sum(r.model_seconds for r in results) / wall,

@@ -376,8 +376,8 @@ def _cells(row: BenchRow) -> tuple[str, ...]:
 
 def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: SamplingSettings, batch: int) -> str:
     """The benchmark table with a header that says how to read it."""
-    forwards = ("target forwards per image" if batch == 1 else
-                f"target forwards per call of {batch} images (one forward serves every image of the batch)")
+    forwards = "target forwards per image" + ("" if batch == 1 else
+        f" (counted per image from its tokens; a batched forward of {batch} images serves them all at once)")
     mode = "greedy" if settings.greedy else f"temperature {settings.temperature}, top-k {settings.top_k}, top-p {settings.top_p}"
     header = [f"{model.describe()} on {model.device}, cfg {settings.cfg_scale}, {mode}, seed {settings.seed}",
               f"fwd/img: {forwards}",

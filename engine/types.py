@@ -193,9 +193,20 @@ class GenerationResult:
         return int(self.tokens.shape[0])
 
     @property
+    def forwards_per_image(self) -> torch.Tensor:
+        """Target forwards that committed tokens of each image ``[B]``.
+
+        Rows advance independently, so this is what each image would have needed decoded on its
+        own; ``target_forwards`` counts the batched forwards, set by the slowest row.
+        """
+        fi = self.forward_index
+        steps = (fi[:, 1:] != fi[:, :-1]) & (fi[:, 1:] >= 0)
+        return (fi[:, 0] >= 0).long() + steps.sum(dim=1)
+
+    @property
     def tokens_per_forward(self) -> float:
-        """Step compression: image tokens per target forward, averaged over the batch."""
-        return float(self.committed.float().mean()) / max(self.target_forwards, 1)
+        """Step compression: image tokens per target forward, per image (batch-independent)."""
+        return float(self.committed.sum()) / max(int(self.forwards_per_image.sum()), 1)
 
     @property
     def acceptance_rate(self) -> float:
@@ -210,6 +221,7 @@ class GenerationResult:
         return {
             "tokens": self._committed_tokens().tolist(),
             "target_forwards": self.target_forwards,
+            "target_forwards_per_image": self.forwards_per_image.tolist(),
             "drafter_forwards": self.drafter_forwards,
             "tokens_per_forward": round(self.tokens_per_forward, 4),
             "acceptance_rate": round(self.acceptance_rate, 4),

@@ -69,6 +69,8 @@ def test_records_say_how_each_token_was_committed(target: LlamaGenModel) -> None
     per_forward = torch.bincount(result.forward_index[0], minlength=result.target_forwards)
     assert per_forward[0] == 1 and per_forward[1:-1].eq(4).all()
     assert result.drafter_forwards > 0 and 0 < result.model_seconds <= result.wall_seconds
+    # each image counts the forwards that committed its tokens; the slowest one sets the batch's
+    assert int(result.forwards_per_image.max()) == result.target_forwards
     assert N == result.tokens.shape[1]
 
 
