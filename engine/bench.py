@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+import torch
+
 from .drafts.base import DraftSource
 from .drafts.drafter import DrafterModelDrafts, check_drafter_fits
 from .drafts.jacobi import JacobiDrafts
@@ -29,12 +31,14 @@ JACOBI_METHODS: dict[str, tuple[str, bool]] = {
 }
 METHODS: dict[str, str] = {
     "ar": "plain autoregressive decoding, one token per target forward (the baseline)",
+    "ar2": "plain AR again with other seeds: the seed-to-seed spread that quality metrics are read against",
     "jacobi": "speculative Jacobi decoding, random initialisation of new window slots",
     "jacobi-row": "speculative Jacobi decoding, new slots start as the token one grid row above",
     "mcsjd": "MC-SJD: Jacobi decoding with coupled resampling, random initialisation",
     "mcsjd-row": "MC-SJD with row-above initialisation",
     "drafter": "a separate small drafter model proposes tokens",
 }
+SECOND_SEED_OFFSET = 1_000_003  # ar2's seeds: far from any seed the first AR run uses
 WARMUP_FORWARDS = 8  # enough to run every kernel shape once (prefill, blocks, drafter) without a whole image
 
 ConditionFn = Callable[[Sequence[int]], Conditioning]
@@ -64,7 +68,7 @@ def method_name(draft: str, init: str = "random", coupling: bool = False) -> str
 
 def make_draft(method: str, options: MethodOptions, drafter: ImageTokenModel | None = None) -> DraftSource | None:
     """A fresh draft source for ``method`` (``None`` for plain AR); draft sources hold per-call state."""
-    if method == "ar":
+    if method in ("ar", "ar2"):
         return None
     if method == "drafter":
         if drafter is None:
@@ -101,9 +105,28 @@ class BenchRow:
     speedup: float  # AR seconds per image / this method's, same run
     loop_overhead: float  # share of wall time outside model forwards
     results: list[GenerationResult] = field(default_factory=list, repr=False, compare=False)
+    quality: dict[str, float] | None = None  # class/colour/shape accuracy and FID-lite (demo model)
 
     def to_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "results"}
+
+
+def add_quality(rows: Sequence[BenchRow], model: ImageTokenModel, conditions: ConditionFn,
+                evaluate: Callable[[object, list[int]], dict[str, float]]) -> None:
+    """Decode every row's images and score them with ``evaluate(images, class_ids)``.
+
+    The same image indices (and so classes) were drawn by every method, so rows compare like
+    with like; two AR runs with different seeds give the noise floor to read them against.
+    """
+    for row in rows:
+        images, classes = [], []
+        offset = 0
+        for result in row.results:
+            indices = list(range(offset, offset + result.batch_size))
+            offset += result.batch_size
+            images.append(model.decode(result.tokens))
+            classes.extend(conditions(indices).class_ids or ())
+        row.quality = evaluate(torch.cat(images), classes)
 
 
 def plan_calls(images: int, batch: int, settings: SamplingSettings) -> list[Call]:
@@ -123,6 +146,8 @@ def run_call(model: ImageTokenModel, method: str, conditions: ConditionFn, call:
              observer: Callable[[StepEvent], bool] | None = None) -> GenerationResult:
     """One generate call of the plan with ``method``, precisely timed."""
     indices, settings = call
+    if method == "ar2":
+        settings = settings.with_(seed=settings.seed + SECOND_SEED_OFFSET)
     return generate(model, conditions(indices), settings, make_draft(method, options, drafter),
                     make_policy(options.policy), observer, precise_timing=True)
 

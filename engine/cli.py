@@ -22,7 +22,8 @@ from types import FrameType
 from typing import Callable, Sequence
 
 from . import __version__
-from .bench import METHODS, BenchRow, ConditionFn, MethodOptions, make_draft, method_name, parse_methods, run_bench
+from .bench import (METHODS, BenchRow, ConditionFn, MethodOptions, add_quality, make_draft, method_name, parse_methods,
+                    run_bench)
 from .drafts.drafter import check_drafter_fits
 from .drafts.jacobi import INITIALISATIONS, Q_CONVENTIONS
 from .errors import SettingsError, SpecARError
@@ -154,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--images", type=_int_at_least(1), default=8, metavar="N", help="images per method (default: 8)")
     runs.add_argument("--batch", type=_int_at_least(1), default=1, metavar="N",
                       help="images per generate call; the call starting at image i uses seed + i (default: 1)")
+    runs.add_argument("--quality", action="store_true", help=(
+        "also score every method's images (demo model only): class, colour and shape accuracy from the shipped "
+        "classifier and FID-lite against real scenes; add ar2 to --methods for the AR seed-to-seed spread"))
     runs.add_argument("--json", metavar="OUT.json", help="also write every row of the table, and the settings, as JSON")
     runs.add_argument("--quiet", action="store_true", help="print only the table")
     bench.set_defaults(run=_bench)
@@ -353,8 +357,11 @@ def _bench(args: argparse.Namespace) -> int:
     drafter = _load_drafter(args, model) if args.drafter else None
     settings = _settings(model, args)
     log = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
-    rows = run_bench(model, _conditions(model, args.class_ids, args.prompt), methods, args.images, args.batch,
-                     settings, options, drafter, log=log)
+    evaluate = _quality_metric(model) if args.quality else None
+    conditions = _conditions(model, args.class_ids, args.prompt)
+    rows = run_bench(model, conditions, methods, args.images, args.batch, settings, options, drafter, log=log)
+    if evaluate is not None:
+        add_quality(rows, model, conditions, evaluate)
     print(format_table(rows, model, settings, args.batch))
     if args.json:
         _write_json(args.json, {"model": model.name, "drafter": drafter.name if drafter else None,
@@ -364,14 +371,30 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quality_metric(model: ImageTokenModel):  # type: ignore[no-untyped-def]
+    """The demo evaluator as ``(images, class_ids) -> metrics``; other models have no such metric."""
+    if model.name != "specar-demo":
+        raise SettingsError(f"--quality scores the bundled demo model's scenes; there is no metric for {model.name}")
+    from .demo.evaluator import load_evaluator
+
+    evaluator = load_evaluator()
+    return lambda images, classes: evaluator.evaluate(images, classes).to_dict()
+
+
+QUALITY_COLUMNS = ("class acc", "colour acc", "shape acc", "FID-lite")
 TABLE_COLUMNS = ("method", "images", "fwd/img", "tok/fwd", "accept", "drafter fwd/img", "s/img", "speed-up", "loop overhead")
 
 
 def _cells(row: BenchRow) -> tuple[str, ...]:
     accept = "-" if row.acceptance_rate is None else f"{100 * row.acceptance_rate:.1f}%"
-    return (row.method, str(row.images), f"{row.target_forwards_per_image:.1f}", f"{row.tokens_per_forward:.2f}",
-            accept, f"{row.drafter_forwards_per_image:.1f}", f"{row.seconds_per_image:.3f}",
-            f"{row.speedup:.2f}x", f"{100 * row.loop_overhead:.1f}%")
+    cells = (row.method, str(row.images), f"{row.target_forwards_per_image:.1f}", f"{row.tokens_per_forward:.2f}",
+             accept, f"{row.drafter_forwards_per_image:.1f}", f"{row.seconds_per_image:.3f}",
+             f"{row.speedup:.2f}x", f"{100 * row.loop_overhead:.1f}%")
+    if row.quality is None:
+        return cells
+    q = row.quality
+    return cells + (f"{q['class_accuracy']:.3f}", f"{q['colour_accuracy']:.3f}", f"{q['shape_accuracy']:.3f}",
+                    f"{q['fid_lite']:.1f}")
 
 
 def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: SamplingSettings, batch: int) -> str:
@@ -383,8 +406,9 @@ def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: Samplin
               f"fwd/img: {forwards}",
               "speed-up: AR's s/img over the method's, measured in this run",
               "loop overhead: share of wall time outside model forwards"]
-    table = [TABLE_COLUMNS, *(_cells(row) for row in rows)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(TABLE_COLUMNS))]
+    columns = TABLE_COLUMNS + (QUALITY_COLUMNS if rows[0].quality is not None else ())
+    table = [columns, *(_cells(row) for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
              for line in table]
     return "\n".join(header + [""] + lines)

@@ -1,0 +1,67 @@
+"""The bundled demo model: a small LlamaGen target and drafter over the patch codebook.
+
+It runs on a CPU in well under a second per image and needs no download, so examples and tests
+can measure acceptance, forward counts and quality costs on a model that was actually trained.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import read_safetensors_metadata
+from ..errors import CheckpointError
+from ..models.llamagen.adapter import LlamaGenModel
+from ..models.llamagen.checkpoint import read_gpt
+from ..models.registry import resolve_device
+from ..types import SamplingSettings
+from .codebook import PatchCodebook
+from .scenes import CLASS_NAMES
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# The sampling the feasibility study measured speculative decoding with.
+DEMO_SETTINGS = SamplingSettings(cfg_scale=2.0, temperature=1.0, top_k=100, top_p=1.0)
+TRAIN_HINT = {
+    "target.safetensors": "train it with `python -m engine.demo.train --role target --threads 1 --minutes 100 "
+                          "--compile --out out/demo-target` and copy out/demo-target/target.safetensors here",
+    "drafter.safetensors": "train it with `python -m engine.demo.train --role drafter --threads 1 --minutes 12 "
+                           "--compile --out out/demo-drafter` and copy out/demo-drafter/drafter.safetensors here",
+    "codebook.safetensors": "`python -m engine.demo.train` fits it here before training a model",
+}
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise CheckpointError(f"the demo weights are not built yet: {path} is missing; {TRAIN_HINT.get(path.name, '')}")
+    return path
+
+
+def _load(file_name: str, name: str, weights_dir: str | Path | None, device: str | torch.device) -> LlamaGenModel:
+    directory = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
+    weights = _require(directory / file_name)
+    codebook = PatchCodebook.load(_require(directory / "codebook.safetensors"))
+    gpt = read_gpt(weights, {})
+    if gpt.cfg.vocab_size != codebook.size:
+        raise CheckpointError(f"{weights} has {gpt.cfg.vocab_size} codes but the codebook beside it has {codebook.size}")
+    dev = resolve_device(device)
+    gpt = gpt.to(dev, torch.float32)
+    gpt.reset_rope()
+    model = LlamaGenModel(gpt, codebook.to(dev), name=name, default_settings=DEMO_SETTINGS)
+    config = json.loads(read_safetensors_metadata(weights).get("config", "{}"))
+    model.class_names = tuple(config.get("class_names", CLASS_NAMES))  # type: ignore[attr-defined]
+    return model
+
+
+def load_demo(weights_dir: str | Path | None = None, device: str | torch.device = "auto") -> LlamaGenModel:
+    """The demo target (4 layers, width 192) with its patch codebook as the pixel decoder."""
+    return _load("target.safetensors", "specar-demo", weights_dir, device)
+
+
+def load_demo_drafter(weights_dir: str | Path | None = None, device: str | torch.device = "auto") -> LlamaGenModel:
+    """The demo drafter (1 layer, width 128); same codebook, classes and sampling defaults."""
+    return _load("drafter.safetensors", "specar-demo-drafter", weights_dir, device)
+
+
+__all__ = ["load_demo", "load_demo_drafter", "DEMO_SETTINGS", "WEIGHTS_DIR"]
