@@ -100,7 +100,7 @@ class BenchRow:
     target_forwards_per_image: float  # mean over images of the forwards that committed its tokens
     tokens_per_forward: float
     acceptance_rate: float | None  # None for plain AR (nothing drafted)
-    drafter_forwards_per_image: float  # drafter forwards per call, divided by the images of the call
+    drafter_forwards_per_call: float  # drafter forwards per generate call (one serves the call's whole batch)
     seconds_per_image: float
     speedup: float  # AR seconds per image / this method's, same run
     loop_overhead: float  # share of wall time outside model forwards
@@ -163,8 +163,8 @@ def summarize(method: str, results: list[GenerationResult], baseline_seconds_per
         method=method, images=images, calls=calls,
         target_forwards_per_image=sum(int(r.forwards_per_image.sum()) for r in results) / images,
         tokens_per_forward=sum(int(r.committed.sum()) for r in results) / sum(int(r.forwards_per_image.sum()) for r in results),
-        acceptance_rate=sum(r.accepted for r in results) / drafted if drafted else (None if method == "ar" else 0.0),
-        drafter_forwards_per_image=sum(r.drafter_forwards for r in results) / images,
+        acceptance_rate=sum(r.accepted for r in results) / drafted if drafted else (None if method in ("ar", "ar2") else 0.0),
+        drafter_forwards_per_call=sum(r.drafter_forwards for r in results) / calls,
         seconds_per_image=per_image,
         speedup=(baseline_seconds_per_image or per_image) / per_image,
         loop_overhead=1.0 - sum(r.model_seconds for r in results) / wall,

@@ -117,7 +117,7 @@ def test_bench_prints_a_row_per_method_and_writes_json(dirs: dict[str, Path], tm
     assert [r["method"] for r in rows] == ["ar", "jacobi-row", "mcsjd", "drafter"]
     assert rows[0]["speedup"] == 1.0 and rows[0]["acceptance_rate"] is None and rows[0]["tokens_per_forward"] == 1.0
     assert all(r["images"] == 2 and r["calls"] == 1 for r in rows)
-    assert rows[3]["drafter_forwards_per_image"] > 0 and rows[1]["tokens_per_forward"] > 1.0
+    assert rows[3]["drafter_forwards_per_call"] > 0 and rows[1]["tokens_per_forward"] > 1.0
 
 
 @pytest.mark.parametrize("args, message", [
