@@ -1,9 +1,11 @@
 """SpecAR as a ComfyUI custom node pack (ComfyUI imports this file).
 
-The nodes arrive with the ComfyUI issue; the engine is usable on its own through ``engine``.
-Nothing here runs outside ComfyUI, so importing the engine never needs ComfyUI.
+ComfyUI calls :func:`comfy_entrypoint` (V3 nodes, see :mod:`nodes.comfy_v3`) and serves ``web/``.
+Importing this file needs no ComfyUI, and the engine (``engine/``) never needs it.
 """
 
+from .nodes.comfy_v3 import comfy_entrypoint
+
 WEB_DIRECTORY = "./web"
-NODE_CLASS_MAPPINGS: dict = {}
-NODE_DISPLAY_NAME_MAPPINGS: dict = {}
+
+__all__ = ["comfy_entrypoint", "WEB_DIRECTORY"]

@@ -11,7 +11,6 @@ This module only parses, loads and prints: decoding lives in :mod:`engine.loop`,
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import signal
@@ -33,6 +32,7 @@ from .models.base import ImageTokenModel
 from .models.registry import load_model
 from .policies import POLICIES, make_policy
 from .progress import ProgressBar, summary_line
+from .session import class_for_prompt
 from .types import Conditioning, GenerationResult, SamplingSettings, StepEvent
 
 EXIT_USAGE = 2
@@ -188,21 +188,6 @@ def _settings(model: ImageTokenModel, args: argparse.Namespace) -> SamplingSetti
     return model.default_settings.with_(**{k: v for k, v in given.items() if v is not None})
 
 
-def _class_for_prompt(model: ImageTokenModel, prompt: str) -> int:
-    """The class whose name (or one of its comma-separated aliases) is ``prompt``, ignoring case."""
-    names: list[str] | None = getattr(model, "class_names", None)
-    if not names:
-        raise SettingsError(f"{model.name} takes class numbers and does not know class names: use --class-id "
-                            f"0..{(model.num_classes or 1) - 1} instead of --prompt")
-    wanted = prompt.strip().lower()
-    for index, name in enumerate(names):
-        if wanted == name.strip().lower() or wanted in (alias.strip().lower() for alias in name.split(",")):
-            return index
-    close = difflib.get_close_matches(prompt, names, n=3)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise SettingsError(f"{model.name} has no class named {prompt!r}{hint} Class names: {', '.join(names)}")
-
-
 def _conditions(model: ImageTokenModel, class_ids: list[int] | None, prompt: str | None) -> ConditionFn:
     """Conditioning for images by index: class ids cycle, a prompt repeats, default image i -> class i."""
     kind = model.conditioning_kind
@@ -213,7 +198,7 @@ def _conditions(model: ImageTokenModel, class_ids: list[int] | None, prompt: str
     if kind != "class":
         raise SettingsError(f"{model.name} is conditioned on {kind} embeddings from a text encoder, "
                             "which the command line cannot compute yet; use a class-conditional model")
-    ids = [_class_for_prompt(model, prompt)] if prompt is not None else class_ids
+    ids = [class_for_prompt(model, prompt)] if prompt is not None else class_ids
     if ids:
         return lambda indices: Conditioning.classes([ids[i % len(ids)] for i in indices])
     count = model.num_classes or 1

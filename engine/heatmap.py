@@ -29,6 +29,7 @@ ACCEPTED_RUN_SHORT = 2  # the shortest run holding an accepted token: it plus th
 ACCEPTED_RUN_LONG = 16  # runs this long (a full default Jacobi window) get the brightest green
 
 LEGEND_BACKGROUND: RGB = (255, 255, 255)
+COMPARISON_MIN_WIDTH = 160  # pixels per column of a comparison picture (small images are enlarged)
 
 PALETTE: dict[str, RGB] = {
     "not_committed": COLOR_NOT_COMMITTED,
@@ -64,19 +65,28 @@ def accepted_brightness(runs: torch.Tensor) -> torch.Tensor:
     return (torch.log(runs.clamp(min=ACCEPTED_RUN_SHORT) / ACCEPTED_RUN_SHORT) / span).clamp(0.0, 1.0)
 
 
-def token_colors(result: GenerationResult) -> torch.Tensor:
-    """One RGB colour per token, ``float [B, N, 3]`` in 0..255."""
-    kinds = result.kinds.long()
+def cell_colors(kinds: torch.Tensor, forward_index: torch.Tensor) -> torch.Tensor:
+    """One RGB colour per token, ``float [B, N, 3]`` in 0..255, from how and when each was committed."""
+    kinds = kinds.long().cpu()
     colors = torch.tensor(COLOR_NOT_COMMITTED, dtype=torch.float32).expand(*kinds.shape, 3).clone()
     for kind, color in ((TokenKind.PLAIN, COLOR_PLAIN), (TokenKind.CORRECTED, COLOR_CORRECTED),
                         (TokenKind.BONUS, COLOR_BONUS)):
         colors[kinds == int(kind)] = torch.tensor(color, dtype=torch.float32)
     short = torch.tensor(COLOR_ACCEPTED_SHORT, dtype=torch.float32)
     long = torch.tensor(COLOR_ACCEPTED_LONG, dtype=torch.float32)
-    green = short + accepted_brightness(run_lengths(result.forward_index))[..., None] * (long - short)
+    green = short + accepted_brightness(run_lengths(forward_index.cpu()))[..., None] * (long - short)
     accepted = kinds == int(TokenKind.ACCEPTED)
     colors[accepted] = green[accepted]
     return colors
+
+
+def token_colors(result: GenerationResult) -> torch.Tensor:
+    """:func:`cell_colors` of a finished (or interrupted) generation."""
+    return cell_colors(result.kinds, result.forward_index)
+
+
+def hex_color(color: RGB) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*color)
 
 
 def upscale_cells(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -149,6 +159,28 @@ def side_by_side(images: torch.Tensor | np.ndarray, heatmaps: torch.Tensor | np.
     canvas = Image.new("RGB", (legend.width, grid.height + legend.height), LEGEND_BACKGROUND)
     canvas.paste(grid, (0, 0))
     canvas.paste(legend, (0, grid.height))
+    return canvas
+
+
+def comparison(left: torch.Tensor | np.ndarray, right: torch.Tensor | np.ndarray, heatmaps: torch.Tensor | np.ndarray,
+               captions: tuple[str, str, str]) -> Image.Image:
+    """Three labelled columns (e.g. plain AR, speculative, its heatmap), one row per image, and
+    the heatmap legend below: what a viewer needs to judge speed against quality at a glance."""
+    columns = [_as_array(left), _as_array(right), _as_array(heatmaps)]
+    factor = max(1, math.ceil(COMPARISON_MIN_WIDTH / columns[0].shape[2]))  # room for the captions
+    columns = [c.repeat(factor, axis=1).repeat(factor, axis=2) for c in columns]
+    rows = np.concatenate(columns, axis=2)  # [B, H, 3W, 3]
+    B, H, W3, _ = rows.shape
+    body = np.concatenate(list(rows), axis=0)  # images stacked vertically
+    font = ImageFont.load_default()
+    caption_height = 14
+    legend = legend_strip(W3)
+    canvas = Image.new("RGB", (max(W3, legend.width), caption_height + body.shape[0] + legend.height), LEGEND_BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for i, caption in enumerate(captions):
+        draw.text((i * (W3 // 3) + 2, 1), caption, fill=(0, 0, 0), font=font)
+    canvas.paste(Image.fromarray(body), (0, caption_height))
+    canvas.paste(legend, (0, caption_height + body.shape[0]))
     return canvas
 
 

@@ -122,7 +122,8 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
     def notify() -> bool:
         if observer is None:
             return True
-        event = StepEvent(target_forwards - 1, tokens[:, :N], committed.clone(), kinds[:, :N], target_forwards, N)
+        event = StepEvent(target_forwards - 1, tokens[:, :N], committed.clone(), kinds[:, :N],
+                          forward_index[:, :N], target_forwards, N)
         return observer(event) is not False
 
     try:

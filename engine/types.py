@@ -159,6 +159,7 @@ class StepEvent:
     tokens: torch.Tensor  # [B, N] committed tokens so far (undefined past ``committed``)
     committed: torch.Tensor  # [B] how many tokens each row has committed
     kinds: torch.Tensor  # [B, N] TokenKind codes, -1 where nothing is committed yet
+    forward_index: torch.Tensor  # [B, N] target forward that committed each token, -1 where none yet
     target_forwards: int
     total_tokens: int  # number of image tokens per image
 

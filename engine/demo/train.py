@@ -10,6 +10,11 @@ continues from it, and ``--init`` starts a second phase (a new schedule) from ea
 The final weights go to ``--out/<role>.safetensors`` in fp16 with the GPTConfig and class names
 in the header; copy them (and the codebook) to ``engine/demo/weights/`` to ship them.
 
+``--teacher`` distils the drafter from a trained target: the loss is the cross-entropy against the
+teacher's next-token distribution instead of the data token. The acceptance rate of speculative
+decoding is one minus the total variation between the two models' distributions, so matching the
+teacher (not the data) is what a drafter is for; the validation loss stays on data tokens.
+
 ``--minutes`` fixes the number of steps from the speed of the first steps (the cosine schedule
 needs a known length); the log prints the resulting ``--steps`` that reproduces the run.
 """
@@ -29,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from ..checkpoints import load_into, read_safetensors_metadata, read_state_dict, save_safetensors
+from ..models.llamagen.checkpoint import read_gpt
 from ..models.llamagen.gpt import GPT, GPTConfig
 from .codebook import PatchCodebook, fit_codebook
 from .scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
@@ -38,7 +44,7 @@ GRID = 16
 # Architecture and peak learning rate per role (see shared/design/demo-model.md).
 ROLES: dict[str, dict[str, int]] = {
     "target": {"n_layer": 4, "dim": 192, "n_head": 6, "ffn_hidden": 512},
-    "drafter": {"n_layer": 1, "dim": 128, "n_head": 4, "ffn_hidden": 344},
+    "drafter": {"n_layer": 2, "dim": 128, "n_head": 4, "ffn_hidden": 344},
 }
 ROLE_LR = {"target": 2e-3, "drafter": 3e-3}
 # Independent random streams derived from the run seed.
@@ -173,6 +179,7 @@ class Trainer:
         self.model.to(self.device)
         self.opt = torch.optim.AdamW(param_groups(self.model, args.weight_decay), lr=self.peak_lr, betas=(0.9, 0.95))
         self.forward = torch.compile(self.model) if args.compile else self.model
+        self.teacher = self.load_teacher(Path(args.teacher)) if args.teacher else None
         # The same held-out scenes whatever the run seed, so phases and runs compare.
         self.val = scene_tokens(self.codebook, args.val_images, stream_seed(VAL_SEED, VAL_STREAM))
         self.step = 0
@@ -181,10 +188,25 @@ class Trainer:
         self.out = Path(args.out)
         self.state_path = self.out / f"{args.role}-state.safetensors"
 
-    def loss(self, ids: torch.Tensor, codes: torch.Tensor, net: torch.nn.Module) -> torch.Tensor:
+    def load_teacher(self, path: Path) -> GPT:
+        """A frozen trained model over the same codebook, classes and grid as the one trained."""
+        teacher = read_gpt(path, {})
+        mismatched = [k for k in ("vocab_size", "num_classes", "grid_size", "model_type")
+                      if getattr(teacher.cfg, k) != getattr(self.cfg, k)]
+        if mismatched:
+            raise SystemExit(f"--teacher {path} differs from the model being trained in {', '.join(mismatched)}")
+        teacher = teacher.to(self.device, torch.float32).eval().requires_grad_(False)
+        teacher.reset_rope()
+        return teacher
+
+    def loss(self, ids: torch.Tensor, codes: torch.Tensor, net: torch.nn.Module, distil: bool = False) -> torch.Tensor:
         ids, codes = ids.to(self.device), codes.to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
             logits = net(ids, codes)
+            if distil and self.teacher is not None:
+                with torch.no_grad():
+                    soft = F.softmax(self.teacher(ids, codes).float(), dim=-1)
+                return -(soft * F.log_softmax(logits.float(), dim=-1)).sum(-1).mean()
         return F.cross_entropy(logits.float().flatten(0, 1), codes.flatten())
 
     def train_step(self) -> float:
@@ -194,7 +216,7 @@ class Trainer:
         schedule = Schedule(self.peak_lr, self.warmup, self.total or 10**9)
         for group in self.opt.param_groups:
             group["lr"] = schedule.lr(self.step)
-        loss = self.loss(ids, codes, self.forward)
+        loss = self.loss(ids, codes, self.forward, distil=True)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
@@ -213,7 +235,8 @@ class Trainer:
 
     def meta(self) -> dict[str, object]:
         return {"step": self.step, "total_steps": self.total, "warmup": self.warmup, "peak_lr": self.peak_lr,
-                "role": self.args.role, "seed": self.args.seed, "batch": self.args.batch, "gpt": self.cfg.to_dict()}
+                "role": self.args.role, "seed": self.args.seed, "batch": self.args.batch, "gpt": self.cfg.to_dict(),
+                "teacher": Path(self.args.teacher).name if self.args.teacher else None}
 
     def resume(self) -> None:
         meta = load_state(self.state_path, self.model, self.opt)
@@ -286,6 +309,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--init", default=None,
                    help="start from these weights (a state or exported file) with a fresh optimizer and schedule; "
                         "give a new --seed so the batches differ from the first phase")
+    p.add_argument("--teacher", default=None,
+                   help="distil from this trained model's safetensors (the drafter from the shipped target)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 for background runs)")
     p.add_argument("--seed", type=int, default=0)

@@ -38,6 +38,9 @@ class PixelDecoder(Protocol):
     def decode(self, codes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Codes ``[B, h*w]`` in raster order -> float images ``[B, 3, H, W]`` in [-1, 1]."""
 
+    def to(self, device: torch.device) -> "PixelDecoder":
+        """The decoder on ``device`` (``self`` moved, or a moved copy)."""
+
 
 class ImageTokenModel(ABC):
     """Adapter protocol for discrete-token AR image models (target or drafter)."""
@@ -116,6 +119,10 @@ class ImageTokenModel(ABC):
 
     def release(self) -> None:
         """Free the cache (models stay loaded); called when a generation ends."""
+
+    @abstractmethod
+    def to(self, device: torch.device) -> None:
+        """Move the network and pixel decoder to ``device`` (hosts offload models between runs)."""
 
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:

@@ -117,3 +117,34 @@ def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str
     if family != "llamagen":
         raise CheckpointError(f"{path}: model family {family!r} is not supported yet (supported: llamagen)")
     return load_llamagen(path, vq_path, device, dtype)
+
+
+def find_models(folders: list[Path]) -> dict[str, Path]:
+    """Models under ``folders`` by display name (relative path, ``/``-separated, first folder wins).
+
+    A weights file directly in a folder is a single-file model; a sub-directory that holds weights
+    is a model directory (its files are not listed on their own). Tokenizer files (``vq*``) are
+    never models. Unreadable folders are skipped: a missing ``models/specar`` just lists nothing.
+    """
+    found: dict[str, Path] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            relative = path.relative_to(folder)
+            if any(part.startswith(".") for part in relative.parts):
+                continue
+            if path.is_dir() and path != folder and _holds_weights(path):
+                if not any(parent in found.values() for parent in path.parents):
+                    found.setdefault(relative.as_posix(), path)
+            elif path.is_file() and path.parent == folder and _is_weights(path):
+                found.setdefault(relative.as_posix(), path)
+    return found
+
+
+def _is_weights(path: Path) -> bool:
+    return path.suffix.lower() in WEIGHT_SUFFIXES and not path.name.lower().startswith("vq")
+
+
+def _holds_weights(directory: Path) -> bool:
+    return any(_is_weights(p) for p in directory.iterdir() if p.is_file())

@@ -8,6 +8,11 @@ A policy answers two questions, and the shared verifier (:mod:`engine.verify`) d
 
 Lossless speculative sampling answers ``min(1, p(x)/q(x))`` and ``norm(max(0, p - q))``; relaxed
 policies (LANTERN, GSD, CSD, CASCADE) raise the first and keep or adapt the second.
+
+Every policy takes one user-facing ``relaxation`` in 0..1 (0 = lossless; each relaxed policy maps it
+onto its own knob) and an optional per-token ``region`` weight (from a painted mask, see
+:mod:`engine.regions`) that scales it locally: :meth:`AcceptancePolicy.relaxation_at` is the
+strength a policy should apply at each tested token.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import torch
+
+from ..errors import SettingsError
 
 
 @dataclass
@@ -31,6 +38,28 @@ class AcceptancePolicy(ABC):
 
     name: str = "policy"
     lossless: bool = False
+
+    def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None) -> None:
+        if not 0.0 <= relaxation <= 1.0:
+            raise SettingsError(f"relaxation must lie in 0..1 (0 = lossless), got {relaxation}")
+        if region is not None and region.dim() != 2:
+            raise SettingsError(f"a region must be per-token weights [B or 1, tokens], got shape {list(region.shape)}")
+        self.relaxation = relaxation
+        self.region = region
+
+    def relaxation_at(self, positions: torch.Tensor) -> torch.Tensor:
+        """Relaxation strength ``[B, m]`` at image-token ``positions [B, m]``: the global value
+        times the region weight of each token (1 everywhere without a region)."""
+        strength = torch.full(positions.shape, self.relaxation, dtype=torch.float32, device=positions.device)
+        if self.region is None:
+            return strength
+        region = self.region.to(positions.device)
+        if region.shape[0] == 1:
+            region = region.expand(positions.shape[0], -1)
+        elif region.shape[0] != positions.shape[0]:
+            raise SettingsError(f"the region mask has {region.shape[0]} images but the batch has {positions.shape[0]}: "
+                                "give one mask, or one per image")
+        return strength * region.gather(1, positions.clamp(0, region.shape[1] - 1))
 
     @abstractmethod
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,

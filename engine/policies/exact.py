@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import SettingsError
 from ..sampling import residual
 from .base import AcceptancePolicy, PolicyContext
 
@@ -26,6 +27,12 @@ def token_probs(dist: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 class ExactPolicy(AcceptancePolicy):
     name = "exact"
     lossless = True
+
+    def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None) -> None:
+        if relaxation != 0.0:
+            raise SettingsError(f"the exact policy is lossless and has nothing to relax (relaxation {relaxation}); "
+                                "set relaxation to 0 or choose a relaxed policy")
+        super().__init__(0.0, region)
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

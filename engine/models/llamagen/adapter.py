@@ -125,6 +125,15 @@ class LlamaGenModel(ImageTokenModel):
     def release(self) -> None:
         self.cache = None
 
+    def to(self, device: torch.device) -> None:
+        if device == self.device:
+            return
+        self.cache = None
+        self.gpt.to(device)
+        if self.decoder is not None:
+            self.decoder = self.decoder.to(device)
+        self.device = device
+
     # -- pixels -----------------------------------------------------------------------------------
 
     @property

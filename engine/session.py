@@ -1,0 +1,147 @@
+"""One sampling job as a host application asks for it: what to draw, how to draft, how to accept.
+
+ComfyUI nodes (and scripts) describe a job with two small recipes that travel between nodes,
+:class:`DraftRecipe` and :class:`PolicyRecipe`, and call :func:`run_job`, which returns pictures
+ready to show (float RGB in 0..1, as ComfyUI's IMAGE) and a short stats line. Draft sources and
+policies hold per-call state, so recipes build fresh ones for every call.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from .bench import MethodOptions, make_draft
+from .drafts.base import DraftSource
+from .drafts.drafter import check_drafter_fits
+from .errors import SettingsError
+from .heatmap import acceptance_heatmap, committed_mask
+from .loop import generate
+from .models.base import ImageTokenModel
+from .policies import AcceptancePolicy, make_policy
+from .regions import mask_to_token_weights
+from .types import Conditioning, GenerationResult, SamplingSettings, StepEvent
+
+Observer = Callable[[StepEvent], bool | None]
+
+
+@dataclass(frozen=True)
+class DraftRecipe:
+    """Where drafts come from: ``method`` is a :data:`engine.bench.METHODS` name (``ar`` = none)."""
+
+    method: str = "ar"
+    window: int = 16
+    gamma: int = 4
+    q_init: str = "one_hot"
+    drafter: ImageTokenModel | None = None
+
+    def build(self, target: ImageTokenModel) -> DraftSource | None:
+        if self.drafter is not None:
+            check_drafter_fits(target, self.drafter)
+            self.drafter.to(target.device)
+        return make_draft(self.method, MethodOptions(self.window, self.gamma, self.q_init), self.drafter)
+
+    def describe(self) -> str:
+        if self.method == "ar":
+            return "plain AR"
+        if self.method == "drafter":
+            return f"drafter {self.drafter.name if self.drafter else '?'} (gamma {self.gamma})"
+        return f"{self.method} (window {self.window})"
+
+
+@dataclass(frozen=True)
+class PolicyRecipe:
+    """How drafts are accepted: a policy name, a relaxation in 0..1 and an optional pixel mask
+    (``[H, W]`` or ``[B, H, W]``) that scales the relaxation per region."""
+
+    name: str = "exact"
+    relaxation: float = 0.0
+    mask: torch.Tensor | None = None
+
+    def build(self, target: ImageTokenModel) -> AcceptancePolicy:
+        region = mask_to_token_weights(self.mask, target.grid) if self.mask is not None else None
+        return make_policy(self.name, self.relaxation, region)
+
+    def describe(self) -> str:
+        masked = ", masked" if self.mask is not None else ""
+        return self.name if self.relaxation == 0 else f"{self.name} (relaxation {self.relaxation:g}{masked})"
+
+
+def class_for_prompt(model: ImageTokenModel, prompt: str) -> int:
+    """The class whose name (or one of its comma-separated aliases) is ``prompt``, ignoring case."""
+    names: list[str] | None = getattr(model, "class_names", None)
+    if not names:
+        raise SettingsError(f"{model.name} takes class numbers and does not know class names: give a class number "
+                            f"0..{(model.num_classes or 1) - 1} instead of {prompt!r}")
+    wanted = prompt.strip().lower()
+    for index, name in enumerate(names):
+        if wanted == name.strip().lower() or wanted in (alias.strip().lower() for alias in name.split(",")):
+            return index
+    close = difflib.get_close_matches(prompt, names, n=3)
+    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise SettingsError(f"{model.name} has no class named {prompt!r}{hint} Class names: {', '.join(names)}")
+
+
+def conditioning_for(model: ImageTokenModel, prompt: str, batch: int) -> Conditioning:
+    """``batch`` images of ``prompt``: text for text models; a class name or number for class models."""
+    if batch < 1:
+        raise SettingsError(f"batch size must be >= 1, got {batch}")
+    kind = model.conditioning_kind
+    if kind == "prompt":
+        return Conditioning(prompts=tuple(prompt for _ in range(batch)))
+    if kind != "class":
+        raise SettingsError(f"{model.name} is conditioned on {kind} embeddings from a text encoder, which SpecAR "
+                            "cannot compute yet; use a class-conditional model")
+    text = prompt.strip()
+    class_id = int(text) if text.isdigit() else class_for_prompt(model, text)
+    count = model.num_classes or 1
+    if class_id >= count:
+        raise SettingsError(f"{model.name} has classes 0..{count - 1}, not {class_id}")
+    return Conditioning.classes([class_id] * batch)
+
+
+@dataclass
+class JobOutput:
+    result: GenerationResult
+    images: torch.Tensor  # float [B, H, W, 3] in 0..1 (black where interrupted before a token)
+    heatmaps: torch.Tensor  # float [B, H, W, 3] in 0..1, acceptance per token at image size
+    summary: str  # one line: forwards, tokens per forward, acceptance, seconds
+
+
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """``uint8 [B, H, W, 3]`` -> float in 0..1, the IMAGE format of ComfyUI."""
+    return images.float() / 255.0
+
+
+def summarize(result: GenerationResult, draft: DraftRecipe, policy: PolicyRecipe) -> str:
+    stats = result.stats()
+    parts = [f"{draft.describe()}, policy {policy.describe()}",
+             f"{result.target_forwards} target forwards for {result.batch_size}x{result.tokens.shape[1]} tokens",
+             f"{stats['tokens_per_forward']:.2f} tokens/forward"]
+    if draft.method != "ar":
+        parts.append(f"acceptance {100 * result.acceptance_rate:.1f}%")
+    parts.append(f"{result.wall_seconds:.2f} s")
+    if not result.finished:
+        parts.append("INTERRUPTED")
+    return " | ".join(parts)
+
+
+def run_job(model: ImageTokenModel, prompt: str, batch: int, settings: SamplingSettings,
+            draft: DraftRecipe | None = None, policy: PolicyRecipe | None = None,
+            observer: Observer | None = None) -> JobOutput:
+    """Draw ``batch`` images of ``prompt`` and return them with heatmaps and a stats line."""
+    draft, policy = draft or DraftRecipe(), policy or PolicyRecipe()
+    if not model.can_decode:
+        raise SettingsError(f"{model.name} has no VQ tokenizer to turn tokens into pixels: put a vq*.pt or "
+                            "vq*.safetensors file beside the model weights")
+    cond = conditioning_for(model, prompt, batch)
+    result = generate(model, cond, settings, draft.build(model), policy.build(model), observer)
+    pixels = model.decode(result.tokens)
+    size = (int(pixels.shape[1]), int(pixels.shape[2]))
+    if not result.finished:
+        pixels = pixels * committed_mask(result, model.grid, size)[..., None]
+    heatmaps = acceptance_heatmap(result, model.grid, size)
+    return JobOutput(result, as_float(pixels), as_float(heatmaps), summarize(result, draft, policy))

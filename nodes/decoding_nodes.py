@@ -1,0 +1,55 @@
+"""Draft-source and acceptance-policy nodes: small recipes the sampler turns into engine objects."""
+
+from __future__ import annotations
+
+import torch
+
+from ..engine.bench import method_name
+from ..engine.drafts.jacobi import INITIALISATIONS
+from ..engine.policies import POLICIES, make_policy
+from ..engine.session import DraftRecipe, PolicyRecipe
+from .host import Host
+from .schema import BOOLEAN, COMBO, DRAFT, FLOAT, INT, MASK, POLICY, Field, NodeSpec, Output
+
+
+def _jacobi(host: Host, window: int, initialisation: str, coupled: bool) -> tuple[DraftRecipe]:
+    return (DraftRecipe(method_name("jacobi", initialisation, coupled), window=window),)
+
+
+def _policy(host: Host, policy: str, relaxation: float, mask: torch.Tensor | None = None) -> tuple[PolicyRecipe]:
+    make_policy(policy, relaxation)  # a bad combination fails here, on this node, not later in the sampler
+    return (PolicyRecipe(policy, relaxation, mask),)
+
+
+JACOBI_DRAFTS = NodeSpec(
+    node_id="SpecARJacobiDrafts",
+    display_name="SpecAR Jacobi Drafts",
+    description="Self-drafting (speculative Jacobi decoding): the target guesses a window of future tokens and checks "
+                "them in the same forward. No extra model; lossless with the exact policy.",
+    inputs=(
+        Field("window", INT, "tokens fed to the target per forward: the pending one plus window-1 guesses",
+              default=16, min=2, max=64),
+        Field("initialisation", COMBO, "first guess for a new position: the token one row above (better on images) "
+              "or a random token (as in the SJD paper)", default="row_above", options=INITIALISATIONS),
+        Field("coupled", BOOLEAN, "MC-SJD coupled resampling: keeps guesses stable between forwards", default=False),
+    ),
+    outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),
+    run=_jacobi,
+)
+
+ACCEPTANCE_POLICY = NodeSpec(
+    node_id="SpecARAcceptancePolicy",
+    display_name="SpecAR Acceptance Policy",
+    description="How drafted tokens are accepted. exact keeps the images' distribution identical to plain decoding; "
+                "relaxed policies accept more (faster) at a measured quality cost. An optional mask limits relaxation "
+                "to painted regions.",
+    inputs=(
+        Field("policy", COMBO, "exact is lossless; relaxed policies appear here as they are installed",
+              default="exact", options=tuple(POLICIES)),
+        Field("relaxation", FLOAT, "0 = lossless; towards 1 accepts more drafts (faster, less faithful)",
+              default=0.0, min=0.0, max=1.0, step=0.05, slider=True),
+        Field("mask", MASK, "where relaxation applies (white = full relaxation, black = lossless)", optional=True),
+    ),
+    outputs=(Output(POLICY, "policy", "an acceptance policy for the sampler"),),
+    run=_policy,
+)

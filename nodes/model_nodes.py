@@ -1,0 +1,71 @@
+"""Loader nodes: the target model, and a drafter model as a draft source."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..engine.models.base import ImageTokenModel
+from ..engine.models.registry import BUNDLED, find_models, load_model, resolve_dtype
+from ..engine.session import DraftRecipe
+from .host import Host
+from .schema import COMBO, DRAFT, INT, MODEL, Field, NodeSpec, Output
+
+DTYPES = ("auto", "fp32", "bf16", "fp16")
+BUNDLED_TARGET, BUNDLED_DRAFTER = "demo", "demo-drafter"
+
+
+def target_choices(folders: list[Path]) -> list[str]:
+    return [BUNDLED_TARGET, *find_models(folders)]
+
+
+def drafter_choices(folders: list[Path]) -> list[str]:
+    return [BUNDLED_DRAFTER, *find_models(folders)]
+
+
+def load(host: Host, choice: str, dtype: str) -> ImageTokenModel:
+    """Load a bundled model or one from the model folders onto the offload device; the sampler
+    moves it to the compute device for each run and back afterwards."""
+    path = find_models(host.model_folders()).get(choice)
+    spec: str | Path = choice if choice in BUNDLED else path or Path(choice)
+    return load_model(spec, host.offload_device(), resolve_dtype(dtype, host.device()))
+
+
+def _load_target(host: Host, model: str, dtype: str) -> tuple[ImageTokenModel]:
+    return (load(host, model, dtype),)
+
+
+def _load_drafter(host: Host, drafter: str, gamma: int, dtype: str) -> tuple[DraftRecipe]:
+    return (DraftRecipe("drafter", gamma=gamma, drafter=load(host, drafter, dtype)),)
+
+
+_DTYPE_FIELD = Field("dtype", COMBO, "number format of the weights: auto is bf16 on GPUs that support it, else fp32",
+                     default="auto", options=DTYPES)
+
+LOAD_MODEL = NodeSpec(
+    node_id="SpecARModelLoader",
+    display_name="SpecAR Load Model",
+    description="Loads an autoregressive image model: 'demo' is the small bundled model (no download); other entries "
+                "are files and model directories in ComfyUI/models/specar/.",
+    inputs=(
+        Field("model", COMBO, "the bundled demo, or a weights file / model directory from models/specar/",
+              default=BUNDLED_TARGET, options=target_choices),
+        _DTYPE_FIELD,
+    ),
+    outputs=(Output(MODEL, "model", "the target model, for SpecAR Sampler and SpecAR Compare"),),
+    run=_load_target,
+)
+
+DRAFTER_MODEL = NodeSpec(
+    node_id="SpecARDrafterModel",
+    display_name="SpecAR Drafter Model",
+    description="Speculative decoding with a small drafter model of the same family: it proposes gamma tokens, the "
+                "target checks them all in one forward. Lossless with the exact policy.",
+    inputs=(
+        Field("drafter", COMBO, "a small model with the same vocabulary and token grid as the target",
+              default=BUNDLED_DRAFTER, options=drafter_choices),
+        Field("gamma", INT, "tokens the drafter proposes per target forward", default=6, min=1, max=32),
+        _DTYPE_FIELD,
+    ),
+    outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),
+    run=_load_drafter,
+)

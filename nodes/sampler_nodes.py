@@ -1,0 +1,172 @@
+"""The sampler and the AR-versus-speculative comparison: the nodes that actually decode."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..engine.heatmap import comparison, upscale_cells
+from ..engine.live import HeatmapFrames
+from ..engine.models.base import ImageTokenModel
+from ..engine.session import DraftRecipe, JobOutput, PolicyRecipe, run_job
+from ..engine.types import SamplingSettings, StepEvent
+from .host import Host
+from .schema import DRAFT, FLOAT, IMAGE, INT, MODEL, POLICY, STRING, Field, NodeSpec, Output
+
+HEATMAP_EVENT = "specar.heatmap"  # the web widget listens for this message type
+PREVIEW_INTERVAL = 0.5  # seconds between partial-image previews (decoding one costs a little)
+
+
+class LiveReport:
+    """The loop's observer inside a node: interrupts, progress with previews, heatmap frames."""
+
+    def __init__(self, host: Host, model: ImageTokenModel) -> None:
+        self.host, self.model = host, model
+        self.frames = HeatmapFrames(model.grid, run=uuid.uuid4().hex[:12])
+        self.last_preview = float("-inf")
+        self.last_event: StepEvent | None = None
+
+    def __call__(self, event: StepEvent) -> bool:
+        if self.host.interrupted():
+            return False
+        self.last_event = event
+        preview = None
+        if time.monotonic() - self.last_preview >= PREVIEW_INTERVAL:
+            preview = self.preview(event)
+            self.last_preview = time.monotonic()
+        self.host.progress(int(event.committed.min()), event.total_tokens, preview)
+        self.send(self.frames.frame(event))
+        return True
+
+    def preview(self, event: StepEvent) -> Image.Image:
+        """The first image as decoded so far (black where no token is committed yet)."""
+        pixels = self.model.decode(event.tokens[:1])
+        size = (int(pixels.shape[1]), int(pixels.shape[2]))
+        mask = upscale_cells((event.kinds[:1].cpu() >= 0).reshape(1, *self.model.grid), size)
+        return Image.fromarray((pixels * mask[..., None])[0].numpy())
+
+    def finish(self) -> None:
+        if self.last_event is not None:
+            self.send(self.frames.frame(self.last_event, final=True))
+
+    def send(self, frame: dict[str, object] | None) -> None:
+        if frame is not None and self.host.node_id is not None:
+            self.host.send(HEATMAP_EVENT, {"node": str(self.host.node_id), **frame})
+
+
+@contextmanager
+def on_compute_device(host: Host, model: ImageTokenModel, draft: DraftRecipe) -> Iterator[None]:
+    """Models run on the host's compute device and go back to its offload device afterwards."""
+    model.to(host.device())
+    try:
+        yield
+    finally:
+        model.to(host.offload_device())
+        if draft.drafter is not None:
+            draft.drafter.to(host.offload_device())
+
+
+def sampling_settings(model: ImageTokenModel, seed: int, cfg: float, temperature: float, top_k: int) -> SamplingSettings:
+    """The model's defaults with the node's knobs; temperature 0 means greedy decoding."""
+    greedy = temperature == 0
+    return model.default_settings.with_(cfg_scale=cfg, temperature=1.0 if greedy else temperature, top_k=top_k,
+                                        greedy=greedy, seed=seed)
+
+
+def decode_job(host: Host, model: ImageTokenModel, prompt: str, batch: int, settings: SamplingSettings,
+               draft: DraftRecipe, policy: PolicyRecipe) -> JobOutput:
+    """One observed run; an interrupted run ends the node the way the host expects."""
+    report = LiveReport(host, model)
+    with on_compute_device(host, model, draft):
+        job = run_job(model, prompt, batch, settings, draft, policy, report)
+    report.finish()
+    if not job.result.finished:
+        host.raise_interrupted()
+    return job
+
+
+def _sample(host: Host, model: ImageTokenModel, prompt: str, seed: int, batch_size: int, cfg: float,
+            temperature: float, top_k: int, draft: DraftRecipe | None = None,
+            policy: PolicyRecipe | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+    settings = sampling_settings(model, seed, cfg, temperature, top_k)
+    job = decode_job(host, model, prompt, batch_size, settings, draft or DraftRecipe(), policy or PolicyRecipe())
+    return job.images, job.heatmaps, job.summary
+
+
+def _compare(host: Host, model: ImageTokenModel, draft: DraftRecipe, prompt: str, seed: int, batch_size: int,
+             cfg: float, temperature: float, top_k: int, policy: PolicyRecipe | None = None) -> tuple[torch.Tensor, str]:
+    settings = sampling_settings(model, seed, cfg, temperature, top_k)
+    policy = policy or PolicyRecipe()
+    plain = decode_job(host, model, prompt, batch_size, settings, DraftRecipe(), PolicyRecipe())
+    fast = decode_job(host, model, prompt, batch_size, settings, draft, policy)
+    speedup = plain.result.wall_seconds / max(fast.result.wall_seconds, 1e-9)
+    fewer = plain.result.target_forwards / max(fast.result.target_forwards, 1)
+    stats = fast.result.stats()
+    captions = ("plain AR", f"{draft.method}: {stats['tokens_per_forward']:.2f} tok/fwd, {speedup:.2f}x", "acceptance")
+    picture = comparison(_uint8(plain.images), _uint8(fast.images), _uint8(fast.heatmaps), captions)
+    summary = (f"plain AR: {plain.summary}\nspeculative: {fast.summary}\n"
+               f"{fewer:.2f}x fewer target forwards, {speedup:.2f}x wall-clock speed-up (same seed, same machine)")
+    return torch.from_numpy(np.array(picture)).float()[None] / 255.0, summary
+
+
+def _uint8(images: torch.Tensor) -> torch.Tensor:
+    return (images * 255).round().to(torch.uint8)
+
+
+_SAMPLING_FIELDS = (
+    Field("prompt", STRING, "what to draw: a class name (demo: e.g. 'red ring', 'blue square'), a class number, "
+          "or text for text-to-image models", default="red ring", multiline=True),
+    Field("seed", INT, "same seed and settings give the same images", default=0, min=0, max=2**63 - 1, seed=True),
+    Field("batch_size", INT, "images drawn together", default=4, min=1, max=256),
+    Field("cfg", FLOAT, "classifier-free guidance: higher follows the prompt more closely; 1 turns it off",
+          default=2.0, min=0.0, max=20.0, step=0.1),
+    Field("temperature", FLOAT, "randomness per token; 0 = greedy (always the likeliest token)",
+          default=1.0, min=0.0, max=5.0, step=0.05),
+    Field("top_k", INT, "sample only among the k likeliest tokens (0 = all)", default=100, min=0, max=1_000_000),
+)
+
+SAMPLER = NodeSpec(
+    node_id="SpecARSampler",
+    display_name="SpecAR Sampler",
+    description="Draws images with speculative decoding and shows live, per token, which tokens came from accepted "
+                "drafts. Without a draft it decodes plainly, one token per forward.",
+    inputs=(
+        Field("model", MODEL, "from SpecAR Load Model"),
+        *_SAMPLING_FIELDS,
+        Field("draft", DRAFT, "from SpecAR Jacobi Drafts or SpecAR Drafter Model (none: plain decoding)", optional=True),
+        Field("policy", POLICY, "from SpecAR Acceptance Policy (none: exact, lossless)", optional=True),
+    ),
+    outputs=(
+        Output(IMAGE, "images", "the generated images"),
+        Output(IMAGE, "heatmap", "per token: grey = target only, green = accepted draft (brighter = longer run), "
+                                 "red = corrected, amber = bonus"),
+        Output(STRING, "stats", "target forwards, tokens per forward, acceptance, seconds"),
+    ),
+    run=_sample,
+    needs_node_id=True,
+)
+
+COMPARE = NodeSpec(
+    node_id="SpecARCompare",
+    display_name="SpecAR Compare",
+    description="Runs plain AR and the speculative setting on the same seed, one after the other on this machine, "
+                "and shows both with the measured speed-up and tokens per forward.",
+    inputs=(
+        Field("model", MODEL, "from SpecAR Load Model"),
+        Field("draft", DRAFT, "the speculative setting to compare with plain decoding"),
+        *_SAMPLING_FIELDS,
+        Field("policy", POLICY, "from SpecAR Acceptance Policy (none: exact, lossless)", optional=True),
+    ),
+    outputs=(
+        Output(IMAGE, "comparison", "plain AR | speculative | its acceptance heatmap, one row per image"),
+        Output(STRING, "stats", "both runs' figures and the speed-up"),
+    ),
+    run=_compare,
+    needs_node_id=True,
+)

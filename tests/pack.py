@@ -1,0 +1,24 @@
+"""Import the repository as ComfyUI does: as one package (here ``specar_pack``) whose ``nodes``
+reach ``engine`` by relative imports. The top-level ``engine`` used by other tests is a
+separate copy; node tests use only this package's objects."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+PACK_NAME = "specar_pack"
+
+
+def load_pack() -> ModuleType:
+    if PACK_NAME in sys.modules:
+        return sys.modules[PACK_NAME]
+    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[PACK_NAME] = module
+    spec.loader.exec_module(module)
+    return module

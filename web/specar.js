@@ -1,0 +1,47 @@
+// SpecAR's ComfyUI extension: a live acceptance heatmap on the sampler and compare nodes.
+// The server sends "specar.heatmap" frames (throttled, with the node id) while it decodes.
+import { app } from "../../scripts/app.js";
+import { api } from "../../scripts/api.js";
+import { createHeatmapView, drawFrame, showIdle } from "./heatmap_view.js";
+
+const EVENT = "specar.heatmap";
+const NODE_TYPES = new Set(["SpecARSampler", "SpecARCompare"]);
+const WIDGET_HEIGHT = 240;
+
+function viewOf(id) {
+  const node = app.graph?.getNodeById(Number(id));
+  return node?.specarView ?? null;
+}
+
+app.registerExtension({
+  name: "specar.heatmap",
+
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (!NODE_TYPES.has(nodeData.name)) return;
+    const onNodeCreated = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function () {
+      const result = onNodeCreated?.apply(this, arguments);
+      const view = createHeatmapView();
+      this.addDOMWidget("specar_heatmap", "specar-heatmap", view.root, {
+        serialize: false,
+        hideOnZoom: false,
+        getMinHeight: () => WIDGET_HEIGHT,
+      });
+      this.specarView = view;
+      return result;
+    };
+  },
+
+  setup() {
+    api.addEventListener(EVENT, ({ detail }) => {
+      const view = viewOf(detail?.node);
+      if (view) drawFrame(view, detail);
+    });
+    // A node that starts running clears its old picture, so nothing stale shows during the new run.
+    api.addEventListener("executing", ({ detail }) => {
+      const id = detail && typeof detail === "object" ? detail.display_node ?? detail.node : detail;
+      const view = id == null ? null : viewOf(id);
+      if (view) showIdle(view, "sampling…");
+    });
+  },
+});

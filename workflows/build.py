@@ -1,0 +1,214 @@
+"""Writes the example workflows (ComfyUI's UI format, version 0.4) from the node specs.
+
+    python workflows/build.py
+
+Widget values are laid out from the same :mod:`nodes` specs that ComfyUI sees, so a renamed or
+reordered input cannot leave a stale workflow behind (a test rebuilds and compares). Core nodes
+the workflows use are described in :data:`CORE_NODES`; the real-ComfyUI test checks that
+description against the running server's ``/object_info``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+# type -> (widgets as (name, type), socket inputs as (name, type), outputs as (name, type)); virtual
+# nodes (Note) exist only in the frontend and never reach the server.
+CORE_NODES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = {
+    "PreviewImage": ((), (("images", "IMAGE"),), ()),
+    "PreviewAny": ((), (("source", "*"),), ()),
+    "SolidMask": ((("value", "FLOAT"), ("width", "INT"), ("height", "INT")), (), (("MASK", "MASK"),)),
+    "MaskComposite": ((("x", "INT"), ("y", "INT"), ("operation", "COMBO")),
+                      (("destination", "MASK"), ("source", "MASK")), (("MASK", "MASK"),)),
+}
+VIRTUAL_NODES = {"Note": (("text", "STRING"),)}
+SEED_CONTROL = "fixed"  # the frontend's "control after generate" value that follows a seed widget
+
+
+def node_specs() -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pack import load_pack  # the repository imported as ComfyUI imports it
+
+    load_pack()
+    from specar_pack.nodes import NODES_BY_ID
+
+    return NODES_BY_ID
+
+
+@dataclass
+class Node:
+    id: int
+    type: str
+    pos: tuple[int, int]
+    size: tuple[int, int]
+    widgets_values: list[Any]
+    inputs: list[dict[str, Any]]
+    outputs: list[dict[str, Any]]
+    title: str | None = None
+    color: str | None = None
+
+    def to_json(self, order: int) -> dict[str, Any]:
+        data: dict[str, Any] = {"id": self.id, "type": self.type, "pos": list(self.pos), "size": list(self.size),
+                                "flags": {}, "order": order, "mode": 0, "inputs": self.inputs,
+                                "outputs": self.outputs, "properties": {"Node name for S&R": self.type},
+                                "widgets_values": self.widgets_values}
+        if self.title:
+            data["title"] = self.title
+        if self.color:
+            data["color"], data["bgcolor"] = self.color, self.color
+        return data
+
+
+@dataclass
+class Graph:
+    specs: dict[str, Any]
+    nodes: list[Node] = field(default_factory=list)
+    links: list[list[Any]] = field(default_factory=list)
+
+    def add(self, type_: str, pos: tuple[int, int], size: tuple[int, int] = (320, 130),
+            title: str | None = None, **widgets: Any) -> Node:
+        if type_ in self.specs:
+            spec = self.specs[type_]
+            values: list[Any] = []
+            for f in spec.widgets():
+                values.append(widgets.pop(f.name, f.default))
+                if f.seed:
+                    values.append(SEED_CONTROL)
+            inputs = [{"name": f.name, "type": f.type, "link": None} for f in spec.sockets()]
+            outputs = [(o.name, o.type) for o in spec.outputs]
+        elif type_ in CORE_NODES:
+            widget_fields, sockets, outs = CORE_NODES[type_]
+            values = [widgets.pop(name) for name, _ in widget_fields]
+            inputs = [{"name": name, "type": kind, "link": None} for name, kind in sockets]
+            outputs = list(outs)
+        else:
+            values = [widgets.pop(name) for name, _ in VIRTUAL_NODES[type_]]
+            inputs, outputs = [], []
+        if widgets:
+            raise ValueError(f"{type_} has no widgets {sorted(widgets)}")
+        node = Node(len(self.nodes) + 1, type_, pos, size, values, inputs,
+                    [{"name": name, "type": kind, "links": [], "slot_index": i} for i, (name, kind) in enumerate(outputs)],
+                    title, "#432" if type_ in VIRTUAL_NODES else None)
+        self.nodes.append(node)
+        return node
+
+    def connect(self, source: Node, output: int, target: Node, input_name: str) -> None:
+        link_id = len(self.links) + 1
+        slot = next(i for i, entry in enumerate(target.inputs) if entry["name"] == input_name)
+        kind = source.outputs[output]["type"]
+        self.links.append([link_id, source.id, output, target.id, slot, kind])
+        source.outputs[output]["links"].append(link_id)
+        target.inputs[slot]["link"] = link_id
+
+    def to_json(self) -> dict[str, Any]:
+        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links),
+                "nodes": [n.to_json(i) for i, n in enumerate(self.nodes)], "links": self.links,
+                "groups": [], "config": {}, "extra": {}, "version": 0.4}
+
+
+def _sampler_with_previews(g: Graph, model: Node, draft: Node | None, policy: Node | None, **widgets: Any) -> Node:
+    sampler = g.add("SpecARSampler", (420, 60), (340, 560), **widgets)
+    g.connect(model, 0, sampler, "model")
+    if draft is not None:
+        g.connect(draft, 0, sampler, "draft")
+    if policy is not None:
+        g.connect(policy, 0, sampler, "policy")
+    images = g.add("PreviewImage", (800, 60), (300, 300), title="Images")
+    heat = g.add("PreviewImage", (800, 400), (300, 300), title="Acceptance heatmap")
+    stats = g.add("PreviewAny", (1130, 60), (320, 200), title="Stats")
+    for index, target, name in ((0, images, "images"), (1, heat, "images"), (2, stats, "source")):
+        g.connect(sampler, index, target, name)
+    return sampler
+
+
+def demo_jacobi(specs: dict[str, Any]) -> Graph:
+    g = Graph(specs)
+    g.add("Note", (20, 420), (360, 200), text=(
+        "SpecAR demo: Jacobi self-drafting.\n\nThe bundled demo model draws 32x32 scenes of 16 classes: "
+        "red/green/blue/yellow circle, square, triangle or ring. Type one in the prompt.\n\n"
+        "The target guesses 15 tokens ahead and checks them in the same forward; the exact policy keeps "
+        "the images' distribution identical to plain decoding. Watch the heatmap widget while it runs."))
+    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
+    draft = g.add("SpecARJacobiDrafts", (20, 210), (340, 140))
+    _sampler_with_previews(g, model, draft, None, prompt="red ring", batch_size=4)
+    return g
+
+
+def demo_drafter(specs: dict[str, Any]) -> Graph:
+    g = Graph(specs)
+    g.add("Note", (20, 420), (360, 180), text=(
+        "SpecAR demo: a drafter model.\n\nA 0.5M-parameter drafter (shipped with the demo) proposes gamma tokens; "
+        "the 2M-parameter target checks them in one forward. Exact acceptance: lossless.\n\n"
+        "Your own drafters go in ComfyUI/models/specar/ and need the target's vocabulary and token grid."))
+    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
+    draft = g.add("SpecARDrafterModel", (20, 210), (340, 140))
+    _sampler_with_previews(g, model, draft, None, prompt="blue square", batch_size=4, seed=7)
+    return g
+
+
+def relaxation_mask(specs: dict[str, Any]) -> Graph:
+    g = Graph(specs)
+    g.add("Note", (20, 700), (360, 220), text=(
+        "SpecAR: relaxation limited to a region.\n\nThe mask is white on the top half of the 32x32 image: "
+        "relaxed acceptance may act there, the bottom half stays lossless. The engine averages the mask over each "
+        "token's pixels.\n\nChoose a relaxed policy in 'SpecAR Acceptance Policy' and raise the relaxation slider to "
+        "trade quality for speed; with the exact policy the slider must stay at 0 (lossless)."))
+    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
+    draft = g.add("SpecARJacobiDrafts", (20, 210), (340, 140))
+    canvas = g.add("SolidMask", (20, 390), (200, 110), title="Mask: black 32x32", value=0.0, width=32, height=32)
+    top = g.add("SolidMask", (20, 540), (200, 110), title="Mask: white top half", value=1.0, width=32, height=16)
+    mask = g.add("MaskComposite", (230, 390), (170, 150), x=0, y=0, operation="add")
+    g.connect(canvas, 0, mask, "destination")
+    g.connect(top, 0, mask, "source")
+    policy = g.add("SpecARAcceptancePolicy", (230, 560), (340, 130))
+    g.connect(mask, 0, policy, "mask")
+    _sampler_with_previews(g, model, draft, policy, prompt="green triangle", batch_size=4, seed=3)
+    return g
+
+
+def compare(specs: dict[str, Any]) -> Graph:
+    g = Graph(specs)
+    g.add("Note", (20, 420), (360, 160), text=(
+        "SpecAR: plain AR against speculative decoding, same seed, same machine.\n\nThe picture shows plain AR, the "
+        "speculative images and their acceptance heatmap; the stats give target forwards, tokens per forward and the "
+        "measured wall-clock speed-up."))
+    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
+    draft = g.add("SpecARJacobiDrafts", (20, 210), (340, 140))
+    node = g.add("SpecARCompare", (420, 60), (340, 560), prompt="yellow circle", batch_size=2, seed=11)
+    g.connect(model, 0, node, "model")
+    g.connect(draft, 0, node, "draft")
+    picture = g.add("PreviewImage", (800, 60), (520, 420), title="Plain AR | speculative | heatmap")
+    stats = g.add("PreviewAny", (800, 520), (520, 200), title="Speed-up")
+    g.connect(node, 0, picture, "images")
+    g.connect(node, 1, stats, "source")
+    return g
+
+
+WORKFLOWS = {
+    "specar_demo_jacobi": demo_jacobi,
+    "specar_demo_drafter": demo_drafter,
+    "specar_relaxation_mask": relaxation_mask,
+    "specar_compare_ar_vs_speculative": compare,
+}
+
+
+def render_all() -> dict[str, str]:
+    specs = node_specs()
+    return {f"{name}.json": json.dumps(build(specs).to_json(), indent=1) + "\n" for name, build in WORKFLOWS.items()}
+
+
+def main() -> None:
+    for name, text in render_all().items():
+        (HERE / name).write_text(text)
+        print(f"wrote workflows/{name}")
+
+
+if __name__ == "__main__":
+    main()
