@@ -47,7 +47,7 @@ export function statusText(frame) {
     `${frame.committed}/${frame.total} tokens`,
   ];
   if (frame.batch > 1) parts.push(`image 1 of ${frame.batch}`);
-  parts.push(frame.done ? "done" : "sampling…");
+  parts.push(!frame.done ? "sampling…" : frame.committed === frame.total ? "done" : "stopped");
   return parts.join(" · ");
 }
 

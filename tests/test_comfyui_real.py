@@ -1,0 +1,215 @@
+"""The pack in a real ComfyUI, driven by a real browser (skipped unless SPECAR_COMFYUI is set).
+
+    SPECAR_COMFYUI=/path/to/ComfyUI python -m pytest tests/test_comfyui_real.py
+
+needs a ComfyUI checkout (never part of this repository) whose Python environment runs this test,
+with ``playwright`` installed and Chromium at /usr/bin/chromium (or SPECAR_CHROMIUM). The test
+links this repository into ``custom_nodes/``, starts ComfyUI with ``--cpu`` on 127.0.0.1, checks
+``/object_info`` against the node specs, loads and queues every shipped workflow in the real
+frontend, checks images and live heatmap messages, interrupts a run, and screenshots the widget
+mid-run (to SPECAR_SCREENSHOT when set).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+
+from pack import ROOT, load_pack
+
+COMFY = os.environ.get("SPECAR_COMFYUI")
+pytestmark = pytest.mark.skipif(not COMFY, reason="set SPECAR_COMFYUI to a ComfyUI checkout to run the real-ComfyUI test")
+CHROMIUM = os.environ.get("SPECAR_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync"]
+WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
+RUN_TIMEOUT = 240.0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)
+
+
+def _post(url: str, data: dict[str, Any]) -> Any:
+    request = urllib.request.Request(url, data=json.dumps(data).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = response.read()
+        return json.loads(body) if body else None
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    comfy = Path(COMFY or "")
+    link = comfy / "custom_nodes" / "specar"
+    made_link = not link.exists()
+    if made_link:
+        link.symlink_to(ROOT, target_is_directory=True)
+    work = tmp_path_factory.mktemp("comfy")
+    log_path = work / "server.log"
+    port = _free_port()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+             "--output-directory", str(work / "output"), "--temp-directory", str(work)],
+            cwd=comfy, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                _get(f"{url}/system_stats")
+                break
+            except OSError:
+                if process.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"ComfyUI did not start:\n{log_path.read_text()[-3000:]}")
+                time.sleep(1)
+        _post(f"{url}/settings/Comfy.TutorialCompleted", True)  # type: ignore[arg-type]
+        yield url, log_path
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+        if made_link:
+            link.unlink()
+
+
+@pytest.fixture(scope="module")
+def page(server: tuple[str, Path]) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS, headless=True)
+        page = browser.new_page(viewport={"width": 1500, "height": 950})
+        page.goto(url)
+        # Ready when the socket is open and node types (ours and the frontend's virtual Note) are registered.
+        page.wait_for_function("""() => window.comfyAPI?.app?.app?.graph && window.comfyAPI.api.api.socket?.readyState === 1
+            && window.LiteGraph?.registered_node_types?.SpecARSampler && window.LiteGraph.registered_node_types.Note""",
+                               timeout=120_000)
+        page.evaluate("""() => {
+            const api = window.comfyAPI.api.api;
+            window.__specar = { frames: [], finished: [] };
+            api.addEventListener("specar.heatmap", ({ detail }) => window.__specar.frames.push(detail));
+            for (const type of ["execution_success", "execution_error", "execution_interrupted"])
+                api.addEventListener(type, ({ detail }) => window.__specar.finished.push({ type, ...detail }));
+        }""")
+        yield page
+        browser.close()
+
+
+def test_pack_loads_and_object_info_matches_the_specs(server: tuple[str, Path]) -> None:
+    url, log_path = server
+    log = log_path.read_text()
+    assert "IMPORT FAILED" not in "\n".join(line for line in log.splitlines() if "specar" in line.lower())
+    info = _get(f"{url}/object_info")
+    load_pack()
+    from specar_pack.nodes import NODES
+
+    for spec in NODES:
+        node = info[spec.node_id]
+        assert node["display_name"] == spec.display_name
+        declared = {**node["input"].get("required", {}), **node["input"].get("optional", {})}
+        assert list(declared) == [f.name for f in spec.inputs]
+        for f in spec.inputs:
+            kind, options = declared[f.name][0], declared[f.name][1] if len(declared[f.name]) > 1 else {}
+            if f.type == "COMBO":
+                assert set(f.choices()) <= set(options.get("options", kind if isinstance(kind, list) else []))
+            else:
+                assert kind == f.type
+            if f.default is not None:
+                assert options.get("default") == f.default
+        assert node["output"] == [o.type for o in spec.outputs]
+    templates = _get(f"{url}/workflow_templates")
+    assert sorted(templates["specar"]) == [p.stem for p in WORKFLOWS]  # the frontend's template browser lists them
+
+
+def test_core_nodes_used_by_workflows_match_object_info(server: tuple[str, Path]) -> None:
+    sys.path.insert(0, str(ROOT / "workflows"))
+    from build import CORE_NODES
+
+    info = _get(f"{server[0]}/object_info")
+    for name, (widgets, sockets, outputs) in CORE_NODES.items():
+        required = info[name]["input"]["required"]
+        assert [n for n in required] == [n for n, _ in sockets] + [n for n, _ in widgets] or \
+            set(required) == {n for n, _ in sockets} | {n for n, _ in widgets}
+        for socket_name, kind in sockets:
+            assert required[socket_name][0] == kind
+        assert info[name]["output"] == [kind for _, kind in outputs]
+
+
+def _queue_workflow(page: Any, workflow: dict[str, Any]) -> None:
+    page.evaluate("""async (workflow) => {
+        window.__specar.frames = []; window.__specar.finished = [];
+        const app = window.comfyAPI.app.app;
+        await app.loadGraphData(workflow);
+        await app.queuePrompt(0, 1);
+    }""", workflow)
+
+
+def _wait_finished(page: Any) -> dict[str, Any]:
+    page.wait_for_function("() => window.__specar.finished.length > 0", timeout=RUN_TIMEOUT * 1000)
+    return page.evaluate("() => window.__specar.finished[0]")
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_every_workflow_runs_in_the_real_frontend(server: tuple[str, Path], page: Any, path: Path) -> None:
+    url, _ = server
+    workflow = json.loads(path.read_text())
+    _queue_workflow(page, workflow)
+    finished = _wait_finished(page)
+    assert finished["type"] == "execution_success", finished
+    history = _get(f"{url}/history/{finished['prompt_id']}")[finished["prompt_id"]]
+    images = [image for output in history["outputs"].values() for image in output.get("images", [])]
+    assert images, "no images came out"
+    for image in images:
+        query = f"filename={image['filename']}&subfolder={image['subfolder']}&type={image['type']}"
+        with urllib.request.urlopen(f"{url}/view?{query}") as response:
+            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+    texts = [text for output in history["outputs"].values() for text in output.get("text", [])]
+    assert any("tokens/forward" in text for text in texts)
+    frames = page.evaluate("() => window.__specar.frames")
+    sampler_ids = {str(n["id"]) for n in workflow["nodes"] if n["type"] in ("SpecARSampler", "SpecARCompare")}
+    assert frames and {f["node"] for f in frames} == sampler_ids
+    assert frames[-1]["done"] and frames[-1]["committed"] == frames[-1]["total"]
+    # The widget drew the last frame: its status line and committed count say so.
+    widget = page.evaluate("""(id) => {
+        const view = window.comfyAPI.app.app.graph.getNodeById(Number(id)).specarView;
+        return { committed: view.root.dataset.committed, status: view.status.textContent };
+    }""", sorted(sampler_ids)[0])
+    assert widget["committed"] == str(frames[-1]["total"]) and "tokens/forward" in widget["status"]
+
+
+def test_interrupt_stops_a_run_between_forwards(server: tuple[str, Path], page: Any) -> None:
+    workflow = json.loads((ROOT / "workflows" / "specar_demo_jacobi.json").read_text())
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "SpecARSampler")
+    sampler["widgets_values"][1] = 424242  # a new seed: an identical prompt would be served from the cache
+    sampler["widgets_values"][3] = 128  # a long batch, so there is time to interrupt it
+    _queue_workflow(page, workflow)
+    page.wait_for_function("() => window.__specar.frames.some((f) => 2 * f.committed >= f.total)",
+                           timeout=RUN_TIMEOUT * 1000)  # about half-way through the run
+    screenshot = os.environ.get("SPECAR_SCREENSHOT")
+    if screenshot:  # the widget mid-run, for the README
+        page.screenshot(path=screenshot)
+    _post(f"{server[0]}/interrupt", {})
+    finished = _wait_finished(page)
+    assert finished["type"] == "execution_interrupted", finished
+    frames = page.evaluate("() => window.__specar.frames")
+    assert frames[-1]["done"] and frames[-1]["committed"] < frames[-1]["total"]  # the widget shows where it stopped
+    status = page.evaluate("(id) => window.comfyAPI.app.app.graph.getNodeById(Number(id)).specarView.status.textContent",
+                           frames[-1]["node"])
+    assert "stopped" in status

@@ -1,0 +1,157 @@
+"""The node pack without a ComfyUI server: specs, node logic on the demo model, errors, interrupts.
+
+Nodes run with a LocalHost (CPU, recorded progress and messages); the ComfyUI-specific layer is
+nodes/host.py's ComfyHost and nodes/comfy_v3.py, exercised by tests/test_comfyui_real.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+import torch
+
+from pack import load_pack
+from tiny import save_own_safetensors, tiny_gpt
+
+load_pack()
+from specar_pack.engine.errors import CheckpointError, IncompatibleDrafterError, SettingsError  # noqa: E402
+from specar_pack.nodes import NODES, NODES_BY_ID  # noqa: E402
+from specar_pack.nodes.host import LocalHost, NodeInterrupted  # noqa: E402
+from specar_pack.nodes.sampler_nodes import HEATMAP_EVENT  # noqa: E402
+from specar_pack.nodes.schema import COMBO, FLOAT, INT  # noqa: E402
+
+SAMPLING = dict(prompt="red ring", seed=3, batch_size=2, cfg=2.0, temperature=1.0, top_k=100)
+
+
+def run(node_id: str, host: LocalHost, **inputs: object) -> tuple:
+    return NODES_BY_ID[node_id].run(host, **inputs)
+
+
+@pytest.fixture(scope="module")
+def demo() -> object:
+    (model,) = run("SpecARModelLoader", LocalHost(), model="demo", dtype="auto")
+    return model
+
+
+@pytest.mark.parametrize("spec", NODES, ids=[s.node_id for s in NODES])
+def test_specs_are_consistent(spec) -> None:  # type: ignore[no-untyped-def]
+    parameters = list(inspect.signature(spec.run).parameters)
+    assert parameters[0] == "host" and parameters[1:] == [f.name for f in spec.inputs]
+    for f in spec.inputs:
+        assert f.tooltip
+        if f.type in (INT, FLOAT):
+            assert f.min <= f.default <= f.max
+        if f.type == COMBO:
+            assert f.default in f.choices()
+        optional_parameter = inspect.signature(spec.run).parameters[f.name].default is not inspect.Parameter.empty
+        assert f.optional == optional_parameter, f.name
+    assert len({n.node_id for n in NODES}) == len(NODES)
+
+
+def test_sampler_with_jacobi_drafts(demo) -> None:  # type: ignore[no-untyped-def]
+    host = LocalHost(node_id="7")
+    (draft,) = run("SpecARJacobiDrafts", host, window=16, initialisation="row_above", coupled=False)
+    images, heatmaps, stats = run("SpecARSampler", host, model=demo, draft=draft, **SAMPLING)
+    assert images.shape == heatmaps.shape == (2, 32, 32, 3)
+    assert images.dtype == torch.float32 and 0 <= float(images.min()) and float(images.max()) <= 1
+    assert "tokens/forward" in stats and "acceptance" in stats
+    forwards = int(stats.split(" target forwards")[0].split("| ")[-1])
+    assert forwards < 256  # drafts were accepted: fewer target forwards than tokens per image
+    assert len(host.progress_reports) == forwards  # one progress report per target forward
+    assert host.progress_reports[-1][:2] == (256, 256) and host.progress_reports[0][2]  # first one has a preview
+    frames = [data for event, data in host.messages if event == HEATMAP_EVENT]
+    assert frames and all(f["node"] == "7" for f in frames) and len({f["run"] for f in frames}) == 1
+    assert frames[-1]["done"] and frames[-1]["committed"] == 256 and len(frames[-1]["cells"]) == 6 * 256
+    assert len(frames) <= forwards + 1  # throttled, plus the final frame
+
+
+def test_greedy_sampler_is_lossless_with_either_draft_source(demo) -> None:  # type: ignore[no-untyped-def]
+    host = LocalHost()
+    greedy = {**SAMPLING, "temperature": 0.0}
+    plain, _, _ = run("SpecARSampler", host, model=demo, **greedy)
+    (jacobi,) = run("SpecARJacobiDrafts", host, window=8, initialisation="random", coupled=True)
+    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto")
+    for draft in (jacobi, drafter):
+        fast, _, _ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
+        assert torch.equal(plain, fast)
+
+
+def test_interrupt_stops_between_forwards(demo) -> None:  # type: ignore[no-untyped-def]
+    host = LocalHost(interrupt_after=5)
+    with pytest.raises(NodeInterrupted):
+        run("SpecARSampler", host, model=demo, **SAMPLING)
+    assert len(host.progress_reports) == 5
+    frames = [data for _, data in host.messages]
+    assert frames[-1]["committed"] < 256 and frames[-1]["done"]  # the widget is told the run ended there
+    assert demo.device == torch.device("cpu") and demo.cache is None  # offloaded, cache released
+
+
+def test_compare_reports_speedup(demo) -> None:  # type: ignore[no-untyped-def]
+    host = LocalHost()
+    (draft,) = run("SpecARJacobiDrafts", host, window=16, initialisation="row_above", coupled=False)
+    picture, stats = run("SpecARCompare", host, model=demo, draft=draft, **{**SAMPLING, "batch_size": 1})
+    assert picture.dim() == 4 and picture.shape[0] == 1 and picture.shape[3] == 3
+    assert picture.shape[2] >= 3 * 160  # three labelled columns, enlarged for their captions
+    assert "fewer target forwards" in stats and "wall-clock speed-up" in stats
+
+
+def test_policy_node(demo) -> None:  # type: ignore[no-untyped-def]
+    host = LocalHost()
+    with pytest.raises(SettingsError, match="lossless"):
+        run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.5)
+    mask = torch.zeros(1, 32, 32)
+    mask[:, :16] = 1.0
+    (recipe,) = run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.0, mask=mask)
+    policy = recipe.build(demo)
+    assert policy.region.shape == (1, 256)
+    assert torch.equal(policy.region[0], (torch.arange(256) < 128).float())  # top 8 token rows
+    images, _, _ = run("SpecARSampler", host, model=demo, policy=recipe, **SAMPLING)
+    assert images.shape[0] == 2
+
+
+def test_prompt_errors(demo) -> None:  # type: ignore[no-untyped-def]
+    host = LocalHost()
+    with pytest.raises(SettingsError, match="did you mean 'red ring'"):
+        run("SpecARSampler", host, model=demo, **{**SAMPLING, "prompt": "red rings"})
+    with pytest.raises(SettingsError, match="classes 0..15"):
+        run("SpecARSampler", host, model=demo, **{**SAMPLING, "prompt": "99"})
+    images, _, _ = run("SpecARSampler", host, model=demo, **{**SAMPLING, "prompt": "5", "batch_size": 1})
+    assert images.shape[0] == 1
+
+
+def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None:  # type: ignore[no-untyped-def]
+    folder = tmp_path / "specar"
+    (folder / "tiny-dir").mkdir(parents=True)
+    save_own_safetensors(tiny_gpt(), folder / "tiny-dir" / "gpt.safetensors")
+    save_own_safetensors(tiny_gpt(1), folder / "tiny.safetensors")
+    (folder / "broken.safetensors").write_bytes(b"not a checkpoint")
+    (folder / "notes.txt").write_text("ignored")
+    host = LocalHost(folders=[folder])
+    choices = NODES_BY_ID["SpecARModelLoader"].field("model").choices(host.model_folders())
+    assert choices == ["demo", "broken.safetensors", "tiny-dir", "tiny.safetensors"]
+    (tiny,) = run("SpecARModelLoader", host, model="tiny-dir", dtype="fp32")
+    assert tiny.grid == (8, 8)
+    with pytest.raises(CheckpointError, match="broken.safetensors"):
+        run("SpecARModelLoader", host, model="broken.safetensors", dtype="auto")
+    with pytest.raises(SettingsError, match="no VQ tokenizer"):
+        run("SpecARSampler", host, model=tiny, **{**SAMPLING, "prompt": "1"})
+    (mismatched,) = run("SpecARDrafterModel", host, drafter="tiny.safetensors", gamma=4, dtype="fp32")
+    with pytest.raises(IncompatibleDrafterError):
+        run("SpecARSampler", host, model=demo, draft=mismatched, **SAMPLING)
+
+
+def test_hex_cells_match_heatmap_colours(demo) -> None:  # type: ignore[no-untyped-def]
+    host = LocalHost()
+    (draft,) = run("SpecARJacobiDrafts", host, window=16, initialisation="row_above", coupled=False)
+    _, heatmaps, _ = run("SpecARSampler", host, model=demo, draft=draft, **SAMPLING)
+    final = [data for _, data in host.messages][-1]
+    cells = torch.tensor(list(bytes.fromhex(final["cells"])), dtype=torch.uint8).reshape(16, 16, 3)
+    pixels = (heatmaps[0, ::2, ::2] * 255).round().to(torch.uint8)  # one pixel per token (32 px / 16 tokens)
+    assert torch.equal(cells, pixels)
+
+
+def test_bundled_demo_is_found_without_folders() -> None:
+    assert NODES_BY_ID["SpecARDrafterModel"].field("drafter").choices() == ["demo-drafter"]
+    assert NODES_BY_ID["SpecARModelLoader"].field("model").choices([Path("/nonexistent")]) == ["demo"]
