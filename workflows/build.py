@@ -128,40 +128,41 @@ def _sampler_with_previews(g: Graph, model: Node, draft: Node | None, policy: No
     return sampler
 
 
-def demo_jacobi(specs: dict[str, Any]) -> Graph:
+def _start(specs: dict[str, Any], draft_type: str, note: str, note_pos: tuple[int, int] = (20, 420),
+           note_height: int = 200) -> tuple[Graph, Node, Node]:
+    """A graph with its explanatory note, the model loader and a draft-source node."""
     g = Graph(specs)
-    g.add("Note", (20, 420), (360, 200), text=(
+    g.add("Note", note_pos, (360, note_height), text=note)
+    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
+    draft = g.add(draft_type, (20, 210), (340, 140))
+    return g, model, draft
+
+
+def demo_jacobi(specs: dict[str, Any]) -> Graph:
+    g, model, draft = _start(specs, "SpecARJacobiDrafts", (
         "SpecAR demo: Jacobi self-drafting.\n\nThe bundled demo model draws 32x32 scenes of 16 classes: "
         "red/green/blue/yellow circle, square, triangle or ring. Type one in the prompt.\n\n"
         "The target guesses 15 tokens ahead and checks them in the same forward; the exact policy keeps "
         "the images' distribution identical to plain decoding. Watch the heatmap widget while it runs."))
-    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
-    draft = g.add("SpecARJacobiDrafts", (20, 210), (340, 140))
     _sampler_with_previews(g, model, draft, None, prompt="red ring", batch_size=4)
     return g
 
 
 def demo_drafter(specs: dict[str, Any]) -> Graph:
-    g = Graph(specs)
-    g.add("Note", (20, 420), (360, 180), text=(
+    g, model, draft = _start(specs, "SpecARDrafterModel", (
         "SpecAR demo: a drafter model.\n\nA 0.5M-parameter drafter (shipped with the demo) proposes gamma tokens; "
         "the 2M-parameter target checks them in one forward. Exact acceptance: lossless.\n\n"
-        "Your own drafters go in ComfyUI/models/specar/ and need the target's vocabulary and token grid."))
-    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
-    draft = g.add("SpecARDrafterModel", (20, 210), (340, 140))
+        "Your own drafters go in ComfyUI/models/specar/ and need the target's vocabulary and token grid."), note_height=180)
     _sampler_with_previews(g, model, draft, None, prompt="blue square", batch_size=4, seed=7)
     return g
 
 
 def relaxation_mask(specs: dict[str, Any]) -> Graph:
-    g = Graph(specs)
-    g.add("Note", (20, 700), (360, 220), text=(
+    g, model, draft = _start(specs, "SpecARJacobiDrafts", (
         "SpecAR: relaxation limited to a region.\n\nThe mask is white on the top half of the 32x32 image: "
         "relaxed acceptance may act there, the bottom half stays lossless. The engine averages the mask over each "
         "token's pixels.\n\nChoose a relaxed policy in 'SpecAR Acceptance Policy' and raise the relaxation slider to "
-        "trade quality for speed; with the exact policy the slider must stay at 0 (lossless)."))
-    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
-    draft = g.add("SpecARJacobiDrafts", (20, 210), (340, 140))
+        "trade quality for speed; with the exact policy the slider must stay at 0 (lossless)."), (20, 700), 220)
     canvas = g.add("SolidMask", (20, 390), (200, 110), title="Mask: black 32x32", value=0.0, width=32, height=32)
     top = g.add("SolidMask", (20, 540), (200, 110), title="Mask: white top half", value=1.0, width=32, height=16)
     mask = g.add("MaskComposite", (230, 390), (170, 150), x=0, y=0, operation="add")
@@ -174,13 +175,10 @@ def relaxation_mask(specs: dict[str, Any]) -> Graph:
 
 
 def compare(specs: dict[str, Any]) -> Graph:
-    g = Graph(specs)
-    g.add("Note", (20, 420), (360, 160), text=(
+    g, model, draft = _start(specs, "SpecARJacobiDrafts", (
         "SpecAR: plain AR against speculative decoding, same seed, same machine.\n\nThe picture shows plain AR, the "
         "speculative images and their acceptance heatmap; the stats give target forwards, tokens per forward and the "
-        "measured wall-clock speed-up."))
-    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
-    draft = g.add("SpecARJacobiDrafts", (20, 210), (340, 140))
+        "measured wall-clock speed-up."), note_height=160)
     node = g.add("SpecARCompare", (420, 60), (340, 560), prompt="yellow circle", batch_size=2, seed=11)
     g.connect(model, 0, node, "model")
     g.connect(draft, 0, node, "draft")
