@@ -75,7 +75,7 @@ def class_for_prompt(model: ImageTokenModel, prompt: str) -> int:
     names: list[str] | None = getattr(model, "class_names", None)
     if not names:
         raise SettingsError(f"{model.name} takes class numbers and does not know class names: give a class number "
-                            f"0..{(model.num_classes or 1) - 1} instead of {prompt!r}")
+                            f"0..{(model.num_classes or 1) - 1} (--class-id on the command line) instead of {prompt!r}")
     wanted = prompt.strip().lower()
     for index, name in enumerate(names):
         if wanted == name.strip().lower() or wanted in (alias.strip().lower() for alias in name.split(",")):

@@ -17,6 +17,7 @@ from engine.heatmap import (COLOR_ACCEPTED_LONG, COLOR_ACCEPTED_SHORT, COLOR_NOT
                             acceptance_heatmap, run_lengths, side_by_side)
 from engine.models.vq16 import VQ16Config, VQ16Decoder
 from engine.progress import ProgressBar
+from engine.session import class_for_prompt
 from engine.types import GenerationResult, TokenKind
 from tiny import TINY_DRAFTER, save_official_pt, tiny_gpt, tiny_model
 
@@ -144,10 +145,10 @@ def test_bad_input_exits_2_naming_the_problem(dirs: dict[str, Path], tmp_path: P
 def test_prompt_picks_a_class_by_name() -> None:
     model = tiny_model()
     model.class_names = [f"class {i}, alias {i}" for i in range(10)]  # type: ignore[attr-defined]
-    assert cli._class_for_prompt(model, "Alias 7") == 7
-    assert cli._class_for_prompt(model, "CLASS 2, alias 2") == 2
+    assert class_for_prompt(model, "Alias 7") == 7
+    assert class_for_prompt(model, "CLASS 2, alias 2") == 2
     with pytest.raises(cli.SpecARError, match="class 0, alias 0"):
-        cli._class_for_prompt(model, "a dog")
+        class_for_prompt(model, "a dog")
 
 
 def _result(kinds: list[int], forward_index: list[int]) -> GenerationResult:
