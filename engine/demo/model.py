@@ -27,8 +27,9 @@ DEMO_SETTINGS = SamplingSettings(cfg_scale=2.0, temperature=1.0, top_k=100, top_
 TRAIN_HINT = {
     "target.safetensors": "train it with `python -m engine.demo.train --role target --threads 1 --minutes 100 "
                           "--compile --out out/demo-target` and copy out/demo-target/target.safetensors here",
-    "drafter.safetensors": "train it with `python -m engine.demo.train --role drafter --threads 1 --minutes 12 "
-                           "--compile --out out/demo-drafter` and copy out/demo-drafter/drafter.safetensors here",
+    "drafter.safetensors": "train it with `python -m engine.demo.train --role drafter --threads 1 --steps 1877 "
+                           "--compile --teacher engine/demo/weights/target.safetensors --out out/demo-drafter` and "
+                           "copy out/demo-drafter/drafter.safetensors here",
     "codebook.safetensors": "`python -m engine.demo.train` fits it here before training a model",
 }
 
@@ -61,7 +62,7 @@ def load_demo(weights_dir: str | Path | None = None, device: str | torch.device 
 
 
 def load_demo_drafter(weights_dir: str | Path | None = None, device: str | torch.device = "auto") -> LlamaGenModel:
-    """The demo drafter (1 layer, width 128); same codebook, classes and sampling defaults."""
+    """The demo drafter (2 layers, width 128, distilled from the target); same codebook, classes and defaults."""
     return _load("drafter.safetensors", "specar-demo-drafter", weights_dir, device)
 
 
