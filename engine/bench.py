@@ -52,7 +52,7 @@ class MethodOptions:
     """Knobs shared by the methods: Jacobi window, drafter gamma, Jacobi ``q`` convention, policy."""
 
     window: int = 16
-    gamma: int = 4
+    gamma: int = 6
     q_init: str = "one_hot"
     policy: str = "exact"
 

@@ -100,8 +100,8 @@ def _add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
                        help="Jacobi decoding: tokens fed to the target per forward, the pending one plus N-1 guesses (default: 16)")
     group.add_argument("--q-init", default="one_hot", choices=Q_CONVENTIONS, help=(
         "Jacobi decoding: how a fresh random guess is weighed when accepting it; both are exact (default: one_hot, as in SJD)"))
-    group.add_argument("--gamma", type=_int_at_least(1), default=4, metavar="N",
-                       help="drafter decoding: tokens the drafter proposes per target forward (default: 4)")
+    group.add_argument("--gamma", type=_int_at_least(1), default=6, metavar="N",
+                       help="drafter decoding: tokens the drafter proposes per target forward (default: 6)")
     return group
 
 

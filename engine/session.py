@@ -34,7 +34,7 @@ class DraftRecipe:
 
     method: str = "ar"
     window: int = 16
-    gamma: int = 4
+    gamma: int = 6
     q_init: str = "one_hot"
     drafter: ImageTokenModel | None = None
 

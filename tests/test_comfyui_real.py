@@ -213,3 +213,30 @@ def test_interrupt_stops_a_run_between_forwards(server: tuple[str, Path], page: 
     status = page.evaluate("(id) => window.comfyAPI.app.app.graph.getNodeById(Number(id)).specarView.status.textContent",
                            frames[-1]["node"])
     assert "stopped" in status
+
+
+def test_widget_clears_when_its_node_runs_again(server: tuple[str, Path], page: Any) -> None:
+    """Runs after the interrupted run above: the widget still shows that run until the node starts
+    again, then clears before the new run's first frame (nothing stale)."""
+    node_id = page.evaluate("() => window.__specar.frames.at(-1).node")
+    before = page.evaluate("(id) => window.comfyAPI.app.app.graph.getNodeById(Number(id)).specarView.root.dataset.committed",
+                           node_id)
+    assert int(before) > 0
+    page.evaluate("""async (id) => {
+        const app = window.comfyAPI.app.app;
+        const node = app.graph.getNodeById(Number(id));
+        window.__specar.onStart = null; window.__specar.frames = []; window.__specar.finished = [];
+        // Registered after the extension's own listener, so it sees the widget right after it reacted.
+        window.comfyAPI.api.api.addEventListener("executing", ({ detail }) => {
+            const running = detail && typeof detail === "object" ? detail.display_node ?? detail.node : detail;
+            if (String(running) === String(id) && window.__specar.onStart === null)
+                window.__specar.onStart = { committed: node.specarView.root.dataset.committed,
+                                            status: node.specarView.status.textContent };
+        });
+        node.widgets.find((w) => w.name === "seed").value = 777;
+        await app.queuePrompt(0, 1);
+    }""", node_id)
+    page.wait_for_function("() => window.__specar.frames.length > 0", timeout=RUN_TIMEOUT * 1000)
+    assert page.evaluate("() => window.__specar.onStart") == {"committed": "0", "status": "sampling…"}
+    _post(f"{server[0]}/interrupt", {})
+    _wait_finished(page)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -10,10 +11,10 @@ import pytest
 import torch
 
 from engine import Conditioning, generate, load_model
-from engine.checkpoints import read_state_dict
+from engine.checkpoints import read_safetensors_metadata, read_state_dict
 from engine.demo import train
 from engine.demo.codebook import PatchCodebook, fit_codebook, psnr
-from engine.demo.model import DEMO_SETTINGS, load_demo, load_demo_drafter
+from engine.demo.model import DEMO_SETTINGS, WEIGHTS_DIR as WEIGHTS, load_demo, load_demo_drafter
 from engine.demo.scenes import (CLASS_NAMES, COLOUR_RGB, NUM_CLASSES, SHAPES, class_id, colour_of, parse_prompt,
                                 render_batch, sample_scenes, shape_of)
 from engine.errors import CheckpointError, SettingsError
@@ -116,6 +117,20 @@ def test_training_script_runs_and_resumes(tmp_path: Path, small_codebook: Path) 
     train.main(TINY_ARGS + ["--out", str(tmp_path / "c"), "--codebook", str(small_codebook), "--seed", "1",
                             "--init", str(tmp_path / "a" / "drafter-state.safetensors")])
     assert read_state_dict(tmp_path / "c" / "drafter.safetensors").keys() == resumed.keys()
+
+
+def test_distillation_from_a_teacher(tmp_path: Path, small_codebook: Path) -> None:
+    train.main(TINY_ARGS + ["--out", str(tmp_path / "teacher"), "--codebook", str(small_codebook)])
+    teacher = tmp_path / "teacher" / "drafter.safetensors"
+    args = TINY_ARGS + ["--codebook", str(small_codebook), "--teacher", str(teacher)]
+    train.main(args + ["--out", str(tmp_path / "student")])
+    meta = json.loads(read_safetensors_metadata(tmp_path / "student" / "drafter-state.safetensors")["config"])
+    assert meta["teacher"] == "drafter.safetensors"
+    plain = read_state_dict(tmp_path / "teacher" / "drafter.safetensors")
+    distilled = read_state_dict(tmp_path / "student" / "drafter.safetensors")
+    assert not torch.equal(plain["output.weight"], distilled["output.weight"]), "the soft targets changed training"
+    with pytest.raises(SystemExit, match="vocab_size"):  # the shipped target has 512 codes, this codebook 64
+        train.main(args[:-1] + [str(WEIGHTS / "target.safetensors"), "--out", str(tmp_path / "bad")])
 
 
 def test_load_demo(tmp_path: Path, small_codebook: Path) -> None:

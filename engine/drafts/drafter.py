@@ -39,7 +39,7 @@ def check_drafter_fits(target: ImageTokenModel, drafter: ImageTokenModel) -> Non
 class DrafterModelDrafts(DraftSource):
     name = "drafter"
 
-    def __init__(self, drafter: ImageTokenModel, gamma: int = 4) -> None:
+    def __init__(self, drafter: ImageTokenModel, gamma: int = 6) -> None:
         super().__init__()
         if not isinstance(gamma, int) or gamma < 1:
             raise SettingsError(f"drafter gamma (tokens drafted per target forward) must be an integer >= 1, got {gamma!r}")
