@@ -55,6 +55,7 @@ class MethodOptions:
     gamma: int = 6
     q_init: str = "one_hot"
     policy: str = "exact"
+    relaxation: float = 0.0  # 0..1 for relaxed policies (0 = lossless)
 
 
 def method_name(draft: str, init: str = "random", coupling: bool = False) -> str:
@@ -149,7 +150,7 @@ def run_call(model: ImageTokenModel, method: str, conditions: ConditionFn, call:
     if method == "ar2":
         settings = settings.with_(seed=settings.seed + SECOND_SEED_OFFSET)
     return generate(model, conditions(indices), settings, make_draft(method, options, drafter),
-                    make_policy(options.policy), observer, precise_timing=True)
+                    make_policy(options.policy, options.relaxation, model=model), observer, precise_timing=True)
 
 
 def summarize(method: str, results: list[GenerationResult], baseline_seconds_per_image: float | None) -> BenchRow:
@@ -177,7 +178,7 @@ def validate(model: ImageTokenModel, methods: Sequence[str], options: MethodOpti
     """Fail on bad settings before any method runs, not after minutes of the first ones."""
     for method in methods:
         make_draft(method, options, drafter)
-    make_policy(options.policy)
+    make_policy(options.policy, options.relaxation, model=model)
     if "drafter" in methods and drafter is not None:
         check_drafter_fits(model, drafter)
 

@@ -95,7 +95,10 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
 def _add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("speculative decoding")
     group.add_argument("--policy", default="exact", choices=sorted(POLICIES),
-                       help="how drafts are accepted: exact keeps the output distribution identical to plain decoding (default: exact)")
+                       help="how drafts are accepted: exact keeps the output distribution identical to plain decoding; "
+                            "lantern, gsd and csd accept more drafts at a quality cost set by --relax (default: exact)")
+    group.add_argument("--relax", type=float, default=0.0, metavar="F",
+                       help="relaxed policies: 0 = lossless (the exact policy's tokens), towards 1 = faster, less faithful (default: 0)")
     group.add_argument("--window", type=_int_at_least(1), default=16, metavar="N",
                        help="Jacobi decoding: tokens fed to the target per forward, the pending one plus N-1 guesses (default: 16)")
     group.add_argument("--q-init", default="one_hot", choices=Q_CONVENTIONS, help=(
@@ -275,7 +278,7 @@ def _generate(args: argparse.Namespace) -> int:
     kind = _draft_kind(args)
     batch = _batch_size(args)
     method = method_name(kind, args.jacobi_init, args.coupling)
-    options = MethodOptions(args.window, args.gamma, args.q_init, args.policy)
+    options = MethodOptions(args.window, args.gamma, args.q_init, args.policy, args.relax)
     model = _load_target(args)
     _require_pixels(model)
     drafter = _load_drafter(args, model) if kind == "model" else None
@@ -288,11 +291,12 @@ def _generate(args: argparse.Namespace) -> int:
             progress(event)
             return not stop.requested
 
-        result = generate(model, cond, settings, make_draft(method, options, drafter), make_policy(args.policy), observer)
+        result = generate(model, cond, settings, make_draft(method, options, drafter),
+                          make_policy(args.policy, args.relax, model=model), observer)
     progress.finish(summary_line(result))
     if args.stats:
-        _write_json(args.stats, _stats(result, method, _method_options(method, options, args), args.policy,
-                                       model, drafter, cond, settings))
+        _write_json(args.stats, {**_stats(result, method, _method_options(method, options, args), args.policy,
+                                          model, drafter, cond, settings), "relaxation": args.relax})
     _write_pictures(args, model, result)
     if not result.finished:
         done, total = int(result.committed.sum()), result.tokens.numel()
@@ -337,7 +341,7 @@ def _bench(args: argparse.Namespace) -> int:
     methods = parse_methods(args.methods or default)
     if args.drafter and "drafter" not in methods:
         raise SettingsError("--drafter is given but --methods does not include drafter")
-    options = MethodOptions(args.window, args.gamma, args.q_init, args.policy)
+    options = MethodOptions(args.window, args.gamma, args.q_init, args.policy, args.relax)
     model = _load_target(args)
     drafter = _load_drafter(args, model) if args.drafter else None
     settings = _settings(model, args)

@@ -63,7 +63,7 @@ class PolicyRecipe:
 
     def build(self, target: ImageTokenModel) -> AcceptancePolicy:
         region = mask_to_token_weights(self.mask, target.grid) if self.mask is not None else None
-        return make_policy(self.name, self.relaxation, region)
+        return make_policy(self.name, self.relaxation, region, model=target)
 
     def describe(self) -> str:
         masked = ", masked" if self.mask is not None else ""

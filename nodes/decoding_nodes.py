@@ -17,7 +17,8 @@ def _jacobi(host: Host, window: int, initialisation: str, coupled: bool) -> tupl
 
 
 def _policy(host: Host, policy: str, relaxation: float, mask: torch.Tensor | None = None) -> tuple[PolicyRecipe]:
-    make_policy(policy, relaxation)  # a bad combination fails here, on this node, not later in the sampler
+    if not getattr(POLICIES[policy], "needs_model", False):  # the others are checked against the model by the sampler
+        make_policy(policy, relaxation)  # a bad combination fails here, on this node, not later in the sampler
     return (PolicyRecipe(policy, relaxation, mask),)
 
 

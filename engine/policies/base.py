@@ -38,6 +38,7 @@ class AcceptancePolicy(ABC):
 
     name: str = "policy"
     lossless: bool = False
+    needs_model: bool = False  # make_policy passes the target model (code vectors) to the constructor
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None) -> None:
         if not 0.0 <= relaxation <= 1.0:

@@ -1,0 +1,58 @@
+"""What the relaxed policies share: the lossless base ratio, the standard residual, code latents.
+
+Every relaxed policy only *raises* acceptance above the exact ratio ``min(1, p(x)/q(x))``; at
+strength 0 it computes exactly that ratio (bit for bit). After a rejection all three use the
+standard residual ``norm(max(0, p - q))``, which is the total-variation-optimal correction when
+acceptance is only raised (see shared/design/algorithms.md, CSD section).
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+
+from ..errors import SettingsError
+from ..models.base import ImageTokenModel
+from ..sampling import residual
+from .base import AcceptancePolicy, PolicyContext
+from .exact import Q_FLOOR, token_probs
+
+_LATENTS: "weakref.WeakKeyDictionary[ImageTokenModel, torch.Tensor]" = weakref.WeakKeyDictionary()
+
+
+def code_latents(model: ImageTokenModel) -> torch.Tensor:
+    """Latent vector of every code ``[V, C]`` (float32, on the model's device), computed once per model."""
+    cached = _LATENTS.get(model)
+    if cached is None or cached.device != model.device:
+        codes = torch.arange(model.vocab_size, device=model.device)
+        cached = model.latent(codes).float().reshape(model.vocab_size, -1)
+        _LATENTS[model] = cached
+    return cached
+
+
+def require_model(name: str, model: ImageTokenModel | None) -> ImageTokenModel:
+    if model is None:
+        raise SettingsError(f"the {name} policy compares tokens by their code vectors and needs the target model")
+    return model
+
+
+def check_range(name: str, value: float, low: float, high: float) -> float:
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must lie in {low}..{high}, got {value}")
+    return value
+
+
+class RelaxedPolicy(AcceptancePolicy):
+    """Base of the lossy policies: exact ratio underneath, standard residual on rejection."""
+
+    lossless = False
+
+    @staticmethod
+    def base_ratio(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``min(1, p(x)/q(x))`` exactly as the exact policy computes it, and ``p(x)``."""
+        px = token_probs(p, tokens)
+        return (px / token_probs(q, tokens).clamp_min(Q_FLOOR)).clamp_max(1.0), px
+
+    def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
+        return residual(p, q)
