@@ -98,6 +98,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
     tokens = torch.zeros(B, N + 1, dtype=torch.long, device=dev)  # column N: scratch for rows that are done
     kinds = torch.full((B, N + 1), -1, dtype=torch.int8, device=dev)
     forward_index = torch.full((B, N + 1), -1, dtype=torch.int32, device=dev)
+    diagnostics: dict[str, torch.Tensor] = {}  # name -> [B, N + 1], filled by _record
     started = time.perf_counter()
 
     out = clock.run(lambda: model.prefill(cond, settings.uses_cfg))
@@ -155,6 +156,8 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
                 model.compact(keep, kept)
 
             _commit(tokens, kinds, forward_index, block, verdict, committed_dev, done.to(dev), target_forwards, N)
+            if block.is_chain:
+                _record(diagnostics, verdict, committed_dev, done.to(dev), N)
             examined = accepted + (next_kind == int(TokenKind.CORRECTED)).long()
             drafted += int(examined[~done].sum())
             accepted_total += int(accepted.sum())
@@ -177,7 +180,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
         committed=committed.clone(), target_forwards=target_forwards,
         drafter_forwards=draft.forwards if draft is not None else 0, drafted=drafted, accepted=accepted_total,
         wall_seconds=wall, model_seconds=clock.seconds + (draft.seconds if draft is not None else 0.0),
-        finished=finished,
+        finished=finished, diagnostics={name: values[:, :N].float().cpu() for name, values in diagnostics.items()},
     )
 
 
@@ -187,6 +190,22 @@ def _check_prefix(prefix: torch.Tensor, batch: int, total: int, vocab: int) -> i
     if int(prefix.min()) < 0 or int(prefix.max()) >= vocab:
         raise SettingsError(f"prefix tokens must lie in 0..{vocab - 1}")
     return int(prefix.shape[1])
+
+
+def _record(records: dict[str, torch.Tensor], verdict: Verdict, committed: torch.Tensor, done: torch.Tensor,
+            N: int) -> None:
+    """Store the policy's per-draft quantities at the positions of the drafts it tested: the accepted
+    ones and the first rejected one (whose position got the correction)."""
+    for name, values in verdict.diagnostics.items():
+        B, n = values.shape
+        if name not in records:
+            records[name] = torch.full((B, N + 1), float("nan"), device=values.device)
+        offsets = torch.arange(n, device=values.device)[None, :]
+        accepted = verdict.accepted[:, None]
+        corrected = (verdict.next_kind == int(TokenKind.CORRECTED))[:, None]
+        tested = ((offsets < accepted) | ((offsets == accepted) & corrected)) & ~done[:, None]
+        slots = torch.where(tested, (committed[:, None] + offsets).clamp(max=N), N)  # column N: scratch
+        records[name].scatter_(1, slots, values.float())
 
 
 def _commit(tokens: torch.Tensor, kinds: torch.Tensor, forward_index: torch.Tensor, block: DraftBlock,

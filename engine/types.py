@@ -187,6 +187,9 @@ class GenerationResult:
     wall_seconds: float
     model_seconds: float  # time inside target and drafter forwards
     finished: bool = True
+    # Per token, what the acceptance policy decided on (e.g. entropy, tv, neighbour_mass, group_size):
+    # [B, N] float, NaN where no draft was tested. Only chain drafts are recorded; exact records nothing.
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property

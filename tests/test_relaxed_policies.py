@@ -12,6 +12,7 @@ from engine.drafts.jacobi import JacobiDrafts
 from engine.errors import SettingsError
 from engine.policies import POLICIES, PolicyContext, make_policy
 from engine.policies.exact import ExactPolicy
+from engine.types import TokenKind
 
 RELAXED = ("lantern", "gsd", "csd")
 
@@ -89,3 +90,19 @@ def test_impossible_parameters_are_refused(demo) -> None:  # type: ignore[no-unt
     with pytest.raises(SettingsError, match="does not take"):
         make_policy("gsd", 0.5, model=target, temperature=3.0)
     assert set(RELAXED) < set(POLICIES)
+
+
+@pytest.mark.parametrize("name,keys", [("lantern", {"neighbour_mass"}), ("gsd", {"group_size"}), ("csd", {"entropy", "tv"})])
+def test_the_loop_records_what_each_policy_decided_on(demo, name: str, keys: set) -> None:  # type: ignore[no-untyped-def]
+    target, drafter = demo
+    result = generate(target, Conditioning.classes([2, 9]), target.default_settings.with_(seed=4),
+                      DrafterModelDrafts(drafter, 6), make_policy(name, 0.5, model=target))
+    assert set(result.diagnostics) == keys
+    decided = result.kinds.long()
+    tested_kinds = (decided == int(TokenKind.ACCEPTED)) | (decided == int(TokenKind.CORRECTED))
+    for values in result.diagnostics.values():
+        assert values.shape == result.tokens.shape
+        assert torch.equal(torch.isfinite(values), tested_kinds)  # exactly the tokens whose draft was tested
+    assert int(tested_kinds.sum()) == result.drafted
+    exact = generate(target, Conditioning.classes([2]), target.default_settings, DrafterModelDrafts(drafter, 6))
+    assert exact.diagnostics == {}
