@@ -8,7 +8,7 @@ Pareto sweeps can build on a run without decoding again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import torch
@@ -19,7 +19,7 @@ from .drafts.jacobi import JacobiDrafts
 from .errors import SettingsError
 from .loop import generate
 from .models.base import ImageTokenModel
-from .policies import make_policy
+from .policies import POLICIES, make_policy
 from .types import Conditioning, GenerationResult, SamplingSettings, StepEvent
 
 # Jacobi variants by method name: (initialisation of new window slots, MC-SJD coupling).
@@ -81,12 +81,37 @@ def make_draft(method: str, options: MethodOptions, drafter: ImageTokenModel | N
     return JacobiDrafts(options.window, init, options.q_init, coupling)
 
 
+def split_method(name: str) -> tuple[str, str | None, float | None]:
+    """``"drafter:csd=0.5"`` -> ``("drafter", "csd", 0.5)``; a plain name has no policy of its own.
+
+    A method may name its acceptance policy and relaxation, so one benchmark can sweep the
+    speed/quality trade-off of several policies on the same images.
+    """
+    base, _, variant = name.partition(":")
+    if not variant:
+        return base, None, None
+    policy, _, relax = variant.partition("=")
+    try:
+        return base, policy, float(relax or 0.0)
+    except ValueError:
+        raise SettingsError(f"method {name!r}: write METHOD:POLICY=RELAX, e.g. drafter:csd=0.5") from None
+
+
+def options_for(method: str, options: MethodOptions) -> MethodOptions:
+    """``options`` with the policy and relaxation a ``METHOD:POLICY=RELAX`` name asks for."""
+    _, policy, relax = split_method(method)
+    return options if policy is None else replace(options, policy=policy, relaxation=relax or 0.0)
+
+
 def parse_methods(text: str) -> list[str]:
-    """``"jacobi, mcsjd"`` -> ``["ar", "jacobi", "mcsjd"]``: AR always runs first, as the baseline."""
+    """``"jacobi, drafter:csd=0.5"`` -> ``["ar", "jacobi", "drafter:csd=0.5"]``: AR always runs first."""
     names = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in names if name not in METHODS]
-    if unknown:
-        raise SettingsError(f"unknown method {unknown[0]!r}; available: {', '.join(METHODS)}")
+    for name in names:
+        base, policy, _ = split_method(name)
+        if base not in METHODS:
+            raise SettingsError(f"unknown method {base!r}; available: {', '.join(METHODS)}")
+        if policy is not None and policy not in POLICIES:
+            raise SettingsError(f"unknown acceptance policy {policy!r} in {name!r}; available: {', '.join(POLICIES)}")
     return list(dict.fromkeys(["ar", *names]))
 
 
@@ -149,7 +174,8 @@ def run_call(model: ImageTokenModel, method: str, conditions: ConditionFn, call:
     indices, settings = call
     if method == "ar2":
         settings = settings.with_(seed=settings.seed + SECOND_SEED_OFFSET)
-    return generate(model, conditions(indices), settings, make_draft(method, options, drafter),
+    base, options = split_method(method)[0], options_for(method, options)
+    return generate(model, conditions(indices), settings, make_draft(base, options, drafter),
                     make_policy(options.policy, options.relaxation, model=model), observer, precise_timing=True)
 
 
@@ -177,9 +203,10 @@ def validate(model: ImageTokenModel, methods: Sequence[str], options: MethodOpti
              drafter: ImageTokenModel | None) -> None:
     """Fail on bad settings before any method runs, not after minutes of the first ones."""
     for method in methods:
-        make_draft(method, options, drafter)
-    make_policy(options.policy, options.relaxation, model=model)
-    if "drafter" in methods and drafter is not None:
+        variant = options_for(method, options)
+        make_draft(split_method(method)[0], variant, drafter)
+        make_policy(variant.policy, variant.relaxation, model=model)
+    if any(split_method(m)[0] == "drafter" for m in methods) and drafter is not None:
         check_drafter_fits(model, drafter)
 
 

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Callable, Sequence
 
 from . import __version__
-from .bench import (METHODS, BenchRow, ConditionFn, MethodOptions, add_quality, make_draft, method_name, parse_methods,
+from .bench import (METHODS, BenchRow, ConditionFn, MethodOptions, add_quality, make_draft, method_name, parse_methods, split_method,
                     run_bench)
 from .drafts.drafter import check_drafter_fits
 from .drafts.jacobi import INITIALISATIONS, Q_CONVENTIONS
@@ -153,8 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_method_options(bench)
     runs = bench.add_argument_group("benchmark")
     runs.add_argument("--methods", metavar="LIST", help=(
-        f"comma-separated methods to compare with plain decoding (ar), which always runs "
-        f"(default: {DEFAULT_BENCH_METHODS}, plus drafter when --drafter is given)"))
+        f"comma-separated methods to compare with plain decoding (ar), which always runs; METHOD:POLICY=RELAX "
+        f"gives a method its own acceptance policy, e.g. drafter,drafter:csd=0.5,drafter:lantern=0.25 sweeps the "
+        f"speed/quality trade-off on the same images (default: {DEFAULT_BENCH_METHODS}, plus drafter when --drafter is given)"))
     runs.add_argument("--images", type=_int_at_least(1), default=8, metavar="N", help="images per method (default: 8)")
     runs.add_argument("--batch", type=_int_at_least(1), default=1, metavar="N",
                       help="images per generate call; the call starting at image i uses seed + i (default: 1)")
@@ -339,7 +340,7 @@ def _bench(args: argparse.Namespace) -> int:
     _use_bundled_drafter(args, args.methods is None or "drafter" in args.methods)
     default = DEFAULT_BENCH_METHODS + (",drafter" if args.drafter else "")
     methods = parse_methods(args.methods or default)
-    if args.drafter and "drafter" not in methods:
+    if args.drafter and not any(split_method(m)[0] == "drafter" for m in methods):
         raise SettingsError("--drafter is given but --methods does not include drafter")
     options = MethodOptions(args.window, args.gamma, args.q_init, args.policy, args.relax)
     model = _load_target(args)

@@ -106,3 +106,17 @@ def test_the_loop_records_what_each_policy_decided_on(demo, name: str, keys: set
     assert int(tested_kinds.sum()) == result.drafted
     exact = generate(target, Conditioning.classes([2]), target.default_settings, DrafterModelDrafts(drafter, 6))
     assert exact.diagnostics == {}
+
+
+def test_bench_sweeps_policies_as_method_variants(capsys) -> None:  # type: ignore[no-untyped-def]
+    from engine import cli
+
+    code = cli.main(["bench", "--images", "2", "--batch", "2", "--methods", "jacobi-row,jacobi-row:lantern=0.5,drafter:csd=0",
+                     "--quiet"])
+    assert code == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[-4:]]
+    assert rows == ["ar", "jacobi-row", "jacobi-row:lantern=0.5", "drafter:csd=0"]
+    for bad, message in (("drafter:fast=0.5", "unknown acceptance policy 'fast'"), ("drafter:csd=lots", "METHOD:POLICY=RELAX"),
+                         ("drafter:csd=2", "0..1")):
+        assert cli.main(["bench", "--images", "1", "--methods", bad, "--quiet"]) == 2
+        assert message in capsys.readouterr().err
