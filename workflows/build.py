@@ -14,7 +14,7 @@ import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -189,11 +189,37 @@ def compare(specs: dict[str, Any]) -> Graph:
     return g
 
 
+POLICY_NOTES = {
+    "lantern": "LANTERN moves the target's probability of tokens that look like the draft (nearby code vectors) onto "
+               "the draft, within a total-variation budget.",
+    "gsd": "GSD accepts the draft together with a group of interchangeable tokens (close in rank, probability and "
+           "code vector).",
+    "csd": "CSD raises acceptance by the target's entropy where the draft already agrees with the target "
+           "(smooth, uncertain regions).",
+}
+
+
+def relaxed_policy(policy: str) -> Callable[[dict[str, Any]], Graph]:
+    """A drafter workflow with a relaxed acceptance policy at a moderate setting."""
+
+    def build(specs: dict[str, Any]) -> Graph:
+        g, model, draft = _start(specs, "SpecARDrafterModel", (
+            f"SpecAR: the {policy.upper()} relaxed acceptance policy.\n\n{POLICY_NOTES[policy]}\n\nRelaxation 0 gives "
+            "exactly the lossless images; raise it for speed and watch the stats and the images. The README's table "
+            "lists measured speed and quality for each setting."), note_height=200)
+        chosen = g.add("SpecARAcceptancePolicy", (20, 640), (340, 130), policy=policy, relaxation=0.5)
+        _sampler_with_previews(g, model, draft, chosen, prompt="green ring", batch_size=4, seed=21)
+        return g
+
+    return build
+
+
 WORKFLOWS = {
     "specar_demo_jacobi": demo_jacobi,
     "specar_demo_drafter": demo_drafter,
     "specar_relaxation_mask": relaxation_mask,
     "specar_compare_ar_vs_speculative": compare,
+    **{f"specar_policy_{name}": relaxed_policy(name) for name in POLICY_NOTES},
 }
 
 
