@@ -324,7 +324,7 @@ def _write_pictures(args: argparse.Namespace, model: ImageTokenModel, result: Ge
     images = model.decode(result.tokens)
     size = (int(images.shape[1]), int(images.shape[2]))
     if not result.finished:
-        images = images * committed_mask(result, model.grid, size)[..., None]
+        images = images * committed_mask(result.kinds, model.grid, size)[..., None]
     ncols = math.ceil(math.sqrt(result.batch_size))
     save_png(image_grid(images, ncols), args.out)
     heatmaps = acceptance_heatmap(result, model.grid, size)

@@ -104,9 +104,9 @@ def acceptance_heatmap(result: GenerationResult, grid: tuple[int, int], size: tu
     return upscale_cells(cells, size or grid)
 
 
-def committed_mask(result: GenerationResult, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
-    """``bool [B, H, W]``: pixels whose token was committed (all of them unless interrupted)."""
-    cells = (result.kinds >= 0).reshape(result.batch_size, *grid)
+def committed_mask(kinds: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]) -> torch.Tensor:
+    """``bool [B, H, W]``: pixels whose token is committed (``kinds >= 0``; all of them once finished)."""
+    cells = (kinds.cpu() >= 0).reshape(kinds.shape[0], *grid)
     return upscale_cells(cells, size)
 
 

@@ -142,6 +142,6 @@ def run_job(model: ImageTokenModel, prompt: str, batch: int, settings: SamplingS
     pixels = model.decode(result.tokens)
     size = (int(pixels.shape[1]), int(pixels.shape[2]))
     if not result.finished:
-        pixels = pixels * committed_mask(result, model.grid, size)[..., None]
+        pixels = pixels * committed_mask(result.kinds, model.grid, size)[..., None]
     heatmaps = acceptance_heatmap(result, model.grid, size)
     return JobOutput(result, as_float(pixels), as_float(heatmaps), summarize(result, draft, policy))

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..engine.heatmap import comparison, upscale_cells
+from ..engine.heatmap import committed_mask, comparison
 from ..engine.live import HeatmapFrames
 from ..engine.models.base import ImageTokenModel
 from ..engine.session import DraftRecipe, JobOutput, PolicyRecipe, run_job
@@ -48,7 +48,7 @@ class LiveReport:
         """The first image as decoded so far (black where no token is committed yet)."""
         pixels = self.model.decode(event.tokens[:1])
         size = (int(pixels.shape[1]), int(pixels.shape[2]))
-        mask = upscale_cells((event.kinds[:1].cpu() >= 0).reshape(1, *self.model.grid), size)
+        mask = committed_mask(event.kinds[:1], self.model.grid, size)
         return Image.fromarray((pixels * mask[..., None])[0].numpy())
 
     def finish(self) -> None:

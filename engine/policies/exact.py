@@ -24,6 +24,11 @@ def token_probs(dist: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     return dist.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
+def exact_ratio(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """``min(1, p(x)/q(x))`` for every drafted token: the lossless acceptance probability."""
+    return (token_probs(p, tokens) / token_probs(q, tokens).clamp_min(Q_FLOOR)).clamp_max(1.0)
+
+
 class ExactPolicy(AcceptancePolicy):
     name = "exact"
     lossless = True
@@ -36,8 +41,7 @@ class ExactPolicy(AcceptancePolicy):
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ratio = token_probs(p, tokens) / token_probs(q, tokens).clamp_min(Q_FLOOR)
-        return ratio.clamp_max(1.0), {}
+        return exact_ratio(p, q, tokens), {}
 
     def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                  ctx: PolicyContext) -> torch.Tensor:

@@ -16,7 +16,7 @@ from ..errors import SettingsError
 from ..models.base import ImageTokenModel
 from ..sampling import residual
 from .base import AcceptancePolicy, PolicyContext
-from .exact import Q_FLOOR, token_probs
+from .exact import exact_ratio, token_probs
 
 _LATENTS: "weakref.WeakKeyDictionary[ImageTokenModel, torch.Tensor]" = weakref.WeakKeyDictionary()
 
@@ -51,8 +51,7 @@ class RelaxedPolicy(AcceptancePolicy):
     @staticmethod
     def base_ratio(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``min(1, p(x)/q(x))`` exactly as the exact policy computes it, and ``p(x)``."""
-        px = token_probs(p, tokens)
-        return (px / token_probs(q, tokens).clamp_min(Q_FLOOR)).clamp_max(1.0), px
+        return exact_ratio(p, q, tokens), token_probs(p, tokens)
 
     def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
         return residual(p, q)
