@@ -19,7 +19,7 @@ from .drafts.jacobi import JacobiDrafts
 from .errors import SettingsError
 from .loop import generate
 from .models.base import ImageTokenModel
-from .policies import POLICIES, make_policy
+from .policies import POLICIES, AcceptancePolicy, make_policy
 from .types import Conditioning, GenerationResult, SamplingSettings, StepEvent
 
 # Jacobi variants by method name: (initialisation of new window slots, MC-SJD coupling).
@@ -56,6 +56,10 @@ class MethodOptions:
     q_init: str = "one_hot"
     policy: str = "exact"
     relaxation: float = 0.0  # 0..1 for relaxed policies (0 = lossless)
+    policy_options: tuple[tuple[str, float], ...] = ()  # native parameters of the policy (experts)
+
+    def make_policy(self, model: ImageTokenModel) -> AcceptancePolicy:
+        return make_policy(self.policy, self.relaxation, model=model, **dict(self.policy_options))
 
 
 def method_name(draft: str, init: str = "random", coupling: bool = False) -> str:
@@ -98,9 +102,13 @@ def split_method(name: str) -> tuple[str, str | None, float | None]:
 
 
 def options_for(method: str, options: MethodOptions) -> MethodOptions:
-    """``options`` with the policy and relaxation a ``METHOD:POLICY=RELAX`` name asks for."""
+    """``options`` with the policy and relaxation a ``METHOD:POLICY=RELAX`` name asks for (expert
+    options given for another policy do not carry over to it)."""
     _, policy, relax = split_method(method)
-    return options if policy is None else replace(options, policy=policy, relaxation=relax or 0.0)
+    if policy is None:
+        return options
+    kept = options.policy_options if policy == options.policy else ()
+    return replace(options, policy=policy, relaxation=relax or 0.0, policy_options=kept)
 
 
 def parse_methods(text: str) -> list[str]:
@@ -113,6 +121,26 @@ def parse_methods(text: str) -> list[str]:
         if policy is not None and policy not in POLICIES:
             raise SettingsError(f"unknown acceptance policy {policy!r} in {name!r}; available: {', '.join(POLICIES)}")
     return list(dict.fromkeys(["ar", *names]))
+
+
+def sweep_methods(methods: Sequence[str], policies: Sequence[str], relaxations: Sequence[float]) -> list[str]:
+    """Each speculative method as given, then at every policy and relaxation: the points of a
+    speed/quality sweep, all drawn on the same images (``drafter`` ->
+    ``drafter, drafter:csd=0.25, drafter:csd=0.5, ...``)."""
+    for policy in policies:
+        if policy not in POLICIES or policy == "exact":
+            raise SettingsError(f"cannot sweep {policy!r}: sweep the relaxed policies, "
+                                f"{', '.join(name for name in POLICIES if name != 'exact')}")
+    for relax in relaxations:
+        if not 0.0 < relax <= 1.0:
+            raise SettingsError(f"sweep relaxations must lie in (0, 1] (0 is the exact policy, always run), got {relax:g}")
+    swept: list[str] = []
+    for method in methods:
+        swept.append(method)
+        base = split_method(method)[0]
+        if base not in ("ar", "ar2"):
+            swept += [f"{base}:{policy}={relax:g}" for policy in policies for relax in relaxations]
+    return list(dict.fromkeys(swept))
 
 
 @dataclass
@@ -176,7 +204,7 @@ def run_call(model: ImageTokenModel, method: str, conditions: ConditionFn, call:
         settings = settings.with_(seed=settings.seed + SECOND_SEED_OFFSET)
     base, options = split_method(method)[0], options_for(method, options)
     return generate(model, conditions(indices), settings, make_draft(base, options, drafter),
-                    make_policy(options.policy, options.relaxation, model=model), observer, precise_timing=True)
+                    options.make_policy(model), observer, precise_timing=True)
 
 
 def summarize(method: str, results: list[GenerationResult], baseline_seconds_per_image: float | None) -> BenchRow:
@@ -205,7 +233,7 @@ def validate(model: ImageTokenModel, methods: Sequence[str], options: MethodOpti
     for method in methods:
         variant = options_for(method, options)
         make_draft(split_method(method)[0], variant, drafter)
-        make_policy(variant.policy, variant.relaxation, model=model)
+        variant.make_policy(model)
     if any(split_method(m)[0] == "drafter" for m in methods) and drafter is not None:
         check_drafter_fits(model, drafter)
 

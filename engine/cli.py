@@ -21,16 +21,18 @@ from types import FrameType
 from typing import Callable, Sequence
 
 from . import __version__
+from . import pareto
 from .bench import (METHODS, BenchRow, ConditionFn, MethodOptions, add_quality, make_draft, method_name, parse_methods, split_method,
-                    run_bench)
+                    run_bench, sweep_methods)
 from .drafts.drafter import check_drafter_fits
 from .drafts.jacobi import INITIALISATIONS, Q_CONVENTIONS
 from .errors import SettingsError, SpecARError
+from .explain import explanation
 from .heatmap import acceptance_heatmap, committed_mask, image_grid, save_png, side_by_side
 from .loop import generate
 from .models.base import ImageTokenModel
 from .models.registry import load_model
-from .policies import POLICIES, make_policy
+from .policies import POLICIES, parse_policy_options, recommended_relaxation
 from .progress import ProgressBar, summary_line
 from .session import class_for_prompt
 from .types import Conditioning, GenerationResult, SamplingSettings, StepEvent
@@ -97,8 +99,13 @@ def _add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     group.add_argument("--policy", default="exact", choices=sorted(POLICIES),
                        help="how drafts are accepted: exact keeps the output distribution identical to plain decoding; "
                             "lantern, gsd and csd accept more drafts at a quality cost set by --relax (default: exact)")
-    group.add_argument("--relax", type=float, default=0.0, metavar="F",
-                       help="relaxed policies: 0 = lossless (the exact policy's tokens), towards 1 = faster, less faithful (default: 0)")
+    group.add_argument("--relax", type=float, default=None, metavar="F",
+                       help="relaxed policies: 0 = lossless (the exact policy's tokens), towards 1 = faster, less faithful "
+                            "(default: the policy's recommended setting from the benchmark: " +
+                            ", ".join(f"{name} {recommended_relaxation(name):g}" for name in POLICIES if name != "exact") + ")")
+    group.add_argument("--policy-option", action="append", default=[], metavar="NAME=VALUE",
+                       help="experts: set a policy's native parameter, e.g. --policy-option tv_threshold=0.5 for csd "
+                            "(see each policy's class in engine/policies); repeatable")
     group.add_argument("--window", type=_int_at_least(1), default=16, metavar="N",
                        help="Jacobi decoding: tokens fed to the target per forward, the pending one plus N-1 guesses (default: 16)")
     group.add_argument("--q-init", default="one_hot", choices=Q_CONVENTIONS, help=(
@@ -113,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="specar", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Speculative decoding for autoregressive image models: the same images as plain "
                     "decoding, in fewer model forwards.",
-        epilog="Run 'specar generate --help' or 'specar bench --help' for their options.")
+        epilog="Run 'specar generate --help', 'specar bench --help' or 'specar pareto --help' for their options.")
     parser.add_argument("--version", action="version", version=f"specar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -138,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
         "also write an acceptance heatmap, laid out like --out: grey = target only, green = accepted guess "
         "(brighter = longer accepted run), red = corrected, amber = bonus, black = not generated"))
     out.add_argument("--compare", metavar="BOTH.png", help="also write each image beside its heatmap, with a colour legend")
+    out.add_argument("--explain", metavar="WHY.png", help=(
+        "also write why drafts were accepted: each image, its heatmap and a map of every quantity the relaxed "
+        "policy decided on (csd: entropy and TV; lantern: neighbour mass; gsd: group size)"))
     out.add_argument("--stats", metavar="STATS.json",
                      help="also write the tokens, forward counts, acceptance rate, timings and settings as JSON")
     out.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -164,7 +174,26 @@ def build_parser() -> argparse.ArgumentParser:
         "classifier and FID-lite against real scenes; add ar2 to --methods for the AR seed-to-seed spread"))
     runs.add_argument("--json", metavar="OUT.json", help="also write every row of the table, and the settings, as JSON")
     runs.add_argument("--quiet", action="store_true", help="print only the table")
+    sweep = bench.add_argument_group("speed/quality sweep (with --quality)")
+    sweep.add_argument("--sweep", metavar="POLICIES", help=(
+        "run every method also with each of these relaxed policies (comma-separated, e.g. csd,gsd,lantern) at each "
+        "--relax-steps value, on the same images"))
+    sweep.add_argument("--relax-steps", default="0.25,0.5,1", metavar="LIST",
+                       help="relaxations a sweep visits (default: 0.25,0.5,1)")
+    sweep.add_argument("--plot", metavar="PARETO.png",
+                       help="write tokens per forward against FID-lite and class accuracy, with the AR seed spread")
+    sweep.add_argument("--table", metavar="PARETO.md", help="write the points as a Markdown table")
     bench.set_defaults(run=_bench)
+
+    plot = commands.add_parser("pareto", help="plot and tabulate the speed/quality points of saved benchmark runs",
+                               description="Combine 'specar bench --quality --json' files into one Pareto table and "
+                                           "plot (runs with the same number of images; FID-lite depends on it).")
+    plot.add_argument("runs", nargs="+", metavar="RUN.json", help="benchmark results written by specar bench --json")
+    plot.add_argument("--images", type=_int_at_least(1), metavar="N",
+                      help="use the runs with N images (default: the largest count among the files)")
+    plot.add_argument("--plot", metavar="PARETO.png", help="write the plot")
+    plot.add_argument("--table", metavar="PARETO.md", help="write the Markdown table (it is printed too)")
+    plot.set_defaults(run=_pareto)
     return parser
 
 
@@ -184,6 +213,13 @@ def _load_drafter(args: argparse.Namespace, target: ImageTokenModel) -> ImageTok
     drafter = load_model(args.drafter, args.device, args.dtype)
     check_drafter_fits(target, drafter)
     return drafter
+
+
+def _options(args: argparse.Namespace) -> MethodOptions:
+    """The draft and policy knobs; a relaxed policy without --relax runs at its recommended setting."""
+    relax = recommended_relaxation(args.policy) if args.relax is None else args.relax
+    policy_options = tuple(parse_policy_options(args.policy_option).items())
+    return MethodOptions(args.window, args.gamma, args.q_init, args.policy, relax, policy_options)
 
 
 def _settings(model: ImageTokenModel, args: argparse.Namespace) -> SamplingSettings:
@@ -279,7 +315,7 @@ def _generate(args: argparse.Namespace) -> int:
     kind = _draft_kind(args)
     batch = _batch_size(args)
     method = method_name(kind, args.jacobi_init, args.coupling)
-    options = MethodOptions(args.window, args.gamma, args.q_init, args.policy, args.relax)
+    options = _options(args)
     model = _load_target(args)
     _require_pixels(model)
     drafter = _load_drafter(args, model) if kind == "model" else None
@@ -293,11 +329,12 @@ def _generate(args: argparse.Namespace) -> int:
             return not stop.requested
 
         result = generate(model, cond, settings, make_draft(method, options, drafter),
-                          make_policy(args.policy, args.relax, model=model), observer)
+                          options.make_policy(model), observer)
     progress.finish(summary_line(result))
     if args.stats:
         _write_json(args.stats, {**_stats(result, method, _method_options(method, options, args), args.policy,
-                                          model, drafter, cond, settings), "relaxation": args.relax})
+                                          model, drafter, cond, settings), "relaxation": options.relaxation,
+                                 "policy_options": dict(options.policy_options)})
     _write_pictures(args, model, result)
     if not result.finished:
         done, total = int(result.committed.sum()), result.tokens.numel()
@@ -332,6 +369,8 @@ def _write_pictures(args: argparse.Namespace, model: ImageTokenModel, result: Ge
         save_png(image_grid(heatmaps, ncols), args.heatmap)
     if args.compare:
         save_png(side_by_side(images, heatmaps, ncols), args.compare)
+    if args.explain:
+        save_png(explanation(images, result, model.grid), args.explain)
 
 
 # -- bench ----------------------------------------------------------------------------------------
@@ -340,9 +379,13 @@ def _bench(args: argparse.Namespace) -> int:
     _use_bundled_drafter(args, args.methods is None or "drafter" in args.methods)
     default = DEFAULT_BENCH_METHODS + (",drafter" if args.drafter else "")
     methods = parse_methods(args.methods or default)
+    if args.sweep:
+        methods = sweep_methods(methods, _names(args.sweep), _numbers(args.relax_steps, "--relax-steps"))
     if args.drafter and not any(split_method(m)[0] == "drafter" for m in methods):
         raise SettingsError("--drafter is given but --methods does not include drafter")
-    options = MethodOptions(args.window, args.gamma, args.q_init, args.policy, args.relax)
+    if (args.plot or args.table) and not args.quality:
+        raise SettingsError("--plot and --table show quality against speed: add --quality")
+    options = _options(args)
     model = _load_target(args)
     drafter = _load_drafter(args, model) if args.drafter else None
     settings = _settings(model, args)
@@ -353,11 +396,43 @@ def _bench(args: argparse.Namespace) -> int:
     if evaluate is not None:
         add_quality(rows, model, conditions, evaluate)
     print(format_table(rows, model, settings, args.batch))
+    run = {"model": model.name, "drafter": drafter.name if drafter else None, "device": str(model.device),
+           "dtype": _dtype_name(model), "images": args.images, "batch": args.batch, "settings": asdict(settings),
+           "options": asdict(options), "rows": [row.to_dict() for row in rows]}
     if args.json:
-        _write_json(args.json, {"model": model.name, "drafter": drafter.name if drafter else None,
-                                "device": str(model.device), "dtype": _dtype_name(model),
-                                "images": args.images, "batch": args.batch, "settings": asdict(settings),
-                                "options": asdict(options), "rows": [row.to_dict() for row in rows]})
+        _write_json(args.json, run)
+    if args.plot or args.table:
+        _write_pareto([run], args.plot, args.table)
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def _numbers(text: str, option: str) -> list[float]:
+    try:
+        return [float(value) for value in _names(text)]
+    except ValueError:
+        raise SettingsError(f"{option} takes comma-separated numbers, e.g. 0.25,0.5,1; got {text!r}") from None
+
+
+def _write_pareto(runs: list[dict[str, object]], plot: str | None, table: str | None,
+                  images: int | None = None) -> str:
+    points, band = pareto.collect(runs, images)
+    text = pareto.markdown_table(points, band)
+    if table:
+        Path(table).parent.mkdir(parents=True, exist_ok=True)
+        Path(table).write_text(text + "\n")
+    if plot:
+        save_png(pareto.pareto_plot(points, band), plot)
+    return text
+
+
+# -- pareto ---------------------------------------------------------------------------------------
+
+def _pareto(args: argparse.Namespace) -> int:
+    print(_write_pareto(pareto.load_runs(args.runs), args.plot, args.table, args.images))
     return 0
 
 

@@ -110,7 +110,7 @@ def committed_mask(kinds: torch.Tensor, grid: tuple[int, int], size: tuple[int, 
     return upscale_cells(cells, size)
 
 
-def _as_array(images: torch.Tensor | np.ndarray) -> np.ndarray:
+def as_uint8_array(images: torch.Tensor | np.ndarray) -> np.ndarray:
     array = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
     if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] != 3:
         raise ValueError(f"expected uint8 images [B, H, W, 3], got {array.dtype} {list(array.shape)}")
@@ -119,7 +119,7 @@ def _as_array(images: torch.Tensor | np.ndarray) -> np.ndarray:
 
 def image_grid(images: torch.Tensor | np.ndarray, ncols: int | None = None, background: RGB = (0, 0, 0)) -> Image.Image:
     """Tile ``uint8 [B, H, W, 3]`` images row by row (``ncols`` per row, default near-square)."""
-    array = _as_array(images)
+    array = as_uint8_array(images)
     B, H, W, _ = array.shape
     ncols = max(1, min(ncols or math.ceil(math.sqrt(B)), B))
     nrows = math.ceil(B / ncols)
@@ -153,7 +153,7 @@ def side_by_side(images: torch.Tensor | np.ndarray, heatmaps: torch.Tensor | np.
 
     Empty grid slots are white, so they cannot be mistaken for the black of tokens not generated.
     """
-    pairs = np.concatenate([_as_array(images), _as_array(heatmaps)], axis=2)
+    pairs = np.concatenate([as_uint8_array(images), as_uint8_array(heatmaps)], axis=2)
     grid = image_grid(pairs, ncols, background=LEGEND_BACKGROUND)
     legend = legend_strip(grid.width)
     canvas = Image.new("RGB", (legend.width, grid.height + legend.height), LEGEND_BACKGROUND)
@@ -166,7 +166,7 @@ def comparison(left: torch.Tensor | np.ndarray, right: torch.Tensor | np.ndarray
                captions: tuple[str, str, str]) -> Image.Image:
     """Three labelled columns (e.g. plain AR, speculative, its heatmap), one row per image, and
     the heatmap legend below: what a viewer needs to judge speed against quality at a glance."""
-    columns = [_as_array(left), _as_array(right), _as_array(heatmaps)]
+    columns = [as_uint8_array(left), as_uint8_array(right), as_uint8_array(heatmaps)]
     factor = max(1, math.ceil(COMPARISON_MIN_WIDTH / columns[0].shape[2]))  # room for the captions
     columns = [c.repeat(factor, axis=1).repeat(factor, axis=2) for c in columns]
     rows = np.concatenate(columns, axis=2)  # [B, H, 3W, 3]

@@ -12,12 +12,14 @@ import difflib
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 
 from .bench import MethodOptions, make_draft
 from .drafts.base import DraftSource
 from .drafts.drafter import check_drafter_fits
 from .errors import SettingsError
+from .explain import explanation
 from .heatmap import acceptance_heatmap, committed_mask
 from .loop import generate
 from .models.base import ImageTokenModel
@@ -54,16 +56,18 @@ class DraftRecipe:
 
 @dataclass(frozen=True)
 class PolicyRecipe:
-    """How drafts are accepted: a policy name, a relaxation in 0..1 and an optional pixel mask
-    (``[H, W]`` or ``[B, H, W]``) that scales the relaxation per region."""
+    """How drafts are accepted: a policy name, a relaxation in 0..1, an optional pixel mask
+    (``[H, W]`` or ``[B, H, W]``) that scales the relaxation per region, and the policy's native
+    parameters for experts (``(("tv_threshold", 0.5),)``)."""
 
     name: str = "exact"
     relaxation: float = 0.0
     mask: torch.Tensor | None = None
+    options: tuple[tuple[str, float], ...] = ()
 
     def build(self, target: ImageTokenModel) -> AcceptancePolicy:
         region = mask_to_token_weights(self.mask, target.grid) if self.mask is not None else None
-        return make_policy(self.name, self.relaxation, region, model=target)
+        return make_policy(self.name, self.relaxation, region, model=target, **dict(self.options))
 
     def describe(self) -> str:
         masked = ", masked" if self.mask is not None else ""
@@ -108,6 +112,7 @@ class JobOutput:
     result: GenerationResult
     images: torch.Tensor  # float [B, H, W, 3] in 0..1 (black where interrupted before a token)
     heatmaps: torch.Tensor  # float [B, H, W, 3] in 0..1, acceptance per token at image size
+    explanation: torch.Tensor  # float [1, H', W', 3]: images, heatmaps and what the policy decided on
     summary: str  # one line: forwards, tokens per forward, acceptance, seconds
 
 
@@ -144,4 +149,5 @@ def run_job(model: ImageTokenModel, prompt: str, batch: int, settings: SamplingS
     if not result.finished:
         pixels = pixels * committed_mask(result.kinds, model.grid, size)[..., None]
     heatmaps = acceptance_heatmap(result, model.grid, size)
-    return JobOutput(result, as_float(pixels), as_float(heatmaps), summarize(result, draft, policy))
+    why = torch.from_numpy(np.array(explanation(pixels, result, model.grid)))[None]
+    return JobOutput(result, as_float(pixels), as_float(heatmaps), as_float(why), summarize(result, draft, policy))

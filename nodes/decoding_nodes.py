@@ -6,20 +6,25 @@ import torch
 
 from ..engine.bench import method_name
 from ..engine.drafts.jacobi import INITIALISATIONS
-from ..engine.policies import POLICIES, make_policy
+from ..engine.policies import POLICIES, make_policy, parse_policy_options, recommended_relaxation
 from ..engine.session import DraftRecipe, PolicyRecipe
 from .host import Host
-from .schema import BOOLEAN, COMBO, DRAFT, FLOAT, INT, MASK, POLICY, Field, NodeSpec, Output
+from .schema import BOOLEAN, COMBO, DRAFT, FLOAT, INT, MASK, POLICY, STRING, Field, NodeSpec, Output
 
 
 def _jacobi(host: Host, window: int, initialisation: str, coupled: bool) -> tuple[DraftRecipe]:
     return (DraftRecipe(method_name("jacobi", initialisation, coupled), window=window),)
 
 
-def _policy(host: Host, policy: str, relaxation: float, mask: torch.Tensor | None = None) -> tuple[PolicyRecipe]:
+def _policy(host: Host, policy: str, relaxation: float, expert_options: str,
+            mask: torch.Tensor | None = None) -> tuple[PolicyRecipe]:
+    options = parse_policy_options(expert_options)
     if not getattr(POLICIES[policy], "needs_model", False):  # the others are checked against the model by the sampler
-        make_policy(policy, relaxation)  # a bad combination fails here, on this node, not later in the sampler
-    return (PolicyRecipe(policy, relaxation, mask),)
+        make_policy(policy, relaxation, **options)  # a bad combination fails here, on this node, not later in the sampler
+    return (PolicyRecipe(policy, relaxation, mask, tuple(options.items())),)
+
+
+RECOMMENDED = ", ".join(f"{name} {recommended_relaxation(name):g}" for name in POLICIES if name != "exact")
 
 
 JACOBI_DRAFTS = NodeSpec(
@@ -47,8 +52,11 @@ ACCEPTANCE_POLICY = NodeSpec(
     inputs=(
         Field("policy", COMBO, "exact is lossless; relaxed policies appear here as they are installed",
               default="exact", options=tuple(POLICIES)),
-        Field("relaxation", FLOAT, "0 = lossless; towards 1 accepts more drafts (faster, less faithful)",
+        Field("relaxation", FLOAT, "0 = lossless; towards 1 accepts more drafts (faster, less faithful). Settings that "
+              f"kept plain AR's quality in the benchmark: {RECOMMENDED}. Must be 0 for exact",
               default=0.0, min=0.0, max=1.0, step=0.05, slider=True),
+        Field("expert_options", STRING, "optional native parameters of the policy, e.g. 'tv_threshold=0.5' (csd), "
+              "'neighbours=10, ratio_bound=5' (lantern, LANTERN++), 'rank_window=12' (gsd)", default=""),
         Field("mask", MASK, "where relaxation applies (white = full relaxation, black = lossless)", optional=True),
     ),
     outputs=(Output(POLICY, "policy", "an acceptance policy for the sampler"),),

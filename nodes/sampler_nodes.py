@@ -93,10 +93,10 @@ def decode_job(host: Host, model: ImageTokenModel, prompt: str, batch: int, sett
 
 def _sample(host: Host, model: ImageTokenModel, prompt: str, seed: int, batch_size: int, cfg: float,
             temperature: float, top_k: int, draft: DraftRecipe | None = None,
-            policy: PolicyRecipe | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
+            policy: PolicyRecipe | None = None) -> tuple[torch.Tensor, torch.Tensor, str, torch.Tensor]:
     settings = sampling_settings(model, seed, cfg, temperature, top_k)
     job = decode_job(host, model, prompt, batch_size, settings, draft or DraftRecipe(), policy or PolicyRecipe())
-    return job.images, job.heatmaps, job.summary
+    return job.images, job.heatmaps, job.summary, job.explanation
 
 
 def _compare(host: Host, model: ImageTokenModel, draft: DraftRecipe, prompt: str, seed: int, batch_size: int,
@@ -147,6 +147,8 @@ SAMPLER = NodeSpec(
         Output(IMAGE, "heatmap", "per token: grey = target only, green = accepted draft (brighter = longer run), "
                                  "red = corrected, amber = bonus"),
         Output(STRING, "stats", "target forwards, tokens per forward, acceptance, seconds"),
+        Output(IMAGE, "why_accepted", "each image, its heatmap and a map per quantity the relaxed policy decided on "
+                                      "(csd: entropy, TV; lantern: neighbour mass; gsd: group size); dark = low"),
     ),
     run=_sample,
     needs_node_id=True,

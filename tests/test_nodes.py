@@ -53,8 +53,9 @@ def test_specs_are_consistent(spec) -> None:  # type: ignore[no-untyped-def]
 def test_sampler_with_jacobi_drafts(demo) -> None:  # type: ignore[no-untyped-def]
     host = LocalHost(node_id="7")
     (draft,) = run("SpecARJacobiDrafts", host, window=16, initialisation="row_above", coupled=False)
-    images, heatmaps, stats = run("SpecARSampler", host, model=demo, draft=draft, **SAMPLING)
+    images, heatmaps, stats, why = run("SpecARSampler", host, model=demo, draft=draft, **SAMPLING)
     assert images.shape == heatmaps.shape == (2, 32, 32, 3)
+    assert why.shape[0] == 1 and why.shape[2] >= 2 * 150  # image | heatmap (exact: no policy panels)
     assert images.dtype == torch.float32 and 0 <= float(images.min()) and float(images.max()) <= 1
     assert "tokens/forward" in stats and "acceptance" in stats
     forwards = int(stats.split(" target forwards")[0].split("| ")[-1])
@@ -70,11 +71,11 @@ def test_sampler_with_jacobi_drafts(demo) -> None:  # type: ignore[no-untyped-de
 def test_greedy_sampler_is_lossless_with_either_draft_source(demo) -> None:  # type: ignore[no-untyped-def]
     host = LocalHost()
     greedy = {**SAMPLING, "temperature": 0.0}
-    plain, _, _ = run("SpecARSampler", host, model=demo, **greedy)
+    plain, *_ = run("SpecARSampler", host, model=demo, **greedy)
     (jacobi,) = run("SpecARJacobiDrafts", host, window=8, initialisation="random", coupled=True)
     (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto")
     for draft in (jacobi, drafter):
-        fast, _, _ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
+        fast, *_ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
         assert torch.equal(plain, fast)
 
 
@@ -100,15 +101,29 @@ def test_compare_reports_speedup(demo) -> None:  # type: ignore[no-untyped-def]
 def test_policy_node(demo) -> None:  # type: ignore[no-untyped-def]
     host = LocalHost()
     with pytest.raises(SettingsError, match="lossless"):
-        run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.5)
+        run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.5, expert_options="")
     mask = torch.zeros(1, 32, 32)
     mask[:, :16] = 1.0
-    (recipe,) = run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.0, mask=mask)
+    (recipe,) = run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.0, expert_options="", mask=mask)
     policy = recipe.build(demo)
     assert policy.region.shape == (1, 256)
     assert torch.equal(policy.region[0], (torch.arange(256) < 128).float())  # top 8 token rows
-    images, _, _ = run("SpecARSampler", host, model=demo, policy=recipe, **SAMPLING)
+    images, *_ = run("SpecARSampler", host, model=demo, policy=recipe, **SAMPLING)
     assert images.shape[0] == 2
+
+
+def test_relaxed_policy_node_with_expert_options_explains_its_acceptances(demo) -> None:  # type: ignore[no-untyped-def]
+    host = LocalHost()
+    with pytest.raises(SettingsError, match="NAME=NUMBER"):
+        run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, expert_options="tv_threshold")
+    with pytest.raises(SettingsError, match="tau"):
+        run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, expert_options="tv_threshold=2")
+    (recipe,) = run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, expert_options="tv_threshold=0.4")
+    assert recipe.build(demo).tv_threshold == 0.4
+    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=6, dtype="auto")
+    *_, stats, why = run("SpecARSampler", host, model=demo, draft=drafter, policy=recipe, **SAMPLING)
+    assert "policy csd (relaxation 0.5)" in stats
+    assert why.shape[2] >= 4 * 150  # image | heatmap | entropy | TV
 
 
 def test_prompt_errors(demo) -> None:  # type: ignore[no-untyped-def]
@@ -117,7 +132,7 @@ def test_prompt_errors(demo) -> None:  # type: ignore[no-untyped-def]
         run("SpecARSampler", host, model=demo, **{**SAMPLING, "prompt": "red rings"})
     with pytest.raises(SettingsError, match="classes 0..15"):
         run("SpecARSampler", host, model=demo, **{**SAMPLING, "prompt": "99"})
-    images, _, _ = run("SpecARSampler", host, model=demo, **{**SAMPLING, "prompt": "5", "batch_size": 1})
+    images, *_ = run("SpecARSampler", host, model=demo, **{**SAMPLING, "prompt": "5", "batch_size": 1})
     assert images.shape[0] == 1
 
 
@@ -145,7 +160,7 @@ def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None: 
 def test_hex_cells_match_heatmap_colours(demo) -> None:  # type: ignore[no-untyped-def]
     host = LocalHost()
     (draft,) = run("SpecARJacobiDrafts", host, window=16, initialisation="row_above", coupled=False)
-    _, heatmaps, _ = run("SpecARSampler", host, model=demo, draft=draft, **SAMPLING)
+    _, heatmaps, *_ = run("SpecARSampler", host, model=demo, draft=draft, **SAMPLING)
     final = [data for _, data in host.messages][-1]
     cells = torch.tensor(list(bytes.fromhex(final["cells"])), dtype=torch.uint8).reshape(16, 16, 3)
     pixels = (heatmaps[0, ::2, ::2] * 255).round().to(torch.uint8)  # one pixel per token (32 px / 16 tokens)

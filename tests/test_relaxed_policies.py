@@ -3,15 +3,20 @@ masks that keep parts exact, and clear errors for impossible parameters."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
+from stats import ks_uniform, randomized_pit
 
 from engine import Conditioning, generate, load_model
 from engine.drafts.drafter import DrafterModelDrafts
 from engine.drafts.jacobi import JacobiDrafts
 from engine.errors import SettingsError
-from engine.policies import POLICIES, PolicyContext, make_policy
+from engine.policies import POLICIES, PolicyContext, make_policy, parse_policy_options, recommended_relaxation
 from engine.policies.exact import ExactPolicy
+from engine.sampling import DistributionProcessor
+from engine.session import PolicyRecipe
 from engine.types import TokenKind
 
 RELAXED = ("lantern", "gsd", "csd")
@@ -120,3 +125,83 @@ def test_bench_sweeps_policies_as_method_variants(capsys) -> None:  # type: igno
                          ("drafter:csd=2", "0..1")):
         assert cli.main(["bench", "--images", "1", "--methods", bad, "--quiet"]) == 2
         assert message in capsys.readouterr().err
+
+
+def _teacher_forced(model, cond: Conditioning, tokens: torch.Tensor, settings) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """The processed target ``p`` at every position of ``tokens`` given the tokens before it."""
+    processor = DistributionProcessor(settings, model.constrain)
+    B, N = tokens.shape
+    with torch.no_grad():
+        first = model.prefill(cond, settings.uses_cfg).logits
+        rest = model.forward(tokens[:, :-1], torch.arange(N - 1).expand(B, -1)).logits
+    model.release()
+    return processor(torch.cat([first, rest], 1), torch.arange(N).expand(B, -1))
+
+
+@pytest.mark.parametrize("name,kind", [("lantern", "jacobi"), ("csd", "drafter")])
+def test_a_black_mask_region_is_decoded_exactly(demo, name: str, kind: str) -> None:  # type: ignore[no-untyped-def]
+    """Inside the mask's black half every token follows the target's ``p`` given its prefix (PIT/KS
+    over about 3,000 tokens); in the relaxed half the same test sees the relaxation's bias."""
+    target, drafter = demo
+    cond = Conditioning.classes([i % target.num_classes for i in range(24)])
+    settings = target.default_settings.with_(seed=31)
+    H, W = target.decode(torch.zeros(1, target.num_image_tokens, dtype=torch.long)).shape[1:3]
+    mask = torch.ones(H, W)
+    mask[:, : W // 2] = 0.0  # left half exact
+    policy = PolicyRecipe(name, 1.0, mask).build(target)
+    result = generate(target, cond, settings, _drafts(kind, drafter), policy)
+    p = _teacher_forced(target, cond, result.tokens, settings)
+    columns = torch.arange(target.num_image_tokens) % target.grid[1]
+    exact_part = columns < target.grid[1] // 2
+    pit = randomized_pit(p, result.tokens).reshape(result.tokens.shape)
+    assert ks_uniform(pit[:, exact_part].flatten())[1] > 0.001
+    assert ks_uniform(pit[:, ~exact_part].flatten())[1] < 0.01  # the test can see a relaxation
+
+
+def test_bench_sweep_writes_the_pareto_table_and_plot(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from PIL import Image
+
+    from engine import cli, pareto
+
+    table, plot, saved = tmp_path / "pareto.md", tmp_path / "pareto.png", tmp_path / "run.json"
+    assert cli.main(["bench", "--images", "2", "--batch", "2", "--methods", "ar2,drafter", "--sweep", "csd,lantern",
+                     "--relax-steps", "0.5,1", "--quality", "--quiet", "--plot", str(plot), "--table", str(table),
+                     "--json", str(saved)]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[-6:]]
+    assert rows == ["ar2", "drafter", "drafter:csd=0.5", "drafter:csd=1", "drafter:lantern=0.5", "drafter:lantern=1"]
+    points, band = pareto.collect(pareto.load_runs([saved]))
+    assert band.runs == 2 and {(p.policy, p.relaxation) for p in points} == \
+        {("exact", 0.0), ("csd", 0.5), ("csd", 1.0), ("lantern", 0.5), ("lantern", 1.0)}
+    exact = next(p for p in points if p.policy == "exact")
+    assert all(p.exact_tokens_per_forward == exact.tokens_per_forward for p in points)
+    text = table.read_text()
+    assert text.count("| drafter, gamma 6 |") == 5 and "2 AR runs with different seeds" in text
+    assert Image.open(plot).size == (2 * pareto.PANEL_SIZE[0], pareto.PANEL_SIZE[1] + 28)
+    # the pareto command rebuilds the same table from the saved run
+    assert cli.main(["pareto", str(saved)]) == 0 and capsys.readouterr().out.strip() == text.strip()
+    for args, message in ((["--sweep", "exact"], "cannot sweep 'exact'"), (["--sweep", "csd", "--relax-steps", "0"], "(0, 1]"),
+                          (["--plot", str(plot)], "add --quality")):
+        assert cli.main(["bench", "--images", "1", "--methods", "drafter", "--quiet", *args]) == 2
+        assert message in capsys.readouterr().err
+    assert cli.main(["pareto", str(tmp_path / "missing.json")]) == 2
+
+
+def test_expert_options_and_recommended_defaults(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from engine import cli
+
+    assert parse_policy_options("lambda_at_full=2, tv_threshold=0.5") == {"lambda_at_full": 2.0, "tv_threshold": 0.5}
+    policy = make_policy("csd", 0.5, **parse_policy_options(["tv_threshold=0.3"]))
+    assert policy.tv_threshold == 0.3
+    with pytest.raises(SettingsError, match="NAME=NUMBER"):
+        parse_policy_options("tv_threshold")
+    for name in RELAXED:
+        assert 0.0 < recommended_relaxation(name) <= 1.0
+    assert recommended_relaxation("exact") == 0.0
+    stats = tmp_path / "stats.json"
+    assert cli.main(["generate", "--class-id", "3", "--policy", "csd", "--policy-option", "tv_threshold=0.4",
+                     "--out", str(tmp_path / "a.png"), "--stats", str(stats), "--quiet"]) == 0
+    written = json.loads(stats.read_text())
+    assert written["relaxation"] == recommended_relaxation("csd") and written["policy_options"] == {"tv_threshold": 0.4}
+    assert cli.main(["generate", "--policy", "csd", "--policy-option", "tau=0.4", "--out", str(tmp_path / "b.png"),
+                     "--quiet"]) == 2
+    assert "does not take ['tau']" in capsys.readouterr().err

@@ -42,6 +42,13 @@ def node_specs() -> dict[str, Any]:
     return NODES_BY_ID
 
 
+def recommended_relaxation(policy: str) -> float:
+    """The policy's benchmark-chosen setting (the pack is loaded by :func:`node_specs` first)."""
+    from specar_pack.engine.policies import recommended_relaxation as recommended
+
+    return recommended(policy)
+
+
 @dataclass
 class Node:
     id: int
@@ -125,6 +132,9 @@ def _sampler_with_previews(g: Graph, model: Node, draft: Node | None, policy: No
     stats = g.add("PreviewAny", (1130, 60), (320, 200), title="Stats")
     for index, target, name in ((0, images, "images"), (1, heat, "images"), (2, stats, "source")):
         g.connect(sampler, index, target, name)
+    if policy is not None:
+        why = g.add("PreviewImage", (1130, 300), (420, 400), title="Why accepted")
+        g.connect(sampler, 3, why, "images")
     return sampler
 
 
@@ -168,7 +178,8 @@ def relaxation_mask(specs: dict[str, Any]) -> Graph:
     mask = g.add("MaskComposite", (230, 390), (170, 150), x=0, y=0, operation="add")
     g.connect(canvas, 0, mask, "destination")
     g.connect(top, 0, mask, "source")
-    policy = g.add("SpecARAcceptancePolicy", (230, 560), (340, 130), policy="lantern", relaxation=0.5)
+    policy = g.add("SpecARAcceptancePolicy", (230, 560), (340, 150), policy="lantern",
+                   relaxation=recommended_relaxation("lantern"))
     g.connect(mask, 0, policy, "mask")
     _sampler_with_previews(g, model, draft, policy, prompt="green triangle", batch_size=4, seed=3)
     return g
@@ -204,10 +215,11 @@ def relaxed_policy(policy: str) -> Callable[[dict[str, Any]], Graph]:
 
     def build(specs: dict[str, Any]) -> Graph:
         g, model, draft = _start(specs, "SpecARDrafterModel", (
-            f"SpecAR: the {policy.upper()} relaxed acceptance policy.\n\n{POLICY_NOTES[policy]}\n\nRelaxation 0 gives "
-            "exactly the lossless images; raise it for speed and watch the stats and the images. The README's table "
-            "lists measured speed and quality for each setting."), note_height=200)
-        chosen = g.add("SpecARAcceptancePolicy", (20, 640), (340, 130), policy=policy, relaxation=0.5)
+            f"SpecAR: the {policy.upper()} relaxed acceptance policy.\n\n{POLICY_NOTES[policy]}\n\nThe relaxation is set "
+            "to the benchmark's recommended value; 0 gives exactly the lossless images. 'Why accepted' maps what the "
+            "policy decided on. The README's table lists measured speed and quality for each setting."), note_height=220)
+        chosen = g.add("SpecARAcceptancePolicy", (20, 660), (340, 150), policy=policy,
+                       relaxation=recommended_relaxation(policy))
         _sampler_with_previews(g, model, draft, chosen, prompt="green ring", batch_size=4, seed=21)
         return g
 

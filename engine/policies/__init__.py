@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -39,5 +39,31 @@ def make_policy(name: str, relaxation: float = 0.0, region: torch.Tensor | None 
         raise SettingsError(f"the {name} policy does not take {sorted(options)}: {exc}") from exc
 
 
+def parse_policy_options(text: str | Sequence[str] | None) -> dict[str, float]:
+    """Native parameters for experts, ``"lambda_at_full=2, tv_threshold=0.5"`` (or a list of
+    ``KEY=VALUE``) -> ``{"lambda_at_full": 2.0, "tv_threshold": 0.5}``; the policy checks names and ranges."""
+    items = [text] if isinstance(text, str) else list(text or ())
+    options: dict[str, float] = {}
+    for item in (part.strip() for chunk in items for part in chunk.replace(";", ",").split(",")):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        try:
+            if not sep or not key.strip():
+                raise ValueError
+            options[key.strip()] = float(value)
+        except ValueError:
+            raise SettingsError(f"policy option {item!r}: write NAME=NUMBER, e.g. tv_threshold=0.5") from None
+    return options
+
+
+def recommended_relaxation(name: str) -> float:
+    """The relaxation a policy runs at when none is given: chosen from the Pareto benchmark (0 for exact)."""
+    if name not in POLICIES:
+        raise SettingsError(f"unknown acceptance policy {name!r}; available: {', '.join(POLICIES)}")
+    return float(getattr(POLICIES[name], "recommended_relaxation", 0.0))
+
+
 __all__ = ["AcceptancePolicy", "PolicyContext", "ExactPolicy", "LanternPolicy", "GSDPolicy", "CSDPolicy",
-           "POLICIES", "make_policy"]
+           "POLICIES", "make_policy", "parse_policy_options",
+           "recommended_relaxation"]

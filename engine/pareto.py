@@ -1,0 +1,277 @@
+"""Speed against quality: the relaxed policies' Pareto points, as a table and a plot.
+
+A point is one (draft source, policy, relaxation) measured by ``specar bench --quality``: tokens
+per target forward on one axis, FID-lite or class accuracy on the other. Plain AR runs with
+different seeds (``ar`` and ``ar2`` rows) give the band that sampling noise alone moves the
+quality metrics by; a point whose class accuracy and FID-lite sit inside that band costs no
+quality that this many images can detect. Points are read from benchmark JSON files, so long
+runs in separate processes combine into one picture. FID-lite shrinks as the sample grows, so
+only runs with the same number of images are compared.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .bench import split_method
+from .errors import SettingsError
+
+AR_METHODS = ("ar", "ar2")
+EXACT = "exact"
+
+
+@dataclass(frozen=True)
+class ParetoPoint:
+    """One measured setting; ``exact_tokens_per_forward`` is its draft source's lossless figure."""
+
+    source: str  # draft source with its size knob, e.g. "drafter, gamma 6" or "jacobi-row, window 16"
+    policy: str
+    relaxation: float
+    images: int
+    tokens_per_forward: float
+    acceptance_rate: float | None
+    class_accuracy: float
+    colour_accuracy: float
+    shape_accuracy: float
+    fid_lite: float
+    exact_tokens_per_forward: float | None = None
+
+    @property
+    def speedup_over_exact(self) -> float | None:
+        """Tokens per forward relative to the exact policy with the same draft source."""
+        if self.exact_tokens_per_forward is None:
+            return None
+        return self.tokens_per_forward / self.exact_tokens_per_forward
+
+
+@dataclass(frozen=True)
+class QualityBand:
+    """The spread of plain AR runs with different seeds on the same number of images."""
+
+    runs: int
+    class_low: float
+    class_high: float
+    fid_low: float
+    fid_high: float
+
+    def holds(self, point: ParetoPoint) -> bool:
+        """Class accuracy no lower and FID-lite no higher than some AR run's."""
+        return point.class_accuracy >= self.class_low and point.fid_lite <= self.fid_high
+
+
+def _source_label(base: str, options: dict[str, object]) -> str:
+    if base == "drafter":
+        return f"drafter, gamma {options.get('gamma')}"
+    return f"{base}, window {options.get('window')}"
+
+
+ARKey = tuple[str, object]
+"""An AR row's method and seed: runs that share them drew the very same AR images."""
+
+
+def read_run(run: dict[str, object]) -> tuple[list[ParetoPoint], dict[ARKey, dict[str, float]]]:
+    """The speculative points and the AR quality rows (by method and seed) of one
+    ``specar bench --quality --json`` run."""
+    options = run.get("options", {})
+    settings = run.get("settings", {})
+    assert isinstance(options, dict) and isinstance(settings, dict)
+    points: list[ParetoPoint] = []
+    ar_quality: dict[ARKey, dict[str, float]] = {}
+    for row in run.get("rows", []):  # type: ignore[union-attr]
+        quality = row.get("quality")
+        if not quality:
+            raise SettingsError(f"benchmark row {row.get('method')!r} has no quality scores: run specar bench with --quality")
+        base, policy, relax = split_method(row["method"])
+        if base in AR_METHODS:
+            ar_quality[(base, settings.get("seed"))] = quality
+            continue
+        points.append(ParetoPoint(
+            source=_source_label(base, options),
+            policy=policy or str(options.get("policy", EXACT)),
+            relaxation=float(relax if policy is not None else options.get("relaxation", 0.0)),
+            images=int(row["images"]), tokens_per_forward=float(row["tokens_per_forward"]),
+            acceptance_rate=row.get("acceptance_rate"), class_accuracy=quality["class_accuracy"],
+            colour_accuracy=quality["colour_accuracy"], shape_accuracy=quality["shape_accuracy"],
+            fid_lite=quality["fid_lite"]))
+    return _attach_exact(points), ar_quality
+
+
+def _attach_exact(points: list[ParetoPoint]) -> list[ParetoPoint]:
+    """Give every point still without one the exact policy's tokens per forward for its draft source."""
+    exact = {p.source: p.tokens_per_forward for p in points if p.policy == EXACT or p.relaxation == 0.0}
+    return [p if p.exact_tokens_per_forward is not None or p.source not in exact else
+            replace(p, exact_tokens_per_forward=exact[p.source]) for p in points]
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[dict[str, object]]:
+    """Benchmark runs from ``specar bench --quality --json`` files."""
+    runs = []
+    for path in paths:
+        try:
+            runs.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise SettingsError(f"cannot read benchmark results {path}: {exc}") from None
+    return runs
+
+
+def collect(runs: Sequence[dict[str, object]], images: int | None = None) -> tuple[list[ParetoPoint], QualityBand]:
+    """Points and AR band of the runs with ``images`` images (default: the largest count found).
+    A run without its source's exact point borrows it from another run."""
+    if not runs:
+        raise SettingsError("give at least one benchmark JSON file (specar bench --quality --json OUT.json)")
+    counts = sorted({int(run.get("images", 0)) for run in runs})  # type: ignore[call-overload]
+    wanted = counts[-1] if images is None else images
+    if wanted not in counts:
+        raise SettingsError(f"no run has {wanted} images; runs have {', '.join(map(str, counts))}")
+    points: list[ParetoPoint] = []
+    ar_rows: dict[ARKey, dict[str, float]] = {}
+    for run in runs:
+        if int(run.get("images", 0)) == wanted:  # type: ignore[call-overload]
+            run_points, run_ar = read_run(run)
+            points += run_points
+            ar_rows.update(run_ar)
+    if not ar_rows:
+        raise SettingsError("the runs hold no plain AR row to read quality against")
+    return _attach_exact(points), quality_band(ar_rows.values())
+
+
+def quality_band(ar_rows: Iterable[dict[str, float]]) -> QualityBand:
+    rows = list(ar_rows)
+    classes = [r["class_accuracy"] for r in rows]
+    fids = [r["fid_lite"] for r in rows]
+    return QualityBand(len(rows), min(classes), max(classes), min(fids), max(fids))
+
+
+def _sorted(points: Iterable[ParetoPoint]) -> list[ParetoPoint]:
+    return sorted(points, key=lambda p: (p.source, p.policy != EXACT, p.policy, p.relaxation))
+
+
+def markdown_table(points: Sequence[ParetoPoint], band: QualityBand) -> str:
+    """Every point, with its speed-up over the exact policy and whether it stays in the AR band."""
+    seeds = f"{band.runs} AR runs with different seeds" if band.runs > 1 else \
+        "one AR run only (add ar2 to --methods for the seed-to-seed spread)"
+    lines = [f"AR band ({seeds}, {points[0].images if points else 0} images each): class accuracy "
+             f"{band.class_low:.3f}-{band.class_high:.3f}, FID-lite {band.fid_low:.1f}-{band.fid_high:.1f}", "",
+             "| draft source | policy | relax | tokens / forward | x exact | acceptance | class acc | colour acc "
+             "| shape acc | FID-lite | in AR band |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for p in _sorted(points):
+        ratio = "-" if p.speedup_over_exact is None else f"{p.speedup_over_exact:.2f}x"
+        accept = "-" if p.acceptance_rate is None else f"{100 * p.acceptance_rate:.1f}%"
+        lines.append(f"| {p.source} | {p.policy} | {p.relaxation:g} | {p.tokens_per_forward:.2f} | {ratio} | {accept} "
+                     f"| {p.class_accuracy:.3f} | {p.colour_accuracy:.3f} | {p.shape_accuracy:.3f} | {p.fid_lite:.1f} "
+                     f"| {'yes' if band.holds(p) else 'no'} |")
+    return "\n".join(lines)
+
+
+# -- the plot -------------------------------------------------------------------------------------
+
+POLICY_COLORS: dict[str, tuple[int, int, int]] = {
+    "exact": (30, 30, 30), "lantern": (40, 100, 200), "gsd": (30, 150, 70), "csd": (225, 120, 20),
+}
+OTHER_COLOR = (150, 60, 170)
+BAND_COLOR = (222, 222, 222)
+PANEL_SIZE = (520, 380)
+MARGIN = (64, 24, 24, 48)  # left, top, right, bottom of each panel's plotting area
+
+
+def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
+    step = 10 ** math.floor(math.log10(max(high - low, 1e-9) / count))
+    for factor in (1, 2, 2.5, 5, 10):
+        if (high - low) / (step * factor) <= count:
+            step *= factor
+            break
+    first = math.ceil(low / step) * step
+    return [first + i * step for i in range(int((high - first) / step + 1e-9) + 1)]
+
+
+def _marker(draw: ImageDraw.ImageDraw, x: float, y: float, shape: int, color: tuple[int, int, int]) -> None:
+    r = 5
+    if shape == 0:
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=color, outline=(0, 0, 0))
+    elif shape == 1:
+        draw.rectangle([x - r, y - r, x + r, y + r], fill=color, outline=(0, 0, 0))
+    else:
+        draw.polygon([(x, y - r - 1), (x - r - 1, y + r), (x + r + 1, y + r)], fill=color, outline=(0, 0, 0))
+
+
+def _panel(points: Sequence[ParetoPoint], band: tuple[float, float], metric: str, title: str,
+           sources: list[str]) -> Image.Image:
+    width, height = PANEL_SIZE
+    left, top, right, bottom = MARGIN
+    font = ImageFont.load_default(size=13)
+    image = Image.new("RGB", PANEL_SIZE, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    xs = [p.tokens_per_forward for p in points]
+    ys = [getattr(p, metric) for p in points] + list(band)
+    x_low, x_high = max(0.0, math.floor(min(xs) - 0.3)), math.ceil(max(xs) + 0.3)
+    pad = 0.08 * (max(ys) - min(ys) or 1.0)
+    y_low, y_high = min(ys) - pad, max(ys) + pad
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x_low) / (x_high - x_low) * (width - left - right),
+                height - bottom - (y - y_low) / (y_high - y_low) * (height - top - bottom))
+
+    draw.rectangle([*at(x_low, band[1]), *at(x_high, band[0])], fill=BAND_COLOR)
+    draw.text(at(x_low, band[1]), " plain AR, seed spread", fill=(110, 110, 110), font=font)
+    for tick in _nice_ticks(x_low, x_high):
+        x, y = at(tick, y_low)
+        draw.line([x, y, x, y + 4], fill=(0, 0, 0))
+        draw.text((x, y + 6), f"{tick:g}", fill=(0, 0, 0), font=font, anchor="mt")
+    for tick in _nice_ticks(y_low, y_high):
+        x, y = at(x_low, tick)
+        draw.line([x - 4, y, x, y], fill=(0, 0, 0))
+        draw.text((x - 6, y), f"{tick:.3g}", fill=(0, 0, 0), font=font, anchor="rm")
+    draw.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
+    draw.text(((left + width - right) / 2, height - 16), "tokens per target forward", fill=(0, 0, 0), font=font, anchor="mm")
+    draw.text((left, 4), title, fill=(0, 0, 0), font=font)
+    for source in sources:
+        mine = [p for p in points if p.source == source]
+        exact = [p for p in mine if p.policy == EXACT]
+        for policy in sorted({p.policy for p in mine if p.policy != EXACT}):
+            curve = exact[:1] + sorted((p for p in mine if p.policy == policy), key=lambda p: p.relaxation)
+            if len(curve) > 1:
+                draw.line([at(p.tokens_per_forward, getattr(p, metric)) for p in curve],
+                          fill=POLICY_COLORS.get(policy, OTHER_COLOR), width=2)
+        for p in mine:
+            x, y = at(p.tokens_per_forward, getattr(p, metric))
+            _marker(draw, x, y, sources.index(source), POLICY_COLORS.get(p.policy, OTHER_COLOR))
+            if p.policy != EXACT:
+                draw.text((x + 7, y - 7), f"{p.relaxation:g}", fill=(60, 60, 60), font=font)
+    return image
+
+
+def pareto_plot(points: Sequence[ParetoPoint], band: QualityBand) -> Image.Image:
+    """Two panels (FID-lite, class accuracy against tokens per forward), the AR band shaded,
+    one line per draft source and policy from its exact point through the relaxations; the
+    numbers beside the markers are the relaxation."""
+    if not points:
+        raise SettingsError("no speculative points to plot")
+    sources = sorted({p.source for p in points})[:3]
+    shown = [p for p in points if p.source in sources]
+    images = shown[0].images
+    fid = _panel(shown, (band.fid_low, band.fid_high), "fid_lite", f"FID-lite (lower is better), {images} images", sources)
+    acc = _panel(shown, (band.class_low, band.class_high), "class_accuracy", "class accuracy (higher is better)", sources)
+    font = ImageFont.load_default(size=13)
+    legend_height = 28
+    canvas = Image.new("RGB", (fid.width + acc.width, fid.height + legend_height), (255, 255, 255))
+    canvas.paste(fid, (0, 0))
+    canvas.paste(acc, (fid.width, 0))
+    draw = ImageDraw.Draw(canvas)
+    x = 12
+    for shape, source in enumerate(sources):
+        _marker(draw, x + 5, fid.height + 14, shape, (255, 255, 255))
+        draw.text((x + 14, fid.height + 14), source, fill=(0, 0, 0), font=font, anchor="lm")
+        x += 24 + int(draw.textlength(source, font=font))
+    for policy in sorted({p.policy for p in shown}, key=lambda name: (name != EXACT, name)):
+        color = POLICY_COLORS.get(policy, OTHER_COLOR)
+        draw.line([x, fid.height + 14, x + 18, fid.height + 14], fill=color, width=3)
+        draw.text((x + 22, fid.height + 14), policy, fill=(0, 0, 0), font=font, anchor="lm")
+        x += 34 + int(draw.textlength(policy, font=font))
+    return canvas
