@@ -5,8 +5,9 @@ The loop records, for every tested draft token, the quantities its acceptance po
 moved onto the draft; GSD: the size of its group). Each becomes a panel coloured from dark
 (low) to bright (high) over the range found in the batch; tokens whose draft was never tested
 (the target's own samples, bonus tokens) are shown in flat grey. Reading a panel next to the
-acceptance heatmap shows, e.g., that CSD relaxed the smooth high-entropy background and left
-the object's edges exact.
+acceptance heatmap shows where a policy relaxed: on the demo model, for instance, the target is
+uncertain at object edges and sure of the smooth backgrounds, so CSD's entropy bonus lands on
+the edges.
 """
 
 from __future__ import annotations

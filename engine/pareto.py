@@ -40,6 +40,7 @@ class ParetoPoint:
     colour_accuracy: float
     shape_accuracy: float
     fid_lite: float
+    expert_options: str = ""  # native parameters set beyond the knob, e.g. "tv_threshold=0.35"
     exact_tokens_per_forward: float | None = None
 
     @property
@@ -60,8 +61,10 @@ class QualityBand:
     fid_low: float
     fid_high: float
 
-    def holds(self, point: ParetoPoint) -> bool:
-        """Class accuracy no lower and FID-lite no higher than some AR run's."""
+    def holds(self, point: ParetoPoint) -> bool | None:
+        """Class accuracy no lower and FID-lite no higher than some AR run's (None: one AR run is no spread)."""
+        if self.runs < 2:
+            return None
         return point.class_accuracy >= self.class_low and point.fid_lite <= self.fid_high
 
 
@@ -88,18 +91,24 @@ def read_run(run: dict[str, object]) -> tuple[list[ParetoPoint], dict[ARKey, dic
         if not quality:
             raise SettingsError(f"benchmark row {row.get('method')!r} has no quality scores: run specar bench with --quality")
         base, policy, relax = split_method(row["method"])
+        policy = policy or str(options.get("policy", EXACT))
         if base in AR_METHODS:
             ar_quality[(base, settings.get("seed"))] = quality
             continue
         points.append(ParetoPoint(
             source=_source_label(base, options),
-            policy=policy or str(options.get("policy", EXACT)),
-            relaxation=float(relax if policy is not None else options.get("relaxation", 0.0)),
+            policy=policy, relaxation=float(relax if relax is not None else options.get("relaxation", 0.0)),
             images=int(row["images"]), tokens_per_forward=float(row["tokens_per_forward"]),
             acceptance_rate=row.get("acceptance_rate"), class_accuracy=quality["class_accuracy"],
             colour_accuracy=quality["colour_accuracy"], shape_accuracy=quality["shape_accuracy"],
-            fid_lite=quality["fid_lite"]))
+            fid_lite=quality["fid_lite"],
+            expert_options=_expert_options(options) if policy == options.get("policy") else ""))
     return _attach_exact(points), ar_quality
+
+
+def _expert_options(options: dict[str, object]) -> str:
+    pairs = options.get("policy_options") or []
+    return ", ".join(f"{name}={value:g}" for name, value in pairs)  # type: ignore[union-attr]
 
 
 def _attach_exact(points: list[ParetoPoint]) -> list[ParetoPoint]:
@@ -149,24 +158,26 @@ def quality_band(ar_rows: Iterable[dict[str, float]]) -> QualityBand:
 
 
 def _sorted(points: Iterable[ParetoPoint]) -> list[ParetoPoint]:
-    return sorted(points, key=lambda p: (p.source, p.policy != EXACT, p.policy, p.relaxation))
+    return sorted(points, key=lambda p: (p.source, p.policy != EXACT, p.policy, p.expert_options, p.relaxation))
 
 
 def markdown_table(points: Sequence[ParetoPoint], band: QualityBand) -> str:
-    """Every point, with its speed-up over the exact policy and whether it stays in the AR band."""
+    """Every point, with its speed-up over the exact policy and whether it stays in the AR band
+    (plus a column of expert options where any point set some)."""
     seeds = f"{band.runs} AR runs with different seeds" if band.runs > 1 else \
         "one AR run only (add ar2 to --methods for the seed-to-seed spread)"
+    expert = any(p.expert_options for p in points)
+    columns = ["draft source", "policy", "relax"] + (["expert options"] if expert else []) + [
+        "tokens / forward", "x exact", "acceptance", "class acc", "colour acc", "shape acc", "FID-lite", "in AR band"]
     lines = [f"AR band ({seeds}, {points[0].images if points else 0} images each): class accuracy "
              f"{band.class_low:.3f}-{band.class_high:.3f}, FID-lite {band.fid_low:.1f}-{band.fid_high:.1f}", "",
-             "| draft source | policy | relax | tokens / forward | x exact | acceptance | class acc | colour acc "
-             "| shape acc | FID-lite | in AR band |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for p in _sorted(points):
-        ratio = "-" if p.speedup_over_exact is None else f"{p.speedup_over_exact:.2f}x"
-        accept = "-" if p.acceptance_rate is None else f"{100 * p.acceptance_rate:.1f}%"
-        lines.append(f"| {p.source} | {p.policy} | {p.relaxation:g} | {p.tokens_per_forward:.2f} | {ratio} | {accept} "
-                     f"| {p.class_accuracy:.3f} | {p.colour_accuracy:.3f} | {p.shape_accuracy:.3f} | {p.fid_lite:.1f} "
-                     f"| {'yes' if band.holds(p) else 'no'} |")
+        cells = [p.source, p.policy, f"{p.relaxation:g}"] + ([p.expert_options or "-"] if expert else []) + [
+            f"{p.tokens_per_forward:.2f}", "-" if p.speedup_over_exact is None else f"{p.speedup_over_exact:.2f}x",
+            "-" if p.acceptance_rate is None else f"{100 * p.acceptance_rate:.1f}%", f"{p.class_accuracy:.3f}",
+            f"{p.colour_accuracy:.3f}", f"{p.shape_accuracy:.3f}", f"{p.fid_lite:.1f}", {True: "yes", False: "no", None: "-"}[band.holds(p)]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -179,6 +190,7 @@ OTHER_COLOR = (150, 60, 170)
 BAND_COLOR = (222, 222, 222)
 PANEL_SIZE = (520, 380)
 MARGIN = (64, 24, 24, 48)  # left, top, right, bottom of each panel's plotting area
+MAX_SOURCES = 3  # marker shapes: circle, square, triangle
 
 
 def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -250,10 +262,12 @@ def _panel(points: Sequence[ParetoPoint], band: tuple[float, float], metric: str
 def pareto_plot(points: Sequence[ParetoPoint], band: QualityBand) -> Image.Image:
     """Two panels (FID-lite, class accuracy against tokens per forward), the AR band shaded,
     one line per draft source and policy from its exact point through the relaxations; the
-    numbers beside the markers are the relaxation."""
+    numbers beside the markers are the relaxation. Draft sources with relaxed points are shown
+    (at most three); the table lists every point."""
     if not points:
         raise SettingsError("no speculative points to plot")
-    sources = sorted({p.source for p in points})[:3]
+    relaxed = sorted({p.source for p in points if p.policy != EXACT})  # sources with only exact points add no curve
+    sources = (relaxed or sorted({p.source for p in points}))[:MAX_SOURCES]
     shown = [p for p in points if p.source in sources]
     images = shown[0].images
     fid = _panel(shown, (band.fid_low, band.fid_high), "fid_lite", f"FID-lite (lower is better), {images} images", sources)

@@ -205,3 +205,14 @@ def test_expert_options_and_recommended_defaults(tmp_path, capsys) -> None:  # t
     assert cli.main(["generate", "--policy", "csd", "--policy-option", "tau=0.4", "--out", str(tmp_path / "b.png"),
                      "--quiet"]) == 2
     assert "does not take ['tau']" in capsys.readouterr().err
+
+
+def test_lantern_neighbourhoods_stay_a_small_share_of_the_codebook(demo) -> None:  # type: ignore[no-untyped-def]
+    from engine.policies.lantern import default_neighbours, neighbour_table
+
+    assert default_neighbours(16384) == 1000 and default_neighbours(512) == 32 and default_neighbours(8) == 1
+    target, _ = demo
+    policy = make_policy("lantern", 0.5, model=target)
+    assert policy.neighbours == 32 and make_policy("lantern", 0.5, model=target, neighbours=5000).neighbours == 511
+    table = neighbour_table(target, 32)
+    assert table.shape == (512, 32) and not bool((table == torch.arange(512)[:, None]).any())  # never itself
