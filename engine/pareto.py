@@ -147,7 +147,8 @@ def collect(runs: Sequence[dict[str, object]], images: int | None = None) -> tup
             ar_rows.update(run_ar)
     if not ar_rows:
         raise SettingsError("the runs hold no plain AR row to read quality against")
-    return _attach_exact(points), quality_band(ar_rows.values())
+    unique = list(dict.fromkeys(_attach_exact(points)))  # a point measured in two runs on the same seeds counts once
+    return unique, quality_band(ar_rows.values())
 
 
 def quality_band(ar_rows: Iterable[dict[str, float]]) -> QualityBand:
