@@ -232,7 +232,8 @@ def _panel(points: Sequence[ParetoPoint], band: tuple[float, float], metric: str
                 height - bottom - (y - y_low) / (y_high - y_low) * (height - top - bottom))
 
     draw.rectangle([*at(x_low, band[1]), *at(x_high, band[0])], fill=BAND_COLOR)
-    draw.text(at(x_low, band[1]), " plain AR, seed spread", fill=(110, 110, 110), font=font)
+    label_x, label_y = at(x_low, band[1])
+    draw.text((label_x + 4, label_y - 2), "plain AR, seed spread", fill=(110, 110, 110), font=font, anchor="lb")
     for tick in _nice_ticks(x_low, x_high):
         x, y = at(tick, y_low)
         draw.line([x, y, x, y + 4], fill=(0, 0, 0))

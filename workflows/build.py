@@ -170,7 +170,7 @@ def demo_drafter(specs: dict[str, Any]) -> Graph:
 def relaxation_mask(specs: dict[str, Any]) -> Graph:
     g, model, draft = _start(specs, "SpecARJacobiDrafts", (
         "SpecAR: relaxation limited to a region.\n\nThe mask is white on the top half of the 32x32 image: "
-        "LANTERN's relaxed acceptance acts there (the slider sets how much), the bottom half stays lossless. The "
+        "GSD's relaxed acceptance acts there (the slider sets how much), the bottom half stays lossless. The "
         "engine averages the mask over each token's pixels.\n\nRelaxation trades faithfulness for speed: compare the "
         "stats with relaxation 0, and see the README's speed/quality table before raising it."), (20, 700), 220)
     canvas = g.add("SolidMask", (20, 390), (200, 110), title="Mask: black 32x32", value=0.0, width=32, height=32)
@@ -178,8 +178,7 @@ def relaxation_mask(specs: dict[str, Any]) -> Graph:
     mask = g.add("MaskComposite", (230, 390), (170, 150), x=0, y=0, operation="add")
     g.connect(canvas, 0, mask, "destination")
     g.connect(top, 0, mask, "source")
-    policy = g.add("SpecARAcceptancePolicy", (230, 560), (340, 150), policy="lantern",
-                   relaxation=recommended_relaxation("lantern"))
+    policy = g.add("SpecARAcceptancePolicy", (230, 560), (340, 150), policy="gsd", relaxation=recommended_relaxation("gsd"))
     g.connect(mask, 0, policy, "mask")
     _sampler_with_previews(g, model, draft, policy, prompt="green triangle", batch_size=4, seed=3)
     return g
