@@ -30,6 +30,7 @@ LABELS: dict[str, str] = {
     "group_size": "group size (tokens)",
 }
 PANEL_MIN_WIDTH = 150  # pixels per panel, so captions fit
+MAX_ROWS = 8  # images explained per picture: a batch of 128 would make a picture 19,000 pixels tall
 
 
 def ramp_colors(values: torch.Tensor, low: float, high: float) -> torch.Tensor:
@@ -66,14 +67,16 @@ def _caption(name: str, low: float, high: float) -> str:
 
 
 def explanation(images: torch.Tensor | np.ndarray, result: GenerationResult, grid: tuple[int, int]) -> Image.Image:
-    """One row per image: the image, its acceptance heatmap and one panel per recorded policy
-    quantity, captioned with what the colours span; the heatmap legend and the ramp below."""
-    pictures = as_uint8_array(images)
+    """One row per image (the first :data:`MAX_ROWS`): the image, its acceptance heatmap and one panel
+    per recorded policy quantity, captioned with what the colours span over the whole batch; the
+    heatmap legend and the ramp below."""
+    pictures = as_uint8_array(images)[:MAX_ROWS]
     B, H, W, _ = pictures.shape
     factor = max(1, math.ceil(PANEL_MIN_WIDTH / W))
     size = (H, W)
-    columns = [("image", pictures), ("accepted drafts", as_uint8_array(acceptance_heatmap(result, grid, size)))]
-    columns += [(_caption(name, *span), as_uint8_array(panel)) for name, (panel, span) in diagnostic_maps(result, grid, size).items()]
+    columns = [("image", pictures), ("accepted drafts", as_uint8_array(acceptance_heatmap(result, grid, size))[:MAX_ROWS])]
+    columns += [(_caption(name, *span), as_uint8_array(panel)[:MAX_ROWS])
+                for name, (panel, span) in diagnostic_maps(result, grid, size).items()]
     body = np.concatenate([c.repeat(factor, axis=1).repeat(factor, axis=2) for _, c in columns], axis=2)
     body = np.concatenate(list(body), axis=0)
     font = ImageFont.load_default()

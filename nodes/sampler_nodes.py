@@ -147,8 +147,9 @@ SAMPLER = NodeSpec(
         Output(IMAGE, "heatmap", "per token: grey = target only, green = accepted draft (brighter = longer run), "
                                  "red = corrected, amber = bonus"),
         Output(STRING, "stats", "target forwards, tokens per forward, acceptance, seconds"),
-        Output(IMAGE, "why_accepted", "each image, its heatmap and a map per quantity the relaxed policy decided on "
-                                      "(csd: entropy, TV; lantern: neighbour mass; gsd: group size); dark = low"),
+        Output(IMAGE, "why_accepted", "the first 8 images, each with its heatmap and a map per quantity the relaxed "
+                                      "policy decided on (csd: entropy, TV; lantern: neighbour mass; gsd: group size); "
+                                      "dark = low"),
     ),
     run=_sample,
     needs_node_id=True,
