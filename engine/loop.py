@@ -155,9 +155,10 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
                 keep = torch.cat([torch.zeros(B, 1, dtype=torch.long, device=dev), 1 + verdict.path.clamp(min=0)], 1)
                 model.compact(keep, kept)
 
-            _commit(tokens, kinds, forward_index, block, verdict, committed_dev, done.to(dev), target_forwards, N)
+            done_dev = done.to(dev)
+            _commit(tokens, kinds, forward_index, block, verdict, committed_dev, done_dev, target_forwards, N)
             if block.is_chain:
-                _record(diagnostics, verdict, committed_dev, done.to(dev), N)
+                _record(diagnostics, verdict, committed_dev, done_dev, N)
             examined = accepted + (next_kind == int(TokenKind.CORRECTED)).long()
             drafted += int(examined[~done].sum())
             accepted_total += int(accepted.sum())

@@ -60,8 +60,11 @@ class GSDPolicy(RelaxedPolicy):
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         base, px = self.base_ratio(p, q, tokens)
         latents = code_latents(self.model).to(p.device)
-        rank = p.argsort(-1, descending=True).argsort(-1)  # rank of every code in the target's order
-        near_in_rank = (rank - rank.gather(-1, tokens[..., None])).abs() <= self.rank_window
+        order = p.argsort(-1, descending=True)  # codes in the target's order
+        draft_rank = (order == tokens[..., None]).int().argmax(-1, keepdim=True)
+        offsets = torch.arange(-self.rank_window, self.rank_window + 1, device=p.device)
+        window = (draft_rank + offsets).clamp(0, p.shape[-1] - 1)  # clamped slots repeat ranks inside the window
+        near_in_rank = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, order.gather(-1, window), True)
         gap = (self.p_gap_at_full * self.relaxation_at(ctx.positions))[..., None]
         similar_p = (p - px[..., None]).abs() < gap
         close = torch.cdist(latents[tokens].flatten(0, 1), latents).pow(2).reshape(p.shape) <= self.max_distance
