@@ -61,8 +61,8 @@ class RaggedKVCache:
              key_valid_new: torch.Tensor | None = None) -> AttentionPlan:
         """Prepare a forward of ``k`` new tokens per row and advance every row's length by ``k``.
 
-        ``allowed[i, j]`` says whether new token i may attend to new token j (a tree mask);
-        ``None`` means causal. ``key_valid_new [R, k]`` marks new slots that no other token may
+        ``allowed[i, j]`` (or ``allowed[r, i, j]``, one mask per row) says whether new token i may
+        attend to new token j (a tree mask); ``None`` means causal. ``key_valid_new [R, k]`` marks new slots that no other token may
         attend to (padding in a condition); a token may always attend to itself.
         """
         lengths = self.lengths
@@ -85,7 +85,11 @@ class RaggedKVCache:
         relc = rel.clamp(0, max(k - 1, 0))
         valid = self.key_valid[:, :read_length]
         in_prefix = (rel < 0) & valid  # [R, L]
-        block_ok = allowed.to(dev)[:, relc].permute(1, 0, 2)  # [R, k, L]
+        allowed = allowed.to(dev)
+        if allowed.dim() == 2:
+            block_ok = allowed[:, relc].permute(1, 0, 2)  # [R, k, L]
+        else:
+            block_ok = allowed.gather(2, relc[:, None, :].expand(-1, k, -1))
         is_self = relc[:, None, :] == offsets[None, :, None]
         block_ok = block_ok & in_block[:, None, :] & (valid[:, None, :] | is_self)
         mask = (in_prefix[:, None, :] | block_ok).unsqueeze(1)

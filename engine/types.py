@@ -190,7 +190,6 @@ class GenerationResult:
     # Per token, what the acceptance policy decided on (e.g. entropy, tv, neighbour_mass, group_size):
     # [B, N] float, NaN where no draft was tested. Only chain drafts are recorded; exact records nothing.
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
-    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:

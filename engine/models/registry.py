@@ -95,11 +95,17 @@ def load_llamagen(path: str | Path, vq_path: str | Path | None = None, device: s
 BUNDLED = {"demo": "the bundled demo target", "demo-drafter": "the bundled demo drafter"}
 
 
+# transformers ``model_type`` -> our family name (Chameleon checkpoints are told apart in ``_family``).
+HF_FAMILIES = {"janus": "janus", "chameleon": "chameleon", "emu3": "emu3"}
+FAMILIES = ("llamagen", "janus", "lumina-mgpt", "anole", "emu3")
+
+
 def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-               vq_path: str | Path | None = None) -> ImageTokenModel:
+               vq_path: str | Path | None = None, family: str = "auto") -> ImageTokenModel:
     """Load a bundled model by name (``demo``, ``demo-drafter``) or any model by path.
 
-    Families are recognised from ``config.json`` or from the weights.
+    ``family="auto"`` recognises the family from ``config.json`` (transformers' ``model_type``
+    or our ``family`` key) or from the weights.
     """
     if str(spec) in BUNDLED:
         from ..demo.model import load_demo, load_demo_drafter
@@ -108,15 +114,50 @@ def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str
     path = Path(spec)
     if not path.exists():
         raise CheckpointError(f"model {str(spec)!r} not found (give a weights file or a model directory)")
-    family = "llamagen"
-    config = path / "config.json" if path.is_dir() else path.parent / "config.json"
-    if config.is_file():
-        from ..checkpoints import read_json
+    if family == "auto":
+        family = _family(path)
+    if family == "llamagen":
+        return load_llamagen(path, vq_path, device, dtype)
+    if family not in FAMILIES:
+        raise SettingsError(f"unknown model family {family!r} (known: auto, {', '.join(FAMILIES)})")
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: a {family} model is a directory (config.json, weights, tokenizer), not a single file")
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if family == "janus":
+        from .janus import load_janus
 
-        family = str(read_json(config).get("family", family))
-    if family != "llamagen":
-        raise CheckpointError(f"{path}: model family {family!r} is not supported yet (supported: llamagen)")
-    return load_llamagen(path, vq_path, device, dtype)
+        return load_janus(path, dev, dt)
+    if family == "emu3":
+        from .emu3 import load_emu3
+
+        return load_emu3(path, dev, dt)
+    from .chameleon import load_chameleon
+
+    return load_chameleon(path, dev, dt, variant=family)
+
+
+def _family(path: Path) -> str:
+    """The family named by the ``config.json`` beside or inside ``path`` (LlamaGen when none)."""
+    from ..checkpoints import read_json
+
+    config_path = path / "config.json" if path.is_dir() else path.parent / "config.json"
+    if not config_path.is_file():
+        return "llamagen"
+    config = read_json(config_path)
+    if "family" in config:
+        return str(config["family"])
+    model_type = config.get("model_type")
+    if model_type is None:
+        return "llamagen"
+    if model_type not in HF_FAMILIES:
+        raise CheckpointError(f"{config_path}: model_type {model_type!r} is not an image-generation family "
+                              f"SpecAR supports (supported: {', '.join(FAMILIES)})")
+    if HF_FAMILIES[model_type] == "chameleon":
+        from .chameleon import chameleon_variant
+
+        return chameleon_variant(path, config)
+    return HF_FAMILIES[model_type]
 
 
 def find_models(folders: list[Path]) -> dict[str, Path]:

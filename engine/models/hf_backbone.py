@@ -1,0 +1,189 @@
+"""Run a transformers decoder (Janus' Llama, Chameleon, Emu3) behind the engine's model protocol.
+
+transformers' own caches keep one length for the whole batch and roll back with ``crop``, but
+speculative rows each keep a different number of tokens. So the decoder reads and writes our
+:class:`~engine.kv_cache.RaggedKVCache` instead: its attention layers only ever call
+``past_key_values.update(key, value, layer_idx)``, and when a 4D attention mask and explicit
+position ids are given, nothing else of the cache is used. The mask carries per-row lengths,
+left padding of the prompts, tree attention and the padding slots of row-end expansion.
+
+A family adapter subclasses :class:`TransformersImageModel` and says how prompts become token
+rows, how codes and text ids become input embeddings, and how hidden states become code logits.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, SettingsError
+from ..kv_cache import RaggedKVCache
+from ..types import Conditioning, SamplingSettings
+from .base import ImageTokenModel, ModelOutput
+from .row_layout import ExpandedBlock, RowLayout
+
+
+class _CacheBridge:
+    """The one cache method transformers' attention layers call, served by a :class:`RaggedKVCache`."""
+
+    def __init__(self, cache: RaggedKVCache) -> None:
+        self.cache = cache
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               cache_kwargs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.update(layer_idx, key_states, value_states)
+
+
+def attention_shape(config: object) -> tuple[int, int, int]:
+    """``(layers, kv_heads, head_dim)`` of a transformers decoder config."""
+    heads = int(config.num_attention_heads)  # type: ignore[attr-defined]
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = getattr(config, "head_dim", None) or int(config.hidden_size) // heads  # type: ignore[attr-defined]
+    return int(config.num_hidden_layers), kv_heads, int(head_dim)  # type: ignore[attr-defined]
+
+
+def load_pretrained(model_class: type, directory: str, dtype: torch.dtype, what: str) -> nn.Module:
+    """``model_class.from_pretrained`` from a local directory, with one-line errors.
+
+    SDPA attention is forced: the engine passes 4D masks, which flash-attention kernels ignore.
+    """
+    try:
+        model = model_class.from_pretrained(directory, dtype=dtype, local_files_only=True, attn_implementation="sdpa")
+    except Exception as exc:  # transformers and safetensors raise many types for a bad file
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{directory}: cannot load the {what} weights ({first_line})") from exc
+    return model.eval().requires_grad_(False)
+
+
+class TransformersImageModel(ImageTokenModel):
+    """Shared plumbing: prompt prefill with left padding, per-row positions, row-end expansion.
+
+    ``row_end_token`` (with a :class:`RowLayout`) inserts that text token after every image row.
+    """
+
+    def __init__(self, decoder: nn.Module, text_config: object, name: str, vocab_size: int,
+                 grid: tuple[int, int], default_settings: SamplingSettings,
+                 row_end_token: int | None = None) -> None:
+        self.decoder = decoder
+        self.text_config = text_config
+        self.name = name
+        self.vocab_size = vocab_size
+        self.grid = grid
+        self.hidden_size = int(text_config.hidden_size)  # type: ignore[attr-defined]
+        self.default_settings = default_settings
+        self.row_end_token = row_end_token
+        self.layout = RowLayout(grid[1], grid[0]) if row_end_token is not None else None
+        param = next(decoder.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.cache: RaggedKVCache | None = None
+        self.batch, self.guided, self.prefix_slots = 0, False, 0
+        self.image_start = torch.zeros(0, dtype=torch.long)
+        self._block_start = torch.zeros(0, dtype=torch.long)
+        self._expanded: ExpandedBlock | None = None
+
+    # -- what a family provides ------------------------------------------------------------------
+
+    @abstractmethod
+    def prefix_rows(self, cond: Conditioning, guided: bool) -> list[list[int]]:
+        """Token ids before image token 0: one row per image, then (guided) one unconditional row each."""
+
+    @abstractmethod
+    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of text/structural token ids ``[R, n]``."""
+
+    @abstractmethod
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of image codes ``[R, n]``."""
+
+    @abstractmethod
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits over image codes ``[..., vocab_size]`` from last-layer hidden states."""
+
+    @property
+    def conditioning_kind(self) -> str:
+        return "prompt"
+
+    def check_conditioning(self, cond: Conditioning) -> None:
+        if cond.prompts is None:
+            raise SettingsError(f"{self.name} is a text-to-image model: give prompts, not class ids or caption embeddings")
+
+    # -- the protocol ----------------------------------------------------------------------------
+
+    def _rows(self, per_image: torch.Tensor) -> torch.Tensor:
+        return torch.cat([per_image, per_image]) if self.guided else per_image
+
+    def _run(self, embeds: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor | None,
+             valid: torch.Tensor | None) -> torch.Tensor:
+        assert self.cache is not None, "prefill() first"
+        plan = self.cache.plan(embeds.shape[1], allowed=allowed, key_valid_new=valid)
+        additive = torch.zeros(plan.mask.shape, dtype=embeds.dtype, device=self.device)
+        additive.masked_fill_(~plan.mask, torch.finfo(embeds.dtype).min)
+        out = self.decoder(inputs_embeds=embeds, attention_mask=additive, position_ids=positions,
+                           past_key_values=_CacheBridge(self.cache), use_cache=True)
+        return out.last_hidden_state
+
+    @torch.inference_mode()
+    def prefill(self, cond: Conditioning, guided: bool) -> ModelOutput:
+        self.check_conditioning(cond)
+        self.batch, self.guided = cond.batch_size, guided
+        rows = self.prefix_rows(cond, guided)
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        valid = torch.zeros(len(rows), width, dtype=torch.bool)
+        for r, row in enumerate(rows):  # left padding: every row's last prefix token is aligned
+            ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
+            valid[r, width - len(row):] = True
+        ids, valid = ids.to(self.device), valid.to(self.device)
+        positions = (valid.long().cumsum(1) - 1).clamp(min=0)
+        self.image_start = valid.sum(1)
+        self.prefix_slots = width
+        layers, kv_heads, head_dim = attention_shape(self.text_config)
+        image_slots = self.num_image_tokens + (self.grid[0] if self.layout else 0)
+        self.cache = RaggedKVCache(layers, len(rows), kv_heads, head_dim, self.dtype, self.device,
+                                   capacity=width + image_slots + 64)
+        hidden = self._run(self.embed_text(ids), positions, None, valid)[:, -1:]
+        return ModelOutput(self.head(hidden).float(), hidden)
+
+    @torch.inference_mode()
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
+                tree_mask: torch.Tensor | None = None) -> ModelOutput:
+        assert self.cache is not None, "prefill() first"
+        self._block_start = self.cache.lengths.clone()
+        codes, image_positions = self._rows(tokens.to(self.device)), self._rows(positions.to(self.device))
+        if self.layout is None:
+            embeds = self.embed_codes(codes)
+            hidden = self._run(embeds, self.image_start[:, None] + image_positions, tree_mask, None)
+        else:
+            block = self.layout.expand(codes, image_positions, tree_mask)
+            self._expanded = block
+            row_end = self.embed_text(torch.tensor([[self.row_end_token]], device=self.device))
+            embeds = torch.where(block.is_row_end[..., None], row_end, self.embed_codes(block.codes))
+            hidden = self._run(embeds, self.image_start[:, None] + block.offsets, block.allowed, block.valid)
+            hidden = hidden.gather(1, block.output_slot[..., None].expand(-1, -1, hidden.shape[-1]))
+        return ModelOutput(self.head(hidden).float(), hidden)
+
+    def cached_lengths(self) -> torch.Tensor:
+        assert self.cache is not None
+        slots = self.cache.lengths[: self.batch] - self.prefix_slots
+        return slots - slots // (self.grid[1] + 1) if self.layout else slots
+
+    def truncate(self, lengths: torch.Tensor) -> None:
+        assert self.cache is not None
+        lengths = lengths.cpu()
+        slots = self.layout.cached_slots(lengths) if self.layout else lengths
+        self.cache.truncate(self._rows(slots) + self.prefix_slots)
+
+    @torch.inference_mode()
+    def compact(self, keep: torch.Tensor, counts: torch.Tensor) -> None:
+        assert self.cache is not None
+        keep, counts = self._rows(keep), self._rows(counts.cpu())
+        if self.layout is not None:
+            assert self._expanded is not None
+            keep, counts = RowLayout.kept_slots(self._expanded, keep.to(self.device), counts)
+        self.cache.compact(self._block_start, keep, counts)
+
+    def release(self) -> None:
+        self.cache = None
+        self._expanded = None

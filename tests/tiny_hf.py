@@ -1,0 +1,63 @@
+"""Tiny random-weight transformers models (Janus, Chameleon, Emu3) saved like the real checkpoints.
+
+Weights use init std 0.2: with the usual 0.02 a random model repeats one code forever and every
+speculative test would pass trivially. Tokenizers are small word-level vocabularies built offline.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+WORDS = ["a", "red", "blue", "cat", "dog", "on", "the", "grass", "sky", "of", "photo", "lowres"]
+
+
+def word_tokenizer(vocab: dict[str, int], special: list[str]) -> object:
+    """A whitespace word-level fast tokenizer over ``vocab`` (unknown words -> id 0)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    inner = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="<unk>")
+    tok.add_special_tokens({"additional_special_tokens": special})
+    return tok
+
+
+def _reinit(model: torch.nn.Module, std: float, seed: int, perturb: float = 0.0) -> None:
+    """Matrices ~ N(0, std); ``perturb`` then adds N(0, perturb) noise from another seed, which
+    makes a drafter that agrees with the seed's target often, not always."""
+    gen = torch.Generator().manual_seed(seed)
+    noise = torch.Generator().manual_seed(seed + 1000)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() >= 2:
+                param.copy_(torch.randn(param.shape, generator=gen) * std)
+                param.add_(torch.randn(param.shape, generator=noise) * perturb)
+
+
+def build_tiny_janus(directory: Path, seed: int = 0, perturb: float = 0.0) -> Path:
+    """A 2-layer Janus with a 256-code VQ on an 8x8 grid (16x16 px), saved with its tokenizer."""
+    from transformers import GenerationConfig, JanusConfig, JanusForConditionalGeneration
+
+    config = JanusConfig(
+        text_config=dict(model_type="llama", vocab_size=64, hidden_size=64, intermediate_size=128,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=512, pad_token_id=2, bos_token_id=1, eos_token_id=5),
+        vision_config=dict(image_size=32, patch_size=4, num_image_tokens=64, hidden_size=32,
+                           num_hidden_layers=1, num_attention_heads=2, projection_dim=64, mlp_ratio=2),
+        vq_config=dict(embed_dim=8, num_embeddings=256, latent_channels=32, base_channels=32,
+                       channel_multiplier=[1, 1], num_res_blocks=1, projection_dim=64, image_token_embed_dim=64),
+        image_token_id=6)
+    torch.manual_seed(seed)
+    model = JanusForConditionalGeneration(config).eval()
+    _reinit(model, 0.2, seed, perturb)
+    model.generation_config = GenerationConfig(bos_token_id=1, pad_token_id=2, eos_token_id=5,
+                                               generation_kwargs={"boi_token_id": 3})
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    vocab = {"<unk>": 0, "<bos>": 1, "<pad>": 2, "<begin_of_image>": 3, "<eos>": 5, "<|User|>:": 7, "<|Assistant|>:": 8}
+    vocab.update({w: 9 + i for i, w in enumerate(WORDS)})
+    word_tokenizer(vocab, ["<begin_of_image>"]).save_pretrained(directory)
+    return directory
