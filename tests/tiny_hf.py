@@ -6,6 +6,7 @@ speculative test would pass trivially. Tokenizers are small word-level vocabular
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import torch
@@ -60,4 +61,57 @@ def build_tiny_janus(directory: Path, seed: int = 0, perturb: float = 0.0) -> Pa
     vocab = {"<unk>": 0, "<bos>": 1, "<pad>": 2, "<begin_of_image>": 3, "<eos>": 5, "<|User|>:": 7, "<|Assistant|>:": 8}
     vocab.update({w: 9 + i for i, w in enumerate(WORDS)})
     word_tokenizer(vocab, ["<begin_of_image>"]).save_pretrained(directory)
+    return directory
+
+
+def image_token_name(code: int) -> str:
+    """Chameleon's name for VQ code ``code``: its digits spelled with A-J between IMGIMG and Z."""
+    return "IMGIMG" + "".join(chr(ord("A") + int(d)) for d in str(code)) + "Z"
+
+
+CHAMELEON_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<racm3:break>", "<eoss>", "<reserved08706>", "<reserved08799>"]
+CHAMELEON_WORDS = ["Generate", "an", "image", "according", "to", "following", "prompt:"]
+
+
+def build_tiny_chameleon(directory: Path, lumina: bool, seed: int = 0, codes: int = 64, perturb: float = 0.0) -> Path:
+    """A 2-layer Chameleon with ``codes`` image tokens at shuffled BPE ids.
+
+    ``lumina=True`` writes the checkpoint as Lumina-mGPT does: q/k-norm weights ``[1, head_dim]``,
+    its training-only config keys, weights in two shards.
+    """
+    from safetensors.torch import load_file, save_file
+    from transformers import ChameleonConfig, ChameleonForConditionalGeneration
+
+    names = CHAMELEON_SPECIAL + [f"<reserved{8800 + g:05d}>" for g in range(9)] + CHAMELEON_WORDS + WORDS
+    vocab = {name: i for i, name in enumerate(names)}
+    order = torch.randperm(codes, generator=torch.Generator().manual_seed(99))
+    for slot, code in enumerate(order.tolist()):
+        vocab[image_token_name(code)] = len(names) + slot
+    config = ChameleonConfig(
+        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=512, vocabulary_map=vocab, bos_token_id=0,
+        pad_token_id=1, eos_token_id=2,
+        vq_config=dict(embed_dim=8, num_embeddings=codes, base_channels=32, channel_multiplier=[1, 1],
+                       num_res_blocks=1, latent_channels=8, resolution=16, attn_resolutions=[]))
+    torch.manual_seed(seed)
+    model = ChameleonForConditionalGeneration(config).eval()
+    _reinit(model, 0.2, seed, perturb)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "_norm." in name and "self_attn" in name:  # one LayerNorm per head, shared by all heads
+                row = 1 + torch.randn_like(param[:1]) * 0.3 if name.endswith("weight") else param[:1] * 0.5
+                param.copy_(row.expand_as(param))
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    word_tokenizer({**{w: vocab[w] for w in names}}, []).save_pretrained(directory)
+    if lumina:
+        state = load_file(str(directory / "model.safetensors"))
+        (directory / "model.safetensors").unlink()
+        state = {k: (v[:1].contiguous() if "self_attn" in k and "_norm." in k else v) for k, v in state.items()}
+        keys = sorted(state)
+        for part, chunk in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+            save_file({k: state[k] for k in chunk}, str(directory / f"model-0000{part + 1}-of-00002.safetensors"))
+        raw = json.loads((directory / "config.json").read_text())
+        raw.update(z_loss_weight=1e-5, mask_image_logits=True)
+        (directory / "config.json").write_text(json.dumps(raw))
     return directory

@@ -101,11 +101,12 @@ FAMILIES = ("llamagen", "janus", "lumina-mgpt", "anole", "emu3")
 
 
 def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-               vq_path: str | Path | None = None, family: str = "auto") -> ImageTokenModel:
+               vq_path: str | Path | None = None, family: str = "auto", image_size: int | None = None) -> ImageTokenModel:
     """Load a bundled model by name (``demo``, ``demo-drafter``) or any model by path.
 
     ``family="auto"`` recognises the family from ``config.json`` (transformers' ``model_type``
-    or our ``family`` key) or from the weights.
+    or our ``family`` key) or from the weights. ``image_size`` (pixels) picks the resolution of
+    families that offer several (Lumina-mGPT, Emu3); others have one.
     """
     if str(spec) in BUNDLED:
         from ..demo.model import load_demo, load_demo_drafter
@@ -131,10 +132,10 @@ def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str
     if family == "emu3":
         from .emu3 import load_emu3
 
-        return load_emu3(path, dev, dt)
+        return load_emu3(path, dev, dt, image_size=image_size)
     from .chameleon import load_chameleon
 
-    return load_chameleon(path, dev, dt, variant=family)
+    return load_chameleon(path, dev, dt, variant=family, image_size=image_size)
 
 
 def _family(path: Path) -> str:
