@@ -126,7 +126,7 @@ def test_lumina_checkpoint_rules(dirs: dict[str, Path], lumina: ChameleonImageMo
     assert torch.equal(q_norm, reference_model.model.layers[0].self_attn.q_norm.weight)
     hidden = torch.randn(3, 64)
     full = reference_model.lm_head(hidden)
-    assert torch.allclose(lumina.head(hidden), full[:, lumina.code_bpe], atol=1e-6)
+    assert torch.allclose(lumina.head(hidden), full[:, lumina.image_vocab.code_bpe], atol=1e-6)
 
 
 def test_bad_chameleon_directories(dirs: dict[str, Path], tmp_path: Path) -> None:

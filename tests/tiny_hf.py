@@ -115,3 +115,31 @@ def build_tiny_chameleon(directory: Path, lumina: bool, seed: int = 0, codes: in
         raw.update(z_loss_weight=1e-5, mask_image_logits=True)
         (directory / "config.json").write_text(json.dumps(raw))
     return directory
+
+
+EMU3_SPECIAL = ["<unk>", "<|extra_203|>", "<pad>", "<|extra_204|>", "<|image start|>", "<|image end|>",
+                "<|image token|>", "<|extra_200|>", "<|extra_201|>"]
+
+
+def build_tiny_emu3(directory: Path, seed: int = 0, perturb: float = 0.0) -> Path:
+    """A 2-layer GQA Emu3 with 64 visual tokens and a 2x-downsampling VQ (8x8 codes = 16x16 px)."""
+    from transformers import Emu3Config, Emu3ForConditionalGeneration
+
+    names = EMU3_SPECIAL + WORDS + ["lowres,", "8*8", "4*4"]
+    vocab = {name: i for i, name in enumerate(names)}
+    vocab.update({f"<|visual token {c:06d}|>": len(names) + c for c in range(64)})
+    config = Emu3Config(
+        text_config=dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                         bos_token_id=1, pad_token_id=2, eos_token_id=3),
+        vq_config=dict(codebook_size=64, embed_dim=8, latent_channels=8, base_channels=32, channel_multiplier=[1, 1],
+                       num_res_blocks=1, attn_resolutions=[], temporal_downsample_factor=4, hidden_size=32),
+        vocabulary_map=vocab)
+    torch.manual_seed(seed)
+    model = Emu3ForConditionalGeneration(config).eval()
+    _reinit(model, 0.2, seed, perturb)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tok = word_tokenizer({n: vocab[n] for n in names}, ["<|image start|>", "<|image token|>", "<|extra_200|>"])
+    tok.save_pretrained(directory)
+    return directory

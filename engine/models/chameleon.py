@@ -32,7 +32,7 @@ from ..checkpoints import read_json, read_state_dict
 from ..errors import CheckpointError, SettingsError
 from ..types import Conditioning, SamplingSettings
 from .base import PixelDecoder, to_uint8
-from .hf_backbone import TransformersImageModel
+from .hf_backbone import CodesInTextVocabulary, TransformersImageModel, vocabulary_id
 from .tokenizers import load_tokenizer
 
 TRAINING_ONLY_KEYS = ("z_loss_weight", "mask_image_logits")
@@ -91,15 +91,14 @@ class ChameleonImageModel(TransformersImageModel):
                  syntax: ImageSyntax, side: int, name: str) -> None:
         self.chameleon, self.tokenizer, self.pixel_decoder, self.syntax = model, tokenizer, decoder, syntax
         vocabulary: dict[str, int] = dict(model.config.vocabulary_map or {})
-        self.code_bpe = code_to_bpe(vocabulary)
-        self.ids = {token: _token_id(vocabulary, token, name) for token in ("<racm3:break>", "<reserved08706>")}
+        self.image_vocab = CodesInTextVocabulary(model.model.embed_tokens, model.lm_head, code_to_bpe(vocabulary))
+        self.ids = {t: vocabulary_id(vocabulary, t, name, "Chameleon") for t in ("<racm3:break>", "<reserved08706>")}
         self.bos_id = int(model.config.bos_token_id)
-        row_end = _token_id(vocabulary, "<reserved08799>", name) if syntax.newline_after_rows else None
-        self.resolution_base = _token_id(vocabulary, "<reserved08800>", name) if syntax.resolution_tokens else 0
-        super().__init__(model.model, model.config, name, vocab_size=len(self.code_bpe), grid=(side, side),
+        row_end = vocabulary_id(vocabulary, "<reserved08799>", name, "Lumina-mGPT") if syntax.newline_after_rows else None
+        self.resolution_base = (vocabulary_id(vocabulary, "<reserved08800>", name, "Lumina-mGPT")
+                                if syntax.resolution_tokens else 0)
+        super().__init__(model, model.model, model.config, name, vocab_size=len(self.image_vocab), grid=(side, side),
                          default_settings=syntax.defaults, row_end_token=row_end)
-        self.code_bpe = self.code_bpe.to(self.device)
-        self._head_rows = model.lm_head.weight[self.code_bpe]  # image rows in code order
 
     @property
     def image_pixels(self) -> int:
@@ -128,10 +127,10 @@ class ChameleonImageModel(TransformersImageModel):
         return self.decoder.embed_tokens(ids)
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.decoder.embed_tokens(self.code_bpe[codes])
+        return self.image_vocab.embed(codes)
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self._head_rows.T
+        return self.image_vocab.logits(hidden)
 
     @property
     def can_decode(self) -> bool:
@@ -151,22 +150,10 @@ class ChameleonImageModel(TransformersImageModel):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return to_uint8(self._require_decoder().decode(codes.to(self.device), self.grid))
 
-    def to(self, device: torch.device) -> None:
-        if device == self.device:
-            return
-        self.cache = None
-        self.chameleon.to(device)
-        self.code_bpe = self.code_bpe.to(device)
-        self._head_rows = self.chameleon.lm_head.weight[self.code_bpe]
+    def moved_to(self, device: torch.device) -> None:
+        self.image_vocab.move_to(device)
         if self.pixel_decoder is not None:
             self.pixel_decoder = self.pixel_decoder.to(device)
-        self.device = device
-
-
-def _token_id(vocabulary: dict[str, int], token: str, name: str) -> int:
-    if token not in vocabulary:
-        raise CheckpointError(f"{name}: the vocabulary has no {token} token; is this a Chameleon-family checkpoint?")
-    return int(vocabulary[token])
 
 
 def chameleon_variant(path: Path, config: dict[str, object]) -> str:

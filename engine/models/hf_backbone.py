@@ -57,15 +57,53 @@ def load_pretrained(model_class: type, directory: str, dtype: torch.dtype, what:
     return model.eval().requires_grad_(False)
 
 
+def vocabulary_id(vocabulary: dict[str, int], token: str, name: str, family: str) -> int:
+    """The id of a named special token, or a :class:`CheckpointError` that says what is wrong."""
+    if token not in vocabulary:
+        raise CheckpointError(f"{name}: the vocabulary has no {token} token; is this a {family} checkpoint?")
+    return int(vocabulary[token])
+
+
+class CodesInTextVocabulary:
+    """Image codes that are entries of a text vocabulary (Chameleon, Emu3).
+
+    ``code_bpe[c]`` is the text id of code ``c``. The logits of the image rows, gathered in code
+    order once, are the engine's vocabulary: guiding them and then normalising equals guiding the
+    full vocabulary and masking everything else, at a fraction of the head's cost.
+    """
+
+    def __init__(self, embed_tokens: nn.Embedding, lm_head: nn.Linear, code_bpe: torch.Tensor) -> None:
+        self.embed_tokens, self.lm_head = embed_tokens, lm_head
+        self.code_bpe = code_bpe
+        self.move_to(lm_head.weight.device)
+
+    def __len__(self) -> int:
+        return int(self.code_bpe.numel())
+
+    def move_to(self, device: torch.device) -> None:
+        """Follow the network to ``device`` (call after moving it)."""
+        self.code_bpe = self.code_bpe.to(device)
+        self.head_rows = self.lm_head.weight[self.code_bpe]
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.embed_tokens(self.code_bpe[codes])
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.head_rows.T
+
+
 class TransformersImageModel(ImageTokenModel):
     """Shared plumbing: prompt prefill with left padding, per-row positions, row-end expansion.
 
-    ``row_end_token`` (with a :class:`RowLayout`) inserts that text token after every image row.
+    ``network`` is the whole transformers model (moved between devices as one), ``decoder`` its
+    text decoder. ``row_end_token`` (with a :class:`RowLayout`) inserts that text token after
+    every image row.
     """
 
-    def __init__(self, decoder: nn.Module, text_config: object, name: str, vocab_size: int,
+    def __init__(self, network: nn.Module, decoder: nn.Module, text_config: object, name: str, vocab_size: int,
                  grid: tuple[int, int], default_settings: SamplingSettings,
                  row_end_token: int | None = None) -> None:
+        self.network = network
         self.decoder = decoder
         self.text_config = text_config
         self.name = name
@@ -187,3 +225,14 @@ class TransformersImageModel(ImageTokenModel):
     def release(self) -> None:
         self.cache = None
         self._expanded = None
+
+    def to(self, device: torch.device) -> None:
+        if device == self.device:
+            return
+        self.release()
+        self.network.to(device)
+        self.device = device
+        self.moved_to(device)
+
+    def moved_to(self, device: torch.device) -> None:
+        """Hook: move what lives outside ``network`` (index tables, a separate pixel decoder)."""

@@ -40,7 +40,7 @@ class JanusImageModel(TransformersImageModel):
         self.tokenizer = tokenizer
         vq = model.config.vq_config
         side = int(vq.num_patches)
-        super().__init__(model.model.language_model, model.config.text_config, name,
+        super().__init__(model, model.model.language_model, model.config.text_config, name,
                          vocab_size=int(vq.num_embeddings), grid=(side, side), default_settings=JANUS_DEFAULTS)
         self.bos_id, self.pad_id, self.boi_id = _special_ids(model, tokenizer, name)
 
@@ -73,13 +73,6 @@ class JanusImageModel(TransformersImageModel):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         pixels = self.janus.decode_image_tokens(codes.to(self.device))  # [B, H, W, 3] in [-1, 1]
         return to_uint8(pixels.permute(0, 3, 1, 2))
-
-    def to(self, device: torch.device) -> None:
-        if device == self.device:
-            return
-        self.cache = None
-        self.janus.to(device)
-        self.device = device
 
 
 def _special_ids(model: torch.nn.Module, tokenizer: object, name: str) -> tuple[int, int, int]:
