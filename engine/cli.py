@@ -31,7 +31,7 @@ from .explain import explanation
 from .heatmap import acceptance_heatmap, committed_mask, image_grid, save_png, side_by_side
 from .loop import generate
 from .models.base import ImageTokenModel
-from .models.registry import load_model
+from .models.registry import FAMILIES, load_model
 from .policies import POLICIES, parse_policy_options, recommended_relaxation
 from .progress import ProgressBar, summary_line
 from .session import class_for_prompt
@@ -60,8 +60,14 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", metavar="NAME|PATH", default="demo", help=(
-        "the target model: demo (the bundled model, the default), a LlamaGen weights file, or a directory holding "
-        "the weights, an optional config.json and the VQ tokenizer (a file named vq*.pt or vq*.safetensors)"))
+        "the target model: demo (the bundled model, the default), a LlamaGen weights file, or a model directory: "
+        "LlamaGen (weights, optional config.json, the VQ tokenizer vq*.pt), or a transformers checkpoint of "
+        "Janus-Pro, Lumina-mGPT, Anole or Emu3-Gen (see the README for each layout)"))
+    group.add_argument("--family", default="auto", choices=("auto", *FAMILIES),
+                       help="the model family (default: auto, read from the directory's config.json)")
+    group.add_argument("--image-size", type=_int_at_least(16), metavar="PX",
+                       help="pixels per side for families that draw several sizes (Lumina-mGPT, Emu3; default: the "
+                            "checkpoint's usual size)")
     group.add_argument("--vq", metavar="PATH", help="the VQ tokenizer that turns tokens into pixels, if it is not in the model directory")
     group.add_argument("--drafter", metavar="NAME|PATH", help=(
         "a small model of the same family (same vocabulary and token grid) that proposes tokens for the target to "
@@ -206,11 +212,11 @@ def _use_bundled_drafter(args: argparse.Namespace, wanted: bool) -> None:
 
 
 def _load_target(args: argparse.Namespace) -> ImageTokenModel:
-    return load_model(args.model, args.device, args.dtype, args.vq)
+    return load_model(args.model, args.device, args.dtype, args.vq, family=args.family, image_size=args.image_size)
 
 
 def _load_drafter(args: argparse.Namespace, target: ImageTokenModel) -> ImageTokenModel:
-    drafter = load_model(args.drafter, args.device, args.dtype)
+    drafter = load_model(args.drafter, args.device, args.dtype, image_size=args.image_size)
     check_drafter_fits(target, drafter)
     return drafter
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..engine.models.base import ImageTokenModel
-from ..engine.models.registry import BUNDLED, find_models, load_model, resolve_dtype
+from ..engine.models.registry import BUNDLED, FAMILIES, find_models, load_model, resolve_dtype
 from ..engine.session import DraftRecipe
 from .host import Host
 from .schema import COMBO, DRAFT, INT, MODEL, Field, NodeSpec, Output
@@ -22,16 +22,17 @@ def drafter_choices(folders: list[Path]) -> list[str]:
     return [BUNDLED_DRAFTER, *find_models(folders)]
 
 
-def load(host: Host, choice: str, dtype: str) -> ImageTokenModel:
+def load(host: Host, choice: str, dtype: str, family: str = "auto", image_size: int = 0) -> ImageTokenModel:
     """Load a bundled model or one from the model folders onto the offload device; the sampler
     moves it to the compute device for each run and back afterwards."""
     path = find_models(host.model_folders()).get(choice)
     spec: str | Path = choice if choice in BUNDLED else path or Path(choice)
-    return load_model(spec, host.offload_device(), resolve_dtype(dtype, host.device()))
+    return load_model(spec, host.offload_device(), resolve_dtype(dtype, host.device()), family=family,
+                      image_size=image_size or None)
 
 
-def _load_target(host: Host, model: str, dtype: str) -> tuple[ImageTokenModel]:
-    return (load(host, model, dtype),)
+def _load_target(host: Host, model: str, dtype: str, family: str, image_size: int) -> tuple[ImageTokenModel]:
+    return (load(host, model, dtype, family, image_size),)
 
 
 def _load_drafter(host: Host, drafter: str, gamma: int, dtype: str) -> tuple[DraftRecipe]:
@@ -45,11 +46,16 @@ LOAD_MODEL = NodeSpec(
     node_id="SpecARModelLoader",
     display_name="SpecAR Load Model",
     description="Loads an autoregressive image model: 'demo' is the small bundled model (no download); other entries "
-                "are files and model directories in ComfyUI/models/specar/.",
+                "are files and model directories in ComfyUI/models/specar/ (LlamaGen, Janus-Pro, Lumina-mGPT, Anole, "
+                "Emu3-Gen; see the README for each family's folder layout).",
     inputs=(
         Field("model", COMBO, "the bundled demo, or a weights file / model directory from models/specar/",
               default=BUNDLED_TARGET, options=target_choices),
         _DTYPE_FIELD,
+        Field("family", COMBO, "the model family; auto reads it from the folder's config.json",
+              default="auto", options=("auto", *FAMILIES)),
+        Field("image_size", INT, "pixels per side for families that draw several sizes (Lumina-mGPT: multiples of 32; "
+              "Emu3: of 8); 0 takes the checkpoint's usual size", default=0, min=0, max=4096, step=16),
     ),
     outputs=(Output(MODEL, "model", "the target model, for SpecAR Sampler and SpecAR Compare"),),
     run=_load_target,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_drafter, tiny_gpt, tiny_model
+from tiny import tiny_drafter, tiny_model
 from stats import ks_uniform, noise_floor, randomized_pit, total_variation
 
 from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate

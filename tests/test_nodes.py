@@ -31,7 +31,7 @@ def run(node_id: str, host: LocalHost, **inputs: object) -> tuple:
 
 @pytest.fixture(scope="module")
 def demo() -> object:
-    (model,) = run("SpecARModelLoader", LocalHost(), model="demo", dtype="auto")
+    (model,) = run("SpecARModelLoader", LocalHost(), model="demo", dtype="auto", family="auto", image_size=0)
     return model
 
 
@@ -146,10 +146,10 @@ def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None: 
     host = LocalHost(folders=[folder])
     choices = NODES_BY_ID["SpecARModelLoader"].field("model").choices(host.model_folders())
     assert choices == ["demo", "broken.safetensors", "tiny-dir", "tiny.safetensors"]
-    (tiny,) = run("SpecARModelLoader", host, model="tiny-dir", dtype="fp32")
+    (tiny,) = run("SpecARModelLoader", host, model="tiny-dir", dtype="fp32", family="auto", image_size=0)
     assert tiny.grid == (8, 8)
     with pytest.raises(CheckpointError, match="broken.safetensors"):
-        run("SpecARModelLoader", host, model="broken.safetensors", dtype="auto")
+        run("SpecARModelLoader", host, model="broken.safetensors", dtype="auto", family="auto", image_size=0)
     with pytest.raises(SettingsError, match="no VQ tokenizer"):
         run("SpecARSampler", host, model=tiny, **{**SAMPLING, "prompt": "1"})
     (mismatched,) = run("SpecARDrafterModel", host, drafter="tiny.safetensors", gamma=4, dtype="fp32")

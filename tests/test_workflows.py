@@ -17,10 +17,11 @@ from specar_pack.nodes import NODES_BY_ID  # noqa: E402
 from specar_pack.nodes.schema import BOOLEAN, COMBO, FLOAT, INT, STRING  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "workflows"))
-from build import CORE_NODES, SEED_CONTROL, VIRTUAL_NODES, render_all  # noqa: E402
+from build import CORE_NODES, FAMILY_WORKFLOWS, SEED_CONTROL, VIRTUAL_NODES, render_all  # noqa: E402
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
+DOCUMENTED_FOLDERS = {folder for _, folder, _, _ in FAMILY_WORKFLOWS.values()}
 
 
 def _check_widget(field: Any, value: Any) -> None:
@@ -32,6 +33,8 @@ def _check_widget(field: Any, value: Any) -> None:
         assert isinstance(value, bool), (field.name, value)
     elif field.type == STRING:
         assert isinstance(value, str), (field.name, value)
+    elif field.type == COMBO and callable(field.options):  # model folders: the user's, or one the README documents
+        assert value in field.choices() or value in DOCUMENTED_FOLDERS, (field.name, value)
     elif field.type == COMBO:
         assert value in field.choices(), (field.name, value)
 
@@ -92,3 +95,9 @@ def test_workflows_are_what_build_makes() -> None:
 
 def test_seed_control_value_is_a_frontend_choice() -> None:
     assert SEED_CONTROL in SEED_CONTROLS
+
+
+def test_every_family_workflow_folder_is_documented_in_the_readme() -> None:
+    readme = (ROOT / "README.md").read_text()
+    for family, folder, _, _ in FAMILY_WORKFLOWS.values():
+        assert f"models/specar/{folder}/" in readme, folder

@@ -225,12 +225,52 @@ def relaxed_policy(policy: str) -> Callable[[dict[str, Any]], Graph]:
     return build
 
 
+# workflow name -> (family, folder under models/specar/ as the README lays it out, prompt, note)
+FAMILY_WORKFLOWS = {
+    "specar_janus_pro": ("janus", "Janus-Pro-7B", "a red fox sleeping in fresh snow, soft morning light",
+                         "Janus-Pro (1B or 7B) from a transformers checkpoint (deepseek-community/Janus-Pro-7B)."),
+    "specar_lumina_mgpt": ("lumina-mgpt", "Lumina-mGPT-7B-768", "a lighthouse on a cliff at sunset, oil painting",
+                           "Lumina-mGPT with Chameleon's VQGAN (vqgan.ckpt in the folder). Size: the folder's number "
+                           "(768) unless image_size says otherwise."),
+    "specar_anole": ("anole", "Anole-7b-v0.1-hf", "a bowl of ramen on a wooden table",
+                     "Anole (leloy/Anole-7b-v0.1-hf) with Chameleon's VQGAN (vqgan.ckpt in the folder); 512x512."),
+    "specar_emu3": ("emu3", "Emu3-Gen-hf", "a portrait of a young woman with freckles, film grain",
+                    "Emu3-Gen (BAAI/Emu3-Gen-hf); 720x720 is 8,100 tokens, so expect minutes per image even when fast."),
+    "specar_llamagen_t2i": ("llamagen", "LlamaGen-T2I-XL-512", "a cozy cabin in a snowy forest at night",
+                            "LlamaGen text-to-image (t2i_XL_stage2_512.pt) with its flan-t5-xl text encoder in the "
+                            "folder's t5/ sub-folder and vq_ds16_t2i.pt."),
+}
+
+
+def family_workflow(name: str) -> Callable[[dict[str, Any]], Graph]:
+    """A real checkpoint of one family with lossless Jacobi drafts (no extra weights to download)."""
+    family, folder, prompt, about = FAMILY_WORKFLOWS[name]
+
+    def build(specs: dict[str, Any]) -> Graph:
+        from specar_pack.engine.models.registry import family_defaults
+
+        defaults = family_defaults(family)
+        g = Graph(specs)
+        g.add("Note", (20, 420), (360, 240), text=(
+            f"SpecAR: {about}\n\nPut the checkpoint in ComfyUI/models/specar/{folder}/ (README: 'Real models') and "
+            "pick it in the loader. Jacobi drafts need no extra weights and keep the output distribution exact; "
+            "sampling settings are the authors' defaults. A GPU with bf16 is assumed."))
+        model = g.add("SpecARModelLoader", (20, 60), (340, 160), model=folder, family=family)
+        draft = g.add("SpecARJacobiDrafts", (20, 260), (340, 140), window=16)
+        _sampler_with_previews(g, model, draft, None, prompt=prompt, batch_size=1, seed=1,
+                               cfg=defaults.cfg_scale, temperature=defaults.temperature, top_k=defaults.top_k)
+        return g
+
+    return build
+
+
 WORKFLOWS = {
     "specar_demo_jacobi": demo_jacobi,
     "specar_demo_drafter": demo_drafter,
     "specar_relaxation_mask": relaxation_mask,
     "specar_compare_ar_vs_speculative": compare,
     **{f"specar_policy_{name}": relaxed_policy(name) for name in POLICY_NOTES},
+    **{name: family_workflow(name) for name in FAMILY_WORKFLOWS},
 }
 
 

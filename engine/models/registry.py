@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError, SettingsError
+from ..types import SamplingSettings
 from .base import ImageTokenModel
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
@@ -136,6 +137,27 @@ def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str
     from .chameleon import load_chameleon
 
     return load_chameleon(path, dev, dt, variant=family, image_size=image_size)
+
+
+def family_defaults(family: str) -> SamplingSettings:
+    """The sampling settings each family's authors use (the sampler's defaults for that family)."""
+    if family == "llamagen":
+        from .llamagen.adapter import T2I_DEFAULTS
+
+        return T2I_DEFAULTS
+    if family == "janus":
+        from .janus import JANUS_DEFAULTS
+
+        return JANUS_DEFAULTS
+    if family == "emu3":
+        from .emu3 import EMU3_DEFAULTS
+
+        return EMU3_DEFAULTS
+    from .chameleon import SYNTAXES
+
+    if family not in SYNTAXES:
+        raise SettingsError(f"unknown model family {family!r} (known: {', '.join(FAMILIES)})")
+    return SYNTAXES[family].defaults
 
 
 def _family(path: Path) -> str:
