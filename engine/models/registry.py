@@ -124,6 +124,7 @@ def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str
         raise SettingsError(f"unknown model family {family!r} (known: auto, {', '.join(FAMILIES)})")
     if not path.is_dir():
         raise CheckpointError(f"{path}: a {family} model is a directory (config.json, weights, tokenizer), not a single file")
+    _require_transformers(family)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if family == "janus":
@@ -137,6 +138,15 @@ def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str
     from .chameleon import load_chameleon
 
     return load_chameleon(path, dev, dt, variant=family, image_size=image_size)
+
+
+def _require_transformers(family: str) -> None:
+    """Janus, Chameleon and Emu3 run on transformers (ComfyUI ships it; standalone installs add it)."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError as exc:
+        raise SettingsError(f"{family} models need the transformers library: pip install 'transformers>=5.0' "
+                            "(or install SpecAR with the [families] extra)") from exc
 
 
 def family_defaults(family: str) -> SamplingSettings:
