@@ -90,3 +90,14 @@ def test_bad_emu3_settings(emu3_dirs: dict[str, Path], tmp_path: Path) -> None:
     (broken / "config.json").write_text((emu3_dirs["target"] / "config.json").read_text())
     with pytest.raises(CheckpointError, match="Emu3"):
         load_model(broken, device="cpu", dtype="fp32")
+
+
+def test_command_line_with_a_relaxed_policy(emu3_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """``specar generate`` picks the family from config.json; LANTERN reads Emu3's codebook."""
+    from engine import cli
+
+    code = cli.main(["generate", "--model", str(emu3_dirs["target"]), "--image-size", "16", "--prompt", "a red cat",
+                     "--draft", "jacobi", "--policy", "lantern", "--device", "cpu", "--batch", "2",
+                     "--out", str(tmp_path / "img.png"), "--stats", str(tmp_path / "stats.json"), "--quiet"])
+    assert code == 0 and (tmp_path / "img.png").stat().st_size > 0
+    assert '"finished": true' in (tmp_path / "stats.json").read_text()

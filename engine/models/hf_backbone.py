@@ -49,6 +49,9 @@ def load_pretrained(model_class: type, directory: str, dtype: torch.dtype, what:
 
     SDPA attention is forced: the engine passes 4D masks, which flash-attention kernels ignore.
     """
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()  # hosts show their own progress
     try:
         model = model_class.from_pretrained(directory, dtype=dtype, local_files_only=True, attn_implementation="sdpa")
     except Exception as exc:  # transformers and safetensors raise many types for a bad file
