@@ -90,9 +90,16 @@ def load_llamagen(path: str | Path, vq_path: str | Path | None = None, device: s
         from .vq16 import load_vq16
 
         decoder = load_vq16(vq_path, device=dev, dtype=torch.float32)
-    return LlamaGenModel(gpt, decoder, name=name or path.stem)
+    text_encoder = None
+    encoder_folder = next((path / n for n in TEXT_ENCODER_FOLDERS if (path / n).is_dir()), None) if path.is_dir() else None
+    if gpt.cfg.model_type == "t2i" and encoder_folder is not None:
+        from .llamagen.text_encoder import load_t5_caption_encoder
+
+        text_encoder = load_t5_caption_encoder(encoder_folder, dev, dt, token_slots=gpt.cfg.cls_token_num)
+    return LlamaGenModel(gpt, decoder, name=name or path.stem, text_encoder=text_encoder)
 
 
+TEXT_ENCODER_FOLDERS = ("t5", "flan-t5-xl", "text_encoder")  # where a t2i folder keeps flan-t5-xl
 BUNDLED = {"demo": "the bundled demo target", "demo-drafter": "the bundled demo drafter"}
 
 

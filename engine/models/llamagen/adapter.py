@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from ...errors import SettingsError
@@ -9,6 +11,14 @@ from ...kv_cache import RaggedKVCache
 from ...types import Conditioning, SamplingSettings
 from ..base import ImageTokenModel, ModelOutput, PixelDecoder, to_uint8
 from .gpt import GPT, default_capacity
+
+
+class CaptionEncoder(Protocol):
+    """Prompts -> LlamaGen caption features ``[B, T, C]`` and their mask ``[B, T]`` (t2i only)."""
+
+    def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def to(self, device: torch.device) -> object: ...
 
 C2I_DEFAULTS = SamplingSettings(cfg_scale=4.0, temperature=1.0, top_k=2000, top_p=1.0)
 T2I_DEFAULTS = SamplingSettings(cfg_scale=7.5, temperature=1.0, top_k=1000, top_p=1.0)
@@ -18,13 +28,14 @@ class LlamaGenModel(ImageTokenModel):
     """LlamaGen c2i or t2i with the paired CFG batch of ``generate.py``.
 
     c2i: the unconditional half uses the null class (row ``num_classes`` of the class table).
-    t2i: captions arrive as text-encoder features ``[B, T, C]`` with a mask; the unconditional
-    half uses the stored null caption, and the caption mask hides padded condition slots from
-    both halves (each slot still sees itself), as LlamaGen does.
+    t2i: captions arrive as text-encoder features ``[B, T, C]`` with a mask (or as prompts, which
+    the ``text_encoder`` turns into them); the unconditional half uses the stored null caption,
+    and the caption mask hides padded condition slots from both halves (each slot still sees
+    itself), as LlamaGen does.
     """
 
     def __init__(self, gpt: GPT, decoder: PixelDecoder | None, name: str = "llamagen",
-                 default_settings: SamplingSettings | None = None) -> None:
+                 default_settings: SamplingSettings | None = None, text_encoder: CaptionEncoder | None = None) -> None:
         self.gpt = gpt.eval()
         self.cfg = gpt.cfg
         self.decoder = decoder
@@ -37,6 +48,7 @@ class LlamaGenModel(ImageTokenModel):
         if default_settings is None:
             default_settings = C2I_DEFAULTS if self.cfg.model_type == "c2i" else T2I_DEFAULTS
         self.default_settings = default_settings
+        self.text_encoder = text_encoder
         self.cache: RaggedKVCache | None = None
         self.batch = 0
         self.guided = False
@@ -44,7 +56,9 @@ class LlamaGenModel(ImageTokenModel):
 
     @property
     def conditioning_kind(self) -> str:
-        return "class" if self.cfg.model_type == "c2i" else "caption"
+        if self.cfg.model_type == "c2i":
+            return "class"
+        return "prompt" if self.text_encoder is not None else "caption"
 
     @property
     def num_classes(self) -> int | None:
@@ -57,9 +71,13 @@ class LlamaGenModel(ImageTokenModel):
             bad = [c for c in cond.class_ids if not 0 <= c < self.cfg.num_classes]
             if bad:
                 raise SettingsError(f"class id {bad[0]} is out of range for {self.name}: valid ids are 0..{self.cfg.num_classes - 1}")
+        elif cond.prompts is not None:
+            if self.text_encoder is None:
+                raise SettingsError(f"{self.name} has no text encoder: put flan-t5-xl in a t5/ sub-folder of the "
+                                    "model folder, or give caption embeddings")
         else:
             if cond.caption_embeddings is None:
-                raise SettingsError(f"{self.name} is text-conditional: give caption embeddings (a prompt through a text encoder)")
+                raise SettingsError(f"{self.name} is text-conditional: give prompts or caption embeddings")
             emb = cond.caption_embeddings
             if emb.dim() != 3 or emb.shape[1] != self.cfg.cls_token_num or emb.shape[2] != self.cfg.caption_dim:
                 raise SettingsError(
@@ -84,6 +102,10 @@ class LlamaGenModel(ImageTokenModel):
                 ids = torch.cat([ids, torch.full_like(ids, self.cfg.num_classes)])
             h = self.gpt.cls_embedding(ids)
         else:
+            if cond.prompts is not None:
+                assert self.text_encoder is not None
+                captions, caption_mask = self.text_encoder.encode(list(cond.prompts))
+                cond = Conditioning(caption_embeddings=captions, caption_mask=caption_mask)
             emb = cond.caption_embeddings.to(self.device, self.dtype)  # type: ignore[union-attr]
             mask = cond.caption_mask
             mask = torch.ones(emb.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
@@ -132,6 +154,8 @@ class LlamaGenModel(ImageTokenModel):
         self.gpt.to(device)
         if self.decoder is not None:
             self.decoder = self.decoder.to(device)
+        if self.text_encoder is not None:
+            self.text_encoder.to(device)
         self.device = device
 
     # -- pixels -----------------------------------------------------------------------------------
