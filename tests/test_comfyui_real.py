@@ -20,13 +20,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
 
 from pack import ROOT, load_pack
-from tiny_hf import build_tiny_emu3, build_tiny_janus
+from tiny_hf import build_tiny_chameleon, build_tiny_emu3, build_tiny_janus
 
 COMFY = os.environ.get("SPECAR_COMFYUI")
 pytestmark = pytest.mark.skipif(not COMFY, reason="set SPECAR_COMFYUI to a ComfyUI checkout to run the real-ComfyUI test")
@@ -61,6 +62,8 @@ def _post(url: str, data: dict[str, Any]) -> Any:
 TINY_FAMILY_MODELS: dict[str, tuple[Any, dict[str, Any]]] = {
     "specar_janus_pro": (build_tiny_janus, {}),
     "specar_emu3": (build_tiny_emu3, {"image_size": 16}),
+    "specar_lumina_mgpt": (partial(build_tiny_chameleon, lumina=True, vqgan=True), {"image_size": 128}),
+    "specar_anole": (partial(build_tiny_chameleon, lumina=False, vqgan=True), {"image_size": 128}),
 }
 
 

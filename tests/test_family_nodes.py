@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_hf import build_tiny_emu3, build_tiny_janus
+from functools import partial
+
+from tiny_hf import build_tiny_chameleon, build_tiny_emu3, build_tiny_janus
 
 from pack import load_pack
 
@@ -22,6 +24,8 @@ from specar_pack.nodes.host import LocalHost  # noqa: E402
 FAMILIES = {
     "Janus-Pro-7B": (build_tiny_janus, "janus", 0, 16),
     "Emu3-Gen-hf": (build_tiny_emu3, "auto", 16, 16),
+    "Lumina-mGPT-7B-768": (partial(build_tiny_chameleon, lumina=True, vqgan=True), "auto", 128, 16),
+    "Anole-7b-v0.1-hf": (partial(build_tiny_chameleon, lumina=False, vqgan=True), "anole", 64, 8),
 }
 
 

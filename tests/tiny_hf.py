@@ -73,11 +73,12 @@ CHAMELEON_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<racm3:break>", "<eoss>",
 CHAMELEON_WORDS = ["Generate", "an", "image", "according", "to", "following", "prompt:"]
 
 
-def build_tiny_chameleon(directory: Path, lumina: bool, seed: int = 0, codes: int = 64, perturb: float = 0.0) -> Path:
+def build_tiny_chameleon(directory: Path, lumina: bool, seed: int = 0, codes: int = 64, perturb: float = 0.0,
+                         vqgan: bool = False) -> Path:
     """A 2-layer Chameleon with ``codes`` image tokens at shuffled BPE ids.
 
     ``lumina=True`` writes the checkpoint as Lumina-mGPT does: q/k-norm weights ``[1, head_dim]``,
-    its training-only config keys, weights in two shards.
+    its training-only config keys, weights in two shards. ``vqgan`` adds a tiny ``vqgan.ckpt``.
     """
     from safetensors.torch import load_file, save_file
     from transformers import ChameleonConfig, ChameleonForConditionalGeneration
@@ -114,6 +115,8 @@ def build_tiny_chameleon(directory: Path, lumina: bool, seed: int = 0, codes: in
         raw = json.loads((directory / "config.json").read_text())
         raw.update(z_loss_weight=1e-5, mask_image_logits=True)
         (directory / "config.json").write_text(json.dumps(raw))
+    if vqgan:
+        save_tiny_vqgan(directory, codes=codes)
     return directory
 
 
@@ -143,3 +146,60 @@ def build_tiny_emu3(directory: Path, seed: int = 0, perturb: float = 0.0) -> Pat
     tok = word_tokenizer({n: vocab[n] for n in names}, ["<|image start|>", "<|image token|>", "<|extra_200|>"])
     tok.save_pretrained(directory)
     return directory
+
+
+def tiny_vqgan_state(codes: int = 64, dim: int = 8, z: int = 32, ch: int = 32, ch_mult: tuple[int, ...] = (1, 2),
+                     blocks: int = 1, attention_levels: tuple[int, ...] = (1,), seed: int = 0) -> dict[str, torch.Tensor]:
+    """A random Chameleon/taming VQGAN state dict written key by key from taming's layout (not from
+    SpecAR's module), with encoder and loss entries as a Lightning checkpoint carries them."""
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, torch.Tensor] = {}
+
+    def conv(name: str, cin: int, cout: int, k: int) -> None:
+        state[f"{name}.weight"] = torch.randn(cout, cin, k, k, generator=gen) * (0.6 / (cin * k * k) ** 0.5)
+        state[f"{name}.bias"] = torch.randn(cout, generator=gen) * 0.05
+
+    def norm(name: str, c: int) -> None:
+        state[f"{name}.weight"] = 1 + torch.randn(c, generator=gen) * 0.1
+        state[f"{name}.bias"] = torch.randn(c, generator=gen) * 0.1
+
+    def resblock(name: str, cin: int, cout: int) -> None:
+        norm(f"{name}.norm1", cin), conv(f"{name}.conv1", cin, cout, 3)
+        norm(f"{name}.norm2", cout), conv(f"{name}.conv2", cout, cout, 3)
+        if cin != cout:
+            conv(f"{name}.nin_shortcut", cin, cout, 1)
+
+    def attn(name: str, c: int) -> None:
+        norm(f"{name}.norm", c)
+        for part in ("q", "k", "v", "proj_out"):
+            conv(f"{name}.{part}", c, c, 1)
+
+    widths = [ch * m for m in ch_mult]
+    top = len(widths) - 1
+    state["quantize.embedding.weight"] = torch.randn(codes, dim, generator=gen)
+    conv("post_quant_conv", dim, z, 1)
+    conv("quant_conv", z, dim, 1)
+    conv("encoder.conv_in", 3, ch, 3)
+    state["loss.discriminator.main.0.weight"] = torch.randn(4, 3, 4, 4, generator=gen)
+    conv("decoder.conv_in", z, widths[top], 3)
+    resblock("decoder.mid.block_1", widths[top], widths[top])
+    attn("decoder.mid.attn_1", widths[top])
+    resblock("decoder.mid.block_2", widths[top], widths[top])
+    for level in range(top, -1, -1):
+        cin = widths[min(level + 1, top)]
+        for j in range(blocks + 1):
+            resblock(f"decoder.up.{level}.block.{j}", cin if j == 0 else widths[level], widths[level])
+            if level in attention_levels:
+                attn(f"decoder.up.{level}.attn.{j}", widths[level])
+        if level != 0:
+            conv(f"decoder.up.{level}.upsample.conv", widths[level], widths[level], 3)
+    norm("decoder.norm_out", widths[0])
+    conv("decoder.conv_out", widths[0], 3, 3)
+    return state
+
+
+def save_tiny_vqgan(folder: Path, codes: int = 64, seed: int = 0) -> Path:
+    """``vqgan.ckpt`` as Lightning saves it: ``{"state_dict": ..., "global_step": ...}``."""
+    path = folder / "vqgan.ckpt"
+    torch.save({"state_dict": tiny_vqgan_state(codes=codes, seed=seed), "global_step": 7}, path)
+    return path

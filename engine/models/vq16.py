@@ -55,18 +55,18 @@ class VQ16Config:
     num_res_blocks: int = 2
 
 
-def _norm(channels: int) -> nn.GroupNorm:
+def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(GROUPS, channels, eps=1e-6, affine=True)
 
 
-class _ResBlock(nn.Module):
+class ResBlock(nn.Module):
     """Pre-norm residual block; a 1x1 ``nin_shortcut`` projects the skip when the width changes."""
 
     def __init__(self, in_ch: int, out_ch: int) -> None:
         super().__init__()
-        self.norm1 = _norm(in_ch)
+        self.norm1 = group_norm(in_ch)
         self.conv1 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
-        self.norm2 = _norm(out_ch)
+        self.norm2 = group_norm(out_ch)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else None
 
@@ -77,12 +77,12 @@ class _ResBlock(nn.Module):
         return skip + h
 
 
-class _SpatialAttention(nn.Module):
+class SpatialAttention(nn.Module):
     """Single-head self-attention over all pixels of a feature map, with a residual connection."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
-        self.norm = _norm(channels)
+        self.norm = group_norm(channels)
         self.q = nn.Conv2d(channels, channels, 1)
         self.k = nn.Conv2d(channels, channels, 1)
         self.v = nn.Conv2d(channels, channels, 1)
@@ -98,7 +98,7 @@ class _SpatialAttention(nn.Module):
         return x + self.proj_out(out)
 
 
-class _Upsample(nn.Module):
+class Upsample(nn.Module):
     """Nearest-neighbour x2, then a 3x3 conv to smooth the blocky result."""
 
     def __init__(self, channels: int) -> None:
@@ -114,9 +114,9 @@ class _Level(nn.Module):
 
     def __init__(self, in_ch: int, out_ch: int, n_blocks: int, attention: bool, upsample: bool) -> None:
         super().__init__()
-        self.res = nn.ModuleList(_ResBlock(in_ch if j == 0 else out_ch, out_ch) for j in range(n_blocks))
-        self.attn = nn.ModuleList(_SpatialAttention(out_ch) for _ in range(n_blocks if attention else 0))
-        self.upsample = _Upsample(out_ch) if upsample else None
+        self.res = nn.ModuleList(ResBlock(in_ch if j == 0 else out_ch, out_ch) for j in range(n_blocks))
+        self.attn = nn.ModuleList(SpatialAttention(out_ch) for _ in range(n_blocks if attention else 0))
+        self.upsample = Upsample(out_ch) if upsample else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for j, block in enumerate(self.res):
@@ -134,8 +134,8 @@ class _Decoder(nn.Module):
         widths = [cfg.ch * m for m in cfg.ch_mult]
         top = len(widths) - 1
         self.conv_in = nn.Conv2d(cfg.z_channels, widths[top], 3, padding=1)
-        self.mid = nn.ModuleList([_ResBlock(widths[top], widths[top]), _SpatialAttention(widths[top]),
-                                  _ResBlock(widths[top], widths[top])])
+        self.mid = nn.ModuleList([ResBlock(widths[top], widths[top]), SpatialAttention(widths[top]),
+                                  ResBlock(widths[top], widths[top])])
         levels = []
         in_ch = widths[top]
         for level in range(top, -1, -1):  # lowest resolution (widest) first
@@ -143,7 +143,7 @@ class _Decoder(nn.Module):
                                  attention=level == top, upsample=level != 0))
             in_ch = widths[level]
         self.conv_blocks = nn.ModuleList(levels)
-        self.norm_out = _norm(widths[0])
+        self.norm_out = group_norm(widths[0])
         self.conv_out = nn.Conv2d(widths[0], 3, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -155,7 +155,7 @@ class _Decoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h)))
 
 
-class _Codebook(nn.Module):
+class Codebook(nn.Module):
     """Holds the code table under the official ``quantize.embedding`` name."""
 
     def __init__(self, size: int, dim: int) -> None:
@@ -169,7 +169,7 @@ class VQ16Decoder(nn.Module):
     def __init__(self, cfg: VQ16Config) -> None:
         super().__init__()
         self.cfg = cfg
-        self.quantize = _Codebook(cfg.codebook_size, cfg.codebook_dim)
+        self.quantize = Codebook(cfg.codebook_size, cfg.codebook_dim)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
         self.decoder = _Decoder(cfg)
 
