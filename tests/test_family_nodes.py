@@ -6,13 +6,11 @@ a user would see them; generation runs loader -> Jacobi drafts -> sampler, as th
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from functools import partial
 
-from tiny_hf import build_tiny_chameleon, build_tiny_emu3, build_tiny_janus
+from tiny_hf import build_tiny_chameleon, build_tiny_emu3, build_tiny_janus, build_tiny_llamagen_t2i
 
 from pack import load_pack
 
@@ -26,6 +24,7 @@ FAMILIES = {
     "Emu3-Gen-hf": (build_tiny_emu3, "auto", 16, 16),
     "Lumina-mGPT-7B-768": (partial(build_tiny_chameleon, lumina=True, vqgan=True), "auto", 128, 16),
     "Anole-7b-v0.1-hf": (partial(build_tiny_chameleon, lumina=False, vqgan=True), "anole", 64, 8),
+    "LlamaGen-T2I-XL-512": (build_tiny_llamagen_t2i, "auto", 0, 16),
 }
 
 

@@ -203,3 +203,41 @@ def save_tiny_vqgan(folder: Path, codes: int = 64, seed: int = 0) -> Path:
     path = folder / "vqgan.ckpt"
     torch.save({"state_dict": tiny_vqgan_state(codes=codes, seed=seed), "global_step": 7}, path)
     return path
+
+
+def build_tiny_t5(directory: Path, seed: int = 0) -> Path:
+    """A 1-layer T5 encoder (d_model 32) with a word-level tokenizer that appends ``</s>`` like T5's."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2, **{w: 3 + i for i, w in enumerate(WORDS + CHAMELEON_WORDS)}}
+    inner = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    inner.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+    config = T5Config(vocab_size=32, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1, pad_token_id=0,
+                      eos_token_id=1, decoder_start_token_id=0)
+    torch.manual_seed(seed)
+    model = T5EncoderModel(config).eval()
+    _reinit(model, 0.3, seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def build_tiny_llamagen_t2i(directory: Path, slots: int = 12) -> Path:
+    """A LlamaGen t2i folder: official-layout tiny GPT, a tiny VQ, ``config.json`` and a tiny T5 in ``t5/``."""
+    from tiny import save_official_pt, tiny_gpt
+
+    from engine.checkpoints import save_safetensors
+    from engine.models.vq16 import VQ16Config, VQ16Decoder
+
+    directory.mkdir(parents=True, exist_ok=True)
+    save_official_pt(tiny_gpt(0, model_type="t2i", caption_dim=32, cls_token_num=slots), directory / "t2i_tiny.pt")
+    (directory / "config.json").write_text(json.dumps({"n_head": 4, "image_size": 128}))
+    torch.manual_seed(0)
+    vq = VQ16Decoder(VQ16Config(codebook_size=64, codebook_dim=8, z_channels=32, ch=32, ch_mult=(1, 2), num_res_blocks=1))
+    save_safetensors(vq.state_dict(), directory / "vq_tiny.safetensors")
+    build_tiny_t5(directory / "t5")
+    return directory

@@ -44,16 +44,19 @@ def attention_shape(config: object) -> tuple[int, int, int]:
     return int(config.num_hidden_layers), kv_heads, int(head_dim)  # type: ignore[attr-defined]
 
 
-def load_pretrained(model_class: type, directory: str, dtype: torch.dtype, what: str) -> nn.Module:
+def load_pretrained(model_class: type, directory: str, dtype: torch.dtype, what: str,
+                    attention: str | None = "sdpa") -> nn.Module:
     """``model_class.from_pretrained`` from a local directory, with one-line errors.
 
-    SDPA attention is forced: the engine passes 4D masks, which flash-attention kernels ignore.
+    SDPA attention is forced for decoders the engine drives: it passes 4D masks, which
+    flash-attention kernels ignore. ``attention=None`` keeps the model's default.
     """
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()  # hosts show their own progress
     try:
-        model = model_class.from_pretrained(directory, dtype=dtype, local_files_only=True, attn_implementation="sdpa")
+        options = {"attn_implementation": attention} if attention else {}
+        model = model_class.from_pretrained(directory, dtype=dtype, local_files_only=True, **options)
     except Exception as exc:  # transformers and safetensors raise many types for a bad file
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{directory}: cannot load the {what} weights ({first_line})") from exc
