@@ -1,13 +1,15 @@
 """From a name or a path to a ready model adapter.
 
-A path may be a weights file or a model directory. A directory holds the weights, optionally a
-``config.json`` (``{"family": "llamagen", "n_head": ..., "image_size": ...}``) and, for VQ
-models, the tokenizer (a file whose name starts with ``vq``). The family is read from the config
-or recognised from the weights.
+A path may be a weights file or a model directory. A LlamaGen directory holds the weights,
+optionally a ``config.json`` (``{"family": "llamagen", "n_head": ..., "image_size": ...}``), the VQ
+tokenizer (a file whose name starts with ``vq``) and, for text-to-image, flan-t5 in ``t5/``. A
+transformers checkpoint (Janus-Pro, Lumina-mGPT, Anole, Emu3-Gen) is recognised by the
+``model_type`` of its ``config.json``.
 """
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import torch
@@ -149,11 +151,9 @@ def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str
 
 def _require_transformers(family: str) -> None:
     """Janus, Chameleon and Emu3 run on transformers (ComfyUI ships it; standalone installs add it)."""
-    try:
-        import transformers  # noqa: F401
-    except ImportError as exc:
+    if importlib.util.find_spec("transformers") is None:
         raise SettingsError(f"{family} models need the transformers library: pip install 'transformers>=5.0' "
-                            "(or install SpecAR with the [families] extra)") from exc
+                            "(or install SpecAR with the [families] extra)")
 
 
 def family_defaults(family: str) -> SamplingSettings:
