@@ -32,7 +32,7 @@ from ..checkpoints import read_json, read_state_dict
 from ..errors import CheckpointError, SettingsError
 from ..types import Conditioning, SamplingSettings
 from .base import PixelDecoder, to_uint8
-from .hf_backbone import CodesInTextVocabulary, TransformersImageModel, vocabulary_id
+from .hf_backbone import CodesInTextVocabulary, TextVocabularyImageModel, vocabulary_id
 from .tokenizers import load_tokenizer
 
 TRAINING_ONLY_KEYS = ("z_loss_weight", "mask_image_logits")
@@ -84,7 +84,7 @@ def code_to_bpe(vocabulary: dict[str, int]) -> torch.Tensor:
     return torch.tensor([pairs[c] for c in range(len(pairs))], dtype=torch.long)
 
 
-class ChameleonImageModel(TransformersImageModel):
+class ChameleonImageModel(TextVocabularyImageModel):
     """A Lumina-mGPT or Anole checkpoint generating images through the engine."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: object, decoder: PixelDecoder | None,
@@ -123,14 +123,6 @@ class ChameleonImageModel(TransformersImageModel):
             rows += [self._image_start() for _ in cond.prompts or ()]
         return rows
 
-    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.decoder.embed_tokens(ids)
-
-    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.image_vocab.embed(codes)
-
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.image_vocab.logits(hidden)
 
     @property
     def can_decode(self) -> bool:
@@ -151,7 +143,7 @@ class ChameleonImageModel(TransformersImageModel):
         return to_uint8(self._require_decoder().decode(codes.to(self.device), self.grid))
 
     def moved_to(self, device: torch.device) -> None:
-        self.image_vocab.move_to(device)
+        super().moved_to(device)
         if self.pixel_decoder is not None:
             self.pixel_decoder = self.pixel_decoder.to(device)
 

@@ -24,7 +24,7 @@ from ..checkpoints import read_json
 from ..errors import CheckpointError, SettingsError
 from ..types import Conditioning, SamplingSettings
 from .base import to_uint8
-from .hf_backbone import CodesInTextVocabulary, TransformersImageModel, load_pretrained, vocabulary_id
+from .hf_backbone import CodesInTextVocabulary, TextVocabularyImageModel, load_pretrained, vocabulary_id
 from .tokenizers import load_tokenizer
 
 # Emu3's image_generation.py: classifier-free guidance 3.0, top-k 2048, sampling at temperature 1.
@@ -44,7 +44,7 @@ def visual_code_to_bpe(vocabulary: dict[str, int]) -> torch.Tensor:
     return torch.tensor([pairs[c] for c in range(len(pairs))], dtype=torch.long)
 
 
-class Emu3ImageModel(TransformersImageModel):
+class Emu3ImageModel(TextVocabularyImageModel):
     """An Emu3-Gen checkpoint generating images through the engine."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: object, side: int, name: str,
@@ -77,14 +77,6 @@ class Emu3ImageModel(TransformersImageModel):
             rows += [self.prompt_ids(self.negative_prompt)] * len(prompts)
         return rows
 
-    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.decoder.embed_tokens(ids)
-
-    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        return self.image_vocab.embed(codes)
-
-    def head(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.image_vocab.logits(hidden)
 
     @torch.inference_mode()
     def latent(self, codes: torch.Tensor) -> torch.Tensor:
@@ -97,8 +89,6 @@ class Emu3ImageModel(TransformersImageModel):
         unit = pixels * self.pixel_std + self.pixel_mean  # [0, 1]
         return to_uint8(unit * 2 - 1)
 
-    def moved_to(self, device: torch.device) -> None:
-        self.image_vocab.move_to(device)
 
 
 def _pixel_range(directory: Path) -> tuple[float, float]:

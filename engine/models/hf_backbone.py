@@ -133,9 +133,9 @@ class TransformersImageModel(ImageTokenModel):
     def prefix_rows(self, cond: Conditioning, guided: bool) -> list[list[int]]:
         """Token ids before image token 0: one row per image, then (guided) one unconditional row each."""
 
-    @abstractmethod
     def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of text/structural token ids ``[R, n]``."""
+        return self.decoder.embed_tokens(ids)
 
     @abstractmethod
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
@@ -242,3 +242,21 @@ class TransformersImageModel(ImageTokenModel):
 
     def moved_to(self, device: torch.device) -> None:
         """Hook: move what lives outside ``network`` (index tables, a separate pixel decoder)."""
+
+
+class TextVocabularyImageModel(TransformersImageModel):
+    """A family whose image codes are entries of the text vocabulary (Chameleon, Emu3).
+
+    Subclasses set ``image_vocab`` before calling ``__init__``.
+    """
+
+    image_vocab: CodesInTextVocabulary
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.image_vocab.embed(codes)
+
+    def head(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.image_vocab.logits(hidden)
+
+    def moved_to(self, device: torch.device) -> None:
+        self.image_vocab.move_to(device)

@@ -54,9 +54,6 @@ class JanusImageModel(TransformersImageModel):
             rows += [[t if t in (self.bos_id, self.boi_id) else self.pad_id for t in row] for row in rows]
         return rows
 
-    def embed_text(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.decoder.embed_tokens(ids)
-
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         return self.janus.prepare_embeddings_for_image_generation(codes)
 
