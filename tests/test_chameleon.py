@@ -146,3 +146,39 @@ def test_bad_chameleon_directories(dirs: dict[str, Path], tmp_path: Path) -> Non
         lumina.decode(torch.zeros(1, 64, dtype=torch.long))
     with pytest.raises(Exception, match="multiple of 32"):
         load_model(dirs["lumina"], device="cpu", dtype="fp32", image_size=100)
+
+
+def test_tree_block_across_a_row_end_equals_its_branches(lumina: ChameleonImageModel) -> None:
+    """A tree whose two branches both cross the end of row 0 (newline inserted in each) gives each
+    branch's chain logits; compaction keeps one branch and its newline, and decoding continues."""
+    from engine.verify import tree_attention
+
+    cond = Conditioning(prompts=("a red cat",))
+    prefix = torch.tensor([[5, 9, 13, 17, 21, 25]])  # codes at positions 0..5
+
+    def chain(tokens: list[int]) -> torch.Tensor:
+        lumina.prefill(cond, guided=True)
+        lumina.forward(prefix, torch.arange(6)[None])
+        return lumina.forward(torch.tensor([tokens]), torch.arange(6, 6 + len(tokens))[None]).logits
+
+    left, right = chain([30, 40, 50]), chain([30, 41, 51])
+    lumina.prefill(cond, guided=True)
+    lumina.forward(prefix, torch.arange(6)[None])
+    parents = [-1, -1, 0, 1]  # pending 30 (position 6) -> {40, 41} (position 7, ends row 0) -> {50, 51}
+    out = lumina.forward(torch.tensor([[30, 40, 41, 50, 51]]), torch.tensor([[6, 7, 7, 8, 8]]), tree_attention(parents))
+    assert torch.allclose(out.logits[:, [0, 1, 3]], left, atol=1e-4)
+    assert torch.allclose(out.logits[:, [0, 2, 4]], right, atol=1e-4)
+    lumina.compact(torch.tensor([[0, 2, 4]]), torch.tensor([3]))  # keep 30, 41, 51 (and 41's newline)
+    assert lumina.cached_lengths().tolist() == [9]
+    after = lumina.forward(torch.tensor([[7]]), torch.tensor([[9]])).logits
+    chain([30, 41, 51])  # the kept branch on a fresh cache, then the same next token
+    assert torch.allclose(after, lumina.forward(torch.tensor([[7]]), torch.tensor([[9]])).logits, atol=1e-4)
+    lumina.release()
+
+
+def test_self_drafter_accepts_everything_across_row_ends(lumina: ChameleonImageModel, dirs: dict[str, Path]) -> None:
+    """The drafter's own cache steps one token per forward across newlines and rolls back."""
+    twin = load_model(dirs["lumina"], device="cpu", dtype="fp32")
+    result = generate(lumina, Conditioning(prompts=PROMPTS), SamplingSettings(cfg_scale=4.0, greedy=True),
+                      draft=DrafterModelDrafts(twin, gamma=5))
+    assert result.acceptance_rate == 1.0

@@ -121,11 +121,13 @@ class TransformersImageModel(ImageTokenModel):
         self.layout = RowLayout(grid[1], grid[0]) if row_end_token is not None else None
         param = next(decoder.parameters())
         self.device, self.dtype = param.device, param.dtype
+        self._row_end_id = torch.tensor([[row_end_token or 0]], device=self.device)
         self.cache: RaggedKVCache | None = None
         self.batch, self.guided, self.prefix_slots = 0, False, 0
         self.image_start = torch.zeros(0, dtype=torch.long)
         self._block_start = torch.zeros(0, dtype=torch.long)
         self._expanded: ExpandedBlock | None = None
+        self._valid_slots: torch.Tensor | None = None  # [R] slots before a row-end forward's padding
 
     # -- what a family provides ------------------------------------------------------------------
 
@@ -183,6 +185,7 @@ class TransformersImageModel(ImageTokenModel):
         positions = (valid.long().cumsum(1) - 1).clamp(min=0)
         self.image_start = valid.sum(1)
         self.prefix_slots = width
+        self._valid_slots = None
         layers, kv_heads, head_dim = attention_shape(self.text_config)
         image_slots = self.num_image_tokens + (self.grid[0] if self.layout else 0)
         self.cache = RaggedKVCache(layers, len(rows), kv_heads, head_dim, self.dtype, self.device,
@@ -190,10 +193,19 @@ class TransformersImageModel(ImageTokenModel):
         hidden = self._run(self.embed_text(ids), positions, None, valid)[:, -1:]
         return ModelOutput(self.head(hidden).float(), hidden)
 
+    def _drop_row_end_padding(self) -> None:
+        """Roll back the padding slots a row-end forward appended, unless a truncate or compact
+        already did: a forward straight after another (a drafter's steps, a prefix) must start
+        right after the last real slot, or image lengths would no longer map onto slots."""
+        if self._valid_slots is not None and self.cache is not None:
+            self.cache.truncate(self._valid_slots.cpu())
+        self._valid_slots = None
+
     @torch.inference_mode()
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
                 tree_mask: torch.Tensor | None = None) -> ModelOutput:
         assert self.cache is not None, "prefill() first"
+        self._drop_row_end_padding()
         self._block_start = self.cache.lengths.clone()
         codes, image_positions = self._rows(tokens.to(self.device)), self._rows(positions.to(self.device))
         if self.layout is None:
@@ -202,19 +214,22 @@ class TransformersImageModel(ImageTokenModel):
         else:
             block = self.layout.expand(codes, image_positions, tree_mask)
             self._expanded = block
-            row_end = self.embed_text(torch.tensor([[self.row_end_token]], device=self.device))
+            row_end = self.embed_text(self._row_end_id)
             embeds = torch.where(block.is_row_end[..., None], row_end, self.embed_codes(block.codes))
             hidden = self._run(embeds, self.image_start[:, None] + block.offsets, block.allowed, block.valid)
+            self._valid_slots = self._block_start.to(self.device) + block.valid.sum(1)
             hidden = hidden.gather(1, block.output_slot[..., None].expand(-1, -1, hidden.shape[-1]))
         return ModelOutput(self.head(hidden).float(), hidden)
 
     def cached_lengths(self) -> torch.Tensor:
         assert self.cache is not None
+        self._drop_row_end_padding()
         slots = self.cache.lengths[: self.batch] - self.prefix_slots
         return slots - slots // (self.grid[1] + 1) if self.layout else slots
 
     def truncate(self, lengths: torch.Tensor) -> None:
         assert self.cache is not None
+        self._valid_slots = None
         lengths = lengths.cpu()
         slots = self.layout.cached_slots(lengths) if self.layout else lengths
         self.cache.truncate(self._rows(slots) + self.prefix_slots)
@@ -223,6 +238,7 @@ class TransformersImageModel(ImageTokenModel):
     def compact(self, keep: torch.Tensor, counts: torch.Tensor) -> None:
         assert self.cache is not None
         keep, counts = self._rows(keep), self._rows(counts.cpu())
+        self._valid_slots = None
         if self.layout is not None:
             assert self._expanded is not None
             keep, counts = RowLayout.kept_slots(self._expanded, keep.to(self.device), counts)
@@ -231,12 +247,14 @@ class TransformersImageModel(ImageTokenModel):
     def release(self) -> None:
         self.cache = None
         self._expanded = None
+        self._valid_slots = None
 
     def to(self, device: torch.device) -> None:
         if device == self.device:
             return
         self.release()
         self.network.to(device)
+        self._row_end_id = self._row_end_id.to(device)
         self.device = device
         self.moved_to(device)
 

@@ -61,12 +61,14 @@ class RowLayout:
         """
         R, k = codes.shape
         dev = codes.device
-        if ancestors is None:
-            ancestors = torch.ones(k, k, dtype=torch.bool, device=dev).tril_()
-        ancestors = ancestors.to(dev)
         ends_row = ((positions + 1) % self.width == 0) & (positions < self.total - 1)
         node_slot = torch.arange(k, device=dev) + torch.cumsum(ends_row.long(), 1) - ends_row.long()
-        m = k + int(ends_row.sum(1).max()) if k else 0
+        if ancestors is None:  # k consecutive positions hold at most ceil(k / width) row ends: no host sync
+            ancestors = torch.ones(k, k, dtype=torch.bool, device=dev).tril_()
+            m = k + -(-k // self.width)
+        else:
+            m = k + int(ends_row.sum(1).max()) if k else 0
+        ancestors = ancestors.to(dev)
         node_ids = torch.arange(k, device=dev).expand(R, -1)
         # column m collects the writes of nodes that have no row-end slot
         origin = torch.full((R, m + 1), -1, dtype=torch.long, device=dev)
