@@ -31,7 +31,7 @@ from .explain import explanation
 from .heatmap import acceptance_heatmap, committed_mask, image_grid, save_png, side_by_side
 from .loop import generate
 from .models.base import ImageTokenModel
-from .models.registry import FAMILIES, load_model
+from .models.registry import FAMILIES, load_model, resolve_device, resolve_dtype
 from .policies import POLICIES, parse_policy_options, recommended_relaxation
 from .progress import ProgressBar, summary_line
 from .session import class_for_prompt
@@ -126,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="specar", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Speculative decoding for autoregressive image models: the same images as plain "
                     "decoding, in fewer model forwards.",
-        epilog="Run 'specar generate --help', 'specar bench --help' or 'specar pareto --help' for their options.")
+        epilog="Run 'specar COMMAND --help' (generate, bench, pareto, forward-bench) for their options.")
     parser.add_argument("--version", action="version", version=f"specar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -200,6 +200,21 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("--plot", metavar="PARETO.png", help="write the plot")
     plot.add_argument("--table", metavar="PARETO.md", help="write the Markdown table (it is printed too)")
     plot.set_defaults(run=_pareto)
+
+    timing = commands.add_parser("forward-bench", help="time one target forward of 1, 4, 16 tokens and a 60-node tree",
+                                 description="Time target forwards of real-size random-weight models (no download): "
+                                             "what a given tokens-per-forward buys on this machine.")
+    timing.add_argument("--models", default="janus-pro-1b,llamagen-xl", metavar="A,B",
+                        help="comma-separated: janus-pro-1b, janus-pro-7b, llamagen-xl, llamagen-xxl, tiny-janus, "
+                             "tiny-llamagen (default: janus-pro-1b,llamagen-xl)")
+    timing.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    timing.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                        help="auto is bf16 on GPUs that support it, else fp32 (default: auto)")
+    timing.add_argument("--context", type=_int_at_least(1), default=256, metavar="N",
+                        help="image tokens already cached when a block is timed (default: 256)")
+    timing.add_argument("--repeats", type=_int_at_least(1), default=20, metavar="N", help="timed forwards per shape")
+    timing.add_argument("--table", metavar="TIMES.md", help="also write the Markdown table here")
+    timing.set_defaults(run=_forward_bench)
     return parser
 
 
@@ -486,6 +501,19 @@ def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: Samplin
 
 
 # -- entry point ----------------------------------------------------------------------------------
+
+def _forward_bench(args: argparse.Namespace) -> int:
+    from .forward_bench import markdown_table, time_forwards
+
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
+    rows = [time_forwards(name.strip(), device, dtype, args.context, args.repeats) for name in args.models.split(",")]
+    table = markdown_table(rows)
+    print(table)
+    if args.table:
+        Path(args.table).write_text(table + "\n")
+    return 0
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``specar`` command; returns the exit code (2: bad input, 130: interrupted)."""

@@ -32,7 +32,7 @@ Observer = Callable[[StepEvent], "bool | None"]
 """Called after every target forward; returning ``False`` stops the generation early."""
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elif device.type == "mps":
@@ -47,11 +47,11 @@ class _Clock:
 
     def run(self, call: Callable[[], object]) -> object:
         if self.precise:
-            _sync(self.device)
+            synchronize(self.device)
         start = time.perf_counter()
         out = call()
         if self.precise:
-            _sync(self.device)
+            synchronize(self.device)
         self.seconds += time.perf_counter() - start
         return out
 
@@ -174,7 +174,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
         if draft is not None:
             draft.end()
         model.release()
-    _sync(dev)
+    synchronize(dev)
     wall = time.perf_counter() - started
     return GenerationResult(
         tokens=tokens[:, :N].cpu(), kinds=kinds[:, :N].cpu(), forward_index=forward_index[:, :N].cpu(),

@@ -180,3 +180,16 @@ def test_python_m_engine_help_runs() -> None:
     done = subprocess.run([sys.executable, "-m", "engine", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert "generate" in done.stdout and "bench" in done.stdout
+
+
+def test_forward_bench_times_every_block_shape(tmp_path: Path) -> None:
+    """The GPU timing command, on tiny stand-ins that run the same code (real sizes need a GPU)."""
+    from engine.forward_bench import sixty_node_tree
+
+    assert len(sixty_node_tree()) == 60
+    table = tmp_path / "times.md"
+    code = cli.main(["forward-bench", "--models", "tiny-janus,tiny-llamagen", "--device", "cpu", "--repeats", "2",
+                     "--context", "40", "--table", str(table)])
+    lines = table.read_text().splitlines()
+    assert code == 0 and len(lines) == 4 and "tree-60" in lines[0]
+    assert lines[2].startswith("| tiny-janus | cpu | float32 | ") and "(1.00x)" in lines[2]
