@@ -112,6 +112,10 @@ def test_anole_greedy_equals_its_sequential_recipe(dirs: dict[str, Path], refere
                                                    source: str) -> None:
     anole = load_model(dirs["stock"], device="cpu", dtype="fp32", image_size=128)
     assert isinstance(anole, ChameleonImageModel) and anole.syntax.family == "anole" and anole.layout is None
+    vocab = anole.chameleon.config.vocabulary_map
+    cond_row, uncond_row = anole.prefix_rows(Conditioning(prompts=PROMPTS[:1]), guided=True)
+    assert uncond_row == [anole.bos_id, vocab["<racm3:break>"]]  # GAIR's and LANTERN's unconditional context
+    assert cond_row[-2:] == [vocab["<reserved08706>"], vocab["<racm3:break>"]] and cond_row[0] == anole.bos_id
     result = generate(anole, Conditioning(prompts=PROMPTS[:1]), SamplingSettings(cfg_scale=3.0, greedy=True),
                       draft=SOURCES[source](None))
     assert torch.equal(result.tokens[0], _reference_greedy(reference_model, anole, PROMPTS[0], 3.0))

@@ -101,3 +101,19 @@ def test_command_line_with_a_relaxed_policy(emu3_dirs: dict[str, Path], tmp_path
                      "--out", str(tmp_path / "img.png"), "--stats", str(tmp_path / "stats.json"), "--quiet"])
     assert code == 0 and (tmp_path / "img.png").stat().st_size > 0
     assert '"finished": true' in (tmp_path / "stats.json").read_text()
+
+
+def test_pixels_are_unnormalised_per_channel(emu3_dirs: dict[str, Path], tmp_path: Path) -> None:
+    """With a processor config (CLIP statistics), decode undoes exactly that normalisation."""
+    import json
+    import shutil
+
+    folder = tmp_path / "Emu3-clip"
+    shutil.copytree(emu3_dirs["target"], folder)
+    mean, std = [0.48145466, 0.4578275, 0.40821073], [0.26862954, 0.26130258, 0.27577711]
+    (folder / "preprocessor_config.json").write_text(json.dumps({"image_mean": mean, "image_std": std}))
+    model = load_model(folder, device="cpu", dtype="fp32", image_size=16)
+    codes = torch.randint(0, 64, (1, 64), generator=torch.Generator().manual_seed(0))
+    raw = model.emu3.model.vqmodel.decode(codes.view(1, 8, 8))
+    expected = ((raw * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1) * 255).round()
+    assert torch.allclose(model.decode(codes).permute(0, 3, 1, 2).float(), expected, atol=1.0)

@@ -13,7 +13,10 @@ Lumina-mGPT writes an image as ``<racm3:break> <h> <w>`` then rows of codes, eac
 a newline token; the unconditional CFG branch sees only that image part (no text), at its own
 positions. Both are reproduced: resolution tokens are forced (the size you ask for), newlines are
 inserted by :class:`~engine.models.row_layout.RowLayout`, and the unconditional rows are
-left-padded into the paired batch. Anole draws a fixed 32x32 grid after ``<racm3:break>``.
+left-padded into the paired batch. Anole draws a fixed 32x32 grid after ``<racm3:break>``, guided
+against ``BOS <racm3:break>`` as GAIR's text-to-image script (for a text-only prompt) and LANTERN do.
+Lumina samples its resolution tokens (the prompt states the size); here they are forced, so the
+grid is the one asked for.
 
 Lumina's checkpoints store the per-head q/k LayerNorm weights as ``[1, head_dim]`` (an older
 Chameleon copy repeats them over heads at run time); the loader repeats them to
@@ -49,6 +52,7 @@ class ImageSyntax:
     prompt_template: str
     resolution_tokens: bool  # <h> <w> after <racm3:break> (Lumina-mGPT)
     newline_after_rows: bool
+    unconditional_bos: bool  # the unconditional branch starts with BOS (Anole) or at <racm3:break> (Lumina)
     defaults: SamplingSettings
     default_size: int  # pixels per side
 
@@ -56,11 +60,11 @@ class ImageSyntax:
 LUMINA = ImageSyntax(
     family="lumina-mgpt",
     prompt_template="Generate an image of {width}x{height} according to the following prompt:\n{prompt}",
-    resolution_tokens=True, newline_after_rows=True,
+    resolution_tokens=True, newline_after_rows=True, unconditional_bos=False,
     defaults=SamplingSettings(cfg_scale=4.0, temperature=1.0, top_k=2000, top_p=1.0), default_size=768,
 )
 ANOLE = ImageSyntax(
-    family="anole", prompt_template="{prompt}", resolution_tokens=False, newline_after_rows=False,
+    family="anole", prompt_template="{prompt}", resolution_tokens=False, newline_after_rows=False, unconditional_bos=True,
     defaults=SamplingSettings(cfg_scale=3.0, temperature=1.0, top_k=2000, top_p=1.0), default_size=512,
 )
 SYNTAXES = {s.family: s for s in (LUMINA, ANOLE)}
@@ -120,7 +124,8 @@ class ChameleonImageModel(TextVocabularyImageModel):
     def prefix_rows(self, cond: Conditioning, guided: bool) -> list[list[int]]:
         rows = [self.prompt_ids(p) for p in cond.prompts or ()]
         if guided:  # the unconditional branch sees only the image part
-            rows += [self._image_start() for _ in cond.prompts or ()]
+            start = [self.bos_id] * self.syntax.unconditional_bos + self._image_start()
+            rows += [start for _ in cond.prompts or ()]
         return rows
 
 

@@ -48,7 +48,8 @@ class Emu3ImageModel(TextVocabularyImageModel):
     """An Emu3-Gen checkpoint generating images through the engine."""
 
     def __init__(self, model: torch.nn.Module, tokenizer: object, side: int, name: str,
-                 pixel_mean: float = 0.5, pixel_std: float = 0.5, negative_prompt: str = NEGATIVE_PROMPT) -> None:
+                 pixel_mean: tuple[float, ...] = (0.5,), pixel_std: tuple[float, ...] = (0.5,),
+                 negative_prompt: str = NEGATIVE_PROMPT) -> None:
         self.emu3, self.tokenizer, self.negative_prompt = model, tokenizer, negative_prompt
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
         vocabulary: dict[str, int] = dict(model.config.vocabulary_map or {})
@@ -86,21 +87,22 @@ class Emu3ImageModel(TextVocabularyImageModel):
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         h, w = self.grid
         pixels = self.emu3.model.vqmodel.decode(codes.to(self.device).view(-1, h, w)).float()
-        unit = pixels * self.pixel_std + self.pixel_mean  # [0, 1]
+        mean = torch.tensor(self.pixel_mean, device=pixels.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.pixel_std, device=pixels.device).view(1, -1, 1, 1)
+        unit = pixels * std + mean  # [0, 1]
         return to_uint8(unit * 2 - 1)
 
 
 
-def _pixel_range(directory: Path) -> tuple[float, float]:
-    """Mean and std the VQ's pixels were normalised with (0.5 and 0.5 unless the processor says otherwise)."""
+def _pixel_range(directory: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean and std the VQ's pixels were normalised with (0.5 unless the processor says otherwise)."""
     path = directory / "preprocessor_config.json"
-    if not path.is_file():
-        return 0.5, 0.5
-    config = read_json(path)
-    mean, std = config.get("image_mean", 0.5), config.get("image_std", 0.5)
-    mean = sum(mean) / len(mean) if isinstance(mean, list) else mean
-    std = sum(std) / len(std) if isinstance(std, list) else std
-    return float(mean), float(std)  # type: ignore[arg-type]
+    config = read_json(path) if path.is_file() else {}
+
+    def channels(value: object) -> tuple[float, ...]:
+        return tuple(float(v) for v in value) if isinstance(value, list) else (float(value),)  # type: ignore[arg-type]
+
+    return channels(config.get("image_mean", 0.5)), channels(config.get("image_std", 0.5))
 
 
 def load_emu3(directory: str | Path, device: torch.device, dtype: torch.dtype, image_size: int | None = None,
