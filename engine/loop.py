@@ -26,7 +26,7 @@ from .models.base import ImageTokenModel
 from .policies import AcceptancePolicy, ExactPolicy
 from .sampling import DistributionProcessor, make_generator, sample
 from .types import Conditioning, DraftBlock, GenerationResult, SamplingSettings, StepEvent, TokenKind, Verdict
-from .verify import tree_attention, tree_layout, verify_chain, verify_tree
+from .verify import tree_attention_rows, tree_tables, verify_chain, verify_tree
 
 Observer = Callable[[StepEvent], "bool | None"]
 """Called after every target forward; returning ``False`` stops the generation early."""
@@ -68,10 +68,10 @@ def _block_inputs(block: DraftBlock, pending: torch.Tensor, start: torch.Tensor,
         offsets = torch.arange(block.size + 1, device=pending.device)
         mask = None
     else:
-        _, depth = tree_layout(block.parents)
-        offsets = torch.tensor([0] + depth, device=pending.device)
-        mask = tree_attention(block.parents).to(pending.device)
-    positions = (start[:, None] + offsets[None, :]).clamp(max=last)
+        _, depth = tree_tables(block.parents)
+        offsets = torch.cat([torch.zeros(depth.shape[0], 1, dtype=torch.long), depth], 1).to(pending.device)
+        mask = tree_attention_rows(block.parents).to(pending.device)
+    positions = (start[:, None] + offsets).clamp(max=last)
     return inputs, positions, mask, positions[:, 1:]
 
 

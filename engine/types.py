@@ -91,16 +91,25 @@ class Conditioning:
 class DraftBlock:
     """Tokens a draft source proposes for one target forward.
 
-    ``parents[i]`` is the index of node ``i``'s parent inside the block, or -1 when its parent is
-    the last committed token; a chain is ``[-1, 0, 1, ...]``. The same tree shape is used for
-    every row of the batch. ``q[b, i]`` is the full processed distribution that ``tokens[b, i]``
-    was drawn from; point-mass drafts (random or spatial initialisation) store a one-hot row, and
-    the uniform convention stores ``1/V`` everywhere, so one acceptance rule covers all of them.
+    ``parents[b, i]`` is the index of node ``i``'s parent inside row ``b``'s block, or -1 when its
+    parent is the last committed token; a chain is ``[-1, 0, 1, ...]`` in every row. Rows may hold
+    different trees of the same size (a dynamic tree grows where each image's drafter is
+    confident); a list of ints is accepted as one shape for every row. Parents always precede
+    their children. ``q[b, i]`` is the full processed distribution that ``tokens[b, i]`` was
+    drawn from; point-mass drafts (random or spatial initialisation, a dynamic tree's top-k
+    picks) store a one-hot row, and the uniform convention stores ``1/V`` everywhere, so one
+    acceptance rule covers all of them.
     """
 
     tokens: torch.Tensor  # [B, n] long
     q: torch.Tensor  # [B, n, V] float32
-    parents: list[int]
+    parents: torch.Tensor  # [B, n] long on the host (a list[int] is expanded to every row)
+
+    def __post_init__(self) -> None:
+        batch, n = self.tokens.shape
+        if not isinstance(self.parents, torch.Tensor):
+            self.parents = torch.tensor(list(self.parents), dtype=torch.long).reshape(1, n)
+        self.parents = self.parents.to("cpu", torch.long).expand(batch, n)
 
     @property
     def size(self) -> int:
@@ -108,19 +117,19 @@ class DraftBlock:
 
     @property
     def is_chain(self) -> bool:
-        return all(p == i - 1 for i, p in enumerate(self.parents))
+        return bool((self.parents == torch.arange(-1, self.size - 1)[None, :]).all())
 
     @staticmethod
     def empty(batch: int, vocab: int, device: torch.device) -> "DraftBlock":
         return DraftBlock(
             tokens=torch.zeros(batch, 0, dtype=torch.long, device=device),
             q=torch.zeros(batch, 0, vocab, dtype=torch.float32, device=device),
-            parents=[],
+            parents=torch.zeros(batch, 0, dtype=torch.long),
         )
 
     def truncated(self, n: int) -> "DraftBlock":
         """The first ``n`` nodes (valid for chains, and for trees stored in parent-first order)."""
-        return DraftBlock(self.tokens[:, :n], self.q[:, :n], self.parents[:n])
+        return DraftBlock(self.tokens[:, :n], self.q[:, :n], self.parents[:, :n])
 
 
 @dataclass

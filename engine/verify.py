@@ -63,36 +63,51 @@ def verify_chain(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, p
     return Verdict(accepted, path, sample(next_dist, generator), next_dist, _next_kind(limit, rejected), diagnostics)
 
 
-def tree_layout(parents: list[int]) -> tuple[torch.Tensor, list[int]]:
-    """Children table ``[n + 1, K]`` (row 0: children of the root, row i + 1: children of node i,
-    padded with -1) and the depth (1-based) of every node. Parents must precede children."""
-    n = len(parents)
-    children: list[list[int]] = [[] for _ in range(n + 1)]
-    depth: list[int] = []
-    for i, parent in enumerate(parents):
-        if not -1 <= parent < i:
-            raise ValueError(f"tree node {i} has parent {parent}; parents must come first")
-        children[parent + 1].append(i)
-        depth.append(1 if parent < 0 else depth[parent] + 1)
-    width = max((len(c) for c in children), default=0)
-    table = torch.full((n + 1, max(width, 1)), -1, dtype=torch.long)
-    for row, kids in enumerate(children):
-        table[row, : len(kids)] = torch.tensor(kids, dtype=torch.long)
+def tree_tables(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row children tables ``[B, n + 1, K]`` (row 0: children of the root, row i + 1: children
+    of node i, in block order, padded with -1) and node depths ``[B, n]`` (1-based) for
+    ``parents [B, n]``. Parents must precede children."""
+    B, n = parents.shape
+    node = torch.arange(n)
+    if bool(((parents < -1) | (parents >= node[None, :])).any()):
+        bad = int(((parents < -1) | (parents >= node[None, :])).nonzero()[0, 1])
+        raise ValueError(f"tree node {bad} has parent {parents[:, bad].tolist()}; parents must come first")
+    depth = torch.zeros(B, n, dtype=torch.long)
+    for i in range(n):
+        parent = parents[:, i]
+        depth[:, i] = torch.where(parent < 0, 1, depth.gather(1, parent.clamp(min=0)[:, None])[:, 0] + 1)
+    same_parent = (parents[:, :, None] == parents[:, None, :]) & (node[None, None, :] < node[None, :, None])
+    rank = same_parent.sum(-1)  # [B, n]: how many earlier siblings each node has
+    width = int(rank.max()) + 1 if n else 1
+    table = torch.full((B, n + 1, width), -1, dtype=torch.long)
+    rows = torch.arange(B)[:, None].expand(B, n)
+    table[rows, parents + 1, rank] = node[None, :].expand(B, n)
     return table, depth
 
 
-def tree_attention(parents: list[int]) -> torch.Tensor:
-    """Mask ``[n + 1, n + 1]`` over ``[pending token, nodes...]``: each attends to its ancestors
+def tree_attention_rows(parents: torch.Tensor) -> torch.Tensor:
+    """Masks ``[B, n + 1, n + 1]`` over ``[pending token, nodes...]``: each attends to its ancestors
     and itself (the pending token is every node's ancestor)."""
-    n = len(parents)
-    mask = torch.zeros(n + 1, n + 1, dtype=torch.bool)
-    mask[:, 0] = True
-    for i, parent in enumerate(parents):
-        row = i + 1
-        mask[row, row] = True
-        if parent >= 0:
-            mask[row] |= mask[parent + 1]
+    B, n = parents.shape
+    mask = torch.zeros(B, n + 1, n + 1, dtype=torch.bool)
+    mask[:, :, 0] = True
+    mask[:, 0] = torch.eye(n + 1, dtype=torch.bool)[0]
+    for i in range(n):
+        inherited = mask.gather(1, (parents[:, i] + 1).clamp(min=0).view(B, 1, 1).expand(B, 1, n + 1))[:, 0]
+        mask[:, i + 1] = torch.where((parents[:, i] >= 0)[:, None], inherited, mask[:, 0])
+        mask[:, i + 1, i + 1] = True
     return mask
+
+
+def tree_layout(parents: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """:func:`tree_tables` for one tree given as a list: children table ``[n + 1, K]`` and depths."""
+    table, depth = tree_tables(torch.tensor(parents, dtype=torch.long).reshape(1, -1))
+    return table[0], depth[0].tolist()
+
+
+def tree_attention(parents: list[int]) -> torch.Tensor:
+    """:func:`tree_attention_rows` for one tree given as a list: ``[n + 1, n + 1]``."""
+    return tree_attention_rows(torch.tensor(parents, dtype=torch.long).reshape(1, -1))[0]
 
 
 def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, positions: torch.Tensor,
@@ -105,10 +120,11 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
     """
     B, n = block.tokens.shape
     dev, V = p.device, p.shape[-1]
-    table, depth = tree_layout(block.parents)
+    table, depth = tree_tables(block.parents)
     table = table.to(dev)
-    max_depth = max(depth, default=0)
+    max_depth = int(depth.max()) if n else 0
     limit = limit.clamp(max=max_depth)
+    rows = torch.arange(B, device=dev)
     cur = torch.full((B,), -1, dtype=torch.long, device=dev)
     dist = p[:, 0].clone()
     accepted = torch.zeros(B, dtype=torch.long, device=dev)
@@ -116,7 +132,7 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
     rejected = torch.zeros(B, dtype=torch.bool, device=dev)
     path = torch.full((B, max_depth), -1, dtype=torch.long, device=dev)
     for level in range(max_depth):
-        kids = table[cur + 1]  # [B, K]
+        kids = table[rows, cur + 1]  # [B, K]
         moved = torch.zeros(B, dtype=torch.bool, device=dev)
         tried = torch.zeros(B, V, dtype=torch.bool, device=dev)
         open_rows = alive & (accepted < limit)

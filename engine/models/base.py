@@ -85,8 +85,8 @@ class ImageTokenModel(ABC):
                 tree_mask: torch.Tensor | None = None) -> ModelOutput:
         """Append ``tokens [B, k]`` at ``positions [B, k]`` to the cache and return their outputs.
 
-        ``tree_mask [k, k]`` (bool) says which new tokens each new token may attend to
-        (ancestors and itself); ``None`` is causal.
+        ``tree_mask`` (bool, ``[k, k]`` for every image or ``[B, k, k]`` per image) says which new
+        tokens each new token may attend to (ancestors and itself); ``None`` is causal.
         """
 
     @abstractmethod

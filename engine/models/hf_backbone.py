@@ -13,6 +13,8 @@ rows, how codes and text ids become input embeddings, and how hidden states beco
 
 from __future__ import annotations
 
+import inspect
+
 from abc import abstractmethod
 
 import torch
@@ -32,8 +34,15 @@ class _CacheBridge:
         self.cache = cache
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
-               cache_kwargs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+               *_: object, **__: object) -> tuple[torch.Tensor, torch.Tensor]:
+        # transformers passes extra cache arguments whose name changes between releases
+        # (cache_kwargs before 5.24, kwargs since); a ragged cache needs none of them.
         return self.cache.update(layer_idx, key_states, value_states)
+
+
+def cache_argument(decoder: torch.nn.Module) -> str:
+    """The keyword a transformers decoder takes its cache by: ``cache`` since 5.24, ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
 
 
 def attention_shape(config: object) -> tuple[int, int, int]:
@@ -166,8 +175,9 @@ class TransformersImageModel(ImageTokenModel):
         plan = self.cache.plan(embeds.shape[1], allowed=allowed, key_valid_new=valid)
         additive = torch.zeros(plan.mask.shape, dtype=embeds.dtype, device=self.device)
         additive.masked_fill_(~plan.mask, torch.finfo(embeds.dtype).min)
+        cache = {cache_argument(self.decoder): _CacheBridge(self.cache)}
         out = self.decoder(inputs_embeds=embeds, attention_mask=additive, position_ids=positions,
-                           past_key_values=_CacheBridge(self.cache), use_cache=True)
+                           use_cache=True, **cache)
         return out.last_hidden_state
 
     @torch.inference_mode()
@@ -208,6 +218,8 @@ class TransformersImageModel(ImageTokenModel):
         self._drop_row_end_padding()
         self._block_start = self.cache.lengths.clone()
         codes, image_positions = self._rows(tokens.to(self.device)), self._rows(positions.to(self.device))
+        if tree_mask is not None and tree_mask.dim() == 3:
+            tree_mask = self._rows(tree_mask.to(self.device))
         if self.layout is None:
             embeds = self.embed_codes(codes)
             hidden = self._run(embeds, self.image_start[:, None] + image_positions, tree_mask, None)

@@ -56,8 +56,8 @@ class RowLayout:
                ancestors: torch.Tensor | None) -> ExpandedBlock:
         """Insert row-end slots after the nodes that end a row.
 
-        ``codes``/``positions`` are ``[R, k]``; ``ancestors [k, k]`` says which nodes each node
-        may attend to (``None``: a causal chain).
+        ``codes``/``positions`` are ``[R, k]``; ``ancestors`` (``[k, k]``, or ``[R, k, k]`` per row)
+        says which nodes each node may attend to (``None``: a causal chain).
         """
         R, k = codes.shape
         dev = codes.device
@@ -69,6 +69,8 @@ class RowLayout:
         else:
             m = k + int(ends_row.sum(1).max()) if k else 0
         ancestors = ancestors.to(dev)
+        if ancestors.dim() == 2:
+            ancestors = ancestors.expand(R, k, k)
         node_ids = torch.arange(k, device=dev).expand(R, -1)
         # column m collects the writes of nodes that have no row-end slot
         origin = torch.full((R, m + 1), -1, dtype=torch.long, device=dev)
@@ -82,7 +84,8 @@ class RowLayout:
         node_codes = codes.gather(1, src)
         node_offsets = self.sequence_offset(positions.gather(1, src)) + is_row_end.long()
         same_node = src[:, :, None] == src[:, None, :]
-        allowed = ancestors[src[:, :, None], src[:, None, :]]
+        rows = torch.arange(R, device=dev)[:, None, None]
+        allowed = ancestors[rows, src[:, :, None], src[:, None, :]]
         # a node must not see its own row end; a row end sees its node and itself
         allowed &= ~is_row_end[:, None, :] | ~same_node | is_row_end[:, :, None]
         allowed &= valid[:, :, None] & valid[:, None, :]

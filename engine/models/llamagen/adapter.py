@@ -127,6 +127,8 @@ class LlamaGenModel(ImageTokenModel):
         self._block_start = self.cache.lengths.clone()
         tokens = self._rows(tokens.to(self.device))
         slots = self._rows(positions.to(self.device)) + self.cfg.cls_token_num
+        if tree_mask is not None and tree_mask.dim() == 3:
+            tree_mask = self._rows(tree_mask)
         self.cache.plan(tokens.shape[1], allowed=tree_mask)
         hidden = self.gpt.run_layers(self.gpt.tok_embeddings(tokens), slots, self.cache)
         return ModelOutput(self.gpt.logits(hidden), hidden)
