@@ -107,6 +107,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
     kinds[:, 0] = int(TokenKind.PLAIN)
     forward_index[:, 0] = 0
     committed = torch.ones(B, dtype=torch.long)
+    context_hidden = out.hidden  # type: ignore[attr-defined]
     target_forwards, drafted, accepted_total, finished = 1, 0, 0, True
     if prefix is not None and prefix.shape[1] > 0:
         P = _check_prefix(prefix, B, N, model.vocab_size)
@@ -116,9 +117,10 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
         committed.fill_(P)
         if P > 1:
             positions = torch.arange(P - 1, device=dev).expand(B, -1)
-            clock.run(lambda: model.forward(tokens[:, : P - 1], positions))
+            read = clock.run(lambda: model.forward(tokens[:, : P - 1], positions))
+            context_hidden = torch.cat([context_hidden, read.hidden], 1)  # type: ignore[attr-defined]
             target_forwards += 1
-    state = DecodeState(model, cond, settings.uses_cfg, processor, generator, tokens, committed, N - 2)
+    state = DecodeState(model, cond, settings.uses_cfg, processor, generator, tokens, committed, N - 2, context_hidden)
 
     def notify() -> bool:
         if observer is None:
@@ -142,8 +144,10 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
             out = clock.run(lambda: model.forward(inputs, positions, mask))
             p = processor(out.logits, (positions + 1).clamp(max=N - 1))  # type: ignore[attr-defined]
             limit = (remaining - 1).clamp(min=0).to(dev)
-            verify = verify_chain if block.is_chain else verify_tree
-            verdict = verify(policy, p, block, node_positions, limit, generator)
+            if block.is_chain:
+                verdict = verify_chain(policy, p, block, node_positions, limit, generator)
+            else:
+                verdict = verify_tree(policy, p, block, node_positions, limit, generator, out.hidden[:B])  # type: ignore[attr-defined]
 
             accepted, next_kind = torch.stack([verdict.accepted, verdict.next_kind]).cpu()  # the step's one host sync
             accepted = torch.where(done, 0, accepted)

@@ -111,8 +111,11 @@ def tree_attention(parents: list[int]) -> torch.Tensor:
 
 
 def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, positions: torch.Tensor,
-                limit: torch.Tensor, generator: torch.Generator) -> Verdict:
+                limit: torch.Tensor, generator: torch.Generator, hidden: torch.Tensor | None = None) -> Verdict:
     """Recursive rejection sampling over a draft tree; ``p [B, n + 1, V]`` as described above.
+
+    ``hidden [B, n + 1, D]`` (target states after the pending token and after every node) is
+    handed to policies that judge nodes by them (``needs_tree_states``).
 
     Siblings are tried in block order. Each is tested against the current (residualised) target
     with its draft distribution renormalised without the siblings already tried, which keeps the
@@ -144,6 +147,8 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
             q = _row(block.q, node).masked_fill(tried, 0.0)
             q = q / q.sum(-1, keepdim=True).clamp_min(1e-30)
             ctx = PolicyContext(positions.gather(1, node[:, None]))
+            if hidden is not None and policy.needs_tree_states:
+                ctx = _tree_context(ctx, hidden, block.tokens, kids, node, cur)
             alpha, _ = policy.acceptance(dist[:, None], q[:, None], x, ctx)
             take = live & (torch.rand(B, generator=generator, device=dev) < alpha[:, 0])
             drop = live & ~take
@@ -159,3 +164,17 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
         alive &= moved
     next_kind = _next_kind(limit, rejected)
     return Verdict(accepted, path, sample(dist, generator), dist, next_kind, {})
+
+
+def _tree_context(ctx: PolicyContext, hidden: torch.Tensor, tokens: torch.Tensor, kids: torch.Tensor,
+                  node: torch.Tensor, parent: torch.Tensor) -> PolicyContext:
+    """Add the tested node's state, its parent's and its siblings' (tokens and states) to ``ctx``."""
+    def states(index: torch.Tensor) -> torch.Tensor:  # block index (-1: pending token) -> [B, ..., D]
+        flat = (index + 1).reshape(index.shape[0], -1)
+        picked = hidden.gather(1, flat[..., None].expand(-1, -1, hidden.shape[-1]))
+        return picked.view(*index.shape, hidden.shape[-1])
+
+    others = (kids >= 0) & (kids != node[:, None])
+    siblings = torch.where(others, tokens.gather(1, kids.clamp(min=0)), -1)
+    return PolicyContext(ctx.positions, hidden=states(node[:, None]), parent_hidden=states(parent[:, None]),
+                         siblings=siblings[:, None], sibling_hidden=states(kids.clamp(min=0))[:, None])

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_drafter, tiny_model
+from tiny import tiny_drafter, tiny_model, tiny_tree_head
 from stats import ks_uniform, noise_floor, randomized_pit, total_variation
 
 from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
+from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape
 from engine.models.llamagen.adapter import LlamaGenModel
 from engine.policies.base import AcceptancePolicy, PolicyContext
 from engine.policies.exact import ExactPolicy, token_probs
@@ -24,6 +25,8 @@ SOURCES = {
     "mc-sjd": lambda: JacobiDrafts(window=6, coupling=True),
     "drafter": lambda: DrafterModelDrafts(tiny_drafter(), gamma=4),
     "drafter-self": lambda: DrafterModelDrafts(tiny_model(0, "self"), gamma=5),
+    "tree-dynamic": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(top_k=4, depth=4, nodes=12)),
+    "tree-static": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(kind="static", branching=(3, 2, 1))),
 }
 
 COND = Conditioning.classes([1, 4, 7])
@@ -108,7 +111,7 @@ def _pit_pvalue(target: LlamaGenModel, source: str, policy: AcceptancePolicy | N
     return ks_uniform(randomized_pit(p, result.tokens))[1]
 
 
-@pytest.mark.parametrize("source", ["jacobi-random", "jacobi-row-above", "mc-sjd", "drafter"])
+@pytest.mark.parametrize("source", ["jacobi-random", "jacobi-row-above", "mc-sjd", "drafter", "tree-dynamic", "tree-static"])
 def test_whole_images_follow_the_target_distribution(target: LlamaGenModel, source: str) -> None:
     """Every token of every image, refined Jacobi drafts included, is distributed as the target's p."""
     assert _pit_pvalue(target, source) > 0.001
@@ -141,7 +144,8 @@ def high_entropy_prefix(target: LlamaGenModel) -> tuple[torch.Tensor, torch.Tens
     return tokens[:, :position], p[position]
 
 
-@pytest.mark.parametrize("source", ["jacobi-random", "jacobi-uniform-q", "jacobi-row-above", "drafter"])
+@pytest.mark.parametrize("source", ["jacobi-random", "jacobi-uniform-q", "jacobi-row-above", "drafter",
+                                    "tree-dynamic", "tree-static"])
 def test_token_at_a_fixed_prefix_follows_p(target: LlamaGenModel, high_entropy_prefix, source: str) -> None:
     prefix, p = high_entropy_prefix
     draws = 3000

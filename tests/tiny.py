@@ -46,3 +46,18 @@ def save_official_pt(gpt: GPT, path: Path, wrapper: str | None = "model", stale_
 def save_own_safetensors(gpt: GPT, path: Path) -> Path:
     save_safetensors(gpt.state_dict(), path, config={"family": "llamagen", **gpt.cfg.to_dict()})
     return path
+
+
+def tiny_tree_head(target: LlamaGenModel, seed: int = 2, std: float = 0.2) -> "TreeHead":
+    """A random EAGLE-style head for ``target`` (one layer, the target's width)."""
+    from engine.drafts.tree_head import TreeHead, TreeHeadConfig
+
+    cfg = TreeHeadConfig(dim=target.hidden_size, n_head=4, ffn_hidden=96, vocab_size=target.vocab_size,
+                         grid_size=target.grid[0])
+    head = TreeHead(cfg)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in head.named_parameters():
+            if not name.endswith("norm.weight"):
+                param.normal_(0.0, std, generator=gen)
+    return head.eval()

@@ -24,6 +24,7 @@ class DecodeState:
     tokens: torch.Tensor  # [B, N + 1] committed tokens (column N is scratch), on the model's device
     committed: torch.Tensor  # [B] long on the host: tokens committed per row
     max_drafts: int  # the most drafts any unfinished row can still use this step
+    context_hidden: torch.Tensor  # [R, P, D] target states after the condition and the first P - 1 tokens
 
     @property
     def batch(self) -> int:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import torch
 
+from ..errors import SettingsError
 from ..types import Conditioning, SamplingSettings
 
 
@@ -113,6 +114,14 @@ class ImageTokenModel(ABC):
     @abstractmethod
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Codes ``[B, N]`` -> ``uint8`` images ``[B, H, W, 3]`` on the CPU."""
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Input embeddings of image codes ``[R, n]`` (what a tree head reads besides hidden states)."""
+        raise SettingsError(f"{self.name} does not expose its code embeddings, so a tree head cannot draft for it")
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Float32 logits over image codes from last-layer hidden states (a tree head's read-out)."""
+        raise SettingsError(f"{self.name} does not expose its output head, so a tree head cannot draft for it")
 
     def check_conditioning(self, cond: Conditioning) -> None:
         """Raise :class:`~engine.errors.SettingsError` if ``cond`` cannot drive this model."""

@@ -156,6 +156,9 @@ class TransformersImageModel(ImageTokenModel):
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits over image codes ``[..., vocab_size]`` from last-layer hidden states."""
 
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.head(hidden).float()
+
     @property
     def conditioning_kind(self) -> str:
         return "prompt"

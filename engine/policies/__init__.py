@@ -9,6 +9,7 @@ import torch
 from ..errors import SettingsError
 from ..models.base import ImageTokenModel
 from .base import AcceptancePolicy, PolicyContext
+from .cascade import CascadePolicy
 from .csd import CSDPolicy
 from .exact import ExactPolicy
 from .gsd import GSDPolicy
@@ -19,6 +20,7 @@ POLICIES: dict[str, Callable[..., AcceptancePolicy]] = {
     "lantern": LanternPolicy,
     "gsd": GSDPolicy,
     "csd": CSDPolicy,
+    "cascade": CascadePolicy,
 }
 
 
@@ -64,6 +66,6 @@ def recommended_relaxation(name: str) -> float:
     return float(getattr(POLICIES[name], "recommended_relaxation", 0.0))
 
 
-__all__ = ["AcceptancePolicy", "PolicyContext", "ExactPolicy", "LanternPolicy", "GSDPolicy", "CSDPolicy",
+__all__ = ["AcceptancePolicy", "PolicyContext", "ExactPolicy", "LanternPolicy", "GSDPolicy", "CSDPolicy", "CascadePolicy",
            "POLICIES", "make_policy", "parse_policy_options",
            "recommended_relaxation"]

@@ -30,7 +30,11 @@ class PolicyContext:
     """Per-node facts a policy may use besides the two distributions."""
 
     positions: torch.Tensor  # [B, m] image-token index of each tested token
-    hidden: torch.Tensor | None = None  # [B, m, D] target hidden states where a policy needs them
+    # Tree verification fills these for policies with ``needs_tree_states`` (CASCADE):
+    hidden: torch.Tensor | None = None  # [B, m, D] target state after each tested token
+    parent_hidden: torch.Tensor | None = None  # [B, m, D] target state after its parent (the pending token for roots)
+    siblings: torch.Tensor | None = None  # [B, m, K] tokens of its siblings, -1 where none (itself excluded)
+    sibling_hidden: torch.Tensor | None = None  # [B, m, K, D] target states after those siblings
 
 
 class AcceptancePolicy(ABC):
@@ -39,6 +43,7 @@ class AcceptancePolicy(ABC):
     name: str = "policy"
     lossless: bool = False
     needs_model: bool = False  # make_policy passes the target model (code vectors) to the constructor
+    needs_tree_states: bool = False  # tree verification passes node, parent and sibling states (PolicyContext)
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None) -> None:
         if not 0.0 <= relaxation <= 1.0:

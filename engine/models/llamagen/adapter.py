@@ -133,6 +133,12 @@ class LlamaGenModel(ImageTokenModel):
         hidden = self.gpt.run_layers(self.gpt.tok_embeddings(tokens), slots, self.cache)
         return ModelOutput(self.gpt.logits(hidden), hidden)
 
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        return self.gpt.tok_embeddings(codes)
+
+    def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.gpt.logits(hidden)
+
     def cached_lengths(self) -> torch.Tensor:
         assert self.cache is not None
         return self.cache.lengths[: self.batch] - self.cfg.cls_token_num

@@ -154,7 +154,8 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: RaggedKVCache | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: RaggedKVCache | None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
         R, k, _ = x.shape
         kv = self.n_kv_head * self.head_dim
         q, key, val = self.wqkv(x).split([self.n_head * self.head_dim, kv, kv], dim=-1)
@@ -162,7 +163,7 @@ class Attention(nn.Module):
         key = apply_rope(key.view(R, k, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
         val = val.view(R, k, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache is None:
-            mask, causal = None, True
+            causal = mask is None
         else:
             key, val = cache.update(self.layer, key, val)
             assert cache._plan is not None
@@ -182,8 +183,9 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: RaggedKVCache | None) -> torch.Tensor:
-        h = x + self.attention(self.attention_norm(x), rope, cache)
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: RaggedKVCache | None,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        h = x + self.attention(self.attention_norm(x), rope, cache, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
 
@@ -261,11 +263,15 @@ class GPT(nn.Module):
         return RaggedKVCache(self.cfg.n_layer, rows, int(self.cfg.n_kv_head or self.cfg.n_head),
                              self.cfg.head_dim, p.dtype, p.device, capacity)
 
-    def run_layers(self, h: torch.Tensor, rope_rows: torch.Tensor, cache: RaggedKVCache | None) -> torch.Tensor:
-        """Blocks and final norm over embeddings ``h [R, k, dim]``; returns the last hidden states."""
+    def run_layers(self, h: torch.Tensor, rope_rows: torch.Tensor, cache: RaggedKVCache | None,
+                   mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Blocks and final norm over embeddings ``h [R, k, dim]``; returns the last hidden states.
+
+        Without a cache, ``mask [R, 1, k, k]`` (bool) replaces the causal mask (training-time
+        analyses that score alternative tokens beside a sequence)."""
         rope = self.rope[rope_rows.clamp(0, self.rope.shape[0] - 1)]
         for layer in self.layers:
-            h = layer(h, rope, cache)
+            h = layer(h, rope, cache, mask)
         return self.norm(h)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,220 @@
+"""Train the demo's EAGLE-style tree head on the demo target's own samples.
+
+    python -m engine.demo.tree_head_data --images 6400 --out out/tree-head-data
+    python -m engine.demo.train_tree_head --data out/tree-head-data --minutes 40 --out out/tree-head
+    python -m engine.demo.train_tree_head --data out/tree-head-data --minutes 40 --redundancy 0.9 \\
+        --out out/tree-head-redundancy
+
+Every batch runs the frozen target teacher-forced over the sampled images (both CFG halves: the
+class and the null class), which gives the features the head reads and the states and
+next-token distributions it must reproduce. The loss is EAGLE-1's: smooth-L1 on the predicted
+hidden state plus 0.1 x the cross-entropy of the read-out against the target's distribution,
+with uniform noise (width 0.2) on the input features so the head tolerates its own errors when
+it drafts deeper.
+
+``--redundancy TAU`` is CASCADE's drafter-training variant (our reconstruction, see
+engine/policies/cascade.py): for every position the target's top ``--alternatives`` tokens are
+fed beside the real one (each seeing the same prefix), and those whose target hidden state has
+cosine similarity >= TAU with the real token's are treated as interchangeable with it: their
+probability is moved onto the real token in the soft target (class half only). The head then
+learns the target's distribution up to tokens the target itself cannot tell apart.
+
+Checkpoints (head, AdamW moments, step) go to ``--out/tree-head-state.safetensors`` every few
+minutes; ``--resume`` continues. The result is ``--out/tree_head.safetensors`` (fp16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ..checkpoints import read_safetensors_metadata
+from ..drafts.tree_head import TreeHead, TreeHeadConfig, save_tree_head
+from .model import load_demo
+from .train import Schedule, load_state, log, save_state, stream_seed
+from .tree_head_data import read_chunks
+
+FEATURE_NOISE = 0.2  # EAGLE's uniform noise width on input features
+CLASS_LOSS_WEIGHT = 0.1  # EAGLE-1: v_loss + 0.1 * p_loss
+HEAD_HEADS, HEAD_FFN = 6, 512  # the demo target's head count and feed-forward width
+
+
+def target_states(target, class_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Teacher-forced target states ``[2B, N + 1, D]`` for the class rows then the null-class rows:
+    slot 0 is the state after the condition, slot t + 1 the state after image token t."""
+    gpt = target.gpt
+    ids = torch.cat([class_ids, torch.full_like(class_ids, gpt.cfg.num_classes)])
+    h = torch.cat([gpt.cls_embedding(ids)[:, : gpt.cfg.cls_token_num], gpt.tok_embeddings(tokens.repeat(2, 1))], 1)
+    slots = torch.arange(h.shape[1]).expand(h.shape[0], -1)
+    return gpt.run_layers(h, slots, None)[:, gpt.cfg.cls_token_num - 1:]
+
+
+def interchangeable_mass(target, class_ids: torch.Tensor, tokens: torch.Tensor, states: torch.Tensor,  # type: ignore[no-untyped-def]
+                         p: torch.Tensor, alternatives: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CASCADE soft targets for the class half: ``p [B, N, V]`` (slot t predicts image token t)
+    with the mass of tokens interchangeable with the real token moved onto it. Returns the new
+    targets and the share of alternatives found interchangeable."""
+    gpt = target.gpt
+    B, N = tokens.shape
+    m = alternatives
+    alt = p.masked_fill(F.one_hot(tokens, p.shape[-1]).bool(), -1.0).topk(m, dim=-1).indices  # [B, N, m]
+    cls_slots = gpt.cfg.cls_token_num
+    length = cls_slots + N - 1 + N * m
+    real = torch.cat([gpt.cls_embedding(class_ids)[:, :cls_slots], gpt.tok_embeddings(tokens[:, :-1])], 1)
+    h = torch.cat([real, gpt.tok_embeddings(alt.flatten(1))], 1)
+    slot_of_position = cls_slots + torch.arange(N)  # the slot image token t occupies in the real sequence
+    alt_position = torch.arange(N).repeat_interleave(m)
+    rope = torch.cat([torch.arange(cls_slots + N - 1), slot_of_position[alt_position]])
+    mask = torch.zeros(length, length, dtype=torch.bool)
+    mask[: cls_slots + N - 1, : cls_slots + N - 1] = torch.ones(cls_slots + N - 1, cls_slots + N - 1).tril().bool()
+    alt_rows = cls_slots + N - 1 + torch.arange(N * m)
+    mask[alt_rows[:, None], torch.arange(cls_slots + N - 1)[None, :]] = \
+        torch.arange(cls_slots + N - 1)[None, :] < slot_of_position[alt_position][:, None]
+    mask[alt_rows, alt_rows] = True
+    hidden = gpt.run_layers(h, rope.expand(B, -1), None, mask.expand(B, 1, -1, -1))
+    alt_states = hidden[:, cls_slots + N - 1:].view(B, N, m, -1)
+    real_states = states[:B, 1:]  # [B, N, D] state after the real image token t
+    similar = F.cosine_similarity(alt_states, real_states[:, :, None], dim=-1) >= tau  # [B, N, m]
+    moved = (p.gather(-1, alt) * similar).sum(-1)  # [B, N]
+    soft = p.scatter(-1, alt, p.gather(-1, alt) * ~similar)
+    soft = soft.scatter_add(-1, tokens[..., None], moved[..., None])
+    return soft, similar.float().mean()
+
+
+class HeadTrainer:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.target = load_demo(device="cpu")
+        self.target.gpt.requires_grad_(False)
+        self.tokens, self.class_ids = read_chunks(Path(args.data))
+        cfg = self.target.cfg
+        self.cfg = TreeHeadConfig(dim=cfg.dim, n_head=HEAD_HEADS, ffn_hidden=HEAD_FFN, vocab_size=cfg.vocab_size,
+                                  grid_size=cfg.grid_size, norm_eps=cfg.norm_eps, rope_base=cfg.rope_base)
+        torch.manual_seed(args.seed)
+        self.head = TreeHead(self.cfg)
+        self.opt = torch.optim.AdamW(self.head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
+        self.out = Path(args.out)
+        self.state_path = self.out / "tree-head-state.safetensors"
+        self.step, self.total = 0, args.steps
+        n = self.tokens.shape[0]
+        self.val_index = torch.arange(n - args.val_images, n)
+        self.train_count = n - args.val_images
+
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(stream_seed(self.args.seed, 0, self.step))
+        index = torch.randint(0, self.train_count, (self.args.batch,), generator=gen)
+        return self.class_ids[index], self.tokens[index]
+
+    def loss(self, class_ids: torch.Tensor, tokens: torch.Tensor, noise: bool) -> tuple[torch.Tensor, dict[str, float]]:
+        target = self.target
+        with torch.no_grad():
+            states = target_states(target, class_ids, tokens)  # [2B, N + 1, D]
+            p = F.softmax(target.gpt.logits(states[:, 1:-1]), dim=-1)  # [2B, N - 1, V]: slot t predicts token t + 1
+            stats: dict[str, float] = {}
+            if self.args.redundancy is not None:
+                B = tokens.shape[0]
+                p_cls = F.softmax(target.gpt.logits(states[:B, :-1]), dim=-1)  # slot t predicts token t
+                soft, share = interchangeable_mass(target, class_ids, tokens, states, p_cls,
+                                                   self.args.alternatives, self.args.redundancy)
+                p = torch.cat([soft[:, 1:], p[B:]])
+                stats["interchangeable"] = float(share)
+        features = states[:, :-1]
+        if noise:
+            features = features + (torch.rand(features.shape, generator=None) - 0.5) * FEATURE_NOISE
+        embeds = target.gpt.tok_embeddings(tokens).repeat(2, 1, 1).detach()
+        predicted = self.head(embeds, features)  # [2B, N, D]: state after token t
+        regression = F.smooth_l1_loss(predicted, states[:, 1:])
+        log_q = F.log_softmax(target.gpt.logits(predicted[:, :-1]), dim=-1)
+        classification = -(p * log_q).sum(-1).mean()
+        accuracy = (log_q.argmax(-1) == p.argmax(-1)).float().mean()
+        stats.update(regression=float(regression), classification=float(classification), top1=float(accuracy))
+        return regression + CLASS_LOSS_WEIGHT * classification, stats
+
+    def train_step(self) -> dict[str, float]:
+        schedule = Schedule(self.args.lr, self.args.warmup, self.total)
+        for group in self.opt.param_groups:
+            group["lr"] = schedule.lr(self.step)
+        loss, stats = self.loss(*self.batch(), noise=True)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.head.parameters(), 0.5)
+        self.opt.step()
+        self.step += 1
+        return stats
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        self.head.eval()
+        stats = [self.loss(self.class_ids[i], self.tokens[i], noise=False)[1] for i in self.val_index.split(32)]
+        self.head.train()
+        return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
+
+    def meta(self) -> dict[str, object]:
+        return {"step": self.step, "total_steps": self.total, "seed": self.args.seed, "batch": self.args.batch,
+                "redundancy": self.args.redundancy, "head": self.cfg.to_dict()}
+
+    def run(self) -> None:
+        args = self.args
+        self.out.mkdir(parents=True, exist_ok=True)
+        if args.resume and self.state_path.is_file():
+            meta = load_state(self.state_path, self.head, self.opt)  # type: ignore[arg-type]
+            self.step = int(meta["step"])  # type: ignore[arg-type]
+            log(f"resumed at step {self.step}")
+        log(f"tree head {sum(p.numel() for p in self.head.parameters()) / 1e6:.2f}M params, {self.train_count} "
+            f"training images, batch {args.batch}, {self.total} steps, redundancy {args.redundancy}")
+        started = last_log = last_save = time.time()
+        window: list[dict[str, float]] = []
+        while self.step < self.total:
+            window.append(self.train_step())
+            now = time.time()
+            if now - last_log >= args.log_seconds or self.step == self.total:
+                mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
+                log(f"step {self.step}/{self.total} " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
+                    + f" {(now - started) / 60:.1f} min")
+                window, last_log = [], now
+            if now - last_save >= args.save_minutes * 60:
+                save_state(self.state_path, self.head, self.opt, self.meta())  # type: ignore[arg-type]
+                last_save = time.time()
+        val = self.validate()
+        save_state(self.state_path, self.head, self.opt, self.meta())  # type: ignore[arg-type]
+        final = self.out / "tree_head.safetensors"
+        save_tree_head(self.head, final, {"train_steps": self.step, "seed": args.seed, "batch": args.batch,
+                                          "redundancy": args.redundancy,
+                                          "validation": {k: round(v, 4) for k, v in val.items()}})
+        log(f"done: {self.step} steps, validation {json.dumps(val)} -> {final}")
+
+
+def describe(path: Path) -> dict[str, object]:
+    """The training notes stored in a head file's header."""
+    return json.loads(read_safetensors_metadata(path).get("config", "{}"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m engine.demo.train_tree_head", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, default=Path("out/tree-head-data"))
+    p.add_argument("--out", type=Path, default=Path("out/tree-head"))
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--redundancy", type=float, default=None, metavar="TAU",
+                   help="CASCADE variant: cosine threshold of interchangeable tokens (off by default)")
+    p.add_argument("--alternatives", type=int, default=4, help="alternative tokens scored per position (--redundancy)")
+    p.add_argument("--val-images", type=int, default=256)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--log-seconds", type=float, default=60.0)
+    p.add_argument("--save-minutes", type=float, default=5.0)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    HeadTrainer(args).run()
+
+
+if __name__ == "__main__":
+    main()

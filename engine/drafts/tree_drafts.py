@@ -1,0 +1,287 @@
+"""Draft trees from an EAGLE-style head: dynamic (EAGLE-2, LANTERN) and static (EAGLE-1, LANTERN++).
+
+Each step the head first catches up on what the target committed (one entry per new token,
+with the target's true hidden states), then grows a tree from its prediction after the last
+committed token:
+
+* ``dynamic`` (EAGLE-2, arXiv 2406.16858): take the head's ``top_k`` tokens; at every further
+  depth score each child as parent score + log q(child), expand the ``top_k`` best of the
+  ``top_k x top_k`` children, and finally keep the ``nodes`` best-scoring nodes of all depths.
+  Nodes are deterministic picks, so each carries a point-mass q (the verifier then tests p(x)
+  and zeroes rejected siblings, exactly LANTERN's dynamic-tree verification). Trees differ per
+  image: each grows where its own drafts are confident.
+* ``static`` (EAGLE-1 templates; LANTERN++, arXiv 2502.06352): every node at depth d gets
+  ``branching[d]`` children sampled without replacement from the head's q, which they keep, so
+  verification is recursive rejection with the true q. The tree keeps drafting deep even where
+  the head is unsure, which is what LANTERN++ pairs with latent relaxation.
+
+Both halves of a CFG pair feed the same tree tokens, each with its own features; q is the
+guided, processed head distribution (the target's sampling settings). Under greedy settings
+the processed q is a point mass, which cannot branch; trees are then drawn from the softmax of
+the guided logits (any q keeps verification lossless).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import SettingsError
+from ..sampling import DistributionProcessor, point_mass
+from ..types import DraftBlock
+from .base import DecodeState, DraftSource, StepOutcome
+from .tree_head import HeadCache, TreeHead, check_head_fits
+
+TREE_KINDS = ("dynamic", "static")
+SCORE_FLOOR = -1e4  # log q of tokens q never draws (keeps scores finite)
+DEPTH_PENALTY = 1e-3  # per level: a child always scores below its parent, so the kept tree is closed
+
+
+@dataclass(frozen=True)
+class TreeShape:
+    """How a tree grows. Dynamic: ``top_k``, ``depth``, ``nodes``; static: ``branching`` per depth."""
+
+    kind: str = "dynamic"
+    top_k: int = 8
+    depth: int = 6
+    nodes: int = 48
+    branching: tuple[int, ...] = (4, 2, 2, 1, 1, 1)
+
+    def __post_init__(self) -> None:
+        if self.kind not in TREE_KINDS:
+            raise SettingsError(f"tree kind must be one of {TREE_KINDS}, got {self.kind!r}")
+        if self.kind == "dynamic":
+            for name, value, low in (("top_k", self.top_k, 1), ("depth", self.depth, 1), ("nodes", self.nodes, 1)):
+                if not isinstance(value, int) or value < low:
+                    raise SettingsError(f"dynamic tree {name} must be an integer >= {low}, got {value!r}")
+            if self.nodes > self.top_k + (self.depth - 1) * self.top_k ** 2:
+                raise SettingsError(f"a dynamic tree with top_k {self.top_k} and depth {self.depth} has at most "
+                                    f"{self.top_k + (self.depth - 1) * self.top_k ** 2} candidate nodes; "
+                                    f"{self.nodes} were asked for")
+        elif not self.branching or any(not isinstance(b, int) or b < 1 for b in self.branching):
+            raise SettingsError(f"static tree branching must be integers >= 1 per depth, e.g. 4,2,2,1; got {self.branching!r}")
+
+    @property
+    def size(self) -> int:
+        """Nodes per tree (the most a target forward verifies, besides the pending token)."""
+        if self.kind == "dynamic":
+            return self.nodes
+        return sum(math.prod(self.branching[: d + 1]) for d in range(len(self.branching)))
+
+    @staticmethod
+    def parse_branching(text: str) -> tuple[int, ...]:
+        """``"4,2,2,1"`` -> ``(4, 2, 2, 1)``."""
+        try:
+            return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+        except ValueError:
+            raise SettingsError(f"static tree branching must be integers per depth, e.g. 4,2,2,1; got {text!r}") from None
+
+
+class TreeHeadDrafts(DraftSource):
+    name = "tree"
+
+    def __init__(self, head: TreeHead, shape: TreeShape | None = None) -> None:
+        super().__init__()
+        self.head, self.shape = head, shape or TreeShape()
+        self.processor: DistributionProcessor | None = None
+        self.cache: HeadCache | None = None
+
+    # -- bookkeeping between target forwards --------------------------------------------------------
+
+    def begin(self, state: DecodeState) -> None:
+        check_head_fits(self.head.cfg, state.model, "in use")
+        self.processor = DistributionProcessor(state.processor.settings, state.model.constrain)
+        self.pair = 2 if state.guided else 1
+        rows = self.pair * state.batch
+        self.cache = self.head.new_cache(rows, state.num_tokens + self.shape.size + 8)
+        self.known = torch.zeros(rows, dtype=torch.long)  # head entries with the target's true features
+        self.backlog = state.context_hidden  # [R, c, D]: features for entries 0..c-1
+        self.backlog_counts = state.committed.clone()
+
+    def observe(self, state: DecodeState, outcome: StepOutcome) -> None:
+        """Queue the target's states after the pending token and every accepted node: they are
+        the features of the entries for the tokens committed this step."""
+        path = outcome.verdict.path
+        index = torch.cat([torch.zeros_like(path[:, :1]), 1 + path.clamp(min=0)], 1)
+        index = self._rows(index)
+        self.backlog = outcome.hidden.gather(1, index[..., None].expand(-1, -1, outcome.hidden.shape[-1]))
+        self.backlog_counts = state.committed - outcome.committed_before
+
+    def end(self) -> None:
+        self.cache = None
+        self.backlog = None
+
+    def _rows(self, per_image: torch.Tensor) -> torch.Tensor:
+        return torch.cat([per_image] * self.pair) if self.pair > 1 else per_image
+
+    def _timed(self, call):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        out = call()
+        self.seconds += time.perf_counter() - start
+        self.forwards += 1
+        return out
+
+    # -- head forwards ----------------------------------------------------------------------------
+
+    def _catch_up(self, state: DecodeState) -> torch.Tensor:
+        """Feed the queued entries (a ragged count per image); returns the head's state after the
+        last committed token, ``[R, D]``, from which the tree grows."""
+        assert self.cache is not None and self.backlog is not None
+        dev = state.tokens.device
+        counts = self._rows(self.backlog_counts)
+        width = max(int(counts.max()), 1)
+        known = self.known.to(dev)
+        offsets = torch.arange(width, device=dev)
+        slots = known[:, None] + offsets[None, :]
+        read = int(self.known.max()) + width
+        keys = torch.arange(read, device=dev)[None, None, :]
+        new_key = (keys >= known[:, None, None]) & (keys < known[:, None, None] + counts.to(dev)[:, None, None])
+        mask = (keys < known[:, None, None]) | (new_key & (keys <= slots[:, :, None])) | (keys == slots[:, :, None])
+        positions = slots.clamp(max=state.num_tokens)
+        tokens = state.tokens.repeat(self.pair, 1).gather(1, positions)
+        features = self.backlog[:, -width:] if self.backlog.shape[1] >= width else \
+            torch.nn.functional.pad(self.backlog, (0, 0, 0, width - self.backlog.shape[1]))
+        out = self._timed(lambda: self.head.step(state.model.embed_codes(tokens), features.to(self.head.fc.weight.dtype),
+                                                 positions, self.cache, slots, mask))
+        self.known = self.known + counts.cpu()
+        self.backlog = None
+        last = (counts.to(dev) - 1).clamp(min=0)
+        return out.gather(1, last[:, None, None].expand(-1, 1, out.shape[-1]))[:, 0]
+
+    def _feed(self, state: DecodeState, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
+              ancestors: torch.Tensor, fed: int) -> torch.Tensor:
+        """Feed ``k`` tree nodes per image after the ``fed`` nodes already in the cache. ``ancestors
+        [B, k, fed]`` marks which fed nodes each new node descends from. Returns states ``[R, k, D]``."""
+        assert self.cache is not None
+        dev = tokens.device
+        B, k = tokens.shape
+        base = int(self.known.max())
+        slots = (base + fed + torch.arange(k, device=dev)).expand(self.pair * B, -1)
+        read = base + fed + k
+        keys = torch.arange(read, device=dev)
+        known = self.known.to(dev)[:, None, None]
+        prefix = keys[None, None, :] < known
+        tree = torch.zeros(self.pair * B, k, read, dtype=torch.bool, device=dev)
+        tree[:, :, base: base + fed] = self._rows(ancestors)
+        own = keys[None, None, :] == slots[:, :, None]
+        mask = prefix | tree | own
+        rows_positions = self._rows(positions.clamp(max=state.num_tokens - 1))
+        embeds = state.model.embed_codes(self._rows(tokens))
+        return self._timed(lambda: self.head.step(embeds, features, rows_positions, self.cache, slots, mask))
+
+    def _distribution(self, state: DecodeState, out: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
+        """The head's guided, processed distribution ``[B, k, V]`` for states ``out [R, k, D]``."""
+        assert self.processor is not None
+        logits = state.model.logits_from_hidden(out)
+        predicted = predicted.clamp(max=state.num_tokens - 1)
+        if not self.processor.settings.greedy:
+            return self.processor(logits, predicted)
+        guided = self.processor.guide(logits)
+        if self.processor.constrain is not None:
+            guided = self.processor.constrain(guided, predicted)
+        return torch.softmax(guided, dim=-1)
+
+    # -- trees ------------------------------------------------------------------------------------
+
+    def propose(self, state: DecodeState) -> DraftBlock:
+        B, V, dev = state.batch, state.model.vocab_size, state.tokens.device
+        depth = min(self.shape.depth if self.shape.kind == "dynamic" else len(self.shape.branching), state.max_drafts)
+        if depth <= 0:
+            return DraftBlock.empty(B, V, dev)
+        root = self._catch_up(state)
+        committed = state.committed.to(dev)
+        q_root = self._distribution(state, root[:, None], committed[:, None])[:, 0]
+        if self.shape.kind == "dynamic":
+            return self._dynamic(state, root, q_root, committed, depth)
+        return self._static(state, root, q_root, committed, depth)
+
+    def _dynamic(self, state: DecodeState, root: torch.Tensor, q_root: torch.Tensor, committed: torch.Tensor,
+                 depth: int) -> DraftBlock:
+        B, V = q_root.shape
+        k = min(self.shape.top_k, V)
+        dev = q_root.device
+        scores, tokens = q_root.log().clamp(min=SCORE_FLOOR).topk(k, dim=-1)
+        scores = scores - DEPTH_PENALTY
+        cand_tokens, cand_scores = [tokens], [scores]
+        cand_parents = [torch.full((B, k), -1, dtype=torch.long, device=dev)]
+        frontier = torch.arange(k, device=dev).expand(B, -1)  # candidate index of each frontier node
+        features = root[:, None].expand(-1, k, -1)
+        ancestors = torch.zeros(B, k, 0, dtype=torch.bool, device=dev)  # fed slots each frontier node descends from
+        fed = 0
+        for level in range(1, depth):
+            out = self._feed(state, tokens, features, committed[:, None] + level - 1, ancestors, fed)
+            q = self._distribution(state, out, (committed[:, None] + level).expand(-1, k))
+            child_scores, child_tokens = q.log().clamp(min=SCORE_FLOOR).topk(k, dim=-1)  # [B, k, k]
+            child_scores = (scores[..., None] + child_scores - DEPTH_PENALTY).flatten(1)
+            child_tokens = child_tokens.flatten(1)
+            cand_tokens.append(child_tokens)
+            cand_scores.append(child_scores)
+            cand_parents.append(frontier.repeat_interleave(k, dim=1))
+            scores, best = child_scores.topk(k, dim=-1)
+            parent = torch.div(best, k, rounding_mode="floor")  # frontier position of each new node's parent
+            frontier = sum(t.shape[1] for t in cand_tokens[:-1]) + best
+            tokens = child_tokens.gather(1, best)
+            inherited = ancestors.gather(1, parent[..., None].expand(-1, -1, fed))
+            ancestors = torch.cat([inherited, torch.nn.functional.one_hot(parent, k).bool()], 2)
+            features = out.gather(1, self._rows(parent)[..., None].expand(-1, -1, out.shape[-1]))
+            fed += k
+        all_tokens, all_scores = torch.cat(cand_tokens, 1), torch.cat(cand_scores, 1)
+        all_parents = torch.cat(cand_parents, 1)
+        keep = min(self.shape.nodes, all_tokens.shape[1])
+        chosen = all_scores.topk(keep, dim=-1).indices.sort(dim=-1).values  # parent-first order
+        parent_cand = all_parents.gather(1, chosen)
+        parents = torch.where(parent_cand < 0, -1, torch.searchsorted(chosen, parent_cand.clamp(min=0)))
+        block_tokens = all_tokens.gather(1, chosen)
+        return DraftBlock(block_tokens, point_mass(block_tokens, V), parents.cpu())
+
+    def _static(self, state: DecodeState, root: torch.Tensor, q_root: torch.Tensor, committed: torch.Tensor,
+                depth: int) -> DraftBlock:
+        B, V = q_root.shape
+        dev = q_root.device
+        tokens_out, q_out, parents_out = [], [], []
+        q_parent, features_parent = q_root[:, None], root[:, None]  # the previous level (at first: the root)
+        ancestors_parent = torch.zeros(B, 1, 0, dtype=torch.bool, device=dev)  # fed slots, each node included
+        block_parent = torch.tensor([-1])
+        fed = count = 0
+        for level in range(depth):
+            width, n = min(self.shape.branching[level], V), q_parent.shape[1]
+            children, child_q = self._sample_children(q_parent, width, state.generator)  # [B, n, width]
+            local = torch.arange(n).repeat_interleave(width)  # previous-level index of each child's parent
+            tokens = children.flatten(1)
+            tokens_out.append(tokens)
+            q_out.append(child_q.flatten(1, 2))
+            parents_out.append(block_parent[local])
+            block_parent = torch.arange(count, count + n * width)
+            count += n * width
+            if level == depth - 1:
+                break
+            local_dev = local.to(dev)[None, :]
+            ancestors = ancestors_parent.gather(1, local_dev[..., None].expand(B, -1, fed))
+            features = features_parent.gather(1, self._rows(local_dev.expand(B, -1))[..., None]
+                                              .expand(-1, -1, features_parent.shape[-1]))
+            out = self._feed(state, tokens, features, (committed[:, None] + level).expand(-1, n * width), ancestors, fed)
+            eye = torch.eye(n * width, dtype=torch.bool, device=dev).expand(B, -1, -1)
+            ancestors_parent = torch.cat([ancestors, eye], 2)
+            fed += n * width
+            features_parent = out
+            q_parent = self._distribution(state, out, (committed[:, None] + level + 1).expand(-1, n * width))
+        block_tokens = torch.cat(tokens_out, 1)
+        return DraftBlock(block_tokens, torch.cat(q_out, 1), torch.cat(parents_out)[None].expand(B, -1))
+
+    @staticmethod
+    def _sample_children(q: torch.Tensor, width: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``width`` distinct tokens per node drawn without replacement from ``q [B, n, V]`` (Gumbel top-k),
+        with the q each was drawn from; tokens beyond q's support are fixed picks with a point-mass q."""
+        gumbel = -torch.empty_like(q).exponential_(generator=generator).log()
+        keys = torch.where(q > 0, q.log() + gumbel, SCORE_FLOOR * 10 + gumbel)
+        children = keys.topk(width, dim=-1).indices  # [B, n, width]
+        drawn = q.gather(-1, children) > 0
+        child_q = torch.where(drawn[..., None], q[:, :, None, :].expand(-1, -1, width, -1),
+                              point_mass(children, q.shape[-1]))
+        return children, child_q
+
+
+__all__ = ["TreeHeadDrafts", "TreeShape", "TREE_KINDS"]
