@@ -142,8 +142,7 @@ class TreeHeadDrafts(DraftSource):
         mask = (keys < known[:, None, None]) | (new_key & (keys <= slots[:, :, None])) | (keys == slots[:, :, None])
         positions = slots.clamp(max=state.num_tokens)
         tokens = state.tokens.repeat(self.pair, 1).gather(1, positions)
-        features = self.backlog[:, -width:] if self.backlog.shape[1] >= width else \
-            torch.nn.functional.pad(self.backlog, (0, 0, 0, width - self.backlog.shape[1]))
+        features = self.backlog[:, :width]  # the pending token's state, then the accepted path's
         out = self._timed(lambda: self.head.step(state.model.embed_codes(tokens), features.to(self.head.fc.weight.dtype),
                                                  positions, self.cache, slots, mask))
         self.known = self.known + counts.cpu()

@@ -1,0 +1,204 @@
+"""Tree drafting: the head's cache, tree shapes, head files (ours and LANTERN's), CASCADE.
+
+Losslessness of tree decoding (greedy equality, whole-image PIT, per-position distribution) is
+proven with the other sources in test_lossless.py.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import tiny_model, tiny_tree_head
+
+from engine import Conditioning, SamplingSettings, generate
+from engine.checkpoints import save_safetensors
+from engine.drafts.base import DecodeState, StepOutcome
+from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape
+from engine.drafts.tree_head import load_tree_head, save_tree_head
+from engine.errors import CheckpointError, IncompatibleDrafterError, SettingsError
+from engine.policies import make_policy
+from engine.policies.base import PolicyContext
+from engine.verify import tree_tables
+
+COND = Conditioning.classes([1, 4, 7])
+SAMPLING = SamplingSettings(cfg_scale=2.0, top_k=24, seed=3)
+
+
+class RecordingDrafts(TreeHeadDrafts):
+    """Keeps every block and the committed count it was drafted at."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.blocks: list[tuple[torch.Tensor, object]] = []
+
+    def propose(self, state: DecodeState):  # type: ignore[no-untyped-def]
+        block = super().propose(state)
+        self.blocks.append((state.committed.clone(), block))
+        return block
+
+
+def _head_inputs(target, tokens: torch.Tensor, guided: bool) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+    """Teacher-forced target states and code embeddings of whole sequences (both CFG halves)."""
+    gpt = target.gpt
+    ids = torch.tensor(COND.class_ids)
+    if guided:
+        ids, tokens = torch.cat([ids, torch.full_like(ids, gpt.cfg.num_classes)]), tokens.repeat(2, 1)
+    h = torch.cat([gpt.cls_embedding(ids), gpt.tok_embeddings(tokens)], 1)
+    states = gpt.run_layers(h, torch.arange(h.shape[1]).expand(h.shape[0], -1), None)
+    return states, gpt.tok_embeddings(tokens)
+
+
+@torch.inference_mode()
+def test_head_drafts_from_the_same_states_as_a_full_sequence_pass() -> None:
+    """Catching up on committed tokens (ragged accepted paths, both CFG halves) and growing the
+    tree from the cache must give what the head computes over the whole sequence at once."""
+    target = tiny_model(0)
+    head = tiny_tree_head(target)
+    drafts = RecordingDrafts(head, TreeShape(kind="static", branching=(3, 2)))
+    settings = SamplingSettings(cfg_scale=2.0, greedy=True, seed=1)
+    result = generate(target, COND, settings, draft=drafts)
+    states, embeds = _head_inputs(target, result.tokens, guided=True)
+    predicted = head(embeds, states[:, :-1])  # [2B, N, D]: state after token t
+    logits = target.logits_from_hidden(predicted)
+    guided = logits[:3] * 2.0 - logits[3:]  # cfg 2: uncond + 2 (cond - uncond)
+    checked = 0
+    for committed, block in drafts.blocks[1:6]:
+        for b in range(3):
+            c = int(committed[b])
+            root_children = block.tokens[b, :3]  # depth-1 nodes are the root distribution's picks
+            expected = torch.softmax(guided[b, c - 1], -1)
+            assert torch.allclose(block.q[b, 0], expected, atol=1e-4)
+            assert int(root_children.unique().numel()) == 3
+            checked += 1
+    assert checked == 15
+
+
+def test_dynamic_trees_are_closed_and_differ_per_image() -> None:
+    target = tiny_model(0)
+    shape = TreeShape(top_k=4, depth=4, nodes=12)
+    drafts = RecordingDrafts(tiny_tree_head(target), shape)
+    generate(target, Conditioning.classes([1, 4, 7, 2]), SAMPLING, draft=drafts)
+    shapes_differ = False
+    far_from_the_end = [block for committed, block in drafts.blocks if int(committed.max()) < target.num_image_tokens - 4]
+    assert len(far_from_the_end) > 5
+    for block in far_from_the_end:
+        assert block.size == 12
+        node = torch.arange(12)[None, :]
+        assert bool((block.parents < node).all()) and bool((block.parents >= -1).all())
+        _, depth = tree_tables(block.parents)
+        assert int(depth.max()) <= 4
+        shapes_differ |= not bool((block.parents == block.parents[0]).all())
+        assert bool((block.q.sum(-1) == 1).all())  # point masses
+    assert shapes_differ
+
+
+def test_static_tree_layout_and_sampled_children() -> None:
+    target = tiny_model(0)
+    shape = TreeShape(kind="static", branching=(3, 2, 1))
+    assert shape.size == 3 + 6 + 6
+    drafts = RecordingDrafts(tiny_tree_head(target), shape)
+    generate(target, COND, SAMPLING, draft=drafts)
+    _, block = drafts.blocks[1]
+    assert block.parents[0].tolist() == [-1, -1, -1, 0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 8]
+    for b in range(3):  # siblings are distinct tokens drawn from their parent's q
+        for first in (0, 3, 5, 7):
+            kids = block.tokens[b, first: first + (3 if first == 0 else 2)]
+            assert kids.unique().numel() == kids.numel()
+        assert float(block.q[b, 0, block.tokens[b, 0]]) > 0
+
+
+def test_tree_shape_errors() -> None:
+    with pytest.raises(SettingsError, match="tree kind"):
+        TreeShape(kind="bushy")
+    with pytest.raises(SettingsError, match="candidate nodes"):
+        TreeShape(top_k=2, depth=2, nodes=7)
+    with pytest.raises(SettingsError, match="branching"):
+        TreeShape(kind="static", branching=(2, 0))
+    with pytest.raises(SettingsError, match="branching"):
+        TreeShape.parse_branching("4,two")
+    assert TreeShape.parse_branching("4x2x1") == (4, 2, 1)
+
+
+def test_head_files_round_trip_and_mismatches_are_clear(tmp_path: Path) -> None:
+    target = tiny_model(0)
+    head = tiny_tree_head(target)
+    path = tmp_path / "head.safetensors"
+    save_tree_head(head, path, {"train_steps": 1})
+    loaded = load_tree_head(path, target)
+    embeds, features = torch.randn(2, 5, 64), torch.randn(2, 5, 64)
+    assert torch.allclose(loaded(embeds, features), head(embeds, features), atol=2e-2)  # fp16 file
+    with pytest.raises(IncompatibleDrafterError, match="hidden size"):
+        load_tree_head(path, tiny_model(0, dim=32, n_head=2))
+    other = tmp_path / "not-a-head.safetensors"
+    save_safetensors({"w": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="not a tree head"):
+        load_tree_head(other, target)
+    with pytest.raises(CheckpointError, match="without config.json"):
+        load_tree_head(tmp_path, target)
+
+
+def test_lantern_head_folder_loads_with_its_own_embedding(tmp_path: Path) -> None:
+    """LANTERN's cnets layout: HF-style config.json, fc with bias, layer 0 without input norm, and
+    a stored copy of the target's embedding."""
+    target = tiny_model(0)
+    head = tiny_tree_head(target)
+    state = {k: v.clone() for k, v in head.state_dict().items()}
+    state["embed_tokens.weight"] = target.gpt.tok_embeddings.weight.detach().clone()
+    save_safetensors(state, tmp_path / "model.safetensors")
+    (tmp_path / "config.json").write_text(json.dumps({
+        "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 96,
+        "vocab_size": 64, "rms_norm_eps": 1e-5, "num_hidden_layers": 1, "input_type": "c2i"}))
+    loaded = load_tree_head(tmp_path, target)
+    assert loaded.embed_tokens is not None
+    embeds, features = torch.randn(1, 4, 64), torch.randn(1, 4, 64)
+    assert torch.allclose(loaded(embeds, features), head(embeds, features), atol=1e-5)
+
+
+def test_cascade_at_zero_is_the_exact_tree_and_relaxation_raises_acceptance() -> None:
+    target = tiny_model(0)
+    cond = Conditioning.classes(list(range(8)))
+    run = lambda policy: generate(target, cond, SAMPLING, policy=policy,  # noqa: E731
+                                  draft=TreeHeadDrafts(tiny_tree_head(target), TreeShape(top_k=4, depth=4, nodes=16)))
+    exact = run(None)
+    assert torch.equal(run(make_policy("cascade", 0.0)).tokens, exact.tokens)
+    loose = run(make_policy("cascade", 1.0, tau_pos_at_full=-1.0, tau_seq_at_full=-1.0))
+    assert loose.acceptance_rate > exact.acceptance_rate
+
+
+def test_cascade_rule_on_handmade_states() -> None:
+    """Interchangeable siblings lend their mass only where the context has converged, and leave
+    the residual with the rejected node."""
+    policy = make_policy("cascade", 1.0, tau_pos_at_full=0.9, tau_seq_at_full=0.9)
+    V = 6
+    p = torch.tensor([[[0.1, 0.3, 0.2, 0.1, 0.2, 0.1]]])
+    q = torch.zeros(1, 1, V).index_fill_(-1, torch.tensor([0]), 1.0)  # point mass on token 0
+    x = torch.tensor([[0]])
+    same, far = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    ctx = PolicyContext(torch.tensor([[5]]), hidden=same.view(1, 1, 2), parent_hidden=same.view(1, 1, 2),
+                        siblings=torch.tensor([[[1, 2, -1]]]),
+                        sibling_hidden=torch.stack([same, far, same]).view(1, 1, 3, 2))
+    alpha, info = policy.acceptance(p, q, x, ctx)
+    assert torch.allclose(alpha, torch.tensor([[0.4]]))  # p(0) + p(1): sibling 2 differs, slot 3 is empty
+    assert info["interchangeable"].item() == 1
+    residual = policy.residual(p[:, 0], q[:, 0], x[:, 0], ctx)
+    assert residual[0, 0] == 0 and residual[0, 1] == 0 and torch.isclose(residual.sum(), torch.tensor(1.0))
+    diverged = PolicyContext(ctx.positions, hidden=same.view(1, 1, 2), parent_hidden=far.view(1, 1, 2),
+                             siblings=ctx.siblings, sibling_hidden=ctx.sibling_hidden)
+    alpha, _ = policy.acceptance(p, q, x, diverged)
+    assert torch.allclose(alpha, torch.tensor([[0.1]]))  # not converged: exact
+    chain_alpha, _ = policy.acceptance(p, q, x, PolicyContext(torch.tensor([[5]])))
+    assert torch.allclose(chain_alpha, torch.tensor([[0.1]]))  # no tree states: exact
+
+
+def test_head_that_does_not_fit_is_refused_before_decoding() -> None:
+    target = tiny_model(0)
+    head = tiny_tree_head(tiny_model(0, vocab_size=32))
+    with pytest.raises(IncompatibleDrafterError, match="vocabulary"):
+        generate(target, COND, SAMPLING, draft=TreeHeadDrafts(head))
+
+
+def test_outcome_type_is_what_observe_reads() -> None:
+    assert {"block", "verdict", "p", "hidden", "committed_before"} <= set(StepOutcome.__dataclass_fields__)
