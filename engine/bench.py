@@ -16,6 +16,8 @@ import torch
 from .drafts.base import DraftSource
 from .drafts.drafter import DrafterModelDrafts, check_drafter_fits
 from .drafts.jacobi import JacobiDrafts
+from .drafts.tree_drafts import TreeHeadDrafts, TreeShape
+from .drafts.tree_head import TreeHead
 from .errors import SettingsError
 from .loop import generate
 from .models.base import ImageTokenModel
@@ -37,7 +39,10 @@ METHODS: dict[str, str] = {
     "mcsjd": "MC-SJD: Jacobi decoding with coupled resampling, random initialisation",
     "mcsjd-row": "MC-SJD with row-above initialisation",
     "drafter": "a separate small drafter model proposes tokens",
+    "tree": "an EAGLE-style head drafts a dynamic tree (EAGLE-2), verified in one forward",
+    "tree-static": "the head drafts a static tree with sampled children (EAGLE-1 / LANTERN++)",
 }
+TREE_METHODS = ("tree", "tree-static")
 SECOND_SEED_OFFSET = 1_000_003  # ar2's seeds: far from any seed the first AR run uses
 WARMUP_FORWARDS = 8  # enough to run every kernel shape once (prefill, blocks, drafter) without a whole image
 
@@ -49,7 +54,8 @@ Call = tuple[list[int], SamplingSettings]
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """Knobs shared by the methods: Jacobi window, drafter gamma, Jacobi ``q`` convention, policy."""
+    """Knobs shared by the methods: Jacobi window, drafter gamma, Jacobi ``q`` convention, policy,
+    and for the tree methods the head and the tree shapes (dynamic; static branching)."""
 
     window: int = 16
     gamma: int = 6
@@ -57,9 +63,17 @@ class MethodOptions:
     policy: str = "exact"
     relaxation: float = 0.0  # 0..1 for relaxed policies (0 = lossless)
     policy_options: tuple[tuple[str, float], ...] = ()  # native parameters of the policy (experts)
+    tree: TreeShape = TreeShape()  # the dynamic tree of method "tree"
+    tree_branching: tuple[int, ...] = TreeShape().branching  # children per depth of method "tree-static"
+    tree_head: TreeHead | None = None
 
     def make_policy(self, model: ImageTokenModel) -> AcceptancePolicy:
         return make_policy(self.policy, self.relaxation, model=model, **dict(self.policy_options))
+
+    def tree_shape(self, method: str) -> TreeShape:
+        if method == "tree":
+            return replace(self.tree, kind="dynamic")
+        return TreeShape(kind="static", branching=self.tree_branching)
 
 
 def method_name(draft: str, init: str = "random", coupling: bool = False) -> str:
@@ -68,6 +82,8 @@ def method_name(draft: str, init: str = "random", coupling: bool = False) -> str
         return "ar"
     if draft == "model":
         return "drafter"
+    if draft in TREE_METHODS:
+        return draft
     return next(name for name, variant in JACOBI_METHODS.items() if variant == (init, coupling))
 
 
@@ -79,10 +95,21 @@ def make_draft(method: str, options: MethodOptions, drafter: ImageTokenModel | N
         if drafter is None:
             raise SettingsError("method 'drafter' needs a drafter model (give --drafter PATH)")
         return DrafterModelDrafts(drafter, options.gamma)
+    if method in TREE_METHODS:
+        if options.tree_head is None:
+            raise SettingsError(f"method {method!r} needs a tree head (give --tree-head PATH)")
+        return TreeHeadDrafts(options.tree_head, options.tree_shape(method))
     if method not in JACOBI_METHODS:
         raise SettingsError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
     init, coupling = JACOBI_METHODS[method]
     return JacobiDrafts(options.window, init, options.q_init, coupling)
+
+
+def check_policy_fits(policy: AcceptancePolicy, method: str) -> None:
+    """CASCADE judges tree siblings by the target's states: refuse it where no tree is drafted."""
+    if policy.needs_tree_states and method not in TREE_METHODS:
+        raise SettingsError(f"the {policy.name} policy relaxes acceptance among the siblings of a draft tree; "
+                            f"use it with the tree drafts ({', '.join(TREE_METHODS)}), not {method}")
 
 
 def split_method(name: str) -> tuple[str, str | None, float | None]:
@@ -233,7 +260,7 @@ def validate(model: ImageTokenModel, methods: Sequence[str], options: MethodOpti
     for method in methods:
         variant = options_for(method, options)
         make_draft(split_method(method)[0], variant, drafter)
-        variant.make_policy(model)
+        check_policy_fits(variant.make_policy(model), split_method(method)[0])
     if any(split_method(m)[0] == "drafter" for m in methods) and drafter is not None:
         check_drafter_fits(model, drafter)
 

@@ -15,17 +15,19 @@ import json
 import math
 import signal
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from types import FrameType
 from typing import Callable, Sequence
 
 from . import __version__
 from . import pareto
-from .bench import (METHODS, BenchRow, ConditionFn, MethodOptions, add_quality, make_draft, method_name, parse_methods, split_method,
+from .bench import (METHODS, TREE_METHODS, check_policy_fits, BenchRow, ConditionFn, MethodOptions, add_quality, make_draft, method_name, parse_methods, split_method,
                     run_bench, sweep_methods)
 from .drafts.drafter import check_drafter_fits
 from .drafts.jacobi import INITIALISATIONS, Q_CONVENTIONS
+from .drafts.tree_drafts import TreeShape
+from .drafts.tree_head import BUNDLED_HEAD, TreeHead, resolve_tree_head
 from .errors import SettingsError, SpecARError
 from .explain import explanation
 from .heatmap import acceptance_heatmap, committed_mask, image_grid, save_png, side_by_side
@@ -72,6 +74,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--drafter", metavar="NAME|PATH", help=(
         "a small model of the same family (same vocabulary and token grid) that proposes tokens for the target to "
         "check (default with --model demo: demo-drafter, the bundled one)"))
+    group.add_argument("--tree-head", metavar="NAME|PATH", help=(
+        "the EAGLE-style head for tree drafts: our .safetensors or a LANTERN drafter folder "
+        "(default with --model demo: demo-tree-head, the bundled one)"))
     group.add_argument("--device", default="auto",
                        help="where to run: auto (a CUDA GPU, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps (default: auto)")
     group.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
@@ -118,6 +123,15 @@ def _add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
         "Jacobi decoding: how a fresh random guess is weighed when accepting it; both are exact (default: one_hot, as in SJD)"))
     group.add_argument("--gamma", type=_int_at_least(1), default=6, metavar="N",
                        help="drafter decoding: tokens the drafter proposes per target forward (default: 6)")
+    dynamic = TreeShape()
+    group.add_argument("--tree-top-k", type=_int_at_least(1), default=dynamic.top_k, metavar="N",
+                       help=f"dynamic tree: children kept per node and nodes expanded per depth (default: {dynamic.top_k})")
+    group.add_argument("--tree-depth", type=_int_at_least(1), default=dynamic.depth, metavar="N",
+                       help=f"dynamic tree: deepest draft, in tokens (default: {dynamic.depth})")
+    group.add_argument("--tree-nodes", type=_int_at_least(1), default=dynamic.nodes, metavar="N",
+                       help=f"dynamic tree: nodes verified per target forward (default: {dynamic.nodes})")
+    group.add_argument("--tree-branching", default=",".join(map(str, dynamic.branching)), metavar="B1,B2,...",
+                       help="static tree: children of every node at each depth (default: %(default)s)")
     return group
 
 
@@ -136,9 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conditioning_options(gen)
     _add_sampling_options(gen)
     drafting = _add_method_options(gen)
-    drafting.add_argument("--draft", choices=("none", "jacobi", "model"), help=(
+    drafting.add_argument("--draft", choices=("none", "jacobi", "model", *TREE_METHODS), help=(
         "where guesses come from: none is plain one-token-at-a-time decoding, jacobi lets the model guess for itself, "
-        "model uses --drafter (default: model if --drafter is given, else jacobi)"))
+        "model uses --drafter, tree and tree-static let --tree-head draft a tree of guesses "
+        "(default: model if --drafter is given, else jacobi)"))
     drafting.add_argument("--jacobi-init", default="random", choices=INITIALISATIONS, help=(
         "Jacobi decoding: first guess for a new position, a random token or the token one row above (default: random)"))
     drafting.add_argument("--coupling", action="store_true",
@@ -230,17 +245,33 @@ def _load_target(args: argparse.Namespace) -> ImageTokenModel:
     return load_model(args.model, args.device, args.dtype, args.vq, family=args.family, image_size=args.image_size)
 
 
+def _use_bundled_head(args: argparse.Namespace, wanted: bool) -> None:
+    if wanted and args.model == "demo" and args.tree_head is None:
+        args.tree_head = BUNDLED_HEAD
+
+
+def _load_tree_head(args: argparse.Namespace, target: ImageTokenModel) -> TreeHead | None:
+    return resolve_tree_head(args.tree_head, target) if args.tree_head else None
+
+
 def _load_drafter(args: argparse.Namespace, target: ImageTokenModel) -> ImageTokenModel:
     drafter = load_model(args.drafter, args.device, args.dtype, image_size=args.image_size)
     check_drafter_fits(target, drafter)
     return drafter
 
 
-def _options(args: argparse.Namespace) -> MethodOptions:
+def _options(args: argparse.Namespace, head: TreeHead | None = None) -> MethodOptions:
     """The draft and policy knobs; a relaxed policy without --relax runs at its recommended setting."""
     relax = recommended_relaxation(args.policy) if args.relax is None else args.relax
     policy_options = tuple(parse_policy_options(args.policy_option).items())
-    return MethodOptions(args.window, args.gamma, args.q_init, args.policy, relax, policy_options)
+    tree = TreeShape(top_k=args.tree_top_k, depth=args.tree_depth, nodes=args.tree_nodes)
+    return MethodOptions(args.window, args.gamma, args.q_init, args.policy, relax, policy_options, tree,
+                         TreeShape.parse_branching(args.tree_branching), head)
+
+
+def _options_record(options: MethodOptions) -> dict[str, object]:
+    """``options`` as JSON-ready values (the head by its presence only)."""
+    return {**asdict(replace(options, tree_head=None)), "tree_head": options.tree_head is not None}
 
 
 def _settings(model: ImageTokenModel, args: argparse.Namespace) -> SamplingSettings:
@@ -277,6 +308,8 @@ def _method_options(method: str, options: MethodOptions, args: argparse.Namespac
         return {}
     if method == "drafter":
         return {"gamma": options.gamma}
+    if method in TREE_METHODS:
+        return asdict(options.tree_shape(method))
     return {"window": options.window, "init": args.jacobi_init, "q_init": options.q_init, "coupling": args.coupling}
 
 
@@ -309,6 +342,8 @@ class StopOnInterrupt:
 
 def _draft_kind(args: argparse.Namespace) -> str:
     kind = args.draft or ("model" if args.drafter else "jacobi")
+    if args.tree_head and kind not in TREE_METHODS:
+        raise SettingsError(f"--tree-head is only used with --draft tree or tree-static, not with --draft {kind}")
     if kind == "model" and not args.drafter:
         raise SettingsError("--draft model needs --drafter PATH (a small model of the same family)")
     if kind != "model" and args.drafter:
@@ -333,13 +368,16 @@ def _require_pixels(model: ImageTokenModel) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     _use_bundled_drafter(args, args.draft in (None, "model"))
+    _use_bundled_head(args, args.draft in TREE_METHODS)
     kind = _draft_kind(args)
     batch = _batch_size(args)
     method = method_name(kind, args.jacobi_init, args.coupling)
-    options = _options(args)
+    _options(args)  # bad settings fail before the model loads
     model = _load_target(args)
     _require_pixels(model)
     drafter = _load_drafter(args, model) if kind == "model" else None
+    options = _options(args, _load_tree_head(args, model))
+    check_policy_fits(options.make_policy(model), method)
     settings = _settings(model, args)
     cond = _conditions(model, args.class_ids, args.prompt)(range(batch))
     model.check_conditioning(cond)
@@ -398,6 +436,7 @@ def _write_pictures(args: argparse.Namespace, model: ImageTokenModel, result: Ge
 
 def _bench(args: argparse.Namespace) -> int:
     _use_bundled_drafter(args, args.methods is None or "drafter" in args.methods)
+    _use_bundled_head(args, args.methods is not None and "tree" in args.methods)
     default = DEFAULT_BENCH_METHODS + (",drafter" if args.drafter else "")
     methods = parse_methods(args.methods or default)
     if args.sweep:
@@ -406,9 +445,12 @@ def _bench(args: argparse.Namespace) -> int:
         raise SettingsError("--drafter is given but --methods does not include drafter")
     if (args.plot or args.table) and not args.quality:
         raise SettingsError("--plot and --table show quality against speed: add --quality")
-    options = _options(args)
+    if args.tree_head and not any(split_method(m)[0] in TREE_METHODS for m in methods):
+        raise SettingsError("--tree-head is given but --methods does not include tree or tree-static")
+    _options(args)
     model = _load_target(args)
     drafter = _load_drafter(args, model) if args.drafter else None
+    options = _options(args, _load_tree_head(args, model))
     settings = _settings(model, args)
     log = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
     evaluate = _quality_metric(model) if args.quality else None
@@ -419,7 +461,7 @@ def _bench(args: argparse.Namespace) -> int:
     print(format_table(rows, model, settings, args.batch))
     run = {"model": model.name, "drafter": drafter.name if drafter else None, "device": str(model.device),
            "dtype": _dtype_name(model), "images": args.images, "batch": args.batch, "settings": asdict(settings),
-           "options": asdict(options), "rows": [row.to_dict() for row in rows]}
+           "options": _options_record(options), "rows": [row.to_dict() for row in rows]}
     if args.json:
         _write_json(args.json, run)
     if args.plot or args.table:

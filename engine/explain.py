@@ -2,7 +2,8 @@
 
 The loop records, for every tested draft token, the quantities its acceptance policy computed
 (CSD: the target's entropy and the draft's total-variation distance; LANTERN: the neighbour mass
-moved onto the draft; GSD: the size of its group). Each becomes a panel coloured from dark
+moved onto the draft; GSD: the size of its group; CASCADE: how many siblings were interchangeable
+and how alike consecutive target states were). Each becomes a panel coloured from dark
 (low) to bright (high) over the range found in the batch; tokens whose draft was never tested
 (the target's own samples, bonus tokens) are shown in flat grey. Reading a panel next to the
 acceptance heatmap shows where a policy relaxed: on the demo model, for instance, the target is
@@ -28,6 +29,8 @@ LABELS: dict[str, str] = {
     "tv": "TV(target, draft)",
     "neighbour_mass": "neighbour mass moved",
     "group_size": "group size (tokens)",
+    "interchangeable": "interchangeable siblings",
+    "convergence": "cos(state, parent state)",
 }
 PANEL_MIN_WIDTH = 150  # pixels per panel, so captions fit
 MAX_ROWS = 8  # images explained per picture: a batch of 128 would make a picture 19,000 pixels tall

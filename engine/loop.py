@@ -161,8 +161,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
 
             done_dev = done.to(dev)
             _commit(tokens, kinds, forward_index, block, verdict, committed_dev, done_dev, target_forwards, N)
-            if block.is_chain:
-                _record(diagnostics, verdict, committed_dev, done_dev, N)
+            _record(diagnostics, verdict, committed_dev, done_dev, N)
             examined = accepted + (next_kind == int(TokenKind.CORRECTED)).long()
             drafted += int(examined[~done].sum())
             accepted_total += int(accepted.sum())

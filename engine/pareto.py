@@ -71,6 +71,12 @@ class QualityBand:
 def _source_label(base: str, options: dict[str, object]) -> str:
     if base == "drafter":
         return f"drafter, gamma {options.get('gamma')}"
+    if base == "tree":
+        tree = options.get("tree") or {}
+        assert isinstance(tree, dict)
+        return f"tree head, dynamic k{tree.get('top_k')} d{tree.get('depth')} n{tree.get('nodes')}"
+    if base == "tree-static":
+        return "tree head, static " + "-".join(str(b) for b in options.get("tree_branching") or ())  # type: ignore[union-attr]
     return f"{base}, window {options.get('window')}"
 
 

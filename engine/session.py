@@ -15,9 +15,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bench import MethodOptions, make_draft
+from .bench import MethodOptions, check_policy_fits, make_draft
 from .drafts.base import DraftSource
 from .drafts.drafter import check_drafter_fits
+from .drafts.tree_drafts import TreeShape
+from .drafts.tree_head import TreeHead
 from .errors import SettingsError
 from .explain import explanation
 from .heatmap import acceptance_heatmap, committed_mask
@@ -39,18 +41,26 @@ class DraftRecipe:
     gamma: int = 6
     q_init: str = "one_hot"
     drafter: ImageTokenModel | None = None
+    tree_head: TreeHead | None = None
+    tree: TreeShape = TreeShape()  # the tree of methods "tree" (dynamic) and "tree-static"
 
     def build(self, target: ImageTokenModel) -> DraftSource | None:
         if self.drafter is not None:
             check_drafter_fits(target, self.drafter)
             self.drafter.to(target.device)
-        return make_draft(self.method, MethodOptions(self.window, self.gamma, self.q_init), self.drafter)
+        options = MethodOptions(self.window, self.gamma, self.q_init, tree=self.tree,
+                                tree_branching=self.tree.branching, tree_head=self.tree_head)
+        return make_draft(self.method, options, self.drafter)
 
     def describe(self) -> str:
         if self.method == "ar":
             return "plain AR"
         if self.method == "drafter":
             return f"drafter {self.drafter.name if self.drafter else '?'} (gamma {self.gamma})"
+        if self.method == "tree":
+            return f"dynamic tree (top-k {self.tree.top_k}, depth {self.tree.depth}, {self.tree.nodes} nodes)"
+        if self.method == "tree-static":
+            return f"static tree ({'-'.join(map(str, self.tree.branching))})"
         return f"{self.method} (window {self.window})"
 
 
@@ -143,7 +153,9 @@ def run_job(model: ImageTokenModel, prompt: str, batch: int, settings: SamplingS
         raise SettingsError(f"{model.name} has no VQ tokenizer to turn tokens into pixels: put a vq*.pt or "
                             "vq*.safetensors file beside the model weights")
     cond = conditioning_for(model, prompt, batch)
-    result = generate(model, cond, settings, draft.build(model), policy.build(model), observer)
+    acceptance = policy.build(model)
+    check_policy_fits(acceptance, draft.method)
+    result = generate(model, cond, settings, draft.build(model), acceptance, observer)
     pixels = model.decode(result.tokens)
     size = (int(pixels.shape[1]), int(pixels.shape[2]))
     if not result.finished:

@@ -140,7 +140,7 @@ class Verdict:
     0, 1, ...). ``next_token`` is the token the target emitted after them, drawn from
     ``next_dist``: a correction after a rejection, or a bonus token when nothing on the path was
     rejected; ``next_kind`` says which (a :class:`TokenKind`). ``diagnostics`` holds per-node
-    quantities a policy decided on (for heatmaps).
+    quantities a policy decided on (for heatmaps): chains ``[B, n]`` per node, trees ``[B, depth]`` per level.
     """
 
     accepted: torch.Tensor  # [B] long
@@ -197,7 +197,8 @@ class GenerationResult:
     model_seconds: float  # time inside target and drafter forwards
     finished: bool = True
     # Per token, what the acceptance policy decided on (e.g. entropy, tv, neighbour_mass, group_size):
-    # [B, N] float, NaN where no draft was tested. Only chain drafts are recorded; exact records nothing.
+    # [B, N] float, NaN where no draft was tested (trees: the accepted node's, else the last sibling tried);
+    # the exact policy records nothing.
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property

@@ -134,6 +134,7 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
     alive = torch.ones(B, dtype=torch.bool, device=dev)
     rejected = torch.zeros(B, dtype=torch.bool, device=dev)
     path = torch.full((B, max_depth), -1, dtype=torch.long, device=dev)
+    diagnostics: dict[str, torch.Tensor] = {}  # per level: the accepted node's values, else the last one tried
     for level in range(max_depth):
         kids = table[rows, cur + 1]  # [B, K]
         moved = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -149,7 +150,10 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
             ctx = PolicyContext(positions.gather(1, node[:, None]))
             if hidden is not None and policy.needs_tree_states:
                 ctx = _tree_context(ctx, hidden, block.tokens, kids, node, cur)
-            alpha, _ = policy.acceptance(dist[:, None], q[:, None], x, ctx)
+            alpha, info = policy.acceptance(dist[:, None], q[:, None], x, ctx)
+            for name, values in info.items():
+                slot = diagnostics.setdefault(name, torch.full((B, max_depth), float("nan"), device=dev))
+                slot[:, level] = torch.where(live, values[:, 0].float(), slot[:, level])
             take = live & (torch.rand(B, generator=generator, device=dev) < alpha[:, 0])
             drop = live & ~take
             dist = torch.where(drop[:, None], policy.residual(dist, q, x[:, 0], ctx), dist)
@@ -163,7 +167,7 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
         accepted += moved.long()
         alive &= moved
     next_kind = _next_kind(limit, rejected)
-    return Verdict(accepted, path, sample(dist, generator), dist, next_kind, {})
+    return Verdict(accepted, path, sample(dist, generator), dist, next_kind, diagnostics)
 
 
 def _tree_context(ctx: PolicyContext, hidden: torch.Tensor, tokens: torch.Tensor, kids: torch.Tensor,

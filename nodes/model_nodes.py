@@ -1,14 +1,16 @@
-"""Loader nodes: the target model, and a drafter model as a draft source."""
+"""Loader nodes: the target model, and a drafter model or a tree head as a draft source."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..engine.drafts.tree_drafts import TREE_KINDS, TreeShape
+from ..engine.drafts.tree_head import BUNDLED_HEAD, resolve_tree_head
 from ..engine.models.base import ImageTokenModel
 from ..engine.models.registry import BUNDLED, FAMILIES, find_models, load_model, resolve_dtype
 from ..engine.session import DraftRecipe
 from .host import Host
-from .schema import COMBO, DRAFT, INT, MODEL, Field, NodeSpec, Output
+from .schema import COMBO, DRAFT, INT, MODEL, STRING, Field, NodeSpec, Output
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 BUNDLED_TARGET, BUNDLED_DRAFTER = "demo", "demo-drafter"
@@ -37,6 +39,18 @@ def _load_target(host: Host, model: str, dtype: str, family: str, image_size: in
 
 def _load_drafter(host: Host, drafter: str, gamma: int, dtype: str) -> tuple[DraftRecipe]:
     return (DraftRecipe("drafter", gamma=gamma, drafter=load(host, drafter, dtype)),)
+
+
+def head_choices(folders: list[Path]) -> list[str]:
+    return [BUNDLED_HEAD, *find_models(folders)]
+
+
+def _load_tree_head(host: Host, head: str, tree: str, top_k: int, depth: int, nodes: int,
+                    branching: str) -> tuple[DraftRecipe]:
+    shape = TreeShape(kind=tree, top_k=top_k, depth=depth, nodes=nodes, branching=TreeShape.parse_branching(branching))
+    path = find_models(host.model_folders()).get(head)
+    loaded = resolve_tree_head(head if head == BUNDLED_HEAD else path or Path(head))
+    return (DraftRecipe("tree" if tree == "dynamic" else "tree-static", tree_head=loaded, tree=shape),)
 
 
 _DTYPE_FIELD = Field("dtype", COMBO, "number format of the weights: auto is bf16 on GPUs that support it, else fp32",
@@ -74,4 +88,28 @@ DRAFTER_MODEL = NodeSpec(
     ),
     outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),
     run=_load_drafter,
+)
+
+_DYNAMIC = TreeShape()
+
+TREE_HEAD = NodeSpec(
+    node_id="SpecARTreeHead",
+    display_name="SpecAR Tree Head Drafts",
+    description="An EAGLE-style head reads the target's own hidden states and drafts a whole tree of guesses, which "
+                "the target checks in one forward. dynamic grows the tree where the head is confident (EAGLE-2, "
+                "LANTERN); static always drafts the same shape with sampled children (LANTERN++). Lossless with the "
+                "exact policy; the cascade policy relaxes it.",
+    inputs=(
+        Field("head", COMBO, "the bundled demo head, our .safetensors head or a LANTERN drafter folder from "
+              "models/specar/", default=BUNDLED_HEAD, options=head_choices),
+        Field("tree", COMBO, "dynamic or static tree", default="dynamic", options=TREE_KINDS),
+        Field("top_k", INT, "dynamic: children kept per node and nodes expanded per depth", default=_DYNAMIC.top_k,
+              min=1, max=32),
+        Field("depth", INT, "dynamic: deepest guess, in tokens", default=_DYNAMIC.depth, min=1, max=16),
+        Field("nodes", INT, "dynamic: guesses checked per target forward", default=_DYNAMIC.nodes, min=1, max=256),
+        Field("branching", STRING, "static: children of every node at each depth, e.g. 4,2,2,1,1,1",
+              default=",".join(map(str, _DYNAMIC.branching))),
+    ),
+    outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),
+    run=_load_tree_head,
 )

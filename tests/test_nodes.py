@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from pack import load_pack
-from tiny import save_own_safetensors, tiny_gpt
+from tiny import save_own_safetensors, tiny_gpt, tiny_tree_head
 
 load_pack()
 from specar_pack.engine.errors import CheckpointError, IncompatibleDrafterError, SettingsError  # noqa: E402
+from specar_pack.engine.drafts.tree_head import save_tree_head  # noqa: E402
 from specar_pack.nodes import NODES, NODES_BY_ID  # noqa: E402
 from specar_pack.nodes.host import LocalHost, NodeInterrupted  # noqa: E402
 from specar_pack.nodes.sampler_nodes import HEATMAP_EVENT  # noqa: E402
@@ -136,6 +137,25 @@ def test_prompt_errors(demo) -> None:  # type: ignore[no-untyped-def]
     assert images.shape[0] == 1
 
 
+def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:  # type: ignore[no-untyped-def]
+    host = LocalHost()
+    greedy = {**SAMPLING, "temperature": 0.0}
+    plain, *_ = run("SpecARSampler", host, model=demo, **greedy)
+    for tree in ("dynamic", "static"):
+        (draft,) = run("SpecARTreeHead", host, head="demo-tree-head", tree=tree, top_k=6, depth=5, nodes=30,
+                       branching="3,2,1,1")
+        fast, _, stats, _ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
+        assert torch.equal(plain, fast) and "tree" in stats
+    (cascade,) = run("SpecARAcceptancePolicy", host, policy="cascade", relaxation=0.5, expert_options="")
+    images, _, stats, why = run("SpecARSampler", host, model=demo, draft=draft, policy=cascade, **SAMPLING)
+    assert images.shape == (2, 32, 32, 3) and "cascade" in stats
+    (jacobi,) = run("SpecARJacobiDrafts", host, window=8, initialisation="random", coupled=False)
+    with pytest.raises(SettingsError, match="siblings of a draft tree"):
+        run("SpecARSampler", host, model=demo, draft=jacobi, policy=cascade, **SAMPLING)
+    with pytest.raises(SettingsError, match="branching"):
+        run("SpecARTreeHead", host, head="demo-tree-head", tree="static", top_k=6, depth=5, nodes=30, branching="3,x")
+
+
 def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "specar"
     (folder / "tiny-dir").mkdir(parents=True)
@@ -155,6 +175,11 @@ def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None: 
     (mismatched,) = run("SpecARDrafterModel", host, drafter="tiny.safetensors", gamma=4, dtype="fp32")
     with pytest.raises(IncompatibleDrafterError):
         run("SpecARSampler", host, model=demo, draft=mismatched, **SAMPLING)
+    save_tree_head(tiny_tree_head(tiny), folder / "tiny-head.safetensors")
+    (wrong_head,) = run("SpecARTreeHead", host, head="tiny-head.safetensors", tree="dynamic", top_k=4, depth=3,
+                        nodes=8, branching="2")
+    with pytest.raises(IncompatibleDrafterError, match="tree head"):
+        run("SpecARSampler", host, model=demo, draft=wrong_head, **SAMPLING)
 
 
 def test_hex_cells_match_heatmap_colours(demo) -> None:  # type: ignore[no-untyped-def]

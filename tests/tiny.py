@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from engine.checkpoints import save_safetensors
+from engine.drafts.tree_head import TreeHead
 from engine.models.llamagen.adapter import LlamaGenModel
 from engine.models.llamagen.gpt import GPT, GPTConfig
 
@@ -48,9 +49,9 @@ def save_own_safetensors(gpt: GPT, path: Path) -> Path:
     return path
 
 
-def tiny_tree_head(target: LlamaGenModel, seed: int = 2, std: float = 0.2) -> "TreeHead":
+def tiny_tree_head(target: LlamaGenModel, seed: int = 2, std: float = 0.2) -> TreeHead:
     """A random EAGLE-style head for ``target`` (one layer, the target's width)."""
-    from engine.drafts.tree_head import TreeHead, TreeHeadConfig
+    from engine.drafts.tree_head import TreeHeadConfig
 
     cfg = TreeHeadConfig(dim=target.hidden_size, n_head=4, ffn_hidden=96, vocab_size=target.vocab_size,
                          grid_size=target.grid[0])

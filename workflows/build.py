@@ -225,6 +225,34 @@ def relaxed_policy(policy: str) -> Callable[[dict[str, Any]], Graph]:
     return build
 
 
+def tree_cascade(specs: dict[str, Any]) -> Graph:
+    g, model, draft = _start(specs, "SpecARTreeHead", (
+        "SpecAR: tree drafts with CASCADE relaxation.\n\nA one-layer head reads the target's hidden states and drafts "
+        "a dynamic tree of guesses (EAGLE-2); the target checks the whole tree in one forward. CASCADE accepts a guess "
+        "also when a sibling that leaves the target in nearly the same state would have been accepted, and only where "
+        "the image has settled (consecutive states alike).\n\nRelaxation 0 = lossless tree decoding. The README "
+        "lists speed and quality per setting."), (20, 440), 240)
+    chosen = g.add("SpecARAcceptancePolicy", (20, 700), (340, 150), policy="cascade",
+                   relaxation=recommended_relaxation("cascade"))
+    _sampler_with_previews(g, model, draft, chosen, prompt="red circle", batch_size=4, seed=5)
+    return g
+
+
+def tree_lantern_pp(specs: dict[str, Any]) -> Graph:
+    g = Graph(specs)
+    g.add("Note", (20, 440), (360, 240), text=(
+        "SpecAR: LANTERN++.\n\nA static tree (4-2-2-1-1-1 children per depth, sampled from the head) keeps "
+        "drafting deep even where the head is unsure, and LANTERN's latent relaxation accepts look-alike codes, "
+        "bounded by lambda (ratio_bound: the relaxed probability stays below lambda x the target's) and by "
+        "the neighbour count, as in the LANTERN++ paper's (k=10, lambda=5) setting."))
+    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
+    draft = g.add("SpecARTreeHead", (20, 210), (340, 200), tree="static")
+    chosen = g.add("SpecARAcceptancePolicy", (20, 700), (340, 150), policy="lantern",
+                   relaxation=recommended_relaxation("lantern"), expert_options="neighbours=10, ratio_bound=5")
+    _sampler_with_previews(g, model, draft, chosen, prompt="blue ring", batch_size=4, seed=9)
+    return g
+
+
 # workflow name -> (family, folder under models/specar/ as the README lays it out, prompt, note)
 FAMILY_WORKFLOWS = {
     "specar_janus_pro": ("janus", "Janus-Pro-7B", "a red fox sleeping in fresh snow, soft morning light",
@@ -270,6 +298,8 @@ WORKFLOWS = {
     "specar_relaxation_mask": relaxation_mask,
     "specar_compare_ar_vs_speculative": compare,
     **{f"specar_policy_{name}": relaxed_policy(name) for name in POLICY_NOTES},
+    "specar_tree_cascade": tree_cascade,
+    "specar_tree_lantern_pp": tree_lantern_pp,
     **{name: family_workflow(name) for name in FAMILY_WORKFLOWS},
 }
 

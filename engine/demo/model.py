@@ -31,6 +31,8 @@ TRAIN_HINT = {
                            "--compile --teacher engine/demo/weights/target.safetensors --out out/demo-drafter` and "
                            "copy out/demo-drafter/drafter.safetensors here",
     "codebook.safetensors": "`python -m engine.demo.train` fits it here before training a model",
+    "tree_head.safetensors": "train it with `python -m engine.demo.tree_head_data` then `python -m "
+                             "engine.demo.train_tree_head` (see that module) and copy out/tree-head/tree_head.safetensors here",
 }
 
 
@@ -66,4 +68,9 @@ def load_demo_drafter(weights_dir: str | Path | None = None, device: str | torch
     return _load("drafter.safetensors", "specar-demo-drafter", weights_dir, device)
 
 
-__all__ = ["load_demo", "load_demo_drafter", "DEMO_SETTINGS", "WEIGHTS_DIR"]
+def demo_tree_head_path(weights_dir: str | Path | None = None) -> Path:
+    """The bundled EAGLE-style head of the demo target (a checked path)."""
+    return _require((Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR) / "tree_head.safetensors")
+
+
+__all__ = ["load_demo", "load_demo_drafter", "demo_tree_head_path", "DEMO_SETTINGS", "WEIGHTS_DIR"]

@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import read_safetensors_metadata
+from ..checkpoints import read_safetensors_metadata, read_state_dict, save_safetensors
 from ..drafts.tree_head import TreeHead, TreeHeadConfig, save_tree_head
 from .model import load_demo
 from .train import Schedule, load_state, log, save_state, stream_seed
@@ -54,36 +54,40 @@ def target_states(target, class_ids: torch.Tensor, tokens: torch.Tensor) -> torc
     return gpt.run_layers(h, slots, None)[:, gpt.cfg.cls_token_num - 1:]
 
 
-def interchangeable_mass(target, class_ids: torch.Tensor, tokens: torch.Tensor, states: torch.Tensor,  # type: ignore[no-untyped-def]
-                         p: torch.Tensor, alternatives: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """CASCADE soft targets for the class half: ``p [B, N, V]`` (slot t predicts image token t)
-    with the mass of tokens interchangeable with the real token moved onto it. Returns the new
-    targets and the share of alternatives found interchangeable."""
+def interchangeable_tokens(target, class_ids: torch.Tensor, tokens: torch.Tensor, states: torch.Tensor,  # type: ignore[no-untyped-def]
+                           p: torch.Tensor, alternatives: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The target's top ``alternatives`` other tokens at every position (``p [B, N, V]``, slot t
+    predicting image token t, class half) and which of them are interchangeable with the real
+    token: fed in its place after the same prefix, they leave the target in a state with cosine
+    similarity >= ``tau`` to the real one. Returns ``alt [B, N, m]`` and ``similar [B, N, m]``."""
     gpt = target.gpt
     B, N = tokens.shape
     m = alternatives
-    alt = p.masked_fill(F.one_hot(tokens, p.shape[-1]).bool(), -1.0).topk(m, dim=-1).indices  # [B, N, m]
+    alt = p.masked_fill(F.one_hot(tokens, p.shape[-1]).bool(), -1.0).topk(m, dim=-1).indices
     cls_slots = gpt.cfg.cls_token_num
-    length = cls_slots + N - 1 + N * m
+    real_length = cls_slots + N - 1
     real = torch.cat([gpt.cls_embedding(class_ids)[:, :cls_slots], gpt.tok_embeddings(tokens[:, :-1])], 1)
     h = torch.cat([real, gpt.tok_embeddings(alt.flatten(1))], 1)
     slot_of_position = cls_slots + torch.arange(N)  # the slot image token t occupies in the real sequence
-    alt_position = torch.arange(N).repeat_interleave(m)
-    rope = torch.cat([torch.arange(cls_slots + N - 1), slot_of_position[alt_position]])
-    mask = torch.zeros(length, length, dtype=torch.bool)
-    mask[: cls_slots + N - 1, : cls_slots + N - 1] = torch.ones(cls_slots + N - 1, cls_slots + N - 1).tril().bool()
-    alt_rows = cls_slots + N - 1 + torch.arange(N * m)
-    mask[alt_rows[:, None], torch.arange(cls_slots + N - 1)[None, :]] = \
-        torch.arange(cls_slots + N - 1)[None, :] < slot_of_position[alt_position][:, None]
+    alt_slot = slot_of_position.repeat_interleave(m)
+    rope = torch.cat([torch.arange(real_length), alt_slot])
+    mask = torch.zeros(real_length + N * m, real_length + N * m, dtype=torch.bool)
+    mask[:real_length, :real_length] = torch.ones(real_length, real_length, dtype=torch.bool).tril()
+    alt_rows = real_length + torch.arange(N * m)
+    mask[alt_rows, :real_length] = torch.arange(real_length)[None, :] < alt_slot[:, None]  # the prefix before t
     mask[alt_rows, alt_rows] = True
     hidden = gpt.run_layers(h, rope.expand(B, -1), None, mask.expand(B, 1, -1, -1))
-    alt_states = hidden[:, cls_slots + N - 1:].view(B, N, m, -1)
+    alt_states = hidden[:, real_length:].view(B, N, m, -1)
     real_states = states[:B, 1:]  # [B, N, D] state after the real image token t
-    similar = F.cosine_similarity(alt_states, real_states[:, :, None], dim=-1) >= tau  # [B, N, m]
-    moved = (p.gather(-1, alt) * similar).sum(-1)  # [B, N]
+    similar = F.cosine_similarity(alt_states, real_states[:, :, None], dim=-1) >= tau
+    return alt, similar
+
+
+def merge_interchangeable(p: torch.Tensor, tokens: torch.Tensor, alt: torch.Tensor, similar: torch.Tensor) -> torch.Tensor:
+    """``p`` with the mass of the tokens interchangeable with the real token moved onto it."""
+    moved = (p.gather(-1, alt) * similar).sum(-1)
     soft = p.scatter(-1, alt, p.gather(-1, alt) * ~similar)
-    soft = soft.scatter_add(-1, tokens[..., None], moved[..., None])
-    return soft, similar.float().mean()
+    return soft.scatter_add(-1, tokens[..., None], moved[..., None])
 
 
 class HeadTrainer:
@@ -105,24 +109,48 @@ class HeadTrainer:
         self.val_index = torch.arange(n - args.val_images, n)
         self.train_count = n - args.val_images
 
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def batch(self) -> torch.Tensor:
         gen = torch.Generator().manual_seed(stream_seed(self.args.seed, 0, self.step))
-        index = torch.randint(0, self.train_count, (self.args.batch,), generator=gen)
-        return self.class_ids[index], self.tokens[index]
+        return torch.randint(0, self.train_count, (self.args.batch,), generator=gen)
 
-    def loss(self, class_ids: torch.Tensor, tokens: torch.Tensor, noise: bool) -> tuple[torch.Tensor, dict[str, float]]:
+    @torch.no_grad()
+    def redundancy_targets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Interchangeable alternatives of every training image, computed once and cached in --out."""
+        args = self.args
+        path = self.out / f"redundancy-tau{args.redundancy}-m{args.alternatives}.safetensors"
+        if path.is_file():
+            cached = read_state_dict(path)
+            return cached["alt"], cached["similar"]
+        alts, similars = [], []
+        for index in torch.arange(self.tokens.shape[0]).split(32):
+            ids, tokens = self.class_ids[index], self.tokens[index]
+            states = target_states(self.target, ids, tokens)
+            p_cls = F.softmax(self.target.gpt.logits(states[: len(index), :-1]), dim=-1)
+            alt, similar = interchangeable_tokens(self.target, ids, tokens, states, p_cls, args.alternatives,
+                                                  args.redundancy)
+            alts.append(alt.to(torch.int16))
+            similars.append(similar.to(torch.uint8))
+        result = torch.cat(alts), torch.cat(similars)
+        save_safetensors({"alt": result[0], "similar": result[1]}, path)
+        log(f"redundancy targets: {float(result[1].float().mean()):.3f} of the top-{args.alternatives} alternatives "
+            f"are interchangeable at tau {args.redundancy} -> {path}")
+        return result
+
+    def loss(self, class_ids: torch.Tensor, tokens: torch.Tensor, noise: bool,
+             index: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+        """EAGLE-1's loss on images ``index`` of the data (the redundancy targets are looked up by it)."""
         target = self.target
         with torch.no_grad():
             states = target_states(target, class_ids, tokens)  # [2B, N + 1, D]
             p = F.softmax(target.gpt.logits(states[:, 1:-1]), dim=-1)  # [2B, N - 1, V]: slot t predicts token t + 1
             stats: dict[str, float] = {}
-            if self.args.redundancy is not None:
+            if index is not None and self.redundancy is not None:
                 B = tokens.shape[0]
+                alt, similar = (t[index].long() for t in self.redundancy)
                 p_cls = F.softmax(target.gpt.logits(states[:B, :-1]), dim=-1)  # slot t predicts token t
-                soft, share = interchangeable_mass(target, class_ids, tokens, states, p_cls,
-                                                   self.args.alternatives, self.args.redundancy)
+                soft = merge_interchangeable(p_cls, tokens, alt, similar.bool())
                 p = torch.cat([soft[:, 1:], p[B:]])
-                stats["interchangeable"] = float(share)
+                stats["interchangeable"] = float(similar.float().mean())
         features = states[:, :-1]
         if noise:
             features = features + (torch.rand(features.shape, generator=None) - 0.5) * FEATURE_NOISE
@@ -132,14 +160,15 @@ class HeadTrainer:
         log_q = F.log_softmax(target.gpt.logits(predicted[:, :-1]), dim=-1)
         classification = -(p * log_q).sum(-1).mean()
         accuracy = (log_q.argmax(-1) == p.argmax(-1)).float().mean()
-        stats.update(regression=float(regression), classification=float(classification), top1=float(accuracy))
+        stats.update(regression=regression.item(), classification=classification.item(), top1=accuracy.item())
         return regression + CLASS_LOSS_WEIGHT * classification, stats
 
     def train_step(self) -> dict[str, float]:
         schedule = Schedule(self.args.lr, self.args.warmup, self.total)
         for group in self.opt.param_groups:
             group["lr"] = schedule.lr(self.step)
-        loss, stats = self.loss(*self.batch(), noise=True)
+        index = self.batch()
+        loss, stats = self.loss(self.class_ids[index], self.tokens[index], noise=True, index=index)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.head.parameters(), 0.5)
@@ -150,7 +179,7 @@ class HeadTrainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         self.head.eval()
-        stats = [self.loss(self.class_ids[i], self.tokens[i], noise=False)[1] for i in self.val_index.split(32)]
+        stats = [self.loss(self.class_ids[i], self.tokens[i], noise=False, index=i)[1] for i in self.val_index.split(32)]
         self.head.train()
         return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
 
@@ -161,6 +190,7 @@ class HeadTrainer:
     def run(self) -> None:
         args = self.args
         self.out.mkdir(parents=True, exist_ok=True)
+        self.redundancy = self.redundancy_targets() if args.redundancy is not None else None
         if args.resume and self.state_path.is_file():
             meta = load_state(self.state_path, self.head, self.opt)  # type: ignore[arg-type]
             self.step = int(meta["step"])  # type: ignore[arg-type]

@@ -33,7 +33,7 @@ from ..errors import SettingsError
 from ..sampling import DistributionProcessor, point_mass
 from ..types import DraftBlock
 from .base import DecodeState, DraftSource, StepOutcome
-from .tree_head import HeadCache, TreeHead, check_head_fits
+from .tree_head import HeadCache, TreeHead, place_head
 
 TREE_KINDS = ("dynamic", "static")
 SCORE_FLOOR = -1e4  # log q of tokens q never draws (keeps scores finite)
@@ -92,7 +92,7 @@ class TreeHeadDrafts(DraftSource):
     # -- bookkeeping between target forwards --------------------------------------------------------
 
     def begin(self, state: DecodeState) -> None:
-        check_head_fits(self.head.cfg, state.model, "in use")
+        self.head = place_head(self.head, state.model)
         self.processor = DistributionProcessor(state.processor.settings, state.model.constrain)
         self.pair = 2 if state.guided else 1
         rows = self.pair * state.batch

@@ -171,14 +171,22 @@ def save_tree_head(head: TreeHead, path: str | Path, extra: dict[str, object] | 
     save_safetensors(tensors, path, config={"kind": "specar-tree-head", **head.cfg.to_dict(), **(extra or {})})
 
 
-def _config_from_lantern(directory: Path, target: ImageTokenModel) -> TreeHeadConfig:
+# LANTERN's cnets fix the token grid by the config's input_type (block sizes 576, 256, 1024).
+LANTERN_GRIDS = {"c2i": 24, "t2i": 16, "t2i2": 32}
+
+
+def _config_from_lantern(directory: Path) -> TreeHeadConfig:
     raw = json.loads((directory / "config.json").read_text())
+    if raw.get("input_type") not in LANTERN_GRIDS:
+        raise CheckpointError(f"{directory / 'config.json'}: input_type must be one of {sorted(LANTERN_GRIDS)} "
+                              f"(LANTERN's LlamaGen heads), got {raw.get('input_type')!r}")
     try:
         return TreeHeadConfig(dim=int(raw["hidden_size"]), n_head=int(raw["num_attention_heads"]),
                               n_kv_head=int(raw.get("num_key_value_heads") or raw["num_attention_heads"]),
                               ffn_hidden=int(raw["intermediate_size"]), vocab_size=int(raw["vocab_size"]),
                               norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-                              rope_base=float(raw.get("rope_base", 10000.0)), grid_size=target.grid[0])
+                              rope_base=float(raw.get("rope_base", 10000.0)),
+                              grid_size=LANTERN_GRIDS[raw["input_type"]])
     except KeyError as exc:
         raise CheckpointError(f"{directory / 'config.json'} is not a LANTERN head config: {exc} is missing") from None
 
@@ -190,14 +198,17 @@ def _lantern_weights(directory: Path) -> Path:
     raise CheckpointError(f"{directory} holds no model.safetensors or pytorch_model.bin for the head")
 
 
-def load_tree_head(path: str | Path, target: ImageTokenModel, device: torch.device | None = None) -> TreeHead:
+def load_tree_head(path: str | Path, target: ImageTokenModel | None = None) -> TreeHead:
     """A head from our ``.safetensors`` file or from a LANTERN drafter folder (``config.json`` +
-    weights), checked against ``target``. Pickled weights load with ``weights_only=True``."""
+    weights), checked against ``target`` and placed on its device when one is given. Pickled
+    weights load with ``weights_only=True``."""
     path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"tree head not found: {path}")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise CheckpointError(f"{path} is a folder without config.json: not a LANTERN head folder")
-        cfg, weights = _config_from_lantern(path, target), _lantern_weights(path)
+        cfg, weights = _config_from_lantern(path), _lantern_weights(path)
     else:
         weights = path
         header = read_safetensors_metadata(path) if path.suffix == ".safetensors" else {}
@@ -206,14 +217,34 @@ def load_tree_head(path: str | Path, target: ImageTokenModel, device: torch.devi
             raise CheckpointError(f"{path.name} is not a tree head (no specar-tree-head config in its header)")
         fields = TreeHeadConfig.__dataclass_fields__
         cfg = TreeHeadConfig(**{k: v for k, v in raw.items() if k in fields})
-    check_head_fits(cfg, target, path.name)
+    if target is not None:
+        check_head_fits(cfg, target, path.name)
     state = read_state_dict(weights)
     head = TreeHead(cfg)
     if "embed_tokens.weight" in state:
         head.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
     state = {k: v for k, v in state.items() if not k.startswith("layers.0.input_layernorm")}
     load_into(head, {k: v.float() for k, v in state.items()}, path.name)
-    return head.to(device or target.device, target.dtype).eval()
+    head.eval()
+    return head if target is None else place_head(head, target)
+
+
+def place_head(head: TreeHead, target: ImageTokenModel) -> TreeHead:
+    """``head`` checked against ``target`` and on its device and dtype (hosts move targets between runs)."""
+    check_head_fits(head.cfg, target, "in use")
+    return head.to(target.device, target.dtype)
+
+
+BUNDLED_HEAD = "demo-tree-head"
+
+
+def resolve_tree_head(name: str | Path, target: ImageTokenModel | None = None) -> TreeHead:
+    """``demo-tree-head`` (the bundled head of the demo target) or a head file/folder, checked against ``target``."""
+    if str(name) == BUNDLED_HEAD:
+        from ..demo.model import demo_tree_head_path
+
+        return load_tree_head(demo_tree_head_path(), target)
+    return load_tree_head(name, target)
 
 
 def check_head_fits(cfg: TreeHeadConfig, target: ImageTokenModel, name: str) -> None:
@@ -230,4 +261,5 @@ def check_head_fits(cfg: TreeHeadConfig, target: ImageTokenModel, name: str) -> 
         raise IncompatibleDrafterError(f"tree head {name} does not fit target {target.name}: " + "; ".join(problems))
 
 
-__all__ = ["TreeHead", "TreeHeadConfig", "HeadCache", "load_tree_head", "save_tree_head", "check_head_fits"]
+__all__ = ["TreeHead", "TreeHeadConfig", "HeadCache", "load_tree_head", "save_tree_head", "check_head_fits",
+           "resolve_tree_head", "place_head", "BUNDLED_HEAD"]
