@@ -107,7 +107,7 @@ def make_draft(method: str, options: MethodOptions, drafter: ImageTokenModel | N
 
 def check_policy_fits(policy: AcceptancePolicy, method: str) -> None:
     """CASCADE judges tree siblings by the target's states: refuse it where no tree is drafted."""
-    if policy.needs_tree_states and method not in TREE_METHODS:
+    if policy.needs_tree_states and method not in (*TREE_METHODS, "ar", "ar2"):
         raise SettingsError(f"the {policy.name} policy relaxes acceptance among the siblings of a draft tree; "
                             f"use it with the tree drafts ({', '.join(TREE_METHODS)}), not {method}")
 

@@ -241,7 +241,7 @@ def tree_cascade(specs: dict[str, Any]) -> Graph:
 def tree_lantern_pp(specs: dict[str, Any]) -> Graph:
     g = Graph(specs)
     g.add("Note", (20, 440), (360, 240), text=(
-        "SpecAR: LANTERN++.\n\nA static tree (4-2-2-1-1-1 children per depth, sampled from the head) keeps "
+        "SpecAR: LANTERN++.\n\nA static tree (4-2-1-1-1-1-1-1 children per depth, sampled from the head) keeps "
         "drafting deep even where the head is unsure, and LANTERN's latent relaxation accepts look-alike codes, "
         "bounded by lambda (ratio_bound: the relaxed probability stays below lambda x the target's) and by "
         "the neighbour count, as in the LANTERN++ paper's (k=10, lambda=5) setting."))

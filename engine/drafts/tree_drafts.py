@@ -45,10 +45,10 @@ class TreeShape:
     """How a tree grows. Dynamic: ``top_k``, ``depth``, ``nodes``; static: ``branching`` per depth."""
 
     kind: str = "dynamic"
-    top_k: int = 8
-    depth: int = 6
+    top_k: int = 6
+    depth: int = 8
     nodes: int = 48
-    branching: tuple[int, ...] = (4, 2, 2, 1, 1, 1)
+    branching: tuple[int, ...] = (4, 2, 1, 1, 1, 1, 1, 1)
 
     def __post_init__(self) -> None:
         if self.kind not in TREE_KINDS:
@@ -70,6 +70,13 @@ class TreeShape:
         if self.kind == "dynamic":
             return self.nodes
         return sum(math.prod(self.branching[: d + 1]) for d in range(len(self.branching)))
+
+    @property
+    def head_entries(self) -> int:
+        """Tree nodes the head is fed while drafting one tree (its cache room beyond the image)."""
+        if self.kind == "dynamic":
+            return self.top_k * (self.depth - 1)
+        return self.size
 
     @staticmethod
     def parse_branching(text: str) -> tuple[int, ...]:
@@ -96,7 +103,8 @@ class TreeHeadDrafts(DraftSource):
         self.processor = DistributionProcessor(state.processor.settings, state.model.constrain)
         self.pair = 2 if state.guided else 1
         rows = self.pair * state.batch
-        self.cache = self.head.new_cache(rows, state.num_tokens + self.shape.size + 8)
+        deepest = max(self.shape.depth, len(self.shape.branching))
+        self.cache = self.head.new_cache(rows, state.num_tokens + self.shape.head_entries + deepest + 8)
         self.known = torch.zeros(rows, dtype=torch.long)  # head entries with the target's true features
         self.backlog = state.context_hidden  # [R, c, D]: features for entries 0..c-1
         self.backlog_counts = state.committed.clone()
@@ -169,7 +177,7 @@ class TreeHeadDrafts(DraftSource):
         mask = prefix | tree | own
         rows_positions = self._rows(positions.clamp(max=state.num_tokens - 1))
         embeds = state.model.embed_codes(self._rows(tokens))
-        return self._timed(lambda: self.head.step(embeds, features, rows_positions, self.cache, slots, mask))
+        return self._timed(lambda: self.head.step(embeds, features, rows_positions, self.cache, base + fed, mask))
 
     def _distribution(self, state: DecodeState, out: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
         """The head's guided, processed distribution ``[B, k, V]`` for states ``out [R, k, D]``."""
@@ -229,10 +237,16 @@ class TreeHeadDrafts(DraftSource):
             fed += k
         all_tokens, all_scores = torch.cat(cand_tokens, 1), torch.cat(cand_scores, 1)
         all_parents = torch.cat(cand_parents, 1)
+        levels = torch.cat([torch.full((t.shape[1],), i, device=dev) for i, t in enumerate(cand_tokens)])
         keep = min(self.shape.nodes, all_tokens.shape[1])
-        chosen = all_scores.topk(keep, dim=-1).indices.sort(dim=-1).values  # parent-first order
+        kept_scores, chosen = all_scores.topk(keep, dim=-1)  # best first
+        # Parent-first block order: by depth, best first among the nodes of a depth, so the sibling
+        # tried first is the likeliest (and the one drafted deepest below).
+        chosen = chosen.gather(1, levels[chosen].sort(dim=-1, stable=True).indices)
+        position = torch.full_like(all_scores, -1, dtype=torch.long)
+        position.scatter_(1, chosen, torch.arange(keep, device=dev).expand(B, -1))
         parent_cand = all_parents.gather(1, chosen)
-        parents = torch.where(parent_cand < 0, -1, torch.searchsorted(chosen, parent_cand.clamp(min=0)))
+        parents = torch.where(parent_cand < 0, -1, position.gather(1, parent_cand.clamp(min=0)))
         block_tokens = all_tokens.gather(1, chosen)
         return DraftBlock(block_tokens, point_mass(block_tokens, V), parents.cpu())
 

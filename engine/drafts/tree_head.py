@@ -66,7 +66,7 @@ class HeadAttention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.dim, bias=False)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: "HeadCache | None",
-                slots: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+                slots: torch.Tensor | int | None, mask: torch.Tensor | None) -> torch.Tensor:
         R, k, _ = x.shape
         q = apply_rope(self.q_proj(x).view(R, k, self.n_head, self.hd), rope).transpose(1, 2)
         key = apply_rope(self.k_proj(x).view(R, k, self.n_kv, self.hd), rope).transpose(1, 2)
@@ -103,7 +103,7 @@ class HeadLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
 
     def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: "HeadCache | None",
-                slots: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+                slots: torch.Tensor | int | None, mask: torch.Tensor | None) -> torch.Tensor:
         h = x + self.self_attn(x, rope, cache, slots, mask)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -121,11 +121,16 @@ class HeadCache:
     def capacity(self) -> int:
         return int(self.k.shape[2])
 
-    def write(self, key: torch.Tensor, val: torch.Tensor, slots: torch.Tensor, read: int
+    def write(self, key: torch.Tensor, val: torch.Tensor, slots: torch.Tensor | int, read: int
               ) -> tuple[torch.Tensor, torch.Tensor]:
-        index = slots[:, None, :, None].expand(-1, key.shape[1], -1, key.shape[3])
-        self.k.scatter_(2, index, key.to(self.k.dtype))
-        self.v.scatter_(2, index, val.to(self.v.dtype))
+        """Store new keys/values at ``slots [R, k]`` (or at ``slots .. slots + k`` in every row)."""
+        if isinstance(slots, int):
+            self.k[:, :, slots: slots + key.shape[2]] = key.to(self.k.dtype)
+            self.v[:, :, slots: slots + val.shape[2]] = val.to(self.v.dtype)
+        else:
+            index = slots[:, None, :, None].expand(-1, key.shape[1], -1, key.shape[3])
+            self.k.scatter_(2, index, key.to(self.k.dtype))
+            self.v.scatter_(2, index, val.to(self.v.dtype))
         return self.k[:, :, :read], self.v[:, :, :read]
 
 
@@ -141,7 +146,7 @@ class TreeHead(nn.Module):
         self.register_buffer("rope", rope_table_2d(cfg.grid_size, cfg.head_dim, cfg.rope_base, 0), persistent=False)
 
     def _run(self, embeds: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
-             cache: HeadCache | None, slots: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor:
+             cache: HeadCache | None, slots: torch.Tensor | int | None, mask: torch.Tensor | None) -> torch.Tensor:
         h = self.fc(torch.cat([embeds.to(features.dtype), features], dim=-1))
         rope = self.rope[positions.clamp(0, self.rope.shape[0] - 1)]
         return self.layers[0](h, rope, cache, slots, mask)
@@ -153,9 +158,10 @@ class TreeHead(nn.Module):
         return self._run(embeds, features, positions, None, None, None)
 
     def step(self, embeds: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
-             cache: HeadCache, slots: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Append ``k`` entries per row at cache ``slots [R, k]``; ``mask [R, k, read]`` says which
-        slots each new entry attends to (itself included). Returns predicted states ``[R, k, D]``."""
+             cache: HeadCache, slots: torch.Tensor | int, mask: torch.Tensor) -> torch.Tensor:
+        """Append ``k`` entries per row at cache ``slots [R, k]`` (an int: the same slots in every
+        row); ``mask [R, k, read]`` says which slots each new entry attends to (itself included).
+        Returns predicted states ``[R, k, D]``."""
         return self._run(embeds, features, positions, cache, slots, mask)
 
     def new_cache(self, rows: int, capacity: int) -> HeadCache:
