@@ -109,7 +109,8 @@ def _add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     group = parser.add_argument_group("speculative decoding")
     group.add_argument("--policy", default="exact", choices=sorted(POLICIES),
                        help="how drafts are accepted: exact keeps the output distribution identical to plain decoding; "
-                            "lantern, gsd and csd accept more drafts at a quality cost set by --relax (default: exact)")
+                            "lantern, gsd, csd and (tree drafts only) cascade accept more drafts at a quality cost set by --relax "
+                            "(default: exact)")
     group.add_argument("--relax", type=float, default=None, metavar="F",
                        help="relaxed policies: 0 = lossless (the exact policy's tokens), towards 1 = faster, less faithful "
                             "(default: the policy's recommended setting from the benchmark: " +

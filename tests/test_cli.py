@@ -15,11 +15,12 @@ from PIL import Image
 from engine import cli
 from engine.heatmap import (COLOR_ACCEPTED_LONG, COLOR_ACCEPTED_SHORT, COLOR_NOT_COMMITTED, COLOR_PLAIN,
                             acceptance_heatmap, run_lengths, side_by_side)
+from engine.drafts.tree_head import save_tree_head
 from engine.models.vq16 import VQ16Config, VQ16Decoder
 from engine.progress import ProgressBar
 from engine.session import class_for_prompt
 from engine.types import GenerationResult, TokenKind
-from tiny import TINY_DRAFTER, save_official_pt, tiny_gpt, tiny_model
+from tiny import TINY_DRAFTER, save_official_pt, tiny_gpt, tiny_model, tiny_tree_head
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_VQ = VQ16Config(codebook_size=64, codebook_dim=8, z_channels=32, ch=32, ch_mult=(1, 2), num_res_blocks=1)
@@ -40,7 +41,10 @@ def _model_dir(root: Path, gpt: torch.nn.Module, n_head: int, with_vq: bool) -> 
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
+    head = root / "head.safetensors"
+    save_tree_head(tiny_tree_head(tiny_model(0)), head)
     return {
+        "head": head,
         "model": _model_dir(root / "target", tiny_gpt(), 4, with_vq=True),
         "drafter": _model_dir(root / "drafter", tiny_gpt(1, **TINY_DRAFTER), 2, with_vq=False),
         "bad_drafter": _model_dir(root / "bad", tiny_gpt(1, **{**TINY_DRAFTER, "vocab_size": 32}), 2, with_vq=False),
@@ -78,6 +82,20 @@ def test_greedy_jacobi_equals_plain_decoding(dirs: dict[str, Path], tmp_path: Pa
     assert plain["method"] == "ar" and jacobi["method"] == "mcsjd-row"
     assert jacobi["tokens"] == plain["tokens"]
     assert Image.open(tmp_path / "plain" / "img.png").size == (2 * IMAGE_SIDE, IMAGE_SIDE)
+
+
+def test_greedy_tree_drafts_equal_plain_decoding(dirs: dict[str, Path], tmp_path: Path) -> None:
+    args = ("--greedy", "--class-id", "1", "2", "--tree-head", str(dirs["head"]))
+    _, plain = _generate(dirs, tmp_path / "plain", "--greedy", "--class-id", "1", "2", "--draft", "none")
+    _, dynamic = _generate(dirs, tmp_path / "dynamic", *args, "--draft", "tree", "--tree-top-k", "3",
+                           "--tree-depth", "4", "--tree-nodes", "9")
+    _, static = _generate(dirs, tmp_path / "static", *args, "--draft", "tree-static", "--tree-branching", "3,2,1")
+    assert dynamic["tokens"] == plain["tokens"] == static["tokens"]
+    assert dynamic["method"] == "tree" and dynamic["method_options"]["nodes"] == 9
+    assert static["method_options"]["branching"] == [3, 2, 1] and static["drafter_forwards"] > 0
+    code, cascade = _generate(dirs, tmp_path / "cascade", "--class-id", "1", "--tree-head", str(dirs["head"]),
+                              "--draft", "tree", "--policy", "cascade", "--relax", "0.5")
+    assert code == 0 and cascade["policy"] == "cascade" and cascade["relaxation"] == 0.5
 
 
 def test_generate_with_drafter(dirs: dict[str, Path], tmp_path: Path) -> None:
@@ -131,6 +149,11 @@ def test_bench_prints_a_row_per_method_and_writes_json(dirs: dict[str, Path], tm
     (["generate", "--model", "{model}", "--out", "x.png", "--window", "0"], "--window"),
     (["bench", "--model", "{model}", "--methods", "jacobi,fast"], "'fast'"),
     (["bench", "--model", "{model}", "--methods", "drafter"], "--drafter"),
+    (["generate", "--model", "{model}", "--out", "x.png", "--policy", "cascade"], "siblings of a draft tree"),
+    (["generate", "--model", "{model}", "--out", "x.png", "--draft", "tree"], "needs a tree head"),
+    (["generate", "--model", "{model}", "--out", "x.png", "--tree-head", "{head}"], "--draft tree"),
+    (["generate", "--model", "{model}", "--out", "x.png", "--draft", "tree-static", "--tree-head", "{head}",
+      "--tree-branching", "2,0"], "branching"),
 ])
 def test_bad_input_exits_2_naming_the_problem(dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                               args: list[str], message: str) -> None:

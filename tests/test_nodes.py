@@ -153,7 +153,7 @@ def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:  # t
     with pytest.raises(SettingsError, match="siblings of a draft tree"):
         run("SpecARSampler", host, model=demo, draft=jacobi, policy=cascade, **SAMPLING)
     with pytest.raises(SettingsError, match="branching"):
-        run("SpecARTreeHead", host, head="demo-tree-head", tree="static", top_k=6, depth=5, nodes=30, branching="3,x")
+        run("SpecARTreeHead", host, head="demo-tree-head", tree="static", top_k=6, depth=5, nodes=30, branching="3,two")
 
 
 def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None:  # type: ignore[no-untyped-def]
