@@ -169,6 +169,9 @@ def test_cascade_at_zero_is_the_exact_tree_and_relaxation_raises_acceptance() ->
     assert torch.equal(run(make_policy("cascade", 0.0)).tokens, exact.tokens)
     loose = run(make_policy("cascade", 1.0, tau_pos_at_full=-1.0, tau_seq_at_full=-1.0))
     assert loose.acceptance_rate > exact.acceptance_rate
+    assert set(loose.diagnostics) == {"interchangeable", "convergence"}  # recorded per tree level, for heatmaps
+    tested = ~loose.diagnostics["convergence"].isnan()
+    assert 0 < int(tested.sum()) < tested.numel() and bool((loose.diagnostics["interchangeable"][tested] >= 0).all())
 
 
 def test_cascade_rule_on_handmade_states() -> None:
