@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Callable, TypeVar
 
 import torch
 
 from ..models.base import ImageTokenModel
 from ..sampling import DistributionProcessor
 from ..types import Conditioning, DraftBlock, Verdict
+
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -54,6 +59,14 @@ class DraftSource(ABC):
     def __init__(self) -> None:
         self.forwards = 0  # forwards of a separate drafter network, if any
         self.seconds = 0.0  # time spent in them
+
+    def timed(self, call: Callable[[], T]) -> T:
+        """Run one forward of the source's own network, counting it and its time."""
+        start = time.perf_counter()
+        out = call()
+        self.seconds += time.perf_counter() - start
+        self.forwards += 1
+        return out
 
     def begin(self, state: DecodeState) -> None:
         """Called once after the target's prefill committed token 0."""

@@ -10,7 +10,6 @@ so rows with different acceptance lengths stay in one rectangular forward.
 
 from __future__ import annotations
 
-import time
 
 import torch
 
@@ -49,18 +48,11 @@ class DrafterModelDrafts(DraftSource):
     def begin(self, state: DecodeState) -> None:
         check_drafter_fits(state.model, self.drafter)
         self.processor = DistributionProcessor(state.processor.settings, self.drafter.constrain)
-        self._timed(lambda: self.drafter.prefill(state.cond, state.guided))
+        self.timed(lambda: self.drafter.prefill(state.cond, state.guided))
         known = int(state.committed.min()) - 1  # a fixed prefix: read it now, as the target did
         if known > 0:
             positions = torch.arange(known, device=state.tokens.device).expand(state.batch, -1)
-            self._timed(lambda: self.drafter.forward(state.tokens[:, :known], positions))
-
-    def _timed(self, call):  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        out = call()
-        self.seconds += time.perf_counter() - start
-        self.forwards += 1
-        return out
+            self.timed(lambda: self.drafter.forward(state.tokens[:, :known], positions))
 
     def propose(self, state: DecodeState) -> DraftBlock:
         assert self.processor is not None, "begin() first"
@@ -76,7 +68,7 @@ class DrafterModelDrafts(DraftSource):
         inputs = state.tokens.gather(1, positions)
         drafts, qs = [], []
         for _ in range(m):
-            out = self._timed(lambda: self.drafter.forward(inputs, positions))
+            out = self.timed(lambda: self.drafter.forward(inputs, positions))
             predicted = positions[:, -1:] + 1
             q = self.processor(out.logits[:, -1:], predicted)
             token = sample(q, state.generator)

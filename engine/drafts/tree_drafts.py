@@ -24,7 +24,6 @@ the guided logits (any q keeps verification lossless).
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import torch
@@ -125,13 +124,6 @@ class TreeHeadDrafts(DraftSource):
     def _rows(self, per_image: torch.Tensor) -> torch.Tensor:
         return torch.cat([per_image] * self.pair) if self.pair > 1 else per_image
 
-    def _timed(self, call):  # type: ignore[no-untyped-def]
-        start = time.perf_counter()
-        out = call()
-        self.seconds += time.perf_counter() - start
-        self.forwards += 1
-        return out
-
     # -- head forwards ----------------------------------------------------------------------------
 
     def _catch_up(self, state: DecodeState) -> torch.Tensor:
@@ -151,7 +143,7 @@ class TreeHeadDrafts(DraftSource):
         positions = slots.clamp(max=state.num_tokens)
         tokens = state.tokens.repeat(self.pair, 1).gather(1, positions)
         features = self.backlog[:, :width]  # the pending token's state, then the accepted path's
-        out = self._timed(lambda: self.head.step(state.model.embed_codes(tokens), features.to(self.head.fc.weight.dtype),
+        out = self.timed(lambda: self.head.step(state.model.embed_codes(tokens), features.to(self.head.fc.weight.dtype),
                                                  positions, self.cache, slots, mask))
         self.known = self.known + counts.cpu()
         self.backlog = None
@@ -177,7 +169,7 @@ class TreeHeadDrafts(DraftSource):
         mask = prefix | tree | own
         rows_positions = self._rows(positions.clamp(max=state.num_tokens - 1))
         embeds = state.model.embed_codes(self._rows(tokens))
-        return self._timed(lambda: self.head.step(embeds, features, rows_positions, self.cache, base + fed, mask))
+        return self.timed(lambda: self.head.step(embeds, features, rows_positions, self.cache, base + fed, mask))
 
     def _distribution(self, state: DecodeState, out: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
         """The head's guided, processed distribution ``[B, k, V]`` for states ``out [R, k, D]``."""
