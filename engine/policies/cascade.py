@@ -37,7 +37,8 @@ TAU_SEQ_AT_FULL = 0.8  # median cosine of consecutive demo states is 0.94
 
 class CascadePolicy(RelaxedPolicy):
     name = "cascade"
-    recommended_relaxation = 0.5  # README tree table: 1.04x the exact tree, FID-lite 7.6 (outside the AR band); the only 1,000-image point
+    # README tree table: 1.04x the exact tree at FID-lite 7.6 (outside the AR band); the only 1,000-image point.
+    recommended_relaxation = 0.5
     needs_tree_states = True  # the verifier hands over node, parent and sibling states
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
