@@ -56,19 +56,19 @@ class _Clock:
         return out
 
 
-def _block_inputs(block: DraftBlock, pending: torch.Tensor, start: torch.Tensor, last: int
+def _block_inputs(block: DraftBlock, depth: torch.Tensor | None, pending: torch.Tensor, start: torch.Tensor, last: int
                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Inputs, input positions, tree mask and node positions for one target forward.
 
-    ``start [B]`` is the pending token's position; positions past the image (rows that are done)
-    are clamped, as their outputs are discarded.
+    ``start [B]`` is the pending token's position; ``depth [B, n]`` the node depths of a tree
+    (``None`` for a chain). Positions past the image (rows that are done) are clamped, as their
+    outputs are discarded.
     """
     inputs = torch.cat([pending, block.tokens], dim=1)
-    if block.is_chain:
+    if depth is None:
         offsets = torch.arange(block.size + 1, device=pending.device)
         mask = None
     else:
-        _, depth = tree_tables(block.parents)
         offsets = torch.cat([torch.zeros(depth.shape[0], 1, dtype=torch.long), depth], 1).to(pending.device)
         mask = tree_attention_rows(block.parents).to(pending.device)
     positions = (start[:, None] + offsets).clamp(max=last)
@@ -140,20 +140,23 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
             block = draft.propose(state) if draft is not None else DraftBlock.empty(B, model.vocab_size, dev)
             committed_dev = committed.to(dev)
             pending = tokens.gather(1, (committed_dev - 1)[:, None])
-            inputs, positions, mask, node_positions = _block_inputs(block, pending, committed_dev - 1, N - 1)
+            layout = None if block.is_chain else tree_tables(block.parents)
+            inputs, positions, mask, node_positions = _block_inputs(block, None if layout is None else layout[1],
+                                                                    pending, committed_dev - 1, N - 1)
             out = clock.run(lambda: model.forward(inputs, positions, mask))
             p = processor(out.logits, (positions + 1).clamp(max=N - 1))  # type: ignore[attr-defined]
             limit = (remaining - 1).clamp(min=0).to(dev)
-            if block.is_chain:
+            if layout is None:
                 verdict = verify_chain(policy, p, block, node_positions, limit, generator)
             else:
-                verdict = verify_tree(policy, p, block, node_positions, limit, generator, out.hidden[:B])  # type: ignore[attr-defined]
+                verdict = verify_tree(policy, p, block, node_positions, limit, generator,
+                                      out.hidden[:B], layout)  # type: ignore[attr-defined]
 
             accepted, next_kind = torch.stack([verdict.accepted, verdict.next_kind]).cpu()  # the step's one host sync
             accepted = torch.where(done, 0, accepted)
             kept = torch.where(done, 0, 1 + accepted)  # pending token + accepted nodes
             cached_before = committed - 1
-            if block.is_chain:
+            if layout is None:
                 model.truncate(cached_before + kept)
             else:
                 keep = torch.cat([torch.zeros(B, 1, dtype=torch.long, device=dev), 1 + verdict.path.clamp(min=0)], 1)

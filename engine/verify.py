@@ -111,11 +111,13 @@ def tree_attention(parents: list[int]) -> torch.Tensor:
 
 
 def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, positions: torch.Tensor,
-                limit: torch.Tensor, generator: torch.Generator, hidden: torch.Tensor | None = None) -> Verdict:
+                limit: torch.Tensor, generator: torch.Generator, hidden: torch.Tensor | None = None,
+                layout: tuple[torch.Tensor, torch.Tensor] | None = None) -> Verdict:
     """Recursive rejection sampling over a draft tree; ``p [B, n + 1, V]`` as described above.
 
     ``hidden [B, n + 1, D]`` (target states after the pending token and after every node) is
-    handed to policies that judge nodes by them (``needs_tree_states``).
+    handed to policies that judge nodes by them (``needs_tree_states``); ``layout`` is
+    :func:`tree_tables` of the block when the caller already has it.
 
     Siblings are tried in block order. Each is tested against the current (residualised) target
     with its draft distribution renormalised without the siblings already tried, which keeps the
@@ -123,7 +125,7 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
     """
     B, n = block.tokens.shape
     dev, V = p.device, p.shape[-1]
-    table, depth = tree_tables(block.parents)
+    table, depth = layout if layout is not None else tree_tables(block.parents)
     table = table.to(dev)
     max_depth = int(depth.max()) if n else 0
     limit = limit.clamp(max=max_depth)
