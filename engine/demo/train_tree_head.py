@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import read_safetensors_metadata, read_state_dict, save_safetensors
+from ..checkpoints import read_state_dict, save_safetensors
 from ..drafts.tree_head import TreeHead, TreeHeadConfig, save_tree_head
 from .model import load_demo
 from .train import Schedule, load_state, log, save_state, stream_seed
@@ -217,11 +217,6 @@ class HeadTrainer:
                                           "redundancy": args.redundancy,
                                           "validation": {k: round(v, 4) for k, v in val.items()}})
         log(f"done: {self.step} steps, validation {json.dumps(val)} -> {final}")
-
-
-def describe(path: Path) -> dict[str, object]:
-    """The training notes stored in a head file's header."""
-    return json.loads(read_safetensors_metadata(path).get("config", "{}"))
 
 
 def main(argv: list[str] | None = None) -> None:
