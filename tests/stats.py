@@ -47,3 +47,16 @@ def ks_uniform(values: torch.Tensor) -> tuple[float, float]:
     lam = (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n)) * d
     pval = 2 * sum((-1) ** (k - 1) * math.exp(-2 * k * k * lam * lam) for k in range(1, 101))
     return d, min(max(pval, 0.0), 1.0)
+
+
+def ks_two_sample(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """Two-sample Kolmogorov-Smirnov statistic of 1-D samples and its asymptotic p-value."""
+    a, b = a.double().flatten().sort().values, b.double().flatten().sort().values
+    grid = torch.cat([a, b])
+    cdf_a = torch.searchsorted(a, grid, right=True).double() / a.numel()
+    cdf_b = torch.searchsorted(b, grid, right=True).double() / b.numel()
+    d = float((cdf_a - cdf_b).abs().max())
+    n = a.numel() * b.numel() / (a.numel() + b.numel())
+    lam = (math.sqrt(n) + 0.12 + 0.11 / math.sqrt(n)) * d
+    pval = 2 * sum((-1) ** (k - 1) * math.exp(-2 * k * k * lam * lam) for k in range(1, 101))
+    return d, min(max(pval, 0.0), 1.0)

@@ -1,4 +1,4 @@
-"""Tiny random-weight LlamaGen models in the official layout, built by the tests themselves.
+"""Tiny random-weight LlamaGen (and MAR) models in the official layouts, built by the tests themselves.
 
 Weights use init std 0.2: with LlamaGen's 0.02 a random model repeats one token, which would
 make speculative tests pass trivially.
@@ -11,6 +11,8 @@ from pathlib import Path
 import torch
 
 from engine.checkpoints import save_safetensors
+from engine.continuous.mar import MAR, MARConfig
+from engine.continuous.model import MARTokenModel, PatchPixels
 from engine.drafts.tree_head import TreeHead
 from engine.models.llamagen.adapter import LlamaGenModel
 from engine.models.llamagen.gpt import GPT, GPTConfig
@@ -62,3 +64,21 @@ def tiny_tree_head(target: LlamaGenModel, seed: int = 2, std: float = 0.2) -> Tr
             if not name.endswith("norm.weight"):
                 param.normal_(0.0, std, generator=gen)
     return head.eval()
+
+
+def tiny_mar(seed: int = 0, std: float = 0.15, perturb: float = 0.0, **overrides: object) -> MARTokenModel:
+    """A random MAR on a 4x4 grid of 12-d patch tokens in [-1, 1] (its head clips the clean estimate).
+
+    ``perturb`` adds noise of that std to every weight: a draft close to
+    the seed's model, which CSpD's exact test accepts sometimes (about 40 % at 3e-4).
+    """
+    sizes: dict[str, object] = dict(seq_h=4, seq_w=4, token_dim=12, encoder_dim=32, encoder_depth=1, encoder_heads=2,
+                                    decoder_dim=32, decoder_depth=1, decoder_heads=2, num_classes=3, buffer_size=2,
+                                    head_width=32, head_depth=2)
+    mar = MAR(MARConfig(**{**sizes, **overrides}))  # type: ignore[arg-type]
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in mar.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen) * std + torch.randn(p.shape, generator=gen) * perturb)
+    return MARTokenModel(mar, PatchPixels(), name=f"tiny-mar-{seed}", class_names=("a", "b", "c"), clip_x0=1.0)
+

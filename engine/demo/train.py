@@ -102,14 +102,14 @@ def drop_classes(ids: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
     return torch.where(torch.rand(ids.shape, generator=gen) < rate, torch.full_like(ids, NUM_CLASSES), ids)
 
 
-def param_groups(model: GPT, weight_decay: float) -> list[dict[str, object]]:
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, object]]:
     """Decay matrices and embeddings, not norm gains (as LlamaGen does)."""
     params = list(model.parameters())
     return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
 
 
-def save_state(path: Path, model: GPT, opt: torch.optim.Optimizer, meta: dict[str, object]) -> None:
+def save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict[str, object]) -> None:
     """Model + AdamW moments as safetensors, the rest as JSON in its header; replaced atomically."""
     tensors = {f"model.{k}": v.float() for k, v in model.state_dict().items()}
     names = [n for n, _ in model.named_parameters()]
@@ -124,7 +124,7 @@ def save_state(path: Path, model: GPT, opt: torch.optim.Optimizer, meta: dict[st
     os.replace(tmp, path)
 
 
-def load_state(path: Path, model: GPT, opt: torch.optim.Optimizer) -> dict[str, object]:
+def load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, object]:
     """Restore what :func:`save_state` wrote; returns its JSON metadata."""
     tensors = read_state_dict(path)
     meta = json.loads(read_safetensors_metadata(path)["config"])
@@ -140,7 +140,7 @@ def load_state(path: Path, model: GPT, opt: torch.optim.Optimizer) -> dict[str, 
     return meta
 
 
-def init_from(path: Path, model: GPT) -> None:
+def init_from(path: Path, model: torch.nn.Module) -> None:
     """Warm-start ``model`` from a training state or an exported file (a second phase of training)."""
     tensors = read_state_dict(path)
     if any(k.startswith("model.") for k in tensors):

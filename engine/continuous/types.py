@@ -1,0 +1,99 @@
+"""Settings and results of continuous-token generation.
+
+The result is a :class:`engine.types.GenerationResult` whose tokens are vectors, so heatmaps,
+live frames, progress bars and the session code read it like a discrete result: ``kinds`` says
+per token whether the target sampled it (prefill, or plain MAR), whether a draft was accepted, or
+whether it was resampled from the residual; ``forward_index`` is the target pass that decided it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+from ..errors import SettingsError
+from ..types import GenerationResult
+from .acceptance import GaussianAcceptance
+from .schedule import CFG_SCHEDULES
+
+
+@dataclass(frozen=True)
+class ContinuousSettings:
+    """How a MAR-style model samples: its steps, guidance, head temperature and the run's seed."""
+
+    num_iter: int = 64  # MAR generation steps (MAR's default)
+    num_sampling_steps: int = 100  # denoising steps of the diffusion head (MAR's default)
+    cfg_scale: float = 1.0
+    cfg_schedule: str = "linear"
+    temperature: float = 1.0  # the head's sampling temperature (scales every step's std)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.num_iter < 1:
+            raise SettingsError(f"num_iter must be >= 1, got {self.num_iter}")
+        if self.num_sampling_steps < 1:
+            raise SettingsError(f"num_sampling_steps must be >= 1, got {self.num_sampling_steps}")
+        if self.cfg_scale < 0:
+            raise SettingsError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        if self.cfg_schedule not in CFG_SCHEDULES:
+            raise SettingsError(f"cfg_schedule must be one of {', '.join(CFG_SCHEDULES)}, got {self.cfg_schedule!r}")
+        if self.temperature <= 0:
+            raise SettingsError(f"temperature must be > 0, got {self.temperature}")
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.cfg_scale != 1.0
+
+    def with_(self, **changes: object) -> "ContinuousSettings":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class CSpDSettings:
+    """Continuous speculative decoding (Wang et al., arXiv 2411.11925), with the reference defaults.
+
+    ``prefill_ratio``: the steps ``s <= prefill_ratio * num_iter`` are run by the target alone, to
+    give the draft a context. ``draft_steps``: draft MAR steps per target verification (also
+    verified at the last step). ``acceptance``: the Gaussian test and the residual sampler.
+    """
+
+    prefill_ratio: float = 0.15
+    draft_steps: int = 8
+    acceptance: GaussianAcceptance = GaussianAcceptance()
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.prefill_ratio < 1.0:
+            raise SettingsError(f"prefill_ratio must be in [0, 1), got {self.prefill_ratio}")
+        if self.draft_steps < 1:
+            raise SettingsError(f"draft_steps must be >= 1, got {self.draft_steps}")
+
+    def is_prefill(self, step: int, num_iter: int) -> bool:
+        return step <= self.prefill_ratio * num_iter
+
+
+@dataclass
+class ContinuousResult(GenerationResult):
+    """``tokens [B, L, C]`` float; every image advances together, one token set per MAR step.
+
+    ``diagnostics`` holds ``acceptance_prob`` (alpha of each tested draft, NaN elsewhere).
+    ``residual_fallbacks`` counts resampled tokens whose bounded residual sampler ran out of tries.
+    """
+
+    residual_fallbacks: int = 0
+
+    @property
+    def forwards_per_image(self) -> torch.Tensor:
+        """Target passes that decided tokens of each image (all images share every pass)."""
+        return torch.tensor([len(set(row[row >= 0].tolist())) for row in self.forward_index])
+
+    def _committed_tokens(self) -> torch.Tensor:
+        return self.tokens.masked_fill((self.kinds < 0).unsqueeze(-1), float("nan"))
+
+    def stats(self) -> dict[str, object]:
+        stats = super().stats()
+        stats["residual_fallbacks"] = self.residual_fallbacks
+        return stats
+
+
+__all__ = ["ContinuousSettings", "CSpDSettings", "ContinuousResult"]

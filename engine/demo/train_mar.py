@@ -1,0 +1,147 @@
+"""Train the continuous demo pair: small MAR models over 2x2 RGB patches (12-d tokens).
+
+    python -m engine.demo.train_mar --role target --steps 1500 --threads 1 --out out/mar-target
+    python -m engine.demo.train_mar --role drafter --steps 1500 --threads 1 --out out/mar-drafter
+
+A 32x32 scene becomes 16x16 continuous tokens, each the 12 values of a 2x2 patch in [-1, 1], so
+no VAE is needed and decoding is a reshape. Both models are trained on the data independently,
+as CSpD pairs independently trained MAR sizes. Batches are rendered on the fly from
+``(seed, step)`` (as in :mod:`.train`); checkpoints are rewritten every few minutes and
+``--resume`` continues. The exported file (fp16, config and class names in the header) goes to
+``--out/mar_<role>.safetensors``; copy it to ``engine/demo/weights/`` to ship it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import torch
+
+from ..continuous.checkpoint import save_mar
+from ..continuous.mar import MAR, MARConfig
+from .codebook import images_to_patches
+from .scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
+from .train import Schedule, load_state, log, param_groups, save_state, stream_seed
+
+ROLES: dict[str, MARConfig] = {
+    "target": MARConfig(token_dim=12, encoder_dim=128, encoder_depth=3, encoder_heads=4, decoder_dim=128,
+                        decoder_depth=3, decoder_heads=4, num_classes=NUM_CLASSES, buffer_size=16,
+                        head_width=128, head_depth=3),
+    "drafter": MARConfig(token_dim=12, encoder_dim=64, encoder_depth=1, encoder_heads=4, decoder_dim=64,
+                         decoder_depth=1, decoder_heads=4, num_classes=NUM_CLASSES, buffer_size=16,
+                         head_width=64, head_depth=2),
+}
+TRAIN_STREAM, VAL_STREAM, DROP_STREAM, NOISE_STREAM = 10, 11, 12, 13
+VAL_IMAGES = 128
+
+
+def scene_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` fresh scenes as (class ids ``[n]``, tokens ``[n, 256, 12]``)."""
+    images, ids = sample_scenes(n, seed)
+    return torch.from_numpy(ids), images_to_patches(images)
+
+
+class MARTrainer:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.cfg = ROLES[args.role]
+        torch.manual_seed(args.seed)
+        self.model = MAR(self.cfg)
+        self.model.init_weights(torch.Generator().manual_seed(args.seed))
+        self.opt = torch.optim.AdamW(param_groups(self.model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
+        self.schedule = Schedule(args.lr, min(args.warmup, args.steps // 10), args.steps)
+        self.step = 0
+        self.out = Path(args.out)
+        self.state_path = self.out / f"mar_{args.role}-state.safetensors"
+        self.val = scene_batch(VAL_IMAGES, stream_seed(0, VAL_STREAM))
+
+    def loss(self, ids: torch.Tensor, tokens: torch.Tensor, seed: int) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.bf16):
+            return self.model.training_loss(tokens, ids, torch.Generator().manual_seed(seed))
+
+    def train_step(self) -> float:
+        args = self.args
+        ids, tokens = scene_batch(args.batch, stream_seed(args.seed, TRAIN_STREAM, self.step))
+        drop = torch.rand(ids.shape, generator=torch.Generator().manual_seed(stream_seed(args.seed, DROP_STREAM, self.step)))
+        ids = torch.where(drop < args.class_dropout, torch.full_like(ids, -1), ids)
+        for group in self.opt.param_groups:
+            group["lr"] = self.schedule.lr(self.step)
+        loss = self.loss(ids, tokens, stream_seed(args.seed, NOISE_STREAM, self.step))
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.step += 1
+        return float(loss.detach())
+
+    @torch.no_grad()
+    def val_loss(self) -> float:
+        """Loss on fixed held-out scenes with fixed masks and noise, so evaluations compare."""
+        return float(self.loss(*self.val, seed=stream_seed(0, VAL_STREAM, 1)))
+
+    def meta(self) -> dict[str, object]:
+        return {"step": self.step, "role": self.args.role, "seed": self.args.seed, "batch": self.args.batch,
+                "steps": self.args.steps, "mar": self.cfg.to_dict()}
+
+    def run(self) -> None:
+        args = self.args
+        self.out.mkdir(parents=True, exist_ok=True)
+        n_params = sum(p.numel() for p in self.model.parameters())
+        log(f"mar {args.role}: {n_params / 1e6:.2f}M params, {torch.get_num_threads()} threads, batch {args.batch}")
+        if args.resume and self.state_path.is_file():
+            meta = load_state(self.state_path, self.model, self.opt)
+            if meta["mar"] != self.cfg.to_dict() or meta["steps"] != args.steps or meta["batch"] != args.batch:
+                raise SystemExit(f"{self.state_path} was written by a different configuration; start a new --out")
+            self.step = int(meta["step"])  # type: ignore[arg-type]
+            log(f"resumed at step {self.step}/{args.steps}")
+        started = last_log = last_save = time.time()
+        losses: list[float] = []
+        while self.step < args.steps:
+            losses.append(self.train_step())
+            now = time.time()
+            if now - last_log >= args.log_seconds or self.step == args.steps:
+                log(f"step {self.step}/{args.steps} loss {sum(losses) / len(losses):.4f} "
+                    f"lr {self.opt.param_groups[0]['lr']:.2e} {(now - started) / 60:.1f} min")
+                losses, last_log = [], now
+            if now - last_save >= args.save_minutes * 60:
+                save_state(self.state_path, self.model, self.opt, self.meta())
+                log(f"step {self.step} val loss {self.val_loss():.4f}")
+                last_save = time.time()
+        val = self.val_loss()
+        save_state(self.state_path, self.model, self.opt, self.meta())
+        final = self.out / f"mar_{args.role}.safetensors"
+        save_mar(self.model, final, {"class_names": list(CLASS_NAMES), "role": args.role, "train_steps": self.step,
+                                     "batch": args.batch, "seed": args.seed, "val_loss": round(val, 4)})
+        log(f"done: {self.step} steps, val loss {val:.4f} -> {final}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m engine.demo.train_mar", description=__doc__.split("\n\n")[0])
+    p.add_argument("--role", choices=sorted(ROLES), required=True)
+    p.add_argument("--steps", type=int, required=True, help="optimizer steps (cosine schedule length)")
+    p.add_argument("--out", default="out/mar")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--weight-decay", type=float, default=0.02)
+    p.add_argument("--class-dropout", type=float, default=0.1)
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--log-seconds", type=float, default=60.0)
+    p.add_argument("--save-minutes", type=float, default=5.0)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    MARTrainer(args).run()
+
+
+if __name__ == "__main__":
+    main()

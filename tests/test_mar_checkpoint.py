@@ -1,0 +1,103 @@
+"""MAR weights: our safetensors files, the official checkpoint layout, bad files, the demo trainer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.continuous.checkpoint import infer_config, read_mar, save_mar
+from engine.continuous.diffusion import DiffusionNoise, GaussianDiffusion
+from engine.checkpoints import save_safetensors
+from engine.demo import train_mar
+from engine.errors import CheckpointError
+from tests.tiny import tiny_mar
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
+    tokens = torch.randn(2, 16, 12, generator=torch.Generator().manual_seed(0))
+    unknown = torch.zeros(2, 16, dtype=torch.bool)
+    unknown[:, 5:] = True
+    return tokens, unknown
+
+
+def test_own_file_round_trip(tmp_path: Path) -> None:
+    model = tiny_mar(0)
+    path = tmp_path / "mar.safetensors"
+    save_mar(model.mar, path, {"class_names": ["a", "b", "c"]}, half=False)
+    loaded, meta = read_mar(path)
+    assert meta["class_names"] == ["a", "b", "c"] and loaded.cfg == model.mar.cfg
+    classes = model.mar.class_embedding(torch.tensor([0, 2]), 2)
+    with torch.no_grad():
+        assert torch.equal(loaded.condition(*_inputs(), classes), model.mar.condition(*_inputs(), classes))
+
+
+def test_official_layout_loads_its_ema_weights(tmp_path: Path) -> None:
+    plain, ema = tiny_mar(0), tiny_mar(1)
+    path = tmp_path / "checkpoint-last.pth"
+    torch.save({"model": plain.mar.state_dict(), "model_ema": ema.mar.state_dict(), "epoch": 3}, path)
+    with pytest.raises(CheckpointError, match="attention heads"):
+        read_mar(path)  # width 32 is no published MAR size
+    loaded, _ = read_mar(path, heads=2)
+    assert loaded.cfg == ema.mar.cfg  # every size inferred from the tensors
+    for key, value in ema.mar.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+def test_published_sizes_are_inferred_with_their_head_counts() -> None:
+    from engine.continuous.mar import MAR, PRESETS
+    base = PRESETS["mar_base"]
+    shapes = {k: v for k, v in MAR(base.__class__(**{**base.to_dict(), "encoder_depth": 1, "decoder_depth": 1,
+                                                       "head_depth": 2})).state_dict().items()}
+    cfg = infer_config(shapes, "mar_base")
+    assert (cfg.encoder_heads, cfg.token_dim, cfg.buffer_size, cfg.head_width, cfg.num_classes) == (12, 16, 64, 1024, 1000)
+
+
+def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
+    other = tmp_path / "other.safetensors"
+    save_safetensors({"w": torch.zeros(2)}, other, config={"kind": "something-else"})
+    with pytest.raises(CheckpointError, match="not a SpecAR MAR file"):
+        read_mar(other)
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x00\x01not a safetensors file")
+    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+        read_mar(corrupt)
+    not_mar = tmp_path / "not-mar.pth"
+    torch.save({"model": {"tok_embeddings.weight": torch.zeros(3, 3)}}, not_mar)
+    with pytest.raises(CheckpointError, match="not a MAR checkpoint"):
+        read_mar(not_mar)
+    pickled = tmp_path / "objects.pth"
+    torch.save({"model": tiny_mar(0).mar.state_dict(), "args": Path("x")}, pickled)
+    with pytest.raises(CheckpointError, match="refusing to unpickle"):
+        read_mar(pickled)
+    truncated = tmp_path / "truncated.safetensors"
+    save_mar(tiny_mar(0).mar, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:-100])
+    with pytest.raises(CheckpointError):
+        read_mar(truncated)
+
+
+def test_demo_trainer_lowers_the_loss_and_exports_a_loadable_file(tmp_path: Path) -> None:
+    args = train_mar.parse_args(["--role", "drafter", "--steps", "12", "--batch", "8", "--warmup", "2",
+                                 "--out", str(tmp_path), "--no-bf16", "--lr", "3e-3"])
+    trainer = train_mar.MARTrainer(args)
+    before = trainer.val_loss()
+    trainer.run()
+    assert trainer.val_loss() < before
+    model, meta = read_mar(tmp_path / "mar_drafter.safetensors")
+    assert meta["role"] == "drafter" and model.cfg == train_mar.ROLES["drafter"]
+
+
+def test_diffusion_sampler_uses_the_given_noise() -> None:
+    """Same noise, same tokens; the last step's Gaussian generated the token."""
+    process = GaussianDiffusion(10)
+    net = tiny_mar(0).mar.diffloss
+    z = torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
+    noise = DiffusionNoise.draw(4, 10, 12, torch.Generator().manual_seed(2))
+    a = net.sample(z, noise, process, clip_x0=1.0)
+    b = net.sample(z, noise, process, clip_x0=1.0)
+    assert torch.equal(a.tokens, b.tokens)
+    assert torch.allclose(a.tokens, a.mean + a.std * noise.steps[:, -1])
+    other = net.sample(z, DiffusionNoise.draw(4, 10, 12, torch.Generator().manual_seed(3)), process, clip_x0=1.0)
+    assert not torch.allclose(a.tokens, other.tokens)
