@@ -290,3 +290,28 @@ def run_bench(model: ImageTokenModel, conditions: ConditionFn, methods: Sequence
             log(f"{call[0][-1] + 1}/{images} images done by every method")
     baseline = summarize("ar", results["ar"], None)
     return [baseline] + [summarize(m, results[m], baseline.seconds_per_image) for m in methods[1:]]
+
+
+QUALITY_COLUMNS = ("class acc", "colour acc", "shape acc", "FID-lite")
+TABLE_COLUMNS = ("method", "images", "fwd/img", "tok/fwd", "accept", "drafter fwd/call", "s/img", "speed-up", "loop overhead")
+
+
+def row_cells(row: BenchRow) -> tuple[str, ...]:
+    accept = "-" if row.acceptance_rate is None else f"{100 * row.acceptance_rate:.1f}%"
+    cells = (row.method, str(row.images), f"{row.target_forwards_per_image:.1f}", f"{row.tokens_per_forward:.2f}",
+             accept, f"{row.drafter_forwards_per_call:.1f}", f"{row.seconds_per_image:.3f}",
+             f"{row.speedup:.2f}x", f"{100 * row.loop_overhead:.1f}%")
+    if row.quality is None:
+        return cells
+    q = row.quality
+    return cells + (f"{q['class_accuracy']:.3f}", f"{q['colour_accuracy']:.3f}", f"{q['shape_accuracy']:.3f}",
+                    f"{q['fid_lite']:.1f}")
+
+
+def table_lines(rows: Sequence[BenchRow]) -> list[str]:
+    """The rows as aligned text lines, a header line first (quality columns when scored)."""
+    columns = TABLE_COLUMNS + (QUALITY_COLUMNS if rows[0].quality is not None else ())
+    table = [columns, *(row_cells(row) for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+            for line in table]

@@ -21,9 +21,10 @@ from types import FrameType
 from typing import Callable, Sequence
 
 from . import __version__
-from . import pareto
-from .bench import (METHODS, TREE_METHODS, check_policy_fits, BenchRow, ConditionFn, MethodOptions, add_quality, make_draft, method_name, parse_methods, split_method,
+from . import cli_continuous, pareto
+from .bench import (METHODS, TREE_METHODS, check_policy_fits, BenchRow, ConditionFn, table_lines, MethodOptions, add_quality, make_draft, method_name, parse_methods, split_method,
                     run_bench, sweep_methods)
+from .continuous.registry import is_continuous
 from .drafts.drafter import check_drafter_fits
 from .drafts.jacobi import INITIALISATIONS, Q_CONVENTIONS
 from .drafts.tree_drafts import TreeShape
@@ -62,10 +63,11 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", metavar="NAME|PATH", default="demo", help=(
-        "the target model: demo (the bundled model, the default), a LlamaGen weights file, or a model directory: "
-        "LlamaGen (weights, optional config.json, the VQ tokenizer vq*.pt), or a transformers checkpoint of "
-        "Janus-Pro, Lumina-mGPT, Anole or Emu3-Gen (see the README for each layout)"))
-    group.add_argument("--family", default="auto", choices=("auto", *FAMILIES),
+        "the target model: demo (the bundled model, the default), mar-demo (the bundled continuous-token MAR), a "
+        "LlamaGen weights file, or a model directory: LlamaGen (weights, optional config.json, the VQ tokenizer "
+        "vq*.pt), a transformers checkpoint of Janus-Pro, Lumina-mGPT, Anole or Emu3-Gen, or an official MAR "
+        "checkpoint with --family mar (see the README for each layout)"))
+    group.add_argument("--family", default="auto", choices=("auto", *FAMILIES, "mar"),
                        help="the model family (default: auto, read from the directory's config.json)")
     group.add_argument("--image-size", type=_int_at_least(16), metavar="PX",
                        help="pixels per side for families that draw several sizes (Lumina-mGPT, Emu3; default: the "
@@ -173,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--stats", metavar="STATS.json",
                      help="also write the tokens, forward counts, acceptance rate, timings and settings as JSON")
     out.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    cli_continuous.add_continuous_options(gen)
     gen.set_defaults(run=_generate)
 
     bench = commands.add_parser("bench", help="compare plain decoding with speculative methods",
@@ -205,6 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--plot", metavar="PARETO.png",
                        help="write tokens per forward against FID-lite and class accuracy, with the AR seed spread")
     sweep.add_argument("--table", metavar="PARETO.md", help="write the points as a Markdown table")
+    cli_continuous.add_continuous_options(bench)
     bench.set_defaults(run=_bench)
 
     plot = commands.add_parser("pareto", help="plot and tabulate the speed/quality points of saved benchmark runs",
@@ -368,6 +372,8 @@ def _require_pixels(model: ImageTokenModel) -> None:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    if is_continuous(args.model, args.family):
+        return cli_continuous.generate(args)
     _use_bundled_drafter(args, args.draft in (None, "model"))
     _use_bundled_head(args, args.draft in TREE_METHODS)
     kind = _draft_kind(args)
@@ -436,6 +442,8 @@ def _write_pictures(args: argparse.Namespace, model: ImageTokenModel, result: Ge
 # -- bench ----------------------------------------------------------------------------------------
 
 def _bench(args: argparse.Namespace) -> int:
+    if is_continuous(args.model, args.family):
+        return cli_continuous.bench(args)
     _use_bundled_drafter(args, args.methods is None or "drafter" in args.methods)
     _use_bundled_head(args, args.methods is not None and "tree" in args.methods)
     default = DEFAULT_BENCH_METHODS + (",drafter" if args.drafter else "")
@@ -510,22 +518,6 @@ def _quality_metric(model: ImageTokenModel):  # type: ignore[no-untyped-def]
     return lambda images, classes: evaluator.evaluate(images, classes).to_dict()
 
 
-QUALITY_COLUMNS = ("class acc", "colour acc", "shape acc", "FID-lite")
-TABLE_COLUMNS = ("method", "images", "fwd/img", "tok/fwd", "accept", "drafter fwd/call", "s/img", "speed-up", "loop overhead")
-
-
-def _cells(row: BenchRow) -> tuple[str, ...]:
-    accept = "-" if row.acceptance_rate is None else f"{100 * row.acceptance_rate:.1f}%"
-    cells = (row.method, str(row.images), f"{row.target_forwards_per_image:.1f}", f"{row.tokens_per_forward:.2f}",
-             accept, f"{row.drafter_forwards_per_call:.1f}", f"{row.seconds_per_image:.3f}",
-             f"{row.speedup:.2f}x", f"{100 * row.loop_overhead:.1f}%")
-    if row.quality is None:
-        return cells
-    q = row.quality
-    return cells + (f"{q['class_accuracy']:.3f}", f"{q['colour_accuracy']:.3f}", f"{q['shape_accuracy']:.3f}",
-                    f"{q['fid_lite']:.1f}")
-
-
 def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: SamplingSettings, batch: int) -> str:
     """The benchmark table with a header that says how to read it."""
     forwards = "target forwards per image" + ("" if batch == 1 else
@@ -535,12 +527,7 @@ def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: Samplin
               f"fwd/img: {forwards}",
               "speed-up: AR's s/img over the method's, measured in this run",
               "loop overhead: share of wall time outside model forwards"]
-    columns = TABLE_COLUMNS + (QUALITY_COLUMNS if rows[0].quality is not None else ())
-    table = [columns, *(_cells(row) for row in rows)]
-    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    lines = ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-             for line in table]
-    return "\n".join(header + [""] + lines)
+    return "\n".join(header + [""] + table_lines(rows))
 
 
 # -- entry point ----------------------------------------------------------------------------------

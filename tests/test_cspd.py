@@ -17,8 +17,8 @@ from engine.continuous.schedule import cfg_at, unknown_counts
 from engine.continuous.types import ContinuousSettings, CSpDSettings
 from engine.errors import IncompatibleDrafterError, SettingsError
 from engine.types import TokenKind
-from tests.stats import ks_two_sample, ks_uniform
-from tests.tiny import tiny_mar
+from stats import ks_two_sample, ks_uniform
+from tiny import tiny_mar
 
 SETTINGS = ContinuousSettings(num_iter=6, num_sampling_steps=8, cfg_scale=2.0, seed=0)
 

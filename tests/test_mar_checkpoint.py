@@ -12,7 +12,7 @@ from engine.continuous.diffusion import DiffusionNoise, GaussianDiffusion
 from engine.checkpoints import save_safetensors
 from engine.demo import train_mar
 from engine.errors import CheckpointError
-from tests.tiny import tiny_mar
+from tiny import tiny_mar
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor]:
@@ -101,3 +101,23 @@ def test_diffusion_sampler_uses_the_given_noise() -> None:
     assert torch.allclose(a.tokens, a.mean + a.std * noise.steps[:, -1])
     other = net.sample(z, DiffusionNoise.draw(4, 10, 12, torch.Generator().manual_seed(3)), process, clip_x0=1.0)
     assert not torch.allclose(a.tokens, other.tokens)
+
+
+def test_kl16_decoder_loads_the_official_layout_and_decodes(tmp_path: Path) -> None:
+    """A small KL VAE in kl16.ckpt's layout (encoder weights included, as in the real file)."""
+    from engine.continuous.kl_vae import KL16Decoder, load_kl16
+
+    vae = KL16Decoder(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)
+    state = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * 0.1
+             for i, (k, v) in enumerate(vae.state_dict().items())}
+    state["encoder.conv_in.weight"] = torch.zeros(32, 3, 3, 3)
+    state["quant_conv.weight"] = torch.zeros(8, 8, 1, 1)
+    path = tmp_path / "kl16.ckpt"
+    torch.save({"model": state}, path)
+    loaded = load_kl16(path)
+    assert [len(level.block) for level in loaded.decoder.up] == [2, 2]
+    images = loaded(torch.randn(2, 9, 4), (3, 3))
+    assert images.shape == (2, 6, 6, 3) and images.dtype == torch.uint8
+    with pytest.raises(CheckpointError, match="not a KL VAE"):
+        torch.save({"model": {"w": torch.zeros(1)}}, tmp_path / "bad.ckpt")
+        load_kl16(tmp_path / "bad.ckpt")

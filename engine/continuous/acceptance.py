@@ -30,6 +30,7 @@ import torch
 from ..errors import SettingsError
 
 REFERENCE_INNER_TEMPERATURE = 42.0  # CSpD's code default
+RECOMMENDED_RELAXATION = 0.0  # chosen from the demo benchmark (README, "Continuous tokens")
 
 
 @dataclass(frozen=True)
@@ -106,4 +107,4 @@ def inner_temperature_for(relaxation: float) -> float:
     return math.exp(relaxation * math.log(REFERENCE_INNER_TEMPERATURE))
 
 
-__all__ = ["Gaussian", "GaussianAcceptance", "inner_temperature_for", "REFERENCE_INNER_TEMPERATURE"]
+__all__ = ["Gaussian", "GaussianAcceptance", "inner_temperature_for", "REFERENCE_INNER_TEMPERATURE", "RECOMMENDED_RELAXATION"]

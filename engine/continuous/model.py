@@ -16,6 +16,7 @@ import torch
 from ..errors import SettingsError
 from .diffusion import DiffusionNoise, GaussianDiffusion, HeadSample
 from .mar import MAR
+from .types import ContinuousSettings
 
 
 class PixelDecoder(Protocol):
@@ -44,6 +45,7 @@ class ContinuousTokenModel(Protocol):
     token_dim: int
     num_classes: int
     class_names: tuple[str, ...] | None
+    default_settings: ContinuousSettings
 
     @property
     def device(self) -> torch.device: ...
@@ -66,8 +68,10 @@ class MARTokenModel:
     """:class:`ContinuousTokenModel` for :class:`MAR` weights and a pixel decoder."""
 
     def __init__(self, mar: MAR, decoder: PixelDecoder, name: str = "mar",
-                 class_names: tuple[str, ...] | None = None, clip_x0: float | None = None) -> None:
+                 class_names: tuple[str, ...] | None = None, clip_x0: float | None = None,
+                 default_settings: ContinuousSettings = ContinuousSettings()) -> None:
         self.mar = mar.eval()
+        self.default_settings = default_settings
         self.clip_x0 = clip_x0  # bound of the data (1.0 for pixel patches), None for unbounded latents
         self.decoder = decoder
         self.name = name

@@ -1,0 +1,177 @@
+"""``specar generate`` and ``specar bench`` for continuous-token models (MAR, CSpD).
+
+    specar generate --model mar-demo --class-id 3 --out ring.png --heatmap ring_heat.png
+    specar bench --model mar-demo --methods cspd,mar2 --images 100 --batch 50 --quality
+
+:mod:`engine.cli` hands over here when ``--model`` names a continuous model; the options the two
+kinds share (classes, cfg, temperature, seed, outputs) mean the same, the MAR and CSpD knobs are
+their own group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import asdict
+
+from .continuous.acceptance import GaussianAcceptance, RECOMMENDED_RELAXATION, inner_temperature_for
+from .continuous.bench import parse_continuous_methods, run_continuous_bench
+from .continuous.loop import generate_continuous
+from .continuous.model import MARTokenModel
+from .continuous.registry import load_continuous_model
+from .continuous.types import ContinuousSettings, CSpDSettings
+from .bench import table_lines
+from .errors import SettingsError
+from .heatmap import acceptance_heatmap, committed_mask, image_grid, save_png, side_by_side
+from .progress import ProgressBar, summary_line
+from .session import class_for_prompt
+from .types import StepEvent
+
+BUNDLED_DRAFTS = {"mar-demo": "mar-demo-drafter"}
+DEFAULT_METHODS = "cspd"
+
+
+def add_continuous_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("continuous-token models (MAR) and continuous speculative decoding (CSpD)")
+    group.add_argument("--mar-steps", type=int, metavar="N",
+                       help="MAR generation steps: each step predicts a cosine-scheduled set of tokens (default: the model's)")
+    group.add_argument("--head-steps", type=int, metavar="N",
+                       help="denoising steps of the per-token diffusion head (default: the model's; MAR uses 100)")
+    group.add_argument("--cfg-schedule", choices=("linear", "constant"),
+                       help="guidance grows with the share of known tokens (linear, MAR's default) or stays constant")
+    group.add_argument("--draft-steps", type=int, default=CSpDSettings().draft_steps, metavar="N",
+                       help="CSpD: draft MAR steps verified by one target pass (default: %(default)s)")
+    group.add_argument("--prefill-ratio", type=float, default=CSpDSettings().prefill_ratio, metavar="F",
+                       help="CSpD: share of the first steps the target runs alone (default: %(default)s)")
+    group.add_argument("--inner-temperature", type=float, metavar="T",
+                       help="CSpD experts: the acceptance test's inner temperature (1 = exact Gaussian ratio; "
+                            "overrides --relax, which maps 0..1 onto 1..42)")
+    group.add_argument("--residual-tries", type=int, default=GaussianAcceptance().max_tries, metavar="N",
+                       help="CSpD: tries of the residual sampler before it falls back to a target sample (default: %(default)s)")
+    group.add_argument("--vae", metavar="PATH", help="MAR's KL-16 VAE (kl16.ckpt) for official MAR checkpoints")
+
+
+def _refuse_discrete_options(args: argparse.Namespace) -> None:
+    given = [opt for opt, name in (("--policy", "policy"), ("--greedy", "greedy"), ("--top-k", "top_k"),
+                                   ("--top-p", "top_p"), ("--tree-head", "tree_head"), ("--vq", "vq"))
+             if getattr(args, name, None) not in (None, False, "exact")]
+    if given:
+        raise SettingsError(f"{', '.join(given)} apply to discrete-token models; {args.model} is a continuous MAR model "
+                            "(see the CSpD options)")
+
+
+def _settings(model: MARTokenModel, args: argparse.Namespace) -> ContinuousSettings:
+    given = {"num_iter": args.mar_steps, "num_sampling_steps": args.head_steps, "cfg_scale": args.cfg,
+             "cfg_schedule": args.cfg_schedule, "temperature": args.temperature, "seed": args.seed}
+    return model.default_settings.with_(**{k: v for k, v in given.items() if v is not None})
+
+
+def _speculation(args: argparse.Namespace) -> CSpDSettings:
+    relax = RECOMMENDED_RELAXATION if args.relax is None else args.relax
+    temperature = args.inner_temperature if args.inner_temperature is not None else inner_temperature_for(relax)
+    return CSpDSettings(args.prefill_ratio, args.draft_steps, GaussianAcceptance(temperature, args.residual_tries))
+
+
+def _classes(model: MARTokenModel, args: argparse.Namespace, count: int) -> list[int]:
+    if args.prompt is not None:
+        return [class_for_prompt(model, args.prompt)] * count  # type: ignore[arg-type]
+    ids = args.class_ids or []
+    return [ids[i % len(ids)] for i in range(count)] if ids else [i % model.num_classes for i in range(count)]
+
+
+def _draft_model(args: argparse.Namespace, wanted: bool) -> MARTokenModel | None:
+    name = args.drafter or (BUNDLED_DRAFTS.get(args.model) if wanted else None)
+    return load_continuous_model(name, args.device, args.vae) if name else None
+
+
+def generate(args: argparse.Namespace) -> int:
+    _refuse_discrete_options(args)
+    if args.draft not in (None, "none", "model"):
+        raise SettingsError(f"--draft {args.draft} drafts discrete tokens; continuous models draft with a smaller MAR "
+                            "(--draft model, the default when a drafter is known) or not at all (--draft none)")
+    if args.explain:
+        raise SettingsError("--explain shows what a discrete policy decided on; for CSpD use --stats (acceptance_prob)")
+    speculation = _speculation(args)
+    model = load_continuous_model(args.model, args.device, args.vae)
+    draft = _draft_model(args, args.draft != "none")
+    if args.draft == "model" and draft is None:
+        raise SettingsError("--draft model needs --drafter PATH (a smaller MAR over the same tokens)")
+    settings = _settings(model, args)
+    ids = args.class_ids or []
+    batch = args.batch or len(ids) or 1
+    if len(ids) > 1 and len(ids) != batch:
+        raise SettingsError(f"--class-id got {len(ids)} classes for --batch {batch}: give one per image, or one for all")
+    classes = _classes(model, args, batch)
+    progress = ProgressBar(enabled=not args.quiet)
+    from .cli import StopOnInterrupt, _write_json
+
+    with StopOnInterrupt() as stop:
+        def observer(event: StepEvent) -> bool:
+            progress(event)
+            return not stop.requested
+
+        result = generate_continuous(model, classes, settings, draft, speculation, observer)
+    progress.finish(summary_line(result))
+    images = model.decode(result.tokens)
+    size = (int(images.shape[1]), int(images.shape[2]))
+    if not result.finished:
+        images = images * committed_mask(result.kinds, model.grid, size)[..., None]
+    ncols = math.ceil(math.sqrt(batch))
+    save_png(image_grid(images, ncols), args.out)
+    heatmaps = acceptance_heatmap(result, model.grid, size)
+    if args.heatmap:
+        save_png(image_grid(heatmaps, ncols), args.heatmap)
+    if args.compare:
+        save_png(side_by_side(images, heatmaps, ncols), args.compare)
+    if args.stats:
+        stats = {**result.stats(), "model": model.name, "drafter": draft.name if draft else None, "classes": classes,
+                 "settings": asdict(settings), "cspd": asdict(speculation) if draft else None}
+        stats["acceptance_prob"] = result.diagnostics["acceptance_prob"].tolist() if draft else None
+        _write_json(args.stats, stats)
+    if not result.finished:
+        print("interrupted: wrote the tokens decided so far (black where none)", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _quality(model: MARTokenModel):  # type: ignore[no-untyped-def]
+    if not model.name.startswith("specar-mar-demo"):
+        raise SettingsError(f"--quality scores the bundled demo scenes; there is no metric for {model.name}")
+    from .demo.evaluator import load_evaluator
+
+    evaluator = load_evaluator()
+    return lambda images, classes: evaluator.evaluate(images, classes).to_dict()
+
+
+def bench(args: argparse.Namespace) -> int:
+    _refuse_discrete_options(args)
+    methods = parse_continuous_methods(args.methods or DEFAULT_METHODS)
+    if args.plot or args.table or args.sweep:
+        raise SettingsError("--sweep, --plot and --table belong to the discrete policies; list cspd=RELAX methods instead")
+    speculation = _speculation(args)
+    model = load_continuous_model(args.model, args.device, args.vae)
+    needs_draft = any(m.split("=")[0] in ("cspd", "draft") for m in methods)
+    draft = _draft_model(args, needs_draft)
+    settings = _settings(model, args)
+    evaluate = _quality(model) if args.quality else None
+    log = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
+    classes = _classes(model, args, args.images)
+    rows = run_continuous_bench(model, draft, methods, classes, args.batch, settings, speculation, evaluate, log)
+    header = [f"{model.name} vs draft {draft.name if draft else '-'}, {settings.num_iter} MAR steps, "
+              f"{settings.num_sampling_steps} head steps, cfg {settings.cfg_scale} ({settings.cfg_schedule}), "
+              f"temperature {settings.temperature}, seed {settings.seed}",
+              f"CSpD: prefill {speculation.prefill_ratio}, {speculation.draft_steps} draft steps per verification, "
+              "cspd=R: inner temperature 42^R",
+              "fwd/img: target passes per image; tok/fwd: image tokens per target pass; speed-up: wall time vs mar"]
+    print("\n".join(header + [""] + table_lines(rows)))
+    if args.json:
+        from .cli import _write_json
+
+        _write_json(args.json, {"model": model.name, "drafter": draft.name if draft else None, "images": args.images,
+                                "batch": args.batch, "settings": asdict(settings), "cspd": asdict(speculation),
+                                "rows": [row.to_dict() for row in rows]})
+    return 0
+
+
+__all__ = ["add_continuous_options", "generate", "bench"]
