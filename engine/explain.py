@@ -31,6 +31,7 @@ LABELS: dict[str, str] = {
     "group_size": "group size (tokens)",
     "interchangeable": "interchangeable siblings",
     "convergence": "cos(state, parent state)",
+    "acceptance_prob": "CSpD acceptance probability",
 }
 PANEL_MIN_WIDTH = 150  # pixels per panel, so captions fit
 MAX_ROWS = 8  # images explained per picture: a batch of 128 would make a picture 19,000 pixels tall

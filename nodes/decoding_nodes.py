@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..engine.bench import method_name
+from ..engine.continuous.session import speculation_for
 from ..engine.drafts.jacobi import INITIALISATIONS
 from ..engine.policies import POLICIES, make_policy, parse_policy_options, recommended_relaxation
 from ..engine.session import DraftRecipe, PolicyRecipe
@@ -19,6 +20,10 @@ def _jacobi(host: Host, window: int, initialisation: str, coupled: bool) -> tupl
 def _policy(host: Host, policy: str, relaxation: float, expert_options: str,
             mask: torch.Tensor | None = None) -> tuple[PolicyRecipe]:
     options = parse_policy_options(expert_options)
+    if policy == "cspd":
+        recipe = PolicyRecipe(policy, relaxation, mask, tuple(options.items()))
+        speculation_for(DraftRecipe(), recipe)  # bad options fail on this node
+        return (recipe,)
     if not getattr(POLICIES[policy], "needs_model", False):  # the others are checked against the model by the sampler
         make_policy(policy, relaxation, **options)  # a bad combination fails here, on this node, not later in the sampler
     return (PolicyRecipe(policy, relaxation, mask, tuple(options.items())),)
@@ -50,8 +55,8 @@ ACCEPTANCE_POLICY = NodeSpec(
                 "relaxed policies accept more (faster) at a measured quality cost. An optional mask limits relaxation "
                 "to painted regions.",
     inputs=(
-        Field("policy", COMBO, "exact is lossless; relaxed policies appear here as they are installed",
-              default="exact", options=tuple(POLICIES)),
+        Field("policy", COMBO, "exact is lossless; relaxed policies appear here as they are installed; cspd relaxes "
+              "the Gaussian test of continuous (MAR) models", default="exact", options=(*POLICIES, "cspd")),
         Field("relaxation", FLOAT, "0 = lossless; towards 1 accepts more drafts (faster, less faithful). Settings that "
               f"kept plain AR's quality in the benchmark: {RECOMMENDED}. Must be 0 for exact",
               default=0.0, min=0.0, max=1.0, step=0.05, slider=True),

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..engine.continuous.registry import DEMO_ROLES, is_continuous, load_continuous_model
+from ..engine.continuous.session import is_continuous_model
 from ..engine.drafts.tree_drafts import TREE_KINDS, TreeShape
 from ..engine.drafts.tree_head import BUNDLED_HEAD, resolve_tree_head
 from ..engine.models.base import ImageTokenModel
@@ -14,21 +16,25 @@ from .schema import COMBO, DRAFT, INT, MODEL, STRING, Field, NodeSpec, Output
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 BUNDLED_TARGET, BUNDLED_DRAFTER = "demo", "demo-drafter"
+BUNDLED_MAR, BUNDLED_MAR_DRAFTER = "mar-demo", "mar-demo-drafter"
 
 
 def target_choices(folders: list[Path]) -> list[str]:
-    return [BUNDLED_TARGET, *find_models(folders)]
+    return [BUNDLED_TARGET, BUNDLED_MAR, *find_models(folders)]
 
 
 def drafter_choices(folders: list[Path]) -> list[str]:
-    return [BUNDLED_DRAFTER, *find_models(folders)]
+    return [BUNDLED_DRAFTER, BUNDLED_MAR_DRAFTER, *find_models(folders)]
 
 
 def load(host: Host, choice: str, dtype: str, family: str = "auto", image_size: int = 0) -> ImageTokenModel:
     """Load a bundled model or one from the model folders onto the offload device; the sampler
-    moves it to the compute device for each run and back afterwards."""
+    moves it to the compute device for each run and back afterwards. Continuous-token (MAR)
+    models come back as :class:`engine.continuous.model.MARTokenModel`, which the sampler knows."""
     path = find_models(host.model_folders()).get(choice)
-    spec: str | Path = choice if choice in BUNDLED else path or Path(choice)
+    spec: str | Path = choice if choice in BUNDLED or choice in DEMO_ROLES else path or Path(choice)
+    if is_continuous(spec, family):
+        return load_continuous_model(spec, host.offload_device())  # type: ignore[return-value]
     return load_model(spec, host.offload_device(), resolve_dtype(dtype, host.device()), family=family,
                       image_size=image_size or None)
 
@@ -38,7 +44,10 @@ def _load_target(host: Host, model: str, dtype: str, family: str, image_size: in
 
 
 def _load_drafter(host: Host, drafter: str, gamma: int, dtype: str) -> tuple[DraftRecipe]:
-    return (DraftRecipe("drafter", gamma=gamma, drafter=load(host, drafter, dtype)),)
+    model = load(host, drafter, dtype)
+    if is_continuous_model(model) and gamma < 1:
+        raise ValueError("gamma (draft MAR steps per verification) must be >= 1")
+    return (DraftRecipe("drafter", gamma=gamma, drafter=model),)
 
 
 def head_choices(folders: list[Path]) -> list[str]:
@@ -59,15 +68,16 @@ _DTYPE_FIELD = Field("dtype", COMBO, "number format of the weights: auto is bf16
 LOAD_MODEL = NodeSpec(
     node_id="SpecARModelLoader",
     display_name="SpecAR Load Model",
-    description="Loads an autoregressive image model: 'demo' is the small bundled model (no download); other entries "
-                "are files and model directories in ComfyUI/models/specar/ (LlamaGen, Janus-Pro, Lumina-mGPT, Anole, "
-                "Emu3-Gen; see the README for each family's folder layout).",
+    description="Loads an autoregressive image model: 'demo' is the small bundled model (no download), 'mar-demo' its "
+                "continuous-token (MAR) counterpart; other entries are files and model directories in "
+                "ComfyUI/models/specar/ (LlamaGen, Janus-Pro, Lumina-mGPT, Anole, Emu3-Gen, MAR; see the README for "
+                "each family's folder layout).",
     inputs=(
         Field("model", COMBO, "the bundled demo, or a weights file / model directory from models/specar/",
               default=BUNDLED_TARGET, options=target_choices),
         _DTYPE_FIELD,
         Field("family", COMBO, "the model family; auto reads it from the folder's config.json",
-              default="auto", options=("auto", *FAMILIES)),
+              default="auto", options=("auto", *FAMILIES, "mar")),
         Field("image_size", INT, "pixels per side for families that draw several sizes (Lumina-mGPT: multiples of 32; "
               "Emu3: of 8); 0 takes the checkpoint's usual size", default=0, min=0, max=4096, step=16),
     ),
@@ -79,11 +89,13 @@ DRAFTER_MODEL = NodeSpec(
     node_id="SpecARDrafterModel",
     display_name="SpecAR Drafter Model",
     description="Speculative decoding with a small drafter model of the same family: it proposes gamma tokens, the "
-                "target checks them all in one forward. Lossless with the exact policy.",
+                "target checks them all in one forward. Lossless with the exact policy. With a continuous (MAR) "
+                "target this is CSpD: the drafter runs gamma MAR steps, one target pass verifies them.",
     inputs=(
         Field("drafter", COMBO, "a small model with the same vocabulary and token grid as the target",
               default=BUNDLED_DRAFTER, options=drafter_choices),
-        Field("gamma", INT, "tokens the drafter proposes per target forward", default=6, min=1, max=32),
+        Field("gamma", INT, "tokens the drafter proposes per target forward (MAR: draft steps per target pass, "
+              "CSpD's default 8)", default=6, min=1, max=32),
         _DTYPE_FIELD,
     ),
     outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),

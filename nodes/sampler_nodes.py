@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..engine.continuous.session import is_continuous_model, run_continuous_job
+from ..engine.continuous.types import ContinuousSettings
 from ..engine.heatmap import committed_mask, comparison
 from ..engine.live import HeatmapFrames
 from ..engine.models.base import ImageTokenModel
@@ -72,19 +74,24 @@ def on_compute_device(host: Host, model: ImageTokenModel, draft: DraftRecipe) ->
             draft.drafter.to(host.offload_device())
 
 
-def sampling_settings(model: ImageTokenModel, seed: int, cfg: float, temperature: float, top_k: int) -> SamplingSettings:
-    """The model's defaults with the node's knobs; temperature 0 means greedy decoding."""
+def sampling_settings(model: ImageTokenModel, seed: int, cfg: float, temperature: float,
+                      top_k: int) -> SamplingSettings | ContinuousSettings:
+    """The model's defaults with the node's knobs; temperature 0 means greedy decoding (discrete models;
+    continuous ones need a temperature above 0 and have no top-k)."""
+    if is_continuous_model(model):
+        return model.default_settings.with_(cfg_scale=cfg, temperature=temperature, seed=seed)  # type: ignore[return-value]
     greedy = temperature == 0
     return model.default_settings.with_(cfg_scale=cfg, temperature=1.0 if greedy else temperature, top_k=top_k,
                                         greedy=greedy, seed=seed)
 
 
-def decode_job(host: Host, model: ImageTokenModel, prompt: str, batch: int, settings: SamplingSettings,
-               draft: DraftRecipe, policy: PolicyRecipe) -> JobOutput:
+def decode_job(host: Host, model: ImageTokenModel, prompt: str, batch: int,
+               settings: SamplingSettings | ContinuousSettings, draft: DraftRecipe, policy: PolicyRecipe) -> JobOutput:
     """One observed run; an interrupted run ends the node the way the host expects."""
     report = LiveReport(host, model)
+    run = run_continuous_job if is_continuous_model(model) else run_job
     with on_compute_device(host, model, draft):
-        job = run_job(model, prompt, batch, settings, draft, policy, report)
+        job = run(model, prompt, batch, settings, draft, policy, report)  # type: ignore[operator]
     report.finish()
     if not job.result.finished:
         host.raise_interrupted()
@@ -108,9 +115,11 @@ def _compare(host: Host, model: ImageTokenModel, draft: DraftRecipe, prompt: str
     speedup = plain.result.wall_seconds / max(fast.result.wall_seconds, 1e-9)
     fewer = plain.result.target_forwards / max(fast.result.target_forwards, 1)
     stats = fast.result.stats()
-    captions = ("plain AR", f"{draft.method}: {stats['tokens_per_forward']:.2f} tok/fwd, {speedup:.2f}x", "acceptance")
+    plain_name = "plain MAR" if is_continuous_model(model) else "plain AR"
+    method = "CSpD" if is_continuous_model(model) else draft.method
+    captions = (plain_name, f"{method}: {stats['tokens_per_forward']:.2f} tok/fwd, {speedup:.2f}x", "acceptance")
     picture = comparison(_uint8(plain.images), _uint8(fast.images), _uint8(fast.heatmaps), captions)
-    summary = (f"plain AR: {plain.summary}\nspeculative: {fast.summary}\n"
+    summary = (f"{plain_name}: {plain.summary}\nspeculative: {fast.summary}\n"
                f"{fewer:.2f}x fewer target forwards, {speedup:.2f}x wall-clock speed-up (same seed, same machine)")
     return torch.from_numpy(np.array(picture)).float()[None] / 255.0, summary
 
@@ -128,7 +137,8 @@ _SAMPLING_FIELDS = (
           default=2.0, min=0.0, max=20.0, step=0.1),
     Field("temperature", FLOAT, "randomness per token; 0 = greedy (always the likeliest token)",
           default=1.0, min=0.0, max=5.0, step=0.05),
-    Field("top_k", INT, "sample only among the k likeliest tokens (0 = all)", default=100, min=0, max=1_000_000),
+    Field("top_k", INT, "sample only among the k likeliest tokens (0 = all; discrete models only)", default=100, min=0,
+          max=1_000_000),
 )
 
 SAMPLER = NodeSpec(

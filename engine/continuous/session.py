@@ -1,0 +1,99 @@
+"""One continuous-token sampling job as a host application (the ComfyUI nodes) asks for it.
+
+The recipes are the discrete ones (:class:`engine.session.DraftRecipe`, ``PolicyRecipe``) so the
+same nodes drive both kinds of model: a drafter recipe holding a continuous draft model means CSpD
+with ``gamma`` draft MAR steps per verification; the policy ``cspd`` relaxes the Gaussian test
+(``relaxation`` -> inner temperature ``42^relaxation``), ``exact`` (or no policy) keeps it exact.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..errors import SettingsError
+from ..explain import explanation
+from ..heatmap import acceptance_heatmap, committed_mask
+from ..session import DraftRecipe, JobOutput, Observer, PolicyRecipe, as_float
+from .acceptance import GaussianAcceptance, inner_temperature_for
+from .loop import generate_continuous
+from .model import ContinuousTokenModel
+from .types import ContinuousResult, ContinuousSettings, CSpDSettings
+
+CONTINUOUS_POLICIES = ("exact", "cspd")
+
+
+def is_continuous_model(model: object) -> bool:
+    return hasattr(model, "head_sample")
+
+
+def class_ids_for(model: ContinuousTokenModel, prompt: str, batch: int) -> list[int]:
+    """A class name (any case) or number, repeated ``batch`` times."""
+    text = prompt.strip()
+    if text.isdigit():
+        class_id = int(text)
+    else:
+        names = [name.lower() for name in (model.class_names or ())]
+        if text.lower() not in names:
+            raise SettingsError(f"{model.name} has no class named {prompt!r}; classes: {', '.join(model.class_names or ())}")
+        class_id = names.index(text.lower())
+    if not 0 <= class_id < model.num_classes:
+        raise SettingsError(f"{model.name} has classes 0..{model.num_classes - 1}, not {class_id}")
+    return [class_id] * batch
+
+
+def speculation_for(draft: DraftRecipe, policy: PolicyRecipe | None) -> CSpDSettings:
+    """CSpD settings from the recipes: ``gamma`` draft steps, the Gaussian test at the policy's relaxation."""
+    policy = policy or PolicyRecipe()
+    if policy.name not in CONTINUOUS_POLICIES:
+        raise SettingsError(f"continuous (MAR) models accept drafts with CSpD's Gaussian test: use the policy cspd "
+                            f"(or exact), not {policy.name}")
+    if policy.mask is not None:
+        raise SettingsError("region masks relax discrete policies; CSpD relaxes every token alike")
+    options = dict(policy.options)
+    unknown = sorted(set(options) - {"inner_temperature", "max_tries"})
+    if unknown:
+        raise SettingsError(f"the cspd policy takes inner_temperature and max_tries, not {', '.join(unknown)}")
+    temperature = options.get("inner_temperature", inner_temperature_for(policy.relaxation))
+    acceptance = GaussianAcceptance(float(temperature), int(options.get("max_tries", GaussianAcceptance().max_tries)))
+    return CSpDSettings(draft_steps=draft.gamma, acceptance=acceptance)
+
+
+def summarize(result: ContinuousResult, draft: ContinuousTokenModel | None, speculation: CSpDSettings) -> str:
+    parts = [f"CSpD with {draft.name} ({speculation.draft_steps} draft steps, inner temperature "
+             f"{speculation.acceptance.inner_temperature:.3g})" if draft is not None else "plain MAR",
+             f"{result.target_forwards} target passes for {result.batch_size}x{result.tokens.shape[1]} tokens",
+             f"{result.tokens_per_forward:.2f} tokens/pass"]
+    if draft is not None:
+        parts.append(f"acceptance {100 * result.acceptance_rate:.1f}%")
+    parts.append(f"{result.wall_seconds:.2f} s")
+    if not result.finished:
+        parts.append("INTERRUPTED")
+    return " | ".join(parts)
+
+
+def run_continuous_job(model: ContinuousTokenModel, prompt: str, batch: int, settings: ContinuousSettings,
+                       draft: DraftRecipe | None = None, policy: PolicyRecipe | None = None,
+                       observer: Observer | None = None) -> JobOutput:
+    """Draw ``batch`` images of ``prompt`` (plainly, or with CSpD when the recipe holds a draft model)."""
+    if batch < 1:
+        raise SettingsError(f"batch size must be >= 1, got {batch}")
+    draft = draft or DraftRecipe()
+    drafter = draft.drafter
+    if draft.method not in ("ar", "drafter") or (drafter is not None and not is_continuous_model(drafter)):
+        raise SettingsError(f"{model.name} generates continuous tokens: draft with a smaller continuous model "
+                            f"(SpecAR Drafter Model), not {draft.describe()}")
+    speculation = speculation_for(draft, policy)
+    result = generate_continuous(model, class_ids_for(model, prompt, batch), settings,
+                                 drafter, speculation, observer)  # type: ignore[arg-type]
+    pixels = model.decode(result.tokens)
+    size = (int(pixels.shape[1]), int(pixels.shape[2]))
+    if not result.finished:
+        pixels = pixels * committed_mask(result.kinds, model.grid, size)[..., None]
+    heatmaps = acceptance_heatmap(result, model.grid, size)
+    why = torch.from_numpy(np.array(explanation(pixels, result, model.grid)))[None]
+    return JobOutput(result, as_float(pixels), as_float(heatmaps), as_float(why),
+                     summarize(result, drafter, speculation))  # type: ignore[arg-type]
+
+
+__all__ = ["run_continuous_job", "is_continuous_model", "speculation_for", "CONTINUOUS_POLICIES"]
