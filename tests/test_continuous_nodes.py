@@ -12,7 +12,7 @@ from tiny import tiny_mar
 
 load_pack()
 from specar_pack.engine.continuous.checkpoint import save_mar  # noqa: E402
-from specar_pack.engine.errors import SettingsError  # noqa: E402
+from specar_pack.engine.errors import IncompatibleDrafterError, SettingsError  # noqa: E402
 from specar_pack.nodes import NODES_BY_ID  # noqa: E402
 from specar_pack.nodes.host import LocalHost, NodeInterrupted  # noqa: E402
 from specar_pack.nodes.sampler_nodes import HEATMAP_EVENT  # noqa: E402
@@ -77,4 +77,7 @@ def test_discrete_settings_are_refused_with_a_clear_message(folder: Path) -> Non
         run("SpecARSampler", host, model=model, **{**SAMPLING, "temperature": 0.0})
     with pytest.raises(SettingsError, match="inner_temperature"):
         run("SpecARAcceptancePolicy", host, policy="cspd", relaxation=0.0, expert_options="tau=3")
+    (discrete,) = run("SpecARModelLoader", host, model="demo", dtype="auto", family="auto", image_size=0)
+    with pytest.raises(IncompatibleDrafterError, match="continuous tokens"):
+        run("SpecARSampler", host, model=discrete, draft=draft, **{**SAMPLING, "prompt": "red ring"})
     assert model.device == torch.device("cpu")  # type: ignore[attr-defined]

@@ -165,7 +165,7 @@ def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None: 
     (folder / "notes.txt").write_text("ignored")
     host = LocalHost(folders=[folder])
     choices = NODES_BY_ID["SpecARModelLoader"].field("model").choices(host.model_folders())
-    assert choices == ["demo", "broken.safetensors", "tiny-dir", "tiny.safetensors"]
+    assert choices == ["demo", "mar-demo", "broken.safetensors", "tiny-dir", "tiny.safetensors"]
     (tiny,) = run("SpecARModelLoader", host, model="tiny-dir", dtype="fp32", family="auto", image_size=0)
     assert tiny.grid == (8, 8)
     with pytest.raises(CheckpointError, match="broken.safetensors"):
@@ -193,5 +193,5 @@ def test_hex_cells_match_heatmap_colours(demo) -> None:  # type: ignore[no-untyp
 
 
 def test_bundled_demo_is_found_without_folders() -> None:
-    assert NODES_BY_ID["SpecARDrafterModel"].field("drafter").choices() == ["demo-drafter"]
-    assert NODES_BY_ID["SpecARModelLoader"].field("model").choices([Path("/nonexistent")]) == ["demo"]
+    assert NODES_BY_ID["SpecARDrafterModel"].field("drafter").choices() == ["demo-drafter", "mar-demo-drafter"]
+    assert NODES_BY_ID["SpecARModelLoader"].field("model").choices([Path("/nonexistent")]) == ["demo", "mar-demo"]

@@ -22,6 +22,9 @@ from .base import DecodeState, DraftSource, chain
 
 def check_drafter_fits(target: ImageTokenModel, drafter: ImageTokenModel) -> None:
     """Raise :class:`IncompatibleDrafterError` unless ``drafter`` can draft for ``target``."""
+    if not isinstance(drafter, ImageTokenModel):
+        raise IncompatibleDrafterError(f"{getattr(drafter, 'name', drafter)} generates continuous tokens; it can only "
+                                       f"draft for a continuous (MAR) target, not for {target.name}")
     problems = []
     if drafter.vocab_size != target.vocab_size:
         problems.append(f"vocabulary {drafter.vocab_size} vs the target's {target.vocab_size}")
