@@ -253,6 +253,24 @@ def tree_lantern_pp(specs: dict[str, Any]) -> Graph:
     return g
 
 
+def mar_cspd(specs: dict[str, Any]) -> Graph:
+    from specar_pack.engine.continuous.acceptance import RECOMMENDED_RELAXATION
+
+    g = Graph(specs)
+    g.add("Note", (20, 560), (360, 260), text=(
+        "SpecAR: continuous tokens (MAR) with continuous speculative decoding (CSpD).\n\nThe bundled MAR demo draws "
+        "the same 16 scene classes from continuous 2x2-pixel tokens, each sampled by a small diffusion head. The "
+        "drafter (a smaller MAR) runs gamma MAR steps; one target pass verifies all of them, accepting each token "
+        "by the ratio of the two models' Gaussians (both denoise from the same noise) and resampling the rest.\n\n"
+        "The cspd policy's relaxation flattens that test (0 = exact Gaussian ratio); the README lists target "
+        "passes and quality per setting."))
+    model = g.add("SpecARModelLoader", (20, 60), (340, 160), model="mar-demo")
+    draft = g.add("SpecARDrafterModel", (20, 260), (340, 130), drafter="mar-demo-drafter", gamma=8)
+    chosen = g.add("SpecARAcceptancePolicy", (20, 420), (340, 130), policy="cspd", relaxation=RECOMMENDED_RELAXATION)
+    _sampler_with_previews(g, model, draft, chosen, prompt="yellow ring", batch_size=4, seed=2, top_k=0)
+    return g
+
+
 # workflow name -> (family, folder under models/specar/ as the README lays it out, prompt, note)
 FAMILY_WORKFLOWS = {
     "specar_janus_pro": ("janus", "Janus-Pro-7B", "a red fox sleeping in fresh snow, soft morning light",
@@ -300,6 +318,7 @@ WORKFLOWS = {
     **{f"specar_policy_{name}": relaxed_policy(name) for name in POLICY_NOTES},
     "specar_tree_cascade": tree_cascade,
     "specar_tree_lantern_pp": tree_lantern_pp,
+    "specar_mar_cspd": mar_cspd,
     **{name: family_workflow(name) for name in FAMILY_WORKFLOWS},
 }
 
