@@ -11,7 +11,6 @@ their own group.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import asdict
 
@@ -23,7 +22,6 @@ from .continuous.registry import load_continuous_model
 from .continuous.types import ContinuousSettings, CSpDSettings
 from .bench import table_lines
 from .errors import SettingsError
-from .heatmap import acceptance_heatmap, committed_mask, image_grid, save_png, side_by_side
 from .progress import ProgressBar, summary_line
 from .session import class_for_prompt
 from .types import StepEvent
@@ -104,7 +102,7 @@ def generate(args: argparse.Namespace) -> int:
         raise SettingsError(f"--class-id got {len(ids)} classes for --batch {batch}: give one per image, or one for all")
     classes = _classes(model, args, batch)
     progress = ProgressBar(enabled=not args.quiet)
-    from .cli import StopOnInterrupt, _write_json
+    from .cli import StopOnInterrupt, _write_json, _write_pictures
 
     with StopOnInterrupt() as stop:
         def observer(event: StepEvent) -> bool:
@@ -113,17 +111,7 @@ def generate(args: argparse.Namespace) -> int:
 
         result = generate_continuous(model, classes, settings, draft, speculation, observer)
     progress.finish(summary_line(result))
-    images = model.decode(result.tokens)
-    size = (int(images.shape[1]), int(images.shape[2]))
-    if not result.finished:
-        images = images * committed_mask(result.kinds, model.grid, size)[..., None]
-    ncols = math.ceil(math.sqrt(batch))
-    save_png(image_grid(images, ncols), args.out)
-    heatmaps = acceptance_heatmap(result, model.grid, size)
-    if args.heatmap:
-        save_png(image_grid(heatmaps, ncols), args.heatmap)
-    if args.compare:
-        save_png(side_by_side(images, heatmaps, ncols), args.compare)
+    _write_pictures(args, model, result)  # type: ignore[arg-type]
     if args.stats:
         stats = {**result.stats(), "model": model.name, "drafter": draft.name if draft else None, "classes": classes,
                  "settings": asdict(settings), "cspd": asdict(speculation) if draft else None}

@@ -131,12 +131,12 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0
 
 
-def summarize(result: GenerationResult, draft: DraftRecipe, policy: PolicyRecipe) -> str:
-    stats = result.stats()
-    parts = [f"{draft.describe()}, policy {policy.describe()}",
-             f"{result.target_forwards} target forwards for {result.batch_size}x{result.tokens.shape[1]} tokens",
-             f"{stats['tokens_per_forward']:.2f} tokens/forward"]
-    if draft.method != "ar":
+def summary_line(result: GenerationResult, setup: str, drafted: bool, unit: tuple[str, str] = ("forward", "forwards")) -> str:
+    """``setup | N target forwards for BxT tokens | tokens/forward | acceptance | seconds``; ``unit``
+    names one target call (singular, plural): a forward, or a pass of a model without a KV cache."""
+    parts = [setup, f"{result.target_forwards} target {unit[1]} for {result.batch_size}x{result.tokens.shape[1]} tokens",
+             f"{result.tokens_per_forward:.2f} tokens/{unit[0]}"]
+    if drafted:
         parts.append(f"acceptance {100 * result.acceptance_rate:.1f}%")
     parts.append(f"{result.wall_seconds:.2f} s")
     if not result.finished:
@@ -162,4 +162,5 @@ def run_job(model: ImageTokenModel, prompt: str, batch: int, settings: SamplingS
         pixels = pixels * committed_mask(result.kinds, model.grid, size)[..., None]
     heatmaps = acceptance_heatmap(result, model.grid, size)
     why = torch.from_numpy(np.array(explanation(pixels, result, model.grid)))[None]
-    return JobOutput(result, as_float(pixels), as_float(heatmaps), as_float(why), summarize(result, draft, policy))
+    summary = summary_line(result, f"{draft.describe()}, policy {policy.describe()}", draft.method != "ar")
+    return JobOutput(result, as_float(pixels), as_float(heatmaps), as_float(why), summary)

@@ -2,9 +2,9 @@
 
 MAR trains on the VAE's 16-channel latents scaled by 0.2325 (one token per 16x16 pixel patch),
 so decoding divides by that factor, runs ``post_quant_conv`` and the decoder, and maps [-1, 1] to
-8-bit pixels. The building blocks are the VQ-16 decoder's (same LDM lineage, same parameter
-names); only the container layout differs (``mid.block_1``, ``up.<level>.block.<j>``, ...), which is
-``kl16.ckpt``'s. The encoder is never run, so its weights are skipped when loading.
+8-bit pixels. The decoder network is the taming/LDM decoder Chameleon's VQGAN uses too (same
+layout: ``mid.block_1``, ``up.<level>.block.<j>``, ...), here without attention outside the middle
+and with 16 latent channels. The encoder is never run, so its weights are skipped when loading.
 """
 
 from __future__ import annotations
@@ -13,63 +13,15 @@ import re
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..checkpoints import load_into, read_state_dict
 from ..errors import CheckpointError
-from ..models.vq16 import ResBlock, SpatialAttention, Upsample, group_norm
+from ..models.chameleon_vqgan import TamingDecoder, VQGANConfig
 
 LATENT_SCALE = 0.2325  # MAR's scaling of the KL-16 latents
 IGNORED_PREFIXES = ("encoder.", "quant_conv.", "loss.")
 _LEVEL_KEY = re.compile(r"decoder\.up\.(\d+)\.block\.(\d+)\.conv1\.weight")
-
-
-class _Mid(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.block_1 = ResBlock(channels, channels)
-        self.attn_1 = SpatialAttention(channels)
-        self.block_2 = ResBlock(channels, channels)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.block_2(self.attn_1(self.block_1(x)))
-
-
-class _Up(nn.Module):
-    def __init__(self, in_ch: int, out_ch: int, n_blocks: int, upsample: bool) -> None:
-        super().__init__()
-        self.block = nn.ModuleList(ResBlock(in_ch if j == 0 else out_ch, out_ch) for j in range(n_blocks))
-        self.attn = nn.ModuleList()  # MAR's decoder has no attention outside the middle
-        if upsample:
-            self.upsample = Upsample(out_ch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.block:
-            x = block(x)
-        return self.upsample(x) if hasattr(self, "upsample") else x
-
-
-class _KLDecoder(nn.Module):
-    def __init__(self, z_channels: int, ch: int, ch_mult: tuple[int, ...], num_res_blocks: int) -> None:
-        super().__init__()
-        top = ch * ch_mult[-1]
-        self.conv_in = nn.Conv2d(z_channels, top, 3, padding=1)
-        self.mid = _Mid(top)
-        levels: list[_Up] = []
-        width = top
-        for level in reversed(range(len(ch_mult))):  # built from the coarsest level, stored finest first
-            levels.insert(0, _Up(width, ch * ch_mult[level], num_res_blocks + 1, upsample=level != 0))
-            width = ch * ch_mult[level]
-        self.up = nn.ModuleList(levels)
-        self.norm_out = group_norm(width)
-        self.conv_out = nn.Conv2d(width, 3, 3, padding=1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.mid(self.conv_in(z))
-        for level in reversed(self.up):
-            h = level(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
 
 
 class KL16Decoder(nn.Module):
@@ -80,7 +32,8 @@ class KL16Decoder(nn.Module):
         super().__init__()
         self.embed_dim = embed_dim
         self.post_quant_conv = nn.Conv2d(embed_dim, embed_dim, 1)
-        self.decoder = _KLDecoder(embed_dim, ch, ch_mult, num_res_blocks)
+        self.decoder = TamingDecoder(VQGANConfig(z_channels=embed_dim, ch=ch, ch_mult=ch_mult,
+                                                 num_res_blocks=num_res_blocks))
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from ..errors import SettingsError
 from ..explain import explanation
 from ..heatmap import acceptance_heatmap, committed_mask
-from ..session import DraftRecipe, JobOutput, Observer, PolicyRecipe, as_float
+from ..session import DraftRecipe, JobOutput, Observer, PolicyRecipe, as_float, summary_line
 from .acceptance import GaussianAcceptance, inner_temperature_for
 from .loop import generate_continuous
 from .model import ContinuousTokenModel
@@ -60,16 +60,9 @@ def speculation_for(draft: DraftRecipe, policy: PolicyRecipe | None) -> CSpDSett
 
 
 def summarize(result: ContinuousResult, draft: ContinuousTokenModel | None, speculation: CSpDSettings) -> str:
-    parts = [f"CSpD with {draft.name} ({speculation.draft_steps} draft steps, inner temperature "
-             f"{speculation.acceptance.inner_temperature:.3g})" if draft is not None else "plain MAR",
-             f"{result.target_forwards} target passes for {result.batch_size}x{result.tokens.shape[1]} tokens",
-             f"{result.tokens_per_forward:.2f} tokens/pass"]
-    if draft is not None:
-        parts.append(f"acceptance {100 * result.acceptance_rate:.1f}%")
-    parts.append(f"{result.wall_seconds:.2f} s")
-    if not result.finished:
-        parts.append("INTERRUPTED")
-    return " | ".join(parts)
+    setup = (f"CSpD with {draft.name} ({speculation.draft_steps} draft steps, inner temperature "
+             f"{speculation.acceptance.inner_temperature:.3g})" if draft is not None else "plain MAR")
+    return summary_line(result, setup, draft is not None, ("pass", "passes"))
 
 
 def run_continuous_job(model: ContinuousTokenModel, prompt: str, batch: int, settings: ContinuousSettings,

@@ -78,7 +78,7 @@ class _Mid(nn.Module):
         return self.block_2(self.attn_1(self.block_1(x)))
 
 
-class _TamingDecoder(nn.Module):
+class TamingDecoder(nn.Module):
     def __init__(self, cfg: VQGANConfig) -> None:
         super().__init__()
         widths = [cfg.ch * m for m in cfg.ch_mult]
@@ -107,7 +107,7 @@ class ChameleonVQGANDecoder(nn.Module):
         self.cfg = cfg
         self.quantize = Codebook(cfg.codebook_size, cfg.codebook_dim)
         self.post_quant_conv = nn.Conv2d(cfg.codebook_dim, cfg.z_channels, 1)
-        self.decoder = _TamingDecoder(cfg)
+        self.decoder = TamingDecoder(cfg)
 
     def codebook_vectors(self, codes: torch.Tensor) -> torch.Tensor:
         """``[..., codebook_dim]`` code vectors as the quantizer stores them (no normalisation)."""
