@@ -123,6 +123,18 @@ class GaussianDiffusion:
         log_var = frac * self._at(self.log_beta, index, x_t) + (1 - frac) * self._at(self.posterior_log_var, index, x_t)
         return mean, torch.exp(0.5 * log_var)
 
+    def step(self, model: EpsModel, x: torch.Tensor, index: int, noise: torch.Tensor, temperature: float = 1.0,
+             clip_x0: float | None = None) -> HeadSample:
+        """One reverse step from sampling index ``index`` (``num_steps - 1`` is pure noise, 0 the last step).
+
+        Returns the next ``x`` and the step's Gaussian: ``x = mean + std * noise``.
+        """
+        idx = torch.full((x.shape[0],), index, dtype=torch.long, device=x.device)
+        out = model(x, self.model_timesteps.to(x.device)[idx])
+        mean, std = self.mean_std(out.float(), x, idx, clip_x0)
+        std = std * temperature
+        return HeadSample(mean + std * noise, mean, std)
+
     def sample(self, model: EpsModel, noise: DiffusionNoise, temperature: float = 1.0,
                clip_x0: float | None = None) -> HeadSample:
         """Run the reverse process from ``noise.start`` with ``noise.steps``; the last step is stochastic.
@@ -130,20 +142,15 @@ class GaussianDiffusion:
         ``temperature`` scales every step's std (MAR's sampling temperature). ``clip_x0`` bounds
         the clean-token estimate: at the schedule's pure-noise end (alpha-bar 2e-9) epsilon errors
         are amplified 20,000 times into that estimate, so models of bounded data (the demo's
-        pixels in [-1, 1]) clip it; MAR leaves its latents unclipped.
+        pixels in [-1, 1]) clip it; MAR leaves its latents unclipped. The result carries the last
+        step's Gaussian (the density CSpD compares).
         """
-        x = noise.start
-        n = x.shape[0]
         if noise.steps.shape[1] != self.num_steps:
             raise SettingsError(f"noise has {noise.steps.shape[1]} steps but the sampler runs {self.num_steps}")
-        mean = std = x
+        out = HeadSample(noise.start, noise.start, noise.start)
         for s, index in enumerate(reversed(range(self.num_steps))):
-            idx = torch.full((n,), index, dtype=torch.long, device=x.device)
-            out = model(x, self.model_timesteps.to(x.device)[idx])
-            mean, std = self.mean_std(out.float(), x, idx, clip_x0)
-            std = std * temperature
-            x = mean + std * noise.steps[:, s]
-        return HeadSample(x, mean, std)
+            out = self.step(model, out.tokens, index, noise.steps[:, s], temperature, clip_x0)
+        return out
 
     def training_loss(self, model: EpsModel, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-token loss ``[N]``: epsilon MSE plus the variational bound that trains the variance.
