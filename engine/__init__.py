@@ -8,6 +8,9 @@
 The engine never imports ComfyUI; the nodes and the ``specar`` CLI are its callers.
 """
 
+from .continuous.loop import generate_continuous
+from .continuous.registry import load_continuous_model
+from .continuous.types import ContinuousResult, ContinuousSettings, CSpDSettings
 from .drafts.base import DecodeState, DraftSource, StepOutcome
 from .drafts.drafter import DrafterModelDrafts
 from .drafts.jacobi import JacobiDrafts
@@ -21,9 +24,9 @@ from .types import Conditioning, DraftBlock, GenerationResult, SamplingSettings,
 __version__ = "0.1.0"
 
 __all__ = [
-    "AcceptancePolicy", "CheckpointError", "Conditioning", "DecodeState", "DraftBlock", "DraftSource",
+    "AcceptancePolicy", "CheckpointError", "Conditioning", "ContinuousResult", "ContinuousSettings", "CSpDSettings", "DecodeState", "DraftBlock", "DraftSource",
     "DrafterModelDrafts", "ExactPolicy", "GenerationResult", "ImageTokenModel", "IncompatibleDrafterError",
     "JacobiDrafts", "ModelOutput", "SamplingSettings", "SettingsError", "SpecARError", "StepEvent",
-    "StepOutcome", "TokenKind", "Verdict", "generate", "load_model", "make_policy", "resolve_device",
+    "StepOutcome", "TokenKind", "Verdict", "generate", "generate_continuous", "load_continuous_model", "load_model", "make_policy", "resolve_device",
     "resolve_dtype",
 ]

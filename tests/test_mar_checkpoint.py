@@ -87,6 +87,11 @@ def test_demo_trainer_lowers_the_loss_and_exports_a_loadable_file(tmp_path: Path
     assert trainer.val_loss() < before
     model, meta = read_mar(tmp_path / "mar_drafter.safetensors")
     assert meta["role"] == "drafter" and model.cfg == train_mar.ROLES["drafter"]
+    second = train_mar.MARTrainer(train_mar.parse_args(["--role", "drafter", "--steps", "2", "--batch", "8", "--out",
+                                                        str(tmp_path / "phase2"), "--init",
+                                                        str(tmp_path / "mar_drafter.safetensors"), "--seed", "1"]))
+    for key, value in model.state_dict().items():  # the second phase starts from the exported weights
+        assert torch.equal(second.model.state_dict()[key], value), key
 
 
 def test_diffusion_sampler_uses_the_given_noise() -> None:

@@ -23,7 +23,7 @@ from ..continuous.checkpoint import save_mar
 from ..continuous.mar import MAR, MARConfig
 from .codebook import images_to_patches
 from .scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
-from .train import Schedule, load_state, log, param_groups, save_state, stream_seed
+from .train import Schedule, init_from, load_state, log, param_groups, save_state, stream_seed
 
 ROLES: dict[str, MARConfig] = {
     "target": MARConfig(token_dim=12, encoder_dim=128, encoder_depth=3, encoder_heads=4, decoder_dim=128,
@@ -50,6 +50,8 @@ class MARTrainer:
         torch.manual_seed(args.seed)
         self.model = MAR(self.cfg)
         self.model.init_weights(torch.Generator().manual_seed(args.seed))
+        if args.init:
+            init_from(Path(args.init), self.model)
         self.opt = torch.optim.AdamW(param_groups(self.model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
         self.schedule = Schedule(args.lr, min(args.warmup, args.steps // 10), args.steps)
         self.step = 0
@@ -83,7 +85,7 @@ class MARTrainer:
 
     def meta(self) -> dict[str, object]:
         return {"step": self.step, "role": self.args.role, "seed": self.args.seed, "batch": self.args.batch,
-                "steps": self.args.steps, "mar": self.cfg.to_dict()}
+                "steps": self.args.steps, "mar": self.cfg.to_dict(), "init": self.args.init}
 
     def run(self) -> None:
         args = self.args
@@ -113,7 +115,8 @@ class MARTrainer:
         save_state(self.state_path, self.model, self.opt, self.meta())
         final = self.out / f"mar_{args.role}.safetensors"
         save_mar(self.model, final, {"class_names": list(CLASS_NAMES), "role": args.role, "train_steps": self.step,
-                                     "batch": args.batch, "seed": args.seed, "val_loss": round(val, 4)})
+                                     "batch": args.batch, "seed": args.seed, "val_loss": round(val, 4),
+                                     "init": Path(args.init).name if args.init else None})
         log(f"done: {self.step} steps, val loss {val:.4f} -> {final}")
 
 
@@ -123,6 +126,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, required=True, help="optimizer steps (cosine schedule length)")
     p.add_argument("--out", default="out/mar")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", default=None, help="start from these weights (a state or exported file) with a fresh "
+                                                "optimizer and schedule; give a new --seed so the batches differ")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=32)
