@@ -26,12 +26,12 @@ from .scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
 from .train import Schedule, init_from, load_state, log, param_groups, save_state, stream_seed
 
 ROLES: dict[str, MARConfig] = {
-    "target": MARConfig(token_dim=12, encoder_dim=128, encoder_depth=3, encoder_heads=4, decoder_dim=128,
-                        decoder_depth=3, decoder_heads=4, num_classes=NUM_CLASSES, buffer_size=16,
-                        head_width=128, head_depth=3),
-    "drafter": MARConfig(token_dim=12, encoder_dim=64, encoder_depth=1, encoder_heads=4, decoder_dim=64,
-                         decoder_depth=1, decoder_heads=4, num_classes=NUM_CLASSES, buffer_size=16,
-                         head_width=64, head_depth=2),
+    "target": MARConfig(token_dim=12, encoder_dim=64, encoder_depth=1, encoder_heads=4, decoder_dim=64,
+                        decoder_depth=1, decoder_heads=4, num_classes=NUM_CLASSES, buffer_size=16,
+                        head_width=64, head_depth=2),
+    "drafter": MARConfig(token_dim=12, encoder_dim=32, encoder_depth=1, encoder_heads=2, decoder_dim=32,
+                         decoder_depth=1, decoder_heads=2, num_classes=NUM_CLASSES, buffer_size=16,
+                         head_width=32, head_depth=2),
 }
 TRAIN_STREAM, VAL_STREAM, DROP_STREAM, NOISE_STREAM = 10, 11, 12, 13
 VAL_IMAGES = 128
