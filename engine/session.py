@@ -156,11 +156,16 @@ def run_job(model: ImageTokenModel, prompt: str, batch: int, settings: SamplingS
     acceptance = policy.build(model)
     check_policy_fits(acceptance, draft.method)
     result = generate(model, cond, settings, draft.build(model), acceptance, observer)
+    summary = summary_line(result, f"{draft.describe()}, policy {policy.describe()}", draft.method != "ar")
+    return job_output(model, result, summary)
+
+
+def job_output(model: ImageTokenModel, result: GenerationResult, summary: str) -> JobOutput:
+    """Pixels (black where an interrupted run decided nothing), heatmaps and the explanation of ``result``."""
     pixels = model.decode(result.tokens)
     size = (int(pixels.shape[1]), int(pixels.shape[2]))
     if not result.finished:
         pixels = pixels * committed_mask(result.kinds, model.grid, size)[..., None]
     heatmaps = acceptance_heatmap(result, model.grid, size)
     why = torch.from_numpy(np.array(explanation(pixels, result, model.grid)))[None]
-    summary = summary_line(result, f"{draft.describe()}, policy {policy.describe()}", draft.method != "ar")
     return JobOutput(result, as_float(pixels), as_float(heatmaps), as_float(why), summary)

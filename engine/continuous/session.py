@@ -8,13 +8,8 @@ with ``gamma`` draft MAR steps per verification; the policy ``cspd`` relaxes the
 
 from __future__ import annotations
 
-import numpy as np
-import torch
-
 from ..errors import SettingsError
-from ..explain import explanation
-from ..heatmap import acceptance_heatmap, committed_mask
-from ..session import DraftRecipe, JobOutput, Observer, PolicyRecipe, as_float, summary_line
+from ..session import DraftRecipe, JobOutput, Observer, PolicyRecipe, job_output, summary_line
 from .acceptance import GaussianAcceptance, inner_temperature_for
 from .loop import generate_continuous
 from .model import ContinuousTokenModel
@@ -79,14 +74,7 @@ def run_continuous_job(model: ContinuousTokenModel, prompt: str, batch: int, set
     speculation = speculation_for(draft, policy)
     result = generate_continuous(model, class_ids_for(model, prompt, batch), settings,
                                  drafter, speculation, observer)  # type: ignore[arg-type]
-    pixels = model.decode(result.tokens)
-    size = (int(pixels.shape[1]), int(pixels.shape[2]))
-    if not result.finished:
-        pixels = pixels * committed_mask(result.kinds, model.grid, size)[..., None]
-    heatmaps = acceptance_heatmap(result, model.grid, size)
-    why = torch.from_numpy(np.array(explanation(pixels, result, model.grid)))[None]
-    return JobOutput(result, as_float(pixels), as_float(heatmaps), as_float(why),
-                     summarize(result, drafter, speculation))  # type: ignore[arg-type]
+    return job_output(model, result, summarize(result, drafter, speculation))  # type: ignore[arg-type]
 
 
 __all__ = ["run_continuous_job", "is_continuous_model", "speculation_for", "CONTINUOUS_POLICIES"]
