@@ -9,7 +9,7 @@ with ``gamma`` draft MAR steps per verification; the policy ``cspd`` relaxes the
 from __future__ import annotations
 
 from ..errors import SettingsError
-from ..session import DraftRecipe, JobOutput, Observer, PolicyRecipe, job_output, summary_line
+from ..session import DraftRecipe, JobOutput, Observer, PolicyRecipe, class_for_prompt, job_output, summary_line
 from .acceptance import GaussianAcceptance, inner_temperature_for
 from .loop import generate_continuous
 from .model import ContinuousTokenModel
@@ -23,15 +23,9 @@ def is_continuous_model(model: object) -> bool:
 
 
 def class_ids_for(model: ContinuousTokenModel, prompt: str, batch: int) -> list[int]:
-    """A class name (any case) or number, repeated ``batch`` times."""
+    """A class name (any case, with suggestions when misspelt) or number, repeated ``batch`` times."""
     text = prompt.strip()
-    if text.isdigit():
-        class_id = int(text)
-    else:
-        names = [name.lower() for name in (model.class_names or ())]
-        if text.lower() not in names:
-            raise SettingsError(f"{model.name} has no class named {prompt!r}; classes: {', '.join(model.class_names or ())}")
-        class_id = names.index(text.lower())
+    class_id = int(text) if text.isdigit() else class_for_prompt(model, text)  # type: ignore[arg-type]
     if not 0 <= class_id < model.num_classes:
         raise SettingsError(f"{model.name} has classes 0..{model.num_classes - 1}, not {class_id}")
     return [class_id] * batch
