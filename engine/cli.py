@@ -11,17 +11,14 @@ This module only parses, loads and prints: decoding lives in :mod:`engine.loop`,
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import signal
 import sys
 from dataclasses import asdict, replace
 from pathlib import Path
-from types import FrameType
 from typing import Callable, Sequence
 
 from . import __version__
 from . import cli_continuous, pareto
+from .cli_output import StopOnInterrupt, write_json, write_pictures
 from .bench import (METHODS, TREE_METHODS, check_policy_fits, BenchRow, ConditionFn, table_lines, MethodOptions, add_quality, make_draft, method_name, parse_methods, split_method,
                     run_bench, sweep_methods)
 from .continuous.registry import is_continuous
@@ -30,8 +27,7 @@ from .drafts.jacobi import INITIALISATIONS, Q_CONVENTIONS
 from .drafts.tree_drafts import TreeShape
 from .drafts.tree_head import BUNDLED_HEAD, TreeHead, resolve_tree_head
 from .errors import SettingsError, SpecARError
-from .explain import explanation
-from .heatmap import acceptance_heatmap, committed_mask, image_grid, save_png, side_by_side
+from .heatmap import save_png
 from .loop import generate
 from .models.base import ImageTokenModel
 from .models.registry import FAMILIES, load_model, resolve_device, resolve_dtype
@@ -302,12 +298,6 @@ def _conditions(model: ImageTokenModel, class_ids: list[int] | None, prompt: str
     return lambda indices: Conditioning.classes([i % count for i in indices])
 
 
-def _write_json(path: str, data: dict[str, object]) -> None:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=1) + "\n")
-
-
 def _method_options(method: str, options: MethodOptions, args: argparse.Namespace) -> dict[str, object]:
     if method == "ar":
         return {}
@@ -316,31 +306,6 @@ def _method_options(method: str, options: MethodOptions, args: argparse.Namespac
     if method in TREE_METHODS:
         return asdict(options.tree_shape(method))
     return {"window": options.window, "init": args.jacobi_init, "q_init": options.q_init, "coupling": args.coupling}
-
-
-class StopOnInterrupt:
-    """The first Ctrl-C asks the loop (through its observer) to stop after the current forward;
-    a second one interrupts at once. Outside the main thread signals cannot be caught: no-op."""
-
-    def __init__(self) -> None:
-        self.requested = False
-        self._previous: object = None
-
-    def __enter__(self) -> "StopOnInterrupt":
-        try:
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:
-            self._previous = None
-        return self
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
 
 
 # -- generate -------------------------------------------------------------------------------------
@@ -398,10 +363,10 @@ def _generate(args: argparse.Namespace) -> int:
                           options.make_policy(model), observer)
     progress.finish(summary_line(result))
     if args.stats:
-        _write_json(args.stats, {**_stats(result, method, _method_options(method, options, args), args.policy,
+        write_json(args.stats, {**_stats(result, method, _method_options(method, options, args), args.policy,
                                           model, drafter, cond, settings), "relaxation": options.relaxation,
                                  "policy_options": dict(options.policy_options)})
-    _write_pictures(args, model, result)
+    write_pictures(args, model, result)
     if not result.finished:
         done, total = int(result.committed.sum()), result.tokens.numel()
         print(f"interrupted: wrote the {done} of {total} tokens decoded so far (black where none)", file=sys.stderr)
@@ -421,22 +386,6 @@ def _stats(result: GenerationResult, method: str, method_options: dict[str, obje
 
 def _dtype_name(model: ImageTokenModel) -> str:
     return str(model.dtype).removeprefix("torch.")
-
-
-def _write_pictures(args: argparse.Namespace, model: ImageTokenModel, result: GenerationResult) -> None:
-    images = model.decode(result.tokens)
-    size = (int(images.shape[1]), int(images.shape[2]))
-    if not result.finished:
-        images = images * committed_mask(result.kinds, model.grid, size)[..., None]
-    ncols = math.ceil(math.sqrt(result.batch_size))
-    save_png(image_grid(images, ncols), args.out)
-    heatmaps = acceptance_heatmap(result, model.grid, size)
-    if args.heatmap:
-        save_png(image_grid(heatmaps, ncols), args.heatmap)
-    if args.compare:
-        save_png(side_by_side(images, heatmaps, ncols), args.compare)
-    if args.explain:
-        save_png(explanation(images, result, model.grid), args.explain)
 
 
 # -- bench ----------------------------------------------------------------------------------------
@@ -472,7 +421,7 @@ def _bench(args: argparse.Namespace) -> int:
            "dtype": _dtype_name(model), "images": args.images, "batch": args.batch, "settings": asdict(settings),
            "options": _options_record(options), "rows": [row.to_dict() for row in rows]}
     if args.json:
-        _write_json(args.json, run)
+        write_json(args.json, run)
     if args.plot or args.table:
         _write_pareto([run], args.plot, args.table)
     return 0

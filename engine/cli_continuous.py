@@ -21,6 +21,7 @@ from .continuous.model import MARTokenModel
 from .continuous.registry import load_continuous_model
 from .continuous.types import ContinuousSettings, CSpDSettings
 from .bench import table_lines
+from .cli_output import StopOnInterrupt, write_json, write_pictures
 from .errors import SettingsError
 from .progress import ProgressBar, summary_line
 from .session import class_for_prompt
@@ -102,8 +103,6 @@ def generate(args: argparse.Namespace) -> int:
         raise SettingsError(f"--class-id got {len(ids)} classes for --batch {batch}: give one per image, or one for all")
     classes = _classes(model, args, batch)
     progress = ProgressBar(enabled=not args.quiet)
-    from .cli import StopOnInterrupt, _write_json, _write_pictures
-
     with StopOnInterrupt() as stop:
         def observer(event: StepEvent) -> bool:
             progress(event)
@@ -111,12 +110,12 @@ def generate(args: argparse.Namespace) -> int:
 
         result = generate_continuous(model, classes, settings, draft, speculation, observer)
     progress.finish(summary_line(result))
-    _write_pictures(args, model, result)  # type: ignore[arg-type]
+    write_pictures(args, model, result)  # type: ignore[arg-type]
     if args.stats:
         stats = {**result.stats(), "model": model.name, "drafter": draft.name if draft else None, "classes": classes,
                  "settings": asdict(settings), "cspd": asdict(speculation) if draft else None}
         stats["acceptance_prob"] = result.diagnostics["acceptance_prob"].tolist() if draft else None
-        _write_json(args.stats, stats)
+        write_json(args.stats, stats)
     if not result.finished:
         print("interrupted: wrote the tokens decided so far (black where none)", file=sys.stderr)
         return 130
@@ -154,9 +153,7 @@ def bench(args: argparse.Namespace) -> int:
               "fwd/img: target passes per image; tok/fwd: image tokens per target pass; speed-up: wall time vs mar"]
     print("\n".join(header + [""] + table_lines(rows)))
     if args.json:
-        from .cli import _write_json
-
-        _write_json(args.json, {"model": model.name, "drafter": draft.name if draft else None, "images": args.images,
+        write_json(args.json, {"model": model.name, "drafter": draft.name if draft else None, "images": args.images,
                                 "batch": args.batch, "settings": asdict(settings), "cspd": asdict(speculation),
                                 "rows": [row.to_dict() for row in rows]})
     return 0
