@@ -29,6 +29,7 @@ LABELS: dict[str, str] = {
     "tv": "TV(target, draft)",
     "neighbour_mass": "neighbour mass moved",
     "group_size": "group size (tokens)",
+    "group_mass": "look-alike codes' mass",
     "interchangeable": "interchangeable siblings",
     "convergence": "cos(state, parent state)",
     "acceptance_prob": "CSpD acceptance probability",

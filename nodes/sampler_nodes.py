@@ -158,7 +158,7 @@ SAMPLER = NodeSpec(
                                  "red = corrected, amber = bonus"),
         Output(STRING, "stats", "target forwards, tokens per forward, acceptance, seconds"),
         Output(IMAGE, "why_accepted", "the first 8 images, each with its heatmap and a map per quantity the relaxed "
-                                      "policy decided on (csd: entropy, TV; lantern: neighbour mass; gsd: group size); "
+                                      "policy decided on (csd: entropy, TV; lantern: neighbour mass; gsd: group size; clusters: group mass); "
                                       "dark = low"),
     ),
     run=_sample,

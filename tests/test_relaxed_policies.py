@@ -1,4 +1,4 @@
-"""LANTERN, GSD and CSD: lossless at relaxation 0 (bit for bit), monotone in the knob, region
+"""LANTERN, GSD, CSD and cluster acceptance: lossless at relaxation 0 (bit for bit), monotone in the knob, region
 masks that keep parts exact, and clear errors for impossible parameters."""
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def test_relaxation_zero_is_the_exact_policy_bit_for_bit(demo, kind: str) -> Non
     target, drafter = demo
     cond, settings = Conditioning.classes([0, 7, 13]), target.default_settings.with_(seed=11)
     exact = generate(target, cond, settings, _drafts(kind, drafter), ExactPolicy())
-    for name in RELAXED:
+    for name in (*RELAXED, "clusters"):
         relaxed = generate(target, cond, settings, _drafts(kind, drafter), make_policy(name, 0.0, model=target))
         assert torch.equal(relaxed.tokens, exact.tokens) and torch.equal(relaxed.kinds, exact.kinds), name
         masked_out = make_policy(name, 1.0, torch.zeros(1, 256), model=target)  # relaxed nowhere
@@ -97,7 +97,8 @@ def test_impossible_parameters_are_refused(demo) -> None:  # type: ignore[no-unt
     assert set(RELAXED) < set(POLICIES)
 
 
-@pytest.mark.parametrize("name,keys", [("lantern", {"neighbour_mass"}), ("gsd", {"group_size"}), ("csd", {"entropy", "tv"})])
+@pytest.mark.parametrize("name,keys", [("lantern", {"neighbour_mass"}), ("gsd", {"group_size"}), ("csd", {"entropy", "tv"}),
+                                       ("clusters", {"group_mass"})])
 def test_the_loop_records_what_each_policy_decided_on(demo, name: str, keys: set) -> None:  # type: ignore[no-untyped-def]
     target, drafter = demo
     result = generate(target, Conditioning.classes([2, 9]), target.default_settings.with_(seed=4),
@@ -217,3 +218,69 @@ def test_lantern_neighbourhoods_stay_a_small_share_of_the_codebook(demo) -> None
     assert policy.neighbours == 32 and make_policy("lantern", 0.5, model=target, neighbours=5000).neighbours == 511
     table = neighbour_table(target, 32)
     assert table.shape == (512, 32) and not bool((table == torch.arange(512)[:, None]).any())  # never itself
+
+
+def _output_distribution(policy, p: torch.Tensor, q: torch.Tensor, position: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """What one speculative step emits at one position, in closed form: sum_x q(x) [a(x) x + (1 - a(x)) r_x]."""
+    vocab = p.shape[-1]
+    tokens = torch.arange(vocab)[None, :]
+    ctx = PolicyContext(torch.full((1, vocab), position))
+    alpha, _ = policy.acceptance(p.expand(1, vocab, -1), q.expand(1, vocab, -1), tokens, ctx)
+    rows = policy.residual(p.expand(vocab, -1), q.expand(vocab, -1), tokens[0], PolicyContext(torch.full((vocab, 1), position)))
+    return q * alpha[0] + ((q * (1 - alpha[0]))[:, None] * rows).sum(0)
+
+
+def test_cluster_acceptance_keeps_every_group_s_target_mass(demo) -> None:  # type: ignore[no-untyped-def]
+    from engine.policies.clusters import code_ranks
+
+    target, _ = demo
+    p, q, _ = _random_case(target.vocab_size, seed=8, point_mass=False)
+    p, q = p[0, 0].double(), q[0, 0].double()
+    ranks = code_ranks(target)
+    assert torch.equal(torch.sort(ranks).values, torch.arange(target.vocab_size))
+    exact = _output_distribution(ExactPolicy(), p, q, 0)
+    assert torch.allclose(exact, p, atol=1e-9)  # the closed form itself: exact sampling gives p
+    rates = []
+    for relaxation in (0.0, 0.25, 0.5, 0.75, 1.0):
+        policy = make_policy("clusters", relaxation, model=target)
+        out = _output_distribution(policy, p, q, 0)
+        size = 1 << round(relaxation * 4)  # groups of 1..16 codes
+        groups = ranks // size
+        p_group = torch.zeros(int(groups.max()) + 1, dtype=p.dtype).index_add_(0, groups, p)
+        out_group = torch.zeros_like(p_group).index_add_(0, groups, out)
+        q_group = torch.zeros_like(p_group).index_add_(0, groups, q)
+        assert torch.allclose(out_group, p_group, atol=1e-9), relaxation  # every group keeps the target's mass
+        vocab = target.vocab_size
+        alpha, _ = policy.acceptance(p.expand(1, vocab, -1), q.expand(1, vocab, -1), torch.arange(vocab)[None],
+                                     PolicyContext(torch.zeros(1, vocab, dtype=torch.long)))
+        rate = float((q * alpha[0]).sum())
+        assert rate == pytest.approx(1 - 0.5 * float((p_group - q_group).abs().sum()), abs=1e-6)  # 1 - TV(p_G, q_G)
+        rates.append(rate)
+    assert rates == sorted(rates) and rates[-1] > rates[0] + 0.05  # coarser groups, more acceptance
+    assert float((out - p).abs().sum()) > 0.01  # inside groups the output does follow the draft
+
+
+def test_cluster_acceptance_of_point_mass_siblings_tests_the_group(demo) -> None:  # type: ignore[no-untyped-def]
+    target, _ = demo
+    p, _, tokens = _random_case(target.vocab_size, seed=9, point_mass=True)
+    p, x = p[:1, 0], tokens[:1, 0]
+    policy = make_policy("clusters", 1.0, model=target)
+    one_hot = torch.nn.functional.one_hot(x, target.vocab_size).float()
+    ctx = PolicyContext(torch.zeros(1, 1, dtype=torch.long))
+    alpha, info = policy.acceptance(p[:, None], one_hot[:, None], x[:, None], ctx)
+    groups = policy.ranks >> 4
+    same = groups == groups[x]
+    assert float(alpha) == pytest.approx(float(p[0, same].sum()), rel=1e-5)
+    assert float(info["group_mass"]) == pytest.approx(float(p[0, same].sum() - p[0, x]), abs=1e-6)
+    rest = policy.residual(p, one_hot, x, ctx)
+    assert float(rest[0, same].sum()) == 0.0  # the tested group is spent
+    assert torch.allclose(rest[0, ~same], p[0, ~same] / p[0, ~same].sum(), atol=1e-6)
+
+
+def test_cluster_groups_must_be_powers_of_two(demo) -> None:  # type: ignore[no-untyped-def]
+    target, _ = demo
+    for bad in (0.0, 3.0, 2.5):
+        with pytest.raises(SettingsError, match="power of two"):
+            make_policy("clusters", 0.5, model=target, max_group=bad)
+    with pytest.raises(SettingsError, match="needs the target model"):
+        make_policy("clusters", 0.5)

@@ -206,6 +206,8 @@ POLICY_NOTES = {
            "code vector).",
     "csd": "CSD raises acceptance by the target's entropy where the draft already agrees with the target "
            "(smooth, uncertain regions).",
+    "clusters": "Cluster acceptance tests the draft's group of look-alike codes: every group keeps exactly the "
+                "target's probability, only the pick inside a group may follow the draft.",
 }
 
 

@@ -10,6 +10,7 @@ from ..errors import SettingsError
 from ..models.base import ImageTokenModel
 from .base import AcceptancePolicy, PolicyContext
 from .cascade import CascadePolicy
+from .clusters import ClusterPolicy
 from .csd import CSDPolicy
 from .exact import ExactPolicy
 from .gsd import GSDPolicy
@@ -21,6 +22,7 @@ POLICIES: dict[str, Callable[..., AcceptancePolicy]] = {
     "gsd": GSDPolicy,
     "csd": CSDPolicy,
     "cascade": CascadePolicy,
+    "clusters": ClusterPolicy,
 }
 
 
@@ -66,6 +68,6 @@ def recommended_relaxation(name: str) -> float:
     return float(getattr(POLICIES[name], "recommended_relaxation", 0.0))
 
 
-__all__ = ["AcceptancePolicy", "PolicyContext", "ExactPolicy", "LanternPolicy", "GSDPolicy", "CSDPolicy", "CascadePolicy",
+__all__ = ["AcceptancePolicy", "PolicyContext", "ExactPolicy", "LanternPolicy", "GSDPolicy", "CSDPolicy", "CascadePolicy", "ClusterPolicy",
            "POLICIES", "make_policy", "parse_policy_options",
            "recommended_relaxation"]

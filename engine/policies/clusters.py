@@ -1,0 +1,108 @@
+"""Cluster acceptance: grouped speculative sampling over a fixed partition of look-alike codes.
+
+GSD (arXiv 2508.07747) accepts a draft on the summed ratio of a *dynamic* group of interchangeable
+tokens and LANTERN (arXiv 2410.03355) moves latent neighbours' mass onto it; both raise acceptance
+with the standard residual, which takes the extra acceptance from every token the draft
+under-proposes. On the demo model those are mostly the rare, decisive tokens (the first patch of an
+object inside a background), which is where their quality cost comes from.
+
+This policy is SpecAR's own variant (not from a paper): the codebook is split once into nested
+groups of look-alike codes (balanced median splits along the code vectors' principal direction,
+so a group of 2^s codes is the union of two groups of 2^(s-1)), and speculative sampling runs on
+the *groups*: a draft ``x`` is accepted with ``min(1, p(G(x)) / q(G(x)))``; a correction draws a
+group from ``max(0, p_G - q_G)`` and a code inside it from ``p``. Every group therefore keeps
+exactly the target's mass at every position; only which look-alike code inside a group is drawn
+may follow the draft. The acceptance rate is ``1 - TV(p_G, q_G)``, the most any rule that keeps
+the group masses can reach, and it grows with the group size (coarser groups are unions of finer
+ones). The knob picks the group size: ``2^round(relax * log2(max_group))`` codes, 1 (exact) at 0.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+
+from ..errors import SettingsError
+from ..models.base import ImageTokenModel
+from ..sampling import residual
+from .base import PolicyContext
+from .exact import Q_FLOOR
+from .relaxed import RelaxedPolicy, code_latents, require_model
+
+MAX_GROUP = 16  # codes per group at relax 1
+
+_RANKS: "weakref.WeakKeyDictionary[ImageTokenModel, torch.Tensor]" = weakref.WeakKeyDictionary()
+
+
+def nested_order(vectors: torch.Tensor) -> torch.Tensor:
+    """A permutation of the rows of ``vectors [V, C]`` in which every aligned block of 2^s rows is a
+    group of look-alike vectors: split at the median along the principal direction, recursively."""
+    order: list[torch.Tensor] = []
+    pending = [torch.arange(len(vectors), device=vectors.device)]
+    while pending:
+        index = pending.pop()
+        if len(index) <= 1:
+            order.append(index)
+            continue
+        block = vectors[index]
+        centred = block - block.mean(0, keepdim=True)
+        direction = torch.linalg.svd(centred, full_matrices=False).Vh[0]
+        ranked = index[torch.argsort(centred @ direction, stable=True)]
+        half = 1 << (math.ceil(math.log2(len(index))) - 1)  # keep blocks aligned to powers of two
+        pending += [ranked[half:], ranked[:half]]  # the first half is popped (ordered) first
+    return torch.cat(order)
+
+
+def code_ranks(model: ImageTokenModel) -> torch.Tensor:
+    """Each code's position in :func:`nested_order` of the model's code vectors ``[V]`` (cached per model)."""
+    cached = _RANKS.get(model)
+    if cached is None or cached.device != model.device:
+        order = nested_order(code_latents(model))
+        cached = torch.empty_like(order)
+        cached[order] = torch.arange(len(order), device=order.device)
+        _RANKS[model] = cached
+    return cached
+
+
+class ClusterPolicy(RelaxedPolicy):
+    name = "clusters"
+    needs_model = True
+    recommended_relaxation = 1.0
+
+    def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
+                 model: ImageTokenModel | None = None, max_group: float = MAX_GROUP) -> None:
+        super().__init__(relaxation, region)
+        if max_group < 1 or max_group != int(max_group) or int(max_group) & (int(max_group) - 1):
+            raise SettingsError(f"clusters max_group must be a power of two >= 1, got {max_group}")
+        self.levels = int(max_group).bit_length() - 1
+        self.ranks = code_ranks(require_model(self.name, model))
+
+    def _group_ids(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Group id of every code ``[B, m, V]`` at each tested token's group size, and whether the token is relaxed."""
+        level = torch.round(self.relaxation_at(positions) * self.levels).long()
+        ranks = self.ranks.to(positions.device)
+        return ranks[None, None, :] >> level[..., None], level > 0
+
+    def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
+                   ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        base, px = self.base_ratio(p, q, tokens)
+        groups, relaxed = self._group_ids(ctx.positions)
+        same = groups == groups.gather(-1, tokens[..., None])
+        p_group, q_group = (p * same).sum(-1), (q * same).sum(-1)
+        grouped = (p_group / q_group.clamp_min(Q_FLOOR)).clamp_max(1.0)
+        return torch.where(relaxed, grouped, base), {"group_mass": torch.where(relaxed, p_group - px, 0.0)}
+
+    def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
+        groups, relaxed = self._group_ids(ctx.positions.reshape(-1, 1))
+        groups, relaxed = groups[:, 0], relaxed[:, 0]
+        count = int(groups.max()) + 1
+        p_group = p.new_zeros(p.shape[0], count).scatter_add_(1, groups, p)
+        q_group = torch.zeros_like(p_group).scatter_add_(1, groups, q)
+        excess = (p_group - q_group).clamp_min(0.0)
+        share = (excess / p_group.clamp_min(1e-30)).gather(1, groups)
+        grouped = p * share
+        total = grouped.sum(-1, keepdim=True)
+        grouped = torch.where(total > 0, grouped / total.clamp_min(1e-30), p)
+        return torch.where(relaxed[:, None], grouped, residual(p, q))
