@@ -76,7 +76,8 @@ def test_acceptance_rises_with_the_knob_and_the_region_keeps_zero_parts_exact(de
 def test_sampled_acceptance_rate_rises_with_the_knob(demo) -> None:  # type: ignore[no-untyped-def]
     target, drafter = demo
     cond, settings = Conditioning.classes(list(range(8))), target.default_settings.with_(seed=5)
-    for name, kind in (("lantern", "drafter"), ("csd", "drafter"), ("gsd", "jacobi"), ("lantern", "jacobi")):
+    for name, kind in (("lantern", "drafter"), ("csd", "drafter"), ("gsd", "jacobi"), ("lantern", "jacobi"),
+                       ("clusters", "drafter")):
         rates = [generate(target, cond, settings, _drafts(kind, drafter),
                           make_policy(name, r, model=target)).acceptance_rate for r in (0.0, 0.5, 1.0)]
         assert rates[2] > rates[0] + 0.02 and rates[1] > rates[0], (name, kind, rates)
@@ -140,7 +141,8 @@ def _teacher_forced(model, cond: Conditioning, tokens: torch.Tensor, settings) -
 
 
 # LANTERN with its widest neighbourhood (every other code), so that the relaxed half's bias is plain to see.
-@pytest.mark.parametrize("name,kind,options", [("lantern", "jacobi", (("neighbours", 511.0),)), ("csd", "drafter", ())])
+@pytest.mark.parametrize("name,kind,options", [("lantern", "jacobi", (("neighbours", 511.0),)), ("csd", "drafter", ()),
+                                               ("clusters", "drafter", ())])
 def test_a_black_mask_region_is_decoded_exactly(demo, name: str, kind: str, options: tuple) -> None:  # type: ignore[no-untyped-def]
     """Inside the mask's black half every token follows the target's ``p`` given its prefix (PIT/KS
     over about 3,000 tokens); in the relaxed half the same test sees the relaxation's bias."""
