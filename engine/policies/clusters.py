@@ -15,6 +15,11 @@ exactly the target's mass at every position; only which look-alike code inside a
 may follow the draft. The acceptance rate is ``1 - TV(p_G, q_G)``, the most any rule that keeps
 the group masses can reach, and it grows with the group size (coarser groups are unions of finer
 ones). The knob picks the group size: ``2^round(relax * log2(max_group))`` codes, 1 (exact) at 0.
+
+On draft trees with point-mass siblings (the dynamic tree) the verifier's recursive rejection then
+runs over groups: a sibling is accepted with its group's current mass and a rejection spends the
+whole group, so the guarantee holds there too. Siblings sampled without replacement (static trees)
+are renormalised per token, not per group, so there it holds only approximately.
 """
 
 from __future__ import annotations
