@@ -192,6 +192,7 @@ def markdown_table(points: Sequence[ParetoPoint], band: QualityBand) -> str:
 
 POLICY_COLORS: dict[str, tuple[int, int, int]] = {
     "exact": (30, 30, 30), "lantern": (40, 100, 200), "gsd": (30, 150, 70), "csd": (225, 120, 20),
+    "clusters": (200, 40, 60),
 }
 OTHER_COLOR = (150, 60, 170)
 BAND_COLOR = (222, 222, 222)

@@ -74,6 +74,7 @@ def code_ranks(model: ImageTokenModel) -> torch.Tensor:
 class ClusterPolicy(RelaxedPolicy):
     name = "clusters"
     needs_model = True
+    # README Pareto table: with a gamma-32 drafter 1.54x (seeds A) and 1.50x (seeds C) the exact chain, inside the AR band.
     recommended_relaxation = 1.0
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
