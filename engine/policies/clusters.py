@@ -64,9 +64,10 @@ def code_ranks(model: ImageTokenModel) -> torch.Tensor:
     """Each code's position in :func:`nested_order` of the model's code vectors ``[V]`` (cached per model)."""
     cached = _RANKS.get(model)
     if cached is None or cached.device != model.device:
-        order = nested_order(code_latents(model))
+        order = nested_order(code_latents(model).cpu())  # thousands of tiny SVDs: cheaper on the host, once
         cached = torch.empty_like(order)
-        cached[order] = torch.arange(len(order), device=order.device)
+        cached[order] = torch.arange(len(order))
+        cached = cached.to(model.device)
         _RANKS[model] = cached
     return cached
 
@@ -103,8 +104,7 @@ class ClusterPolicy(RelaxedPolicy):
     def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
         groups, relaxed = self._group_ids(ctx.positions.reshape(-1, 1))
         groups, relaxed = groups[:, 0], relaxed[:, 0]
-        count = int(groups.max()) + 1
-        p_group = p.new_zeros(p.shape[0], count).scatter_add_(1, groups, p)
+        p_group = torch.zeros_like(p).scatter_add_(1, groups, p)  # group ids < V: no host sync to size it
         q_group = torch.zeros_like(p_group).scatter_add_(1, groups, q)
         excess = (p_group - q_group).clamp_min(0.0)
         share = (excess / p_group.clamp_min(1e-30)).gather(1, groups)
