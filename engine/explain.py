@@ -2,9 +2,10 @@
 
 The loop records, for every tested draft token, the quantities its acceptance policy computed
 (CSD: the target's entropy and the draft's total-variation distance; LANTERN: the neighbour mass
-moved onto the draft; GSD: the size of its group; CASCADE: how many siblings were interchangeable
-and how alike consecutive target states were). Each becomes a panel coloured from dark
-(low) to bright (high) over the range found in the batch; tokens whose draft was never tested
+moved onto the draft; GSD: the size of its group; clusters: the look-alike codes' mass; CASCADE:
+that mass, how many siblings were interchangeable and how alike the context's last two target
+states were). Each becomes a panel coloured from dark (low) to bright (high) over the range
+found in the batch; tokens whose draft was never tested
 (the target's own samples, bonus tokens) are shown in flat grey. Reading a panel next to the
 acceptance heatmap shows where a policy relaxed: on the demo model, for instance, the target is
 uncertain at object edges and sure of the smooth backgrounds, so CSD's entropy bonus lands on
@@ -31,7 +32,7 @@ LABELS: dict[str, str] = {
     "group_size": "group size (tokens)",
     "group_mass": "look-alike codes' mass",
     "interchangeable": "interchangeable siblings",
-    "convergence": "cos(state, parent state)",
+    "convergence": "context convergence (cos)",
     "acceptance_prob": "CSpD acceptance probability",
 }
 PANEL_MIN_WIDTH = 150  # pixels per panel, so captions fit

@@ -120,7 +120,8 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
             read = clock.run(lambda: model.forward(tokens[:, : P - 1], positions))
             context_hidden = torch.cat([context_hidden, read.hidden], 1)  # type: ignore[attr-defined]
             target_forwards += 1
-    state = DecodeState(model, cond, settings.uses_cfg, processor, generator, tokens, committed, N - 2, context_hidden)
+    state = DecodeState(model, cond, settings.uses_cfg, processor, generator, tokens, committed, N - 2, context_hidden,
+                        policy.sibling_groups())
 
     def notify() -> bool:
         if observer is None:

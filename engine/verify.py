@@ -131,6 +131,7 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
     limit = limit.clamp(max=max_depth)
     rows = torch.arange(B, device=dev)
     cur = torch.full((B,), -1, dtype=torch.long, device=dev)
+    before = torch.full((B,), -2, dtype=torch.long, device=dev)  # cur's parent; -2: not in this block
     dist = p[:, 0].clone()
     accepted = torch.zeros(B, dtype=torch.long, device=dev)
     alive = torch.ones(B, dtype=torch.bool, device=dev)
@@ -151,7 +152,7 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
             q = q / q.sum(-1, keepdim=True).clamp_min(1e-30)
             ctx = PolicyContext(positions.gather(1, node[:, None]))
             if hidden is not None and policy.needs_tree_states:
-                ctx = _tree_context(ctx, hidden, block.tokens, kids, node, cur)
+                ctx = _tree_context(ctx, hidden, block.tokens, kids, node, cur, before)
             alpha, info = policy.acceptance(dist[:, None], q[:, None], x, ctx)
             for name, values in info.items():
                 slot = diagnostics.setdefault(name, torch.full((B, max_depth), float("nan"), device=dev))
@@ -161,6 +162,7 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
             dist = torch.where(drop[:, None], policy.residual(dist, q, x[:, 0], ctx), dist)
             tried |= drop[:, None] & (torch.arange(V, device=dev)[None, :] == x)
             dist = torch.where(take[:, None], _row(p, node + 1), dist)
+            before = torch.where(take, cur, before)
             cur = torch.where(take, node, cur)
             path[:, level] = torch.where(take, node, path[:, level])
             moved |= take
@@ -173,8 +175,9 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
 
 
 def _tree_context(ctx: PolicyContext, hidden: torch.Tensor, tokens: torch.Tensor, kids: torch.Tensor,
-                  node: torch.Tensor, parent: torch.Tensor) -> PolicyContext:
-    """Add the tested node's state, its parent's and its siblings' (tokens and states) to ``ctx``."""
+                  node: torch.Tensor, parent: torch.Tensor, grandparent: torch.Tensor) -> PolicyContext:
+    """Add the tested node's state, its parent's, its grandparent's (NaN where that token is not
+    in the block) and its siblings' (tokens and states) to ``ctx``."""
     def states(index: torch.Tensor) -> torch.Tensor:  # block index (-1: pending token) -> [B, ..., D]
         flat = (index + 1).reshape(index.shape[0], -1)
         picked = hidden.gather(1, flat[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -182,5 +185,8 @@ def _tree_context(ctx: PolicyContext, hidden: torch.Tensor, tokens: torch.Tensor
 
     others = (kids >= 0) & (kids != node[:, None])
     siblings = torch.where(others, tokens.gather(1, kids.clamp(min=0)), -1)
+    known = (grandparent >= -1)[:, None, None]
+    grandparent_hidden = torch.where(known, states(grandparent.clamp(min=-1)[:, None]), float("nan"))
     return PolicyContext(ctx.positions, hidden=states(node[:, None]), parent_hidden=states(parent[:, None]),
+                         grandparent_hidden=grandparent_hidden,
                          siblings=siblings[:, None], sibling_hidden=states(kids.clamp(min=0))[:, None])

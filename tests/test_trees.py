@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_model, tiny_tree_head
+from tiny import tiny_model, tiny_model_with_codes, tiny_tree_head
 
 from engine import Conditioning, SamplingSettings, generate
 from engine.checkpoints import save_safetensors
@@ -161,42 +161,76 @@ def test_lantern_head_folder_loads_with_its_own_embedding(tmp_path: Path) -> Non
 
 
 def test_cascade_at_zero_is_the_exact_tree_and_relaxation_raises_acceptance() -> None:
-    target = tiny_model(0)
+    target = tiny_model_with_codes(0)
     cond = Conditioning.classes(list(range(8)))
     run = lambda policy: generate(target, cond, SAMPLING, policy=policy,  # noqa: E731
                                   draft=TreeHeadDrafts(tiny_tree_head(target), TreeShape(top_k=4, depth=4, nodes=16)))
     exact = run(None)
-    assert torch.equal(run(make_policy("cascade", 0.0)).tokens, exact.tokens)
-    loose = run(make_policy("cascade", 1.0, tau_pos_at_full=-1.0, tau_seq_at_full=-1.0))
+    assert torch.equal(run(make_policy("cascade", 0.0, model=target)).tokens, exact.tokens)
+    loose = run(make_policy("cascade", 1.0, model=target, tau_pos_at_full=-1.0, tau_seq_at_full=-1.0))
     assert loose.acceptance_rate > exact.acceptance_rate
-    assert set(loose.diagnostics) == {"interchangeable", "convergence"}  # recorded per tree level, for heatmaps
-    tested = ~loose.diagnostics["convergence"].isnan()
-    assert 0 < int(tested.sum()) < tested.numel() and bool((loose.diagnostics["interchangeable"][tested] >= 0).all())
+    # recorded per tree level, for heatmaps
+    assert set(loose.diagnostics) == {"group_mass", "interchangeable", "convergence"}
+    tested = ~loose.diagnostics["group_mass"].isnan()
+    known = ~loose.diagnostics["convergence"].isnan()  # roots have no grandparent in their block
+    assert 0 < int(known.sum()) < int(tested.sum()) and bool((known <= tested).all())
+    assert bool((loose.diagnostics["interchangeable"][known] >= 0).all())
 
 
-def test_cascade_rule_on_handmade_states() -> None:
-    """Interchangeable siblings lend their mass only where the context has converged, and leave
-    the residual with the rejected node."""
-    policy = make_policy("cascade", 1.0, tau_pos_at_full=0.9, tau_seq_at_full=0.9)
-    V = 6
-    p = torch.tensor([[[0.1, 0.3, 0.2, 0.1, 0.2, 0.1]]])
-    q = torch.zeros(1, 1, V).index_fill_(-1, torch.tensor([0]), 1.0)  # point mass on token 0
-    x = torch.tensor([[0]])
+def _cascade_case(converged: bool, root: bool = False):  # type: ignore[no-untyped-def]
+    """A CASCADE policy on explicit groups (codes 0..15 in order: pairs, or fours where converged),
+    a node drafting token 0 (point mass) with siblings 5 (same state) and 9 (another state)."""
+    policy = make_policy("cascade", 1.0, model=tiny_model_with_codes(0), tau_pos_at_full=0.9, tau_seq_at_full=0.9,
+                         max_group=2, converged_group=4)
+    policy.ranks = torch.arange(16)
+    p = torch.softmax(torch.linspace(0.0, 1.5, 16), 0)[None, None]
+    q = torch.zeros(1, 1, 16).index_fill_(-1, torch.tensor([0]), 1.0)
     same, far = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    grandparent = torch.full((2,), float("nan")) if root else (same if converged else far)
     ctx = PolicyContext(torch.tensor([[5]]), hidden=same.view(1, 1, 2), parent_hidden=same.view(1, 1, 2),
-                        siblings=torch.tensor([[[1, 2, -1]]]),
+                        grandparent_hidden=grandparent.view(1, 1, 2), siblings=torch.tensor([[[5, 9, -1]]]),
                         sibling_hidden=torch.stack([same, far, same]).view(1, 1, 3, 2))
+    return policy, p, q, torch.tensor([[0]]), ctx
+
+
+def test_cascade_groups_grow_where_the_context_converged_and_take_in_interchangeable_siblings() -> None:
+    policy, p, q, x, ctx = _cascade_case(converged=True)
     alpha, info = policy.acceptance(p, q, x, ctx)
-    assert torch.allclose(alpha, torch.tensor([[0.4]]))  # p(0) + p(1): sibling 2 differs, slot 3 is empty
-    assert info["interchangeable"].item() == 1
+    # converged: the group of four {0..3}, plus sibling 5's group {4..7} (same state); 9 differs
+    assert float(alpha) == pytest.approx(float(p[0, 0, :8].sum()), rel=1e-6)
+    assert info["interchangeable"].item() == 1 and info["convergence"].item() == pytest.approx(1.0)
     residual = policy.residual(p[:, 0], q[:, 0], x[:, 0], ctx)
-    assert residual[0, 0] == 0 and residual[0, 1] == 0 and torch.isclose(residual.sum(), torch.tensor(1.0))
-    diverged = PolicyContext(ctx.positions, hidden=same.view(1, 1, 2), parent_hidden=far.view(1, 1, 2),
-                             siblings=ctx.siblings, sibling_hidden=ctx.sibling_hidden)
-    alpha, _ = policy.acceptance(p, q, x, diverged)
-    assert torch.allclose(alpha, torch.tensor([[0.1]]))  # not converged: exact
+    assert float(residual[0, :8].sum()) == 0.0  # both groups are spent with the rejected node
+    assert torch.allclose(residual[0, 8:], p[0, 0, 8:] / p[0, 0, 8:].sum())
+    for diverged in (_cascade_case(converged=False), _cascade_case(converged=False, root=True)):
+        policy, p, q, x, ctx = diverged
+        alpha, info = policy.acceptance(p, q, x, ctx)
+        assert float(alpha) == pytest.approx(float(p[0, 0, :2].sum()), rel=1e-6)  # pairs, nothing merged
+        assert info["interchangeable"].item() == 0
     chain_alpha, _ = policy.acceptance(p, q, x, PolicyContext(torch.tensor([[5]])))
-    assert torch.allclose(chain_alpha, torch.tensor([[0.1]]))  # no tree states: exact
+    assert torch.allclose(chain_alpha, p[:, :, 0])  # no tree states: exact
+    with pytest.raises(SettingsError, match="at least max_group"):
+        make_policy("cascade", 1.0, model=tiny_model_with_codes(0), max_group=16, converged_group=8)
+
+
+def test_group_policies_draft_one_sibling_per_group() -> None:
+    """A group is accepted with all its target mass, so a second sibling of the same group could
+    never be accepted: the dynamic tree then offers the likeliest code of each of the likeliest groups."""
+    target = tiny_model_with_codes(0)
+    for name in ("clusters", "cascade"):
+        policy = make_policy(name, 0.5, model=target)
+        groups = policy.sibling_groups()
+        assert groups is not None and int(groups.unique().numel()) == target.vocab_size // 4
+        drafts = RecordingDrafts(tiny_tree_head(target), TreeShape(top_k=4, depth=3, nodes=12))
+        generate(target, COND, SAMPLING, draft=drafts, policy=policy)
+        for _, block in drafts.blocks:
+            for row in range(block.tokens.shape[0]):
+                parents = block.parents[row] if block.parents.dim() == 2 else block.parents
+                for parent in parents.unique():
+                    kids = block.tokens[row][parents == parent]
+                    assert len(groups[kids].unique()) == len(kids)
+    assert make_policy("clusters", 0.0, model=target).sibling_groups() is None
+    assert make_policy("exact").sibling_groups() is None
 
 
 def test_head_that_does_not_fit_is_refused_before_decoding() -> None:

@@ -13,6 +13,7 @@ import torch
 from engine.checkpoints import save_safetensors
 from engine.continuous.mar import MAR, MARConfig
 from engine.continuous.model import MARTokenModel, PatchPixels
+from engine.demo.codebook import PatchCodebook
 from engine.drafts.tree_head import TreeHead
 from engine.models.llamagen.adapter import LlamaGenModel
 from engine.models.llamagen.gpt import GPT, GPTConfig
@@ -30,6 +31,12 @@ def tiny_gpt(seed: int = 0, **overrides: object) -> GPT:
 
 def tiny_model(seed: int = 0, name: str = "tiny", **overrides: object) -> LlamaGenModel:
     return LlamaGenModel(tiny_gpt(seed, **overrides), None, name)
+
+
+def tiny_model_with_codes(seed: int = 0) -> LlamaGenModel:
+    """A tiny model whose codes have vectors (a random 2x2-patch codebook), for policies that group codes."""
+    centroids = torch.rand(TINY["vocab_size"], 12, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+    return LlamaGenModel(tiny_gpt(seed), PatchCodebook(centroids), "tiny")
 
 
 def tiny_drafter(seed: int = 1, **overrides: object) -> LlamaGenModel:

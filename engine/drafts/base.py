@@ -30,6 +30,7 @@ class DecodeState:
     committed: torch.Tensor  # [B] long on the host: tokens committed per row
     max_drafts: int  # the most drafts any unfinished row can still use this step
     context_hidden: torch.Tensor  # [R, P, D] target states after the condition and the first P - 1 tokens
+    sibling_groups: torch.Tensor | None = None  # [V] the policy's code groups (AcceptancePolicy.sibling_groups)
 
     @property
     def batch(self) -> int:

@@ -9,7 +9,8 @@ committed token:
   ``top_k x top_k`` children, and finally keep the ``nodes`` best-scoring nodes of all depths.
   Nodes are deterministic picks, so each carries a point-mass q (the verifier then tests p(x)
   and zeroes rejected siblings, exactly LANTERN's dynamic-tree verification). Trees differ per
-  image: each grows where its own drafts are confident.
+  image: each grows where its own drafts are confident. Under a policy that accepts whole groups
+  of codes (clusters, CASCADE: ``AcceptancePolicy.sibling_groups``) siblings are distinct groups.
 * ``static`` (EAGLE-1 templates; LANTERN++, arXiv 2502.06352): every node at depth d gets
   ``branching[d]`` children sampled without replacement from the head's q, which they keep, so
   verification is recursive rejection with the true q. The tree keeps drafting deep even where
@@ -94,12 +95,14 @@ class TreeHeadDrafts(DraftSource):
         self.head, self.shape = head, shape or TreeShape()
         self.processor: DistributionProcessor | None = None
         self.cache: HeadCache | None = None
+        self.code_groups: torch.Tensor | None = None  # [V] the policy's group id per code (dynamic trees)
 
     # -- bookkeeping between target forwards --------------------------------------------------------
 
     def begin(self, state: DecodeState) -> None:
         self.head = place_head(self.head, state.model)
         self.processor = DistributionProcessor(state.processor.settings, state.model.constrain)
+        self.code_groups = state.sibling_groups
         self.pair = 2 if state.guided else 1
         rows = self.pair * state.batch
         deepest = max(self.shape.depth, len(self.shape.branching))
@@ -202,7 +205,7 @@ class TreeHeadDrafts(DraftSource):
         B, V = q_root.shape
         k = min(self.shape.top_k, V)
         dev = q_root.device
-        scores, tokens = q_root.log().clamp(min=SCORE_FLOOR).topk(k, dim=-1)
+        scores, tokens = self._top_children(q_root, k, state.generator)
         scores = scores - DEPTH_PENALTY
         cand_tokens, cand_scores = [tokens], [scores]
         cand_parents = [torch.full((B, k), -1, dtype=torch.long, device=dev)]
@@ -213,7 +216,7 @@ class TreeHeadDrafts(DraftSource):
         for level in range(1, depth):
             out = self._feed(state, tokens, features, committed[:, None] + level - 1, ancestors, fed)
             q = self._distribution(state, out, (committed[:, None] + level).expand(-1, k))
-            child_scores, child_tokens = q.log().clamp(min=SCORE_FLOOR).topk(k, dim=-1)  # [B, k, k]
+            child_scores, child_tokens = self._top_children(q, k, state.generator)  # [B, k, k]
             child_scores = (scores[..., None] + child_scores - DEPTH_PENALTY).flatten(1)
             child_tokens = child_tokens.flatten(1)
             cand_tokens.append(child_tokens)
@@ -241,6 +244,24 @@ class TreeHeadDrafts(DraftSource):
         parents = torch.where(parent_cand < 0, -1, position.gather(1, parent_cand.clamp(min=0)))
         block_tokens = all_tokens.gather(1, chosen)
         return DraftBlock(block_tokens, point_mass(block_tokens, V), parents.cpu())
+
+    def _top_children(self, q: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` children of a node with draft ``q [..., V]`` and their log-probability scores.
+
+        Without code groups: q's ``k`` likeliest tokens. With groups (a group-keeping policy such as
+        clusters accepts a child with its whole group's target mass), siblings from one group
+        would be tested against the same mass twice; so the children are the ``k`` likeliest
+        *groups*, scored by the group's draft mass, each drafted as a code drawn from q inside the
+        group (Gumbel-max), so that accepted codes vary inside a group as q does, not always its mode."""
+        if self.code_groups is None:
+            return q.log().clamp(min=SCORE_FLOOR).topk(k, dim=-1)
+        groups = self.code_groups.to(q.device).expand_as(q)
+        group_q = torch.zeros_like(q).scatter_add_(-1, groups, q)  # group ids < V
+        scores, picked = group_q.log().clamp(min=SCORE_FLOOR).topk(k, dim=-1)
+        gumbel = -torch.empty_like(q).exponential_(generator=generator).log()
+        keys = q.log().clamp(min=SCORE_FLOOR) + gumbel
+        members = groups[..., None, :] == picked[..., None]  # [..., k, V]
+        return scores, torch.where(members, keys[..., None, :], 10 * SCORE_FLOOR).argmax(-1)
 
     def _static(self, state: DecodeState, root: torch.Tensor, q_root: torch.Tensor, committed: torch.Tensor,
                 depth: int) -> DraftBlock:

@@ -33,6 +33,7 @@ class PolicyContext:
     # Tree verification fills these for policies with ``needs_tree_states`` (CASCADE):
     hidden: torch.Tensor | None = None  # [B, m, D] target state after each tested token
     parent_hidden: torch.Tensor | None = None  # [B, m, D] target state after its parent (the pending token for roots)
+    grandparent_hidden: torch.Tensor | None = None  # [B, m, D] state after the parent's parent; NaN for roots (unknown)
     siblings: torch.Tensor | None = None  # [B, m, K] tokens of its siblings, -1 where none (itself excluded)
     sibling_hidden: torch.Tensor | None = None  # [B, m, K, D] target states after those siblings
 
@@ -77,3 +78,9 @@ class AcceptancePolicy(ABC):
     def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                  ctx: PolicyContext) -> torch.Tensor:
         """The distribution ``[B, V]`` a correction is drawn from after ``tokens [B]`` was rejected."""
+
+    def sibling_groups(self) -> torch.Tensor | None:
+        """Group id of every code ``[V]`` for policies that accept a draft with its whole group's
+        mass: a draft tree then offers one sibling per group (see ``TreeHeadDrafts``). ``None``:
+        every code is its own group."""
+        return None

@@ -81,29 +81,41 @@ class ClusterPolicy(RelaxedPolicy):
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
                  model: ImageTokenModel | None = None, max_group: float = MAX_GROUP) -> None:
         super().__init__(relaxation, region)
-        if max_group < 1 or max_group != int(max_group) or int(max_group) & (int(max_group) - 1):
-            raise SettingsError(f"clusters max_group must be a power of two >= 1, got {max_group}")
-        self.levels = int(max_group).bit_length() - 1
+        self.levels = self.group_levels_of("max_group", max_group)
         self.ranks = code_ranks(require_model(self.name, model))
 
-    def _group_ids(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Group id of every code ``[B, m, V]`` at each tested token's group size, and whether the token is relaxed."""
-        level = torch.round(self.relaxation_at(positions) * self.levels).long()
-        ranks = self.ranks.to(positions.device)
-        return ranks[None, None, :] >> level[..., None], level > 0
+    def group_levels_of(self, option: str, size: float) -> int:
+        """log2 of a group size option, which must be a power of two."""
+        if size < 1 or size != int(size) or int(size) & (int(size) - 1):
+            raise SettingsError(f"{self.name} {option} must be a power of two >= 1, got {size}")
+        return int(size).bit_length() - 1
+
+    def sibling_groups(self) -> torch.Tensor | None:
+        level = round(self.relaxation * self.levels)
+        return self.ranks >> level if level > 0 else None
+
+    def group_levels(self, ctx: PolicyContext) -> torch.Tensor:
+        """log2 of the group size at each tested token ``[B, m]`` (0: the exact test)."""
+        return torch.round(self.relaxation_at(ctx.positions) * self.levels).long()
+
+    def group_ids(self, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
+        """Group id of every code ``[B, m, V]`` at each tested token (ids are < V)."""
+        level = self.group_levels(ctx)
+        return self.ranks.to(level.device)[None, None, :] >> level[..., None]
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         base, px = self.base_ratio(p, q, tokens)
-        groups, relaxed = self._group_ids(ctx.positions)
+        groups = self.group_ids(tokens, ctx)
         same = groups == groups.gather(-1, tokens[..., None])
+        relaxed = same.sum(-1) > 1
         p_group, q_group = (p * same).sum(-1), (q * same).sum(-1)
         grouped = (p_group / q_group.clamp_min(Q_FLOOR)).clamp_max(1.0)
         return torch.where(relaxed, grouped, base), {"group_mass": torch.where(relaxed, p_group - px, 0.0)}
 
     def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
-        groups, relaxed = self._group_ids(ctx.positions.reshape(-1, 1))
-        groups, relaxed = groups[:, 0], relaxed[:, 0]
+        groups = self.group_ids(tokens[:, None], ctx)[:, 0]  # verifiers hand one tested token per row
+        relaxed = (groups == groups.gather(-1, tokens[:, None])).sum(-1) > 1
         p_group = torch.zeros_like(p).scatter_add_(1, groups, p)  # group ids < V: no host sync to size it
         q_group = torch.zeros_like(p_group).scatter_add_(1, groups, q)
         excess = (p_group - q_group).clamp_min(0.0)
