@@ -262,6 +262,35 @@ def test_cluster_acceptance_keeps_every_group_s_target_mass(demo) -> None:  # ty
     assert float((out - p).abs().sum()) > 0.01  # inside groups the output does follow the draft
 
 
+def test_cluster_ratio_bound_keeps_group_masses_and_caps_each_code(demo) -> None:  # type: ignore[no-untyped-def]
+    """LANTERN++'s bound on cluster acceptance: no code is accepted more than lambda times as often as the
+    exact test would accept it, the residual still gives every group the target's mass, and lambda = 1
+    emits exactly p."""
+    target, _ = demo
+    p, q, _ = _random_case(target.vocab_size, seed=10, point_mass=False)
+    p, q = p[0, 0].double(), q[0, 0].double()
+    vocab, tokens = target.vocab_size, torch.arange(target.vocab_size)[None]
+    ctx = PolicyContext(torch.zeros(1, vocab, dtype=torch.long))
+    exact_alpha, _ = ExactPolicy().acceptance(p.expand(1, vocab, -1), q.expand(1, vocab, -1), tokens, ctx)
+    unbounded = make_policy("clusters", 1.0, model=target)
+    groups = unbounded.ranks >> 4
+    p_group = torch.zeros(int(groups.max()) + 1, dtype=p.dtype).index_add_(0, groups, p)
+    rates = []
+    for bound in (1.0, 1.2, 1.5):
+        policy = make_policy("clusters", 1.0, model=target, ratio_bound=bound)
+        alpha, _ = policy.acceptance(p.expand(1, vocab, -1), q.expand(1, vocab, -1), tokens, ctx)
+        assert bool((alpha <= bound * exact_alpha + 1e-9).all())
+        out = _output_distribution(policy, p, q, 0)
+        assert torch.allclose(torch.zeros_like(p_group).index_add_(0, groups, out), p_group, atol=1e-9), bound
+        if bound == 1.0:
+            assert torch.allclose(out, p, atol=1e-9)  # lambda 1: lossless
+        rates.append(float((q * alpha[0]).sum()))
+    free, _ = unbounded.acceptance(p.expand(1, vocab, -1), q.expand(1, vocab, -1), tokens, ctx)
+    assert rates[0] < rates[1] < rates[2] < float((q * free[0]).sum())
+    with pytest.raises(SettingsError, match="ratio_bound"):
+        make_policy("clusters", 1.0, model=target, ratio_bound=0.5)
+
+
 def test_cluster_acceptance_of_point_mass_siblings_tests_the_group(demo) -> None:  # type: ignore[no-untyped-def]
     target, _ = demo
     p, _, tokens = _random_case(target.vocab_size, seed=9, point_mass=True)

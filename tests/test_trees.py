@@ -207,6 +207,10 @@ def test_cascade_groups_grow_where_the_context_converged_and_take_in_interchange
         alpha, info = policy.acceptance(p, q, x, ctx)
         assert float(alpha) == pytest.approx(float(p[0, 0, :2].sum()), rel=1e-6)  # pairs, nothing merged
         assert info["interchangeable"].item() == 0
+    policy, p, q, x, ctx = _cascade_case(converged=True)
+    policy.ratio_bound = 2.0  # LANTERN++'s bound: at most twice the exact test, p(0) for a point mass
+    alpha, _ = policy.acceptance(p, q, x, ctx)
+    assert float(alpha) == pytest.approx(2 * float(p[0, 0, 0]), rel=1e-6)
     chain_alpha, _ = policy.acceptance(p, q, x, PolicyContext(torch.tensor([[5]])))
     assert torch.allclose(chain_alpha, p[:, :, 0])  # no tree states: exact
     with pytest.raises(SettingsError, match="at least max_group"):

@@ -53,8 +53,8 @@ class CascadePolicy(ClusterPolicy):
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
                  model: ImageTokenModel | None = None, tau_pos_at_full: float = TAU_POS_AT_FULL,
                  tau_seq_at_full: float = TAU_SEQ_AT_FULL, max_group: float = MAX_GROUP,
-                 converged_group: float = CONVERGED_GROUP) -> None:
-        super().__init__(relaxation, region, model, max_group)
+                 converged_group: float = CONVERGED_GROUP, ratio_bound: float | None = None) -> None:
+        super().__init__(relaxation, region, model, max_group, ratio_bound)
         self.tau_pos_at_full = check_range("CASCADE tau_pos", tau_pos_at_full, -1.0, 1.0)
         self.tau_seq_at_full = check_range("CASCADE tau_seq", tau_seq_at_full, -1.0, 1.0)
         if converged_group < max_group:

@@ -33,8 +33,8 @@ from ..errors import SettingsError
 from ..models.base import ImageTokenModel
 from ..sampling import residual
 from .base import PolicyContext
-from .exact import Q_FLOOR
-from .relaxed import RelaxedPolicy, code_latents, require_model
+from .exact import Q_FLOOR, token_probs
+from .relaxed import RelaxedPolicy, check_range, code_latents, require_model
 
 MAX_GROUP = 16  # codes per group at relax 1
 
@@ -79,10 +79,12 @@ class ClusterPolicy(RelaxedPolicy):
     recommended_relaxation = 1.0
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
-                 model: ImageTokenModel | None = None, max_group: float = MAX_GROUP) -> None:
+                 model: ImageTokenModel | None = None, max_group: float = MAX_GROUP,
+                 ratio_bound: float | None = None) -> None:
         super().__init__(relaxation, region)
         self.levels = self.group_levels_of("max_group", max_group)
         self.ranks = code_ranks(require_model(self.name, model))
+        self.ratio_bound = None if ratio_bound is None else check_range(f"{self.name} ratio_bound", ratio_bound, 1.0, 1e6)
 
     def group_levels_of(self, option: str, size: float) -> int:
         """log2 of a group size option, which must be a power of two."""
@@ -103,24 +105,45 @@ class ClusterPolicy(RelaxedPolicy):
         level = self.group_levels(ctx)
         return self.ranks.to(level.device)[None, None, :] >> level[..., None]
 
+    def _code_acceptance(self, p: torch.Tensor, q: torch.Tensor, same: torch.Tensor, px: torch.Tensor,
+                         qx: torch.Tensor) -> torch.Tensor:
+        """``min(1, p(G)/q(G))`` for codes ``x`` with group members ``same [..., V]``; under a ratio bound
+        lambda also at most ``lambda p(x)/q(x)``, lambda times the exact test (LANTERN++'s bound)."""
+        p_group, q_group = (p * same).sum(-1), (q * same).sum(-1)
+        grouped = (p_group / q_group.clamp_min(Q_FLOOR)).clamp_max(1.0)
+        if self.ratio_bound is None:
+            return grouped
+        return grouped.minimum(self.ratio_bound * px / qx.clamp_min(Q_FLOOR))
+
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         base, px = self.base_ratio(p, q, tokens)
         groups = self.group_ids(tokens, ctx)
         same = groups == groups.gather(-1, tokens[..., None])
         relaxed = same.sum(-1) > 1
-        p_group, q_group = (p * same).sum(-1), (q * same).sum(-1)
-        grouped = (p_group / q_group.clamp_min(Q_FLOOR)).clamp_max(1.0)
+        grouped = self._code_acceptance(p, q, same, px, token_probs(q, tokens))
+        p_group = (p * same).sum(-1)
         return torch.where(relaxed, grouped, base), {"group_mass": torch.where(relaxed, p_group - px, 0.0)}
 
     def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
+        """A group from ``max(0, p_G - A_G)``, where ``A_G`` is the mass acceptance gives group G, and a
+        code inside it from ``p`` (without a ratio bound) or from what acceptance left of ``p``: every
+        group keeps the target's mass."""
         groups = self.group_ids(tokens[:, None], ctx)[:, 0]  # verifiers hand one tested token per row
         relaxed = (groups == groups.gather(-1, tokens[:, None])).sum(-1) > 1
         p_group = torch.zeros_like(p).scatter_add_(1, groups, p)  # group ids < V: no host sync to size it
         q_group = torch.zeros_like(p_group).scatter_add_(1, groups, q)
-        excess = (p_group - q_group).clamp_min(0.0)
-        share = (excess / p_group.clamp_min(1e-30)).gather(1, groups)
-        grouped = p * share
+        if self.ratio_bound is None:
+            accepted, weights = q_group.gather(1, groups).minimum(p_group.gather(1, groups)), p
+        else:
+            p_own, q_own = p_group.gather(1, groups), q_group.gather(1, groups)
+            alpha = (p_own / q_own.clamp_min(Q_FLOOR)).clamp_max(1.0).minimum(self.ratio_bound * p / q.clamp_min(Q_FLOOR))
+            given = q * alpha  # mass each code receives from acceptance
+            accepted = torch.zeros_like(p).scatter_add_(1, groups, given).gather(1, groups)
+            weights = (p - given).clamp_min(0.0)
+        excess = (p_group.gather(1, groups) - accepted).clamp_min(0.0)
+        weight_group = torch.zeros_like(p).scatter_add_(1, groups, weights).gather(1, groups)
+        grouped = excess * weights / weight_group.clamp_min(1e-30)
         total = grouped.sum(-1, keepdim=True)
         grouped = torch.where(total > 0, grouped / total.clamp_min(1e-30), p)
         return torch.where(relaxed[:, None], grouped, residual(p, q))
