@@ -228,12 +228,17 @@ def relaxed_policy(policy: str) -> Callable[[dict[str, Any]], Graph]:
 
 
 def tree_cascade(specs: dict[str, Any]) -> Graph:
-    g, model, draft = _start(specs, "SpecARTreeHead", (
+    g = Graph(specs)
+    g.add("Note", (20, 440), (360, 240), text=(
         "SpecAR: tree drafts with CASCADE relaxation.\n\nA one-layer head reads the target's hidden states and drafts "
-        "a dynamic tree of guesses (EAGLE-2); the target checks the whole tree in one forward. CASCADE accepts a guess "
-        "also when a sibling that leaves the target in nearly the same state would have been accepted, and only where "
-        "the image has settled (consecutive states alike).\n\nRelaxation 0 = lossless tree decoding. The README "
-        "lists speed and quality per setting."), (20, 440), 240)
+        "a dynamic tree of guesses (EAGLE-2), here 16 deep with 80 nodes; the target checks the whole tree in one "
+        "forward. CASCADE accepts a guess with the target's mass on its whole group of look-alike codes, so every "
+        "group keeps the target's probability: groups of 16 codes, 64 where the image has settled (the context's last "
+        "two hidden states alike), and a sibling that leaves the target in nearly the same state joins the group. "
+        "The tree offers one guess per group.\n\nRelaxation 0 = lossless tree decoding. Fast, but on the demo it "
+        "costs visible quality at object edges: the README lists speed and quality per setting."))
+    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
+    draft = g.add("SpecARTreeHead", (20, 210), (340, 200), depth=16, nodes=80)
     chosen = g.add("SpecARAcceptancePolicy", (20, 700), (340, 150), policy="cascade",
                    relaxation=recommended_relaxation("cascade"))
     _sampler_with_previews(g, model, draft, chosen, prompt="red circle", batch_size=4, seed=5)
