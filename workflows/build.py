@@ -233,7 +233,7 @@ def tree_cascade(specs: dict[str, Any]) -> Graph:
         "SpecAR: tree drafts with CASCADE relaxation.\n\nA one-layer head reads the target's hidden states and drafts "
         "a dynamic tree of guesses (EAGLE-2), here 16 deep with 80 nodes; the target checks the whole tree in one "
         "forward. CASCADE accepts a guess with the target's mass on its whole group of look-alike codes, so every "
-        "group keeps the target's probability: groups of 16 codes, 64 where the image has settled (the context's last "
+        "group keeps the target's probability: groups of 8 codes, 16 where the image has settled (the context's last "
         "two hidden states alike), and a sibling that leaves the target in nearly the same state joins the group. "
         "The tree offers one guess per group.\n\nRelaxation 0 = lossless tree decoding. Fast, but on the demo it "
         "costs visible quality at object edges: the README lists speed and quality per setting."))
