@@ -76,43 +76,33 @@ class CascadePolicy(ClusterPolicy):
             return None
         return F.cosine_similarity(ctx.parent_hidden.float(), ctx.grandparent_hidden.float(), dim=-1)
 
-    def _converged(self, ctx: PolicyContext) -> torch.Tensor | None:
+    def _grouping(self, tokens: torch.Tensor, ctx: PolicyContext
+                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Group ids ``[B, m, V]`` of each tested node, which siblings ``[B, m, K]`` merged into its group and
+        the convergence cosine ``[B, m]`` (both ``None`` without tree states: then every code is its own group)."""
         convergence = self.convergence(ctx)
         if convergence is None:
-            return None
-        strength, _, tau_seq = self._thresholds(ctx)
-        return (strength > 0) & (convergence >= tau_seq)  # NaN compares False
-
-    def group_levels(self, ctx: PolicyContext) -> torch.Tensor:
-        converged = self._converged(ctx)
-        if converged is None:
-            return torch.zeros_like(ctx.positions)
+            return self.ids_at(torch.zeros_like(ctx.positions)), None, None
+        strength, tau_pos, tau_seq = self._thresholds(ctx)
+        converged = (strength > 0) & (convergence >= tau_seq)  # NaN (roots) compares False
         levels = torch.where(converged, self.converged_levels, self.levels)
-        return torch.round(self.relaxation_at(ctx.positions) * levels).long()
+        groups = self.ids_at(torch.round(strength * levels).long())
+        if ctx.hidden is None or ctx.siblings is None or ctx.sibling_hidden is None:
+            return groups, None, convergence
+        similarity = F.cosine_similarity(ctx.hidden.float()[:, :, None], ctx.sibling_hidden.float(), dim=-1)
+        merge = converged[..., None] & (ctx.siblings >= 0) & (similarity >= tau_pos[..., None])
+        own = groups.gather(-1, tokens[..., None])  # [B, m, 1]
+        sibling_groups = groups.gather(-1, ctx.siblings.clamp(min=0))
+        absorbed = ((groups[..., None] == sibling_groups[..., None, :]) & merge[..., None, :]).any(-1)
+        return torch.where(absorbed, own, groups), merge, convergence
 
     def group_ids(self, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
-        groups = super().group_ids(tokens, ctx)
-        merge = self._interchangeable(ctx)
-        if merge is None:
-            return groups
-        own = groups.gather(-1, tokens[..., None])  # [B, m, 1]
-        sibling_groups = groups.gather(-1, ctx.siblings.clamp(min=0))  # type: ignore[union-attr]
-        absorbed = ((groups[..., None] == sibling_groups[..., None, :]) & merge[..., None, :]).any(-1)
-        return torch.where(absorbed, own, groups)
-
-    def _interchangeable(self, ctx: PolicyContext) -> torch.Tensor | None:
-        """Which siblings ``[B, m, K]`` are interchangeable with each tested node (converged contexts only)."""
-        converged = self._converged(ctx)
-        if converged is None or ctx.hidden is None or ctx.siblings is None or ctx.sibling_hidden is None:
-            return None
-        _, tau_pos, _ = self._thresholds(ctx)
-        similarity = F.cosine_similarity(ctx.hidden.float()[:, :, None], ctx.sibling_hidden.float(), dim=-1)
-        return converged[..., None] & (ctx.siblings >= 0) & (similarity >= tau_pos[..., None])
+        return self._grouping(tokens, ctx)[0]
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        alpha, info = super().acceptance(p, q, tokens, ctx)
-        merge, convergence = self._interchangeable(ctx), self.convergence(ctx)
+        groups, merge, convergence = self._grouping(tokens, ctx)
+        alpha, info = self.accept_in_groups(p, q, tokens, groups)
         if merge is not None and convergence is not None:
             info = {**info, "interchangeable": merge.sum(-1).float(), "convergence": convergence}
         return alpha, info

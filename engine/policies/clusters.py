@@ -102,7 +102,10 @@ class ClusterPolicy(RelaxedPolicy):
 
     def group_ids(self, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
         """Group id of every code ``[B, m, V]`` at each tested token (ids are < V)."""
-        level = self.group_levels(ctx)
+        return self.ids_at(self.group_levels(ctx))
+
+    def ids_at(self, level: torch.Tensor) -> torch.Tensor:
+        """Group ids ``[B, m, V]`` for groups of ``2^level [B, m]`` codes."""
         return self.ranks.to(level.device)[None, None, :] >> level[..., None]
 
     def _code_acceptance(self, p: torch.Tensor, q: torch.Tensor, same: torch.Tensor, px: torch.Tensor,
@@ -117,8 +120,12 @@ class ClusterPolicy(RelaxedPolicy):
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return self.accept_in_groups(p, q, tokens, self.group_ids(tokens, ctx))
+
+    def accept_in_groups(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
+                         groups: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`acceptance` for given group ids ``[B, m, V]``."""
         base, px = self.base_ratio(p, q, tokens)
-        groups = self.group_ids(tokens, ctx)
         same = groups == groups.gather(-1, tokens[..., None])
         relaxed = same.sum(-1) > 1
         grouped = self._code_acceptance(p, q, same, px, token_probs(q, tokens))
