@@ -262,6 +262,43 @@ def test_cluster_acceptance_keeps_every_group_s_target_mass(demo) -> None:  # ty
     assert float((out - p).abs().sum()) > 0.01  # inside groups the output does follow the draft
 
 
+def test_cascade_groups_codes_that_look_alike_and_that_the_target_embeds_alike(demo) -> None:  # type: ignore[no-untyped-def]
+    from engine.policies.clusters import code_ranks
+    from engine.policies.relaxed import code_latents
+
+    target, _ = demo
+    look, both = code_ranks(target), code_ranks(target, target_alike=True)
+    assert torch.equal(torch.sort(both).values, torch.arange(target.vocab_size)) and not torch.equal(look, both)
+    assert torch.equal(make_policy("cascade", 1.0, model=target).ranks, both)
+    assert torch.equal(make_policy("clusters", 1.0, model=target).ranks, look)
+    embeddings = target.embed_codes(torch.arange(target.vocab_size)[None])[0].float()
+    latents = code_latents(target)
+
+    def spread(vectors: torch.Tensor, ranks: torch.Tensor, level: int) -> float:
+        """Mean distance between two codes of one group of 2^level codes."""
+        groups = ranks >> level
+        return sum(float(torch.cdist(vectors[groups == g], vectors[groups == g]).mean())
+                   for g in range(int(groups.max()) + 1)) / (int(groups.max()) + 1)
+
+    for level in (3, 4):  # groups of 8 and 16: tighter in the target's embedding, about as tight in looks
+        assert spread(embeddings, both, level) < spread(embeddings, look, level)
+        assert spread(latents, both, level) < 1.05 * spread(latents, look, level)
+
+
+def test_wide_code_embeddings_are_grouped_on_their_leading_components(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Models wider than EMBEDDING_COMPONENTS are split on a low-rank projection (seconds for Emu3's
+    32k x 4096 table instead of minutes), and the groups are still a partition of the codebook."""
+    import engine.policies.clusters as clusters
+    from tiny import tiny_model_with_codes
+
+    full = clusters.grouping_vectors(tiny_model_with_codes(3), target_alike=True)
+    monkeypatch.setattr(clusters, "EMBEDDING_COMPONENTS", 4)
+    projected = clusters.grouping_vectors(tiny_model_with_codes(3), target_alike=True)
+    assert projected.shape == (full.shape[0], 12 + 4) and full.shape[1] > projected.shape[1]
+    ranks = clusters.code_ranks(tiny_model_with_codes(3), target_alike=True)
+    assert torch.equal(torch.sort(ranks).values, torch.arange(full.shape[0]))
+
+
 def test_cluster_ratio_bound_keeps_group_masses_and_caps_each_code(demo) -> None:  # type: ignore[no-untyped-def]
     """LANTERN++'s bound on cluster acceptance: no code is accepted more than lambda times as often as the
     exact test would accept it, the residual still gives every group the target's mass, and lambda = 1
@@ -289,6 +326,32 @@ def test_cluster_ratio_bound_keeps_group_masses_and_caps_each_code(demo) -> None
     assert rates[0] < rates[1] < rates[2] < float((q * free[0]).sum())
     with pytest.raises(SettingsError, match="ratio_bound"):
         make_policy("clusters", 1.0, model=target, ratio_bound=0.5)
+
+
+def test_cluster_plausible_share_keeps_group_masses_and_never_favours_implausible_codes(demo) -> None:  # type: ignore[no-untyped-def]
+    """Under a plausible share s a code the target finds less than s times as likely as its group's
+    favourite is tested on its own mass: every group keeps the target's mass, such codes are emitted no
+    more often than the target would, and acceptance falls as s rises."""
+    target, _ = demo
+    p, q, _ = _random_case(target.vocab_size, seed=11, point_mass=False)
+    p, q = p[0, 0].double(), q[0, 0].double()
+    vocab, tokens = target.vocab_size, torch.arange(target.vocab_size)[None]
+    ctx = PolicyContext(torch.zeros(1, vocab, dtype=torch.long))
+    groups = make_policy("clusters", 1.0, model=target).ranks >> 4
+    p_group = torch.zeros(int(groups.max()) + 1, dtype=p.dtype).index_add_(0, groups, p)
+    p_best = torch.zeros_like(p_group).index_reduce_(0, groups, p, "amax")[groups]
+    rates = []
+    for share in (0.0, 0.3, 0.7, 1.0):
+        policy = make_policy("clusters", 1.0, model=target, plausible_share=share)
+        alpha, _ = policy.acceptance(p.expand(1, vocab, -1), q.expand(1, vocab, -1), tokens, ctx)
+        out = _output_distribution(policy, p, q, 0)
+        assert torch.allclose(torch.zeros_like(p_group).index_add_(0, groups, out), p_group, atol=1e-9), share
+        implausible = p < share * p_best
+        assert bool((out[implausible] <= p[implausible] + 1e-9).all()), share
+        rates.append(float((q * alpha[0]).sum()))
+    assert rates == sorted(rates, reverse=True) and rates[0] > rates[-1] + 0.05, rates
+    with pytest.raises(SettingsError, match="plausible_share"):
+        make_policy("clusters", 1.0, model=target, plausible_share=1.5)
 
 
 def test_cluster_acceptance_of_point_mass_siblings_tests_the_group(demo) -> None:  # type: ignore[no-untyped-def]

@@ -237,6 +237,18 @@ def test_group_policies_draft_one_sibling_per_group() -> None:
     assert make_policy("exact").sibling_groups() is None
 
 
+def test_grouped_children_are_the_likeliest_code_of_each_likeliest_group() -> None:
+    """What an accepted group emits is its drafted code, so each group is drafted as the head's mode in it."""
+    target = tiny_model_with_codes(0)
+    drafts = TreeHeadDrafts(tiny_tree_head(target), TreeShape(top_k=2, depth=2, nodes=4))
+    drafts.code_groups = torch.arange(8) // 4  # two groups: codes 0..3 and 4..7
+    q = torch.tensor([[0.05, 0.30, 0.10, 0.05, 0.12, 0.13, 0.13, 0.12]])  # group masses 0.5 / 0.5
+    q[0, 6] += 0.01
+    q = q / q.sum()
+    scores, children = drafts._top_children(q, 2)
+    assert children.tolist() == [[6, 1]] and torch.allclose(scores.exp(), torch.tensor([[0.51, 0.50]]) / 1.01)
+
+
 def test_head_that_does_not_fit_is_refused_before_decoding() -> None:
     target = tiny_model(0)
     head = tiny_tree_head(tiny_model(0, vocab_size=32))

@@ -205,7 +205,7 @@ class TreeHeadDrafts(DraftSource):
         B, V = q_root.shape
         k = min(self.shape.top_k, V)
         dev = q_root.device
-        scores, tokens = self._top_children(q_root, k, state.generator)
+        scores, tokens = self._top_children(q_root, k)
         scores = scores - DEPTH_PENALTY
         cand_tokens, cand_scores = [tokens], [scores]
         cand_parents = [torch.full((B, k), -1, dtype=torch.long, device=dev)]
@@ -216,7 +216,7 @@ class TreeHeadDrafts(DraftSource):
         for level in range(1, depth):
             out = self._feed(state, tokens, features, committed[:, None] + level - 1, ancestors, fed)
             q = self._distribution(state, out, (committed[:, None] + level).expand(-1, k))
-            child_scores, child_tokens = self._top_children(q, k, state.generator)  # [B, k, k]
+            child_scores, child_tokens = self._top_children(q, k)  # [B, k, k]
             child_scores = (scores[..., None] + child_scores - DEPTH_PENALTY).flatten(1)
             child_tokens = child_tokens.flatten(1)
             cand_tokens.append(child_tokens)
@@ -245,23 +245,24 @@ class TreeHeadDrafts(DraftSource):
         block_tokens = all_tokens.gather(1, chosen)
         return DraftBlock(block_tokens, point_mass(block_tokens, V), parents.cpu())
 
-    def _top_children(self, q: torch.Tensor, k: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def _top_children(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` children of a node with draft ``q [..., V]`` and their log-probability scores.
 
         Without code groups: q's ``k`` likeliest tokens. With groups (a group-keeping policy such as
         clusters accepts a child with its whole group's target mass), siblings from one group
         would be tested against the same mass twice; so the children are the ``k`` likeliest
-        *groups*, scored by the group's draft mass, each drafted as a code drawn from q inside the
-        group (Gumbel-max), so that accepted codes vary inside a group as q does, not always its mode."""
+        *groups*, scored by the group's draft mass, each drafted as its likeliest code under q.
+        That code is what an accepted group emits. Drawing it from q inside the group instead was
+        measured worse: the one-layer demo head spreads its mass inside a group, so half-plausible
+        codes (an edge patch of the wrong shape) were accepted on the group's mass (README, tree table)."""
+        logq = q.log().clamp(min=SCORE_FLOOR)
         if self.code_groups is None:
-            return q.log().clamp(min=SCORE_FLOOR).topk(k, dim=-1)
+            return logq.topk(k, dim=-1)
         groups = self.code_groups.to(q.device).expand_as(q)
         group_q = torch.zeros_like(q).scatter_add_(-1, groups, q)  # group ids < V
         scores, picked = group_q.log().clamp(min=SCORE_FLOOR).topk(k, dim=-1)
-        gumbel = -torch.empty_like(q).exponential_(generator=generator).log()
-        keys = q.log().clamp(min=SCORE_FLOOR) + gumbel
         members = groups[..., None, :] == picked[..., None]  # [..., k, V]
-        return scores, torch.where(members, keys[..., None, :], 10 * SCORE_FLOOR).argmax(-1)
+        return scores, torch.where(members, logq[..., None, :], 10 * SCORE_FLOOR).argmax(-1)
 
     def _static(self, state: DecodeState, root: torch.Tensor, q_root: torch.Tensor, committed: torch.Tensor,
                 depth: int) -> DraftBlock:

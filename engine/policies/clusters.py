@@ -38,7 +38,7 @@ from .relaxed import RelaxedPolicy, check_range, code_latents, require_model
 
 MAX_GROUP = 16  # codes per group at relax 1
 
-_RANKS: "weakref.WeakKeyDictionary[ImageTokenModel, torch.Tensor]" = weakref.WeakKeyDictionary()
+_RANKS: "weakref.WeakKeyDictionary[ImageTokenModel, dict[bool, torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
 def nested_order(vectors: torch.Tensor) -> torch.Tensor:
@@ -60,31 +60,61 @@ def nested_order(vectors: torch.Tensor) -> torch.Tensor:
     return torch.cat(order)
 
 
-def code_ranks(model: ImageTokenModel) -> torch.Tensor:
-    """Each code's position in :func:`nested_order` of the model's code vectors ``[V]`` (cached per model)."""
-    cached = _RANKS.get(model)
+EMBEDDING_COMPONENTS = 256  # at most this many principal components of the target's code embeddings are read
+
+
+def _unit_scale(vectors: torch.Tensor) -> torch.Tensor:
+    """Centred rows scaled to unit mean squared norm (so two kinds of vectors weigh alike)."""
+    centred = vectors - vectors.mean(0, keepdim=True)
+    return centred / centred.pow(2).sum(-1).mean().sqrt().clamp_min(1e-12)
+
+
+def grouping_vectors(model: ImageTokenModel, target_alike: bool) -> torch.Tensor:
+    """What the groups are split on, one row per code ``[V, ·]`` on the host: the code vectors (codes
+    that *look* alike); with ``target_alike`` also the target's input embeddings of the codes, reduced to
+    at most their leading principal components, each part at unit mean squared norm, so the codes of a group
+    look alike *and* leave the target in alike states (its state after a code depends on the code only
+    through that embedding)."""
+    latents = code_latents(model).cpu()
+    if not target_alike:
+        return latents
+    with torch.no_grad():
+        codes = torch.arange(model.vocab_size, device=model.device)[None]
+        embeddings = _unit_scale(model.embed_codes(codes)[0].float().cpu())
+    if embeddings.shape[1] > EMBEDDING_COMPONENTS:  # wide models: split on the leading components, seconds not minutes
+        basis = torch.svd_lowrank(embeddings, q=EMBEDDING_COMPONENTS, niter=4, M=None)[2]
+        embeddings = embeddings @ basis
+    return torch.cat([_unit_scale(latents), _unit_scale(embeddings)], -1)
+
+
+def code_ranks(model: ImageTokenModel, target_alike: bool = False) -> torch.Tensor:
+    """Each code's position in :func:`nested_order` of :func:`grouping_vectors` ``[V]`` (cached per model)."""
+    per_model = _RANKS.setdefault(model, {})
+    cached = per_model.get(target_alike)
     if cached is None or cached.device != model.device:
-        order = nested_order(code_latents(model).cpu())  # thousands of tiny SVDs: cheaper on the host, once
+        order = nested_order(grouping_vectors(model, target_alike))  # thousands of tiny SVDs: cheaper on the host, once
         cached = torch.empty_like(order)
         cached[order] = torch.arange(len(order))
         cached = cached.to(model.device)
-        _RANKS[model] = cached
+        per_model[target_alike] = cached
     return cached
 
 
 class ClusterPolicy(RelaxedPolicy):
     name = "clusters"
     needs_model = True
+    groups_target_alike = False  # groups of look-alike codes only (see grouping_vectors)
     # README Pareto table: with a gamma-32 drafter 1.54x (seeds A) and 1.50x (seeds C) the exact chain, inside the AR band.
     recommended_relaxation = 1.0
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
                  model: ImageTokenModel | None = None, max_group: float = MAX_GROUP,
-                 ratio_bound: float | None = None) -> None:
+                 ratio_bound: float | None = None, plausible_share: float = 0.0) -> None:
         super().__init__(relaxation, region)
         self.levels = self.group_levels_of("max_group", max_group)
-        self.ranks = code_ranks(require_model(self.name, model))
+        self.ranks = code_ranks(require_model(self.name, model), self.groups_target_alike)
         self.ratio_bound = None if ratio_bound is None else check_range(f"{self.name} ratio_bound", ratio_bound, 1.0, 1e6)
+        self.plausible_share = check_range(f"{self.name} plausible_share", plausible_share, 0.0, 1.0)
 
     def group_levels_of(self, option: str, size: float) -> int:
         """log2 of a group size option, which must be a power of two."""
@@ -108,15 +138,26 @@ class ClusterPolicy(RelaxedPolicy):
         """Group ids ``[B, m, V]`` for groups of ``2^level [B, m]`` codes."""
         return self.ranks.to(level.device)[None, None, :] >> level[..., None]
 
-    def _code_acceptance(self, p: torch.Tensor, q: torch.Tensor, same: torch.Tensor, px: torch.Tensor,
-                         qx: torch.Tensor) -> torch.Tensor:
-        """``min(1, p(G)/q(G))`` for codes ``x`` with group members ``same [..., V]``; under a ratio bound
-        lambda also at most ``lambda p(x)/q(x)``, lambda times the exact test (LANTERN++'s bound)."""
-        p_group, q_group = (p * same).sum(-1), (q * same).sum(-1)
+    def _code_acceptance(self, p_group: torch.Tensor, q_group: torch.Tensor, p_code: torch.Tensor,
+                         q_code: torch.Tensor, p_best: torch.Tensor) -> torch.Tensor:
+        """Acceptance of codes with target/draft mass ``p_code``/``q_code``, whose groups have masses
+        ``p_group``/``q_group`` and whose group's most likely code has target mass ``p_best`` (all one shape):
+        ``min(1, p(G)/q(G))``; under a ratio bound lambda also at most ``lambda p(x)/q(x)`` (LANTERN++'s
+        bound); under a plausible share s, a code the target finds less than s times as likely as its
+        group's favourite is tested on its own mass, ``min(1, p(G)/q(G), p(x)/q(x))``. Every acceptance
+        stays <= p(G)/q(G), so the residual can still give each group exactly its target mass."""
         grouped = (p_group / q_group.clamp_min(Q_FLOOR)).clamp_max(1.0)
-        if self.ratio_bound is None:
-            return grouped
-        return grouped.minimum(self.ratio_bound * px / qx.clamp_min(Q_FLOOR))
+        own = p_code / q_code.clamp_min(Q_FLOOR)
+        if self.ratio_bound is not None:
+            grouped = grouped.minimum(self.ratio_bound * own)
+        if self.plausible_share > 0:
+            grouped = torch.where(p_code >= self.plausible_share * p_best, grouped, grouped.minimum(own))
+        return grouped
+
+    @property
+    def _keeps_draft_inside_groups(self) -> bool:
+        """Whether acceptance is plain ``min(1, p(G)/q(G))`` (then a correction draws its code from ``p``)."""
+        return self.ratio_bound is None and self.plausible_share == 0
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -128,23 +169,24 @@ class ClusterPolicy(RelaxedPolicy):
         base, px = self.base_ratio(p, q, tokens)
         same = groups == groups.gather(-1, tokens[..., None])
         relaxed = same.sum(-1) > 1
-        grouped = self._code_acceptance(p, q, same, px, token_probs(q, tokens))
-        p_group = (p * same).sum(-1)
+        members = p * same
+        p_group = members.sum(-1)
+        grouped = self._code_acceptance(p_group, (q * same).sum(-1), px, token_probs(q, tokens), members.amax(-1))
         return torch.where(relaxed, grouped, base), {"group_mass": torch.where(relaxed, p_group - px, 0.0)}
 
     def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
         """A group from ``max(0, p_G - A_G)``, where ``A_G`` is the mass acceptance gives group G, and a
-        code inside it from ``p`` (without a ratio bound) or from what acceptance left of ``p``: every
-        group keeps the target's mass."""
+        code inside it from ``p`` (plain group acceptance) or from what acceptance left of ``p`` (under a
+        ratio bound or a plausible share): every group keeps the target's mass."""
         groups = self.group_ids(tokens[:, None], ctx)[:, 0]  # verifiers hand one tested token per row
         relaxed = (groups == groups.gather(-1, tokens[:, None])).sum(-1) > 1
         p_group = torch.zeros_like(p).scatter_add_(1, groups, p)  # group ids < V: no host sync to size it
         q_group = torch.zeros_like(p_group).scatter_add_(1, groups, q)
-        if self.ratio_bound is None:
+        if self._keeps_draft_inside_groups:
             accepted, weights = q_group.gather(1, groups).minimum(p_group.gather(1, groups)), p
         else:
-            p_own, q_own = p_group.gather(1, groups), q_group.gather(1, groups)
-            alpha = (p_own / q_own.clamp_min(Q_FLOOR)).clamp_max(1.0).minimum(self.ratio_bound * p / q.clamp_min(Q_FLOOR))
+            p_best = torch.zeros_like(p).scatter_reduce_(1, groups, p, "amax").gather(1, groups)
+            alpha = self._code_acceptance(p_group.gather(1, groups), q_group.gather(1, groups), p, q, p_best)
             given = q * alpha  # mass each code receives from acceptance
             accepted = torch.zeros_like(p).scatter_add_(1, groups, given).gather(1, groups)
             weights = (p - given).clamp_min(0.0)
