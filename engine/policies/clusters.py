@@ -155,7 +155,7 @@ class ClusterPolicy(RelaxedPolicy):
         return grouped
 
     @property
-    def _keeps_draft_inside_groups(self) -> bool:
+    def _plain_group_test(self) -> bool:
         """Whether acceptance is plain ``min(1, p(G)/q(G))`` (then a correction draws its code from ``p``)."""
         return self.ratio_bound is None and self.plausible_share == 0
 
@@ -182,7 +182,7 @@ class ClusterPolicy(RelaxedPolicy):
         relaxed = (groups == groups.gather(-1, tokens[:, None])).sum(-1) > 1
         p_group = torch.zeros_like(p).scatter_add_(1, groups, p)  # group ids < V: no host sync to size it
         q_group = torch.zeros_like(p_group).scatter_add_(1, groups, q)
-        if self._keeps_draft_inside_groups:
+        if self._plain_group_test:
             accepted, weights = q_group.gather(1, groups).minimum(p_group.gather(1, groups)), p
         else:
             p_best = torch.zeros_like(p).scatter_reduce_(1, groups, p, "amax").gather(1, groups)
