@@ -139,9 +139,10 @@ class ClusterPolicy(RelaxedPolicy):
         return self.ranks.to(level.device)[None, None, :] >> level[..., None]
 
     def _code_acceptance(self, p_group: torch.Tensor, q_group: torch.Tensor, p_code: torch.Tensor,
-                         q_code: torch.Tensor, p_best: torch.Tensor) -> torch.Tensor:
+                         q_code: torch.Tensor, p_best: torch.Tensor | None) -> torch.Tensor:
         """Acceptance of codes with target/draft mass ``p_code``/``q_code``, whose groups have masses
-        ``p_group``/``q_group`` and whose group's most likely code has target mass ``p_best`` (all one shape):
+        ``p_group``/``q_group`` and whose group's most likely code has target mass ``p_best`` (all one shape;
+        ``p_best`` is only read under a plausible share):
         ``min(1, p(G)/q(G))``; under a ratio bound lambda also at most ``lambda p(x)/q(x)`` (LANTERN++'s
         bound); under a plausible share s, a code the target finds less than s times as likely as its
         group's favourite is tested on its own mass, ``min(1, p(G)/q(G), p(x)/q(x))``. Every acceptance
@@ -150,7 +151,7 @@ class ClusterPolicy(RelaxedPolicy):
         own = p_code / q_code.clamp_min(Q_FLOOR)
         if self.ratio_bound is not None:
             grouped = grouped.minimum(self.ratio_bound * own)
-        if self.plausible_share > 0:
+        if self.plausible_share > 0 and p_best is not None:
             grouped = torch.where(p_code >= self.plausible_share * p_best, grouped, grouped.minimum(own))
         return grouped
 
@@ -171,7 +172,8 @@ class ClusterPolicy(RelaxedPolicy):
         relaxed = same.sum(-1) > 1
         members = p * same
         p_group = members.sum(-1)
-        grouped = self._code_acceptance(p_group, (q * same).sum(-1), px, token_probs(q, tokens), members.amax(-1))
+        p_best = members.amax(-1) if self.plausible_share > 0 else None  # a [B, m, V] pass only when it is read
+        grouped = self._code_acceptance(p_group, (q * same).sum(-1), px, token_probs(q, tokens), p_best)
         return torch.where(relaxed, grouped, base), {"group_mass": torch.where(relaxed, p_group - px, 0.0)}
 
     def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
@@ -185,7 +187,8 @@ class ClusterPolicy(RelaxedPolicy):
         if self._plain_group_test:
             accepted, weights = q_group.gather(1, groups).minimum(p_group.gather(1, groups)), p
         else:
-            p_best = torch.zeros_like(p).scatter_reduce_(1, groups, p, "amax").gather(1, groups)
+            p_best = (torch.zeros_like(p).scatter_reduce_(1, groups, p, "amax").gather(1, groups)
+                      if self.plausible_share > 0 else None)
             alpha = self._code_acceptance(p_group.gather(1, groups), q_group.gather(1, groups), p, q, p_best)
             given = q * alpha  # mass each code receives from acceptance
             accepted = torch.zeros_like(p).scatter_add_(1, groups, given).gather(1, groups)
