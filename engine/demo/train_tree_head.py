@@ -1,8 +1,8 @@
 """Train the demo's EAGLE-style tree head on the demo target's own samples.
 
     python -m engine.demo.tree_head_data --images 6400 --out out/tree-head-data
-    python -m engine.demo.train_tree_head --data out/tree-head-data --minutes 40 --out out/tree-head
-    python -m engine.demo.train_tree_head --data out/tree-head-data --minutes 40 --redundancy 0.9 \\
+    python -m engine.demo.train_tree_head --data out/tree-head-data --steps 1500 --out out/tree-head
+    python -m engine.demo.train_tree_head --data out/tree-head-data --steps 1500 --redundancy 0.9 \\
         --out out/tree-head-redundancy
 
 Every batch runs the frozen target teacher-forced over the sampled images (both CFG halves: the
