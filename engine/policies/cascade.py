@@ -54,7 +54,7 @@ class CascadePolicy(ClusterPolicy):
     name = "cascade"
     groups_target_alike = True  # codes that look alike and that the target embeds alike (redundant for the target)
     needs_tree_states = True  # the verifier hands over node, parent, grandparent and sibling states
-    # README tree table (depth-16 tree, shipped head, 1,000 images on each of two seed sets): 1.37-1.38x the exact
+    # README tree table (depth-16 tree, shipped head, 1,000 images on each of two seed sets): 1.38x the exact
     # tree, class accuracy about 0.016 under plain AR's; the point nearest the AR band at >= 1.3x.
     recommended_relaxation = 1.0
 
