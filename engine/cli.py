@@ -25,7 +25,7 @@ from .continuous.registry import is_continuous
 from .drafts.drafter import check_drafter_fits
 from .drafts.jacobi import INITIALISATIONS, Q_CONVENTIONS
 from .drafts.tree_drafts import TreeShape
-from .drafts.tree_head import BUNDLED_HEAD, TreeHead, resolve_tree_head
+from .drafts.tree_head import BUNDLED_HEAD, TreeHead, head_fingerprint, resolve_tree_head
 from .errors import SettingsError, SpecARError
 from .heatmap import save_png
 from .loop import generate
@@ -271,8 +271,9 @@ def _options(args: argparse.Namespace, head: TreeHead | None = None) -> MethodOp
 
 
 def _options_record(options: MethodOptions) -> dict[str, object]:
-    """``options`` as JSON-ready values (the head by its presence only)."""
-    return {**asdict(replace(options, tree_head=None)), "tree_head": options.tree_head is not None}
+    """``options`` as JSON-ready values (the head by its weights' fingerprint, ``None`` without one)."""
+    head = None if options.tree_head is None else head_fingerprint(options.tree_head)
+    return {**asdict(replace(options, tree_head=None)), "tree_head": head}
 
 
 def _settings(model: ImageTokenModel, args: argparse.Namespace) -> SamplingSettings:

@@ -139,6 +139,27 @@ def test_bench_prints_a_row_per_method_and_writes_json(dirs: dict[str, Path], tm
     assert rows[3]["drafter_forwards_per_call"] > 0 and rows[1]["tokens_per_forward"] > 1.0
 
 
+def test_bench_records_which_tree_head_drafted(dirs: dict[str, Path], tmp_path: Path) -> None:
+    """Runs with different heads carry different fingerprints, and the Pareto labels tell them apart."""
+    from engine import pareto
+    from engine.drafts.tree_head import head_fingerprint, load_tree_head
+
+    other = tmp_path / "other.safetensors"
+    save_tree_head(tiny_tree_head(tiny_model(0), seed=5), other)
+    records = []
+    for head in (dirs["head"], other):
+        out = tmp_path / f"{head.stem}.json"
+        assert cli.main(["bench", "--model", str(dirs["model"]), "--methods", "tree", "--tree-head", str(head),
+                         "--tree-depth", "3", "--tree-nodes", "6", "--images", "1", "--batch", "1",
+                         "--json", str(out), *FAST]) == 0
+        record = json.loads(out.read_text())["options"]
+        assert record["tree_head"] == head_fingerprint(load_tree_head(head))
+        records.append(record)
+    assert records[0]["tree_head"] != records[1]["tree_head"]
+    labels = {pareto._source_label("tree", record) for record in records}
+    assert labels == {f"tree head {r['tree_head']}, dynamic k6 d3 n6" for r in records}
+
+
 @pytest.mark.parametrize("args, message", [
     (["generate", "--model", "/no/such/model", "--out", "x.png"], "not found"),
     (["generate", "--model", "{model}", "--out", "x.png", "--class-id", "99"], "class id 99"),

@@ -17,6 +17,7 @@ when present; our own heads read the target's embedding instead of storing a cop
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -175,6 +176,16 @@ def save_tree_head(head: TreeHead, path: str | Path, extra: dict[str, object] | 
     """fp16 weights with the config (and ``extra`` training notes) in the safetensors header."""
     tensors = {k: v.half() for k, v in head.state_dict().items()}
     save_safetensors(tensors, path, config={"kind": "specar-tree-head", **head.cfg.to_dict(), **(extra or {})})
+
+
+def head_fingerprint(head: TreeHead) -> str:
+    """A short hash of the head's weights (8 hex digits): benchmark records name the head they drafted
+    with, so runs of different heads are never pooled by mistake (a file name can be reused)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(head.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return digest.hexdigest()[:8]
 
 
 # LANTERN's cnets fix the token grid by the config's input_type (block sizes 576, 256, 1024).
