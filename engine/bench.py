@@ -19,6 +19,7 @@ from .drafts.jacobi import JacobiDrafts
 from .drafts.tree_drafts import TreeHeadDrafts, TreeShape
 from .drafts.tree_head import TreeHead
 from .errors import SettingsError
+from .evidence import condition_evidence, images_per_pass
 from .loop import generate
 from .models.base import ImageTokenModel
 from .policies import POLICIES, AcceptancePolicy, make_policy
@@ -186,7 +187,7 @@ class BenchRow:
     speedup: float  # AR seconds per image / this method's, same run
     loop_overhead: float  # share of wall time outside model forwards
     results: list[GenerationResult] = field(default_factory=list, repr=False, compare=False)
-    quality: dict[str, float] | None = None  # class/colour/shape accuracy and FID-lite (demo model)
+    quality: dict[str, float] | None = None  # class/colour/shape accuracy, FID-lite (demo model), condition evidence
 
     def to_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "results"}
@@ -194,20 +195,27 @@ class BenchRow:
 
 def add_quality(rows: Sequence[BenchRow], model: ImageTokenModel, conditions: ConditionFn,
                 evaluate: Callable[[object, list[int]], dict[str, float]]) -> None:
-    """Decode every row's images and score them with ``evaluate(images, class_ids)``.
+    """Decode every row's images and score them with ``evaluate(images, class_ids)``, and add the
+    target's condition evidence per image (:mod:`engine.evidence`: mean and standard error).
 
     The same image indices (and so classes) were drawn by every method, so rows compare like
     with like; two AR runs with different seeds give the noise floor to read them against.
     """
     for row in rows:
-        images, classes = [], []
+        images, classes, evidence = [], [], []
         offset = 0
         for result in row.results:
             indices = list(range(offset, offset + result.batch_size))
             offset += result.batch_size
             images.append(model.decode(result.tokens))
             classes.extend(conditions(indices).class_ids or ())
-        row.quality = evaluate(torch.cat(images), classes)
+            step = images_per_pass(model, result.batch_size)
+            for start in range(0, result.batch_size, step):
+                part = indices[start:start + step]
+                evidence.append(condition_evidence(model, conditions(part), result.tokens[start:start + step]))
+        per_image = torch.cat(evidence)
+        row.quality = {**evaluate(torch.cat(images), classes), "condition_evidence": float(per_image.mean()),
+                       "condition_evidence_se": float(per_image.std() / len(per_image) ** 0.5) if len(per_image) > 1 else 0.0}
 
 
 def plan_calls(images: int, batch: int, settings: SamplingSettings) -> list[Call]:
@@ -292,7 +300,7 @@ def run_bench(model: ImageTokenModel, conditions: ConditionFn, methods: Sequence
     return [baseline] + [summarize(m, results[m], baseline.seconds_per_image) for m in methods[1:]]
 
 
-QUALITY_COLUMNS = ("class acc", "colour acc", "shape acc", "FID-lite")
+QUALITY_COLUMNS = ("class acc", "colour acc", "shape acc", "FID-lite", "evidence")
 TABLE_COLUMNS = ("method", "images", "fwd/img", "tok/fwd", "accept", "drafter fwd/call", "s/img", "speed-up", "loop overhead")
 
 
@@ -305,7 +313,7 @@ def row_cells(row: BenchRow) -> tuple[str, ...]:
         return cells
     q = row.quality
     return cells + (f"{q['class_accuracy']:.3f}", f"{q['colour_accuracy']:.3f}", f"{q['shape_accuracy']:.3f}",
-                    f"{q['fid_lite']:.1f}")
+                    f"{q['fid_lite']:.1f}", f"{q['condition_evidence']:.1f}")
 
 
 def table_lines(rows: Sequence[BenchRow]) -> list[str]:
