@@ -74,7 +74,7 @@ class MethodOptions:
     def tree_shape(self, method: str) -> TreeShape:
         if method == "tree":
             return replace(self.tree, kind="dynamic")
-        return TreeShape(kind="static", branching=self.tree_branching)
+        return TreeShape(kind="static", branching=self.tree_branching, guidance=self.tree.guidance)
 
 
 def method_name(draft: str, init: str = "random", coupling: bool = False) -> str:

@@ -131,6 +131,9 @@ def _add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
                        help=f"dynamic tree: nodes verified per target forward (default: {dynamic.nodes})")
     group.add_argument("--tree-branching", default=",".join(map(str, dynamic.branching)), metavar="B1,B2,...",
                        help="static tree: children of every node at each depth (default: %(default)s)")
+    group.add_argument("--tree-guidance", type=float, default=None, metavar="F", help=(
+        "both trees: the CFG scale the head drafts with (default: the target's); higher makes the head's picks more "
+        "specific to the condition, which CASCADE and clusters need (README, tree section); lossless either way"))
     return group
 
 
@@ -265,7 +268,7 @@ def _options(args: argparse.Namespace, head: TreeHead | None = None) -> MethodOp
     """The draft and policy knobs; a relaxed policy without --relax runs at its recommended setting."""
     relax = recommended_relaxation(args.policy) if args.relax is None else args.relax
     policy_options = tuple(parse_policy_options(args.policy_option).items())
-    tree = TreeShape(top_k=args.tree_top_k, depth=args.tree_depth, nodes=args.tree_nodes)
+    tree = TreeShape(top_k=args.tree_top_k, depth=args.tree_depth, nodes=args.tree_nodes, guidance=args.tree_guidance)
     return MethodOptions(args.window, args.gamma, args.q_init, args.policy, relax, policy_options, tree,
                          TreeShape.parse_branching(args.tree_branching), head)
 

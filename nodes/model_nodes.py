@@ -12,7 +12,7 @@ from ..engine.models.base import ImageTokenModel
 from ..engine.models.registry import BUNDLED, FAMILIES, find_models, load_model, resolve_dtype
 from ..engine.session import DraftRecipe
 from .host import Host
-from .schema import COMBO, DRAFT, INT, MODEL, STRING, Field, NodeSpec, Output
+from .schema import COMBO, DRAFT, FLOAT, INT, MODEL, STRING, Field, NodeSpec, Output
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 BUNDLED_TARGET, BUNDLED_DRAFTER = "demo", "demo-drafter"
@@ -55,8 +55,9 @@ def head_choices(folders: list[Path]) -> list[str]:
 
 
 def _load_tree_head(host: Host, head: str, tree: str, top_k: int, depth: int, nodes: int,
-                    branching: str) -> tuple[DraftRecipe]:
-    shape = TreeShape(kind=tree, top_k=top_k, depth=depth, nodes=nodes, branching=TreeShape.parse_branching(branching))
+                    branching: str, guidance: float) -> tuple[DraftRecipe]:
+    shape = TreeShape(kind=tree, top_k=top_k, depth=depth, nodes=nodes, branching=TreeShape.parse_branching(branching),
+                      guidance=guidance or None)
     path = find_models(host.model_folders()).get(head)
     loaded = resolve_tree_head(head if head == BUNDLED_HEAD else path or Path(head))
     return (DraftRecipe("tree" if tree == "dynamic" else "tree-static", tree_head=loaded, tree=shape),)
@@ -121,6 +122,9 @@ TREE_HEAD = NodeSpec(
         Field("nodes", INT, "dynamic: guesses checked per target forward", default=_DYNAMIC.nodes, min=1, max=256),
         Field("branching", STRING, "static: children of every node at each depth, e.g. 4,2,2,1,1,1",
               default=",".join(map(str, _DYNAMIC.branching))),
+        Field("guidance", FLOAT, "the CFG scale the head drafts with; 0 = the sampler's. Higher keeps cascade's and "
+              "clusters' picks specific to the prompt (README, tree section); lossless with exact either way",
+              default=0.0, min=0.0, max=20.0, step=0.5),
     ),
     outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),
     run=_load_tree_head,

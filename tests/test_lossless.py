@@ -27,7 +27,10 @@ SOURCES = {
     "drafter-self": lambda: DrafterModelDrafts(tiny_model(0, "self"), gamma=5),
     "tree-dynamic": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(top_k=4, depth=4, nodes=12)),
     "tree-static": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(kind="static", branching=(3, 2, 1))),
+    # the head drafts at its own CFG scale (CFG only); the target verifies at the run's
+    "tree-guided": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(top_k=4, depth=4, nodes=12, guidance=5.0)),
 }
+UNGUIDED_SOURCES = [name for name in SOURCES if name != "tree-guided"]
 
 COND = Conditioning.classes([1, 4, 7])
 
@@ -37,8 +40,7 @@ def target() -> LlamaGenModel:
     return tiny_model(0)
 
 
-@pytest.mark.parametrize("source", list(SOURCES))
-@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("source, cfg", [(s, c) for s in UNGUIDED_SOURCES for c in (1.0, 3.0)] + [("tree-guided", 3.0)])
 def test_greedy_equals_plain_ar(target: LlamaGenModel, source: str, cfg: float) -> None:
     settings = SamplingSettings(cfg_scale=cfg, greedy=True, seed=5)
     ar = generate(target, COND, settings)
@@ -111,7 +113,8 @@ def _pit_pvalue(target: LlamaGenModel, source: str, policy: AcceptancePolicy | N
     return ks_uniform(randomized_pit(p, result.tokens))[1]
 
 
-@pytest.mark.parametrize("source", ["jacobi-random", "jacobi-row-above", "mc-sjd", "drafter", "tree-dynamic", "tree-static"])
+@pytest.mark.parametrize("source", ["jacobi-random", "jacobi-row-above", "mc-sjd", "drafter", "tree-dynamic", "tree-static",
+                                    "tree-guided"])
 def test_whole_images_follow_the_target_distribution(target: LlamaGenModel, source: str) -> None:
     """Every token of every image, refined Jacobi drafts included, is distributed as the target's p."""
     assert _pit_pvalue(target, source) > 0.001

@@ -141,9 +141,9 @@ def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:  # t
     host = LocalHost()
     greedy = {**SAMPLING, "temperature": 0.0}
     plain, *_ = run("SpecARSampler", host, model=demo, **greedy)
-    for tree in ("dynamic", "static"):
+    for tree, guidance in (("dynamic", 0.0), ("static", 4.0)):  # the head's own CFG scale keeps it lossless too
         (draft,) = run("SpecARTreeHead", host, head="demo-tree-head", tree=tree, top_k=6, depth=5, nodes=30,
-                       branching="3,2,1,1")
+                       branching="3,2,1,1", guidance=guidance)
         fast, _, stats, _ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
         assert torch.equal(plain, fast) and "tree" in stats
     (cascade,) = run("SpecARAcceptancePolicy", host, policy="cascade", relaxation=0.5, expert_options="")
@@ -153,7 +153,8 @@ def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:  # t
     with pytest.raises(SettingsError, match="siblings of a draft tree"):
         run("SpecARSampler", host, model=demo, draft=jacobi, policy=cascade, **SAMPLING)
     with pytest.raises(SettingsError, match="branching"):
-        run("SpecARTreeHead", host, head="demo-tree-head", tree="static", top_k=6, depth=5, nodes=30, branching="3,two")
+        run("SpecARTreeHead", host, head="demo-tree-head", tree="static", top_k=6, depth=5, nodes=30, branching="3,two",
+            guidance=0.0)
 
 
 def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None:  # type: ignore[no-untyped-def]
@@ -177,7 +178,7 @@ def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None: 
         run("SpecARSampler", host, model=demo, draft=mismatched, **SAMPLING)
     save_tree_head(tiny_tree_head(tiny), folder / "tiny-head.safetensors")
     (wrong_head,) = run("SpecARTreeHead", host, head="tiny-head.safetensors", tree="dynamic", top_k=4, depth=3,
-                        nodes=8, branching="2")
+                        nodes=8, branching="2", guidance=0.0)
     with pytest.raises(IncompatibleDrafterError, match="tree head"):
         run("SpecARSampler", host, model=demo, draft=wrong_head, **SAMPLING)
 

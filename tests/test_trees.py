@@ -120,6 +120,25 @@ def test_tree_shape_errors() -> None:
     with pytest.raises(SettingsError, match="branching"):
         TreeShape.parse_branching("4,two")
     assert TreeShape.parse_branching("4x2x1") == (4, 2, 1)
+    with pytest.raises(SettingsError, match="tree guidance"):
+        TreeShape(guidance=0.0)
+
+
+@torch.inference_mode()
+def test_tree_guidance_sets_the_head_s_cfg_scale_only() -> None:
+    """The head drafts other trees at its own scale; without CFG there is no scale to set, which is said."""
+    target = tiny_model(0)
+    trees = {}
+    for guidance in (None, 6.0):
+        drafts = RecordingDrafts(tiny_tree_head(target), TreeShape(top_k=3, depth=3, nodes=6, guidance=guidance))
+        result = generate(target, COND, SAMPLING, draft=drafts)
+        trees[guidance] = torch.cat([block.tokens for _, block in drafts.blocks[:3]])  # type: ignore[attr-defined]
+        assert result.finished and drafts.processor is not None
+        assert drafts.processor.settings.cfg_scale == (guidance or SAMPLING.cfg_scale)
+    assert not torch.equal(trees[None], trees[6.0])
+    with pytest.raises(SettingsError, match="without CFG"):
+        generate(target, COND, SAMPLING.with_(cfg_scale=1.0),
+                 draft=TreeHeadDrafts(tiny_tree_head(target), TreeShape(guidance=4.0)))
 
 
 def test_head_files_round_trip_and_mismatches_are_clear(tmp_path: Path) -> None:

@@ -42,15 +42,24 @@ DEPTH_PENALTY = 1e-3  # per level: a child always scores below its parent, so th
 
 @dataclass(frozen=True)
 class TreeShape:
-    """How a tree grows. Dynamic: ``top_k``, ``depth``, ``nodes``; static: ``branching`` per depth."""
+    """How a tree grows. Dynamic: ``top_k``, ``depth``, ``nodes``; static: ``branching`` per depth.
+
+    ``guidance`` is the CFG scale the head drafts with (``None``: the target's). Verification always
+    uses the target's own scale, so any value keeps the exact policy lossless; a higher one makes the
+    head's picks more condition-specific, which matters where a group policy emits the drafted code of
+    an accepted group (README, tree section: at the target's scale the one-layer head's picks carry
+    about a fifth less condition evidence than the target's own samples)."""
 
     kind: str = "dynamic"
     top_k: int = 6
     depth: int = 8
     nodes: int = 48
     branching: tuple[int, ...] = (4, 2, 1, 1, 1, 1, 1, 1)
+    guidance: float | None = None
 
     def __post_init__(self) -> None:
+        if self.guidance is not None and not (isinstance(self.guidance, (int, float)) and 0 < self.guidance <= 100):
+            raise SettingsError(f"tree guidance must be a CFG scale in (0, 100], got {self.guidance!r}")
         if self.kind not in TREE_KINDS:
             raise SettingsError(f"tree kind must be one of {TREE_KINDS}, got {self.kind!r}")
         if self.kind == "dynamic":
@@ -101,7 +110,13 @@ class TreeHeadDrafts(DraftSource):
 
     def begin(self, state: DecodeState) -> None:
         self.head = place_head(self.head, state.model)
-        self.processor = DistributionProcessor(state.processor.settings, state.model.constrain)
+        settings = state.processor.settings
+        if self.shape.guidance is not None:
+            if not state.guided:
+                raise SettingsError("tree guidance sets the head's CFG scale, but this generation runs without CFG "
+                                    "(cfg 1): leave the tree guidance unset")
+            settings = settings.with_(cfg_scale=self.shape.guidance)
+        self.processor = DistributionProcessor(settings, state.model.constrain)
         self.code_groups = state.sibling_groups
         self.pair = 2 if state.guided else 1
         rows = self.pair * state.batch
