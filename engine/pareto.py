@@ -74,11 +74,12 @@ def _source_label(base: str, options: dict[str, object]) -> str:
     if base in ("tree", "tree-static"):
         head = options.get("tree_head")  # the head's fingerprint (runs before it was recorded: true)
         name = f"tree head {head}" if isinstance(head, str) else "tree head"
-        if base == "tree-static":
-            return f"{name}, static " + "-".join(str(b) for b in options.get("tree_branching") or ())  # type: ignore[union-attr]
         tree = options.get("tree") or {}
         assert isinstance(tree, dict)
-        return f"{name}, dynamic k{tree.get('top_k')} d{tree.get('depth')} n{tree.get('nodes')}"
+        guidance = f", guidance {tree['guidance']:g}" if tree.get("guidance") is not None else ""
+        if base == "tree-static":
+            return f"{name}, static " + "-".join(str(b) for b in options.get("tree_branching") or ()) + guidance  # type: ignore[union-attr]
+        return f"{name}, dynamic k{tree.get('top_k')} d{tree.get('depth')} n{tree.get('nodes')}{guidance}"
     return f"{base}, window {options.get('window')}"
 
 

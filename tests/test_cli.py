@@ -158,6 +158,8 @@ def test_bench_records_which_tree_head_drafted(dirs: dict[str, Path], tmp_path: 
     assert records[0]["tree_head"] != records[1]["tree_head"]
     labels = {pareto._source_label("tree", record) for record in records}
     assert labels == {f"tree head {r['tree_head']}, dynamic k6 d3 n6" for r in records}
+    guided = {**records[0], "tree": {**records[0]["tree"], "guidance": 4.0}}
+    assert pareto._source_label("tree", guided).endswith("n6, guidance 4")
 
 
 @pytest.mark.parametrize("args, message", [
