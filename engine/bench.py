@@ -15,6 +15,7 @@ import torch
 
 from .drafts.base import DraftSource
 from .drafts.drafter import DrafterModelDrafts, check_drafter_fits
+from .drafts.drafter_tree import DrafterTreeDrafts
 from .drafts.jacobi import JacobiDrafts
 from .drafts.tree_drafts import TreeHeadDrafts, TreeShape
 from .drafts.tree_head import TreeHead
@@ -42,8 +43,11 @@ METHODS: dict[str, str] = {
     "drafter": "a separate small drafter model proposes tokens",
     "tree": "an EAGLE-style head drafts a dynamic tree (EAGLE-2), verified in one forward",
     "tree-static": "the head drafts a static tree with sampled children (EAGLE-1 / LANTERN++)",
+    "drafter-tree": "the drafter model drafts a static tree with sampled children (one drafter row per leaf)",
 }
-TREE_METHODS = ("tree", "tree-static")
+HEAD_METHODS = ("tree", "tree-static")  # drafted by a tree head
+DRAFTER_METHODS = ("drafter", "drafter-tree")  # drafted by a drafter model
+TREE_METHODS = (*HEAD_METHODS, "drafter-tree")
 SECOND_SEED_OFFSET = 1_000_003  # ar2's seeds: far from any seed the first AR run uses
 WARMUP_FORWARDS = 8  # enough to run every kernel shape once (prefill, blocks, drafter) without a whole image
 
@@ -65,7 +69,7 @@ class MethodOptions:
     relaxation: float = 0.0  # 0..1 for relaxed policies (0 = lossless)
     policy_options: tuple[tuple[str, float], ...] = ()  # native parameters of the policy (experts)
     tree: TreeShape = TreeShape()  # the dynamic tree of method "tree"
-    tree_branching: tuple[int, ...] = TreeShape().branching  # children per depth of method "tree-static"
+    tree_branching: tuple[int, ...] = TreeShape().branching  # children per depth of "tree-static" and "drafter-tree"
     tree_head: TreeHead | None = None
 
     def make_policy(self, model: ImageTokenModel) -> AcceptancePolicy:
@@ -92,11 +96,13 @@ def make_draft(method: str, options: MethodOptions, drafter: ImageTokenModel | N
     """A fresh draft source for ``method`` (``None`` for plain AR); draft sources hold per-call state."""
     if method in ("ar", "ar2"):
         return None
-    if method == "drafter":
+    if method in DRAFTER_METHODS:
         if drafter is None:
-            raise SettingsError("method 'drafter' needs a drafter model (give --drafter PATH)")
+            raise SettingsError(f"method {method!r} needs a drafter model (give --drafter PATH)")
+        if method == "drafter-tree":
+            return DrafterTreeDrafts(drafter, options.tree_branching)
         return DrafterModelDrafts(drafter, options.gamma)
-    if method in TREE_METHODS:
+    if method in HEAD_METHODS:
         if options.tree_head is None:
             raise SettingsError(f"method {method!r} needs a tree head (give --tree-head PATH)")
         return TreeHeadDrafts(options.tree_head, options.tree_shape(method))
@@ -269,7 +275,7 @@ def validate(model: ImageTokenModel, methods: Sequence[str], options: MethodOpti
         variant = options_for(method, options)
         make_draft(split_method(method)[0], variant, drafter)
         check_policy_fits(variant.make_policy(model), split_method(method)[0])
-    if any(split_method(m)[0] == "drafter" for m in methods) and drafter is not None:
+    if any(split_method(m)[0] in DRAFTER_METHODS for m in methods) and drafter is not None:
         check_drafter_fits(model, drafter)
 
 

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 from . import __version__
 from . import cli_continuous, pareto
 from .cli_output import StopOnInterrupt, write_json, write_pictures
-from .bench import (METHODS, TREE_METHODS, check_policy_fits, BenchRow, ConditionFn, table_lines, MethodOptions, add_quality, make_draft, method_name, parse_methods, split_method,
+from .bench import (METHODS, DRAFTER_METHODS, HEAD_METHODS, TREE_METHODS, check_policy_fits, BenchRow, ConditionFn, table_lines, MethodOptions, add_quality, make_draft, method_name, parse_methods, split_method,
                     run_bench, sweep_methods)
 from .continuous.registry import is_continuous
 from .drafts.drafter import check_drafter_fits
@@ -154,8 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     drafting = _add_method_options(gen)
     drafting.add_argument("--draft", choices=("none", "jacobi", "model", *TREE_METHODS), help=(
         "where guesses come from: none is plain one-token-at-a-time decoding, jacobi lets the model guess for itself, "
-        "model uses --drafter, tree and tree-static let --tree-head draft a tree of guesses "
-        "(default: model if --drafter is given, else jacobi)"))
+        "model uses --drafter, tree and tree-static let --tree-head draft a tree of guesses, drafter-tree lets "
+        "--drafter draft a static tree (--tree-branching) (default: model if --drafter is given, else jacobi)"))
     drafting.add_argument("--jacobi-init", default="random", choices=INITIALISATIONS, help=(
         "Jacobi decoding: first guess for a new position, a random token or the token one row above (default: random)"))
     drafting.add_argument("--coupling", action="store_true",
@@ -307,6 +307,8 @@ def _method_options(method: str, options: MethodOptions, args: argparse.Namespac
         return {}
     if method == "drafter":
         return {"gamma": options.gamma}
+    if method == "drafter-tree":
+        return {"branching": list(options.tree_branching)}
     if method in TREE_METHODS:
         return asdict(options.tree_shape(method))
     return {"window": options.window, "init": args.jacobi_init, "q_init": options.q_init, "coupling": args.coupling}
@@ -316,12 +318,13 @@ def _method_options(method: str, options: MethodOptions, args: argparse.Namespac
 
 def _draft_kind(args: argparse.Namespace) -> str:
     kind = args.draft or ("model" if args.drafter else "jacobi")
-    if args.tree_head and kind not in TREE_METHODS:
+    if args.tree_head and kind not in HEAD_METHODS:
         raise SettingsError(f"--tree-head is only used with --draft tree or tree-static, not with --draft {kind}")
-    if kind == "model" and not args.drafter:
-        raise SettingsError("--draft model needs --drafter PATH (a small model of the same family)")
-    if kind != "model" and args.drafter:
-        raise SettingsError(f"--drafter is only used with --draft model, not with --draft {kind}")
+    uses_drafter = kind in ("model", "drafter-tree")
+    if uses_drafter and not args.drafter:
+        raise SettingsError(f"--draft {kind} needs --drafter PATH (a small model of the same family)")
+    if not uses_drafter and args.drafter:
+        raise SettingsError(f"--drafter is only used with --draft model or drafter-tree, not with --draft {kind}")
     return kind
 
 
@@ -343,15 +346,15 @@ def _require_pixels(model: ImageTokenModel) -> None:
 def _generate(args: argparse.Namespace) -> int:
     if is_continuous(args.model, args.family):
         return cli_continuous.generate(args)
-    _use_bundled_drafter(args, args.draft in (None, "model"))
-    _use_bundled_head(args, args.draft in TREE_METHODS)
+    _use_bundled_drafter(args, args.draft in (None, "model", "drafter-tree"))
+    _use_bundled_head(args, args.draft in HEAD_METHODS)
     kind = _draft_kind(args)
     batch = _batch_size(args)
     method = method_name(kind, args.jacobi_init, args.coupling)
     _options(args)  # bad settings fail before the model loads
     model = _load_target(args)
     _require_pixels(model)
-    drafter = _load_drafter(args, model) if kind == "model" else None
+    drafter = _load_drafter(args, model) if kind in ("model", "drafter-tree") else None
     options = _options(args, _load_tree_head(args, model))
     check_policy_fits(options.make_policy(model), method)
     settings = _settings(model, args)
@@ -397,17 +400,18 @@ def _dtype_name(model: ImageTokenModel) -> str:
 def _bench(args: argparse.Namespace) -> int:
     if is_continuous(args.model, args.family):
         return cli_continuous.bench(args)
-    _use_bundled_drafter(args, args.methods is None or "drafter" in args.methods)
-    _use_bundled_head(args, args.methods is not None and "tree" in args.methods)
+    requested = {split_method(m)[0] for m in parse_methods(args.methods)} if args.methods else set()
+    _use_bundled_drafter(args, args.methods is None or bool(requested & set(DRAFTER_METHODS)))
+    _use_bundled_head(args, bool(requested & set(HEAD_METHODS)))
     default = DEFAULT_BENCH_METHODS + (",drafter" if args.drafter else "")
     methods = parse_methods(args.methods or default)
     if args.sweep:
         methods = sweep_methods(methods, _names(args.sweep), _numbers(args.relax_steps, "--relax-steps"))
-    if args.drafter and not any(split_method(m)[0] == "drafter" for m in methods):
-        raise SettingsError("--drafter is given but --methods does not include drafter")
+    if args.drafter and not any(split_method(m)[0] in DRAFTER_METHODS for m in methods):
+        raise SettingsError("--drafter is given but --methods does not include drafter or drafter-tree")
     if (args.plot or args.table) and not args.quality:
         raise SettingsError("--plot and --table show quality against speed: add --quality")
-    if args.tree_head and not any(split_method(m)[0] in TREE_METHODS for m in methods):
+    if args.tree_head and not any(split_method(m)[0] in HEAD_METHODS for m in methods):
         raise SettingsError("--tree-head is given but --methods does not include tree or tree-static")
     _options(args)
     model = _load_target(args)

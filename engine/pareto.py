@@ -20,6 +20,7 @@ from typing import Iterable, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from .bench import split_method
+from .drafts.tree_drafts import branching_label
 from .errors import SettingsError
 
 AR_METHODS = ("ar", "ar2")
@@ -71,6 +72,8 @@ class QualityBand:
 def _source_label(base: str, options: dict[str, object]) -> str:
     if base == "drafter":
         return f"drafter, gamma {options.get('gamma')}"
+    if base == "drafter-tree":
+        return "drafter, static " + branching_label(options.get("tree_branching") or ())  # type: ignore[arg-type]
     if base in ("tree", "tree-static"):
         head = options.get("tree_head")  # the head's fingerprint (runs before it was recorded: true)
         name = f"tree head {head}" if isinstance(head, str) else "tree head"
@@ -78,7 +81,7 @@ def _source_label(base: str, options: dict[str, object]) -> str:
         assert isinstance(tree, dict)
         guidance = f", guidance {tree['guidance']:g}" if tree.get("guidance") is not None else ""
         if base == "tree-static":
-            return f"{name}, static " + "-".join(str(b) for b in options.get("tree_branching") or ()) + guidance  # type: ignore[union-attr]
+            return f"{name}, static " + branching_label(options.get("tree_branching") or ()) + guidance  # type: ignore[arg-type]
         return f"{name}, dynamic k{tree.get('top_k')} d{tree.get('depth')} n{tree.get('nodes')}{guidance}"
     return f"{base}, window {options.get('window')}"
 

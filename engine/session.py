@@ -18,7 +18,7 @@ import torch
 from .bench import MethodOptions, check_policy_fits, make_draft
 from .drafts.base import DraftSource
 from .drafts.drafter import check_drafter_fits
-from .drafts.tree_drafts import TreeShape
+from .drafts.tree_drafts import TreeShape, branching_label
 from .drafts.tree_head import TreeHead
 from .errors import SettingsError
 from .explain import explanation
@@ -42,7 +42,7 @@ class DraftRecipe:
     q_init: str = "one_hot"
     drafter: ImageTokenModel | None = None
     tree_head: TreeHead | None = None
-    tree: TreeShape = TreeShape()  # the tree of methods "tree" (dynamic) and "tree-static"
+    tree: TreeShape = TreeShape()  # the tree of methods "tree" (dynamic), "tree-static" and "drafter-tree"
 
     def build(self, target: ImageTokenModel) -> DraftSource | None:
         if self.drafter is not None:
@@ -60,7 +60,9 @@ class DraftRecipe:
         if self.method == "tree":
             return f"dynamic tree (top-k {self.tree.top_k}, depth {self.tree.depth}, {self.tree.nodes} nodes)"
         if self.method == "tree-static":
-            return f"static tree ({'-'.join(map(str, self.tree.branching))})"
+            return f"static tree ({branching_label(self.tree.branching)})"
+        if self.method == "drafter-tree":
+            return f"drafter {self.drafter.name if self.drafter else '?'}, static tree ({branching_label(self.tree.branching)})"
         return f"{self.method} (window {self.window})"
 
 

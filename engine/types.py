@@ -86,6 +86,16 @@ class Conditioning:
     def classes(class_ids: list[int] | tuple[int, ...]) -> "Conditioning":
         return Conditioning(class_ids=tuple(int(c) for c in class_ids))
 
+    def repeat_each(self, times: int) -> "Conditioning":
+        """Every image's condition ``times`` times in a row (a drafter running several rows per image)."""
+        if self.class_ids is not None:
+            return Conditioning(class_ids=tuple(c for c in self.class_ids for _ in range(times)))
+        if self.prompts is not None:
+            return Conditioning(prompts=tuple(p for p in self.prompts for _ in range(times)))
+        assert self.caption_embeddings is not None
+        mask = None if self.caption_mask is None else self.caption_mask.repeat_interleave(times, 0)
+        return Conditioning(caption_embeddings=self.caption_embeddings.repeat_interleave(times, 0), caption_mask=mask)
+
 
 @dataclass
 class DraftBlock:

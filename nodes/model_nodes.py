@@ -8,6 +8,7 @@ from ..engine.continuous.registry import DEMO_ROLES, is_continuous, load_continu
 from ..engine.continuous.session import is_continuous_model
 from ..engine.drafts.tree_drafts import TREE_KINDS, TreeShape
 from ..engine.drafts.tree_head import BUNDLED_HEAD, resolve_tree_head
+from ..engine.errors import SettingsError
 from ..engine.models.base import ImageTokenModel
 from ..engine.models.registry import BUNDLED, FAMILIES, find_models, load_model, resolve_dtype
 from ..engine.session import DraftRecipe
@@ -17,6 +18,8 @@ from .schema import COMBO, DRAFT, FLOAT, INT, MODEL, STRING, Field, NodeSpec, Ou
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 BUNDLED_TARGET, BUNDLED_DRAFTER = "demo", "demo-drafter"
 BUNDLED_MAR, BUNDLED_MAR_DRAFTER = "mar-demo", "mar-demo-drafter"
+DRAFTER_SHAPES = ("chain", "static tree")
+_BRANCHING = "2,2,1*30"  # engine.drafts.drafter_tree.DEFAULT_BRANCHING, as the node shows it
 
 
 def target_choices(folders: list[Path]) -> list[str]:
@@ -43,11 +46,16 @@ def _load_target(host: Host, model: str, dtype: str, family: str, image_size: in
     return (load(host, model, dtype, family, image_size),)
 
 
-def _load_drafter(host: Host, drafter: str, gamma: int, dtype: str) -> tuple[DraftRecipe]:
+def _load_drafter(host: Host, drafter: str, gamma: int, dtype: str, shape: str, branching: str) -> tuple[DraftRecipe]:
     model = load(host, drafter, dtype)
     if is_continuous_model(model) and gamma < 1:
         raise ValueError("gamma (draft MAR steps per verification) must be >= 1")
-    return (DraftRecipe("drafter", gamma=gamma, drafter=model),)
+    if shape == "chain":
+        return (DraftRecipe("drafter", gamma=gamma, drafter=model),)
+    if is_continuous_model(model):
+        raise SettingsError("a MAR drafter drafts continuous tokens as a chain (CSpD): set shape to chain")
+    tree = TreeShape(kind="static", branching=TreeShape.parse_branching(branching))
+    return (DraftRecipe("drafter-tree", drafter=model, tree=tree),)
 
 
 def head_choices(folders: list[Path]) -> list[str]:
@@ -95,9 +103,13 @@ DRAFTER_MODEL = NodeSpec(
     inputs=(
         Field("drafter", COMBO, "a small model with the same vocabulary and token grid as the target",
               default=BUNDLED_DRAFTER, options=drafter_choices),
-        Field("gamma", INT, "tokens the drafter proposes per target forward (MAR: draft steps per target pass, "
-              "CSpD's default 8)", default=6, min=1, max=32),
+        Field("gamma", INT, "chain: tokens the drafter proposes per target forward (MAR: draft steps per target "
+              "pass, CSpD's default 8)", default=6, min=1, max=32),
         _DTYPE_FIELD,
+        Field("shape", COMBO, "chain: one line of gamma guesses; static tree: a tree of sampled guesses (branching), "
+              "which the cascade policy relaxes (README, tree section)", default="chain", options=DRAFTER_SHAPES),
+        Field("branching", STRING, "static tree: children of every node at each depth; B*N repeats B for N depths "
+              "(2,2,1*30: four paths of 32 guesses)", default=_BRANCHING),
     ),
     outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),
     run=_load_drafter,

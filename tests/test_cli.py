@@ -98,6 +98,23 @@ def test_greedy_tree_drafts_equal_plain_decoding(dirs: dict[str, Path], tmp_path
     assert code == 0 and cascade["policy"] == "cascade" and cascade["relaxation"] == 0.5
 
 
+def test_drafter_trees_equal_plain_decoding_and_take_cascade(dirs: dict[str, Path], tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    _, plain = _generate(dirs, tmp_path / "plain", "--greedy", "--class-id", "1", "2", "--draft", "none")
+    code, tree = _generate(dirs, tmp_path / "tree", "--greedy", "--class-id", "1", "2", "--drafter", str(dirs["drafter"]),
+                           "--draft", "drafter-tree", "--tree-branching", "2,2,1*3")
+    assert code == 0 and tree["tokens"] == plain["tokens"] and tree["method"] == "drafter-tree"
+    assert tree["method_options"] == {"branching": [2, 2, 1, 1, 1]} and tree["drafter_forwards"] > 0
+    out = tmp_path / "bench.json"
+    code = cli.main(["bench", "--model", str(dirs["model"]), "--drafter", str(dirs["drafter"]), "--methods",
+                     "drafter-tree,drafter-tree:cascade=1", "--tree-branching", "2,1*4", "--images", "2", "--batch", "2",
+                     "--json", str(out), *FAST])
+    assert code == 0 and "drafter-tree:cascade=1" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"] for r in rows] == ["ar", "drafter-tree", "drafter-tree:cascade=1"]
+    assert all(r["tokens_per_forward"] > 1 for r in rows[1:])
+
+
 def test_generate_with_drafter(dirs: dict[str, Path], tmp_path: Path) -> None:
     code, stats = _generate(dirs, tmp_path, "--drafter", str(dirs["drafter"]), "--gamma", "3")
     assert code == 0 and stats["method"] == "drafter" and stats["method_options"] == {"gamma": 3}
@@ -167,6 +184,10 @@ def test_bench_records_which_tree_head_drafted(dirs: dict[str, Path], tmp_path: 
     (["generate", "--model", "{model}", "--out", "x.png", "--class-id", "99"], "class id 99"),
     (["generate", "--model", "{model}", "--out", "x.png", "--drafter", "{bad_drafter}"], "vocabulary 32"),
     (["generate", "--model", "{model}", "--out", "x.png", "--draft", "model"], "--drafter"),
+    (["generate", "--model", "{model}", "--out", "x.png", "--draft", "drafter-tree", "--drafter", "{bad_drafter}"],
+     "vocabulary 32"),
+    (["generate", "--model", "{model}", "--out", "x.png", "--draft", "drafter-tree", "--drafter", "{drafter}",
+      "--tree-branching", "2,1*x"], "branching"),
     (["generate", "--model", "{model}", "--out", "x.png", "--prompt", "a dog"], "--class-id"),
     (["generate", "--model", "{model}", "--out", "x.png", "--class-id", "1", "2", "--batch", "3"], "--batch 3"),
     (["generate", "--model", "{model}", "--out", "x.png", "--window", "0"], "--window"),

@@ -11,6 +11,7 @@ from tiny import tiny_drafter, tiny_model, tiny_tree_head
 from stats import ks_uniform, noise_floor, randomized_pit, total_variation
 
 from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
+from engine.drafts.drafter_tree import DrafterTreeDrafts
 from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape
 from engine.models.llamagen.adapter import LlamaGenModel
 from engine.policies.base import AcceptancePolicy, PolicyContext
@@ -27,6 +28,7 @@ SOURCES = {
     "drafter-self": lambda: DrafterModelDrafts(tiny_model(0, "self"), gamma=5),
     "tree-dynamic": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(top_k=4, depth=4, nodes=12)),
     "tree-static": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(kind="static", branching=(3, 2, 1))),
+    "drafter-tree": lambda: DrafterTreeDrafts(tiny_drafter(), branching=(3, 2, 1, 1)),
     # the head drafts at its own CFG scale (CFG only); the target verifies at the run's
     "tree-guided": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(top_k=4, depth=4, nodes=12, guidance=5.0)),
 }
@@ -114,7 +116,7 @@ def _pit_pvalue(target: LlamaGenModel, source: str, policy: AcceptancePolicy | N
 
 
 @pytest.mark.parametrize("source", ["jacobi-random", "jacobi-row-above", "mc-sjd", "drafter", "tree-dynamic", "tree-static",
-                                    "tree-guided"])
+                                    "tree-guided", "drafter-tree"])
 def test_whole_images_follow_the_target_distribution(target: LlamaGenModel, source: str) -> None:
     """Every token of every image, refined Jacobi drafts included, is distributed as the target's p."""
     assert _pit_pvalue(target, source) > 0.001
@@ -148,7 +150,7 @@ def high_entropy_prefix(target: LlamaGenModel) -> tuple[torch.Tensor, torch.Tens
 
 
 @pytest.mark.parametrize("source", ["jacobi-random", "jacobi-uniform-q", "jacobi-row-above", "drafter",
-                                    "tree-dynamic", "tree-static"])
+                                    "tree-dynamic", "tree-static", "drafter-tree"])
 def test_token_at_a_fixed_prefix_follows_p(target: LlamaGenModel, high_entropy_prefix, source: str) -> None:
     prefix, p = high_entropy_prefix
     draws = 3000

@@ -17,6 +17,8 @@ from tiny import save_own_safetensors, tiny_gpt, tiny_tree_head
 
 load_pack()
 from specar_pack.engine.errors import CheckpointError, IncompatibleDrafterError, SettingsError  # noqa: E402
+from specar_pack.engine.drafts.drafter_tree import DEFAULT_BRANCHING  # noqa: E402
+from specar_pack.engine.drafts.tree_drafts import TreeShape  # noqa: E402
 from specar_pack.engine.drafts.tree_head import save_tree_head  # noqa: E402
 from specar_pack.nodes import NODES, NODES_BY_ID  # noqa: E402
 from specar_pack.nodes.host import LocalHost, NodeInterrupted  # noqa: E402
@@ -74,7 +76,7 @@ def test_greedy_sampler_is_lossless_with_either_draft_source(demo) -> None:  # t
     greedy = {**SAMPLING, "temperature": 0.0}
     plain, *_ = run("SpecARSampler", host, model=demo, **greedy)
     (jacobi,) = run("SpecARJacobiDrafts", host, window=8, initialisation="random", coupled=True)
-    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto")
+    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto", shape="chain", branching="2")
     for draft in (jacobi, drafter):
         fast, *_ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
         assert torch.equal(plain, fast)
@@ -121,7 +123,7 @@ def test_relaxed_policy_node_with_expert_options_explains_its_acceptances(demo) 
         run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, expert_options="tv_threshold=2")
     (recipe,) = run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, expert_options="tv_threshold=0.4")
     assert recipe.build(demo).tv_threshold == 0.4
-    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=6, dtype="auto")
+    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=6, dtype="auto", shape="chain", branching="2")
     *_, stats, why = run("SpecARSampler", host, model=demo, draft=drafter, policy=recipe, **SAMPLING)
     assert "policy csd (relaxation 0.5)" in stats
     assert why.shape[2] >= 4 * 150  # image | heatmap | entropy | TV
@@ -157,6 +159,26 @@ def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:  # t
             guidance=0.0)
 
 
+def test_drafter_node_drafts_static_trees_losslessly_and_cascade_relaxes_them(demo) -> None:  # type: ignore[no-untyped-def]
+    host = LocalHost()
+    greedy = {**SAMPLING, "temperature": 0.0}
+    plain, *_ = run("SpecARSampler", host, model=demo, **greedy)
+    (tree,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=6, dtype="auto", shape="static tree",
+                  branching="2,2,1*6")
+    fast, _, stats, _ = run("SpecARSampler", host, model=demo, draft=tree, **greedy)
+    assert torch.equal(plain, fast) and "static tree (2-2-1x6)" in stats
+    (cascade,) = run("SpecARAcceptancePolicy", host, policy="cascade", relaxation=1.0, expert_options="")
+    images, _, stats, _ = run("SpecARSampler", host, model=demo, draft=tree, policy=cascade, **SAMPLING)
+    assert images.shape == (2, 32, 32, 3) and "cascade" in stats
+    with pytest.raises(SettingsError, match="branching"):
+        run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=6, dtype="auto", shape="static tree", branching="2,two")
+    with pytest.raises(SettingsError, match="chain"):
+        run("SpecARDrafterModel", host, drafter="mar-demo-drafter", gamma=6, dtype="auto", shape="static tree",
+            branching="2,1")
+    default = NODES_BY_ID["SpecARDrafterModel"].field("branching").default
+    assert TreeShape.parse_branching(default) == DEFAULT_BRANCHING
+
+
 def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None:  # type: ignore[no-untyped-def]
     folder = tmp_path / "specar"
     (folder / "tiny-dir").mkdir(parents=True)
@@ -173,7 +195,7 @@ def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None: 
         run("SpecARModelLoader", host, model="broken.safetensors", dtype="auto", family="auto", image_size=0)
     with pytest.raises(SettingsError, match="no VQ tokenizer"):
         run("SpecARSampler", host, model=tiny, **{**SAMPLING, "prompt": "1"})
-    (mismatched,) = run("SpecARDrafterModel", host, drafter="tiny.safetensors", gamma=4, dtype="fp32")
+    (mismatched,) = run("SpecARDrafterModel", host, drafter="tiny.safetensors", gamma=4, dtype="fp32", shape="chain", branching="2")
     with pytest.raises(IncompatibleDrafterError):
         run("SpecARSampler", host, model=demo, draft=mismatched, **SAMPLING)
     save_tree_head(tiny_tree_head(tiny), folder / "tiny-head.safetensors")

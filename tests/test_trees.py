@@ -11,33 +11,41 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny import tiny_model, tiny_model_with_codes, tiny_tree_head
+from tiny import tiny_drafter, tiny_model, tiny_model_with_codes, tiny_tree_head
 
 from engine import Conditioning, SamplingSettings, generate
 from engine.checkpoints import save_safetensors
 from engine.drafts.base import DecodeState, StepOutcome
-from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape
+from engine.drafts.drafter_tree import DrafterTreeDrafts
+from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape, branching_label, static_parents
 from engine.drafts.tree_head import load_tree_head, save_tree_head
 from engine.errors import CheckpointError, IncompatibleDrafterError, SettingsError
 from engine.policies import make_policy
 from engine.policies.base import PolicyContext
+from engine.sampling import DistributionProcessor
 from engine.verify import tree_tables
 
 COND = Conditioning.classes([1, 4, 7])
 SAMPLING = SamplingSettings(cfg_scale=2.0, top_k=24, seed=3)
 
 
-class RecordingDrafts(TreeHeadDrafts):
-    """Keeps every block and the committed count it was drafted at."""
+class RecordsBlocks:
+    """Mixed into a draft source: keeps every block and the committed count it was drafted at."""
 
-    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
-        super().__init__(*args, **kwargs)
-        self.blocks: list[tuple[torch.Tensor, object]] = []
+    blocks: list[tuple[torch.Tensor, object]]
 
     def propose(self, state: DecodeState):  # type: ignore[no-untyped-def]
-        block = super().propose(state)
-        self.blocks.append((state.committed.clone(), block))
+        block = super().propose(state)  # type: ignore[misc]
+        self.__dict__.setdefault("blocks", []).append((state.committed.clone(), block))
         return block
+
+
+class RecordingDrafts(RecordsBlocks, TreeHeadDrafts):
+    pass
+
+
+class RecordingDrafterTree(RecordsBlocks, DrafterTreeDrafts):
+    pass
 
 
 def _head_inputs(target, tokens: torch.Tensor, guided: bool) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
@@ -110,6 +118,45 @@ def test_static_tree_layout_and_sampled_children() -> None:
         assert float(block.q[b, 0, block.tokens[b, 0]]) > 0
 
 
+@torch.inference_mode()
+def test_drafter_tree_drafts_every_path_from_the_committed_tokens() -> None:
+    """Each node's q is the drafter's distribution after the committed tokens and the node's ancestors,
+    computed here by a full pass without cache: the per-leaf rows and their roll-back keep the cache right."""
+    target, drafter = tiny_model(0), tiny_drafter()
+    drafts = RecordingDrafterTree(drafter, (2, 2, 1))
+    result = generate(target, COND, SAMPLING, draft=drafts)
+    ids = torch.tensor(COND.class_ids)
+    processor = DistributionProcessor(SAMPLING)
+    assert static_parents((2, 2, 1)) == [-1, -1, 0, 0, 1, 1, 2, 3, 4, 5]
+    checked = 0
+    for committed, block in drafts.blocks[1:6]:
+        assert block.parents[0].tolist() == static_parents((2, 2, 1))
+        for b in range(len(ids)):
+            c = int(committed[b])
+            if c + 3 > target.num_image_tokens:
+                continue
+            for leaf in range(6, 10):
+                path = [leaf]
+                while int(block.parents[b, path[0]]) >= 0:
+                    path.insert(0, int(block.parents[b, path[0]]))
+                seq = torch.cat([result.tokens[b, :c], block.tokens[b, path]])[None]
+                pair = torch.tensor([int(ids[b]), drafter.gpt.cfg.num_classes])
+                logits = drafter.gpt(pair, seq.expand(2, -1))
+                q = processor(logits, torch.arange(seq.shape[1])[None])[0]
+                for level, node in enumerate(path):
+                    assert torch.allclose(block.q[b, node], q[c + level], atol=1e-5)
+                    checked += 1
+        for first in (0, 2, 4):  # siblings are distinct tokens drawn from their parent's q
+            assert bool((block.tokens[:, first] != block.tokens[:, first + 1]).all())
+    assert checked >= 30
+
+
+def test_branching_labels() -> None:
+    assert branching_label((2, 2, 1, 1, 1, 1)) == "2-2-1x4"
+    assert branching_label((4, 2, 1, 1)) == "4-2-1-1"
+    assert branching_label(TreeShape.parse_branching("3*3,1")) == "3x3-1"
+
+
 def test_tree_shape_errors() -> None:
     with pytest.raises(SettingsError, match="tree kind"):
         TreeShape(kind="bushy")
@@ -120,6 +167,9 @@ def test_tree_shape_errors() -> None:
     with pytest.raises(SettingsError, match="branching"):
         TreeShape.parse_branching("4,two")
     assert TreeShape.parse_branching("4x2x1") == (4, 2, 1)
+    assert TreeShape.parse_branching("2,2,1*3") == (2, 2, 1, 1, 1)
+    with pytest.raises(SettingsError, match="branching"):
+        TreeShape.parse_branching("2,1*many")
     with pytest.raises(SettingsError, match="tree guidance"):
         TreeShape(guidance=0.0)
 

@@ -89,11 +89,17 @@ class TreeShape:
 
     @staticmethod
     def parse_branching(text: str) -> tuple[int, ...]:
-        """``"4,2,2,1"`` -> ``(4, 2, 2, 1)``."""
+        """``"4,2,2,1"`` -> ``(4, 2, 2, 1)``; ``B*N`` repeats ``B`` for ``N`` depths: ``"2,2,1*3"`` -> ``(2, 2, 1, 1, 1)``."""
         try:
-            return tuple(int(part) for part in text.replace("x", ",").split(",") if part.strip())
+            widths: list[int] = []
+            for part in text.replace("x", ",").split(","):
+                if part.strip():
+                    width, star, times = part.partition("*")
+                    widths += [int(width)] * (int(times) if star else 1)
+            return tuple(widths)
         except ValueError:
-            raise SettingsError(f"static tree branching must be integers per depth, e.g. 4,2,2,1; got {text!r}") from None
+            raise SettingsError(f"static tree branching must be integers per depth, e.g. 4,2,2,1 or 2,2,1*14; "
+                                f"got {text!r}") from None
 
 
 class TreeHeadDrafts(DraftSource):
@@ -193,13 +199,7 @@ class TreeHeadDrafts(DraftSource):
         """The head's guided, processed distribution ``[B, k, V]`` for states ``out [R, k, D]``."""
         assert self.processor is not None
         logits = state.model.logits_from_hidden(out)
-        predicted = predicted.clamp(max=state.num_tokens - 1)
-        if not self.processor.settings.greedy:
-            return self.processor(logits, predicted)
-        guided = self.processor.guide(logits)
-        if self.processor.constrain is not None:
-            guided = self.processor.constrain(guided, predicted)
-        return torch.softmax(guided, dim=-1)
+        return branching_distribution(self.processor, logits, predicted.clamp(max=state.num_tokens - 1))
 
     # -- trees ------------------------------------------------------------------------------------
 
@@ -283,21 +283,18 @@ class TreeHeadDrafts(DraftSource):
                 depth: int) -> DraftBlock:
         B, V = q_root.shape
         dev = q_root.device
-        tokens_out, q_out, parents_out = [], [], []
+        tokens_out, q_out = [], []
         q_parent, features_parent = q_root[:, None], root[:, None]  # the previous level (at first: the root)
         ancestors_parent = torch.zeros(B, 1, 0, dtype=torch.bool, device=dev)  # fed slots, each node included
-        block_parent = torch.tensor([-1])
-        fed = count = 0
-        for level in range(depth):
-            width, n = min(self.shape.branching[level], V), q_parent.shape[1]
-            children, child_q = self._sample_children(q_parent, width, state.generator)  # [B, n, width]
+        widths = tuple(min(width, V) for width in self.shape.branching[:depth])
+        fed = 0
+        for level, width in enumerate(widths):
+            n = q_parent.shape[1]
+            children, child_q = sample_children(q_parent, width, state.generator)  # [B, n, width]
             local = torch.arange(n).repeat_interleave(width)  # previous-level index of each child's parent
             tokens = children.flatten(1)
             tokens_out.append(tokens)
             q_out.append(child_q.flatten(1, 2))
-            parents_out.append(block_parent[local])
-            block_parent = torch.arange(count, count + n * width)
-            count += n * width
             if level == depth - 1:
                 break
             local_dev = local.to(dev)[None, :]
@@ -311,19 +308,57 @@ class TreeHeadDrafts(DraftSource):
             features_parent = out
             q_parent = self._distribution(state, out, (committed[:, None] + level + 1).expand(-1, n * width))
         block_tokens = torch.cat(tokens_out, 1)
-        return DraftBlock(block_tokens, torch.cat(q_out, 1), torch.cat(parents_out)[None].expand(B, -1))
-
-    @staticmethod
-    def _sample_children(q: torch.Tensor, width: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """``width`` distinct tokens per node drawn without replacement from ``q [B, n, V]`` (Gumbel top-k),
-        with the q each was drawn from; tokens beyond q's support are fixed picks with a point-mass q."""
-        gumbel = -torch.empty_like(q).exponential_(generator=generator).log()
-        keys = torch.where(q > 0, q.log() + gumbel, SCORE_FLOOR * 10 + gumbel)
-        children = keys.topk(width, dim=-1).indices  # [B, n, width]
-        drawn = q.gather(-1, children) > 0
-        child_q = torch.where(drawn[..., None], q[:, :, None, :].expand(-1, -1, width, -1),
-                              point_mass(children, q.shape[-1]))
-        return children, child_q
+        return DraftBlock(block_tokens, torch.cat(q_out, 1), torch.tensor(static_parents(widths))[None].expand(B, -1))
 
 
-__all__ = ["TreeHeadDrafts", "TreeShape", "TREE_KINDS"]
+def branching_distribution(processor: DistributionProcessor, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """A tree drafter's q ``[B, k, V]`` from raw logits ``[R, k, V]``: the processed distribution, or under
+    greedy settings (whose point mass cannot branch) the softmax of the guided logits; any q keeps
+    verification lossless."""
+    if not processor.settings.greedy:
+        return processor(logits, positions)
+    guided = processor.guide(logits)
+    if processor.constrain is not None:
+        guided = processor.constrain(guided, positions)
+    return torch.softmax(guided, dim=-1)
+
+
+def sample_children(q: torch.Tensor, width: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """``width`` distinct tokens per node drawn without replacement from ``q [B, n, V]`` (Gumbel top-k),
+    with the q each was drawn from; tokens beyond q's support are fixed picks with a point-mass q."""
+    gumbel = -torch.empty_like(q).exponential_(generator=generator).log()
+    keys = torch.where(q > 0, q.log() + gumbel, SCORE_FLOOR * 10 + gumbel)
+    children = keys.topk(width, dim=-1).indices  # [B, n, width]
+    drawn = q.gather(-1, children) > 0
+    child_q = torch.where(drawn[..., None], q[:, :, None, :].expand(-1, -1, width, -1),
+                          point_mass(children, q.shape[-1]))
+    return children, child_q
+
+
+def branching_label(branching: tuple[int, ...] | list[int]) -> str:
+    """A static template for people: ``(2, 2, 1, 1, 1, 1)`` -> ``"2-2-1x4"`` (runs of three or more shortened)."""
+    parts: list[str] = []
+    i = 0
+    while i < len(branching):
+        run = 1
+        while i + run < len(branching) and branching[i + run] == branching[i]:
+            run += 1
+        parts += [f"{branching[i]}x{run}"] if run >= 3 else [str(branching[i])] * run
+        i += run
+    return "-".join(parts)
+
+
+def static_parents(branching: tuple[int, ...]) -> list[int]:
+    """Block parents of a static tree laid out level by level, each level in its parents' order:
+    node ``i`` of a level has node ``i // branching[level]`` of the level above as its parent."""
+    parents: list[int] = []
+    above, count = [-1], 0
+    for width in branching:
+        level = [above[i // width] for i in range(len(above) * width)]
+        parents += level
+        above, count = list(range(count, count + len(level))), count + len(level)
+    return parents
+
+
+__all__ = ["TreeHeadDrafts", "TreeShape", "TREE_KINDS", "branching_distribution", "branching_label", "sample_children",
+           "static_parents"]
