@@ -247,6 +247,24 @@ def tree_cascade(specs: dict[str, Any]) -> Graph:
     return g
 
 
+def drafter_tree_cascade(specs: dict[str, Any]) -> Graph:
+    g = Graph(specs)
+    g.add("Note", (20, 440), (360, 240), text=(
+        "SpecAR: CASCADE on a drafter model's tree.\n\nThe bundled drafter drafts a static tree: two guesses, two "
+        "children each, then four single paths, 32 guesses deep (branching 2,2,1*30), sampled from its own "
+        "distribution; the target checks the whole tree in one forward. CASCADE accepts a guess with the target's "
+        "mass on its whole group of codes that look alike and that the target embeds alike, so every group keeps "
+        "the target's probability.\n\nRelaxation 0 = lossless. The README's tree section lists speed and quality "
+        "per setting; on a CPU the deep tree costs wall time, on a GPU a forward of many tokens costs about what "
+        "one of a few does."))
+    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
+    draft = g.add("SpecARDrafterModel", (20, 210), (340, 200), shape="static tree")
+    chosen = g.add("SpecARAcceptancePolicy", (20, 700), (340, 150), policy="cascade",
+                   relaxation=recommended_relaxation("cascade"))
+    _sampler_with_previews(g, model, draft, chosen, prompt="green square", batch_size=4, seed=11)
+    return g
+
+
 def tree_lantern_pp(specs: dict[str, Any]) -> Graph:
     g = Graph(specs)
     g.add("Note", (20, 440), (360, 240), text=(
@@ -326,6 +344,7 @@ WORKFLOWS = {
     "specar_compare_ar_vs_speculative": compare,
     **{f"specar_policy_{name}": relaxed_policy(name) for name in POLICY_NOTES},
     "specar_tree_cascade": tree_cascade,
+    "specar_drafter_tree_cascade": drafter_tree_cascade,
     "specar_tree_lantern_pp": tree_lantern_pp,
     "specar_mar_cspd": mar_cspd,
     **{name: family_workflow(name) for name in FAMILY_WORKFLOWS},
