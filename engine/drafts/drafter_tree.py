@@ -56,6 +56,7 @@ class DrafterTreeDrafts(DraftSource):
         self.processor = DistributionProcessor(state.processor.settings, self.drafter.constrain)
         self.timed(lambda: self.drafter.prefill(state.cond.repeat_each(self.leaves), state.guided))
         self.shared = torch.zeros(state.batch, dtype=torch.long)
+        self.pair = 2 if state.guided else 1  # the drafter's rows: [cond rows; uncond rows] with CFG
 
     def end(self) -> None:
         self.drafter.release()
@@ -82,8 +83,7 @@ class DrafterTreeDrafts(DraftSource):
         positions = (self.shared[:, None] + torch.arange(width)[None, :]).clamp(max=N - 1).to(dev)
         tokens = state.tokens.gather(1, positions)  # past a row's committed tokens: padding
         out = self.timed(lambda: self.drafter.forward(self._per_row(tokens), self._per_row(positions)))
-        last = self._per_row((fresh - 1).clamp(min=0)).to(dev)
-        last = torch.cat([last] * (out.logits.shape[0] // last.shape[0]))
+        last = self._per_row((fresh - 1).clamp(min=0)).to(dev).repeat(self.pair)  # each row's last committed token
         logits = out.logits.gather(1, last[:, None, None].expand(-1, 1, out.logits.shape[-1]))
         self.drafter.truncate(self._per_row(committed))
         self.shared = committed.clone()
