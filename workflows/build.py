@@ -227,9 +227,20 @@ def relaxed_policy(policy: str) -> Callable[[dict[str, Any]], Graph]:
     return build
 
 
-def tree_cascade(specs: dict[str, Any]) -> Graph:
+def _tree_workflow(specs: dict[str, Any], note: str, draft_type: str, draft_widgets: dict[str, Any],
+                   policy_widgets: dict[str, Any], prompt: str, seed: int) -> Graph:
+    """A tree-drafting graph: note, model loader, draft source, acceptance policy and the sampler with previews."""
     g = Graph(specs)
-    g.add("Note", (20, 440), (360, 240), text=(
+    g.add("Note", (20, 440), (360, 240), text=note)
+    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
+    draft = g.add(draft_type, (20, 210), (340, 200), **draft_widgets)
+    chosen = g.add("SpecARAcceptancePolicy", (20, 700), (340, 150), **policy_widgets)
+    _sampler_with_previews(g, model, draft, chosen, prompt=prompt, batch_size=4, seed=seed)
+    return g
+
+
+def tree_cascade(specs: dict[str, Any]) -> Graph:
+    return _tree_workflow(specs, (
         "SpecAR: tree drafts with CASCADE relaxation.\n\nA one-layer head reads the target's hidden states and drafts "
         "a dynamic tree of guesses (EAGLE-2), here 16 deep with 80 nodes; the target checks the whole tree in one "
         "forward. CASCADE accepts a guess with the target's mass on its whole group of codes that look alike and "
@@ -238,46 +249,30 @@ def tree_cascade(specs: dict[str, Any]) -> Graph:
         "in nearly the same state joins the group. The tree offers one guess per group.\n\nRelaxation 0 = lossless "
         "tree decoding. On the demo, relaxation 1 commits about 1.38x the tokens per forward of the lossless tree "
         "at a small quality cost (class accuracy about 0.016 under plain AR's): the README lists speed and quality "
-        "per setting."))
-    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
-    draft = g.add("SpecARTreeHead", (20, 210), (340, 200), depth=16, nodes=80)
-    chosen = g.add("SpecARAcceptancePolicy", (20, 700), (340, 150), policy="cascade",
-                   relaxation=recommended_relaxation("cascade"))
-    _sampler_with_previews(g, model, draft, chosen, prompt="red circle", batch_size=4, seed=5)
-    return g
+        "per setting."), "SpecARTreeHead", dict(depth=16, nodes=80),
+                          dict(policy="cascade", relaxation=recommended_relaxation("cascade")), "red circle", 5)
 
 
 def drafter_tree_cascade(specs: dict[str, Any]) -> Graph:
-    g = Graph(specs)
-    g.add("Note", (20, 440), (360, 240), text=(
+    return _tree_workflow(specs, (
         "SpecAR: CASCADE on a drafter model's tree.\n\nThe bundled drafter drafts a static tree: two guesses, two "
         "children each, then four single paths, 32 guesses deep (branching 2,2,1*30), sampled from its own "
         "distribution; the target checks the whole tree in one forward. CASCADE accepts a guess with the target's "
         "mass on its whole group of codes that look alike and that the target embeds alike, so every group keeps "
         "the target's probability.\n\nRelaxation 0 = lossless. The README's tree section lists speed and quality "
         "per setting; on a CPU the deep tree costs wall time, on a GPU a forward of many tokens costs about what "
-        "one of a few does."))
-    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
-    draft = g.add("SpecARDrafterModel", (20, 210), (340, 200), shape="static tree")
-    chosen = g.add("SpecARAcceptancePolicy", (20, 700), (340, 150), policy="cascade",
-                   relaxation=recommended_relaxation("cascade"))
-    _sampler_with_previews(g, model, draft, chosen, prompt="green square", batch_size=4, seed=11)
-    return g
+        "one of a few does."), "SpecARDrafterModel", dict(shape="static tree"),
+                          dict(policy="cascade", relaxation=recommended_relaxation("cascade")), "green square", 11)
 
 
 def tree_lantern_pp(specs: dict[str, Any]) -> Graph:
-    g = Graph(specs)
-    g.add("Note", (20, 440), (360, 240), text=(
+    return _tree_workflow(specs, (
         "SpecAR: LANTERN++.\n\nA static tree (4-2-1-1-1-1-1-1 children per depth, sampled from the head) keeps "
         "drafting deep even where the head is unsure, and LANTERN's latent relaxation accepts look-alike codes, "
         "bounded by lambda (ratio_bound: the relaxed probability stays below lambda x the target's) and by "
-        "the neighbour count, as in the LANTERN++ paper's (k=10, lambda=5) setting."))
-    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
-    draft = g.add("SpecARTreeHead", (20, 210), (340, 200), tree="static")
-    chosen = g.add("SpecARAcceptancePolicy", (20, 700), (340, 150), policy="lantern",
-                   relaxation=recommended_relaxation("lantern"), expert_options="neighbours=10, ratio_bound=5")
-    _sampler_with_previews(g, model, draft, chosen, prompt="blue ring", batch_size=4, seed=9)
-    return g
+        "the neighbour count, as in the LANTERN++ paper's (k=10, lambda=5) setting."), "SpecARTreeHead", dict(tree="static"),
+                          dict(policy="lantern", relaxation=recommended_relaxation("lantern"),
+                               expert_options="neighbours=10, ratio_bound=5"), "blue ring", 9)
 
 
 def mar_cspd(specs: dict[str, Any]) -> Graph:
