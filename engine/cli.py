@@ -316,11 +316,13 @@ def _method_options(method: str, options: MethodOptions, args: argparse.Namespac
 
 # -- generate -------------------------------------------------------------------------------------
 
+DRAFTER_DRAFTS = ("model", "drafter-tree")  # --draft kinds that read --drafter
+
 def _draft_kind(args: argparse.Namespace) -> str:
     kind = args.draft or ("model" if args.drafter else "jacobi")
     if args.tree_head and kind not in HEAD_METHODS:
         raise SettingsError(f"--tree-head is only used with --draft tree or tree-static, not with --draft {kind}")
-    uses_drafter = kind in ("model", "drafter-tree")
+    uses_drafter = kind in DRAFTER_DRAFTS
     if uses_drafter and not args.drafter:
         raise SettingsError(f"--draft {kind} needs --drafter PATH (a small model of the same family)")
     if not uses_drafter and args.drafter:
@@ -346,7 +348,7 @@ def _require_pixels(model: ImageTokenModel) -> None:
 def _generate(args: argparse.Namespace) -> int:
     if is_continuous(args.model, args.family):
         return cli_continuous.generate(args)
-    _use_bundled_drafter(args, args.draft in (None, "model", "drafter-tree"))
+    _use_bundled_drafter(args, args.draft is None or args.draft in DRAFTER_DRAFTS)
     _use_bundled_head(args, args.draft in HEAD_METHODS)
     kind = _draft_kind(args)
     batch = _batch_size(args)
@@ -354,7 +356,7 @@ def _generate(args: argparse.Namespace) -> int:
     _options(args)  # bad settings fail before the model loads
     model = _load_target(args)
     _require_pixels(model)
-    drafter = _load_drafter(args, model) if kind in ("model", "drafter-tree") else None
+    drafter = _load_drafter(args, model) if kind in DRAFTER_DRAFTS else None
     options = _options(args, _load_tree_head(args, model))
     check_policy_fits(options.make_policy(model), method)
     settings = _settings(model, args)
