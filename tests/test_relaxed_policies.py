@@ -271,6 +271,10 @@ def test_cascade_groups_codes_that_look_alike_and_that_the_target_embeds_alike(d
     assert torch.equal(torch.sort(both).values, torch.arange(target.vocab_size)) and not torch.equal(look, both)
     assert torch.equal(make_policy("cascade", 1.0, model=target).ranks, both)
     assert torch.equal(make_policy("clusters", 1.0, model=target).ranks, look)
+    assert torch.equal(make_policy("cascade", 1.0, model=target, target_alike=0).ranks, look)  # the expert option
+    assert torch.equal(make_policy("clusters", 1.0, model=target, target_alike=1).ranks, both)
+    with pytest.raises(SettingsError, match="target_alike must be 0"):
+        make_policy("cascade", 1.0, model=target, target_alike=0.5)
     embeddings = target.embed_codes(torch.arange(target.vocab_size)[None])[0].float()
     latents = code_latents(target)
 

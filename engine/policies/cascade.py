@@ -12,7 +12,8 @@ sampling (the test and residual of :class:`ClusterPolicy`): every group keeps th
 only which member is drawn may follow the draft. A group holds codes that look alike *and* that
 the target embeds alike (``grouping_vectors``), i.e. codes after which the target's state barely
 differs, which is the redundancy CASCADE reads; grouping by looks alone let the head swap the
-first patch of an object for a look-alike of another colour. CASCADE decides the groups' sizes
+first patch of an object for a look-alike of another colour. (The expert option
+``target_alike=0`` groups by looks only; README tree table.) CASCADE decides the groups' sizes
 from the states:
 
 * **convergence (depth)** sets how far to relax: where the context leading to a node has
@@ -62,8 +63,8 @@ class CascadePolicy(ClusterPolicy):
                  model: ImageTokenModel | None = None, tau_pos_at_full: float = TAU_POS_AT_FULL,
                  tau_seq_at_full: float = TAU_SEQ_AT_FULL, max_group: float = MAX_GROUP,
                  converged_group: float = CONVERGED_GROUP, ratio_bound: float | None = None,
-                 plausible_share: float = 0.0) -> None:
-        super().__init__(relaxation, region, model, max_group, ratio_bound, plausible_share)
+                 plausible_share: float = 0.0, target_alike: float | None = None) -> None:
+        super().__init__(relaxation, region, model, max_group, ratio_bound, plausible_share, target_alike)
         self.tau_pos_at_full = check_range("CASCADE tau_pos", tau_pos_at_full, -1.0, 1.0)
         self.tau_seq_at_full = check_range("CASCADE tau_seq", tau_seq_at_full, -1.0, 1.0)
         if converged_group < max_group:

@@ -109,9 +109,15 @@ class ClusterPolicy(RelaxedPolicy):
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
                  model: ImageTokenModel | None = None, max_group: float = MAX_GROUP,
-                 ratio_bound: float | None = None, plausible_share: float = 0.0) -> None:
+                 ratio_bound: float | None = None, plausible_share: float = 0.0,
+                 target_alike: float | None = None) -> None:
         super().__init__(relaxation, region)
         self.levels = self.group_levels_of("max_group", max_group)
+        if target_alike is not None:  # 1: codes must also leave the target in alike states; 0: looks only
+            if target_alike not in (0, 1):
+                raise SettingsError(f"{self.name} target_alike must be 0 (group by looks) or 1 (looks and target), "
+                                    f"got {target_alike}")
+            self.groups_target_alike = bool(target_alike)
         self.ranks = code_ranks(require_model(self.name, model), self.groups_target_alike)
         self.ratio_bound = None if ratio_bound is None else check_range(f"{self.name} ratio_bound", ratio_bound, 1.0, 1e6)
         self.plausible_share = check_range(f"{self.name} plausible_share", plausible_share, 0.0, 1.0)
