@@ -7,17 +7,19 @@ import json
 
 import pytest
 import torch
-from stats import ks_uniform, randomized_pit
+from stats import ks_uniform, noise_floor, randomized_pit, total_variation
 
 from engine import Conditioning, generate, load_model
 from engine.drafts.drafter import DrafterModelDrafts
 from engine.drafts.jacobi import JacobiDrafts
+from engine.drafts.tree_drafts import sample_children
 from engine.errors import SettingsError
 from engine.policies import POLICIES, PolicyContext, make_policy, parse_policy_options, recommended_relaxation
 from engine.policies.exact import ExactPolicy
 from engine.sampling import DistributionProcessor
 from engine.session import PolicyRecipe
-from engine.types import TokenKind
+from engine.types import DraftBlock, TokenKind
+from engine.verify import verify_tree
 
 RELAXED = ("lantern", "gsd", "csd")
 
@@ -373,6 +375,39 @@ def test_cluster_acceptance_of_point_mass_siblings_tests_the_group(demo) -> None
     rest = policy.residual(p, one_hot, x, ctx)
     assert float(rest[0, same].sum()) == 0.0  # the tested group is spent
     assert torch.allclose(rest[0, ~same], p[0, ~same] / p[0, ~same].sum(), atol=1e-6)
+
+
+def test_cluster_acceptance_over_siblings_drawn_without_replacement_keeps_group_masses(demo) -> None:  # type: ignore[no-untyped-def]
+    """Static trees draw a node's children from q without replacement and the verifier tests each with q
+    renormalised without the codes already tried. A rejected sibling's group has no residual mass left, so a
+    later sibling of the same group is always rejected, and the group-level speculative-sampling argument
+    holds sibling after sibling: the first emitted code's group follows p's group masses."""
+
+    target, _ = demo
+    rows, siblings, vocab = 20000, 3, target.vocab_size
+    g = torch.Generator().manual_seed(12)
+    p = torch.softmax(torch.randn(vocab, generator=g) * 2.5, -1)
+    policy = make_policy("clusters", 1.0, model=target)
+    groups = policy.ranks >> 4
+    # half of q on one group the target finds unlikely: siblings often share it and are rejected there
+    crowded = (groups == groups[p.argmin()]).float()
+    q = 0.5 * torch.softmax(p.log() + torch.randn(vocab, generator=g), -1) + 0.5 * crowded / crowded.sum()
+    p_group = torch.zeros(int(groups.max()) + 1).index_add_(0, groups, p)
+    children, child_q = sample_children(q.expand(rows, 1, vocab), siblings, g)
+    block = DraftBlock(children[:, 0], child_q[:, 0], [-1] * siblings)
+    p_rows = torch.cat([p[None], torch.softmax(torch.randn(siblings, vocab, generator=g), -1)]).expand(rows, -1, -1)
+    verdict = verify_tree(policy, p_rows, block, torch.zeros(rows, siblings, dtype=torch.long),
+                          torch.full((rows,), 1), g)
+    first = torch.where(verdict.accepted > 0, block.tokens.gather(1, verdict.path[:, :1].clamp(min=0))[:, 0],
+                        verdict.next_token)
+    emitted = torch.bincount(first, minlength=vocab)
+    same_group = groups[block.tokens[:, 0]] == groups[block.tokens[:, 1]]
+    assert float(same_group.float().mean()) > 0.2  # the case where per-token renormalisation could go wrong
+    assert not bool((same_group & (verdict.path[:, 0] == 1)).any())  # a spent group takes no later sibling
+    assert 0.3 < float((verdict.accepted > 0).float().mean()) < 0.99
+    emitted_group = torch.zeros_like(p_group).index_add_(0, groups, emitted.float())
+    assert total_variation(emitted_group, p_group) <= noise_floor(p_group, rows)
+    assert total_variation(emitted, p) > 3 * noise_floor(p, rows)  # inside groups the draft does steer the code
 
 
 def test_cluster_groups_must_be_powers_of_two(demo) -> None:  # type: ignore[no-untyped-def]

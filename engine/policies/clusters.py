@@ -16,10 +16,11 @@ may follow the draft. The acceptance rate is ``1 - TV(p_G, q_G)``, the most any 
 the group masses can reach, and it grows with the group size (coarser groups are unions of finer
 ones). The knob picks the group size: ``2^round(relax * log2(max_group))`` codes, 1 (exact) at 0.
 
-On draft trees with point-mass siblings (the dynamic tree) the verifier's recursive rejection then
-runs over groups: a sibling is accepted with its group's current mass and a rejection spends the
-whole group, so the guarantee holds there too. Siblings sampled without replacement (static trees)
-are renormalised per token, not per group, so there it holds only approximately.
+On draft trees the verifier's recursive rejection then runs over groups: a sibling is accepted with
+its group's current mass and a rejection spends the whole group, so the guarantee holds there too,
+for point-mass siblings (the dynamic tree) and for siblings sampled without replacement (static
+trees): the verifier renormalises each sibling's q without the codes already tried, which is the
+true q of that sibling, and a later sibling in a spent group is always rejected (tested).
 """
 
 from __future__ import annotations
