@@ -35,7 +35,13 @@ def condition_evidence(model: ImageTokenModel, cond: Conditioning, tokens: torch
     first = model.prefill(cond, guided=True).logits  # [2B, 1, V]: predicts token 0
     positions = torch.arange(n - 1, device=model.device).expand(batch, -1)
     rest = model.forward(tokens[:, :-1], positions).logits  # [2B, N - 1, V]: token t predicts t + 1
-    log_p = torch.cat([first, rest], 1).float().log_softmax(-1)
-    conditioned, unconditioned = log_p.chunk(2)
-    index = tokens[..., None]
-    return (conditioned.gather(-1, index) - unconditioned.gather(-1, index))[..., 0].sum(-1).cpu()
+    per_code = code_evidence(torch.cat([first, rest], 1))
+    return per_code.gather(-1, tokens[..., None])[..., 0].sum(-1).cpu()
+
+
+def code_evidence(logits: torch.Tensor) -> torch.Tensor:
+    """``log p(x | c) - log p(x | no condition)`` for every code ``[B, k, V]`` from the paired raw logits
+    ``[cond rows; uncond rows]`` ``[2B, k, V]``: how much each code would say about the condition (codes a
+    half rules out get a large finite value, so comparisons and sums stay defined)."""
+    conditioned, unconditioned = logits.float().log_softmax(-1).chunk(2)
+    return torch.nan_to_num(conditioned - unconditioned, nan=0.0, posinf=1e4, neginf=-1e4)

@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from .errors import SettingsError
+from .evidence import code_evidence
 from .drafts.base import DecodeState, DraftSource, StepOutcome
 from .models.base import ImageTokenModel
 from .policies import AcceptancePolicy, ExactPolicy
@@ -91,6 +92,9 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
     settings = settings or model.default_settings
     policy = policy or ExactPolicy()
     model.check_conditioning(cond)
+    if policy.needs_code_evidence and not settings.uses_cfg:
+        raise SettingsError(f"the {policy.name} evidence guard reads the target's two guidance halves: "
+                            "use a CFG scale above 1, or drop evidence_margin")
     B, N, dev = cond.batch_size, model.num_image_tokens, model.device
     generator = make_generator(settings.seed, dev)
     processor = DistributionProcessor(settings, model.constrain)
@@ -146,12 +150,13 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
                                                                     pending, committed_dev - 1, N - 1)
             out = clock.run(lambda: model.forward(inputs, positions, mask))
             p = processor(out.logits, (positions + 1).clamp(max=N - 1))  # type: ignore[attr-defined]
+            evidence = code_evidence(out.logits) if policy.needs_code_evidence else None  # type: ignore[attr-defined]
             limit = (remaining - 1).clamp(min=0).to(dev)
             if layout is None:
-                verdict = verify_chain(policy, p, block, node_positions, limit, generator)
+                verdict = verify_chain(policy, p, block, node_positions, limit, generator, evidence)
             else:
                 verdict = verify_tree(policy, p, block, node_positions, limit, generator,
-                                      out.hidden[:B], layout)  # type: ignore[attr-defined]
+                                      out.hidden[:B], layout, evidence)  # type: ignore[attr-defined]
 
             accepted, next_kind = torch.stack([verdict.accepted, verdict.next_kind]).cpu()  # the step's one host sync
             accepted = torch.where(done, 0, accepted)

@@ -13,6 +13,8 @@ the pending token) and ``p[:, i + 1]`` the distribution after block node ``i``.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
 from .policies.base import AcceptancePolicy, PolicyContext
@@ -32,11 +34,12 @@ def _next_kind(limit: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
 
 
 def verify_chain(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, positions: torch.Tensor,
-                 limit: torch.Tensor, generator: torch.Generator) -> Verdict:
+                 limit: torch.Tensor, generator: torch.Generator, evidence: torch.Tensor | None = None) -> Verdict:
     """Verify a chain of ``n`` drafts against ``p [B, n + 1, V]``.
 
     ``positions [B, n]`` are the drafts' image-token indices; ``limit [B]`` caps how many drafts a
-    row may accept (a row near its last token must not run past it).
+    row may accept (a row near its last token must not run past it). ``evidence [B, n + 1, V]``
+    (every code's condition evidence, rows as ``p``) is handed to policies that read it.
     """
     B, n = block.tokens.shape
     dev = p.device
@@ -44,7 +47,8 @@ def verify_chain(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, p
     steps = torch.arange(n, device=dev)
     diagnostics: dict[str, torch.Tensor] = {}
     if n:
-        alpha, diagnostics = policy.acceptance(p[:, :n], block.q, block.tokens, PolicyContext(positions))
+        ctx = PolicyContext(positions, evidence=None if evidence is None else evidence[:, :n])
+        alpha, diagnostics = policy.acceptance(p[:, :n], block.q, block.tokens, ctx)
         u = torch.rand(B, n, generator=generator, device=dev)
         ok = (u < alpha) & (steps[None, :] < limit[:, None])
         accepted = ok.long().cumprod(dim=1).sum(dim=1)
@@ -54,7 +58,8 @@ def verify_chain(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, p
     p_next = _row(p, accepted)
     if n:
         j = accepted.clamp(max=n - 1)
-        ctx = PolicyContext(positions.gather(1, j[:, None]))
+        at_j = None if evidence is None else _row(evidence, j)[:, None]
+        ctx = PolicyContext(positions.gather(1, j[:, None]), evidence=at_j)
         corrected = policy.residual(p_next, _row(block.q, j), block.tokens.gather(1, j[:, None]).squeeze(1), ctx)
         next_dist = torch.where(rejected[:, None], corrected, p_next)
     else:
@@ -112,11 +117,13 @@ def tree_attention(parents: list[int]) -> torch.Tensor:
 
 def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, positions: torch.Tensor,
                 limit: torch.Tensor, generator: torch.Generator, hidden: torch.Tensor | None = None,
-                layout: tuple[torch.Tensor, torch.Tensor] | None = None) -> Verdict:
+                layout: tuple[torch.Tensor, torch.Tensor] | None = None, evidence: torch.Tensor | None = None
+                ) -> Verdict:
     """Recursive rejection sampling over a draft tree; ``p [B, n + 1, V]`` as described above.
 
     ``hidden [B, n + 1, D]`` (target states after the pending token and after every node) is
-    handed to policies that judge nodes by them (``needs_tree_states``); ``layout`` is
+    handed to policies that judge nodes by them (``needs_tree_states``), ``evidence [B, n + 1, V]``
+    (every code's condition evidence, rows as ``p``) to those that read it; ``layout`` is
     :func:`tree_tables` of the block when the caller already has it.
 
     Siblings are tried in block order. Each is tested against the current (residualised) target
@@ -133,6 +140,7 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
     cur = torch.full((B,), -1, dtype=torch.long, device=dev)
     before = torch.full((B,), -2, dtype=torch.long, device=dev)  # cur's parent; -2: not in this block
     dist = p[:, 0].clone()
+    dist_evidence = None if evidence is None else evidence[:, 0]  # evidence of the row dist comes from
     accepted = torch.zeros(B, dtype=torch.long, device=dev)
     alive = torch.ones(B, dtype=torch.bool, device=dev)
     rejected = torch.zeros(B, dtype=torch.bool, device=dev)
@@ -150,7 +158,8 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
             x = block.tokens.gather(1, node[:, None])
             q = _row(block.q, node).masked_fill(tried, 0.0)
             q = q / q.sum(-1, keepdim=True).clamp_min(1e-30)
-            ctx = PolicyContext(positions.gather(1, node[:, None]))
+            ctx = PolicyContext(positions.gather(1, node[:, None]),
+                                evidence=None if dist_evidence is None else dist_evidence[:, None])
             if hidden is not None and policy.needs_tree_states:
                 ctx = _tree_context(ctx, hidden, block.tokens, kids, node, cur, before)
             alpha, info = policy.acceptance(dist[:, None], q[:, None], x, ctx)
@@ -162,6 +171,8 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
             dist = torch.where(drop[:, None], policy.residual(dist, q, x[:, 0], ctx), dist)
             tried |= drop[:, None] & (torch.arange(V, device=dev)[None, :] == x)
             dist = torch.where(take[:, None], _row(p, node + 1), dist)
+            if dist_evidence is not None:
+                dist_evidence = torch.where(take[:, None], _row(evidence, node + 1), dist_evidence)
             before = torch.where(take, cur, before)
             cur = torch.where(take, node, cur)
             path[:, level] = torch.where(take, node, path[:, level])
@@ -187,6 +198,6 @@ def _tree_context(ctx: PolicyContext, hidden: torch.Tensor, tokens: torch.Tensor
     siblings = torch.where(others, tokens.gather(1, kids.clamp(min=0)), -1)
     known = (grandparent >= -1)[:, None, None]
     grandparent_hidden = torch.where(known, states(grandparent.clamp(min=-1)[:, None]), float("nan"))
-    return PolicyContext(ctx.positions, hidden=states(node[:, None]), parent_hidden=states(parent[:, None]),
-                         grandparent_hidden=grandparent_hidden,
-                         siblings=siblings[:, None], sibling_hidden=states(kids.clamp(min=0))[:, None])
+    return replace(ctx, hidden=states(node[:, None]), parent_hidden=states(parent[:, None]),
+                   grandparent_hidden=grandparent_hidden,
+                   siblings=siblings[:, None], sibling_hidden=states(kids.clamp(min=0))[:, None])

@@ -18,7 +18,7 @@ from engine.policies import POLICIES, PolicyContext, make_policy, parse_policy_o
 from engine.policies.exact import ExactPolicy
 from engine.sampling import DistributionProcessor
 from engine.session import PolicyRecipe
-from engine.types import DraftBlock, TokenKind
+from engine.types import DraftBlock, SamplingSettings, TokenKind
 from engine.verify import verify_tree
 
 RELAXED = ("lantern", "gsd", "csd")
@@ -358,6 +358,67 @@ def test_cluster_plausible_share_keeps_group_masses_and_never_favours_implausibl
     assert rates == sorted(rates, reverse=True) and rates[0] > rates[-1] + 0.05, rates
     with pytest.raises(SettingsError, match="plausible_share"):
         make_policy("clusters", 1.0, model=target, plausible_share=1.5)
+
+
+def test_evidence_guard_keeps_group_masses_and_never_favours_codes_that_say_less_about_the_condition(demo) -> None:  # type: ignore[no-untyped-def]
+    """Under an evidence margin m a code whose condition evidence lies more than m below its group's
+    target-weighted mean is tested on its own mass: every group keeps the target's mass, such codes are
+    emitted no more often than the target would, the emitted codes' expected evidence is no lower than
+    unguarded, and acceptance rises with the margin."""
+    target, _ = demo
+    p, q, _ = _random_case(target.vocab_size, seed=13, point_mass=False)
+    p, q = p[0, 0].double(), q[0, 0].double()
+    vocab, tokens = target.vocab_size, torch.arange(target.vocab_size)[None]
+    evidence = torch.randn(vocab, generator=torch.Generator().manual_seed(14), dtype=torch.double)
+    ctx = PolicyContext(torch.zeros(1, vocab, dtype=torch.long), evidence=evidence.expand(1, vocab, -1))
+    unguarded = make_policy("clusters", 1.0, model=target)
+    groups = unguarded.ranks >> 4
+    p_group = torch.zeros(int(groups.max()) + 1, dtype=p.dtype).index_add_(0, groups, p)
+    group_mean = (torch.zeros_like(p_group).index_add_(0, groups, p * evidence) / p_group)[groups]
+
+    def emitted(policy) -> torch.Tensor:  # type: ignore[no-untyped-def]
+        alpha, _ = policy.acceptance(p.expand(1, vocab, -1), q.expand(1, vocab, -1), tokens, ctx)
+        rows = policy.residual(p.expand(vocab, -1), q.expand(vocab, -1), tokens[0],
+                               PolicyContext(torch.zeros(vocab, 1, dtype=torch.long),
+                                             evidence=evidence.expand(vocab, 1, -1)))
+        return q * alpha[0] + ((q * (1 - alpha[0]))[:, None] * rows).sum(0), float((q * alpha[0]).sum())
+
+    free, free_rate = emitted(unguarded)
+    rates = []
+    for margin in (0.0, 0.5, 1.0, 2.0):
+        out, rate = emitted(make_policy("clusters", 1.0, model=target, evidence_margin=margin))
+        assert torch.allclose(torch.zeros_like(p_group).index_add_(0, groups, out), p_group, atol=1e-9), margin
+        weak = evidence < group_mean - margin
+        assert bool(weak.any()) and bool((out[weak] <= p[weak] + 1e-9).all()), margin
+        assert float((out * evidence).sum()) >= float((free * evidence).sum()) - 1e-9, margin
+        rates.append(rate)
+    assert rates == sorted(rates) and rates[0] < rates[-1] < free_rate, (rates, free_rate)
+    with pytest.raises(SettingsError, match="evidence_margin"):
+        make_policy("clusters", 1.0, model=target, evidence_margin=-1)
+    with pytest.raises(SettingsError, match="condition evidence"):  # a verifier that does not hand it over
+        make_policy("cascade", 1.0, model=target, evidence_margin=0.5).acceptance(
+            p.expand(1, vocab, -1).float(), q.expand(1, vocab, -1).float(), tokens,
+            PolicyContext(torch.zeros(1, vocab, dtype=torch.long)))
+
+
+def test_evidence_guard_reads_the_target_s_guidance_halves_in_chains_and_trees(demo) -> None:  # type: ignore[no-untyped-def]
+    """The loop hands every code's evidence to the verifier for chains and trees: a tight margin accepts
+    less than none; without classifier-free guidance there is no evidence and the guard is refused."""
+    from engine.drafts.drafter_tree import DrafterTreeDrafts
+
+    target, drafter = demo
+    cond = Conditioning(class_ids=tuple(range(4)))
+    for draft in (lambda: DrafterModelDrafts(drafter, 6), lambda: DrafterTreeDrafts(drafter, (2, 2, 1, 1))):
+        rates = []
+        for options in ({}, {"evidence_margin": 0.0}):
+            policy = make_policy("clusters", 1.0, model=target, **options)
+            result = generate(target, cond, target.default_settings, draft=draft(), policy=policy)
+            rates.append(result.accepted / result.drafted)
+        assert rates[1] < rates[0], rates
+    unguided = SamplingSettings(cfg_scale=1.0, top_k=100)
+    with pytest.raises(SettingsError, match="guidance halves"):
+        generate(target, cond, unguided, draft=DrafterModelDrafts(drafter, 6),
+                 policy=make_policy("clusters", 1.0, model=target, evidence_margin=0.5))
 
 
 def test_cluster_acceptance_of_point_mass_siblings_tests_the_group(demo) -> None:  # type: ignore[no-untyped-def]

@@ -36,6 +36,8 @@ class PolicyContext:
     grandparent_hidden: torch.Tensor | None = None  # [B, m, D] state after the parent's parent; NaN for roots (unknown)
     siblings: torch.Tensor | None = None  # [B, m, K] tokens of its siblings, -1 where none (itself excluded)
     sibling_hidden: torch.Tensor | None = None  # [B, m, K, D] target states after those siblings
+    # Verification fills this for policies with ``needs_code_evidence`` (the clusters/CASCADE evidence guard):
+    evidence: torch.Tensor | None = None  # [B, m, V] log p(code | condition) - log p(code | none) at each tested token
 
 
 class AcceptancePolicy(ABC):
@@ -45,6 +47,7 @@ class AcceptancePolicy(ABC):
     lossless: bool = False
     needs_model: bool = False  # make_policy passes the target model (code vectors) to the constructor
     needs_tree_states: bool = False  # tree verification passes node, parent and sibling states (PolicyContext)
+    needs_code_evidence: bool = False  # verification passes every code's condition evidence (needs CFG)
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None) -> None:
         if not 0.0 <= relaxation <= 1.0:

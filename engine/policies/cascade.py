@@ -63,8 +63,10 @@ class CascadePolicy(ClusterPolicy):
                  model: ImageTokenModel | None = None, tau_pos_at_full: float = TAU_POS_AT_FULL,
                  tau_seq_at_full: float = TAU_SEQ_AT_FULL, max_group: float = MAX_GROUP,
                  converged_group: float = CONVERGED_GROUP, ratio_bound: float | None = None,
-                 plausible_share: float = 0.0, target_alike: float | None = None) -> None:
-        super().__init__(relaxation, region, model, max_group, ratio_bound, plausible_share, target_alike)
+                 plausible_share: float = 0.0, target_alike: float | None = None,
+                 evidence_margin: float | None = None) -> None:
+        super().__init__(relaxation, region, model, max_group, ratio_bound, plausible_share, target_alike,
+                         evidence_margin)
         self.tau_pos_at_full = check_range("CASCADE tau_pos", tau_pos_at_full, -1.0, 1.0)
         self.tau_seq_at_full = check_range("CASCADE tau_seq", tau_seq_at_full, -1.0, 1.0)
         if converged_group < max_group:
@@ -109,7 +111,7 @@ class CascadePolicy(ClusterPolicy):
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         groups, merge, convergence = self._grouping(tokens, ctx)
-        alpha, info = self.accept_in_groups(p, q, tokens, groups)
+        alpha, info = self.accept_in_groups(p, q, tokens, groups, ctx)
         if merge is not None and convergence is not None:
             info = {**info, "interchangeable": merge.sum(-1).float(), "convergence": convergence}
         return alpha, info

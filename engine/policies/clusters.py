@@ -111,7 +111,7 @@ class ClusterPolicy(RelaxedPolicy):
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
                  model: ImageTokenModel | None = None, max_group: float = MAX_GROUP,
                  ratio_bound: float | None = None, plausible_share: float = 0.0,
-                 target_alike: float | None = None) -> None:
+                 target_alike: float | None = None, evidence_margin: float | None = None) -> None:
         super().__init__(relaxation, region)
         self.levels = self.group_levels_of("max_group", max_group)
         if target_alike is not None:  # 1: codes must also leave the target in alike states; 0: looks only
@@ -122,6 +122,12 @@ class ClusterPolicy(RelaxedPolicy):
         self.ranks = code_ranks(require_model(self.name, model), self.groups_target_alike)
         self.ratio_bound = None if ratio_bound is None else check_range(f"{self.name} ratio_bound", ratio_bound, 1.0, 1e6)
         self.plausible_share = check_range(f"{self.name} plausible_share", plausible_share, 0.0, 1.0)
+        self.evidence_margin = (None if evidence_margin is None
+                                else check_range(f"{self.name} evidence_margin", evidence_margin, 0.0, 1e4))
+
+    @property
+    def needs_code_evidence(self) -> bool:  # type: ignore[override]
+        return self.evidence_margin is not None
 
     def group_levels_of(self, option: str, size: float) -> int:
         """log2 of a group size option, which must be a power of two."""
@@ -146,33 +152,59 @@ class ClusterPolicy(RelaxedPolicy):
         return self.ranks.to(level.device)[None, None, :] >> level[..., None]
 
     def _code_acceptance(self, p_group: torch.Tensor, q_group: torch.Tensor, p_code: torch.Tensor,
-                         q_code: torch.Tensor, p_best: torch.Tensor | None) -> torch.Tensor:
+                         q_code: torch.Tensor, p_best: torch.Tensor | None,
+                         evidence_gap: torch.Tensor | None) -> torch.Tensor:
         """Acceptance of codes with target/draft mass ``p_code``/``q_code``, whose groups have masses
         ``p_group``/``q_group`` and whose group's most likely code has target mass ``p_best`` (all one shape;
-        ``p_best`` is only read under a plausible share):
+        ``p_best`` is only read under a plausible share, ``evidence_gap`` under an evidence margin):
         ``min(1, p(G)/q(G))``; under a ratio bound lambda also at most ``lambda p(x)/q(x)`` (LANTERN++'s
         bound); under a plausible share s, a code the target finds less than s times as likely as its
-        group's favourite is tested on its own mass, ``min(1, p(G)/q(G), p(x)/q(x))``. Every acceptance
-        stays <= p(G)/q(G), so the residual can still give each group exactly its target mass."""
+        group's favourite is tested on its own mass, ``min(1, p(G)/q(G), p(x)/q(x))``; under an evidence
+        margin m, so is a code whose condition evidence falls more than m below its group's (``evidence_gap``,
+        see :meth:`_evidence_gap`). Every acceptance stays <= p(G)/q(G), so the residual can still give each
+        group exactly its target mass."""
         grouped = (p_group / q_group.clamp_min(Q_FLOOR)).clamp_max(1.0)
         own = p_code / q_code.clamp_min(Q_FLOOR)
         if self.ratio_bound is not None:
             grouped = grouped.minimum(self.ratio_bound * own)
         if self.plausible_share > 0 and p_best is not None:
             grouped = torch.where(p_code >= self.plausible_share * p_best, grouped, grouped.minimum(own))
+        if self.evidence_margin is not None and evidence_gap is not None:
+            grouped = torch.where(evidence_gap <= self.evidence_margin, grouped, grouped.minimum(own))
         return grouped
+
+    def _evidence_gap(self, p: torch.Tensor, groups: torch.Tensor, ctx: PolicyContext) -> torch.Tensor | None:
+        """How far each code's condition evidence falls below its group's, shaped like ``p`` and ``groups``
+        (``[B, m, V]``, or ``[B, V]`` for a residual's one tested token per row): the group's
+        target-weighted mean evidence minus the code's (``None`` without an evidence margin).
+
+        Why: inside an accepted group the emitted code follows the draft, and a small drafter's favourite
+        look-alike is often a more generic code than the target's (less evidence for the condition). On the
+        demo that, not the group masses, is the whole class-evidence cost of group acceptance (README). Codes
+        that would lower the condition's evidence by more than the margin are therefore tested on their own
+        mass; the rest keep the group test."""
+        if self.evidence_margin is None:
+            return None
+        if ctx.evidence is None:
+            raise SettingsError(f"the {self.name} evidence guard needs the target's condition evidence from the "
+                                "verifier (decode with classifier-free guidance)")
+        evidence = ctx.evidence.to(p.dtype).reshape(p.shape)
+        group_p = torch.zeros_like(p).scatter_add_(-1, groups, p)
+        group_evidence = torch.zeros_like(p).scatter_add_(-1, groups, p * evidence)
+        mean = (group_evidence / group_p.clamp_min(1e-30)).gather(-1, groups)
+        return mean - evidence
 
     @property
     def _plain_group_test(self) -> bool:
         """Whether acceptance is plain ``min(1, p(G)/q(G))`` (then a correction draws its code from ``p``)."""
-        return self.ratio_bound is None and self.plausible_share == 0
+        return self.ratio_bound is None and self.plausible_share == 0 and self.evidence_margin is None
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.accept_in_groups(p, q, tokens, self.group_ids(tokens, ctx))
+        return self.accept_in_groups(p, q, tokens, self.group_ids(tokens, ctx), ctx)
 
     def accept_in_groups(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                         groups: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                         groups: torch.Tensor, ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """:meth:`acceptance` for given group ids ``[B, m, V]``."""
         base, px = self.base_ratio(p, q, tokens)
         same = groups == groups.gather(-1, tokens[..., None])
@@ -180,7 +212,9 @@ class ClusterPolicy(RelaxedPolicy):
         members = p * same
         p_group = members.sum(-1)
         p_best = members.amax(-1) if self.plausible_share > 0 else None  # a [B, m, V] pass only when it is read
-        grouped = self._code_acceptance(p_group, (q * same).sum(-1), px, token_probs(q, tokens), p_best)
+        gap = self._evidence_gap(p, groups, ctx)
+        gap = None if gap is None else gap.gather(-1, tokens[..., None])[..., 0]
+        grouped = self._code_acceptance(p_group, (q * same).sum(-1), px, token_probs(q, tokens), p_best, gap)
         return torch.where(relaxed, grouped, base), {"group_mass": torch.where(relaxed, p_group - px, 0.0)}
 
     def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
@@ -196,7 +230,9 @@ class ClusterPolicy(RelaxedPolicy):
         else:
             p_best = (torch.zeros_like(p).scatter_reduce_(1, groups, p, "amax").gather(1, groups)
                       if self.plausible_share > 0 else None)
-            alpha = self._code_acceptance(p_group.gather(1, groups), q_group.gather(1, groups), p, q, p_best)
+            gap = self._evidence_gap(p, groups, ctx)
+            alpha = self._code_acceptance(p_group.gather(1, groups), q_group.gather(1, groups), p, q, p_best,
+                                          gap)
             given = q * alpha  # mass each code receives from acceptance
             accepted = torch.zeros_like(p).scatter_add_(1, groups, given).gather(1, groups)
             weights = (p - given).clamp_min(0.0)
