@@ -92,9 +92,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
     settings = settings or model.default_settings
     policy = policy or ExactPolicy()
     model.check_conditioning(cond)
-    if policy.needs_code_evidence and not settings.uses_cfg:
-        raise SettingsError(f"the {policy.name} evidence guard reads the target's two guidance halves: "
-                            "use a CFG scale above 1, or drop evidence_margin")
+    policy.check_sampling(settings)
     B, N, dev = cond.batch_size, model.num_image_tokens, model.device
     generator = make_generator(settings.seed, dev)
     processor = DistributionProcessor(settings, model.constrain)
@@ -150,7 +148,8 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
                                                                     pending, committed_dev - 1, N - 1)
             out = clock.run(lambda: model.forward(inputs, positions, mask))
             p = processor(out.logits, (positions + 1).clamp(max=N - 1))  # type: ignore[attr-defined]
-            evidence = code_evidence(out.logits) if policy.needs_code_evidence else None  # type: ignore[attr-defined]
+            read_evidence = policy.needs_code_evidence and settings.uses_cfg  # evidence needs both guidance halves
+            evidence = code_evidence(out.logits) if read_evidence else None  # type: ignore[attr-defined]
             limit = (remaining - 1).clamp(min=0).to(dev)
             if layout is None:
                 verdict = verify_chain(policy, p, block, node_positions, limit, generator, evidence)

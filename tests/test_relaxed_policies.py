@@ -401,10 +401,12 @@ def test_evidence_guard_keeps_group_masses_and_never_favours_codes_that_say_less
             PolicyContext(torch.zeros(1, vocab, dtype=torch.long)))
 
 
-def test_evidence_guard_reads_the_target_s_guidance_halves_in_chains_and_trees(demo) -> None:  # type: ignore[no-untyped-def]
+def test_evidence_guard_reads_the_target_s_guidance_halves_in_chains_and_trees(demo, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """The loop hands every code's evidence to the verifier for chains and trees: a tight margin accepts
-    less than none; without classifier-free guidance there is no evidence and the guard is refused."""
+    less than none. Without classifier-free guidance there is no evidence: a margin the user set is refused,
+    a policy's default guard is off."""
     from engine.drafts.drafter_tree import DrafterTreeDrafts
+    from engine.policies.clusters import ClusterPolicy
 
     target, drafter = demo
     cond = Conditioning(class_ids=tuple(range(4)))
@@ -416,9 +418,17 @@ def test_evidence_guard_reads_the_target_s_guidance_halves_in_chains_and_trees(d
             rates.append(result.accepted / result.drafted)
         assert rates[1] < rates[0], rates
     unguided = SamplingSettings(cfg_scale=1.0, top_k=100)
-    with pytest.raises(SettingsError, match="guidance halves"):
+    with pytest.raises(SettingsError, match="guidance halves"):  # a margin the user set is never dropped silently
         generate(target, cond, unguided, draft=DrafterModelDrafts(drafter, 6),
                  policy=make_policy("clusters", 1.0, model=target, evidence_margin=0.5))
+    assert not make_policy("clusters", 1.0, model=target, evidence_margin=float("inf")).needs_code_evidence
+    monkeypatch.setattr(ClusterPolicy, "default_evidence_margin", 0.5)  # a policy whose default has a guard ...
+    guarded_by_default = make_policy("clusters", 1.0, model=target)
+    assert guarded_by_default.evidence_margin == 0.5
+    plain = make_policy("clusters", 1.0, model=target, evidence_margin=float("inf"))
+    runs = [generate(target, cond, unguided, draft=DrafterModelDrafts(drafter, 6), policy=policy).tokens
+            for policy in (guarded_by_default, plain)]
+    assert torch.equal(runs[0], runs[1])  # ... runs unguarded, bit for bit, where there is no evidence to read
 
 
 def test_cluster_acceptance_of_point_mass_siblings_tests_the_group(demo) -> None:  # type: ignore[no-untyped-def]

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SettingsError
+from ..types import SamplingSettings
 
 
 @dataclass
@@ -47,7 +48,7 @@ class AcceptancePolicy(ABC):
     lossless: bool = False
     needs_model: bool = False  # make_policy passes the target model (code vectors) to the constructor
     needs_tree_states: bool = False  # tree verification passes node, parent and sibling states (PolicyContext)
-    needs_code_evidence: bool = False  # verification passes every code's condition evidence (needs CFG)
+    needs_code_evidence: bool = False  # verification passes every code's condition evidence (under CFG)
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None) -> None:
         if not 0.0 <= relaxation <= 1.0:
@@ -56,6 +57,9 @@ class AcceptancePolicy(ABC):
             raise SettingsError(f"a region must be per-token weights [B or 1, tokens], got shape {list(region.shape)}")
         self.relaxation = relaxation
         self.region = region
+
+    def check_sampling(self, settings: SamplingSettings) -> None:
+        """Refuse sampling settings this policy cannot work under (before any decoding)."""
 
     def relaxation_at(self, positions: torch.Tensor) -> torch.Tensor:
         """Relaxation strength ``[B, m]`` at image-token ``positions [B, m]``: the global value

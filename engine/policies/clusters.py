@@ -32,6 +32,7 @@ import torch
 
 from ..errors import SettingsError
 from ..models.base import ImageTokenModel
+from ..types import SamplingSettings
 from ..sampling import residual
 from .base import PolicyContext
 from .exact import Q_FLOOR, token_probs
@@ -105,6 +106,7 @@ class ClusterPolicy(RelaxedPolicy):
     name = "clusters"
     needs_model = True
     groups_target_alike = False  # groups of look-alike codes only (see grouping_vectors)
+    default_evidence_margin: float | None = None  # no evidence guard unless asked for
     # README Pareto table: with a gamma-32 drafter 1.54x (seeds A) and 1.50x (seeds C) the exact chain, inside the AR band.
     recommended_relaxation = 1.0
 
@@ -122,12 +124,22 @@ class ClusterPolicy(RelaxedPolicy):
         self.ranks = code_ranks(require_model(self.name, model), self.groups_target_alike)
         self.ratio_bound = None if ratio_bound is None else check_range(f"{self.name} ratio_bound", ratio_bound, 1.0, 1e6)
         self.plausible_share = check_range(f"{self.name} plausible_share", plausible_share, 0.0, 1.0)
-        self.evidence_margin = (None if evidence_margin is None
-                                else check_range(f"{self.name} evidence_margin", evidence_margin, 0.0, 1e4))
+        # An evidence margin the user set must be honoured (refused without CFG); the policy's own default
+        # is simply off where there is no evidence to read. inf switches the guard off.
+        self.evidence_margin_set = evidence_margin is not None
+        margin = self.default_evidence_margin if evidence_margin is None else evidence_margin
+        if margin is not None:
+            check_range(f"{self.name} evidence_margin", margin, 0.0, math.inf)
+        self.evidence_margin = None if margin is None or math.isinf(margin) else margin
 
     @property
     def needs_code_evidence(self) -> bool:  # type: ignore[override]
         return self.evidence_margin is not None
+
+    def check_sampling(self, settings: SamplingSettings) -> None:
+        if self.evidence_margin is not None and self.evidence_margin_set and not settings.uses_cfg:
+            raise SettingsError(f"the {self.name} evidence guard reads the target's two guidance halves: "
+                                "use a CFG scale above 1, or drop evidence_margin")
 
     def group_levels_of(self, option: str, size: float) -> int:
         """log2 of a group size option, which must be a power of two."""
@@ -185,19 +197,16 @@ class ClusterPolicy(RelaxedPolicy):
         mass; the rest keep the group test."""
         if self.evidence_margin is None:
             return None
-        if ctx.evidence is None:
-            raise SettingsError(f"the {self.name} evidence guard needs the target's condition evidence from the "
-                                "verifier (decode with classifier-free guidance)")
+        if ctx.evidence is None:  # no guidance halves to read it from
+            if self.evidence_margin_set:
+                raise SettingsError(f"the {self.name} evidence guard needs the target's condition evidence from "
+                                    "the verifier (decode with classifier-free guidance)")
+            return None
         evidence = ctx.evidence.to(p.dtype).reshape(p.shape)
         group_p = torch.zeros_like(p).scatter_add_(-1, groups, p)
         group_evidence = torch.zeros_like(p).scatter_add_(-1, groups, p * evidence)
         mean = (group_evidence / group_p.clamp_min(1e-30)).gather(-1, groups)
         return mean - evidence
-
-    @property
-    def _plain_group_test(self) -> bool:
-        """Whether acceptance is plain ``min(1, p(G)/q(G))`` (then a correction draws its code from ``p``)."""
-        return self.ratio_bound is None and self.plausible_share == 0 and self.evidence_margin is None
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -220,19 +229,18 @@ class ClusterPolicy(RelaxedPolicy):
     def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
         """A group from ``max(0, p_G - A_G)``, where ``A_G`` is the mass acceptance gives group G, and a
         code inside it from ``p`` (plain group acceptance) or from what acceptance left of ``p`` (under a
-        ratio bound or a plausible share): every group keeps the target's mass."""
+        ratio bound, a plausible share or an evidence guard): every group keeps the target's mass."""
         groups = self.group_ids(tokens[:, None], ctx)[:, 0]  # verifiers hand one tested token per row
         relaxed = (groups == groups.gather(-1, tokens[:, None])).sum(-1) > 1
         p_group = torch.zeros_like(p).scatter_add_(1, groups, p)  # group ids < V: no host sync to size it
         q_group = torch.zeros_like(p_group).scatter_add_(1, groups, q)
-        if self._plain_group_test:
+        gap = self._evidence_gap(p, groups, ctx)
+        if self.ratio_bound is None and self.plausible_share == 0 and gap is None:  # plain min(1, p(G)/q(G))
             accepted, weights = q_group.gather(1, groups).minimum(p_group.gather(1, groups)), p
         else:
             p_best = (torch.zeros_like(p).scatter_reduce_(1, groups, p, "amax").gather(1, groups)
                       if self.plausible_share > 0 else None)
-            gap = self._evidence_gap(p, groups, ctx)
-            alpha = self._code_acceptance(p_group.gather(1, groups), q_group.gather(1, groups), p, q, p_best,
-                                          gap)
+            alpha = self._code_acceptance(p_group.gather(1, groups), q_group.gather(1, groups), p, q, p_best, gap)
             given = q * alpha  # mass each code receives from acceptance
             accepted = torch.zeros_like(p).scatter_add_(1, groups, given).gather(1, groups)
             weights = (p - given).clamp_min(0.0)
