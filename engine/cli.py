@@ -133,7 +133,7 @@ def _add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
                        help="static tree: children of every node at each depth (default: %(default)s)")
     group.add_argument("--tree-guidance", type=float, default=None, metavar="F", help=(
         "both trees: the CFG scale the head drafts with (default: the target's); higher makes the head's picks more "
-        "specific to the condition (README, tree section: measured with CASCADE, not a default); lossless either way"))
+        "specific to the condition (docs/benchmarks.md: measured with CASCADE, not a default); lossless either way"))
     return group
 
 

@@ -135,7 +135,7 @@ TREE_HEAD = NodeSpec(
         Field("branching", STRING, "static: children of every node at each depth, e.g. 4,2,2,1,1,1",
               default=",".join(map(str, _DYNAMIC.branching))),
         Field("guidance", FLOAT, "the CFG scale the head drafts with; 0 = the sampler's. Higher makes the head's picks "
-              "more specific to the prompt (README, tree section: measured with cascade, not a default); lossless with exact",
+              "more specific to the prompt (docs/benchmarks.md: measured with cascade, not a default); lossless with exact",
               default=0.0, min=0.0, max=20.0, step=0.5),
     ),
     outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),

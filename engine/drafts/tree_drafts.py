@@ -47,7 +47,7 @@ class TreeShape:
     ``guidance`` is the CFG scale the head drafts with (``None``: the target's). Verification always
     uses the target's own scale, so any value keeps the exact policy lossless; a higher one makes the
     head's picks more condition-specific, which matters where a group policy emits the drafted code of
-    an accepted group (README, tree section: at the target's scale the one-layer head's picks carry
+    an accepted group (docs/benchmarks.md, seventh session: at the target's scale the one-layer head's picks carry
     about a fifth less condition evidence than the target's own samples)."""
 
     kind: str = "dynamic"
@@ -269,7 +269,7 @@ class TreeHeadDrafts(DraftSource):
         *groups*, scored by the group's draft mass, each drafted as its likeliest code under q.
         That code is what an accepted group emits. Drawing it from q inside the group instead was
         measured worse: the one-layer demo head spreads its mass inside a group, so half-plausible
-        codes (an edge patch of the wrong shape) were accepted on the group's mass (README, tree table)."""
+        codes (an edge patch of the wrong shape) were accepted on the group's mass (docs/benchmarks.md)."""
         logq = q.log().clamp(min=SCORE_FLOOR)
         if self.code_groups is None:
             return logq.topk(k, dim=-1)

@@ -13,7 +13,7 @@ only which member is drawn may follow the draft. A group holds codes that look a
 the target embeds alike (``grouping_vectors``), i.e. codes after which the target's state barely
 differs, which is the redundancy CASCADE reads; grouping by looks alone let the head swap the
 first patch of an object for a look-alike of another colour. (The expert option
-``target_alike=0`` groups by looks only; README tree table.) CASCADE decides the groups' sizes
+``target_alike=0`` groups by looks only; docs/benchmarks.md.) CASCADE decides the groups' sizes
 from the states:
 
 * **convergence (depth)** sets how far to relax: where the context leading to a node has
@@ -29,7 +29,7 @@ from the states:
 Why groups rather than the paper-shaped rule of moving only drafted siblings' mass (this
 module's first version): on the demo that reached 1.04-1.08x the exact tree, because a dynamic
 tree's siblings are all the mass a level can ever accept; accepting whole converged nodes outright
-truncated objects (README, tree table). The knob maps linearly: at ``r`` the thresholds are
+truncated objects (docs/benchmarks.md). The knob maps linearly: at ``r`` the thresholds are
 ``1 - r (1 - tau_at_full)`` and the group sizes ``2^round(r log2 size)``; at 0 every code is its own
 group and nothing merges, bit for bit the exact test. Without tree states (chains) it is exact.
 """
@@ -64,9 +64,9 @@ class CascadePolicy(ClusterPolicy):
                  tau_seq_at_full: float = TAU_SEQ_AT_FULL, max_group: float = MAX_GROUP,
                  converged_group: float = CONVERGED_GROUP, ratio_bound: float | None = None,
                  plausible_share: float = 0.0, target_alike: float | None = None,
-                 evidence_margin: float | None = None) -> None:
+                 evidence_margin: float | None = None, evidence_gate: float | None = None) -> None:
         super().__init__(relaxation, region, model, max_group, ratio_bound, plausible_share, target_alike,
-                         evidence_margin)
+                         evidence_margin, evidence_gate)
         self.tau_pos_at_full = check_range("CASCADE tau_pos", tau_pos_at_full, -1.0, 1.0)
         self.tau_seq_at_full = check_range("CASCADE tau_seq", tau_seq_at_full, -1.0, 1.0)
         if converged_group < max_group:
