@@ -423,7 +423,8 @@ def test_evidence_gate_tests_class_bearing_positions_exactly_and_leaves_the_rest
 
     grouped_out, grouped_alpha = emitted(make_policy("clusters", 1.0, model=target))
     assert not torch.allclose(grouped_out, p, atol=1e-6)  # the case is one where grouping changes the output
-    closed_out, closed_alpha = emitted(make_policy("clusters", 1.0, model=target, evidence_gate=expected - 0.01))
+    closed_policy = make_policy("clusters", 1.0, model=target, evidence_gate=expected - 0.01)
+    closed_out, closed_alpha = emitted(closed_policy)
     assert torch.allclose(closed_out, p, atol=1e-9)
     assert torch.allclose(closed_alpha, (p / q).clamp_max(1.0))
     open_policy = make_policy("clusters", 1.0, model=target, evidence_gate=expected + 0.01)
@@ -431,7 +432,10 @@ def test_evidence_gate_tests_class_bearing_positions_exactly_and_leaves_the_rest
     assert torch.equal(open_alpha, grouped_alpha) and torch.equal(open_out, grouped_out)
     _, info = open_policy.acceptance(p[None, None], q[None, None], tokens[:, :1],
                                      PolicyContext(torch.zeros(1, 1, dtype=torch.long), evidence=evidence[None, None]))
-    assert info["condition_evidence"].item() == pytest.approx(expected)  # what the 'why accepted' maps show
+    assert info["evidence_gated"].item() == 0.0  # what the 'why accepted' maps show
+    _, info = closed_policy.acceptance(p[None, None], q[None, None], tokens[:, :1],
+                                       PolicyContext(torch.zeros(1, 1, dtype=torch.long), evidence=evidence[None, None]))
+    assert info["evidence_gated"].item() == 1.0
     for gate in (-1.0, float("nan")):
         with pytest.raises(SettingsError, match="evidence_gate"):
             make_policy("cascade", 1.0, model=target, evidence_gate=gate)

@@ -264,8 +264,8 @@ class ClusterPolicy(RelaxedPolicy):
         gap = None if gap is None else gap.gather(-1, tokens[..., None])[..., 0]
         grouped = self._code_acceptance(p_group, (q * same).sum(-1), px, token_probs(q, tokens), p_best, gap)
         info = {"group_mass": torch.where(relaxed, p_group - px, 0.0)}
-        if position_evidence is not None:  # what the gate read: the 'why accepted' maps show where it closed
-            info["condition_evidence"] = position_evidence
+        if position_evidence is not None:  # the 'why accepted' maps show where the gate closed
+            info["evidence_gated"] = (position_evidence > self.evidence_gate).float()
         return torch.where(relaxed, grouped, base), info
 
     def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
