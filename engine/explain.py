@@ -4,7 +4,7 @@ The loop records, for every tested draft token, the quantities its acceptance po
 (CSD: the target's entropy and the draft's total-variation distance; LANTERN: the neighbour mass
 moved onto the draft; GSD: the size of its group; clusters: the look-alike codes' mass; CASCADE:
 that mass, how many siblings were interchangeable and how alike the context's last two target
-states were; under an evidence gate, where it kept the exact test). Each becomes a panel coloured from dark (low) to bright (high) over the range
+states were). Each becomes a panel coloured from dark (low) to bright (high) over the range
 found in the batch; tokens whose draft was never tested
 (the target's own samples, bonus tokens) are shown in flat grey. Reading a panel next to the
 acceptance heatmap shows where a policy relaxed: on the demo model, for instance, the target is
@@ -33,7 +33,6 @@ LABELS: dict[str, str] = {
     "group_mass": "look-alike codes' mass",
     "interchangeable": "interchangeable siblings",
     "convergence": "context convergence (cos)",
-    "evidence_gated": "kept exact by the evidence gate",
     "acceptance_prob": "CSpD acceptance probability",
 }
 PANEL_MIN_WIDTH = 150  # pixels per panel, so captions fit

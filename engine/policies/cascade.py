@@ -64,9 +64,9 @@ class CascadePolicy(ClusterPolicy):
                  tau_seq_at_full: float = TAU_SEQ_AT_FULL, max_group: float = MAX_GROUP,
                  converged_group: float = CONVERGED_GROUP, ratio_bound: float | None = None,
                  plausible_share: float = 0.0, target_alike: float | None = None,
-                 evidence_margin: float | None = None, evidence_gate: float | None = None) -> None:
+                 evidence_margin: float | None = None) -> None:
         super().__init__(relaxation, region, model, max_group, ratio_bound, plausible_share, target_alike,
-                         evidence_margin, evidence_gate)
+                         evidence_margin)
         self.tau_pos_at_full = check_range("CASCADE tau_pos", tau_pos_at_full, -1.0, 1.0)
         self.tau_seq_at_full = check_range("CASCADE tau_seq", tau_seq_at_full, -1.0, 1.0)
         if converged_group < max_group:

@@ -113,8 +113,7 @@ class ClusterPolicy(RelaxedPolicy):
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
                  model: ImageTokenModel | None = None, max_group: float = MAX_GROUP,
                  ratio_bound: float | None = None, plausible_share: float = 0.0,
-                 target_alike: float | None = None, evidence_margin: float | None = None,
-                 evidence_gate: float | None = None) -> None:
+                 target_alike: float | None = None, evidence_margin: float | None = None) -> None:
         super().__init__(relaxation, region)
         self.levels = self.group_levels_of("max_group", max_group)
         if target_alike is not None:  # 1: codes must also leave the target in alike states; 0: looks only
@@ -132,23 +131,15 @@ class ClusterPolicy(RelaxedPolicy):
         if margin is not None:
             check_range(f"{self.name} evidence_margin", margin, 0.0, math.inf)
         self.evidence_margin = None if margin is None or math.isinf(margin) else margin
-        if evidence_gate is not None:
-            check_range(f"{self.name} evidence_gate", evidence_gate, 0.0, math.inf)
-        self.evidence_gate = None if evidence_gate is None or math.isinf(evidence_gate) else evidence_gate
 
     @property
     def needs_code_evidence(self) -> bool:  # type: ignore[override]
-        return self.evidence_margin is not None or self.evidence_gate is not None
-
-    @property
-    def evidence_required(self) -> bool:
-        """Whether an evidence option the user set is active (refused, never dropped, without evidence)."""
-        return (self.evidence_margin is not None and self.evidence_margin_set) or self.evidence_gate is not None
+        return self.evidence_margin is not None
 
     def check_sampling(self, settings: SamplingSettings) -> None:
-        if self.evidence_required and not settings.uses_cfg:
-            raise SettingsError(f"the {self.name} evidence guard and gate read the target's two guidance halves: "
-                                "use a CFG scale above 1, or drop evidence_margin and evidence_gate")
+        if self.evidence_margin is not None and self.evidence_margin_set and not settings.uses_cfg:
+            raise SettingsError(f"the {self.name} evidence guard reads the target's two guidance halves: "
+                                "use a CFG scale above 1, or drop evidence_margin")
 
     def group_levels_of(self, option: str, size: float) -> int:
         """log2 of a group size option, which must be a power of two."""
@@ -194,34 +185,7 @@ class ClusterPolicy(RelaxedPolicy):
             grouped = torch.where(evidence_gap <= self.evidence_margin, grouped, grouped.minimum(own))
         return grouped
 
-    def _evidence(self, p: torch.Tensor, ctx: PolicyContext) -> torch.Tensor | None:
-        """Every code's condition evidence shaped like ``p`` (``[B, m, V]``, or ``[B, V]`` for a residual's one
-        tested token per row); ``None`` where no evidence option is active or there is nothing to read."""
-        if not self.needs_code_evidence:
-            return None
-        if ctx.evidence is None:  # no guidance halves to read it from
-            if self.evidence_required:
-                raise SettingsError(f"the {self.name} evidence guard and gate need the target's condition evidence "
-                                    "from the verifier (decode with classifier-free guidance)")
-            return None
-        return ctx.evidence.to(p.dtype).reshape(p.shape)
-
-    def _position_evidence(self, p: torch.Tensor, evidence: torch.Tensor | None) -> torch.Tensor | None:
-        """What the evidence gate reads, shaped like ``p[..., 0]``: the condition evidence the target's own draw
-        carries on average at each tested token, ``sum_x p(x) e(x)`` (``None`` without a gate); the gate keeps
-        the exact test where it exceeds ``evidence_gate`` nats.
-
-        Why: on the demo half the positions say almost nothing about the class (under 0.002 nats) and about a
-        tenth say most of it (over 0.1: an object's outline and the tokens where it starts); testing those
-        exactly leaves the class-bearing tokens lossless and keeps much of group acceptance's gain
-        (docs/benchmarks.md, twelfth session).
-        The gate reads the distribution the token is tested against, so acceptance and residual agree."""
-        if self.evidence_gate is None or evidence is None:
-            return None
-        return (p * evidence).sum(-1)
-
-    def _evidence_gap(self, p: torch.Tensor, groups: torch.Tensor, evidence: torch.Tensor | None
-                      ) -> torch.Tensor | None:
+    def _evidence_gap(self, p: torch.Tensor, groups: torch.Tensor, ctx: PolicyContext) -> torch.Tensor | None:
         """How far each code's condition evidence falls below its group's, shaped like ``p`` and ``groups``
         (``[B, m, V]``, or ``[B, V]`` for a residual's one tested token per row): the group's
         target-weighted mean evidence minus the code's (``None`` without an evidence margin).
@@ -231,19 +195,18 @@ class ClusterPolicy(RelaxedPolicy):
         demo that, not the group masses, is the whole class-evidence cost of group acceptance (docs/benchmarks.md). Codes
         that would lower the condition's evidence by more than the margin are therefore tested on their own
         mass; the rest keep the group test."""
-        if self.evidence_margin is None or evidence is None:
+        if self.evidence_margin is None:
             return None
+        if ctx.evidence is None:  # no guidance halves to read it from
+            if self.evidence_margin_set:
+                raise SettingsError(f"the {self.name} evidence guard needs the target's condition evidence from "
+                                    "the verifier (decode with classifier-free guidance)")
+            return None
+        evidence = ctx.evidence.to(p.dtype).reshape(p.shape)
         group_p = torch.zeros_like(p).scatter_add_(-1, groups, p)
         group_evidence = torch.zeros_like(p).scatter_add_(-1, groups, p * evidence)
         mean = (group_evidence / group_p.clamp_min(1e-30)).gather(-1, groups)
         return mean - evidence
-
-    def _keep_relaxed(self, grouped: torch.Tensor, position_evidence: torch.Tensor | None) -> torch.Tensor:
-        """Tokens tested on a group (``grouped``: the token's group holds other codes) that the evidence gate
-        leaves relaxed; the rest take the exact test and the standard residual."""
-        if position_evidence is None:
-            return grouped
-        return grouped & (position_evidence <= self.evidence_gate)
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -254,31 +217,24 @@ class ClusterPolicy(RelaxedPolicy):
         """:meth:`acceptance` for given group ids ``[B, m, V]``."""
         base, px = self.base_ratio(p, q, tokens)
         same = groups == groups.gather(-1, tokens[..., None])
-        evidence = self._evidence(p, ctx)
-        position_evidence = self._position_evidence(p, evidence)
-        relaxed = self._keep_relaxed(same.sum(-1) > 1, position_evidence)
+        relaxed = same.sum(-1) > 1
         members = p * same
         p_group = members.sum(-1)
         p_best = members.amax(-1) if self.plausible_share > 0 else None  # a [B, m, V] pass only when it is read
-        gap = self._evidence_gap(p, groups, evidence)
+        gap = self._evidence_gap(p, groups, ctx)
         gap = None if gap is None else gap.gather(-1, tokens[..., None])[..., 0]
         grouped = self._code_acceptance(p_group, (q * same).sum(-1), px, token_probs(q, tokens), p_best, gap)
-        info = {"group_mass": torch.where(relaxed, p_group - px, 0.0)}
-        if position_evidence is not None:  # the 'why accepted' maps show where the gate closed
-            info["evidence_gated"] = (position_evidence > self.evidence_gate).float()
-        return torch.where(relaxed, grouped, base), info
+        return torch.where(relaxed, grouped, base), {"group_mass": torch.where(relaxed, p_group - px, 0.0)}
 
     def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
         """A group from ``max(0, p_G - A_G)``, where ``A_G`` is the mass acceptance gives group G, and a
         code inside it from ``p`` (plain group acceptance) or from what acceptance left of ``p`` (under a
         ratio bound, a plausible share or an evidence guard): every group keeps the target's mass."""
         groups = self.group_ids(tokens[:, None], ctx)[:, 0]  # verifiers hand one tested token per row
-        evidence = self._evidence(p, ctx)
-        relaxed = self._keep_relaxed((groups == groups.gather(-1, tokens[:, None])).sum(-1) > 1,
-                                     self._position_evidence(p, evidence))
+        relaxed = (groups == groups.gather(-1, tokens[:, None])).sum(-1) > 1
         p_group = torch.zeros_like(p).scatter_add_(1, groups, p)  # group ids < V: no host sync to size it
         q_group = torch.zeros_like(p_group).scatter_add_(1, groups, q)
-        gap = self._evidence_gap(p, groups, evidence)
+        gap = self._evidence_gap(p, groups, ctx)
         if self.ratio_bound is None and self.plausible_share == 0 and gap is None:  # plain min(1, p(G)/q(G))
             accepted, weights = q_group.gather(1, groups).minimum(p_group.gather(1, groups)), p
         else:
