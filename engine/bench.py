@@ -20,7 +20,8 @@ from .drafts.jacobi import JacobiDrafts
 from .drafts.tree_drafts import TreeHeadDrafts, TreeShape
 from .drafts.tree_head import TreeHead
 from .errors import SettingsError
-from .evidence import condition_evidence, images_per_pass
+from .evidence import evidence_of, images_per_pass, teacher_forced_logits
+from .fidelity import ks_uniform, token_pit
 from .loop import generate
 from .models.base import ImageTokenModel
 from .policies import POLICIES, AcceptancePolicy, make_policy
@@ -200,15 +201,17 @@ class BenchRow:
 
 
 def add_quality(rows: Sequence[BenchRow], model: ImageTokenModel, conditions: ConditionFn,
-                evaluate: Callable[[object, list[int]], dict[str, float]]) -> None:
-    """Decode every row's images and score them with ``evaluate(images, class_ids)``, and add the
-    target's condition evidence per image (:mod:`engine.evidence`: mean and standard error).
+                evaluate: Callable[[object, list[int]], dict[str, float]], settings: SamplingSettings) -> None:
+    """Decode every row's images and score them with ``evaluate(images, class_ids)``; add the target's
+    condition evidence per image (:mod:`engine.evidence`: mean and standard error) and the token fidelity
+    test (:mod:`engine.fidelity`: KS distance of every token's PIT under the target's ``settings``, its
+    p-value and mean), both read from one teacher-forced target pass.
 
     The same image indices (and so classes) were drawn by every method, so rows compare like
     with like; two AR runs with different seeds give the noise floor to read them against.
     """
     for row in rows:
-        images, classes, evidence = [], [], []
+        images, classes, evidence, pit = [], [], [], []
         offset = 0
         for result in row.results:
             indices = list(range(offset, offset + result.batch_size))
@@ -217,11 +220,15 @@ def add_quality(rows: Sequence[BenchRow], model: ImageTokenModel, conditions: Co
             classes.extend(conditions(indices).class_ids or ())
             step = images_per_pass(model, result.batch_size)
             for start in range(0, result.batch_size, step):
-                part = indices[start:start + step]
-                evidence.append(condition_evidence(model, conditions(part), result.tokens[start:start + step]))
-        per_image = torch.cat(evidence)
+                tokens = result.tokens[start:start + step]
+                logits = teacher_forced_logits(model, conditions(indices[start:start + step]), tokens)
+                evidence.append(evidence_of(logits, tokens))
+                pit.append(token_pit(logits, tokens, settings, model.constrain, seed=indices[start]))
+        per_image, values = torch.cat(evidence), torch.cat(pit)
+        distance, pvalue = ks_uniform(values)
         row.quality = {**evaluate(torch.cat(images), classes), "condition_evidence": float(per_image.mean()),
-                       "condition_evidence_se": float(per_image.std() / len(per_image) ** 0.5) if len(per_image) > 1 else 0.0}
+                       "condition_evidence_se": float(per_image.std() / len(per_image) ** 0.5) if len(per_image) > 1 else 0.0,
+                       "token_pit_ks": distance, "token_pit_p": pvalue, "token_pit_mean": float(values.mean())}
 
 
 def plan_calls(images: int, batch: int, settings: SamplingSettings) -> list[Call]:
@@ -306,7 +313,7 @@ def run_bench(model: ImageTokenModel, conditions: ConditionFn, methods: Sequence
     return [baseline] + [summarize(m, results[m], baseline.seconds_per_image) for m in methods[1:]]
 
 
-QUALITY_COLUMNS = ("class acc", "colour acc", "shape acc", "FID-lite", "evidence")
+QUALITY_COLUMNS = ("class acc", "colour acc", "shape acc", "FID-lite", "evidence", "token KS", "KS p")
 TABLE_COLUMNS = ("method", "images", "fwd/img", "tok/fwd", "accept", "drafter fwd/call", "s/img", "speed-up", "loop overhead")
 
 
@@ -319,7 +326,8 @@ def row_cells(row: BenchRow) -> tuple[str, ...]:
         return cells
     q = row.quality
     return cells + (f"{q['class_accuracy']:.3f}", f"{q['colour_accuracy']:.3f}", f"{q['shape_accuracy']:.3f}",
-                    f"{q['fid_lite']:.1f}", f"{q['condition_evidence']:.1f}")
+                    f"{q['fid_lite']:.1f}", f"{q['condition_evidence']:.1f}", f"{q['token_pit_ks']:.4f}",
+                    f"{q['token_pit_p']:.2g}")
 
 
 def table_lines(rows: Sequence[BenchRow]) -> list[str]:

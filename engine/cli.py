@@ -425,7 +425,7 @@ def _bench(args: argparse.Namespace) -> int:
     conditions = _conditions(model, args.class_ids, args.prompt)
     rows = run_bench(model, conditions, methods, args.images, args.batch, settings, options, drafter, log=log)
     if evaluate is not None:
-        add_quality(rows, model, conditions, evaluate)
+        add_quality(rows, model, conditions, evaluate, settings)
     print(format_table(rows, model, settings, args.batch))
     run = {"model": model.name, "drafter": drafter.name if drafter else None, "device": str(model.device),
            "dtype": _dtype_name(model), "images": args.images, "batch": args.batch, "settings": asdict(settings),
@@ -486,6 +486,9 @@ def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: Samplin
               f"fwd/img: {forwards}",
               "speed-up: AR's s/img over the method's, measured in this run",
               "loop overhead: share of wall time outside model forwards"]
+    if rows and rows[0].quality is not None:
+        header.append("token KS: distance of every token's PIT under the target from uniform (within noise of 0 for the target's own "
+                      "samples); KS p: its p-value, small where tokens do not follow the target")
     return "\n".join(header + [""] + table_lines(rows))
 
 

@@ -28,15 +28,26 @@ def images_per_pass(model: ImageTokenModel, batch: int) -> int:
 
 
 @torch.inference_mode()
-def condition_evidence(model: ImageTokenModel, cond: Conditioning, tokens: torch.Tensor) -> torch.Tensor:
-    """Per-image condition evidence ``[B]`` (nats) of ``tokens [B, N]`` drawn for ``cond``."""
+def teacher_forced_logits(model: ImageTokenModel, cond: Conditioning, tokens: torch.Tensor) -> torch.Tensor:
+    """The target's raw paired logits ``[cond rows; uncond rows]`` ``[2B, N, V]`` that predict each of
+    ``tokens [B, N]`` drawn for ``cond``, in one pass over the tokens (no cache reuse)."""
     tokens = tokens.to(model.device)
     batch, n = tokens.shape
     first = model.prefill(cond, guided=True).logits  # [2B, 1, V]: predicts token 0
     positions = torch.arange(n - 1, device=model.device).expand(batch, -1)
     rest = model.forward(tokens[:, :-1], positions).logits  # [2B, N - 1, V]: token t predicts t + 1
-    per_code = code_evidence(torch.cat([first, rest], 1))
-    return per_code.gather(-1, tokens[..., None])[..., 0].sum(-1).cpu()
+    return torch.cat([first, rest], 1)
+
+
+def condition_evidence(model: ImageTokenModel, cond: Conditioning, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-image condition evidence ``[B]`` (nats) of ``tokens [B, N]`` drawn for ``cond``."""
+    return evidence_of(teacher_forced_logits(model, cond, tokens), tokens)
+
+
+def evidence_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Per-image condition evidence ``[B]`` from :func:`teacher_forced_logits` of ``tokens [B, N]``."""
+    per_code = code_evidence(logits)
+    return per_code.gather(-1, tokens.to(per_code.device)[..., None])[..., 0].sum(-1).cpu()
 
 
 def code_evidence(logits: torch.Tensor) -> torch.Tensor:

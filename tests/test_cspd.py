@@ -16,8 +16,9 @@ from engine.continuous.loop import generate_continuous
 from engine.continuous.schedule import cfg_at, unknown_counts
 from engine.continuous.types import ContinuousSettings, CSpDSettings
 from engine.errors import IncompatibleDrafterError, SettingsError
+from engine.fidelity import ks_uniform
 from engine.types import TokenKind
-from stats import ks_two_sample, ks_uniform
+from stats import ks_two_sample
 from tiny import tiny_mar
 
 SETTINGS = ContinuousSettings(num_iter=6, num_sampling_steps=8, cfg_scale=2.0, seed=0)

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from stats import ks_uniform, randomized_pit
 from tiny_hf import build_tiny_janus
 
 from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
 from engine.errors import CheckpointError
+from engine.fidelity import ks_uniform, randomized_pit
 from engine.models.janus import JanusImageModel
 from engine.models.registry import load_model
 from engine.sampling import DistributionProcessor

@@ -8,11 +8,12 @@ from __future__ import annotations
 import pytest
 import torch
 from tiny import tiny_drafter, tiny_model, tiny_tree_head
-from stats import ks_uniform, noise_floor, randomized_pit, total_variation
+from stats import noise_floor, total_variation
 
 from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
 from engine.drafts.drafter_tree import DrafterTreeDrafts
 from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape
+from engine.fidelity import ks_uniform, randomized_pit
 from engine.models.llamagen.adapter import LlamaGenModel
 from engine.policies.base import AcceptancePolicy, PolicyContext
 from engine.policies.exact import ExactPolicy, token_probs

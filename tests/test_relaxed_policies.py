@@ -7,13 +7,14 @@ import json
 
 import pytest
 import torch
-from stats import ks_uniform, noise_floor, randomized_pit, total_variation
+from stats import noise_floor, total_variation
 
 from engine import Conditioning, generate, load_model
 from engine.drafts.drafter import DrafterModelDrafts
 from engine.drafts.jacobi import JacobiDrafts
 from engine.drafts.tree_drafts import sample_children
 from engine.errors import SettingsError
+from engine.fidelity import ks_uniform, randomized_pit
 from engine.policies import POLICIES, PolicyContext, make_policy, parse_policy_options, recommended_relaxation
 from engine.policies.exact import ExactPolicy
 from engine.sampling import DistributionProcessor
