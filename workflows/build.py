@@ -244,12 +244,12 @@ def tree_cascade(specs: dict[str, Any]) -> Graph:
         "SpecAR: tree drafts with CASCADE relaxation.\n\nA one-layer head reads the target's hidden states and drafts "
         "a dynamic tree of guesses (EAGLE-2), here 16 deep with 80 nodes; the target checks the whole tree in one "
         "forward. CASCADE accepts a guess with the target's mass on its whole group of codes that look alike and "
-        "that the target embeds alike, so every group keeps the target's probability: groups of 8 codes, 16 where "
+        "that the target embeds alike, so every group keeps the target's probability: groups of 16 codes, 32 where "
         "the image has settled (the context's last two hidden states alike), and a sibling that leaves the target "
-        "in nearly the same state joins the group. The tree offers one guess per group.\n\nRelaxation 0 = lossless "
-        "tree decoding. On the demo, relaxation 1 commits about 1.38x the tokens per forward of the lossless tree "
-        "at a small quality cost (class accuracy about 0.016 under plain AR's): the README lists speed and quality "
-        "per setting."), "SpecARTreeHead", dict(depth=16, nodes=80),
+        "in nearly the same state joins the group; a code that says less about the prompt than its group is "
+        "tested on its own. The tree offers one guess per group.\n\nRelaxation 0 = lossless "
+        "tree decoding. On the demo, relaxation 1 commits about 1.45x the tokens per forward of the lossless tree "
+        "at about its quality: the README lists speed and quality per setting."), "SpecARTreeHead", dict(depth=16, nodes=80),
                           dict(policy="cascade", relaxation=recommended_relaxation("cascade")), "red circle", 5)
 
 
@@ -259,7 +259,9 @@ def drafter_tree_cascade(specs: dict[str, Any]) -> Graph:
         "children each, then four single paths, 32 guesses deep (branching 2,2,1*30), sampled from its own "
         "distribution; the target checks the whole tree in one forward. CASCADE accepts a guess with the target's "
         "mass on its whole group of codes that look alike and that the target embeds alike, so every group keeps "
-        "the target's probability.\n\nRelaxation 0 = lossless. The README's tree section lists speed and quality "
+        "the target's probability; a code that says less about the prompt than its group is tested on its own. On "
+        "the demo, relaxation 1 commits about 1.35-1.40x the tokens per forward of the lossless tree at its "
+        "quality.\n\nRelaxation 0 = lossless. The README's tree section lists speed and quality "
         "per setting; on a CPU the deep tree costs wall time, on a GPU a forward of many tokens costs about what "
         "one of a few does."), "SpecARDrafterModel", dict(shape="static tree"),
                           dict(policy="cascade", relaxation=recommended_relaxation("cascade")), "green square", 11)
