@@ -64,8 +64,8 @@ class CascadePolicy(ClusterPolicy):
     groups_target_alike = True  # codes that look alike and that the target embeds alike (redundant for the target)
     needs_tree_states = True  # the verifier hands over node, parent, grandparent and sibling states
     default_evidence_margin = EVIDENCE_MARGIN
-    # README tree table (1,000 images per seed set): on the drafter model's 2-2-1x30 tree 1.37-1.40x the exact tree on
-    # three seed sets with the quality of the exact tree on the same seeds; on the head's depth-16 tree 1.45x (seeds A).
+    # README tree table (1,000 images per seed set): on the drafter model's 2-2-1x30 tree 1.35-1.40x the exact tree on
+    # three seed sets, with the exact tree's quality where that ran on the same seeds; on the head's depth-16 tree 1.45x.
     recommended_relaxation = 1.0
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
