@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from . import cli_continuous, pareto
+from . import cli_continuous, pareto, pooled
 from .cli_output import StopOnInterrupt, write_json, write_pictures
 from .bench import (METHODS, DRAFTER_METHODS, HEAD_METHODS, TREE_METHODS, check_policy_fits, BenchRow, ConditionFn, table_lines, MethodOptions, add_quality, make_draft, method_name, parse_methods, split_method,
                     run_bench, sweep_methods)
@@ -451,7 +451,8 @@ def _numbers(text: str, option: str) -> list[float]:
 def _write_pareto(runs: list[dict[str, object]], plot: str | None, table: str | None,
                   images: int | None = None) -> str:
     points, band = pareto.collect(runs, images)
-    text = pareto.markdown_table(points, band)
+    text = "\n\n".join(filter(None, [pareto.markdown_table(points, band),
+                                      pooled.markdown_table(pooled.pool(points, band), band)]))
     if table:
         Path(table).parent.mkdir(parents=True, exist_ok=True)
         Path(table).write_text(text + "\n")

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .bench import split_method
+from .bench import SECOND_SEED_OFFSET, split_method
 from .drafts.tree_drafts import branching_label
 from .errors import SettingsError
 
@@ -43,6 +44,12 @@ class ParetoPoint:
     fid_lite: float
     expert_options: str = ""  # native parameters set beyond the knob, e.g. "tv_threshold=0.35"
     exact_tokens_per_forward: float | None = None
+    seed: int = 0  # the run's seed: points of one setting on different seeds are different samples of it
+
+    @property
+    def setting(self) -> tuple[str, str, float, str]:
+        """What was run, whatever the seeds: draft source, policy, relaxation and expert options."""
+        return self.source, self.policy, self.relaxation, self.expert_options
 
     @property
     def speedup_over_exact(self) -> float | None:
@@ -54,13 +61,28 @@ class ParetoPoint:
 
 @dataclass(frozen=True)
 class QualityBand:
-    """The spread of plain AR runs with different seeds on the same number of images."""
+    """The spread of plain AR runs with different seeds on the same number of images.
+
+    Its edges are the worst of ``runs`` draws, so a run of any method with AR's distribution (a
+    lossless one) clears each edge with probability ``runs / (runs + 1)`` (:attr:`coverage`): four AR
+    runs reject one lossless run in five on class accuracy alone, twenty-four one in twenty-five.
+    """
 
     runs: int
     class_low: float
     class_high: float
     fid_low: float
     fid_high: float
+    images: int = 0  # AR images over all runs
+    class_pooled: float = 0.0  # class accuracy over all of them
+    fid_mean: float = 0.0
+    fid_sd: float = 0.0  # run-to-run standard deviation of FID-lite (0 for one run)
+
+    @property
+    def coverage(self) -> float:
+        """Chance that one more run of AR's distribution stays on the good side of one metric's edge
+        (exchangeable runs: its rank among ``runs + 1`` is uniform)."""
+        return self.runs / (self.runs + 1)
 
     def holds(self, point: ParetoPoint) -> bool | None:
         """Class accuracy no lower and FID-lite no higher than some AR run's (None: one AR run is no spread)."""
@@ -86,8 +108,10 @@ def _source_label(base: str, options: dict[str, object]) -> str:
     return f"{base}, window {options.get('window')}"
 
 
-ARKey = tuple[str, object]
-"""An AR row's method and seed: runs that share them drew the very same AR images."""
+ARKey = int
+"""The seed of an AR row's first call: runs whose AR rows share it drew the very same AR images
+(``ar2`` draws from the run's seed plus :data:`SECOND_SEED_OFFSET`, so seed S's ``ar2`` row is seed
+S + offset's ``ar`` row and counts once)."""
 
 
 def read_run(run: dict[str, object]) -> tuple[list[ParetoPoint], dict[ARKey, dict[str, float]]]:
@@ -98,6 +122,7 @@ def read_run(run: dict[str, object]) -> tuple[list[ParetoPoint], dict[ARKey, dic
     assert isinstance(options, dict) and isinstance(settings, dict)
     points: list[ParetoPoint] = []
     ar_quality: dict[ARKey, dict[str, float]] = {}
+    seed = int(settings.get("seed") or 0)  # type: ignore[call-overload]
     for row in run.get("rows", []):  # type: ignore[union-attr]
         quality = row.get("quality")
         if not quality:
@@ -105,7 +130,7 @@ def read_run(run: dict[str, object]) -> tuple[list[ParetoPoint], dict[ARKey, dic
         base, policy, relax = split_method(row["method"])
         policy = policy or str(options.get("policy", EXACT))
         if base in AR_METHODS:
-            ar_quality[(base, settings.get("seed"))] = quality
+            ar_quality[seed + (SECOND_SEED_OFFSET if base == "ar2" else 0)] = quality
             continue
         points.append(ParetoPoint(
             source=_source_label(base, options),
@@ -113,7 +138,7 @@ def read_run(run: dict[str, object]) -> tuple[list[ParetoPoint], dict[ARKey, dic
             images=int(row["images"]), tokens_per_forward=float(row["tokens_per_forward"]),
             acceptance_rate=row.get("acceptance_rate"), class_accuracy=quality["class_accuracy"],
             colour_accuracy=quality["colour_accuracy"], shape_accuracy=quality["shape_accuracy"],
-            fid_lite=quality["fid_lite"],
+            fid_lite=quality["fid_lite"], seed=seed,
             expert_options=_expert_options(options) if policy == options.get("policy") else ""))
     return _attach_exact(points), ar_quality
 
@@ -124,10 +149,16 @@ def _expert_options(options: dict[str, object]) -> str:
 
 
 def _attach_exact(points: list[ParetoPoint]) -> list[ParetoPoint]:
-    """Give every point still without one the exact policy's tokens per forward for its draft source."""
-    exact = {p.source: p.tokens_per_forward for p in points if p.policy == EXACT or p.relaxation == 0.0}
-    return [p if p.exact_tokens_per_forward is not None or p.source not in exact else
-            replace(p, exact_tokens_per_forward=exact[p.source]) for p in points]
+    """Give every point still without one the exact policy's tokens per forward for its draft source:
+    from the same seeds where an exact run has them, else the mean over that source's exact runs."""
+    exact = [p for p in points if p.policy == EXACT or p.relaxation == 0.0]
+    same_seeds = {(p.source, p.seed): p.tokens_per_forward for p in exact}
+    runs_of: dict[str, list[float]] = {}
+    for p in exact:
+        runs_of.setdefault(p.source, []).append(p.tokens_per_forward)
+    return [p if p.exact_tokens_per_forward is not None or p.source not in runs_of else
+            replace(p, exact_tokens_per_forward=same_seeds.get((p.source, p.seed), statistics.fmean(runs_of[p.source])))
+            for p in points]
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict[str, object]]:
@@ -167,27 +198,32 @@ def quality_band(ar_rows: Iterable[dict[str, float]]) -> QualityBand:
     rows = list(ar_rows)
     classes = [r["class_accuracy"] for r in rows]
     fids = [r["fid_lite"] for r in rows]
-    return QualityBand(len(rows), min(classes), max(classes), min(fids), max(fids))
+    images = [int(r.get("n", 0)) for r in rows]
+    return QualityBand(len(rows), min(classes), max(classes), min(fids), max(fids), images=sum(images),
+                       class_pooled=sum(c * n for c, n in zip(classes, images)) / max(sum(images), 1),
+                       fid_mean=statistics.fmean(fids), fid_sd=statistics.stdev(fids) if len(fids) > 1 else 0.0)
 
 
-def _sorted(points: Iterable[ParetoPoint]) -> list[ParetoPoint]:
-    return sorted(points, key=lambda p: (p.source, p.policy != EXACT, p.policy, p.expert_options, p.relaxation))
+def sorted_points(points: Iterable[ParetoPoint]) -> list[ParetoPoint]:
+    """Table order: by draft source, its exact point first, then by policy, options and relaxation."""
+    return sorted(points, key=lambda p: (p.source, p.policy != EXACT, p.policy, p.expert_options, p.relaxation, p.seed))
 
 
 def markdown_table(points: Sequence[ParetoPoint], band: QualityBand) -> str:
-    """Every point, with its speed-up over the exact policy and whether it stays in the AR band
-    (plus a column of expert options where any point set some)."""
-    seeds = f"{band.runs} AR runs with different seeds" if band.runs > 1 else \
+    """Every point, with its seed, its speed-up over the exact policy (on the same seeds where that ran)
+    and whether it stays in the AR band (plus a column of expert options where any point set some)."""
+    seeds = (f"{band.runs} AR runs with different seeds; a lossless method's run clears each edge with "
+             f"probability {band.coverage:.0%}") if band.runs > 1 else \
         "one AR run only (add ar2 to --methods for the seed-to-seed spread)"
     expert = any(p.expert_options for p in points)
     columns = ["draft source", "policy", "relax"] + (["expert options"] if expert else []) + [
-        "tokens / forward", "x exact", "acceptance", "class acc", "colour acc", "shape acc", "FID-lite", "in AR band"]
+        "seed", "tokens / forward", "x exact", "acceptance", "class acc", "colour acc", "shape acc", "FID-lite", "in AR band"]
     lines = [f"AR band ({seeds}, {points[0].images if points else 0} images each): class accuracy "
              f"{band.class_low:.3f}-{band.class_high:.3f}, FID-lite {band.fid_low:.1f}-{band.fid_high:.1f}", "",
              "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for p in _sorted(points):
+    for p in sorted_points(points):
         cells = [p.source, p.policy, f"{p.relaxation:g}"] + ([p.expert_options or "-"] if expert else []) + [
-            f"{p.tokens_per_forward:.2f}", "-" if p.speedup_over_exact is None else f"{p.speedup_over_exact:.2f}x",
+            str(p.seed), f"{p.tokens_per_forward:.2f}", "-" if p.speedup_over_exact is None else f"{p.speedup_over_exact:.2f}x",
             "-" if p.acceptance_rate is None else f"{100 * p.acceptance_rate:.1f}%", f"{p.class_accuracy:.3f}",
             f"{p.colour_accuracy:.3f}", f"{p.shape_accuracy:.3f}", f"{p.fid_lite:.1f}", {True: "yes", False: "no", None: "-"}[band.holds(p)]]
         lines.append("| " + " | ".join(cells) + " |")

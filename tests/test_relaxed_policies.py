@@ -10,6 +10,7 @@ import torch
 from stats import noise_floor, total_variation
 
 from engine import Conditioning, generate, load_model
+from engine.bench import SECOND_SEED_OFFSET
 from engine.drafts.drafter import DrafterModelDrafts
 from engine.drafts.jacobi import JacobiDrafts
 from engine.drafts.tree_drafts import sample_children
@@ -186,6 +187,15 @@ def test_bench_sweep_writes_the_pareto_table_and_plot(tmp_path, capsys) -> None:
     assert Image.open(plot).size == (2 * pareto.PANEL_SIZE[0], pareto.PANEL_SIZE[1] + 28)
     # the pareto command rebuilds the same table from the saved run
     assert cli.main(["pareto", str(saved)]) == 0 and capsys.readouterr().out.strip() == text.strip()
+    assert "clears each edge with probability 67%" in text  # 2 runs: a third run is the worst with chance 1/3
+    # ar2 with seed S drew the images of ar with seed S + offset: pooled, they count as one AR run
+    again = tmp_path / "ar_again.json"
+    assert cli.main(["bench", "--images", "2", "--batch", "2", "--methods", "ar", "--quality", "--quiet",
+                     "--seed", str(SECOND_SEED_OFFSET), "--json", str(again)]) == 0
+    capsys.readouterr()
+    ar2_quality = next(r["quality"] for r in pareto.load_runs([saved])[0]["rows"] if r["method"] == "ar2")
+    assert pareto.load_runs([again])[0]["rows"][0]["quality"] == ar2_quality
+    assert pareto.collect(pareto.load_runs([saved, again]))[1].runs == 2
     for args, message in ((["--sweep", "exact"], "cannot sweep 'exact'"), (["--sweep", "csd", "--relax-steps", "0"], "(0, 1]"),
                           (["--plot", str(plot)], "add --quality")):
         assert cli.main(["bench", "--images", "1", "--methods", "drafter", "--quiet", *args]) == 2
