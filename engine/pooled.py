@@ -3,8 +3,9 @@
 The AR band of :mod:`engine.pareto` (the worst and best of the AR runs) answers "could this one run
 have come from AR?", and with few AR runs it answers no too often: its edges are the extremes of a
 small sample, so even a lossless method's run misses each edge with probability ``1 / (runs + 1)``:
-with four AR runs, class accuracy or FID-lite rejects up to two lossless runs in five. Pooling asks the sharper question, "does this setting
-cost quality that this many images can see?": its class accuracy over all its images against AR's
+with four AR runs, class accuracy or FID-lite rejects up to two lossless runs in five. Pooling asks
+the sharper question, "does this setting cost quality that this many images can see?": its class
+accuracy over all its images against AR's
 over all of AR's (a two-proportion z), and its mean FID-lite against AR's mean in units of AR's own
 run-to-run spread (FID-lite is a statistic of a whole run, so its noise is read from AR's runs).
 A difference within about two standard errors is what sampling alone gives.
