@@ -195,6 +195,9 @@ class BenchRow:
     loop_overhead: float  # share of wall time outside model forwards
     results: list[GenerationResult] = field(default_factory=list, repr=False, compare=False)
     quality: dict[str, float] | None = None  # class/colour/shape accuracy, FID-lite (demo model), condition evidence
+    # The acceptance policy's native parameters, defaults resolved (AcceptancePolicy.parameters): with these a
+    # later reader tells apart runs of one method name made under different defaults.
+    policy_parameters: dict[str, float | None] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
         return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "results"}
@@ -310,7 +313,10 @@ def run_bench(model: ImageTokenModel, conditions: ConditionFn, methods: Sequence
         if log is not None:
             log(f"{call[0][-1] + 1}/{images} images done by every method")
     baseline = summarize("ar", results["ar"], None)
-    return [baseline] + [summarize(m, results[m], baseline.seconds_per_image) for m in methods[1:]]
+    rows = [baseline] + [summarize(m, results[m], baseline.seconds_per_image) for m in methods[1:]]
+    for row in rows:
+        row.policy_parameters = options_for(row.method, options).make_policy(model).parameters()
+    return rows
 
 
 QUALITY_COLUMNS = ("class acc", "colour acc", "shape acc", "FID-lite", "evidence", "token KS", "KS p")

@@ -45,6 +45,8 @@ class ParetoPoint:
     expert_options: str = ""  # native parameters set beyond the knob, e.g. "tv_threshold=0.35"
     exact_tokens_per_forward: float | None = None
     seed: int = 0  # the run's seed: points of one setting on different seeds are different samples of it
+    # The policy's native parameters with defaults resolved, as the run recorded them (runs before they were: none)
+    parameters: tuple[tuple[str, float | None], ...] = ()
 
     @property
     def setting(self) -> tuple[str, str, float, str]:
@@ -139,13 +141,37 @@ def read_run(run: dict[str, object]) -> tuple[list[ParetoPoint], dict[ARKey, dic
             acceptance_rate=row.get("acceptance_rate"), class_accuracy=quality["class_accuracy"],
             colour_accuracy=quality["colour_accuracy"], shape_accuracy=quality["shape_accuracy"],
             fid_lite=quality["fid_lite"], seed=seed,
-            expert_options=_expert_options(options) if policy == options.get("policy") else ""))
+            expert_options=_expert_options(options) if policy == options.get("policy") else "",
+            parameters=tuple(sorted((row.get("policy_parameters") or {}).items()))))
     return _attach_exact(points), ar_quality
 
 
 def _expert_options(options: dict[str, object]) -> str:
     pairs = options.get("policy_options") or []
     return ", ".join(f"{name}={value:g}" for name, value in pairs)  # type: ignore[union-attr]
+
+
+def _format_parameter(value: float | None) -> str:
+    return "off" if value is None else f"{value:g}"
+
+
+def name_differing_parameters(points: Sequence[ParetoPoint]) -> list[ParetoPoint]:
+    """Add to each point's expert options the recorded parameters on which runs of its policy differ
+    and which its options did not name: a policy default changed between two runs (``cascade 1``
+    under guard 0 and under guard 0.5) then shows as two settings, not one pooled across both."""
+    recorded: dict[str, list[dict[str, float | None]]] = {}
+    for point in points:
+        if point.parameters:
+            recorded.setdefault(point.policy, []).append(dict(point.parameters))
+    differing = {policy: {name for run in runs for name in run if len({str(r.get(name)) for r in runs}) > 1}
+                 for policy, runs in recorded.items()}
+    named = []
+    for point in points:
+        given = {part.partition("=")[0] for part in point.expert_options.split(", ") if part}
+        extra = [f"{name}={_format_parameter(value)}" for name, value in point.parameters
+                 if name in differing.get(point.policy, ()) and name not in given]
+        named.append(replace(point, expert_options=", ".join(filter(None, [point.expert_options, *extra]))))
+    return named
 
 
 def _attach_exact(points: list[ParetoPoint]) -> list[ParetoPoint]:
@@ -190,7 +216,7 @@ def collect(runs: Sequence[dict[str, object]], images: int | None = None) -> tup
             ar_rows.update(run_ar)
     if not ar_rows:
         raise SettingsError("the runs hold no plain AR row to read quality against")
-    unique = list(dict.fromkeys(_attach_exact(points)))  # a point measured in two runs on the same seeds counts once
+    unique = list(dict.fromkeys(name_differing_parameters(_attach_exact(points))))  # one point in two runs counts once
     return unique, quality_band(ar_rows.values())
 
 

@@ -499,3 +499,44 @@ def test_cluster_groups_must_be_powers_of_two(demo) -> None:  # type: ignore[no-
             make_policy("clusters", 0.5, model=target, max_group=bad)
     with pytest.raises(SettingsError, match="needs the target model"):
         make_policy("clusters", 0.5)
+
+
+def test_runs_record_the_policy_parameters_they_ran_with(demo, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import math
+
+    from engine import cli, pareto
+    from engine.policies import cascade
+
+    target = demo[0]
+    assert make_policy("cascade", 1.0, model=target).parameters() == {
+        "max_group": 16.0, "converged_group": 32.0, "ratio_bound": None, "plausible_share": 0.0, "target_alike": 1.0,
+        "evidence_margin": 0.5, "tau_pos_at_full": cascade.TAU_POS_AT_FULL, "tau_seq_at_full": cascade.TAU_SEQ_AT_FULL}
+    changed = make_policy("cascade", 1.0, model=target, max_group=8, evidence_margin=math.inf).parameters()
+    assert changed["max_group"] == 8.0 and changed["evidence_margin"] is None  # inf: the guard is off
+    assert make_policy("exact").parameters() == {}
+    for name in RELAXED:
+        assert make_policy(name, 0.5, model=target).parameters()  # every relaxed policy names its knobs' anchors
+
+    first = tmp_path / "first.json"
+    assert cli.main(["bench", "--images", "2", "--batch", "2", "--methods", "drafter,drafter:clusters=1", "--quality",
+                     "--quiet", "--json", str(first)]) == 0
+    capsys.readouterr()
+    run = json.loads(first.read_text())
+    by_method = {row["method"]: row["policy_parameters"] for row in run["rows"]}
+    assert by_method["ar"] == by_method["drafter"] == {}
+    assert by_method["drafter:clusters=1"] == make_policy("clusters", 1.0, model=target).parameters()
+
+    # the same command under an older default (groups of 8) on other seeds: two settings, named by what differs
+    older = json.loads(first.read_text())
+    older["settings"]["seed"] = 7
+    older["rows"][2]["policy_parameters"]["max_group"] = 8.0
+    second = tmp_path / "second.json"
+    second.write_text(json.dumps(older))
+    points = pareto.collect(pareto.load_runs([first, second]))[0]
+    assert sorted(p.expert_options for p in points if p.policy == "clusters") == ["max_group=16", "max_group=8"]
+    assert {p.expert_options for p in points if p.policy == "exact"} == {""}
+    for row in older["rows"]:  # runs from before parameters were recorded pool as one setting, as they always did
+        del row["policy_parameters"]
+    second.write_text(json.dumps(older))
+    points = pareto.collect(pareto.load_runs([first, second]))[0]
+    assert {p.expert_options for p in points if p.policy == "clusters"} == {""}

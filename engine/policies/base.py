@@ -49,6 +49,7 @@ class AcceptancePolicy(ABC):
     needs_model: bool = False  # make_policy passes the target model (code vectors) to the constructor
     needs_tree_states: bool = False  # tree verification passes node, parent and sibling states (PolicyContext)
     needs_code_evidence: bool = False  # verification passes every code's condition evidence (under CFG)
+    parameter_names: tuple[str, ...] = ()  # attributes holding the native parameters (see parameters())
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None) -> None:
         if not 0.0 <= relaxation <= 1.0:
@@ -57,6 +58,12 @@ class AcceptancePolicy(ABC):
             raise SettingsError(f"a region must be per-token weights [B or 1, tokens], got shape {list(region.shape)}")
         self.relaxation = relaxation
         self.region = region
+
+    def parameters(self) -> dict[str, float | None]:
+        """The native parameters this policy runs with, defaults resolved (``None``: off). A benchmark
+        records them, so runs made under different defaults are never read as one setting."""
+        values = {name: getattr(self, name) for name in self.parameter_names}
+        return {name: None if value is None else float(value) for name, value in values.items()}
 
     def check_sampling(self, settings: SamplingSettings) -> None:
         """Refuse sampling settings this policy cannot work under (before any decoding)."""

@@ -82,6 +82,10 @@ class CascadePolicy(ClusterPolicy):
             raise SettingsError(f"CASCADE converged_group ({converged_group}) must be at least max_group ({max_group})")
         self.converged_levels = self.group_levels_of("converged_group", converged_group)
 
+    def parameters(self) -> dict[str, float | None]:
+        return {**super().parameters(), "converged_group": float(1 << self.converged_levels),
+                "tau_pos_at_full": self.tau_pos_at_full, "tau_seq_at_full": self.tau_seq_at_full}
+
     def _thresholds(self, ctx: PolicyContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Relaxation strength ``[B, m]`` and the two cosine thresholds there."""
         strength = self.relaxation_at(ctx.positions)

@@ -136,6 +136,11 @@ class ClusterPolicy(RelaxedPolicy):
     def needs_code_evidence(self) -> bool:  # type: ignore[override]
         return self.evidence_margin is not None
 
+    def parameters(self) -> dict[str, float | None]:
+        return {"max_group": float(1 << self.levels), "ratio_bound": self.ratio_bound,
+                "plausible_share": self.plausible_share, "target_alike": float(self.groups_target_alike),
+                "evidence_margin": self.evidence_margin}  # the guard runs under CFG only
+
     def check_sampling(self, settings: SamplingSettings) -> None:
         if self.evidence_margin is not None and self.evidence_margin_set and not settings.uses_cfg:
             raise SettingsError(f"the {self.name} evidence guard reads the target's two guidance halves: "

@@ -29,6 +29,7 @@ def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 class CSDPolicy(RelaxedPolicy):
     name = "csd"
+    parameter_names = ("lambda_at_full", "tv_threshold")
     recommended_relaxation = 0.1  # README Pareto benchmark: none kept AR quality; 0.1 came closest
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
