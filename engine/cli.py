@@ -358,7 +358,8 @@ def _generate(args: argparse.Namespace) -> int:
     _require_pixels(model)
     drafter = _load_drafter(args, model) if kind in DRAFTER_DRAFTS else None
     options = _options(args, _load_tree_head(args, model))
-    check_policy_fits(options.make_policy(model), method)
+    policy = options.make_policy(model)
+    check_policy_fits(policy, method)
     settings = _settings(model, args)
     cond = _conditions(model, args.class_ids, args.prompt)(range(batch))
     model.check_conditioning(cond)
@@ -368,13 +369,12 @@ def _generate(args: argparse.Namespace) -> int:
             progress(event)
             return not stop.requested
 
-        result = generate(model, cond, settings, make_draft(method, options, drafter),
-                          options.make_policy(model), observer)
+        result = generate(model, cond, settings, make_draft(method, options, drafter), policy, observer)
     progress.finish(summary_line(result))
     if args.stats:
         write_json(args.stats, {**_stats(result, method, _method_options(method, options, args), args.policy,
                                           model, drafter, cond, settings), "relaxation": options.relaxation,
-                                 "policy_options": dict(options.policy_options)})
+                                 "policy_options": dict(options.policy_options), "policy_parameters": policy.parameters()})
     write_pictures(args, model, result)
     if not result.finished:
         done, total = int(result.committed.sum()), result.tokens.numel()

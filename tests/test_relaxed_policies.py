@@ -219,6 +219,7 @@ def test_expert_options_and_recommended_defaults(tmp_path, capsys) -> None:  # t
                      "--out", str(tmp_path / "a.png"), "--stats", str(stats), "--quiet"]) == 0
     written = json.loads(stats.read_text())
     assert written["relaxation"] == recommended_relaxation("csd") and written["policy_options"] == {"tv_threshold": 0.4}
+    assert written["policy_parameters"] == {"lambda_at_full": make_policy("csd").lambda_at_full, "tv_threshold": 0.4}
     assert cli.main(["generate", "--policy", "csd", "--policy-option", "tau=0.4", "--out", str(tmp_path / "b.png"),
                      "--quiet"]) == 2
     assert "does not take ['tau']" in capsys.readouterr().err
