@@ -50,6 +50,7 @@ HEAD_METHODS = ("tree", "tree-static")  # drafted by a tree head
 DRAFTER_METHODS = ("drafter", "drafter-tree")  # drafted by a drafter model
 TREE_METHODS = (*HEAD_METHODS, "drafter-tree")
 SECOND_SEED_OFFSET = 1_000_003  # ar2's seeds: far from any seed the first AR run uses
+AR_METHODS = ("ar", "ar2")  # plain AR: no drafts, no acceptance policy
 WARMUP_FORWARDS = 8  # enough to run every kernel shape once (prefill, blocks, drafter) without a whole image
 
 ConditionFn = Callable[[Sequence[int]], Conditioning]
@@ -95,7 +96,7 @@ def method_name(draft: str, init: str = "random", coupling: bool = False) -> str
 
 def make_draft(method: str, options: MethodOptions, drafter: ImageTokenModel | None = None) -> DraftSource | None:
     """A fresh draft source for ``method`` (``None`` for plain AR); draft sources hold per-call state."""
-    if method in ("ar", "ar2"):
+    if method in AR_METHODS:
         return None
     if method in DRAFTER_METHODS:
         if drafter is None:
@@ -115,7 +116,7 @@ def make_draft(method: str, options: MethodOptions, drafter: ImageTokenModel | N
 
 def check_policy_fits(policy: AcceptancePolicy, method: str) -> None:
     """CASCADE judges tree siblings by the target's states: refuse it where no tree is drafted."""
-    if policy.needs_tree_states and method not in (*TREE_METHODS, "ar", "ar2"):
+    if policy.needs_tree_states and method not in (*TREE_METHODS, *AR_METHODS):
         raise SettingsError(f"the {policy.name} policy relaxes acceptance among the siblings of a draft tree; "
                             f"use it with the tree drafts ({', '.join(TREE_METHODS)}), not {method}")
 
@@ -173,7 +174,7 @@ def sweep_methods(methods: Sequence[str], policies: Sequence[str], relaxations: 
     for method in methods:
         swept.append(method)
         base = split_method(method)[0]
-        if base not in ("ar", "ar2"):
+        if base not in AR_METHODS:
             swept += [f"{base}:{policy}={relax:g}" for policy in policies for relax in relaxations]
     return list(dict.fromkeys(swept))
 
@@ -269,7 +270,7 @@ def summarize(method: str, results: list[GenerationResult], baseline_seconds_per
         method=method, images=images, calls=calls,
         target_forwards_per_image=sum(int(r.forwards_per_image.sum()) for r in results) / images,
         tokens_per_forward=sum(int(r.committed.sum()) for r in results) / sum(int(r.forwards_per_image.sum()) for r in results),
-        acceptance_rate=sum(r.accepted for r in results) / drafted if drafted else (None if method in ("ar", "ar2") else 0.0),
+        acceptance_rate=sum(r.accepted for r in results) / drafted if drafted else (None if method in AR_METHODS else 0.0),
         drafter_forwards_per_call=sum(r.drafter_forwards for r in results) / calls,
         seconds_per_image=per_image,
         speedup=(baseline_seconds_per_image or per_image) / per_image,
@@ -315,7 +316,8 @@ def run_bench(model: ImageTokenModel, conditions: ConditionFn, methods: Sequence
     baseline = summarize("ar", results["ar"], None)
     rows = [baseline] + [summarize(m, results[m], baseline.seconds_per_image) for m in methods[1:]]
     for row in rows:
-        row.policy_parameters = options_for(row.method, options).make_policy(model).parameters()
+        if row.method not in AR_METHODS:  # plain AR runs no policy: its rows keep none
+            row.policy_parameters = options_for(row.method, options).make_policy(model).parameters()
     return rows
 
 

@@ -20,11 +20,10 @@ from typing import Iterable, Sequence
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .bench import SECOND_SEED_OFFSET, split_method
+from .bench import AR_METHODS, SECOND_SEED_OFFSET, split_method
 from .drafts.tree_drafts import branching_label
 from .errors import SettingsError
 
-AR_METHODS = ("ar", "ar2")
 EXACT = "exact"
 
 

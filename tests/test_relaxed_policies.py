@@ -519,18 +519,18 @@ def test_runs_record_the_policy_parameters_they_ran_with(demo, tmp_path, capsys)
         assert make_policy(name, 0.5, model=target).parameters()  # every relaxed policy names its knobs' anchors
 
     first = tmp_path / "first.json"
-    assert cli.main(["bench", "--images", "2", "--batch", "2", "--methods", "drafter,drafter:clusters=1", "--quality",
-                     "--quiet", "--json", str(first)]) == 0
+    assert cli.main(["bench", "--images", "2", "--batch", "2", "--methods", "ar2,drafter:exact=0,drafter",
+                     "--policy", "clusters", "--quality", "--quiet", "--json", str(first)]) == 0
     capsys.readouterr()
     run = json.loads(first.read_text())
     by_method = {row["method"]: row["policy_parameters"] for row in run["rows"]}
-    assert by_method["ar"] == by_method["drafter"] == {}
-    assert by_method["drafter:clusters=1"] == make_policy("clusters", 1.0, model=target).parameters()
+    assert by_method["ar"] == by_method["ar2"] == by_method["drafter:exact=0"] == {}  # no policy, or the lossless one
+    assert by_method["drafter"] == make_policy("clusters", 1.0, model=target).parameters()  # --policy, recommended 1
 
     # the same command under an older default (groups of 8) on other seeds: two settings, named by what differs
     older = json.loads(first.read_text())
     older["settings"]["seed"] = 7
-    older["rows"][2]["policy_parameters"]["max_group"] = 8.0
+    older["rows"][3]["policy_parameters"]["max_group"] = 8.0
     second = tmp_path / "second.json"
     second.write_text(json.dumps(older))
     points = pareto.collect(pareto.load_runs([first, second]))[0]
