@@ -28,8 +28,8 @@ from the states:
 * **evidence guard** (SpecAR's own; under CFG): inside an accepted group the draft picks the code, and a
   code whose condition evidence lies more than ``evidence_margin`` (0.5) nats below its group's is tested on
   its own mass (:class:`ClusterPolicy`). Under it the groups are twice as large as before (16/32 rather
-  than 8/16): on the demo faster, with the exact tree's quality on the same seeds (docs/benchmarks.md,
-  thirteenth session). Without CFG there is no evidence and no guard; relax 0.75 then gives groups of 8/16.
+  than 8/16): on the demo faster at AR's class accuracy; FID-lite pays about half a point (docs/benchmarks.md,
+  thirteenth to fifteenth sessions). Without CFG there is no evidence and no guard; relax 0.75 then gives groups of 8/16.
 
 Why groups rather than the paper-shaped rule of moving only drafted siblings' mass (this
 module's first version): on the demo that reached 1.04-1.08x the exact tree, because a dynamic
@@ -64,8 +64,8 @@ class CascadePolicy(ClusterPolicy):
     groups_target_alike = True  # codes that look alike and that the target embeds alike (redundant for the target)
     needs_tree_states = True  # the verifier hands over node, parent, grandparent and sibling states
     default_evidence_margin = EVIDENCE_MARGIN
-    # README tree table (1,000 images per seed set): on the drafter model's 2-2-1x30 tree 1.35-1.40x the exact tree on
-    # three seed sets, with the exact tree's quality where that ran on the same seeds; on the head's depth-16 tree 1.45x.
+    # README tree table (1,000 images per seed set): on the drafter model's 2-2-1x30 tree 1.35-1.41x the exact tree on
+    # six seed sets, AR's class accuracy, FID-lite about 0.5 above AR's (pooled); on the head's depth-16 tree 1.45x.
     recommended_relaxation = 1.0
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
