@@ -155,20 +155,24 @@ def _format_parameter(value: float | None) -> str:
 
 
 def name_differing_parameters(points: Sequence[ParetoPoint]) -> list[ParetoPoint]:
-    """Add to each point's expert options the recorded parameters on which runs of its policy differ
-    and which its options did not name: a policy default changed between two runs (``cascade 1``
-    under guard 0 and under guard 0.5) then shows as two settings, not one pooled across both."""
-    recorded: dict[str, list[dict[str, float | None]]] = {}
+    """Add to each point's expert options the recorded parameters on which runs of its setting (policy and
+    expert options) differ: a policy default changed between two runs (``cascade 1`` under guard 0 and
+    under guard 0.5) then shows as two settings, not one pooled across both. Runs that name a parameter
+    are already a setting of their own, so they do not split runs that left it at its default; runs
+    without recorded parameters (older JSONs) stay as they were."""
+    def setting(point: ParetoPoint) -> tuple[str, str]:
+        return point.policy, point.expert_options
+
+    recorded: dict[tuple[str, str], list[dict[str, float | None]]] = {}
     for point in points:
         if point.parameters:
-            recorded.setdefault(point.policy, []).append(dict(point.parameters))
-    differing = {policy: {name for run in runs for name in run if len({str(r.get(name)) for r in runs}) > 1}
-                 for policy, runs in recorded.items()}
+            recorded.setdefault(setting(point), []).append(dict(point.parameters))
+    differing = {key: {name for run in runs for name in run if len({str(r.get(name)) for r in runs}) > 1}
+                 for key, runs in recorded.items()}
     named = []
     for point in points:
-        given = {part.partition("=")[0] for part in point.expert_options.split(", ") if part}
         extra = [f"{name}={_format_parameter(value)}" for name, value in point.parameters
-                 if name in differing.get(point.policy, ()) and name not in given]
+                 if name in differing.get(setting(point), ())]
         named.append(replace(point, expert_options=", ".join(filter(None, [point.expert_options, *extra]))))
     return named
 

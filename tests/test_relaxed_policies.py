@@ -536,6 +536,19 @@ def test_runs_record_the_policy_parameters_they_ran_with(demo, tmp_path, capsys)
     points = pareto.collect(pareto.load_runs([first, second]))[0]
     assert sorted(p.expert_options for p in points if p.policy == "clusters") == ["max_group=16", "max_group=8"]
     assert {p.expert_options for p in points if p.policy == "exact"} == {""}
+    # a run that names the other value is a setting of its own and leaves runs at the default pooled
+    named = json.loads(second.read_text())
+    named["settings"]["seed"] = 9
+    named["options"]["policy_options"] = [["max_group", 8.0]]
+    third = tmp_path / "third.json"
+    third.write_text(json.dumps(named))
+    same_default = json.loads(first.read_text())
+    same_default["settings"]["seed"] = 11
+    fourth = tmp_path / "fourth.json"
+    fourth.write_text(json.dumps(same_default))
+    points = pareto.collect(pareto.load_runs([first, third, fourth]))[0]
+    clusters = sorted((p.expert_options, p.seed) for p in points if p.policy == "clusters")
+    assert clusters == [("", 0), ("", 11), ("max_group=8", 9)]
     for row in older["rows"]:  # runs from before parameters were recorded pool as one setting, as they always did
         del row["policy_parameters"]
     second.write_text(json.dumps(older))
