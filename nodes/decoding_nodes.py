@@ -63,7 +63,7 @@ ACCEPTANCE_POLICY = NodeSpec(
         Field("expert_options", STRING, "optional native parameters of the policy, e.g. 'tv_threshold=0.5' (csd), "
               "'neighbours=10, ratio_bound=5' (lantern, LANTERN++), 'rank_window=12' (gsd), "
               "'max_group=8, plausible_share=0.3' (clusters), 'converged_group=32, tau_seq_at_full=0.9' (cascade), "
-              "'evidence_margin=inf' (cascade: switch its evidence guard off)",
+              "'evidence_margin=inf' or 'ratio_bound=inf' (cascade: switch its evidence guard or ratio bound off)",
               default=""),
         Field("mask", MASK, "where relaxation applies (white = full relaxation, black = lossless)", optional=True),
     ),

@@ -510,7 +510,7 @@ def test_runs_record_the_policy_parameters_they_ran_with(demo, tmp_path, capsys)
 
     target = demo[0]
     assert make_policy("cascade", 1.0, model=target).parameters() == {
-        "max_group": 16.0, "converged_group": 32.0, "ratio_bound": None, "plausible_share": 0.0, "target_alike": 1.0,
+        "max_group": 16.0, "converged_group": 32.0, "ratio_bound": 8.0, "plausible_share": 0.0, "target_alike": 1.0,
         "evidence_margin": 0.5, "tau_pos_at_full": cascade.TAU_POS_AT_FULL, "tau_seq_at_full": cascade.TAU_SEQ_AT_FULL}
     changed = make_policy("cascade", 1.0, model=target, max_group=8, evidence_margin=math.inf).parameters()
     assert changed["max_group"] == 8.0 and changed["evidence_margin"] is None  # inf: the guard is off

@@ -7,6 +7,7 @@ proven with the other sources in test_lossless.py.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -250,7 +251,7 @@ def _cascade_case(converged: bool, root: bool = False):  # type: ignore[no-untyp
     """A CASCADE policy on explicit groups (codes 0..15 in order: pairs, or fours where converged),
     a node drafting token 0 (point mass) with siblings 5 (same state) and 9 (another state)."""
     policy = make_policy("cascade", 1.0, model=tiny_model_with_codes(0), tau_pos_at_full=0.9, tau_seq_at_full=0.9,
-                         max_group=2, converged_group=4)
+                         max_group=2, converged_group=4, ratio_bound=math.inf)  # inf: the group test alone
     policy.ranks = torch.arange(16)
     p = torch.softmax(torch.linspace(0.0, 1.5, 16), 0)[None, None]
     q = torch.zeros(1, 1, 16).index_fill_(-1, torch.tensor([0]), 1.0)

@@ -107,6 +107,7 @@ class ClusterPolicy(RelaxedPolicy):
     needs_model = True
     groups_target_alike = False  # groups of look-alike codes only (see grouping_vectors)
     default_evidence_margin: float | None = None  # no evidence guard unless asked for
+    default_ratio_bound: float | None = None  # no ratio bound unless asked for
     # README Pareto table: with a gamma-32 drafter 1.54x (seeds A) and 1.50x (seeds C) the exact chain, inside the AR band.
     recommended_relaxation = 1.0
 
@@ -122,7 +123,9 @@ class ClusterPolicy(RelaxedPolicy):
                                     f"got {target_alike}")
             self.groups_target_alike = bool(target_alike)
         self.ranks = code_ranks(require_model(self.name, model), self.groups_target_alike)
-        self.ratio_bound = None if ratio_bound is None else check_range(f"{self.name} ratio_bound", ratio_bound, 1.0, 1e6)
+        ratio_bound = self.default_ratio_bound if ratio_bound is None else ratio_bound
+        self.ratio_bound = (None if ratio_bound is None or math.isinf(ratio_bound)  # inf switches the bound off
+                            else check_range(f"{self.name} ratio_bound", ratio_bound, 1.0, 1e6))
         self.plausible_share = check_range(f"{self.name} plausible_share", plausible_share, 0.0, 1.0)
         # An evidence margin the user set must be honoured (refused without CFG); the policy's own default
         # is simply off where there is no evidence to read. inf switches the guard off.
