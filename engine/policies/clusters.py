@@ -124,8 +124,9 @@ class ClusterPolicy(RelaxedPolicy):
             self.groups_target_alike = bool(target_alike)
         self.ranks = code_ranks(require_model(self.name, model), self.groups_target_alike)
         ratio_bound = self.default_ratio_bound if ratio_bound is None else ratio_bound
-        self.ratio_bound = (None if ratio_bound is None or math.isinf(ratio_bound)  # inf switches the bound off
-                            else check_range(f"{self.name} ratio_bound", ratio_bound, 1.0, 1e6))
+        if ratio_bound is not None:
+            check_range(f"{self.name} ratio_bound", ratio_bound, 1.0, math.inf)
+        self.ratio_bound = None if ratio_bound is None or math.isinf(ratio_bound) else ratio_bound  # inf: off
         self.plausible_share = check_range(f"{self.name} plausible_share", plausible_share, 0.0, 1.0)
         # An evidence margin the user set must be honoured (refused without CFG); the policy's own default
         # is simply off where there is no evidence to read. inf switches the guard off.
