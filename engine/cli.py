@@ -77,6 +77,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "(default with --model demo: demo-tree-head, the bundled one)"))
     group.add_argument("--device", default="auto",
                        help="where to run: auto (a CUDA GPU, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps (default: auto)")
+    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help=(
+        "run target and drafter forwards through torch.compile with static shapes (LlamaGen and the demo; "
+        "needs a C compiler on CPUs; falls back to eager with a notice; default: off)"))
     group.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
                        help="number format of the weights: auto is bf16 on GPUs that support it, else fp32 (default: auto)")
 
@@ -246,7 +249,13 @@ def _use_bundled_drafter(args: argparse.Namespace, wanted: bool) -> None:
 
 
 def _load_target(args: argparse.Namespace) -> ImageTokenModel:
-    return load_model(args.model, args.device, args.dtype, args.vq, family=args.family, image_size=args.image_size)
+    model = load_model(args.model, args.device, args.dtype, args.vq, family=args.family, image_size=args.image_size)
+    return _compiled(model, args)
+
+
+def _compiled(model: ImageTokenModel, args: argparse.Namespace) -> ImageTokenModel:
+    model.set_compile(args.compile)
+    return model
 
 
 def _use_bundled_head(args: argparse.Namespace, wanted: bool) -> None:
@@ -261,7 +270,7 @@ def _load_tree_head(args: argparse.Namespace, target: ImageTokenModel) -> TreeHe
 def _load_drafter(args: argparse.Namespace, target: ImageTokenModel) -> ImageTokenModel:
     drafter = load_model(args.drafter, args.device, args.dtype, image_size=args.image_size)
     check_drafter_fits(target, drafter)
-    return drafter
+    return _compiled(drafter, args)
 
 
 def _options(args: argparse.Namespace, head: TreeHead | None = None) -> MethodOptions:
@@ -371,6 +380,9 @@ def _generate(args: argparse.Namespace) -> int:
 
         result = generate(model, cond, settings, make_draft(method, options, drafter), policy, observer)
     progress.finish(summary_line(result))
+    compiling = model.compile_seconds + (drafter.compile_seconds if drafter else 0.0)
+    if compiling and not args.quiet:
+        print(f"compiled forwards: {compiling:.1f} s of this run was compiling (first calls only)", file=sys.stderr)
     if args.stats:
         write_json(args.stats, {**_stats(result, method, _method_options(method, options, args), args.policy,
                                           model, drafter, cond, settings), "relaxation": options.relaxation,
@@ -390,7 +402,8 @@ def _stats(result: GenerationResult, method: str, method_options: dict[str, obje
     conditioning = {"class_ids": list(cond.class_ids)} if cond.class_ids is not None else {"prompts": list(cond.prompts or ())}
     return {**result.stats(), "method": method, "method_options": method_options, "policy": policy,
             "model": model.name, "drafter": drafter.name if drafter else None, "conditioning": conditioning,
-            "settings": asdict(settings), "device": str(model.device), "dtype": _dtype_name(model)}
+            "settings": asdict(settings), "device": str(model.device), "dtype": _dtype_name(model),
+            "compile_seconds": round(model.compile_seconds + (drafter.compile_seconds if drafter else 0.0), 2)}
 
 
 def _dtype_name(model: ImageTokenModel) -> str:
@@ -427,14 +440,26 @@ def _bench(args: argparse.Namespace) -> int:
     if evaluate is not None:
         add_quality(rows, model, conditions, evaluate, settings)
     print(format_table(rows, model, settings, args.batch))
+    compile_seconds = _report_compile(model, drafter, log)
     run = {"model": model.name, "drafter": drafter.name if drafter else None, "device": str(model.device),
-           "dtype": _dtype_name(model), "images": args.images, "batch": args.batch, "settings": asdict(settings),
+           "dtype": _dtype_name(model), "compile_seconds": compile_seconds, "images": args.images, "batch": args.batch, "settings": asdict(settings),
            "options": _options_record(options), "rows": [row.to_dict() for row in rows]}
     if args.json:
         write_json(args.json, run)
     if args.plot or args.table:
         _write_pareto([run], args.plot, args.table)
     return 0
+
+
+def _report_compile(model: ImageTokenModel, drafter: ImageTokenModel | None,
+                    log: Callable[[str], None] | None) -> float | None:
+    """Say how long compiling took (first calls, outside the timed runs); ``None`` if nothing was compiled."""
+    seconds = model.compile_seconds + (drafter.compile_seconds if drafter is not None else 0.0)
+    if not seconds:
+        return None
+    if log is not None:
+        log(f"compiled forwards: {seconds:.1f} s of compiling on first calls (not in the timings)")
+    return round(seconds, 2)
 
 
 def _names(text: str) -> list[str]:

@@ -6,8 +6,10 @@ row of the batch may accept a different number. The cache therefore stores one l
 rolls back by lowering lengths: no copy. Trees keep their accepted path with :meth:`compact`.
 
 Buffers are preallocated and grown geometrically; attention only reads up to the longest row.
-Lengths live on the host because the loop already knows them there (it syncs once per forward),
-so planning a forward never waits for the device.
+A *fixed* cache instead keeps one capacity for its whole life and attention always reads all of
+it (masked): every forward of a block size then has the same shapes, which is what a compiled
+forward needs. Lengths live on the host because the loop already knows them there (it syncs
+once per forward), so planning a forward never waits for the device.
 """
 
 from __future__ import annotations
@@ -27,13 +29,42 @@ class AttentionPlan:
     mask: torch.Tensor  # [R, 1, k, read_length] bool, True = may attend
 
 
+def write_block(keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
+                k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+    """Write new keys/values ``[R, H, k, D]`` into buffers ``[R, H, C, D]`` at ``slots [R, k]``.
+
+    An indexed assignment rather than ``scatter_``: the compiler writes it in place, where it
+    turns a scatter into a copy of the whole buffer."""
+    rows = torch.arange(keys.shape[0], device=keys.device)[:, None]
+    keys[rows, :, slots] = k_new.transpose(1, 2).to(keys.dtype)
+    values[rows, :, slots] = v_new.transpose(1, 2).to(values.dtype)
+
+
+class FixedCacheView:
+    """What attention sees of a fixed cache inside a compiled forward: the buffers, where this
+    forward writes (``slots [R, k]``) and the planned mask ``[R, 1, k, capacity]``. Built from
+    plain tensors so the compiler traces it like any other code."""
+
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], slots: torch.Tensor,
+                 mask: torch.Tensor) -> None:
+        self.keys, self.values, self.slots, self.attention_mask = keys, values, slots, mask
+
+    def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        write_block(self.keys[layer], self.values[layer], self.slots, k_new, v_new)
+        return self.keys[layer], self.values[layer]
+
+
 class RaggedKVCache:
-    """Per-layer K/V buffers ``[R, heads, capacity, head_dim]`` with a length per row."""
+    """Per-layer K/V buffers ``[R, heads, capacity, head_dim]`` with a length per row.
+
+    ``fixed=True`` allocates ``capacity`` once and never grows (a forward that would overflow it
+    is refused); attention then always reads the whole capacity.
+    """
 
     def __init__(self, n_layers: int, rows: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device, capacity: int = 256) -> None:
+                 dtype: torch.dtype, device: torch.device, capacity: int = 256, fixed: bool = False) -> None:
         self.n_layers, self.rows, self.n_kv_heads, self.head_dim = n_layers, rows, n_kv_heads, head_dim
-        self.dtype, self.device = dtype, device
+        self.dtype, self.device, self.fixed = dtype, device, fixed
         self.capacity = 0
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
@@ -42,9 +73,18 @@ class RaggedKVCache:
         self._plan: AttentionPlan | None = None
         self._grow(capacity)
 
+    def reset(self) -> None:
+        """Empty every row, keeping the buffers (a fixed cache is reused across generations so
+        that compiled code, CUDA graphs included, keeps seeing the same buffers)."""
+        self.lengths = torch.zeros(self.rows, dtype=torch.long)
+        self.key_valid.fill_(True)
+        self._plan = None
+
     def _grow(self, needed: int) -> None:
         if needed <= self.capacity:
             return
+        if self.fixed and self.capacity:
+            raise ValueError(f"a forward needs {needed} cache slots but this fixed cache holds {self.capacity}")
         new_cap = max(needed, int(self.capacity * 1.5) + 16)
         shape = (self.rows, self.n_kv_heads, new_cap, self.head_dim)
         old_k, old_v, old_valid = self.k, self.v, self.key_valid
@@ -68,7 +108,7 @@ class RaggedKVCache:
         lengths = self.lengths
         longest = int(lengths.max())
         self._grow(longest + k)
-        read_length = longest + k
+        read_length = self.capacity if self.fixed else longest + k
         dev = self.device
         lengths_dev = lengths.to(dev)
         offsets = torch.arange(k, device=dev)
@@ -93,7 +133,7 @@ class RaggedKVCache:
         is_self = relc[:, None, :] == offsets[None, :, None]
         block_ok = block_ok & in_block[:, None, :] & (valid[:, None, :] | is_self)
         mask = (in_prefix[:, None, :] | block_ok).unsqueeze(1)
-        uniform = int(lengths.min()) == longest
+        uniform = int(lengths.min()) == longest and not self.fixed
         plan = AttentionPlan(write_slots, longest if uniform else None, read_length, mask)
         self.lengths = lengths + k
         self._plan = plan
@@ -109,10 +149,19 @@ class RaggedKVCache:
             kb[:, :, s : s + k_new.shape[2]] = k_new
             vb[:, :, s : s + v_new.shape[2]] = v_new
         else:
-            idx = plan.write_slots[:, None, :, None].expand(-1, kb.shape[1], -1, kb.shape[3])
-            kb.scatter_(2, idx, k_new.to(kb.dtype))
-            vb.scatter_(2, idx, v_new.to(vb.dtype))
+            write_block(kb, vb, plan.write_slots, k_new, v_new)
         return kb[:, :, : plan.read_length], vb[:, :, : plan.read_length]
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        """The planned forward's mask ``[R, 1, k, read_length]`` (True = may attend)."""
+        assert self._plan is not None, "plan() must be called before a forward"
+        return self._plan.mask
+
+    def view(self) -> FixedCacheView:
+        """The planned forward as a :class:`FixedCacheView` (the inputs of a compiled forward)."""
+        assert self.fixed and self._plan is not None, "view() is for a planned forward of a fixed cache"
+        return FixedCacheView(self.k, self.v, self._plan.write_slots, self._plan.mask)
 
     def truncate(self, lengths: torch.Tensor) -> None:
         """Keep the first ``lengths[r]`` slots of every row (a rollback; nothing is copied)."""

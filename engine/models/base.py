@@ -14,6 +14,7 @@ output row predicts token ``t + 1``.
 
 from __future__ import annotations
 
+import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol
@@ -125,6 +126,17 @@ class ImageTokenModel(ABC):
 
     def check_conditioning(self, cond: Conditioning) -> None:
         """Raise :class:`~engine.errors.SettingsError` if ``cond`` cannot drive this model."""
+
+    def set_compile(self, enabled: bool) -> None:
+        """Run forwards through ``torch.compile`` (:mod:`engine.compile`) or eagerly. Families
+        without a compiled path stay eager and say so once."""
+        if enabled:
+            print(f"specar: {self.name}: no compiled forward for this family yet; running eagerly", file=sys.stderr)
+
+    @property
+    def compile_seconds(self) -> float:
+        """Seconds spent compiling forwards so far (first calls of each compiled shape)."""
+        return 0.0
 
     def release(self) -> None:
         """Free the cache (models stay loaded); called when a generation ends."""

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
+from ...compile import LARGEST_BUCKET, CompiledForward, CompileFailed, static_buffers
 from ...errors import SettingsError
-from ...kv_cache import RaggedKVCache
+from ...kv_cache import FixedCacheView, RaggedKVCache
 from ...types import Conditioning, SamplingSettings
 from ..base import ImageTokenModel, ModelOutput, PixelDecoder, to_uint8
 from .gpt import GPT, default_capacity
@@ -50,6 +51,8 @@ class LlamaGenModel(ImageTokenModel):
         self.default_settings = default_settings
         self.text_encoder = text_encoder
         self.cache: RaggedKVCache | None = None
+        self.compiled: CompiledForward | None = None
+        self._spare_cache: RaggedKVCache | None = None
         self.batch = 0
         self.guided = False
         self._block_start = torch.zeros(0, dtype=torch.long)
@@ -83,6 +86,55 @@ class LlamaGenModel(ImageTokenModel):
                 raise SettingsError(
                     f"caption embeddings must be [B, {self.cfg.cls_token_num}, {self.cfg.caption_dim}], got {list(emb.shape)}")
 
+    # -- compiled fast path ----------------------------------------------------------------------
+
+    def set_compile(self, enabled: bool) -> None:
+        """Run forwards through ``torch.compile`` (see :mod:`engine.compile`) or eagerly."""
+        if not enabled:
+            self.compiled = self._spare_cache = None
+        elif self.compiled is None:
+            self.compiled = CompiledForward(_compiled_step(self.gpt), self.device, self.name)
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.compiled.compile_seconds if self.compiled is not None else 0.0
+
+    def _run_compiled(self, tokens: torch.Tensor, slots: torch.Tensor, tree_mask: torch.Tensor | None
+                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The forward of rows ``tokens [R, k]`` at rotary rows ``slots`` in a padded bucket, or
+        ``None`` where it must run eagerly (no bucket holds it, or compilation failed)."""
+        assert self.cache is not None and self.compiled is not None
+        k = tokens.shape[1]
+        bucket = self.compiled.bucket(k)
+        if bucket is None:
+            return None
+        pad = bucket - k
+        if pad:
+            tokens = torch.nn.functional.pad(tokens, (0, pad))
+            slots = torch.cat([slots, slots[:, -1:].expand(-1, pad)], 1)
+            if tree_mask is not None:
+                tree_mask = _pad_tree_mask(tree_mask, pad)
+        self.cache.plan(bucket, allowed=tree_mask)
+        view = self.cache.view()
+        try:
+            logits, hidden = self.compiled(bucket, tokens, slots, view.slots, view.attention_mask,  # type: ignore[misc]
+                                           *view.keys, *view.values)
+        except CompileFailed:
+            self.cache.lengths -= bucket
+            return None
+        self.cache.lengths -= pad
+        return logits[:, :k], hidden[:, :k]
+
+    def _fixed_cache(self, rows: int) -> RaggedKVCache:
+        """The compiled path's cache: the previous generation's when it has as many rows."""
+        spare, self._spare_cache = self._spare_cache, None
+        if spare is not None and spare.rows == rows:
+            spare.reset()
+            return spare
+        cache = self.gpt.new_cache(rows, default_capacity(self.cfg, LARGEST_BUCKET), fixed=True)
+        static_buffers(cache.k + cache.v)
+        return cache
+
     # -- cache ------------------------------------------------------------------------------------
 
     def _rows(self, per_image: torch.Tensor) -> torch.Tensor:
@@ -94,7 +146,10 @@ class LlamaGenModel(ImageTokenModel):
         self.check_conditioning(cond)
         self.batch, self.guided = cond.batch_size, guided
         rows = 2 * self.batch if guided else self.batch
-        self.cache = self.gpt.new_cache(rows, default_capacity(self.cfg))
+        if self.compiled is not None and self.compiled.active:
+            self.cache = self._fixed_cache(rows)
+        else:
+            self.cache = self.gpt.new_cache(rows, default_capacity(self.cfg))
         key_valid = None
         if self.cfg.model_type == "c2i":
             ids = torch.tensor(cond.class_ids, dtype=torch.long, device=self.device)
@@ -129,6 +184,10 @@ class LlamaGenModel(ImageTokenModel):
         slots = self._rows(positions.to(self.device)) + self.cfg.cls_token_num
         if tree_mask is not None and tree_mask.dim() == 3:
             tree_mask = self._rows(tree_mask)
+        if self.compiled is not None and self.cache.fixed:
+            out = self._run_compiled(tokens, slots, tree_mask)
+            if out is not None:
+                return ModelOutput(*out)
         self.cache.plan(tokens.shape[1], allowed=tree_mask)
         hidden = self.gpt.run_layers(self.gpt.tok_embeddings(tokens), slots, self.cache)
         return ModelOutput(self.gpt.logits(hidden), hidden)
@@ -153,13 +212,17 @@ class LlamaGenModel(ImageTokenModel):
         self.cache.compact(self._block_start, self._rows(keep), self._rows(counts.cpu()))
 
     def release(self) -> None:
+        if self.cache is not None and self.cache.fixed:
+            self._spare_cache = self.cache
         self.cache = None
 
     def to(self, device: torch.device) -> None:
         if device == self.device:
             return
-        self.cache = None
+        self.cache = self._spare_cache = None
         self.gpt.to(device)
+        if self.compiled is not None:  # compiled code holds the weights where they were
+            self.compiled = CompiledForward(_compiled_step(self.gpt), device, self.name)
         if self.decoder is not None:
             self.decoder = self.decoder.to(device)
         if self.text_encoder is not None:
@@ -184,3 +247,26 @@ class LlamaGenModel(ImageTokenModel):
     @torch.inference_mode()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         return to_uint8(self._require_decoder().decode(codes, self.grid))
+
+
+def _compiled_step(gpt: GPT) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """The forward that gets compiled: tokens, rotary rows, cache write slots, the planned mask
+    and the cache buffers (keys of every layer, then values) in; logits and hidden states out."""
+
+    def step(tokens: torch.Tensor, rope_rows: torch.Tensor, write_slots: torch.Tensor, mask: torch.Tensor,
+             *buffers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        half = len(buffers) // 2
+        view = FixedCacheView(list(buffers[:half]), list(buffers[half:]), write_slots, mask)
+        hidden = gpt.run_layers(gpt.tok_embeddings(tokens), rope_rows, view)
+        return gpt.logits(hidden), hidden
+
+    return step
+
+
+def _pad_tree_mask(mask: torch.Tensor, pad: int) -> torch.Tensor:
+    """A tree mask ``[..., k, k]`` grown by ``pad`` padding tokens that see only themselves."""
+    k = mask.shape[-1]
+    grown = torch.zeros(*mask.shape[:-2], k + pad, k + pad, dtype=torch.bool, device=mask.device)
+    grown[..., :k, :k] = mask
+    grown[..., range(k, k + pad), range(k, k + pad)] = True
+    return grown

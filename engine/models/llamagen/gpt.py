@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import CheckpointError
-from ...kv_cache import RaggedKVCache
+from ...kv_cache import FixedCacheView, RaggedKVCache
 
 # name: (n_layer, n_head, dim) as in LlamaGen's GPT_models table.
 GPT_PRESETS: dict[str, tuple[int, int, int]] = {
@@ -154,7 +154,7 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: RaggedKVCache | None,
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: RaggedKVCache | FixedCacheView | None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         R, k, _ = x.shape
         kv = self.n_kv_head * self.head_dim
@@ -166,8 +166,7 @@ class Attention(nn.Module):
             causal = mask is None
         else:
             key, val = cache.update(self.layer, key, val)
-            assert cache._plan is not None
-            mask, causal = cache._plan.mask, False
+            mask, causal = cache.attention_mask, False
         if self.n_kv_head != self.n_head:
             rep = self.n_head // self.n_kv_head
             key, val = key.repeat_interleave(rep, dim=1), val.repeat_interleave(rep, dim=1)
@@ -183,7 +182,7 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: RaggedKVCache | None,
+    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: RaggedKVCache | FixedCacheView | None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), rope, cache, mask)
         return h + self.feed_forward(self.ffn_norm(h))
@@ -258,12 +257,12 @@ class GPT(nn.Module):
             with torch.no_grad():
                 param.normal_(0.0, std, generator=generator)
 
-    def new_cache(self, rows: int, capacity: int) -> RaggedKVCache:
+    def new_cache(self, rows: int, capacity: int, fixed: bool = False) -> RaggedKVCache:
         p = next(self.parameters())
         return RaggedKVCache(self.cfg.n_layer, rows, int(self.cfg.n_kv_head or self.cfg.n_head),
-                             self.cfg.head_dim, p.dtype, p.device, capacity)
+                             self.cfg.head_dim, p.dtype, p.device, capacity, fixed)
 
-    def run_layers(self, h: torch.Tensor, rope_rows: torch.Tensor, cache: RaggedKVCache | None,
+    def run_layers(self, h: torch.Tensor, rope_rows: torch.Tensor, cache: RaggedKVCache | FixedCacheView | None,
                    mask: torch.Tensor | None = None) -> torch.Tensor:
         """Blocks and final norm over embeddings ``h [R, k, dim]``; returns the last hidden states.
 
@@ -289,7 +288,8 @@ class GPT(nn.Module):
 
 
 def default_capacity(cfg: GPTConfig, margin: int = 80) -> int:
-    """Cache slots for one image: condition, all image tokens, and room for one draft block."""
+    """Cache slots for one image: condition, all image tokens, and room for one draft block
+    of ``margin`` tokens."""
     return cfg.cls_token_num + cfg.num_image_tokens + margin
 
 

@@ -1,0 +1,108 @@
+"""The compiled fast path passes the same losslessness tests as the eager one.
+
+Compiled forwards pad every block to a bucket and read a fixed-capacity cache; these tests run
+the real ``torch.compile`` (inductor) on tiny random LlamaGen models and on the demo model.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_drafter, tiny_model, tiny_tree_head
+from test_lossless import _target_distributions
+
+from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
+from engine.compile import BUCKETS, CompiledForward, bucket_for, unavailable_reason
+from engine.drafts.drafter_tree import DrafterTreeDrafts
+from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape
+from engine.fidelity import ks_uniform, randomized_pit
+from engine.models.llamagen.adapter import LlamaGenModel
+
+pytestmark = pytest.mark.skipif(unavailable_reason(torch.device("cpu")) is not None,
+                                reason="torch.compile needs a C compiler here")
+
+COND = Conditioning.classes([1, 4, 7])
+
+
+def compiled(model: LlamaGenModel) -> LlamaGenModel:
+    model.set_compile(True)
+    return model
+
+
+@pytest.fixture(scope="module")
+def target() -> LlamaGenModel:
+    return compiled(tiny_model(0))
+
+
+@pytest.fixture(scope="module")
+def drafter() -> LlamaGenModel:
+    return compiled(tiny_drafter())
+
+
+def test_buckets_hold_every_block_and_reuse_compiled_shapes() -> None:
+    assert [bucket_for(k, set()) for k in (1, 2, 3, 4, 6, 17, 18, 257)] == [1, 2, 3, 5, 9, 17, 33, 257]
+    assert bucket_for(258, set()) is None
+    assert bucket_for(5, {17}) == 17 and bucket_for(5, {3, 9, 17}) == 9 and bucket_for(18, {17}) == 33
+    assert list(BUCKETS) == sorted(BUCKETS)
+
+
+@pytest.mark.parametrize("source", ["ar", "jacobi", "drafter", "drafter-tree", "tree-static"])
+def test_compiled_greedy_equals_eager_plain_ar(target: LlamaGenModel, drafter: LlamaGenModel, source: str) -> None:
+    settings = SamplingSettings(cfg_scale=3.0, greedy=True, seed=5)
+    drafts = {
+        "ar": lambda: None,
+        "jacobi": lambda: JacobiDrafts(window=16),
+        "drafter": lambda: DrafterModelDrafts(drafter, gamma=4),
+        "drafter-tree": lambda: DrafterTreeDrafts(drafter, branching=(3, 2, 1, 1)),
+        "tree-static": lambda: TreeHeadDrafts(tiny_tree_head(target), TreeShape(kind="static", branching=(3, 2, 1))),
+    }
+    eager_ar = generate(tiny_model(0), COND, settings)
+    spec = generate(target, COND, settings, draft=drafts[source]())
+    assert torch.equal(spec.tokens, eager_ar.tokens)
+    assert spec.finished
+    assert target.compiled is not None and target.compiled.active and target.compile_seconds > 0
+
+
+@pytest.mark.parametrize("source", ["jacobi", "drafter"])
+def test_compiled_whole_images_follow_the_target_distribution(target: LlamaGenModel, drafter: LlamaGenModel,
+                                                               source: str) -> None:
+    settings = SamplingSettings(cfg_scale=2.0, top_k=24, seed=2024)
+    cond = Conditioning.classes([i % 10 for i in range(48)])
+    draft = JacobiDrafts(window=16) if source == "jacobi" else DrafterModelDrafts(drafter, gamma=4)
+    result = generate(target, cond, settings, draft=draft)
+    p = _target_distributions(target, cond, result.tokens, settings)
+    assert ks_uniform(randomized_pit(p, result.tokens))[1] > 0.001
+
+
+def test_compiled_demo_is_lossless() -> None:
+    from engine.demo.model import load_demo
+
+    demo = load_demo(device="cpu")
+    settings = demo.default_settings.with_(greedy=True, seed=3)
+    eager = generate(demo, Conditioning.classes([2, 9]), settings)
+    demo.set_compile(True)
+    for draft in (None, JacobiDrafts(window=16, init="row_above")):
+        assert torch.equal(generate(demo, Conditioning.classes([2, 9]), settings, draft=draft).tokens, eager.tokens)
+
+
+def test_without_a_compiler_it_runs_eagerly_after_one_notice(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("PATH", "")
+    model = tiny_model(0)
+    model.set_compile(True)
+    assert capsys.readouterr().err.count("running eagerly (no C compiler") == 1
+    settings = SamplingSettings(cfg_scale=3.0, greedy=True, seed=5)
+    assert torch.equal(generate(model, COND, settings, draft=JacobiDrafts(window=8)).tokens,
+                       generate(tiny_model(0), COND, settings).tokens)
+    assert model.compile_seconds == 0.0 and not model.cache
+
+
+def test_a_failed_compilation_falls_back_to_eager(capsys: pytest.CaptureFixture[str]) -> None:
+    def unlowerable(*tensors: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(tensors[0].tolist())  # data-dependent: fullgraph compilation refuses it
+
+    forward = CompiledForward(unlowerable, torch.device("cpu"), "tiny")
+    with pytest.raises(RuntimeError):
+        forward(1, torch.ones(2))
+    assert not forward.active and "compilation failed" in capsys.readouterr().err
+    assert forward.bucket(1) is None
