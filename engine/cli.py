@@ -56,6 +56,15 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _batch_sizes(text: str) -> list[int]:
+    """``--batch`` of ``specar bench``: one size or a comma-separated list, e.g. 1,4,16,64."""
+    parse = _int_at_least(1)
+    sizes = [parse(part.strip()) for part in text.split(",") if part.strip()]
+    if not sizes:
+        raise argparse.ArgumentTypeError(f"must be a batch size or a list such as 1,4,16; got {text!r}")
+    return list(dict.fromkeys(sizes))
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument("--model", metavar="NAME|PATH", default="demo", help=(
@@ -194,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
         f"gives a method its own acceptance policy, e.g. drafter,drafter:csd=0.5,drafter:lantern=0.25 sweeps the "
         f"speed/quality trade-off on the same images (default: {DEFAULT_BENCH_METHODS}, plus drafter when --drafter is given)"))
     runs.add_argument("--images", type=_int_at_least(1), default=8, metavar="N", help="images per method (default: 8)")
-    runs.add_argument("--batch", type=_int_at_least(1), default=1, metavar="N",
-                      help="images per generate call; the call starting at image i uses seed + i (default: 1)")
+    runs.add_argument("--batch", type=_batch_sizes, default=[1], metavar="N[,N...]", help=(
+        "images per generate call; the call starting at image i uses seed + i; a list such as 1,4,16,64 runs the "
+        "whole benchmark at each size, to show where speculation stops paying (default: 1)"))
     runs.add_argument("--quality", action="store_true", help=(
         "also score every method's images (demo model only): class, colour and shape accuracy from the shipped "
         "classifier and FID-lite against real scenes; add ar2 to --methods for the AR seed-to-seed spread"))
@@ -436,18 +446,22 @@ def _bench(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
     evaluate = _quality_metric(model) if args.quality else None
     conditions = _conditions(model, args.class_ids, args.prompt)
-    rows = run_bench(model, conditions, methods, args.images, args.batch, settings, options, drafter, log=log)
-    if evaluate is not None:
-        add_quality(rows, model, conditions, evaluate, settings)
-    print(format_table(rows, model, settings, args.batch))
+    runs = []
+    for batch in args.batch:
+        rows = run_bench(model, conditions, methods, args.images, batch, settings, options, drafter, log=log)
+        if evaluate is not None:
+            add_quality(rows, model, conditions, evaluate, settings)
+        print(format_table(rows, model, settings, batch) + ("\n" if batch != args.batch[-1] else ""))
+        runs.append({"model": model.name, "drafter": drafter.name if drafter else None, "device": str(model.device),
+                     "dtype": _dtype_name(model), "images": args.images, "batch": batch, "settings": asdict(settings),
+                     "options": _options_record(options), "rows": [row.to_dict() for row in rows]})
     compile_seconds = _report_compile(model, drafter, log)
-    run = {"model": model.name, "drafter": drafter.name if drafter else None, "device": str(model.device),
-           "dtype": _dtype_name(model), "compile_seconds": compile_seconds, "images": args.images, "batch": args.batch, "settings": asdict(settings),
-           "options": _options_record(options), "rows": [row.to_dict() for row in rows]}
+    for run in runs:
+        run["compile_seconds"] = compile_seconds
     if args.json:
-        write_json(args.json, run)
+        write_json(args.json, runs[0] if len(runs) == 1 else {"runs": runs})
     if args.plot or args.table:
-        _write_pareto([run], args.plot, args.table)
+        _write_pareto(runs, args.plot, args.table)
     return 0
 
 

@@ -53,7 +53,8 @@ def add_continuous_options(parser: argparse.ArgumentParser) -> None:
 
 def _refuse_discrete_options(args: argparse.Namespace) -> None:
     given = [opt for opt, name in (("--policy", "policy"), ("--greedy", "greedy"), ("--top-k", "top_k"),
-                                   ("--top-p", "top_p"), ("--tree-head", "tree_head"), ("--vq", "vq"))
+                                   ("--top-p", "top_p"), ("--tree-head", "tree_head"), ("--vq", "vq"),
+                                   ("--compile", "compile"))
              if getattr(args, name, None) not in (None, False, "exact")]
     if given:
         raise SettingsError(f"{', '.join(given)} apply to discrete-token models; {args.model} is a continuous MAR model "
@@ -136,6 +137,9 @@ def bench(args: argparse.Namespace) -> int:
     methods = parse_continuous_methods(args.methods or DEFAULT_METHODS)
     if args.plot or args.table or args.sweep:
         raise SettingsError("--sweep, --plot and --table belong to the discrete policies; list cspd=RELAX methods instead")
+    if len(args.batch) > 1:
+        raise SettingsError("a continuous-token bench takes one --batch size")
+    batch = args.batch[0]
     speculation = _speculation(args)
     model = load_continuous_model(args.model, args.device, args.vae)
     needs_draft = any(m.split("=")[0] in ("cspd", "draft") for m in methods)
@@ -144,7 +148,7 @@ def bench(args: argparse.Namespace) -> int:
     evaluate = _quality(model) if args.quality else None
     log = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
     classes = _classes(model, args, args.images)
-    rows = run_continuous_bench(model, draft, methods, classes, args.batch, settings, speculation, evaluate, log)
+    rows = run_continuous_bench(model, draft, methods, classes, batch, settings, speculation, evaluate, log)
     header = [f"{model.name} vs draft {draft.name if draft else '-'}, {settings.num_iter} MAR steps, "
               f"{settings.num_sampling_steps} head steps, cfg {settings.cfg_scale} ({settings.cfg_schedule}), "
               f"temperature {settings.temperature}, seed {settings.seed}",
@@ -154,7 +158,7 @@ def bench(args: argparse.Namespace) -> int:
     print("\n".join(header + [""] + table_lines(rows)))
     if args.json:
         write_json(args.json, {"model": model.name, "drafter": draft.name if draft else None, "images": args.images,
-                                "batch": args.batch, "settings": asdict(settings), "cspd": asdict(speculation),
+                                "batch": batch, "settings": asdict(settings), "cspd": asdict(speculation),
                                 "rows": [row.to_dict() for row in rows]})
     return 0
 

@@ -70,8 +70,9 @@ def _block_inputs(block: DraftBlock, depth: torch.Tensor | None, pending: torch.
         offsets = torch.arange(block.size + 1, device=pending.device)
         mask = None
     else:
-        offsets = torch.cat([torch.zeros(depth.shape[0], 1, dtype=torch.long), depth], 1).to(pending.device)
-        mask = tree_attention_rows(block.parents).to(pending.device)
+        offsets = torch.cat([torch.zeros(depth.shape[0], 1, dtype=torch.long, device=depth.device), depth], 1)
+        offsets = offsets.to(pending.device)
+        mask = tree_attention_rows(block.parents, block.max_depth).to(pending.device)
     positions = (start[:, None] + offsets).clamp(max=last)
     return inputs, positions, mask, positions[:, 1:]
 
@@ -143,7 +144,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
             block = draft.propose(state) if draft is not None else DraftBlock.empty(B, model.vocab_size, dev)
             committed_dev = committed.to(dev)
             pending = tokens.gather(1, (committed_dev - 1)[:, None])
-            layout = None if block.is_chain else tree_tables(block.parents)
+            layout = None if block.is_chain else tree_tables(block.parents, block.max_depth, block.max_children)
             inputs, positions, mask, node_positions = _block_inputs(block, None if layout is None else layout[1],
                                                                     pending, committed_dev - 1, N - 1)
             out = clock.run(lambda: model.forward(inputs, positions, mask))

@@ -195,9 +195,10 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, object]]:
     runs = []
     for path in paths:
         try:
-            runs.append(json.loads(Path(path).read_text()))
+            data = json.loads(Path(path).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise SettingsError(f"cannot read benchmark results {path}: {exc}") from None
+        runs.extend(data["runs"] if isinstance(data, dict) and "runs" in data else [data])  # several batch sizes
     return runs
 
 

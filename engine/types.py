@@ -113,13 +113,23 @@ class DraftBlock:
 
     tokens: torch.Tensor  # [B, n] long
     q: torch.Tensor  # [B, n, V] float32
-    parents: torch.Tensor  # [B, n] long on the host (a list[int] is expanded to every row)
+    parents: torch.Tensor  # [B, n] long on the host (a list[int] is expanded to every row), see below
+    # Upper bounds on the tree's depth and on any node's number of children. A source that gives
+    # them keeps ``parents`` on the device: the loop then lays the tree out without reading it
+    # back (each read would be a host sync). Without them parents move to the host.
+    max_depth: int | None = None
+    max_children: int | None = None
 
     def __post_init__(self) -> None:
         batch, n = self.tokens.shape
         if not isinstance(self.parents, torch.Tensor):
             self.parents = torch.tensor(list(self.parents), dtype=torch.long).reshape(1, n)
-        self.parents = self.parents.to("cpu", torch.long).expand(batch, n)
+        device = self.parents.device if self.bounded else "cpu"
+        self.parents = self.parents.to(device, torch.long).expand(batch, n)
+
+    @property
+    def bounded(self) -> bool:
+        return self.max_depth is not None and self.max_children is not None
 
     @property
     def size(self) -> int:
@@ -127,6 +137,8 @@ class DraftBlock:
 
     @property
     def is_chain(self) -> bool:
+        if self.bounded:  # a bounded tree is laid out as a tree, whatever its shape
+            return self.size == 0
         return bool((self.parents == torch.arange(-1, self.size - 1)[None, :]).all())
 
     @staticmethod
@@ -139,7 +151,7 @@ class DraftBlock:
 
     def truncated(self, n: int) -> "DraftBlock":
         """The first ``n`` nodes (valid for chains, and for trees stored in parent-first order)."""
-        return DraftBlock(self.tokens[:, :n], self.q[:, :n], self.parents[:, :n])
+        return DraftBlock(self.tokens[:, :n], self.q[:, :n], self.parents[:, :n], self.max_depth, self.max_children)
 
 
 @dataclass

@@ -68,39 +68,58 @@ def verify_chain(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, p
     return Verdict(accepted, path, sample(next_dist, generator), next_dist, _next_kind(limit, rejected), diagnostics)
 
 
-def tree_tables(parents: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def tree_tables(parents: torch.Tensor, max_depth: int | None = None, max_children: int | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row children tables ``[B, n + 1, K]`` (row 0: children of the root, row i + 1: children
     of node i, in block order, padded with -1) and node depths ``[B, n]`` (1-based) for
-    ``parents [B, n]``. Parents must precede children."""
+    ``parents [B, n]``. Parents must precede children.
+
+    Host parents are checked and measured. Device parents come with upper bounds on the depth
+    and the children per node (``K = max_children``) and are used as they are, without a sync.
+    """
     B, n = parents.shape
-    node = torch.arange(n)
-    if bool(((parents < -1) | (parents >= node[None, :])).any()):
-        bad = int(((parents < -1) | (parents >= node[None, :])).nonzero()[0, 1])
-        raise ValueError(f"tree node {bad} has parent {parents[:, bad].tolist()}; parents must come first")
-    depth = torch.zeros(B, n, dtype=torch.long)
-    for i in range(n):
-        parent = parents[:, i]
-        depth[:, i] = torch.where(parent < 0, 1, depth.gather(1, parent.clamp(min=0)[:, None])[:, 0] + 1)
+    dev = parents.device
+    node = torch.arange(n, device=dev)
+    if max_depth is None or max_children is None:
+        if bool(((parents < -1) | (parents >= node[None, :])).any()):
+            bad = int(((parents < -1) | (parents >= node[None, :])).nonzero()[0, 1])
+            raise ValueError(f"tree node {bad} has parent {parents[:, bad].tolist()}; parents must come first")
+    depth = _depths(parents, n if max_depth is None else max_depth)
     same_parent = (parents[:, :, None] == parents[:, None, :]) & (node[None, None, :] < node[None, :, None])
     rank = same_parent.sum(-1)  # [B, n]: how many earlier siblings each node has
-    width = int(rank.max()) + 1 if n else 1
-    table = torch.full((B, n + 1, width), -1, dtype=torch.long)
-    rows = torch.arange(B)[:, None].expand(B, n)
-    table[rows, parents + 1, rank] = node[None, :].expand(B, n)
+    width = max_children if max_children is not None else (int(rank.max()) + 1 if n else 1)
+    table = torch.full((B, n + 1, width), -1, dtype=torch.long, device=dev)
+    rows = torch.arange(B, device=dev)[:, None].expand(B, n)
+    table[rows, parents + 1, rank.clamp(max=width - 1)] = node[None, :].expand(B, n)
     return table, depth
 
 
-def tree_attention_rows(parents: torch.Tensor) -> torch.Tensor:
+def _depths(parents: torch.Tensor, max_depth: int) -> torch.Tensor:
+    """1-based node depths, by following every node's parent chain ``max_depth`` steps at once."""
+    depth = torch.ones_like(parents)
+    ancestor = parents
+    for _ in range(max(max_depth - 1, 0)):
+        above = ancestor >= 0
+        depth = depth + above.long()
+        ancestor = torch.where(above, parents.gather(1, ancestor.clamp(min=0)), -1)
+    return depth
+
+
+def tree_attention_rows(parents: torch.Tensor, max_depth: int | None = None) -> torch.Tensor:
     """Masks ``[B, n + 1, n + 1]`` over ``[pending token, nodes...]``: each attends to its ancestors
-    and itself (the pending token is every node's ancestor)."""
+    and itself (the pending token is every node's ancestor). ``max_depth`` bounds the tree's
+    depth (default: ``n``, always enough)."""
     B, n = parents.shape
-    mask = torch.zeros(B, n + 1, n + 1, dtype=torch.bool)
+    dev = parents.device
+    mask = torch.zeros(B, n + 1, n + 1, dtype=torch.bool, device=dev)
     mask[:, :, 0] = True
-    mask[:, 0] = torch.eye(n + 1, dtype=torch.bool)[0]
-    for i in range(n):
-        inherited = mask.gather(1, (parents[:, i] + 1).clamp(min=0).view(B, 1, 1).expand(B, 1, n + 1))[:, 0]
-        mask[:, i + 1] = torch.where((parents[:, i] >= 0)[:, None], inherited, mask[:, 0])
-        mask[:, i + 1, i + 1] = True
+    index = torch.arange(1, n + 1, device=dev)
+    mask[:, index, index] = True
+    rows = torch.arange(B, device=dev)[:, None].expand(B, n)
+    ancestor = parents
+    for _ in range(n if max_depth is None else max_depth):
+        mask[rows, index[None, :].expand(B, n), ancestor + 1] = True  # ancestor -1 marks column 0: always set
+        ancestor = torch.where(ancestor >= 0, parents.gather(1, ancestor.clamp(min=0)), -1)
     return mask
 
 
@@ -132,9 +151,9 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
     """
     B, n = block.tokens.shape
     dev, V = p.device, p.shape[-1]
-    table, depth = layout if layout is not None else tree_tables(block.parents)
+    table, depth = layout if layout is not None else tree_tables(block.parents, block.max_depth, block.max_children)
     table = table.to(dev)
-    max_depth = int(depth.max()) if n else 0
+    max_depth = 0 if not n else block.max_depth if block.max_depth is not None else int(depth.max())
     limit = limit.clamp(max=max_depth)
     rows = torch.arange(B, device=dev)
     cur = torch.full((B,), -1, dtype=torch.long, device=dev)

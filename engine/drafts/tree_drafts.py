@@ -258,7 +258,8 @@ class TreeHeadDrafts(DraftSource):
         parent_cand = all_parents.gather(1, chosen)
         parents = torch.where(parent_cand < 0, -1, position.gather(1, parent_cand.clamp(min=0)))
         block_tokens = all_tokens.gather(1, chosen)
-        return DraftBlock(block_tokens, point_mass(block_tokens, V), parents.cpu())
+        # every node has at most k children (k candidates per expanded node, k roots)
+        return DraftBlock(block_tokens, point_mass(block_tokens, V), parents, max_depth=depth, max_children=k)
 
     def _top_children(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` children of a node with draft ``q [..., V]`` and their log-probability scores.

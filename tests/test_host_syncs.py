@@ -1,0 +1,56 @@
+"""One host sync per target forward: the loop's own, for every draft source.
+
+A device value read on the host (``int``, ``bool``, ``.item()``, ``.tolist()``, ``.cpu()``,
+``nonzero``) stalls a GPU's queue; small-batch decoding cannot afford more than the one per
+forward the loop needs to learn how far each row advanced. ``DeviceReadCounter`` finds such
+reads on a CPU run (see tests/syncs.py); the counter itself is tested to see them.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from syncs import DeviceReadCounter
+from tiny import tiny_drafter, tiny_model, tiny_tree_head
+
+from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
+from engine.drafts.drafter_tree import DrafterTreeDrafts
+from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape
+from engine.models.llamagen.adapter import LlamaGenModel
+
+SETTINGS = SamplingSettings(cfg_scale=3.0, top_k=20, seed=5)
+SOURCES = {
+    "jacobi": lambda target: JacobiDrafts(window=8),
+    "jacobi-row": lambda target: JacobiDrafts(window=8, init="row_above"),
+    "mcsjd": lambda target: JacobiDrafts(window=6, coupling=True),
+    "drafter": lambda target: DrafterModelDrafts(tiny_drafter(), gamma=4),
+    "drafter-tree": lambda target: DrafterTreeDrafts(tiny_drafter(), branching=(3, 2, 1, 1)),
+    "tree-static": lambda target: TreeHeadDrafts(tiny_tree_head(target), TreeShape(kind="static", branching=(3, 2, 1))),
+    "tree-dynamic": lambda target: TreeHeadDrafts(tiny_tree_head(target), TreeShape(top_k=4, depth=4, nodes=12)),
+}
+RESULT_COPIES = 3  # tokens, kinds and forward indices come back to the host once, at the end
+
+
+@pytest.fixture(scope="module")
+def target() -> LlamaGenModel:
+    return tiny_model(0)
+
+
+@pytest.mark.parametrize("source", sorted(SOURCES))
+def test_one_host_sync_per_target_forward(target: LlamaGenModel, source: str) -> None:
+    with DeviceReadCounter() as reads:
+        result = generate(target, Conditioning.classes([1, 4]), SETTINGS, draft=SOURCES[source](target))
+    steps = result.target_forwards - 1  # the prefill needs none
+    assert reads.total <= steps + RESULT_COPIES, reads.sites.most_common(4)
+
+
+def test_the_counter_sees_reads_of_model_values(target: LlamaGenModel) -> None:
+    with DeviceReadCounter() as reads:
+        out = target.prefill(Conditioning.classes([1]), guided=False)
+        int(out.logits.argmax())
+        out.hidden.tolist()
+        host = out.logits.cpu()
+        int(host.argmax())  # already on the host: not a sync
+        int(torch.ones(3).sum())  # host bookkeeping: not a sync
+    target.release()
+    assert reads.total == 3
