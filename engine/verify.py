@@ -84,7 +84,7 @@ def tree_tables(parents: torch.Tensor, max_depth: int | None = None, max_childre
         if bool(((parents < -1) | (parents >= node[None, :])).any()):
             bad = int(((parents < -1) | (parents >= node[None, :])).nonzero()[0, 1])
             raise ValueError(f"tree node {bad} has parent {parents[:, bad].tolist()}; parents must come first")
-    depth = _depths(parents, n if max_depth is None else max_depth)
+    depth = _depths(parents, max_depth)
     same_parent = (parents[:, :, None] == parents[:, None, :]) & (node[None, None, :] < node[None, :, None])
     rank = same_parent.sum(-1)  # [B, n]: how many earlier siblings each node has
     width = max_children if max_children is not None else (int(rank.max()) + 1 if n else 1)
@@ -94,11 +94,23 @@ def tree_tables(parents: torch.Tensor, max_depth: int | None = None, max_childre
     return table, depth
 
 
-def _depths(parents: torch.Tensor, max_depth: int) -> torch.Tensor:
-    """1-based node depths, by following every node's parent chain ``max_depth`` steps at once."""
+def _ancestor_steps(parents: torch.Tensor, max_depth: int | None) -> int:
+    """How many parent-chain steps reach every root: the bound when given (device parents, no
+    read), else the host tree's own depth, found by walking it."""
+    if max_depth is not None:
+        return max_depth
+    steps, ancestor = 0, parents
+    while bool((ancestor >= 0).any()):
+        ancestor = torch.where(ancestor >= 0, parents.gather(1, ancestor.clamp(min=0)), -1)
+        steps += 1
+    return steps + 1
+
+
+def _depths(parents: torch.Tensor, max_depth: int | None) -> torch.Tensor:
+    """1-based node depths, by following every node's parent chain up to ``max_depth`` steps at once."""
     depth = torch.ones_like(parents)
     ancestor = parents
-    for _ in range(max(max_depth - 1, 0)):
+    for _ in range(max(_ancestor_steps(parents, max_depth) - 1, 0)):
         above = ancestor >= 0
         depth = depth + above.long()
         ancestor = torch.where(above, parents.gather(1, ancestor.clamp(min=0)), -1)
@@ -108,7 +120,7 @@ def _depths(parents: torch.Tensor, max_depth: int) -> torch.Tensor:
 def tree_attention_rows(parents: torch.Tensor, max_depth: int | None = None) -> torch.Tensor:
     """Masks ``[B, n + 1, n + 1]`` over ``[pending token, nodes...]``: each attends to its ancestors
     and itself (the pending token is every node's ancestor). ``max_depth`` bounds the tree's
-    depth (default: ``n``, always enough)."""
+    depth (needed for device parents; host parents are measured)."""
     B, n = parents.shape
     dev = parents.device
     mask = torch.zeros(B, n + 1, n + 1, dtype=torch.bool, device=dev)
@@ -117,7 +129,7 @@ def tree_attention_rows(parents: torch.Tensor, max_depth: int | None = None) -> 
     mask[:, index, index] = True
     rows = torch.arange(B, device=dev)[:, None].expand(B, n)
     ancestor = parents
-    for _ in range(n if max_depth is None else max_depth):
+    for _ in range(_ancestor_steps(parents, max_depth)):
         mask[rows, index[None, :].expand(B, n), ancestor + 1] = True  # ancestor -1 marks column 0: always set
         ancestor = torch.where(ancestor >= 0, parents.gather(1, ancestor.clamp(min=0)), -1)
     return mask
