@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 
 import torch
 
+from .drafts.auto import AutoDrafts
 from .drafts.base import DraftSource
 from .drafts.drafter import DrafterModelDrafts, check_drafter_fits
 from .drafts.drafter_tree import DrafterTreeDrafts
@@ -45,6 +46,8 @@ METHODS: dict[str, str] = {
     "tree": "an EAGLE-style head drafts a dynamic tree (EAGLE-2), verified in one forward",
     "tree-static": "the head drafts a static tree with sampled children (EAGLE-1 / LANTERN++)",
     "drafter-tree": "the drafter model drafts a static tree with sampled children (one drafter row per leaf)",
+    "auto": "each forward, row-above Jacobi or the drafter (when given) with the chain length that commits the most "
+            "tokens per second, by costs measured on this machine",
 }
 HEAD_METHODS = ("tree", "tree-static")  # drafted by a tree head
 DRAFTER_METHODS = ("drafter", "drafter-tree")  # drafted by a drafter model
@@ -89,7 +92,7 @@ def method_name(draft: str, init: str = "random", coupling: bool = False) -> str
         return "ar"
     if draft == "model":
         return "drafter"
-    if draft in TREE_METHODS:
+    if draft in (*TREE_METHODS, "auto"):
         return draft
     return next(name for name, variant in JACOBI_METHODS.items() if variant == (init, coupling))
 
@@ -98,6 +101,8 @@ def make_draft(method: str, options: MethodOptions, drafter: ImageTokenModel | N
     """A fresh draft source for ``method`` (``None`` for plain AR); draft sources hold per-call state."""
     if method in AR_METHODS:
         return None
+    if method == "auto":
+        return AutoDrafts(drafter)
     if method in DRAFTER_METHODS:
         if drafter is None:
             raise SettingsError(f"method {method!r} needs a drafter model (give --drafter PATH)")

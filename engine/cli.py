@@ -164,8 +164,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conditioning_options(gen)
     _add_sampling_options(gen)
     drafting = _add_method_options(gen)
-    drafting.add_argument("--draft", choices=("none", "jacobi", "model", *TREE_METHODS), help=(
+    drafting.add_argument("--draft", choices=("none", "jacobi", "model", *TREE_METHODS, "auto"), help=(
         "where guesses come from: none is plain one-token-at-a-time decoding, jacobi lets the model guess for itself, "
+        "auto picks row-above Jacobi or --drafter and the number of guesses each step by costs measured on this machine, "
         "model uses --drafter, tree and tree-static let --tree-head draft a tree of guesses, drafter-tree lets "
         "--drafter draft a static tree (--tree-branching) (default: model if --drafter is given, else jacobi)"))
     drafting.add_argument("--jacobi-init", default="random", choices=INITIALISATIONS, help=(
@@ -335,17 +336,17 @@ def _method_options(method: str, options: MethodOptions, args: argparse.Namespac
 
 # -- generate -------------------------------------------------------------------------------------
 
-DRAFTER_DRAFTS = ("model", "drafter-tree")  # --draft kinds that read --drafter
+DRAFTER_DRAFTS = ("model", "drafter-tree", "auto")  # --draft kinds that read --drafter (auto: when given)
 
 def _draft_kind(args: argparse.Namespace) -> str:
     kind = args.draft or ("model" if args.drafter else "jacobi")
     if args.tree_head and kind not in HEAD_METHODS:
         raise SettingsError(f"--tree-head is only used with --draft tree or tree-static, not with --draft {kind}")
     uses_drafter = kind in DRAFTER_DRAFTS
-    if uses_drafter and not args.drafter:
+    if uses_drafter and not args.drafter and kind != "auto":
         raise SettingsError(f"--draft {kind} needs --drafter PATH (a small model of the same family)")
     if not uses_drafter and args.drafter:
-        raise SettingsError(f"--drafter is only used with --draft model or drafter-tree, not with --draft {kind}")
+        raise SettingsError(f"--drafter is only used with --draft model, drafter-tree or auto, not with --draft {kind}")
     return kind
 
 
@@ -375,7 +376,7 @@ def _generate(args: argparse.Namespace) -> int:
     _options(args)  # bad settings fail before the model loads
     model = _load_target(args)
     _require_pixels(model)
-    drafter = _load_drafter(args, model) if kind in DRAFTER_DRAFTS else None
+    drafter = _load_drafter(args, model) if kind in DRAFTER_DRAFTS and args.drafter else None
     options = _options(args, _load_tree_head(args, model))
     policy = options.make_policy(model)
     check_policy_fits(policy, method)
@@ -390,6 +391,8 @@ def _generate(args: argparse.Namespace) -> int:
 
         result = generate(model, cond, settings, make_draft(method, options, drafter), policy, observer)
     progress.finish(summary_line(result))
+    if result.draft_summary and not args.quiet:
+        print(result.draft_summary, file=sys.stderr)
     compiling = model.compile_seconds + (drafter.compile_seconds if drafter else 0.0)
     if compiling and not args.quiet:
         print(f"compiled forwards: {compiling:.1f} s of this run was compiling (first calls only)", file=sys.stderr)
@@ -426,14 +429,14 @@ def _bench(args: argparse.Namespace) -> int:
     if is_continuous(args.model, args.family):
         return cli_continuous.bench(args)
     requested = {split_method(m)[0] for m in parse_methods(args.methods)} if args.methods else set()
-    _use_bundled_drafter(args, args.methods is None or bool(requested & set(DRAFTER_METHODS)))
+    _use_bundled_drafter(args, args.methods is None or bool(requested & {*DRAFTER_METHODS, "auto"}))
     _use_bundled_head(args, bool(requested & set(HEAD_METHODS)))
     default = DEFAULT_BENCH_METHODS + (",drafter" if args.drafter else "")
     methods = parse_methods(args.methods or default)
     if args.sweep:
         methods = sweep_methods(methods, _names(args.sweep), _numbers(args.relax_steps, "--relax-steps"))
-    if args.drafter and not any(split_method(m)[0] in DRAFTER_METHODS for m in methods):
-        raise SettingsError("--drafter is given but --methods does not include drafter or drafter-tree")
+    if args.drafter and not any(split_method(m)[0] in (*DRAFTER_METHODS, "auto") for m in methods):
+        raise SettingsError("--drafter is given but --methods does not include drafter, drafter-tree or auto")
     if (args.plot or args.table) and not args.quality:
         raise SettingsError("--plot and --table show quality against speed: add --quality")
     if args.tree_head and not any(split_method(m)[0] in HEAD_METHODS for m in methods):

@@ -194,6 +194,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
         drafter_forwards=draft.forwards if draft is not None else 0, drafted=drafted, accepted=accepted_total,
         wall_seconds=wall, model_seconds=clock.seconds + (draft.seconds if draft is not None else 0.0),
         finished=finished, diagnostics={name: values[:, :N].float().cpu() for name, values in diagnostics.items()},
+        draft_summary=draft.summary() if draft is not None else "",
     )
 
 

@@ -222,6 +222,7 @@ class GenerationResult:
     # [B, N] float, NaN where no draft was tested (trees: the accepted node's, else the last sibling tried);
     # the exact policy records nothing.
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+    draft_summary: str = ""  # what the draft source chose, if it chooses (DraftSource.summary)
 
     @property
     def batch_size(self) -> int:
@@ -265,4 +266,5 @@ class GenerationResult:
             "wall_seconds": round(self.wall_seconds, 4),
             "model_seconds": round(self.model_seconds, 4),
             "finished": self.finished,
+            **({"draft_choices": self.draft_summary} if self.draft_summary else {}),
         }

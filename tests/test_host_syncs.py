@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from syncs import DeviceReadCounter
-from tiny import tiny_drafter, tiny_model, tiny_tree_head
+from tiny import tiny_auto_drafts, tiny_drafter, tiny_model, tiny_tree_head
 
 from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
 from engine.drafts.drafter_tree import DrafterTreeDrafts
@@ -27,6 +27,7 @@ SOURCES = {
     "drafter-tree": lambda target: DrafterTreeDrafts(tiny_drafter(), branching=(3, 2, 1, 1)),
     "tree-static": lambda target: TreeHeadDrafts(tiny_tree_head(target), TreeShape(kind="static", branching=(3, 2, 1))),
     "tree-dynamic": lambda target: TreeHeadDrafts(tiny_tree_head(target), TreeShape(top_k=4, depth=4, nodes=12)),
+    "auto": lambda target: tiny_auto_drafts(),
 }
 RESULT_COPIES = 3  # tokens, kinds and forward indices come back to the host once, at the end
 

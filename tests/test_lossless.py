@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny import tiny_drafter, tiny_model, tiny_tree_head
+from tiny import tiny_auto_drafts, tiny_drafter, tiny_model, tiny_tree_head
 from stats import noise_floor, total_variation
 
 from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
@@ -32,6 +32,7 @@ SOURCES = {
     "drafter-tree": lambda: DrafterTreeDrafts(tiny_drafter(), branching=(3, 2, 1, 1)),
     # the head drafts at its own CFG scale (CFG only); the target verifies at the run's
     "tree-guided": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(top_k=4, depth=4, nodes=12, guidance=5.0)),
+    "auto": tiny_auto_drafts,
 }
 UNGUIDED_SOURCES = [name for name in SOURCES if name != "tree-guided"]
 
@@ -117,7 +118,7 @@ def _pit_pvalue(target: LlamaGenModel, source: str, policy: AcceptancePolicy | N
 
 
 @pytest.mark.parametrize("source", ["jacobi-random", "jacobi-row-above", "mc-sjd", "drafter", "tree-dynamic", "tree-static",
-                                    "tree-guided", "drafter-tree"])
+                                    "tree-guided", "drafter-tree", "auto"])
 def test_whole_images_follow_the_target_distribution(target: LlamaGenModel, source: str) -> None:
     """Every token of every image, refined Jacobi drafts included, is distributed as the target's p."""
     assert _pit_pvalue(target, source) > 0.001
@@ -151,7 +152,7 @@ def high_entropy_prefix(target: LlamaGenModel) -> tuple[torch.Tensor, torch.Tens
 
 
 @pytest.mark.parametrize("source", ["jacobi-random", "jacobi-uniform-q", "jacobi-row-above", "drafter",
-                                    "tree-dynamic", "tree-static", "drafter-tree"])
+                                    "tree-dynamic", "tree-static", "drafter-tree", "auto"])
 def test_token_at_a_fixed_prefix_follows_p(target: LlamaGenModel, high_entropy_prefix, source: str) -> None:
     prefix, p = high_entropy_prefix
     draws = 3000

@@ -14,6 +14,7 @@ from engine.checkpoints import save_safetensors
 from engine.continuous.mar import MAR, MARConfig
 from engine.continuous.model import MARTokenModel, PatchPixels
 from engine.demo.codebook import PatchCodebook
+from engine.drafts.auto import CALIBRATION_BLOCKS, AutoDrafts, ForwardCosts
 from engine.drafts.tree_head import TreeHead
 from engine.models.llamagen.adapter import LlamaGenModel
 from engine.models.llamagen.gpt import GPT, GPTConfig
@@ -41,6 +42,16 @@ def tiny_model_with_codes(seed: int = 0) -> LlamaGenModel:
 
 def tiny_drafter(seed: int = 1, **overrides: object) -> LlamaGenModel:
     return tiny_model(seed, "tiny-drafter", **{**TINY_DRAFTER, **overrides})
+
+
+# a verify of n tokens costs 1 + n/8 one-token forwards, a drafter step a quarter of one: under these
+# costs row-above Jacobi and the tiny drafter both draft, switching within an image
+SWITCHING_COSTS = ForwardCosts({n: 1.0 + n / 8 for n in CALIBRATION_BLOCKS}, padded=False, drafter_step=0.25)
+
+
+def tiny_auto_drafts() -> AutoDrafts:
+    """Auto drafting with the tiny drafter under fixed costs (the same choices on every machine)."""
+    return AutoDrafts(tiny_drafter(), costs=SWITCHING_COSTS)
 
 
 def save_official_pt(gpt: GPT, path: Path, wrapper: str | None = "model", stale_rope: bool = True) -> Path:

@@ -82,6 +82,10 @@ class DraftSource(ABC):
     def end(self) -> None:
         """Release per-generation state (caches)."""
 
+    def summary(self) -> str:
+        """A line for the run's stats on choices the source made (empty when it made none)."""
+        return ""
+
 
 def chain(tokens: torch.Tensor, q: torch.Tensor) -> DraftBlock:
     return DraftBlock(tokens, q, list(range(-1, tokens.shape[1] - 1)))

@@ -5,7 +5,9 @@ draft's ``q`` is the processed distribution it was drawn from. Its cache is roll
 before drafting, every row drops its last cached token and re-feeds the last two committed
 tokens. That one uniform step covers both outcomes of the previous block (a rejection leaves the
 cache one token ahead of the correction; a fully accepted block leaves the last draft uncached),
-so rows with different acceptance lengths stay in one rectangular forward.
+so rows with different acceptance lengths stay in one rectangular forward. Where the drafter sat
+out some steps (another source drafted them, :mod:`.auto`), it re-feeds every committed token its
+cache has not seen.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from ..errors import IncompatibleDrafterError, SettingsError
 from ..models.base import ImageTokenModel
 from ..sampling import DistributionProcessor, sample
 from ..types import DraftBlock
-from .base import DecodeState, DraftSource, chain
+from .base import DecodeState, DraftSource, StepOutcome, chain
 
 
 def check_drafter_fits(target: ImageTokenModel, drafter: ImageTokenModel) -> None:
@@ -47,6 +49,8 @@ class DrafterModelDrafts(DraftSource):
             raise SettingsError(f"drafter gamma (tokens drafted per target forward) must be an integer >= 1, got {gamma!r}")
         self.drafter, self.gamma = drafter, gamma
         self.processor: DistributionProcessor | None = None
+        self.valid = torch.zeros(0, dtype=torch.long)  # [B] host: leading image tokens the drafter's cache holds right
+        self._proposed: tuple[DraftBlock, torch.Tensor] | None = None  # the last block, and committed when drafted
 
     def begin(self, state: DecodeState) -> None:
         check_drafter_fits(state.model, self.drafter)
@@ -56,6 +60,11 @@ class DrafterModelDrafts(DraftSource):
         if known > 0:
             positions = torch.arange(known, device=state.tokens.device).expand(state.batch, -1)
             self.timed(lambda: self.drafter.forward(state.tokens[:, :known], positions))
+        self.valid = state.committed - 1
+
+    def can_catch_up(self, state: DecodeState) -> bool:
+        """Whether one rectangular forward re-feeds what every row's cache is missing."""
+        return int((state.committed - self.valid).max()) <= int(state.committed.min())
 
     def propose(self, state: DecodeState) -> DraftBlock:
         assert self.processor is not None, "begin() first"
@@ -65,7 +74,9 @@ class DrafterModelDrafts(DraftSource):
         if m <= 0:
             return DraftBlock.empty(B, V, dev)
         committed = state.committed.to(dev)
-        refeed = min(2, int(state.committed.min()))
+        refeed = int((state.committed - self.valid).max())
+        if refeed > int(state.committed.min()):
+            raise RuntimeError("the drafter's cache is too far behind to catch up in one forward")
         self.drafter.truncate(state.committed - refeed)
         positions = committed[:, None] - refeed + torch.arange(refeed, device=dev)[None, :]
         inputs = state.tokens.gather(1, positions)
@@ -78,7 +89,18 @@ class DrafterModelDrafts(DraftSource):
             drafts.append(token)
             qs.append(q)
             inputs, positions = token, predicted
-        return chain(torch.cat(drafts, dim=1), torch.cat(qs, dim=1))
+        block = chain(torch.cat(drafts, dim=1), torch.cat(qs, dim=1))
+        self._proposed = (block, state.committed)
+        return block
+
+    def observe(self, state: DecodeState, outcome: StepOutcome) -> None:
+        """The cache holds the committed tokens and the drafts up to the first one rejected
+        (the last draft was never fed); blocks drafted by another source leave it as it was."""
+        if self._proposed is None or self._proposed[0] is not outcome.block:
+            return
+        before = self._proposed[1]
+        fed = before + outcome.block.size - 1  # tokens cached: committed ones and all drafts but the last
+        self.valid = torch.minimum(state.committed - 1, fed)
 
     def end(self) -> None:
         self.drafter.release()

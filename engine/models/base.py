@@ -138,6 +138,11 @@ class ImageTokenModel(ABC):
         """Seconds spent compiling forwards so far (first calls of each compiled shape)."""
         return 0.0
 
+    @property
+    def pads_blocks(self) -> bool:
+        """Whether a block of k tokens runs padded to a compiled bucket (its cost is the bucket's)."""
+        return False
+
     def release(self) -> None:
         """Free the cache (models stay loaded); called when a generation ends."""
 

@@ -99,6 +99,10 @@ class LlamaGenModel(ImageTokenModel):
     def compile_seconds(self) -> float:
         return self.compiled.compile_seconds if self.compiled is not None else 0.0
 
+    @property
+    def pads_blocks(self) -> bool:
+        return self.compiled is not None and self.compiled.active
+
     def _run_compiled(self, tokens: torch.Tensor, slots: torch.Tensor, tree_mask: torch.Tensor | None
                       ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The forward of rows ``tokens [R, k]`` at rotary rows ``slots`` in a padded bucket, or

@@ -1,0 +1,87 @@
+"""``--draft auto``: the draft source and chain length chosen by measured cost, still lossless
+(its sampled-distribution tests run with the other sources' in test_lossless.py)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import tiny_auto_drafts, tiny_drafter, tiny_model
+
+from engine import Conditioning, SamplingSettings, generate
+from engine.drafts.auto import CALIBRATION_BLOCKS, AutoDrafts, ForwardCosts, measure_costs
+from engine.drafts.base import DecodeState
+from engine.models.llamagen.adapter import LlamaGenModel
+from engine.sampling import DistributionProcessor, make_generator
+
+COND = Conditioning.classes([1, 4, 7])
+
+
+@pytest.fixture(scope="module")
+def target() -> LlamaGenModel:
+    return tiny_model(0)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 3.0])
+@pytest.mark.parametrize("with_drafter", [False, True])
+def test_greedy_equals_plain_ar(target: LlamaGenModel, cfg: float, with_drafter: bool) -> None:
+    settings = SamplingSettings(cfg_scale=cfg, greedy=True, seed=5)
+    ar = generate(target, COND, settings)
+    auto = generate(target, COND, settings, draft=AutoDrafts(tiny_drafter() if with_drafter else None))
+    assert torch.equal(auto.tokens, ar.tokens)
+    assert auto.target_forwards <= ar.target_forwards
+    assert auto.draft_summary.startswith("auto chose")
+
+
+def test_switches_between_sources_and_stays_exact(target: LlamaGenModel) -> None:
+    """With a fixed cost table both arms are used in one image; the drafter catches up on the
+    tokens Jacobi committed while it sat out."""
+    settings = SamplingSettings(cfg_scale=3.0, greedy=True, seed=1)
+    auto = tiny_auto_drafts()
+    result = generate(target, COND, settings, draft=auto)
+    assert torch.equal(result.tokens, generate(target, COND, settings).tokens)
+    used = {arm.label for arm in auto.arms if arm.used}
+    assert used == {"jacobi-row", "drafter"}, result.draft_summary
+    assert "drafter" in result.draft_summary and "jacobi-row" in result.draft_summary
+
+
+def test_same_seed_same_image(target: LlamaGenModel) -> None:
+    settings = SamplingSettings(cfg_scale=2.0, top_k=20, seed=11)
+    drafter = tiny_drafter()
+    a = generate(target, COND, settings, draft=AutoDrafts(drafter))
+    b = generate(target, COND, settings, draft=AutoDrafts(drafter))
+    assert torch.equal(a.tokens, b.tokens)
+
+
+def test_chooses_by_cost_per_second() -> None:
+    """Cheap long verifies buy long chains; expensive ones buy short chains or none."""
+    state = _state(tiny_model(0))
+    cheap = AutoDrafts(costs=ForwardCosts({n: 1.0 for n in CALIBRATION_BLOCKS}, padded=False))
+    dear = AutoDrafts(costs=ForwardCosts({n: float(n) for n in CALIBRATION_BLOCKS}, padded=False))
+    for auto in (cheap, dear):
+        auto.begin(state)
+    assert cheap.choose(state)[1] == CALIBRATION_BLOCKS[-1] - 1
+    assert dear.choose(state)[1] == 0  # a verify of n tokens costs n forwards: no draft pays, a plain step
+
+
+def test_padded_costs_are_steps_and_eager_costs_interpolate() -> None:
+    table = {1: 1.0, 2: 2.0, 3: 3.0, 5: 5.0, 9: 9.0, 17: 17.0}
+    assert ForwardCosts(table, padded=False).target_seconds(7) == 7.0
+    assert ForwardCosts(table, padded=True).target_seconds(7) == 9.0
+    assert ForwardCosts(table, padded=True).target_seconds(40) == 17.0
+
+
+def test_costs_are_measured_once_per_shape(target: LlamaGenModel) -> None:
+    first = measure_costs(_state(target), None)
+    assert set(first.target) == set(CALIBRATION_BLOCKS) and all(t > 0 for t in first.target.values())
+    assert measure_costs(_state(target), None).target is first.target
+    assert all(first.target[a] <= first.target[b] for a, b in zip(CALIBRATION_BLOCKS, CALIBRATION_BLOCKS[1:]))
+    target.release()
+
+
+def _state(model: LlamaGenModel) -> DecodeState:
+    cond = Conditioning.classes([2])
+    settings = SamplingSettings(cfg_scale=2.0, seed=0)
+    out = model.prefill(cond, guided=True)
+    tokens = torch.zeros(1, model.num_image_tokens + 1, dtype=torch.long)
+    return DecodeState(model, cond, True, DistributionProcessor(settings), make_generator(0, model.device), tokens,
+                       torch.ones(1, dtype=torch.long), model.num_image_tokens - 2, out.hidden)
