@@ -1,16 +1,22 @@
 """Draft length and source chosen by cost: the most committed tokens per second, not per forward.
 
 Every target forward, :class:`AutoDrafts` picks one arm, a draft source (Jacobi with row-above
-initialisation, always; the drafter model when one is given) and a chain length ``L``, to
-maximise
+initialisation, always; the drafter model when one is given) and a chain length ``L``, or a plain
+step, to maximise
 
     expected committed tokens / expected seconds
     = (1 + sum_{j<=L} prod_{i<=j} a_i) / (target forward of L + 1 tokens + drafting time)
 
 where ``a_i`` is the source's acceptance rate at depth ``i`` given depth ``i - 1`` was accepted,
-counted over this generation's own steps (with a weak prior, and the deepest measured depth
+counted over this generation's recent steps (with a weak prior, and the deepest measured depth
 standing in for deeper ones), and the times come from :class:`ForwardCosts`, measured on this
 machine once per model, batch size and guidance, the first time a generation asks.
+
+The drafter's drafts are fresh every forward, so any ``L`` up to its longest chain is a candidate.
+Jacobi's are not: a window slot gets better only when a forward verifies it (its next draft is
+sampled from the target's distribution there), so a short block leaves the rest of the window
+unrefined and lowers the acceptance of later blocks. Jacobi therefore runs its whole window or
+not at all.
 
 The choice depends on past outcomes and on the measured costs only, never on the drafts it is
 about to verify, so the exact policy stays exact: every draft still carries the distribution it
@@ -36,10 +42,11 @@ from .drafter import DrafterModelDrafts
 from .jacobi import JacobiDrafts
 
 CALIBRATION_BLOCKS = (1, 2, 3, 5, 9, 17)  # target block sizes timed (pending token included)
-JACOBI_MAX_DRAFTS = CALIBRATION_BLOCKS[-1] - 1
+JACOBI_WINDOW = CALIBRATION_BLOCKS[-1] - 1  # drafts per Jacobi block: the window of 16 of the SJD paper, less the pending token
 DRAFTER_MAX_DRAFTS = 8
 PRIOR_ACCEPTED, PRIOR_REJECTED = 1.2, 0.8  # a weak prior: acceptance 0.6 at depths with no data yet
 MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tracked over the last ~20 forwards
+STINT = 8  # forwards between choices of the draft source
 
 
 def _best_of(call: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
@@ -88,7 +95,8 @@ _MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], di
 
 
 def _block_seconds(model: ImageTokenModel, state: DecodeState, sizes: tuple[int, ...]) -> dict[int, float]:
-    """Seconds of one forward of ``sizes`` tokens right after the prefill, the cache rolled back
+    """Seconds of one forward of ``sizes`` tokens with half an image of placeholder tokens cached
+    (attention over the cache grows through an image; half-way is its mean), the cache rolled back
     after each; measured once per model, batch size and guidance. A block is never cheaper than a
     smaller one, so a size timed slower than a larger one (a hiccup of the machine) takes the larger's time."""
     known = _MEASURED.setdefault(model, {})
@@ -96,13 +104,18 @@ def _block_seconds(model: ImageTokenModel, state: DecodeState, sizes: tuple[int,
     if key not in known:
         dev = state.tokens.device
         cached = state.committed - 1  # host [B]: image tokens in the cache
+        context = max(0, state.num_tokens // 2 - int(cached.min()))
+        positions = cached.to(dev)[:, None] + torch.arange(context, device=dev)[None, :]
+        model.forward(torch.zeros_like(positions), positions)
+        filled = cached + context
 
         def block(size: int) -> None:
-            positions = cached.to(dev)[:, None] + torch.arange(size, device=dev)[None, :]
+            positions = filled.to(dev)[:, None] + torch.arange(size, device=dev)[None, :]
             model.forward(torch.zeros_like(positions), positions)
-            model.truncate(cached)
+            model.truncate(filled)
 
         seconds = {size: _best_of(lambda: block(size), dev) for size in sizes}
+        model.truncate(cached)
         known[key] = {size: min(t for s, t in seconds.items() if s >= size) for size in sizes}
     return known[key]
 
@@ -145,20 +158,99 @@ class _DepthAcceptance:
         return rates
 
 
-@dataclass
 class _Arm:
-    """A draft source the chooser can use, its longest chain and what its drafting costs."""
+    """A draft source the chooser can use: what it is expected to commit, at what cost."""
 
-    label: str
-    source: DraftSource
-    max_drafts: int
-    acceptance: _DepthAcceptance
-    seconds_per_draft: float  # drafting time per drafted token (0 for Jacobi: its drafts come with the verify)
-    used: dict[int, int]  # chain length -> target forwards it was chosen for
+    label = ""
+
+    def __init__(self, source: DraftSource) -> None:
+        self.source = source
+        self.used: dict[int, int] = {}  # chain length -> target forwards it drafted
+
+    def plan(self, state: DecodeState, costs: ForwardCosts) -> tuple[float, int]:
+        """Expected committed tokens per second at the best chain length, and that length."""
+        raise NotImplementedError
+
+    def record(self, drafts: int, accepted: torch.Tensor) -> None:
+        """One block of ``drafts`` drafts it proposed; ``accepted [rows]`` host, per running row."""
+
+    def fade(self) -> None:
+        """A target forward went by: older outcomes count for less."""
+
+    def start(self, state: DecodeState) -> None:
+        """A stint of this arm begins (it saw none of the blocks since its last one)."""
+
+
+class _JacobiArm(_Arm):
+    """Row-above Jacobi at its whole window; expected yield = the recent mean of accepted drafts per block."""
+
+    label = "jacobi-row"
+    PRIOR = 3.0  # accepted drafts per block before any was measured, and where an unused estimate drifts back to
+    WARMUP = 2  # blocks after a stint starts that refine the window and are not counted
+
+    def __init__(self, source: JacobiDrafts) -> None:
+        super().__init__(source)
+        self.window = source.slots
+        self.mean_accepted = self.PRIOR
+        self.since_start = 0
+
+    def plan(self, state: DecodeState, costs: ForwardCosts) -> tuple[float, int]:
+        length = min(self.window, state.max_drafts)
+        expected = 1 + min(self.mean_accepted, length)
+        return expected / costs.target_seconds(length + 1), length
+
+    def record(self, drafts: int, accepted: torch.Tensor) -> None:
+        self.since_start += 1
+        if len(accepted) and self.since_start > self.WARMUP:
+            self.mean_accepted += 0.25 * (float(accepted.float().mean()) - self.mean_accepted)
+
+    def fade(self) -> None:
+        self.mean_accepted += (1 - MEMORY) * (self.PRIOR - self.mean_accepted)
+
+    def start(self, state: DecodeState) -> None:
+        """The window starts afresh: the blocks other arms drafted were not its own to refine."""
+        self.since_start = 0
+        self.source.begin(state)
+
+
+class _DrafterArm(_Arm):
+    """The drafter model at any chain length; acceptance modelled per depth (its drafts are fresh each block)."""
+
+    label = "drafter"
+
+    def __init__(self, source: DrafterModelDrafts, seconds_per_draft: float) -> None:
+        super().__init__(source)
+        self.drafter = source
+        self.acceptance = _DepthAcceptance(DRAFTER_MAX_DRAFTS)
+        self.seconds_per_draft = seconds_per_draft
+
+    def plan(self, state: DecodeState, costs: ForwardCosts) -> tuple[float, int]:
+        best, survive, expected = (0.0, 0), 1.0, 1.0
+        if not self.drafter.can_catch_up(state):
+            return best
+        rates = self.acceptance.rates()
+        for length in range(1, min(DRAFTER_MAX_DRAFTS, state.max_drafts) + 1):
+            survive *= rates[length]
+            expected += survive
+            rate = expected / (costs.target_seconds(length + 1) + length * self.seconds_per_draft)
+            best = max(best, (rate, length))
+        return best
+
+    def record(self, drafts: int, accepted: torch.Tensor) -> None:
+        self.acceptance.record(drafts, accepted)
+
+    def fade(self) -> None:
+        self.acceptance.fade()
 
 
 class AutoDrafts(DraftSource):
-    """Chooses draft source and chain length each target forward by measured cost (module doc)."""
+    """Chooses draft source and chain length by measured cost (module doc).
+
+    The source is re-chosen every :data:`STINT` forwards (Jacobi's window needs a few forwards to
+    refine, so switching every forward would never show its yield); the drafter's chain length,
+    every forward. A plain stint is chosen where no source is expected to pay for its verifies;
+    an arm's estimate drifts back to its prior while unused, so it is tried again later.
+    """
 
     name = "auto"
 
@@ -166,12 +258,13 @@ class AutoDrafts(DraftSource):
         """``costs`` fixes the cost table (reproducible choices on any machine); by default it is measured."""
         super().__init__()
         self.drafter, self.given_costs = drafter, costs
-        self.jacobi = JacobiDrafts(JACOBI_MAX_DRAFTS + 1, "row_above")
+        self.jacobi = JacobiDrafts(JACOBI_WINDOW + 1, "row_above")
         self.drafter_drafts = DrafterModelDrafts(drafter, DRAFTER_MAX_DRAFTS) if drafter is not None else None
         self.arms: list[_Arm] = []
         self.costs: ForwardCosts | None = None
         self.plain_steps = 0  # forwards with no draft worth its verify
-        self._chosen: tuple[_Arm, int] | None = None
+        self._stint: tuple[_Arm | None, int] = (None, 0)  # the arm of this stint (None: plain) and forwards left
+        self._chosen: _Arm | None = None
 
     @property
     def sources(self) -> list[DraftSource]:
@@ -181,49 +274,46 @@ class AutoDrafts(DraftSource):
         for source in self.sources:
             source.begin(state)
         self.costs = self.given_costs or measure_costs(state, self.drafter)
-        self.arms = [_Arm("jacobi-row", self.jacobi, JACOBI_MAX_DRAFTS, _DepthAcceptance(JACOBI_MAX_DRAFTS), 0.0, {})]
+        self.arms = [_JacobiArm(self.jacobi)]
         if self.drafter_drafts is not None:
-            step = self.costs.drafter_step or 0.0
-            self.arms.append(_Arm("drafter", self.drafter_drafts, DRAFTER_MAX_DRAFTS,
-                                  _DepthAcceptance(DRAFTER_MAX_DRAFTS), step, {}))
+            self.arms.append(_DrafterArm(self.drafter_drafts, self.costs.drafter_step or 0.0))
 
-    def choose(self, state: DecodeState) -> tuple[_Arm, int]:
-        """The arm and chain length with the most expected committed tokens per second; length 0
-        (a plain step) where no draft is expected to pay for its verify."""
+    def choose(self, state: DecodeState) -> tuple[_Arm | None, int]:
+        """This forward's arm (``None``: a plain step) and chain length."""
         assert self.costs is not None, "begin() first"
-        best: tuple[float, _Arm, int] = (1.0 / self.costs.target_seconds(1), self.arms[0], 0)
-        for arm in self.arms:
-            if arm.source is self.drafter_drafts and not self.drafter_drafts.can_catch_up(state):
-                continue
-            rates, survive, expected = arm.acceptance.rates(), 1.0, 1.0
-            for length in range(1, min(arm.max_drafts, state.max_drafts) + 1):
-                survive *= rates[length]
-                expected += survive
-                seconds = self.costs.target_seconds(length + 1) + length * arm.seconds_per_draft
-                if expected / seconds > best[0]:
-                    best = (expected / seconds, arm, length)
-        return best[1], best[2]
+        arm, left = self._stint
+        if left == 0:
+            plain = 1.0 / self.costs.target_seconds(1)
+            rated = [(arm.plan(state, self.costs)[0], index) for index, arm in enumerate(self.arms)]
+            rate, index = max(rated)
+            chosen = self.arms[index] if rate > plain else None
+            if chosen is not None and chosen is not arm:
+                chosen.start(state)
+            arm, left = chosen, STINT
+        self._stint = (arm, left - 1)
+        if arm is None:
+            return None, 0
+        rate, length = arm.plan(state, self.costs)
+        if length == 0 and arm is not self.arms[0]:  # the drafter cannot catch up this forward
+            return self.arms[0], self.arms[0].plan(state, self.costs)[1]
+        return arm, length
 
     def propose(self, state: DecodeState) -> DraftBlock:
         arm, length = self.choose(state)
-        self._chosen = (arm, length)
-        if length == 0:
+        self._chosen = arm if length else None
+        if arm is None or length == 0:
             self.plain_steps += 1
             return DraftBlock.empty(state.batch, state.model.vocab_size, state.tokens.device)
         arm.used[length] = arm.used.get(length, 0) + 1
         return arm.source.propose(replace(state, max_drafts=length))
 
     def observe(self, state: DecodeState, outcome: StepOutcome) -> None:
-        assert self._chosen is not None
-        arm, _ = self._chosen
-        for each in self.arms:
-            each.acceptance.fade()
-        running = state.committed > outcome.committed_before  # rows that were not done already
-        accepted = (state.committed - outcome.committed_before - 1)[running]
-        if outcome.block.size:
-            arm.acceptance.record(outcome.block.size, accepted)
-        for source in self.sources:
-            source.observe(state, outcome)
+        for arm in self.arms:
+            arm.fade()
+        if self._chosen is not None and outcome.block.size:
+            running = state.committed > outcome.committed_before  # rows that were not done already
+            self._chosen.record(outcome.block.size, (state.committed - outcome.committed_before - 1)[running])
+            self._chosen.source.observe(state, outcome)
 
     def end(self) -> None:
         for source in self.sources:
@@ -242,6 +332,4 @@ class AutoDrafts(DraftSource):
                 parts.append(f"{arm.label} ({lengths})")
         if self.plain_steps:
             parts.append(f"no drafts x{self.plain_steps}")
-        rates = "; ".join(f"{arm.label} acceptance by depth "
-                          + " ".join(f"{rate:.2f}" for rate in arm.acceptance.rates()[1:6]) for arm in self.arms)
-        return f"auto chose {', '.join(parts) or 'nothing'}; {rates}; {self.costs.describe()}"
+        return f"auto chose {', '.join(parts) or 'nothing'}; {self.costs.describe()}"
