@@ -34,7 +34,8 @@ Observer = Callable[[StepEvent], bool | None]
 
 @dataclass(frozen=True)
 class DraftRecipe:
-    """Where drafts come from: ``method`` is a :data:`engine.bench.METHODS` name (``ar`` = none)."""
+    """Where drafts come from: ``method`` is a :data:`engine.bench.METHODS` name (``ar`` = none;
+    ``auto`` chooses Jacobi or the drafter and the chain length by measured cost)."""
 
     method: str = "ar"
     window: int = 16
@@ -55,6 +56,9 @@ class DraftRecipe:
     def describe(self) -> str:
         if self.method == "ar":
             return "plain AR"
+        if self.method == "auto":
+            return "auto (row-above Jacobi" + (f" or drafter {self.drafter.name}" if self.drafter else "") + \
+                ", length by measured cost)"
         if self.method == "drafter":
             return f"drafter {self.drafter.name if self.drafter else '?'} (gamma {self.gamma})"
         if self.method == "tree":
@@ -159,6 +163,8 @@ def run_job(model: ImageTokenModel, prompt: str, batch: int, settings: SamplingS
     check_policy_fits(acceptance, draft.method)
     result = generate(model, cond, settings, draft.build(model), acceptance, observer)
     summary = summary_line(result, f"{draft.describe()}, policy {policy.describe()}", draft.method != "ar")
+    if result.draft_summary:
+        summary += "\n" + result.draft_summary
     return job_output(model, result, summary)
 
 

@@ -13,12 +13,12 @@ from ..engine.models.base import ImageTokenModel
 from ..engine.models.registry import BUNDLED, FAMILIES, find_models, load_model, resolve_dtype
 from ..engine.session import DraftRecipe
 from .host import Host
-from .schema import COMBO, DRAFT, FLOAT, INT, MODEL, STRING, Field, NodeSpec, Output
+from .schema import BOOLEAN, COMBO, DRAFT, FLOAT, INT, MODEL, STRING, Field, NodeSpec, Output
 
 DTYPES = ("auto", "fp32", "bf16", "fp16")
 BUNDLED_TARGET, BUNDLED_DRAFTER = "demo", "demo-drafter"
 BUNDLED_MAR, BUNDLED_MAR_DRAFTER = "mar-demo", "mar-demo-drafter"
-DRAFTER_SHAPES = ("chain", "static tree")
+DRAFTER_SHAPES = ("chain", "static tree", "auto")
 _BRANCHING = "2,2,1*30"  # engine.drafts.drafter_tree.DEFAULT_BRANCHING, as the node shows it
 
 
@@ -42,8 +42,15 @@ def load(host: Host, choice: str, dtype: str, family: str = "auto", image_size: 
                       image_size=image_size or None)
 
 
-def _load_target(host: Host, model: str, dtype: str, family: str, image_size: int) -> tuple[ImageTokenModel]:
-    return (load(host, model, dtype, family, image_size),)
+def _load_target(host: Host, model: str, dtype: str, family: str, image_size: int,
+                 compile: bool) -> tuple[ImageTokenModel]:
+    loaded = load(host, model, dtype, family, image_size)
+    if compile:
+        if is_continuous_model(loaded):
+            raise SettingsError("compiled forwards serve token models (LlamaGen, the demo); MAR models run eagerly: "
+                                "switch compile off")
+        loaded.set_compile(True)
+    return (loaded,)
 
 
 def _load_drafter(host: Host, drafter: str, gamma: int, dtype: str, shape: str, branching: str) -> tuple[DraftRecipe]:
@@ -54,6 +61,8 @@ def _load_drafter(host: Host, drafter: str, gamma: int, dtype: str, shape: str, 
         return (DraftRecipe("drafter", gamma=gamma, drafter=model),)
     if is_continuous_model(model):
         raise SettingsError("a MAR drafter drafts continuous tokens as a chain (CSpD): set shape to chain")
+    if shape == "auto":
+        return (DraftRecipe("auto", drafter=model),)
     tree = TreeShape(kind="static", branching=TreeShape.parse_branching(branching))
     return (DraftRecipe("drafter-tree", drafter=model, tree=tree),)
 
@@ -89,6 +98,9 @@ LOAD_MODEL = NodeSpec(
               default="auto", options=("auto", *FAMILIES, "mar")),
         Field("image_size", INT, "pixels per side for families that draw several sizes (Lumina-mGPT: multiples of 32; "
               "Emu3: of 8); 0 takes the checkpoint's usual size", default=0, min=0, max=4096, step=16),
+        Field("compile", BOOLEAN, "run the model's forwards through torch.compile (LlamaGen and the demo; others "
+              "stay eager): each new block size compiles once on first use; whether it is faster depends on the "
+              "machine (docs/benchmarks.md); without a C compiler it stays eager with a notice", default=False),
     ),
     outputs=(Output(MODEL, "model", "the target model, for SpecAR Sampler and SpecAR Compare"),),
     run=_load_target,
@@ -107,7 +119,9 @@ DRAFTER_MODEL = NodeSpec(
               "pass, CSpD's default 8)", default=6, min=1, max=32),
         _DTYPE_FIELD,
         Field("shape", COMBO, "chain: one line of gamma guesses; static tree: a tree of sampled guesses (branching), "
-              "which the cascade policy relaxes (README, tree section)", default="chain", options=DRAFTER_SHAPES),
+              "which the cascade policy relaxes (README, tree section); auto: every few forwards this drafter or "
+              "row-above Jacobi, and the number of guesses, whichever commits the most tokens per second on this "
+              "machine (gamma and branching unused)", default="chain", options=DRAFTER_SHAPES),
         Field("branching", STRING, "static tree: children of every node at each depth; B*N repeats B for N depths "
               "(2,2,1*30: four paths of 32 guesses)", default=_BRANCHING),
     ),

@@ -102,7 +102,8 @@ def _sample(host: Host, model: ImageTokenModel, prompt: str, seed: int, batch_si
             temperature: float, top_k: int, draft: DraftRecipe | None = None,
             policy: PolicyRecipe | None = None) -> tuple[torch.Tensor, torch.Tensor, str, torch.Tensor]:
     settings = sampling_settings(model, seed, cfg, temperature, top_k)
-    job = decode_job(host, model, prompt, batch_size, settings, draft or DraftRecipe(), policy or PolicyRecipe())
+    draft = draft or (DraftRecipe() if is_continuous_model(model) else DraftRecipe("auto"))
+    job = decode_job(host, model, prompt, batch_size, settings, draft, policy or PolicyRecipe())
     return job.images, job.heatmaps, job.summary, job.explanation
 
 
@@ -145,11 +146,13 @@ SAMPLER = NodeSpec(
     node_id="SpecARSampler",
     display_name="SpecAR Sampler",
     description="Draws images with speculative decoding and shows live, per token, which tokens came from accepted "
-                "drafts. Without a draft it decodes plainly, one token per forward.",
+                "drafts. Without a draft input it drafts by itself (auto: row-above Jacobi guesses, as many per "
+                "forward as pay on this machine; plain decoding where none pay); continuous (MAR) models decode plainly.",
     inputs=(
         Field("model", MODEL, "from SpecAR Load Model"),
         *_SAMPLING_FIELDS,
-        Field("draft", DRAFT, "from SpecAR Jacobi Drafts or SpecAR Drafter Model (none: plain decoding)", optional=True),
+        Field("draft", DRAFT, "from SpecAR Jacobi Drafts, SpecAR Drafter Model or SpecAR Tree Head Drafts "
+              "(none: auto, self-drafting by measured cost)", optional=True),
         Field("policy", POLICY, "from SpecAR Acceptance Policy (none: exact, lossless)", optional=True),
     ),
     outputs=(

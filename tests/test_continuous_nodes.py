@@ -34,7 +34,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _loaded(host: LocalHost) -> tuple[object, object]:
-    (model,) = run("SpecARModelLoader", host, model="mar-tiny.safetensors", dtype="auto", family="auto", image_size=0)
+    (model,) = run("SpecARModelLoader", host, model="mar-tiny.safetensors", dtype="auto", family="auto", image_size=0, compile=False)
     (draft,) = run("SpecARDrafterModel", host, drafter="mar-tiny-draft.safetensors", gamma=2, dtype="auto", shape="chain", branching="2")
     model.default_settings = model.default_settings.with_(num_iter=6, num_sampling_steps=5)  # type: ignore[attr-defined]
     return model, draft
@@ -77,7 +77,7 @@ def test_discrete_settings_are_refused_with_a_clear_message(folder: Path) -> Non
         run("SpecARSampler", host, model=model, **{**SAMPLING, "temperature": 0.0})
     with pytest.raises(SettingsError, match="inner_temperature"):
         run("SpecARAcceptancePolicy", host, policy="cspd", relaxation=0.0, expert_options="tau=3")
-    (discrete,) = run("SpecARModelLoader", host, model="demo", dtype="auto", family="auto", image_size=0)
+    (discrete,) = run("SpecARModelLoader", host, model="demo", dtype="auto", family="auto", image_size=0, compile=False)
     with pytest.raises(IncompatibleDrafterError, match="continuous tokens"):
         run("SpecARSampler", host, model=discrete, draft=draft, **{**SAMPLING, "prompt": "red ring"})
     assert model.device == torch.device("cpu")  # type: ignore[attr-defined]

@@ -22,7 +22,8 @@ from specar_pack.engine.drafts.tree_drafts import TreeShape  # noqa: E402
 from specar_pack.engine.drafts.tree_head import save_tree_head  # noqa: E402
 from specar_pack.nodes import NODES, NODES_BY_ID  # noqa: E402
 from specar_pack.nodes.host import LocalHost, NodeInterrupted  # noqa: E402
-from specar_pack.nodes.sampler_nodes import HEATMAP_EVENT  # noqa: E402
+from specar_pack.engine.session import DraftRecipe, run_job  # noqa: E402
+from specar_pack.nodes.sampler_nodes import HEATMAP_EVENT, sampling_settings  # noqa: E402
 from specar_pack.nodes.schema import COMBO, FLOAT, INT  # noqa: E402
 
 SAMPLING = dict(prompt="red ring", seed=3, batch_size=2, cfg=2.0, temperature=1.0, top_k=100)
@@ -34,7 +35,7 @@ def run(node_id: str, host: LocalHost, **inputs: object) -> tuple:
 
 @pytest.fixture(scope="module")
 def demo() -> object:
-    (model,) = run("SpecARModelLoader", LocalHost(), model="demo", dtype="auto", family="auto", image_size=0)
+    (model,) = run("SpecARModelLoader", LocalHost(), model="demo", dtype="auto", family="auto", image_size=0, compile=False)
     return model
 
 
@@ -71,15 +72,27 @@ def test_sampler_with_jacobi_drafts(demo) -> None:  # type: ignore[no-untyped-de
     assert len(frames) <= forwards + 1  # throttled, plus the final frame
 
 
-def test_greedy_sampler_is_lossless_with_either_draft_source(demo) -> None:  # type: ignore[no-untyped-def]
+def test_greedy_sampler_is_lossless_with_every_draft_source(demo) -> None:  # type: ignore[no-untyped-def]
     host = LocalHost()
     greedy = {**SAMPLING, "temperature": 0.0}
-    plain, *_ = run("SpecARSampler", host, model=demo, **greedy)
+    settings = sampling_settings(demo, greedy["seed"], greedy["cfg"], 0.0, greedy["top_k"])
+    plain = run_job(demo, greedy["prompt"], greedy["batch_size"], settings, DraftRecipe("ar")).images
     (jacobi,) = run("SpecARJacobiDrafts", host, window=8, initialisation="random", coupled=True)
     (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto", shape="chain", branching="2")
-    for draft in (jacobi, drafter):
-        fast, *_ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
+    (auto,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto", shape="auto", branching="2")
+    for draft in (jacobi, drafter, auto, None):  # None: the sampler's own default, auto self-drafting
+        fast, _, stats, _ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
         assert torch.equal(plain, fast)
+        if draft is None or draft is auto:
+            assert "auto (row-above Jacobi" in stats and "auto chose" in stats
+
+
+def test_loader_compile_switch(demo) -> None:  # type: ignore[no-untyped-def]
+    host = LocalHost()
+    (compiled,) = run("SpecARModelLoader", host, model="demo", dtype="auto", family="auto", image_size=0, compile=True)
+    assert compiled.compiled is not None and demo.compiled is None
+    with pytest.raises(SettingsError, match="switch compile off"):
+        run("SpecARModelLoader", host, model="mar-demo", dtype="auto", family="auto", image_size=0, compile=True)
 
 
 def test_interrupt_stops_between_forwards(demo) -> None:  # type: ignore[no-untyped-def]
@@ -189,10 +202,10 @@ def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None: 
     host = LocalHost(folders=[folder])
     choices = NODES_BY_ID["SpecARModelLoader"].field("model").choices(host.model_folders())
     assert choices == ["demo", "mar-demo", "broken.safetensors", "tiny-dir", "tiny.safetensors"]
-    (tiny,) = run("SpecARModelLoader", host, model="tiny-dir", dtype="fp32", family="auto", image_size=0)
+    (tiny,) = run("SpecARModelLoader", host, model="tiny-dir", dtype="fp32", family="auto", image_size=0, compile=False)
     assert tiny.grid == (8, 8)
     with pytest.raises(CheckpointError, match="broken.safetensors"):
-        run("SpecARModelLoader", host, model="broken.safetensors", dtype="auto", family="auto", image_size=0)
+        run("SpecARModelLoader", host, model="broken.safetensors", dtype="auto", family="auto", image_size=0, compile=False)
     with pytest.raises(SettingsError, match="no VQ tokenizer"):
         run("SpecARSampler", host, model=tiny, **{**SAMPLING, "prompt": "1"})
     (mismatched,) = run("SpecARDrafterModel", host, drafter="tiny.safetensors", gamma=4, dtype="fp32", shape="chain", branching="2")
