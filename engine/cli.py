@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from . import cli_continuous, pareto, pooled
-from .cli_output import StopOnInterrupt, write_json, write_pictures
+from .cli_output import StopOnInterrupt, write_json, write_pictures, write_text
 from .bench import (METHODS, DRAFTER_METHODS, HEAD_METHODS, TREE_METHODS, check_policy_fits, BenchRow, ConditionFn, table_lines, MethodOptions, add_quality, make_draft, method_name, parse_methods, split_method,
                     run_bench, sweep_methods)
 from .continuous.registry import is_continuous
@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
                                  description="Time target forwards of real-size random-weight models (no download): "
                                              "what a given tokens-per-forward buys on this machine.")
     timing.add_argument("--models", default="janus-pro-1b,llamagen-xl", metavar="A,B",
-                        help="comma-separated: janus-pro-1b, janus-pro-7b, llamagen-xl, llamagen-xxl, tiny-janus, "
+                        help="comma-separated: janus-pro-1b, janus-pro-7b, llamagen-xl, llamagen-xxl, llamagen-b, tiny-janus, "
                              "tiny-llamagen (default: janus-pro-1b,llamagen-xl)")
     timing.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     timing.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
@@ -247,6 +247,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="image tokens already cached when a block is timed (default: 256)")
     timing.add_argument("--repeats", type=_int_at_least(1), default=20, metavar="N", help="timed forwards per shape")
     timing.add_argument("--table", metavar="TIMES.md", help="also write the Markdown table here")
+    timing.add_argument("--project", metavar="BENCH.json", help=(
+        "a 'specar bench --batch 1 --json' file of the demo: print each method's projected speed-up on the timed "
+        "models, its tokens per forward over the measured cost of the block it verifies (a projection)"))
+    timing.add_argument("--drafter-model", metavar="NAME", help=(
+        "with --project: also time this model (e.g. llamagen-b) as the drafter of the drafter methods"))
     timing.set_defaults(run=_forward_bench)
     return parser
 
@@ -538,15 +543,25 @@ def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: Samplin
 # -- entry point ----------------------------------------------------------------------------------
 
 def _forward_bench(args: argparse.Namespace) -> int:
-    from .forward_bench import markdown_table, time_forwards
+    from .forward_bench import markdown_table, projection_table, time_forwards
+    from .pareto import load_runs
 
+    if args.drafter_model and not args.project:
+        raise SettingsError("--drafter-model is for --project: give the benchmark JSON to project")
+    runs = load_runs([args.project]) if args.project else []
+    if runs and any(int(run.get("batch", 1)) != 1 for run in runs):  # type: ignore[call-overload]
+        raise SettingsError(f"{args.project}: project a batch-1 benchmark (specar bench --batch 1 --json)")
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     rows = [time_forwards(name.strip(), device, dtype, args.context, args.repeats) for name in args.models.split(",")]
-    table = markdown_table(rows)
+    drafter = time_forwards(args.drafter_model, device, dtype, args.context, args.repeats) if args.drafter_model else None
+    table = markdown_table(rows + ([drafter] if drafter else []))
+    if runs:
+        table += "\n\nProjected wall-clock speed-up over plain AR (demo tokens per forward / cost of its verify):\n\n"
+        table += projection_table([row for run in runs for row in run["rows"]], rows, drafter)  # type: ignore[union-attr]
     print(table)
     if args.table:
-        Path(args.table).write_text(table + "\n")
+        write_text(args.table, table + "\n")
     return 0
 
 

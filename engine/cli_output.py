@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 from pathlib import Path
 from types import FrameType
@@ -16,10 +17,17 @@ from .models.base import ImageTokenModel
 from .types import GenerationResult
 
 
-def write_json(path: str, data: dict[str, object]) -> None:
+def write_text(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: a temporary file beside it, then renamed."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(data, indent=1) + "\n")
+    partial = target.with_name(f".{target.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, target)
+
+
+def write_json(path: str, data: dict[str, object]) -> None:
+    write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 class StopOnInterrupt:

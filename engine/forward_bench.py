@@ -18,7 +18,7 @@ from typing import Callable
 import torch
 
 from .errors import SettingsError
-from .loop import synchronize
+from .timing import synchronize
 from .models.base import ImageTokenModel
 from .models.llamagen.gpt import GPTConfig
 from .types import Conditioning
@@ -92,6 +92,7 @@ MODELS: dict[str, Callable[[torch.device, torch.dtype], ImageTokenModel]] = {
                                              num_attention_heads=32, num_key_value_heads=32), d, t),
     "llamagen-xl": lambda d, t: _llamagen(GPTConfig.preset("GPT-XL", grid_size=24), d, t),
     "llamagen-xxl": lambda d, t: _llamagen(GPTConfig.preset("GPT-XXL", grid_size=24), d, t),
+    "llamagen-b": lambda d, t: _llamagen(GPTConfig.preset("GPT-B", grid_size=24), d, t),  # a drafter size for XL
     # small stand-ins that run the same code in seconds (tests, CPU smoke runs)
     "tiny-janus": lambda d, t: _janus(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                            num_attention_heads=4, num_key_value_heads=4), d, t),
@@ -160,4 +161,51 @@ def markdown_table(rows: list[ForwardTimes]) -> str:
     for row in rows:
         cells = [f"{row.milliseconds[label]:.2f} ({row.relative(label):.2f}x)" for label in labels]
         lines.append(f"| {row.model} | {row.device} | {row.dtype} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+TREE_TOKENS = 1 + len(sixty_node_tree())  # the tree-60 forward reads the pending token and 60 nodes
+
+
+def relative_cost(times: ForwardTimes, tokens: float) -> float:
+    """Cost of a forward of ``tokens`` tokens in one-token forwards, interpolated between the timed
+    blocks (1, 4, 16 and the 61 of the tree) and extended linearly past the largest."""
+    points = [(float(k), times.relative(f"k={k}")) for k in BLOCKS] + [(float(TREE_TOKENS), times.relative("tree-60"))]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if tokens <= x1 or (x1, y1) == points[-1]:
+            return max(y0, y0 + (tokens - x0) * (y1 - y0) / (x1 - x0))
+    return points[-1][1]
+
+
+def projected_speedup(row: dict[str, object], target: ForwardTimes, drafter: ForwardTimes | None) -> float | None:
+    """Wall-clock speed-up over plain AR of a benchmark row's method on ``target``: its tokens per
+    forward over the cost of the block it verifies, plus its drafter forwards at ``drafter``'s
+    one-token cost (``None`` when the method drafts with a model and no drafter was timed).
+    A projection: it leaves out the loop's own time and assumes the demo's acceptance."""
+    per_forward = float(row["tokens_per_forward"])  # type: ignore[arg-type]
+    block = float(row.get("tokens_per_verify") or 1.0)  # type: ignore[arg-type]
+    cost = relative_cost(target, block)
+    drafter_calls = float(row.get("drafter_forwards_per_call") or 0.0)  # type: ignore[arg-type]
+    if drafter_calls:
+        if drafter is None:
+            return None
+        forwards = float(row["target_forwards_per_image"]) * int(row["images"]) / int(row["calls"])  # type: ignore[arg-type]
+        cost += drafter_calls / forwards * drafter.milliseconds["k=1"] / target.milliseconds["k=1"]
+    return per_forward / cost
+
+
+def projection_table(rows: list[dict[str, object]], targets: list[ForwardTimes], drafter: ForwardTimes | None) -> str:
+    """Markdown: each benchmark method's projected speed-up on each timed model."""
+    head = "| method | demo tok/fwd | tokens per verify | " + " | ".join(
+        f"{t.model} {t.device} {t.dtype}" for t in targets) + " |"
+    lines = [head, "|" + "---|" * (3 + len(targets))]
+    for row in rows:
+        if row["method"] in ("ar", "ar2"):
+            continue
+        cells = []
+        for target in targets:
+            speedup = projected_speedup(row, target, drafter)
+            cells.append("needs --drafter-model" if speedup is None else f"{speedup:.2f}x")
+        lines.append(f"| {row['method']} | {float(row['tokens_per_forward']):.2f} | "  # type: ignore[arg-type]
+                     f"{float(row.get('tokens_per_verify') or 1.0):.1f} | " + " | ".join(cells) + " |")  # type: ignore[arg-type]
     return "\n".join(lines)

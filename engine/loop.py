@@ -27,34 +27,11 @@ from .models.base import ImageTokenModel
 from .policies import AcceptancePolicy, ExactPolicy
 from .sampling import DistributionProcessor, make_generator, sample
 from .types import Conditioning, DraftBlock, GenerationResult, SamplingSettings, StepEvent, TokenKind, Verdict
+from .timing import Clock, synchronize
 from .verify import tree_attention_rows, tree_tables, verify_chain, verify_tree
 
 Observer = Callable[[StepEvent], "bool | None"]
 """Called after every target forward; returning ``False`` stops the generation early."""
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    elif device.type == "mps":
-        torch.mps.synchronize()
-
-
-class _Clock:
-    """Wall time inside model forwards (synchronising first on GPUs when ``precise``)."""
-
-    def __init__(self, device: torch.device, precise: bool) -> None:
-        self.device, self.precise, self.seconds = device, precise, 0.0
-
-    def run(self, call: Callable[[], object]) -> object:
-        if self.precise:
-            synchronize(self.device)
-        start = time.perf_counter()
-        out = call()
-        if self.precise:
-            synchronize(self.device)
-        self.seconds += time.perf_counter() - start
-        return out
 
 
 def _block_inputs(block: DraftBlock, depth: torch.Tensor | None, pending: torch.Tensor, start: torch.Tensor, last: int
@@ -97,7 +74,9 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
     B, N, dev = cond.batch_size, model.num_image_tokens, model.device
     generator = make_generator(settings.seed, dev)
     processor = DistributionProcessor(settings, model.constrain)
-    clock = _Clock(dev, precise_timing)
+    clock = Clock(dev if precise_timing else None)
+    if draft is not None:
+        draft.clock = Clock(dev if precise_timing else None)
     tokens = torch.zeros(B, N + 1, dtype=torch.long, device=dev)  # column N: scratch for rows that are done
     kinds = torch.full((B, N + 1), -1, dtype=torch.int8, device=dev)
     forward_index = torch.full((B, N + 1), -1, dtype=torch.int32, device=dev)
@@ -112,6 +91,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
     committed = torch.ones(B, dtype=torch.long)
     context_hidden = out.hidden  # type: ignore[attr-defined]
     target_forwards, drafted, accepted_total, finished = 1, 0, 0, True
+    block_tokens = 0  # tokens fed to the target's block forwards (pending token and drafts), per row
     if prefix is not None and prefix.shape[1] > 0:
         P = _check_prefix(prefix, B, N, model.vocab_size)
         tokens[:, :P] = prefix.to(dev)
@@ -148,6 +128,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
             inputs, positions, mask, node_positions = _block_inputs(block, None if layout is None else layout[1],
                                                                     pending, committed_dev - 1, N - 1)
             out = clock.run(lambda: model.forward(inputs, positions, mask))
+            block_tokens += inputs.shape[1]
             p = processor(out.logits, (positions + 1).clamp(max=N - 1))  # type: ignore[attr-defined]
             read_evidence = policy.needs_code_evidence and settings.uses_cfg  # evidence needs both guidance halves
             evidence = code_evidence(out.logits) if read_evidence else None  # type: ignore[attr-defined]
@@ -194,7 +175,7 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
         drafter_forwards=draft.forwards if draft is not None else 0, drafted=drafted, accepted=accepted_total,
         wall_seconds=wall, model_seconds=clock.seconds + (draft.seconds if draft is not None else 0.0),
         finished=finished, diagnostics={name: values[:, :N].float().cpu() for name, values in diagnostics.items()},
-        draft_summary=draft.summary() if draft is not None else "",
+        draft_summary=draft.summary() if draft is not None else "", block_tokens=block_tokens,
     )
 
 

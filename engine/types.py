@@ -223,6 +223,7 @@ class GenerationResult:
     # the exact policy records nothing.
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
     draft_summary: str = ""  # what the draft source chose, if it chooses (DraftSource.summary)
+    block_tokens: int = 0  # tokens fed to the target's forwards after the prefill (pending token and drafts), per row
 
     @property
     def batch_size(self) -> int:

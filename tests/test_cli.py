@@ -260,3 +260,31 @@ def test_forward_bench_times_every_block_shape(tmp_path: Path) -> None:
     lines = table.read_text().splitlines()
     assert code == 0 and len(lines) == 4 and "tree-60" in lines[0]
     assert lines[2].startswith("| tiny-janus | cpu | float32 | ") and "(1.00x)" in lines[2]
+
+
+def test_forward_bench_projects_a_benchmark(tmp_path: Path) -> None:
+    """--project turns the demo's tokens per forward into speed-ups on the timed model: tokens per
+    forward over the cost of the verified block (plus drafter forwards at the drafter's cost)."""
+    from engine.forward_bench import ForwardTimes, projected_speedup, relative_cost
+
+    times = ForwardTimes("m", "cpu", "float32", 40, {"k=1": 10.0, "k=4": 12.0, "k=16": 20.0, "tree-60": 60.0})
+    assert relative_cost(times, 1) == 1.0 and relative_cost(times, 10) == pytest.approx(1.6)
+    assert relative_cost(times, 61) == 6.0 and relative_cost(times, 106) == pytest.approx(10.0)
+    jacobi = {"method": "jacobi-row", "tokens_per_forward": 4.0, "tokens_per_verify": 16.0, "drafter_forwards_per_call": 0.0}
+    assert projected_speedup(jacobi, times, None) == pytest.approx(2.0)
+    drafter = {"method": "drafter", "tokens_per_forward": 3.0, "tokens_per_verify": 4.0, "drafter_forwards_per_call": 300.0,
+               "target_forwards_per_image": 100.0, "images": 2, "calls": 2}
+    assert projected_speedup(drafter, times, None) is None
+    small = ForwardTimes("d", "cpu", "float32", 40, {"k=1": 2.0, "k=4": 2.0, "k=16": 3.0, "tree-60": 5.0})
+    assert projected_speedup(drafter, times, small) == pytest.approx(3.0 / (1.2 + 3 * 0.2))
+
+    bench = tmp_path / "bench.json"
+    assert cli.main(["bench", "--model", "demo", "--images", "1", "--methods", "jacobi-row", "--json", str(bench),
+                     "--quiet"]) == 0
+    table = tmp_path / "projection.md"
+    code = cli.main(["forward-bench", "--models", "tiny-llamagen", "--device", "cpu", "--repeats", "1", "--context", "40",
+                     "--project", str(bench), "--table", str(table)])
+    text = table.read_text()
+    assert code == 0 and "Projected wall-clock speed-up" in text
+    row = next(line for line in text.splitlines() if line.startswith("| jacobi-row |"))
+    assert row.count("x |") == 1 and float(row.split("|")[3]) > 2  # tokens per verify: the window's blocks

@@ -27,14 +27,12 @@ another (equally distributed) image from the same seed.
 
 from __future__ import annotations
 
-import time
 import weakref
 from dataclasses import dataclass, replace
-from typing import Callable
 
 import torch
 
-from ..loop import synchronize
+from ..timing import fastest
 from ..models.base import ImageTokenModel
 from ..types import DraftBlock
 from .base import DecodeState, DraftSource, StepOutcome
@@ -47,19 +45,6 @@ DRAFTER_MAX_DRAFTS = 8
 PRIOR_ACCEPTED, PRIOR_REJECTED = 1.2, 0.8  # a weak prior: acceptance 0.6 at depths with no data yet
 MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tracked over the last ~20 forwards
 STINT = 8  # forwards between choices of the draft source
-
-
-def _best_of(call: Callable[[], object], device: torch.device, repeats: int = 3) -> float:
-    """Fastest of ``repeats`` timed calls after one untimed call (kernels, allocator, compilation)."""
-    best = float("inf")
-    for attempt in range(repeats + 1):
-        synchronize(device)
-        start = time.perf_counter()
-        call()
-        synchronize(device)
-        if attempt:
-            best = min(best, time.perf_counter() - start)
-    return best
 
 
 @dataclass(frozen=True)
@@ -114,7 +99,7 @@ def _block_seconds(model: ImageTokenModel, state: DecodeState, sizes: tuple[int,
             model.forward(torch.zeros_like(positions), positions)
             model.truncate(filled)
 
-        seconds = {size: _best_of(lambda: block(size), dev) for size in sizes}
+        seconds = {size: fastest(lambda: block(size), dev) for size in sizes}
         model.truncate(cached)
         known[key] = {size: min(t for s, t in seconds.items() if s >= size) for size in sizes}
     return known[key]
@@ -272,6 +257,7 @@ class AutoDrafts(DraftSource):
 
     def begin(self, state: DecodeState) -> None:
         for source in self.sources:
+            source.clock = self.clock  # their drafter time is this source's
             source.begin(state)
         self.costs = self.given_costs or measure_costs(state, self.drafter)
         self.arms = [_JacobiArm(self.jacobi)]
@@ -319,7 +305,6 @@ class AutoDrafts(DraftSource):
         for source in self.sources:
             source.end()
         self.forwards = sum(source.forwards for source in self.sources)
-        self.seconds = sum(source.seconds for source in self.sources)
 
     def summary(self) -> str:
         """What was chosen, and the measured costs it was chosen by."""

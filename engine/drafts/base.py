@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Callable, TypeVar
@@ -11,6 +10,7 @@ import torch
 
 from ..models.base import ImageTokenModel
 from ..sampling import DistributionProcessor
+from ..timing import Clock
 from ..types import Conditioning, DraftBlock, Verdict
 
 
@@ -59,15 +59,16 @@ class DraftSource(ABC):
 
     def __init__(self) -> None:
         self.forwards = 0  # forwards of a separate drafter network, if any
-        self.seconds = 0.0  # time spent in them
+        self.clock = Clock()  # their time; the loop gives a synchronising one when it times precisely
+
+    @property
+    def seconds(self) -> float:
+        return self.clock.seconds
 
     def timed(self, call: Callable[[], T]) -> T:
         """Run one forward of the source's own network, counting it and its time."""
-        start = time.perf_counter()
-        out = call()
-        self.seconds += time.perf_counter() - start
         self.forwards += 1
-        return out
+        return self.clock.run(call)
 
     def begin(self, state: DecodeState) -> None:
         """Called once after the target's prefill committed token 0."""
