@@ -55,3 +55,28 @@ def test_the_counter_sees_reads_of_model_values(target: LlamaGenModel) -> None:
         int(torch.ones(3).sum())  # host bookkeeping: not a sync
     target.release()
     assert reads.total == 3
+
+
+@pytest.mark.parametrize("source", ["jacobi-row", "drafter", "auto"])
+def test_row_end_family_makes_one_host_sync_per_target_forward(tmp_path_factory: pytest.TempPathFactory,
+                                                               source: str) -> None:
+    """Emu3 (and Lumina-mGPT, Anole) put a row-end token after every grid row; drafting for it,
+    and the drafter's own steps, read no model value beyond the loop's one per forward."""
+    from tiny_hf import build_tiny_emu3
+
+    from engine.drafts.auto import AutoDrafts
+    from engine.models.registry import load_model
+
+    root = tmp_path_factory.mktemp("emu3")
+    target = load_model(build_tiny_emu3(root / "target"), device="cpu", dtype="fp32", image_size=16)
+    drafter = load_model(build_tiny_emu3(root / "drafter", perturb=0.03), device="cpu", dtype="fp32", image_size=16)
+    draft = {"jacobi-row": JacobiDrafts(window=8, init="row_above"), "drafter": DrafterModelDrafts(drafter, gamma=4),
+             "auto": AutoDrafts(drafter)}[source]
+    cond = Conditioning(prompts=("a cat",))
+    settings = SamplingSettings(cfg_scale=3.0, top_k=20, seed=5)
+    if source == "auto":
+        generate(target, cond, settings, draft=AutoDrafts(drafter))  # costs are measured on the first call
+    with DeviceReadCounter() as reads:
+        result = generate(target, cond, settings, draft=draft)
+    steps = result.target_forwards - 1
+    assert reads.total <= steps + RESULT_COPIES, reads.sites.most_common(4)

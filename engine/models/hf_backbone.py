@@ -211,7 +211,7 @@ class TransformersImageModel(ImageTokenModel):
         already did: a forward straight after another (a drafter's steps, a prefix) must start
         right after the last real slot, or image lengths would no longer map onto slots."""
         if self._valid_slots is not None and self.cache is not None:
-            self.cache.truncate(self._valid_slots.cpu())
+            self.cache.truncate(self._valid_slots.cpu())  # no-op for a chain's, computed on the host
         self._valid_slots = None
 
     @torch.inference_mode()
@@ -232,7 +232,11 @@ class TransformersImageModel(ImageTokenModel):
             row_end = self.embed_text(self._row_end_id)
             embeds = torch.where(block.is_row_end[..., None], row_end, self.embed_codes(block.codes))
             hidden = self._run(embeds, self.image_start[:, None] + block.offsets, block.allowed, block.valid)
-            self._valid_slots = self._block_start.to(self.device) + block.valid.sum(1)
+            if tree_mask is None:  # a chain continues the cache: its slots follow on the host
+                start = self.layout.image_lengths(self._block_start - self.prefix_slots)
+                self._valid_slots = self._block_start + self.layout.chain_slots(start, codes.shape[1])
+            else:  # a tree's row ends depend on its depths: read only if a forward follows without a compact
+                self._valid_slots = self._block_start.to(self.device) + block.valid.sum(1)
             hidden = hidden.gather(1, block.output_slot[..., None].expand(-1, -1, hidden.shape[-1]))
         return ModelOutput(self.head(hidden).float(), hidden)
 
@@ -240,7 +244,7 @@ class TransformersImageModel(ImageTokenModel):
         assert self.cache is not None
         self._drop_row_end_padding()
         slots = self.cache.lengths[: self.batch] - self.prefix_slots
-        return slots - slots // (self.grid[1] + 1) if self.layout else slots
+        return self.layout.image_lengths(slots) if self.layout else slots
 
     def truncate(self, lengths: torch.Tensor) -> None:
         assert self.cache is not None

@@ -48,6 +48,17 @@ class RowLayout:
         """Sequence offset of image position ``p`` from image token 0: ``p`` plus the row ends before it."""
         return positions + positions // self.width
 
+    def image_lengths(self, slots: torch.Tensor) -> torch.Tensor:
+        """Image tokens held by ``slots`` sequence slots after image token 0 (the inverse of :meth:`cached_slots`)."""
+        return slots - slots // (self.width + 1)
+
+    def chain_slots(self, start: torch.Tensor, k: int) -> torch.Tensor:
+        """Slots a chain of ``k`` tokens at image positions ``start[r], start[r] + 1, ...`` fills with its
+        row ends: host arithmetic where ``start`` is on the host, so no device value is read."""
+        positions = start[:, None] + torch.arange(k)[None, :]
+        ends_row = ((positions + 1) % self.width == 0) & (positions < self.total - 1)
+        return k + ends_row.sum(1)
+
     def cached_slots(self, lengths: torch.Tensor) -> torch.Tensor:
         """Sequence slots that hold the first ``lengths`` image tokens and their row ends."""
         return lengths + lengths // self.width
