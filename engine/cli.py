@@ -537,7 +537,8 @@ def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: Samplin
     if rows and rows[0].quality is not None:
         header.append("token KS: distance of every token's PIT under the target from uniform (within noise of 0 for the target's own "
                       "samples); KS p: its p-value, small where tokens do not follow the target")
-    return "\n".join(header + [""] + table_lines(rows))
+    choices = [f"{row.method}, last call: {row.draft_summary}" for row in rows if row.draft_summary]
+    return "\n".join(header + [""] + table_lines(rows) + ([""] + choices if choices else []))
 
 
 # -- entry point ----------------------------------------------------------------------------------

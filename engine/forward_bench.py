@@ -169,8 +169,13 @@ TREE_TOKENS = 1 + len(sixty_node_tree())  # the tree-60 forward reads the pendin
 
 def relative_cost(times: ForwardTimes, tokens: float) -> float:
     """Cost of a forward of ``tokens`` tokens in one-token forwards, interpolated between the timed
-    blocks (1, 4, 16 and the 61 of the tree) and extended linearly past the largest."""
-    points = [(float(k), times.relative(f"k={k}")) for k in BLOCKS] + [(float(TREE_TOKENS), times.relative("tree-60"))]
+    blocks (1, 4, 16 and the 61 of the tree) and extended linearly past the largest. A forward is
+    never dearer than a larger one can be run instead of it (a timing below a smaller block's is
+    a slow matrix-product path for few rows, e.g. fp32 or bf16 on some CPUs), so each time is
+    capped by the larger blocks' times first."""
+    raw = [(float(k), times.milliseconds[f"k={k}"]) for k in BLOCKS] + [(float(TREE_TOKENS), times.milliseconds["tree-60"])]
+    capped = [(x, min(t for _, t in raw[i:])) for i, (x, _) in enumerate(raw)]
+    points = [(x, t / capped[0][1]) for x, t in capped]
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
         if tokens <= x1 or (x1, y1) == points[-1]:
             return max(y0, y0 + (tokens - x0) * (y1 - y0) / (x1 - x0))
@@ -190,7 +195,7 @@ def projected_speedup(row: dict[str, object], target: ForwardTimes, drafter: For
         if drafter is None:
             return None
         forwards = float(row["target_forwards_per_image"]) * int(row["images"]) / int(row["calls"])  # type: ignore[arg-type]
-        cost += drafter_calls / forwards * drafter.milliseconds["k=1"] / target.milliseconds["k=1"]
+        cost += drafter_calls / forwards * min(drafter.milliseconds.values()) / min(target.milliseconds.values())
     return per_forward / cost
 
 

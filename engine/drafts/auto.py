@@ -82,8 +82,8 @@ _MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], di
 def _block_seconds(model: ImageTokenModel, state: DecodeState, sizes: tuple[int, ...]) -> dict[int, float]:
     """Seconds of one forward of ``sizes`` tokens with half an image of placeholder tokens cached
     (attention over the cache grows through an image; half-way is its mean), the cache rolled back
-    after each; measured once per model, batch size and guidance. A block is never cheaper than a
-    smaller one, so a size timed slower than a larger one (a hiccup of the machine) takes the larger's time."""
+    after each; measured once per model, batch size and guidance, the sizes taking turns. A block is
+    never cheaper than a smaller one, so a size timed slower than a larger one takes the larger's time."""
     known = _MEASURED.setdefault(model, {})
     key = (state.batch, state.guided)
     if key not in known:
@@ -99,7 +99,7 @@ def _block_seconds(model: ImageTokenModel, state: DecodeState, sizes: tuple[int,
             model.forward(torch.zeros_like(positions), positions)
             model.truncate(filled)
 
-        seconds = {size: fastest(lambda: block(size), dev) for size in sizes}
+        seconds = fastest({size: (lambda size=size: block(size)) for size in sizes}, dev)
         model.truncate(cached)
         known[key] = {size: min(t for s, t in seconds.items() if s >= size) for size in sizes}
     return known[key]
