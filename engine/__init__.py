@@ -1,8 +1,8 @@
 """SpecAR engine: speculative decoding for autoregressive image models, in plain PyTorch.
 
-    from engine import load_model, generate, Conditioning, JacobiDrafts
+    from specar import AutoDrafts, Conditioning, generate, load_model
     model = load_model("path/to/model")
-    result = generate(model, Conditioning.classes([3]), draft=JacobiDrafts(window=16))
+    result = generate(model, Conditioning.classes([3]), draft=AutoDrafts())
     images = model.decode(result.tokens)
 
 The engine never imports ComfyUI; the nodes and the ``specar`` CLI are its callers.
@@ -11,6 +11,7 @@ The engine never imports ComfyUI; the nodes and the ``specar`` CLI are its calle
 from .continuous.loop import generate_continuous
 from .continuous.registry import load_continuous_model
 from .continuous.types import ContinuousResult, ContinuousSettings, CSpDSettings
+from .drafts.auto import AutoDrafts
 from .drafts.base import DecodeState, DraftSource, StepOutcome
 from .drafts.drafter import DrafterModelDrafts
 from .drafts.jacobi import JacobiDrafts
@@ -24,7 +25,7 @@ from .types import Conditioning, DraftBlock, GenerationResult, SamplingSettings,
 __version__ = "0.1.0"
 
 __all__ = [
-    "AcceptancePolicy", "CheckpointError", "Conditioning", "ContinuousResult", "ContinuousSettings", "CSpDSettings", "DecodeState", "DraftBlock", "DraftSource",
+    "AcceptancePolicy", "AutoDrafts", "CheckpointError", "Conditioning", "ContinuousResult", "ContinuousSettings", "CSpDSettings", "DecodeState", "DraftBlock", "DraftSource",
     "DrafterModelDrafts", "ExactPolicy", "GenerationResult", "ImageTokenModel", "IncompatibleDrafterError",
     "JacobiDrafts", "ModelOutput", "SamplingSettings", "SettingsError", "SpecARError", "StepEvent",
     "StepOutcome", "TokenKind", "Verdict", "generate", "generate_continuous", "load_continuous_model", "load_model", "make_policy", "resolve_device",

@@ -1,4 +1,4 @@
-"""``python -m engine`` is the ``specar`` command."""
+"""``python -m specar`` is the ``specar`` command."""
 
 from .cli import main
 

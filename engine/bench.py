@@ -214,8 +214,8 @@ class BenchRow:
 def add_quality(rows: Sequence[BenchRow], model: ImageTokenModel, conditions: ConditionFn,
                 evaluate: Callable[[object, list[int]], dict[str, float]], settings: SamplingSettings) -> None:
     """Decode every row's images and score them with ``evaluate(images, class_ids)``; add the target's
-    condition evidence per image (:mod:`engine.evidence`: mean and standard error) and the token fidelity
-    test (:mod:`engine.fidelity`: KS distance of every token's PIT under the target's ``settings``, its
+    condition evidence per image (:mod:`specar.evidence`: mean and standard error) and the token fidelity
+    test (:mod:`specar.fidelity`: KS distance of every token's PIT under the target's ``settings``, its
     p-value and mean), both read from one teacher-forced target pass.
 
     The same image indices (and so classes) were drawn by every method, so rows compare like

@@ -3,8 +3,8 @@
     specar generate --model models/c2i_B_256 --class-id 207 --out dog.png --heatmap dog_heat.png
     specar bench --model models/c2i_B_256 --methods jacobi,mcsjd --images 8
 
-This module only parses, loads and prints: decoding lives in :mod:`engine.loop`, benchmarking in
-:mod:`engine.bench`, pictures in :mod:`engine.heatmap`. User mistakes surface as one
+This module only parses, loads and prints: decoding lives in :mod:`specar.loop`, benchmarking in
+:mod:`specar.bench`, pictures in :mod:`specar.heatmap`. User mistakes surface as one
 ``error: ...`` line and exit code 2; Ctrl-C during ``generate`` keeps what was already decoded.
 """
 
@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "where guesses come from: none is plain one-token-at-a-time decoding, jacobi lets the model guess for itself, "
         "auto picks row-above Jacobi or --drafter and the number of guesses each step by costs measured on this machine, "
         "model uses --drafter, tree and tree-static let --tree-head draft a tree of guesses, drafter-tree lets "
-        "--drafter draft a static tree (--tree-branching) (default: model if --drafter is given, else jacobi)"))
+        "--drafter draft a static tree (--tree-branching) (default: auto)"))
     drafting.add_argument("--jacobi-init", default="random", choices=INITIALISATIONS, help=(
         "Jacobi decoding: first guess for a new position, a random token or the token one row above (default: random)"))
     drafting.add_argument("--coupling", action="store_true",
@@ -328,7 +328,7 @@ def _conditions(model: ImageTokenModel, class_ids: list[int] | None, prompt: str
 
 
 def _method_options(method: str, options: MethodOptions, args: argparse.Namespace) -> dict[str, object]:
-    if method == "ar":
+    if method in ("ar", "auto"):  # auto's choices are in the stats' draft_choices
         return {}
     if method == "drafter":
         return {"gamma": options.gamma}
@@ -344,7 +344,7 @@ def _method_options(method: str, options: MethodOptions, args: argparse.Namespac
 DRAFTER_DRAFTS = ("model", "drafter-tree", "auto")  # --draft kinds that read --drafter (auto: when given)
 
 def _draft_kind(args: argparse.Namespace) -> str:
-    kind = args.draft or ("model" if args.drafter else "jacobi")
+    kind = args.draft or "auto"
     if args.tree_head and kind not in HEAD_METHODS:
         raise SettingsError(f"--tree-head is only used with --draft tree or tree-static, not with --draft {kind}")
     uses_drafter = kind in DRAFTER_DRAFTS

@@ -3,7 +3,7 @@
     specar generate --model mar-demo --class-id 3 --out ring.png --heatmap ring_heat.png
     specar bench --model mar-demo --methods cspd,mar2 --images 100 --batch 50 --quality
 
-:mod:`engine.cli` hands over here when ``--model`` names a continuous model; the options the two
+:mod:`specar.cli` hands over here when ``--model`` names a continuous model; the options the two
 kinds share (classes, cfg, temperature, seed, outputs) mean the same, the MAR and CSpD knobs are
 their own group.
 """

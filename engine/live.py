@@ -1,7 +1,7 @@
 """Live heatmap frames: small JSON-ready snapshots of one image's acceptance map during sampling.
 
 A host (the ComfyUI sampler node) turns step events into frames and sends them to a browser
-widget. Frames carry their own colours (one hex RGB per token, from :mod:`engine.heatmap`) and
+widget. Frames carry their own colours (one hex RGB per token, from :mod:`specar.heatmap`) and
 legend, so the widget draws exactly what the saved heatmap shows without a palette of its own.
 Frames are throttled: at most one per ``min_interval`` seconds, plus the first and the last.
 """

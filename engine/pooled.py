@@ -1,6 +1,6 @@
 """One setting over several seed sets, against every AR run at once.
 
-The AR band of :mod:`engine.pareto` (the worst and best of the AR runs) answers "could this one run
+The AR band of :mod:`specar.pareto` (the worst and best of the AR runs) answers "could this one run
 have come from AR?", and with few AR runs it answers no too often: its edges are the extremes of a
 small sample, so even a lossless method's run misses each edge with probability ``1 / (runs + 1)``:
 with four AR runs, class accuracy or FID-lite rejects up to two lossless runs in five. Pooling asks

@@ -15,7 +15,7 @@ from .types import GenerationResult, StepEvent
 
 
 class ProgressBar:
-    """Observer for :func:`engine.generate` that redraws at most once per ``min_interval`` seconds."""
+    """Observer for :func:`specar.generate` that redraws at most once per ``min_interval`` seconds."""
 
     def __init__(self, enabled: bool = True, stream: TextIO | None = None, min_interval: float = 0.1,
                  width: int = 28, label: str = "generating") -> None:

@@ -34,7 +34,7 @@ Observer = Callable[[StepEvent], bool | None]
 
 @dataclass(frozen=True)
 class DraftRecipe:
-    """Where drafts come from: ``method`` is a :data:`engine.bench.METHODS` name (``ar`` = none;
+    """Where drafts come from: ``method`` is a :data:`specar.bench.METHODS` name (``ar`` = none;
     ``auto`` chooses Jacobi or the drafter and the chain length by measured cost)."""
 
     method: str = "ar"

@@ -201,7 +201,7 @@ class StepEvent:
 
 @dataclass
 class GenerationResult:
-    """Tokens and bookkeeping of one call of :func:`engine.generate`.
+    """Tokens and bookkeeping of one call of :func:`specar.generate`.
 
     ``forward_index[b, t]`` is the target forward that committed token ``t`` of image ``b`` and
     ``kinds[b, t]`` how it was committed; together they are the data behind the heatmaps.

@@ -5,7 +5,7 @@ under the acceptance probabilities). Trees use recursive rejection over siblings
 arXiv 2305.09781; EAGLE): try the children of the current node in block order; after each
 rejection the target distribution becomes the policy's residual and the tried token is removed
 from the sibling draft distribution; the first accepted child becomes the current node.
-Both are lossless with :class:`~engine.policies.ExactPolicy`.
+Both are lossless with :class:`~specar.policies.ExactPolicy`.
 
 ``p[:, 0]`` is always the target distribution for the first drafted position (the output row of
 the pending token) and ``p[:, i + 1]`` the distribution after block node ``i``.

@@ -33,7 +33,7 @@ def drafter_choices(folders: list[Path]) -> list[str]:
 def load(host: Host, choice: str, dtype: str, family: str = "auto", image_size: int = 0) -> ImageTokenModel:
     """Load a bundled model or one from the model folders onto the offload device; the sampler
     moves it to the compute device for each run and back afterwards. Continuous-token (MAR)
-    models come back as :class:`engine.continuous.model.MARTokenModel`, which the sampler knows."""
+    models come back as :class:`specar.continuous.model.MARTokenModel`, which the sampler knows."""
     path = find_models(host.model_folders()).get(choice)
     spec: str | Path = choice if choice in BUNDLED or choice in DEMO_ROLES else path or Path(choice)
     if is_continuous(spec, family):

@@ -7,11 +7,11 @@ import pytest
 import torch
 from tiny import tiny_auto_drafts, tiny_drafter, tiny_model
 
-from engine import Conditioning, SamplingSettings, generate
-from engine.drafts.auto import CALIBRATION_BLOCKS, AutoDrafts, ForwardCosts, measure_costs
-from engine.drafts.base import DecodeState
-from engine.models.llamagen.adapter import LlamaGenModel
-from engine.sampling import DistributionProcessor, make_generator
+from specar import Conditioning, SamplingSettings, generate
+from specar.drafts.auto import CALIBRATION_BLOCKS, AutoDrafts, ForwardCosts, measure_costs
+from specar.drafts.base import DecodeState
+from specar.models.llamagen.adapter import LlamaGenModel
+from specar.sampling import DistributionProcessor, make_generator
 
 COND = Conditioning.classes([1, 4, 7])
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from tiny import tiny_model
 
-from engine import Conditioning
-from engine.models.llamagen.gpt import rope_table_2d
-from engine.verify import tree_attention
+from specar import Conditioning
+from specar.models.llamagen.gpt import rope_table_2d
+from specar.verify import tree_attention
 
 ATOL = 1e-4
 COND = Conditioning.classes([2, 5])

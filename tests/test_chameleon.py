@@ -15,10 +15,10 @@ import pytest
 import torch
 from tiny_hf import build_tiny_chameleon
 
-from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
-from engine.errors import CheckpointError
-from engine.models.chameleon import ChameleonImageModel, image_code
-from engine.models.registry import load_model
+from specar import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
+from specar.errors import CheckpointError
+from specar.models.chameleon import ChameleonImageModel, image_code
+from specar.models.registry import load_model
 
 SOURCES = {
     "ar": lambda drafter: None,
@@ -155,7 +155,7 @@ def test_bad_chameleon_directories(dirs: dict[str, Path], tmp_path: Path) -> Non
 def test_tree_block_across_a_row_end_equals_its_branches(lumina: ChameleonImageModel) -> None:
     """A tree whose two branches both cross the end of row 0 (newline inserted in each) gives each
     branch's chain logits; compaction keeps one branch and its newline, and decoding continues."""
-    from engine.verify import tree_attention
+    from specar.verify import tree_attention
 
     cond = Conditioning(prompts=("a red cat",))
     prefix = torch.tensor([[5, 9, 13, 17, 21, 25]])  # codes at positions 0..5

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from tiny_hf import save_tiny_vqgan, tiny_vqgan_state
 
-from engine.errors import CheckpointError
-from engine.models.chameleon_vqgan import load_chameleon_vqgan
+from specar.errors import CheckpointError
+from specar.models.chameleon_vqgan import load_chameleon_vqgan
 
 
 def _reference_decode(state: dict[str, torch.Tensor], codes: torch.Tensor, side: int, levels: int,

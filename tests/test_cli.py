@@ -12,14 +12,14 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import cli
-from engine.heatmap import (COLOR_ACCEPTED_LONG, COLOR_ACCEPTED_SHORT, COLOR_NOT_COMMITTED, COLOR_PLAIN,
+from specar import cli
+from specar.heatmap import (COLOR_ACCEPTED_LONG, COLOR_ACCEPTED_SHORT, COLOR_NOT_COMMITTED, COLOR_PLAIN,
                             acceptance_heatmap, run_lengths, side_by_side)
-from engine.drafts.tree_head import save_tree_head
-from engine.models.vq16 import VQ16Config, VQ16Decoder
-from engine.progress import ProgressBar
-from engine.session import class_for_prompt
-from engine.types import GenerationResult, TokenKind
+from specar.drafts.tree_head import save_tree_head
+from specar.models.vq16 import VQ16Config, VQ16Decoder
+from specar.progress import ProgressBar
+from specar.session import class_for_prompt
+from specar.types import GenerationResult, TokenKind
 from tiny import TINY_DRAFTER, save_official_pt, tiny_gpt, tiny_model, tiny_tree_head
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def _generate(dirs: dict[str, Path], out: Path, *extra: str) -> tuple[int, dict]
 
 
 def test_generate_writes_image_heatmap_and_stats(dirs: dict[str, Path], tmp_path: Path) -> None:
-    code, stats = _generate(dirs, tmp_path, "--class-id", "3", "--seed", "5",
+    code, stats = _generate(dirs, tmp_path, "--draft", "jacobi", "--class-id", "3", "--seed", "5",
                             "--heatmap", str(tmp_path / "heat.png"), "--compare", str(tmp_path / "both.png"))
     assert code == 0
     assert Image.open(tmp_path / "img.png").size == (IMAGE_SIDE, IMAGE_SIDE)
@@ -71,13 +71,13 @@ def test_generate_writes_image_heatmap_and_stats(dirs: dict[str, Path], tmp_path
     assert stats["settings"]["seed"] == 5 and stats["settings"]["cfg_scale"] == 1.0
     assert len(stats["tokens"][0]) == 64 and stats["target_forwards"] < 64
 
-    again_code, again = _generate(dirs, tmp_path / "again", "--class-id", "3", "--seed", "5")
+    again_code, again = _generate(dirs, tmp_path / "again", "--draft", "jacobi", "--class-id", "3", "--seed", "5")
     assert again_code == 0 and again["tokens"] == stats["tokens"]
 
 
 def test_greedy_jacobi_equals_plain_decoding(dirs: dict[str, Path], tmp_path: Path) -> None:
     args = ("--greedy", "--class-id", "1", "2")
-    _, jacobi = _generate(dirs, tmp_path / "jacobi", *args, "--jacobi-init", "row_above", "--coupling")
+    _, jacobi = _generate(dirs, tmp_path / "jacobi", *args, "--draft", "jacobi", "--jacobi-init", "row_above", "--coupling")
     _, plain = _generate(dirs, tmp_path / "plain", *args, "--draft", "none")
     assert plain["method"] == "ar" and jacobi["method"] == "mcsjd-row"
     assert jacobi["tokens"] == plain["tokens"]
@@ -116,9 +116,15 @@ def test_drafter_trees_equal_plain_decoding_and_take_cascade(dirs: dict[str, Pat
 
 
 def test_generate_with_drafter(dirs: dict[str, Path], tmp_path: Path) -> None:
-    code, stats = _generate(dirs, tmp_path, "--drafter", str(dirs["drafter"]), "--gamma", "3")
+    code, stats = _generate(dirs, tmp_path, "--drafter", str(dirs["drafter"]), "--draft", "model", "--gamma", "3")
     assert code == 0 and stats["method"] == "drafter" and stats["method_options"] == {"gamma": 3}
     assert stats["drafter_forwards"] > 0 and stats["finished"]
+
+
+def test_generate_drafts_automatically_by_default(dirs: dict[str, Path], tmp_path: Path) -> None:
+    code, stats = _generate(dirs, tmp_path, "--drafter", str(dirs["drafter"]))
+    assert code == 0 and stats["method"] == "auto" and stats["finished"]
+    assert stats["draft_choices"].startswith("auto chose") and "target forward" in stats["draft_choices"]
 
 
 def test_ctrl_c_keeps_the_tokens_decoded_so_far(dirs: dict[str, Path], tmp_path: Path,
@@ -158,8 +164,8 @@ def test_bench_prints_a_row_per_method_and_writes_json(dirs: dict[str, Path], tm
 
 def test_bench_records_which_tree_head_drafted(dirs: dict[str, Path], tmp_path: Path) -> None:
     """Runs with different heads carry different fingerprints, and the Pareto labels tell them apart."""
-    from engine import pareto
-    from engine.drafts.tree_head import head_fingerprint, load_tree_head
+    from specar import pareto
+    from specar.drafts.tree_head import head_fingerprint, load_tree_head
 
     other = tmp_path / "other.safetensors"
     save_tree_head(tiny_tree_head(tiny_model(0), seed=5), other)
@@ -244,14 +250,14 @@ def test_heatmap_colours_cells_by_how_they_were_committed() -> None:
 
 
 def test_python_m_engine_help_runs() -> None:
-    done = subprocess.run([sys.executable, "-m", "engine", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-m", "specar", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0
     assert "generate" in done.stdout and "bench" in done.stdout
 
 
 def test_forward_bench_times_every_block_shape(tmp_path: Path) -> None:
     """The GPU timing command, on tiny stand-ins that run the same code (real sizes need a GPU)."""
-    from engine.forward_bench import sixty_node_tree
+    from specar.forward_bench import sixty_node_tree
 
     assert len(sixty_node_tree()) == 60
     table = tmp_path / "times.md"
@@ -265,7 +271,7 @@ def test_forward_bench_times_every_block_shape(tmp_path: Path) -> None:
 def test_forward_bench_projects_a_benchmark(tmp_path: Path) -> None:
     """--project turns the demo's tokens per forward into speed-ups on the timed model: tokens per
     forward over the cost of the verified block (plus drafter forwards at the drafter's cost)."""
-    from engine.forward_bench import ForwardTimes, projected_speedup, relative_cost
+    from specar.forward_bench import ForwardTimes, projected_speedup, relative_cost
 
     times = ForwardTimes("m", "cpu", "float32", 40, {"k=1": 10.0, "k=4": 12.0, "k=16": 20.0, "tree-60": 60.0})
     assert relative_cost(times, 1) == 1.0 and relative_cost(times, 10) == pytest.approx(1.6)
@@ -288,3 +294,13 @@ def test_forward_bench_projects_a_benchmark(tmp_path: Path) -> None:
     assert code == 0 and "Projected wall-clock speed-up" in text
     row = next(line for line in text.splitlines() if line.startswith("| jacobi-row |"))
     assert row.count("x |") == 1 and float(row.split("|")[3]) > 2  # tokens per verify: the window's blocks
+
+
+def test_installed_under_the_name_specar_only(tmp_path: Path) -> None:
+    """The package folder is engine/, but it installs as ``specar``: nothing named ``engine`` is importable
+    from outside the repository (a name that would collide in a shared ComfyUI environment)."""
+    found = subprocess.run([sys.executable, "-c", "import specar, importlib.util as u; "
+                            "print(specar.generate.__module__, u.find_spec('engine') is None)"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.split() == ["specar.loop", "True"]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from engine import cli
-from engine.continuous.checkpoint import save_mar
+from specar import cli
+from specar.continuous.checkpoint import save_mar
 from tiny import tiny_mar
 
 FAST = ["--mar-steps", "6", "--head-steps", "5", "--quiet"]

@@ -11,12 +11,12 @@ import torch
 from tiny import tiny_drafter, tiny_model, tiny_tree_head
 from test_lossless import _target_distributions
 
-from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
-from engine.compile import BUCKETS, CompiledForward, bucket_for, unavailable_reason
-from engine.drafts.drafter_tree import DrafterTreeDrafts
-from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape
-from engine.fidelity import ks_uniform, randomized_pit
-from engine.models.llamagen.adapter import LlamaGenModel
+from specar import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
+from specar.compile import BUCKETS, CompiledForward, bucket_for, unavailable_reason
+from specar.drafts.drafter_tree import DrafterTreeDrafts
+from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape
+from specar.fidelity import ks_uniform, randomized_pit
+from specar.models.llamagen.adapter import LlamaGenModel
 
 pytestmark = pytest.mark.skipif(unavailable_reason(torch.device("cpu")) is not None,
                                 reason="torch.compile needs a C compiler here")
@@ -75,7 +75,7 @@ def test_compiled_whole_images_follow_the_target_distribution(target: LlamaGenMo
 
 
 def test_compiled_demo_is_lossless() -> None:
-    from engine.demo.model import load_demo
+    from specar.demo.model import load_demo
 
     demo = load_demo(device="cpu")
     settings = demo.default_settings.with_(greedy=True, seed=3)

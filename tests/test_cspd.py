@@ -11,13 +11,13 @@ import math
 import pytest
 import torch
 
-from engine.continuous.acceptance import Gaussian, GaussianAcceptance, inner_temperature_for
-from engine.continuous.loop import generate_continuous
-from engine.continuous.schedule import cfg_at, unknown_counts
-from engine.continuous.types import ContinuousSettings, CSpDSettings
-from engine.errors import IncompatibleDrafterError, SettingsError
-from engine.fidelity import ks_uniform
-from engine.types import TokenKind
+from specar.continuous.acceptance import Gaussian, GaussianAcceptance, inner_temperature_for
+from specar.continuous.loop import generate_continuous
+from specar.continuous.schedule import cfg_at, unknown_counts
+from specar.continuous.types import ContinuousSettings, CSpDSettings
+from specar.errors import IncompatibleDrafterError, SettingsError
+from specar.fidelity import ks_uniform
+from specar.types import TokenKind
 from stats import ks_two_sample
 from tiny import tiny_mar
 

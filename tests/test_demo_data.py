@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from engine import Conditioning, generate, load_model
-from engine.checkpoints import read_safetensors_metadata, read_state_dict
-from engine.demo import train
-from engine.demo.codebook import PatchCodebook, fit_codebook, psnr
-from engine.demo.model import DEMO_SETTINGS, WEIGHTS_DIR as WEIGHTS, load_demo, load_demo_drafter
-from engine.demo.scenes import (CLASS_NAMES, COLOUR_RGB, NUM_CLASSES, SHAPES, class_id, colour_of, parse_prompt,
+from specar import Conditioning, generate, load_model
+from specar.checkpoints import read_safetensors_metadata, read_state_dict
+from specar.demo import train
+from specar.demo.codebook import PatchCodebook, fit_codebook, psnr
+from specar.demo.model import DEMO_SETTINGS, WEIGHTS_DIR as WEIGHTS, load_demo, load_demo_drafter
+from specar.demo.scenes import (CLASS_NAMES, COLOUR_RGB, NUM_CLASSES, SHAPES, class_id, colour_of, parse_prompt,
                                 render_batch, sample_scenes, shape_of)
-from engine.errors import CheckpointError, SettingsError
-from engine.models.base import to_uint8
+from specar.errors import CheckpointError, SettingsError
+from specar.models.base import to_uint8
 
 SATURATED = 85  # max-min channel spread: objects are above it, the desaturated backgrounds below
 

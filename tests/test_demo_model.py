@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, generate, load_model
-from engine import cli
+from specar import Conditioning, DrafterModelDrafts, JacobiDrafts, generate, load_model
+from specar import cli
 
 GREEDY_CLASSES = Conditioning.classes([0, 5, 10, 15])
 

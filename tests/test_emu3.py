@@ -13,10 +13,10 @@ import pytest
 import torch
 from tiny_hf import build_tiny_emu3
 
-from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
-from engine.errors import CheckpointError, SettingsError
-from engine.models.emu3 import Emu3ImageModel
-from engine.models.registry import load_model
+from specar import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
+from specar.errors import CheckpointError, SettingsError
+from specar.models.emu3 import Emu3ImageModel
+from specar.models.registry import load_model
 
 SOURCES = {
     "ar": lambda drafter: None,
@@ -94,7 +94,7 @@ def test_bad_emu3_settings(emu3_dirs: dict[str, Path], tmp_path: Path) -> None:
 
 def test_command_line_with_a_relaxed_policy(emu3_dirs: dict[str, Path], tmp_path: Path) -> None:
     """``specar generate`` picks the family from config.json; LANTERN reads Emu3's codebook."""
-    from engine import cli
+    from specar import cli
 
     code = cli.main(["generate", "--model", str(emu3_dirs["target"]), "--image-size", "16", "--prompt", "a red cat",
                      "--draft", "jacobi", "--policy", "lantern", "--device", "cpu", "--batch", "2",

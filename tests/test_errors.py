@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny import save_official_pt, tiny_drafter, tiny_gpt, tiny_model
 
-from engine import (CheckpointError, Conditioning, DrafterModelDrafts, IncompatibleDrafterError, JacobiDrafts,
+from specar import (CheckpointError, Conditioning, DrafterModelDrafts, IncompatibleDrafterError, JacobiDrafts,
                     SamplingSettings, SettingsError, generate, load_model, make_policy)
 
 

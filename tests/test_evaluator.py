@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from engine.checkpoints import save_safetensors
-from engine.demo import train_classifier
-from engine.demo.evaluator import (CLASSIFIER_FILE, QualityEvaluator, frechet_distance, load_classifier,
+from specar.checkpoints import save_safetensors
+from specar.demo import train_classifier
+from specar.demo.evaluator import (CLASSIFIER_FILE, QualityEvaluator, frechet_distance, load_classifier,
                                    load_evaluator, to_model_input)
-from engine.demo.scenes import class_id, render_batch, sample_scenes
-from engine.errors import CheckpointError, SettingsError
+from specar.demo.scenes import class_id, render_batch, sample_scenes
+from specar.errors import CheckpointError, SettingsError
 
 N_FID = 512
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine import Conditioning, generate, load_model
-from engine import cli
-from engine.evidence import condition_evidence, images_per_pass
-from engine.models.base import ImageTokenModel
+from specar import Conditioning, generate, load_model
+from specar import cli
+from specar.evidence import condition_evidence, images_per_pass
+from specar.models.base import ImageTokenModel
 from tiny import tiny_model
 
 
@@ -49,7 +49,7 @@ def test_evidence_reads_the_condition_the_images_were_drawn_for() -> None:
 def test_bench_quality_reports_evidence_and_tests_every_token_against_the_target(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """On the demo at the run's own settings, the tokens of AR and of the lossless drafter pass the PIT test
-    (:mod:`engine.fidelity`); cluster acceptance's tokens sit further from the target's and lean towards codes
+    (:mod:`specar.fidelity`); cluster acceptance's tokens sit further from the target's and lean towards codes
     it finds less likely (PIT mean above 0.5)."""
     out = tmp_path / "run.json"
     assert cli.main(["bench", "--images", "32", "--batch", "32", "--methods", "drafter,drafter:clusters=1",

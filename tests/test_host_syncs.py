@@ -13,10 +13,10 @@ import torch
 from syncs import DeviceReadCounter
 from tiny import tiny_auto_drafts, tiny_drafter, tiny_model, tiny_tree_head
 
-from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
-from engine.drafts.drafter_tree import DrafterTreeDrafts
-from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape
-from engine.models.llamagen.adapter import LlamaGenModel
+from specar import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
+from specar.drafts.drafter_tree import DrafterTreeDrafts
+from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape
+from specar.models.llamagen.adapter import LlamaGenModel
 
 SETTINGS = SamplingSettings(cfg_scale=3.0, top_k=20, seed=5)
 SOURCES = {
@@ -64,8 +64,8 @@ def test_row_end_family_makes_one_host_sync_per_target_forward(tmp_path_factory:
     and the drafter's own steps, read no model value beyond the loop's one per forward."""
     from tiny_hf import build_tiny_emu3
 
-    from engine.drafts.auto import AutoDrafts
-    from engine.models.registry import load_model
+    from specar.drafts.auto import AutoDrafts
+    from specar.models.registry import load_model
 
     root = tmp_path_factory.mktemp("emu3")
     target = load_model(build_tiny_emu3(root / "target"), device="cpu", dtype="fp32", image_size=16)

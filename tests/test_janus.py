@@ -13,12 +13,12 @@ import pytest
 import torch
 from tiny_hf import build_tiny_janus
 
-from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
-from engine.errors import CheckpointError
-from engine.fidelity import ks_uniform, randomized_pit
-from engine.models.janus import JanusImageModel
-from engine.models.registry import load_model
-from engine.sampling import DistributionProcessor
+from specar import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
+from specar.errors import CheckpointError
+from specar.fidelity import ks_uniform, randomized_pit
+from specar.models.janus import JanusImageModel
+from specar.models.registry import load_model
+from specar.sampling import DistributionProcessor
 
 LOSSLESS_SOURCES = {
     "ar": lambda drafter: None,

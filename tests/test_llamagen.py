@@ -9,11 +9,11 @@ import pytest
 import torch
 from tiny import TINY, save_official_pt, save_own_safetensors, tiny_gpt
 
-from engine import Conditioning, JacobiDrafts, SamplingSettings, generate, load_model
-from engine.errors import CheckpointError
-from engine.models.llamagen.adapter import LlamaGenModel
-from engine.models.llamagen.checkpoint import infer_gpt_config
-from engine.models.llamagen.gpt import GPT, GPTConfig
+from specar import Conditioning, JacobiDrafts, SamplingSettings, generate, load_model
+from specar.errors import CheckpointError
+from specar.models.llamagen.adapter import LlamaGenModel
+from specar.models.llamagen.checkpoint import infer_gpt_config
+from specar.models.llamagen.gpt import GPT, GPTConfig
 
 GREEDY = SamplingSettings(cfg_scale=2.0, greedy=True)
 

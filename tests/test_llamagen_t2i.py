@@ -13,11 +13,11 @@ import pytest
 import torch
 from tiny_hf import build_tiny_llamagen_t2i
 
-from engine import Conditioning, JacobiDrafts, SamplingSettings, generate
-from engine.errors import CheckpointError
-from engine.models.llamagen.adapter import LlamaGenModel
-from engine.models.llamagen.text_encoder import clean_prompt, left_pad
-from engine.models.registry import load_model
+from specar import Conditioning, JacobiDrafts, SamplingSettings, generate
+from specar.errors import CheckpointError
+from specar.models.llamagen.adapter import LlamaGenModel
+from specar.models.llamagen.text_encoder import clean_prompt, left_pad
+from specar.models.registry import load_model
 
 SLOTS = 12
 

@@ -10,15 +10,15 @@ import torch
 from tiny import tiny_auto_drafts, tiny_drafter, tiny_model, tiny_tree_head
 from stats import noise_floor, total_variation
 
-from engine import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
-from engine.drafts.drafter_tree import DrafterTreeDrafts
-from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape
-from engine.fidelity import ks_uniform, randomized_pit
-from engine.models.llamagen.adapter import LlamaGenModel
-from engine.policies.base import AcceptancePolicy, PolicyContext
-from engine.policies.exact import ExactPolicy, token_probs
-from engine.sampling import DistributionProcessor
-from engine.types import TokenKind
+from specar import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
+from specar.drafts.drafter_tree import DrafterTreeDrafts
+from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape
+from specar.fidelity import ks_uniform, randomized_pit
+from specar.models.llamagen.adapter import LlamaGenModel
+from specar.policies.base import AcceptancePolicy, PolicyContext
+from specar.policies.exact import ExactPolicy, token_probs
+from specar.sampling import DistributionProcessor
+from specar.types import TokenKind
 
 SOURCES = {
     "jacobi-random": lambda: JacobiDrafts(window=16),

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from engine.continuous.checkpoint import infer_config, read_mar, save_mar
-from engine.continuous.diffusion import DiffusionNoise, GaussianDiffusion
-from engine.checkpoints import save_safetensors
-from engine.demo import train_mar
-from engine.errors import CheckpointError
+from specar.continuous.checkpoint import infer_config, read_mar, save_mar
+from specar.continuous.diffusion import DiffusionNoise, GaussianDiffusion
+from specar.checkpoints import save_safetensors
+from specar.demo import train_mar
+from specar.errors import CheckpointError
 from tiny import tiny_mar
 
 
@@ -46,7 +46,7 @@ def test_official_layout_loads_its_ema_weights(tmp_path: Path) -> None:
 
 
 def test_published_sizes_are_inferred_with_their_head_counts() -> None:
-    from engine.continuous.mar import MAR, PRESETS
+    from specar.continuous.mar import MAR, PRESETS
     base = PRESETS["mar_base"]
     shapes = {k: v for k, v in MAR(base.__class__(**{**base.to_dict(), "encoder_depth": 1, "decoder_depth": 1,
                                                        "head_depth": 2})).state_dict().items()}
@@ -110,7 +110,7 @@ def test_diffusion_sampler_uses_the_given_noise() -> None:
 
 def test_kl16_decoder_loads_the_official_layout_and_decodes(tmp_path: Path) -> None:
     """A small KL VAE in kl16.ckpt's layout (encoder weights included, as in the real file)."""
-    from engine.continuous.kl_vae import KL16Decoder, load_kl16
+    from specar.continuous.kl_vae import KL16Decoder, load_kl16
 
     vae = KL16Decoder(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)
     state = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * 0.1

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from engine import cli
-from engine.continuous.loop import generate_continuous
-from engine.continuous.types import CSpDSettings
-from engine.continuous.acceptance import GaussianAcceptance, inner_temperature_for
-from engine.continuous.registry import load_continuous_model
-from engine.demo.evaluator import load_evaluator
+from specar import cli
+from specar.continuous.loop import generate_continuous
+from specar.continuous.types import CSpDSettings
+from specar.continuous.acceptance import GaussianAcceptance, inner_temperature_for
+from specar.continuous.registry import load_continuous_model
+from specar.demo.evaluator import load_evaluator
 
 CLASSES = list(range(16))
 

@@ -7,7 +7,7 @@ import statistics
 
 import torch
 
-from engine import cli, pareto, pooled
+from specar import cli, pareto, pooled
 
 
 def test_class_z_is_a_two_proportion_z_and_calibrated_under_no_difference() -> None:

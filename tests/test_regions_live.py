@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from engine.errors import SettingsError
-from engine.heatmap import cell_colors
-from engine.live import HeatmapFrames, hex_cells
-from engine.policies.base import AcceptancePolicy
-from engine.policies.exact import ExactPolicy
-from engine.regions import mask_to_token_weights
-from engine.types import StepEvent, TokenKind
+from specar.errors import SettingsError
+from specar.heatmap import cell_colors
+from specar.live import HeatmapFrames, hex_cells
+from specar.policies.base import AcceptancePolicy
+from specar.policies.exact import ExactPolicy
+from specar.regions import mask_to_token_weights
+from specar.types import StepEvent, TokenKind
 
 
 def test_mask_is_area_averaged_per_token() -> None:

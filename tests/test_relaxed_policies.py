@@ -9,19 +9,19 @@ import pytest
 import torch
 from stats import noise_floor, total_variation
 
-from engine import Conditioning, generate, load_model
-from engine.bench import SECOND_SEED_OFFSET
-from engine.drafts.drafter import DrafterModelDrafts
-from engine.drafts.jacobi import JacobiDrafts
-from engine.drafts.tree_drafts import sample_children
-from engine.errors import SettingsError
-from engine.fidelity import ks_uniform, randomized_pit
-from engine.policies import POLICIES, PolicyContext, make_policy, parse_policy_options, recommended_relaxation
-from engine.policies.exact import ExactPolicy
-from engine.sampling import DistributionProcessor
-from engine.session import PolicyRecipe
-from engine.types import DraftBlock, SamplingSettings, TokenKind
-from engine.verify import verify_tree
+from specar import Conditioning, generate, load_model
+from specar.bench import SECOND_SEED_OFFSET
+from specar.drafts.drafter import DrafterModelDrafts
+from specar.drafts.jacobi import JacobiDrafts
+from specar.drafts.tree_drafts import sample_children
+from specar.errors import SettingsError
+from specar.fidelity import ks_uniform, randomized_pit
+from specar.policies import POLICIES, PolicyContext, make_policy, parse_policy_options, recommended_relaxation
+from specar.policies.exact import ExactPolicy
+from specar.sampling import DistributionProcessor
+from specar.session import PolicyRecipe
+from specar.types import DraftBlock, SamplingSettings, TokenKind
+from specar.verify import verify_tree
 
 RELAXED = ("lantern", "gsd", "csd")
 
@@ -120,7 +120,7 @@ def test_the_loop_records_what_each_policy_decided_on(demo, name: str, keys: set
 
 
 def test_bench_sweeps_policies_as_method_variants(capsys) -> None:  # type: ignore[no-untyped-def]
-    from engine import cli
+    from specar import cli
 
     code = cli.main(["bench", "--images", "2", "--batch", "2", "--methods", "jacobi-row,jacobi-row:lantern=0.5,drafter:csd=0",
                      "--quiet"])
@@ -169,7 +169,7 @@ def test_a_black_mask_region_is_decoded_exactly(demo, name: str, kind: str, opti
 def test_bench_sweep_writes_the_pareto_table_and_plot(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     from PIL import Image
 
-    from engine import cli, pareto
+    from specar import cli, pareto
 
     table, plot, saved = tmp_path / "pareto.md", tmp_path / "pareto.png", tmp_path / "run.json"
     assert cli.main(["bench", "--images", "2", "--batch", "2", "--methods", "ar2,drafter", "--sweep", "csd,lantern",
@@ -204,7 +204,7 @@ def test_bench_sweep_writes_the_pareto_table_and_plot(tmp_path, capsys) -> None:
 
 
 def test_expert_options_and_recommended_defaults(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
-    from engine import cli
+    from specar import cli
 
     assert parse_policy_options("lambda_at_full=2, tv_threshold=0.5") == {"lambda_at_full": 2.0, "tv_threshold": 0.5}
     policy = make_policy("csd", 0.5, **parse_policy_options(["tv_threshold=0.3"]))
@@ -226,7 +226,7 @@ def test_expert_options_and_recommended_defaults(tmp_path, capsys) -> None:  # t
 
 
 def test_lantern_neighbourhoods_stay_a_small_share_of_the_codebook(demo) -> None:  # type: ignore[no-untyped-def]
-    from engine.policies.lantern import default_neighbours, neighbour_table
+    from specar.policies.lantern import default_neighbours, neighbour_table
 
     assert default_neighbours(16384) == 1000 and default_neighbours(512) == 32 and default_neighbours(8) == 1
     target, _ = demo
@@ -247,7 +247,7 @@ def _output_distribution(policy, p: torch.Tensor, q: torch.Tensor, position: int
 
 
 def test_cluster_acceptance_keeps_every_group_s_target_mass(demo) -> None:  # type: ignore[no-untyped-def]
-    from engine.policies.clusters import code_ranks
+    from specar.policies.clusters import code_ranks
 
     target, _ = demo
     p, q, _ = _random_case(target.vocab_size, seed=8, point_mass=False)
@@ -277,8 +277,8 @@ def test_cluster_acceptance_keeps_every_group_s_target_mass(demo) -> None:  # ty
 
 
 def test_cascade_groups_codes_that_look_alike_and_that_the_target_embeds_alike(demo) -> None:  # type: ignore[no-untyped-def]
-    from engine.policies.clusters import code_ranks
-    from engine.policies.relaxed import code_latents
+    from specar.policies.clusters import code_ranks
+    from specar.policies.relaxed import code_latents
 
     target, _ = demo
     look, both = code_ranks(target), code_ranks(target, target_alike=True)
@@ -306,7 +306,7 @@ def test_cascade_groups_codes_that_look_alike_and_that_the_target_embeds_alike(d
 def test_wide_code_embeddings_are_grouped_on_their_leading_components(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     """Models wider than EMBEDDING_COMPONENTS are split on a low-rank projection (seconds for Emu3's
     32k x 4096 table instead of minutes), and the groups are still a partition of the codebook."""
-    import engine.policies.clusters as clusters
+    import specar.policies.clusters as clusters
     from tiny import tiny_model_with_codes
 
     full = clusters.grouping_vectors(tiny_model_with_codes(3), target_alike=True)
@@ -417,8 +417,8 @@ def test_evidence_guard_reads_the_target_s_guidance_halves_in_chains_and_trees(d
     """The loop hands every code's evidence to the verifier for chains and trees: a tight margin accepts
     less than none. Without classifier-free guidance there is no evidence: a margin the user set is refused,
     a policy's default guard is off."""
-    from engine.drafts.drafter_tree import DrafterTreeDrafts
-    from engine.policies.clusters import ClusterPolicy
+    from specar.drafts.drafter_tree import DrafterTreeDrafts
+    from specar.policies.clusters import ClusterPolicy
 
     target, drafter = demo
     cond = Conditioning(class_ids=tuple(range(4)))
@@ -505,8 +505,8 @@ def test_cluster_groups_must_be_powers_of_two(demo) -> None:  # type: ignore[no-
 def test_runs_record_the_policy_parameters_they_ran_with(demo, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
     import math
 
-    from engine import cli, pareto
-    from engine.policies import cascade
+    from specar import cli, pareto
+    from specar.policies import cascade
 
     target = demo[0]
     assert make_policy("cascade", 1.0, model=target).parameters() == {

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
-from engine import Conditioning, generate
-from engine.demo.model import DEMO_SETTINGS, load_demo
-from engine.demo.train_tree_head import main as train_main
-from engine.demo.tree_head_data import CHUNK, generate_chunks, read_chunks
-from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape
-from engine.drafts.tree_head import load_tree_head
+from specar import Conditioning, generate
+from specar.demo.model import DEMO_SETTINGS, load_demo
+from specar.demo.train_tree_head import main as train_main
+from specar.demo.tree_head_data import CHUNK, generate_chunks, read_chunks
+from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape
+from specar.drafts.tree_head import load_tree_head
 
 
 def test_data_then_training_then_drafting(tmp_path: Path) -> None:

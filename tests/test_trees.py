@@ -14,17 +14,17 @@ import pytest
 import torch
 from tiny import tiny_drafter, tiny_model, tiny_model_with_codes, tiny_tree_head
 
-from engine import Conditioning, SamplingSettings, generate
-from engine.checkpoints import save_safetensors
-from engine.drafts.base import DecodeState, StepOutcome
-from engine.drafts.drafter_tree import DrafterTreeDrafts
-from engine.drafts.tree_drafts import TreeHeadDrafts, TreeShape, branching_label, static_parents
-from engine.drafts.tree_head import load_tree_head, save_tree_head
-from engine.errors import CheckpointError, IncompatibleDrafterError, SettingsError
-from engine.policies import make_policy
-from engine.policies.base import PolicyContext
-from engine.sampling import DistributionProcessor
-from engine.verify import tree_tables
+from specar import Conditioning, SamplingSettings, generate
+from specar.checkpoints import save_safetensors
+from specar.drafts.base import DecodeState, StepOutcome
+from specar.drafts.drafter_tree import DrafterTreeDrafts
+from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape, branching_label, static_parents
+from specar.drafts.tree_head import load_tree_head, save_tree_head
+from specar.errors import CheckpointError, IncompatibleDrafterError, SettingsError
+from specar.policies import make_policy
+from specar.policies.base import PolicyContext
+from specar.sampling import DistributionProcessor
+from specar.verify import tree_tables
 
 COND = Conditioning.classes([1, 4, 7])
 SAMPLING = SamplingSettings(cfg_scale=2.0, top_k=24, seed=3)

@@ -6,10 +6,10 @@ import pytest
 import torch
 from stats import noise_floor, total_variation
 
-from engine.policies import ExactPolicy
-from engine.sampling import point_mass
-from engine.types import DraftBlock, TokenKind
-from engine.verify import tree_attention, tree_layout, verify_chain, verify_tree
+from specar.policies import ExactPolicy
+from specar.sampling import point_mass
+from specar.types import DraftBlock, TokenKind
+from specar.verify import tree_attention, tree_layout, verify_chain, verify_tree
 
 V, ROWS = 12, 20000
 

@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
-from engine.checkpoints import save_safetensors
-from engine.errors import CheckpointError
-from engine.models.vq16 import VQ16Config, VQ16Decoder, infer_vq16_config, load_vq16
+from specar.checkpoints import save_safetensors
+from specar.errors import CheckpointError
+from specar.models.vq16 import VQ16Config, VQ16Decoder, infer_vq16_config, load_vq16
 
 # Smallest layout that still has every part: two levels (one upsample), GroupNorm-friendly widths.
 TINY = VQ16Config(codebook_size=64, codebook_dim=8, z_channels=32, ch=32, ch_mult=(1, 2), num_res_blocks=1)

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import torch
 
-from engine.checkpoints import save_safetensors
-from engine.continuous.mar import MAR, MARConfig
-from engine.continuous.model import MARTokenModel, PatchPixels
-from engine.demo.codebook import PatchCodebook
-from engine.drafts.auto import CALIBRATION_BLOCKS, AutoDrafts, ForwardCosts
-from engine.drafts.tree_head import TreeHead
-from engine.models.llamagen.adapter import LlamaGenModel
-from engine.models.llamagen.gpt import GPT, GPTConfig
+from specar.checkpoints import save_safetensors
+from specar.continuous.mar import MAR, MARConfig
+from specar.continuous.model import MARTokenModel, PatchPixels
+from specar.demo.codebook import PatchCodebook
+from specar.drafts.auto import CALIBRATION_BLOCKS, AutoDrafts, ForwardCosts
+from specar.drafts.tree_head import TreeHead
+from specar.models.llamagen.adapter import LlamaGenModel
+from specar.models.llamagen.gpt import GPT, GPTConfig
 
 TINY = dict(vocab_size=64, dim=64, n_layer=2, n_head=4, num_classes=10, grid_size=8)
 TINY_DRAFTER = dict(vocab_size=64, dim=32, n_layer=1, n_head=2, num_classes=10, grid_size=8)
@@ -71,7 +71,7 @@ def save_own_safetensors(gpt: GPT, path: Path) -> Path:
 
 def tiny_tree_head(target: LlamaGenModel, seed: int = 2, std: float = 0.2) -> TreeHead:
     """A random EAGLE-style head for ``target`` (one layer, the target's width)."""
-    from engine.drafts.tree_head import TreeHeadConfig
+    from specar.drafts.tree_head import TreeHeadConfig
 
     cfg = TreeHeadConfig(dim=target.hidden_size, n_head=4, ffn_hidden=96, vocab_size=target.vocab_size,
                          grid_size=target.grid[0])

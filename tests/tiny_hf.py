@@ -230,8 +230,8 @@ def build_tiny_llamagen_t2i(directory: Path, slots: int = 12) -> Path:
     """A LlamaGen t2i folder: official-layout tiny GPT, a tiny VQ, ``config.json`` and a tiny T5 in ``t5/``."""
     from tiny import save_official_pt, tiny_gpt
 
-    from engine.checkpoints import save_safetensors
-    from engine.models.vq16 import VQ16Config, VQ16Decoder
+    from specar.checkpoints import save_safetensors
+    from specar.models.vq16 import VQ16Config, VQ16Decoder
 
     directory.mkdir(parents=True, exist_ok=True)
     save_official_pt(tiny_gpt(0, model_type="t2i", caption_dim=32, cls_token_num=slots), directory / "t2i_tiny.pt")

@@ -10,7 +10,7 @@ Method names:
 * ``cspd``: CSpD with the exact Gaussian test (relaxation 0); ``cspd=R``: relaxation ``R`` in [0, 1]
   (inner temperature ``42^R``, 1 being the reference code's 42).
 
-Rows are :class:`engine.bench.BenchRow`, so tables, JSON and the quality columns read like the
+Rows are :class:`specar.bench.BenchRow`, so tables, JSON and the quality columns read like the
 discrete benchmark's; "tokens per forward" is image tokens per *target pass*.
 """
 

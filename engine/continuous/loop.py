@@ -14,7 +14,7 @@ where the draft changed a token. Per MAR step:
   (MAR predicts those positions in parallel from one context, so a rejection does not invalidate
   the others).
 
-The observer sees a :class:`engine.types.StepEvent` after every target pass and may stop the run;
+The observer sees a :class:`specar.types.StepEvent` after every target pass and may stop the run;
 what was decided so far is returned (``finished=False``), never lost.
 """
 

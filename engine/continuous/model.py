@@ -1,6 +1,6 @@
 """The continuous-token model adapter: what the CSpD loop needs from a MAR-style model.
 
-Discrete models hand the loop logits over a vocabulary (:class:`engine.models.base.ImageTokenModel`);
+Discrete models hand the loop logits over a vocabulary (:class:`specar.models.base.ImageTokenModel`);
 continuous models hand it a condition ``z`` per position and a diffusion head that turns ``z`` and
 injected noise into a token plus the Gaussian of its last denoising step. :class:`ContinuousTokenModel`
 is that small protocol; :class:`MARTokenModel` implements it for :class:`~.mar.MAR` with a pixel

@@ -1,6 +1,6 @@
 """One continuous-token sampling job as a host application (the ComfyUI nodes) asks for it.
 
-The recipes are the discrete ones (:class:`engine.session.DraftRecipe`, ``PolicyRecipe``) so the
+The recipes are the discrete ones (:class:`specar.session.DraftRecipe`, ``PolicyRecipe``) so the
 same nodes drive both kinds of model: a drafter recipe holding a continuous draft model means CSpD
 with ``gamma`` draft MAR steps per verification; the policy ``cspd`` relaxes the Gaussian test
 (``relaxation`` -> inner temperature ``42^relaxation``), ``exact`` (or no policy) keeps it exact.

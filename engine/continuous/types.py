@@ -1,6 +1,6 @@
 """Settings and results of continuous-token generation.
 
-The result is a :class:`engine.types.GenerationResult` whose tokens are vectors, so heatmaps,
+The result is a :class:`specar.types.GenerationResult` whose tokens are vectors, so heatmaps,
 live frames, progress bars and the session code read it like a discrete result: ``kinds`` says
 per token whether the target sampled it (prefill, or plain MAR), whether a draft was accepted, or
 whether it was resampled from the residual; ``forward_index`` is the target pass that decided it.

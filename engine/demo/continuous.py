@@ -34,7 +34,7 @@ def load_mar_demo(role: str = "target", weights_dir: str | Path | None = None,
     path = (Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR) / FILES[role]
     if not path.is_file():
         raise CheckpointError(f"the continuous demo weights are not built yet: {path} is missing; train them with "
-                              f"`python -m engine.demo.train_mar --role {role} ...` (see that module) and copy "
+                              f"`python -m specar.demo.train_mar --role {role} ...` (see that module) and copy "
                               f"out/mar-{role}/{FILES[role]} here")
     mar, meta = read_mar(path)
     names = tuple(meta.get("class_names", CLASS_NAMES))  # type: ignore[arg-type]

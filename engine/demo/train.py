@@ -1,6 +1,6 @@
 """Train the demo target or drafter (LlamaGen architecture) on procedural scenes.
 
-    python -m engine.demo.train --role target --threads 1 --minutes 100 --out out/demo-target
+    python -m specar.demo.train --role target --threads 1 --minutes 100 --out out/demo-target
 
 Every batch is rendered on the fly from ``(seed, step)``, so the data never repeats, needs no
 disk, and a resumed run sees exactly the batches an uninterrupted one would. The codebook is
@@ -41,7 +41,7 @@ from .scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 GRID = 16
-# Architecture and peak learning rate per role (see shared/design/demo-model.md).
+# Architecture and peak learning rate per role.
 ROLES: dict[str, dict[str, int]] = {
     "target": {"n_layer": 4, "dim": 192, "n_head": 6, "ffn_hidden": 512},
     "drafter": {"n_layer": 2, "dim": 128, "n_head": 4, "ffn_hidden": 344},
@@ -299,7 +299,7 @@ class Trainer:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m engine.demo.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m specar.demo.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--role", choices=sorted(ROLES), required=True)
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--minutes", type=float, help="wall-clock budget; fixes the step count after a few timed steps")

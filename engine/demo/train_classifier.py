@@ -1,6 +1,6 @@
 """Train the scene classifier behind the demo quality metrics, and its real-data reference statistics.
 
-    python -m engine.demo.train_classifier --out engine/demo/weights
+    python -m specar.demo.train_classifier --out engine/demo/weights
 
 Deterministic for a given seed and thread count: images come from ``scenes`` with fixed seeds
 (training, held-out and reference sets use disjoint ones), and torch is seeded. Every model sample
@@ -33,7 +33,7 @@ PATCH_GRID = (IMAGE_SIZE // 2, IMAGE_SIZE // 2)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m engine.demo.train_classifier", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m specar.demo.train_classifier", description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "weights", help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-size", type=int, default=24_000)

@@ -1,7 +1,7 @@
 """Train the continuous demo pair: small MAR models over 2x2 RGB patches (12-d tokens).
 
-    python -m engine.demo.train_mar --role target --steps 1500 --threads 1 --out out/mar-target
-    python -m engine.demo.train_mar --role drafter --steps 1500 --threads 1 --out out/mar-drafter
+    python -m specar.demo.train_mar --role target --steps 1500 --threads 1 --out out/mar-target
+    python -m specar.demo.train_mar --role drafter --steps 1500 --threads 1 --out out/mar-drafter
 
 A 32x32 scene becomes 16x16 continuous tokens, each the 12 values of a 2x2 patch in [-1, 1], so
 no VAE is needed and decoding is a reshape. Both models are trained on the data independently,
@@ -121,7 +121,7 @@ class MARTrainer:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m engine.demo.train_mar", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m specar.demo.train_mar", description=__doc__.split("\n\n")[0])
     p.add_argument("--role", choices=sorted(ROLES), required=True)
     p.add_argument("--steps", type=int, required=True, help="optimizer steps (cosine schedule length)")
     p.add_argument("--out", default="out/mar")

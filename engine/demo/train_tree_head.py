@@ -1,8 +1,8 @@
 """Train the demo's EAGLE-style tree head on the demo target's own samples.
 
-    python -m engine.demo.tree_head_data --images 10240 --out out/tree-head-data-10k
-    python -m engine.demo.train_tree_head --data out/tree-head-data-10k --steps 3000 --threads 2 --out out/tree-head
-    python -m engine.demo.train_tree_head --data out/tree-head-data-10k --steps 3000 --redundancy 0.9 \\
+    python -m specar.demo.tree_head_data --images 10240 --out out/tree-head-data-10k
+    python -m specar.demo.train_tree_head --data out/tree-head-data-10k --steps 3000 --threads 2 --out out/tree-head
+    python -m specar.demo.train_tree_head --data out/tree-head-data-10k --steps 3000 --redundancy 0.9 \\
         --out out/tree-head-redundancy
 
 (the first two lines made the shipped head: 44 minutes on two CPU threads).
@@ -222,7 +222,7 @@ class HeadTrainer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m engine.demo.train_tree_head", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m specar.demo.train_tree_head", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", type=Path, default=Path("out/tree-head-data"))
     p.add_argument("--out", type=Path, default=Path("out/tree-head"))
     p.add_argument("--steps", type=int, default=3000)

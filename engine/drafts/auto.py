@@ -34,6 +34,7 @@ import torch
 
 from ..timing import fastest
 from ..models.base import ImageTokenModel
+from ..sampling import make_generator, sample
 from ..types import DraftBlock
 from .base import DecodeState, DraftSource, StepOutcome
 from .drafter import DrafterModelDrafts
@@ -80,14 +81,17 @@ _MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], di
 
 
 def _block_seconds(model: ImageTokenModel, state: DecodeState, sizes: tuple[int, ...]) -> dict[int, float]:
-    """Seconds of one forward of ``sizes`` tokens with half an image of placeholder tokens cached
+    """Seconds of one step of ``sizes`` tokens (the forward, its distributions and a sample from
+    them, as a draft or verify step spends them) with half an image of placeholder tokens cached
     (attention over the cache grows through an image; half-way is its mean), the cache rolled back
-    after each; measured once per model, batch size and guidance, the sizes taking turns. A block is
-    never cheaper than a smaller one, so a size timed slower than a larger one takes the larger's time."""
+    after each; measured once per model, batch size and guidance, the sizes taking turns. A block
+    is never cheaper than a smaller one, so a size timed slower than a larger one takes the larger's time."""
     known = _MEASURED.setdefault(model, {})
     key = (state.batch, state.guided)
     if key not in known:
         dev = state.tokens.device
+        last = state.num_tokens - 1
+        scratch = make_generator(0, dev)  # the run's own generator is never drawn from here
         cached = state.committed - 1  # host [B]: image tokens in the cache
         context = max(0, state.num_tokens // 2 - int(cached.min()))
         positions = cached.to(dev)[:, None] + torch.arange(context, device=dev)[None, :]
@@ -95,8 +99,9 @@ def _block_seconds(model: ImageTokenModel, state: DecodeState, sizes: tuple[int,
         filled = cached + context
 
         def block(size: int) -> None:
-            positions = filled.to(dev)[:, None] + torch.arange(size, device=dev)[None, :]
-            model.forward(torch.zeros_like(positions), positions)
+            positions = (filled.to(dev)[:, None] + torch.arange(size, device=dev)[None, :]).clamp(max=last)
+            out = model.forward(torch.zeros_like(positions), positions)
+            sample(state.processor(out.logits, (positions + 1).clamp(max=last)), scratch)
             model.truncate(filled)
 
         seconds = fastest({size: (lambda size=size: block(size)) for size in sizes}, dev)
@@ -233,8 +238,9 @@ class AutoDrafts(DraftSource):
 
     The source is re-chosen every :data:`STINT` forwards (Jacobi's window needs a few forwards to
     refine, so switching every forward would never show its yield); the drafter's chain length,
-    every forward. A plain stint is chosen where no source is expected to pay for its verifies;
-    an arm's estimate drifts back to its prior while unused, so it is tried again later.
+    every forward. After each source has had one stint, a plain stint is chosen where none is
+    expected to pay for its verifies; an arm's estimate drifts back to its prior while unused, so
+    it is tried again later.
     """
 
     name = "auto"
@@ -248,6 +254,7 @@ class AutoDrafts(DraftSource):
         self.arms: list[_Arm] = []
         self.costs: ForwardCosts | None = None
         self.plain_steps = 0  # forwards with no draft worth its verify
+        self.stints = 0
         self._stint: tuple[_Arm | None, int] = (None, 0)  # the arm of this stint (None: plain) and forwards left
         self._chosen: _Arm | None = None
 
@@ -270,9 +277,13 @@ class AutoDrafts(DraftSource):
         arm, left = self._stint
         if left == 0:
             plain = 1.0 / self.costs.target_seconds(1)
-            rated = [(arm.plan(state, self.costs)[0], index) for index, arm in enumerate(self.arms)]
+            rated = [(each.plan(state, self.costs)[0], index) for index, each in enumerate(self.arms)]
             rate, index = max(rated)
             chosen = self.arms[index] if rate > plain else None
+            untried = [each for each in self.arms if not each.used and each.plan(state, self.costs)[1]]
+            if self.stints and untried:  # after the first stint, every source gets one before estimates alone decide
+                chosen = untried[0]
+            self.stints += 1
             if chosen is not None and chosen is not arm:
                 chosen.start(state)
             arm, left = chosen, STINT

@@ -3,8 +3,8 @@
 Why a model and not only the EAGLE-style head: the head drafts every level after the first from
 its own predicted states, while a drafter model reads real tokens through its own cache, so its
 drafts do not drift with depth. Under CASCADE's group acceptance the drafted code of an accepted
-group is what the image gets, and the head's codes cost class accuracy where a drafter model's
-chains did not (docs/benchmarks.md, eighth session: the controlled pair).
+group is what the image gets, and on the demo the head's codes cost class accuracy where a drafter
+model's did not.
 
 How: the drafter runs one row per leaf of the template (``prod(branching)`` rows per image, 4 for
 2-2-1-1-...), each row drafting one root-to-leaf path, so a level is one drafter forward of one

@@ -47,8 +47,8 @@ class TreeShape:
     ``guidance`` is the CFG scale the head drafts with (``None``: the target's). Verification always
     uses the target's own scale, so any value keeps the exact policy lossless; a higher one makes the
     head's picks more condition-specific, which matters where a group policy emits the drafted code of
-    an accepted group (docs/benchmarks.md, seventh session: at the target's scale the one-layer head's picks carry
-    about a fifth less condition evidence than the target's own samples)."""
+    an accepted group (at the target's scale a one-layer head's picks carry less condition evidence
+    than the target's own samples)."""
 
     kind: str = "dynamic"
     top_k: int = 6

@@ -125,10 +125,10 @@ class ImageTokenModel(ABC):
         raise SettingsError(f"{self.name} does not expose its output head, so a tree head cannot draft for it")
 
     def check_conditioning(self, cond: Conditioning) -> None:
-        """Raise :class:`~engine.errors.SettingsError` if ``cond`` cannot drive this model."""
+        """Raise :class:`~specar.errors.SettingsError` if ``cond`` cannot drive this model."""
 
     def set_compile(self, enabled: bool) -> None:
-        """Run forwards through ``torch.compile`` (:mod:`engine.compile`) or eagerly. Families
+        """Run forwards through ``torch.compile`` (:mod:`specar.compile`) or eagerly. Families
         without a compiled path stay eager and say so once."""
         if enabled:
             print(f"specar: {self.name}: no compiled forward for this family yet; running eagerly", file=sys.stderr)

@@ -12,7 +12,7 @@ digits, so BPE order is not code order and the map is read from the config's voc
 Lumina-mGPT writes an image as ``<racm3:break> <h> <w>`` then rows of codes, each followed by
 a newline token; the unconditional CFG branch sees only that image part (no text), at its own
 positions. Both are reproduced: resolution tokens are forced (the size you ask for), newlines are
-inserted by :class:`~engine.models.row_layout.RowLayout`, and the unconditional rows are
+inserted by :class:`~specar.models.row_layout.RowLayout`, and the unconditional rows are
 left-padded into the paired batch. Anole draws a fixed 32x32 grid after ``<racm3:break>``, guided
 against ``BOS <racm3:break>`` as GAIR's text-to-image script (for a text-only prompt) and LANTERN do.
 Lumina samples its resolution tokens (the prompt states the size); here they are forced, so the

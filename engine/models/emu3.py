@@ -3,7 +3,7 @@
 An Emu3 image is ``<|image start|>{h}*{w}<|image token|>`` then ``h`` rows of ``w`` visual
 tokens, each row closed by ``<|extra_200|>``; the model's recipe forces those end-of-line tokens
 with ``prefix_allowed_tokens_fn``. Here the engine sees codes only and the adapter inserts the
-end-of-line after each row (:class:`~engine.models.row_layout.RowLayout`).
+end-of-line after each row (:class:`~specar.models.row_layout.RowLayout`).
 
 Guidance follows the official Emu3 sampler: the unconditional branch is the same template
 around a negative prompt (``NEGATIVE_PROMPT`` by default). transformers' unbatched CFG mixes

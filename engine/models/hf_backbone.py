@@ -2,7 +2,7 @@
 
 transformers' own caches keep one length for the whole batch and roll back with ``crop``, but
 speculative rows each keep a different number of tokens. So the decoder reads and writes our
-:class:`~engine.kv_cache.RaggedKVCache` instead: its attention layers only ever call
+:class:`~specar.kv_cache.RaggedKVCache` instead: its attention layers only ever call
 ``past_key_values.update(key, value, layer_idx)``, and when a 4D attention mask and explicit
 position ids are given, nothing else of the cache is used. The mask carries per-row lengths,
 left padding of the prompts, tree attention and the padding slots of row-end expansion.

@@ -1,6 +1,6 @@
 """The acceptance-policy plug-in interface.
 
-A policy answers two questions, and the shared verifier (:mod:`engine.verify`) does the rest
+A policy answers two questions, and the shared verifier (:mod:`specar.verify`) does the rest
 (left-to-right chains, recursive rejection over tree siblings, bonus tokens, bookkeeping):
 
 1. With what probability is draft token ``x`` (drawn from ``q``) accepted where the target says ``p``?
@@ -11,7 +11,7 @@ policies (LANTERN, GSD, CSD, CASCADE) raise the first and keep or adapt the seco
 
 Every policy takes one user-facing ``relaxation`` in 0..1 (0 = lossless; each relaxed policy maps it
 onto its own knob) and an optional per-token ``region`` weight (from a painted mask, see
-:mod:`engine.regions`) that scales it locally: :meth:`AcceptancePolicy.relaxation_at` is the
+:mod:`specar.regions`) that scales it locally: :meth:`AcceptancePolicy.relaxation_at` is the
 strength a policy should apply at each tested token.
 """
 

@@ -4,8 +4,8 @@ The paper observes two redundancies of the target's last-layer states over a dra
 *semantic interchangeability* across siblings (different tokens that leave the target in almost
 the same state) and *semantic convergence* along depth (consecutive states that barely change,
 i.e. smooth, low-information regions). Only the abstract and figure captions were available, so
-the rule is our reconstruction (shared/design/algorithms.md, section 6, with the choices below),
-with its two thresholds as named parameters.
+the rule is our reconstruction, with the choices below and its two thresholds as named parameters
+(docs/methods.md).
 
 A node is accepted on the target mass of a *group* of codes, with group-level speculative
 sampling (the test and residual of :class:`ClusterPolicy`): every group keeps the target's mass,
@@ -27,17 +27,15 @@ from the states:
   is tested on both groups' mass (the paper's rule, ``p~(x_v) = p(x_v) + p(x_s)``, lifted to groups).
 * **evidence guard** (SpecAR's own; under CFG): inside an accepted group the draft picks the code, and a
   code whose condition evidence lies more than ``evidence_margin`` (0.5) nats below its group's is tested on
-  its own mass (:class:`ClusterPolicy`). Under it the groups are twice as large as before (16/32 rather
-  than 8/16): on the demo faster at AR's class accuracy (docs/benchmarks.md, thirteenth to fifteenth sessions).
-  Without CFG there is no evidence and no guard; relax 0.75 then gives groups of 8/16.
-* **ratio bound** (LANTERN++'s lambda, 8): a code of an accepted group is accepted at most ``lambda p(x)/q(x)``.
-  Without it the 16/32 groups cost about half a FID-lite point on the demo; with it 0.3, not told from AR
-  (docs/benchmarks.md, sixteenth session).
+  its own mass (:class:`ClusterPolicy`). The guard gives back the class evidence a small drafter's
+  generic picks cost, which is what lets the groups hold 16/32 codes. Without CFG there is no
+  evidence and no guard; relax 0.75 then gives groups of 8/16.
+* **ratio bound** (LANTERN++'s lambda, 8): a code of an accepted group is accepted at most ``lambda p(x)/q(x)``,
+  so no code is emitted much more often than the target would emit it.
 
-Why groups rather than the paper-shaped rule of moving only drafted siblings' mass (this
-module's first version): on the demo that reached 1.04-1.08x the exact tree, because a dynamic
-tree's siblings are all the mass a level can ever accept; accepting whole converged nodes outright
-truncated objects (docs/benchmarks.md). The knob maps linearly: at ``r`` the thresholds are
+Why groups rather than moving only drafted siblings' mass: a dynamic tree's siblings are all the
+mass a level can ever accept, and the exact rule already reaches it, so that rule gains little;
+accepting whole converged nodes outright truncates objects. The knob maps linearly: at ``r`` the thresholds are
 ``1 - r (1 - tau_at_full)`` and the group sizes ``2^round(r log2 size)``; at 0 every code is its own
 group and nothing merges, bit for bit the exact test. Without tree states (chains) it is exact.
 """
@@ -61,8 +59,7 @@ CONVERGED_GROUP = 32  # codes per group in converged contexts at relax 1
 # own mass (ClusterPolicy's evidence guard); without CFG there is nothing to read and the guard is off.
 EVIDENCE_MARGIN = 0.5
 # A code inside an accepted group is accepted at most this many times its exact test's ratio (LANTERN++'s lambda):
-# the drafter's pick inside a group is where the groups' quality cost lies; on the demo the bound keeps 1.33x the
-# exact tree and takes most of the FID-lite cost back (docs/benchmarks.md, sixteenth session).
+# the drafter's pick inside a group is where the groups' quality cost lies (docs/benchmarks.md: trees).
 RATIO_BOUND = 8.0
 
 

@@ -108,7 +108,7 @@ class ClusterPolicy(RelaxedPolicy):
     groups_target_alike = False  # groups of look-alike codes only (see grouping_vectors)
     default_evidence_margin: float | None = None  # no evidence guard unless asked for
     default_ratio_bound: float | None = None  # no ratio bound unless asked for
-    # README Pareto table: with a gamma-32 drafter 1.54x (seeds A) and 1.50x (seeds C) the exact chain, inside the AR band.
+    # the setting that kept AR's quality with a gamma-32 drafter chain (docs/benchmarks.md: relaxed policies on chains)
     recommended_relaxation = 1.0
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,

@@ -1,9 +1,9 @@
 """What the relaxed policies share: the lossless base ratio, the standard residual, code latents.
 
 Every relaxed policy only *raises* acceptance above the exact ratio ``min(1, p(x)/q(x))``; at
-strength 0 it computes exactly that ratio (bit for bit). After a rejection all three use the
-standard residual ``norm(max(0, p - q))``, which is the total-variation-optimal correction when
-acceptance is only raised (see shared/design/algorithms.md, CSD section).
+strength 0 it computes exactly that ratio (bit for bit). After a rejection they use the standard
+residual ``norm(max(0, p - q))``, which is the total-variation-optimal correction when acceptance
+is only raised (cluster acceptance has its own group residual).
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ class LlamaGenModel(ImageTokenModel):
     # -- compiled fast path ----------------------------------------------------------------------
 
     def set_compile(self, enabled: bool) -> None:
-        """Run forwards through ``torch.compile`` (see :mod:`engine.compile`) or eagerly."""
+        """Run forwards through ``torch.compile`` (see :mod:`specar.compile`) or eagerly."""
         if not enabled:
             self.compiled = self._spare_cache = None
         elif self.compiled is None:

@@ -6,7 +6,7 @@ so official checkpoints load without renames: Llama-style pre-RMSNorm blocks wit
 (``t2i``) embedding as the first ``cls_token_num`` positions, and LlamaGen's 2D rotary embedding.
 
 What differs from the original is only the inference plumbing: attention reads and writes a
-:class:`~engine.kv_cache.RaggedKVCache` (a length per row, any block size, tree masks) and every
+:class:`~specar.kv_cache.RaggedKVCache` (a length per row, any block size, tree masks) and every
 token carries its own rotary row, so drafts, trees and ragged batches run in one forward.
 """
 

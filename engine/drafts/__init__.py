@@ -1,0 +1,1 @@
+"""Draft sources: where the tokens a target forward verifies come from (see :mod:`.base`)."""
