@@ -36,7 +36,7 @@ def test_generate_defaults_to_the_demo_pair(tmp_path: Path) -> None:
                      "--heatmap", str(tmp_path / "heat.png"), "--stats", str(stats), "--quiet"])
     assert code == 0
     data = json.loads(stats.read_text())
-    assert data["method"] == "drafter" and data["model"] == "specar-demo"
+    assert data["method"] == "auto" and data["model"] == "specar-demo" and data["drafter"] == "specar-demo-drafter"
     assert Image.open(tmp_path / "grid.png").size == Image.open(tmp_path / "heat.png").size
     assert data["tokens_per_forward"] > 1.5
 
