@@ -238,9 +238,8 @@ class AutoDrafts(DraftSource):
 
     The source is re-chosen every :data:`STINT` forwards (Jacobi's window needs a few forwards to
     refine, so switching every forward would never show its yield); the drafter's chain length,
-    every forward. After each source has had one stint, a plain stint is chosen where none is
-    expected to pay for its verifies; an arm's estimate drifts back to its prior while unused, so
-    it is tried again later.
+    every forward. A plain stint is chosen where no source is expected to pay for its verifies; an
+    arm's estimate drifts back to its prior while unused, so it is tried again later.
     """
 
     name = "auto"
@@ -254,7 +253,6 @@ class AutoDrafts(DraftSource):
         self.arms: list[_Arm] = []
         self.costs: ForwardCosts | None = None
         self.plain_steps = 0  # forwards with no draft worth its verify
-        self.stints = 0
         self._stint: tuple[_Arm | None, int] = (None, 0)  # the arm of this stint (None: plain) and forwards left
         self._chosen: _Arm | None = None
 
@@ -280,10 +278,6 @@ class AutoDrafts(DraftSource):
             rated = [(each.plan(state, self.costs)[0], index) for index, each in enumerate(self.arms)]
             rate, index = max(rated)
             chosen = self.arms[index] if rate > plain else None
-            untried = [each for each in self.arms if not each.used and each.plan(state, self.costs)[1]]
-            if self.stints and untried:  # after the first stint, every source gets one before estimates alone decide
-                chosen = untried[0]
-            self.stints += 1
             if chosen is not None and chosen is not arm:
                 chosen.start(state)
             arm, left = chosen, STINT
