@@ -13,13 +13,9 @@ from typing import Callable, Sequence
 
 import torch
 
-from .drafts.auto import AutoDrafts
+from .drafts import DRAFTS, DraftOptions, check_policy_fits, make_draft
 from .drafts.base import DraftSource
-from .drafts.drafter import DrafterModelDrafts, check_drafter_fits
-from .drafts.drafter_tree import DrafterTreeDrafts
-from .drafts.jacobi import JacobiDrafts
-from .drafts.tree_drafts import TreeHeadDrafts, TreeShape
-from .drafts.tree_head import TreeHead
+from .drafts.drafter import check_drafter_fits
 from .errors import SettingsError
 from .evidence import evidence_of, images_per_pass, teacher_forced_logits
 from .fidelity import ks_uniform, token_pit
@@ -28,30 +24,11 @@ from .models.base import ImageTokenModel
 from .policies import POLICIES, AcceptancePolicy, make_policy
 from .types import Conditioning, GenerationResult, SamplingSettings, StepEvent
 
-# Jacobi variants by method name: (initialisation of new window slots, MC-SJD coupling).
-JACOBI_METHODS: dict[str, tuple[str, bool]] = {
-    "jacobi": ("random", False),
-    "jacobi-row": ("row_above", False),
-    "mcsjd": ("random", True),
-    "mcsjd-row": ("row_above", True),
-}
 METHODS: dict[str, str] = {
     "ar": "plain autoregressive decoding, one token per target forward (the baseline)",
     "ar2": "plain AR again with other seeds: the seed-to-seed spread that quality metrics are read against",
-    "jacobi": "speculative Jacobi decoding, random initialisation of new window slots",
-    "jacobi-row": "speculative Jacobi decoding, new slots start as the token one grid row above",
-    "mcsjd": "MC-SJD: Jacobi decoding with coupled resampling, random initialisation",
-    "mcsjd-row": "MC-SJD with row-above initialisation",
-    "drafter": "a separate small drafter model proposes tokens",
-    "tree": "an EAGLE-style head drafts a dynamic tree (EAGLE-2), verified in one forward",
-    "tree-static": "the head drafts a static tree with sampled children (EAGLE-1 / LANTERN++)",
-    "drafter-tree": "the drafter model drafts a static tree with sampled children (one drafter row per leaf)",
-    "auto": "each forward, row-above Jacobi or the drafter (when given) with the chain length that commits the most "
-            "tokens per second, by costs measured on this machine",
+    **{name: kind.summary for name, kind in DRAFTS.items()},
 }
-HEAD_METHODS = ("tree", "tree-static")  # drafted by a tree head
-DRAFTER_METHODS = ("drafter", "drafter-tree")  # drafted by a drafter model
-TREE_METHODS = (*HEAD_METHODS, "drafter-tree")
 SECOND_SEED_OFFSET = 1_000_003  # ar2's seeds: far from any seed the first AR run uses
 AR_METHODS = ("ar", "ar2")  # plain AR: no drafts, no acceptance policy
 WARMUP_FORWARDS = 8  # enough to run every kernel shape once (prefill, blocks, drafter) without a whole image
@@ -63,67 +40,20 @@ Call = tuple[list[int], SamplingSettings]
 
 
 @dataclass(frozen=True)
-class MethodOptions:
-    """Knobs shared by the methods: Jacobi window, drafter gamma, Jacobi ``q`` convention, policy,
-    and for the tree methods the head and the tree shapes (dynamic; static branching)."""
+class MethodOptions(DraftOptions):
+    """The draft sources' knobs and the acceptance policy's: name, relaxation, native parameters."""
 
-    window: int = 16
-    gamma: int = 6
-    q_init: str = "one_hot"
     policy: str = "exact"
     relaxation: float = 0.0  # 0..1 for relaxed policies (0 = lossless)
     policy_options: tuple[tuple[str, float], ...] = ()  # native parameters of the policy (experts)
-    tree: TreeShape = TreeShape()  # the dynamic tree of method "tree"
-    tree_branching: tuple[int, ...] = TreeShape().branching  # children per depth of "tree-static" and "drafter-tree"
-    tree_head: TreeHead | None = None
 
     def make_policy(self, model: ImageTokenModel) -> AcceptancePolicy:
         return make_policy(self.policy, self.relaxation, model=model, **dict(self.policy_options))
 
-    def tree_shape(self, method: str) -> TreeShape:
-        if method == "tree":
-            return replace(self.tree, kind="dynamic")
-        return TreeShape(kind="static", branching=self.tree_branching, guidance=self.tree.guidance)
 
-
-def method_name(draft: str, init: str = "random", coupling: bool = False) -> str:
-    """The benchmark name of a ``generate`` configuration (``none`` -> ``ar``, ``model`` -> ``drafter``)."""
-    if draft == "none":
-        return "ar"
-    if draft == "model":
-        return "drafter"
-    if draft in (*TREE_METHODS, "auto"):
-        return draft
-    return next(name for name, variant in JACOBI_METHODS.items() if variant == (init, coupling))
-
-
-def make_draft(method: str, options: MethodOptions, drafter: ImageTokenModel | None = None) -> DraftSource | None:
-    """A fresh draft source for ``method`` (``None`` for plain AR); draft sources hold per-call state."""
-    if method in AR_METHODS:
-        return None
-    if method == "auto":
-        return AutoDrafts(drafter)
-    if method in DRAFTER_METHODS:
-        if drafter is None:
-            raise SettingsError(f"method {method!r} needs a drafter model (give --drafter PATH)")
-        if method == "drafter-tree":
-            return DrafterTreeDrafts(drafter, options.tree_branching)
-        return DrafterModelDrafts(drafter, options.gamma)
-    if method in HEAD_METHODS:
-        if options.tree_head is None:
-            raise SettingsError(f"method {method!r} needs a tree head (give --tree-head PATH)")
-        return TreeHeadDrafts(options.tree_head, options.tree_shape(method))
-    if method not in JACOBI_METHODS:
-        raise SettingsError(f"unknown method {method!r}; available: {', '.join(METHODS)}")
-    init, coupling = JACOBI_METHODS[method]
-    return JacobiDrafts(options.window, init, options.q_init, coupling)
-
-
-def check_policy_fits(policy: AcceptancePolicy, method: str) -> None:
-    """CASCADE judges tree siblings by the target's states: refuse it where no tree is drafted."""
-    if policy.needs_tree_states and method not in (*TREE_METHODS, *AR_METHODS):
-        raise SettingsError(f"the {policy.name} policy relaxes acceptance among the siblings of a draft tree; "
-                            f"use it with the tree drafts ({', '.join(TREE_METHODS)}), not {method}")
+def make_method_draft(method: str, options: MethodOptions, drafter: ImageTokenModel | None = None) -> DraftSource | None:
+    """A fresh draft source for a bench method (``None`` for plain AR)."""
+    return None if method in AR_METHODS else make_draft(method, options, drafter)
 
 
 def split_method(name: str) -> tuple[str, str | None, float | None]:
@@ -262,7 +192,7 @@ def run_call(model: ImageTokenModel, method: str, conditions: ConditionFn, call:
     if method == "ar2":
         settings = settings.with_(seed=settings.seed + SECOND_SEED_OFFSET)
     base, options = split_method(method)[0], options_for(method, options)
-    return generate(model, conditions(indices), settings, make_draft(base, options, drafter),
+    return generate(model, conditions(indices), settings, make_method_draft(base, options, drafter),
                     options.make_policy(model), observer, precise_timing=True)
 
 
@@ -293,9 +223,10 @@ def validate(model: ImageTokenModel, methods: Sequence[str], options: MethodOpti
     """Fail on bad settings before any method runs, not after minutes of the first ones."""
     for method in methods:
         variant = options_for(method, options)
-        make_draft(split_method(method)[0], variant, drafter)
+        make_method_draft(split_method(method)[0], variant, drafter)
         check_policy_fits(variant.make_policy(model), split_method(method)[0])
-    if any(split_method(m)[0] in DRAFTER_METHODS for m in methods) and drafter is not None:
+    takes_drafter = [DRAFTS[base].takes_drafter for base in (split_method(m)[0] for m in methods) if base in DRAFTS]
+    if any(takes_drafter) and drafter is not None:
         check_drafter_fits(model, drafter)
 
 

@@ -19,9 +19,10 @@ from typing import Callable, Sequence
 from . import __version__
 from . import cli_continuous, pareto, pooled
 from .cli_output import StopOnInterrupt, write_json, write_pictures, write_text
-from .bench import (METHODS, DRAFTER_METHODS, HEAD_METHODS, TREE_METHODS, check_policy_fits, BenchRow, ConditionFn, table_lines, MethodOptions, add_quality, make_draft, method_name, parse_methods, split_method,
+from .bench import (METHODS, BenchRow, ConditionFn, table_lines, MethodOptions, add_quality, make_method_draft, parse_methods, split_method,
                     run_bench, sweep_methods)
 from .continuous.registry import is_continuous
+from .drafts import DRAFTS, check_policy_fits, jacobi_method
 from .drafts.drafter import check_drafter_fits
 from .drafts.jacobi import INITIALISATIONS, Q_CONVENTIONS
 from .drafts.tree_drafts import TreeShape
@@ -39,6 +40,10 @@ from .types import Conditioning, GenerationResult, SamplingSettings, StepEvent
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl-C"
 DEFAULT_BENCH_METHODS = "jacobi,jacobi-row,mcsjd"
+# --draft: none, jacobi (the variant from --jacobi-init and --coupling), model (the drafter chain), and the
+# registry's other sources by name
+DRAFT_CHOICES = ("none", "jacobi", "model", *(name for name, kind in DRAFTS.items()
+                                              if kind.jacobi is None and name != "drafter"))
 
 
 # -- arguments ------------------------------------------------------------------------------------
@@ -164,7 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conditioning_options(gen)
     _add_sampling_options(gen)
     drafting = _add_method_options(gen)
-    drafting.add_argument("--draft", choices=("none", "jacobi", "model", *TREE_METHODS, "auto"), help=(
+    drafting.add_argument("--draft", choices=DRAFT_CHOICES, help=(
         "where guesses come from: none is plain one-token-at-a-time decoding, jacobi lets the model guess for itself, "
         "auto picks row-above Jacobi or --drafter and the number of guesses each step by costs measured on this machine, "
         "model uses --drafter, tree and tree-static let --tree-head draft a tree of guesses, drafter-tree lets "
@@ -294,8 +299,9 @@ def _options(args: argparse.Namespace, head: TreeHead | None = None) -> MethodOp
     relax = recommended_relaxation(args.policy) if args.relax is None else args.relax
     policy_options = tuple(parse_policy_options(args.policy_option).items())
     tree = TreeShape(top_k=args.tree_top_k, depth=args.tree_depth, nodes=args.tree_nodes, guidance=args.tree_guidance)
-    return MethodOptions(args.window, args.gamma, args.q_init, args.policy, relax, policy_options, tree,
-                         TreeShape.parse_branching(args.tree_branching), head)
+    return MethodOptions(window=args.window, gamma=args.gamma, q_init=args.q_init, tree=tree,
+                         tree_branching=TreeShape.parse_branching(args.tree_branching), tree_head=head,
+                         policy=args.policy, relaxation=relax, policy_options=policy_options)
 
 
 def _options_record(options: MethodOptions) -> dict[str, object]:
@@ -327,32 +333,27 @@ def _conditions(model: ImageTokenModel, class_ids: list[int] | None, prompt: str
     return lambda indices: Conditioning.classes([i % count for i in indices])
 
 
-def _method_options(method: str, options: MethodOptions, args: argparse.Namespace) -> dict[str, object]:
-    if method in ("ar", "auto"):  # auto's choices are in the stats' draft_choices
-        return {}
-    if method == "drafter":
-        return {"gamma": options.gamma}
-    if method == "drafter-tree":
-        return {"branching": list(options.tree_branching)}
-    if method in TREE_METHODS:
-        return asdict(options.tree_shape(method))
-    return {"window": options.window, "init": args.jacobi_init, "q_init": options.q_init, "coupling": args.coupling}
-
-
 # -- generate -------------------------------------------------------------------------------------
 
-DRAFTER_DRAFTS = ("model", "drafter-tree", "auto")  # --draft kinds that read --drafter (auto: when given)
+def _method(kind: str | None, args: argparse.Namespace) -> str:
+    """The method ``--draft`` names: ``none`` is plain AR, ``model`` the drafter chain, ``jacobi``
+    the SJD variant of ``--jacobi-init`` and ``--coupling``; the rest are registry names."""
+    kind = kind or "auto"
+    if kind == "jacobi":
+        return jacobi_method(args.jacobi_init, args.coupling)
+    return {"none": "ar", "model": "drafter"}.get(kind, kind)
 
-def _draft_kind(args: argparse.Namespace) -> str:
-    kind = args.draft or "auto"
-    if args.tree_head and kind not in HEAD_METHODS:
-        raise SettingsError(f"--tree-head is only used with --draft tree or tree-static, not with --draft {kind}")
-    uses_drafter = kind in DRAFTER_DRAFTS
-    if uses_drafter and not args.drafter and kind != "auto":
-        raise SettingsError(f"--draft {kind} needs --drafter PATH (a small model of the same family)")
-    if not uses_drafter and args.drafter:
-        raise SettingsError(f"--drafter is only used with --draft model, drafter-tree or auto, not with --draft {kind}")
-    return kind
+
+def _checked_method(args: argparse.Namespace) -> str:
+    method = _method(args.draft, args)
+    kind = DRAFTS.get(method)
+    if args.tree_head and (kind is None or kind.needs != "tree head"):
+        raise SettingsError(f"--tree-head is only used with --draft tree or tree-static, not with --draft {args.draft}")
+    if kind is not None and kind.needs == "drafter" and not args.drafter:
+        raise SettingsError(f"--draft {args.draft} needs --drafter PATH (a small model of the same family)")
+    if args.drafter and (kind is None or not kind.takes_drafter):
+        raise SettingsError(f"--drafter is only used with --draft model, drafter-tree or auto, not with --draft {args.draft}")
+    return method
 
 
 def _batch_size(args: argparse.Namespace) -> int:
@@ -373,15 +374,15 @@ def _require_pixels(model: ImageTokenModel) -> None:
 def _generate(args: argparse.Namespace) -> int:
     if is_continuous(args.model, args.family):
         return cli_continuous.generate(args)
-    _use_bundled_drafter(args, args.draft is None or args.draft in DRAFTER_DRAFTS)
-    _use_bundled_head(args, args.draft in HEAD_METHODS)
-    kind = _draft_kind(args)
+    wanted = DRAFTS.get(_method(args.draft, args))
+    _use_bundled_drafter(args, wanted is not None and wanted.takes_drafter)
+    _use_bundled_head(args, wanted is not None and wanted.needs == "tree head")
+    method = _checked_method(args)
     batch = _batch_size(args)
-    method = method_name(kind, args.jacobi_init, args.coupling)
     _options(args)  # bad settings fail before the model loads
     model = _load_target(args)
     _require_pixels(model)
-    drafter = _load_drafter(args, model) if kind in DRAFTER_DRAFTS and args.drafter else None
+    drafter = _load_drafter(args, model) if args.drafter else None
     options = _options(args, _load_tree_head(args, model))
     policy = options.make_policy(model)
     check_policy_fits(policy, method)
@@ -394,7 +395,7 @@ def _generate(args: argparse.Namespace) -> int:
             progress(event)
             return not stop.requested
 
-        result = generate(model, cond, settings, make_draft(method, options, drafter), policy, observer)
+        result = generate(model, cond, settings, make_method_draft(method, options, drafter), policy, observer)
     progress.finish(summary_line(result))
     if result.draft_summary and not args.quiet:
         print(result.draft_summary, file=sys.stderr)
@@ -402,7 +403,7 @@ def _generate(args: argparse.Namespace) -> int:
     if compiling and not args.quiet:
         print(f"compiled forwards: {compiling:.1f} s of this run was compiling (first calls only)", file=sys.stderr)
     if args.stats:
-        write_json(args.stats, {**_stats(result, method, _method_options(method, options, args), args.policy,
+        write_json(args.stats, {**_stats(result, method, DRAFTS[method].record(options) if method in DRAFTS else {}, args.policy,
                                           model, drafter, cond, settings), "relaxation": options.relaxation,
                                  "policy_options": dict(options.policy_options), "policy_parameters": policy.parameters()})
     write_pictures(args, model, result)
@@ -434,17 +435,19 @@ def _bench(args: argparse.Namespace) -> int:
     if is_continuous(args.model, args.family):
         return cli_continuous.bench(args)
     requested = {split_method(m)[0] for m in parse_methods(args.methods)} if args.methods else set()
-    _use_bundled_drafter(args, args.methods is None or bool(requested & {*DRAFTER_METHODS, "auto"}))
-    _use_bundled_head(args, bool(requested & set(HEAD_METHODS)))
+    takes_drafter = {name for name, kind in DRAFTS.items() if kind.takes_drafter}
+    head_drafts = {name for name, kind in DRAFTS.items() if kind.needs == "tree head"}
+    _use_bundled_drafter(args, args.methods is None or bool(requested & takes_drafter))
+    _use_bundled_head(args, bool(requested & head_drafts))
     default = DEFAULT_BENCH_METHODS + (",drafter" if args.drafter else "")
     methods = parse_methods(args.methods or default)
     if args.sweep:
         methods = sweep_methods(methods, _names(args.sweep), _numbers(args.relax_steps, "--relax-steps"))
-    if args.drafter and not any(split_method(m)[0] in (*DRAFTER_METHODS, "auto") for m in methods):
+    if args.drafter and not any(split_method(m)[0] in takes_drafter for m in methods):
         raise SettingsError("--drafter is given but --methods does not include drafter, drafter-tree or auto")
     if (args.plot or args.table) and not args.quality:
         raise SettingsError("--plot and --table show quality against speed: add --quality")
-    if args.tree_head and not any(split_method(m)[0] in HEAD_METHODS for m in methods):
+    if args.tree_head and not any(split_method(m)[0] in head_drafts for m in methods):
         raise SettingsError("--tree-head is given but --methods does not include tree or tree-static")
     _options(args)
     model = _load_target(args)

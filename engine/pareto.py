@@ -21,7 +21,8 @@ from typing import Iterable, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from .bench import AR_METHODS, SECOND_SEED_OFFSET, split_method
-from .drafts.tree_drafts import branching_label
+from .drafts import DRAFTS, DraftOptions
+from .drafts.tree_drafts import TreeShape
 from .errors import SettingsError
 
 EXACT = "exact"
@@ -93,20 +94,15 @@ class QualityBand:
 
 
 def _source_label(base: str, options: dict[str, object]) -> str:
-    if base == "drafter":
-        return f"drafter, gamma {options.get('gamma')}"
-    if base == "drafter-tree":
-        return "drafter, static " + branching_label(options.get("tree_branching") or ())  # type: ignore[arg-type]
-    if base in ("tree", "tree-static"):
-        head = options.get("tree_head")  # the head's fingerprint (runs before it was recorded: true)
-        name = f"tree head {head}" if isinstance(head, str) else "tree head"
-        tree = options.get("tree") or {}
-        assert isinstance(tree, dict)
-        guidance = f", guidance {tree['guidance']:g}" if tree.get("guidance") is not None else ""
-        if base == "tree-static":
-            return f"{name}, static " + branching_label(options.get("tree_branching") or ()) + guidance  # type: ignore[arg-type]
-        return f"{name}, dynamic k{tree.get('top_k')} d{tree.get('depth')} n{tree.get('nodes')}{guidance}"
-    return f"{base}, window {options.get('window')}"
+    """The draft source's own label, from the options a bench JSON recorded (the tree head by its
+    weights' fingerprint; runs from before it was recorded: no name)."""
+    tree = options.get("tree") or {}
+    assert isinstance(tree, dict)
+    shape = TreeShape(**{k: tuple(v) if isinstance(v, list) else v for k, v in tree.items()}) if tree else TreeShape()
+    draft = DraftOptions(window=int(options.get("window") or 16), gamma=int(options.get("gamma") or 6),  # type: ignore[call-overload]
+                         tree=shape, tree_branching=tuple(options.get("tree_branching") or ()))  # type: ignore[arg-type]
+    head = options.get("tree_head")
+    return DRAFTS[base].label(draft, head if isinstance(head, str) and DRAFTS[base].needs == "tree head" else "")
 
 
 ARKey = int

@@ -15,10 +15,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .bench import MethodOptions, check_policy_fits, make_draft
+from .drafts import DRAFTS, DraftOptions, check_policy_fits, make_draft
 from .drafts.base import DraftSource
 from .drafts.drafter import check_drafter_fits
-from .drafts.tree_drafts import TreeShape, branching_label
+from .drafts.tree_drafts import TreeShape
 from .drafts.tree_head import TreeHead
 from .errors import SettingsError
 from .explain import explanation
@@ -34,8 +34,7 @@ Observer = Callable[[StepEvent], bool | None]
 
 @dataclass(frozen=True)
 class DraftRecipe:
-    """Where drafts come from: ``method`` is a :data:`specar.bench.METHODS` name (``ar`` = none;
-    ``auto`` chooses Jacobi or the drafter and the chain length by measured cost)."""
+    """Where drafts come from: ``method`` is a :data:`specar.drafts.DRAFTS` name, or ``ar`` for none."""
 
     method: str = "ar"
     window: int = 16
@@ -45,29 +44,22 @@ class DraftRecipe:
     tree_head: TreeHead | None = None
     tree: TreeShape = TreeShape()  # the tree of methods "tree" (dynamic), "tree-static" and "drafter-tree"
 
+    def options(self) -> DraftOptions:
+        return DraftOptions(self.window, self.gamma, self.q_init, tree=self.tree, tree_branching=self.tree.branching,
+                            tree_head=self.tree_head)
+
     def build(self, target: ImageTokenModel) -> DraftSource | None:
+        if self.method == "ar":
+            return None
         if self.drafter is not None:
             check_drafter_fits(target, self.drafter)
             self.drafter.to(target.device)
-        options = MethodOptions(self.window, self.gamma, self.q_init, tree=self.tree,
-                                tree_branching=self.tree.branching, tree_head=self.tree_head)
-        return make_draft(self.method, options, self.drafter)
+        return make_draft(self.method, self.options(), self.drafter)
 
     def describe(self) -> str:
         if self.method == "ar":
             return "plain AR"
-        if self.method == "auto":
-            return "auto (row-above Jacobi" + (f" or drafter {self.drafter.name}" if self.drafter else "") + \
-                ", length by measured cost)"
-        if self.method == "drafter":
-            return f"drafter {self.drafter.name if self.drafter else '?'} (gamma {self.gamma})"
-        if self.method == "tree":
-            return f"dynamic tree (top-k {self.tree.top_k}, depth {self.tree.depth}, {self.tree.nodes} nodes)"
-        if self.method == "tree-static":
-            return f"static tree ({branching_label(self.tree.branching)})"
-        if self.method == "drafter-tree":
-            return f"drafter {self.drafter.name if self.drafter else '?'}, static tree ({branching_label(self.tree.branching)})"
-        return f"{self.method} (window {self.window})"
+        return DRAFTS[self.method].label(self.options(), self.drafter.name if self.drafter else "")
 
 
 @dataclass(frozen=True)

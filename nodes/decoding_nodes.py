@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..engine.bench import method_name
 from ..engine.continuous.session import speculation_for
+from ..engine.drafts import jacobi_method
 from ..engine.drafts.jacobi import INITIALISATIONS
 from ..engine.policies import POLICIES, make_policy, parse_policy_options, recommended_relaxation
 from ..engine.session import DraftRecipe, PolicyRecipe
@@ -14,7 +14,7 @@ from .schema import BOOLEAN, COMBO, DRAFT, FLOAT, INT, MASK, POLICY, STRING, Fie
 
 
 def _jacobi(host: Host, window: int, initialisation: str, coupled: bool) -> tuple[DraftRecipe]:
-    return (DraftRecipe(method_name("jacobi", initialisation, coupled), window=window),)
+    return (DraftRecipe(jacobi_method(initialisation, coupled), window=window),)
 
 
 def _policy(host: Host, policy: str, relaxation: float, expert_options: str,

@@ -304,3 +304,15 @@ def test_installed_under_the_name_specar_only(tmp_path: Path) -> None:
                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert found.returncode == 0, found.stderr
     assert found.stdout.split() == ["specar.loop", "True"]
+
+
+def test_the_product_never_imports_the_benchmarks(tmp_path: Path) -> None:
+    """Sampling (the loop, the host session, every draft source and policy, the models) runs without
+    the benchmark and statistics modules, which only the CLI's lab commands and the tests load."""
+    lab = ["specar.bench", "specar.pareto", "specar.pooled", "specar.fidelity", "specar.forward_bench",
+           "specar.continuous.bench", "specar.demo.evaluator"]
+    code = ("import sys, specar, specar.session, specar.continuous.session, specar.drafts, specar.policies; "
+            f"print([name for name in {lab!r} if name in sys.modules])")
+    found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "[]"

@@ -3,7 +3,8 @@
     SPECAR_COMFYUI=/path/to/ComfyUI python -m pytest tests/test_comfyui_real.py
 
 needs a ComfyUI checkout (never part of this repository) whose Python environment runs this test,
-with ``playwright`` installed and Chromium at /usr/bin/chromium (or SPECAR_CHROMIUM). The test
+with this package installed in it (``pip install --no-deps -e .``: the tests import ``specar``),
+``playwright`` installed and Chromium at /usr/bin/chromium (or SPECAR_CHROMIUM). The test
 links this repository into ``custom_nodes/``, starts ComfyUI with ``--cpu`` on 127.0.0.1, checks
 ``/object_info`` against the node specs, loads and queues every shipped workflow in the real
 frontend, checks images and live heatmap messages, interrupts a run, and screenshots the widget
