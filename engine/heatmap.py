@@ -31,14 +31,6 @@ ACCEPTED_RUN_LONG = 16  # runs this long (a full default Jacobi window) get the 
 LEGEND_BACKGROUND: RGB = (255, 255, 255)
 COMPARISON_MIN_WIDTH = 160  # pixels per column of a comparison picture (small images are enlarged)
 
-PALETTE: dict[str, RGB] = {
-    "not_committed": COLOR_NOT_COMMITTED,
-    "plain": COLOR_PLAIN,
-    "accepted_short": COLOR_ACCEPTED_SHORT,
-    "accepted_long": COLOR_ACCEPTED_LONG,
-    "corrected": COLOR_CORRECTED,
-    "bonus": COLOR_BONUS,
-}
 LEGEND: tuple[tuple[str, RGB], ...] = (
     ("target only", COLOR_PLAIN),
     ("accepted, short run", COLOR_ACCEPTED_SHORT),

@@ -149,10 +149,6 @@ class DraftBlock:
             parents=torch.zeros(batch, 0, dtype=torch.long),
         )
 
-    def truncated(self, n: int) -> "DraftBlock":
-        """The first ``n`` nodes (valid for chains, and for trees stored in parent-first order)."""
-        return DraftBlock(self.tokens[:, :n], self.q[:, :n], self.parents[:, :n], self.max_depth, self.max_children)
-
 
 @dataclass
 class Verdict:

@@ -55,8 +55,6 @@ def _load_target(host: Host, model: str, dtype: str, family: str, image_size: in
 
 def _load_drafter(host: Host, drafter: str, gamma: int, dtype: str, shape: str, branching: str) -> tuple[DraftRecipe]:
     model = load(host, drafter, dtype)
-    if is_continuous_model(model) and gamma < 1:
-        raise ValueError("gamma (draft MAR steps per verification) must be >= 1")
     if shape == "chain":
         return (DraftRecipe("drafter", gamma=gamma, drafter=model),)
     if is_continuous_model(model):

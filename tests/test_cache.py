@@ -23,6 +23,11 @@ def _teacher_forced(model, tokens: torch.Tensor, guided: bool) -> torch.Tensor:
     return logits
 
 
+def cached_images(model) -> list[int]:  # type: ignore[no-untyped-def]
+    """Image tokens the cache holds per image (its rows past the class token)."""
+    return (model.cache.lengths[: model.batch] - model.cfg.cls_token_num).tolist()
+
+
 def _positions(start: int, k: int, rows: int = 2) -> torch.Tensor:
     return (start + torch.arange(k)).expand(rows, -1)
 
@@ -46,7 +51,7 @@ def test_rollback_then_new_tokens_equals_recomputation() -> None:
     model.forward(tokens[:, :5], _positions(0, 5))
     model.forward(wrong, _positions(5, 12))  # a rejected block
     model.truncate(torch.tensor([5, 5]))
-    assert model.cached_lengths().tolist() == [5, 5]
+    assert cached_images(model) == [5, 5]
     out = model.forward(tokens[:, 5:16], _positions(5, 11))
     reference = _teacher_forced(model, tokens, guided=True)
     assert torch.allclose(out.logits, reference[:, 6:17], atol=ATOL)
@@ -86,7 +91,7 @@ def test_tree_forward_equals_each_branch_and_compaction_keeps_the_path() -> None
         assert torch.allclose(tree.logits[:, rows], reference[:, 6 : 6 + len(rows)], atol=ATOL)
     # keep the pending token and the path 0 -> 2 for both images, then continue decoding
     model.compact(torch.tensor([[0, 1, 3], [0, 1, 3]]), torch.tensor([3, 3]))
-    assert model.cached_lengths().tolist() == [8, 8]
+    assert cached_images(model) == [8, 8]
     follow = torch.randint(0, 64, (2, 3), generator=gen)
     out = model.forward(torch.cat([nodes[:, 4:5], follow], 1), _positions(8, 4))
     full = torch.cat([prefix, nodes[:, [0, 2, 4]], follow, torch.zeros(2, 1, dtype=torch.long)], 1)

@@ -173,7 +173,7 @@ def test_tree_block_across_a_row_end_equals_its_branches(lumina: ChameleonImageM
     assert torch.allclose(out.logits[:, [0, 1, 3]], left, atol=1e-4)
     assert torch.allclose(out.logits[:, [0, 2, 4]], right, atol=1e-4)
     lumina.compact(torch.tensor([[0, 2, 4]]), torch.tensor([3]))  # keep 30, 41, 51 (and 41's newline)
-    assert lumina.cached_lengths().tolist() == [9]
+    assert lumina.layout.image_lengths(lumina.cache.lengths[:1] - lumina.prefix_slots).tolist() == [9]
     after = lumina.forward(torch.tensor([[7]]), torch.tensor([[9]])).logits
     chain([30, 41, 51])  # the kept branch on a fresh cache, then the same next token
     assert torch.allclose(after, lumina.forward(torch.tensor([[7]]), torch.tensor([[9]])).logits, atol=1e-4)

@@ -97,9 +97,15 @@ def test_impossible_parameters_are_refused(demo) -> None:  # type: ignore[no-unt
         make_policy("lantern", 0.5, model=target, delta_at_full=2.0)
     with pytest.raises(SettingsError, match="tau"):
         make_policy("csd", 0.5, tv_threshold=-0.1)
-    with pytest.raises(SettingsError, match="does not take"):
+    with pytest.raises(SettingsError, match="gsd policy has no option temperature: it takes p_gap_at_full"):
         make_policy("gsd", 0.5, model=target, temperature=3.0)
+    with pytest.raises(SettingsError, match="rank_window must be a number, got 'x'"):  # not "has no option"
+        make_policy("gsd", 0.5, model=target, rank_window="x")  # type: ignore[arg-type]
     assert set(RELAXED) < set(POLICIES)
+    for name in ("lantern", "clusters", "cascade"):  # one rule for LANTERN++'s lambda everywhere
+        assert make_policy(name, 0.5, model=target, ratio_bound=float("inf")).ratio_bound is None
+        with pytest.raises(SettingsError, match=f"{name} ratio_bound must lie in 1.0..inf"):
+            make_policy(name, 0.5, model=target, ratio_bound=0.5)
 
 
 @pytest.mark.parametrize("name,keys", [("lantern", {"neighbour_mass"}), ("gsd", {"group_size"}), ("csd", {"entropy", "tv"}),
@@ -222,7 +228,7 @@ def test_expert_options_and_recommended_defaults(tmp_path, capsys) -> None:  # t
     assert written["policy_parameters"] == {"lambda_at_full": make_policy("csd").lambda_at_full, "tv_threshold": 0.4}
     assert cli.main(["generate", "--policy", "csd", "--policy-option", "tau=0.4", "--out", str(tmp_path / "b.png"),
                      "--quiet"]) == 2
-    assert "does not take ['tau']" in capsys.readouterr().err
+    assert "csd policy has no option tau" in capsys.readouterr().err
 
 
 def test_lantern_neighbourhoods_stay_a_small_share_of_the_codebook(demo) -> None:  # type: ignore[no-untyped-def]

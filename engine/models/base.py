@@ -92,10 +92,6 @@ class ImageTokenModel(ABC):
         """
 
     @abstractmethod
-    def cached_lengths(self) -> torch.Tensor:
-        """Image tokens held in the cache per image, ``[B]`` on the host."""
-
-    @abstractmethod
     def truncate(self, lengths: torch.Tensor) -> None:
         """Roll the cache back to ``lengths[b]`` image tokens per image (both CFG halves)."""
 

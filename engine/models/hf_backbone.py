@@ -240,12 +240,6 @@ class TransformersImageModel(ImageTokenModel):
             hidden = hidden.gather(1, block.output_slot[..., None].expand(-1, -1, hidden.shape[-1]))
         return ModelOutput(self.head(hidden).float(), hidden)
 
-    def cached_lengths(self) -> torch.Tensor:
-        assert self.cache is not None
-        self._drop_row_end_padding()
-        slots = self.cache.lengths[: self.batch] - self.prefix_slots
-        return self.layout.image_lengths(slots) if self.layout else slots
-
     def truncate(self, lengths: torch.Tensor) -> None:
         assert self.cache is not None
         self._valid_slots = None

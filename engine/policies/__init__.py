@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 from typing import Callable, Sequence
 
 import torch
@@ -35,12 +37,17 @@ def make_policy(name: str, relaxation: float = 0.0, region: torch.Tensor | None 
     if name not in POLICIES:
         raise SettingsError(f"unknown acceptance policy {name!r}; available: {', '.join(POLICIES)}")
     factory = POLICIES[name]
+    accepted = [p for p in inspect.signature(factory).parameters if p not in ("self", "relaxation", "region", "model")]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        takes = f"it takes {', '.join(accepted)}" if accepted else "it takes none"
+        raise SettingsError(f"the {name} policy has no option {', '.join(unknown)}: {takes}")
+    for key, value in options.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SettingsError(f"{name} option {key} must be a number, got {value!r}")
     if getattr(factory, "needs_model", False):
         options = {**options, "model": model}  # type: ignore[dict-item]
-    try:
-        return factory(relaxation, region, **options)
-    except TypeError as exc:
-        raise SettingsError(f"the {name} policy does not take {sorted(options)}: {exc}") from exc
+    return factory(relaxation, region, **options)
 
 
 def parse_policy_options(text: str | Sequence[str] | None) -> dict[str, float]:

@@ -36,7 +36,7 @@ from ..types import SamplingSettings
 from ..sampling import residual
 from .base import PolicyContext
 from .exact import Q_FLOOR, token_probs
-from .relaxed import RelaxedPolicy, check_range, code_latents, require_model
+from .relaxed import RelaxedPolicy, check_range, code_latents, ratio_bound_option, require_model
 
 MAX_GROUP = 16  # codes per group at relax 1
 
@@ -123,10 +123,7 @@ class ClusterPolicy(RelaxedPolicy):
                                     f"got {target_alike}")
             self.groups_target_alike = bool(target_alike)
         self.ranks = code_ranks(require_model(self.name, model), self.groups_target_alike)
-        ratio_bound = self.default_ratio_bound if ratio_bound is None else ratio_bound
-        if ratio_bound is not None:
-            check_range(f"{self.name} ratio_bound", ratio_bound, 1.0, math.inf)
-        self.ratio_bound = None if ratio_bound is None or math.isinf(ratio_bound) else ratio_bound  # inf: off
+        self.ratio_bound = ratio_bound_option(self.name, self.default_ratio_bound if ratio_bound is None else ratio_bound)
         self.plausible_share = check_range(f"{self.name} plausible_share", plausible_share, 0.0, 1.0)
         # An evidence margin the user set must be honoured (refused without CFG); the policy's own default
         # is simply off where there is no evidence to read. inf switches the guard off.

@@ -18,7 +18,7 @@ import torch
 from ..models.base import ImageTokenModel
 from .base import PolicyContext
 from .exact import Q_FLOOR, token_probs
-from .relaxed import RelaxedPolicy, check_range, code_latents, require_model
+from .relaxed import RelaxedPolicy, check_range, code_latents, ratio_bound_option, require_model
 
 DELTA_AT_FULL = 0.5  # delta at relaxation 1 (the paper's default 0.1 is relaxation 0.2)
 NEIGHBOURS = 1000  # LANTERN's k for LlamaGen's 16,384 codes ...
@@ -66,7 +66,7 @@ class LanternPolicy(RelaxedPolicy):
         wanted = default_neighbours(self.model.vocab_size) if neighbours is None else \
             int(check_range("LANTERN neighbours", neighbours, 1, 10**7))
         self.neighbours = min(wanted, self.model.vocab_size - 1)
-        self.ratio_bound = None if ratio_bound is None else check_range("LANTERN++ lambda", ratio_bound, 1.0, 1e6)
+        self.ratio_bound = ratio_bound_option(self.name, ratio_bound)
 
     def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
                    ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -8,6 +8,7 @@ is only raised (cluster acceptance has its own group residual).
 
 from __future__ import annotations
 
+import math
 import weakref
 
 import torch
@@ -41,6 +42,14 @@ def check_range(name: str, value: float, low: float, high: float) -> float:
     if not low <= value <= high:
         raise SettingsError(f"{name} must lie in {low}..{high}, got {value}")
     return value
+
+
+def ratio_bound_option(name: str, value: float | None) -> float | None:
+    """LANTERN++'s lambda as every policy takes it: at least 1; ``None`` or ``inf`` switch it off."""
+    if value is None:
+        return None
+    check_range(f"{name} ratio_bound", value, 1.0, math.inf)
+    return None if math.isinf(value) else value
 
 
 class RelaxedPolicy(AcceptancePolicy):

@@ -202,10 +202,6 @@ class LlamaGenModel(ImageTokenModel):
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.gpt.logits(hidden)
 
-    def cached_lengths(self) -> torch.Tensor:
-        assert self.cache is not None
-        return self.cache.lengths[: self.batch] - self.cfg.cls_token_num
-
     def truncate(self, lengths: torch.Tensor) -> None:
         assert self.cache is not None
         self.cache.truncate(self._rows(lengths.cpu()) + self.cfg.cls_token_num)
