@@ -31,7 +31,7 @@ from .errors import SettingsError, SpecARError
 from .heatmap import save_png
 from .loop import generate
 from .models.base import ImageTokenModel
-from .models.registry import FAMILIES, load_model, resolve_device, resolve_dtype
+from .models.registry import DTYPE_CHOICES, FAMILIES, load_model, resolve_device, resolve_dtype
 from .policies import POLICIES, parse_policy_options, recommended_relaxation
 from .progress import ProgressBar, summary_line
 from .session import class_for_prompt
@@ -94,7 +94,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help=(
         "run target and drafter forwards through torch.compile with static shapes (LlamaGen and the demo; "
         "needs a C compiler on CPUs; falls back to eager with a notice; default: off)"))
-    group.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    group.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                        help="number format of the weights: auto is bf16 on GPUs that support it, else fp32 (default: auto)")
 
 
@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="comma-separated: janus-pro-1b, janus-pro-7b, llamagen-xl, llamagen-xxl, llamagen-b, tiny-janus, "
                              "tiny-llamagen (default: janus-pro-1b,llamagen-xl)")
     timing.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    timing.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+    timing.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
                         help="auto is bf16 on GPUs that support it, else fp32 (default: auto)")
     timing.add_argument("--context", type=_int_at_least(1), default=256, metavar="N",
                         help="image tokens already cached when a block is timed (default: 256)")
@@ -364,13 +364,6 @@ def _batch_size(args: argparse.Namespace) -> int:
     return batch
 
 
-def _require_pixels(model: ImageTokenModel) -> None:
-    """Fail before decoding, not after it, when the model has no VQ decoder to make pixels."""
-    if not model.can_decode:
-        raise SettingsError(f"{model.name} has no VQ tokenizer to turn tokens into pixels: put a vq*.pt file in "
-                            "the model directory or pass --vq PATH")
-
-
 def _generate(args: argparse.Namespace) -> int:
     if is_continuous(args.model, args.family):
         return cli_continuous.generate(args)
@@ -381,7 +374,7 @@ def _generate(args: argparse.Namespace) -> int:
     batch = _batch_size(args)
     _options(args)  # bad settings fail before the model loads
     model = _load_target(args)
-    _require_pixels(model)
+    model.require_pixels()
     drafter = _load_drafter(args, model) if args.drafter else None
     options = _options(args, _load_tree_head(args, model))
     policy = options.make_policy(model)

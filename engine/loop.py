@@ -16,7 +16,6 @@ per target forward, to learn how far each row advanced.
 from __future__ import annotations
 
 import time
-from typing import Callable
 
 import torch
 
@@ -26,12 +25,10 @@ from .drafts.base import DecodeState, DraftSource, StepOutcome
 from .models.base import ImageTokenModel
 from .policies import AcceptancePolicy, ExactPolicy
 from .sampling import DistributionProcessor, make_generator, sample
-from .types import Conditioning, DraftBlock, GenerationResult, SamplingSettings, StepEvent, TokenKind, Verdict
+from .types import Conditioning, DraftBlock, GenerationResult, Observer, SamplingSettings, StepEvent, TokenKind, Verdict
 from .timing import Clock, synchronize
 from .verify import tree_attention_rows, tree_tables, verify_chain, verify_tree
 
-Observer = Callable[[StepEvent], "bool | None"]
-"""Called after every target forward; returning ``False`` stops the generation early."""
 
 
 def _block_inputs(block: DraftBlock, depth: torch.Tensor | None, pending: torch.Tensor, start: torch.Tensor, last: int

@@ -25,6 +25,8 @@ indices being predicted. Returns logits with disallowed entries set to ``-inf``.
 
 NEG_INF = float("-inf")
 
+Q_FLOOR = 1e-10  # a drafted token always has q(x) > 0; the floor only guards divisions by q
+
 
 class DistributionProcessor:
     """CFG -> constraints -> temperature -> top-k -> top-p -> softmax, in float32."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -27,10 +26,7 @@ from .loop import generate
 from .models.base import ImageTokenModel
 from .policies import AcceptancePolicy, make_policy
 from .regions import mask_to_token_weights
-from .types import Conditioning, GenerationResult, SamplingSettings, StepEvent
-
-Observer = Callable[[StepEvent], bool | None]
-
+from .types import Conditioning, GenerationResult, Observer, SamplingSettings
 
 @dataclass(frozen=True)
 class DraftRecipe:
@@ -147,9 +143,7 @@ def run_job(model: ImageTokenModel, prompt: str, batch: int, settings: SamplingS
             observer: Observer | None = None) -> JobOutput:
     """Draw ``batch`` images of ``prompt`` and return them with heatmaps and a stats line."""
     draft, policy = draft or DraftRecipe(), policy or PolicyRecipe()
-    if not model.can_decode:
-        raise SettingsError(f"{model.name} has no VQ tokenizer to turn tokens into pixels: put a vq*.pt or "
-                            "vq*.safetensors file beside the model weights")
+    model.require_pixels()
     cond = conditioning_for(model, prompt, batch)
     acceptance = policy.build(model)
     check_policy_fits(acceptance, draft.method)

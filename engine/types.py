@@ -9,6 +9,8 @@ vocabulary the model's head produces and ``N`` for image tokens per image.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import enum
 from dataclasses import dataclass, field, replace
 
@@ -265,3 +267,7 @@ class GenerationResult:
             "finished": self.finished,
             **({"draft_choices": self.draft_summary} if self.draft_summary else {}),
         }
+
+
+Observer = Callable[[StepEvent], "bool | None"]
+"""Called after every target forward; returning ``False`` stops the generation early."""

@@ -6,20 +6,20 @@ from pathlib import Path
 
 from ..engine.continuous.registry import DEMO_ROLES, is_continuous, load_continuous_model
 from ..engine.continuous.session import is_continuous_model
-from ..engine.drafts.tree_drafts import TREE_KINDS, TreeShape
+from ..engine.drafts.drafter_tree import DEFAULT_BRANCHING
+from ..engine.drafts.tree_drafts import TREE_KINDS, TreeShape, branching_label
 from ..engine.drafts.tree_head import BUNDLED_HEAD, resolve_tree_head
 from ..engine.errors import SettingsError
 from ..engine.models.base import ImageTokenModel
-from ..engine.models.registry import BUNDLED, FAMILIES, find_models, load_model, resolve_dtype
+from ..engine.models.registry import BUNDLED, DTYPE_CHOICES, FAMILIES, find_models, load_model, resolve_dtype
 from ..engine.session import DraftRecipe
 from .host import Host
 from .schema import BOOLEAN, COMBO, DRAFT, FLOAT, INT, MODEL, STRING, Field, NodeSpec, Output
 
-DTYPES = ("auto", "fp32", "bf16", "fp16")
 BUNDLED_TARGET, BUNDLED_DRAFTER = "demo", "demo-drafter"
 BUNDLED_MAR, BUNDLED_MAR_DRAFTER = "mar-demo", "mar-demo-drafter"
 DRAFTER_SHAPES = ("chain", "static tree", "auto")
-_BRANCHING = "2,2,1*30"  # engine.drafts.drafter_tree.DEFAULT_BRANCHING, as the node shows it
+_BRANCHING = branching_label(DEFAULT_BRANCHING, sep=",", repeat="*")  # "2,2,1*30", as the node shows it
 
 
 def target_choices(folders: list[Path]) -> list[str]:
@@ -79,7 +79,7 @@ def _load_tree_head(host: Host, head: str, tree: str, top_k: int, depth: int, no
 
 
 _DTYPE_FIELD = Field("dtype", COMBO, "number format of the weights: auto is bf16 on GPUs that support it, else fp32",
-                     default="auto", options=DTYPES)
+                     default="auto", options=DTYPE_CHOICES)
 
 LOAD_MODEL = NodeSpec(
     node_id="SpecARModelLoader",

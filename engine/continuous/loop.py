@@ -28,14 +28,13 @@ import torch
 
 from ..errors import IncompatibleDrafterError
 from ..sampling import make_generator
-from ..types import StepEvent, TokenKind
+from ..types import Observer, StepEvent, TokenKind
 from .acceptance import Gaussian
 from .diffusion import DiffusionNoise, GaussianDiffusion, HeadSample
 from .model import ContinuousTokenModel
 from .schedule import MaskSchedule, cfg_at, random_orders
 from .types import ContinuousResult, ContinuousSettings, CSpDSettings
 
-Observer = Callable[[StepEvent], "bool | None"]
 DECISION_STREAM = 1  # seed offset of the acceptance and residual draws (the shared noise uses the seed itself)
 
 

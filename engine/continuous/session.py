@@ -9,7 +9,8 @@ with ``gamma`` draft MAR steps per verification; the policy ``cspd`` relaxes the
 from __future__ import annotations
 
 from ..errors import SettingsError
-from ..session import DraftRecipe, JobOutput, Observer, PolicyRecipe, class_for_prompt, job_output, summary_line
+from ..session import DraftRecipe, JobOutput, PolicyRecipe, class_for_prompt, job_output, summary_line
+from ..types import Observer
 from .acceptance import GaussianAcceptance, inner_temperature_for
 from .loop import generate_continuous
 from .model import ContinuousTokenModel

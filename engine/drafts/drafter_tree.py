@@ -33,7 +33,7 @@ from .base import DecodeState, DraftSource
 from .drafter import check_drafter_fits
 from .tree_drafts import TreeShape, branching_distribution, sample_children, static_parents
 
-DEFAULT_BRANCHING = (2, 2) + (1,) * 30  # 4 paths of 32 tokens (README, tree section)
+DEFAULT_BRANCHING = (2, 2) + (1,) * 30  # 4 paths of 32 tokens (docs/benchmarks.md: draft trees)
 
 
 class DrafterTreeDrafts(DraftSource):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import SettingsError
-from ..sampling import point_mass, residual, sample
+from ..sampling import Q_FLOOR, point_mass, residual, sample
 from ..types import DraftBlock
 from .base import DecodeState, DraftSource, StepOutcome, chain
 
@@ -74,7 +74,7 @@ class JacobiDrafts(DraftSource):
     def _couple(self, block: DraftBlock, q_new: torch.Tensor, fresh: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Maximal coupling of each old draft (from ``block.q``) with its new distribution ``q_new``."""
         old = block.tokens
-        ratio = q_new.gather(-1, old[..., None]) / block.q.gather(-1, old[..., None]).clamp_min(1e-10)
+        ratio = q_new.gather(-1, old[..., None]) / block.q.gather(-1, old[..., None]).clamp_min(Q_FLOOR)
         keep = torch.rand(old.shape, generator=gen, device=old.device) < ratio.squeeze(-1)
         moved = sample(residual(q_new, block.q), gen)
         return torch.where(keep, old, moved)

@@ -336,17 +336,18 @@ def sample_children(q: torch.Tensor, width: int, generator: torch.Generator) -> 
     return children, child_q
 
 
-def branching_label(branching: tuple[int, ...] | list[int]) -> str:
-    """A static template for people: ``(2, 2, 1, 1, 1, 1)`` -> ``"2-2-1x4"`` (runs of three or more shortened)."""
+def branching_label(branching: tuple[int, ...] | list[int], sep: str = "-", repeat: str = "x") -> str:
+    """A static template for people: ``(2, 2, 1, 1, 1, 1)`` -> ``"2-2-1x4"`` (runs of three or more
+    shortened); with ``sep=","`` and ``repeat="*"`` the form :meth:`TreeShape.parse_branching` reads."""
     parts: list[str] = []
     i = 0
     while i < len(branching):
         run = 1
         while i + run < len(branching) and branching[i + run] == branching[i]:
             run += 1
-        parts += [f"{branching[i]}x{run}"] if run >= 3 else [str(branching[i])] * run
+        parts += [f"{branching[i]}{repeat}{run}"] if run >= 3 else [str(branching[i])] * run
         i += run
-    return "-".join(parts)
+    return sep.join(parts)
 
 
 def static_parents(branching: tuple[int, ...]) -> list[int]:

@@ -123,6 +123,12 @@ class ImageTokenModel(ABC):
     def check_conditioning(self, cond: Conditioning) -> None:
         """Raise :class:`~specar.errors.SettingsError` if ``cond`` cannot drive this model."""
 
+    def require_pixels(self) -> None:
+        """Fail before decoding, not after it, when there is no VQ decoder to make pixels."""
+        if not self.can_decode:
+            raise SettingsError(f"{self.name} has no VQ tokenizer to turn tokens into pixels: put a vq*.pt or "
+                                "vq*.safetensors file beside the model weights (or pass --vq PATH on the command line)")
+
     def set_compile(self, enabled: bool) -> None:
         """Run forwards through ``torch.compile`` (:mod:`specar.compile`) or eagerly. Families
         without a compiled path stay eager and say so once."""

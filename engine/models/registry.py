@@ -40,6 +40,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return resolved
 
 
+DTYPE_CHOICES = ("auto", "fp32", "bf16", "fp16")  # what users pick; auto: bf16 on GPUs that support it, else fp32
+
+
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
     """``auto`` -> bfloat16 on GPUs that support it, float32 elsewhere."""
     if isinstance(dtype, torch.dtype):
@@ -51,7 +54,7 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
             return torch.bfloat16
         return torch.float32
     if dtype not in names:
-        raise SettingsError(f"unknown dtype {dtype!r} (use auto, fp32, bf16 or fp16)")
+        raise SettingsError(f"unknown dtype {dtype!r} (use {', '.join(DTYPE_CHOICES)})")
     return names[dtype]
 
 

@@ -13,10 +13,9 @@ from __future__ import annotations
 import torch
 
 from ..errors import SettingsError
-from ..sampling import residual
+from ..sampling import Q_FLOOR, residual
 from .base import AcceptancePolicy, PolicyContext
 
-Q_FLOOR = 1e-10  # a drafted token always has q(x) > 0; the floor only guards the division
 
 
 def token_probs(dist: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
