@@ -261,27 +261,30 @@ def run_bench(model: ImageTokenModel, conditions: ConditionFn, methods: Sequence
     return rows
 
 
-QUALITY_COLUMNS = ("class acc", "colour acc", "shape acc", "FID-lite", "evidence", "token KS", "KS p")
+# quality columns: (header, key in BenchRow.quality, format); a table shows those its rows were scored on
+QUALITY_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("class acc", "class_accuracy", ".3f"), ("colour acc", "colour_accuracy", ".3f"),
+    ("shape acc", "shape_accuracy", ".3f"), ("FID-lite", "fid_lite", ".1f"), ("evidence", "condition_evidence", ".1f"),
+    ("token KS", "token_pit_ks", ".4f"), ("KS p", "token_pit_p", ".2g"))
 TABLE_COLUMNS = ("method", "images", "fwd/img", "tok/fwd", "accept", "drafter fwd/call", "s/img", "speed-up", "loop overhead")
 
 
-def row_cells(row: BenchRow) -> tuple[str, ...]:
+def row_cells(row: BenchRow, quality: Sequence[tuple[str, str, str]] = ()) -> tuple[str, ...]:
+    """A row's cells: the timing columns, then ``quality`` columns ("-" where the row has no such score)."""
     accept = "-" if row.acceptance_rate is None else f"{100 * row.acceptance_rate:.1f}%"
     cells = (row.method, str(row.images), f"{row.target_forwards_per_image:.1f}", f"{row.tokens_per_forward:.2f}",
              accept, f"{row.drafter_forwards_per_call:.1f}", f"{row.seconds_per_image:.3f}",
              f"{row.speedup:.2f}x", f"{100 * row.loop_overhead:.1f}%")
-    if row.quality is None:
-        return cells
-    q = row.quality
-    return cells + (f"{q['class_accuracy']:.3f}", f"{q['colour_accuracy']:.3f}", f"{q['shape_accuracy']:.3f}",
-                    f"{q['fid_lite']:.1f}", f"{q['condition_evidence']:.1f}", f"{q['token_pit_ks']:.4f}",
-                    f"{q['token_pit_p']:.2g}")
+    scores = row.quality or {}
+    return cells + tuple(format(scores[key], fmt) if key in scores else "-" for _, key, fmt in quality)
 
 
 def table_lines(rows: Sequence[BenchRow]) -> list[str]:
-    """The rows as aligned text lines, a header line first (quality columns when scored)."""
-    columns = TABLE_COLUMNS + (QUALITY_COLUMNS if rows[0].quality is not None else ())
-    table = [columns, *(row_cells(row) for row in rows)]
+    """The rows as aligned text lines, a header line first, with the quality columns any row was scored on
+    (the continuous models' rows have no condition evidence or token fidelity)."""
+    quality = [column for column in QUALITY_COLUMNS if any(column[1] in (row.quality or {}) for row in rows)]
+    columns = TABLE_COLUMNS + tuple(header for header, _, _ in quality)
+    table = [columns, *(row_cells(row, quality) for row in rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
             for line in table]

@@ -86,3 +86,12 @@ def test_drafter_over_other_tokens_is_refused(files: dict[str, Path], tmp_path: 
     code = cli.main(["generate", "--model", str(files["target"]), "--drafter", str(other),
                      "--out", str(tmp_path / "x.png"), *FAST])
     assert code == 2 and "grid" in capsys.readouterr().err
+
+
+def test_mar_demo_bench_scores_quality(capsys: pytest.CaptureFixture[str]) -> None:
+    """The continuous bench's rows carry the demo classifier's scores and no condition evidence or
+    token fidelity (discrete-model columns): the table shows the columns its rows have."""
+    assert cli.main(["bench", "--model", "mar-demo", "--methods", "cspd", "--images", "2", "--batch", "2",
+                     "--quality", "--mar-steps", "4", "--head-steps", "3"]) == 0
+    header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("method "))
+    assert "FID-lite" in header and "class acc" in header and "evidence" not in header
