@@ -57,8 +57,8 @@ ACCEPTANCE_POLICY = NodeSpec(
     inputs=(
         Field("policy", COMBO, "exact is lossless; relaxed policies appear here as they are installed; cspd relaxes "
               "the Gaussian test of continuous (MAR) models", default="exact", options=(*POLICIES, "cspd")),
-        Field("relaxation", FLOAT, "0 = lossless; towards 1 accepts more drafts (faster, less faithful). Settings that "
-              f"kept plain AR's quality in the benchmark: {RECOMMENDED}. Must be 0 for exact",
+        Field("relaxation", FLOAT, "0 = lossless; towards 1 accepts more drafts (faster, less faithful). Recommended "
+              f"settings (docs/benchmarks.md shows what each costs): {RECOMMENDED}. Must be 0 for exact",
               default=0.0, min=0.0, max=1.0, step=0.05, slider=True),
         Field("expert_options", STRING, "optional native parameters of the policy, e.g. 'tv_threshold=0.5' (csd), "
               "'neighbours=10, ratio_bound=5' (lantern, LANTERN++), 'rank_window=12' (gsd), "

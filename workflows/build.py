@@ -248,8 +248,8 @@ def tree_cascade(specs: dict[str, Any]) -> Graph:
         "the image has settled (the context's last two hidden states alike), and a sibling that leaves the target "
         "in nearly the same state joins the group; a code that says less about the prompt than its group is "
         "tested on its own. The tree offers one guess per group.\n\nRelaxation 0 = lossless "
-        "tree decoding. On the demo, relaxation 1 commits about 1.45x the tokens per forward of the lossless tree "
-        "at about its quality: the README lists speed and quality per setting."), "SpecARTreeHead", dict(depth=16, nodes=80),
+        "tree decoding; towards 1 more guesses are accepted, at a quality cost that docs/benchmarks.md measures "
+        "per setting."), "SpecARTreeHead", dict(depth=16, nodes=80),
                           dict(policy="cascade", relaxation=recommended_relaxation("cascade")), "red circle", 5)
 
 
@@ -259,11 +259,9 @@ def drafter_tree_cascade(specs: dict[str, Any]) -> Graph:
         "children each, then four single paths, 32 guesses deep (branching 2,2,1*30), sampled from its own "
         "distribution; the target checks the whole tree in one forward. CASCADE accepts a guess with the target's "
         "mass on its whole group of codes that look alike and that the target embeds alike, so every group keeps "
-        "the target's probability; a code that says less about the prompt than its group is tested on its own. On "
-        "the demo, relaxation 1 commits about 1.35-1.40x the tokens per forward of the lossless tree at its "
-        "quality.\n\nRelaxation 0 = lossless. The README's tree section lists speed and quality "
-        "per setting; on a CPU the deep tree costs wall time, on a GPU a forward of many tokens costs about what "
-        "one of a few does."), "SpecARDrafterModel", dict(shape="static tree"),
+        "the target's probability; a code that says less about the prompt than its group is tested on its own."
+        "\n\nRelaxation 0 = lossless. docs/benchmarks.md lists speed and quality per setting; on a CPU the deep "
+        "tree costs wall time, on a GPU a forward of many tokens costs about what one of a few does."), "SpecARDrafterModel", dict(shape="static tree"),
                           dict(policy="cascade", relaxation=recommended_relaxation("cascade")), "green square", 11)
 
 
@@ -322,7 +320,7 @@ def family_workflow(name: str) -> Callable[[dict[str, Any]], Graph]:
         defaults = family_defaults(family)
         g = Graph(specs)
         g.add("Note", (20, 420), (360, 240), text=(
-            f"SpecAR: {about}\n\nPut the checkpoint in ComfyUI/models/specar/{folder}/ (README: 'Real models') and "
+            f"SpecAR: {about}\n\nPut the checkpoint in ComfyUI/models/specar/{folder}/ (README: Models) and "
             "pick it in the loader. Jacobi drafts need no extra weights and keep the output distribution exact; "
             "sampling settings are the authors' defaults. A GPU with bf16 is assumed."))
         model = g.add("SpecARModelLoader", (20, 60), (340, 160), model=folder, family=family)
