@@ -230,6 +230,14 @@ def validate(model: ImageTokenModel, methods: Sequence[str], options: MethodOpti
         check_drafter_fits(model, drafter)
 
 
+class BenchInterrupted(Exception):
+    """A benchmark stopped part-way (an error, Ctrl-C): ``rows`` hold the calls every method finished."""
+
+    def __init__(self, rows: list[BenchRow], cause: BaseException) -> None:
+        super().__init__(f"the benchmark stopped after {rows[0].images} images: {cause}")
+        self.rows, self.cause = rows, cause
+
+
 def run_bench(model: ImageTokenModel, conditions: ConditionFn, methods: Sequence[str], images: int, batch: int,
               settings: SamplingSettings, options: MethodOptions = MethodOptions(),
               drafter: ImageTokenModel | None = None, warmup: bool = True,
@@ -248,11 +256,25 @@ def run_bench(model: ImageTokenModel, conditions: ConditionFn, methods: Sequence
         for method in methods:
             run_call(model, method, conditions, calls[0], options, drafter, _stop_after(WARMUP_FORWARDS))
     results: dict[str, list[GenerationResult]] = {method: [] for method in methods}
-    for call in calls:
-        for method in methods:
-            results[method].append(run_call(model, method, conditions, call, options, drafter))
-        if log is not None:
-            log(f"{call[0][-1] + 1}/{images} images done by every method")
+    done = 0  # calls every method finished
+    try:
+        for call in calls:
+            for method in methods:
+                results[method].append(run_call(model, method, conditions, call, options, drafter))
+            done += 1
+            if log is not None:
+                log(f"{call[0][-1] + 1}/{images} images done by every method")
+    except (Exception, KeyboardInterrupt) as exc:
+        if not done:
+            raise
+        finished = _rows(model, methods, {m: r[:done] for m, r in results.items()}, options)
+        raise BenchInterrupted(finished, exc) from exc
+    return _rows(model, methods, results, options)
+
+
+def _rows(model: ImageTokenModel, methods: Sequence[str], results: dict[str, list[GenerationResult]],
+          options: MethodOptions) -> list[BenchRow]:
+    """One row per method from its calls' results, AR first, with the policy parameters resolved."""
     baseline = summarize("ar", results["ar"], None)
     rows = [baseline] + [summarize(m, results[m], baseline.seconds_per_image) for m in methods[1:]]
     for row in rows:

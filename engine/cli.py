@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 from . import __version__
 from . import cli_continuous, pareto, pooled
 from .cli_output import StopOnInterrupt, write_json, write_pictures, write_text
-from .bench import (METHODS, BenchRow, ConditionFn, table_lines, MethodOptions, add_quality, make_method_draft, parse_methods, split_method,
+from .bench import (METHODS, BenchInterrupted, BenchRow, ConditionFn, table_lines, MethodOptions, add_quality, make_method_draft, parse_methods, split_method,
                     run_bench, sweep_methods)
 from .continuous.registry import is_continuous
 from .drafts import DRAFTS, check_policy_fits, jacobi_method
@@ -450,15 +450,28 @@ def _bench(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
     evaluate = _quality_metric(model) if args.quality else None
     conditions = _conditions(model, args.class_ids, args.prompt)
-    runs = []
+    runs: list[dict[str, object]] = []
+
+    def record(rows: list[BenchRow], batch: int) -> dict[str, object]:
+        return {"model": model.name, "drafter": drafter.name if drafter else None, "device": str(model.device),
+                "dtype": _dtype_name(model), "images": rows[0].images, "batch": batch, "settings": asdict(settings),
+                "options": _options_record(options), "rows": [row.to_dict() for row in rows]}
+
     for batch in args.batch:
-        rows = run_bench(model, conditions, methods, args.images, batch, settings, options, drafter, log=log)
+        try:
+            rows = run_bench(model, conditions, methods, args.images, batch, settings, options, drafter, log=log)
+        except BenchInterrupted as stopped:  # keep what every method finished, then report the cause
+            print(format_table(stopped.rows, model, settings, batch))
+            runs.append({**record(stopped.rows, batch), "stopped": str(stopped.cause) or type(stopped.cause).__name__})
+            if args.json:
+                write_json(args.json, runs[0] if len(runs) == 1 else {"runs": runs})
+            print(f"bench: stopped after {stopped.rows[0].images} of {args.images} images; the rows above"
+                  + (f" (and {args.json})" if args.json else "") + " hold what every method finished", file=sys.stderr)
+            raise stopped.cause
         if evaluate is not None:
             add_quality(rows, model, conditions, evaluate, settings)
         print(format_table(rows, model, settings, batch) + ("\n" if batch != args.batch[-1] else ""))
-        runs.append({"model": model.name, "drafter": drafter.name if drafter else None, "device": str(model.device),
-                     "dtype": _dtype_name(model), "images": args.images, "batch": batch, "settings": asdict(settings),
-                     "options": _options_record(options), "rows": [row.to_dict() for row in rows]})
+        runs.append(record(rows, batch))
     compile_seconds = _report_compile(model, drafter, log)
     for run in runs:
         run["compile_seconds"] = compile_seconds

@@ -316,3 +316,28 @@ def test_the_product_never_imports_the_benchmarks(tmp_path: Path) -> None:
     found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "[]"
+
+
+def test_a_bench_stopped_part_way_keeps_the_finished_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Ctrl-C (or an error) in the third image: the two images every method finished are printed and
+    written, marked as stopped, and the run exits as interrupted."""
+    from specar import bench
+
+    real_call, calls = bench.run_call, []
+
+    def call_then_stop(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(args[1])
+        if len(calls) == 2 + 2 * 2 + 1:  # warm-up (ar, jacobi-row), two images, then the third image's AR
+            raise KeyboardInterrupt
+        return real_call(*args, **kwargs)
+
+    monkeypatch.setattr(bench, "run_call", call_then_stop)
+    out = tmp_path / "partial.json"
+    code = cli.main(["bench", "--model", "demo", "--methods", "jacobi-row", "--images", "4", "--batch", "1",
+                     "--json", str(out), "--quiet"])
+    assert code == cli.EXIT_INTERRUPTED
+    written = json.loads(out.read_text())
+    assert written["images"] == 2 and written["stopped"] == "KeyboardInterrupt"
+    assert [row["method"] for row in written["rows"]] == ["ar", "jacobi-row"] and written["rows"][1]["images"] == 2
+    assert "jacobi-row" in capsys.readouterr().out
