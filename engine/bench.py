@@ -2,8 +2,8 @@
 
 Every method decodes the same calls (same conditioning, same seed per call), after a short
 warm-up of its own, with precise timing, and the methods take turns call by call, so wall-time
-ratios compare like with like on one machine in one run. Rows keep their :class:`GenerationResult` objects, so quality metrics and
-Pareto sweeps can build on a run without decoding again.
+ratios compare like with like on one machine in one run. Rows keep their :class:`GenerationResult`
+objects, so quality metrics and Pareto sweeps can build on a run without decoding again.
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ class MethodOptions(DraftOptions):
         return make_policy(self.policy, self.relaxation, model=model, **dict(self.policy_options))
 
 
-def make_method_draft(method: str, options: MethodOptions, drafter: ImageTokenModel | None = None) -> DraftSource | None:
+def make_method_draft(
+    method: str, options: MethodOptions, drafter: ImageTokenModel | None = None
+) -> DraftSource | None:
     """A fresh draft source for a bench method (``None`` for plain AR)."""
     return None if method in AR_METHODS else make_draft(method, options, drafter)
 
@@ -100,11 +102,15 @@ def sweep_methods(methods: Sequence[str], policies: Sequence[str], relaxations: 
     ``drafter, drafter:csd=0.25, drafter:csd=0.5, ...``)."""
     for policy in policies:
         if policy not in POLICIES or policy == "exact":
-            raise SettingsError(f"cannot sweep {policy!r}: sweep the relaxed policies, "
-                                f"{', '.join(name for name in POLICIES if name != 'exact')}")
+            raise SettingsError(
+                f"cannot sweep {policy!r}: sweep the relaxed policies, "
+                f"{', '.join(name for name in POLICIES if name != 'exact')}"
+            )
     for relax in relaxations:
         if not 0.0 < relax <= 1.0:
-            raise SettingsError(f"sweep relaxations must lie in (0, 1] (0 is the exact policy, always run), got {relax:g}")
+            raise SettingsError(
+                f"sweep relaxations must lie in (0, 1] (0 is the exact policy, always run), got {relax:g}"
+            )
     swept: list[str] = []
     for method in methods:
         swept.append(method)
@@ -141,8 +147,13 @@ class BenchRow:
         return {name: getattr(self, name) for name in self.__dataclass_fields__ if name != "results"}
 
 
-def add_quality(rows: Sequence[BenchRow], model: ImageTokenModel, conditions: ConditionFn,
-                evaluate: Callable[[object, list[int]], dict[str, float]], settings: SamplingSettings) -> None:
+def add_quality(
+    rows: Sequence[BenchRow],
+    model: ImageTokenModel,
+    conditions: ConditionFn,
+    evaluate: Callable[[object, list[int]], dict[str, float]],
+    settings: SamplingSettings,
+) -> None:
     """Decode every row's images and score them with ``evaluate(images, class_ids)``; add the target's
     condition evidence per image (:mod:`specar.evidence`: mean and standard error) and the token fidelity
     test (:mod:`specar.fidelity`: KS distance of every token's PIT under the target's ``settings``, its
@@ -161,39 +172,59 @@ def add_quality(rows: Sequence[BenchRow], model: ImageTokenModel, conditions: Co
             classes.extend(conditions(indices).class_ids or ())
             step = images_per_pass(model, result.batch_size)
             for start in range(0, result.batch_size, step):
-                tokens = result.tokens[start:start + step]
-                logits = teacher_forced_logits(model, conditions(indices[start:start + step]), tokens)
+                tokens = result.tokens[start : start + step]
+                logits = teacher_forced_logits(model, conditions(indices[start : start + step]), tokens)
                 evidence.append(evidence_of(logits, tokens))
                 pit.append(token_pit(logits, tokens, settings, model.constrain, seed=indices[start]))
         per_image, values = torch.cat(evidence), torch.cat(pit)
         distance, pvalue = ks_uniform(values)
-        row.quality = {**evaluate(torch.cat(images), classes), "condition_evidence": float(per_image.mean()),
-                       "condition_evidence_se": float(per_image.std() / len(per_image) ** 0.5) if len(per_image) > 1 else 0.0,
-                       "token_pit_ks": distance, "token_pit_p": pvalue, "token_pit_mean": float(values.mean())}
+        row.quality = {
+            **evaluate(torch.cat(images), classes),
+            "condition_evidence": float(per_image.mean()),
+            "condition_evidence_se": float(per_image.std() / len(per_image) ** 0.5) if len(per_image) > 1 else 0.0,
+            "token_pit_ks": distance,
+            "token_pit_p": pvalue,
+            "token_pit_mean": float(values.mean()),
+        }
 
 
 def plan_calls(images: int, batch: int, settings: SamplingSettings) -> list[Call]:
     """Image indices and settings of every call: call starting at image ``i`` uses seed ``seed + i``."""
     if images < 1 or batch < 1:
         raise SettingsError(f"images and batch must be >= 1, got images={images}, batch={batch}")
-    return [(list(range(start, min(start + batch, images))), settings.with_(seed=settings.seed + start))
-            for start in range(0, images, batch)]
+    return [
+        (list(range(start, min(start + batch, images))), settings.with_(seed=settings.seed + start))
+        for start in range(0, images, batch)
+    ]
 
 
 def _stop_after(forwards: int) -> Callable[[StepEvent], bool]:
     return lambda event: event.target_forwards < forwards
 
 
-def run_call(model: ImageTokenModel, method: str, conditions: ConditionFn, call: Call,
-             options: MethodOptions, drafter: ImageTokenModel | None = None,
-             observer: Callable[[StepEvent], bool] | None = None) -> GenerationResult:
+def run_call(
+    model: ImageTokenModel,
+    method: str,
+    conditions: ConditionFn,
+    call: Call,
+    options: MethodOptions,
+    drafter: ImageTokenModel | None = None,
+    observer: Callable[[StepEvent], bool] | None = None,
+) -> GenerationResult:
     """One generate call of the plan with ``method``, precisely timed."""
     indices, settings = call
     if method == "ar2":
         settings = settings.with_(seed=settings.seed + SECOND_SEED_OFFSET)
     base, options = split_method(method)[0], options_for(method, options)
-    return generate(model, conditions(indices), settings, make_method_draft(base, options, drafter),
-                    options.make_policy(model), observer, precise_timing=True)
+    return generate(
+        model,
+        conditions(indices),
+        settings,
+        make_method_draft(base, options, drafter),
+        options.make_policy(model),
+        observer,
+        precise_timing=True,
+    )
 
 
 def summarize(method: str, results: list[GenerationResult], baseline_seconds_per_image: float | None) -> BenchRow:
@@ -204,10 +235,15 @@ def summarize(method: str, results: list[GenerationResult], baseline_seconds_per
     drafted = sum(r.drafted for r in results)
     per_image = wall / images
     return BenchRow(
-        method=method, images=images, calls=calls,
+        method=method,
+        images=images,
+        calls=calls,
         target_forwards_per_image=sum(int(r.forwards_per_image.sum()) for r in results) / images,
-        tokens_per_forward=sum(int(r.committed.sum()) for r in results) / sum(int(r.forwards_per_image.sum()) for r in results),
-        acceptance_rate=sum(r.accepted for r in results) / drafted if drafted else (None if method in AR_METHODS else 0.0),
+        tokens_per_forward=sum(int(r.committed.sum()) for r in results)
+        / sum(int(r.forwards_per_image.sum()) for r in results),
+        acceptance_rate=sum(r.accepted for r in results) / drafted
+        if drafted
+        else (None if method in AR_METHODS else 0.0),
         drafter_forwards_per_call=sum(r.drafter_forwards for r in results) / calls,
         seconds_per_image=per_image,
         speedup=(baseline_seconds_per_image or per_image) / per_image,
@@ -218,8 +254,9 @@ def summarize(method: str, results: list[GenerationResult], baseline_seconds_per
     )
 
 
-def validate(model: ImageTokenModel, methods: Sequence[str], options: MethodOptions,
-             drafter: ImageTokenModel | None) -> None:
+def validate(
+    model: ImageTokenModel, methods: Sequence[str], options: MethodOptions, drafter: ImageTokenModel | None
+) -> None:
     """Fail on bad settings before any method runs, not after minutes of the first ones."""
     for method in methods:
         variant = options_for(method, options)
@@ -238,10 +275,18 @@ class BenchInterrupted(Exception):
         self.rows, self.cause = rows, cause
 
 
-def run_bench(model: ImageTokenModel, conditions: ConditionFn, methods: Sequence[str], images: int, batch: int,
-              settings: SamplingSettings, options: MethodOptions = MethodOptions(),
-              drafter: ImageTokenModel | None = None, warmup: bool = True,
-              log: Callable[[str], None] | None = None) -> list[BenchRow]:
+def run_bench(
+    model: ImageTokenModel,
+    conditions: ConditionFn,
+    methods: Sequence[str],
+    images: int,
+    batch: int,
+    settings: SamplingSettings,
+    options: MethodOptions = MethodOptions(),
+    drafter: ImageTokenModel | None = None,
+    warmup: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> list[BenchRow]:
     """Run plain AR and ``methods`` on the same calls; one row each, AR first.
 
     Methods take turns call by call, so a machine that slows down or speeds up during the run
@@ -272,8 +317,9 @@ def run_bench(model: ImageTokenModel, conditions: ConditionFn, methods: Sequence
     return _rows(model, methods, results, options)
 
 
-def _rows(model: ImageTokenModel, methods: Sequence[str], results: dict[str, list[GenerationResult]],
-          options: MethodOptions) -> list[BenchRow]:
+def _rows(
+    model: ImageTokenModel, methods: Sequence[str], results: dict[str, list[GenerationResult]], options: MethodOptions
+) -> list[BenchRow]:
     """One row per method from its calls' results, AR first, with the policy parameters resolved."""
     baseline = summarize("ar", results["ar"], None)
     rows = [baseline] + [summarize(m, results[m], baseline.seconds_per_image) for m in methods[1:]]
@@ -285,18 +331,41 @@ def _rows(model: ImageTokenModel, methods: Sequence[str], results: dict[str, lis
 
 # quality columns: (header, key in BenchRow.quality, format); a table shows those its rows were scored on
 QUALITY_COLUMNS: tuple[tuple[str, str, str], ...] = (
-    ("class acc", "class_accuracy", ".3f"), ("colour acc", "colour_accuracy", ".3f"),
-    ("shape acc", "shape_accuracy", ".3f"), ("FID-lite", "fid_lite", ".1f"), ("evidence", "condition_evidence", ".1f"),
-    ("token KS", "token_pit_ks", ".4f"), ("KS p", "token_pit_p", ".2g"))
-TABLE_COLUMNS = ("method", "images", "fwd/img", "tok/fwd", "accept", "drafter fwd/call", "s/img", "speed-up", "loop overhead")
+    ("class acc", "class_accuracy", ".3f"),
+    ("colour acc", "colour_accuracy", ".3f"),
+    ("shape acc", "shape_accuracy", ".3f"),
+    ("FID-lite", "fid_lite", ".1f"),
+    ("evidence", "condition_evidence", ".1f"),
+    ("token KS", "token_pit_ks", ".4f"),
+    ("KS p", "token_pit_p", ".2g"),
+)
+TABLE_COLUMNS = (
+    "method",
+    "images",
+    "fwd/img",
+    "tok/fwd",
+    "accept",
+    "drafter fwd/call",
+    "s/img",
+    "speed-up",
+    "loop overhead",
+)
 
 
 def row_cells(row: BenchRow, quality: Sequence[tuple[str, str, str]] = ()) -> tuple[str, ...]:
     """A row's cells: the timing columns, then ``quality`` columns ("-" where the row has no such score)."""
     accept = "-" if row.acceptance_rate is None else f"{100 * row.acceptance_rate:.1f}%"
-    cells = (row.method, str(row.images), f"{row.target_forwards_per_image:.1f}", f"{row.tokens_per_forward:.2f}",
-             accept, f"{row.drafter_forwards_per_call:.1f}", f"{row.seconds_per_image:.3f}",
-             f"{row.speedup:.2f}x", f"{100 * row.loop_overhead:.1f}%")
+    cells = (
+        row.method,
+        str(row.images),
+        f"{row.target_forwards_per_image:.1f}",
+        f"{row.tokens_per_forward:.2f}",
+        accept,
+        f"{row.drafter_forwards_per_call:.1f}",
+        f"{row.seconds_per_image:.3f}",
+        f"{row.speedup:.2f}x",
+        f"{100 * row.loop_overhead:.1f}%",
+    )
     scores = row.quality or {}
     return cells + tuple(format(scores[key], fmt) if key in scores else "-" for _, key, fmt in quality)
 
@@ -308,5 +377,7 @@ def table_lines(rows: Sequence[BenchRow]) -> list[str]:
     columns = TABLE_COLUMNS + tuple(header for header, _, _ in quality)
     table = [columns, *(row_cells(row, quality) for row in rows)]
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
-    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
-            for line in table]
+    return [
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
+        for line in table
+    ]

@@ -55,7 +55,9 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
         raise CheckpointError(f"{Path(path).name} is not a valid safetensors file ({exc})") from exc
 
 
-def save_safetensors(tensors: Mapping[str, torch.Tensor], path: str | Path, config: Mapping[str, object] | None = None) -> None:
+def save_safetensors(
+    tensors: Mapping[str, torch.Tensor], path: str | Path, config: Mapping[str, object] | None = None
+) -> None:
     """Write tensors (made contiguous, on the CPU) with an optional JSON config in the header."""
     from safetensors.torch import save_file
 
@@ -111,12 +113,13 @@ def _unwrap(obj: object, path: Path, wrapper_keys: tuple[str, ...]) -> dict[str,
         raise CheckpointError(f"{path.name} holds no tensors (top-level keys: {', '.join(map(str, list(obj)[:8]))})")
     for prefix in STRIPPED_PREFIXES:
         if all(k.startswith(prefix) for k in tensors):
-            tensors = {k[len(prefix):]: v for k, v in tensors.items()}
+            tensors = {k[len(prefix) :]: v for k, v in tensors.items()}
     return tensors
 
 
-def load_into(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str,
-              ignore: tuple[str, ...] = ()) -> None:
+def load_into(
+    module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str, ignore: tuple[str, ...] = ()
+) -> None:
     """Copy ``tensors`` into ``module`` strictly, with one error listing every mismatch.
 
     Keys starting with an entry of ``ignore`` (stale buffers, parts we never run such as an
@@ -126,8 +129,11 @@ def load_into(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], sour
     wanted = {k: v for k, v in tensors.items() if not k.startswith(ignore)}
     missing = sorted(set(own) - set(wanted))
     unexpected = sorted(set(wanted) - set(own))
-    bad_shapes = [f"{k}: file {tuple(wanted[k].shape)} vs model {tuple(own[k].shape)}"
-                  for k in sorted(set(own) & set(wanted)) if wanted[k].shape != own[k].shape]
+    bad_shapes = [
+        f"{k}: file {tuple(wanted[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in sorted(set(own) & set(wanted))
+        if wanted[k].shape != own[k].shape
+    ]
     problems = []
     if missing:
         problems.append(f"missing {len(missing)} keys (e.g. {', '.join(missing[:4])})")

@@ -19,8 +19,20 @@ from typing import Callable, Sequence
 from . import __version__
 from . import cli_continuous, pareto, pooled
 from .cli_output import StopOnInterrupt, write_json, write_pictures, write_text
-from .bench import (METHODS, BenchInterrupted, BenchRow, ConditionFn, table_lines, MethodOptions, add_quality, make_method_draft, parse_methods, split_method,
-                    run_bench, sweep_methods)
+from .bench import (
+    METHODS,
+    BenchInterrupted,
+    BenchRow,
+    ConditionFn,
+    table_lines,
+    MethodOptions,
+    add_quality,
+    make_method_draft,
+    parse_methods,
+    split_method,
+    run_bench,
+    sweep_methods,
+)
 from .continuous.registry import is_continuous
 from .drafts import DRAFTS, check_policy_fits, jacobi_method
 from .drafts.drafter import check_drafter_fits
@@ -42,14 +54,20 @@ EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl-C"
 DEFAULT_BENCH_METHODS = "jacobi,jacobi-row,mcsjd"
 # --draft: none, jacobi (the variant from --jacobi-init and --coupling), model (the drafter chain), and the
 # registry's other sources by name
-DRAFT_CHOICES = ("none", "jacobi", "model", *(name for name, kind in DRAFTS.items()
-                                              if kind.jacobi is None and name != "drafter"))
+DRAFT_CHOICES = (
+    "none",
+    "jacobi",
+    "model",
+    *(name for name, kind in DRAFTS.items() if kind.jacobi is None and name != "drafter"),
+)
 
 
 # -- arguments ------------------------------------------------------------------------------------
 
+
 def _int_at_least(minimum: int) -> Callable[[str], int]:
     """An argparse type, so a bad count is reported with the option's name before any model loads."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -58,6 +76,7 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
+
     return parse
 
 
@@ -72,196 +91,429 @@ def _batch_sizes(text: str) -> list[int]:
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
-    group.add_argument("--model", metavar="NAME|PATH", default="demo", help=(
-        "the target model: demo (the bundled model, the default), mar-demo (the bundled continuous-token MAR), a "
-        "LlamaGen weights file, or a model directory: LlamaGen (weights, optional config.json, the VQ tokenizer "
-        "vq*.pt), a transformers checkpoint of Janus-Pro, Lumina-mGPT, Anole or Emu3-Gen, or an official MAR "
-        "checkpoint with --family mar (see the README for each layout)"))
-    group.add_argument("--family", default="auto", choices=("auto", *FAMILIES, "mar"),
-                       help="the model family (default: auto, read from the directory's config.json)")
-    group.add_argument("--image-size", type=_int_at_least(16), metavar="PX",
-                       help="pixels per side for families that draw several sizes (Lumina-mGPT, Emu3; default: the "
-                            "checkpoint's usual size)")
-    group.add_argument("--vq", metavar="PATH", help="the VQ tokenizer that turns tokens into pixels, if it is not in the model directory")
-    group.add_argument("--drafter", metavar="NAME|PATH", help=(
-        "a small model of the same family (same vocabulary and token grid) that proposes tokens for the target to "
-        "check (default with --model demo: demo-drafter, the bundled one)"))
-    group.add_argument("--tree-head", metavar="NAME|PATH", help=(
-        "the EAGLE-style head for tree drafts: our .safetensors or a LANTERN drafter folder "
-        "(default with --model demo: demo-tree-head, the bundled one)"))
-    group.add_argument("--device", default="auto",
-                       help="where to run: auto (a CUDA GPU, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps (default: auto)")
-    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help=(
-        "run target and drafter forwards through torch.compile with static shapes (LlamaGen and the demo; "
-        "needs a C compiler on CPUs; falls back to eager with a notice; default: off)"))
-    group.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                       help="number format of the weights: auto is bf16 on GPUs that support it, else fp32 (default: auto)")
+    group.add_argument(
+        "--model",
+        metavar="NAME|PATH",
+        default="demo",
+        help=(
+            "the target model: demo (the bundled model, the default), mar-demo (the bundled continuous-token MAR), a "
+            "LlamaGen weights file, or a model directory: LlamaGen (weights, optional config.json, the VQ tokenizer "
+            "vq*.pt), a transformers checkpoint of Janus-Pro, Lumina-mGPT, Anole or Emu3-Gen, or an official MAR "
+            "checkpoint with --family mar (see the README for each layout)"
+        ),
+    )
+    group.add_argument(
+        "--family",
+        default="auto",
+        choices=("auto", *FAMILIES, "mar"),
+        help="the model family (default: auto, read from the directory's config.json)",
+    )
+    group.add_argument(
+        "--image-size",
+        type=_int_at_least(16),
+        metavar="PX",
+        help="pixels per side for families that draw several sizes (Lumina-mGPT, Emu3; default: the "
+        "checkpoint's usual size)",
+    )
+    group.add_argument(
+        "--vq",
+        metavar="PATH",
+        help="the VQ tokenizer that turns tokens into pixels, if it is not in the model directory",
+    )
+    group.add_argument(
+        "--drafter",
+        metavar="NAME|PATH",
+        help=(
+            "a small model of the same family (same vocabulary and token grid) that proposes tokens for the target to "
+            "check (default with --model demo: demo-drafter, the bundled one)"
+        ),
+    )
+    group.add_argument(
+        "--tree-head",
+        metavar="NAME|PATH",
+        help=(
+            "the EAGLE-style head for tree drafts: our .safetensors or a LANTERN drafter folder "
+            "(default with --model demo: demo-tree-head, the bundled one)"
+        ),
+    )
+    group.add_argument(
+        "--device",
+        default="auto",
+        help="where to run: auto (a CUDA GPU, else Apple MPS, else CPU), cpu, cuda, cuda:N or mps (default: auto)",
+    )
+    group.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help=(
+            "run target and drafter forwards through torch.compile with static shapes (LlamaGen and the demo; "
+            "needs a C compiler on CPUs; falls back to eager with a notice; default: off)"
+        ),
+    )
+    group.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="number format of the weights: auto is bf16 on GPUs that support it, else fp32 (default: auto)",
+    )
 
 
 def _add_conditioning_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("what to draw").add_mutually_exclusive_group()
-    group.add_argument("--class-id", dest="class_ids", metavar="N", type=_int_at_least(0), nargs="+", help=(
-        "class number(s) for class-conditional models (ImageNet: 0..999); one per image, or one for all "
-        "images (default: image i draws class i)"))
-    group.add_argument("--prompt", metavar="TEXT", help=(
-        "what to draw, in words: for models that read text, or a class name for class-conditional models "
-        "that know their class names"))
+    group.add_argument(
+        "--class-id",
+        dest="class_ids",
+        metavar="N",
+        type=_int_at_least(0),
+        nargs="+",
+        help=(
+            "class number(s) for class-conditional models (ImageNet: 0..999); one per image, or one for all "
+            "images (default: image i draws class i)"
+        ),
+    )
+    group.add_argument(
+        "--prompt",
+        metavar="TEXT",
+        help=(
+            "what to draw, in words: for models that read text, or a class name for class-conditional models "
+            "that know their class names"
+        ),
+    )
 
 
 def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("sampling (unset options take the model's defaults)")
-    group.add_argument("--cfg", type=float, metavar="F",
-                       help="classifier-free guidance scale: higher follows the class or prompt more closely; 1 turns guidance off")
-    group.add_argument("--temperature", type=float, metavar="F", help="randomness of each token: below 1 is safer, above 1 wilder")
-    group.add_argument("--top-k", type=_int_at_least(0), metavar="N", help="sample only among the N likeliest tokens (0: all)")
-    group.add_argument("--top-p", type=float, metavar="F",
-                       help="sample only among the likeliest tokens that together hold this much probability (1: all)")
+    group.add_argument(
+        "--cfg",
+        type=float,
+        metavar="F",
+        help="classifier-free guidance scale: higher follows the class or prompt more closely; 1 turns guidance off",
+    )
+    group.add_argument(
+        "--temperature", type=float, metavar="F", help="randomness of each token: below 1 is safer, above 1 wilder"
+    )
+    group.add_argument(
+        "--top-k", type=_int_at_least(0), metavar="N", help="sample only among the N likeliest tokens (0: all)"
+    )
+    group.add_argument(
+        "--top-p",
+        type=float,
+        metavar="F",
+        help="sample only among the likeliest tokens that together hold this much probability (1: all)",
+    )
     group.add_argument("--greedy", action="store_true", help="always take the likeliest token (no randomness)")
-    group.add_argument("--seed", type=int, metavar="N", help="random seed; the same seed and settings give the same images (default: 0)")
+    group.add_argument(
+        "--seed",
+        type=int,
+        metavar="N",
+        help="random seed; the same seed and settings give the same images (default: 0)",
+    )
 
 
 def _add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
     group = parser.add_argument_group("speculative decoding")
-    group.add_argument("--policy", default="exact", choices=sorted(POLICIES),
-                       help="how drafts are accepted: exact keeps the output distribution identical to plain decoding; "
-                            "lantern, gsd, csd and (tree drafts only) cascade accept more drafts at a quality cost set by --relax "
-                            "(default: exact)")
-    group.add_argument("--relax", type=float, default=None, metavar="F",
-                       help="relaxed policies: 0 = lossless (the exact policy's tokens), towards 1 = faster, less faithful "
-                            "(default: the policy's recommended setting from the benchmark: " +
-                            ", ".join(f"{name} {recommended_relaxation(name):g}" for name in POLICIES if name != "exact") + ")")
-    group.add_argument("--policy-option", action="append", default=[], metavar="NAME=VALUE",
-                       help="experts: set a policy's native parameter, e.g. --policy-option tv_threshold=0.5 for csd "
-                            "(see each policy's class in engine/policies); repeatable")
-    group.add_argument("--window", type=_int_at_least(1), default=16, metavar="N",
-                       help="Jacobi decoding: tokens fed to the target per forward, the pending one plus N-1 guesses (default: 16)")
-    group.add_argument("--q-init", default="one_hot", choices=Q_CONVENTIONS, help=(
-        "Jacobi decoding: how a fresh random guess is weighed when accepting it; both are exact (default: one_hot, as in SJD)"))
-    group.add_argument("--gamma", type=_int_at_least(1), default=6, metavar="N",
-                       help="drafter decoding: tokens the drafter proposes per target forward (default: 6)")
+    group.add_argument(
+        "--policy",
+        default="exact",
+        choices=sorted(POLICIES),
+        help="how drafts are accepted: exact keeps the output distribution identical to plain decoding; "
+        "lantern, gsd, csd and (tree drafts only) cascade accept more drafts at a quality cost set by --relax "
+        "(default: exact)",
+    )
+    group.add_argument(
+        "--relax",
+        type=float,
+        default=None,
+        metavar="F",
+        help="relaxed policies: 0 = lossless (the exact policy's tokens), towards 1 = faster, less faithful "
+        "(default: the policy's recommended setting from the benchmark: "
+        + ", ".join(f"{name} {recommended_relaxation(name):g}" for name in POLICIES if name != "exact")
+        + ")",
+    )
+    group.add_argument(
+        "--policy-option",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="experts: set a policy's native parameter, e.g. --policy-option tv_threshold=0.5 for csd "
+        "(see each policy's class in engine/policies); repeatable",
+    )
+    group.add_argument(
+        "--window",
+        type=_int_at_least(1),
+        default=16,
+        metavar="N",
+        help="Jacobi decoding: tokens fed to the target per forward, the pending one plus N-1 guesses (default: 16)",
+    )
+    group.add_argument(
+        "--q-init",
+        default="one_hot",
+        choices=Q_CONVENTIONS,
+        help=(
+            "Jacobi decoding: how a fresh random guess is weighed when accepting it; both are exact (default: "
+            "one_hot, as in SJD)"
+        ),
+    )
+    group.add_argument(
+        "--gamma",
+        type=_int_at_least(1),
+        default=6,
+        metavar="N",
+        help="drafter decoding: tokens the drafter proposes per target forward (default: 6)",
+    )
     dynamic = TreeShape()
-    group.add_argument("--tree-top-k", type=_int_at_least(1), default=dynamic.top_k, metavar="N",
-                       help=f"dynamic tree: children kept per node and nodes expanded per depth (default: {dynamic.top_k})")
-    group.add_argument("--tree-depth", type=_int_at_least(1), default=dynamic.depth, metavar="N",
-                       help=f"dynamic tree: deepest draft, in tokens (default: {dynamic.depth})")
-    group.add_argument("--tree-nodes", type=_int_at_least(1), default=dynamic.nodes, metavar="N",
-                       help=f"dynamic tree: nodes verified per target forward (default: {dynamic.nodes})")
-    group.add_argument("--tree-branching", default=",".join(map(str, dynamic.branching)), metavar="B1,B2,...",
-                       help="static tree: children of every node at each depth (default: %(default)s)")
-    group.add_argument("--tree-guidance", type=float, default=None, metavar="F", help=(
-        "both trees: the CFG scale the head drafts with (default: the target's); higher makes the head's picks more "
-        "specific to the condition (docs/benchmarks.md: measured with CASCADE, not a default); lossless either way"))
+    group.add_argument(
+        "--tree-top-k",
+        type=_int_at_least(1),
+        default=dynamic.top_k,
+        metavar="N",
+        help=f"dynamic tree: children kept per node and nodes expanded per depth (default: {dynamic.top_k})",
+    )
+    group.add_argument(
+        "--tree-depth",
+        type=_int_at_least(1),
+        default=dynamic.depth,
+        metavar="N",
+        help=f"dynamic tree: deepest draft, in tokens (default: {dynamic.depth})",
+    )
+    group.add_argument(
+        "--tree-nodes",
+        type=_int_at_least(1),
+        default=dynamic.nodes,
+        metavar="N",
+        help=f"dynamic tree: nodes verified per target forward (default: {dynamic.nodes})",
+    )
+    group.add_argument(
+        "--tree-branching",
+        default=",".join(map(str, dynamic.branching)),
+        metavar="B1,B2,...",
+        help="static tree: children of every node at each depth (default: %(default)s)",
+    )
+    group.add_argument(
+        "--tree-guidance",
+        type=float,
+        default=None,
+        metavar="F",
+        help=(
+            "both trees: the CFG scale the head drafts with (default: the target's); higher makes the head's "
+            "picks more "
+            "specific to the condition (docs/benchmarks.md: measured with CASCADE, not a default); lossless either way"
+        ),
+    )
     return group
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="specar", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="specar",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Speculative decoding for autoregressive image models: the same images as plain "
-                    "decoding, in fewer model forwards.",
-        epilog="Run 'specar COMMAND --help' (generate, bench, pareto, forward-bench) for their options.")
+        "decoding, in fewer model forwards.",
+        epilog="Run 'specar COMMAND --help' (generate, bench, pareto, forward-bench) for their options.",
+    )
     parser.add_argument("--version", action="version", version=f"specar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    gen = commands.add_parser("generate", help="draw images and write them as a PNG",
-                              description="Draw images with speculative decoding and write them as one PNG grid.")
+    gen = commands.add_parser(
+        "generate",
+        help="draw images and write them as a PNG",
+        description="Draw images with speculative decoding and write them as one PNG grid.",
+    )
     _add_model_options(gen)
     _add_conditioning_options(gen)
     _add_sampling_options(gen)
     drafting = _add_method_options(gen)
-    drafting.add_argument("--draft", choices=DRAFT_CHOICES, help=(
-        "where guesses come from: none is plain one-token-at-a-time decoding, jacobi lets the model guess for itself, "
-        "auto picks row-above Jacobi or --drafter and the number of guesses each step by costs measured on this machine, "
-        "model uses --drafter, tree and tree-static let --tree-head draft a tree of guesses, drafter-tree lets "
-        "--drafter draft a static tree (--tree-branching) (default: auto)"))
-    drafting.add_argument("--jacobi-init", default="random", choices=INITIALISATIONS, help=(
-        "Jacobi decoding: first guess for a new position, a random token or the token one row above (default: random)"))
-    drafting.add_argument("--coupling", action="store_true",
-                          help="Jacobi decoding: MC-SJD coupled resampling, which keeps guesses stable between forwards")
+    drafting.add_argument(
+        "--draft",
+        choices=DRAFT_CHOICES,
+        help=(
+            "where guesses come from: none is plain one-token-at-a-time decoding, jacobi lets the model guess "
+            "for itself, "
+            "auto picks row-above Jacobi or --drafter and the number of guesses each step by costs measured on "
+            "this machine, "
+            "model uses --drafter, tree and tree-static let --tree-head draft a tree of guesses, drafter-tree lets "
+            "--drafter draft a static tree (--tree-branching) (default: auto)"
+        ),
+    )
+    drafting.add_argument(
+        "--jacobi-init",
+        default="random",
+        choices=INITIALISATIONS,
+        help=(
+            "Jacobi decoding: first guess for a new position, a random token or the token one row above "
+            "(default: random)"
+        ),
+    )
+    drafting.add_argument(
+        "--coupling",
+        action="store_true",
+        help="Jacobi decoding: MC-SJD coupled resampling, which keeps guesses stable between forwards",
+    )
     out = gen.add_argument_group("output")
-    out.add_argument("--batch", type=_int_at_least(1), metavar="N",
-                     help="images drawn together (default: the number of --class-id values, else 1)")
+    out.add_argument(
+        "--batch",
+        type=_int_at_least(1),
+        metavar="N",
+        help="images drawn together (default: the number of --class-id values, else 1)",
+    )
     out.add_argument("--out", required=True, metavar="IMAGE.png", help="where to write the images, tiled into one PNG")
-    out.add_argument("--heatmap", metavar="HEAT.png", help=(
-        "also write an acceptance heatmap, laid out like --out: grey = target only, green = accepted guess "
-        "(brighter = longer accepted run), red = corrected, amber = bonus, black = not generated"))
-    out.add_argument("--compare", metavar="BOTH.png", help="also write each image beside its heatmap, with a colour legend")
-    out.add_argument("--explain", metavar="WHY.png", help=(
-        "also write why drafts were accepted: each image, its heatmap and a map of every quantity the relaxed "
-        "policy decided on (csd: entropy and TV; lantern: neighbour mass; gsd: group size)"))
-    out.add_argument("--stats", metavar="STATS.json",
-                     help="also write the tokens, forward counts, acceptance rate, timings and settings as JSON")
+    out.add_argument(
+        "--heatmap",
+        metavar="HEAT.png",
+        help=(
+            "also write an acceptance heatmap, laid out like --out: grey = target only, green = accepted guess "
+            "(brighter = longer accepted run), red = corrected, amber = bonus, black = not generated"
+        ),
+    )
+    out.add_argument(
+        "--compare", metavar="BOTH.png", help="also write each image beside its heatmap, with a colour legend"
+    )
+    out.add_argument(
+        "--explain",
+        metavar="WHY.png",
+        help=(
+            "also write why drafts were accepted: each image, its heatmap and a map of every quantity the relaxed "
+            "policy decided on (csd: entropy and TV; lantern: neighbour mass; gsd: group size)"
+        ),
+    )
+    out.add_argument(
+        "--stats",
+        metavar="STATS.json",
+        help="also write the tokens, forward counts, acceptance rate, timings and settings as JSON",
+    )
     out.add_argument("--quiet", action="store_true", help="print nothing but errors")
     cli_continuous.add_continuous_options(gen)
     gen.set_defaults(run=_generate)
 
-    bench = commands.add_parser("bench", help="compare plain decoding with speculative methods",
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Time plain decoding and each method on the same images and seeds, in one process.\n"
-                                            "Methods:\n" + "\n".join(f"  {name:<11} {text}" for name, text in METHODS.items()))
+    bench = commands.add_parser(
+        "bench",
+        help="compare plain decoding with speculative methods",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Time plain decoding and each method on the same images and seeds, in one process.\n"
+        "Methods:\n" + "\n".join(f"  {name:<11} {text}" for name, text in METHODS.items()),
+    )
     _add_model_options(bench)
     _add_conditioning_options(bench)
     _add_sampling_options(bench)
     _add_method_options(bench)
     runs = bench.add_argument_group("benchmark")
-    runs.add_argument("--methods", metavar="LIST", help=(
-        f"comma-separated methods to compare with plain decoding (ar), which always runs; METHOD:POLICY=RELAX "
-        f"gives a method its own acceptance policy, e.g. drafter,drafter:csd=0.5,drafter:lantern=0.25 sweeps the "
-        f"speed/quality trade-off on the same images (default: {DEFAULT_BENCH_METHODS}, plus drafter when --drafter is given)"))
+    runs.add_argument(
+        "--methods",
+        metavar="LIST",
+        help=(
+            f"comma-separated methods to compare with plain decoding (ar), which always runs; METHOD:POLICY=RELAX "
+            f"gives a method its own acceptance policy, e.g. drafter,drafter:csd=0.5,drafter:lantern=0.25 sweeps the "
+            f"speed/quality trade-off on the same images (default: {DEFAULT_BENCH_METHODS}, plus drafter when "
+            "--drafter is given)"
+        ),
+    )
     runs.add_argument("--images", type=_int_at_least(1), default=8, metavar="N", help="images per method (default: 8)")
-    runs.add_argument("--batch", type=_batch_sizes, default=[1], metavar="N[,N...]", help=(
-        "images per generate call; the call starting at image i uses seed + i; a list such as 1,4,16,64 runs the "
-        "whole benchmark at each size, to show where speculation stops paying (default: 1)"))
-    runs.add_argument("--quality", action="store_true", help=(
-        "also score every method's images (demo model only): class, colour and shape accuracy from the shipped "
-        "classifier and FID-lite against real scenes; add ar2 to --methods for the AR seed-to-seed spread"))
+    runs.add_argument(
+        "--batch",
+        type=_batch_sizes,
+        default=[1],
+        metavar="N[,N...]",
+        help=(
+            "images per generate call; the call starting at image i uses seed + i; a list such as 1,4,16,64 runs the "
+            "whole benchmark at each size, to show where speculation stops paying (default: 1)"
+        ),
+    )
+    runs.add_argument(
+        "--quality",
+        action="store_true",
+        help=(
+            "also score every method's images (demo model only): class, colour and shape accuracy from the shipped "
+            "classifier and FID-lite against real scenes; add ar2 to --methods for the AR seed-to-seed spread"
+        ),
+    )
     runs.add_argument("--json", metavar="OUT.json", help="also write every row of the table, and the settings, as JSON")
     runs.add_argument("--quiet", action="store_true", help="print only the table")
     sweep = bench.add_argument_group("speed/quality sweep (with --quality)")
-    sweep.add_argument("--sweep", metavar="POLICIES", help=(
-        "run every method also with each of these relaxed policies (comma-separated, e.g. csd,gsd,lantern) at each "
-        "--relax-steps value, on the same images"))
-    sweep.add_argument("--relax-steps", default="0.25,0.5,1", metavar="LIST",
-                       help="relaxations a sweep visits (default: 0.25,0.5,1)")
-    sweep.add_argument("--plot", metavar="PARETO.png",
-                       help="write tokens per forward against FID-lite and class accuracy, with the AR seed spread")
+    sweep.add_argument(
+        "--sweep",
+        metavar="POLICIES",
+        help=(
+            "run every method also with each of these relaxed policies (comma-separated, e.g. csd,gsd,lantern) at each "
+            "--relax-steps value, on the same images"
+        ),
+    )
+    sweep.add_argument(
+        "--relax-steps", default="0.25,0.5,1", metavar="LIST", help="relaxations a sweep visits (default: 0.25,0.5,1)"
+    )
+    sweep.add_argument(
+        "--plot",
+        metavar="PARETO.png",
+        help="write tokens per forward against FID-lite and class accuracy, with the AR seed spread",
+    )
     sweep.add_argument("--table", metavar="PARETO.md", help="write the points as a Markdown table")
     cli_continuous.add_continuous_options(bench)
     bench.set_defaults(run=_bench)
 
-    plot = commands.add_parser("pareto", help="plot and tabulate the speed/quality points of saved benchmark runs",
-                               description="Combine 'specar bench --quality --json' files into one Pareto table and "
-                                           "plot (runs with the same number of images; FID-lite depends on it).")
+    plot = commands.add_parser(
+        "pareto",
+        help="plot and tabulate the speed/quality points of saved benchmark runs",
+        description="Combine 'specar bench --quality --json' files into one Pareto table and "
+        "plot (runs with the same number of images; FID-lite depends on it).",
+    )
     plot.add_argument("runs", nargs="+", metavar="RUN.json", help="benchmark results written by specar bench --json")
-    plot.add_argument("--images", type=_int_at_least(1), metavar="N",
-                      help="use the runs with N images (default: the largest count among the files)")
+    plot.add_argument(
+        "--images",
+        type=_int_at_least(1),
+        metavar="N",
+        help="use the runs with N images (default: the largest count among the files)",
+    )
     plot.add_argument("--plot", metavar="PARETO.png", help="write the plot")
     plot.add_argument("--table", metavar="PARETO.md", help="write the Markdown table (it is printed too)")
     plot.set_defaults(run=_pareto)
 
-    timing = commands.add_parser("forward-bench", help="time one target forward of 1, 4, 16 tokens and a 60-node tree",
-                                 description="Time target forwards of real-size random-weight models (no download): "
-                                             "what a given tokens-per-forward buys on this machine.")
-    timing.add_argument("--models", default="janus-pro-1b,llamagen-xl", metavar="A,B",
-                        help="comma-separated: janus-pro-1b, janus-pro-7b, llamagen-xl, llamagen-xxl, llamagen-b, tiny-janus, "
-                             "tiny-llamagen (default: janus-pro-1b,llamagen-xl)")
+    timing = commands.add_parser(
+        "forward-bench",
+        help="time one target forward of 1, 4, 16 tokens and a 60-node tree",
+        description="Time target forwards of real-size random-weight models (no download): "
+        "what a given tokens-per-forward buys on this machine.",
+    )
+    timing.add_argument(
+        "--models",
+        default="janus-pro-1b,llamagen-xl",
+        metavar="A,B",
+        help="comma-separated: janus-pro-1b, janus-pro-7b, llamagen-xl, llamagen-xxl, llamagen-b, tiny-janus, "
+        "tiny-llamagen (default: janus-pro-1b,llamagen-xl)",
+    )
     timing.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    timing.add_argument("--dtype", default="auto", choices=DTYPE_CHOICES,
-                        help="auto is bf16 on GPUs that support it, else fp32 (default: auto)")
-    timing.add_argument("--context", type=_int_at_least(1), default=256, metavar="N",
-                        help="image tokens already cached when a block is timed (default: 256)")
+    timing.add_argument(
+        "--dtype",
+        default="auto",
+        choices=DTYPE_CHOICES,
+        help="auto is bf16 on GPUs that support it, else fp32 (default: auto)",
+    )
+    timing.add_argument(
+        "--context",
+        type=_int_at_least(1),
+        default=256,
+        metavar="N",
+        help="image tokens already cached when a block is timed (default: 256)",
+    )
     timing.add_argument("--repeats", type=_int_at_least(1), default=20, metavar="N", help="timed forwards per shape")
     timing.add_argument("--table", metavar="TIMES.md", help="also write the Markdown table here")
-    timing.add_argument("--project", metavar="BENCH.json", help=(
-        "a 'specar bench --batch 1 --json' file of the demo: print each method's projected speed-up on the timed "
-        "models, its tokens per forward over the measured cost of the block it verifies (a projection)"))
-    timing.add_argument("--drafter-model", metavar="NAME", help=(
-        "with --project: also time this model (e.g. llamagen-b) as the drafter of the drafter methods"))
+    timing.add_argument(
+        "--project",
+        metavar="BENCH.json",
+        help=(
+            "a 'specar bench --batch 1 --json' file of the demo: print each method's projected speed-up on the timed "
+            "models, its tokens per forward over the measured cost of the block it verifies (a projection)"
+        ),
+    )
+    timing.add_argument(
+        "--drafter-model",
+        metavar="NAME",
+        help=("with --project: also time this model (e.g. llamagen-b) as the drafter of the drafter methods"),
+    )
     timing.set_defaults(run=_forward_bench)
     return parser
 
 
 # -- shared steps ---------------------------------------------------------------------------------
+
 
 def _use_bundled_drafter(args: argparse.Namespace, wanted: bool) -> None:
     """The demo target comes with its drafter: use it where a drafter is wanted and none was named."""
@@ -299,9 +551,17 @@ def _options(args: argparse.Namespace, head: TreeHead | None = None) -> MethodOp
     relax = recommended_relaxation(args.policy) if args.relax is None else args.relax
     policy_options = tuple(parse_policy_options(args.policy_option).items())
     tree = TreeShape(top_k=args.tree_top_k, depth=args.tree_depth, nodes=args.tree_nodes, guidance=args.tree_guidance)
-    return MethodOptions(window=args.window, gamma=args.gamma, q_init=args.q_init, tree=tree,
-                         tree_branching=TreeShape.parse_branching(args.tree_branching), tree_head=head,
-                         policy=args.policy, relaxation=relax, policy_options=policy_options)
+    return MethodOptions(
+        window=args.window,
+        gamma=args.gamma,
+        q_init=args.q_init,
+        tree=tree,
+        tree_branching=TreeShape.parse_branching(args.tree_branching),
+        tree_head=head,
+        policy=args.policy,
+        relaxation=relax,
+        policy_options=policy_options,
+    )
 
 
 def _options_record(options: MethodOptions) -> dict[str, object]:
@@ -311,8 +571,14 @@ def _options_record(options: MethodOptions) -> dict[str, object]:
 
 
 def _settings(model: ImageTokenModel, args: argparse.Namespace) -> SamplingSettings:
-    given = {"cfg_scale": args.cfg, "temperature": args.temperature, "top_k": args.top_k,
-             "top_p": args.top_p, "seed": args.seed, "greedy": args.greedy or None}
+    given = {
+        "cfg_scale": args.cfg,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "top_p": args.top_p,
+        "seed": args.seed,
+        "greedy": args.greedy or None,
+    }
     return model.default_settings.with_(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -324,8 +590,10 @@ def _conditions(model: ImageTokenModel, class_ids: list[int] | None, prompt: str
             raise SettingsError(f"{model.name} draws from text: give --prompt TEXT")
         return lambda indices: Conditioning(prompts=tuple(prompt for _ in indices))
     if kind != "class":
-        raise SettingsError(f"{model.name} is conditioned on {kind} embeddings from a text encoder, "
-                            "which the command line cannot compute yet; use a class-conditional model")
+        raise SettingsError(
+            f"{model.name} is conditioned on {kind} embeddings from a text encoder, "
+            "which the command line cannot compute yet; use a class-conditional model"
+        )
     ids = [class_for_prompt(model, prompt)] if prompt is not None else class_ids
     if ids:
         return lambda indices: Conditioning.classes([ids[i % len(ids)] for i in indices])
@@ -334,6 +602,7 @@ def _conditions(model: ImageTokenModel, class_ids: list[int] | None, prompt: str
 
 
 # -- generate -------------------------------------------------------------------------------------
+
 
 def _method(kind: str | None, args: argparse.Namespace) -> str:
     """The method ``--draft`` names: ``none`` is plain AR, ``model`` the drafter chain, ``jacobi``
@@ -352,7 +621,9 @@ def _checked_method(args: argparse.Namespace) -> str:
     if kind is not None and kind.needs == "drafter" and not args.drafter:
         raise SettingsError(f"--draft {args.draft} needs --drafter PATH (a small model of the same family)")
     if args.drafter and (kind is None or not kind.takes_drafter):
-        raise SettingsError(f"--drafter is only used with --draft model, drafter-tree or auto, not with --draft {args.draft}")
+        raise SettingsError(
+            f"--drafter is only used with --draft model, drafter-tree or auto, not with --draft {args.draft}"
+        )
     return method
 
 
@@ -360,7 +631,9 @@ def _batch_size(args: argparse.Namespace) -> int:
     ids = args.class_ids or []
     batch = args.batch or len(ids) or 1
     if len(ids) > 1 and len(ids) != batch:
-        raise SettingsError(f"--class-id got {len(ids)} classes for --batch {batch}: give one per image, or one for all")
+        raise SettingsError(
+            f"--class-id got {len(ids)} classes for --batch {batch}: give one per image, or one for all"
+        )
     return batch
 
 
@@ -384,6 +657,7 @@ def _generate(args: argparse.Namespace) -> int:
     model.check_conditioning(cond)
     progress = ProgressBar(enabled=not args.quiet)
     with StopOnInterrupt() as stop:
+
         def observer(event: StepEvent) -> bool:
             progress(event)
             return not stop.requested
@@ -396,9 +670,24 @@ def _generate(args: argparse.Namespace) -> int:
     if compiling and not args.quiet:
         print(f"compiled forwards: {compiling:.1f} s of this run was compiling (first calls only)", file=sys.stderr)
     if args.stats:
-        write_json(args.stats, {**_stats(result, method, DRAFTS[method].record(options) if method in DRAFTS else {}, args.policy,
-                                          model, drafter, cond, settings), "relaxation": options.relaxation,
-                                 "policy_options": dict(options.policy_options), "policy_parameters": policy.parameters()})
+        write_json(
+            args.stats,
+            {
+                **_stats(
+                    result,
+                    method,
+                    DRAFTS[method].record(options) if method in DRAFTS else {},
+                    args.policy,
+                    model,
+                    drafter,
+                    cond,
+                    settings,
+                ),
+                "relaxation": options.relaxation,
+                "policy_options": dict(options.policy_options),
+                "policy_parameters": policy.parameters(),
+            },
+        )
     write_pictures(args, model, result)
     if not result.finished:
         done, total = int(result.committed.sum()), result.tokens.numel()
@@ -407,15 +696,33 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _stats(result: GenerationResult, method: str, method_options: dict[str, object], policy: str,
-           model: ImageTokenModel, drafter: ImageTokenModel | None, cond: Conditioning,
-           settings: SamplingSettings) -> dict[str, object]:
+def _stats(
+    result: GenerationResult,
+    method: str,
+    method_options: dict[str, object],
+    policy: str,
+    model: ImageTokenModel,
+    drafter: ImageTokenModel | None,
+    cond: Conditioning,
+    settings: SamplingSettings,
+) -> dict[str, object]:
     """The result's own stats plus everything needed to reproduce it."""
-    conditioning = {"class_ids": list(cond.class_ids)} if cond.class_ids is not None else {"prompts": list(cond.prompts or ())}
-    return {**result.stats(), "method": method, "method_options": method_options, "policy": policy,
-            "model": model.name, "drafter": drafter.name if drafter else None, "conditioning": conditioning,
-            "settings": asdict(settings), "device": str(model.device), "dtype": _dtype_name(model),
-            "compile_seconds": round(model.compile_seconds + (drafter.compile_seconds if drafter else 0.0), 2)}
+    conditioning = (
+        {"class_ids": list(cond.class_ids)} if cond.class_ids is not None else {"prompts": list(cond.prompts or ())}
+    )
+    return {
+        **result.stats(),
+        "method": method,
+        "method_options": method_options,
+        "policy": policy,
+        "model": model.name,
+        "drafter": drafter.name if drafter else None,
+        "conditioning": conditioning,
+        "settings": asdict(settings),
+        "device": str(model.device),
+        "dtype": _dtype_name(model),
+        "compile_seconds": round(model.compile_seconds + (drafter.compile_seconds if drafter else 0.0), 2),
+    }
 
 
 def _dtype_name(model: ImageTokenModel) -> str:
@@ -423,6 +730,7 @@ def _dtype_name(model: ImageTokenModel) -> str:
 
 
 # -- bench ----------------------------------------------------------------------------------------
+
 
 def _bench(args: argparse.Namespace) -> int:
     if is_continuous(args.model, args.family):
@@ -453,9 +761,17 @@ def _bench(args: argparse.Namespace) -> int:
     runs: list[dict[str, object]] = []
 
     def record(rows: list[BenchRow], batch: int) -> dict[str, object]:
-        return {"model": model.name, "drafter": drafter.name if drafter else None, "device": str(model.device),
-                "dtype": _dtype_name(model), "images": rows[0].images, "batch": batch, "settings": asdict(settings),
-                "options": _options_record(options), "rows": [row.to_dict() for row in rows]}
+        return {
+            "model": model.name,
+            "drafter": drafter.name if drafter else None,
+            "device": str(model.device),
+            "dtype": _dtype_name(model),
+            "images": rows[0].images,
+            "batch": batch,
+            "settings": asdict(settings),
+            "options": _options_record(options),
+            "rows": [row.to_dict() for row in rows],
+        }
 
     for batch in args.batch:
         try:
@@ -465,8 +781,12 @@ def _bench(args: argparse.Namespace) -> int:
             runs.append({**record(stopped.rows, batch), "stopped": str(stopped.cause) or type(stopped.cause).__name__})
             if args.json:
                 write_json(args.json, runs[0] if len(runs) == 1 else {"runs": runs})
-            print(f"bench: stopped after {stopped.rows[0].images} of {args.images} images; the rows above"
-                  + (f" (and {args.json})" if args.json else "") + " hold what every method finished", file=sys.stderr)
+            print(
+                f"bench: stopped after {stopped.rows[0].images} of {args.images} images; the rows above"
+                + (f" (and {args.json})" if args.json else "")
+                + " hold what every method finished",
+                file=sys.stderr,
+            )
             raise stopped.cause
         if evaluate is not None:
             add_quality(rows, model, conditions, evaluate, settings)
@@ -482,8 +802,9 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_compile(model: ImageTokenModel, drafter: ImageTokenModel | None,
-                    log: Callable[[str], None] | None) -> float | None:
+def _report_compile(
+    model: ImageTokenModel, drafter: ImageTokenModel | None, log: Callable[[str], None] | None
+) -> float | None:
     """Say how long compiling took (first calls, outside the timed runs); ``None`` if nothing was compiled."""
     seconds = model.compile_seconds + (drafter.compile_seconds if drafter is not None else 0.0)
     if not seconds:
@@ -504,11 +825,11 @@ def _numbers(text: str, option: str) -> list[float]:
         raise SettingsError(f"{option} takes comma-separated numbers, e.g. 0.25,0.5,1; got {text!r}") from None
 
 
-def _write_pareto(runs: list[dict[str, object]], plot: str | None, table: str | None,
-                  images: int | None = None) -> str:
+def _write_pareto(runs: list[dict[str, object]], plot: str | None, table: str | None, images: int | None = None) -> str:
     points, band = pareto.collect(runs, images)
-    text = "\n\n".join(filter(None, [pareto.markdown_table(points, band),
-                                      pooled.markdown_table(pooled.pool(points, band), band)]))
+    text = "\n\n".join(
+        filter(None, [pareto.markdown_table(points, band), pooled.markdown_table(pooled.pool(points, band), band)])
+    )
     if table:
         Path(table).parent.mkdir(parents=True, exist_ok=True)
         Path(table).write_text(text + "\n")
@@ -518,6 +839,7 @@ def _write_pareto(runs: list[dict[str, object]], plot: str | None, table: str | 
 
 
 # -- pareto ---------------------------------------------------------------------------------------
+
 
 def _pareto(args: argparse.Namespace) -> int:
     print(_write_pareto(pareto.load_runs(args.runs), args.plot, args.table, args.images))
@@ -536,21 +858,34 @@ def _quality_metric(model: ImageTokenModel):  # type: ignore[no-untyped-def]
 
 def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: SamplingSettings, batch: int) -> str:
     """The benchmark table with a header that says how to read it."""
-    forwards = "target forwards per image" + ("" if batch == 1 else
-        f" (counted per image from its tokens; a batched forward of {batch} images serves them all at once)")
-    mode = "greedy" if settings.greedy else f"temperature {settings.temperature}, top-k {settings.top_k}, top-p {settings.top_p}"
-    header = [f"{model.describe()} on {model.device}, cfg {settings.cfg_scale}, {mode}, seed {settings.seed}",
-              f"fwd/img: {forwards}",
-              "speed-up: AR's s/img over the method's, measured in this run",
-              "loop overhead: share of wall time outside model forwards"]
+    forwards = "target forwards per image" + (
+        ""
+        if batch == 1
+        else f" (counted per image from its tokens; a batched forward of {batch} images serves them all at once)"
+    )
+    mode = (
+        "greedy"
+        if settings.greedy
+        else f"temperature {settings.temperature}, top-k {settings.top_k}, top-p {settings.top_p}"
+    )
+    header = [
+        f"{model.describe()} on {model.device}, cfg {settings.cfg_scale}, {mode}, seed {settings.seed}",
+        f"fwd/img: {forwards}",
+        "speed-up: AR's s/img over the method's, measured in this run",
+        "loop overhead: share of wall time outside model forwards",
+    ]
     if rows and rows[0].quality is not None:
-        header.append("token KS: distance of every token's PIT under the target from uniform (within noise of 0 for the target's own "
-                      "samples); KS p: its p-value, small where tokens do not follow the target")
+        header.append(
+            "token KS: distance of every token's PIT under the target from uniform (within noise of 0 for the "
+            "target's own "
+            "samples); KS p: its p-value, small where tokens do not follow the target"
+        )
     choices = [f"{row.method}, last call: {row.draft_summary}" for row in rows if row.draft_summary]
     return "\n".join(header + [""] + table_lines(rows) + ([""] + choices if choices else []))
 
 
 # -- entry point ----------------------------------------------------------------------------------
+
 
 def _forward_bench(args: argparse.Namespace) -> int:
     from .forward_bench import markdown_table, projection_table, time_forwards
@@ -564,7 +899,9 @@ def _forward_bench(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.dtype, device)
     rows = [time_forwards(name.strip(), device, dtype, args.context, args.repeats) for name in args.models.split(",")]
-    drafter = time_forwards(args.drafter_model, device, dtype, args.context, args.repeats) if args.drafter_model else None
+    drafter = (
+        time_forwards(args.drafter_model, device, dtype, args.context, args.repeats) if args.drafter_model else None
+    )
     table = markdown_table(rows + ([drafter] if drafter else []))
     if runs:
         table += "\n\nProjected wall-clock speed-up over plain AR (demo tokens per forward / cost of its verify):\n\n"

@@ -33,37 +33,84 @@ DEFAULT_METHODS = "cspd"
 
 def add_continuous_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("continuous-token models (MAR) and continuous speculative decoding (CSpD)")
-    group.add_argument("--mar-steps", type=int, metavar="N",
-                       help="MAR generation steps: each step predicts a cosine-scheduled set of tokens (default: the model's)")
-    group.add_argument("--head-steps", type=int, metavar="N",
-                       help="denoising steps of the per-token diffusion head (default: the model's; MAR uses 100)")
-    group.add_argument("--cfg-schedule", choices=("linear", "constant"),
-                       help="guidance grows with the share of known tokens (linear, MAR's default) or stays constant")
-    group.add_argument("--draft-steps", type=int, default=CSpDSettings().draft_steps, metavar="N",
-                       help="CSpD: draft MAR steps verified by one target pass (default: %(default)s)")
-    group.add_argument("--prefill-ratio", type=float, default=CSpDSettings().prefill_ratio, metavar="F",
-                       help="CSpD: share of the first steps the target runs alone (default: %(default)s)")
-    group.add_argument("--inner-temperature", type=float, metavar="T",
-                       help="CSpD experts: the acceptance test's inner temperature (1 = exact Gaussian ratio; "
-                            "overrides --relax, which maps 0..1 onto 1..42)")
-    group.add_argument("--residual-tries", type=int, default=GaussianAcceptance().max_tries, metavar="N",
-                       help="CSpD: tries of the residual sampler before it falls back to a target sample (default: %(default)s)")
+    group.add_argument(
+        "--mar-steps",
+        type=int,
+        metavar="N",
+        help="MAR generation steps: each step predicts a cosine-scheduled set of tokens (default: the model's)",
+    )
+    group.add_argument(
+        "--head-steps",
+        type=int,
+        metavar="N",
+        help="denoising steps of the per-token diffusion head (default: the model's; MAR uses 100)",
+    )
+    group.add_argument(
+        "--cfg-schedule",
+        choices=("linear", "constant"),
+        help="guidance grows with the share of known tokens (linear, MAR's default) or stays constant",
+    )
+    group.add_argument(
+        "--draft-steps",
+        type=int,
+        default=CSpDSettings().draft_steps,
+        metavar="N",
+        help="CSpD: draft MAR steps verified by one target pass (default: %(default)s)",
+    )
+    group.add_argument(
+        "--prefill-ratio",
+        type=float,
+        default=CSpDSettings().prefill_ratio,
+        metavar="F",
+        help="CSpD: share of the first steps the target runs alone (default: %(default)s)",
+    )
+    group.add_argument(
+        "--inner-temperature",
+        type=float,
+        metavar="T",
+        help="CSpD experts: the acceptance test's inner temperature (1 = exact Gaussian ratio; "
+        "overrides --relax, which maps 0..1 onto 1..42)",
+    )
+    group.add_argument(
+        "--residual-tries",
+        type=int,
+        default=GaussianAcceptance().max_tries,
+        metavar="N",
+        help="CSpD: tries of the residual sampler before it falls back to a target sample (default: %(default)s)",
+    )
     group.add_argument("--vae", metavar="PATH", help="MAR's KL-16 VAE (kl16.ckpt) for official MAR checkpoints")
 
 
 def _refuse_discrete_options(args: argparse.Namespace) -> None:
-    given = [opt for opt, name in (("--policy", "policy"), ("--greedy", "greedy"), ("--top-k", "top_k"),
-                                   ("--top-p", "top_p"), ("--tree-head", "tree_head"), ("--vq", "vq"),
-                                   ("--compile", "compile"))
-             if getattr(args, name, None) not in (None, False, "exact")]
+    given = [
+        opt
+        for opt, name in (
+            ("--policy", "policy"),
+            ("--greedy", "greedy"),
+            ("--top-k", "top_k"),
+            ("--top-p", "top_p"),
+            ("--tree-head", "tree_head"),
+            ("--vq", "vq"),
+            ("--compile", "compile"),
+        )
+        if getattr(args, name, None) not in (None, False, "exact")
+    ]
     if given:
-        raise SettingsError(f"{', '.join(given)} apply to discrete-token models; {args.model} is a continuous MAR model "
-                            "(see the CSpD options)")
+        raise SettingsError(
+            f"{', '.join(given)} apply to discrete-token models; {args.model} is a continuous MAR model "
+            "(see the CSpD options)"
+        )
 
 
 def _settings(model: MARTokenModel, args: argparse.Namespace) -> ContinuousSettings:
-    given = {"num_iter": args.mar_steps, "num_sampling_steps": args.head_steps, "cfg_scale": args.cfg,
-             "cfg_schedule": args.cfg_schedule, "temperature": args.temperature, "seed": args.seed}
+    given = {
+        "num_iter": args.mar_steps,
+        "num_sampling_steps": args.head_steps,
+        "cfg_scale": args.cfg,
+        "cfg_schedule": args.cfg_schedule,
+        "temperature": args.temperature,
+        "seed": args.seed,
+    }
     return model.default_settings.with_(**{k: v for k, v in given.items() if v is not None})
 
 
@@ -88,8 +135,10 @@ def _draft_model(args: argparse.Namespace, wanted: bool) -> MARTokenModel | None
 def generate(args: argparse.Namespace) -> int:
     _refuse_discrete_options(args)
     if args.draft not in (None, "none", "model"):
-        raise SettingsError(f"--draft {args.draft} drafts discrete tokens; continuous models draft with a smaller MAR "
-                            "(--draft model, the default when a drafter is known) or not at all (--draft none)")
+        raise SettingsError(
+            f"--draft {args.draft} drafts discrete tokens; continuous models draft with a smaller MAR "
+            "(--draft model, the default when a drafter is known) or not at all (--draft none)"
+        )
     if args.explain:
         raise SettingsError("--explain shows what a discrete policy decided on; for CSpD use --stats (acceptance_prob)")
     speculation = _speculation(args)
@@ -101,10 +150,13 @@ def generate(args: argparse.Namespace) -> int:
     ids = args.class_ids or []
     batch = args.batch or len(ids) or 1
     if len(ids) > 1 and len(ids) != batch:
-        raise SettingsError(f"--class-id got {len(ids)} classes for --batch {batch}: give one per image, or one for all")
+        raise SettingsError(
+            f"--class-id got {len(ids)} classes for --batch {batch}: give one per image, or one for all"
+        )
     classes = _classes(model, args, batch)
     progress = ProgressBar(enabled=not args.quiet)
     with StopOnInterrupt() as stop:
+
         def observer(event: StepEvent) -> bool:
             progress(event)
             return not stop.requested
@@ -113,8 +165,14 @@ def generate(args: argparse.Namespace) -> int:
     progress.finish(summary_line(result))
     write_pictures(args, model, result)  # type: ignore[arg-type]
     if args.stats:
-        stats = {**result.stats(), "model": model.name, "drafter": draft.name if draft else None, "classes": classes,
-                 "settings": asdict(settings), "cspd": asdict(speculation) if draft else None}
+        stats = {
+            **result.stats(),
+            "model": model.name,
+            "drafter": draft.name if draft else None,
+            "classes": classes,
+            "settings": asdict(settings),
+            "cspd": asdict(speculation) if draft else None,
+        }
         stats["acceptance_prob"] = result.diagnostics["acceptance_prob"].tolist() if draft else None
         write_json(args.stats, stats)
     if not result.finished:
@@ -136,7 +194,9 @@ def bench(args: argparse.Namespace) -> int:
     _refuse_discrete_options(args)
     methods = parse_continuous_methods(args.methods or DEFAULT_METHODS)
     if args.plot or args.table or args.sweep:
-        raise SettingsError("--sweep, --plot and --table belong to the discrete policies; list cspd=RELAX methods instead")
+        raise SettingsError(
+            "--sweep, --plot and --table belong to the discrete policies; list cspd=RELAX methods instead"
+        )
     if len(args.batch) > 1:
         raise SettingsError("a continuous-token bench takes one --batch size")
     batch = args.batch[0]
@@ -149,17 +209,28 @@ def bench(args: argparse.Namespace) -> int:
     log = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
     classes = _classes(model, args, args.images)
     rows = run_continuous_bench(model, draft, methods, classes, batch, settings, speculation, evaluate, log)
-    header = [f"{model.name} vs draft {draft.name if draft else '-'}, {settings.num_iter} MAR steps, "
-              f"{settings.num_sampling_steps} head steps, cfg {settings.cfg_scale} ({settings.cfg_schedule}), "
-              f"temperature {settings.temperature}, seed {settings.seed}",
-              f"CSpD: prefill {speculation.prefill_ratio}, {speculation.draft_steps} draft steps per verification, "
-              "cspd=R: inner temperature 42^R",
-              "fwd/img: target passes per image; tok/fwd: image tokens per target pass; speed-up: wall time vs mar"]
+    header = [
+        f"{model.name} vs draft {draft.name if draft else '-'}, {settings.num_iter} MAR steps, "
+        f"{settings.num_sampling_steps} head steps, cfg {settings.cfg_scale} ({settings.cfg_schedule}), "
+        f"temperature {settings.temperature}, seed {settings.seed}",
+        f"CSpD: prefill {speculation.prefill_ratio}, {speculation.draft_steps} draft steps per verification, "
+        "cspd=R: inner temperature 42^R",
+        "fwd/img: target passes per image; tok/fwd: image tokens per target pass; speed-up: wall time vs mar",
+    ]
     print("\n".join(header + [""] + table_lines(rows)))
     if args.json:
-        write_json(args.json, {"model": model.name, "drafter": draft.name if draft else None, "images": args.images,
-                                "batch": batch, "settings": asdict(settings), "cspd": asdict(speculation),
-                                "rows": [row.to_dict() for row in rows]})
+        write_json(
+            args.json,
+            {
+                "model": model.name,
+                "drafter": draft.name if draft else None,
+                "images": args.images,
+                "batch": batch,
+                "settings": asdict(settings),
+                "cspd": asdict(speculation),
+                "rows": [row.to_dict() for row in rows],
+            },
+        )
     return 0
 
 

@@ -55,7 +55,6 @@ class StopOnInterrupt:
             signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
 
 
-
 def write_pictures(args: argparse.Namespace, model: ImageTokenModel, result: GenerationResult) -> None:
     images = model.decode(result.tokens)
     size = (int(images.shape[1]), int(images.shape[2]))

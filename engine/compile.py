@@ -73,8 +73,9 @@ class CompiledForward:
     over (in-place writes into argument buffers are allowed: the cache).
     """
 
-    def __init__(self, step: Callable[..., object], device: torch.device, name: str,
-                 notice: Callable[[str], None] | None = None) -> None:
+    def __init__(
+        self, step: Callable[..., object], device: torch.device, name: str, notice: Callable[[str], None] | None = None
+    ) -> None:
         self.step, self.device, self.name = step, device, name
         self.notice = notice or _print_notice
         self.compiled: dict[tuple[object, ...], Callable[..., object]] = {}  # by argument shapes
@@ -103,8 +104,9 @@ class CompiledForward:
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 return self._owned(fn(*args))
         mode = "reduce-overhead" if self.device.type == "cuda" else None
-        fn = torch.compile(_fresh_function(self.step, f"k{bucket}_{len(self.compiled)}"), dynamic=False,
-                           fullgraph=True, mode=mode)
+        fn = torch.compile(
+            _fresh_function(self.step, f"k{bucket}_{len(self.compiled)}"), dynamic=False, fullgraph=True, mode=mode
+        )
         start = time.perf_counter()
         try:
             # compilation happens in this first call; freezing is read from the global config then

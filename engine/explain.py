@@ -57,8 +57,9 @@ def value_range(values: torch.Tensor) -> tuple[float, float]:
     return (float(tested.min()), float(tested.max())) if tested.numel() else (0.0, 1.0)
 
 
-def diagnostic_maps(result: GenerationResult, grid: tuple[int, int],
-                    size: tuple[int, int]) -> dict[str, tuple[torch.Tensor, tuple[float, float]]]:
+def diagnostic_maps(
+    result: GenerationResult, grid: tuple[int, int], size: tuple[int, int]
+) -> dict[str, tuple[torch.Tensor, tuple[float, float]]]:
     """Per recorded quantity: ``uint8 [B, H, W, 3]`` maps and the value range their colours span."""
     maps = {}
     for name, values in result.diagnostics.items():
@@ -80,9 +81,14 @@ def explanation(images: torch.Tensor | np.ndarray, result: GenerationResult, gri
     B, H, W, _ = pictures.shape
     factor = max(1, math.ceil(PANEL_MIN_WIDTH / W))
     size = (H, W)
-    columns = [("image", pictures), ("accepted drafts", as_uint8_array(acceptance_heatmap(result, grid, size))[:MAX_ROWS])]
-    columns += [(_caption(name, *span), as_uint8_array(panel)[:MAX_ROWS])
-                for name, (panel, span) in diagnostic_maps(result, grid, size).items()]
+    columns = [
+        ("image", pictures),
+        ("accepted drafts", as_uint8_array(acceptance_heatmap(result, grid, size))[:MAX_ROWS]),
+    ]
+    columns += [
+        (_caption(name, *span), as_uint8_array(panel)[:MAX_ROWS])
+        for name, (panel, span) in diagnostic_maps(result, grid, size).items()
+    ]
     body = np.concatenate([c.repeat(factor, axis=1).repeat(factor, axis=2) for _, c in columns], axis=2)
     body = np.concatenate(list(body), axis=0)
     font = ImageFont.load_default()

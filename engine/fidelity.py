@@ -37,8 +37,13 @@ def randomized_pit(p: torch.Tensor, tokens: torch.Tensor, seed: int = 7) -> torc
     return (above + uniform.to(above.device) * level).flatten()
 
 
-def token_pit(logits: torch.Tensor, tokens: torch.Tensor, settings: SamplingSettings,
-              constrain: Constraint | None = None, seed: int = 7) -> torch.Tensor:
+def token_pit(
+    logits: torch.Tensor,
+    tokens: torch.Tensor,
+    settings: SamplingSettings,
+    constrain: Constraint | None = None,
+    seed: int = 7,
+) -> torch.Tensor:
     """PIT values ``[B * N]`` of ``tokens [B, N]`` under the target's processed distributions, from its raw
     teacher-forced logits ``[R, N, V]`` (both CFG halves where ``settings`` guide; see :mod:`specar.evidence`)."""
     positions = torch.arange(tokens.shape[1], device=tokens.device).expand(tokens.shape[0], -1)

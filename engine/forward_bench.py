@@ -58,18 +58,30 @@ def _janus(text: dict[str, object], device: torch.device, dtype: torch.dtype) ->
 
     hidden = int(text["hidden_size"])  # type: ignore[call-overload]
     # the understanding tower never runs in generation: a minimal one that keeps the 24x24 grid
-    vision = dict(image_size=384, patch_size=16, num_image_tokens=576, hidden_size=32, num_hidden_layers=1,
-                  num_attention_heads=2, projection_dim=hidden, mlp_ratio=2)
-    config = JanusConfig(text_config=dict(model_type="llama", vocab_size=102400, max_position_embeddings=16384, **text),
-                         vision_config=vision, vq_config=dict(image_token_embed_dim=hidden, projection_dim=hidden))
+    vision = dict(
+        image_size=384,
+        patch_size=16,
+        num_image_tokens=576,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        projection_dim=hidden,
+        mlp_ratio=2,
+    )
+    config = JanusConfig(
+        text_config=dict(model_type="llama", vocab_size=102400, max_position_embeddings=16384, **text),
+        vision_config=vision,
+        vq_config=dict(image_token_embed_dim=hidden, projection_dim=hidden),
+    )
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = JanusForConditionalGeneration(config)
     model = _random_init(model, device, dtype)
     rotary = model.model.language_model.rotary_emb
     model.model.language_model.rotary_emb = type(rotary)(config=config.text_config).to(device)  # buffers were on meta
-    model.generation_config = GenerationConfig(bos_token_id=100000, pad_token_id=100015,
-                                               generation_kwargs={"boi_token_id": 100016})
+    model.generation_config = GenerationConfig(
+        bos_token_id=100000, pad_token_id=100015, generation_kwargs={"boi_token_id": 100016}
+    )
     return JanusImageModel(model, _FixedTokenizer(), "random Janus")
 
 
@@ -86,16 +98,37 @@ def _llamagen(config: GPTConfig, device: torch.device, dtype: torch.dtype) -> Im
 
 # name -> builder(device, dtype); Janus-Pro sizes from its config.json, LlamaGen from its presets
 MODELS: dict[str, Callable[[torch.device, torch.dtype], ImageTokenModel]] = {
-    "janus-pro-1b": lambda d, t: _janus(dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=24,
-                                             num_attention_heads=16, num_key_value_heads=16), d, t),
-    "janus-pro-7b": lambda d, t: _janus(dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=30,
-                                             num_attention_heads=32, num_key_value_heads=32), d, t),
+    "janus-pro-1b": lambda d, t: _janus(
+        dict(
+            hidden_size=2048,
+            intermediate_size=5632,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            num_key_value_heads=16,
+        ),
+        d,
+        t,
+    ),
+    "janus-pro-7b": lambda d, t: _janus(
+        dict(
+            hidden_size=4096,
+            intermediate_size=11008,
+            num_hidden_layers=30,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+        ),
+        d,
+        t,
+    ),
     "llamagen-xl": lambda d, t: _llamagen(GPTConfig.preset("GPT-XL", grid_size=24), d, t),
     "llamagen-xxl": lambda d, t: _llamagen(GPTConfig.preset("GPT-XXL", grid_size=24), d, t),
     "llamagen-b": lambda d, t: _llamagen(GPTConfig.preset("GPT-B", grid_size=24), d, t),  # a drafter size for XL
     # small stand-ins that run the same code in seconds (tests, CPU smoke runs)
-    "tiny-janus": lambda d, t: _janus(dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                           num_attention_heads=4, num_key_value_heads=4), d, t),
+    "tiny-janus": lambda d, t: _janus(
+        dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4),
+        d,
+        t,
+    ),
     "tiny-llamagen": lambda d, t: _llamagen(GPTConfig(dim=64, n_layer=2, n_head=4, grid_size=24), d, t),
 }
 
@@ -113,8 +146,9 @@ class ForwardTimes:
         return self.milliseconds[label] / self.milliseconds["k=1"]
 
 
-def _block(size: int | None, context: int, device: torch.device
-           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+def _block(
+    size: int | None, context: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Tokens, positions and tree mask of a chain of ``size`` tokens, or of the 60-node tree."""
     if size is not None:
         positions = torch.arange(context, context + size, device=device)[None]
@@ -126,8 +160,9 @@ def _block(size: int | None, context: int, device: torch.device
 
 
 @torch.inference_mode()
-def time_forwards(name: str, device: torch.device, dtype: torch.dtype, context: int = 256,
-                  repeats: int = 20) -> ForwardTimes:
+def time_forwards(
+    name: str, device: torch.device, dtype: torch.dtype, context: int = 256, repeats: int = 20
+) -> ForwardTimes:
     """Median wall time of one target forward per block shape, after ``context`` cached image tokens."""
     if name not in MODELS:
         raise SettingsError(f"unknown model {name!r} for forward-bench (known: {', '.join(MODELS)})")
@@ -173,7 +208,9 @@ def relative_cost(times: ForwardTimes, tokens: float) -> float:
     never dearer than a larger one can be run instead of it (a timing below a smaller block's is
     a slow matrix-product path for few rows, e.g. fp32 or bf16 on some CPUs), so each time is
     capped by the larger blocks' times first."""
-    raw = [(float(k), times.milliseconds[f"k={k}"]) for k in BLOCKS] + [(float(TREE_TOKENS), times.milliseconds["tree-60"])]
+    raw = [(float(k), times.milliseconds[f"k={k}"]) for k in BLOCKS] + [
+        (float(TREE_TOKENS), times.milliseconds["tree-60"])
+    ]
     capped = [(x, min(t for _, t in raw[i:])) for i, (x, _) in enumerate(raw)]
     points = [(x, t / capped[0][1]) for x, t in capped]
     for (x0, y0), (x1, y1) in zip(points, points[1:]):
@@ -201,8 +238,11 @@ def projected_speedup(row: dict[str, object], target: ForwardTimes, drafter: For
 
 def projection_table(rows: list[dict[str, object]], targets: list[ForwardTimes], drafter: ForwardTimes | None) -> str:
     """Markdown: each benchmark method's projected speed-up on each timed model."""
-    head = "| method | demo tok/fwd | tokens per verify | " + " | ".join(
-        f"{t.model} {t.device} {t.dtype}" for t in targets) + " |"
+    head = (
+        "| method | demo tok/fwd | tokens per verify | "
+        + " | ".join(f"{t.model} {t.device} {t.dtype}" for t in targets)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (3 + len(targets))]
     for row in rows:
         if row["method"] in ("ar", "ar2"):
@@ -211,6 +251,8 @@ def projection_table(rows: list[dict[str, object]], targets: list[ForwardTimes],
         for target in targets:
             speedup = projected_speedup(row, target, drafter)
             cells.append("needs --drafter-model" if speedup is None else f"{speedup:.2f}x")
-        lines.append(f"| {row['method']} | {float(row['tokens_per_forward']):.2f} | "  # type: ignore[arg-type]
-                     f"{float(row.get('tokens_per_verify') or 1.0):.1f} | " + " | ".join(cells) + " |")  # type: ignore[arg-type]
+        lines.append(
+            f"| {row['method']} | {float(row['tokens_per_forward']):.2f} | "  # type: ignore[arg-type]
+            f"{float(row.get('tokens_per_verify') or 1.0):.1f} | " + " | ".join(cells) + " |"
+        )  # type: ignore[arg-type]
     return "\n".join(lines)

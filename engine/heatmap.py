@@ -61,8 +61,11 @@ def cell_colors(kinds: torch.Tensor, forward_index: torch.Tensor) -> torch.Tenso
     """One RGB colour per token, ``float [B, N, 3]`` in 0..255, from how and when each was committed."""
     kinds = kinds.long().cpu()
     colors = torch.tensor(COLOR_NOT_COMMITTED, dtype=torch.float32).expand(*kinds.shape, 3).clone()
-    for kind, color in ((TokenKind.PLAIN, COLOR_PLAIN), (TokenKind.CORRECTED, COLOR_CORRECTED),
-                        (TokenKind.BONUS, COLOR_BONUS)):
+    for kind, color in (
+        (TokenKind.PLAIN, COLOR_PLAIN),
+        (TokenKind.CORRECTED, COLOR_CORRECTED),
+        (TokenKind.BONUS, COLOR_BONUS),
+    ):
         colors[kinds == int(kind)] = torch.tensor(color, dtype=torch.float32)
     short = torch.tensor(COLOR_ACCEPTED_SHORT, dtype=torch.float32)
     long = torch.tensor(COLOR_ACCEPTED_LONG, dtype=torch.float32)
@@ -89,7 +92,9 @@ def upscale_cells(cells: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return cells[:, rows][:, :, cols]
 
 
-def acceptance_heatmap(result: GenerationResult, grid: tuple[int, int], size: tuple[int, int] | None = None) -> torch.Tensor:
+def acceptance_heatmap(
+    result: GenerationResult, grid: tuple[int, int], size: tuple[int, int] | None = None
+) -> torch.Tensor:
     """``uint8 [B, H, W, 3]`` heatmap of ``result`` on the token ``grid``, upscaled to ``size`` (H, W)."""
     h, w = grid
     cells = token_colors(result).round().to(torch.uint8).reshape(result.batch_size, h, w, 3)
@@ -119,7 +124,7 @@ def image_grid(images: torch.Tensor | np.ndarray, ncols: int | None = None, back
     canvas[:] = background
     for i, image in enumerate(array):
         r, c = divmod(i, ncols)
-        canvas[r * H:(r + 1) * H, c * W:(c + 1) * W] = image
+        canvas[r * H : (r + 1) * H, c * W : (c + 1) * W] = image
     return Image.fromarray(canvas)
 
 
@@ -139,8 +144,9 @@ def legend_strip(width: int) -> Image.Image:
     return strip
 
 
-def side_by_side(images: torch.Tensor | np.ndarray, heatmaps: torch.Tensor | np.ndarray,
-                 ncols: int | None = None) -> Image.Image:
+def side_by_side(
+    images: torch.Tensor | np.ndarray, heatmaps: torch.Tensor | np.ndarray, ncols: int | None = None
+) -> Image.Image:
     """Each image next to its heatmap, tiled like :func:`image_grid`, with a legend strip below.
 
     Empty grid slots are white, so they cannot be mistaken for the black of tokens not generated.
@@ -154,8 +160,12 @@ def side_by_side(images: torch.Tensor | np.ndarray, heatmaps: torch.Tensor | np.
     return canvas
 
 
-def comparison(left: torch.Tensor | np.ndarray, right: torch.Tensor | np.ndarray, heatmaps: torch.Tensor | np.ndarray,
-               captions: tuple[str, str, str]) -> Image.Image:
+def comparison(
+    left: torch.Tensor | np.ndarray,
+    right: torch.Tensor | np.ndarray,
+    heatmaps: torch.Tensor | np.ndarray,
+    captions: tuple[str, str, str],
+) -> Image.Image:
     """Three labelled columns (e.g. plain AR, speculative, its heatmap), one row per image, and
     the heatmap legend below: what a viewer needs to judge speed against quality at a glance."""
     columns = [as_uint8_array(left), as_uint8_array(right), as_uint8_array(heatmaps)]
@@ -167,7 +177,9 @@ def comparison(left: torch.Tensor | np.ndarray, right: torch.Tensor | np.ndarray
     font = ImageFont.load_default()
     caption_height = 14
     legend = legend_strip(W3)
-    canvas = Image.new("RGB", (max(W3, legend.width), caption_height + body.shape[0] + legend.height), LEGEND_BACKGROUND)
+    canvas = Image.new(
+        "RGB", (max(W3, legend.width), caption_height + body.shape[0] + legend.height), LEGEND_BACKGROUND
+    )
     draw = ImageDraw.Draw(canvas)
     for i, caption in enumerate(captions):
         draw.text((i * (W3 // 3) + 2, 1), caption, fill=(0, 0, 0), font=font)

@@ -29,8 +29,9 @@ class AttentionPlan:
     mask: torch.Tensor  # [R, 1, k, read_length] bool, True = may attend
 
 
-def write_block(keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor,
-                k_new: torch.Tensor, v_new: torch.Tensor) -> None:
+def write_block(
+    keys: torch.Tensor, values: torch.Tensor, slots: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor
+) -> None:
     """Write new keys/values ``[R, H, k, D]`` into buffers ``[R, H, C, D]`` at ``slots [R, k]``.
 
     An indexed assignment rather than ``scatter_``: the compiler writes it in place, where it
@@ -45,8 +46,9 @@ class FixedCacheView:
     forward writes (``slots [R, k]``) and the planned mask ``[R, 1, k, capacity]``. Built from
     plain tensors so the compiler traces it like any other code."""
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], slots: torch.Tensor,
-                 mask: torch.Tensor) -> None:
+    def __init__(
+        self, keys: list[torch.Tensor], values: list[torch.Tensor], slots: torch.Tensor, mask: torch.Tensor
+    ) -> None:
         self.keys, self.values, self.slots, self.attention_mask = keys, values, slots, mask
 
     def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,8 +63,17 @@ class RaggedKVCache:
     is refused); attention then always reads the whole capacity.
     """
 
-    def __init__(self, n_layers: int, rows: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype, device: torch.device, capacity: int = 256, fixed: bool = False) -> None:
+    def __init__(
+        self,
+        n_layers: int,
+        rows: int,
+        n_kv_heads: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+        capacity: int = 256,
+        fixed: bool = False,
+    ) -> None:
         self.n_layers, self.rows, self.n_kv_heads, self.head_dim = n_layers, rows, n_kv_heads, head_dim
         self.dtype, self.device, self.fixed = dtype, device, fixed
         self.capacity = 0
@@ -97,13 +108,14 @@ class RaggedKVCache:
             self.key_valid[:, : self.capacity] = old_valid
         self.capacity = new_cap
 
-    def plan(self, k: int, allowed: torch.Tensor | None = None,
-             key_valid_new: torch.Tensor | None = None) -> AttentionPlan:
+    def plan(
+        self, k: int, allowed: torch.Tensor | None = None, key_valid_new: torch.Tensor | None = None
+    ) -> AttentionPlan:
         """Prepare a forward of ``k`` new tokens per row and advance every row's length by ``k``.
 
         ``allowed[i, j]`` (or ``allowed[r, i, j]``, one mask per row) says whether new token i may
-        attend to new token j (a tree mask); ``None`` means causal. ``key_valid_new [R, k]`` marks new slots that no other token may
-        attend to (padding in a condition); a token may always attend to itself.
+        attend to new token j (a tree mask); ``None`` means causal. ``key_valid_new [R, k]`` marks new
+        slots that no other token may attend to (padding in a condition); a token may always attend to itself.
         """
         lengths = self.lengths
         longest = int(lengths.max())

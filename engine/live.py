@@ -19,15 +19,16 @@ from .types import StepEvent
 
 def hex_cells(event: StepEvent, image: int = 0) -> str:
     """The colours of image ``image``'s tokens as one string of ``rrggbb`` groups, raster order."""
-    colors = cell_colors(event.kinds[image:image + 1], event.forward_index[image:image + 1])[0]
+    colors = cell_colors(event.kinds[image : image + 1], event.forward_index[image : image + 1])[0]
     return colors.round().to(torch.uint8).numpy().tobytes().hex()
 
 
 class HeatmapFrames:
     """Builds throttled frames for one run; ``run`` tells a widget that a new run has started."""
 
-    def __init__(self, grid: tuple[int, int], run: str, min_interval: float = 0.2,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, grid: tuple[int, int], run: str, min_interval: float = 0.2, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.grid = grid
         self.run = run
         self.min_interval = min_interval

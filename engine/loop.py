@@ -30,9 +30,9 @@ from .timing import Clock, synchronize
 from .verify import tree_attention_rows, tree_tables, verify_chain, verify_tree
 
 
-
-def _block_inputs(block: DraftBlock, depth: torch.Tensor | None, pending: torch.Tensor, start: torch.Tensor, last: int
-                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
+def _block_inputs(
+    block: DraftBlock, depth: torch.Tensor | None, pending: torch.Tensor, start: torch.Tensor, last: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Inputs, input positions, tree mask and node positions for one target forward.
 
     ``start [B]`` is the pending token's position; ``depth [B, n]`` the node depths of a tree
@@ -52,10 +52,16 @@ def _block_inputs(block: DraftBlock, depth: torch.Tensor | None, pending: torch.
 
 
 @torch.inference_mode()
-def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSettings | None = None,
-             draft: DraftSource | None = None, policy: AcceptancePolicy | None = None,
-             observer: Observer | None = None, precise_timing: bool = False,
-             prefix: torch.Tensor | None = None) -> GenerationResult:
+def generate(
+    model: ImageTokenModel,
+    cond: Conditioning,
+    settings: SamplingSettings | None = None,
+    draft: DraftSource | None = None,
+    policy: AcceptancePolicy | None = None,
+    observer: Observer | None = None,
+    precise_timing: bool = False,
+    prefix: torch.Tensor | None = None,
+) -> GenerationResult:
     """Generate ``cond.batch_size`` images' tokens with ``model`` as the target.
 
     ``draft=None`` is plain autoregressive decoding; ``policy`` defaults to lossless acceptance.
@@ -100,14 +106,31 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
             read = clock.run(lambda: model.forward(tokens[:, : P - 1], positions))
             context_hidden = torch.cat([context_hidden, read.hidden], 1)  # type: ignore[attr-defined]
             target_forwards += 1
-    state = DecodeState(model, cond, settings.uses_cfg, processor, generator, tokens, committed, N - 2, context_hidden,
-                        policy.sibling_groups())
+    state = DecodeState(
+        model,
+        cond,
+        settings.uses_cfg,
+        processor,
+        generator,
+        tokens,
+        committed,
+        N - 2,
+        context_hidden,
+        policy.sibling_groups(),
+    )
 
     def notify() -> bool:
         if observer is None:
             return True
-        event = StepEvent(target_forwards - 1, tokens[:, :N], committed.clone(), kinds[:, :N],
-                          forward_index[:, :N], target_forwards, N)
+        event = StepEvent(
+            target_forwards - 1,
+            tokens[:, :N],
+            committed.clone(),
+            kinds[:, :N],
+            forward_index[:, :N],
+            target_forwards,
+            N,
+        )
         return observer(event) is not False
 
     try:
@@ -122,8 +145,9 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
             committed_dev = committed.to(dev)
             pending = tokens.gather(1, (committed_dev - 1)[:, None])
             layout = None if block.is_chain else tree_tables(block.parents, block.max_depth, block.max_children)
-            inputs, positions, mask, node_positions = _block_inputs(block, None if layout is None else layout[1],
-                                                                    pending, committed_dev - 1, N - 1)
+            inputs, positions, mask, node_positions = _block_inputs(
+                block, None if layout is None else layout[1], pending, committed_dev - 1, N - 1
+            )
             out = clock.run(lambda: model.forward(inputs, positions, mask))
             block_tokens += inputs.shape[1]
             p = processor(out.logits, (positions + 1).clamp(max=N - 1))  # type: ignore[attr-defined]
@@ -133,8 +157,9 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
             if layout is None:
                 verdict = verify_chain(policy, p, block, node_positions, limit, generator, evidence)
             else:
-                verdict = verify_tree(policy, p, block, node_positions, limit, generator,
-                                      out.hidden[:B], layout, evidence)  # type: ignore[attr-defined]
+                verdict = verify_tree(
+                    policy, p, block, node_positions, limit, generator, out.hidden[:B], layout, evidence
+                )  # type: ignore[attr-defined]
 
             accepted, next_kind = torch.stack([verdict.accepted, verdict.next_kind]).cpu()  # the step's one host sync
             accepted = torch.where(done, 0, accepted)
@@ -167,12 +192,20 @@ def generate(model: ImageTokenModel, cond: Conditioning, settings: SamplingSetti
     synchronize(dev)
     wall = time.perf_counter() - started
     return GenerationResult(
-        tokens=tokens[:, :N].cpu(), kinds=kinds[:, :N].cpu(), forward_index=forward_index[:, :N].cpu(),
-        committed=committed.clone(), target_forwards=target_forwards,
-        drafter_forwards=draft.forwards if draft is not None else 0, drafted=drafted, accepted=accepted_total,
-        wall_seconds=wall, model_seconds=clock.seconds + (draft.seconds if draft is not None else 0.0),
-        finished=finished, diagnostics={name: values[:, :N].float().cpu() for name, values in diagnostics.items()},
-        draft_summary=draft.summary() if draft is not None else "", block_tokens=block_tokens,
+        tokens=tokens[:, :N].cpu(),
+        kinds=kinds[:, :N].cpu(),
+        forward_index=forward_index[:, :N].cpu(),
+        committed=committed.clone(),
+        target_forwards=target_forwards,
+        drafter_forwards=draft.forwards if draft is not None else 0,
+        drafted=drafted,
+        accepted=accepted_total,
+        wall_seconds=wall,
+        model_seconds=clock.seconds + (draft.seconds if draft is not None else 0.0),
+        finished=finished,
+        diagnostics={name: values[:, :N].float().cpu() for name, values in diagnostics.items()},
+        draft_summary=draft.summary() if draft is not None else "",
+        block_tokens=block_tokens,
     )
 
 
@@ -184,8 +217,9 @@ def _check_prefix(prefix: torch.Tensor, batch: int, total: int, vocab: int) -> i
     return int(prefix.shape[1])
 
 
-def _record(records: dict[str, torch.Tensor], verdict: Verdict, committed: torch.Tensor, done: torch.Tensor,
-            N: int) -> None:
+def _record(
+    records: dict[str, torch.Tensor], verdict: Verdict, committed: torch.Tensor, done: torch.Tensor, N: int
+) -> None:
     """Store the policy's per-draft quantities at the positions of the drafts it tested: the accepted
     ones and the first rejected one (whose position got the correction)."""
     for name, values in verdict.diagnostics.items():
@@ -200,8 +234,17 @@ def _record(records: dict[str, torch.Tensor], verdict: Verdict, committed: torch
         records[name].scatter_(1, slots, values.float())
 
 
-def _commit(tokens: torch.Tensor, kinds: torch.Tensor, forward_index: torch.Tensor, block: DraftBlock,
-            verdict: Verdict, committed: torch.Tensor, done: torch.Tensor, step: int, N: int) -> None:
+def _commit(
+    tokens: torch.Tensor,
+    kinds: torch.Tensor,
+    forward_index: torch.Tensor,
+    block: DraftBlock,
+    verdict: Verdict,
+    committed: torch.Tensor,
+    done: torch.Tensor,
+    step: int,
+    N: int,
+) -> None:
     """Write each row's accepted path and next token at its committed offset (done rows: nowhere)."""
     B = tokens.shape[0]
     depth = verdict.path.shape[1]

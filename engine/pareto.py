@@ -99,8 +99,12 @@ def _source_label(base: str, options: dict[str, object]) -> str:
     tree = options.get("tree") or {}
     assert isinstance(tree, dict)
     shape = TreeShape(**{k: tuple(v) if isinstance(v, list) else v for k, v in tree.items()}) if tree else TreeShape()
-    draft = DraftOptions(window=int(options.get("window") or 16), gamma=int(options.get("gamma") or 6),  # type: ignore[call-overload]
-                         tree=shape, tree_branching=tuple(options.get("tree_branching") or ()))  # type: ignore[arg-type]
+    draft = DraftOptions(
+        window=int(options.get("window") or 16),
+        gamma=int(options.get("gamma") or 6),  # type: ignore[call-overload]
+        tree=shape,
+        tree_branching=tuple(options.get("tree_branching") or ()),
+    )  # type: ignore[arg-type]
     head = options.get("tree_head")
     return DRAFTS[base].label(draft, head if isinstance(head, str) and DRAFTS[base].needs == "tree head" else "")
 
@@ -123,21 +127,31 @@ def read_run(run: dict[str, object]) -> tuple[list[ParetoPoint], dict[ARKey, dic
     for row in run.get("rows", []):  # type: ignore[union-attr]
         quality = row.get("quality")
         if not quality:
-            raise SettingsError(f"benchmark row {row.get('method')!r} has no quality scores: run specar bench with --quality")
+            raise SettingsError(
+                f"benchmark row {row.get('method')!r} has no quality scores: run specar bench with --quality"
+            )
         base, policy, relax = split_method(row["method"])
         policy = policy or str(options.get("policy", EXACT))
         if base in AR_METHODS:
             ar_quality[seed + (SECOND_SEED_OFFSET if base == "ar2" else 0)] = quality
             continue
-        points.append(ParetoPoint(
-            source=_source_label(base, options),
-            policy=policy, relaxation=float(relax if relax is not None else options.get("relaxation", 0.0)),
-            images=int(row["images"]), tokens_per_forward=float(row["tokens_per_forward"]),
-            acceptance_rate=row.get("acceptance_rate"), class_accuracy=quality["class_accuracy"],
-            colour_accuracy=quality["colour_accuracy"], shape_accuracy=quality["shape_accuracy"],
-            fid_lite=quality["fid_lite"], seed=seed,
-            expert_options=_expert_options(options) if policy == options.get("policy") else "",
-            parameters=tuple(sorted((row.get("policy_parameters") or {}).items()))))
+        points.append(
+            ParetoPoint(
+                source=_source_label(base, options),
+                policy=policy,
+                relaxation=float(relax if relax is not None else options.get("relaxation", 0.0)),
+                images=int(row["images"]),
+                tokens_per_forward=float(row["tokens_per_forward"]),
+                acceptance_rate=row.get("acceptance_rate"),
+                class_accuracy=quality["class_accuracy"],
+                colour_accuracy=quality["colour_accuracy"],
+                shape_accuracy=quality["shape_accuracy"],
+                fid_lite=quality["fid_lite"],
+                seed=seed,
+                expert_options=_expert_options(options) if policy == options.get("policy") else "",
+                parameters=tuple(sorted((row.get("policy_parameters") or {}).items())),
+            )
+        )
     return _attach_exact(points), ar_quality
 
 
@@ -156,6 +170,7 @@ def name_differing_parameters(points: Sequence[ParetoPoint]) -> list[ParetoPoint
     under guard 0.5) then shows as two settings, not one pooled across both. Runs that name a parameter
     are already a setting of their own, so they do not split runs that left it at its default; runs
     without recorded parameters (older JSONs) stay as they were."""
+
     def setting(point: ParetoPoint) -> tuple[str, str]:
         return point.policy, point.expert_options
 
@@ -163,12 +178,17 @@ def name_differing_parameters(points: Sequence[ParetoPoint]) -> list[ParetoPoint
     for point in points:
         if point.parameters:
             recorded.setdefault(setting(point), []).append(dict(point.parameters))
-    differing = {key: {name for run in runs for name in run if len({str(r.get(name)) for r in runs}) > 1}
-                 for key, runs in recorded.items()}
+    differing = {
+        key: {name for run in runs for name in run if len({str(r.get(name)) for r in runs}) > 1}
+        for key, runs in recorded.items()
+    }
     named = []
     for point in points:
-        extra = [f"{name}={_format_parameter(value)}" for name, value in point.parameters
-                 if name in differing.get(setting(point), ())]
+        extra = [
+            f"{name}={_format_parameter(value)}"
+            for name, value in point.parameters
+            if name in differing.get(setting(point), ())
+        ]
         named.append(replace(point, expert_options=", ".join(filter(None, [point.expert_options, *extra]))))
     return named
 
@@ -181,9 +201,14 @@ def _attach_exact(points: list[ParetoPoint]) -> list[ParetoPoint]:
     runs_of: dict[str, list[float]] = {}
     for p in exact:
         runs_of.setdefault(p.source, []).append(p.tokens_per_forward)
-    return [p if p.exact_tokens_per_forward is not None or p.source not in runs_of else
-            replace(p, exact_tokens_per_forward=same_seeds.get((p.source, p.seed), statistics.fmean(runs_of[p.source])))
-            for p in points]
+    return [
+        p
+        if p.exact_tokens_per_forward is not None or p.source not in runs_of
+        else replace(
+            p, exact_tokens_per_forward=same_seeds.get((p.source, p.seed), statistics.fmean(runs_of[p.source]))
+        )
+        for p in points
+    ]
 
 
 def load_runs(paths: Sequence[str | Path]) -> list[dict[str, object]]:
@@ -225,9 +250,17 @@ def quality_band(ar_rows: Iterable[dict[str, float]]) -> QualityBand:
     classes = [r["class_accuracy"] for r in rows]
     fids = [r["fid_lite"] for r in rows]
     images = [int(r.get("n", 0)) for r in rows]
-    return QualityBand(len(rows), min(classes), max(classes), min(fids), max(fids), images=sum(images),
-                       class_pooled=sum(c * n for c, n in zip(classes, images)) / max(sum(images), 1),
-                       fid_mean=statistics.fmean(fids), fid_sd=statistics.stdev(fids) if len(fids) > 1 else 0.0)
+    return QualityBand(
+        len(rows),
+        min(classes),
+        max(classes),
+        min(fids),
+        max(fids),
+        images=sum(images),
+        class_pooled=sum(c * n for c, n in zip(classes, images)) / max(sum(images), 1),
+        fid_mean=statistics.fmean(fids),
+        fid_sd=statistics.stdev(fids) if len(fids) > 1 else 0.0,
+    )
 
 
 def sorted_points(points: Iterable[ParetoPoint]) -> list[ParetoPoint]:
@@ -238,20 +271,53 @@ def sorted_points(points: Iterable[ParetoPoint]) -> list[ParetoPoint]:
 def markdown_table(points: Sequence[ParetoPoint], band: QualityBand) -> str:
     """Every point, with its seed, its speed-up over the exact policy (on the same seeds where that ran)
     and whether it stays in the AR band (plus a column of expert options where any point set some)."""
-    seeds = (f"{band.runs} AR runs with different seeds; a lossless method's run clears each edge with "
-             f"probability {band.coverage:.0%}") if band.runs > 1 else \
-        "one AR run only (add ar2 to --methods for the seed-to-seed spread)"
+    seeds = (
+        (
+            f"{band.runs} AR runs with different seeds; a lossless method's run clears each edge with "
+            f"probability {band.coverage:.0%}"
+        )
+        if band.runs > 1
+        else "one AR run only (add ar2 to --methods for the seed-to-seed spread)"
+    )
     expert = any(p.expert_options for p in points)
-    columns = ["draft source", "policy", "relax"] + (["expert options"] if expert else []) + [
-        "seed", "tokens / forward", "x exact", "acceptance", "class acc", "colour acc", "shape acc", "FID-lite", "in AR band"]
-    lines = [f"AR band ({seeds}, {points[0].images if points else 0} images each): class accuracy "
-             f"{band.class_low:.3f}-{band.class_high:.3f}, FID-lite {band.fid_low:.1f}-{band.fid_high:.1f}", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    columns = (
+        ["draft source", "policy", "relax"]
+        + (["expert options"] if expert else [])
+        + [
+            "seed",
+            "tokens / forward",
+            "x exact",
+            "acceptance",
+            "class acc",
+            "colour acc",
+            "shape acc",
+            "FID-lite",
+            "in AR band",
+        ]
+    )
+    lines = [
+        f"AR band ({seeds}, {points[0].images if points else 0} images each): class accuracy "
+        f"{band.class_low:.3f}-{band.class_high:.3f}, FID-lite {band.fid_low:.1f}-{band.fid_high:.1f}",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     for p in sorted_points(points):
-        cells = [p.source, p.policy, f"{p.relaxation:g}"] + ([p.expert_options or "-"] if expert else []) + [
-            str(p.seed), f"{p.tokens_per_forward:.2f}", "-" if p.speedup_over_exact is None else f"{p.speedup_over_exact:.2f}x",
-            "-" if p.acceptance_rate is None else f"{100 * p.acceptance_rate:.1f}%", f"{p.class_accuracy:.3f}",
-            f"{p.colour_accuracy:.3f}", f"{p.shape_accuracy:.3f}", f"{p.fid_lite:.1f}", {True: "yes", False: "no", None: "-"}[band.holds(p)]]
+        cells = (
+            [p.source, p.policy, f"{p.relaxation:g}"]
+            + ([p.expert_options or "-"] if expert else [])
+            + [
+                str(p.seed),
+                f"{p.tokens_per_forward:.2f}",
+                "-" if p.speedup_over_exact is None else f"{p.speedup_over_exact:.2f}x",
+                "-" if p.acceptance_rate is None else f"{100 * p.acceptance_rate:.1f}%",
+                f"{p.class_accuracy:.3f}",
+                f"{p.colour_accuracy:.3f}",
+                f"{p.shape_accuracy:.3f}",
+                f"{p.fid_lite:.1f}",
+                {True: "yes", False: "no", None: "-"}[band.holds(p)],
+            ]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -259,7 +325,10 @@ def markdown_table(points: Sequence[ParetoPoint], band: QualityBand) -> str:
 # -- the plot -------------------------------------------------------------------------------------
 
 POLICY_COLORS: dict[str, tuple[int, int, int]] = {
-    "exact": (30, 30, 30), "lantern": (40, 100, 200), "gsd": (30, 150, 70), "csd": (225, 120, 20),
+    "exact": (30, 30, 30),
+    "lantern": (40, 100, 200),
+    "gsd": (30, 150, 70),
+    "csd": (225, 120, 20),
     "clusters": (200, 40, 60),
 }
 OTHER_COLOR = (150, 60, 170)
@@ -289,8 +358,9 @@ def _marker(draw: ImageDraw.ImageDraw, x: float, y: float, shape: int, color: tu
         draw.polygon([(x, y - r - 1), (x - r - 1, y + r), (x + r + 1, y + r)], fill=color, outline=(0, 0, 0))
 
 
-def _panel(points: Sequence[ParetoPoint], band: tuple[float, float], metric: str, title: str,
-           sources: list[str]) -> Image.Image:
+def _panel(
+    points: Sequence[ParetoPoint], band: tuple[float, float], metric: str, title: str, sources: list[str]
+) -> Image.Image:
     width, height = PANEL_SIZE
     left, top, right, bottom = MARGIN
     font = ImageFont.load_default(size=13)
@@ -303,8 +373,10 @@ def _panel(points: Sequence[ParetoPoint], band: tuple[float, float], metric: str
     y_low, y_high = min(ys) - pad, max(ys) + pad
 
     def at(x: float, y: float) -> tuple[float, float]:
-        return (left + (x - x_low) / (x_high - x_low) * (width - left - right),
-                height - bottom - (y - y_low) / (y_high - y_low) * (height - top - bottom))
+        return (
+            left + (x - x_low) / (x_high - x_low) * (width - left - right),
+            height - bottom - (y - y_low) / (y_high - y_low) * (height - top - bottom),
+        )
 
     draw.rectangle([*at(x_low, band[1]), *at(x_high, band[0])], fill=BAND_COLOR)
     label_x, label_y = at(x_low, band[1])
@@ -318,7 +390,9 @@ def _panel(points: Sequence[ParetoPoint], band: tuple[float, float], metric: str
         draw.line([x - 4, y, x, y], fill=(0, 0, 0))
         draw.text((x - 6, y), f"{tick:.3g}", fill=(0, 0, 0), font=font, anchor="rm")
     draw.rectangle([left, top, width - right, height - bottom], outline=(0, 0, 0))
-    draw.text(((left + width - right) / 2, height - 16), "tokens per target forward", fill=(0, 0, 0), font=font, anchor="mm")
+    draw.text(
+        ((left + width - right) / 2, height - 16), "tokens per target forward", fill=(0, 0, 0), font=font, anchor="mm"
+    )
     draw.text((left, 4), title, fill=(0, 0, 0), font=font)
     for source in sources:
         mine = [p for p in points if p.source == source]
@@ -326,8 +400,11 @@ def _panel(points: Sequence[ParetoPoint], band: tuple[float, float], metric: str
         for policy in sorted({p.policy for p in mine if p.policy != EXACT}):
             curve = exact[:1] + sorted((p for p in mine if p.policy == policy), key=lambda p: p.relaxation)
             if len(curve) > 1:
-                draw.line([at(p.tokens_per_forward, getattr(p, metric)) for p in curve],
-                          fill=POLICY_COLORS.get(policy, OTHER_COLOR), width=2)
+                draw.line(
+                    [at(p.tokens_per_forward, getattr(p, metric)) for p in curve],
+                    fill=POLICY_COLORS.get(policy, OTHER_COLOR),
+                    width=2,
+                )
         for p in mine:
             x, y = at(p.tokens_per_forward, getattr(p, metric))
             _marker(draw, x, y, sources.index(source), POLICY_COLORS.get(p.policy, OTHER_COLOR))
@@ -347,8 +424,12 @@ def pareto_plot(points: Sequence[ParetoPoint], band: QualityBand) -> Image.Image
     sources = (relaxed or sorted({p.source for p in points}))[:MAX_SOURCES]
     shown = [p for p in points if p.source in sources]
     images = shown[0].images
-    fid = _panel(shown, (band.fid_low, band.fid_high), "fid_lite", f"FID-lite (lower is better), {images} images", sources)
-    acc = _panel(shown, (band.class_low, band.class_high), "class_accuracy", "class accuracy (higher is better)", sources)
+    fid = _panel(
+        shown, (band.fid_low, band.fid_high), "fid_lite", f"FID-lite (lower is better), {images} images", sources
+    )
+    acc = _panel(
+        shown, (band.class_low, band.class_high), "class_accuracy", "class accuracy (higher is better)", sources
+    )
     font = ImageFont.load_default(size=13)
     legend_height = 28
     canvas = Image.new("RGB", (fid.width + acc.width, fid.height + legend_height), (255, 255, 255))

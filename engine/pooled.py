@@ -39,7 +39,9 @@ class PooledSetting:
 
     @property
     def speedup_over_exact(self) -> float | None:
-        return None if self.exact_tokens_per_forward is None else self.tokens_per_forward / self.exact_tokens_per_forward
+        return (
+            None if self.exact_tokens_per_forward is None else self.tokens_per_forward / self.exact_tokens_per_forward
+        )
 
 
 def class_z(accuracy: float, images: int, ar_accuracy: float, ar_images: int) -> float:
@@ -64,19 +66,29 @@ def pool(points: Sequence[ParetoPoint], band: QualityBand) -> list[PooledSetting
     by_setting: dict[tuple[str, str, float, str], list[ParetoPoint]] = {}
     for point in sorted_points(points):
         by_setting.setdefault(point.setting, []).append(point)
-    exact = {setting[0]: statistics.fmean(p.tokens_per_forward for p in runs)
-             for setting, runs in by_setting.items() if setting[1] == EXACT or setting[2] == 0.0}
+    exact = {
+        setting[0]: statistics.fmean(p.tokens_per_forward for p in runs)
+        for setting, runs in by_setting.items()
+        if setting[1] == EXACT or setting[2] == 0.0
+    }
     pooled = []
     for setting, runs in by_setting.items():
         images = sum(p.images for p in runs)
         accuracy = sum(p.class_accuracy * p.images for p in runs) / images
         fid = statistics.fmean(p.fid_lite for p in runs)
-        pooled.append(PooledSetting(
-            point=runs[0], seed_sets=len(runs), images=images,
-            tokens_per_forward=statistics.fmean(p.tokens_per_forward for p in runs),
-            exact_tokens_per_forward=exact.get(setting[0]), class_accuracy=accuracy, fid_lite=fid,
-            class_z=class_z(accuracy, images, band.class_pooled, band.images),
-            fid_z=fid_z(fid, len(runs), band)))
+        pooled.append(
+            PooledSetting(
+                point=runs[0],
+                seed_sets=len(runs),
+                images=images,
+                tokens_per_forward=statistics.fmean(p.tokens_per_forward for p in runs),
+                exact_tokens_per_forward=exact.get(setting[0]),
+                class_accuracy=accuracy,
+                fid_lite=fid,
+                class_z=class_z(accuracy, images, band.class_pooled, band.images),
+                fid_z=fid_z(fid, len(runs), band),
+            )
+        )
     return pooled
 
 
@@ -85,17 +97,33 @@ def markdown_table(settings: Sequence[PooledSetting], band: QualityBand) -> str:
     if not settings:
         return ""
     expert = any(s.point.expert_options for s in settings)
-    columns = ["draft source", "policy", "relax"] + (["expert options"] if expert else []) + [
-        "seed sets", "tokens / forward", "x exact", "class acc", "class vs AR", "FID-lite", "FID-lite vs AR"]
-    lines = [f"Pooled against all {band.runs} AR runs ({band.images} images: class accuracy {band.class_pooled:.3f}, "
-             f"FID-lite {band.fid_mean:.2f} with a run-to-run standard deviation of {band.fid_sd:.2f}); "
-             "'vs AR' is the difference in standard errors, within about 2 for sampling noise alone", "",
-             "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    columns = (
+        ["draft source", "policy", "relax"]
+        + (["expert options"] if expert else [])
+        + ["seed sets", "tokens / forward", "x exact", "class acc", "class vs AR", "FID-lite", "FID-lite vs AR"]
+    )
+    lines = [
+        f"Pooled against all {band.runs} AR runs ({band.images} images: class accuracy {band.class_pooled:.3f}, "
+        f"FID-lite {band.fid_mean:.2f} with a run-to-run standard deviation of {band.fid_sd:.2f}); "
+        "'vs AR' is the difference in standard errors, within about 2 for sampling noise alone",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     for s in settings:
         p = s.point
-        cells = [p.source, p.policy, f"{p.relaxation:g}"] + ([p.expert_options or "-"] if expert else []) + [
-            str(s.seed_sets), f"{s.tokens_per_forward:.2f}",
-            "-" if s.speedup_over_exact is None else f"{s.speedup_over_exact:.2f}x",
-            f"{s.class_accuracy:.3f}", f"{s.class_z:+.1f}", f"{s.fid_lite:.2f}", f"{s.fid_z:+.1f}"]
+        cells = (
+            [p.source, p.policy, f"{p.relaxation:g}"]
+            + ([p.expert_options or "-"] if expert else [])
+            + [
+                str(s.seed_sets),
+                f"{s.tokens_per_forward:.2f}",
+                "-" if s.speedup_over_exact is None else f"{s.speedup_over_exact:.2f}x",
+                f"{s.class_accuracy:.3f}",
+                f"{s.class_z:+.1f}",
+                f"{s.fid_lite:.2f}",
+                f"{s.fid_z:+.1f}",
+            ]
+        )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -17,8 +17,14 @@ from .types import GenerationResult, StepEvent
 class ProgressBar:
     """Observer for :func:`specar.generate` that redraws at most once per ``min_interval`` seconds."""
 
-    def __init__(self, enabled: bool = True, stream: TextIO | None = None, min_interval: float = 0.1,
-                 width: int = 28, label: str = "generating") -> None:
+    def __init__(
+        self,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        min_interval: float = 0.1,
+        width: int = 28,
+        label: str = "generating",
+    ) -> None:
         self.stream = stream or sys.stderr
         self.enabled = enabled
         self.live = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
@@ -41,8 +47,10 @@ class ProgressBar:
     def _draw(self, done: int, total: int, forwards: int, per_forward: float, seconds: float) -> None:
         filled = self.width * done // max(total, 1)
         bar = "#" * filled + "." * (self.width - filled)
-        self.stream.write(f"\r{self.label} [{bar}] {done}/{total} tokens  {forwards} forwards  "
-                          f"{per_forward:.2f} tok/fwd  {seconds:.1f} s ")
+        self.stream.write(
+            f"\r{self.label} [{bar}] {done}/{total} tokens  {forwards} forwards  "
+            f"{per_forward:.2f} tok/fwd  {seconds:.1f} s "
+        )
         self.stream.flush()
         self._drawn = True
 
@@ -62,5 +70,7 @@ def summary_line(result: GenerationResult) -> str:
     state = "done" if result.finished else f"stopped at {done}/{per_image * result.batch_size} tokens"
     accept = f", {100 * result.acceptance_rate:.1f}% of drafts accepted" if result.drafted else ""
     drafter = f", {result.drafter_forwards} drafter forwards" if result.drafter_forwards else ""
-    return (f"{state}: {result.batch_size} image(s) of {per_image} tokens in {result.target_forwards} target forwards "
-            f"({result.tokens_per_forward:.2f} tokens/forward{accept}{drafter}), {result.wall_seconds:.2f} s")
+    return (
+        f"{state}: {result.batch_size} image(s) of {per_image} tokens in {result.target_forwards} target forwards "
+        f"({result.tokens_per_forward:.2f} tokens/forward{accept}{drafter}), {result.wall_seconds:.2f} s"
+    )

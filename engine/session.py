@@ -28,6 +28,7 @@ from .policies import AcceptancePolicy, make_policy
 from .regions import mask_to_token_weights
 from .types import Conditioning, GenerationResult, Observer, SamplingSettings
 
+
 @dataclass(frozen=True)
 class DraftRecipe:
     """Where drafts come from: ``method`` is a :data:`specar.drafts.DRAFTS` name, or ``ar`` for none."""
@@ -41,8 +42,14 @@ class DraftRecipe:
     tree: TreeShape = TreeShape()  # the tree of methods "tree" (dynamic), "tree-static" and "drafter-tree"
 
     def options(self) -> DraftOptions:
-        return DraftOptions(self.window, self.gamma, self.q_init, tree=self.tree, tree_branching=self.tree.branching,
-                            tree_head=self.tree_head)
+        return DraftOptions(
+            self.window,
+            self.gamma,
+            self.q_init,
+            tree=self.tree,
+            tree_branching=self.tree.branching,
+            tree_head=self.tree_head,
+        )
 
     def build(self, target: ImageTokenModel) -> DraftSource | None:
         if self.method == "ar":
@@ -82,8 +89,10 @@ def class_for_prompt(model: ImageTokenModel, prompt: str) -> int:
     """The class whose name (or one of its comma-separated aliases) is ``prompt``, ignoring case."""
     names: list[str] | None = getattr(model, "class_names", None)
     if not names:
-        raise SettingsError(f"{model.name} takes class numbers and does not know class names: give a class number "
-                            f"0..{(model.num_classes or 1) - 1} (--class-id on the command line) instead of {prompt!r}")
+        raise SettingsError(
+            f"{model.name} takes class numbers and does not know class names: give a class number "
+            f"0..{(model.num_classes or 1) - 1} (--class-id on the command line) instead of {prompt!r}"
+        )
     wanted = prompt.strip().lower()
     for index, name in enumerate(names):
         if wanted == name.strip().lower() or wanted in (alias.strip().lower() for alias in name.split(",")):
@@ -101,8 +110,10 @@ def conditioning_for(model: ImageTokenModel, prompt: str, batch: int) -> Conditi
     if kind == "prompt":
         return Conditioning(prompts=tuple(prompt for _ in range(batch)))
     if kind != "class":
-        raise SettingsError(f"{model.name} is conditioned on {kind} embeddings from a text encoder, which SpecAR "
-                            "cannot compute yet; use a class-conditional model")
+        raise SettingsError(
+            f"{model.name} is conditioned on {kind} embeddings from a text encoder, which SpecAR "
+            "cannot compute yet; use a class-conditional model"
+        )
     text = prompt.strip()
     class_id = int(text) if text.isdigit() else class_for_prompt(model, text)
     count = model.num_classes or 1
@@ -125,11 +136,16 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0
 
 
-def summary_line(result: GenerationResult, setup: str, drafted: bool, unit: tuple[str, str] = ("forward", "forwards")) -> str:
+def summary_line(
+    result: GenerationResult, setup: str, drafted: bool, unit: tuple[str, str] = ("forward", "forwards")
+) -> str:
     """``setup | N target forwards for BxT tokens | tokens/forward | acceptance | seconds``; ``unit``
     names one target call (singular, plural): a forward, or a pass of a model without a KV cache."""
-    parts = [setup, f"{result.target_forwards} target {unit[1]} for {result.batch_size}x{result.tokens.shape[1]} tokens",
-             f"{result.tokens_per_forward:.2f} tokens/{unit[0]}"]
+    parts = [
+        setup,
+        f"{result.target_forwards} target {unit[1]} for {result.batch_size}x{result.tokens.shape[1]} tokens",
+        f"{result.tokens_per_forward:.2f} tokens/{unit[0]}",
+    ]
     if drafted:
         parts.append(f"acceptance {100 * result.acceptance_rate:.1f}%")
     parts.append(f"{result.wall_seconds:.2f} s")
@@ -138,9 +154,15 @@ def summary_line(result: GenerationResult, setup: str, drafted: bool, unit: tupl
     return " | ".join(parts)
 
 
-def run_job(model: ImageTokenModel, prompt: str, batch: int, settings: SamplingSettings,
-            draft: DraftRecipe | None = None, policy: PolicyRecipe | None = None,
-            observer: Observer | None = None) -> JobOutput:
+def run_job(
+    model: ImageTokenModel,
+    prompt: str,
+    batch: int,
+    settings: SamplingSettings,
+    draft: DraftRecipe | None = None,
+    policy: PolicyRecipe | None = None,
+    observer: Observer | None = None,
+) -> JobOutput:
     """Draw ``batch`` images of ``prompt`` and return them with heatmaps and a stats line."""
     draft, policy = draft or DraftRecipe(), policy or PolicyRecipe()
     model.require_pixels()

@@ -39,8 +39,7 @@ class SamplingSettings:
             raise SettingsError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
         if not self.greedy and self.temperature <= 0:
             raise SettingsError(
-                f"temperature must be > 0 when sampling, got {self.temperature} "
-                "(use greedy decoding for temperature 0)"
+                f"temperature must be > 0 when sampling, got {self.temperature} (use greedy decoding for temperature 0)"
             )
         if self.top_k < 0:
             raise SettingsError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
@@ -73,7 +72,9 @@ class Conditioning:
     def __post_init__(self) -> None:
         kinds = [k for k in ("class_ids", "prompts", "caption_embeddings") if getattr(self, k) is not None]
         if len(kinds) != 1:
-            raise SettingsError(f"Conditioning needs exactly one of class_ids, prompts, caption_embeddings; got {kinds or 'none'}")
+            raise SettingsError(
+                f"Conditioning needs exactly one of class_ids, prompts, caption_embeddings; got {kinds or 'none'}"
+            )
 
     @property
     def batch_size(self) -> int:

@@ -33,8 +33,15 @@ def _next_kind(limit: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     return torch.where(limit == 0, plain, kind)
 
 
-def verify_chain(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, positions: torch.Tensor,
-                 limit: torch.Tensor, generator: torch.Generator, evidence: torch.Tensor | None = None) -> Verdict:
+def verify_chain(
+    policy: AcceptancePolicy,
+    p: torch.Tensor,
+    block: DraftBlock,
+    positions: torch.Tensor,
+    limit: torch.Tensor,
+    generator: torch.Generator,
+    evidence: torch.Tensor | None = None,
+) -> Verdict:
     """Verify a chain of ``n`` drafts against ``p [B, n + 1, V]``.
 
     ``positions [B, n]`` are the drafts' image-token indices; ``limit [B]`` caps how many drafts a
@@ -68,8 +75,9 @@ def verify_chain(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, p
     return Verdict(accepted, path, sample(next_dist, generator), next_dist, _next_kind(limit, rejected), diagnostics)
 
 
-def tree_tables(parents: torch.Tensor, max_depth: int | None = None, max_children: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def tree_tables(
+    parents: torch.Tensor, max_depth: int | None = None, max_children: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row children tables ``[B, n + 1, K]`` (row 0: children of the root, row i + 1: children
     of node i, in block order, padded with -1) and node depths ``[B, n]`` (1-based) for
     ``parents [B, n]``. Parents must precede children.
@@ -146,10 +154,17 @@ def tree_attention(parents: list[int]) -> torch.Tensor:
     return tree_attention_rows(torch.tensor(parents, dtype=torch.long).reshape(1, -1))[0]
 
 
-def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, positions: torch.Tensor,
-                limit: torch.Tensor, generator: torch.Generator, hidden: torch.Tensor | None = None,
-                layout: tuple[torch.Tensor, torch.Tensor] | None = None, evidence: torch.Tensor | None = None
-                ) -> Verdict:
+def verify_tree(
+    policy: AcceptancePolicy,
+    p: torch.Tensor,
+    block: DraftBlock,
+    positions: torch.Tensor,
+    limit: torch.Tensor,
+    generator: torch.Generator,
+    hidden: torch.Tensor | None = None,
+    layout: tuple[torch.Tensor, torch.Tensor] | None = None,
+    evidence: torch.Tensor | None = None,
+) -> Verdict:
     """Recursive rejection sampling over a draft tree; ``p [B, n + 1, V]`` as described above.
 
     ``hidden [B, n + 1, D]`` (target states after the pending token and after every node) is
@@ -189,8 +204,9 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
             x = block.tokens.gather(1, node[:, None])
             q = _row(block.q, node).masked_fill(tried, 0.0)
             q = q / q.sum(-1, keepdim=True).clamp_min(1e-30)
-            ctx = PolicyContext(positions.gather(1, node[:, None]),
-                                evidence=None if dist_evidence is None else dist_evidence[:, None])
+            ctx = PolicyContext(
+                positions.gather(1, node[:, None]), evidence=None if dist_evidence is None else dist_evidence[:, None]
+            )
             if hidden is not None and policy.needs_tree_states:
                 ctx = _tree_context(ctx, hidden, block.tokens, kids, node, cur, before)
             alpha, info = policy.acceptance(dist[:, None], q[:, None], x, ctx)
@@ -216,10 +232,18 @@ def verify_tree(policy: AcceptancePolicy, p: torch.Tensor, block: DraftBlock, po
     return Verdict(accepted, path, sample(dist, generator), dist, next_kind, diagnostics)
 
 
-def _tree_context(ctx: PolicyContext, hidden: torch.Tensor, tokens: torch.Tensor, kids: torch.Tensor,
-                  node: torch.Tensor, parent: torch.Tensor, grandparent: torch.Tensor) -> PolicyContext:
+def _tree_context(
+    ctx: PolicyContext,
+    hidden: torch.Tensor,
+    tokens: torch.Tensor,
+    kids: torch.Tensor,
+    node: torch.Tensor,
+    parent: torch.Tensor,
+    grandparent: torch.Tensor,
+) -> PolicyContext:
     """Add the tested node's state, its parent's, its grandparent's (NaN where that token is not
     in the block) and its siblings' (tokens and states) to ``ctx``."""
+
     def states(index: torch.Tensor) -> torch.Tensor:  # block index (-1: pending token) -> [B, ..., D]
         flat = (index + 1).reshape(index.shape[0], -1)
         picked = hidden.gather(1, flat[..., None].expand(-1, -1, hidden.shape[-1]))
@@ -229,6 +253,11 @@ def _tree_context(ctx: PolicyContext, hidden: torch.Tensor, tokens: torch.Tensor
     siblings = torch.where(others, tokens.gather(1, kids.clamp(min=0)), -1)
     known = (grandparent >= -1)[:, None, None]
     grandparent_hidden = torch.where(known, states(grandparent.clamp(min=-1)[:, None]), float("nan"))
-    return replace(ctx, hidden=states(node[:, None]), parent_hidden=states(parent[:, None]),
-                   grandparent_hidden=grandparent_hidden,
-                   siblings=siblings[:, None], sibling_hidden=states(kids.clamp(min=0))[:, None])
+    return replace(
+        ctx,
+        hidden=states(node[:, None]),
+        parent_hidden=states(parent[:, None]),
+        grandparent_hidden=grandparent_hidden,
+        siblings=siblings[:, None],
+        sibling_hidden=states(kids.clamp(min=0))[:, None],
+    )

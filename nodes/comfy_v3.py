@@ -43,18 +43,26 @@ def node_class(io: Any, spec: NodeSpec) -> type:
     """A V3 node class whose ``execute`` runs ``spec.run`` with a :class:`ComfyHost`."""
 
     def define_schema(cls: type) -> Any:
-        return io.Schema(node_id=spec.node_id, display_name=spec.display_name, category=CATEGORY,
-                         description=spec.description, inputs=[_input(io, f) for f in spec.inputs],
-                         outputs=[_output(io, o) for o in spec.outputs],
-                         hidden=[io.Hidden.unique_id] if spec.needs_node_id else [],
-                         is_output_node=spec.is_output_node)
+        return io.Schema(
+            node_id=spec.node_id,
+            display_name=spec.display_name,
+            category=CATEGORY,
+            description=spec.description,
+            inputs=[_input(io, f) for f in spec.inputs],
+            outputs=[_output(io, o) for o in spec.outputs],
+            hidden=[io.Hidden.unique_id] if spec.needs_node_id else [],
+            is_output_node=spec.is_output_node,
+        )
 
     def execute(cls: type, **inputs: Any) -> Any:
         host = ComfyHost(str(cls.hidden.unique_id) if spec.needs_node_id else None)
         return io.NodeOutput(*spec.run(host, **inputs))
 
-    return type(spec.node_id, (io.ComfyNode,), {"define_schema": classmethod(define_schema),
-                                                "execute": classmethod(execute), "__doc__": spec.description})
+    return type(
+        spec.node_id,
+        (io.ComfyNode,),
+        {"define_schema": classmethod(define_schema), "execute": classmethod(execute), "__doc__": spec.description},
+    )
 
 
 async def comfy_entrypoint() -> Any:

@@ -17,15 +17,18 @@ def _jacobi(host: Host, window: int, initialisation: str, coupled: bool) -> tupl
     return (DraftRecipe(jacobi_method(initialisation, coupled), window=window),)
 
 
-def _policy(host: Host, policy: str, relaxation: float, expert_options: str,
-            mask: torch.Tensor | None = None) -> tuple[PolicyRecipe]:
+def _policy(
+    host: Host, policy: str, relaxation: float, expert_options: str, mask: torch.Tensor | None = None
+) -> tuple[PolicyRecipe]:
     options = parse_policy_options(expert_options)
     if policy == "cspd":
         recipe = PolicyRecipe(policy, relaxation, mask, tuple(options.items()))
         speculation_for(DraftRecipe(), recipe)  # bad options fail on this node
         return (recipe,)
     if not getattr(POLICIES[policy], "needs_model", False):  # the others are checked against the model by the sampler
-        make_policy(policy, relaxation, **options)  # a bad combination fails here, on this node, not later in the sampler
+        make_policy(
+            policy, relaxation, **options
+        )  # a bad combination fails here, on this node, not later in the sampler
     return (PolicyRecipe(policy, relaxation, mask, tuple(options.items())),)
 
 
@@ -36,12 +39,24 @@ JACOBI_DRAFTS = NodeSpec(
     node_id="SpecARJacobiDrafts",
     display_name="SpecAR Jacobi Drafts",
     description="Self-drafting (speculative Jacobi decoding): the target guesses a window of future tokens and checks "
-                "them in the same forward. No extra model; lossless with the exact policy.",
+    "them in the same forward. No extra model; lossless with the exact policy.",
     inputs=(
-        Field("window", INT, "tokens fed to the target per forward: the pending one plus window-1 guesses",
-              default=16, min=2, max=64),
-        Field("initialisation", COMBO, "first guess for a new position: the token one row above (better on images) "
-              "or a random token (as in the SJD paper)", default="row_above", options=INITIALISATIONS),
+        Field(
+            "window",
+            INT,
+            "tokens fed to the target per forward: the pending one plus window-1 guesses",
+            default=16,
+            min=2,
+            max=64,
+        ),
+        Field(
+            "initialisation",
+            COMBO,
+            "first guess for a new position: the token one row above (better on images) "
+            "or a random token (as in the SJD paper)",
+            default="row_above",
+            options=INITIALISATIONS,
+        ),
         Field("coupled", BOOLEAN, "MC-SJD coupled resampling: keeps guesses stable between forwards", default=False),
     ),
     outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),
@@ -52,19 +67,37 @@ ACCEPTANCE_POLICY = NodeSpec(
     node_id="SpecARAcceptancePolicy",
     display_name="SpecAR Acceptance Policy",
     description="How drafted tokens are accepted. exact keeps the images' distribution identical to plain decoding; "
-                "relaxed policies accept more (faster) at a measured quality cost. An optional mask limits relaxation "
-                "to painted regions.",
+    "relaxed policies accept more (faster) at a measured quality cost. An optional mask limits relaxation "
+    "to painted regions.",
     inputs=(
-        Field("policy", COMBO, "exact is lossless; relaxed policies appear here as they are installed; cspd relaxes "
-              "the Gaussian test of continuous (MAR) models", default="exact", options=(*POLICIES, "cspd")),
-        Field("relaxation", FLOAT, "0 = lossless; towards 1 accepts more drafts (faster, less faithful). Recommended "
-              f"settings (docs/benchmarks.md shows what each costs): {RECOMMENDED}. Must be 0 for exact",
-              default=0.0, min=0.0, max=1.0, step=0.05, slider=True),
-        Field("expert_options", STRING, "optional native parameters of the policy, e.g. 'tv_threshold=0.5' (csd), "
-              "'neighbours=10, ratio_bound=5' (lantern, LANTERN++), 'rank_window=12' (gsd), "
-              "'max_group=8, plausible_share=0.3' (clusters), 'converged_group=32, tau_seq_at_full=0.9' (cascade), "
-              "'evidence_margin=inf' or 'ratio_bound=inf' (cascade: switch its evidence guard or ratio bound off)",
-              default=""),
+        Field(
+            "policy",
+            COMBO,
+            "exact is lossless; relaxed policies appear here as they are installed; cspd relaxes "
+            "the Gaussian test of continuous (MAR) models",
+            default="exact",
+            options=(*POLICIES, "cspd"),
+        ),
+        Field(
+            "relaxation",
+            FLOAT,
+            "0 = lossless; towards 1 accepts more drafts (faster, less faithful). Recommended "
+            f"settings (docs/benchmarks.md shows what each costs): {RECOMMENDED}. Must be 0 for exact",
+            default=0.0,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            slider=True,
+        ),
+        Field(
+            "expert_options",
+            STRING,
+            "optional native parameters of the policy, e.g. 'tv_threshold=0.5' (csd), "
+            "'neighbours=10, ratio_bound=5' (lantern, LANTERN++), 'rank_window=12' (gsd), "
+            "'max_group=8, plausible_share=0.3' (clusters), 'converged_group=32, tau_seq_at_full=0.9' (cascade), "
+            "'evidence_margin=inf' or 'ratio_bound=inf' (cascade: switch its evidence guard or ratio bound off)",
+            default="",
+        ),
         Field("mask", MASK, "where relaxation applies (white = full relaxation, black = lossless)", optional=True),
     ),
     outputs=(Output(POLICY, "policy", "an acceptance policy for the sampler"),),

@@ -61,8 +61,13 @@ class NodeInterrupted(RuntimeError):
 class LocalHost(Host):
     """A host without ComfyUI: the CPU (or a given device), given folders, and records of all it was sent."""
 
-    def __init__(self, folders: list[Path] | None = None, device: str = "cpu", node_id: str | None = "1",
-                 interrupt_after: int | None = None) -> None:
+    def __init__(
+        self,
+        folders: list[Path] | None = None,
+        device: str = "cpu",
+        node_id: str | None = "1",
+        interrupt_after: int | None = None,
+    ) -> None:
         self.folders = list(folders or [])
         self._device = torch.device(device)
         self.node_id = node_id

@@ -38,17 +38,20 @@ def load(host: Host, choice: str, dtype: str, family: str = "auto", image_size: 
     spec: str | Path = choice if choice in BUNDLED or choice in DEMO_ROLES else path or Path(choice)
     if is_continuous(spec, family):
         return load_continuous_model(spec, host.offload_device())  # type: ignore[return-value]
-    return load_model(spec, host.offload_device(), resolve_dtype(dtype, host.device()), family=family,
-                      image_size=image_size or None)
+    return load_model(
+        spec, host.offload_device(), resolve_dtype(dtype, host.device()), family=family, image_size=image_size or None
+    )
 
 
-def _load_target(host: Host, model: str, dtype: str, family: str, image_size: int,
-                 compile: bool) -> tuple[ImageTokenModel]:
+def _load_target(
+    host: Host, model: str, dtype: str, family: str, image_size: int, compile: bool
+) -> tuple[ImageTokenModel]:
     loaded = load(host, model, dtype, family, image_size)
     if compile:
         if is_continuous_model(loaded):
-            raise SettingsError("compiled forwards serve token models (LlamaGen, the demo); MAR models run eagerly: "
-                                "switch compile off")
+            raise SettingsError(
+                "compiled forwards serve token models (LlamaGen, the demo); MAR models run eagerly: switch compile off"
+            )
         loaded.set_compile(True)
     return (loaded,)
 
@@ -69,36 +72,71 @@ def head_choices(folders: list[Path]) -> list[str]:
     return [BUNDLED_HEAD, *find_models(folders)]
 
 
-def _load_tree_head(host: Host, head: str, tree: str, top_k: int, depth: int, nodes: int,
-                    branching: str, guidance: float) -> tuple[DraftRecipe]:
-    shape = TreeShape(kind=tree, top_k=top_k, depth=depth, nodes=nodes, branching=TreeShape.parse_branching(branching),
-                      guidance=guidance or None)
+def _load_tree_head(
+    host: Host, head: str, tree: str, top_k: int, depth: int, nodes: int, branching: str, guidance: float
+) -> tuple[DraftRecipe]:
+    shape = TreeShape(
+        kind=tree,
+        top_k=top_k,
+        depth=depth,
+        nodes=nodes,
+        branching=TreeShape.parse_branching(branching),
+        guidance=guidance or None,
+    )
     path = find_models(host.model_folders()).get(head)
     loaded = resolve_tree_head(head if head == BUNDLED_HEAD else path or Path(head))
     return (DraftRecipe("tree" if tree == "dynamic" else "tree-static", tree_head=loaded, tree=shape),)
 
 
-_DTYPE_FIELD = Field("dtype", COMBO, "number format of the weights: auto is bf16 on GPUs that support it, else fp32",
-                     default="auto", options=DTYPE_CHOICES)
+_DTYPE_FIELD = Field(
+    "dtype",
+    COMBO,
+    "number format of the weights: auto is bf16 on GPUs that support it, else fp32",
+    default="auto",
+    options=DTYPE_CHOICES,
+)
 
 LOAD_MODEL = NodeSpec(
     node_id="SpecARModelLoader",
     display_name="SpecAR Load Model",
     description="Loads an autoregressive image model: 'demo' is the small bundled model (no download), 'mar-demo' its "
-                "continuous-token (MAR) counterpart; other entries are files and model directories in "
-                "ComfyUI/models/specar/ (LlamaGen, Janus-Pro, Lumina-mGPT, Anole, Emu3-Gen, MAR; see the README for "
-                "each family's folder layout).",
+    "continuous-token (MAR) counterpart; other entries are files and model directories in "
+    "ComfyUI/models/specar/ (LlamaGen, Janus-Pro, Lumina-mGPT, Anole, Emu3-Gen, MAR; see the README for "
+    "each family's folder layout).",
     inputs=(
-        Field("model", COMBO, "the bundled demo, or a weights file / model directory from models/specar/",
-              default=BUNDLED_TARGET, options=target_choices),
+        Field(
+            "model",
+            COMBO,
+            "the bundled demo, or a weights file / model directory from models/specar/",
+            default=BUNDLED_TARGET,
+            options=target_choices,
+        ),
         _DTYPE_FIELD,
-        Field("family", COMBO, "the model family; auto reads it from the folder's config.json",
-              default="auto", options=("auto", *FAMILIES, "mar")),
-        Field("image_size", INT, "pixels per side for families that draw several sizes (Lumina-mGPT: multiples of 32; "
-              "Emu3: of 8); 0 takes the checkpoint's usual size", default=0, min=0, max=4096, step=16),
-        Field("compile", BOOLEAN, "run the model's forwards through torch.compile (LlamaGen and the demo; others "
-              "stay eager): each new block size compiles once on first use; whether it is faster depends on the "
-              "machine (docs/benchmarks.md); without a C compiler it stays eager with a notice", default=False),
+        Field(
+            "family",
+            COMBO,
+            "the model family; auto reads it from the folder's config.json",
+            default="auto",
+            options=("auto", *FAMILIES, "mar"),
+        ),
+        Field(
+            "image_size",
+            INT,
+            "pixels per side for families that draw several sizes (Lumina-mGPT: multiples of 32; "
+            "Emu3: of 8); 0 takes the checkpoint's usual size",
+            default=0,
+            min=0,
+            max=4096,
+            step=16,
+        ),
+        Field(
+            "compile",
+            BOOLEAN,
+            "run the model's forwards through torch.compile (LlamaGen and the demo; others "
+            "stay eager): each new block size compiles once on first use; whether it is faster depends on the "
+            "machine (docs/benchmarks.md); without a C compiler it stays eager with a notice",
+            default=False,
+        ),
     ),
     outputs=(Output(MODEL, "model", "the target model, for SpecAR Sampler and SpecAR Compare"),),
     run=_load_target,
@@ -108,20 +146,43 @@ DRAFTER_MODEL = NodeSpec(
     node_id="SpecARDrafterModel",
     display_name="SpecAR Drafter Model",
     description="Speculative decoding with a small drafter model of the same family: it proposes gamma tokens, the "
-                "target checks them all in one forward. Lossless with the exact policy. With a continuous (MAR) "
-                "target this is CSpD: the drafter runs gamma MAR steps, one target pass verifies them.",
+    "target checks them all in one forward. Lossless with the exact policy. With a continuous (MAR) "
+    "target this is CSpD: the drafter runs gamma MAR steps, one target pass verifies them.",
     inputs=(
-        Field("drafter", COMBO, "a small model with the same vocabulary and token grid as the target",
-              default=BUNDLED_DRAFTER, options=drafter_choices),
-        Field("gamma", INT, "chain: tokens the drafter proposes per target forward (MAR: draft steps per target "
-              "pass, CSpD's default 8)", default=6, min=1, max=32),
+        Field(
+            "drafter",
+            COMBO,
+            "a small model with the same vocabulary and token grid as the target",
+            default=BUNDLED_DRAFTER,
+            options=drafter_choices,
+        ),
+        Field(
+            "gamma",
+            INT,
+            "chain: tokens the drafter proposes per target forward (MAR: draft steps per target "
+            "pass, CSpD's default 8)",
+            default=6,
+            min=1,
+            max=32,
+        ),
         _DTYPE_FIELD,
-        Field("shape", COMBO, "chain: one line of gamma guesses; static tree: a tree of sampled guesses (branching), "
-              "which the cascade policy relaxes (README, tree section); auto: every few forwards this drafter or "
-              "row-above Jacobi, and the number of guesses, whichever commits the most tokens per second on this "
-              "machine (gamma and branching unused)", default="chain", options=DRAFTER_SHAPES),
-        Field("branching", STRING, "static tree: children of every node at each depth; B*N repeats B for N depths "
-              "(2,2,1*30: four paths of 32 guesses)", default=_BRANCHING),
+        Field(
+            "shape",
+            COMBO,
+            "chain: one line of gamma guesses; static tree: a tree of sampled guesses (branching), "
+            "which the cascade policy relaxes (README, tree section); auto: every few forwards this drafter or "
+            "row-above Jacobi, and the number of guesses, whichever commits the most tokens per second on this "
+            "machine (gamma and branching unused)",
+            default="chain",
+            options=DRAFTER_SHAPES,
+        ),
+        Field(
+            "branching",
+            STRING,
+            "static tree: children of every node at each depth; B*N repeats B for N depths "
+            "(2,2,1*30: four paths of 32 guesses)",
+            default=_BRANCHING,
+        ),
     ),
     outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),
     run=_load_drafter,
@@ -133,22 +194,45 @@ TREE_HEAD = NodeSpec(
     node_id="SpecARTreeHead",
     display_name="SpecAR Tree Head Drafts",
     description="An EAGLE-style head reads the target's own hidden states and drafts a whole tree of guesses, which "
-                "the target checks in one forward. dynamic grows the tree where the head is confident (EAGLE-2, "
-                "LANTERN); static always drafts the same shape with sampled children (LANTERN++). Lossless with the "
-                "exact policy; cascade (and clusters) relax it, best on a deep tree (depth 16, 80 nodes in the README).",
+    "the target checks in one forward. dynamic grows the tree where the head is confident (EAGLE-2, "
+    "LANTERN); static always drafts the same shape with sampled children (LANTERN++). Lossless with the "
+    "exact policy; cascade (and clusters) relax it, best on a deep tree (depth 16, 80 nodes in the README).",
     inputs=(
-        Field("head", COMBO, "the bundled demo head, our .safetensors head or a LANTERN drafter folder from "
-              "models/specar/", default=BUNDLED_HEAD, options=head_choices),
+        Field(
+            "head",
+            COMBO,
+            "the bundled demo head, our .safetensors head or a LANTERN drafter folder from models/specar/",
+            default=BUNDLED_HEAD,
+            options=head_choices,
+        ),
         Field("tree", COMBO, "dynamic or static tree", default="dynamic", options=TREE_KINDS),
-        Field("top_k", INT, "dynamic: children kept per node and nodes expanded per depth", default=_DYNAMIC.top_k,
-              min=1, max=32),
+        Field(
+            "top_k",
+            INT,
+            "dynamic: children kept per node and nodes expanded per depth",
+            default=_DYNAMIC.top_k,
+            min=1,
+            max=32,
+        ),
         Field("depth", INT, "dynamic: deepest guess, in tokens", default=_DYNAMIC.depth, min=1, max=16),
         Field("nodes", INT, "dynamic: guesses checked per target forward", default=_DYNAMIC.nodes, min=1, max=256),
-        Field("branching", STRING, "static: children of every node at each depth, e.g. 4,2,2,1,1,1",
-              default=",".join(map(str, _DYNAMIC.branching))),
-        Field("guidance", FLOAT, "the CFG scale the head drafts with; 0 = the sampler's. Higher makes the head's picks "
-              "more specific to the prompt (docs/benchmarks.md: measured with cascade, not a default); lossless with exact",
-              default=0.0, min=0.0, max=20.0, step=0.5),
+        Field(
+            "branching",
+            STRING,
+            "static: children of every node at each depth, e.g. 4,2,2,1,1,1",
+            default=",".join(map(str, _DYNAMIC.branching)),
+        ),
+        Field(
+            "guidance",
+            FLOAT,
+            "the CFG scale the head drafts with; 0 = the sampler's. Higher makes the head's picks "
+            "more specific to the prompt (docs/benchmarks.md: measured with cascade, not a default); lossless "
+            "with exact",
+            default=0.0,
+            min=0.0,
+            max=20.0,
+            step=0.5,
+        ),
     ),
     outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),
     run=_load_tree_head,

@@ -74,19 +74,28 @@ def on_compute_device(host: Host, model: ImageTokenModel, draft: DraftRecipe) ->
             draft.drafter.to(host.offload_device())
 
 
-def sampling_settings(model: ImageTokenModel, seed: int, cfg: float, temperature: float,
-                      top_k: int) -> SamplingSettings | ContinuousSettings:
+def sampling_settings(
+    model: ImageTokenModel, seed: int, cfg: float, temperature: float, top_k: int
+) -> SamplingSettings | ContinuousSettings:
     """The model's defaults with the node's knobs; temperature 0 means greedy decoding (discrete models;
     continuous ones need a temperature above 0 and have no top-k)."""
     if is_continuous_model(model):
         return model.default_settings.with_(cfg_scale=cfg, temperature=temperature, seed=seed)  # type: ignore[return-value]
     greedy = temperature == 0
-    return model.default_settings.with_(cfg_scale=cfg, temperature=1.0 if greedy else temperature, top_k=top_k,
-                                        greedy=greedy, seed=seed)
+    return model.default_settings.with_(
+        cfg_scale=cfg, temperature=1.0 if greedy else temperature, top_k=top_k, greedy=greedy, seed=seed
+    )
 
 
-def decode_job(host: Host, model: ImageTokenModel, prompt: str, batch: int,
-               settings: SamplingSettings | ContinuousSettings, draft: DraftRecipe, policy: PolicyRecipe) -> JobOutput:
+def decode_job(
+    host: Host,
+    model: ImageTokenModel,
+    prompt: str,
+    batch: int,
+    settings: SamplingSettings | ContinuousSettings,
+    draft: DraftRecipe,
+    policy: PolicyRecipe,
+) -> JobOutput:
     """One observed run; an interrupted run ends the node the way the host expects."""
     report = LiveReport(host, model)
     run = run_continuous_job if is_continuous_model(model) else run_job
@@ -98,17 +107,36 @@ def decode_job(host: Host, model: ImageTokenModel, prompt: str, batch: int,
     return job
 
 
-def _sample(host: Host, model: ImageTokenModel, prompt: str, seed: int, batch_size: int, cfg: float,
-            temperature: float, top_k: int, draft: DraftRecipe | None = None,
-            policy: PolicyRecipe | None = None) -> tuple[torch.Tensor, torch.Tensor, str, torch.Tensor]:
+def _sample(
+    host: Host,
+    model: ImageTokenModel,
+    prompt: str,
+    seed: int,
+    batch_size: int,
+    cfg: float,
+    temperature: float,
+    top_k: int,
+    draft: DraftRecipe | None = None,
+    policy: PolicyRecipe | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, str, torch.Tensor]:
     settings = sampling_settings(model, seed, cfg, temperature, top_k)
     draft = draft or (DraftRecipe() if is_continuous_model(model) else DraftRecipe("auto"))
     job = decode_job(host, model, prompt, batch_size, settings, draft, policy or PolicyRecipe())
     return job.images, job.heatmaps, job.summary, job.explanation
 
 
-def _compare(host: Host, model: ImageTokenModel, draft: DraftRecipe, prompt: str, seed: int, batch_size: int,
-             cfg: float, temperature: float, top_k: int, policy: PolicyRecipe | None = None) -> tuple[torch.Tensor, str]:
+def _compare(
+    host: Host,
+    model: ImageTokenModel,
+    draft: DraftRecipe,
+    prompt: str,
+    seed: int,
+    batch_size: int,
+    cfg: float,
+    temperature: float,
+    top_k: int,
+    policy: PolicyRecipe | None = None,
+) -> tuple[torch.Tensor, str]:
     settings = sampling_settings(model, seed, cfg, temperature, top_k)
     policy = policy or PolicyRecipe()
     plain = decode_job(host, model, prompt, batch_size, settings, DraftRecipe(), PolicyRecipe())
@@ -120,8 +148,10 @@ def _compare(host: Host, model: ImageTokenModel, draft: DraftRecipe, prompt: str
     method = "CSpD" if is_continuous_model(model) else draft.method
     captions = (plain_name, f"{method}: {stats['tokens_per_forward']:.2f} tok/fwd, {speedup:.2f}x", "acceptance")
     picture = comparison(_uint8(plain.images), _uint8(fast.images), _uint8(fast.heatmaps), captions)
-    summary = (f"{plain_name}: {plain.summary}\nspeculative: {fast.summary}\n"
-               f"{fewer:.2f}x fewer target forwards, {speedup:.2f}x wall-clock speed-up (same seed, same machine)")
+    summary = (
+        f"{plain_name}: {plain.summary}\nspeculative: {fast.summary}\n"
+        f"{fewer:.2f}x fewer target forwards, {speedup:.2f}x wall-clock speed-up (same seed, same machine)"
+    )
     return torch.from_numpy(np.array(picture)).float()[None] / 255.0, summary
 
 
@@ -130,39 +160,78 @@ def _uint8(images: torch.Tensor) -> torch.Tensor:
 
 
 _SAMPLING_FIELDS = (
-    Field("prompt", STRING, "what to draw: a class name (demo: e.g. 'red ring', 'blue square'), a class number, "
-          "or text for text-to-image models", default="red ring", multiline=True),
+    Field(
+        "prompt",
+        STRING,
+        "what to draw: a class name (demo: e.g. 'red ring', 'blue square'), a class number, "
+        "or text for text-to-image models",
+        default="red ring",
+        multiline=True,
+    ),
     Field("seed", INT, "same seed and settings give the same images", default=0, min=0, max=2**63 - 1, seed=True),
     Field("batch_size", INT, "images drawn together", default=4, min=1, max=256),
-    Field("cfg", FLOAT, "classifier-free guidance: higher follows the prompt more closely; 1 turns it off",
-          default=2.0, min=0.0, max=20.0, step=0.1),
-    Field("temperature", FLOAT, "randomness per token; 0 = greedy (always the likeliest token)",
-          default=1.0, min=0.0, max=5.0, step=0.05),
-    Field("top_k", INT, "sample only among the k likeliest tokens (0 = all; discrete models only)", default=100, min=0,
-          max=1_000_000),
+    Field(
+        "cfg",
+        FLOAT,
+        "classifier-free guidance: higher follows the prompt more closely; 1 turns it off",
+        default=2.0,
+        min=0.0,
+        max=20.0,
+        step=0.1,
+    ),
+    Field(
+        "temperature",
+        FLOAT,
+        "randomness per token; 0 = greedy (always the likeliest token)",
+        default=1.0,
+        min=0.0,
+        max=5.0,
+        step=0.05,
+    ),
+    Field(
+        "top_k",
+        INT,
+        "sample only among the k likeliest tokens (0 = all; discrete models only)",
+        default=100,
+        min=0,
+        max=1_000_000,
+    ),
 )
 
 SAMPLER = NodeSpec(
     node_id="SpecARSampler",
     display_name="SpecAR Sampler",
     description="Draws images with speculative decoding and shows live, per token, which tokens came from accepted "
-                "drafts. Without a draft input it drafts by itself (auto: row-above Jacobi guesses, as many per "
-                "forward as pay on this machine; plain decoding where none pay); continuous (MAR) models decode plainly.",
+    "drafts. Without a draft input it drafts by itself (auto: row-above Jacobi guesses, as many per "
+    "forward as pay on this machine; plain decoding where none pay); continuous (MAR) models decode plainly.",
     inputs=(
         Field("model", MODEL, "from SpecAR Load Model"),
         *_SAMPLING_FIELDS,
-        Field("draft", DRAFT, "from SpecAR Jacobi Drafts, SpecAR Drafter Model or SpecAR Tree Head Drafts "
-              "(none: auto, self-drafting by measured cost)", optional=True),
+        Field(
+            "draft",
+            DRAFT,
+            "from SpecAR Jacobi Drafts, SpecAR Drafter Model or SpecAR Tree Head Drafts "
+            "(none: auto, self-drafting by measured cost)",
+            optional=True,
+        ),
         Field("policy", POLICY, "from SpecAR Acceptance Policy (none: exact, lossless)", optional=True),
     ),
     outputs=(
         Output(IMAGE, "images", "the generated images"),
-        Output(IMAGE, "heatmap", "per token: grey = target only, green = accepted draft (brighter = longer run), "
-                                 "red = corrected, amber = bonus"),
+        Output(
+            IMAGE,
+            "heatmap",
+            "per token: grey = target only, green = accepted draft (brighter = longer run), "
+            "red = corrected, amber = bonus",
+        ),
         Output(STRING, "stats", "target forwards, tokens per forward, acceptance, seconds"),
-        Output(IMAGE, "why_accepted", "the first 8 images, each with its heatmap and a map per quantity the relaxed "
-                                      "policy decided on (csd: entropy, TV; lantern: neighbour mass; gsd: group size; clusters: group mass); "
-                                      "dark = low"),
+        Output(
+            IMAGE,
+            "why_accepted",
+            "the first 8 images, each with its heatmap and a map per quantity the relaxed "
+            "policy decided on (csd: entropy, TV; lantern: neighbour mass; gsd: group size; clusters: group mass); "
+            "dark = low",
+        ),
     ),
     run=_sample,
     needs_node_id=True,
@@ -172,7 +241,7 @@ COMPARE = NodeSpec(
     node_id="SpecARCompare",
     display_name="SpecAR Compare",
     description="Runs plain AR and the speculative setting on the same seed, one after the other on this machine, "
-                "and shows both with the measured speed-up and tokens per forward.",
+    "and shows both with the measured speed-up and tokens per forward.",
     inputs=(
         Field("model", MODEL, "from SpecAR Load Model"),
         Field("draft", DRAFT, "the speculative setting to compare with plain decoding"),

@@ -16,7 +16,9 @@ PACK_NAME = "specar_pack"
 def load_pack() -> ModuleType:
     if PACK_NAME in sys.modules:
         return sys.modules[PACK_NAME]
-    spec = importlib.util.spec_from_file_location(PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)])
+    spec = importlib.util.spec_from_file_location(
+        PACK_NAME, ROOT / "__init__.py", submodule_search_locations=[str(ROOT)]
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACK_NAME] = module

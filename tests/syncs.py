@@ -21,10 +21,20 @@ from torch.utils._pytree import tree_leaves
 
 aten = torch.ops.aten
 # operations whose results live on the device in a GPU run: the model's arithmetic and random draws
-SOURCES = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.embedding.default,
-           aten._scaled_dot_product_flash_attention_for_cpu.default, aten.rand.default, aten.uniform_.default,
-           aten.normal_.default, aten.exponential_.default, aten.multinomial.default, aten.randint.low,
-           aten.randn.default}
+SOURCES = {
+    aten.mm.default,
+    aten.addmm.default,
+    aten.bmm.default,
+    aten.embedding.default,
+    aten._scaled_dot_product_flash_attention_for_cpu.default,
+    aten.rand.default,
+    aten.uniform_.default,
+    aten.normal_.default,
+    aten.exponential_.default,
+    aten.multinomial.default,
+    aten.randint.low,
+    aten.randn.default,
+}
 READS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.equal.default}
 HOST_METHODS = ("tolist", "numpy", "cpu")
 
@@ -77,8 +87,9 @@ class DeviceReadCounter(TorchDispatchMode):
             original = getattr(torch.Tensor, name)
             self._saved[name] = original
 
-            def counted(tensor: torch.Tensor, *a: Any, _original: Callable[..., Any] = original, _name: str = name,
-                        **k: Any) -> Any:
+            def counted(
+                tensor: torch.Tensor, *a: Any, _original: Callable[..., Any] = original, _name: str = name, **k: Any
+            ) -> Any:
                 if not self._is_device(tensor):
                     return _original(tensor, *a, **k)
                 self._count(_name)

@@ -83,5 +83,14 @@ def _state(model: LlamaGenModel) -> DecodeState:
     settings = SamplingSettings(cfg_scale=2.0, seed=0)
     out = model.prefill(cond, guided=True)
     tokens = torch.zeros(1, model.num_image_tokens + 1, dtype=torch.long)
-    return DecodeState(model, cond, True, DistributionProcessor(settings), make_generator(0, model.device), tokens,
-                       torch.ones(1, dtype=torch.long), model.num_image_tokens - 2, out.hidden)
+    return DecodeState(
+        model,
+        cond,
+        True,
+        DistributionProcessor(settings),
+        make_generator(0, model.device),
+        tokens,
+        torch.ones(1, dtype=torch.long),
+        model.num_image_tokens - 2,
+        out.hidden,
+    )

@@ -83,11 +83,16 @@ def lumina(dirs: dict[str, Path]) -> ChameleonImageModel:
 
 
 @pytest.mark.parametrize("source", list(SOURCES))
-def test_lumina_greedy_equals_its_sequential_recipe(lumina: ChameleonImageModel, dirs: dict[str, Path],
-                                                    reference_model: torch.nn.Module, source: str) -> None:
+def test_lumina_greedy_equals_its_sequential_recipe(
+    lumina: ChameleonImageModel, dirs: dict[str, Path], reference_model: torch.nn.Module, source: str
+) -> None:
     drafter = load_model(dirs["drafter"], device="cpu", dtype="fp32")
-    result = generate(lumina, Conditioning(prompts=PROMPTS), SamplingSettings(cfg_scale=4.0, greedy=True),
-                      draft=SOURCES[source](drafter))
+    result = generate(
+        lumina,
+        Conditioning(prompts=PROMPTS),
+        SamplingSettings(cfg_scale=4.0, greedy=True),
+        draft=SOURCES[source](drafter),
+    )
     assert lumina.grid == (8, 8)
     for row, prompt in enumerate(PROMPTS):
         assert torch.equal(result.tokens[row], _reference_greedy(reference_model, lumina, prompt, 4.0)), prompt
@@ -101,28 +106,39 @@ def test_lumina_prompt_and_structure(lumina: ChameleonImageModel) -> None:
     vocab = lumina.chameleon.config.vocabulary_map
     assert ids[0] == lumina.bos_id
     # ... prompt, end of turn, <racm3:break>, then the size in 32-px units for height and width
-    assert ids[-4:] == [vocab["<reserved08706>"], vocab["<racm3:break>"], vocab["<reserved08804>"], vocab["<reserved08804>"]]
+    assert ids[-4:] == [
+        vocab["<reserved08706>"],
+        vocab["<racm3:break>"],
+        vocab["<reserved08804>"],
+        vocab["<reserved08804>"],
+    ]
     words = lumina.tokenizer.decode(ids[1:-4]).split()
     assert words[:3] == ["Generate", "an", "image"] and words[-3:] == ["a", "red", "cat"]
     assert lumina.prefix_rows(Conditioning(prompts=("x",)), guided=True)[1] == ids[-3:]
 
 
 @pytest.mark.parametrize("source", ["ar", "jacobi"])
-def test_anole_greedy_equals_its_sequential_recipe(dirs: dict[str, Path], reference_model: torch.nn.Module,
-                                                   source: str) -> None:
+def test_anole_greedy_equals_its_sequential_recipe(
+    dirs: dict[str, Path], reference_model: torch.nn.Module, source: str
+) -> None:
     anole = load_model(dirs["stock"], device="cpu", dtype="fp32", image_size=128)
     assert isinstance(anole, ChameleonImageModel) and anole.syntax.family == "anole" and anole.layout is None
     vocab = anole.chameleon.config.vocabulary_map
     cond_row, uncond_row = anole.prefix_rows(Conditioning(prompts=PROMPTS[:1]), guided=True)
     assert uncond_row == [anole.bos_id, vocab["<racm3:break>"]]  # GAIR's and LANTERN's unconditional context
     assert cond_row[-2:] == [vocab["<reserved08706>"], vocab["<racm3:break>"]] and cond_row[0] == anole.bos_id
-    result = generate(anole, Conditioning(prompts=PROMPTS[:1]), SamplingSettings(cfg_scale=3.0, greedy=True),
-                      draft=SOURCES[source](None))
+    result = generate(
+        anole,
+        Conditioning(prompts=PROMPTS[:1]),
+        SamplingSettings(cfg_scale=3.0, greedy=True),
+        draft=SOURCES[source](None),
+    )
     assert torch.equal(result.tokens[0], _reference_greedy(reference_model, anole, PROMPTS[0], 3.0))
 
 
-def test_lumina_checkpoint_rules(dirs: dict[str, Path], lumina: ChameleonImageModel,
-                                 reference_model: torch.nn.Module) -> None:
+def test_lumina_checkpoint_rules(
+    dirs: dict[str, Path], lumina: ChameleonImageModel, reference_model: torch.nn.Module
+) -> None:
     """q/k norms were stored [1, head_dim] and come back repeated over heads; the image head is
     the lm_head rows of the image tokens in code order."""
     q_norm = lumina.chameleon.model.layers[0].self_attn.q_norm.weight
@@ -183,6 +199,10 @@ def test_tree_block_across_a_row_end_equals_its_branches(lumina: ChameleonImageM
 def test_self_drafter_accepts_everything_across_row_ends(lumina: ChameleonImageModel, dirs: dict[str, Path]) -> None:
     """The drafter's own cache steps one token per forward across newlines and rolls back."""
     twin = load_model(dirs["lumina"], device="cpu", dtype="fp32")
-    result = generate(lumina, Conditioning(prompts=PROMPTS), SamplingSettings(cfg_scale=4.0, greedy=True),
-                      draft=DrafterModelDrafts(twin, gamma=5))
+    result = generate(
+        lumina,
+        Conditioning(prompts=PROMPTS),
+        SamplingSettings(cfg_scale=4.0, greedy=True),
+        draft=DrafterModelDrafts(twin, gamma=5),
+    )
     assert result.acceptance_rate == 1.0

@@ -15,9 +15,16 @@ from specar.errors import CheckpointError
 from specar.models.chameleon_vqgan import load_chameleon_vqgan
 
 
-def _reference_decode(state: dict[str, torch.Tensor], codes: torch.Tensor, side: int, levels: int,
-                      blocks: int, attention_levels: tuple[int, ...]) -> torch.Tensor:
+def _reference_decode(
+    state: dict[str, torch.Tensor],
+    codes: torch.Tensor,
+    side: int,
+    levels: int,
+    blocks: int,
+    attention_levels: tuple[int, ...],
+) -> torch.Tensor:
     """taming's Decoder written out with functional ops, straight from the state dict."""
+
     def conv(x, name, pad):  # type: ignore[no-untyped-def]
         return F.conv2d(x, state[f"{name}.weight"], state[f"{name}.bias"], padding=pad)
 
@@ -34,7 +41,7 @@ def _reference_decode(state: dict[str, torch.Tensor], codes: torch.Tensor, side:
         b, c, hh, ww = x.shape
         h = norm(x, f"{name}.norm")
         q, k, v = (conv(h, f"{name}.{p}", 0).reshape(b, c, hh * ww) for p in "qkv")
-        weights = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / c ** 0.5, dim=-1)
+        weights = torch.softmax(torch.einsum("bci,bcj->bij", q, k) / c**0.5, dim=-1)
         out = torch.einsum("bij,bcj->bci", weights, v).reshape(b, c, hh, ww)
         return x + conv(out, f"{name}.proj_out", 0)
 
@@ -54,8 +61,10 @@ def _reference_decode(state: dict[str, torch.Tensor], codes: torch.Tensor, side:
 def test_decoder_matches_the_taming_reference_from_ckpt_and_safetensors(tmp_path: Path) -> None:
     ckpt = save_tiny_vqgan(tmp_path)
     state = tiny_vqgan_state()
-    save_file({k: v for k, v in state.items() if k.startswith(("decoder.", "quantize.", "post_quant"))},
-              str(tmp_path / "vqgan.safetensors"))
+    save_file(
+        {k: v for k, v in state.items() if k.startswith(("decoder.", "quantize.", "post_quant"))},
+        str(tmp_path / "vqgan.safetensors"),
+    )
     codes = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(3))
     expected = _reference_decode(state, codes, 4, levels=2, blocks=1, attention_levels=(1,))
     for path in (ckpt, tmp_path / "vqgan.safetensors"):

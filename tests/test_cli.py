@@ -13,8 +13,15 @@ import torch
 from PIL import Image
 
 from specar import cli
-from specar.heatmap import (COLOR_ACCEPTED_LONG, COLOR_ACCEPTED_SHORT, COLOR_NOT_COMMITTED, COLOR_PLAIN,
-                            acceptance_heatmap, run_lengths, side_by_side)
+from specar.heatmap import (
+    COLOR_ACCEPTED_LONG,
+    COLOR_ACCEPTED_SHORT,
+    COLOR_NOT_COMMITTED,
+    COLOR_PLAIN,
+    acceptance_heatmap,
+    run_lengths,
+    side_by_side,
+)
 from specar.drafts.tree_head import save_tree_head
 from specar.models.vq16 import VQ16Config, VQ16Decoder
 from specar.progress import ProgressBar
@@ -53,14 +60,27 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def _generate(dirs: dict[str, Path], out: Path, *extra: str) -> tuple[int, dict]:
     stats = out / "stats.json"
-    code = cli.main(["generate", "--model", str(dirs["model"]), "--out", str(out / "img.png"),
-                     "--stats", str(stats), *FAST, *extra])
+    code = cli.main(
+        ["generate", "--model", str(dirs["model"]), "--out", str(out / "img.png"), "--stats", str(stats), *FAST, *extra]
+    )
     return code, json.loads(stats.read_text()) if stats.exists() else {}
 
 
 def test_generate_writes_image_heatmap_and_stats(dirs: dict[str, Path], tmp_path: Path) -> None:
-    code, stats = _generate(dirs, tmp_path, "--draft", "jacobi", "--class-id", "3", "--seed", "5",
-                            "--heatmap", str(tmp_path / "heat.png"), "--compare", str(tmp_path / "both.png"))
+    code, stats = _generate(
+        dirs,
+        tmp_path,
+        "--draft",
+        "jacobi",
+        "--class-id",
+        "3",
+        "--seed",
+        "5",
+        "--heatmap",
+        str(tmp_path / "heat.png"),
+        "--compare",
+        str(tmp_path / "both.png"),
+    )
     assert code == 0
     assert Image.open(tmp_path / "img.png").size == (IMAGE_SIDE, IMAGE_SIDE)
     assert Image.open(tmp_path / "heat.png").size == (IMAGE_SIDE, IMAGE_SIDE)
@@ -77,7 +97,9 @@ def test_generate_writes_image_heatmap_and_stats(dirs: dict[str, Path], tmp_path
 
 def test_greedy_jacobi_equals_plain_decoding(dirs: dict[str, Path], tmp_path: Path) -> None:
     args = ("--greedy", "--class-id", "1", "2")
-    _, jacobi = _generate(dirs, tmp_path / "jacobi", *args, "--draft", "jacobi", "--jacobi-init", "row_above", "--coupling")
+    _, jacobi = _generate(
+        dirs, tmp_path / "jacobi", *args, "--draft", "jacobi", "--jacobi-init", "row_above", "--coupling"
+    )
     _, plain = _generate(dirs, tmp_path / "plain", *args, "--draft", "none")
     assert plain["method"] == "ar" and jacobi["method"] == "mcsjd-row"
     assert jacobi["tokens"] == plain["tokens"]
@@ -87,28 +109,81 @@ def test_greedy_jacobi_equals_plain_decoding(dirs: dict[str, Path], tmp_path: Pa
 def test_greedy_tree_drafts_equal_plain_decoding(dirs: dict[str, Path], tmp_path: Path) -> None:
     args = ("--greedy", "--class-id", "1", "2", "--tree-head", str(dirs["head"]))
     _, plain = _generate(dirs, tmp_path / "plain", "--greedy", "--class-id", "1", "2", "--draft", "none")
-    _, dynamic = _generate(dirs, tmp_path / "dynamic", *args, "--draft", "tree", "--tree-top-k", "3",
-                           "--tree-depth", "4", "--tree-nodes", "9")
+    _, dynamic = _generate(
+        dirs,
+        tmp_path / "dynamic",
+        *args,
+        "--draft",
+        "tree",
+        "--tree-top-k",
+        "3",
+        "--tree-depth",
+        "4",
+        "--tree-nodes",
+        "9",
+    )
     _, static = _generate(dirs, tmp_path / "static", *args, "--draft", "tree-static", "--tree-branching", "3,2,1")
     assert dynamic["tokens"] == plain["tokens"] == static["tokens"]
     assert dynamic["method"] == "tree" and dynamic["method_options"]["nodes"] == 9
     assert static["method_options"]["branching"] == [3, 2, 1] and static["drafter_forwards"] > 0
-    code, cascade = _generate(dirs, tmp_path / "cascade", "--class-id", "1", "--tree-head", str(dirs["head"]),
-                              "--draft", "tree", "--policy", "cascade", "--relax", "0.5")
+    code, cascade = _generate(
+        dirs,
+        tmp_path / "cascade",
+        "--class-id",
+        "1",
+        "--tree-head",
+        str(dirs["head"]),
+        "--draft",
+        "tree",
+        "--policy",
+        "cascade",
+        "--relax",
+        "0.5",
+    )
     assert code == 0 and cascade["policy"] == "cascade" and cascade["relaxation"] == 0.5
 
 
-def test_drafter_trees_equal_plain_decoding_and_take_cascade(dirs: dict[str, Path], tmp_path: Path,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_drafter_trees_equal_plain_decoding_and_take_cascade(
+    dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     _, plain = _generate(dirs, tmp_path / "plain", "--greedy", "--class-id", "1", "2", "--draft", "none")
-    code, tree = _generate(dirs, tmp_path / "tree", "--greedy", "--class-id", "1", "2", "--drafter", str(dirs["drafter"]),
-                           "--draft", "drafter-tree", "--tree-branching", "2,2,1*3")
+    code, tree = _generate(
+        dirs,
+        tmp_path / "tree",
+        "--greedy",
+        "--class-id",
+        "1",
+        "2",
+        "--drafter",
+        str(dirs["drafter"]),
+        "--draft",
+        "drafter-tree",
+        "--tree-branching",
+        "2,2,1*3",
+    )
     assert code == 0 and tree["tokens"] == plain["tokens"] and tree["method"] == "drafter-tree"
     assert tree["method_options"] == {"branching": [2, 2, 1, 1, 1]} and tree["drafter_forwards"] > 0
     out = tmp_path / "bench.json"
-    code = cli.main(["bench", "--model", str(dirs["model"]), "--drafter", str(dirs["drafter"]), "--methods",
-                     "drafter-tree,drafter-tree:cascade=1", "--tree-branching", "2,1*4", "--images", "2", "--batch", "2",
-                     "--json", str(out), *FAST])
+    code = cli.main(
+        [
+            "bench",
+            "--model",
+            str(dirs["model"]),
+            "--drafter",
+            str(dirs["drafter"]),
+            "--methods",
+            "drafter-tree,drafter-tree:cascade=1",
+            "--tree-branching",
+            "2,1*4",
+            "--images",
+            "2",
+            "--batch",
+            "2",
+            "--json",
+            str(out),
+            *FAST,
+        ]
+    )
     assert code == 0 and "drafter-tree:cascade=1" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     assert [r["method"] for r in rows] == ["ar", "drafter-tree", "drafter-tree:cascade=1"]
@@ -127,8 +202,9 @@ def test_generate_drafts_automatically_by_default(dirs: dict[str, Path], tmp_pat
     assert stats["draft_choices"].startswith("auto chose") and "target forward" in stats["draft_choices"]
 
 
-def test_ctrl_c_keeps_the_tokens_decoded_so_far(dirs: dict[str, Path], tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ctrl_c_keeps_the_tokens_decoded_so_far(
+    dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def press_ctrl_c(self: ProgressBar, event) -> None:  # type: ignore[no-untyped-def]
         if event.target_forwards == 3:
             signal.raise_signal(signal.SIGINT)
@@ -139,19 +215,38 @@ def test_ctrl_c_keeps_the_tokens_decoded_so_far(dirs: dict[str, Path], tmp_path:
     assert code == cli.EXIT_INTERRUPTED
     assert stats["finished"] is False and stats["target_forwards"] == 3
     heat = Image.open(tmp_path / "heat.png")
-    assert heat.getpixel((0, 0)) == COLOR_PLAIN and heat.getpixel((IMAGE_SIDE - 1, IMAGE_SIDE - 1)) == COLOR_NOT_COMMITTED
+    assert (
+        heat.getpixel((0, 0)) == COLOR_PLAIN and heat.getpixel((IMAGE_SIDE - 1, IMAGE_SIDE - 1)) == COLOR_NOT_COMMITTED
+    )
     assert Image.open(tmp_path / "img.png").getpixel((IMAGE_SIDE - 1, IMAGE_SIDE - 1)) == (0, 0, 0)
     assert signal.getsignal(signal.SIGINT) is handler
 
 
-def test_bench_prints_a_row_per_method_and_writes_json(dirs: dict[str, Path], tmp_path: Path,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_prints_a_row_per_method_and_writes_json(
+    dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "bench.json"
-    code = cli.main(["bench", "--model", str(dirs["model"]), "--drafter", str(dirs["drafter"]),
-                     "--methods", "jacobi-row,mcsjd,drafter", "--images", "2", "--batch", "2", "--json", str(out), *FAST])
+    code = cli.main(
+        [
+            "bench",
+            "--model",
+            str(dirs["model"]),
+            "--drafter",
+            str(dirs["drafter"]),
+            "--methods",
+            "jacobi-row,mcsjd,drafter",
+            "--images",
+            "2",
+            "--batch",
+            "2",
+            "--json",
+            str(out),
+            *FAST,
+        ]
+    )
     assert code == 0
     lines = capsys.readouterr().out.splitlines()
-    table = lines[lines.index("") + 1:]
+    table = lines[lines.index("") + 1 :]
     assert table[0].split()[:3] == ["method", "images", "fwd/img"]
     assert [line.split()[0] for line in table[1:]] == ["ar", "jacobi-row", "mcsjd", "drafter"]
     assert "counted per image" in "\n".join(lines)
@@ -172,9 +267,31 @@ def test_bench_records_which_tree_head_drafted(dirs: dict[str, Path], tmp_path: 
     records = []
     for head in (dirs["head"], other):
         out = tmp_path / f"{head.stem}.json"
-        assert cli.main(["bench", "--model", str(dirs["model"]), "--methods", "tree", "--tree-head", str(head),
-                         "--tree-depth", "3", "--tree-nodes", "6", "--images", "1", "--batch", "1",
-                         "--json", str(out), *FAST]) == 0
+        assert (
+            cli.main(
+                [
+                    "bench",
+                    "--model",
+                    str(dirs["model"]),
+                    "--methods",
+                    "tree",
+                    "--tree-head",
+                    str(head),
+                    "--tree-depth",
+                    "3",
+                    "--tree-nodes",
+                    "6",
+                    "--images",
+                    "1",
+                    "--batch",
+                    "1",
+                    "--json",
+                    str(out),
+                    *FAST,
+                ]
+            )
+            == 0
+        )
         record = json.loads(out.read_text())["options"]
         assert record["tree_head"] == head_fingerprint(load_tree_head(head))
         records.append(record)
@@ -185,28 +302,72 @@ def test_bench_records_which_tree_head_drafted(dirs: dict[str, Path], tmp_path: 
     assert pareto._source_label("tree", guided).endswith("n6, guidance 4")
 
 
-@pytest.mark.parametrize("args, message", [
-    (["generate", "--model", "/no/such/model", "--out", "x.png"], "not found"),
-    (["generate", "--model", "{model}", "--out", "x.png", "--class-id", "99"], "class id 99"),
-    (["generate", "--model", "{model}", "--out", "x.png", "--drafter", "{bad_drafter}"], "vocabulary 32"),
-    (["generate", "--model", "{model}", "--out", "x.png", "--draft", "model"], "--drafter"),
-    (["generate", "--model", "{model}", "--out", "x.png", "--draft", "drafter-tree", "--drafter", "{bad_drafter}"],
-     "vocabulary 32"),
-    (["generate", "--model", "{model}", "--out", "x.png", "--draft", "drafter-tree", "--drafter", "{drafter}",
-      "--tree-branching", "2,1*x"], "branching"),
-    (["generate", "--model", "{model}", "--out", "x.png", "--prompt", "a dog"], "--class-id"),
-    (["generate", "--model", "{model}", "--out", "x.png", "--class-id", "1", "2", "--batch", "3"], "--batch 3"),
-    (["generate", "--model", "{model}", "--out", "x.png", "--window", "0"], "--window"),
-    (["bench", "--model", "{model}", "--methods", "jacobi,fast"], "'fast'"),
-    (["bench", "--model", "{model}", "--methods", "drafter"], "--drafter"),
-    (["generate", "--model", "{model}", "--out", "x.png", "--policy", "cascade"], "siblings of a draft tree"),
-    (["generate", "--model", "{model}", "--out", "x.png", "--draft", "tree"], "needs a tree head"),
-    (["generate", "--model", "{model}", "--out", "x.png", "--tree-head", "{head}"], "--draft tree"),
-    (["generate", "--model", "{model}", "--out", "x.png", "--draft", "tree-static", "--tree-head", "{head}",
-      "--tree-branching", "2,0"], "branching"),
-])
-def test_bad_input_exits_2_naming_the_problem(dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                              args: list[str], message: str) -> None:
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["generate", "--model", "/no/such/model", "--out", "x.png"], "not found"),
+        (["generate", "--model", "{model}", "--out", "x.png", "--class-id", "99"], "class id 99"),
+        (["generate", "--model", "{model}", "--out", "x.png", "--drafter", "{bad_drafter}"], "vocabulary 32"),
+        (["generate", "--model", "{model}", "--out", "x.png", "--draft", "model"], "--drafter"),
+        (
+            [
+                "generate",
+                "--model",
+                "{model}",
+                "--out",
+                "x.png",
+                "--draft",
+                "drafter-tree",
+                "--drafter",
+                "{bad_drafter}",
+            ],
+            "vocabulary 32",
+        ),
+        (
+            [
+                "generate",
+                "--model",
+                "{model}",
+                "--out",
+                "x.png",
+                "--draft",
+                "drafter-tree",
+                "--drafter",
+                "{drafter}",
+                "--tree-branching",
+                "2,1*x",
+            ],
+            "branching",
+        ),
+        (["generate", "--model", "{model}", "--out", "x.png", "--prompt", "a dog"], "--class-id"),
+        (["generate", "--model", "{model}", "--out", "x.png", "--class-id", "1", "2", "--batch", "3"], "--batch 3"),
+        (["generate", "--model", "{model}", "--out", "x.png", "--window", "0"], "--window"),
+        (["bench", "--model", "{model}", "--methods", "jacobi,fast"], "'fast'"),
+        (["bench", "--model", "{model}", "--methods", "drafter"], "--drafter"),
+        (["generate", "--model", "{model}", "--out", "x.png", "--policy", "cascade"], "siblings of a draft tree"),
+        (["generate", "--model", "{model}", "--out", "x.png", "--draft", "tree"], "needs a tree head"),
+        (["generate", "--model", "{model}", "--out", "x.png", "--tree-head", "{head}"], "--draft tree"),
+        (
+            [
+                "generate",
+                "--model",
+                "{model}",
+                "--out",
+                "x.png",
+                "--draft",
+                "tree-static",
+                "--tree-head",
+                "{head}",
+                "--tree-branching",
+                "2,0",
+            ],
+            "branching",
+        ),
+    ],
+)
+def test_bad_input_exits_2_naming_the_problem(
+    dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
     argv = [a.format(**{k: str(v) for k, v in dirs.items()}) for a in args]
     argv = [str(tmp_path / a) if a == "x.png" else a for a in argv]
     assert cli.main(argv) == 2
@@ -226,10 +387,18 @@ def test_prompt_picks_a_class_by_name() -> None:
 
 def _result(kinds: list[int], forward_index: list[int]) -> GenerationResult:
     n = len(kinds)
-    return GenerationResult(tokens=torch.zeros(1, n, dtype=torch.long), kinds=torch.tensor([kinds], dtype=torch.int8),
-                            forward_index=torch.tensor([forward_index], dtype=torch.int32),
-                            committed=torch.tensor([sum(k >= 0 for k in kinds)]), target_forwards=max(forward_index) + 1,
-                            drafter_forwards=0, drafted=0, accepted=0, wall_seconds=1.0, model_seconds=0.5)
+    return GenerationResult(
+        tokens=torch.zeros(1, n, dtype=torch.long),
+        kinds=torch.tensor([kinds], dtype=torch.int8),
+        forward_index=torch.tensor([forward_index], dtype=torch.int32),
+        committed=torch.tensor([sum(k >= 0 for k in kinds)]),
+        target_forwards=max(forward_index) + 1,
+        drafter_forwards=0,
+        drafted=0,
+        accepted=0,
+        wall_seconds=1.0,
+        model_seconds=0.5,
+    )
 
 
 def test_heatmap_colours_cells_by_how_they_were_committed() -> None:
@@ -250,7 +419,9 @@ def test_heatmap_colours_cells_by_how_they_were_committed() -> None:
 
 
 def test_python_m_engine_help_runs() -> None:
-    done = subprocess.run([sys.executable, "-m", "specar", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "specar", "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0
     assert "generate" in done.stdout and "bench" in done.stdout
 
@@ -261,8 +432,21 @@ def test_forward_bench_times_every_block_shape(tmp_path: Path) -> None:
 
     assert len(sixty_node_tree()) == 60
     table = tmp_path / "times.md"
-    code = cli.main(["forward-bench", "--models", "tiny-janus,tiny-llamagen", "--device", "cpu", "--repeats", "2",
-                     "--context", "40", "--table", str(table)])
+    code = cli.main(
+        [
+            "forward-bench",
+            "--models",
+            "tiny-janus,tiny-llamagen",
+            "--device",
+            "cpu",
+            "--repeats",
+            "2",
+            "--context",
+            "40",
+            "--table",
+            str(table),
+        ]
+    )
     lines = table.read_text().splitlines()
     assert code == 0 and len(lines) == 4 and "tree-60" in lines[0]
     assert lines[2].startswith("| tiny-janus | cpu | float32 | ") and "(1.00x)" in lines[2]
@@ -276,20 +460,51 @@ def test_forward_bench_projects_a_benchmark(tmp_path: Path) -> None:
     times = ForwardTimes("m", "cpu", "float32", 40, {"k=1": 10.0, "k=4": 12.0, "k=16": 20.0, "tree-60": 60.0})
     assert relative_cost(times, 1) == 1.0 and relative_cost(times, 10) == pytest.approx(1.6)
     assert relative_cost(times, 61) == 6.0 and relative_cost(times, 106) == pytest.approx(10.0)
-    jacobi = {"method": "jacobi-row", "tokens_per_forward": 4.0, "tokens_per_verify": 16.0, "drafter_forwards_per_call": 0.0}
+    jacobi = {
+        "method": "jacobi-row",
+        "tokens_per_forward": 4.0,
+        "tokens_per_verify": 16.0,
+        "drafter_forwards_per_call": 0.0,
+    }
     assert projected_speedup(jacobi, times, None) == pytest.approx(2.0)
-    drafter = {"method": "drafter", "tokens_per_forward": 3.0, "tokens_per_verify": 4.0, "drafter_forwards_per_call": 300.0,
-               "target_forwards_per_image": 100.0, "images": 2, "calls": 2}
+    drafter = {
+        "method": "drafter",
+        "tokens_per_forward": 3.0,
+        "tokens_per_verify": 4.0,
+        "drafter_forwards_per_call": 300.0,
+        "target_forwards_per_image": 100.0,
+        "images": 2,
+        "calls": 2,
+    }
     assert projected_speedup(drafter, times, None) is None
     small = ForwardTimes("d", "cpu", "float32", 40, {"k=1": 2.0, "k=4": 2.0, "k=16": 3.0, "tree-60": 5.0})
     assert projected_speedup(drafter, times, small) == pytest.approx(3.0 / (1.2 + 3 * 0.2))
 
     bench = tmp_path / "bench.json"
-    assert cli.main(["bench", "--model", "demo", "--images", "1", "--methods", "jacobi-row", "--json", str(bench),
-                     "--quiet"]) == 0
+    assert (
+        cli.main(
+            ["bench", "--model", "demo", "--images", "1", "--methods", "jacobi-row", "--json", str(bench), "--quiet"]
+        )
+        == 0
+    )
     table = tmp_path / "projection.md"
-    code = cli.main(["forward-bench", "--models", "tiny-llamagen", "--device", "cpu", "--repeats", "1", "--context", "40",
-                     "--project", str(bench), "--table", str(table)])
+    code = cli.main(
+        [
+            "forward-bench",
+            "--models",
+            "tiny-llamagen",
+            "--device",
+            "cpu",
+            "--repeats",
+            "1",
+            "--context",
+            "40",
+            "--project",
+            str(bench),
+            "--table",
+            str(table),
+        ]
+    )
     text = table.read_text()
     assert code == 0 and "Projected wall-clock speed-up" in text
     row = next(line for line in text.splitlines() if line.startswith("| jacobi-row |"))
@@ -299,9 +514,17 @@ def test_forward_bench_projects_a_benchmark(tmp_path: Path) -> None:
 def test_installed_under_the_name_specar_only(tmp_path: Path) -> None:
     """The package folder is engine/, but it installs as ``specar``: nothing named ``engine`` is importable
     from outside the repository (a name that would collide in a shared ComfyUI environment)."""
-    found = subprocess.run([sys.executable, "-c", "import specar, importlib.util as u; "
-                            "print(specar.generate.__module__, u.find_spec('engine') is None)"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    found = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import specar, importlib.util as u; print(specar.generate.__module__, u.find_spec('engine') is None)",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert found.returncode == 0, found.stderr
     assert found.stdout.split() == ["specar.loop", "True"]
 
@@ -309,17 +532,27 @@ def test_installed_under_the_name_specar_only(tmp_path: Path) -> None:
 def test_the_product_never_imports_the_benchmarks(tmp_path: Path) -> None:
     """Sampling (the loop, the host session, every draft source and policy, the models) runs without
     the benchmark and statistics modules, which only the CLI's lab commands and the tests load."""
-    lab = ["specar.bench", "specar.pareto", "specar.pooled", "specar.fidelity", "specar.forward_bench",
-           "specar.continuous.bench", "specar.demo.evaluator"]
-    code = ("import sys, specar, specar.session, specar.continuous.session, specar.drafts, specar.policies; "
-            f"print([name for name in {lab!r} if name in sys.modules])")
+    lab = [
+        "specar.bench",
+        "specar.pareto",
+        "specar.pooled",
+        "specar.fidelity",
+        "specar.forward_bench",
+        "specar.continuous.bench",
+        "specar.demo.evaluator",
+    ]
+    code = (
+        "import sys, specar, specar.session, specar.continuous.session, specar.drafts, specar.policies; "
+        f"print([name for name in {lab!r} if name in sys.modules])"
+    )
     found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "[]"
 
 
-def test_a_bench_stopped_part_way_keeps_the_finished_rows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_bench_stopped_part_way_keeps_the_finished_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Ctrl-C (or an error) in the third image: the two images every method finished are printed and
     written, marked as stopped, and the run exits as interrupted."""
     from specar import bench
@@ -334,8 +567,22 @@ def test_a_bench_stopped_part_way_keeps_the_finished_rows(tmp_path: Path, monkey
 
     monkeypatch.setattr(bench, "run_call", call_then_stop)
     out = tmp_path / "partial.json"
-    code = cli.main(["bench", "--model", "demo", "--methods", "jacobi-row", "--images", "4", "--batch", "1",
-                     "--json", str(out), "--quiet"])
+    code = cli.main(
+        [
+            "bench",
+            "--model",
+            "demo",
+            "--methods",
+            "jacobi-row",
+            "--images",
+            "4",
+            "--batch",
+            "1",
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == cli.EXIT_INTERRUPTED
     written = json.loads(out.read_text())
     assert written["images"] == 2 and written["stopped"] == "KeyboardInterrupt"

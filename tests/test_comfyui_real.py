@@ -31,10 +31,19 @@ from pack import ROOT, load_pack
 from tiny_hf import build_tiny_chameleon, build_tiny_emu3, build_tiny_janus, build_tiny_llamagen_t2i
 
 COMFY = os.environ.get("SPECAR_COMFYUI")
-pytestmark = pytest.mark.skipif(not COMFY, reason="set SPECAR_COMFYUI to a ComfyUI checkout to run the real-ComfyUI test")
+pytestmark = pytest.mark.skipif(
+    not COMFY, reason="set SPECAR_COMFYUI to a ComfyUI checkout to run the real-ComfyUI test"
+)
 CHROMIUM = os.environ.get("SPECAR_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync"]
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 RUN_TIMEOUT = 240.0
 
@@ -94,9 +103,23 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
     port = _free_port()
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
-             "--output-directory", str(work / "output"), "--temp-directory", str(work)],
-            cwd=comfy, stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "main.py",
+                "--cpu",
+                "--listen",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--output-directory",
+                str(work / "output"),
+                "--temp-directory",
+                str(work),
+            ],
+            cwd=comfy,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 180
@@ -129,9 +152,11 @@ def page(server: tuple[str, Path]) -> Iterator[Any]:
         page = browser.new_page(viewport={"width": 1500, "height": 950})
         page.goto(url)
         # Ready when the socket is open and node types (ours and the frontend's virtual Note) are registered.
-        page.wait_for_function("""() => window.comfyAPI?.app?.app?.graph && window.comfyAPI.api.api.socket?.readyState === 1
+        page.wait_for_function(
+            """() => window.comfyAPI?.app?.app?.graph && window.comfyAPI.api.api.socket?.readyState === 1
             && window.LiteGraph?.registered_node_types?.SpecARSampler && window.LiteGraph.registered_node_types.Note""",
-                               timeout=120_000)
+            timeout=120_000,
+        )
         page.evaluate("""() => {
             const api = window.comfyAPI.api.api;
             window.__specar = { frames: [], finished: [] };
@@ -176,8 +201,9 @@ def test_core_nodes_used_by_workflows_match_object_info(server: tuple[str, Path]
     info = _get(f"{server[0]}/object_info")
     for name, (widgets, sockets, outputs) in CORE_NODES.items():
         required = info[name]["input"]["required"]
-        assert [n for n in required] == [n for n, _ in sockets] + [n for n, _ in widgets] or \
-            set(required) == {n for n, _ in sockets} | {n for n, _ in widgets}
+        assert [n for n in required] == [n for n, _ in sockets] + [n for n, _ in widgets] or set(required) == {
+            n for n, _ in sockets
+        } | {n for n, _ in widgets}
         for socket_name, kind in sockets:
             assert required[socket_name][0] == kind
         assert info[name]["output"] == [kind for _, kind in outputs]
@@ -195,12 +221,15 @@ def _set_loader_widgets(workflow: dict[str, Any], changes: dict[str, Any]) -> No
 
 
 def _queue_workflow(page: Any, workflow: dict[str, Any]) -> None:
-    page.evaluate("""async (workflow) => {
+    page.evaluate(
+        """async (workflow) => {
         window.__specar.frames = []; window.__specar.finished = [];
         const app = window.comfyAPI.app.app;
         await app.loadGraphData(workflow);
         await app.queuePrompt(0, 1);
-    }""", workflow)
+    }""",
+        workflow,
+    )
 
 
 def _wait_finished(page: Any) -> dict[str, Any]:
@@ -230,10 +259,13 @@ def test_every_workflow_runs_in_the_real_frontend(server: tuple[str, Path], page
     assert frames and {f["node"] for f in frames} == sampler_ids
     assert frames[-1]["done"] and frames[-1]["committed"] == frames[-1]["total"]
     # The widget drew the last frame: its status line and committed count say so.
-    widget = page.evaluate("""(id) => {
+    widget = page.evaluate(
+        """(id) => {
         const view = window.comfyAPI.app.app.graph.getNodeById(Number(id)).specarView;
         return { committed: view.root.dataset.committed, status: view.status.textContent };
-    }""", sorted(sampler_ids)[0])
+    }""",
+        sorted(sampler_ids)[0],
+    )
     assert widget["committed"] == str(frames[-1]["total"]) and "tokens/forward" in widget["status"]
 
 
@@ -243,8 +275,9 @@ def test_interrupt_stops_a_run_between_forwards(server: tuple[str, Path], page: 
     sampler["widgets_values"][1] = 424242  # a new seed: an identical prompt would be served from the cache
     sampler["widgets_values"][3] = 128  # a long batch, so there is time to interrupt it
     _queue_workflow(page, workflow)
-    page.wait_for_function("() => window.__specar.frames.some((f) => 2 * f.committed >= f.total)",
-                           timeout=RUN_TIMEOUT * 1000)  # about half-way through the run
+    page.wait_for_function(
+        "() => window.__specar.frames.some((f) => 2 * f.committed >= f.total)", timeout=RUN_TIMEOUT * 1000
+    )  # about half-way through the run
     screenshot = os.environ.get("SPECAR_SCREENSHOT")
     if screenshot:  # the widget mid-run, for the README
         page.screenshot(path=screenshot)
@@ -253,8 +286,10 @@ def test_interrupt_stops_a_run_between_forwards(server: tuple[str, Path], page: 
     assert finished["type"] == "execution_interrupted", finished
     frames = page.evaluate("() => window.__specar.frames")
     assert frames[-1]["done"] and frames[-1]["committed"] < frames[-1]["total"]  # the widget shows where it stopped
-    status = page.evaluate("(id) => window.comfyAPI.app.app.graph.getNodeById(Number(id)).specarView.status.textContent",
-                           frames[-1]["node"])
+    status = page.evaluate(
+        "(id) => window.comfyAPI.app.app.graph.getNodeById(Number(id)).specarView.status.textContent",
+        frames[-1]["node"],
+    )
     assert "stopped" in status
 
 
@@ -262,10 +297,12 @@ def test_widget_clears_when_its_node_runs_again(server: tuple[str, Path], page: 
     """Runs after the interrupted run above: the widget still shows that run until the node starts
     again, then clears before the new run's first frame (nothing stale)."""
     node_id = page.evaluate("() => window.__specar.frames.at(-1).node")
-    before = page.evaluate("(id) => window.comfyAPI.app.app.graph.getNodeById(Number(id)).specarView.root.dataset.committed",
-                           node_id)
+    before = page.evaluate(
+        "(id) => window.comfyAPI.app.app.graph.getNodeById(Number(id)).specarView.root.dataset.committed", node_id
+    )
     assert int(before) > 0
-    page.evaluate("""async (id) => {
+    page.evaluate(
+        """async (id) => {
         const app = window.comfyAPI.app.app;
         const node = app.graph.getNodeById(Number(id));
         window.__specar.onStart = null; window.__specar.frames = []; window.__specar.finished = [];
@@ -278,7 +315,9 @@ def test_widget_clears_when_its_node_runs_again(server: tuple[str, Path], page: 
         });
         node.widgets.find((w) => w.name === "seed").value = 777;
         await app.queuePrompt(0, 1);
-    }""", node_id)
+    }""",
+        node_id,
+    )
     page.wait_for_function("() => window.__specar.frames.length > 0", timeout=RUN_TIMEOUT * 1000)
     assert page.evaluate("() => window.__specar.onStart") == {"committed": "0", "status": "sampling…"}
     _post(f"{server[0]}/interrupt", {})

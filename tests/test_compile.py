@@ -18,8 +18,9 @@ from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape
 from specar.fidelity import ks_uniform, randomized_pit
 from specar.models.llamagen.adapter import LlamaGenModel
 
-pytestmark = pytest.mark.skipif(unavailable_reason(torch.device("cpu")) is not None,
-                                reason="torch.compile needs a C compiler here")
+pytestmark = pytest.mark.skipif(
+    unavailable_reason(torch.device("cpu")) is not None, reason="torch.compile needs a C compiler here"
+)
 
 COND = Conditioning.classes([1, 4, 7])
 
@@ -64,8 +65,9 @@ def test_compiled_greedy_equals_eager_plain_ar(target: LlamaGenModel, drafter: L
 
 
 @pytest.mark.parametrize("source", ["jacobi", "drafter"])
-def test_compiled_whole_images_follow_the_target_distribution(target: LlamaGenModel, drafter: LlamaGenModel,
-                                                               source: str) -> None:
+def test_compiled_whole_images_follow_the_target_distribution(
+    target: LlamaGenModel, drafter: LlamaGenModel, source: str
+) -> None:
     settings = SamplingSettings(cfg_scale=2.0, top_k=24, seed=2024)
     cond = Conditioning.classes([i % 10 for i in range(48)])
     draft = JacobiDrafts(window=16) if source == "jacobi" else DrafterModelDrafts(drafter, gamma=4)
@@ -85,15 +87,18 @@ def test_compiled_demo_is_lossless() -> None:
         assert torch.equal(generate(demo, Conditioning.classes([2, 9]), settings, draft=draft).tokens, eager.tokens)
 
 
-def test_without_a_compiler_it_runs_eagerly_after_one_notice(monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_without_a_compiler_it_runs_eagerly_after_one_notice(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("PATH", "")
     model = tiny_model(0)
     model.set_compile(True)
     assert capsys.readouterr().err.count("running eagerly (no C compiler") == 1
     settings = SamplingSettings(cfg_scale=3.0, greedy=True, seed=5)
-    assert torch.equal(generate(model, COND, settings, draft=JacobiDrafts(window=8)).tokens,
-                       generate(tiny_model(0), COND, settings).tokens)
+    assert torch.equal(
+        generate(model, COND, settings, draft=JacobiDrafts(window=8)).tokens,
+        generate(tiny_model(0), COND, settings).tokens,
+    )
     assert model.compile_seconds == 0.0 and not model.cache
 
 

@@ -34,8 +34,24 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _loaded(host: LocalHost) -> tuple[object, object]:
-    (model,) = run("SpecARModelLoader", host, model="mar-tiny.safetensors", dtype="auto", family="auto", image_size=0, compile=False)
-    (draft,) = run("SpecARDrafterModel", host, drafter="mar-tiny-draft.safetensors", gamma=2, dtype="auto", shape="chain", branching="2")
+    (model,) = run(
+        "SpecARModelLoader",
+        host,
+        model="mar-tiny.safetensors",
+        dtype="auto",
+        family="auto",
+        image_size=0,
+        compile=False,
+    )
+    (draft,) = run(
+        "SpecARDrafterModel",
+        host,
+        drafter="mar-tiny-draft.safetensors",
+        gamma=2,
+        dtype="auto",
+        shape="chain",
+        branching="2",
+    )
     model.default_settings = model.default_settings.with_(num_iter=6, num_sampling_steps=5)  # type: ignore[attr-defined]
     return model, draft
 

@@ -45,6 +45,7 @@ def normal_cdf(x: torch.Tensor) -> torch.Tensor:
 def one_d(mean_p: float, std_p: float, mean_q: float, std_q: float, n: int) -> tuple[Gaussian, Gaussian]:
     def g(m: float, s: float) -> Gaussian:
         return Gaussian(torch.full((n, 1), m, dtype=torch.float64), torch.full((n, 1), s, dtype=torch.float64))
+
     return g(mean_p, std_p), g(mean_q, std_q)
 
 
@@ -73,7 +74,7 @@ def test_residual_sampler_matches_its_density() -> None:
     tokens, fell_back = GaussianAcceptance().sample_residual(p, q, torch.Generator().manual_seed(1))
     assert not bool(fell_back.any())
     grid = torch.linspace(-9, 9, 40_001, dtype=torch.float64)
-    density = (torch.exp(-0.5 * grid ** 2) - torch.exp(-0.5 * (grid - 0.8) ** 2)).clamp(min=0)
+    density = (torch.exp(-0.5 * grid**2) - torch.exp(-0.5 * (grid - 0.8) ** 2)).clamp(min=0)
     cdf = torch.cumsum(density, 0)
     cdf = cdf / cdf[-1]
     pit = cdf[torch.searchsorted(grid, tokens[:, 0].double()).clamp(max=grid.numel() - 1)]
@@ -93,7 +94,9 @@ def test_relaxation_raises_acceptance_monotonically() -> None:
     n = 20_000
     p, q = one_d(0.0, 0.05, 0.1, 0.05, n)
     x = q.sample(torch.Generator().manual_seed(3))
-    rates = [float(GaussianAcceptance(inner_temperature_for(r)).log_alpha(x, p, q).exp().mean()) for r in (0, 0.25, 0.5, 1)]
+    rates = [
+        float(GaussianAcceptance(inner_temperature_for(r)).log_alpha(x, p, q).exp().mean()) for r in (0, 0.25, 0.5, 1)
+    ]
     assert rates == sorted(rates) and rates[-1] > rates[0] + 0.3
     assert inner_temperature_for(0) == 1.0 and abs(inner_temperature_for(1) - 42) < 1e-9
 
@@ -132,8 +135,13 @@ def test_speculative_output_distribution_equals_plain_target_sampling(acceptance
     target, draft = tiny_mar(0), tiny_mar(0, perturb=3e-4)
     classes = [1] * 600
     plain = generate_continuous(target, classes, SETTINGS.with_(seed=10))
-    spec = generate_continuous(target, classes, SETTINGS.with_(seed=11), draft=draft,
-                               speculation=CSpDSettings(draft_steps=1, acceptance=acceptance))
+    spec = generate_continuous(
+        target,
+        classes,
+        SETTINGS.with_(seed=11),
+        draft=draft,
+        speculation=CSpDSettings(draft_steps=1, acceptance=acceptance),
+    )
     if isinstance(acceptance, RejectEverything):
         assert spec.accepted == 0
     else:
@@ -148,8 +156,13 @@ def test_a_wrong_draft_is_detected_by_the_test() -> None:
     target, draft = tiny_mar(0), tiny_mar(1)
     classes = [1] * 600
     plain = generate_continuous(target, classes, SETTINGS.with_(seed=10))
-    spec = generate_continuous(target, classes, SETTINGS.with_(seed=11), draft=draft,
-                               speculation=CSpDSettings(draft_steps=1, acceptance=AcceptEverything()))
+    spec = generate_continuous(
+        target,
+        classes,
+        SETTINGS.with_(seed=11),
+        draft=draft,
+        speculation=CSpDSettings(draft_steps=1, acceptance=AcceptEverything()),
+    )
     pvals = [ks_two_sample(plain.tokens[:, pos, 0], spec.tokens[:, pos, 0])[1] for pos in range(16)]
     assert min(pvals) < 1e-3
 

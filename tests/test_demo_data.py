@@ -15,8 +15,18 @@ from specar.checkpoints import read_safetensors_metadata, read_state_dict
 from specar.demo import train
 from specar.demo.codebook import PatchCodebook, fit_codebook, psnr
 from specar.demo.model import DEMO_SETTINGS, WEIGHTS_DIR as WEIGHTS, load_demo, load_demo_drafter
-from specar.demo.scenes import (CLASS_NAMES, COLOUR_RGB, NUM_CLASSES, SHAPES, class_id, colour_of, parse_prompt,
-                                render_batch, sample_scenes, shape_of)
+from specar.demo.scenes import (
+    CLASS_NAMES,
+    COLOUR_RGB,
+    NUM_CLASSES,
+    SHAPES,
+    class_id,
+    colour_of,
+    parse_prompt,
+    render_batch,
+    sample_scenes,
+    shape_of,
+)
 from specar.errors import CheckpointError, SettingsError
 from specar.models.base import to_uint8
 
@@ -98,8 +108,23 @@ def test_fitting_is_deterministic() -> None:
     assert torch.equal(a.centroids, b.centroids)
 
 
-TINY_ARGS = ["--role", "drafter", "--steps", "3", "--batch", "4", "--dim", "32", "--n-head", "2",
-             "--ffn-hidden", "64", "--val-images", "8", "--no-compile"]
+TINY_ARGS = [
+    "--role",
+    "drafter",
+    "--steps",
+    "3",
+    "--batch",
+    "4",
+    "--dim",
+    "32",
+    "--n-head",
+    "2",
+    "--ffn-hidden",
+    "64",
+    "--val-images",
+    "8",
+    "--no-compile",
+]
 
 
 def test_training_script_runs_and_resumes(tmp_path: Path, small_codebook: Path) -> None:
@@ -114,8 +139,19 @@ def test_training_script_runs_and_resumes(tmp_path: Path, small_codebook: Path) 
     train.main(TINY_ARGS + ["--out", str(tmp_path / "a"), "--codebook", str(small_codebook), "--resume"])
     resumed = read_state_dict(tmp_path / "a" / "drafter.safetensors")
     assert all(torch.equal(resumed[k], runs[0][k]) for k in resumed), "a finished run resumes as finished"
-    train.main(TINY_ARGS + ["--out", str(tmp_path / "c"), "--codebook", str(small_codebook), "--seed", "1",
-                            "--init", str(tmp_path / "a" / "drafter-state.safetensors")])
+    train.main(
+        TINY_ARGS
+        + [
+            "--out",
+            str(tmp_path / "c"),
+            "--codebook",
+            str(small_codebook),
+            "--seed",
+            "1",
+            "--init",
+            str(tmp_path / "a" / "drafter-state.safetensors"),
+        ]
+    )
     assert read_state_dict(tmp_path / "c" / "drafter.safetensors").keys() == resumed.keys()
 
 

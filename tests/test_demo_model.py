@@ -32,8 +32,20 @@ def test_greedy_speculative_decoding_equals_ar_on_the_trained_model(demo) -> Non
 
 def test_generate_defaults_to_the_demo_pair(tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
-    code = cli.main(["generate", "--batch", "4", "--out", str(tmp_path / "grid.png"),
-                     "--heatmap", str(tmp_path / "heat.png"), "--stats", str(stats), "--quiet"])
+    code = cli.main(
+        [
+            "generate",
+            "--batch",
+            "4",
+            "--out",
+            str(tmp_path / "grid.png"),
+            "--heatmap",
+            str(tmp_path / "heat.png"),
+            "--stats",
+            str(stats),
+            "--quiet",
+        ]
+    )
     assert code == 0
     data = json.loads(stats.read_text())
     assert data["method"] == "auto" and data["model"] == "specar-demo" and data["drafter"] == "specar-demo-drafter"
@@ -42,8 +54,9 @@ def test_generate_defaults_to_the_demo_pair(tmp_path: Path) -> None:
 
 
 def test_bench_quality_columns(capsys: pytest.CaptureFixture[str]) -> None:
-    code = cli.main(["bench", "--images", "8", "--batch", "8", "--methods", "ar2,jacobi-row,drafter",
-                     "--quality", "--quiet"])
+    code = cli.main(
+        ["bench", "--images", "8", "--batch", "8", "--methods", "ar2,jacobi-row,drafter", "--quality", "--quiet"]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "FID-lite" in out and "class acc" in out

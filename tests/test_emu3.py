@@ -30,7 +30,10 @@ PROMPTS = ("a red cat on the grass", "blue sky")
 @pytest.fixture(scope="module")
 def emu3_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("emu3")
-    return {"target": build_tiny_emu3(root / "Emu3-Gen-tiny"), "drafter": build_tiny_emu3(root / "drafter", perturb=0.03)}
+    return {
+        "target": build_tiny_emu3(root / "Emu3-Gen-tiny"),
+        "drafter": build_tiny_emu3(root / "drafter", perturb=0.03),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +55,16 @@ def _reference(model: Emu3ImageModel, prompt: str, cfg: float) -> torch.Tensor:
     def allowed(batch_id: int, input_ids: torch.Tensor) -> list[int]:
         return [eol] if (input_ids.shape[0] - start + 1) % (w + 1) == 0 else visual
 
-    out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=h * (w + 1),
-                      do_sample=False, guidance_scale=cfg, negative_prompt_ids=negative,
-                      negative_prompt_attention_mask=torch.ones_like(negative), prefix_allowed_tokens_fn=allowed)
+    out = hf.generate(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=h * (w + 1),
+        do_sample=False,
+        guidance_scale=cfg,
+        negative_prompt_ids=negative,
+        negative_prompt_attention_mask=torch.ones_like(negative),
+        prefix_allowed_tokens_fn=allowed,
+    )
     rows = out[0, start:].view(h, w + 1)
     assert (rows[:, -1] == eol).all()
     bpe_to_code = {bpe: code for code, bpe in enumerate(visual)}
@@ -64,8 +74,12 @@ def _reference(model: Emu3ImageModel, prompt: str, cfg: float) -> torch.Tensor:
 @pytest.mark.parametrize("source", list(SOURCES))
 def test_greedy_equals_transformers_generate(emu3: Emu3ImageModel, emu3_dirs: dict[str, Path], source: str) -> None:
     drafter = load_model(emu3_dirs["drafter"], device="cpu", dtype="fp32", image_size=16)
-    result = generate(emu3, Conditioning(prompts=PROMPTS), SamplingSettings(cfg_scale=3.0, greedy=True),
-                      draft=SOURCES[source](drafter))
+    result = generate(
+        emu3,
+        Conditioning(prompts=PROMPTS),
+        SamplingSettings(cfg_scale=3.0, greedy=True),
+        draft=SOURCES[source](drafter),
+    )
     for row, prompt in enumerate(PROMPTS):
         assert torch.equal(result.tokens[row], _reference(emu3, prompt, 3.0)), prompt
     assert len(set(result.tokens[0].tolist())) > 12
@@ -96,9 +110,30 @@ def test_command_line_with_a_relaxed_policy(emu3_dirs: dict[str, Path], tmp_path
     """``specar generate`` picks the family from config.json; LANTERN reads Emu3's codebook."""
     from specar import cli
 
-    code = cli.main(["generate", "--model", str(emu3_dirs["target"]), "--image-size", "16", "--prompt", "a red cat",
-                     "--draft", "jacobi", "--policy", "lantern", "--device", "cpu", "--batch", "2",
-                     "--out", str(tmp_path / "img.png"), "--stats", str(tmp_path / "stats.json"), "--quiet"])
+    code = cli.main(
+        [
+            "generate",
+            "--model",
+            str(emu3_dirs["target"]),
+            "--image-size",
+            "16",
+            "--prompt",
+            "a red cat",
+            "--draft",
+            "jacobi",
+            "--policy",
+            "lantern",
+            "--device",
+            "cpu",
+            "--batch",
+            "2",
+            "--out",
+            str(tmp_path / "img.png"),
+            "--stats",
+            str(tmp_path / "stats.json"),
+            "--quiet",
+        ]
+    )
     assert code == 0 and (tmp_path / "img.png").stat().st_size > 0
     assert '"finished": true' in (tmp_path / "stats.json").read_text()
 
@@ -115,5 +150,7 @@ def test_pixels_are_unnormalised_per_channel(emu3_dirs: dict[str, Path], tmp_pat
     model = load_model(folder, device="cpu", dtype="fp32", image_size=16)
     codes = torch.randint(0, 64, (1, 64), generator=torch.Generator().manual_seed(0))
     raw = model.emu3.model.vqmodel.decode(codes.view(1, 8, 8))
-    expected = ((raw * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1) * 255).round()
+    expected = (
+        (raw * torch.tensor(std).view(1, 3, 1, 1) + torch.tensor(mean).view(1, 3, 1, 1)).clamp(0, 1) * 255
+    ).round()
     assert torch.allclose(model.decode(codes).permute(0, 3, 1, 2).float(), expected, atol=1.0)

@@ -9,8 +9,18 @@ import pytest
 import torch
 from tiny import save_official_pt, tiny_drafter, tiny_gpt, tiny_model
 
-from specar import (CheckpointError, Conditioning, DrafterModelDrafts, IncompatibleDrafterError, JacobiDrafts,
-                    SamplingSettings, SettingsError, generate, load_model, make_policy)
+from specar import (
+    CheckpointError,
+    Conditioning,
+    DrafterModelDrafts,
+    IncompatibleDrafterError,
+    JacobiDrafts,
+    SamplingSettings,
+    SettingsError,
+    generate,
+    load_model,
+    make_policy,
+)
 
 
 def test_missing_model(tmp_path: Path) -> None:
@@ -57,7 +67,9 @@ def test_missing_and_misshapen_keys(tmp_path: Path) -> None:
     state["norm.weight"] = torch.ones(3)
     (tmp_path / "config.json").write_text('{"n_head": 4, "grid_size": 8}')
     torch.save({"model": state}, tmp_path / "c2i.pt")
-    with pytest.raises(CheckpointError, match=r"missing 1 keys.*layers\.1\.ffn_norm\.weight.*shape mismatch: norm\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"missing 1 keys.*layers\.1\.ffn_norm\.weight.*shape mismatch: norm\.weight"
+    ):
         load_model(tmp_path / "c2i.pt", device="cpu")
 
 
@@ -85,14 +97,22 @@ def test_bad_draft_options() -> None:
 
 def test_drafter_with_another_vocabulary() -> None:
     with pytest.raises(IncompatibleDrafterError, match="vocabulary 32 vs the target's 64"):
-        generate(tiny_model(), Conditioning.classes([1]), SamplingSettings(),
-                 draft=DrafterModelDrafts(tiny_drafter(vocab_size=32)))
+        generate(
+            tiny_model(),
+            Conditioning.classes([1]),
+            SamplingSettings(),
+            draft=DrafterModelDrafts(tiny_drafter(vocab_size=32)),
+        )
 
 
 def test_drafter_with_another_grid() -> None:
     with pytest.raises(IncompatibleDrafterError, match="token grid"):
-        generate(tiny_model(), Conditioning.classes([1]), SamplingSettings(),
-                 draft=DrafterModelDrafts(tiny_drafter(grid_size=4)))
+        generate(
+            tiny_model(),
+            Conditioning.classes([1]),
+            SamplingSettings(),
+            draft=DrafterModelDrafts(tiny_drafter(grid_size=4)),
+        )
 
 
 def test_class_id_out_of_range() -> None:
@@ -113,12 +133,19 @@ def test_impossible_sampling_settings(bad: dict) -> None:
 
 def test_bad_prefix() -> None:
     with pytest.raises(SettingsError, match="prefix"):
-        generate(tiny_model(), Conditioning.classes([1]), SamplingSettings(), prefix=torch.zeros(2, 3, dtype=torch.long))
+        generate(
+            tiny_model(), Conditioning.classes([1]), SamplingSettings(), prefix=torch.zeros(2, 3, dtype=torch.long)
+        )
 
 
 def test_interrupted_generation_keeps_what_was_committed() -> None:
-    result = generate(tiny_model(), Conditioning.classes([1, 2]), SamplingSettings(cfg_scale=2.0),
-                      draft=JacobiDrafts(window=4), observer=lambda event: event.target_forwards < 5)
+    result = generate(
+        tiny_model(),
+        Conditioning.classes([1, 2]),
+        SamplingSettings(cfg_scale=2.0),
+        draft=JacobiDrafts(window=4),
+        observer=lambda event: event.target_forwards < 5,
+    )
     assert not result.finished and result.target_forwards == 5
     assert 5 <= int(result.committed.min()) < 64
     committed = result.kinds >= 0

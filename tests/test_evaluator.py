@@ -13,8 +13,14 @@ import torch
 
 from specar.checkpoints import save_safetensors
 from specar.demo import train_classifier
-from specar.demo.evaluator import (CLASSIFIER_FILE, QualityEvaluator, frechet_distance, load_classifier,
-                                   load_evaluator, to_model_input)
+from specar.demo.evaluator import (
+    CLASSIFIER_FILE,
+    QualityEvaluator,
+    frechet_distance,
+    load_classifier,
+    load_evaluator,
+    to_model_input,
+)
 from specar.demo.scenes import class_id, render_batch, sample_scenes
 from specar.errors import CheckpointError, SettingsError
 
@@ -76,9 +82,26 @@ def test_frechet_distance_matches_hand_computation_in_2d() -> None:
 
 
 def test_training_script_runs_and_its_output_loads(tmp_path) -> None:
-    train_classifier.main(["--out", str(tmp_path), "--train-size", "48", "--heldout-size", "16",
-                           "--reference-size", "32", "--batch-size", "16", "--max-steps", "2",
-                           "--codebook-size", "16", "--threads", str(torch.get_num_threads())])
+    train_classifier.main(
+        [
+            "--out",
+            str(tmp_path),
+            "--train-size",
+            "48",
+            "--heldout-size",
+            "16",
+            "--reference-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--max-steps",
+            "2",
+            "--codebook-size",
+            "16",
+            "--threads",
+            str(torch.get_num_threads()),
+        ]
+    )
     images, ids = sample_scenes(8, seed=783)
     report = load_evaluator(tmp_path).evaluate(images, ids)
     assert report.n == 8 and math.isfinite(report.fid_lite)

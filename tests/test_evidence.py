@@ -22,7 +22,7 @@ def _token_by_token(model: ImageTokenModel, cond: Conditioning, tokens: torch.Te
     for t in range(tokens.shape[1]):
         log_p = out.logits[:, -1].double().log_softmax(-1)
         conditioned, unconditioned = log_p.chunk(2)
-        x = tokens[:, t: t + 1]
+        x = tokens[:, t : t + 1]
         total += (conditioned.gather(-1, x) - unconditioned.gather(-1, x))[:, 0].cpu()
         out = model.forward(x, torch.full_like(x, t))
     return total
@@ -33,7 +33,9 @@ def test_evidence_is_the_token_by_token_log_ratio(name: str) -> None:
     model = load_model("demo", device="cpu") if name == "demo" else tiny_model(0)
     cond = Conditioning.classes([0, 3, 7])
     tokens = generate(model, cond, model.default_settings.with_(seed=4)).tokens
-    assert torch.allclose(condition_evidence(model, cond, tokens).double(), _token_by_token(model, cond, tokens), atol=1e-2)
+    assert torch.allclose(
+        condition_evidence(model, cond, tokens).double(), _token_by_token(model, cond, tokens), atol=1e-2
+    )
 
 
 def test_evidence_reads_the_condition_the_images_were_drawn_for() -> None:
@@ -47,13 +49,30 @@ def test_evidence_reads_the_condition_the_images_were_drawn_for() -> None:
 
 
 def test_bench_quality_reports_evidence_and_tests_every_token_against_the_target(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """On the demo at the run's own settings, the tokens of AR and of the lossless drafter pass the PIT test
     (:mod:`specar.fidelity`); cluster acceptance's tokens sit further from the target's and lean towards codes
     it finds less likely (PIT mean above 0.5)."""
     out = tmp_path / "run.json"
-    assert cli.main(["bench", "--images", "32", "--batch", "32", "--methods", "drafter,drafter:clusters=1",
-                     "--quality", "--quiet", "--json", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "bench",
+                "--images",
+                "32",
+                "--batch",
+                "32",
+                "--methods",
+                "drafter,drafter:clusters=1",
+                "--quality",
+                "--quiet",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "token KS" in capsys.readouterr().out
     quality = {row["method"]: row["quality"] for row in json.loads(out.read_text())["rows"]}
     for q in quality.values():

@@ -41,12 +41,21 @@ def test_family_generates_through_the_nodes(host: LocalHost, folder: str) -> Non
     _, family, image_size, pixels = FAMILIES[folder]
     choices = NODES_BY_ID["SpecARModelLoader"].field("model").choices(host.model_folders())
     assert folder in choices
-    (model,) = NODES_BY_ID["SpecARModelLoader"].run(host, model=folder, dtype="auto", family=family, image_size=image_size,
-                                                     compile=False)
+    (model,) = NODES_BY_ID["SpecARModelLoader"].run(
+        host, model=folder, dtype="auto", family=family, image_size=image_size, compile=False
+    )
     (draft,) = NODES_BY_ID["SpecARJacobiDrafts"].run(host, window=8, initialisation="row_above", coupled=False)
     images, heatmaps, stats, _ = NODES_BY_ID["SpecARSampler"].run(
-        host, model=model, draft=draft, prompt="a red cat on the grass", seed=2, batch_size=2, cfg=3.0,
-        temperature=1.0, top_k=50)
+        host,
+        model=model,
+        draft=draft,
+        prompt="a red cat on the grass",
+        seed=2,
+        batch_size=2,
+        cfg=3.0,
+        temperature=1.0,
+        top_k=50,
+    )
     assert images.shape == (2, pixels, pixels, 3) and heatmaps.shape[0] == 2
     assert float(images.std()) > 0 and "tokens/forward" in stats
     assert torch.isfinite(images).all()

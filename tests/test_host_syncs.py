@@ -58,8 +58,9 @@ def test_the_counter_sees_reads_of_model_values(target: LlamaGenModel) -> None:
 
 
 @pytest.mark.parametrize("source", ["jacobi-row", "drafter", "auto"])
-def test_row_end_family_makes_one_host_sync_per_target_forward(tmp_path_factory: pytest.TempPathFactory,
-                                                               source: str) -> None:
+def test_row_end_family_makes_one_host_sync_per_target_forward(
+    tmp_path_factory: pytest.TempPathFactory, source: str
+) -> None:
     """Emu3 (and Lumina-mGPT, Anole) put a row-end token after every grid row; drafting for it,
     and the drafter's own steps, read no model value beyond the loop's one per forward."""
     from tiny_hf import build_tiny_emu3
@@ -70,8 +71,11 @@ def test_row_end_family_makes_one_host_sync_per_target_forward(tmp_path_factory:
     root = tmp_path_factory.mktemp("emu3")
     target = load_model(build_tiny_emu3(root / "target"), device="cpu", dtype="fp32", image_size=16)
     drafter = load_model(build_tiny_emu3(root / "drafter", perturb=0.03), device="cpu", dtype="fp32", image_size=16)
-    draft = {"jacobi-row": JacobiDrafts(window=8, init="row_above"), "drafter": DrafterModelDrafts(drafter, gamma=4),
-             "auto": AutoDrafts(drafter)}[source]
+    draft = {
+        "jacobi-row": JacobiDrafts(window=8, init="row_above"),
+        "drafter": DrafterModelDrafts(drafter, gamma=4),
+        "auto": AutoDrafts(drafter),
+    }[source]
     cond = Conditioning(prompts=("a cat",))
     settings = SamplingSettings(cfg_scale=3.0, top_k=20, seed=5)
     if source == "auto":

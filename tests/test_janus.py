@@ -50,13 +50,15 @@ def janus_drafter(tmp_path_factory: pytest.TempPathFactory) -> JanusImageModel:
 
 def _reference(model: JanusImageModel, prompt: str, cfg: float) -> torch.Tensor:
     ids = torch.tensor([model.prompt_ids(prompt)])
-    return model.janus.generate(input_ids=ids, attention_mask=torch.ones_like(ids), generation_mode="image",
-                                do_sample=False, guidance_scale=cfg)
+    return model.janus.generate(
+        input_ids=ids, attention_mask=torch.ones_like(ids), generation_mode="image", do_sample=False, guidance_scale=cfg
+    )
 
 
 @pytest.mark.parametrize("source", list(LOSSLESS_SOURCES))
-def test_greedy_equals_transformers_generate(janus: JanusImageModel, janus_drafter: JanusImageModel,
-                                             source: str) -> None:
+def test_greedy_equals_transformers_generate(
+    janus: JanusImageModel, janus_drafter: JanusImageModel, source: str
+) -> None:
     """Prompts of different lengths share a batch (left padding); each row equals its own reference."""
     settings = SamplingSettings(cfg_scale=5.0, greedy=True)
     result = generate(janus, Conditioning(prompts=PROMPTS), settings, draft=LOSSLESS_SOURCES[source](janus_drafter))
@@ -70,8 +72,12 @@ def test_greedy_equals_transformers_generate(janus: JanusImageModel, janus_draft
 
 def test_self_drafter_accepts_everything(janus: JanusImageModel, janus_dir: Path) -> None:
     twin = load_model(janus_dir, device="cpu", dtype="fp32")  # its own cache
-    result = generate(janus, Conditioning(prompts=PROMPTS[:1]), SamplingSettings(cfg_scale=5.0, greedy=True),
-                      draft=DrafterModelDrafts(twin, gamma=5))
+    result = generate(
+        janus,
+        Conditioning(prompts=PROMPTS[:1]),
+        SamplingSettings(cfg_scale=5.0, greedy=True),
+        draft=DrafterModelDrafts(twin, gamma=5),
+    )
     assert result.acceptance_rate == 1.0
     assert torch.equal(result.tokens[0], _reference(janus, PROMPTS[0], 5.0)[0])
 
@@ -84,14 +90,16 @@ def test_prompt_follows_deepseek_template(janus: JanusImageModel) -> None:
     assert uncond == [1] + [2] * (len(ids) - 2) + [3]
 
 
-def _teacher_forced_p(model: JanusImageModel, prompt: str, tokens: torch.Tensor, settings: SamplingSettings) -> torch.Tensor:
+def _teacher_forced_p(
+    model: JanusImageModel, prompt: str, tokens: torch.Tensor, settings: SamplingSettings
+) -> torch.Tensor:
     """Processed p at every position: one cache-free transformers forward per CFG half."""
     rows = model.prefix_rows(Conditioning(prompts=(prompt,)), guided=True)
     logits = []
     for row in rows:
         text = model.decoder.embed_tokens(torch.tensor([row]))
         images = model.janus.prepare_embeddings_for_image_generation(tokens[None, :-1])
-        hidden = model.decoder(inputs_embeds=torch.cat([text, images], 1)).last_hidden_state[:, len(row) - 1:]
+        hidden = model.decoder(inputs_embeds=torch.cat([text, images], 1)).last_hidden_state[:, len(row) - 1 :]
         logits.append(model.janus.model.generation_head(hidden))
     N = tokens.shape[0]
     return DistributionProcessor(settings)(torch.cat(logits).float(), torch.arange(N)[None])[0]

@@ -42,7 +42,7 @@ def test_caption_features_follow_llamagen_layout(t2i: LlamaGenModel) -> None:
     tokens = encoder.tokenizer(clean_prompt("A Red  cat"))["input_ids"]
     assert tokens[-1] == 1 and mask[0].tolist() == [False] * (SLOTS - len(tokens)) + [True] * len(tokens)
     direct = encoder.encoder(input_ids=torch.tensor([tokens])).last_hidden_state[0]
-    assert torch.allclose(captions[0, -len(tokens):], direct, atol=1e-5)
+    assert torch.allclose(captions[0, -len(tokens) :], direct, atol=1e-5)
     assert captions[0, : SLOTS - len(tokens)].abs().max() == 0
     long = encoder.encode([" ".join(["cat"] * 40)])[1]
     assert bool(long.all())  # truncated to the slots

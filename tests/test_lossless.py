@@ -31,7 +31,9 @@ SOURCES = {
     "tree-static": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(kind="static", branching=(3, 2, 1))),
     "drafter-tree": lambda: DrafterTreeDrafts(tiny_drafter(), branching=(3, 2, 1, 1)),
     # the head drafts at its own CFG scale (CFG only); the target verifies at the run's
-    "tree-guided": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(top_k=4, depth=4, nodes=12, guidance=5.0)),
+    "tree-guided": lambda: TreeHeadDrafts(
+        tiny_tree_head(tiny_model(0)), TreeShape(top_k=4, depth=4, nodes=12, guidance=5.0)
+    ),
     "auto": tiny_auto_drafts,
 }
 UNGUIDED_SOURCES = [name for name in SOURCES if name != "tree-guided"]
@@ -68,8 +70,12 @@ def test_sampling_is_reproducible_and_seed_dependent(target: LlamaGenModel) -> N
 
 
 def test_records_say_how_each_token_was_committed(target: LlamaGenModel) -> None:
-    result = generate(target, COND, SamplingSettings(cfg_scale=2.0, top_k=20, seed=3),
-                      draft=DrafterModelDrafts(tiny_model(0, "self"), gamma=3))
+    result = generate(
+        target,
+        COND,
+        SamplingSettings(cfg_scale=2.0, top_k=20, seed=3),
+        draft=DrafterModelDrafts(tiny_model(0, "self"), gamma=3),
+    )
     N = target.num_image_tokens
     assert result.kinds.min() >= 0 and result.forward_index.min() >= 0
     assert int(result.forward_index.max()) == result.target_forwards - 1
@@ -83,8 +89,9 @@ def test_records_say_how_each_token_was_committed(target: LlamaGenModel) -> None
     assert N == result.tokens.shape[1]
 
 
-def _target_distributions(gpt_model: LlamaGenModel, cond: Conditioning, tokens: torch.Tensor,
-                          settings: SamplingSettings) -> torch.Tensor:
+def _target_distributions(
+    gpt_model: LlamaGenModel, cond: Conditioning, tokens: torch.Tensor, settings: SamplingSettings
+) -> torch.Tensor:
     """Processed target p at every position of ``tokens``, teacher-forced without any cache."""
     gpt = gpt_model.gpt
     ids = torch.tensor(cond.class_ids)
@@ -117,8 +124,20 @@ def _pit_pvalue(target: LlamaGenModel, source: str, policy: AcceptancePolicy | N
     return ks_uniform(randomized_pit(p, result.tokens))[1]
 
 
-@pytest.mark.parametrize("source", ["jacobi-random", "jacobi-row-above", "mc-sjd", "drafter", "tree-dynamic", "tree-static",
-                                    "tree-guided", "drafter-tree", "auto"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "jacobi-random",
+        "jacobi-row-above",
+        "mc-sjd",
+        "drafter",
+        "tree-dynamic",
+        "tree-static",
+        "tree-guided",
+        "drafter-tree",
+        "auto",
+    ],
+)
 def test_whole_images_follow_the_target_distribution(target: LlamaGenModel, source: str) -> None:
     """Every token of every image, refined Jacobi drafts included, is distributed as the target's p."""
     assert _pit_pvalue(target, source) > 0.001
@@ -128,13 +147,21 @@ def test_pit_test_detects_a_biased_sampler(target: LlamaGenModel) -> None:
     assert _pit_pvalue(target, "drafter", BiasedPolicy()) < 1e-4
 
 
-def _first_token_counts(target: LlamaGenModel, source: str, prefix: torch.Tensor, draws: int,
-                        policy: AcceptancePolicy | None = None) -> torch.Tensor:
+def _first_token_counts(
+    target: LlamaGenModel, source: str, prefix: torch.Tensor, draws: int, policy: AcceptancePolicy | None = None
+) -> torch.Tensor:
     cond = Conditioning.classes([3] * draws)
     P = prefix.shape[1]
     until_position_p_is_committed = lambda event: bool((event.committed <= P).any())  # noqa: E731
-    result = generate(target, cond, SAMPLING, draft=SOURCES[source](), policy=policy,
-                      observer=until_position_p_is_committed, prefix=prefix.expand(draws, -1))
+    result = generate(
+        target,
+        cond,
+        SAMPLING,
+        draft=SOURCES[source](),
+        policy=policy,
+        observer=until_position_p_is_committed,
+        prefix=prefix.expand(draws, -1),
+    )
     assert int(result.committed.min()) > P
     return torch.bincount(result.tokens[:, prefix.shape[1]], minlength=target.vocab_size)
 
@@ -151,8 +178,19 @@ def high_entropy_prefix(target: LlamaGenModel) -> tuple[torch.Tensor, torch.Tens
     return tokens[:, :position], p[position]
 
 
-@pytest.mark.parametrize("source", ["jacobi-random", "jacobi-uniform-q", "jacobi-row-above", "drafter",
-                                    "tree-dynamic", "tree-static", "drafter-tree", "auto"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "jacobi-random",
+        "jacobi-uniform-q",
+        "jacobi-row-above",
+        "drafter",
+        "tree-dynamic",
+        "tree-static",
+        "drafter-tree",
+        "auto",
+    ],
+)
 def test_token_at_a_fixed_prefix_follows_p(target: LlamaGenModel, high_entropy_prefix, source: str) -> None:
     prefix, p = high_entropy_prefix
     draws = 3000

@@ -47,11 +47,22 @@ def test_official_layout_loads_its_ema_weights(tmp_path: Path) -> None:
 
 def test_published_sizes_are_inferred_with_their_head_counts() -> None:
     from specar.continuous.mar import MAR, PRESETS
+
     base = PRESETS["mar_base"]
-    shapes = {k: v for k, v in MAR(base.__class__(**{**base.to_dict(), "encoder_depth": 1, "decoder_depth": 1,
-                                                       "head_depth": 2})).state_dict().items()}
+    shapes = {
+        k: v
+        for k, v in MAR(base.__class__(**{**base.to_dict(), "encoder_depth": 1, "decoder_depth": 1, "head_depth": 2}))
+        .state_dict()
+        .items()
+    }
     cfg = infer_config(shapes, "mar_base")
-    assert (cfg.encoder_heads, cfg.token_dim, cfg.buffer_size, cfg.head_width, cfg.num_classes) == (12, 16, 64, 1024, 1000)
+    assert (cfg.encoder_heads, cfg.token_dim, cfg.buffer_size, cfg.head_width, cfg.num_classes) == (
+        12,
+        16,
+        64,
+        1024,
+        1000,
+    )
 
 
 def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
@@ -79,17 +90,47 @@ def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
 
 
 def test_demo_trainer_lowers_the_loss_and_exports_a_loadable_file(tmp_path: Path) -> None:
-    args = train_mar.parse_args(["--role", "drafter", "--steps", "12", "--batch", "8", "--warmup", "2",
-                                 "--out", str(tmp_path), "--no-bf16", "--lr", "3e-3"])
+    args = train_mar.parse_args(
+        [
+            "--role",
+            "drafter",
+            "--steps",
+            "12",
+            "--batch",
+            "8",
+            "--warmup",
+            "2",
+            "--out",
+            str(tmp_path),
+            "--no-bf16",
+            "--lr",
+            "3e-3",
+        ]
+    )
     trainer = train_mar.MARTrainer(args)
     before = trainer.val_loss()
     trainer.run()
     assert trainer.val_loss() < before
     model, meta = read_mar(tmp_path / "mar_drafter.safetensors")
     assert meta["role"] == "drafter" and model.cfg == train_mar.ROLES["drafter"]
-    second = train_mar.MARTrainer(train_mar.parse_args(["--role", "drafter", "--steps", "2", "--batch", "8", "--out",
-                                                        str(tmp_path / "phase2"), "--init",
-                                                        str(tmp_path / "mar_drafter.safetensors"), "--seed", "1"]))
+    second = train_mar.MARTrainer(
+        train_mar.parse_args(
+            [
+                "--role",
+                "drafter",
+                "--steps",
+                "2",
+                "--batch",
+                "8",
+                "--out",
+                str(tmp_path / "phase2"),
+                "--init",
+                str(tmp_path / "mar_drafter.safetensors"),
+                "--seed",
+                "1",
+            ]
+        )
+    )
     for key, value in model.state_dict().items():  # the second phase starts from the exported weights
         assert torch.equal(second.model.state_dict()[key], value), key
 
@@ -113,8 +154,10 @@ def test_kl16_decoder_loads_the_official_layout_and_decodes(tmp_path: Path) -> N
     from specar.continuous.kl_vae import KL16Decoder, load_kl16
 
     vae = KL16Decoder(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)
-    state = {k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * 0.1
-             for i, (k, v) in enumerate(vae.state_dict().items())}
+    state = {
+        k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * 0.1
+        for i, (k, v) in enumerate(vae.state_dict().items())
+    }
     state["encoder.conv_in.weight"] = torch.zeros(32, 3, 3, 3)
     state["quant_conv.weight"] = torch.zeros(8, 8, 1, 1)
     path = tmp_path / "kl16.ckpt"

@@ -39,8 +39,24 @@ def test_the_trained_pair_draws_its_classes_and_cspd_saves_target_passes(pair) -
 
 def test_cli_generates_with_the_bundled_draft_by_default(tmp_path: Path) -> None:
     stats = tmp_path / "stats.json"
-    code = cli.main(["generate", "--model", "mar-demo", "--prompt", "blue ring", "--batch", "2", "--out",
-                     str(tmp_path / "grid.png"), "--heatmap", str(tmp_path / "heat.png"), "--stats", str(stats), "--quiet"])
+    code = cli.main(
+        [
+            "generate",
+            "--model",
+            "mar-demo",
+            "--prompt",
+            "blue ring",
+            "--batch",
+            "2",
+            "--out",
+            str(tmp_path / "grid.png"),
+            "--heatmap",
+            str(tmp_path / "heat.png"),
+            "--stats",
+            str(stats),
+            "--quiet",
+        ]
+    )
     assert code == 0
     data = json.loads(stats.read_text())
     assert data["drafter"] == "specar-mar-demo-drafter" and data["classes"] == [11, 11]

@@ -35,7 +35,9 @@ def run(node_id: str, host: LocalHost, **inputs: object) -> tuple:
 
 @pytest.fixture(scope="module")
 def demo() -> object:
-    (model,) = run("SpecARModelLoader", LocalHost(), model="demo", dtype="auto", family="auto", image_size=0, compile=False)
+    (model,) = run(
+        "SpecARModelLoader", LocalHost(), model="demo", dtype="auto", family="auto", image_size=0, compile=False
+    )
     return model
 
 
@@ -78,8 +80,12 @@ def test_greedy_sampler_is_lossless_with_every_draft_source(demo) -> None:  # ty
     settings = sampling_settings(demo, greedy["seed"], greedy["cfg"], 0.0, greedy["top_k"])
     plain = run_job(demo, greedy["prompt"], greedy["batch_size"], settings, DraftRecipe("ar")).images
     (jacobi,) = run("SpecARJacobiDrafts", host, window=8, initialisation="random", coupled=True)
-    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto", shape="chain", branching="2")
-    (auto,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto", shape="auto", branching="2")
+    (drafter,) = run(
+        "SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto", shape="chain", branching="2"
+    )
+    (auto,) = run(
+        "SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto", shape="auto", branching="2"
+    )
     for draft in (jacobi, drafter, auto, None):  # None: the sampler's own default, auto self-drafting
         fast, _, stats, _ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
         assert torch.equal(plain, fast)
@@ -136,7 +142,9 @@ def test_relaxed_policy_node_with_expert_options_explains_its_acceptances(demo) 
         run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, expert_options="tv_threshold=2")
     (recipe,) = run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, expert_options="tv_threshold=0.4")
     assert recipe.build(demo).tv_threshold == 0.4
-    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=6, dtype="auto", shape="chain", branching="2")
+    (drafter,) = run(
+        "SpecARDrafterModel", host, drafter="demo-drafter", gamma=6, dtype="auto", shape="chain", branching="2"
+    )
     *_, stats, why = run("SpecARSampler", host, model=demo, draft=drafter, policy=recipe, **SAMPLING)
     assert "policy csd (relaxation 0.5)" in stats
     assert why.shape[2] >= 4 * 150  # image | heatmap | entropy | TV
@@ -157,8 +165,17 @@ def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:  # t
     greedy = {**SAMPLING, "temperature": 0.0}
     plain, *_ = run("SpecARSampler", host, model=demo, **greedy)
     for tree, guidance in (("dynamic", 0.0), ("static", 4.0)):  # the head's own CFG scale keeps it lossless too
-        (draft,) = run("SpecARTreeHead", host, head="demo-tree-head", tree=tree, top_k=6, depth=5, nodes=30,
-                       branching="3,2,1,1", guidance=guidance)
+        (draft,) = run(
+            "SpecARTreeHead",
+            host,
+            head="demo-tree-head",
+            tree=tree,
+            top_k=6,
+            depth=5,
+            nodes=30,
+            branching="3,2,1,1",
+            guidance=guidance,
+        )
         fast, _, stats, _ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
         assert torch.equal(plain, fast) and "tree" in stats
     (cascade,) = run("SpecARAcceptancePolicy", host, policy="cascade", relaxation=0.5, expert_options="")
@@ -168,26 +185,57 @@ def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:  # t
     with pytest.raises(SettingsError, match="siblings of a draft tree"):
         run("SpecARSampler", host, model=demo, draft=jacobi, policy=cascade, **SAMPLING)
     with pytest.raises(SettingsError, match="branching"):
-        run("SpecARTreeHead", host, head="demo-tree-head", tree="static", top_k=6, depth=5, nodes=30, branching="3,two",
-            guidance=0.0)
+        run(
+            "SpecARTreeHead",
+            host,
+            head="demo-tree-head",
+            tree="static",
+            top_k=6,
+            depth=5,
+            nodes=30,
+            branching="3,two",
+            guidance=0.0,
+        )
 
 
 def test_drafter_node_drafts_static_trees_losslessly_and_cascade_relaxes_them(demo) -> None:  # type: ignore[no-untyped-def]
     host = LocalHost()
     greedy = {**SAMPLING, "temperature": 0.0}
     plain, *_ = run("SpecARSampler", host, model=demo, **greedy)
-    (tree,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=6, dtype="auto", shape="static tree",
-                  branching="2,2,1*6")
+    (tree,) = run(
+        "SpecARDrafterModel",
+        host,
+        drafter="demo-drafter",
+        gamma=6,
+        dtype="auto",
+        shape="static tree",
+        branching="2,2,1*6",
+    )
     fast, _, stats, _ = run("SpecARSampler", host, model=demo, draft=tree, **greedy)
     assert torch.equal(plain, fast) and "static 2-2-1x6" in stats
     (cascade,) = run("SpecARAcceptancePolicy", host, policy="cascade", relaxation=1.0, expert_options="")
     images, _, stats, _ = run("SpecARSampler", host, model=demo, draft=tree, policy=cascade, **SAMPLING)
     assert images.shape == (2, 32, 32, 3) and "cascade" in stats
     with pytest.raises(SettingsError, match="branching"):
-        run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=6, dtype="auto", shape="static tree", branching="2,two")
+        run(
+            "SpecARDrafterModel",
+            host,
+            drafter="demo-drafter",
+            gamma=6,
+            dtype="auto",
+            shape="static tree",
+            branching="2,two",
+        )
     with pytest.raises(SettingsError, match="chain"):
-        run("SpecARDrafterModel", host, drafter="mar-demo-drafter", gamma=6, dtype="auto", shape="static tree",
-            branching="2,1")
+        run(
+            "SpecARDrafterModel",
+            host,
+            drafter="mar-demo-drafter",
+            gamma=6,
+            dtype="auto",
+            shape="static tree",
+            branching="2,1",
+        )
     default = NODES_BY_ID["SpecARDrafterModel"].field("branching").default
     assert TreeShape.parse_branching(default) == DEFAULT_BRANCHING
 
@@ -205,15 +253,34 @@ def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None: 
     (tiny,) = run("SpecARModelLoader", host, model="tiny-dir", dtype="fp32", family="auto", image_size=0, compile=False)
     assert tiny.grid == (8, 8)
     with pytest.raises(CheckpointError, match="broken.safetensors"):
-        run("SpecARModelLoader", host, model="broken.safetensors", dtype="auto", family="auto", image_size=0, compile=False)
+        run(
+            "SpecARModelLoader",
+            host,
+            model="broken.safetensors",
+            dtype="auto",
+            family="auto",
+            image_size=0,
+            compile=False,
+        )
     with pytest.raises(SettingsError, match="no VQ tokenizer"):
         run("SpecARSampler", host, model=tiny, **{**SAMPLING, "prompt": "1"})
-    (mismatched,) = run("SpecARDrafterModel", host, drafter="tiny.safetensors", gamma=4, dtype="fp32", shape="chain", branching="2")
+    (mismatched,) = run(
+        "SpecARDrafterModel", host, drafter="tiny.safetensors", gamma=4, dtype="fp32", shape="chain", branching="2"
+    )
     with pytest.raises(IncompatibleDrafterError):
         run("SpecARSampler", host, model=demo, draft=mismatched, **SAMPLING)
     save_tree_head(tiny_tree_head(tiny), folder / "tiny-head.safetensors")
-    (wrong_head,) = run("SpecARTreeHead", host, head="tiny-head.safetensors", tree="dynamic", top_k=4, depth=3,
-                        nodes=8, branching="2", guidance=0.0)
+    (wrong_head,) = run(
+        "SpecARTreeHead",
+        host,
+        head="tiny-head.safetensors",
+        tree="dynamic",
+        top_k=4,
+        depth=3,
+        nodes=8,
+        branching="2",
+        guidance=0.0,
+    )
     with pytest.raises(IncompatibleDrafterError, match="tree head"):
         run("SpecARSampler", host, model=demo, draft=wrong_head, **SAMPLING)
 

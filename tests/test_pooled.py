@@ -31,8 +31,15 @@ def test_fid_z_is_calibrated_when_the_setting_and_ar_share_one_distribution() ->
     for _ in range(2000):
         ar_runs = (6.5 + 0.4 * torch.randn(24, generator=generator)).tolist()
         setting_runs = (6.5 + 0.4 * torch.randn(3, generator=generator)).tolist()
-        band = pareto.QualityBand(24, 0.9, 0.95, min(ar_runs), max(ar_runs), fid_mean=statistics.fmean(ar_runs),
-                                  fid_sd=statistics.stdev(ar_runs))
+        band = pareto.QualityBand(
+            24,
+            0.9,
+            0.95,
+            min(ar_runs),
+            max(ar_runs),
+            fid_mean=statistics.fmean(ar_runs),
+            fid_sd=statistics.stdev(ar_runs),
+        )
         z.append(pooled.fid_z(statistics.fmean(setting_runs), 3, band))
     assert abs(statistics.fmean(z)) < 0.1 and 0.93 < statistics.stdev(z) < 1.12  # a t with 23 degrees of freedom
 
@@ -41,8 +48,26 @@ def test_pareto_pools_a_settings_seed_sets_against_all_ar_runs(tmp_path, capsys)
     paths = []
     for seed, methods in ((0, "ar2,drafter"), (7, "drafter")):  # AR seeds 0, 0 + offset and 7
         paths.append(tmp_path / f"seed{seed}.json")
-        assert cli.main(["bench", "--images", "2", "--batch", "2", "--methods", methods, "--quality", "--quiet",
-                         "--seed", str(seed), "--json", str(paths[-1])]) == 0
+        assert (
+            cli.main(
+                [
+                    "bench",
+                    "--images",
+                    "2",
+                    "--batch",
+                    "2",
+                    "--methods",
+                    methods,
+                    "--quality",
+                    "--quiet",
+                    "--seed",
+                    str(seed),
+                    "--json",
+                    str(paths[-1]),
+                ]
+            )
+            == 0
+        )
     capsys.readouterr()
     points, band = pareto.collect(pareto.load_runs(paths))
     assert band.runs == 3 and band.images == 6 and sorted(p.seed for p in points) == [0, 7]

@@ -80,10 +80,17 @@ def test_acceptance_rises_with_the_knob_and_the_region_keeps_zero_parts_exact(de
 def test_sampled_acceptance_rate_rises_with_the_knob(demo) -> None:  # type: ignore[no-untyped-def]
     target, drafter = demo
     cond, settings = Conditioning.classes(list(range(8))), target.default_settings.with_(seed=5)
-    for name, kind in (("lantern", "drafter"), ("csd", "drafter"), ("gsd", "jacobi"), ("lantern", "jacobi"),
-                       ("clusters", "drafter")):
-        rates = [generate(target, cond, settings, _drafts(kind, drafter),
-                          make_policy(name, r, model=target)).acceptance_rate for r in (0.0, 0.5, 1.0)]
+    for name, kind in (
+        ("lantern", "drafter"),
+        ("csd", "drafter"),
+        ("gsd", "jacobi"),
+        ("lantern", "jacobi"),
+        ("clusters", "drafter"),
+    ):
+        rates = [
+            generate(target, cond, settings, _drafts(kind, drafter), make_policy(name, r, model=target)).acceptance_rate
+            for r in (0.0, 0.5, 1.0)
+        ]
         assert rates[2] > rates[0] + 0.02 and rates[1] > rates[0], (name, kind, rates)
 
 
@@ -108,12 +115,24 @@ def test_impossible_parameters_are_refused(demo) -> None:  # type: ignore[no-unt
             make_policy(name, 0.5, model=target, ratio_bound=0.5)
 
 
-@pytest.mark.parametrize("name,keys", [("lantern", {"neighbour_mass"}), ("gsd", {"group_size"}), ("csd", {"entropy", "tv"}),
-                                       ("clusters", {"group_mass"})])
+@pytest.mark.parametrize(
+    "name,keys",
+    [
+        ("lantern", {"neighbour_mass"}),
+        ("gsd", {"group_size"}),
+        ("csd", {"entropy", "tv"}),
+        ("clusters", {"group_mass"}),
+    ],
+)
 def test_the_loop_records_what_each_policy_decided_on(demo, name: str, keys: set) -> None:  # type: ignore[no-untyped-def]
     target, drafter = demo
-    result = generate(target, Conditioning.classes([2, 9]), target.default_settings.with_(seed=4),
-                      DrafterModelDrafts(drafter, 6), make_policy(name, 0.5, model=target))
+    result = generate(
+        target,
+        Conditioning.classes([2, 9]),
+        target.default_settings.with_(seed=4),
+        DrafterModelDrafts(drafter, 6),
+        make_policy(name, 0.5, model=target),
+    )
     assert set(result.diagnostics) == keys
     decided = result.kinds.long()
     tested_kinds = (decided == int(TokenKind.ACCEPTED)) | (decided == int(TokenKind.CORRECTED))
@@ -128,13 +147,26 @@ def test_the_loop_records_what_each_policy_decided_on(demo, name: str, keys: set
 def test_bench_sweeps_policies_as_method_variants(capsys) -> None:  # type: ignore[no-untyped-def]
     from specar import cli
 
-    code = cli.main(["bench", "--images", "2", "--batch", "2", "--methods", "jacobi-row,jacobi-row:lantern=0.5,drafter:csd=0",
-                     "--quiet"])
+    code = cli.main(
+        [
+            "bench",
+            "--images",
+            "2",
+            "--batch",
+            "2",
+            "--methods",
+            "jacobi-row,jacobi-row:lantern=0.5,drafter:csd=0",
+            "--quiet",
+        ]
+    )
     assert code == 0
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[-4:]]
     assert rows == ["ar", "jacobi-row", "jacobi-row:lantern=0.5", "drafter:csd=0"]
-    for bad, message in (("drafter:fast=0.5", "unknown acceptance policy 'fast'"), ("drafter:csd=lots", "METHOD:POLICY=RELAX"),
-                         ("drafter:csd=2", "0..1")):
+    for bad, message in (
+        ("drafter:fast=0.5", "unknown acceptance policy 'fast'"),
+        ("drafter:csd=lots", "METHOD:POLICY=RELAX"),
+        ("drafter:csd=2", "0..1"),
+    ):
         assert cli.main(["bench", "--images", "1", "--methods", bad, "--quiet"]) == 2
         assert message in capsys.readouterr().err
 
@@ -151,8 +183,10 @@ def _teacher_forced(model, cond: Conditioning, tokens: torch.Tensor, settings) -
 
 
 # LANTERN with its widest neighbourhood (every other code), so that the relaxed half's bias is plain to see.
-@pytest.mark.parametrize("name,kind,options", [("lantern", "jacobi", (("neighbours", 511.0),)), ("csd", "drafter", ()),
-                                               ("clusters", "drafter", ())])
+@pytest.mark.parametrize(
+    "name,kind,options",
+    [("lantern", "jacobi", (("neighbours", 511.0),)), ("csd", "drafter", ()), ("clusters", "drafter", ())],
+)
 def test_a_black_mask_region_is_decoded_exactly(demo, name: str, kind: str, options: tuple) -> None:  # type: ignore[no-untyped-def]
     """Inside the mask's black half every token follows the target's ``p`` given its prefix (PIT/KS
     over about 3,000 tokens); in the relaxed half the same test sees the relaxation's bias."""
@@ -178,14 +212,42 @@ def test_bench_sweep_writes_the_pareto_table_and_plot(tmp_path, capsys) -> None:
     from specar import cli, pareto
 
     table, plot, saved = tmp_path / "pareto.md", tmp_path / "pareto.png", tmp_path / "run.json"
-    assert cli.main(["bench", "--images", "2", "--batch", "2", "--methods", "ar2,drafter", "--sweep", "csd,lantern",
-                     "--relax-steps", "0.5,1", "--quality", "--quiet", "--plot", str(plot), "--table", str(table),
-                     "--json", str(saved)]) == 0
+    assert (
+        cli.main(
+            [
+                "bench",
+                "--images",
+                "2",
+                "--batch",
+                "2",
+                "--methods",
+                "ar2,drafter",
+                "--sweep",
+                "csd,lantern",
+                "--relax-steps",
+                "0.5,1",
+                "--quality",
+                "--quiet",
+                "--plot",
+                str(plot),
+                "--table",
+                str(table),
+                "--json",
+                str(saved),
+            ]
+        )
+        == 0
+    )
     rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[-6:]]
     assert rows == ["ar2", "drafter", "drafter:csd=0.5", "drafter:csd=1", "drafter:lantern=0.5", "drafter:lantern=1"]
     points, band = pareto.collect(pareto.load_runs([saved]))
-    assert band.runs == 2 and {(p.policy, p.relaxation) for p in points} == \
-        {("exact", 0.0), ("csd", 0.5), ("csd", 1.0), ("lantern", 0.5), ("lantern", 1.0)}
+    assert band.runs == 2 and {(p.policy, p.relaxation) for p in points} == {
+        ("exact", 0.0),
+        ("csd", 0.5),
+        ("csd", 1.0),
+        ("lantern", 0.5),
+        ("lantern", 1.0),
+    }
     exact = next(p for p in points if p.policy == "exact")
     assert all(p.exact_tokens_per_forward == exact.tokens_per_forward for p in points)
     text = table.read_text()
@@ -196,14 +258,35 @@ def test_bench_sweep_writes_the_pareto_table_and_plot(tmp_path, capsys) -> None:
     assert "clears each edge with probability 67%" in text  # 2 runs: a third run is the worst with chance 1/3
     # ar2 with seed S drew the images of ar with seed S + offset: pooled, they count as one AR run
     again = tmp_path / "ar_again.json"
-    assert cli.main(["bench", "--images", "2", "--batch", "2", "--methods", "ar", "--quality", "--quiet",
-                     "--seed", str(SECOND_SEED_OFFSET), "--json", str(again)]) == 0
+    assert (
+        cli.main(
+            [
+                "bench",
+                "--images",
+                "2",
+                "--batch",
+                "2",
+                "--methods",
+                "ar",
+                "--quality",
+                "--quiet",
+                "--seed",
+                str(SECOND_SEED_OFFSET),
+                "--json",
+                str(again),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     ar2_quality = next(r["quality"] for r in pareto.load_runs([saved])[0]["rows"] if r["method"] == "ar2")
     assert pareto.load_runs([again])[0]["rows"][0]["quality"] == ar2_quality
     assert pareto.collect(pareto.load_runs([saved, again]))[1].runs == 2
-    for args, message in ((["--sweep", "exact"], "cannot sweep 'exact'"), (["--sweep", "csd", "--relax-steps", "0"], "(0, 1]"),
-                          (["--plot", str(plot)], "add --quality")):
+    for args, message in (
+        (["--sweep", "exact"], "cannot sweep 'exact'"),
+        (["--sweep", "csd", "--relax-steps", "0"], "(0, 1]"),
+        (["--plot", str(plot)], "add --quality"),
+    ):
         assert cli.main(["bench", "--images", "1", "--methods", "drafter", "--quiet", *args]) == 2
         assert message in capsys.readouterr().err
     assert cli.main(["pareto", str(tmp_path / "missing.json")]) == 2
@@ -221,13 +304,34 @@ def test_expert_options_and_recommended_defaults(tmp_path, capsys) -> None:  # t
         assert 0.0 < recommended_relaxation(name) <= 1.0
     assert recommended_relaxation("exact") == 0.0
     stats = tmp_path / "stats.json"
-    assert cli.main(["generate", "--class-id", "3", "--policy", "csd", "--policy-option", "tv_threshold=0.4",
-                     "--out", str(tmp_path / "a.png"), "--stats", str(stats), "--quiet"]) == 0
+    assert (
+        cli.main(
+            [
+                "generate",
+                "--class-id",
+                "3",
+                "--policy",
+                "csd",
+                "--policy-option",
+                "tv_threshold=0.4",
+                "--out",
+                str(tmp_path / "a.png"),
+                "--stats",
+                str(stats),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     written = json.loads(stats.read_text())
     assert written["relaxation"] == recommended_relaxation("csd") and written["policy_options"] == {"tv_threshold": 0.4}
     assert written["policy_parameters"] == {"lambda_at_full": make_policy("csd").lambda_at_full, "tv_threshold": 0.4}
-    assert cli.main(["generate", "--policy", "csd", "--policy-option", "tau=0.4", "--out", str(tmp_path / "b.png"),
-                     "--quiet"]) == 2
+    assert (
+        cli.main(
+            ["generate", "--policy", "csd", "--policy-option", "tau=0.4", "--out", str(tmp_path / "b.png"), "--quiet"]
+        )
+        == 2
+    )
     assert "csd policy has no option tau" in capsys.readouterr().err
 
 
@@ -248,7 +352,9 @@ def _output_distribution(policy, p: torch.Tensor, q: torch.Tensor, position: int
     tokens = torch.arange(vocab)[None, :]
     ctx = PolicyContext(torch.full((1, vocab), position))
     alpha, _ = policy.acceptance(p.expand(1, vocab, -1), q.expand(1, vocab, -1), tokens, ctx)
-    rows = policy.residual(p.expand(vocab, -1), q.expand(vocab, -1), tokens[0], PolicyContext(torch.full((vocab, 1), position)))
+    rows = policy.residual(
+        p.expand(vocab, -1), q.expand(vocab, -1), tokens[0], PolicyContext(torch.full((vocab, 1), position))
+    )
     return q * alpha[0] + ((q * (1 - alpha[0]))[:, None] * rows).sum(0)
 
 
@@ -273,8 +379,12 @@ def test_cluster_acceptance_keeps_every_group_s_target_mass(demo) -> None:  # ty
         q_group = torch.zeros_like(p_group).index_add_(0, groups, q)
         assert torch.allclose(out_group, p_group, atol=1e-9), relaxation  # every group keeps the target's mass
         vocab = target.vocab_size
-        alpha, _ = policy.acceptance(p.expand(1, vocab, -1), q.expand(1, vocab, -1), torch.arange(vocab)[None],
-                                     PolicyContext(torch.zeros(1, vocab, dtype=torch.long)))
+        alpha, _ = policy.acceptance(
+            p.expand(1, vocab, -1),
+            q.expand(1, vocab, -1),
+            torch.arange(vocab)[None],
+            PolicyContext(torch.zeros(1, vocab, dtype=torch.long)),
+        )
         rate = float((q * alpha[0]).sum())
         assert rate == pytest.approx(1 - 0.5 * float((p_group - q_group).abs().sum()), abs=1e-6)  # 1 - TV(p_G, q_G)
         rates.append(rate)
@@ -301,8 +411,9 @@ def test_cascade_groups_codes_that_look_alike_and_that_the_target_embeds_alike(d
     def spread(vectors: torch.Tensor, ranks: torch.Tensor, level: int) -> float:
         """Mean distance between two codes of one group of 2^level codes."""
         groups = ranks >> level
-        return sum(float(torch.cdist(vectors[groups == g], vectors[groups == g]).mean())
-                   for g in range(int(groups.max()) + 1)) / (int(groups.max()) + 1)
+        return sum(
+            float(torch.cdist(vectors[groups == g], vectors[groups == g]).mean()) for g in range(int(groups.max()) + 1)
+        ) / (int(groups.max()) + 1)
 
     for level in (3, 4):  # groups of 8 and 16: tighter in the target's embedding, about as tight in looks
         assert spread(embeddings, both, level) < spread(embeddings, look, level)
@@ -396,9 +507,12 @@ def test_evidence_guard_keeps_group_masses_and_never_favours_codes_that_say_less
 
     def emitted(policy) -> torch.Tensor:  # type: ignore[no-untyped-def]
         alpha, _ = policy.acceptance(p.expand(1, vocab, -1), q.expand(1, vocab, -1), tokens, ctx)
-        rows = policy.residual(p.expand(vocab, -1), q.expand(vocab, -1), tokens[0],
-                               PolicyContext(torch.zeros(vocab, 1, dtype=torch.long),
-                                             evidence=evidence.expand(vocab, 1, -1)))
+        rows = policy.residual(
+            p.expand(vocab, -1),
+            q.expand(vocab, -1),
+            tokens[0],
+            PolicyContext(torch.zeros(vocab, 1, dtype=torch.long), evidence=evidence.expand(vocab, 1, -1)),
+        )
         return q * alpha[0] + ((q * (1 - alpha[0]))[:, None] * rows).sum(0), float((q * alpha[0]).sum())
 
     free, free_rate = emitted(unguarded)
@@ -415,8 +529,11 @@ def test_evidence_guard_keeps_group_masses_and_never_favours_codes_that_say_less
         make_policy("clusters", 1.0, model=target, evidence_margin=-1)
     with pytest.raises(SettingsError, match="condition evidence"):  # a verifier that does not hand it over
         make_policy("cascade", 1.0, model=target, evidence_margin=0.5).acceptance(
-            p.expand(1, vocab, -1).float(), q.expand(1, vocab, -1).float(), tokens,
-            PolicyContext(torch.zeros(1, vocab, dtype=torch.long)))
+            p.expand(1, vocab, -1).float(),
+            q.expand(1, vocab, -1).float(),
+            tokens,
+            PolicyContext(torch.zeros(1, vocab, dtype=torch.long)),
+        )
 
 
 def test_evidence_guard_reads_the_target_s_guidance_halves_in_chains_and_trees(demo, monkeypatch) -> None:  # type: ignore[no-untyped-def]
@@ -437,15 +554,22 @@ def test_evidence_guard_reads_the_target_s_guidance_halves_in_chains_and_trees(d
         assert rates[1] < rates[0], rates
     unguided = SamplingSettings(cfg_scale=1.0, top_k=100)
     with pytest.raises(SettingsError, match="guidance halves"):  # a margin the user set is never dropped silently
-        generate(target, cond, unguided, draft=DrafterModelDrafts(drafter, 6),
-                 policy=make_policy("clusters", 1.0, model=target, evidence_margin=0.5))
+        generate(
+            target,
+            cond,
+            unguided,
+            draft=DrafterModelDrafts(drafter, 6),
+            policy=make_policy("clusters", 1.0, model=target, evidence_margin=0.5),
+        )
     assert not make_policy("clusters", 1.0, model=target, evidence_margin=float("inf")).needs_code_evidence
     monkeypatch.setattr(ClusterPolicy, "default_evidence_margin", 0.5)  # a policy whose default has a guard ...
     guarded_by_default = make_policy("clusters", 1.0, model=target)
     assert guarded_by_default.evidence_margin == 0.5
     plain = make_policy("clusters", 1.0, model=target, evidence_margin=float("inf"))
-    runs = [generate(target, cond, unguided, draft=DrafterModelDrafts(drafter, 6), policy=policy).tokens
-            for policy in (guarded_by_default, plain)]
+    runs = [
+        generate(target, cond, unguided, draft=DrafterModelDrafts(drafter, 6), policy=policy).tokens
+        for policy in (guarded_by_default, plain)
+    ]
     assert torch.equal(runs[0], runs[1])  # ... runs unguarded, bit for bit, where there is no evidence to read
 
 
@@ -485,10 +609,12 @@ def test_cluster_acceptance_over_siblings_drawn_without_replacement_keeps_group_
     children, child_q = sample_children(q.expand(rows, 1, vocab), siblings, g)
     block = DraftBlock(children[:, 0], child_q[:, 0], [-1] * siblings)
     p_rows = torch.cat([p[None], torch.softmax(torch.randn(siblings, vocab, generator=g), -1)]).expand(rows, -1, -1)
-    verdict = verify_tree(policy, p_rows, block, torch.zeros(rows, siblings, dtype=torch.long),
-                          torch.full((rows,), 1), g)
-    first = torch.where(verdict.accepted > 0, block.tokens.gather(1, verdict.path[:, :1].clamp(min=0))[:, 0],
-                        verdict.next_token)
+    verdict = verify_tree(
+        policy, p_rows, block, torch.zeros(rows, siblings, dtype=torch.long), torch.full((rows,), 1), g
+    )
+    first = torch.where(
+        verdict.accepted > 0, block.tokens.gather(1, verdict.path[:, :1].clamp(min=0))[:, 0], verdict.next_token
+    )
     emitted = torch.bincount(first, minlength=vocab)
     same_group = groups[block.tokens[:, 0]] == groups[block.tokens[:, 1]]
     assert float(same_group.float().mean()) > 0.2  # the case where per-token renormalisation could go wrong
@@ -516,8 +642,15 @@ def test_runs_record_the_policy_parameters_they_ran_with(demo, tmp_path, capsys)
 
     target = demo[0]
     assert make_policy("cascade", 1.0, model=target).parameters() == {
-        "max_group": 16.0, "converged_group": 32.0, "ratio_bound": 8.0, "plausible_share": 0.0, "target_alike": 1.0,
-        "evidence_margin": 0.5, "tau_pos_at_full": cascade.TAU_POS_AT_FULL, "tau_seq_at_full": cascade.TAU_SEQ_AT_FULL}
+        "max_group": 16.0,
+        "converged_group": 32.0,
+        "ratio_bound": 8.0,
+        "plausible_share": 0.0,
+        "target_alike": 1.0,
+        "evidence_margin": 0.5,
+        "tau_pos_at_full": cascade.TAU_POS_AT_FULL,
+        "tau_seq_at_full": cascade.TAU_SEQ_AT_FULL,
+    }
     changed = make_policy("cascade", 1.0, model=target, max_group=8, evidence_margin=math.inf).parameters()
     assert changed["max_group"] == 8.0 and changed["evidence_margin"] is None  # inf: the guard is off
     assert make_policy("exact").parameters() == {}
@@ -525,8 +658,26 @@ def test_runs_record_the_policy_parameters_they_ran_with(demo, tmp_path, capsys)
         assert make_policy(name, 0.5, model=target).parameters()  # every relaxed policy names its knobs' anchors
 
     first = tmp_path / "first.json"
-    assert cli.main(["bench", "--images", "2", "--batch", "2", "--methods", "ar2,drafter:exact=0,drafter",
-                     "--policy", "clusters", "--quality", "--quiet", "--json", str(first)]) == 0
+    assert (
+        cli.main(
+            [
+                "bench",
+                "--images",
+                "2",
+                "--batch",
+                "2",
+                "--methods",
+                "ar2,drafter:exact=0,drafter",
+                "--policy",
+                "clusters",
+                "--quality",
+                "--quiet",
+                "--json",
+                str(first),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     run = json.loads(first.read_text())
     by_method = {row["method"]: row["policy_parameters"] for row in run["rows"]}

@@ -22,8 +22,26 @@ def test_data_then_training_then_drafting(tmp_path: Path) -> None:
     generate_chunks(data, CHUNK, seed=7)  # resumes: the existing chunk is kept, not redrawn
     assert torch.equal(read_chunks(data)[0], tokens)
     out = tmp_path / "head"
-    train_main(["--data", str(data), "--out", str(out), "--steps", "2", "--batch", "4", "--val-images", "8",
-                "--redundancy", "0.95", "--alternatives", "2", "--log-seconds", "0"])
+    train_main(
+        [
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--steps",
+            "2",
+            "--batch",
+            "4",
+            "--val-images",
+            "8",
+            "--redundancy",
+            "0.95",
+            "--alternatives",
+            "2",
+            "--log-seconds",
+            "0",
+        ]
+    )
     assert (out / "redundancy-tau0.95-m2.safetensors").is_file()
     target = load_demo(device="cpu")
     head = load_tree_head(out / "tree_head.safetensors", target)

@@ -91,7 +91,9 @@ def test_dynamic_trees_are_closed_and_differ_per_image() -> None:
     drafts = RecordingDrafts(tiny_tree_head(target), shape)
     generate(target, Conditioning.classes([1, 4, 7, 2]), SAMPLING, draft=drafts)
     shapes_differ = False
-    far_from_the_end = [block for committed, block in drafts.blocks if int(committed.max()) < target.num_image_tokens - 4]
+    far_from_the_end = [
+        block for committed, block in drafts.blocks if int(committed.max()) < target.num_image_tokens - 4
+    ]
     assert len(far_from_the_end) > 5
     for block in far_from_the_end:
         assert block.size == 12
@@ -114,7 +116,7 @@ def test_static_tree_layout_and_sampled_children() -> None:
     assert block.parents[0].tolist() == [-1, -1, -1, 0, 0, 1, 1, 2, 2, 3, 4, 5, 6, 7, 8]
     for b in range(3):  # siblings are distinct tokens drawn from their parent's q
         for first in (0, 3, 5, 7):
-            kids = block.tokens[b, first: first + (3 if first == 0 else 2)]
+            kids = block.tokens[b, first : first + (3 if first == 0 else 2)]
             assert kids.unique().numel() == kids.numel()
         assert float(block.q[b, 0, block.tokens[b, 0]]) > 0
 
@@ -188,8 +190,12 @@ def test_tree_guidance_sets_the_head_s_cfg_scale_only() -> None:
         assert drafts.processor.settings.cfg_scale == (guidance or SAMPLING.cfg_scale)
     assert not torch.equal(trees[None], trees[6.0])
     with pytest.raises(SettingsError, match="without CFG"):
-        generate(target, COND, SAMPLING.with_(cfg_scale=1.0),
-                 draft=TreeHeadDrafts(tiny_tree_head(target), TreeShape(guidance=4.0)))
+        generate(
+            target,
+            COND,
+            SAMPLING.with_(cfg_scale=1.0),
+            draft=TreeHeadDrafts(tiny_tree_head(target), TreeShape(guidance=4.0)),
+        )
 
 
 def test_head_files_round_trip_and_mismatches_are_clear(tmp_path: Path) -> None:
@@ -221,9 +227,20 @@ def test_lantern_head_folder_loads_with_its_own_embedding(tmp_path: Path) -> Non
     state = {k: v.clone() for k, v in head.state_dict().items()}
     state["embed_tokens.weight"] = target.gpt.tok_embeddings.weight.detach().clone()
     save_safetensors(state, tmp_path / "model.safetensors")
-    (tmp_path / "config.json").write_text(json.dumps({
-        "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4, "intermediate_size": 96,
-        "vocab_size": 64, "rms_norm_eps": 1e-5, "num_hidden_layers": 1, "input_type": "t2i"}))
+    (tmp_path / "config.json").write_text(
+        json.dumps(
+            {
+                "hidden_size": 64,
+                "num_attention_heads": 4,
+                "num_key_value_heads": 4,
+                "intermediate_size": 96,
+                "vocab_size": 64,
+                "rms_norm_eps": 1e-5,
+                "num_hidden_layers": 1,
+                "input_type": "t2i",
+            }
+        )
+    )
     loaded = load_tree_head(tmp_path, target)
     assert loaded.embed_tokens is not None
     embeds, features = torch.randn(1, 4, 64), torch.randn(1, 4, 64)
@@ -233,8 +250,11 @@ def test_lantern_head_folder_loads_with_its_own_embedding(tmp_path: Path) -> Non
 def test_cascade_at_zero_is_the_exact_tree_and_relaxation_raises_acceptance() -> None:
     target = tiny_model_with_codes(0)
     cond = Conditioning.classes(list(range(8)))
-    run = lambda policy: generate(target, cond, SAMPLING, policy=policy,  # noqa: E731
-                                  draft=TreeHeadDrafts(tiny_tree_head(target), TreeShape(top_k=4, depth=4, nodes=16)))
+
+    def run(policy):  # type: ignore[no-untyped-def]
+        draft = TreeHeadDrafts(tiny_tree_head(target), TreeShape(top_k=4, depth=4, nodes=16))
+        return generate(target, cond, SAMPLING, policy=policy, draft=draft)
+
     exact = run(None)
     assert torch.equal(run(make_policy("cascade", 0.0, model=target)).tokens, exact.tokens)
     loose = run(make_policy("cascade", 1.0, model=target, tau_pos_at_full=-1.0, tau_seq_at_full=-1.0))
@@ -250,16 +270,29 @@ def test_cascade_at_zero_is_the_exact_tree_and_relaxation_raises_acceptance() ->
 def _cascade_case(converged: bool, root: bool = False):  # type: ignore[no-untyped-def]
     """A CASCADE policy on explicit groups (codes 0..15 in order: pairs, or fours where converged),
     a node drafting token 0 (point mass) with siblings 5 (same state) and 9 (another state)."""
-    policy = make_policy("cascade", 1.0, model=tiny_model_with_codes(0), tau_pos_at_full=0.9, tau_seq_at_full=0.9,
-                         max_group=2, converged_group=4, ratio_bound=math.inf)  # inf: the group test alone
+    policy = make_policy(
+        "cascade",
+        1.0,
+        model=tiny_model_with_codes(0),
+        tau_pos_at_full=0.9,
+        tau_seq_at_full=0.9,
+        max_group=2,
+        converged_group=4,
+        ratio_bound=math.inf,
+    )  # inf: the group test alone
     policy.ranks = torch.arange(16)
     p = torch.softmax(torch.linspace(0.0, 1.5, 16), 0)[None, None]
     q = torch.zeros(1, 1, 16).index_fill_(-1, torch.tensor([0]), 1.0)
     same, far = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
     grandparent = torch.full((2,), float("nan")) if root else (same if converged else far)
-    ctx = PolicyContext(torch.tensor([[5]]), hidden=same.view(1, 1, 2), parent_hidden=same.view(1, 1, 2),
-                        grandparent_hidden=grandparent.view(1, 1, 2), siblings=torch.tensor([[[5, 9, -1]]]),
-                        sibling_hidden=torch.stack([same, far, same]).view(1, 1, 3, 2))
+    ctx = PolicyContext(
+        torch.tensor([[5]]),
+        hidden=same.view(1, 1, 2),
+        parent_hidden=same.view(1, 1, 2),
+        grandparent_hidden=grandparent.view(1, 1, 2),
+        siblings=torch.tensor([[[5, 9, -1]]]),
+        sibling_hidden=torch.stack([same, far, same]).view(1, 1, 3, 2),
+    )
     return policy, p, q, torch.tensor([[0]]), ctx
 
 

@@ -34,8 +34,9 @@ def test_chain_with_full_draft_distribution_emits_p() -> None:
     drafts = torch.multinomial(q, ROWS, replacement=True, generator=gen)[:, None]
     block = DraftBlock(drafts, q.expand(ROWS, 1, V).clone(), [-1])
     p_rows = torch.stack([p, _dist(2)]).expand(ROWS, 2, V)
-    verdict = verify_chain(ExactPolicy(), p_rows, block, torch.zeros(ROWS, 1, dtype=torch.long),
-                           torch.full((ROWS,), 5), gen)
+    verdict = verify_chain(
+        ExactPolicy(), p_rows, block, torch.zeros(ROWS, 1, dtype=torch.long), torch.full((ROWS,), 5), gen
+    )
     assert total_variation(_counts(_first_emitted(block, verdict)), p) <= noise_floor(p, ROWS)
     # the bonus row is only used after an acceptance; corrections come from the residual
     kinds = verdict.next_kind
@@ -44,7 +45,9 @@ def test_chain_with_full_draft_distribution_emits_p() -> None:
 
 def test_chain_respects_the_per_row_limit() -> None:
     p = point_mass(torch.tensor([[3, 4, 5]]), V).expand(4, 3, V)
-    block = DraftBlock(torch.tensor([[3, 4]]).expand(4, 2), point_mass(torch.tensor([[3, 4]]), V).expand(4, 2, V), [-1, 0])
+    block = DraftBlock(
+        torch.tensor([[3, 4]]).expand(4, 2), point_mass(torch.tensor([[3, 4]]), V).expand(4, 2, V), [-1, 0]
+    )
     limit = torch.tensor([0, 1, 2, 7])
     verdict = verify_chain(ExactPolicy(), p, block, torch.zeros(4, 2, dtype=torch.long), limit, torch.Generator())
     assert verdict.accepted.tolist() == [0, 1, 2, 2]
@@ -64,8 +67,9 @@ def test_tree_siblings_recursive_rejection_emits_p(siblings: str) -> None:
         q_nodes = q.expand(ROWS, 3, V).clone()
     block = DraftBlock(tokens, q_nodes, [-1, -1, -1])
     p_rows = torch.cat([p[None], torch.stack([_dist(20 + i) for i in range(3)])]).expand(ROWS, 4, V)
-    verdict = verify_tree(ExactPolicy(), p_rows, block, torch.zeros(ROWS, 3, dtype=torch.long),
-                          torch.full((ROWS,), 4), gen)
+    verdict = verify_tree(
+        ExactPolicy(), p_rows, block, torch.zeros(ROWS, 3, dtype=torch.long), torch.full((ROWS,), 4), gen
+    )
     assert total_variation(_counts(_first_emitted(block, verdict)), p) <= noise_floor(p, ROWS)
 
 
@@ -77,8 +81,9 @@ def test_tree_second_level_follows_the_accepted_node() -> None:
     block = DraftBlock(tokens, point_mass(tokens, V), [-1, 0])
     p_rows = torch.stack([p_root, p_after[0], p_after[1]]).expand(ROWS, 3, V)
     gen = torch.Generator().manual_seed(4)
-    verdict = verify_tree(ExactPolicy(), p_rows, block, torch.zeros(ROWS, 2, dtype=torch.long),
-                          torch.full((ROWS,), 9), gen)
+    verdict = verify_tree(
+        ExactPolicy(), p_rows, block, torch.zeros(ROWS, 2, dtype=torch.long), torch.full((ROWS,), 9), gen
+    )
     assert bool((verdict.path[:, 0] == 0).all())
     second = torch.where(verdict.accepted > 1, torch.full_like(verdict.next_token, 7), verdict.next_token)
     assert total_variation(_counts(second), p_after[0]) <= noise_floor(p_after[0], ROWS)

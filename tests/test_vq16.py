@@ -141,6 +141,7 @@ def test_default_config_is_official_vq16() -> None:
 
 # --- oracle: transformers' JanusVQVAE is the same network under other key names -----------------
 
+
 def janus_to_official(name: str) -> str:
     """transformers' Janus key names -> LlamaGen's (the inverse of their converter's renames)."""
     name = re.sub(r"^decoder\.up\.", "decoder.conv_blocks.", name)
@@ -154,9 +155,14 @@ def janus_to_official(name: str) -> str:
 def test_matches_transformers_janus_vqvae(tmp_path) -> None:
     transformers = pytest.importorskip("transformers")
     config = transformers.JanusVQVAEConfig(
-        embed_dim=TINY.codebook_dim, num_embeddings=TINY.codebook_size, latent_channels=TINY.z_channels,
-        base_channels=TINY.ch, channel_multiplier=list(TINY.ch_mult), num_res_blocks=TINY.num_res_blocks,
-        num_patches=8)
+        embed_dim=TINY.codebook_dim,
+        num_embeddings=TINY.codebook_size,
+        latent_channels=TINY.z_channels,
+        base_channels=TINY.ch,
+        channel_multiplier=list(TINY.ch_mult),
+        num_res_blocks=TINY.num_res_blocks,
+        num_patches=8,
+    )
     oracle = transformers.JanusVQVAE(config).eval()
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
@@ -180,6 +186,7 @@ def test_matches_transformers_janus_vqvae(tmp_path) -> None:
 
 # --- bad input ----------------------------------------------------------------------------------
 
+
 def test_corrupt_file_is_a_checkpoint_error(tmp_path) -> None:
     path = tmp_path / "vq.safetensors"
     path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
@@ -189,8 +196,16 @@ def test_corrupt_file_is_a_checkpoint_error(tmp_path) -> None:
 
 def test_gpt_checkpoint_is_rejected(tmp_path) -> None:
     path = tmp_path / "c2i_B_256.pt"
-    torch.save({"model": {"tok_embeddings.weight": torch.zeros(16, 8), "layers.0.attention.wqkv.weight": torch.zeros(24, 8),
-                          "output.weight": torch.zeros(16, 8)}}, path)
+    torch.save(
+        {
+            "model": {
+                "tok_embeddings.weight": torch.zeros(16, 8),
+                "layers.0.attention.wqkv.weight": torch.zeros(24, 8),
+                "output.weight": torch.zeros(16, 8),
+            }
+        },
+        path,
+    )
     with pytest.raises(CheckpointError, match=r"c2i_B_256\.pt: not a LlamaGen VQ16.*GPT.*quantize\.embedding\.weight"):
         load_vq16(path)
 
@@ -200,7 +215,9 @@ def test_missing_decoder_keys_are_named(tmp_path) -> None:
     del state["decoder.conv_blocks.0.attn.1.q.weight"]
     path = tmp_path / "partial.safetensors"
     save_safetensors(state, path)
-    with pytest.raises(CheckpointError, match=r"partial\.safetensors.*missing 1 keys.*decoder\.conv_blocks\.0\.attn\.1\.q\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"partial\.safetensors.*missing 1 keys.*decoder\.conv_blocks\.0\.attn\.1\.q\.weight"
+    ):
         load_vq16(path)
 
     encoder_only = {k: v for k, v in official_state(TINY).items() if not k.startswith("decoder.")}

@@ -26,7 +26,10 @@ DOCUMENTED_FOLDERS = {folder for _, folder, _, _ in FAMILY_WORKFLOWS.values()}
 
 def _check_widget(field: Any, value: Any) -> None:
     if field.type == INT:
-        assert isinstance(value, int) and not isinstance(value, bool) and field.min <= value <= field.max, (field.name, value)
+        assert isinstance(value, int) and not isinstance(value, bool) and field.min <= value <= field.max, (
+            field.name,
+            value,
+        )
     elif field.type == FLOAT:
         assert isinstance(value, (int, float)) and field.min <= value <= field.max, (field.name, value)
     elif field.type == BOOLEAN:

@@ -73,8 +73,9 @@ def tiny_tree_head(target: LlamaGenModel, seed: int = 2, std: float = 0.2) -> Tr
     """A random EAGLE-style head for ``target`` (one layer, the target's width)."""
     from specar.drafts.tree_head import TreeHeadConfig
 
-    cfg = TreeHeadConfig(dim=target.hidden_size, n_head=4, ffn_hidden=96, vocab_size=target.vocab_size,
-                         grid_size=target.grid[0])
+    cfg = TreeHeadConfig(
+        dim=target.hidden_size, n_head=4, ffn_hidden=96, vocab_size=target.vocab_size, grid_size=target.grid[0]
+    )
     head = TreeHead(cfg)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -90,13 +91,24 @@ def tiny_mar(seed: int = 0, std: float = 0.15, perturb: float = 0.0, **overrides
     ``perturb`` adds noise of that std to every weight: a draft close to
     the seed's model, which CSpD's exact test accepts sometimes (about 40 % at 3e-4).
     """
-    sizes: dict[str, object] = dict(seq_h=4, seq_w=4, token_dim=12, encoder_dim=32, encoder_depth=1, encoder_heads=2,
-                                    decoder_dim=32, decoder_depth=1, decoder_heads=2, num_classes=3, buffer_size=2,
-                                    head_width=32, head_depth=2)
+    sizes: dict[str, object] = dict(
+        seq_h=4,
+        seq_w=4,
+        token_dim=12,
+        encoder_dim=32,
+        encoder_depth=1,
+        encoder_heads=2,
+        decoder_dim=32,
+        decoder_depth=1,
+        decoder_heads=2,
+        num_classes=3,
+        buffer_size=2,
+        head_width=32,
+        head_depth=2,
+    )
     mar = MAR(MARConfig(**{**sizes, **overrides}))  # type: ignore[arg-type]
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in mar.parameters():
             p.copy_(torch.randn(p.shape, generator=gen) * std + torch.randn(p.shape, generator=gen) * perturb)
     return MARTokenModel(mar, PatchPixels(), name=f"tiny-mar-{seed}", class_names=("a", "b", "c"), clip_x0=1.0)
-

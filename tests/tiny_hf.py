@@ -43,19 +43,47 @@ def build_tiny_janus(directory: Path, seed: int = 0, perturb: float = 0.0) -> Pa
     from transformers import GenerationConfig, JanusConfig, JanusForConditionalGeneration
 
     config = JanusConfig(
-        text_config=dict(model_type="llama", vocab_size=64, hidden_size=64, intermediate_size=128,
-                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                         max_position_embeddings=512, pad_token_id=2, bos_token_id=1, eos_token_id=5),
-        vision_config=dict(image_size=32, patch_size=4, num_image_tokens=64, hidden_size=32,
-                           num_hidden_layers=1, num_attention_heads=2, projection_dim=64, mlp_ratio=2),
-        vq_config=dict(embed_dim=8, num_embeddings=256, latent_channels=32, base_channels=32,
-                       channel_multiplier=[1, 1], num_res_blocks=1, projection_dim=64, image_token_embed_dim=64),
-        image_token_id=6)
+        text_config=dict(
+            model_type="llama",
+            vocab_size=64,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            max_position_embeddings=512,
+            pad_token_id=2,
+            bos_token_id=1,
+            eos_token_id=5,
+        ),
+        vision_config=dict(
+            image_size=32,
+            patch_size=4,
+            num_image_tokens=64,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            projection_dim=64,
+            mlp_ratio=2,
+        ),
+        vq_config=dict(
+            embed_dim=8,
+            num_embeddings=256,
+            latent_channels=32,
+            base_channels=32,
+            channel_multiplier=[1, 1],
+            num_res_blocks=1,
+            projection_dim=64,
+            image_token_embed_dim=64,
+        ),
+        image_token_id=6,
+    )
     torch.manual_seed(seed)
     model = JanusForConditionalGeneration(config).eval()
     _reinit(model, 0.2, seed, perturb)
-    model.generation_config = GenerationConfig(bos_token_id=1, pad_token_id=2, eos_token_id=5,
-                                               generation_kwargs={"boi_token_id": 3})
+    model.generation_config = GenerationConfig(
+        bos_token_id=1, pad_token_id=2, eos_token_id=5, generation_kwargs={"boi_token_id": 3}
+    )
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     vocab = {"<unk>": 0, "<bos>": 1, "<pad>": 2, "<begin_of_image>": 3, "<eos>": 5, "<|User|>:": 7, "<|Assistant|>:": 8}
@@ -73,8 +101,9 @@ CHAMELEON_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>", "<racm3:break>", "<eoss>",
 CHAMELEON_WORDS = ["Generate", "an", "image", "according", "to", "following", "prompt:"]
 
 
-def build_tiny_chameleon(directory: Path, lumina: bool, seed: int = 0, codes: int = 64, perturb: float = 0.0,
-                         vqgan: bool = False) -> Path:
+def build_tiny_chameleon(
+    directory: Path, lumina: bool, seed: int = 0, codes: int = 64, perturb: float = 0.0, vqgan: bool = False
+) -> Path:
     """A 2-layer Chameleon with ``codes`` image tokens at shuffled BPE ids.
 
     ``lumina=True`` writes the checkpoint as Lumina-mGPT does: q/k-norm weights ``[1, head_dim]``,
@@ -89,11 +118,28 @@ def build_tiny_chameleon(directory: Path, lumina: bool, seed: int = 0, codes: in
     for slot, code in enumerate(order.tolist()):
         vocab[image_token_name(code)] = len(names) + slot
     config = ChameleonConfig(
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, max_position_embeddings=512, vocabulary_map=vocab, bos_token_id=0,
-        pad_token_id=1, eos_token_id=2,
-        vq_config=dict(embed_dim=8, num_embeddings=codes, base_channels=32, channel_multiplier=[1, 1],
-                       num_res_blocks=1, latent_channels=8, resolution=16, attn_resolutions=[]))
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        vocabulary_map=vocab,
+        bos_token_id=0,
+        pad_token_id=1,
+        eos_token_id=2,
+        vq_config=dict(
+            embed_dim=8,
+            num_embeddings=codes,
+            base_channels=32,
+            channel_multiplier=[1, 1],
+            num_res_blocks=1,
+            latent_channels=8,
+            resolution=16,
+            attn_resolutions=[],
+        ),
+    )
     torch.manual_seed(seed)
     model = ChameleonForConditionalGeneration(config).eval()
     _reinit(model, 0.2, seed, perturb)
@@ -110,7 +156,7 @@ def build_tiny_chameleon(directory: Path, lumina: bool, seed: int = 0, codes: in
         (directory / "model.safetensors").unlink()
         state = {k: (v[:1].contiguous() if "self_attn" in k and "_norm." in k else v) for k, v in state.items()}
         keys = sorted(state)
-        for part, chunk in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2:])):
+        for part, chunk in enumerate((keys[: len(keys) // 2], keys[len(keys) // 2 :])):
             save_file({k: state[k] for k in chunk}, str(directory / f"model-0000{part + 1}-of-00002.safetensors"))
         raw = json.loads((directory / "config.json").read_text())
         raw.update(z_loss_weight=1e-5, mask_image_logits=True)
@@ -120,8 +166,17 @@ def build_tiny_chameleon(directory: Path, lumina: bool, seed: int = 0, codes: in
     return directory
 
 
-EMU3_SPECIAL = ["<unk>", "<|extra_203|>", "<pad>", "<|extra_204|>", "<|image start|>", "<|image end|>",
-                "<|image token|>", "<|extra_200|>", "<|extra_201|>"]
+EMU3_SPECIAL = [
+    "<unk>",
+    "<|extra_203|>",
+    "<pad>",
+    "<|extra_204|>",
+    "<|image start|>",
+    "<|image end|>",
+    "<|image token|>",
+    "<|extra_200|>",
+    "<|extra_201|>",
+]
 
 
 def build_tiny_emu3(directory: Path, seed: int = 0, perturb: float = 0.0) -> Path:
@@ -132,12 +187,31 @@ def build_tiny_emu3(directory: Path, seed: int = 0, perturb: float = 0.0) -> Pat
     vocab = {name: i for i, name in enumerate(names)}
     vocab.update({f"<|visual token {c:06d}|>": len(names) + c for c in range(64)})
     config = Emu3Config(
-        text_config=dict(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         bos_token_id=1, pad_token_id=2, eos_token_id=3),
-        vq_config=dict(codebook_size=64, embed_dim=8, latent_channels=8, base_channels=32, channel_multiplier=[1, 1],
-                       num_res_blocks=1, attn_resolutions=[], temporal_downsample_factor=4, hidden_size=32),
-        vocabulary_map=vocab)
+        text_config=dict(
+            vocab_size=96,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=1,
+            pad_token_id=2,
+            eos_token_id=3,
+        ),
+        vq_config=dict(
+            codebook_size=64,
+            embed_dim=8,
+            latent_channels=8,
+            base_channels=32,
+            channel_multiplier=[1, 1],
+            num_res_blocks=1,
+            attn_resolutions=[],
+            temporal_downsample_factor=4,
+            hidden_size=32,
+        ),
+        vocabulary_map=vocab,
+    )
     torch.manual_seed(seed)
     model = Emu3ForConditionalGeneration(config).eval()
     _reinit(model, 0.2, seed, perturb)
@@ -148,8 +222,16 @@ def build_tiny_emu3(directory: Path, seed: int = 0, perturb: float = 0.0) -> Pat
     return directory
 
 
-def tiny_vqgan_state(codes: int = 64, dim: int = 8, z: int = 32, ch: int = 32, ch_mult: tuple[int, ...] = (1, 2),
-                     blocks: int = 1, attention_levels: tuple[int, ...] = (1,), seed: int = 0) -> dict[str, torch.Tensor]:
+def tiny_vqgan_state(
+    codes: int = 64,
+    dim: int = 8,
+    z: int = 32,
+    ch: int = 32,
+    ch_mult: tuple[int, ...] = (1, 2),
+    blocks: int = 1,
+    attention_levels: tuple[int, ...] = (1,),
+    seed: int = 0,
+) -> dict[str, torch.Tensor]:
     """A random Chameleon/taming VQGAN state dict written key by key from taming's layout (not from
     SpecAR's module), with encoder and loss entries as a Lightning checkpoint carries them."""
     gen = torch.Generator().manual_seed(seed)
@@ -215,8 +297,17 @@ def build_tiny_t5(directory: Path, seed: int = 0) -> Path:
     inner.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     inner.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=inner, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
-    config = T5Config(vocab_size=32, d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=1, pad_token_id=0,
-                      eos_token_id=1, decoder_start_token_id=0)
+    config = T5Config(
+        vocab_size=32,
+        d_model=32,
+        d_kv=8,
+        num_heads=4,
+        d_ff=64,
+        num_layers=1,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
     torch.manual_seed(seed)
     model = T5EncoderModel(config).eval()
     _reinit(model, 0.3, seed)
@@ -237,7 +328,9 @@ def build_tiny_llamagen_t2i(directory: Path, slots: int = 12) -> Path:
     save_official_pt(tiny_gpt(0, model_type="t2i", caption_dim=32, cls_token_num=slots), directory / "t2i_tiny.pt")
     (directory / "config.json").write_text(json.dumps({"n_head": 4, "image_size": 128}))
     torch.manual_seed(0)
-    vq = VQ16Decoder(VQ16Config(codebook_size=64, codebook_dim=8, z_channels=32, ch=32, ch_mult=(1, 2), num_res_blocks=1))
+    vq = VQ16Decoder(
+        VQ16Config(codebook_size=64, codebook_dim=8, z_channels=32, ch=32, ch_mult=(1, 2), num_res_blocks=1)
+    )
     save_safetensors(vq.state_dict(), directory / "vq_tiny.safetensors")
     build_tiny_t5(directory / "t5")
     return directory

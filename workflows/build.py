@@ -25,8 +25,11 @@ CORE_NODES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], 
     "PreviewImage": ((), (("images", "IMAGE"),), ()),
     "PreviewAny": ((), (("source", "*"),), ()),
     "SolidMask": ((("value", "FLOAT"), ("width", "INT"), ("height", "INT")), (), (("MASK", "MASK"),)),
-    "MaskComposite": ((("x", "INT"), ("y", "INT"), ("operation", "COMBO")),
-                      (("destination", "MASK"), ("source", "MASK")), (("MASK", "MASK"),)),
+    "MaskComposite": (
+        (("x", "INT"), ("y", "INT"), ("operation", "COMBO")),
+        (("destination", "MASK"), ("source", "MASK")),
+        (("MASK", "MASK"),),
+    ),
 }
 VIRTUAL_NODES = {"Note": (("text", "STRING"),)}
 SEED_CONTROL = "fixed"  # the frontend's "control after generate" value that follows a seed widget
@@ -62,10 +65,19 @@ class Node:
     color: str | None = None
 
     def to_json(self, order: int) -> dict[str, Any]:
-        data: dict[str, Any] = {"id": self.id, "type": self.type, "pos": list(self.pos), "size": list(self.size),
-                                "flags": {}, "order": order, "mode": 0, "inputs": self.inputs,
-                                "outputs": self.outputs, "properties": {"Node name for S&R": self.type},
-                                "widgets_values": self.widgets_values}
+        data: dict[str, Any] = {
+            "id": self.id,
+            "type": self.type,
+            "pos": list(self.pos),
+            "size": list(self.size),
+            "flags": {},
+            "order": order,
+            "mode": 0,
+            "inputs": self.inputs,
+            "outputs": self.outputs,
+            "properties": {"Node name for S&R": self.type},
+            "widgets_values": self.widgets_values,
+        }
         if self.title:
             data["title"] = self.title
         if self.color:
@@ -79,8 +91,14 @@ class Graph:
     nodes: list[Node] = field(default_factory=list)
     links: list[list[Any]] = field(default_factory=list)
 
-    def add(self, type_: str, pos: tuple[int, int], size: tuple[int, int] = (320, 130),
-            title: str | None = None, **widgets: Any) -> Node:
+    def add(
+        self,
+        type_: str,
+        pos: tuple[int, int],
+        size: tuple[int, int] = (320, 130),
+        title: str | None = None,
+        **widgets: Any,
+    ) -> Node:
         if type_ in self.specs:
             spec = self.specs[type_]
             values: list[Any] = []
@@ -100,9 +118,17 @@ class Graph:
             inputs, outputs = [], []
         if widgets:
             raise ValueError(f"{type_} has no widgets {sorted(widgets)}")
-        node = Node(len(self.nodes) + 1, type_, pos, size, values, inputs,
-                    [{"name": name, "type": kind, "links": [], "slot_index": i} for i, (name, kind) in enumerate(outputs)],
-                    title, "#432" if type_ in VIRTUAL_NODES else None)
+        node = Node(
+            len(self.nodes) + 1,
+            type_,
+            pos,
+            size,
+            values,
+            inputs,
+            [{"name": name, "type": kind, "links": [], "slot_index": i} for i, (name, kind) in enumerate(outputs)],
+            title,
+            "#432" if type_ in VIRTUAL_NODES else None,
+        )
         self.nodes.append(node)
         return node
 
@@ -115,9 +141,16 @@ class Graph:
         target.inputs[slot]["link"] = link_id
 
     def to_json(self) -> dict[str, Any]:
-        return {"last_node_id": len(self.nodes), "last_link_id": len(self.links),
-                "nodes": [n.to_json(i) for i, n in enumerate(self.nodes)], "links": self.links,
-                "groups": [], "config": {}, "extra": {}, "version": 0.4}
+        return {
+            "last_node_id": len(self.nodes),
+            "last_link_id": len(self.links),
+            "nodes": [n.to_json(i) for i, n in enumerate(self.nodes)],
+            "links": self.links,
+            "groups": [],
+            "config": {},
+            "extra": {},
+            "version": 0.4,
+        }
 
 
 def _sampler_with_previews(g: Graph, model: Node, draft: Node | None, policy: Node | None, **widgets: Any) -> Node:
@@ -138,8 +171,9 @@ def _sampler_with_previews(g: Graph, model: Node, draft: Node | None, policy: No
     return sampler
 
 
-def _start(specs: dict[str, Any], draft_type: str, note: str, note_pos: tuple[int, int] = (20, 420),
-           note_height: int = 200) -> tuple[Graph, Node, Node]:
+def _start(
+    specs: dict[str, Any], draft_type: str, note: str, note_pos: tuple[int, int] = (20, 420), note_height: int = 200
+) -> tuple[Graph, Node, Node]:
     """A graph with its explanatory note, the model loader and a draft-source node."""
     g = Graph(specs)
     g.add("Note", note_pos, (360, note_height), text=note)
@@ -149,46 +183,75 @@ def _start(specs: dict[str, Any], draft_type: str, note: str, note_pos: tuple[in
 
 
 def demo_jacobi(specs: dict[str, Any]) -> Graph:
-    g, model, draft = _start(specs, "SpecARJacobiDrafts", (
-        "SpecAR demo: Jacobi self-drafting.\n\nThe bundled demo model draws 32x32 scenes of 16 classes: "
-        "red/green/blue/yellow circle, square, triangle or ring. Type one in the prompt.\n\n"
-        "The target guesses 15 tokens ahead and checks them in the same forward; the exact policy keeps "
-        "the images' distribution identical to plain decoding. Watch the heatmap widget while it runs."))
+    g, model, draft = _start(
+        specs,
+        "SpecARJacobiDrafts",
+        (
+            "SpecAR demo: Jacobi self-drafting.\n\nThe bundled demo model draws 32x32 scenes of 16 classes: "
+            "red/green/blue/yellow circle, square, triangle or ring. Type one in the prompt.\n\n"
+            "The target guesses 15 tokens ahead and checks them in the same forward; the exact policy keeps "
+            "the images' distribution identical to plain decoding. Watch the heatmap widget while it runs."
+        ),
+    )
     _sampler_with_previews(g, model, draft, None, prompt="red ring", batch_size=4)
     return g
 
 
 def demo_drafter(specs: dict[str, Any]) -> Graph:
-    g, model, draft = _start(specs, "SpecARDrafterModel", (
-        "SpecAR demo: a drafter model.\n\nA 0.5M-parameter drafter (shipped with the demo) proposes gamma tokens; "
-        "the 2M-parameter target checks them in one forward. Exact acceptance: lossless.\n\n"
-        "Your own drafters go in ComfyUI/models/specar/ and need the target's vocabulary and token grid."), note_height=180)
+    g, model, draft = _start(
+        specs,
+        "SpecARDrafterModel",
+        (
+            "SpecAR demo: a drafter model.\n\nA 0.5M-parameter drafter (shipped with the demo) proposes gamma tokens; "
+            "the 2M-parameter target checks them in one forward. Exact acceptance: lossless.\n\n"
+            "Your own drafters go in ComfyUI/models/specar/ and need the target's vocabulary and token grid."
+        ),
+        note_height=180,
+    )
     _sampler_with_previews(g, model, draft, None, prompt="blue square", batch_size=4, seed=7)
     return g
 
 
 def relaxation_mask(specs: dict[str, Any]) -> Graph:
-    g, model, draft = _start(specs, "SpecARJacobiDrafts", (
-        "SpecAR: relaxation limited to a region.\n\nThe mask is white on the top half of the 32x32 image: "
-        "GSD's relaxed acceptance acts there (the slider sets how much), the bottom half stays lossless. The "
-        "engine averages the mask over each token's pixels.\n\nRelaxation trades faithfulness for speed: compare the "
-        "stats with relaxation 0, and see the README's speed/quality table before raising it."), (20, 700), 220)
+    g, model, draft = _start(
+        specs,
+        "SpecARJacobiDrafts",
+        (
+            "SpecAR: relaxation limited to a region.\n\nThe mask is white on the top half of the 32x32 image: "
+            "GSD's relaxed acceptance acts there (the slider sets how much), the bottom half stays lossless. The "
+            "engine averages the mask over each token's pixels.\n\nRelaxation trades faithfulness for speed: "
+            "compare the "
+            "stats with relaxation 0, and see the README's speed/quality table before raising it."
+        ),
+        (20, 700),
+        220,
+    )
     canvas = g.add("SolidMask", (20, 390), (200, 110), title="Mask: black 32x32", value=0.0, width=32, height=32)
     top = g.add("SolidMask", (20, 540), (200, 110), title="Mask: white top half", value=1.0, width=32, height=16)
     mask = g.add("MaskComposite", (230, 390), (170, 150), x=0, y=0, operation="add")
     g.connect(canvas, 0, mask, "destination")
     g.connect(top, 0, mask, "source")
-    policy = g.add("SpecARAcceptancePolicy", (230, 560), (340, 150), policy="gsd", relaxation=recommended_relaxation("gsd"))
+    policy = g.add(
+        "SpecARAcceptancePolicy", (230, 560), (340, 150), policy="gsd", relaxation=recommended_relaxation("gsd")
+    )
     g.connect(mask, 0, policy, "mask")
     _sampler_with_previews(g, model, draft, policy, prompt="green triangle", batch_size=4, seed=3)
     return g
 
 
 def compare(specs: dict[str, Any]) -> Graph:
-    g, model, draft = _start(specs, "SpecARJacobiDrafts", (
-        "SpecAR: plain AR against speculative decoding, same seed, same machine.\n\nThe picture shows plain AR, the "
-        "speculative images and their acceptance heatmap; the stats give target forwards, tokens per forward and the "
-        "measured wall-clock speed-up."), note_height=160)
+    g, model, draft = _start(
+        specs,
+        "SpecARJacobiDrafts",
+        (
+            "SpecAR: plain AR against speculative decoding, same seed, same machine.\n\nThe picture shows "
+            "plain AR, the "
+            "speculative images and their acceptance heatmap; the stats give target forwards, tokens per "
+            "forward and the "
+            "measured wall-clock speed-up."
+        ),
+        note_height=160,
+    )
     node = g.add("SpecARCompare", (420, 60), (340, 560), prompt="yellow circle", batch_size=2, seed=11)
     g.connect(model, 0, node, "model")
     g.connect(draft, 0, node, "draft")
@@ -201,13 +264,13 @@ def compare(specs: dict[str, Any]) -> Graph:
 
 POLICY_NOTES = {
     "lantern": "LANTERN moves the target's probability of tokens that look like the draft (nearby code vectors) onto "
-               "the draft, within a total-variation budget.",
+    "the draft, within a total-variation budget.",
     "gsd": "GSD accepts the draft together with a group of interchangeable tokens (close in rank, probability and "
-           "code vector).",
+    "code vector).",
     "csd": "CSD raises acceptance by the target's entropy where the draft already agrees with the target "
-           "(smooth, uncertain regions).",
+    "(smooth, uncertain regions).",
     "clusters": "Cluster acceptance tests the draft's group of look-alike codes: every group keeps exactly the "
-                "target's probability, only the pick inside a group may follow the draft.",
+    "target's probability, only the pick inside a group may follow the draft.",
 }
 
 
@@ -215,20 +278,36 @@ def relaxed_policy(policy: str) -> Callable[[dict[str, Any]], Graph]:
     """A drafter workflow with a relaxed acceptance policy at a moderate setting."""
 
     def build(specs: dict[str, Any]) -> Graph:
-        g, model, draft = _start(specs, "SpecARDrafterModel", (
-            f"SpecAR: the {policy.upper()} relaxed acceptance policy.\n\n{POLICY_NOTES[policy]}\n\nThe relaxation is set "
-            "to the benchmark's recommended value; 0 gives exactly the lossless images. 'Why accepted' maps what the "
-            "policy decided on. The README's table lists measured speed and quality for each setting."), note_height=220)
-        chosen = g.add("SpecARAcceptancePolicy", (20, 660), (340, 150), policy=policy,
-                       relaxation=recommended_relaxation(policy))
+        g, model, draft = _start(
+            specs,
+            "SpecARDrafterModel",
+            (
+                f"SpecAR: the {policy.upper()} relaxed acceptance policy.\n\n{POLICY_NOTES[policy]}\n\nThe "
+                "relaxation is set "
+                "to the benchmark's recommended value; 0 gives exactly the lossless images. 'Why accepted' "
+                "maps what the "
+                "policy decided on. The README's table lists measured speed and quality for each setting."
+            ),
+            note_height=220,
+        )
+        chosen = g.add(
+            "SpecARAcceptancePolicy", (20, 660), (340, 150), policy=policy, relaxation=recommended_relaxation(policy)
+        )
         _sampler_with_previews(g, model, draft, chosen, prompt="green ring", batch_size=4, seed=21)
         return g
 
     return build
 
 
-def _tree_workflow(specs: dict[str, Any], note: str, draft_type: str, draft_widgets: dict[str, Any],
-                   policy_widgets: dict[str, Any], prompt: str, seed: int) -> Graph:
+def _tree_workflow(
+    specs: dict[str, Any],
+    note: str,
+    draft_type: str,
+    draft_widgets: dict[str, Any],
+    policy_widgets: dict[str, Any],
+    prompt: str,
+    seed: int,
+) -> Graph:
     """A tree-drafting graph: note, model loader, draft source, acceptance policy and the sampler with previews."""
     g = Graph(specs)
     g.add("Note", (20, 440), (360, 240), text=note)
@@ -240,52 +319,87 @@ def _tree_workflow(specs: dict[str, Any], note: str, draft_type: str, draft_widg
 
 
 def tree_cascade(specs: dict[str, Any]) -> Graph:
-    return _tree_workflow(specs, (
-        "SpecAR: tree drafts with CASCADE relaxation.\n\nA one-layer head reads the target's hidden states and drafts "
-        "a dynamic tree of guesses (EAGLE-2), here 16 deep with 80 nodes; the target checks the whole tree in one "
-        "forward. CASCADE accepts a guess with the target's mass on its whole group of codes that look alike and "
-        "that the target embeds alike, so every group keeps the target's probability: groups of 16 codes, 32 where "
-        "the image has settled (the context's last two hidden states alike), and a sibling that leaves the target "
-        "in nearly the same state joins the group; a code that says less about the prompt than its group is "
-        "tested on its own. The tree offers one guess per group.\n\nRelaxation 0 = lossless "
-        "tree decoding; towards 1 more guesses are accepted, at a quality cost that docs/benchmarks.md measures "
-        "per setting."), "SpecARTreeHead", dict(depth=16, nodes=80),
-                          dict(policy="cascade", relaxation=recommended_relaxation("cascade")), "red circle", 5)
+    return _tree_workflow(
+        specs,
+        (
+            "SpecAR: tree drafts with CASCADE relaxation.\n\nA one-layer head reads the target's hidden states "
+            "and drafts "
+            "a dynamic tree of guesses (EAGLE-2), here 16 deep with 80 nodes; the target checks the whole tree in one "
+            "forward. CASCADE accepts a guess with the target's mass on its whole group of codes that look alike and "
+            "that the target embeds alike, so every group keeps the target's probability: groups of 16 codes, 32 where "
+            "the image has settled (the context's last two hidden states alike), and a sibling that leaves the target "
+            "in nearly the same state joins the group; a code that says less about the prompt than its group is "
+            "tested on its own. The tree offers one guess per group.\n\nRelaxation 0 = lossless "
+            "tree decoding; towards 1 more guesses are accepted, at a quality cost that docs/benchmarks.md measures "
+            "per setting."
+        ),
+        "SpecARTreeHead",
+        dict(depth=16, nodes=80),
+        dict(policy="cascade", relaxation=recommended_relaxation("cascade")),
+        "red circle",
+        5,
+    )
 
 
 def drafter_tree_cascade(specs: dict[str, Any]) -> Graph:
-    return _tree_workflow(specs, (
-        "SpecAR: CASCADE on a drafter model's tree.\n\nThe bundled drafter drafts a static tree: two guesses, two "
-        "children each, then four single paths, 32 guesses deep (branching 2,2,1*30), sampled from its own "
-        "distribution; the target checks the whole tree in one forward. CASCADE accepts a guess with the target's "
-        "mass on its whole group of codes that look alike and that the target embeds alike, so every group keeps "
-        "the target's probability; a code that says less about the prompt than its group is tested on its own."
-        "\n\nRelaxation 0 = lossless. docs/benchmarks.md lists speed and quality per setting; on a CPU the deep "
-        "tree costs wall time, on a GPU a forward of many tokens costs about what one of a few does."), "SpecARDrafterModel", dict(shape="static tree"),
-                          dict(policy="cascade", relaxation=recommended_relaxation("cascade")), "green square", 11)
+    return _tree_workflow(
+        specs,
+        (
+            "SpecAR: CASCADE on a drafter model's tree.\n\nThe bundled drafter drafts a static tree: two guesses, two "
+            "children each, then four single paths, 32 guesses deep (branching 2,2,1*30), sampled from its own "
+            "distribution; the target checks the whole tree in one forward. CASCADE accepts a guess with the target's "
+            "mass on its whole group of codes that look alike and that the target embeds alike, so every group keeps "
+            "the target's probability; a code that says less about the prompt than its group is tested on its own."
+            "\n\nRelaxation 0 = lossless. docs/benchmarks.md lists speed and quality per setting; on a CPU the deep "
+            "tree costs wall time, on a GPU a forward of many tokens costs about what one of a few does."
+        ),
+        "SpecARDrafterModel",
+        dict(shape="static tree"),
+        dict(policy="cascade", relaxation=recommended_relaxation("cascade")),
+        "green square",
+        11,
+    )
 
 
 def tree_lantern_pp(specs: dict[str, Any]) -> Graph:
-    return _tree_workflow(specs, (
-        "SpecAR: LANTERN++.\n\nA static tree (4-2-1-1-1-1-1-1 children per depth, sampled from the head) keeps "
-        "drafting deep even where the head is unsure, and LANTERN's latent relaxation accepts look-alike codes, "
-        "bounded by lambda (ratio_bound: the relaxed probability stays below lambda x the target's) and by "
-        "the neighbour count, as in the LANTERN++ paper's (k=10, lambda=5) setting."), "SpecARTreeHead", dict(tree="static"),
-                          dict(policy="lantern", relaxation=recommended_relaxation("lantern"),
-                               expert_options="neighbours=10, ratio_bound=5"), "blue ring", 9)
+    return _tree_workflow(
+        specs,
+        (
+            "SpecAR: LANTERN++.\n\nA static tree (4-2-1-1-1-1-1-1 children per depth, sampled from the head) keeps "
+            "drafting deep even where the head is unsure, and LANTERN's latent relaxation accepts look-alike codes, "
+            "bounded by lambda (ratio_bound: the relaxed probability stays below lambda x the target's) and by "
+            "the neighbour count, as in the LANTERN++ paper's (k=10, lambda=5) setting."
+        ),
+        "SpecARTreeHead",
+        dict(tree="static"),
+        dict(
+            policy="lantern",
+            relaxation=recommended_relaxation("lantern"),
+            expert_options="neighbours=10, ratio_bound=5",
+        ),
+        "blue ring",
+        9,
+    )
 
 
 def mar_cspd(specs: dict[str, Any]) -> Graph:
     from specar_pack.engine.continuous.acceptance import RECOMMENDED_RELAXATION
 
     g = Graph(specs)
-    g.add("Note", (20, 560), (360, 260), text=(
-        "SpecAR: continuous tokens (MAR) with continuous speculative decoding (CSpD).\n\nThe bundled MAR demo draws "
-        "the same 16 scene classes from continuous 2x2-pixel tokens, each sampled by a small diffusion head. The "
-        "drafter (a smaller MAR) runs gamma MAR steps; one target pass verifies all of them, accepting each token "
-        "by the ratio of the two models' Gaussians (both denoise from the same noise) and resampling the rest.\n\n"
-        "The cspd policy's relaxation flattens that test (0 = exact Gaussian ratio); the README lists target "
-        "passes and quality per setting."))
+    g.add(
+        "Note",
+        (20, 560),
+        (360, 260),
+        text=(
+            "SpecAR: continuous tokens (MAR) with continuous speculative decoding (CSpD).\n\nThe bundled MAR "
+            "demo draws "
+            "the same 16 scene classes from continuous 2x2-pixel tokens, each sampled by a small diffusion head. The "
+            "drafter (a smaller MAR) runs gamma MAR steps; one target pass verifies all of them, accepting each token "
+            "by the ratio of the two models' Gaussians (both denoise from the same noise) and resampling the rest.\n\n"
+            "The cspd policy's relaxation flattens that test (0 = exact Gaussian ratio); the README lists target "
+            "passes and quality per setting."
+        ),
+    )
     model = g.add("SpecARModelLoader", (20, 60), (340, 160), model="mar-demo")
     draft = g.add("SpecARDrafterModel", (20, 260), (340, 130), drafter="mar-demo-drafter", gamma=8)
     chosen = g.add("SpecARAcceptancePolicy", (20, 420), (340, 130), policy="cspd", relaxation=RECOMMENDED_RELAXATION)
@@ -295,18 +409,38 @@ def mar_cspd(specs: dict[str, Any]) -> Graph:
 
 # workflow name -> (family, folder under models/specar/ as the README lays it out, prompt, note)
 FAMILY_WORKFLOWS = {
-    "specar_janus_pro": ("janus", "Janus-Pro-7B", "a red fox sleeping in fresh snow, soft morning light",
-                         "Janus-Pro (1B or 7B) from a transformers checkpoint (deepseek-community/Janus-Pro-7B)."),
-    "specar_lumina_mgpt": ("lumina-mgpt", "Lumina-mGPT-7B-768", "a lighthouse on a cliff at sunset, oil painting",
-                           "Lumina-mGPT with Chameleon's VQGAN (vqgan.ckpt in the folder). Size: the folder's number "
-                           "(768) unless image_size says otherwise."),
-    "specar_anole": ("anole", "Anole-7b-v0.1-hf", "a bowl of ramen on a wooden table",
-                     "Anole (leloy/Anole-7b-v0.1-hf) with Chameleon's VQGAN (vqgan.ckpt in the folder); 512x512."),
-    "specar_emu3": ("emu3", "Emu3-Gen-hf", "a portrait of a young woman with freckles, film grain",
-                    "Emu3-Gen (BAAI/Emu3-Gen-hf); 720x720 is 8,100 tokens, so expect minutes per image even when fast."),
-    "specar_llamagen_t2i": ("llamagen", "LlamaGen-T2I-XL-512", "a cozy cabin in a snowy forest at night",
-                            "LlamaGen text-to-image (t2i_XL_stage2_512.pt) with its flan-t5-xl text encoder in the "
-                            "folder's t5/ sub-folder and vq_ds16_t2i.pt."),
+    "specar_janus_pro": (
+        "janus",
+        "Janus-Pro-7B",
+        "a red fox sleeping in fresh snow, soft morning light",
+        "Janus-Pro (1B or 7B) from a transformers checkpoint (deepseek-community/Janus-Pro-7B).",
+    ),
+    "specar_lumina_mgpt": (
+        "lumina-mgpt",
+        "Lumina-mGPT-7B-768",
+        "a lighthouse on a cliff at sunset, oil painting",
+        "Lumina-mGPT with Chameleon's VQGAN (vqgan.ckpt in the folder). Size: the folder's number "
+        "(768) unless image_size says otherwise.",
+    ),
+    "specar_anole": (
+        "anole",
+        "Anole-7b-v0.1-hf",
+        "a bowl of ramen on a wooden table",
+        "Anole (leloy/Anole-7b-v0.1-hf) with Chameleon's VQGAN (vqgan.ckpt in the folder); 512x512.",
+    ),
+    "specar_emu3": (
+        "emu3",
+        "Emu3-Gen-hf",
+        "a portrait of a young woman with freckles, film grain",
+        "Emu3-Gen (BAAI/Emu3-Gen-hf); 720x720 is 8,100 tokens, so expect minutes per image even when fast.",
+    ),
+    "specar_llamagen_t2i": (
+        "llamagen",
+        "LlamaGen-T2I-XL-512",
+        "a cozy cabin in a snowy forest at night",
+        "LlamaGen text-to-image (t2i_XL_stage2_512.pt) with its flan-t5-xl text encoder in the "
+        "folder's t5/ sub-folder and vq_ds16_t2i.pt.",
+    ),
 }
 
 
@@ -319,14 +453,30 @@ def family_workflow(name: str) -> Callable[[dict[str, Any]], Graph]:
 
         defaults = family_defaults(family)
         g = Graph(specs)
-        g.add("Note", (20, 420), (360, 240), text=(
-            f"SpecAR: {about}\n\nPut the checkpoint in ComfyUI/models/specar/{folder}/ (README: Models) and "
-            "pick it in the loader. Jacobi drafts need no extra weights and keep the output distribution exact; "
-            "sampling settings are the authors' defaults. A GPU with bf16 is assumed."))
+        g.add(
+            "Note",
+            (20, 420),
+            (360, 240),
+            text=(
+                f"SpecAR: {about}\n\nPut the checkpoint in ComfyUI/models/specar/{folder}/ (README: Models) and "
+                "pick it in the loader. Jacobi drafts need no extra weights and keep the output distribution exact; "
+                "sampling settings are the authors' defaults. A GPU with bf16 is assumed."
+            ),
+        )
         model = g.add("SpecARModelLoader", (20, 60), (340, 160), model=folder, family=family)
         draft = g.add("SpecARJacobiDrafts", (20, 260), (340, 140), window=16)
-        _sampler_with_previews(g, model, draft, None, prompt=prompt, batch_size=1, seed=1,
-                               cfg=defaults.cfg_scale, temperature=defaults.temperature, top_k=defaults.top_k)
+        _sampler_with_previews(
+            g,
+            model,
+            draft,
+            None,
+            prompt=prompt,
+            batch_size=1,
+            seed=1,
+            cfg=defaults.cfg_scale,
+            temperature=defaults.temperature,
+            top_k=defaults.top_k,
+        )
         return g
 
     return build

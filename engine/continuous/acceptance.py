@@ -43,7 +43,7 @@ class Gaussian:
     def log_density(self, x: torch.Tensor, inner_temperature: float = 1.0) -> torch.Tensor:
         """``log N(x; mean, std^2)`` per row ``[N]``, with the squared term divided by ``T^2``, up to a constant."""
         z = (x - self.mean) / self.std
-        return -0.5 * (z * z).sum(-1) / inner_temperature ** 2 - torch.log(self.std).sum(-1)
+        return -0.5 * (z * z).sum(-1) / inner_temperature**2 - torch.log(self.std).sum(-1)
 
     def sample(self, generator: torch.Generator) -> torch.Tensor:
         noise = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
@@ -59,7 +59,9 @@ class GaussianAcceptance:
 
     def __post_init__(self) -> None:
         if not self.inner_temperature >= 1.0:
-            raise SettingsError(f"inner_temperature must be >= 1 (1 = exact Gaussian ratio), got {self.inner_temperature}")
+            raise SettingsError(
+                f"inner_temperature must be >= 1 (1 = exact Gaussian ratio), got {self.inner_temperature}"
+            )
         if self.max_tries < 1:
             raise SettingsError(f"max_tries must be >= 1, got {self.max_tries}")
 
@@ -68,8 +70,9 @@ class GaussianAcceptance:
         t = self.inner_temperature
         return (p.log_density(x, t) - q.log_density(x, t)).clamp(max=0.0)
 
-    def decide(self, x: torch.Tensor, p: Gaussian, q: Gaussian,
-               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def decide(
+        self, x: torch.Tensor, p: Gaussian, q: Gaussian, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Accept or resample each draft row: ``(tokens, accepted [N] bool, alpha [N], fell_back [N] bool)``."""
         log_alpha = self.log_alpha(x, p, q)
         u = torch.rand(log_alpha.shape, generator=generator, device=x.device)
@@ -82,7 +85,9 @@ class GaussianAcceptance:
             tokens[rejected], fell_back[rejected] = self.sample_residual(*rows, generator)
         return tokens, accepted, log_alpha.exp(), fell_back
 
-    def sample_residual(self, p: Gaussian, q: Gaussian, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_residual(
+        self, p: Gaussian, q: Gaussian, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draws from ``r ∝ max(0, p - q * alpha)`` by acceptance-rejection from ``p``; ``(tokens, fell_back)``."""
         out = torch.empty_like(p.mean)
         pending = torch.ones(p.mean.shape[0], dtype=torch.bool, device=p.mean.device)
@@ -107,4 +112,10 @@ def inner_temperature_for(relaxation: float) -> float:
     return math.exp(relaxation * math.log(REFERENCE_INNER_TEMPERATURE))
 
 
-__all__ = ["Gaussian", "GaussianAcceptance", "inner_temperature_for", "REFERENCE_INNER_TEMPERATURE", "RECOMMENDED_RELAXATION"]
+__all__ = [
+    "Gaussian",
+    "GaussianAcceptance",
+    "inner_temperature_for",
+    "REFERENCE_INNER_TEMPERATURE",
+    "RECOMMENDED_RELAXATION",
+]

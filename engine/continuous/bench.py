@@ -56,8 +56,14 @@ def _describe(method: str) -> tuple[str, float | int | None]:
     raise SettingsError(f"unknown continuous method {method!r}; use mar, mar2, mar@STEPS, draft, cspd or cspd=RELAX")
 
 
-def run_method(target: ContinuousTokenModel, draft: ContinuousTokenModel | None, method: str, classes: list[int],
-               settings: ContinuousSettings, speculation: CSpDSettings) -> ContinuousResult:
+def run_method(
+    target: ContinuousTokenModel,
+    draft: ContinuousTokenModel | None,
+    method: str,
+    classes: list[int],
+    settings: ContinuousSettings,
+    speculation: CSpDSettings,
+) -> ContinuousResult:
     """One call of ``method`` on ``classes`` with ``settings`` (its seed)."""
     base, value = _describe(method)
     if base == "mar2":
@@ -73,10 +79,17 @@ def run_method(target: ContinuousTokenModel, draft: ContinuousTokenModel | None,
     return generate_continuous(target, classes, settings, draft, replace(speculation, acceptance=acceptance))
 
 
-def run_continuous_bench(target: ContinuousTokenModel, draft: ContinuousTokenModel | None, methods: Sequence[str],
-                         classes: list[int], batch: int, settings: ContinuousSettings,
-                         speculation: CSpDSettings = CSpDSettings(), evaluate: Evaluate | None = None,
-                         log: Callable[[str], None] | None = None) -> list[BenchRow]:
+def run_continuous_bench(
+    target: ContinuousTokenModel,
+    draft: ContinuousTokenModel | None,
+    methods: Sequence[str],
+    classes: list[int],
+    batch: int,
+    settings: ContinuousSettings,
+    speculation: CSpDSettings = CSpDSettings(),
+    evaluate: Evaluate | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[BenchRow]:
     """Every method on the same calls (the call starting at image ``i`` uses seed ``seed + i``)."""
     methods = list(dict.fromkeys([BASELINE, *methods]))
     for method in methods:
@@ -91,8 +104,9 @@ def run_continuous_bench(target: ContinuousTokenModel, draft: ContinuousTokenMod
     for start in range(0, len(classes), batch):
         call_settings = settings.with_(seed=settings.seed + start)
         for method in methods:
-            results[method].append(run_method(target, draft, method, classes[start:start + batch], call_settings,
-                                              speculation))
+            results[method].append(
+                run_method(target, draft, method, classes[start : start + batch], call_settings, speculation)
+            )
         if log is not None:
             log(f"{min(start + batch, len(classes))}/{len(classes)} images done by every method")
     baseline = summarize(BASELINE, list(results[BASELINE]), None)

@@ -37,8 +37,10 @@ def read_mar(path: str | Path, heads: int | None = None) -> tuple[MAR, dict[str,
     if path.suffix.lower() == ".safetensors":
         meta = json.loads(read_safetensors_metadata(path).get("config", "{}") or "{}")
         if meta.get("kind") != KIND:
-            raise CheckpointError(f"{path.name} is not a SpecAR MAR file (header kind {meta.get('kind')!r}); "
-                                  "official MAR checkpoints are the .pth files of LTH14/mar")
+            raise CheckpointError(
+                f"{path.name} is not a SpecAR MAR file (header kind {meta.get('kind')!r}); "
+                "official MAR checkpoints are the .pth files of LTH14/mar"
+            )
         tensors = read_state_dict(path)
         cfg = MARConfig.from_dict(meta)
     else:
@@ -52,15 +54,21 @@ def read_mar(path: str | Path, heads: int | None = None) -> tuple[MAR, dict[str,
 
 def infer_config(tensors: dict[str, torch.Tensor], source: str, heads: int | None = None) -> MARConfig:
     """The MARConfig an official state dict was trained with."""
-    required = ("z_proj.weight", "class_emb.weight", "encoder_pos_embed_learned", "decoder_embed.weight",
-                "diffusion_pos_embed_learned", "diffloss.net.input_proj.weight")
+    required = (
+        "z_proj.weight",
+        "class_emb.weight",
+        "encoder_pos_embed_learned",
+        "decoder_embed.weight",
+        "diffusion_pos_embed_learned",
+        "diffloss.net.input_proj.weight",
+    )
     missing = [k for k in required if k not in tensors]
     if missing:
         raise CheckpointError(f"{source} is not a MAR checkpoint (missing {', '.join(missing)})")
     encoder_dim, token_dim = tensors["z_proj.weight"].shape
     decoder_dim = tensors["decoder_embed.weight"].shape[0]
     seq_len = tensors["diffusion_pos_embed_learned"].shape[1]
-    side = int(round(seq_len ** 0.5))
+    side = int(round(seq_len**0.5))
     if side * side != seq_len:
         raise CheckpointError(f"{source}: {seq_len} positions is not a square token grid")
 
@@ -75,14 +83,26 @@ def infer_config(tensors: dict[str, torch.Tensor], source: str, heads: int | Non
             raise CheckpointError(f"{source}: no published MAR has width {width}; pass the number of attention heads")
         return HEADS_BY_WIDTH[width]
 
-    hidden = tensors["encoder_blocks.0.mlp.fc1.weight"].shape[0] if "encoder_blocks.0.mlp.fc1.weight" in tensors else 4 * encoder_dim
+    hidden = (
+        tensors["encoder_blocks.0.mlp.fc1.weight"].shape[0]
+        if "encoder_blocks.0.mlp.fc1.weight" in tensors
+        else 4 * encoder_dim
+    )
     return MARConfig(
-        seq_h=side, seq_w=side, token_dim=int(token_dim), encoder_dim=int(encoder_dim),
-        encoder_depth=depth("encoder_blocks"), encoder_heads=heads_for(int(encoder_dim)), decoder_dim=int(decoder_dim),
-        decoder_depth=depth("decoder_blocks"), decoder_heads=heads_for(int(decoder_dim)), mlp_ratio=hidden / encoder_dim,
+        seq_h=side,
+        seq_w=side,
+        token_dim=int(token_dim),
+        encoder_dim=int(encoder_dim),
+        encoder_depth=depth("encoder_blocks"),
+        encoder_heads=heads_for(int(encoder_dim)),
+        decoder_dim=int(decoder_dim),
+        decoder_depth=depth("decoder_blocks"),
+        decoder_heads=heads_for(int(decoder_dim)),
+        mlp_ratio=hidden / encoder_dim,
         num_classes=int(tensors["class_emb.weight"].shape[0]),
         buffer_size=int(tensors["encoder_pos_embed_learned"].shape[1] - seq_len),
-        head_width=int(tensors["diffloss.net.input_proj.weight"].shape[0]), head_depth=depth("diffloss.net.res_blocks"),
+        head_width=int(tensors["diffloss.net.input_proj.weight"].shape[0]),
+        head_depth=depth("diffloss.net.res_blocks"),
     )
 
 

@@ -106,8 +106,8 @@ class SimpleMLPAdaLN(nn.Module):
         """``z`` is ``[cond; uncond]`` (2N rows), ``x`` and ``t`` are N rows: guided epsilon, conditional variance."""
         out = self.forward(torch.cat([x, x]), torch.cat([t, t]), z)
         cond, uncond = out.chunk(2)
-        eps = uncond[:, :self.channels] + cfg_scale * (cond[:, :self.channels] - uncond[:, :self.channels])
-        return torch.cat([eps, cond[:, self.channels:]], -1)
+        eps = uncond[:, : self.channels] + cfg_scale * (cond[:, : self.channels] - uncond[:, : self.channels])
+        return torch.cat([eps, cond[:, self.channels :]], -1)
 
 
 @dataclass(frozen=True)
@@ -131,8 +131,15 @@ class DiffLoss(nn.Module):
         """Mean diffusion loss of ``tokens [N, C]`` given ``z [N, D]``."""
         return self.train_process.training_loss(lambda x, t: self.net(x, t, z), tokens, generator).mean()
 
-    def sample(self, z: torch.Tensor, noise: DiffusionNoise, process: GaussianDiffusion,
-               cfg_scale: float = 1.0, temperature: float = 1.0, clip_x0: float | None = None) -> HeadSample:
+    def sample(
+        self,
+        z: torch.Tensor,
+        noise: DiffusionNoise,
+        process: GaussianDiffusion,
+        cfg_scale: float = 1.0,
+        temperature: float = 1.0,
+        clip_x0: float | None = None,
+    ) -> HeadSample:
         """Denoise one token per row of ``z`` (``[cond; uncond]`` rows when ``cfg_scale != 1``)."""
         guided = cfg_scale != 1.0
         if guided and z.shape[0] != 2 * noise.start.shape[0]:

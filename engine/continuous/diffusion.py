@@ -37,10 +37,14 @@ interpolation value v in [-1, 1]."""
 
 def cosine_betas(steps: int = TRAIN_STEPS) -> torch.Tensor:
     """Betas of the cosine schedule (Nichol & Dhariwal 2021), float64."""
+
     def alpha_bar(t: float) -> float:
         return math.cos((t + COSINE_OFFSET) / (1 + COSINE_OFFSET) * math.pi / 2) ** 2
-    return torch.tensor([min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), MAX_BETA) for i in range(steps)],
-                        dtype=torch.float64)
+
+    return torch.tensor(
+        [min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), MAX_BETA) for i in range(steps)],
+        dtype=torch.float64,
+    )
 
 
 def respaced_timesteps(train_steps: int, sampling_steps: int) -> list[int]:
@@ -65,8 +69,13 @@ class DiffusionNoise:
     steps: torch.Tensor
 
     @staticmethod
-    def draw(n: int, num_steps: int, channels: int, generator: torch.Generator | None = None,
-             device: torch.device | str = "cpu") -> "DiffusionNoise":
+    def draw(
+        n: int,
+        num_steps: int,
+        channels: int,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> "DiffusionNoise":
         start = torch.randn(n, channels, generator=generator, device=device)
         steps = torch.randn(n, num_steps, channels, generator=generator, device=device)
         return DiffusionNoise(start, steps)
@@ -106,8 +115,9 @@ class GaussianDiffusion:
     def _at(self, table: torch.Tensor, index: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         return table.to(like.device)[index].to(like.dtype).unsqueeze(-1)
 
-    def mean_std(self, model_out: torch.Tensor, x_t: torch.Tensor, index: torch.Tensor,
-                 clip_x0: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def mean_std(
+        self, model_out: torch.Tensor, x_t: torch.Tensor, index: torch.Tensor, clip_x0: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The reverse step's Gaussian ``(mean, std)`` from the network output at sampling index ``index``.
 
         ``clip_x0`` clamps the implied clean token to ``[-clip_x0, clip_x0]`` (ADM's ``clip_denoised``).
@@ -123,8 +133,15 @@ class GaussianDiffusion:
         log_var = frac * self._at(self.log_beta, index, x_t) + (1 - frac) * self._at(self.posterior_log_var, index, x_t)
         return mean, torch.exp(0.5 * log_var)
 
-    def step(self, model: EpsModel, x: torch.Tensor, index: int, noise: torch.Tensor, temperature: float = 1.0,
-             clip_x0: float | None = None) -> HeadSample:
+    def step(
+        self,
+        model: EpsModel,
+        x: torch.Tensor,
+        index: int,
+        noise: torch.Tensor,
+        temperature: float = 1.0,
+        clip_x0: float | None = None,
+    ) -> HeadSample:
         """One reverse step from sampling index ``index`` (``num_steps - 1`` is pure noise, 0 the last step).
 
         Returns the next ``x`` and the step's Gaussian: ``x = mean + std * noise``.
@@ -135,8 +152,9 @@ class GaussianDiffusion:
         std = std * temperature
         return HeadSample(mean + std * noise, mean, std)
 
-    def sample(self, model: EpsModel, noise: DiffusionNoise, temperature: float = 1.0,
-               clip_x0: float | None = None) -> HeadSample:
+    def sample(
+        self, model: EpsModel, noise: DiffusionNoise, temperature: float = 1.0, clip_x0: float | None = None
+    ) -> HeadSample:
         """Run the reverse process from ``noise.start`` with ``noise.steps``; the last step is stochastic.
 
         ``temperature`` scales every step's std (MAR's sampling temperature). ``clip_x0`` bounds
@@ -152,7 +170,9 @@ class GaussianDiffusion:
             out = self.step(model, out.tokens, index, noise.steps[:, s], temperature, clip_x0)
         return out
 
-    def training_loss(self, model: EpsModel, x0: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def training_loss(
+        self, model: EpsModel, x0: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Per-token loss ``[N]``: epsilon MSE plus the variational bound that trains the variance.
 
         As in improved DDPM's hybrid loss, the bound sees the mean through a stop-gradient, so it
@@ -172,8 +192,8 @@ class GaussianDiffusion:
         log_var = 2 * torch.log(std)
         true_mean = self._at(self.mean_coef_x0, index, x0) * x0 + self._at(self.mean_coef_xt, index, x0) * x_t
         true_log_var = self._at(self.posterior_log_var, index, x0)
-        kl = 0.5 * (log_var - true_log_var + torch.exp(true_log_var - log_var) + (true_mean - mean) ** 2 / std ** 2 - 1)
-        nll = 0.5 * (math.log(2 * math.pi) + log_var + (x0 - mean) ** 2 / std ** 2)
+        kl = 0.5 * (log_var - true_log_var + torch.exp(true_log_var - log_var) + (true_mean - mean) ** 2 / std**2 - 1)
+        nll = 0.5 * (math.log(2 * math.pi) + log_var + (x0 - mean) ** 2 / std**2)
         vb = torch.where((index == 0).unsqueeze(-1), nll, kl).mean(-1) / math.log(2.0)
         return mse + vb
 

@@ -27,13 +27,15 @@ _LEVEL_KEY = re.compile(r"decoder\.up\.(\d+)\.block\.(\d+)\.conv1\.weight")
 class KL16Decoder(nn.Module):
     """Tokens ``[B, h*w, C]`` (MAR's scaled latents) -> ``uint8 [B, 16h, 16w, 3]``; a :class:`~.model.PixelDecoder`."""
 
-    def __init__(self, embed_dim: int = 16, ch: int = 128, ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4),
-                 num_res_blocks: int = 2) -> None:
+    def __init__(
+        self, embed_dim: int = 16, ch: int = 128, ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4), num_res_blocks: int = 2
+    ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
         self.post_quant_conv = nn.Conv2d(embed_dim, embed_dim, 1)
-        self.decoder = TamingDecoder(VQGANConfig(z_channels=embed_dim, ch=ch, ch_mult=ch_mult,
-                                                 num_res_blocks=num_res_blocks))
+        self.decoder = TamingDecoder(
+            VQGANConfig(z_channels=embed_dim, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks)
+        )
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -47,7 +49,8 @@ class KL16Decoder(nn.Module):
 
 
 def load_kl16(path: str | Path, device: str | torch.device = "cpu") -> KL16Decoder:
-    """The decoder half of MAR's ``kl16.ckpt`` (``{"model": state}``, read with ``weights_only=True``) or a safetensors copy."""
+    """The decoder half of MAR's ``kl16.ckpt`` (``{"model": state}``, read with ``weights_only=True``)
+    or a safetensors copy."""
     path = Path(path)
     state = read_state_dict(path)
     if "post_quant_conv.weight" not in state:

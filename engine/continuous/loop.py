@@ -40,9 +40,15 @@ DECISION_STREAM = 1  # seed offset of the acceptance and residual draws (the sha
 
 def check_draft_fits(target: ContinuousTokenModel, draft: ContinuousTokenModel) -> None:
     """A CSpD draft must predict the same token space on the same grid for the same classes."""
-    problems = [f"{what} {a} vs {b}" for what, a, b in (("grid", target.grid, draft.grid),
-                                                       ("token channels", target.token_dim, draft.token_dim),
-                                                       ("classes", target.num_classes, draft.num_classes)) if a != b]
+    problems = [
+        f"{what} {a} vs {b}"
+        for what, a, b in (
+            ("grid", target.grid, draft.grid),
+            ("token channels", target.token_dim, draft.token_dim),
+            ("classes", target.num_classes, draft.num_classes),
+        )
+        if a != b
+    ]
     if problems:
         raise IncompatibleDrafterError(f"{draft.name} cannot draft for {target.name}: " + "; ".join(problems))
 
@@ -63,11 +69,21 @@ class _Run:
         b, k = positions.shape
         start = self.noise.start.gather(1, positions[..., None].expand(-1, -1, self.noise.start.shape[-1]))
         idx = positions[..., None, None].expand(-1, -1, *self.noise.steps.shape[2:])
-        return DiffusionNoise(start.reshape(b * k, -1), self.noise.steps.gather(1, idx).reshape(b * k, *self.noise.steps.shape[2:]))
+        return DiffusionNoise(
+            start.reshape(b * k, -1), self.noise.steps.gather(1, idx).reshape(b * k, *self.noise.steps.shape[2:])
+        )
 
 
-def _predict(model: ContinuousTokenModel, run: _Run, unknown: torch.Tensor, class_rows: torch.Tensor,
-             positions: torch.Tensor, process: GaussianDiffusion, cfg_scale: float, temperature: float) -> HeadSample:
+def _predict(
+    model: ContinuousTokenModel,
+    run: _Run,
+    unknown: torch.Tensor,
+    class_rows: torch.Tensor,
+    positions: torch.Tensor,
+    process: GaussianDiffusion,
+    cfg_scale: float,
+    temperature: float,
+) -> HeadSample:
     """One pass of ``model`` given the tokens known in ``unknown``, then its head at ``positions``."""
     z = model.condition(run.tokens, unknown, class_rows)
     rows = positions.repeat(z.shape[0] // positions.shape[0], 1)
@@ -83,9 +99,14 @@ def _scatter(target: torch.Tensor, positions: torch.Tensor, values: torch.Tensor
     target.scatter_(1, idx, vals)
 
 
-def generate_continuous(target: ContinuousTokenModel, class_ids: torch.Tensor | list[int],
-                        settings: ContinuousSettings | None = None, draft: ContinuousTokenModel | None = None,
-                        speculation: CSpDSettings | None = None, observer: Observer | None = None) -> ContinuousResult:
+def generate_continuous(
+    target: ContinuousTokenModel,
+    class_ids: torch.Tensor | list[int],
+    settings: ContinuousSettings | None = None,
+    draft: ContinuousTokenModel | None = None,
+    speculation: CSpDSettings | None = None,
+    observer: Observer | None = None,
+) -> ContinuousResult:
     """Sample one image per class id with ``target`` (MAR steps), speculatively when ``draft`` is given."""
     settings = settings or ContinuousSettings()
     speculation = speculation or CSpDSettings()
@@ -98,11 +119,17 @@ def generate_continuous(target: ContinuousTokenModel, class_ids: torch.Tensor | 
     decisions = make_generator(settings.seed + DECISION_STREAM, dev)
     process = GaussianDiffusion(settings.num_sampling_steps)
     schedule = MaskSchedule(random_orders(B, L, shared), settings.num_iter)
-    run = _Run(tokens=torch.zeros(B, L, C, device=dev), unknown=torch.ones(B, L, dtype=torch.bool, device=dev),
-               kinds=torch.full((B, L), -1, dtype=torch.int8), forward_index=torch.full((B, L), -1, dtype=torch.int32),
-               alpha=torch.full((B, L), float("nan")),
-               noise=DiffusionNoise(torch.randn(B, L, C, generator=shared, device=dev),
-                                    torch.randn(B, L, process.num_steps, C, generator=shared, device=dev)))
+    run = _Run(
+        tokens=torch.zeros(B, L, C, device=dev),
+        unknown=torch.ones(B, L, dtype=torch.bool, device=dev),
+        kinds=torch.full((B, L), -1, dtype=torch.int8),
+        forward_index=torch.full((B, L), -1, dtype=torch.int32),
+        alpha=torch.full((B, L), float("nan")),
+        noise=DiffusionNoise(
+            torch.randn(B, L, C, generator=shared, device=dev),
+            torch.randn(B, L, process.num_steps, C, generator=shared, device=dev),
+        ),
+    )
     target_rows = target.class_rows(ids, settings.uses_cfg)
     draft_rows = draft.class_rows(ids, settings.uses_cfg) if draft is not None else None
     q_mean, q_std = torch.zeros(B, L, C, device=dev), torch.ones(B, L, C, device=dev)
@@ -115,7 +142,9 @@ def generate_continuous(target: ContinuousTokenModel, class_ids: torch.Tensor | 
         if observer is None:
             return True
         committed = (run.kinds >= 0).sum(1).long()
-        event = StepEvent(passes["target"] - 1, run.tokens, committed, run.kinds, run.forward_index, passes["target"], L)
+        event = StepEvent(
+            passes["target"] - 1, run.tokens, committed, run.kinds, run.forward_index, passes["target"], L
+        )
         return observer(event) is not False
 
     def timed(call: Callable[[], HeadSample]) -> HeadSample:
@@ -130,7 +159,9 @@ def generate_continuous(target: ContinuousTokenModel, class_ids: torch.Tensor | 
         positions = schedule.positions(step)
         cfg = cfg_at(settings.cfg_scale, settings.cfg_schedule, schedule.unknown_after(step), L)
         if draft is None or speculation.is_prefill(step, settings.num_iter):
-            out = timed(lambda: _predict(target, run, run.unknown, target_rows, positions, process, cfg, settings.temperature))
+            out = timed(
+                lambda: _predict(target, run, run.unknown, target_rows, positions, process, cfg, settings.temperature)
+            )
             _scatter(run.tokens, positions, out.tokens)
             _scatter(run.kinds, positions.cpu(), torch.full((positions.numel(),), int(TokenKind.PLAIN)))
             _scatter(run.forward_index, positions.cpu(), torch.full((positions.numel(),), passes["target"]))
@@ -139,7 +170,9 @@ def generate_continuous(target: ContinuousTokenModel, class_ids: torch.Tensor | 
             passes["target"] += 1
         else:
             assert draft_rows is not None
-            out = timed(lambda: _predict(draft, run, run.unknown, draft_rows, positions, process, cfg, settings.temperature))
+            out = timed(
+                lambda: _predict(draft, run, run.unknown, draft_rows, positions, process, cfg, settings.temperature)
+            )
             _scatter(run.tokens, positions, out.tokens)
             _scatter(q_mean, positions, out.mean)
             _scatter(q_std, positions, out.std)
@@ -149,25 +182,56 @@ def generate_continuous(target: ContinuousTokenModel, class_ids: torch.Tensor | 
             if drafted_since < speculation.draft_steps and step < settings.num_iter - 1:
                 continue
             drafted_since = 0
-            _verify(target, run, verified_unknown, target_rows, process, cfg, settings.temperature,
-                    Gaussian(q_mean, q_std), speculation, decisions, passes, timed)
+            _verify(
+                target,
+                run,
+                verified_unknown,
+                target_rows,
+                process,
+                cfg,
+                settings.temperature,
+                Gaussian(q_mean, q_std),
+                speculation,
+                decisions,
+                passes,
+                timed,
+            )
             verified_unknown = run.unknown.clone()
         if not notify():
             finished = step == settings.num_iter - 1
             break
     decided = run.kinds >= 0
     return ContinuousResult(
-        tokens=run.tokens.cpu(), kinds=run.kinds, forward_index=run.forward_index, committed=decided.sum(1).long(),
-        target_forwards=passes["target"], drafter_forwards=passes["draft"], drafted=passes["drafted"],
-        accepted=passes["accepted"], wall_seconds=time.perf_counter() - started, model_seconds=model_seconds,
-        finished=finished and bool(decided.all()), diagnostics={"acceptance_prob": run.alpha} if draft is not None else {},
+        tokens=run.tokens.cpu(),
+        kinds=run.kinds,
+        forward_index=run.forward_index,
+        committed=decided.sum(1).long(),
+        target_forwards=passes["target"],
+        drafter_forwards=passes["draft"],
+        drafted=passes["drafted"],
+        accepted=passes["accepted"],
+        wall_seconds=time.perf_counter() - started,
+        model_seconds=model_seconds,
+        finished=finished and bool(decided.all()),
+        diagnostics={"acceptance_prob": run.alpha} if draft is not None else {},
         residual_fallbacks=passes["fallbacks"],
     )
 
 
-def _verify(target: ContinuousTokenModel, run: _Run, verified_unknown: torch.Tensor, target_rows: torch.Tensor,
-            process: GaussianDiffusion, cfg: float, temperature: float, q: Gaussian, speculation: CSpDSettings,
-            decisions: torch.Generator, passes: dict[str, int], timed: Callable[[Callable[[], HeadSample]], HeadSample]) -> None:
+def _verify(
+    target: ContinuousTokenModel,
+    run: _Run,
+    verified_unknown: torch.Tensor,
+    target_rows: torch.Tensor,
+    process: GaussianDiffusion,
+    cfg: float,
+    temperature: float,
+    q: Gaussian,
+    speculation: CSpDSettings,
+    decisions: torch.Generator,
+    passes: dict[str, int],
+    timed: Callable[[Callable[[], HeadSample]], HeadSample],
+) -> None:
     """One target pass over every position drafted since the last verification; accept or resample each."""
     B = run.tokens.shape[0]
     fresh = verified_unknown & ~run.unknown  # drafted since, the same count in every row
@@ -176,8 +240,9 @@ def _verify(target: ContinuousTokenModel, run: _Run, verified_unknown: torch.Ten
     flat = positions[..., None].expand(-1, -1, run.tokens.shape[-1])
     drafted = run.tokens.gather(1, flat).reshape(-1, run.tokens.shape[-1])
     q_rows = Gaussian(q.mean.gather(1, flat).reshape(drafted.shape), q.std.gather(1, flat).reshape(drafted.shape))
-    tokens, accepted, alpha, fell_back = speculation.acceptance.decide(drafted, Gaussian(out.mean, out.std), q_rows,
-                                                                       decisions)
+    tokens, accepted, alpha, fell_back = speculation.acceptance.decide(
+        drafted, Gaussian(out.mean, out.std), q_rows, decisions
+    )
     _scatter(run.tokens, positions, tokens)
     kinds = torch.where(accepted, int(TokenKind.ACCEPTED), int(TokenKind.CORRECTED)).cpu()
     _scatter(run.kinds, positions.cpu(), kinds)

@@ -65,10 +65,26 @@ class MARConfig:
 # The published ImageNet 256 models (MAR README: diffloss depth/width per size); VAE kl16 tokens.
 PRESETS: dict[str, MARConfig] = {
     "mar_base": MARConfig(),
-    "mar_large": MARConfig(encoder_dim=1024, encoder_depth=16, encoder_heads=16, decoder_dim=1024, decoder_depth=16,
-                           decoder_heads=16, head_width=1280, head_depth=8),
-    "mar_huge": MARConfig(encoder_dim=1280, encoder_depth=20, encoder_heads=16, decoder_dim=1280, decoder_depth=20,
-                          decoder_heads=16, head_width=1536, head_depth=12),
+    "mar_large": MARConfig(
+        encoder_dim=1024,
+        encoder_depth=16,
+        encoder_heads=16,
+        decoder_dim=1024,
+        decoder_depth=16,
+        decoder_heads=16,
+        head_width=1280,
+        head_depth=8,
+    ),
+    "mar_huge": MARConfig(
+        encoder_dim=1280,
+        encoder_depth=20,
+        encoder_heads=16,
+        decoder_dim=1280,
+        decoder_depth=20,
+        decoder_heads=16,
+        head_width=1536,
+        head_depth=12,
+    ),
 }
 
 
@@ -124,20 +140,30 @@ class MAR(nn.Module):
         self.z_proj = nn.Linear(cfg.token_dim, e)
         self.z_proj_ln = nn.LayerNorm(e, eps=LN_EPS)
         self.encoder_pos_embed_learned = nn.Parameter(torch.zeros(1, n, e))
-        self.encoder_blocks = nn.ModuleList(Block(e, cfg.encoder_heads, cfg.mlp_ratio) for _ in range(cfg.encoder_depth))
+        self.encoder_blocks = nn.ModuleList(
+            Block(e, cfg.encoder_heads, cfg.mlp_ratio) for _ in range(cfg.encoder_depth)
+        )
         self.encoder_norm = nn.LayerNorm(e, eps=LN_EPS)
         self.decoder_embed = nn.Linear(e, d)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, d))
         self.decoder_pos_embed_learned = nn.Parameter(torch.zeros(1, n, d))
-        self.decoder_blocks = nn.ModuleList(Block(d, cfg.decoder_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth))
+        self.decoder_blocks = nn.ModuleList(
+            Block(d, cfg.decoder_heads, cfg.mlp_ratio) for _ in range(cfg.decoder_depth)
+        )
         self.decoder_norm = nn.LayerNorm(d, eps=LN_EPS)
         self.diffusion_pos_embed_learned = nn.Parameter(torch.zeros(1, cfg.seq_len, d))
         self.diffloss = DiffLoss(HeadConfig(cfg.token_dim, d, cfg.head_width, cfg.head_depth))
 
     def init_weights(self, generator: torch.Generator | None = None) -> None:
         """MAR's initialisation (N(0, 0.02) embeddings, Xavier linears), then the head's own."""
-        for p in (self.class_emb.weight, self.fake_latent, self.mask_token, self.encoder_pos_embed_learned,
-                  self.decoder_pos_embed_learned, self.diffusion_pos_embed_learned):
+        for p in (
+            self.class_emb.weight,
+            self.fake_latent,
+            self.mask_token,
+            self.encoder_pos_embed_learned,
+            self.decoder_pos_embed_learned,
+            self.diffusion_pos_embed_learned,
+        ):
             nn.init.normal_(p, std=0.02, generator=generator)
         for module in self.modules():
             if isinstance(module, nn.Linear):
@@ -165,7 +191,9 @@ class MAR(nn.Module):
         """
         cfg = self.cfg
         b = tokens.shape[0]
-        known_with_buffer = torch.cat([torch.ones(b, cfg.buffer_size, dtype=torch.bool, device=tokens.device), ~unknown], 1)
+        known_with_buffer = torch.cat(
+            [torch.ones(b, cfg.buffer_size, dtype=torch.bool, device=tokens.device), ~unknown], 1
+        )
         counts = known_with_buffer.sum(1)
         if not bool((counts == counts[0]).all()):
             raise SettingsError("every image in a MAR batch must have the same number of known tokens")
@@ -181,11 +209,12 @@ class MAR(nn.Module):
         x = full + self.decoder_pos_embed_learned
         for block in self.decoder_blocks:
             x = block(x)
-        x = self.decoder_norm(x)[:, cfg.buffer_size:]
+        x = self.decoder_norm(x)[:, cfg.buffer_size :]
         return x + self.diffusion_pos_embed_learned
 
-    def training_loss(self, tokens: torch.Tensor, class_ids: torch.Tensor,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+    def training_loss(
+        self, tokens: torch.Tensor, class_ids: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """MAR's objective: mask a random order's first 70-100 % of tokens, diffusion loss on them.
 
         ``class_ids`` of -1 train the unconditional branch (the caller drops labels for CFG).
@@ -195,7 +224,7 @@ class MAR(nn.Module):
         orders = torch.argsort(torch.rand(b, n, device=tokens.device, generator=generator), dim=1)
         ratio = _truncated_normal_ratio(generator)
         masked = torch.zeros(b, n, dtype=torch.bool, device=tokens.device)
-        masked.scatter_(1, orders[:, :math.ceil(n * ratio)], True)
+        masked.scatter_(1, orders[:, : math.ceil(n * ratio)], True)
         z = self.condition(tokens, masked, self.class_embedding(class_ids, b))
         target, cond = tokens[masked], z[masked]
         mul = cfg.diffusion_batch_mul

@@ -56,8 +56,9 @@ class ContinuousTokenModel(Protocol):
     def condition(self, tokens: torch.Tensor, unknown: torch.Tensor, class_rows: torch.Tensor) -> torch.Tensor:
         """One forward pass: the head's condition ``z [B', L, D]`` given the known tokens (``unknown`` False)."""
 
-    def head_sample(self, z: torch.Tensor, noise: DiffusionNoise, process: GaussianDiffusion, cfg_scale: float,
-                    temperature: float) -> HeadSample:
+    def head_sample(
+        self, z: torch.Tensor, noise: DiffusionNoise, process: GaussianDiffusion, cfg_scale: float, temperature: float
+    ) -> HeadSample:
         """Denoise one token per row of ``z`` (``[cond; uncond]`` rows when guided) with the given noise."""
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -67,9 +68,15 @@ class ContinuousTokenModel(Protocol):
 class MARTokenModel:
     """:class:`ContinuousTokenModel` for :class:`MAR` weights and a pixel decoder."""
 
-    def __init__(self, mar: MAR, decoder: PixelDecoder, name: str = "mar",
-                 class_names: tuple[str, ...] | None = None, clip_x0: float | None = None,
-                 default_settings: ContinuousSettings = ContinuousSettings()) -> None:
+    def __init__(
+        self,
+        mar: MAR,
+        decoder: PixelDecoder,
+        name: str = "mar",
+        class_names: tuple[str, ...] | None = None,
+        clip_x0: float | None = None,
+        default_settings: ContinuousSettings = ContinuousSettings(),
+    ) -> None:
         self.mar = mar.eval()
         self.default_settings = default_settings
         self.clip_x0 = clip_x0  # bound of the data (1.0 for pixel patches), None for unbounded latents
@@ -104,8 +111,9 @@ class MARTokenModel:
         return self.mar.condition(tokens.repeat(repeat, 1, 1), unknown.repeat(repeat, 1), class_rows)
 
     @torch.no_grad()
-    def head_sample(self, z: torch.Tensor, noise: DiffusionNoise, process: GaussianDiffusion, cfg_scale: float,
-                    temperature: float) -> HeadSample:
+    def head_sample(
+        self, z: torch.Tensor, noise: DiffusionNoise, process: GaussianDiffusion, cfg_scale: float, temperature: float
+    ) -> HeadSample:
         return self.mar.diffloss.sample(z, noise, process, cfg_scale, temperature, self.clip_x0)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:

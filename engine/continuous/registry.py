@@ -45,12 +45,15 @@ def _find_vae(checkpoint: Path, vae_path: str | Path | None) -> Path:
         for name in VAE_NAMES:
             if (base / name).is_file():
                 return base / name
-    raise CheckpointError(f"{checkpoint.name} makes KL-16 VAE latents; give the VAE (MAR's kl16.ckpt) with --vae PATH "
-                          "or put it beside the checkpoint")
+    raise CheckpointError(
+        f"{checkpoint.name} makes KL-16 VAE latents; give the VAE (MAR's kl16.ckpt) with --vae PATH "
+        "or put it beside the checkpoint"
+    )
 
 
-def load_continuous_model(spec: str | Path, device: str | torch.device = "auto", vae_path: str | Path | None = None,
-                          heads: int | None = None) -> MARTokenModel:
+def load_continuous_model(
+    spec: str | Path, device: str | torch.device = "auto", vae_path: str | Path | None = None, heads: int | None = None
+) -> MARTokenModel:
     """A :class:`MARTokenModel` for a bundled name, one of our files, or an official MAR checkpoint."""
     dev = resolve_device(device)
     if str(spec) in DEMO_ROLES:
@@ -67,10 +70,17 @@ def load_continuous_model(spec: str | Path, device: str | torch.device = "auto",
     if meta.get("pixels", "patch") == "patch" and path.suffix.lower() == ".safetensors":
         patch = math.isqrt(mar.cfg.token_dim // 3)
         if 3 * patch * patch != mar.cfg.token_dim:
-            raise CheckpointError(f"{path.name}: {mar.cfg.token_dim}-channel tokens are not RGB patches; "
-                                  "write the file with pixels='vae' and give --vae")
-        model = MARTokenModel(mar, PatchPixels(patch), name=path.stem, clip_x0=1.0,
-                              class_names=tuple(meta["class_names"]) if "class_names" in meta else None)  # type: ignore[arg-type]
+            raise CheckpointError(
+                f"{path.name}: {mar.cfg.token_dim}-channel tokens are not RGB patches; "
+                "write the file with pixels='vae' and give --vae"
+            )
+        model = MARTokenModel(
+            mar,
+            PatchPixels(patch),
+            name=path.stem,
+            clip_x0=1.0,
+            class_names=tuple(meta["class_names"]) if "class_names" in meta else None,
+        )  # type: ignore[arg-type]
     else:
         decoder = load_kl16(_find_vae(path, vae_path), dev)
         model = MARTokenModel(mar, decoder, name=path.stem)

@@ -55,7 +55,7 @@ class MaskSchedule:
         self.num_iter = num_iter
 
     def positions(self, step: int) -> torch.Tensor:
-        return self.orders[:, self.counts[step + 1]:self.counts[step]]
+        return self.orders[:, self.counts[step + 1] : self.counts[step]]
 
     def unknown_after(self, step: int) -> int:
         return self.counts[step + 1]

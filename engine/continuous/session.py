@@ -36,8 +36,10 @@ def speculation_for(draft: DraftRecipe, policy: PolicyRecipe | None) -> CSpDSett
     """CSpD settings from the recipes: ``gamma`` draft steps, the Gaussian test at the policy's relaxation."""
     policy = policy or PolicyRecipe()
     if policy.name not in CONTINUOUS_POLICIES:
-        raise SettingsError(f"continuous (MAR) models accept drafts with CSpD's Gaussian test: use the policy cspd "
-                            f"(or exact), not {policy.name}")
+        raise SettingsError(
+            f"continuous (MAR) models accept drafts with CSpD's Gaussian test: use the policy cspd "
+            f"(or exact), not {policy.name}"
+        )
     if policy.mask is not None:
         raise SettingsError("region masks relax discrete policies; CSpD relaxes every token alike")
     options = dict(policy.options)
@@ -50,25 +52,36 @@ def speculation_for(draft: DraftRecipe, policy: PolicyRecipe | None) -> CSpDSett
 
 
 def summarize(result: ContinuousResult, draft: ContinuousTokenModel | None, speculation: CSpDSettings) -> str:
-    setup = (f"CSpD with {draft.name} ({speculation.draft_steps} draft steps, inner temperature "
-             f"{speculation.acceptance.inner_temperature:.3g})" if draft is not None else "plain MAR")
+    setup = (
+        f"CSpD with {draft.name} ({speculation.draft_steps} draft steps, inner temperature "
+        f"{speculation.acceptance.inner_temperature:.3g})"
+        if draft is not None
+        else "plain MAR"
+    )
     return summary_line(result, setup, draft is not None, ("pass", "passes"))
 
 
-def run_continuous_job(model: ContinuousTokenModel, prompt: str, batch: int, settings: ContinuousSettings,
-                       draft: DraftRecipe | None = None, policy: PolicyRecipe | None = None,
-                       observer: Observer | None = None) -> JobOutput:
+def run_continuous_job(
+    model: ContinuousTokenModel,
+    prompt: str,
+    batch: int,
+    settings: ContinuousSettings,
+    draft: DraftRecipe | None = None,
+    policy: PolicyRecipe | None = None,
+    observer: Observer | None = None,
+) -> JobOutput:
     """Draw ``batch`` images of ``prompt`` (plainly, or with CSpD when the recipe holds a draft model)."""
     if batch < 1:
         raise SettingsError(f"batch size must be >= 1, got {batch}")
     draft = draft or DraftRecipe()
     drafter = draft.drafter
     if draft.method not in ("ar", "drafter") or (drafter is not None and not is_continuous_model(drafter)):
-        raise SettingsError(f"{model.name} generates continuous tokens: draft with a smaller continuous model "
-                            f"(SpecAR Drafter Model), not {draft.describe()}")
+        raise SettingsError(
+            f"{model.name} generates continuous tokens: draft with a smaller continuous model "
+            f"(SpecAR Drafter Model), not {draft.describe()}"
+        )
     speculation = speculation_for(draft, policy)
-    result = generate_continuous(model, class_ids_for(model, prompt, batch), settings,
-                                 drafter, speculation, observer)  # type: ignore[arg-type]
+    result = generate_continuous(model, class_ids_for(model, prompt, batch), settings, drafter, speculation, observer)  # type: ignore[arg-type]
     return job_output(model, result, summarize(result, drafter, speculation))  # type: ignore[arg-type]
 
 

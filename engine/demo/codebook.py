@@ -83,7 +83,9 @@ class PatchCodebook:
         state = read_state_dict(path)
         config = json.loads(read_safetensors_metadata(path).get("config", "{}"))
         if "centroids" not in state or config.get("kind") != "patch_codebook":
-            raise CheckpointError(f"{Path(path).name} is not a demo patch codebook (no 'centroids' / patch_codebook config)")
+            raise CheckpointError(
+                f"{Path(path).name} is not a demo patch codebook (no 'centroids' / patch_codebook config)"
+            )
         return PatchCodebook(state["centroids"])
 
 
@@ -114,8 +116,14 @@ def _lloyd(points: torch.Tensor, centres: torch.Tensor, iterations: int) -> torc
     return centres
 
 
-def fit_codebook(images: np.ndarray | torch.Tensor, k: int = 512, seed: int = 0,
-                 max_patches: int = 200_000, iterations: int = 15, seed_patches: int = 20_000) -> PatchCodebook:
+def fit_codebook(
+    images: np.ndarray | torch.Tensor,
+    k: int = 512,
+    seed: int = 0,
+    max_patches: int = 200_000,
+    iterations: int = 15,
+    seed_patches: int = 20_000,
+) -> PatchCodebook:
     """Fit a patch codebook on ``images uint8 [B, H, W, 3]``; deterministic in (images, k, seed).
 
     k-means++ seeds from a ``seed_patches`` subsample (its cost grows with k x points), then Lloyd

@@ -26,20 +26,29 @@ FILES = {"target": "mar_target.safetensors", "drafter": "mar_drafter.safetensors
 DEMO_CONTINUOUS_SETTINGS = ContinuousSettings(num_iter=32, num_sampling_steps=25, cfg_scale=4.0, temperature=1.0)
 
 
-def load_mar_demo(role: str = "target", weights_dir: str | Path | None = None,
-                  device: str | torch.device = "auto") -> MARTokenModel:
+def load_mar_demo(
+    role: str = "target", weights_dir: str | Path | None = None, device: str | torch.device = "auto"
+) -> MARTokenModel:
     """The shipped continuous demo ``target`` or ``drafter``."""
     if role not in FILES:
         raise CheckpointError(f"the continuous demo has roles {', '.join(FILES)}, not {role!r}")
     path = (Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR) / FILES[role]
     if not path.is_file():
-        raise CheckpointError(f"the continuous demo weights are not built yet: {path} is missing; train them with "
-                              f"`python -m specar.demo.train_mar --role {role} ...` (see that module) and copy "
-                              f"out/mar-{role}/{FILES[role]} here")
+        raise CheckpointError(
+            f"the continuous demo weights are not built yet: {path} is missing; train them with "
+            f"`python -m specar.demo.train_mar --role {role} ...` (see that module) and copy "
+            f"out/mar-{role}/{FILES[role]} here"
+        )
     mar, meta = read_mar(path)
     names = tuple(meta.get("class_names", CLASS_NAMES))  # type: ignore[arg-type]
-    model = MARTokenModel(mar, PatchPixels(), name=f"specar-mar-demo-{role}", class_names=names, clip_x0=1.0,
-                          default_settings=DEMO_CONTINUOUS_SETTINGS)
+    model = MARTokenModel(
+        mar,
+        PatchPixels(),
+        name=f"specar-mar-demo-{role}",
+        class_names=names,
+        clip_x0=1.0,
+        default_settings=DEMO_CONTINUOUS_SETTINGS,
+    )
     return model.to(resolve_device(device))
 
 

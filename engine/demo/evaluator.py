@@ -127,8 +127,13 @@ class QualityReport:
 class QualityEvaluator:
     """The shipped classifier plus the reference feature statistics of real scenes."""
 
-    def __init__(self, classifier: SceneClassifier, ref_mean: torch.Tensor, ref_cov: torch.Tensor,
-                 device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        classifier: SceneClassifier,
+        ref_mean: torch.Tensor,
+        ref_cov: torch.Tensor,
+        device: torch.device | str = "cpu",
+    ) -> None:
         self.device = torch.device(device)
         self.classifier = classifier.to(self.device).eval()
         self.ref_mean = ref_mean.double().cpu()
@@ -155,8 +160,9 @@ class QualityEvaluator:
         """Fréchet distance of these images' features to the real reference."""
         return frechet_distance(*gaussian_stats(self.features(images)), self.ref_mean, self.ref_cov)
 
-    def evaluate(self, images: np.ndarray | torch.Tensor,
-                 class_ids: np.ndarray | torch.Tensor | list[int]) -> QualityReport:
+    def evaluate(
+        self, images: np.ndarray | torch.Tensor, class_ids: np.ndarray | torch.Tensor | list[int]
+    ) -> QualityReport:
         """Score samples against the classes they were asked for."""
         target = torch.as_tensor(class_ids).to("cpu", torch.int64).flatten()
         feats, pred = self._run(images)
@@ -199,5 +205,13 @@ def load_evaluator(weights_dir: str | Path | None = None, device: torch.device |
     return QualityEvaluator(load_classifier(root / CLASSIFIER_FILE), ref["mean"], ref["cov"], device)
 
 
-__all__ = ["SceneClassifier", "QualityEvaluator", "QualityReport", "load_evaluator", "load_classifier",
-           "frechet_distance", "gaussian_stats", "to_model_input"]
+__all__ = [
+    "SceneClassifier",
+    "QualityEvaluator",
+    "QualityReport",
+    "load_evaluator",
+    "load_classifier",
+    "frechet_distance",
+    "gaussian_stats",
+    "to_model_input",
+]

@@ -26,13 +26,13 @@ WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 DEMO_SETTINGS = SamplingSettings(cfg_scale=2.0, temperature=1.0, top_k=100, top_p=1.0)
 TRAIN_HINT = {
     "target.safetensors": "train it with `python -m specar.demo.train --role target --threads 1 --minutes 100 "
-                          "--compile --out out/demo-target` and copy out/demo-target/target.safetensors here",
+    "--compile --out out/demo-target` and copy out/demo-target/target.safetensors here",
     "drafter.safetensors": "train it with `python -m specar.demo.train --role drafter --threads 1 --steps 1877 "
-                           "--compile --teacher engine/demo/weights/target.safetensors --out out/demo-drafter` and "
-                           "copy out/demo-drafter/drafter.safetensors here",
+    "--compile --teacher engine/demo/weights/target.safetensors --out out/demo-drafter` and "
+    "copy out/demo-drafter/drafter.safetensors here",
     "codebook.safetensors": "`python -m specar.demo.train` fits it here before training a model",
     "tree_head.safetensors": "train it with `python -m specar.demo.tree_head_data` then `python -m "
-                             "specar.demo.train_tree_head` (see that module) and copy out/tree-head/tree_head.safetensors here",
+    "specar.demo.train_tree_head` (see that module) and copy out/tree-head/tree_head.safetensors here",
 }
 
 
@@ -48,7 +48,9 @@ def _load(file_name: str, name: str, weights_dir: str | Path | None, device: str
     codebook = PatchCodebook.load(_require(directory / "codebook.safetensors"))
     gpt = read_gpt(weights, {})
     if gpt.cfg.vocab_size != codebook.size:
-        raise CheckpointError(f"{weights} has {gpt.cfg.vocab_size} codes but the codebook beside it has {codebook.size}")
+        raise CheckpointError(
+            f"{weights} has {gpt.cfg.vocab_size} codes but the codebook beside it has {codebook.size}"
+        )
     dev = resolve_device(device)
     gpt = gpt.to(dev, torch.float32)
     gpt.reset_rope()

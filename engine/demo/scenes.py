@@ -123,5 +123,16 @@ def sample_scenes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return render_batch(ids, seed), ids
 
 
-__all__ = ["CLASS_NAMES", "COLOURS", "SHAPES", "NUM_CLASSES", "IMAGE_SIZE", "class_id", "shape_of",
-           "colour_of", "parse_prompt", "render_batch", "sample_scenes"]
+__all__ = [
+    "CLASS_NAMES",
+    "COLOURS",
+    "SHAPES",
+    "NUM_CLASSES",
+    "IMAGE_SIZE",
+    "class_id",
+    "shape_of",
+    "colour_of",
+    "parse_prompt",
+    "render_batch",
+    "sample_scenes",
+]

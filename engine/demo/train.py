@@ -105,8 +105,10 @@ def drop_classes(ids: torch.Tensor, rate: float, seed: int) -> torch.Tensor:
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, object]]:
     """Decay matrices and embeddings, not norm gains (as LlamaGen does)."""
     params = list(model.parameters())
-    return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
-            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
 
 
 def save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict[str, object]) -> None:
@@ -129,7 +131,7 @@ def load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -
     tensors = read_state_dict(path)
     meta = json.loads(read_safetensors_metadata(path)["config"])
     device = next(model.parameters()).device
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
+    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
     for name, param in model.named_parameters():
         if f"optim.{name}.exp_avg" in tensors:
             opt.state[param] = {
@@ -144,7 +146,7 @@ def init_from(path: Path, model: torch.nn.Module) -> None:
     """Warm-start ``model`` from a training state or an exported file (a second phase of training)."""
     tensors = read_state_dict(path)
     if any(k.startswith("model.") for k in tensors):
-        tensors = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        tensors = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     load_into(model, {k: v.float() for k, v in tensors.items()}, path.name)
 
 
@@ -169,8 +171,9 @@ class Trainer:
         self.codebook = load_or_fit_codebook(Path(args.codebook), args.codebook_size, args.seed)
         arch = {k: getattr(args, k) or v for k, v in ROLES[args.role].items()}
         self.peak_lr = args.lr or ROLE_LR[args.role]
-        self.cfg = GPTConfig(vocab_size=self.codebook.size, model_type="c2i", num_classes=NUM_CLASSES,
-                             grid_size=GRID, **arch)
+        self.cfg = GPTConfig(
+            vocab_size=self.codebook.size, model_type="c2i", num_classes=NUM_CLASSES, grid_size=GRID, **arch
+        )
         torch.manual_seed(args.seed)
         self.model = GPT(self.cfg)
         self.model.init_weights(0.02, generator=torch.Generator().manual_seed(args.seed))
@@ -191,8 +194,11 @@ class Trainer:
     def load_teacher(self, path: Path) -> GPT:
         """A frozen trained model over the same codebook, classes and grid as the one trained."""
         teacher = read_gpt(path, {})
-        mismatched = [k for k in ("vocab_size", "num_classes", "grid_size", "model_type")
-                      if getattr(teacher.cfg, k) != getattr(self.cfg, k)]
+        mismatched = [
+            k
+            for k in ("vocab_size", "num_classes", "grid_size", "model_type")
+            if getattr(teacher.cfg, k) != getattr(self.cfg, k)
+        ]
         if mismatched:
             raise SystemExit(f"--teacher {path} differs from the model being trained in {', '.join(mismatched)}")
         teacher = teacher.to(self.device, torch.float32).eval().requires_grad_(False)
@@ -234,9 +240,17 @@ class Trainer:
         return sum(losses) / len(losses)
 
     def meta(self) -> dict[str, object]:
-        return {"step": self.step, "total_steps": self.total, "warmup": self.warmup, "peak_lr": self.peak_lr,
-                "role": self.args.role, "seed": self.args.seed, "batch": self.args.batch, "gpt": self.cfg.to_dict(),
-                "teacher": Path(self.args.teacher).name if self.args.teacher else None}
+        return {
+            "step": self.step,
+            "total_steps": self.total,
+            "warmup": self.warmup,
+            "peak_lr": self.peak_lr,
+            "role": self.args.role,
+            "seed": self.args.seed,
+            "batch": self.args.batch,
+            "gpt": self.cfg.to_dict(),
+            "teacher": Path(self.args.teacher).name if self.args.teacher else None,
+        }
 
     def resume(self) -> None:
         meta = load_state(self.state_path, self.model, self.opt)
@@ -256,15 +270,19 @@ class Trainer:
         per_step = (time.time() - t0) / CALIBRATION_STEPS
         left = self.args.minutes * 60 * BUDGET_MARGIN - (time.time() - started)
         self.total = max(self.step + int(left / per_step), 2 * self.warmup)
-        log(f"{per_step:.2f}s/step -> {self.total} steps in {self.args.minutes} min "
-            f"(reproduce with --steps {self.total} --warmup {self.warmup})")
+        log(
+            f"{per_step:.2f}s/step -> {self.total} steps in {self.args.minutes} min "
+            f"(reproduce with --steps {self.total} --warmup {self.warmup})"
+        )
 
     def run(self) -> None:
         args = self.args
         self.out.mkdir(parents=True, exist_ok=True)
         n_params = sum(p.numel() for p in self.model.parameters())
-        log(f"{args.role}: {n_params / 1e6:.2f}M params {self.cfg.to_dict()} on {self.device}, "
-            f"{torch.get_num_threads()} threads, batch {args.batch}, peak lr {self.peak_lr}")
+        log(
+            f"{args.role}: {n_params / 1e6:.2f}M params {self.cfg.to_dict()} on {self.device}, "
+            f"{torch.get_num_threads()} threads, batch {args.batch}, peak lr {self.peak_lr}"
+        )
         if args.resume and self.state_path.is_file():
             self.resume()
         started = last_log = last_save = last_eval = time.time()
@@ -278,8 +296,10 @@ class Trainer:
             now = time.time()
             if now - last_log >= args.log_seconds or self.step == self.total:
                 rate = len(losses) * tokens_per_step / (now - last_log)
-                log(f"step {self.step}/{self.total} loss {sum(losses) / len(losses):.4f} "
-                    f"lr {self.opt.param_groups[0]['lr']:.2e} {rate:.0f} tok/s {(now - started) / 60:.1f} min")
+                log(
+                    f"step {self.step}/{self.total} loss {sum(losses) / len(losses):.4f} "
+                    f"lr {self.opt.param_groups[0]['lr']:.2e} {rate:.0f} tok/s {(now - started) / 60:.1f} min"
+                )
                 losses, last_log = [], now
             if now - last_eval >= args.eval_minutes * 60:
                 log(f"step {self.step} val loss {self.val_loss():.4f}")
@@ -293,8 +313,17 @@ class Trainer:
         val = self.val_loss()
         save_state(self.state_path, self.model, self.opt, self.meta())
         final = self.out / f"{self.args.role}.safetensors"
-        export_weights(final, self.model, {"role": self.args.role, "train_steps": self.step, "seed": self.args.seed,
-                                           "batch": self.args.batch, "val_loss": round(val, 4)})
+        export_weights(
+            final,
+            self.model,
+            {
+                "role": self.args.role,
+                "train_steps": self.step,
+                "seed": self.args.seed,
+                "batch": self.args.batch,
+                "val_loss": round(val, 4),
+            },
+        )
         log(f"done: {self.step} steps, val loss {val:.4f} -> {final}")
 
 
@@ -306,11 +335,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     budget.add_argument("--steps", type=int, help="exact number of optimizer steps (reproducible schedule)")
     p.add_argument("--out", default="out/demo", help="checkpoint and output directory")
     p.add_argument("--resume", action="store_true", help="continue from <out>/<role>-state.safetensors if present")
-    p.add_argument("--init", default=None,
-                   help="start from these weights (a state or exported file) with a fresh optimizer and schedule; "
-                        "give a new --seed so the batches differ from the first phase")
-    p.add_argument("--teacher", default=None,
-                   help="distil from this trained model's safetensors (the drafter from the shipped target)")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from these weights (a state or exported file) with a fresh optimizer and schedule; "
+        "give a new --seed so the batches differ from the first phase",
+    )
+    p.add_argument(
+        "--teacher",
+        default=None,
+        help="distil from this trained model's safetensors (the drafter from the shipped target)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 for background runs)")
     p.add_argument("--seed", type=int, default=0)
@@ -320,11 +355,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--class-dropout", type=float, default=0.1)
     p.add_argument("--val-images", type=int, default=256, help="held-out scenes for the validation loss")
-    p.add_argument("--codebook", default=str(WEIGHTS_DIR / "codebook.safetensors"),
-                   help="patch codebook file; fitted and written there if missing")
+    p.add_argument(
+        "--codebook",
+        default=str(WEIGHTS_DIR / "codebook.safetensors"),
+        help="patch codebook file; fitted and written there if missing",
+    )
     p.add_argument("--codebook-size", type=int, default=512)
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                   help="bf16 autocast for matmuls (fp32 weights and optimizer)")
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bf16 autocast for matmuls (fp32 weights and optimizer)",
+    )
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     p.add_argument("--n-layer", dest="n_layer", type=int, default=None)
     p.add_argument("--dim", type=int, default=None)

@@ -22,8 +22,17 @@ from torch import nn
 
 from ..checkpoints import save_safetensors
 from .codebook import PatchCodebook, fit_codebook
-from .evaluator import (CLASSIFIER_FILE, CLASSIFIER_KIND, REFERENCE_FILE, REFERENCE_KIND, WIDTHS, SceneClassifier,
-                        frechet_distance, gaussian_stats, to_model_input)
+from .evaluator import (
+    CLASSIFIER_FILE,
+    CLASSIFIER_KIND,
+    REFERENCE_FILE,
+    REFERENCE_KIND,
+    WIDTHS,
+    SceneClassifier,
+    frechet_distance,
+    gaussian_stats,
+    to_model_input,
+)
 from .scenes import IMAGE_SIZE, sample_scenes
 
 TRAIN_SEED, HELDOUT_SEED, REFERENCE_SEED = 1_000, 2_000, 3_000  # offsets added to --seed
@@ -68,8 +77,9 @@ def round_trip(images: np.ndarray, codebook: PatchCodebook) -> np.ndarray:
     return np.concatenate(out)
 
 
-def train(model: SceneClassifier, clean: np.ndarray, coded: np.ndarray, labels: np.ndarray,
-          args: argparse.Namespace) -> int:
+def train(
+    model: SceneClassifier, clean: np.ndarray, coded: np.ndarray, labels: np.ndarray, args: argparse.Namespace
+) -> int:
     """AdamW with cosine decay; each sample is drawn clean or round-tripped with probability 1/2."""
     gen = torch.Generator().manual_seed(args.seed)
     steps_per_epoch = math.ceil(len(clean) / args.batch_size)
@@ -134,16 +144,32 @@ def main(argv: list[str] | None = None) -> None:
     elapsed = time.perf_counter() - start
 
     args.out.mkdir(parents=True, exist_ok=True)
-    config = {"kind": CLASSIFIER_KIND, "widths": list(WIDTHS), "input": "uint8 RGB / 127.5 - 1, NCHW",
-              "seed": args.seed, "train_size": args.train_size, "epochs": args.epochs, "steps": steps,
-              "batch_size": args.batch_size, "lr": args.lr, "round_trip_codebook": codebook_note,
-              "heldout_size": args.heldout_size, "heldout_accuracy": acc_clean,
-              "heldout_accuracy_round_trip": acc_coded}
+    config = {
+        "kind": CLASSIFIER_KIND,
+        "widths": list(WIDTHS),
+        "input": "uint8 RGB / 127.5 - 1, NCHW",
+        "seed": args.seed,
+        "train_size": args.train_size,
+        "epochs": args.epochs,
+        "steps": steps,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "round_trip_codebook": codebook_note,
+        "heldout_size": args.heldout_size,
+        "heldout_accuracy": acc_clean,
+        "heldout_accuracy_round_trip": acc_coded,
+    }
     save_safetensors(model.state_dict(), args.out / CLASSIFIER_FILE, config=config)
-    save_safetensors({"mean": ref_mean, "cov": ref_cov}, args.out / REFERENCE_FILE,
-                     config={"kind": REFERENCE_KIND, "n": args.reference_size,
-                             "render_seed": args.seed + REFERENCE_SEED,
-                             "images": "clean real scenes from train_classifier.render(n, render_seed)"})
+    save_safetensors(
+        {"mean": ref_mean, "cov": ref_cov},
+        args.out / REFERENCE_FILE,
+        config={
+            "kind": REFERENCE_KIND,
+            "n": args.reference_size,
+            "render_seed": args.seed + REFERENCE_SEED,
+            "images": "clean real scenes from train_classifier.render(n, render_seed)",
+        },
+    )
     print(f"held-out accuracy: {acc_clean:.4f} clean, {acc_coded:.4f} round-trip (n={args.heldout_size})")
     print(f"FID-lite vs reference: held-out {fid_held:.3f}, held-out round-trip {fid_coded:.3f}")
     print(f"wrote {args.out / CLASSIFIER_FILE} and {args.out / REFERENCE_FILE} in {elapsed:.0f} s ({steps} steps)")

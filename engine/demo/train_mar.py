@@ -26,12 +26,32 @@ from .scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
 from .train import Schedule, init_from, load_state, log, param_groups, save_state, stream_seed
 
 ROLES: dict[str, MARConfig] = {
-    "target": MARConfig(token_dim=12, encoder_dim=64, encoder_depth=1, encoder_heads=4, decoder_dim=64,
-                        decoder_depth=1, decoder_heads=4, num_classes=NUM_CLASSES, buffer_size=16,
-                        head_width=64, head_depth=2),
-    "drafter": MARConfig(token_dim=12, encoder_dim=32, encoder_depth=1, encoder_heads=2, decoder_dim=32,
-                         decoder_depth=1, decoder_heads=2, num_classes=NUM_CLASSES, buffer_size=16,
-                         head_width=32, head_depth=2),
+    "target": MARConfig(
+        token_dim=12,
+        encoder_dim=64,
+        encoder_depth=1,
+        encoder_heads=4,
+        decoder_dim=64,
+        decoder_depth=1,
+        decoder_heads=4,
+        num_classes=NUM_CLASSES,
+        buffer_size=16,
+        head_width=64,
+        head_depth=2,
+    ),
+    "drafter": MARConfig(
+        token_dim=12,
+        encoder_dim=32,
+        encoder_depth=1,
+        encoder_heads=2,
+        decoder_dim=32,
+        decoder_depth=1,
+        decoder_heads=2,
+        num_classes=NUM_CLASSES,
+        buffer_size=16,
+        head_width=32,
+        head_depth=2,
+    ),
 }
 TRAIN_STREAM, VAL_STREAM, DROP_STREAM, NOISE_STREAM = 10, 11, 12, 13
 VAL_IMAGES = 128
@@ -66,7 +86,9 @@ class MARTrainer:
     def train_step(self) -> float:
         args = self.args
         ids, tokens = scene_batch(args.batch, stream_seed(args.seed, TRAIN_STREAM, self.step))
-        drop = torch.rand(ids.shape, generator=torch.Generator().manual_seed(stream_seed(args.seed, DROP_STREAM, self.step)))
+        drop = torch.rand(
+            ids.shape, generator=torch.Generator().manual_seed(stream_seed(args.seed, DROP_STREAM, self.step))
+        )
         ids = torch.where(drop < args.class_dropout, torch.full_like(ids, -1), ids)
         for group in self.opt.param_groups:
             group["lr"] = self.schedule.lr(self.step)
@@ -84,8 +106,15 @@ class MARTrainer:
         return float(self.loss(*self.val, seed=stream_seed(0, VAL_STREAM, 1)))
 
     def meta(self) -> dict[str, object]:
-        return {"step": self.step, "role": self.args.role, "seed": self.args.seed, "batch": self.args.batch,
-                "steps": self.args.steps, "mar": self.cfg.to_dict(), "init": self.args.init}
+        return {
+            "step": self.step,
+            "role": self.args.role,
+            "seed": self.args.seed,
+            "batch": self.args.batch,
+            "steps": self.args.steps,
+            "mar": self.cfg.to_dict(),
+            "init": self.args.init,
+        }
 
     def run(self) -> None:
         args = self.args
@@ -104,8 +133,10 @@ class MARTrainer:
             losses.append(self.train_step())
             now = time.time()
             if now - last_log >= args.log_seconds or self.step == args.steps:
-                log(f"step {self.step}/{args.steps} loss {sum(losses) / len(losses):.4f} "
-                    f"lr {self.opt.param_groups[0]['lr']:.2e} {(now - started) / 60:.1f} min")
+                log(
+                    f"step {self.step}/{args.steps} loss {sum(losses) / len(losses):.4f} "
+                    f"lr {self.opt.param_groups[0]['lr']:.2e} {(now - started) / 60:.1f} min"
+                )
                 losses, last_log = [], now
             if now - last_save >= args.save_minutes * 60:
                 save_state(self.state_path, self.model, self.opt, self.meta())
@@ -114,9 +145,19 @@ class MARTrainer:
         val = self.val_loss()
         save_state(self.state_path, self.model, self.opt, self.meta())
         final = self.out / f"mar_{args.role}.safetensors"
-        save_mar(self.model, final, {"class_names": list(CLASS_NAMES), "role": args.role, "train_steps": self.step,
-                                     "batch": args.batch, "seed": args.seed, "val_loss": round(val, 4),
-                                     "init": Path(args.init).name if args.init else None})
+        save_mar(
+            self.model,
+            final,
+            {
+                "class_names": list(CLASS_NAMES),
+                "role": args.role,
+                "train_steps": self.step,
+                "batch": args.batch,
+                "seed": args.seed,
+                "val_loss": round(val, 4),
+                "init": Path(args.init).name if args.init else None,
+            },
+        )
         log(f"done: {self.step} steps, val loss {val:.4f} -> {final}")
 
 
@@ -126,8 +167,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, required=True, help="optimizer steps (cosine schedule length)")
     p.add_argument("--out", default="out/mar")
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--init", default=None, help="start from these weights (a state or exported file) with a fresh "
-                                                "optimizer and schedule; give a new --seed so the batches differ")
+    p.add_argument(
+        "--init",
+        default=None,
+        help="start from these weights (a state or exported file) with a fresh "
+        "optimizer and schedule; give a new --seed so the batches differ",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=32)

@@ -53,11 +53,18 @@ def target_states(target, class_ids: torch.Tensor, tokens: torch.Tensor) -> torc
     ids = torch.cat([class_ids, torch.full_like(class_ids, gpt.cfg.num_classes)])
     h = torch.cat([gpt.cls_embedding(ids)[:, : gpt.cfg.cls_token_num], gpt.tok_embeddings(tokens.repeat(2, 1))], 1)
     slots = torch.arange(h.shape[1]).expand(h.shape[0], -1)
-    return gpt.run_layers(h, slots, None)[:, gpt.cfg.cls_token_num - 1:]
+    return gpt.run_layers(h, slots, None)[:, gpt.cfg.cls_token_num - 1 :]
 
 
-def interchangeable_tokens(target, class_ids: torch.Tensor, tokens: torch.Tensor, states: torch.Tensor,  # type: ignore[no-untyped-def]
-                           p: torch.Tensor, alternatives: int, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
+def interchangeable_tokens(
+    target,
+    class_ids: torch.Tensor,
+    tokens: torch.Tensor,
+    states: torch.Tensor,  # type: ignore[no-untyped-def]
+    p: torch.Tensor,
+    alternatives: int,
+    tau: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The target's top ``alternatives`` other tokens at every position (``p [B, N, V]``, slot t
     predicting image token t, class half) and which of them are interchangeable with the real
     token: fed in its place after the same prefix, they leave the target in a state with cosine
@@ -85,7 +92,9 @@ def interchangeable_tokens(target, class_ids: torch.Tensor, tokens: torch.Tensor
     return alt, similar
 
 
-def merge_interchangeable(p: torch.Tensor, tokens: torch.Tensor, alt: torch.Tensor, similar: torch.Tensor) -> torch.Tensor:
+def merge_interchangeable(
+    p: torch.Tensor, tokens: torch.Tensor, alt: torch.Tensor, similar: torch.Tensor
+) -> torch.Tensor:
     """``p`` with the mass of the tokens interchangeable with the real token moved onto it."""
     moved = (p.gather(-1, alt) * similar).sum(-1)
     soft = p.scatter(-1, alt, p.gather(-1, alt) * ~similar)
@@ -99,8 +108,15 @@ class HeadTrainer:
         self.target.gpt.requires_grad_(False)
         self.tokens, self.class_ids = read_chunks(Path(args.data))
         cfg = self.target.cfg
-        self.cfg = TreeHeadConfig(dim=cfg.dim, n_head=HEAD_HEADS, ffn_hidden=HEAD_FFN, vocab_size=cfg.vocab_size,
-                                  grid_size=cfg.grid_size, norm_eps=cfg.norm_eps, rope_base=cfg.rope_base)
+        self.cfg = TreeHeadConfig(
+            dim=cfg.dim,
+            n_head=HEAD_HEADS,
+            ffn_hidden=HEAD_FFN,
+            vocab_size=cfg.vocab_size,
+            grid_size=cfg.grid_size,
+            norm_eps=cfg.norm_eps,
+            rope_base=cfg.rope_base,
+        )
         torch.manual_seed(args.seed)
         self.head = TreeHead(self.cfg)
         self.opt = torch.optim.AdamW(self.head.parameters(), lr=args.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -128,18 +144,22 @@ class HeadTrainer:
             ids, tokens = self.class_ids[index], self.tokens[index]
             states = target_states(self.target, ids, tokens)
             p_cls = F.softmax(self.target.gpt.logits(states[: len(index), :-1]), dim=-1)
-            alt, similar = interchangeable_tokens(self.target, ids, tokens, states, p_cls, args.alternatives,
-                                                  args.redundancy)
+            alt, similar = interchangeable_tokens(
+                self.target, ids, tokens, states, p_cls, args.alternatives, args.redundancy
+            )
             alts.append(alt.to(torch.int16))
             similars.append(similar.to(torch.uint8))
         result = torch.cat(alts), torch.cat(similars)
         save_safetensors({"alt": result[0], "similar": result[1]}, path)
-        log(f"redundancy targets: {float(result[1].float().mean()):.3f} of the top-{args.alternatives} alternatives "
-            f"are interchangeable at tau {args.redundancy} -> {path}")
+        log(
+            f"redundancy targets: {float(result[1].float().mean()):.3f} of the top-{args.alternatives} alternatives "
+            f"are interchangeable at tau {args.redundancy} -> {path}"
+        )
         return result
 
-    def loss(self, class_ids: torch.Tensor, tokens: torch.Tensor, noise: bool,
-             index: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(
+        self, class_ids: torch.Tensor, tokens: torch.Tensor, noise: bool, index: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """EAGLE-1's loss on images ``index`` of the data (the redundancy targets are looked up by it)."""
         target = self.target
         with torch.no_grad():
@@ -181,13 +201,21 @@ class HeadTrainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         self.head.eval()
-        stats = [self.loss(self.class_ids[i], self.tokens[i], noise=False, index=i)[1] for i in self.val_index.split(32)]
+        stats = [
+            self.loss(self.class_ids[i], self.tokens[i], noise=False, index=i)[1] for i in self.val_index.split(32)
+        ]
         self.head.train()
         return {k: sum(s[k] for s in stats) / len(stats) for k in stats[0]}
 
     def meta(self) -> dict[str, object]:
-        return {"step": self.step, "total_steps": self.total, "seed": self.args.seed, "batch": self.args.batch,
-                "redundancy": self.args.redundancy, "head": self.cfg.to_dict()}
+        return {
+            "step": self.step,
+            "total_steps": self.total,
+            "seed": self.args.seed,
+            "batch": self.args.batch,
+            "redundancy": self.args.redundancy,
+            "head": self.cfg.to_dict(),
+        }
 
     def run(self) -> None:
         args = self.args
@@ -197,8 +225,10 @@ class HeadTrainer:
             meta = load_state(self.state_path, self.head, self.opt)  # type: ignore[arg-type]
             self.step = int(meta["step"])  # type: ignore[arg-type]
             log(f"resumed at step {self.step}")
-        log(f"tree head {sum(p.numel() for p in self.head.parameters()) / 1e6:.2f}M params, {self.train_count} "
-            f"training images, batch {args.batch}, {self.total} steps, redundancy {args.redundancy}")
+        log(
+            f"tree head {sum(p.numel() for p in self.head.parameters()) / 1e6:.2f}M params, {self.train_count} "
+            f"training images, batch {args.batch}, {self.total} steps, redundancy {args.redundancy}"
+        )
         started = last_log = last_save = time.time()
         window: list[dict[str, float]] = []
         while self.step < self.total:
@@ -206,8 +236,11 @@ class HeadTrainer:
             now = time.time()
             if now - last_log >= args.log_seconds or self.step == self.total:
                 mean = {k: sum(w[k] for w in window) / len(window) for k in window[0]}
-                log(f"step {self.step}/{self.total} " + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
-                    + f" {(now - started) / 60:.1f} min")
+                log(
+                    f"step {self.step}/{self.total} "
+                    + " ".join(f"{k} {v:.4f}" for k, v in mean.items())
+                    + f" {(now - started) / 60:.1f} min"
+                )
                 window, last_log = [], now
             if now - last_save >= args.save_minutes * 60:
                 save_state(self.state_path, self.head, self.opt, self.meta())  # type: ignore[arg-type]
@@ -215,9 +248,17 @@ class HeadTrainer:
         val = self.validate()
         save_state(self.state_path, self.head, self.opt, self.meta())  # type: ignore[arg-type]
         final = self.out / "tree_head.safetensors"
-        save_tree_head(self.head, final, {"train_steps": self.step, "seed": args.seed, "batch": args.batch,
-                                          "redundancy": args.redundancy,
-                                          "validation": {k: round(v, 4) for k, v in val.items()}})
+        save_tree_head(
+            self.head,
+            final,
+            {
+                "train_steps": self.step,
+                "seed": args.seed,
+                "batch": args.batch,
+                "redundancy": args.redundancy,
+                "validation": {k: round(v, 4) for k, v in val.items()},
+            },
+        )
         log(f"done: {self.step} steps, validation {json.dumps(val)} -> {final}")
 
 
@@ -230,8 +271,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--redundancy", type=float, default=None, metavar="TAU",
-                   help="CASCADE variant: cosine threshold of interchangeable tokens (off by default)")
+    p.add_argument(
+        "--redundancy",
+        type=float,
+        default=None,
+        metavar="TAU",
+        help="CASCADE variant: cosine threshold of interchangeable tokens (off by default)",
+    )
     p.add_argument("--alternatives", type=int, default=4, help="alternative tokens scored per position (--redundancy)")
     p.add_argument("--val-images", type=int, default=256)
     p.add_argument("--threads", type=int, default=1)

@@ -50,7 +50,9 @@ def read_chunks(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """All chunks of ``directory`` as (tokens [n, N] long, class ids [n] long)."""
     paths = sorted(directory.glob("chunk_*.safetensors"))
     if not paths:
-        raise FileNotFoundError(f"no chunk_*.safetensors in {directory}: run python -m specar.demo.tree_head_data first")
+        raise FileNotFoundError(
+            f"no chunk_*.safetensors in {directory}: run python -m specar.demo.tree_head_data first"
+        )
     parts = [read_state_dict(p) for p in paths]
     return (torch.cat([p["tokens"].long() for p in parts]), torch.cat([p["class_ids"].long() for p in parts]))
 

@@ -61,11 +61,13 @@ def _named(prefix: str, model: str) -> str:
 
 def _jacobi(name: str, init: str, coupling: bool, summary: str) -> DraftKind:
     return DraftKind(
-        name, summary,
+        name,
+        summary,
         make=lambda o, _: JacobiDrafts(o.window, init, o.q_init, coupling),
         label=lambda o, _: f"{name}, window {o.window}",
         record=lambda o: {"window": o.window, "init": init, "q_init": o.q_init, "coupling": coupling},
-        jacobi=(init, coupling))
+        jacobi=(init, coupling),
+    )
 
 
 def _head_label(method: str) -> Label:
@@ -75,6 +77,7 @@ def _head_label(method: str) -> Label:
         if method == "tree":
             return f"{_named('tree head', head)}, dynamic k{shape.top_k} d{shape.depth} n{shape.nodes}{guidance}"
         return f"{_named('tree head', head)}, static {branching_label(shape.branching)}{guidance}"
+
     return label
 
 
@@ -83,45 +86,83 @@ def _head_drafts(method: str) -> Callable[[DraftOptions, ImageTokenModel | None]
         if options.tree_head is None:
             raise SettingsError(f"method {method!r} needs a tree head (give --tree-head PATH)")
         return TreeHeadDrafts(options.tree_head, options.tree_shape(method))
+
     return make
 
 
-def _needs_drafter(method: str, make: Callable[[DraftOptions, ImageTokenModel], DraftSource]
-                   ) -> Callable[[DraftOptions, ImageTokenModel | None], DraftSource]:
+def _needs_drafter(
+    method: str, make: Callable[[DraftOptions, ImageTokenModel], DraftSource]
+) -> Callable[[DraftOptions, ImageTokenModel | None], DraftSource]:
     def checked(options: DraftOptions, drafter: ImageTokenModel | None) -> DraftSource:
         if drafter is None:
             raise SettingsError(f"method {method!r} needs a drafter model (give --drafter PATH)")
         return make(options, drafter)
+
     return checked
 
 
-DRAFTS: dict[str, DraftKind] = {kind.name: kind for kind in (
-    DraftKind("auto", "each forward, row-above Jacobi or the drafter (when given) with the chain length that "
-                      "commits the most tokens per second, by costs measured on this machine",
-              make=lambda _, drafter: AutoDrafts(drafter),
-              label=lambda _, drafter: "auto (row-above Jacobi" + (f" or drafter {drafter}" if drafter else "")
-                                       + ", length by measured cost)",
-              record=lambda _: {}, takes_drafter=True),
-    _jacobi("jacobi", "random", False, "speculative Jacobi decoding, random initialisation of new window slots"),
-    _jacobi("jacobi-row", "row_above", False, "speculative Jacobi decoding, new slots start as the token one grid row above"),
-    _jacobi("mcsjd", "random", True, "MC-SJD: Jacobi decoding with coupled resampling, random initialisation"),
-    _jacobi("mcsjd-row", "row_above", True, "MC-SJD with row-above initialisation"),
-    DraftKind("drafter", "a separate small drafter model proposes tokens",
-              make=_needs_drafter("drafter", lambda o, d: DrafterModelDrafts(d, o.gamma)),
-              label=lambda o, drafter: f"{_named('drafter', drafter)}, gamma {o.gamma}",
-              record=lambda o: {"gamma": o.gamma}, needs="drafter", takes_drafter=True),
-    DraftKind("tree", "an EAGLE-style head drafts a dynamic tree (EAGLE-2), verified in one forward",
-              make=_head_drafts("tree"), label=_head_label("tree"),
-              record=lambda o: asdict(o.tree_shape("tree")), needs="tree head", drafts_trees=True),
-    DraftKind("tree-static", "the head drafts a static tree with sampled children (EAGLE-1 / LANTERN++)",
-              make=_head_drafts("tree-static"), label=_head_label("tree-static"),
-              record=lambda o: asdict(o.tree_shape("tree-static")), needs="tree head", drafts_trees=True),
-    DraftKind("drafter-tree", "the drafter model drafts a static tree with sampled children (one drafter row per leaf)",
-              make=_needs_drafter("drafter-tree", lambda o, d: DrafterTreeDrafts(d, o.tree_branching)),
-              label=lambda o, drafter: f"{_named('drafter', drafter)}, static {branching_label(o.tree_branching)}",
-              record=lambda o: {"branching": list(o.tree_branching)}, needs="drafter", takes_drafter=True,
-              drafts_trees=True),
-)}
+DRAFTS: dict[str, DraftKind] = {
+    kind.name: kind
+    for kind in (
+        DraftKind(
+            "auto",
+            "each forward, row-above Jacobi or the drafter (when given) with the chain length that "
+            "commits the most tokens per second, by costs measured on this machine",
+            make=lambda _, drafter: AutoDrafts(drafter),
+            label=lambda _, drafter: (
+                "auto (row-above Jacobi" + (f" or drafter {drafter}" if drafter else "") + ", length by measured cost)"
+            ),
+            record=lambda _: {},
+            takes_drafter=True,
+        ),
+        _jacobi("jacobi", "random", False, "speculative Jacobi decoding, random initialisation of new window slots"),
+        _jacobi(
+            "jacobi-row",
+            "row_above",
+            False,
+            "speculative Jacobi decoding, new slots start as the token one grid row above",
+        ),
+        _jacobi("mcsjd", "random", True, "MC-SJD: Jacobi decoding with coupled resampling, random initialisation"),
+        _jacobi("mcsjd-row", "row_above", True, "MC-SJD with row-above initialisation"),
+        DraftKind(
+            "drafter",
+            "a separate small drafter model proposes tokens",
+            make=_needs_drafter("drafter", lambda o, d: DrafterModelDrafts(d, o.gamma)),
+            label=lambda o, drafter: f"{_named('drafter', drafter)}, gamma {o.gamma}",
+            record=lambda o: {"gamma": o.gamma},
+            needs="drafter",
+            takes_drafter=True,
+        ),
+        DraftKind(
+            "tree",
+            "an EAGLE-style head drafts a dynamic tree (EAGLE-2), verified in one forward",
+            make=_head_drafts("tree"),
+            label=_head_label("tree"),
+            record=lambda o: asdict(o.tree_shape("tree")),
+            needs="tree head",
+            drafts_trees=True,
+        ),
+        DraftKind(
+            "tree-static",
+            "the head drafts a static tree with sampled children (EAGLE-1 / LANTERN++)",
+            make=_head_drafts("tree-static"),
+            label=_head_label("tree-static"),
+            record=lambda o: asdict(o.tree_shape("tree-static")),
+            needs="tree head",
+            drafts_trees=True,
+        ),
+        DraftKind(
+            "drafter-tree",
+            "the drafter model drafts a static tree with sampled children (one drafter row per leaf)",
+            make=_needs_drafter("drafter-tree", lambda o, d: DrafterTreeDrafts(d, o.tree_branching)),
+            label=lambda o, drafter: f"{_named('drafter', drafter)}, static {branching_label(o.tree_branching)}",
+            record=lambda o: {"branching": list(o.tree_branching)},
+            needs="drafter",
+            takes_drafter=True,
+            drafts_trees=True,
+        ),
+    )
+}
 
 
 def draft_kind(method: str) -> DraftKind:
@@ -145,5 +186,7 @@ def check_policy_fits(policy: object, method: str) -> None:
     (plain decoding, not a draft source, runs no policy)."""
     if getattr(policy, "needs_tree_states", False) and method in DRAFTS and not DRAFTS[method].drafts_trees:
         trees = ", ".join(name for name, kind in DRAFTS.items() if kind.drafts_trees)
-        raise SettingsError(f"the {getattr(policy, 'name', policy)} policy relaxes acceptance among the siblings of a "
-                            f"draft tree; use it with the tree drafts ({trees}), not {method}")
+        raise SettingsError(
+            f"the {getattr(policy, 'name', policy)} policy relaxes acceptance among the siblings of a "
+            f"draft tree; use it with the tree drafts ({trees}), not {method}"
+        )

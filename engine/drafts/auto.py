@@ -41,7 +41,9 @@ from .drafter import DrafterModelDrafts
 from .jacobi import JacobiDrafts
 
 CALIBRATION_BLOCKS = (1, 2, 3, 5, 9, 17)  # target block sizes timed (pending token included)
-JACOBI_WINDOW = CALIBRATION_BLOCKS[-1] - 1  # drafts per Jacobi block: the window of 16 of the SJD paper, less the pending token
+JACOBI_WINDOW = (
+    CALIBRATION_BLOCKS[-1] - 1
+)  # drafts per Jacobi block: the window of 16 of the SJD paper, less the pending token
 DRAFTER_MAX_DRAFTS = 8
 PRIOR_ACCEPTED, PRIOR_REJECTED = 1.2, 0.8  # a weak prior: acceptance 0.6 at depths with no data yet
 MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tracked over the last ~20 forwards
@@ -76,8 +78,9 @@ class ForwardCosts:
 
 # model (target or drafter) -> (batch, guided) -> seconds per block size; weak keys, so a freed
 # model takes its measurements along
-_MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], dict[int, float]]]" = \
+_MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], dict[int, float]]]" = (
     weakref.WeakKeyDictionary()
+)
 
 
 def _block_seconds(model: ImageTokenModel, state: DecodeState, sizes: tuple[int, ...]) -> dict[int, float]:
@@ -143,7 +146,9 @@ class _DepthAcceptance:
         rates, last = [0.0], PRIOR_ACCEPTED / (PRIOR_ACCEPTED + PRIOR_REJECTED)
         for depth in range(1, len(self.examined)):
             if self.examined[depth] > 0.05:
-                last = (self.accepted[depth] + PRIOR_ACCEPTED) / (self.examined[depth] + PRIOR_ACCEPTED + PRIOR_REJECTED)
+                last = (self.accepted[depth] + PRIOR_ACCEPTED) / (
+                    self.examined[depth] + PRIOR_ACCEPTED + PRIOR_REJECTED
+                )
             rates.append(last)
         return rates
 

@@ -25,8 +25,10 @@ from .base import DecodeState, DraftSource, StepOutcome, chain
 def check_drafter_fits(target: ImageTokenModel, drafter: ImageTokenModel) -> None:
     """Raise :class:`IncompatibleDrafterError` unless ``drafter`` can draft for ``target``."""
     if not isinstance(drafter, ImageTokenModel):
-        raise IncompatibleDrafterError(f"{getattr(drafter, 'name', drafter)} generates continuous tokens; it can only "
-                                       f"draft for a continuous (MAR) target, not for {target.name}")
+        raise IncompatibleDrafterError(
+            f"{getattr(drafter, 'name', drafter)} generates continuous tokens; it can only "
+            f"draft for a continuous (MAR) target, not for {target.name}"
+        )
     problems = []
     if drafter.vocab_size != target.vocab_size:
         problems.append(f"vocabulary {drafter.vocab_size} vs the target's {target.vocab_size}")
@@ -37,7 +39,9 @@ def check_drafter_fits(target: ImageTokenModel, drafter: ImageTokenModel) -> Non
     elif drafter.num_classes != target.num_classes:
         problems.append(f"{drafter.num_classes} classes vs the target's {target.num_classes}")
     if problems:
-        raise IncompatibleDrafterError(f"drafter {drafter.name} does not fit target {target.name}: " + "; ".join(problems))
+        raise IncompatibleDrafterError(
+            f"drafter {drafter.name} does not fit target {target.name}: " + "; ".join(problems)
+        )
 
 
 class DrafterModelDrafts(DraftSource):
@@ -46,7 +50,9 @@ class DrafterModelDrafts(DraftSource):
     def __init__(self, drafter: ImageTokenModel, gamma: int = 6) -> None:
         super().__init__()
         if not isinstance(gamma, int) or gamma < 1:
-            raise SettingsError(f"drafter gamma (tokens drafted per target forward) must be an integer >= 1, got {gamma!r}")
+            raise SettingsError(
+                f"drafter gamma (tokens drafted per target forward) must be an integer >= 1, got {gamma!r}"
+            )
         self.drafter, self.gamma = drafter, gamma
         self.processor: DistributionProcessor | None = None
         self.valid = torch.zeros(0, dtype=torch.long)  # [B] host: leading image tokens the drafter's cache holds right

@@ -51,8 +51,10 @@ class DrafterTreeDrafts(DraftSource):
         check_drafter_fits(state.model, self.drafter)
         widest = max(self.shape.branching)
         if widest > self.drafter.vocab_size:
-            raise SettingsError(f"a static tree node cannot have {widest} distinct children in a vocabulary of "
-                                f"{self.drafter.vocab_size} codes")
+            raise SettingsError(
+                f"a static tree node cannot have {widest} distinct children in a vocabulary of "
+                f"{self.drafter.vocab_size} codes"
+            )
         self.processor = DistributionProcessor(state.processor.settings, self.drafter.constrain)
         self.timed(lambda: self.drafter.prefill(state.cond.repeat_each(self.leaves), state.guided))
         self.shared = torch.zeros(state.batch, dtype=torch.long)

@@ -71,7 +71,9 @@ class JacobiDrafts(DraftSource):
         first_new = (m - verdict.accepted).clamp(min=0, max=self.slots)
         self._initialise(state, state.committed.to(p.device), first_new)
 
-    def _couple(self, block: DraftBlock, q_new: torch.Tensor, fresh: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def _couple(
+        self, block: DraftBlock, q_new: torch.Tensor, fresh: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
         """Maximal coupling of each old draft (from ``block.q``) with its new distribution ``q_new``."""
         old = block.tokens
         ratio = q_new.gather(-1, old[..., None]) / block.q.gather(-1, old[..., None]).clamp_min(Q_FLOOR)
@@ -98,7 +100,9 @@ class JacobiDrafts(DraftSource):
         self.tokens = torch.where(new, guess, self.tokens)
         self.q = torch.where(new[..., None], q_guess, self.q)
 
-    def _row_above(self, state: DecodeState, committed: torch.Tensor, guess: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+    def _row_above(
+        self, state: DecodeState, committed: torch.Tensor, guess: torch.Tensor, new: torch.Tensor
+    ) -> torch.Tensor:
         """The token one grid row above each slot: committed, or a draft already in the window."""
         width = state.model.grid[1]
         S = guess.shape[1]

@@ -66,12 +66,16 @@ class TreeShape:
             for name, value, low in (("top_k", self.top_k, 1), ("depth", self.depth, 1), ("nodes", self.nodes, 1)):
                 if not isinstance(value, int) or value < low:
                     raise SettingsError(f"dynamic tree {name} must be an integer >= {low}, got {value!r}")
-            if self.nodes > self.top_k + (self.depth - 1) * self.top_k ** 2:
-                raise SettingsError(f"a dynamic tree with top_k {self.top_k} and depth {self.depth} has at most "
-                                    f"{self.top_k + (self.depth - 1) * self.top_k ** 2} candidate nodes; "
-                                    f"{self.nodes} were asked for")
+            if self.nodes > self.top_k + (self.depth - 1) * self.top_k**2:
+                raise SettingsError(
+                    f"a dynamic tree with top_k {self.top_k} and depth {self.depth} has at most "
+                    f"{self.top_k + (self.depth - 1) * self.top_k**2} candidate nodes; "
+                    f"{self.nodes} were asked for"
+                )
         elif not self.branching or any(not isinstance(b, int) or b < 1 for b in self.branching):
-            raise SettingsError(f"static tree branching must be integers >= 1 per depth, e.g. 4,2,2,1; got {self.branching!r}")
+            raise SettingsError(
+                f"static tree branching must be integers >= 1 per depth, e.g. 4,2,2,1; got {self.branching!r}"
+            )
 
     @property
     def size(self) -> int:
@@ -89,7 +93,8 @@ class TreeShape:
 
     @staticmethod
     def parse_branching(text: str) -> tuple[int, ...]:
-        """``"4,2,2,1"`` -> ``(4, 2, 2, 1)``; ``B*N`` repeats ``B`` for ``N`` depths: ``"2,2,1*3"`` -> ``(2, 2, 1, 1, 1)``."""
+        """``"4,2,2,1"`` -> ``(4, 2, 2, 1)``; ``B*N`` repeats ``B`` for ``N`` depths:
+        ``"2,2,1*3"`` -> ``(2, 2, 1, 1, 1)``."""
         try:
             widths: list[int] = []
             for part in text.replace("x", ",").split(","):
@@ -98,8 +103,9 @@ class TreeShape:
                     widths += [int(width)] * (int(times) if star else 1)
             return tuple(widths)
         except ValueError:
-            raise SettingsError(f"static tree branching must be integers per depth, e.g. 4,2,2,1 or 2,2,1*14; "
-                                f"got {text!r}") from None
+            raise SettingsError(
+                f"static tree branching must be integers per depth, e.g. 4,2,2,1 or 2,2,1*14; got {text!r}"
+            ) from None
 
 
 class TreeHeadDrafts(DraftSource):
@@ -119,8 +125,10 @@ class TreeHeadDrafts(DraftSource):
         settings = state.processor.settings
         if self.shape.guidance is not None:
             if not state.guided:
-                raise SettingsError("tree guidance sets the head's CFG scale, but this generation runs without CFG "
-                                    "(cfg 1): leave the tree guidance unset")
+                raise SettingsError(
+                    "tree guidance sets the head's CFG scale, but this generation runs without CFG "
+                    "(cfg 1): leave the tree guidance unset"
+                )
             settings = settings.with_(cfg_scale=self.shape.guidance)
         self.processor = DistributionProcessor(settings, state.model.constrain)
         self.code_groups = state.sibling_groups
@@ -167,15 +175,30 @@ class TreeHeadDrafts(DraftSource):
         positions = slots.clamp(max=state.num_tokens)
         tokens = state.tokens.repeat(self.pair, 1).gather(1, positions)
         features = self.backlog[:, :width]  # the pending token's state, then the accepted path's
-        out = self.timed(lambda: self.head.step(state.model.embed_codes(tokens), features.to(self.head.fc.weight.dtype),
-                                                 positions, self.cache, slots, mask))
+        out = self.timed(
+            lambda: self.head.step(
+                state.model.embed_codes(tokens),
+                features.to(self.head.fc.weight.dtype),
+                positions,
+                self.cache,
+                slots,
+                mask,
+            )
+        )
         self.known = self.known + counts.cpu()
         self.backlog = None
         last = (counts.to(dev) - 1).clamp(min=0)
         return out.gather(1, last[:, None, None].expand(-1, 1, out.shape[-1]))[:, 0]
 
-    def _feed(self, state: DecodeState, tokens: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
-              ancestors: torch.Tensor, fed: int) -> torch.Tensor:
+    def _feed(
+        self,
+        state: DecodeState,
+        tokens: torch.Tensor,
+        features: torch.Tensor,
+        positions: torch.Tensor,
+        ancestors: torch.Tensor,
+        fed: int,
+    ) -> torch.Tensor:
         """Feed ``k`` tree nodes per image after the ``fed`` nodes already in the cache. ``ancestors
         [B, k, fed]`` marks which fed nodes each new node descends from. Returns states ``[R, k, D]``."""
         assert self.cache is not None
@@ -188,7 +211,7 @@ class TreeHeadDrafts(DraftSource):
         known = self.known.to(dev)[:, None, None]
         prefix = keys[None, None, :] < known
         tree = torch.zeros(self.pair * B, k, read, dtype=torch.bool, device=dev)
-        tree[:, :, base: base + fed] = self._rows(ancestors)
+        tree[:, :, base : base + fed] = self._rows(ancestors)
         own = keys[None, None, :] == slots[:, :, None]
         mask = prefix | tree | own
         rows_positions = self._rows(positions.clamp(max=state.num_tokens - 1))
@@ -215,8 +238,9 @@ class TreeHeadDrafts(DraftSource):
             return self._dynamic(state, root, q_root, committed, depth)
         return self._static(state, root, q_root, committed, depth)
 
-    def _dynamic(self, state: DecodeState, root: torch.Tensor, q_root: torch.Tensor, committed: torch.Tensor,
-                 depth: int) -> DraftBlock:
+    def _dynamic(
+        self, state: DecodeState, root: torch.Tensor, q_root: torch.Tensor, committed: torch.Tensor, depth: int
+    ) -> DraftBlock:
         B, V = q_root.shape
         k = min(self.shape.top_k, V)
         dev = q_root.device
@@ -280,8 +304,9 @@ class TreeHeadDrafts(DraftSource):
         members = groups[..., None, :] == picked[..., None]  # [..., k, V]
         return scores, torch.where(members, logq[..., None, :], 10 * SCORE_FLOOR).argmax(-1)
 
-    def _static(self, state: DecodeState, root: torch.Tensor, q_root: torch.Tensor, committed: torch.Tensor,
-                depth: int) -> DraftBlock:
+    def _static(
+        self, state: DecodeState, root: torch.Tensor, q_root: torch.Tensor, committed: torch.Tensor, depth: int
+    ) -> DraftBlock:
         B, V = q_root.shape
         dev = q_root.device
         tokens_out, q_out = [], []
@@ -300,9 +325,12 @@ class TreeHeadDrafts(DraftSource):
                 break
             local_dev = local.to(dev)[None, :]
             ancestors = ancestors_parent.gather(1, local_dev[..., None].expand(B, -1, fed))
-            features = features_parent.gather(1, self._rows(local_dev.expand(B, -1))[..., None]
-                                              .expand(-1, -1, features_parent.shape[-1]))
-            out = self._feed(state, tokens, features, (committed[:, None] + level).expand(-1, n * width), ancestors, fed)
+            features = features_parent.gather(
+                1, self._rows(local_dev.expand(B, -1))[..., None].expand(-1, -1, features_parent.shape[-1])
+            )
+            out = self._feed(
+                state, tokens, features, (committed[:, None] + level).expand(-1, n * width), ancestors, fed
+            )
             eye = torch.eye(n * width, dtype=torch.bool, device=dev).expand(B, -1, -1)
             ancestors_parent = torch.cat([ancestors, eye], 2)
             fed += n * width
@@ -312,7 +340,9 @@ class TreeHeadDrafts(DraftSource):
         return DraftBlock(block_tokens, torch.cat(q_out, 1), torch.tensor(static_parents(widths))[None].expand(B, -1))
 
 
-def branching_distribution(processor: DistributionProcessor, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+def branching_distribution(
+    processor: DistributionProcessor, logits: torch.Tensor, positions: torch.Tensor
+) -> torch.Tensor:
     """A tree drafter's q ``[B, k, V]`` from raw logits ``[R, k, V]``: the processed distribution, or under
     greedy settings (whose point mass cannot branch) the softmax of the guided logits; any q keeps
     verification lossless."""
@@ -331,8 +361,9 @@ def sample_children(q: torch.Tensor, width: int, generator: torch.Generator) -> 
     keys = torch.where(q > 0, q.log() + gumbel, SCORE_FLOOR * 10 + gumbel)
     children = keys.topk(width, dim=-1).indices  # [B, n, width]
     drawn = q.gather(-1, children) > 0
-    child_q = torch.where(drawn[..., None], q[:, :, None, :].expand(-1, -1, width, -1),
-                          point_mass(children, q.shape[-1]))
+    child_q = torch.where(
+        drawn[..., None], q[:, :, None, :].expand(-1, -1, width, -1), point_mass(children, q.shape[-1])
+    )
     return children, child_q
 
 
@@ -362,5 +393,12 @@ def static_parents(branching: tuple[int, ...]) -> list[int]:
     return parents
 
 
-__all__ = ["TreeHeadDrafts", "TreeShape", "TREE_KINDS", "branching_distribution", "branching_label", "sample_children",
-           "static_parents"]
+__all__ = [
+    "TreeHeadDrafts",
+    "TreeShape",
+    "TREE_KINDS",
+    "branching_distribution",
+    "branching_label",
+    "sample_children",
+    "static_parents",
+]

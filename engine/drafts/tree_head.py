@@ -66,8 +66,14 @@ class HeadAttention(nn.Module):
         self.v_proj = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: "HeadCache | None",
-                slots: torch.Tensor | int | None, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        cache: "HeadCache | None",
+        slots: torch.Tensor | int | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         R, k, _ = x.shape
         q = apply_rope(self.q_proj(x).view(R, k, self.n_head, self.hd), rope).transpose(1, 2)
         key = apply_rope(self.k_proj(x).view(R, k, self.n_kv, self.hd), rope).transpose(1, 2)
@@ -103,8 +109,14 @@ class HeadLayer(nn.Module):
         self.mlp = HeadMLP(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: "HeadCache | None",
-                slots: torch.Tensor | int | None, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        cache: "HeadCache | None",
+        slots: torch.Tensor | int | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         h = x + self.self_attn(x, rope, cache, slots, mask)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -122,12 +134,13 @@ class HeadCache:
     def capacity(self) -> int:
         return int(self.k.shape[2])
 
-    def write(self, key: torch.Tensor, val: torch.Tensor, slots: torch.Tensor | int, read: int
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+    def write(
+        self, key: torch.Tensor, val: torch.Tensor, slots: torch.Tensor | int, read: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Store new keys/values at ``slots [R, k]`` (or at ``slots .. slots + k`` in every row)."""
         if isinstance(slots, int):
-            self.k[:, :, slots: slots + key.shape[2]] = key.to(self.k.dtype)
-            self.v[:, :, slots: slots + val.shape[2]] = val.to(self.v.dtype)
+            self.k[:, :, slots : slots + key.shape[2]] = key.to(self.k.dtype)
+            self.v[:, :, slots : slots + val.shape[2]] = val.to(self.v.dtype)
         else:
             index = slots[:, None, :, None].expand(-1, key.shape[1], -1, key.shape[3])
             self.k.scatter_(2, index, key.to(self.k.dtype))
@@ -146,8 +159,15 @@ class TreeHead(nn.Module):
         self.embed_tokens: nn.Embedding | None = None  # a stored copy of the target's embedding (LANTERN files)
         self.register_buffer("rope", rope_table_2d(cfg.grid_size, cfg.head_dim, cfg.rope_base, 0), persistent=False)
 
-    def _run(self, embeds: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
-             cache: HeadCache | None, slots: torch.Tensor | int | None, mask: torch.Tensor | None) -> torch.Tensor:
+    def _run(
+        self,
+        embeds: torch.Tensor,
+        features: torch.Tensor,
+        positions: torch.Tensor,
+        cache: HeadCache | None,
+        slots: torch.Tensor | int | None,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
         h = self.fc(torch.cat([embeds.to(features.dtype), features], dim=-1))
         rope = self.rope[positions.clamp(0, self.rope.shape[0] - 1)]
         return self.layers[0](h, rope, cache, slots, mask)
@@ -158,8 +178,15 @@ class TreeHead(nn.Module):
         positions = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
         return self._run(embeds, features, positions, None, None, None)
 
-    def step(self, embeds: torch.Tensor, features: torch.Tensor, positions: torch.Tensor,
-             cache: HeadCache, slots: torch.Tensor | int, mask: torch.Tensor) -> torch.Tensor:
+    def step(
+        self,
+        embeds: torch.Tensor,
+        features: torch.Tensor,
+        positions: torch.Tensor,
+        cache: HeadCache,
+        slots: torch.Tensor | int,
+        mask: torch.Tensor,
+    ) -> torch.Tensor:
         """Append ``k`` entries per row at cache ``slots [R, k]`` (an int: the same slots in every
         row); ``mask [R, k, read]`` says which slots each new entry attends to (itself included).
         Returns predicted states ``[R, k, D]``."""
@@ -171,6 +198,7 @@ class TreeHead(nn.Module):
 
 
 # -- files ----------------------------------------------------------------------------------------
+
 
 def save_tree_head(head: TreeHead, path: str | Path, extra: dict[str, object] | None = None) -> None:
     """fp16 weights with the config (and ``extra`` training notes) in the safetensors header."""
@@ -195,15 +223,21 @@ LANTERN_GRIDS = {"c2i": 24, "t2i": 16, "t2i2": 32}
 def _config_from_lantern(directory: Path) -> TreeHeadConfig:
     raw = json.loads((directory / "config.json").read_text())
     if raw.get("input_type") not in LANTERN_GRIDS:
-        raise CheckpointError(f"{directory / 'config.json'}: input_type must be one of {sorted(LANTERN_GRIDS)} "
-                              f"(LANTERN's LlamaGen heads), got {raw.get('input_type')!r}")
+        raise CheckpointError(
+            f"{directory / 'config.json'}: input_type must be one of {sorted(LANTERN_GRIDS)} "
+            f"(LANTERN's LlamaGen heads), got {raw.get('input_type')!r}"
+        )
     try:
-        return TreeHeadConfig(dim=int(raw["hidden_size"]), n_head=int(raw["num_attention_heads"]),
-                              n_kv_head=int(raw.get("num_key_value_heads") or raw["num_attention_heads"]),
-                              ffn_hidden=int(raw["intermediate_size"]), vocab_size=int(raw["vocab_size"]),
-                              norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-                              rope_base=float(raw.get("rope_base", 10000.0)),
-                              grid_size=LANTERN_GRIDS[raw["input_type"]])
+        return TreeHeadConfig(
+            dim=int(raw["hidden_size"]),
+            n_head=int(raw["num_attention_heads"]),
+            n_kv_head=int(raw.get("num_key_value_heads") or raw["num_attention_heads"]),
+            ffn_hidden=int(raw["intermediate_size"]),
+            vocab_size=int(raw["vocab_size"]),
+            norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rope_base=float(raw.get("rope_base", 10000.0)),
+            grid_size=LANTERN_GRIDS[raw["input_type"]],
+        )
     except KeyError as exc:
         raise CheckpointError(f"{directory / 'config.json'} is not a LANTERN head config: {exc} is missing") from None
 
@@ -278,5 +312,14 @@ def check_head_fits(cfg: TreeHeadConfig, target: ImageTokenModel, name: str) -> 
         raise IncompatibleDrafterError(f"tree head {name} does not fit target {target.name}: " + "; ".join(problems))
 
 
-__all__ = ["TreeHead", "TreeHeadConfig", "HeadCache", "load_tree_head", "save_tree_head", "check_head_fits",
-           "resolve_tree_head", "place_head", "BUNDLED_HEAD"]
+__all__ = [
+    "TreeHead",
+    "TreeHeadConfig",
+    "HeadCache",
+    "load_tree_head",
+    "save_tree_head",
+    "check_head_fits",
+    "resolve_tree_head",
+    "place_head",
+    "BUNDLED_HEAD",
+]

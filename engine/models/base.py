@@ -83,8 +83,9 @@ class ImageTokenModel(ABC):
         ``[R, 1, ...]`` whose logits predict image token 0. ``guided`` adds the unconditional half."""
 
     @abstractmethod
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
-                tree_mask: torch.Tensor | None = None) -> ModelOutput:
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor | None = None
+    ) -> ModelOutput:
         """Append ``tokens [B, k]`` at ``positions [B, k]`` to the cache and return their outputs.
 
         ``tree_mask`` (bool, ``[k, k]`` for every image or ``[B, k, k]`` per image) says which new
@@ -126,8 +127,10 @@ class ImageTokenModel(ABC):
     def require_pixels(self) -> None:
         """Fail before decoding, not after it, when there is no VQ decoder to make pixels."""
         if not self.can_decode:
-            raise SettingsError(f"{self.name} has no VQ tokenizer to turn tokens into pixels: put a vq*.pt or "
-                                "vq*.safetensors file beside the model weights (or pass --vq PATH on the command line)")
+            raise SettingsError(
+                f"{self.name} has no VQ tokenizer to turn tokens into pixels: put a vq*.pt or "
+                "vq*.safetensors file beside the model weights (or pass --vq PATH on the command line)"
+            )
 
     def set_compile(self, enabled: bool) -> None:
         """Run forwards through ``torch.compile`` (:mod:`specar.compile`) or eagerly. Families

@@ -60,19 +60,27 @@ class ImageSyntax:
 LUMINA = ImageSyntax(
     family="lumina-mgpt",
     prompt_template="Generate an image of {width}x{height} according to the following prompt:\n{prompt}",
-    resolution_tokens=True, newline_after_rows=True, unconditional_bos=False,
-    defaults=SamplingSettings(cfg_scale=4.0, temperature=1.0, top_k=2000, top_p=1.0), default_size=768,
+    resolution_tokens=True,
+    newline_after_rows=True,
+    unconditional_bos=False,
+    defaults=SamplingSettings(cfg_scale=4.0, temperature=1.0, top_k=2000, top_p=1.0),
+    default_size=768,
 )
 ANOLE = ImageSyntax(
-    family="anole", prompt_template="{prompt}", resolution_tokens=False, newline_after_rows=False, unconditional_bos=True,
-    defaults=SamplingSettings(cfg_scale=3.0, temperature=1.0, top_k=2000, top_p=1.0), default_size=512,
+    family="anole",
+    prompt_template="{prompt}",
+    resolution_tokens=False,
+    newline_after_rows=False,
+    unconditional_bos=True,
+    defaults=SamplingSettings(cfg_scale=3.0, temperature=1.0, top_k=2000, top_p=1.0),
+    default_size=512,
 )
 SYNTAXES = {s.family: s for s in (LUMINA, ANOLE)}
 
 
 def image_code(name: str) -> int:
     """VQ code of an image-token name: ``IMGIMGBAZ`` -> digits ``1 0`` -> 10."""
-    digits = name[len("IMGIMG"):-1]
+    digits = name[len("IMGIMG") : -1]
     if not digits or any(not "A" <= c <= "J" for c in digits):
         raise CheckpointError(f"unexpected image-token name {name!r} in the vocabulary map")
     return int("".join(str(ord(c) - ord("A")) for c in digits))
@@ -91,18 +99,36 @@ def code_to_bpe(vocabulary: dict[str, int]) -> torch.Tensor:
 class ChameleonImageModel(TextVocabularyImageModel):
     """A Lumina-mGPT or Anole checkpoint generating images through the engine."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, decoder: PixelDecoder | None,
-                 syntax: ImageSyntax, side: int, name: str) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: object,
+        decoder: PixelDecoder | None,
+        syntax: ImageSyntax,
+        side: int,
+        name: str,
+    ) -> None:
         self.chameleon, self.tokenizer, self.pixel_decoder, self.syntax = model, tokenizer, decoder, syntax
         vocabulary: dict[str, int] = dict(model.config.vocabulary_map or {})
         self.image_vocab = CodesInTextVocabulary(model.model.embed_tokens, model.lm_head, code_to_bpe(vocabulary))
         self.ids = {t: vocabulary_id(vocabulary, t, name, "Chameleon") for t in ("<racm3:break>", "<reserved08706>")}
         self.bos_id = int(model.config.bos_token_id)
-        row_end = vocabulary_id(vocabulary, "<reserved08799>", name, "Lumina-mGPT") if syntax.newline_after_rows else None
-        self.resolution_base = (vocabulary_id(vocabulary, "<reserved08800>", name, "Lumina-mGPT")
-                                if syntax.resolution_tokens else 0)
-        super().__init__(model, model.model, model.config, name, vocab_size=len(self.image_vocab), grid=(side, side),
-                         default_settings=syntax.defaults, row_end_token=row_end)
+        row_end = (
+            vocabulary_id(vocabulary, "<reserved08799>", name, "Lumina-mGPT") if syntax.newline_after_rows else None
+        )
+        self.resolution_base = (
+            vocabulary_id(vocabulary, "<reserved08800>", name, "Lumina-mGPT") if syntax.resolution_tokens else 0
+        )
+        super().__init__(
+            model,
+            model.model,
+            model.config,
+            name,
+            vocab_size=len(self.image_vocab),
+            grid=(side, side),
+            default_settings=syntax.defaults,
+            row_end_token=row_end,
+        )
 
     @property
     def image_pixels(self) -> int:
@@ -128,15 +154,16 @@ class ChameleonImageModel(TextVocabularyImageModel):
             rows += [start for _ in cond.prompts or ()]
         return rows
 
-
     @property
     def can_decode(self) -> bool:
         return self.pixel_decoder is not None
 
     def _require_decoder(self) -> PixelDecoder:
         if self.pixel_decoder is None:
-            raise SettingsError(f"{self.name} was loaded without its VQGAN (vqgan.ckpt), so it cannot make pixels "
-                                "or code vectors; put vqgan.ckpt in the model directory")
+            raise SettingsError(
+                f"{self.name} was loaded without its VQGAN (vqgan.ckpt), so it cannot make pixels "
+                "or code vectors; put vqgan.ckpt in the model directory"
+            )
         return self.pixel_decoder
 
     @torch.inference_mode()
@@ -175,8 +202,9 @@ def expand_qk_norms(state: dict[str, torch.Tensor], heads: int, kv_heads: int) -
 
 
 def _read_weights(directory: Path) -> dict[str, torch.Tensor]:
-    files = sorted(p for p in directory.iterdir()
-                   if p.suffix.lower() in WEIGHT_SUFFIXES and not p.name.lower().startswith("vq"))
+    files = sorted(
+        p for p in directory.iterdir() if p.suffix.lower() in WEIGHT_SUFFIXES and not p.name.lower().startswith("vq")
+    )
     if not files:
         raise CheckpointError(f"{directory} holds no model weights (*.safetensors shards)")
     state: dict[str, torch.Tensor] = {}
@@ -205,8 +233,9 @@ def build_chameleon(directory: Path, dtype: torch.dtype) -> torch.nn.Module:
     config._attn_implementation = "sdpa"
     with torch.device("meta"):
         model = ChameleonForConditionalGeneration(config)
-    state = expand_qk_norms(_read_weights(directory), config.num_attention_heads,
-                            config.num_key_value_heads or config.num_attention_heads)
+    state = expand_qk_norms(
+        _read_weights(directory), config.num_attention_heads, config.num_key_value_heads or config.num_attention_heads
+    )
     state = {k: v.to(dtype) for k, v in state.items() if not k.startswith("model.vqmodel.")}
     try:
         missing, _ = model.load_state_dict(state, strict=False, assign=True)
@@ -220,8 +249,14 @@ def build_chameleon(directory: Path, dtype: torch.dtype) -> torch.nn.Module:
     return model.eval().requires_grad_(False)
 
 
-def load_chameleon(directory: str | Path, device: torch.device, dtype: torch.dtype, variant: str = "lumina-mgpt",
-                   image_size: int | None = None, name: str | None = None) -> ChameleonImageModel:
+def load_chameleon(
+    directory: str | Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    variant: str = "lumina-mgpt",
+    image_size: int | None = None,
+    name: str | None = None,
+) -> ChameleonImageModel:
     """A Lumina-mGPT or Anole directory (weights, config.json, tokenizer, ``vqgan.ckpt``) on ``device``.
 
     ``image_size`` (pixels; 16 per code) defaults to Anole's 512, and for Lumina-mGPT to the size

@@ -88,7 +88,8 @@ class TamingDecoder(nn.Module):
         inputs = [widths[i + 1] if i < top else widths[top] for i in range(len(widths))]
         self.up = nn.ModuleList(
             _UpLevel(inputs[i], widths[i], cfg.num_res_blocks + 1, i in cfg.attention_levels, upsample=i != 0)
-            for i in range(len(widths)))
+            for i in range(len(widths))
+        )
         self.norm_out = group_norm(widths[0])
         self.conv_out = nn.Conv2d(widths[0], 3, 3, padding=1)
 
@@ -124,8 +125,13 @@ class ChameleonVQGANDecoder(nn.Module):
 
 def infer_vqgan_config(state: dict[str, torch.Tensor]) -> VQGANConfig:
     """The :class:`VQGANConfig` whose decoder fits a taming-layout state dict."""
-    required = ("quantize.embedding.weight", "post_quant_conv.weight", "decoder.conv_in.weight",
-                "decoder.mid.attn_1.q.weight", "decoder.conv_out.weight")
+    required = (
+        "quantize.embedding.weight",
+        "post_quant_conv.weight",
+        "decoder.conv_in.weight",
+        "decoder.mid.attn_1.q.weight",
+        "decoder.conv_out.weight",
+    )
     missing = [k for k in required if k not in state]
     if missing:
         hint = " (this looks like the language model, not the VQGAN)" if any("embed_tokens" in k for k in state) else ""
@@ -145,14 +151,20 @@ def infer_vqgan_config(state: dict[str, torch.Tensor]) -> VQGANConfig:
     ch = math.gcd(*widths)
     codebook_size, codebook_dim = state["quantize.embedding.weight"].shape
     attention = tuple(sorted(int(m.group(1)) for k in state if (m := _ATTN_KEY.fullmatch(k))))
-    return VQGANConfig(codebook_size=int(codebook_size), codebook_dim=int(codebook_dim),
-                       z_channels=int(state["post_quant_conv.weight"].shape[0]), ch=ch,
-                       ch_mult=tuple(width // ch for width in widths), num_res_blocks=counts.pop() - 1,
-                       attention_levels=attention)
+    return VQGANConfig(
+        codebook_size=int(codebook_size),
+        codebook_dim=int(codebook_dim),
+        z_channels=int(state["post_quant_conv.weight"].shape[0]),
+        ch=ch,
+        ch_mult=tuple(width // ch for width in widths),
+        num_res_blocks=counts.pop() - 1,
+        attention_levels=attention,
+    )
 
 
-def load_chameleon_vqgan(path: str | Path, device: str | torch.device = "cpu",
-                         dtype: torch.dtype = torch.float32) -> ChameleonVQGANDecoder:
+def load_chameleon_vqgan(
+    path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32
+) -> ChameleonVQGANDecoder:
     """An eval-mode decoder from ``vqgan.ckpt`` (Lightning layout) or a ``.safetensors`` copy."""
     path = Path(path)
     state = read_state_dict(path)

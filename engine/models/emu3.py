@@ -29,16 +29,22 @@ from .tokenizers import load_tokenizer
 
 # Emu3's image_generation.py: classifier-free guidance 3.0, top-k 2048, sampling at temperature 1.
 EMU3_DEFAULTS = SamplingSettings(cfg_scale=3.0, temperature=1.0, top_k=2048, top_p=1.0)
-NEGATIVE_PROMPT = ("lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
-                   "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, "
-                   "username, blurry.")
+NEGATIVE_PROMPT = (
+    "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, "
+    "cropped, worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, "
+    "username, blurry."
+)
 DEFAULT_IMAGE_SIZE = 720  # the processor's image_area 518400 at ratio 1:1
 VISUAL_PREFIX = "<|visual token "
 
 
 def visual_code_to_bpe(vocabulary: dict[str, int]) -> torch.Tensor:
     """``[codes]`` BPE id of every visual token ``<|visual token 000123|>`` (code 123)."""
-    pairs = {int(name[len(VISUAL_PREFIX):-2]): int(bpe) for name, bpe in vocabulary.items() if name.startswith(VISUAL_PREFIX)}
+    pairs = {
+        int(name[len(VISUAL_PREFIX) : -2]): int(bpe)
+        for name, bpe in vocabulary.items()
+        if name.startswith(VISUAL_PREFIX)
+    }
     if not pairs or sorted(pairs) != list(range(len(pairs))):
         raise CheckpointError("the config's vocabulary_map does not hold visual tokens 0..n-1")
     return torch.tensor([pairs[c] for c in range(len(pairs))], dtype=torch.long)
@@ -47,29 +53,52 @@ def visual_code_to_bpe(vocabulary: dict[str, int]) -> torch.Tensor:
 class Emu3ImageModel(TextVocabularyImageModel):
     """An Emu3-Gen checkpoint generating images through the engine."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: object, side: int, name: str,
-                 pixel_mean: tuple[float, ...] = (0.5,), pixel_std: tuple[float, ...] = (0.5,),
-                 negative_prompt: str = NEGATIVE_PROMPT) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: object,
+        side: int,
+        name: str,
+        pixel_mean: tuple[float, ...] = (0.5,),
+        pixel_std: tuple[float, ...] = (0.5,),
+        negative_prompt: str = NEGATIVE_PROMPT,
+    ) -> None:
         self.emu3, self.tokenizer, self.negative_prompt = model, tokenizer, negative_prompt
         self.pixel_mean, self.pixel_std = pixel_mean, pixel_std
         vocabulary: dict[str, int] = dict(model.config.vocabulary_map or {})
-        self.image_vocab = CodesInTextVocabulary(model.model.text_model.embed_tokens, model.lm_head,
-                                                 visual_code_to_bpe(vocabulary))
-        self.ids = {t: vocabulary_id(vocabulary, t, name, "Emu3-Gen")
-                    for t in ("<|image start|>", "<|image token|>", "<|extra_200|>")}
+        self.image_vocab = CodesInTextVocabulary(
+            model.model.text_model.embed_tokens, model.lm_head, visual_code_to_bpe(vocabulary)
+        )
+        self.ids = {
+            t: vocabulary_id(vocabulary, t, name, "Emu3-Gen")
+            for t in ("<|image start|>", "<|image token|>", "<|extra_200|>")
+        }
         bos = model.config.text_config.bos_token_id
         if bos is None:
             raise CheckpointError(f"{name}: config.json has no bos_token_id")
         self.bos_id = int(bos)
-        super().__init__(model, model.model.text_model, model.config.text_config, name, vocab_size=len(self.image_vocab),
-                         grid=(side, side), default_settings=EMU3_DEFAULTS, row_end_token=self.ids["<|extra_200|>"])
+        super().__init__(
+            model,
+            model.model.text_model,
+            model.config.text_config,
+            name,
+            vocab_size=len(self.image_vocab),
+            grid=(side, side),
+            default_settings=EMU3_DEFAULTS,
+            row_end_token=self.ids["<|extra_200|>"],
+        )
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """``BOS prompt <|image start|> h*w <|image token|>``, as Emu3's processor writes it."""
         encode = self.tokenizer.encode  # type: ignore[attr-defined]
         h, w = self.grid
-        return [self.bos_id, *encode(prompt, add_special_tokens=False), self.ids["<|image start|>"],
-                *encode(f"{h}*{w}", add_special_tokens=False), self.ids["<|image token|>"]]
+        return [
+            self.bos_id,
+            *encode(prompt, add_special_tokens=False),
+            self.ids["<|image start|>"],
+            *encode(f"{h}*{w}", add_special_tokens=False),
+            self.ids["<|image token|>"],
+        ]
 
     def prefix_rows(self, cond: Conditioning, guided: bool) -> list[list[int]]:
         prompts = list(cond.prompts or ())
@@ -77,7 +106,6 @@ class Emu3ImageModel(TextVocabularyImageModel):
         if guided:
             rows += [self.prompt_ids(self.negative_prompt)] * len(prompts)
         return rows
-
 
     @torch.inference_mode()
     def latent(self, codes: torch.Tensor) -> torch.Tensor:
@@ -93,7 +121,6 @@ class Emu3ImageModel(TextVocabularyImageModel):
         return to_uint8(unit * 2 - 1)
 
 
-
 def _pixel_range(directory: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean and std the VQ's pixels were normalised with (0.5 unless the processor says otherwise)."""
     path = directory / "preprocessor_config.json"
@@ -105,8 +132,13 @@ def _pixel_range(directory: Path) -> tuple[tuple[float, ...], tuple[float, ...]]
     return channels(config.get("image_mean", 0.5)), channels(config.get("image_std", 0.5))
 
 
-def load_emu3(directory: str | Path, device: torch.device, dtype: torch.dtype, image_size: int | None = None,
-              name: str | None = None) -> Emu3ImageModel:
+def load_emu3(
+    directory: str | Path,
+    device: torch.device,
+    dtype: torch.dtype,
+    image_size: int | None = None,
+    name: str | None = None,
+) -> Emu3ImageModel:
     """A transformers Emu3-Gen directory on ``device``; ``image_size`` in pixels (default 720)."""
     from transformers import Emu3ForConditionalGeneration
 

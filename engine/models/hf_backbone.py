@@ -33,8 +33,9 @@ class _CacheBridge:
     def __init__(self, cache: RaggedKVCache) -> None:
         self.cache = cache
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
-               *_: object, **__: object) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(
+        self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int, *_: object, **__: object
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         # transformers passes extra cache arguments whose name changes between releases
         # (cache_kwargs before 5.24, kwargs since); a ragged cache needs none of them.
         return self.cache.update(layer_idx, key_states, value_states)
@@ -53,8 +54,9 @@ def attention_shape(config: object) -> tuple[int, int, int]:
     return int(config.num_hidden_layers), kv_heads, int(head_dim)  # type: ignore[attr-defined]
 
 
-def load_pretrained(model_class: type, directory: str, dtype: torch.dtype, what: str,
-                    attention: str | None = "sdpa") -> nn.Module:
+def load_pretrained(
+    model_class: type, directory: str, dtype: torch.dtype, what: str, attention: str | None = "sdpa"
+) -> nn.Module:
     """``model_class.from_pretrained`` from a local directory, with one-line errors.
 
     SDPA attention is forced for decoders the engine drives: it passes 4D masks, which
@@ -115,9 +117,17 @@ class TransformersImageModel(ImageTokenModel):
     every image row.
     """
 
-    def __init__(self, network: nn.Module, decoder: nn.Module, text_config: object, name: str, vocab_size: int,
-                 grid: tuple[int, int], default_settings: SamplingSettings,
-                 row_end_token: int | None = None) -> None:
+    def __init__(
+        self,
+        network: nn.Module,
+        decoder: nn.Module,
+        text_config: object,
+        name: str,
+        vocab_size: int,
+        grid: tuple[int, int],
+        default_settings: SamplingSettings,
+        row_end_token: int | None = None,
+    ) -> None:
         self.network = network
         self.decoder = decoder
         self.text_config = text_config
@@ -165,22 +175,26 @@ class TransformersImageModel(ImageTokenModel):
 
     def check_conditioning(self, cond: Conditioning) -> None:
         if cond.prompts is None:
-            raise SettingsError(f"{self.name} is a text-to-image model: give prompts, not class ids or caption embeddings")
+            raise SettingsError(
+                f"{self.name} is a text-to-image model: give prompts, not class ids or caption embeddings"
+            )
 
     # -- the protocol ----------------------------------------------------------------------------
 
     def _rows(self, per_image: torch.Tensor) -> torch.Tensor:
         return torch.cat([per_image, per_image]) if self.guided else per_image
 
-    def _run(self, embeds: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor | None,
-             valid: torch.Tensor | None) -> torch.Tensor:
+    def _run(
+        self, embeds: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor | None, valid: torch.Tensor | None
+    ) -> torch.Tensor:
         assert self.cache is not None, "prefill() first"
         plan = self.cache.plan(embeds.shape[1], allowed=allowed, key_valid_new=valid)
         additive = torch.zeros(plan.mask.shape, dtype=embeds.dtype, device=self.device)
         additive.masked_fill_(~plan.mask, torch.finfo(embeds.dtype).min)
         cache = {cache_argument(self.decoder): _CacheBridge(self.cache)}
-        out = self.decoder(inputs_embeds=embeds, attention_mask=additive, position_ids=positions,
-                           use_cache=True, **cache)
+        out = self.decoder(
+            inputs_embeds=embeds, attention_mask=additive, position_ids=positions, use_cache=True, **cache
+        )
         return out.last_hidden_state
 
     @torch.inference_mode()
@@ -192,8 +206,8 @@ class TransformersImageModel(ImageTokenModel):
         ids = torch.zeros(len(rows), width, dtype=torch.long)
         valid = torch.zeros(len(rows), width, dtype=torch.bool)
         for r, row in enumerate(rows):  # left padding: every row's last prefix token is aligned
-            ids[r, width - len(row):] = torch.tensor(row, dtype=torch.long)
-            valid[r, width - len(row):] = True
+            ids[r, width - len(row) :] = torch.tensor(row, dtype=torch.long)
+            valid[r, width - len(row) :] = True
         ids, valid = ids.to(self.device), valid.to(self.device)
         positions = (valid.long().cumsum(1) - 1).clamp(min=0)
         self.image_start = valid.sum(1)
@@ -201,8 +215,9 @@ class TransformersImageModel(ImageTokenModel):
         self._valid_slots = None
         layers, kv_heads, head_dim = attention_shape(self.text_config)
         image_slots = self.num_image_tokens + (self.grid[0] if self.layout else 0)
-        self.cache = RaggedKVCache(layers, len(rows), kv_heads, head_dim, self.dtype, self.device,
-                                   capacity=width + image_slots + 64)
+        self.cache = RaggedKVCache(
+            layers, len(rows), kv_heads, head_dim, self.dtype, self.device, capacity=width + image_slots + 64
+        )
         hidden = self._run(self.embed_text(ids), positions, None, valid)[:, -1:]
         return ModelOutput(self.head(hidden).float(), hidden)
 
@@ -215,8 +230,9 @@ class TransformersImageModel(ImageTokenModel):
         self._valid_slots = None
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
-                tree_mask: torch.Tensor | None = None) -> ModelOutput:
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor | None = None
+    ) -> ModelOutput:
         assert self.cache is not None, "prefill() first"
         self._drop_row_end_padding()
         self._block_start = self.cache.lengths.clone()

@@ -40,8 +40,15 @@ class JanusImageModel(TransformersImageModel):
         self.tokenizer = tokenizer
         vq = model.config.vq_config
         side = int(vq.num_patches)
-        super().__init__(model, model.model.language_model, model.config.text_config, name,
-                         vocab_size=int(vq.num_embeddings), grid=(side, side), default_settings=JANUS_DEFAULTS)
+        super().__init__(
+            model,
+            model.model.language_model,
+            model.config.text_config,
+            name,
+            vocab_size=int(vq.num_embeddings),
+            grid=(side, side),
+            default_settings=JANUS_DEFAULTS,
+        )
         self.bos_id, self.pad_id, self.boi_id = _special_ids(model, tokenizer, name)
 
     def prompt_ids(self, prompt: str) -> list[int]:
@@ -84,13 +91,17 @@ def _special_ids(model: torch.nn.Module, tokenizer: object, name: str) -> tuple[
     }
     missing = [k for k, v in found.items() if v is None]
     if missing:
-        raise CheckpointError(f"{name}: generation_config.json lacks the {', '.join(missing)} token id(s) "
-                              "(a transformers Janus checkpoint has bos_token_id, pad_token_id and "
-                              "generation_kwargs.boi_token_id)")
+        raise CheckpointError(
+            f"{name}: generation_config.json lacks the {', '.join(missing)} token id(s) "
+            "(a transformers Janus checkpoint has bos_token_id, pad_token_id and "
+            "generation_kwargs.boi_token_id)"
+        )
     return int(found["bos"]), int(found["pad"]), int(found["<begin_of_image>"])
 
 
-def load_janus(directory: str | Path, device: torch.device, dtype: torch.dtype, name: str | None = None) -> JanusImageModel:
+def load_janus(
+    directory: str | Path, device: torch.device, dtype: torch.dtype, name: str | None = None
+) -> JanusImageModel:
     """A transformers Janus(-Pro) directory, ready on ``device``."""
     from transformers import JanusForConditionalGeneration
 

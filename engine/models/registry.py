@@ -47,8 +47,14 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     """``auto`` -> bfloat16 on GPUs that support it, float32 elsewhere."""
     if isinstance(dtype, torch.dtype):
         return dtype
-    names = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16,
-             "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
+    names = {
+        "fp32": torch.float32,
+        "float32": torch.float32,
+        "bf16": torch.bfloat16,
+        "bfloat16": torch.bfloat16,
+        "fp16": torch.float16,
+        "float16": torch.float16,
+    }
     if dtype == "auto":
         if device.type == "cuda" and torch.cuda.is_bf16_supported():
             return torch.bfloat16
@@ -65,12 +71,19 @@ def _weights_in(directory: Path) -> tuple[Path, Path | None]:
     if not main:
         raise CheckpointError(f"{directory} holds no model weights ({', '.join(WEIGHT_SUFFIXES)})")
     if len(main) > 1:
-        raise CheckpointError(f"{directory} holds several weight files ({', '.join(p.name for p in main)}); keep one per model directory")
+        raise CheckpointError(
+            f"{directory} holds several weight files ({', '.join(p.name for p in main)}); keep one per model directory"
+        )
     return main[0], (vq[0] if vq else None)
 
 
-def load_llamagen(path: str | Path, vq_path: str | Path | None = None, device: str | torch.device = "auto",
-                  dtype: str | torch.dtype = "auto", name: str | None = None) -> ImageTokenModel:
+def load_llamagen(
+    path: str | Path,
+    vq_path: str | Path | None = None,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    name: str | None = None,
+) -> ImageTokenModel:
     """A LlamaGen GPT (file or directory) with its VQ16 decoder, ready on ``device``."""
     from .llamagen.adapter import LlamaGenModel
     from .llamagen.checkpoint import read_config_json, read_gpt
@@ -96,7 +109,9 @@ def load_llamagen(path: str | Path, vq_path: str | Path | None = None, device: s
 
         decoder = load_vq16(vq_path, device=dev, dtype=torch.float32)
     text_encoder = None
-    encoder_folder = next((path / n for n in TEXT_ENCODER_FOLDERS if (path / n).is_dir()), None) if path.is_dir() else None
+    encoder_folder = (
+        next((path / n for n in TEXT_ENCODER_FOLDERS if (path / n).is_dir()), None) if path.is_dir() else None
+    )
     if gpt.cfg.model_type == "t2i" and encoder_folder is not None:
         from .llamagen.text_encoder import load_t5_caption_encoder
 
@@ -113,8 +128,14 @@ HF_FAMILIES = {"janus": "janus", "chameleon": "chameleon", "emu3": "emu3"}
 FAMILIES = ("llamagen", "janus", "lumina-mgpt", "anole", "emu3")
 
 
-def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
-               vq_path: str | Path | None = None, family: str = "auto", image_size: int | None = None) -> ImageTokenModel:
+def load_model(
+    spec: str | Path,
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype = "auto",
+    vq_path: str | Path | None = None,
+    family: str = "auto",
+    image_size: int | None = None,
+) -> ImageTokenModel:
     """Load a bundled model by name (``demo``, ``demo-drafter``) or any model by path.
 
     ``family="auto"`` recognises the family from ``config.json`` (transformers' ``model_type``
@@ -135,7 +156,9 @@ def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str
     if family not in FAMILIES:
         raise SettingsError(f"unknown model family {family!r} (known: auto, {', '.join(FAMILIES)})")
     if not path.is_dir():
-        raise CheckpointError(f"{path}: a {family} model is a directory (config.json, weights, tokenizer), not a single file")
+        raise CheckpointError(
+            f"{path}: a {family} model is a directory (config.json, weights, tokenizer), not a single file"
+        )
     _require_transformers(family)
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -155,8 +178,10 @@ def load_model(spec: str | Path, device: str | torch.device = "auto", dtype: str
 def _require_transformers(family: str) -> None:
     """Janus, Chameleon and Emu3 run on transformers (ComfyUI ships it; standalone installs add it)."""
     if importlib.util.find_spec("transformers") is None:
-        raise SettingsError(f"{family} models need the transformers library: pip install 'transformers>=5.0' "
-                            "(or install SpecAR with the [families] extra)")
+        raise SettingsError(
+            f"{family} models need the transformers library: pip install 'transformers>=5.0' "
+            "(or install SpecAR with the [families] extra)"
+        )
 
 
 def family_defaults(family: str) -> SamplingSettings:
@@ -194,8 +219,10 @@ def _family(path: Path) -> str:
     if model_type is None:
         return "llamagen"
     if model_type not in HF_FAMILIES:
-        raise CheckpointError(f"{config_path}: model_type {model_type!r} is not an image-generation family "
-                              f"SpecAR supports (supported: {', '.join(FAMILIES)})")
+        raise CheckpointError(
+            f"{config_path}: model_type {model_type!r} is not an image-generation family "
+            f"SpecAR supports (supported: {', '.join(FAMILIES)})"
+        )
     if HF_FAMILIES[model_type] == "chameleon":
         from .chameleon import chameleon_variant
 

@@ -63,8 +63,7 @@ class RowLayout:
         """Sequence slots that hold the first ``lengths`` image tokens and their row ends."""
         return lengths + lengths // self.width
 
-    def expand(self, codes: torch.Tensor, positions: torch.Tensor,
-               ancestors: torch.Tensor | None) -> ExpandedBlock:
+    def expand(self, codes: torch.Tensor, positions: torch.Tensor, ancestors: torch.Tensor | None) -> ExpandedBlock:
         """Insert row-end slots after the nodes that end a row.
 
         ``codes``/``positions`` are ``[R, k]``; ``ancestors`` (``[k, k]``, or ``[R, k, k]`` per row)
@@ -103,16 +102,17 @@ class RowLayout:
         allowed |= torch.eye(m, dtype=torch.bool, device=dev)
         return ExpandedBlock(
             codes=torch.where(valid & ~is_row_end, node_codes, 0),
-            is_row_end=is_row_end, valid=valid,
+            is_row_end=is_row_end,
+            valid=valid,
             offsets=torch.where(valid, node_offsets, 0),
-            allowed=allowed, node_slot=node_slot,
+            allowed=allowed,
+            node_slot=node_slot,
             output_slot=torch.where(ends_row, node_slot + 1, node_slot),
             ends_row=ends_row,
         )
 
     @staticmethod
-    def kept_slots(block: ExpandedBlock, keep: torch.Tensor, counts: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    def kept_slots(block: ExpandedBlock, keep: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots to keep after a tree forward: the kept nodes ``keep[r, :counts[r]]`` and their row ends.
 
         Returns increasing slots ``[R, 2c]`` and their counts ``[R]`` (entries past a count are filler).

@@ -134,13 +134,15 @@ class _Decoder(nn.Module):
         widths = [cfg.ch * m for m in cfg.ch_mult]
         top = len(widths) - 1
         self.conv_in = nn.Conv2d(cfg.z_channels, widths[top], 3, padding=1)
-        self.mid = nn.ModuleList([ResBlock(widths[top], widths[top]), SpatialAttention(widths[top]),
-                                  ResBlock(widths[top], widths[top])])
+        self.mid = nn.ModuleList(
+            [ResBlock(widths[top], widths[top]), SpatialAttention(widths[top]), ResBlock(widths[top], widths[top])]
+        )
         levels = []
         in_ch = widths[top]
         for level in range(top, -1, -1):  # lowest resolution (widest) first
-            levels.append(_Level(in_ch, widths[level], cfg.num_res_blocks + 1,
-                                 attention=level == top, upsample=level != 0))
+            levels.append(
+                _Level(in_ch, widths[level], cfg.num_res_blocks + 1, attention=level == top, upsample=level != 0)
+            )
             in_ch = widths[level]
         self.conv_blocks = nn.ModuleList(levels)
         self.norm_out = group_norm(widths[0])
@@ -189,8 +191,9 @@ class VQ16Decoder(nn.Module):
         if codes.dim() != 2 or codes.shape[1] != h * w:
             raise ValueError(f"codes must be [batch, {h * w}] for a {h}x{w} grid, got {tuple(codes.shape)}")
         if codes.numel() and (int(codes.min()) < 0 or int(codes.max()) >= self.cfg.codebook_size):
-            raise ValueError(f"codes must lie in [0, {self.cfg.codebook_size}), got "
-                             f"[{int(codes.min())}, {int(codes.max())}]")
+            raise ValueError(
+                f"codes must lie in [0, {self.cfg.codebook_size}), got [{int(codes.min())}, {int(codes.max())}]"
+            )
         z = self.codebook_vectors(codes).view(codes.shape[0], h, w, -1).permute(0, 3, 1, 2)
         return self.decoder(self.post_quant_conv(z)).clamp_(-1.0, 1.0)
 
@@ -213,12 +216,16 @@ def infer_vq16_config(state: dict[str, torch.Tensor]) -> VQ16Config:
         if match := _LEVEL_KEY.fullmatch(key):
             levels.setdefault(int(match.group(1)), set()).add(int(match.group(2)))
     if not levels or sorted(levels) != list(range(len(levels))):
-        raise CheckpointError("not a LlamaGen VQ16 decoder checkpoint: decoder.conv_blocks.{i}.res.{j} are "
-                              f"missing or not numbered 0..n-1 (found levels {sorted(levels)})")
+        raise CheckpointError(
+            "not a LlamaGen VQ16 decoder checkpoint: decoder.conv_blocks.{i}.res.{j} are "
+            f"missing or not numbered 0..n-1 (found levels {sorted(levels)})"
+        )
     n_blocks = {len(blocks) for blocks in levels.values()}
     if len(n_blocks) != 1 or any(blocks != set(range(len(blocks))) for blocks in levels.values()):
-        raise CheckpointError("decoder.conv_blocks levels hold different numbers of res blocks: "
-                              + ", ".join(f"{i}: {sorted(b)}" for i, b in sorted(levels.items())))
+        raise CheckpointError(
+            "decoder.conv_blocks levels hold different numbers of res blocks: "
+            + ", ".join(f"{i}: {sorted(b)}" for i, b in sorted(levels.items()))
+        )
     # conv_blocks.0 is the lowest resolution, so reverse to get ch_mult's full-resolution-first order.
     widths = [int(state[f"decoder.conv_blocks.{i}.res.0.conv1.weight"].shape[0]) for i in reversed(range(len(levels)))]
     if any(width % GROUPS for width in widths):

@@ -28,8 +28,13 @@ POLICIES: dict[str, Callable[..., AcceptancePolicy]] = {
 }
 
 
-def make_policy(name: str, relaxation: float = 0.0, region: torch.Tensor | None = None,
-                model: ImageTokenModel | None = None, **options: float) -> AcceptancePolicy:
+def make_policy(
+    name: str,
+    relaxation: float = 0.0,
+    region: torch.Tensor | None = None,
+    model: ImageTokenModel | None = None,
+    **options: float,
+) -> AcceptancePolicy:
     """Policy ``name`` at ``relaxation`` (0..1, 0 = lossless), scaled per token by ``region [B or 1, tokens]``.
 
     ``model`` (the target) is handed to policies that compare code vectors; ``options`` set a
@@ -75,6 +80,17 @@ def recommended_relaxation(name: str) -> float:
     return float(getattr(POLICIES[name], "recommended_relaxation", 0.0))
 
 
-__all__ = ["AcceptancePolicy", "PolicyContext", "ExactPolicy", "LanternPolicy", "GSDPolicy", "CSDPolicy", "CascadePolicy", "ClusterPolicy",
-           "POLICIES", "make_policy", "parse_policy_options",
-           "recommended_relaxation"]
+__all__ = [
+    "AcceptancePolicy",
+    "PolicyContext",
+    "ExactPolicy",
+    "LanternPolicy",
+    "GSDPolicy",
+    "CSDPolicy",
+    "CascadePolicy",
+    "ClusterPolicy",
+    "POLICIES",
+    "make_policy",
+    "parse_policy_options",
+    "recommended_relaxation",
+]

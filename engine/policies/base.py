@@ -78,19 +78,21 @@ class AcceptancePolicy(ABC):
         if region.shape[0] == 1:
             region = region.expand(positions.shape[0], -1)
         elif region.shape[0] != positions.shape[0]:
-            raise SettingsError(f"the region mask has {region.shape[0]} images but the batch has {positions.shape[0]}: "
-                                "give one mask, or one per image")
+            raise SettingsError(
+                f"the region mask has {region.shape[0]} images but the batch has {positions.shape[0]}: "
+                "give one mask, or one per image"
+            )
         return strength * region.gather(1, positions.clamp(0, region.shape[1] - 1))
 
     @abstractmethod
-    def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                   ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def acceptance(
+        self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Acceptance probabilities ``[B, m]`` for ``tokens [B, m]`` given the processed target
         ``p [B, m, V]`` and draft ``q [B, m, V]``, plus per-token diagnostics ``{name: [B, m]}``."""
 
     @abstractmethod
-    def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                 ctx: PolicyContext) -> torch.Tensor:
+    def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
         """The distribution ``[B, V]`` a correction is drawn from after ``tokens [B]`` was rejected."""
 
     def sibling_groups(self) -> torch.Tensor | None:

@@ -73,14 +73,23 @@ class CascadePolicy(ClusterPolicy):
     # four seed sets, class accuracy and FID-lite not told from AR's (pooled).
     recommended_relaxation = 1.0
 
-    def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
-                 model: ImageTokenModel | None = None, tau_pos_at_full: float = TAU_POS_AT_FULL,
-                 tau_seq_at_full: float = TAU_SEQ_AT_FULL, max_group: float = MAX_GROUP,
-                 converged_group: float = CONVERGED_GROUP, ratio_bound: float | None = None,
-                 plausible_share: float = 0.0, target_alike: float | None = None,
-                 evidence_margin: float | None = None) -> None:
-        super().__init__(relaxation, region, model, max_group, ratio_bound, plausible_share, target_alike,
-                         evidence_margin)
+    def __init__(
+        self,
+        relaxation: float = 0.0,
+        region: torch.Tensor | None = None,
+        model: ImageTokenModel | None = None,
+        tau_pos_at_full: float = TAU_POS_AT_FULL,
+        tau_seq_at_full: float = TAU_SEQ_AT_FULL,
+        max_group: float = MAX_GROUP,
+        converged_group: float = CONVERGED_GROUP,
+        ratio_bound: float | None = None,
+        plausible_share: float = 0.0,
+        target_alike: float | None = None,
+        evidence_margin: float | None = None,
+    ) -> None:
+        super().__init__(
+            relaxation, region, model, max_group, ratio_bound, plausible_share, target_alike, evidence_margin
+        )
         self.tau_pos_at_full = check_range("CASCADE tau_pos", tau_pos_at_full, -1.0, 1.0)
         self.tau_seq_at_full = check_range("CASCADE tau_seq", tau_seq_at_full, -1.0, 1.0)
         if converged_group < max_group:
@@ -88,14 +97,17 @@ class CascadePolicy(ClusterPolicy):
         self.converged_levels = self.group_levels_of("converged_group", converged_group)
 
     def parameters(self) -> dict[str, float | None]:
-        return {**super().parameters(), "converged_group": float(1 << self.converged_levels),
-                "tau_pos_at_full": self.tau_pos_at_full, "tau_seq_at_full": self.tau_seq_at_full}
+        return {
+            **super().parameters(),
+            "converged_group": float(1 << self.converged_levels),
+            "tau_pos_at_full": self.tau_pos_at_full,
+            "tau_seq_at_full": self.tau_seq_at_full,
+        }
 
     def _thresholds(self, ctx: PolicyContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Relaxation strength ``[B, m]`` and the two cosine thresholds there."""
         strength = self.relaxation_at(ctx.positions)
-        return (strength, 1.0 - strength * (1.0 - self.tau_pos_at_full),
-                1.0 - strength * (1.0 - self.tau_seq_at_full))
+        return (strength, 1.0 - strength * (1.0 - self.tau_pos_at_full), 1.0 - strength * (1.0 - self.tau_seq_at_full))
 
     def convergence(self, ctx: PolicyContext) -> torch.Tensor | None:
         """``cos(h_parent, h_grandparent)`` ``[B, m]`` (NaN where unknown); ``None`` without tree states."""
@@ -103,8 +115,9 @@ class CascadePolicy(ClusterPolicy):
             return None
         return F.cosine_similarity(ctx.parent_hidden.float(), ctx.grandparent_hidden.float(), dim=-1)
 
-    def _grouping(self, tokens: torch.Tensor, ctx: PolicyContext
-                  ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def _grouping(
+        self, tokens: torch.Tensor, ctx: PolicyContext
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """Group ids ``[B, m, V]`` of each tested node, which siblings ``[B, m, K]`` merged into its group and
         the convergence cosine ``[B, m]`` (both ``None`` without tree states: then every code is its own group)."""
         convergence = self.convergence(ctx)
@@ -126,8 +139,9 @@ class CascadePolicy(ClusterPolicy):
     def group_ids(self, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
         return self._grouping(tokens, ctx)[0]
 
-    def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                   ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def acceptance(
+        self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         groups, merge, convergence = self._grouping(tokens, ctx)
         alpha, info = self.accept_in_groups(p, q, tokens, groups, ctx)
         if merge is not None and convergence is not None:

@@ -111,19 +111,29 @@ class ClusterPolicy(RelaxedPolicy):
     # the setting that kept AR's quality with a gamma-32 drafter chain (docs/benchmarks.md: relaxed policies on chains)
     recommended_relaxation = 1.0
 
-    def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
-                 model: ImageTokenModel | None = None, max_group: float = MAX_GROUP,
-                 ratio_bound: float | None = None, plausible_share: float = 0.0,
-                 target_alike: float | None = None, evidence_margin: float | None = None) -> None:
+    def __init__(
+        self,
+        relaxation: float = 0.0,
+        region: torch.Tensor | None = None,
+        model: ImageTokenModel | None = None,
+        max_group: float = MAX_GROUP,
+        ratio_bound: float | None = None,
+        plausible_share: float = 0.0,
+        target_alike: float | None = None,
+        evidence_margin: float | None = None,
+    ) -> None:
         super().__init__(relaxation, region)
         self.levels = self.group_levels_of("max_group", max_group)
         if target_alike is not None:  # 1: codes must also leave the target in alike states; 0: looks only
             if target_alike not in (0, 1):
-                raise SettingsError(f"{self.name} target_alike must be 0 (group by looks) or 1 (looks and target), "
-                                    f"got {target_alike}")
+                raise SettingsError(
+                    f"{self.name} target_alike must be 0 (group by looks) or 1 (looks and target), got {target_alike}"
+                )
             self.groups_target_alike = bool(target_alike)
         self.ranks = code_ranks(require_model(self.name, model), self.groups_target_alike)
-        self.ratio_bound = ratio_bound_option(self.name, self.default_ratio_bound if ratio_bound is None else ratio_bound)
+        self.ratio_bound = ratio_bound_option(
+            self.name, self.default_ratio_bound if ratio_bound is None else ratio_bound
+        )
         self.plausible_share = check_range(f"{self.name} plausible_share", plausible_share, 0.0, 1.0)
         # An evidence margin the user set must be honoured (refused without CFG); the policy's own default
         # is simply off where there is no evidence to read. inf switches the guard off.
@@ -138,14 +148,20 @@ class ClusterPolicy(RelaxedPolicy):
         return self.evidence_margin is not None
 
     def parameters(self) -> dict[str, float | None]:
-        return {"max_group": float(1 << self.levels), "ratio_bound": self.ratio_bound,
-                "plausible_share": self.plausible_share, "target_alike": float(self.groups_target_alike),
-                "evidence_margin": self.evidence_margin}  # the guard runs under CFG only
+        return {
+            "max_group": float(1 << self.levels),
+            "ratio_bound": self.ratio_bound,
+            "plausible_share": self.plausible_share,
+            "target_alike": float(self.groups_target_alike),
+            "evidence_margin": self.evidence_margin,
+        }  # the guard runs under CFG only
 
     def check_sampling(self, settings: SamplingSettings) -> None:
         if self.evidence_margin is not None and self.evidence_margin_set and not settings.uses_cfg:
-            raise SettingsError(f"the {self.name} evidence guard reads the target's two guidance halves: "
-                                "use a CFG scale above 1, or drop evidence_margin")
+            raise SettingsError(
+                f"the {self.name} evidence guard reads the target's two guidance halves: "
+                "use a CFG scale above 1, or drop evidence_margin"
+            )
 
     def group_levels_of(self, option: str, size: float) -> int:
         """log2 of a group size option, which must be a power of two."""
@@ -169,9 +185,15 @@ class ClusterPolicy(RelaxedPolicy):
         """Group ids ``[B, m, V]`` for groups of ``2^level [B, m]`` codes."""
         return self.ranks.to(level.device)[None, None, :] >> level[..., None]
 
-    def _code_acceptance(self, p_group: torch.Tensor, q_group: torch.Tensor, p_code: torch.Tensor,
-                         q_code: torch.Tensor, p_best: torch.Tensor | None,
-                         evidence_gap: torch.Tensor | None) -> torch.Tensor:
+    def _code_acceptance(
+        self,
+        p_group: torch.Tensor,
+        q_group: torch.Tensor,
+        p_code: torch.Tensor,
+        q_code: torch.Tensor,
+        p_best: torch.Tensor | None,
+        evidence_gap: torch.Tensor | None,
+    ) -> torch.Tensor:
         """Acceptance of codes with target/draft mass ``p_code``/``q_code``, whose groups have masses
         ``p_group``/``q_group`` and whose group's most likely code has target mass ``p_best`` (all one shape;
         ``p_best`` is only read under a plausible share, ``evidence_gap`` under an evidence margin):
@@ -198,15 +220,17 @@ class ClusterPolicy(RelaxedPolicy):
 
         Why: inside an accepted group the emitted code follows the draft, and a small drafter's favourite
         look-alike is often a more generic code than the target's (less evidence for the condition). On the
-        demo that, not the group masses, is the whole class-evidence cost of group acceptance (docs/benchmarks.md). Codes
-        that would lower the condition's evidence by more than the margin are therefore tested on their own
-        mass; the rest keep the group test."""
+        demo that, not the group masses, is the whole class-evidence cost of group acceptance
+        (docs/benchmarks.md). Codes that would lower the condition's evidence by more than the margin
+        are therefore tested on their own mass; the rest keep the group test."""
         if self.evidence_margin is None:
             return None
         if ctx.evidence is None:  # no guidance halves to read it from
             if self.evidence_margin_set:
-                raise SettingsError(f"the {self.name} evidence guard needs the target's condition evidence from "
-                                    "the verifier (decode with classifier-free guidance)")
+                raise SettingsError(
+                    f"the {self.name} evidence guard needs the target's condition evidence from "
+                    "the verifier (decode with classifier-free guidance)"
+                )
             return None
         evidence = ctx.evidence.to(p.dtype).reshape(p.shape)
         group_p = torch.zeros_like(p).scatter_add_(-1, groups, p)
@@ -214,12 +238,14 @@ class ClusterPolicy(RelaxedPolicy):
         mean = (group_evidence / group_p.clamp_min(1e-30)).gather(-1, groups)
         return mean - evidence
 
-    def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                   ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def acceptance(
+        self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return self.accept_in_groups(p, q, tokens, self.group_ids(tokens, ctx), ctx)
 
-    def accept_in_groups(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                         groups: torch.Tensor, ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def accept_in_groups(
+        self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, groups: torch.Tensor, ctx: PolicyContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """:meth:`acceptance` for given group ids ``[B, m, V]``."""
         base, px = self.base_ratio(p, q, tokens)
         same = groups == groups.gather(-1, tokens[..., None])
@@ -244,8 +270,11 @@ class ClusterPolicy(RelaxedPolicy):
         if self.ratio_bound is None and self.plausible_share == 0 and gap is None:  # plain min(1, p(G)/q(G))
             accepted, weights = q_group.gather(1, groups).minimum(p_group.gather(1, groups)), p
         else:
-            p_best = (torch.zeros_like(p).scatter_reduce_(1, groups, p, "amax").gather(1, groups)
-                      if self.plausible_share > 0 else None)
+            p_best = (
+                torch.zeros_like(p).scatter_reduce_(1, groups, p, "amax").gather(1, groups)
+                if self.plausible_share > 0
+                else None
+            )
             alpha = self._code_acceptance(p_group.gather(1, groups), q_group.gather(1, groups), p, q, p_best, gap)
             given = q * alpha  # mass each code receives from acceptance
             accepted = torch.zeros_like(p).scatter_add_(1, groups, given).gather(1, groups)

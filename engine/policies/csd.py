@@ -32,14 +32,20 @@ class CSDPolicy(RelaxedPolicy):
     parameter_names = ("lambda_at_full", "tv_threshold")
     recommended_relaxation = 0.1  # README Pareto benchmark: none kept AR quality; 0.1 came closest
 
-    def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
-                 lambda_at_full: float = LAMBDA_AT_FULL, tv_threshold: float = TV_THRESHOLD) -> None:
+    def __init__(
+        self,
+        relaxation: float = 0.0,
+        region: torch.Tensor | None = None,
+        lambda_at_full: float = LAMBDA_AT_FULL,
+        tv_threshold: float = TV_THRESHOLD,
+    ) -> None:
         super().__init__(relaxation, region)
         self.lambda_at_full = check_range("CSD lambda", lambda_at_full, 0.0, 100.0)
         self.tv_threshold = check_range("CSD TV threshold tau", tv_threshold, 0.0, 1.0)
 
-    def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                   ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def acceptance(
+        self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         base, _ = self.base_ratio(p, q, tokens)
         h, tv = entropy(p), total_variation(p, q)
         boost = self.lambda_at_full * self.relaxation_at(ctx.positions) * h * (tv < self.tv_threshold)

@@ -17,7 +17,6 @@ from ..sampling import Q_FLOOR, residual
 from .base import AcceptancePolicy, PolicyContext
 
 
-
 def token_probs(dist: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """``dist[..., tokens]``: the probability of each token under its own row."""
     return dist.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -34,14 +33,16 @@ class ExactPolicy(AcceptancePolicy):
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None) -> None:
         if relaxation != 0.0:
-            raise SettingsError(f"the exact policy is lossless and has nothing to relax (relaxation {relaxation}); "
-                                "set relaxation to 0 or choose a relaxed policy")
+            raise SettingsError(
+                f"the exact policy is lossless and has nothing to relax (relaxation {relaxation}); "
+                "set relaxation to 0 or choose a relaxed policy"
+            )
         super().__init__(0.0, region)
 
-    def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                   ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def acceptance(
+        self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         return exact_ratio(p, q, tokens), {}
 
-    def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                 ctx: PolicyContext) -> torch.Tensor:
+    def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
         return residual(p, q)

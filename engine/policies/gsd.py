@@ -47,18 +47,28 @@ class GSDPolicy(RelaxedPolicy):
     recommended_relaxation = 1.0  # README Pareto benchmark: inside the AR band with Jacobi drafts (1.09x)
     needs_model = True
 
-    def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
-                 model: ImageTokenModel | None = None, p_gap_at_full: float = P_GAP_AT_FULL,
-                 rank_window: int = RANK_WINDOW, max_distance: float | None = None) -> None:
+    def __init__(
+        self,
+        relaxation: float = 0.0,
+        region: torch.Tensor | None = None,
+        model: ImageTokenModel | None = None,
+        p_gap_at_full: float = P_GAP_AT_FULL,
+        rank_window: int = RANK_WINDOW,
+        max_distance: float | None = None,
+    ) -> None:
         super().__init__(relaxation, region)
         self.model = require_model(self.name, model)
         self.p_gap_at_full = check_range("GSD probability gap", p_gap_at_full, 0.0, 1.0)
         self.rank_window = int(check_range("GSD rank window", rank_window, 0, self.model.vocab_size))
-        self.max_distance = default_distance(self.model) if max_distance is None else \
-            check_range("GSD latent distance", max_distance, 0.0, float("inf"))
+        self.max_distance = (
+            default_distance(self.model)
+            if max_distance is None
+            else check_range("GSD latent distance", max_distance, 0.0, float("inf"))
+        )
 
-    def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                   ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def acceptance(
+        self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         base, px = self.base_ratio(p, q, tokens)
         latents = code_latents(self.model).to(p.device)
         order = p.argsort(-1, descending=True)  # codes in the target's order

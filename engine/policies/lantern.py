@@ -35,6 +35,7 @@ def default_neighbours(vocab_size: int) -> int:
     """
     return max(1, min(NEIGHBOURS, vocab_size // NEIGHBOUR_SHARE))
 
+
 _TABLES: "weakref.WeakKeyDictionary[ImageTokenModel, dict[int, torch.Tensor]]" = weakref.WeakKeyDictionary()
 
 
@@ -57,19 +58,29 @@ class LanternPolicy(RelaxedPolicy):
     recommended_relaxation = 0.75  # README Pareto benchmark: fastest inside the AR band with the drafter (1.17x)
     needs_model = True
 
-    def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None,
-                 model: ImageTokenModel | None = None, delta_at_full: float = DELTA_AT_FULL,
-                 neighbours: int | None = None, ratio_bound: float | None = None) -> None:
+    def __init__(
+        self,
+        relaxation: float = 0.0,
+        region: torch.Tensor | None = None,
+        model: ImageTokenModel | None = None,
+        delta_at_full: float = DELTA_AT_FULL,
+        neighbours: int | None = None,
+        ratio_bound: float | None = None,
+    ) -> None:
         super().__init__(relaxation, region)
         self.model = require_model(self.name, model)
         self.delta_at_full = check_range("LANTERN delta", delta_at_full, 0.0, 1.0)
-        wanted = default_neighbours(self.model.vocab_size) if neighbours is None else \
-            int(check_range("LANTERN neighbours", neighbours, 1, 10**7))
+        wanted = (
+            default_neighbours(self.model.vocab_size)
+            if neighbours is None
+            else int(check_range("LANTERN neighbours", neighbours, 1, 10**7))
+        )
         self.neighbours = min(wanted, self.model.vocab_size - 1)
         self.ratio_bound = ratio_bound_option(self.name, ratio_bound)
 
-    def acceptance(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor,
-                   ctx: PolicyContext) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def acceptance(
+        self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         base, px = self.base_ratio(p, q, tokens)
         near = neighbour_table(self.model, self.neighbours).to(p.device)[tokens]  # [B, m, k]
         cumulative = p.gather(-1, near).cumsum(-1)
@@ -80,4 +91,3 @@ class LanternPolicy(RelaxedPolicy):
         moved = torch.where(allowed, cumulative, 0.0).amax(-1)  # C is non-decreasing: the largest allowed
         relaxed = ((px + moved) / token_probs(q, tokens).clamp_min(Q_FLOOR)).clamp_max(1.0)
         return torch.where(moved > 0, relaxed, base), {"neighbour_mass": moved}
-

@@ -21,6 +21,7 @@ class CaptionEncoder(Protocol):
 
     def to(self, device: torch.device) -> object: ...
 
+
 C2I_DEFAULTS = SamplingSettings(cfg_scale=4.0, temperature=1.0, top_k=2000, top_p=1.0)
 T2I_DEFAULTS = SamplingSettings(cfg_scale=7.5, temperature=1.0, top_k=1000, top_p=1.0)
 
@@ -35,8 +36,14 @@ class LlamaGenModel(ImageTokenModel):
     itself), as LlamaGen does.
     """
 
-    def __init__(self, gpt: GPT, decoder: PixelDecoder | None, name: str = "llamagen",
-                 default_settings: SamplingSettings | None = None, text_encoder: CaptionEncoder | None = None) -> None:
+    def __init__(
+        self,
+        gpt: GPT,
+        decoder: PixelDecoder | None,
+        name: str = "llamagen",
+        default_settings: SamplingSettings | None = None,
+        text_encoder: CaptionEncoder | None = None,
+    ) -> None:
         self.gpt = gpt.eval()
         self.cfg = gpt.cfg
         self.decoder = decoder
@@ -73,18 +80,24 @@ class LlamaGenModel(ImageTokenModel):
                 raise SettingsError(f"{self.name} is class-conditional: give class ids, not prompts or captions")
             bad = [c for c in cond.class_ids if not 0 <= c < self.cfg.num_classes]
             if bad:
-                raise SettingsError(f"class id {bad[0]} is out of range for {self.name}: valid ids are 0..{self.cfg.num_classes - 1}")
+                raise SettingsError(
+                    f"class id {bad[0]} is out of range for {self.name}: valid ids are 0..{self.cfg.num_classes - 1}"
+                )
         elif cond.prompts is not None:
             if self.text_encoder is None:
-                raise SettingsError(f"{self.name} has no text encoder: put flan-t5-xl in a t5/ sub-folder of the "
-                                    "model folder, or give caption embeddings")
+                raise SettingsError(
+                    f"{self.name} has no text encoder: put flan-t5-xl in a t5/ sub-folder of the "
+                    "model folder, or give caption embeddings"
+                )
         else:
             if cond.caption_embeddings is None:
                 raise SettingsError(f"{self.name} is text-conditional: give prompts or caption embeddings")
             emb = cond.caption_embeddings
             if emb.dim() != 3 or emb.shape[1] != self.cfg.cls_token_num or emb.shape[2] != self.cfg.caption_dim:
                 raise SettingsError(
-                    f"caption embeddings must be [B, {self.cfg.cls_token_num}, {self.cfg.caption_dim}], got {list(emb.shape)}")
+                    f"caption embeddings must be [B, {self.cfg.cls_token_num}, {self.cfg.caption_dim}], got "
+                    f"{list(emb.shape)}"
+                )
 
     # -- compiled fast path ----------------------------------------------------------------------
 
@@ -103,8 +116,9 @@ class LlamaGenModel(ImageTokenModel):
     def pads_blocks(self) -> bool:
         return self.compiled is not None and self.compiled.active
 
-    def _run_compiled(self, tokens: torch.Tensor, slots: torch.Tensor, tree_mask: torch.Tensor | None
-                      ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _run_compiled(
+        self, tokens: torch.Tensor, slots: torch.Tensor, tree_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
         """The forward of rows ``tokens [R, k]`` at rotary rows ``slots`` in a padded bucket, or
         ``None`` where it must run eagerly (no bucket holds it, or compilation failed)."""
         assert self.cache is not None and self.compiled is not None
@@ -121,8 +135,15 @@ class LlamaGenModel(ImageTokenModel):
         self.cache.plan(bucket, allowed=tree_mask)
         view = self.cache.view()
         try:
-            logits, hidden = self.compiled(bucket, tokens, slots, view.slots, view.attention_mask,  # type: ignore[misc]
-                                           *view.keys, *view.values)
+            logits, hidden = self.compiled(
+                bucket,
+                tokens,
+                slots,
+                view.slots,
+                view.attention_mask,  # type: ignore[misc]
+                *view.keys,
+                *view.values,
+            )
         except CompileFailed:
             self.cache.lengths -= bucket
             return None
@@ -180,8 +201,9 @@ class LlamaGenModel(ImageTokenModel):
         return ModelOutput(self.gpt.logits(hidden), hidden)
 
     @torch.inference_mode()
-    def forward(self, tokens: torch.Tensor, positions: torch.Tensor,
-                tree_mask: torch.Tensor | None = None) -> ModelOutput:
+    def forward(
+        self, tokens: torch.Tensor, positions: torch.Tensor, tree_mask: torch.Tensor | None = None
+    ) -> ModelOutput:
         assert self.cache is not None, "prefill() first"
         self._block_start = self.cache.lengths.clone()
         tokens = self._rows(tokens.to(self.device))
@@ -237,7 +259,9 @@ class LlamaGenModel(ImageTokenModel):
 
     def _require_decoder(self) -> PixelDecoder:
         if self.decoder is None:
-            raise SettingsError(f"{self.name} was loaded without a VQ decoder, so it cannot make pixels or code vectors")
+            raise SettingsError(
+                f"{self.name} was loaded without a VQ decoder, so it cannot make pixels or code vectors"
+            )
         return self.decoder
 
     @torch.inference_mode()
@@ -253,8 +277,13 @@ def _compiled_step(gpt: GPT) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]
     """The forward that gets compiled: tokens, rotary rows, cache write slots, the planned mask
     and the cache buffers (keys of every layer, then values) in; logits and hidden states out."""
 
-    def step(tokens: torch.Tensor, rope_rows: torch.Tensor, write_slots: torch.Tensor, mask: torch.Tensor,
-             *buffers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(
+        tokens: torch.Tensor,
+        rope_rows: torch.Tensor,
+        write_slots: torch.Tensor,
+        mask: torch.Tensor,
+        *buffers: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         half = len(buffers) // 2
         view = FixedCacheView(list(buffers[:half]), list(buffers[half:]), write_slots, mask)
         hidden = gpt.run_layers(gpt.tok_embeddings(tokens), rope_rows, view)

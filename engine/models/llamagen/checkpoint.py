@@ -30,7 +30,9 @@ def is_llamagen_state(state: dict[str, torch.Tensor]) -> bool:
 def infer_gpt_config(state: dict[str, torch.Tensor], hints: dict[str, object], source: str) -> GPTConfig:
     """A :class:`GPTConfig` that fits ``state``; ``hints`` may fix n_head, grid_size, image_size..."""
     if not is_llamagen_state(state):
-        raise CheckpointError(f"{source} is not a LlamaGen GPT checkpoint (no tok_embeddings / layers.0.attention.wqkv)")
+        raise CheckpointError(
+            f"{source} is not a LlamaGen GPT checkpoint (no tok_embeddings / layers.0.attention.wqkv)"
+        )
     vocab, dim = state["tok_embeddings.weight"].shape
     n_layer = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"layers\.(\d+)\.", k)))
     known = {"n_layer": n_layer, "dim": dim, "vocab_size": vocab}
@@ -39,18 +41,24 @@ def infer_gpt_config(state: dict[str, torch.Tensor], hints: dict[str, object], s
             raise CheckpointError(f"{source}: config says {key}={hints[key]} but the weights have {value}")
     fields: dict[str, object] = dict(known, ffn_hidden=state["layers.0.feed_forward.w1.weight"].shape[0])
     if "cls_embedding.embedding_table.weight" in state:
-        fields.update(model_type="c2i", num_classes=state["cls_embedding.embedding_table.weight"].shape[0] - 1, cls_token_num=1)
+        fields.update(
+            model_type="c2i", num_classes=state["cls_embedding.embedding_table.weight"].shape[0] - 1, cls_token_num=1
+        )
     elif "cls_embedding.cap_proj.fc1.weight" in state:
         uncond = state.get("cls_embedding.uncond_embedding")
-        fields.update(model_type="t2i", caption_dim=state["cls_embedding.cap_proj.fc1.weight"].shape[1],
-                      cls_token_num=uncond.shape[0] if uncond is not None else 120)
+        fields.update(
+            model_type="t2i",
+            caption_dim=state["cls_embedding.cap_proj.fc1.weight"].shape[1],
+            cls_token_num=uncond.shape[0] if uncond is not None else 120,
+        )
     else:
         raise CheckpointError(f"{source} has neither a class table nor a caption projection (cls_embedding.*)")
     n_head = hints.get("n_head") or _heads_from_presets(dim, n_layer)
     if n_head is None:
         raise CheckpointError(
             f"{source}: cannot tell the number of attention heads of a {n_layer}-layer, {dim}-wide GPT; "
-            'put {"n_head": ...} in a config.json next to the weights')
+            'put {"n_head": ...} in a config.json next to the weights'
+        )
     head_dim = dim // int(n_head)  # type: ignore[call-overload]
     fields["n_head"] = int(n_head)  # type: ignore[call-overload]
     fields["n_kv_head"] = (state["layers.0.attention.wqkv.weight"].shape[0] // head_dim - int(n_head)) // 2  # type: ignore[call-overload]

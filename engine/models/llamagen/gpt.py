@@ -64,7 +64,9 @@ class GPTConfig:
         if self.model_type not in ("c2i", "t2i"):
             raise CheckpointError(f"LlamaGen model_type must be 'c2i' or 't2i', got {self.model_type!r}")
         if self.dim % self.n_head or (self.dim // self.n_head) % 4:
-            raise CheckpointError(f"dim {self.dim} must split into {self.n_head} heads of a size divisible by 4 (2D RoPE)")
+            raise CheckpointError(
+                f"dim {self.dim} must split into {self.n_head} heads of a size divisible by 4 (2D RoPE)"
+            )
         if self.n_head % self.n_kv_head:
             raise CheckpointError(f"n_head {self.n_head} must be a multiple of n_kv_head {self.n_kv_head}")
 
@@ -154,8 +156,13 @@ class Attention(nn.Module):
         self.wqkv = nn.Linear(cfg.dim, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=False)
         self.wo = nn.Linear(cfg.dim, cfg.dim, bias=False)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: RaggedKVCache | FixedCacheView | None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        cache: RaggedKVCache | FixedCacheView | None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         R, k, _ = x.shape
         kv = self.n_kv_head * self.head_dim
         q, key, val = self.wqkv(x).split([self.n_head * self.head_dim, kv, kv], dim=-1)
@@ -182,8 +189,13 @@ class TransformerBlock(nn.Module):
         self.attention_norm = RMSNorm(cfg.dim, cfg.norm_eps)
         self.ffn_norm = RMSNorm(cfg.dim, cfg.norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: torch.Tensor, cache: RaggedKVCache | FixedCacheView | None,
-                mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        rope: torch.Tensor,
+        cache: RaggedKVCache | FixedCacheView | None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         h = x + self.attention(self.attention_norm(x), rope, cache, mask)
         return h + self.feed_forward(self.ffn_norm(h))
 
@@ -259,11 +271,24 @@ class GPT(nn.Module):
 
     def new_cache(self, rows: int, capacity: int, fixed: bool = False) -> RaggedKVCache:
         p = next(self.parameters())
-        return RaggedKVCache(self.cfg.n_layer, rows, int(self.cfg.n_kv_head or self.cfg.n_head),
-                             self.cfg.head_dim, p.dtype, p.device, capacity, fixed)
+        return RaggedKVCache(
+            self.cfg.n_layer,
+            rows,
+            int(self.cfg.n_kv_head or self.cfg.n_head),
+            self.cfg.head_dim,
+            p.dtype,
+            p.device,
+            capacity,
+            fixed,
+        )
 
-    def run_layers(self, h: torch.Tensor, rope_rows: torch.Tensor, cache: RaggedKVCache | FixedCacheView | None,
-                   mask: torch.Tensor | None = None) -> torch.Tensor:
+    def run_layers(
+        self,
+        h: torch.Tensor,
+        rope_rows: torch.Tensor,
+        cache: RaggedKVCache | FixedCacheView | None,
+        mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Blocks and final norm over embeddings ``h [R, k, dim]``; returns the last hidden states.
 
         Without a cache, ``mask [R, 1, k, k]`` (bool) replaces the causal mask (training-time

@@ -55,9 +55,16 @@ class T5CaptionEncoder:
 
     @torch.inference_mode()
     def encode(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, token_slots, feature_dim]`` features (left-padded, zeros in padding) and the ``[B, token_slots]`` mask."""
-        batch = self.tokenizer([clean_prompt(p) for p in prompts], max_length=self.token_slots,  # type: ignore[operator]
-                               padding="max_length", truncation=True, add_special_tokens=True, return_tensors="pt")
+        """``[B, token_slots, feature_dim]`` features (left-padded, zeros in padding) and the
+        ``[B, token_slots]`` mask."""
+        batch = self.tokenizer(
+            [clean_prompt(p) for p in prompts],
+            max_length=self.token_slots,  # type: ignore[operator]
+            padding="max_length",
+            truncation=True,
+            add_special_tokens=True,
+            return_tensors="pt",
+        )
         ids, mask = batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
         features = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         return left_pad(features, mask)
@@ -67,8 +74,9 @@ class T5CaptionEncoder:
         return self
 
 
-def load_t5_caption_encoder(directory: str | Path, device: torch.device, dtype: torch.dtype,
-                            token_slots: int = TOKEN_SLOTS) -> T5CaptionEncoder:
+def load_t5_caption_encoder(
+    directory: str | Path, device: torch.device, dtype: torch.dtype, token_slots: int = TOKEN_SLOTS
+) -> T5CaptionEncoder:
     """flan-t5-xl (or any T5) from a local transformers directory, on ``device``."""
     from transformers import T5EncoderModel
 
@@ -77,7 +85,9 @@ def load_t5_caption_encoder(directory: str | Path, device: torch.device, dtype: 
         raise CheckpointError(f"text encoder folder not found: {directory}")
     config = read_json(directory / "config.json")
     if config.get("model_type") not in ("t5", "umt5", "mt5"):
-        raise CheckpointError(f"{directory}: config.json has model_type {config.get('model_type')!r}, expected a T5 "
-                              "encoder (google/flan-t5-xl)")
+        raise CheckpointError(
+            f"{directory}: config.json has model_type {config.get('model_type')!r}, expected a T5 "
+            "encoder (google/flan-t5-xl)"
+        )
     encoder = load_pretrained(T5EncoderModel, str(directory), dtype, "T5 text encoder", attention=None)
     return T5CaptionEncoder(encoder, load_tokenizer(directory), token_slots).to(device)
