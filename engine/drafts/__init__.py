@@ -70,7 +70,14 @@ def _jacobi(name: str, init: str, coupling: bool, summary: str) -> DraftKind:
     )
 
 
-def _head_label(method: str) -> Label:
+def _head_tree(method: str, summary: str) -> DraftKind:
+    """A tree drafted by a tree head: dynamic (``tree``) or static (``tree-static``)."""
+
+    def make(options: DraftOptions, _: ImageTokenModel | None) -> DraftSource:
+        if options.tree_head is None:
+            raise SettingsError(f"method {method!r} needs a tree head (give --tree-head PATH)")
+        return TreeHeadDrafts(options.tree_head, options.tree_shape(method))
+
     def label(options: DraftOptions, head: str) -> str:
         shape = options.tree_shape(method)
         guidance = f", guidance {shape.guidance:g}" if shape.guidance is not None else ""
@@ -78,16 +85,15 @@ def _head_label(method: str) -> Label:
             return f"{_named('tree head', head)}, dynamic k{shape.top_k} d{shape.depth} n{shape.nodes}{guidance}"
         return f"{_named('tree head', head)}, static {branching_label(shape.branching)}{guidance}"
 
-    return label
-
-
-def _head_drafts(method: str) -> Callable[[DraftOptions, ImageTokenModel | None], DraftSource]:
-    def make(options: DraftOptions, _: ImageTokenModel | None) -> DraftSource:
-        if options.tree_head is None:
-            raise SettingsError(f"method {method!r} needs a tree head (give --tree-head PATH)")
-        return TreeHeadDrafts(options.tree_head, options.tree_shape(method))
-
-    return make
+    return DraftKind(
+        method,
+        summary,
+        make=make,
+        label=label,
+        record=lambda o: asdict(o.tree_shape(method)),
+        needs="tree head",
+        drafts_trees=True,
+    )
 
 
 def _needs_drafter(
@@ -133,24 +139,8 @@ DRAFTS: dict[str, DraftKind] = {
             needs="drafter",
             takes_drafter=True,
         ),
-        DraftKind(
-            "tree",
-            "an EAGLE-style head drafts a dynamic tree (EAGLE-2), verified in one forward",
-            make=_head_drafts("tree"),
-            label=_head_label("tree"),
-            record=lambda o: asdict(o.tree_shape("tree")),
-            needs="tree head",
-            drafts_trees=True,
-        ),
-        DraftKind(
-            "tree-static",
-            "the head drafts a static tree with sampled children (EAGLE-1 / LANTERN++)",
-            make=_head_drafts("tree-static"),
-            label=_head_label("tree-static"),
-            record=lambda o: asdict(o.tree_shape("tree-static")),
-            needs="tree head",
-            drafts_trees=True,
-        ),
+        _head_tree("tree", "an EAGLE-style head drafts a dynamic tree (EAGLE-2), verified in one forward"),
+        _head_tree("tree-static", "the head drafts a static tree with sampled children (EAGLE-1 / LANTERN++)"),
         DraftKind(
             "drafter-tree",
             "the drafter model drafts a static tree with sampled children (one drafter row per leaf)",
