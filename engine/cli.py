@@ -3,55 +3,42 @@
     specar generate --model models/c2i_B_256 --class-id 207 --out dog.png --heatmap dog_heat.png
     specar bench --model models/c2i_B_256 --methods jacobi,mcsjd --images 8
 
-This module only parses, loads and prints: decoding lives in :mod:`specar.loop`, benchmarking in
-:mod:`specar.bench`, pictures in :mod:`specar.heatmap`. User mistakes surface as one
-``error: ...`` line and exit code 2; Ctrl-C during ``generate`` keeps what was already decoded.
+This module only parses, loads and prints: decoding lives in :mod:`specar.loop`, pictures in
+:mod:`specar.heatmap`; the lab commands (bench, pareto, forward-bench) run from :mod:`specar.lab.commands`.
+User mistakes surface as one ``error: ...`` line and exit code 2; Ctrl-C during ``generate`` keeps what was
+already decoded.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import asdict, replace
-from pathlib import Path
+from dataclasses import asdict
 from typing import Callable, Sequence
 
 from . import __version__
-from . import cli_continuous, pareto, pooled
-from .cli_output import StopOnInterrupt, write_json, write_pictures, write_text
-from .bench import (
-    METHODS,
-    BenchInterrupted,
-    BenchRow,
-    ConditionFn,
-    table_lines,
-    MethodOptions,
-    add_quality,
-    make_method_draft,
-    parse_methods,
-    split_method,
-    run_bench,
-    sweep_methods,
-)
+from . import cli_continuous
+from .cli_output import StopOnInterrupt, write_json, write_pictures
 from .continuous.registry import is_continuous
 from .drafts import DRAFTS, check_policy_fits, jacobi_method
 from .drafts.drafter import check_drafter_fits
 from .drafts.jacobi import INITIALISATIONS, Q_CONVENTIONS
 from .drafts.tree_drafts import TreeShape
-from .drafts.tree_head import BUNDLED_HEAD, TreeHead, head_fingerprint, resolve_tree_head
+from .drafts.tree_head import BUNDLED_HEAD, TreeHead, resolve_tree_head
 from .errors import SettingsError, SpecARError
-from .heatmap import save_png
 from .loop import generate
+from .methods import METHOD_SUMMARIES, MethodOptions, make_method_draft
 from .models.base import ImageTokenModel
-from .models.registry import DTYPE_CHOICES, FAMILIES, load_model, resolve_device, resolve_dtype
+from .models.registry import DTYPE_CHOICES, FAMILIES, load_model
 from .policies import POLICIES, parse_policy_options, recommended_relaxation
 from .progress import ProgressBar, summary_line
 from .session import class_for_prompt
-from .types import Conditioning, GenerationResult, SamplingSettings, StepEvent
+from .types import ConditionFn, Conditioning, GenerationResult, SamplingSettings, StepEvent
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl-C"
 DEFAULT_BENCH_METHODS = "jacobi,jacobi-row,mcsjd"
+SEED_SPREAD = "plain AR again with other seeds: the seed-to-seed spread that quality metrics are read against"
 # --draft: none, jacobi (the variant from --jacobi-init and --coupling), model (the drafter chain), and the
 # registry's other sources by name
 DRAFT_CHOICES = (
@@ -390,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="compare plain decoding with speculative methods",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Time plain decoding and each method on the same images and seeds, in one process.\n"
-        "Methods:\n" + "\n".join(f"  {name:<11} {text}" for name, text in METHODS.items()),
+        "Methods:\n"
+        + "\n".join(f"  {name:<11} {text}" for name, text in {**METHOD_SUMMARIES, "ar2": SEED_SPREAD}.items()),
     )
     _add_model_options(bench)
     _add_conditioning_options(bench)
@@ -447,7 +435,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--table", metavar="PARETO.md", help="write the points as a Markdown table")
     cli_continuous.add_continuous_options(bench)
-    bench.set_defaults(run=_bench)
+    bench.set_defaults(run=_lab_command("bench"))
 
     plot = commands.add_parser(
         "pareto",
@@ -464,7 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plot.add_argument("--plot", metavar="PARETO.png", help="write the plot")
     plot.add_argument("--table", metavar="PARETO.md", help="write the Markdown table (it is printed too)")
-    plot.set_defaults(run=_pareto)
+    plot.set_defaults(run=_lab_command("pareto"))
 
     timing = commands.add_parser(
         "forward-bench",
@@ -508,20 +496,20 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help=("with --project: also time this model (e.g. llamagen-b) as the drafter of the drafter methods"),
     )
-    timing.set_defaults(run=_forward_bench)
+    timing.set_defaults(run=_lab_command("forward_bench"))
     return parser
 
 
 # -- shared steps ---------------------------------------------------------------------------------
 
 
-def _use_bundled_drafter(args: argparse.Namespace, wanted: bool) -> None:
+def use_bundled_drafter(args: argparse.Namespace, wanted: bool) -> None:
     """The demo target comes with its drafter: use it where a drafter is wanted and none was named."""
     if wanted and args.model == "demo" and args.drafter is None:
         args.drafter = "demo-drafter"
 
 
-def _load_target(args: argparse.Namespace) -> ImageTokenModel:
+def load_target(args: argparse.Namespace) -> ImageTokenModel:
     model = load_model(args.model, args.device, args.dtype, args.vq, family=args.family, image_size=args.image_size)
     return _compiled(model, args)
 
@@ -531,22 +519,22 @@ def _compiled(model: ImageTokenModel, args: argparse.Namespace) -> ImageTokenMod
     return model
 
 
-def _use_bundled_head(args: argparse.Namespace, wanted: bool) -> None:
+def use_bundled_head(args: argparse.Namespace, wanted: bool) -> None:
     if wanted and args.model == "demo" and args.tree_head is None:
         args.tree_head = BUNDLED_HEAD
 
 
-def _load_tree_head(args: argparse.Namespace, target: ImageTokenModel) -> TreeHead | None:
+def load_tree_head(args: argparse.Namespace, target: ImageTokenModel) -> TreeHead | None:
     return resolve_tree_head(args.tree_head, target) if args.tree_head else None
 
 
-def _load_drafter(args: argparse.Namespace, target: ImageTokenModel) -> ImageTokenModel:
+def load_drafter(args: argparse.Namespace, target: ImageTokenModel) -> ImageTokenModel:
     drafter = load_model(args.drafter, args.device, args.dtype, image_size=args.image_size)
     check_drafter_fits(target, drafter)
     return _compiled(drafter, args)
 
 
-def _options(args: argparse.Namespace, head: TreeHead | None = None) -> MethodOptions:
+def method_options(args: argparse.Namespace, head: TreeHead | None = None) -> MethodOptions:
     """The draft and policy knobs; a relaxed policy without --relax runs at its recommended setting."""
     relax = recommended_relaxation(args.policy) if args.relax is None else args.relax
     policy_options = tuple(parse_policy_options(args.policy_option).items())
@@ -564,13 +552,7 @@ def _options(args: argparse.Namespace, head: TreeHead | None = None) -> MethodOp
     )
 
 
-def _options_record(options: MethodOptions) -> dict[str, object]:
-    """``options`` as JSON-ready values (the head by its weights' fingerprint, ``None`` without one)."""
-    head = None if options.tree_head is None else head_fingerprint(options.tree_head)
-    return {**asdict(replace(options, tree_head=None)), "tree_head": head}
-
-
-def _settings(model: ImageTokenModel, args: argparse.Namespace) -> SamplingSettings:
+def sampling_settings(model: ImageTokenModel, args: argparse.Namespace) -> SamplingSettings:
     given = {
         "cfg_scale": args.cfg,
         "temperature": args.temperature,
@@ -582,7 +564,7 @@ def _settings(model: ImageTokenModel, args: argparse.Namespace) -> SamplingSetti
     return model.default_settings.with_(**{k: v for k, v in given.items() if v is not None})
 
 
-def _conditions(model: ImageTokenModel, class_ids: list[int] | None, prompt: str | None) -> ConditionFn:
+def conditions_for(model: ImageTokenModel, class_ids: list[int] | None, prompt: str | None) -> ConditionFn:
     """Conditioning for images by index: class ids cycle, a prompt repeats, default image i -> class i."""
     kind = model.conditioning_kind
     if kind == "prompt":
@@ -641,19 +623,19 @@ def _generate(args: argparse.Namespace) -> int:
     if is_continuous(args.model, args.family):
         return cli_continuous.generate(args)
     wanted = DRAFTS.get(_method(args.draft, args))
-    _use_bundled_drafter(args, wanted is not None and wanted.takes_drafter)
-    _use_bundled_head(args, wanted is not None and wanted.needs == "tree head")
+    use_bundled_drafter(args, wanted is not None and wanted.takes_drafter)
+    use_bundled_head(args, wanted is not None and wanted.needs == "tree head")
     method = _checked_method(args)
     batch = _batch_size(args)
-    _options(args)  # bad settings fail before the model loads
-    model = _load_target(args)
+    method_options(args)  # bad settings fail before the model loads
+    model = load_target(args)
     model.require_pixels()
-    drafter = _load_drafter(args, model) if args.drafter else None
-    options = _options(args, _load_tree_head(args, model))
+    drafter = load_drafter(args, model) if args.drafter else None
+    options = method_options(args, load_tree_head(args, model))
     policy = options.make_policy(model)
     check_policy_fits(policy, method)
-    settings = _settings(model, args)
-    cond = _conditions(model, args.class_ids, args.prompt)(range(batch))
+    settings = sampling_settings(model, args)
+    cond = conditions_for(model, args.class_ids, args.prompt)(range(batch))
     model.check_conditioning(cond)
     progress = ProgressBar(enabled=not args.quiet)
     with StopOnInterrupt() as stop:
@@ -720,196 +702,27 @@ def _stats(
         "conditioning": conditioning,
         "settings": asdict(settings),
         "device": str(model.device),
-        "dtype": _dtype_name(model),
+        "dtype": dtype_name(model),
         "compile_seconds": round(model.compile_seconds + (drafter.compile_seconds if drafter else 0.0), 2),
     }
 
 
-def _dtype_name(model: ImageTokenModel) -> str:
+def dtype_name(model: ImageTokenModel) -> str:
     return str(model.dtype).removeprefix("torch.")
-
-
-# -- bench ----------------------------------------------------------------------------------------
-
-
-def _bench(args: argparse.Namespace) -> int:
-    if is_continuous(args.model, args.family):
-        return cli_continuous.bench(args)
-    requested = {split_method(m)[0] for m in parse_methods(args.methods)} if args.methods else set()
-    takes_drafter = {name for name, kind in DRAFTS.items() if kind.takes_drafter}
-    head_drafts = {name for name, kind in DRAFTS.items() if kind.needs == "tree head"}
-    _use_bundled_drafter(args, args.methods is None or bool(requested & takes_drafter))
-    _use_bundled_head(args, bool(requested & head_drafts))
-    default = DEFAULT_BENCH_METHODS + (",drafter" if args.drafter else "")
-    methods = parse_methods(args.methods or default)
-    if args.sweep:
-        methods = sweep_methods(methods, _names(args.sweep), _numbers(args.relax_steps, "--relax-steps"))
-    if args.drafter and not any(split_method(m)[0] in takes_drafter for m in methods):
-        raise SettingsError("--drafter is given but --methods does not include drafter, drafter-tree or auto")
-    if (args.plot or args.table) and not args.quality:
-        raise SettingsError("--plot and --table show quality against speed: add --quality")
-    if args.tree_head and not any(split_method(m)[0] in head_drafts for m in methods):
-        raise SettingsError("--tree-head is given but --methods does not include tree or tree-static")
-    _options(args)
-    model = _load_target(args)
-    drafter = _load_drafter(args, model) if args.drafter else None
-    options = _options(args, _load_tree_head(args, model))
-    settings = _settings(model, args)
-    log = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
-    evaluate = _quality_metric(model) if args.quality else None
-    conditions = _conditions(model, args.class_ids, args.prompt)
-    runs: list[dict[str, object]] = []
-
-    def record(rows: list[BenchRow], batch: int) -> dict[str, object]:
-        return {
-            "model": model.name,
-            "drafter": drafter.name if drafter else None,
-            "device": str(model.device),
-            "dtype": _dtype_name(model),
-            "images": rows[0].images,
-            "batch": batch,
-            "settings": asdict(settings),
-            "options": _options_record(options),
-            "rows": [row.to_dict() for row in rows],
-        }
-
-    for batch in args.batch:
-        try:
-            rows = run_bench(model, conditions, methods, args.images, batch, settings, options, drafter, log=log)
-        except BenchInterrupted as stopped:  # keep what every method finished, then report the cause
-            print(format_table(stopped.rows, model, settings, batch))
-            runs.append({**record(stopped.rows, batch), "stopped": str(stopped.cause) or type(stopped.cause).__name__})
-            if args.json:
-                write_json(args.json, runs[0] if len(runs) == 1 else {"runs": runs})
-            print(
-                f"bench: stopped after {stopped.rows[0].images} of {args.images} images; the rows above"
-                + (f" (and {args.json})" if args.json else "")
-                + " hold what every method finished",
-                file=sys.stderr,
-            )
-            raise stopped.cause
-        if evaluate is not None:
-            add_quality(rows, model, conditions, evaluate, settings)
-        print(format_table(rows, model, settings, batch) + ("\n" if batch != args.batch[-1] else ""))
-        runs.append(record(rows, batch))
-    compile_seconds = _report_compile(model, drafter, log)
-    for run in runs:
-        run["compile_seconds"] = compile_seconds
-    if args.json:
-        write_json(args.json, runs[0] if len(runs) == 1 else {"runs": runs})
-    if args.plot or args.table:
-        _write_pareto(runs, args.plot, args.table)
-    return 0
-
-
-def _report_compile(
-    model: ImageTokenModel, drafter: ImageTokenModel | None, log: Callable[[str], None] | None
-) -> float | None:
-    """Say how long compiling took (first calls, outside the timed runs); ``None`` if nothing was compiled."""
-    seconds = model.compile_seconds + (drafter.compile_seconds if drafter is not None else 0.0)
-    if not seconds:
-        return None
-    if log is not None:
-        log(f"compiled forwards: {seconds:.1f} s of compiling on first calls (not in the timings)")
-    return round(seconds, 2)
-
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-def _numbers(text: str, option: str) -> list[float]:
-    try:
-        return [float(value) for value in _names(text)]
-    except ValueError:
-        raise SettingsError(f"{option} takes comma-separated numbers, e.g. 0.25,0.5,1; got {text!r}") from None
-
-
-def _write_pareto(runs: list[dict[str, object]], plot: str | None, table: str | None, images: int | None = None) -> str:
-    points, band = pareto.collect(runs, images)
-    text = "\n\n".join(
-        filter(None, [pareto.markdown_table(points, band), pooled.markdown_table(pooled.pool(points, band), band)])
-    )
-    if table:
-        Path(table).parent.mkdir(parents=True, exist_ok=True)
-        Path(table).write_text(text + "\n")
-    if plot:
-        save_png(pareto.pareto_plot(points, band), plot)
-    return text
-
-
-# -- pareto ---------------------------------------------------------------------------------------
-
-
-def _pareto(args: argparse.Namespace) -> int:
-    print(_write_pareto(pareto.load_runs(args.runs), args.plot, args.table, args.images))
-    return 0
-
-
-def _quality_metric(model: ImageTokenModel):  # type: ignore[no-untyped-def]
-    """The demo evaluator as ``(images, class_ids) -> metrics``; other models have no such metric."""
-    if model.name != "specar-demo":
-        raise SettingsError(f"--quality scores the bundled demo model's scenes; there is no metric for {model.name}")
-    from .demo.evaluator import load_evaluator
-
-    evaluator = load_evaluator()
-    return lambda images, classes: evaluator.evaluate(images, classes).to_dict()
-
-
-def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: SamplingSettings, batch: int) -> str:
-    """The benchmark table with a header that says how to read it."""
-    forwards = "target forwards per image" + (
-        ""
-        if batch == 1
-        else f" (counted per image from its tokens; a batched forward of {batch} images serves them all at once)"
-    )
-    mode = (
-        "greedy"
-        if settings.greedy
-        else f"temperature {settings.temperature}, top-k {settings.top_k}, top-p {settings.top_p}"
-    )
-    header = [
-        f"{model.describe()} on {model.device}, cfg {settings.cfg_scale}, {mode}, seed {settings.seed}",
-        f"fwd/img: {forwards}",
-        "speed-up: AR's s/img over the method's, measured in this run",
-        "loop overhead: share of wall time outside model forwards",
-    ]
-    if rows and rows[0].quality is not None:
-        header.append(
-            "token KS: distance of every token's PIT under the target from uniform (within noise of 0 for the "
-            "target's own "
-            "samples); KS p: its p-value, small where tokens do not follow the target"
-        )
-    choices = [f"{row.method}, last call: {row.draft_summary}" for row in rows if row.draft_summary]
-    return "\n".join(header + [""] + table_lines(rows) + ([""] + choices if choices else []))
 
 
 # -- entry point ----------------------------------------------------------------------------------
 
 
-def _forward_bench(args: argparse.Namespace) -> int:
-    from .forward_bench import markdown_table, projection_table, time_forwards
-    from .pareto import load_runs
+def _lab_command(name: str) -> Callable[[argparse.Namespace], int]:
+    """The handler of a lab command, imported when that command runs (sampling never loads the lab)."""
 
-    if args.drafter_model and not args.project:
-        raise SettingsError("--drafter-model is for --project: give the benchmark JSON to project")
-    runs = load_runs([args.project]) if args.project else []
-    if runs and any(int(run.get("batch", 1)) != 1 for run in runs):  # type: ignore[call-overload]
-        raise SettingsError(f"{args.project}: project a batch-1 benchmark (specar bench --batch 1 --json)")
-    device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device)
-    rows = [time_forwards(name.strip(), device, dtype, args.context, args.repeats) for name in args.models.split(",")]
-    drafter = (
-        time_forwards(args.drafter_model, device, dtype, args.context, args.repeats) if args.drafter_model else None
-    )
-    table = markdown_table(rows + ([drafter] if drafter else []))
-    if runs:
-        table += "\n\nProjected wall-clock speed-up over plain AR (demo tokens per forward / cost of its verify):\n\n"
-        table += projection_table([row for run in runs for row in run["rows"]], rows, drafter)  # type: ignore[union-attr]
-    print(table)
-    if args.table:
-        write_text(args.table, table + "\n")
-    return 0
+    def run(args: argparse.Namespace) -> int:
+        from .lab import commands
+
+        return int(getattr(commands, name)(args))
+
+    return run
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""``specar generate`` and ``specar bench`` for continuous-token models (MAR, CSpD).
+"""``specar generate`` for continuous-token models (MAR, CSpD), and the options ``specar bench`` shares.
 
     specar generate --model mar-demo --class-id 3 --out ring.png --heatmap ring_heat.png
     specar bench --model mar-demo --methods cspd,mar2 --images 100 --batch 50 --quality
@@ -15,12 +15,10 @@ import sys
 from dataclasses import asdict
 
 from .continuous.acceptance import GaussianAcceptance, RECOMMENDED_RELAXATION, inner_temperature_for
-from .continuous.bench import parse_continuous_methods, run_continuous_bench
 from .continuous.loop import generate_continuous
 from .continuous.model import MARTokenModel
 from .continuous.registry import load_continuous_model
 from .continuous.types import ContinuousSettings, CSpDSettings
-from .bench import table_lines
 from .cli_output import StopOnInterrupt, write_json, write_pictures
 from .errors import SettingsError
 from .progress import ProgressBar, summary_line
@@ -81,7 +79,7 @@ def add_continuous_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--vae", metavar="PATH", help="MAR's KL-16 VAE (kl16.ckpt) for official MAR checkpoints")
 
 
-def _refuse_discrete_options(args: argparse.Namespace) -> None:
+def refuse_discrete_options(args: argparse.Namespace) -> None:
     given = [
         opt
         for opt, name in (
@@ -102,7 +100,7 @@ def _refuse_discrete_options(args: argparse.Namespace) -> None:
         )
 
 
-def _settings(model: MARTokenModel, args: argparse.Namespace) -> ContinuousSettings:
+def continuous_settings(model: MARTokenModel, args: argparse.Namespace) -> ContinuousSettings:
     given = {
         "num_iter": args.mar_steps,
         "num_sampling_steps": args.head_steps,
@@ -114,26 +112,26 @@ def _settings(model: MARTokenModel, args: argparse.Namespace) -> ContinuousSetti
     return model.default_settings.with_(**{k: v for k, v in given.items() if v is not None})
 
 
-def _speculation(args: argparse.Namespace) -> CSpDSettings:
+def speculation_settings(args: argparse.Namespace) -> CSpDSettings:
     relax = RECOMMENDED_RELAXATION if args.relax is None else args.relax
     temperature = args.inner_temperature if args.inner_temperature is not None else inner_temperature_for(relax)
     return CSpDSettings(args.prefill_ratio, args.draft_steps, GaussianAcceptance(temperature, args.residual_tries))
 
 
-def _classes(model: MARTokenModel, args: argparse.Namespace, count: int) -> list[int]:
+def classes_for(model: MARTokenModel, args: argparse.Namespace, count: int) -> list[int]:
     if args.prompt is not None:
-        return [class_for_prompt(model, args.prompt)] * count  # type: ignore[arg-type]
+        return [class_for_prompt(model, args.prompt)] * count
     ids = args.class_ids or []
     return [ids[i % len(ids)] for i in range(count)] if ids else [i % model.num_classes for i in range(count)]
 
 
-def _draft_model(args: argparse.Namespace, wanted: bool) -> MARTokenModel | None:
+def draft_model(args: argparse.Namespace, wanted: bool) -> MARTokenModel | None:
     name = args.drafter or (BUNDLED_DRAFTS.get(args.model) if wanted else None)
     return load_continuous_model(name, args.device, args.vae) if name else None
 
 
 def generate(args: argparse.Namespace) -> int:
-    _refuse_discrete_options(args)
+    refuse_discrete_options(args)
     if args.draft not in (None, "none", "model"):
         raise SettingsError(
             f"--draft {args.draft} drafts discrete tokens; continuous models draft with a smaller MAR "
@@ -141,19 +139,19 @@ def generate(args: argparse.Namespace) -> int:
         )
     if args.explain:
         raise SettingsError("--explain shows what a discrete policy decided on; for CSpD use --stats (acceptance_prob)")
-    speculation = _speculation(args)
+    speculation = speculation_settings(args)
     model = load_continuous_model(args.model, args.device, args.vae)
-    draft = _draft_model(args, args.draft != "none")
+    draft = draft_model(args, args.draft != "none")
     if args.draft == "model" and draft is None:
         raise SettingsError("--draft model needs --drafter PATH (a smaller MAR over the same tokens)")
-    settings = _settings(model, args)
+    settings = continuous_settings(model, args)
     ids = args.class_ids or []
     batch = args.batch or len(ids) or 1
     if len(ids) > 1 and len(ids) != batch:
         raise SettingsError(
             f"--class-id got {len(ids)} classes for --batch {batch}: give one per image, or one for all"
         )
-    classes = _classes(model, args, batch)
+    classes = classes_for(model, args, batch)
     progress = ProgressBar(enabled=not args.quiet)
     with StopOnInterrupt() as stop:
 
@@ -163,7 +161,7 @@ def generate(args: argparse.Namespace) -> int:
 
         result = generate_continuous(model, classes, settings, draft, speculation, observer)
     progress.finish(summary_line(result))
-    write_pictures(args, model, result)  # type: ignore[arg-type]
+    write_pictures(args, model, result)
     if args.stats:
         stats = {
             **result.stats(),
@@ -181,57 +179,4 @@ def generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _quality(model: MARTokenModel):  # type: ignore[no-untyped-def]
-    if not model.name.startswith("specar-mar-demo"):
-        raise SettingsError(f"--quality scores the bundled demo scenes; there is no metric for {model.name}")
-    from .demo.evaluator import load_evaluator
-
-    evaluator = load_evaluator()
-    return lambda images, classes: evaluator.evaluate(images, classes).to_dict()
-
-
-def bench(args: argparse.Namespace) -> int:
-    _refuse_discrete_options(args)
-    methods = parse_continuous_methods(args.methods or DEFAULT_METHODS)
-    if args.plot or args.table or args.sweep:
-        raise SettingsError(
-            "--sweep, --plot and --table belong to the discrete policies; list cspd=RELAX methods instead"
-        )
-    if len(args.batch) > 1:
-        raise SettingsError("a continuous-token bench takes one --batch size")
-    batch = args.batch[0]
-    speculation = _speculation(args)
-    model = load_continuous_model(args.model, args.device, args.vae)
-    needs_draft = any(m.split("=")[0] in ("cspd", "draft") for m in methods)
-    draft = _draft_model(args, needs_draft)
-    settings = _settings(model, args)
-    evaluate = _quality(model) if args.quality else None
-    log = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
-    classes = _classes(model, args, args.images)
-    rows = run_continuous_bench(model, draft, methods, classes, batch, settings, speculation, evaluate, log)
-    header = [
-        f"{model.name} vs draft {draft.name if draft else '-'}, {settings.num_iter} MAR steps, "
-        f"{settings.num_sampling_steps} head steps, cfg {settings.cfg_scale} ({settings.cfg_schedule}), "
-        f"temperature {settings.temperature}, seed {settings.seed}",
-        f"CSpD: prefill {speculation.prefill_ratio}, {speculation.draft_steps} draft steps per verification, "
-        "cspd=R: inner temperature 42^R",
-        "fwd/img: target passes per image; tok/fwd: image tokens per target pass; speed-up: wall time vs mar",
-    ]
-    print("\n".join(header + [""] + table_lines(rows)))
-    if args.json:
-        write_json(
-            args.json,
-            {
-                "model": model.name,
-                "drafter": draft.name if draft else None,
-                "images": args.images,
-                "batch": batch,
-                "settings": asdict(settings),
-                "cspd": asdict(speculation),
-                "rows": [row.to_dict() for row in rows],
-            },
-        )
-    return 0
-
-
-__all__ = ["add_continuous_options", "generate", "bench"]
+__all__ = ["add_continuous_options", "generate"]

@@ -52,7 +52,7 @@ class StopOnInterrupt:
 
     def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)  # type: ignore[arg-type]
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def write_pictures(args: argparse.Namespace, model: ImageTokenModel, result: GenerationResult) -> None:

@@ -129,7 +129,7 @@ class CompiledForward:
         """Outputs the caller may keep (CUDA graph outputs live in memory the next replay reuses)."""
         if self.device.type != "cuda":
             return out
-        return tuple(t.clone() for t in out) if isinstance(out, tuple) else out  # type: ignore[union-attr]
+        return tuple(t.clone() for t in out) if isinstance(out, tuple) else out
 
 
 def static_buffers(buffers: list[torch.Tensor]) -> None:

@@ -20,7 +20,7 @@ import time
 import torch
 
 from .errors import SettingsError
-from .evidence import code_evidence
+from .policies.evidence import code_evidence
 from .drafts.base import DecodeState, DraftSource, StepOutcome
 from .models.base import ImageTokenModel
 from .policies import AcceptancePolicy, ExactPolicy
@@ -87,12 +87,12 @@ def generate(
     started = time.perf_counter()
 
     out = clock.run(lambda: model.prefill(cond, settings.uses_cfg))
-    p0 = processor(out.logits, torch.zeros(B, 1, dtype=torch.long, device=dev))  # type: ignore[attr-defined]
+    p0 = processor(out.logits, torch.zeros(B, 1, dtype=torch.long, device=dev))
     tokens[:, 0] = sample(p0[:, 0], generator)
     kinds[:, 0] = int(TokenKind.PLAIN)
     forward_index[:, 0] = 0
     committed = torch.ones(B, dtype=torch.long)
-    context_hidden = out.hidden  # type: ignore[attr-defined]
+    context_hidden = out.hidden
     target_forwards, drafted, accepted_total, finished = 1, 0, 0, True
     block_tokens = 0  # tokens fed to the target's block forwards (pending token and drafts), per row
     if prefix is not None and prefix.shape[1] > 0:
@@ -104,7 +104,7 @@ def generate(
         if P > 1:
             positions = torch.arange(P - 1, device=dev).expand(B, -1)
             read = clock.run(lambda: model.forward(tokens[:, : P - 1], positions))
-            context_hidden = torch.cat([context_hidden, read.hidden], 1)  # type: ignore[attr-defined]
+            context_hidden = torch.cat([context_hidden, read.hidden], 1)
             target_forwards += 1
     state = DecodeState(
         model,
@@ -150,16 +150,16 @@ def generate(
             )
             out = clock.run(lambda: model.forward(inputs, positions, mask))
             block_tokens += inputs.shape[1]
-            p = processor(out.logits, (positions + 1).clamp(max=N - 1))  # type: ignore[attr-defined]
+            p = processor(out.logits, (positions + 1).clamp(max=N - 1))
             read_evidence = policy.needs_code_evidence and settings.uses_cfg  # evidence needs both guidance halves
-            evidence = code_evidence(out.logits) if read_evidence else None  # type: ignore[attr-defined]
+            evidence = code_evidence(out.logits) if read_evidence else None
             limit = (remaining - 1).clamp(min=0).to(dev)
             if layout is None:
                 verdict = verify_chain(policy, p, block, node_positions, limit, generator, evidence)
             else:
                 verdict = verify_tree(
                     policy, p, block, node_positions, limit, generator, out.hidden[:B], layout, evidence
-                )  # type: ignore[attr-defined]
+                )
 
             accepted, next_kind = torch.stack([verdict.accepted, verdict.next_kind]).cpu()  # the step's one host sync
             accepted = torch.where(done, 0, accepted)
@@ -182,7 +182,7 @@ def generate(
             state.committed = committed
             target_forwards += 1
             if draft is not None:
-                draft.observe(state, StepOutcome(block, verdict, p, out.hidden, committed_before))  # type: ignore[attr-defined]
+                draft.observe(state, StepOutcome(block, verdict, p, out.hidden, committed_before))
             keep_going = notify()
         finished = bool(int(committed.min()) >= N)
     finally:

@@ -63,14 +63,21 @@ class ProgressBar:
         self.stream.flush()
 
 
-def summary_line(result: GenerationResult) -> str:
-    """One line about a finished (or stopped) generation, for humans."""
+def summary_line(result: GenerationResult, setup: str = "", unit: tuple[str, str] = ("forward", "forwards")) -> str:
+    """One line about a finished or stopped generation, for people: ``setup`` (what ran, when given), target
+    calls for the batch, tokens per call, draft acceptance, drafter forwards, seconds and where it stopped.
+    ``unit`` names one target call (singular, plural): a forward, or a pass of a model without a KV cache."""
     per_image = result.tokens.shape[1]
-    done = int(result.committed.sum())
-    state = "done" if result.finished else f"stopped at {done}/{per_image * result.batch_size} tokens"
-    accept = f", {100 * result.acceptance_rate:.1f}% of drafts accepted" if result.drafted else ""
-    drafter = f", {result.drafter_forwards} drafter forwards" if result.drafter_forwards else ""
-    return (
-        f"{state}: {result.batch_size} image(s) of {per_image} tokens in {result.target_forwards} target forwards "
-        f"({result.tokens_per_forward:.2f} tokens/forward{accept}{drafter}), {result.wall_seconds:.2f} s"
-    )
+    parts = [setup] if setup else []
+    parts += [
+        f"{result.target_forwards} target {unit[1]} for {result.batch_size}x{per_image} tokens",
+        f"{result.tokens_per_forward:.2f} tokens/{unit[0]}",
+    ]
+    if result.drafted:
+        parts.append(f"acceptance {100 * result.acceptance_rate:.1f}%")
+    if result.drafter_forwards:
+        parts.append(f"{result.drafter_forwards} drafter forwards")
+    parts.append(f"{result.wall_seconds:.2f} s")
+    if not result.finished:
+        parts.append(f"stopped at {int(result.committed.sum())}/{per_image * result.batch_size} tokens")
+    return " | ".join(parts)

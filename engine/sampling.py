@@ -26,6 +26,8 @@ indices being predicted. Returns logits with disallowed entries set to ``-inf``.
 NEG_INF = float("-inf")
 
 Q_FLOOR = 1e-10  # a drafted token always has q(x) > 0; the floor only guards divisions by q
+MASS_EPSILON = 1e-12  # leftover probability below this is rounding, not a distribution to draw from
+DIVISOR_FLOOR = 1e-30  # the least divisor when normalising, so an all-zero row gives zeros, never NaN
 
 
 class DistributionProcessor:
@@ -101,7 +103,7 @@ def residual(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """
     r = (p - q).clamp_min_(0.0)
     mass = r.sum(dim=-1, keepdim=True)
-    return torch.where(mass > 1e-12, r / mass.clamp_min(1e-30), p)
+    return torch.where(mass > MASS_EPSILON, r / mass.clamp_min(DIVISOR_FLOOR), p)
 
 
 def make_generator(seed: int, device: torch.device | str) -> torch.Generator:

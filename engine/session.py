@@ -25,6 +25,7 @@ from .heatmap import acceptance_heatmap, committed_mask
 from .loop import generate
 from .models.base import ImageTokenModel
 from .policies import AcceptancePolicy, make_policy
+from .progress import summary_line
 from .regions import mask_to_token_weights
 from .types import Conditioning, GenerationResult, Observer, SamplingSettings
 
@@ -136,24 +137,6 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
     return images.float() / 255.0
 
 
-def summary_line(
-    result: GenerationResult, setup: str, drafted: bool, unit: tuple[str, str] = ("forward", "forwards")
-) -> str:
-    """``setup | N target forwards for BxT tokens | tokens/forward | acceptance | seconds``; ``unit``
-    names one target call (singular, plural): a forward, or a pass of a model without a KV cache."""
-    parts = [
-        setup,
-        f"{result.target_forwards} target {unit[1]} for {result.batch_size}x{result.tokens.shape[1]} tokens",
-        f"{result.tokens_per_forward:.2f} tokens/{unit[0]}",
-    ]
-    if drafted:
-        parts.append(f"acceptance {100 * result.acceptance_rate:.1f}%")
-    parts.append(f"{result.wall_seconds:.2f} s")
-    if not result.finished:
-        parts.append("INTERRUPTED")
-    return " | ".join(parts)
-
-
 def run_job(
     model: ImageTokenModel,
     prompt: str,
@@ -170,7 +153,7 @@ def run_job(
     acceptance = policy.build(model)
     check_policy_fits(acceptance, draft.method)
     result = generate(model, cond, settings, draft.build(model), acceptance, observer)
-    summary = summary_line(result, f"{draft.describe()}, policy {policy.describe()}", draft.method != "ar")
+    summary = summary_line(result, f"{draft.describe()}, policy {policy.describe()}")
     if result.draft_summary:
         summary += "\n" + result.draft_summary
     return job_output(model, result, summary)

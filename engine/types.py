@@ -9,7 +9,7 @@ vocabulary the model's head produces and ``N`` for image tokens per image.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import enum
 from dataclasses import dataclass, field, replace
@@ -98,6 +98,10 @@ class Conditioning:
         assert self.caption_embeddings is not None
         mask = None if self.caption_mask is None else self.caption_mask.repeat_interleave(times, 0)
         return Conditioning(caption_embeddings=self.caption_embeddings.repeat_interleave(times, 0), caption_mask=mask)
+
+
+ConditionFn = Callable[[Sequence[int]], Conditioning]
+"""Conditioning for the images with these indices (so every method of a benchmark draws the same images)."""
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 
 from .policies.base import AcceptancePolicy, PolicyContext
-from .sampling import sample
+from .sampling import DIVISOR_FLOOR, sample
 from .types import DraftBlock, TokenKind, Verdict
 
 
@@ -203,7 +203,7 @@ def verify_tree(
             node = child.clamp_min(0)
             x = block.tokens.gather(1, node[:, None])
             q = _row(block.q, node).masked_fill(tried, 0.0)
-            q = q / q.sum(-1, keepdim=True).clamp_min(1e-30)
+            q = q / q.sum(-1, keepdim=True).clamp_min(DIVISOR_FLOOR)
             ctx = PolicyContext(
                 positions.gather(1, node[:, None]), evidence=None if dist_evidence is None else dist_evidence[:, None]
             )

@@ -37,7 +37,7 @@ def load(host: Host, choice: str, dtype: str, family: str = "auto", image_size: 
     path = find_models(host.model_folders()).get(choice)
     spec: str | Path = choice if choice in BUNDLED or choice in DEMO_ROLES else path or Path(choice)
     if is_continuous(spec, family):
-        return load_continuous_model(spec, host.offload_device())  # type: ignore[return-value]
+        return load_continuous_model(spec, host.offload_device())
     return load_model(
         spec, host.offload_device(), resolve_dtype(dtype, host.device()), family=family, image_size=image_size or None
     )

@@ -80,7 +80,7 @@ def sampling_settings(
     """The model's defaults with the node's knobs; temperature 0 means greedy decoding (discrete models;
     continuous ones need a temperature above 0 and have no top-k)."""
     if is_continuous_model(model):
-        return model.default_settings.with_(cfg_scale=cfg, temperature=temperature, seed=seed)  # type: ignore[return-value]
+        return model.default_settings.with_(cfg_scale=cfg, temperature=temperature, seed=seed)
     greedy = temperature == 0
     return model.default_settings.with_(
         cfg_scale=cfg, temperature=1.0 if greedy else temperature, top_k=top_k, greedy=greedy, seed=seed
@@ -100,7 +100,7 @@ def decode_job(
     report = LiveReport(host, model)
     run = run_continuous_job if is_continuous_model(model) else run_job
     with on_compute_device(host, model, draft):
-        job = run(model, prompt, batch, settings, draft, policy, report)  # type: ignore[operator]
+        job = run(model, prompt, batch, settings, draft, policy, report)
     report.finish()
     if not job.result.finished:
         host.raise_interrupted()

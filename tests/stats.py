@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from specar.fidelity import ks_pvalue
+from specar.lab.fidelity import ks_pvalue
 
 
 def total_variation(counts: torch.Tensor, p: torch.Tensor) -> float:

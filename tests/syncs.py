@@ -67,7 +67,7 @@ class DeviceReadCounter(TorchDispatchMode):
         where = f"{frame.filename.split('/engine/')[-1]}:{frame.lineno}" if frame else "?"
         self.sites[f"{where} {what}"] += 1
 
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         from_device = any(self._is_device(t) for t in inputs)

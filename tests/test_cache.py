@@ -23,7 +23,7 @@ def _teacher_forced(model, tokens: torch.Tensor, guided: bool) -> torch.Tensor:
     return logits
 
 
-def cached_images(model) -> list[int]:  # type: ignore[no-untyped-def]
+def cached_images(model) -> list[int]:
     """Image tokens the cache holds per image (its rows past the class token)."""
     return (model.cache.lengths[: model.batch] - model.cfg.cls_token_num).tolist()
 

@@ -25,19 +25,19 @@ def _reference_decode(
 ) -> torch.Tensor:
     """taming's Decoder written out with functional ops, straight from the state dict."""
 
-    def conv(x, name, pad):  # type: ignore[no-untyped-def]
+    def conv(x, name, pad):
         return F.conv2d(x, state[f"{name}.weight"], state[f"{name}.bias"], padding=pad)
 
-    def norm(x, name):  # type: ignore[no-untyped-def]
+    def norm(x, name):
         return F.group_norm(x, 32, state[f"{name}.weight"], state[f"{name}.bias"], eps=1e-6)
 
-    def resblock(x, name):  # type: ignore[no-untyped-def]
+    def resblock(x, name):
         h = conv(F.silu(norm(x, f"{name}.norm1")), f"{name}.conv1", 1)
         h = conv(F.silu(norm(h, f"{name}.norm2")), f"{name}.conv2", 1)
         skip = conv(x, f"{name}.nin_shortcut", 0) if f"{name}.nin_shortcut.weight" in state else x
         return skip + h
 
-    def attn(x, name):  # type: ignore[no-untyped-def]
+    def attn(x, name):
         b, c, hh, ww = x.shape
         h = norm(x, f"{name}.norm")
         q, k, v = (conv(h, f"{name}.{p}", 0).reshape(b, c, hh * ww) for p in "qkv")

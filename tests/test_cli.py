@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -37,7 +38,7 @@ FAST = ["--cfg", "1", "--window", "6", "--quiet"]  # no CFG pair: half the work 
 
 def _model_dir(root: Path, gpt: torch.nn.Module, n_head: int, with_vq: bool) -> Path:
     root.mkdir()
-    save_official_pt(gpt, root / "c2i_tiny.pt")  # type: ignore[arg-type]
+    save_official_pt(gpt, root / "c2i_tiny.pt")
     (root / "config.json").write_text(json.dumps({"family": "llamagen", "n_head": n_head, "grid_size": 8}))
     if with_vq:
         torch.manual_seed(0)
@@ -205,7 +206,7 @@ def test_generate_drafts_automatically_by_default(dirs: dict[str, Path], tmp_pat
 def test_ctrl_c_keeps_the_tokens_decoded_so_far(
     dirs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def press_ctrl_c(self: ProgressBar, event) -> None:  # type: ignore[no-untyped-def]
+    def press_ctrl_c(self: ProgressBar, event) -> None:
         if event.target_forwards == 3:
             signal.raise_signal(signal.SIGINT)
 
@@ -259,7 +260,7 @@ def test_bench_prints_a_row_per_method_and_writes_json(
 
 def test_bench_records_which_tree_head_drafted(dirs: dict[str, Path], tmp_path: Path) -> None:
     """Runs with different heads carry different fingerprints, and the Pareto labels tell them apart."""
-    from specar import pareto
+    from specar.lab import pareto
     from specar.drafts.tree_head import head_fingerprint, load_tree_head
 
     other = tmp_path / "other.safetensors"
@@ -378,7 +379,7 @@ def test_bad_input_exits_2_naming_the_problem(
 
 def test_prompt_picks_a_class_by_name() -> None:
     model = tiny_model()
-    model.class_names = [f"class {i}, alias {i}" for i in range(10)]  # type: ignore[attr-defined]
+    model.class_names = [f"class {i}, alias {i}" for i in range(10)]
     assert class_for_prompt(model, "Alias 7") == 7
     assert class_for_prompt(model, "CLASS 2, alias 2") == 2
     with pytest.raises(cli.SpecARError, match="class 0, alias 0"):
@@ -428,7 +429,7 @@ def test_python_m_engine_help_runs() -> None:
 
 def test_forward_bench_times_every_block_shape(tmp_path: Path) -> None:
     """The GPU timing command, on tiny stand-ins that run the same code (real sizes need a GPU)."""
-    from specar.forward_bench import sixty_node_tree
+    from specar.lab.forward_bench import sixty_node_tree
 
     assert len(sixty_node_tree()) == 60
     table = tmp_path / "times.md"
@@ -455,7 +456,7 @@ def test_forward_bench_times_every_block_shape(tmp_path: Path) -> None:
 def test_forward_bench_projects_a_benchmark(tmp_path: Path) -> None:
     """--project turns the demo's tokens per forward into speed-ups on the timed model: tokens per
     forward over the cost of the verified block (plus drafter forwards at the drafter's cost)."""
-    from specar.forward_bench import ForwardTimes, projected_speedup, relative_cost
+    from specar.lab.forward_bench import ForwardTimes, projected_speedup, relative_cost
 
     times = ForwardTimes("m", "cpu", "float32", 40, {"k=1": 10.0, "k=4": 12.0, "k=16": 20.0, "tree-60": 60.0})
     assert relative_cost(times, 1) == 1.0 and relative_cost(times, 10) == pytest.approx(1.6)
@@ -529,25 +530,50 @@ def test_installed_under_the_name_specar_only(tmp_path: Path) -> None:
     assert found.stdout.split() == ["specar.loop", "True"]
 
 
-def test_the_product_never_imports_the_benchmarks(tmp_path: Path) -> None:
-    """Sampling (the loop, the host session, every draft source and policy, the models) runs without
-    the benchmark and statistics modules, which only the CLI's lab commands and the tests load."""
-    lab = [
-        "specar.bench",
-        "specar.pareto",
-        "specar.pooled",
-        "specar.fidelity",
-        "specar.forward_bench",
-        "specar.continuous.bench",
-        "specar.demo.evaluator",
-    ]
+LAB_PACKAGES = ("specar.lab", "specar.demo.training")
+
+
+def _product_modules() -> list[str]:
+    """Every module of the installed package outside the lab and the training scripts."""
+    import specar
+
+    root = Path(specar.__file__).parent
+    names = []
+    for path in sorted(root.rglob("*.py")):
+        name = ".".join(("specar", *path.relative_to(root).with_suffix("").parts)).removesuffix(".__init__")
+        if not name.startswith(LAB_PACKAGES) and not name.endswith("__main__"):
+            names.append(name)
+    return names
+
+
+def test_the_product_never_imports_the_lab(tmp_path: Path) -> None:
+    """Every product module (the loop, sessions, draft sources, policies, models, the CLI's generate and the
+    ComfyUI-facing code) imports without the lab (benchmarks, statistics, evaluator) or the training scripts,
+    which only the CLI's lab commands and the tests load; a lab command does load them."""
+    modules = _product_modules()
+    assert "specar.cli" in modules and "specar.loop" in modules and "specar.lab.bench" not in modules
     code = (
-        "import sys, specar, specar.session, specar.continuous.session, specar.drafts, specar.policies; "
-        f"print([name for name in {lab!r} if name in sys.modules])"
+        f"import importlib, sys; [importlib.import_module(m) for m in {modules!r}]; "
+        f"print(sorted(m for m in sys.modules if m.startswith({LAB_PACKAGES!r})))"
     )
     found = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == "[]"
+    lab_code = (
+        "import sys, contextlib, io; from specar import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()): cli.main(['pareto', 'missing.json'])\n"
+        "print('specar.lab.commands' in sys.modules)"
+    )
+    ran = subprocess.run([sys.executable, "-c", lab_code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert ran.stdout.strip() == "True", ran.stderr
+    nodes = Path(__file__).resolve().parents[1] / "nodes"
+    lab_imports = [
+        f"{path.name}: {line.strip()}"
+        for path in nodes.rglob("*.py")
+        for line in path.read_text().splitlines()
+        if line.lstrip().startswith(("from ", "import ")) and re.search(r"\.(lab|demo\.training)\b", line)
+    ]
+    assert lab_imports == []
 
 
 def test_a_bench_stopped_part_way_keeps_the_finished_rows(
@@ -555,11 +581,11 @@ def test_a_bench_stopped_part_way_keeps_the_finished_rows(
 ) -> None:
     """Ctrl-C (or an error) in the third image: the two images every method finished are printed and
     written, marked as stopped, and the run exits as interrupted."""
-    from specar import bench
+    from specar.lab import bench
 
     real_call, calls = bench.run_call, []
 
-    def call_then_stop(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def call_then_stop(*args, **kwargs):
         calls.append(args[1])
         if len(calls) == 2 + 2 * 2 + 1:  # warm-up (ar, jacobi-row), two images, then the third image's AR
             raise KeyboardInterrupt

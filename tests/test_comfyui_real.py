@@ -131,7 +131,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path
                 if process.poll() is not None or time.time() > deadline:
                     raise RuntimeError(f"ComfyUI did not start:\n{log_path.read_text()[-3000:]}")
                 time.sleep(1)
-        _post(f"{url}/settings/Comfy.TutorialCompleted", True)  # type: ignore[arg-type]
+        _post(f"{url}/settings/Comfy.TutorialCompleted", True)
         yield url, log_path
     finally:
         process.terminate()

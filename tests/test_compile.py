@@ -15,7 +15,7 @@ from specar import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSetti
 from specar.compile import BUCKETS, CompiledForward, bucket_for, unavailable_reason
 from specar.drafts.drafter_tree import DrafterTreeDrafts
 from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape
-from specar.fidelity import ks_uniform, randomized_pit
+from specar.lab.fidelity import ks_uniform, randomized_pit
 from specar.models.llamagen.adapter import LlamaGenModel
 
 pytestmark = pytest.mark.skipif(

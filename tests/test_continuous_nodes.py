@@ -52,7 +52,7 @@ def _loaded(host: LocalHost) -> tuple[object, object]:
         shape="chain",
         branching="2",
     )
-    model.default_settings = model.default_settings.with_(num_iter=6, num_sampling_steps=5)  # type: ignore[attr-defined]
+    model.default_settings = model.default_settings.with_(num_iter=6, num_sampling_steps=5)
     return model, draft
 
 
@@ -96,4 +96,4 @@ def test_discrete_settings_are_refused_with_a_clear_message(folder: Path) -> Non
     (discrete,) = run("SpecARModelLoader", host, model="demo", dtype="auto", family="auto", image_size=0, compile=False)
     with pytest.raises(IncompatibleDrafterError, match="continuous tokens"):
         run("SpecARSampler", host, model=discrete, draft=draft, **{**SAMPLING, "prompt": "red ring"})
-    assert model.device == torch.device("cpu")  # type: ignore[attr-defined]
+    assert model.device == torch.device("cpu")

@@ -16,7 +16,7 @@ from specar.continuous.loop import generate_continuous
 from specar.continuous.schedule import cfg_at, unknown_counts
 from specar.continuous.types import ContinuousSettings, CSpDSettings
 from specar.errors import IncompatibleDrafterError, SettingsError
-from specar.fidelity import ks_uniform
+from specar.lab.fidelity import ks_uniform
 from specar.types import TokenKind
 from stats import ks_two_sample
 from tiny import tiny_mar
@@ -171,7 +171,7 @@ def test_interrupted_generation_keeps_what_was_decided() -> None:
     target, draft = tiny_mar(0), tiny_mar(1)
     seen: list[int] = []
 
-    def stop_after_two(event) -> bool:  # type: ignore[no-untyped-def]
+    def stop_after_two(event) -> bool:
         seen.append(event.target_forwards)
         return event.target_forwards < 2
 
@@ -192,7 +192,7 @@ def test_bad_settings_and_mismatched_drafts_give_clear_errors() -> None:
         generate_continuous(target, [0], SETTINGS.with_(num_iter=17))
     for bad in (dict(prefill_ratio=1.0), dict(draft_steps=0)):
         with pytest.raises(SettingsError):
-            CSpDSettings(**bad)  # type: ignore[arg-type]
+            CSpDSettings(**bad)
     with pytest.raises(SettingsError, match="inner_temperature"):
         GaussianAcceptance(0.5)
     with pytest.raises(SettingsError, match="cfg_schedule"):

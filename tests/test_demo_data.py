@@ -12,7 +12,7 @@ import torch
 
 from specar import Conditioning, generate, load_model
 from specar.checkpoints import read_safetensors_metadata, read_state_dict
-from specar.demo import train
+from specar.demo.training import train
 from specar.demo.codebook import PatchCodebook, fit_codebook, psnr
 from specar.demo.model import DEMO_SETTINGS, WEIGHTS_DIR as WEIGHTS, load_demo, load_demo_drafter
 from specar.demo.scenes import (
@@ -175,7 +175,7 @@ def test_load_demo(tmp_path: Path, small_codebook: Path) -> None:
     train.main(TINY_ARGS + ["--out", str(tmp_path), "--codebook", str(small_codebook)])
     shutil.copy(small_codebook, tmp_path / "codebook.safetensors")
     drafter = load_demo_drafter(tmp_path, device="cpu")
-    assert drafter.class_names == CLASS_NAMES  # type: ignore[attr-defined]
+    assert drafter.class_names == CLASS_NAMES
     assert drafter.default_settings == DEMO_SETTINGS
     out = generate(drafter, Conditioning.classes([parse_prompt("blue square")]), DEMO_SETTINGS.with_(seed=1))
     assert drafter.decode(out.tokens).shape == (1, 32, 32, 3)

@@ -16,11 +16,11 @@ GREEDY_CLASSES = Conditioning.classes([0, 5, 10, 15])
 
 
 @pytest.fixture(scope="module")
-def demo():  # type: ignore[no-untyped-def]
+def demo():
     return load_model("demo", device="cpu"), load_model("demo-drafter", device="cpu")
 
 
-def test_greedy_speculative_decoding_equals_ar_on_the_trained_model(demo) -> None:  # type: ignore[no-untyped-def]
+def test_greedy_speculative_decoding_equals_ar_on_the_trained_model(demo) -> None:
     target, drafter = demo
     settings = target.default_settings.with_(greedy=True)
     ar = generate(target, GREEDY_CLASSES, settings)

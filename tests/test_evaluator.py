@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from specar.checkpoints import save_safetensors
-from specar.demo import train_classifier
-from specar.demo.evaluator import (
+from specar.demo.training import train_classifier
+from specar.lab.demo_evaluator import (
     CLASSIFIER_FILE,
     QualityEvaluator,
     frechet_distance,

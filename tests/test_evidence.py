@@ -10,7 +10,7 @@ import torch
 
 from specar import Conditioning, generate, load_model
 from specar import cli
-from specar.evidence import condition_evidence, images_per_pass
+from specar.lab.evidence import condition_evidence, images_per_pass
 from specar.models.base import ImageTokenModel
 from tiny import tiny_model
 
@@ -52,7 +52,7 @@ def test_bench_quality_reports_evidence_and_tests_every_token_against_the_target
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """On the demo at the run's own settings, the tokens of AR and of the lossless drafter pass the PIT test
-    (:mod:`specar.fidelity`); cluster acceptance's tokens sit further from the target's and lean towards codes
+    (:mod:`specar.lab.fidelity`); cluster acceptance's tokens sit further from the target's and lean towards codes
     it finds less likely (PIT mean above 0.5)."""
     out = tmp_path / "run.json"
     assert (

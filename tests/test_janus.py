@@ -15,7 +15,7 @@ from tiny_hf import build_tiny_janus
 
 from specar import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
 from specar.errors import CheckpointError
-from specar.fidelity import ks_uniform, randomized_pit
+from specar.lab.fidelity import ks_uniform, randomized_pit
 from specar.models.janus import JanusImageModel
 from specar.models.registry import load_model
 from specar.sampling import DistributionProcessor
@@ -45,7 +45,7 @@ def janus(janus_dir: Path) -> JanusImageModel:
 @pytest.fixture(scope="module")
 def janus_drafter(tmp_path_factory: pytest.TempPathFactory) -> JanusImageModel:
     path = build_tiny_janus(tmp_path_factory.mktemp("janus-drafter") / "drafter", perturb=0.03)
-    return load_model(path, device="cpu", dtype="fp32")  # type: ignore[return-value]
+    return load_model(path, device="cpu", dtype="fp32")
 
 
 def _reference(model: JanusImageModel, prompt: str, cfg: float) -> torch.Tensor:

@@ -18,7 +18,7 @@ from specar.models.llamagen.gpt import GPT, GPTConfig
 GREEDY = SamplingSettings(cfg_scale=2.0, greedy=True)
 
 
-def _tokens(model, classes=(1, 2)) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _tokens(model, classes=(1, 2)) -> torch.Tensor:
     return generate(model, Conditioning.classes(list(classes)), GREEDY).tokens
 
 

@@ -13,7 +13,7 @@ from stats import noise_floor, total_variation
 from specar import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
 from specar.drafts.drafter_tree import DrafterTreeDrafts
 from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape
-from specar.fidelity import ks_uniform, randomized_pit
+from specar.lab.fidelity import ks_uniform, randomized_pit
 from specar.models.llamagen.adapter import LlamaGenModel
 from specar.policies.base import AcceptancePolicy, PolicyContext
 from specar.policies.exact import ExactPolicy, token_probs
@@ -106,10 +106,10 @@ def _target_distributions(
 class BiasedPolicy(AcceptancePolicy):
     """A deliberately lossy rule (accepts 3x more often), to show the tests can fail."""
 
-    def acceptance(self, p, q, tokens, ctx: PolicyContext):  # type: ignore[no-untyped-def]
+    def acceptance(self, p, q, tokens, ctx: PolicyContext):
         return (3 * token_probs(p, tokens) / token_probs(q, tokens).clamp_min(1e-10)).clamp_max(1.0), {}
 
-    def residual(self, p, q, tokens, ctx):  # type: ignore[no-untyped-def]
+    def residual(self, p, q, tokens, ctx):
         return ExactPolicy().residual(p, q, tokens, ctx)
 
 

@@ -10,7 +10,7 @@ import torch
 from specar.continuous.checkpoint import infer_config, read_mar, save_mar
 from specar.continuous.diffusion import DiffusionNoise, GaussianDiffusion
 from specar.checkpoints import save_safetensors
-from specar.demo import train_mar
+from specar.demo.training import train_mar
 from specar.errors import CheckpointError
 from tiny import tiny_mar
 

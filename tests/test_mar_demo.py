@@ -12,17 +12,17 @@ from specar.continuous.loop import generate_continuous
 from specar.continuous.types import CSpDSettings
 from specar.continuous.acceptance import GaussianAcceptance, inner_temperature_for
 from specar.continuous.registry import load_continuous_model
-from specar.demo.evaluator import load_evaluator
+from specar.lab.demo_evaluator import load_evaluator
 
 CLASSES = list(range(16))
 
 
 @pytest.fixture(scope="module")
-def pair():  # type: ignore[no-untyped-def]
+def pair():
     return load_continuous_model("mar-demo", "cpu"), load_continuous_model("mar-demo-drafter", "cpu")
 
 
-def test_the_trained_pair_draws_its_classes_and_cspd_saves_target_passes(pair) -> None:  # type: ignore[no-untyped-def]
+def test_the_trained_pair_draws_its_classes_and_cspd_saves_target_passes(pair) -> None:
     target, draft = pair
     settings = target.default_settings.with_(seed=4)
     plain = generate_continuous(target, CLASSES, settings)

@@ -42,7 +42,7 @@ def demo() -> object:
 
 
 @pytest.mark.parametrize("spec", NODES, ids=[s.node_id for s in NODES])
-def test_specs_are_consistent(spec) -> None:  # type: ignore[no-untyped-def]
+def test_specs_are_consistent(spec) -> None:
     parameters = list(inspect.signature(spec.run).parameters)
     assert parameters[0] == "host" and parameters[1:] == [f.name for f in spec.inputs]
     for f in spec.inputs:
@@ -56,7 +56,7 @@ def test_specs_are_consistent(spec) -> None:  # type: ignore[no-untyped-def]
     assert len({n.node_id for n in NODES}) == len(NODES)
 
 
-def test_sampler_with_jacobi_drafts(demo) -> None:  # type: ignore[no-untyped-def]
+def test_sampler_with_jacobi_drafts(demo) -> None:
     host = LocalHost(node_id="7")
     (draft,) = run("SpecARJacobiDrafts", host, window=16, initialisation="row_above", coupled=False)
     images, heatmaps, stats, why = run("SpecARSampler", host, model=demo, draft=draft, **SAMPLING)
@@ -74,7 +74,7 @@ def test_sampler_with_jacobi_drafts(demo) -> None:  # type: ignore[no-untyped-de
     assert len(frames) <= forwards + 1  # throttled, plus the final frame
 
 
-def test_greedy_sampler_is_lossless_with_every_draft_source(demo) -> None:  # type: ignore[no-untyped-def]
+def test_greedy_sampler_is_lossless_with_every_draft_source(demo) -> None:
     host = LocalHost()
     greedy = {**SAMPLING, "temperature": 0.0}
     settings = sampling_settings(demo, greedy["seed"], greedy["cfg"], 0.0, greedy["top_k"])
@@ -93,7 +93,7 @@ def test_greedy_sampler_is_lossless_with_every_draft_source(demo) -> None:  # ty
             assert "auto (row-above Jacobi" in stats and "auto chose" in stats
 
 
-def test_loader_compile_switch(demo) -> None:  # type: ignore[no-untyped-def]
+def test_loader_compile_switch(demo) -> None:
     host = LocalHost()
     (compiled,) = run("SpecARModelLoader", host, model="demo", dtype="auto", family="auto", image_size=0, compile=True)
     assert compiled.compiled is not None and demo.compiled is None
@@ -101,7 +101,7 @@ def test_loader_compile_switch(demo) -> None:  # type: ignore[no-untyped-def]
         run("SpecARModelLoader", host, model="mar-demo", dtype="auto", family="auto", image_size=0, compile=True)
 
 
-def test_interrupt_stops_between_forwards(demo) -> None:  # type: ignore[no-untyped-def]
+def test_interrupt_stops_between_forwards(demo) -> None:
     host = LocalHost(interrupt_after=5)
     with pytest.raises(NodeInterrupted):
         run("SpecARSampler", host, model=demo, **SAMPLING)
@@ -111,7 +111,7 @@ def test_interrupt_stops_between_forwards(demo) -> None:  # type: ignore[no-unty
     assert demo.device == torch.device("cpu") and demo.cache is None  # offloaded, cache released
 
 
-def test_compare_reports_speedup(demo) -> None:  # type: ignore[no-untyped-def]
+def test_compare_reports_speedup(demo) -> None:
     host = LocalHost()
     (draft,) = run("SpecARJacobiDrafts", host, window=16, initialisation="row_above", coupled=False)
     picture, stats = run("SpecARCompare", host, model=demo, draft=draft, **{**SAMPLING, "batch_size": 1})
@@ -120,7 +120,7 @@ def test_compare_reports_speedup(demo) -> None:  # type: ignore[no-untyped-def]
     assert "fewer target forwards" in stats and "wall-clock speed-up" in stats
 
 
-def test_policy_node(demo) -> None:  # type: ignore[no-untyped-def]
+def test_policy_node(demo) -> None:
     host = LocalHost()
     with pytest.raises(SettingsError, match="lossless"):
         run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.5, expert_options="")
@@ -134,7 +134,7 @@ def test_policy_node(demo) -> None:  # type: ignore[no-untyped-def]
     assert images.shape[0] == 2
 
 
-def test_relaxed_policy_node_with_expert_options_explains_its_acceptances(demo) -> None:  # type: ignore[no-untyped-def]
+def test_relaxed_policy_node_with_expert_options_explains_its_acceptances(demo) -> None:
     host = LocalHost()
     with pytest.raises(SettingsError, match="NAME=NUMBER"):
         run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, expert_options="tv_threshold")
@@ -150,7 +150,7 @@ def test_relaxed_policy_node_with_expert_options_explains_its_acceptances(demo) 
     assert why.shape[2] >= 4 * 150  # image | heatmap | entropy | TV
 
 
-def test_prompt_errors(demo) -> None:  # type: ignore[no-untyped-def]
+def test_prompt_errors(demo) -> None:
     host = LocalHost()
     with pytest.raises(SettingsError, match="did you mean 'red ring'"):
         run("SpecARSampler", host, model=demo, **{**SAMPLING, "prompt": "red rings"})
@@ -160,7 +160,7 @@ def test_prompt_errors(demo) -> None:  # type: ignore[no-untyped-def]
     assert images.shape[0] == 1
 
 
-def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:  # type: ignore[no-untyped-def]
+def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:
     host = LocalHost()
     greedy = {**SAMPLING, "temperature": 0.0}
     plain, *_ = run("SpecARSampler", host, model=demo, **greedy)
@@ -198,7 +198,7 @@ def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:  # t
         )
 
 
-def test_drafter_node_drafts_static_trees_losslessly_and_cascade_relaxes_them(demo) -> None:  # type: ignore[no-untyped-def]
+def test_drafter_node_drafts_static_trees_losslessly_and_cascade_relaxes_them(demo) -> None:
     host = LocalHost()
     greedy = {**SAMPLING, "temperature": 0.0}
     plain, *_ = run("SpecARSampler", host, model=demo, **greedy)
@@ -240,7 +240,7 @@ def test_drafter_node_drafts_static_trees_losslessly_and_cascade_relaxes_them(de
     assert TreeShape.parse_branching(default) == DEFAULT_BRANCHING
 
 
-def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None:  # type: ignore[no-untyped-def]
+def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None:
     folder = tmp_path / "specar"
     (folder / "tiny-dir").mkdir(parents=True)
     save_own_safetensors(tiny_gpt(), folder / "tiny-dir" / "gpt.safetensors")
@@ -285,7 +285,7 @@ def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None: 
         run("SpecARSampler", host, model=demo, draft=wrong_head, **SAMPLING)
 
 
-def test_hex_cells_match_heatmap_colours(demo) -> None:  # type: ignore[no-untyped-def]
+def test_hex_cells_match_heatmap_colours(demo) -> None:
     host = LocalHost()
     (draft,) = run("SpecARJacobiDrafts", host, window=16, initialisation="row_above", coupled=False)
     _, heatmaps, *_ = run("SpecARSampler", host, model=demo, draft=draft, **SAMPLING)

@@ -7,7 +7,8 @@ import statistics
 
 import torch
 
-from specar import cli, pareto, pooled
+from specar import cli
+from specar.lab import pareto, pooled
 
 
 def test_class_z_is_a_two_proportion_z_and_calibrated_under_no_difference() -> None:
@@ -44,7 +45,7 @@ def test_fid_z_is_calibrated_when_the_setting_and_ar_share_one_distribution() ->
     assert abs(statistics.fmean(z)) < 0.1 and 0.93 < statistics.stdev(z) < 1.12  # a t with 23 degrees of freedom
 
 
-def test_pareto_pools_a_settings_seed_sets_against_all_ar_runs(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_pareto_pools_a_settings_seed_sets_against_all_ar_runs(tmp_path, capsys) -> None:
     paths = []
     for seed, methods in ((0, "ar2,drafter"), (7, "drafter")):  # AR seeds 0, 0 + offset and 7
         paths.append(tmp_path / f"seed{seed}.json")

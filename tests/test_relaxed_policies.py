@@ -10,12 +10,12 @@ import torch
 from stats import noise_floor, total_variation
 
 from specar import Conditioning, generate, load_model
-from specar.bench import SECOND_SEED_OFFSET
+from specar.lab.bench import SECOND_SEED_OFFSET
 from specar.drafts.drafter import DrafterModelDrafts
 from specar.drafts.jacobi import JacobiDrafts
 from specar.drafts.tree_drafts import sample_children
 from specar.errors import SettingsError
-from specar.fidelity import ks_uniform, randomized_pit
+from specar.lab.fidelity import ks_uniform, randomized_pit
 from specar.policies import POLICIES, PolicyContext, make_policy, parse_policy_options, recommended_relaxation
 from specar.policies.exact import ExactPolicy
 from specar.sampling import DistributionProcessor
@@ -31,12 +31,12 @@ def demo() -> tuple:
     return load_model("demo", device="cpu"), load_model("demo-drafter", device="cpu")
 
 
-def _drafts(kind: str, drafter):  # type: ignore[no-untyped-def]
+def _drafts(kind: str, drafter):
     return JacobiDrafts(16, init="row_above") if kind == "jacobi" else DrafterModelDrafts(drafter, 6)
 
 
 @pytest.mark.parametrize("kind", ["jacobi", "drafter"])
-def test_relaxation_zero_is_the_exact_policy_bit_for_bit(demo, kind: str) -> None:  # type: ignore[no-untyped-def]
+def test_relaxation_zero_is_the_exact_policy_bit_for_bit(demo, kind: str) -> None:
     target, drafter = demo
     cond, settings = Conditioning.classes([0, 7, 13]), target.default_settings.with_(seed=11)
     exact = generate(target, cond, settings, _drafts(kind, drafter), ExactPolicy())
@@ -59,7 +59,7 @@ def _random_case(vocab: int, seed: int, point_mass: bool) -> tuple[torch.Tensor,
 
 
 @pytest.mark.parametrize("name", RELAXED)
-def test_acceptance_rises_with_the_knob_and_the_region_keeps_zero_parts_exact(demo, name: str) -> None:  # type: ignore[no-untyped-def]
+def test_acceptance_rises_with_the_knob_and_the_region_keeps_zero_parts_exact(demo, name: str) -> None:
     target, _ = demo
     # GSD's group ratio grows with the group only for point-mass drafts (its paper's setting, Jacobi decoding).
     p, q, tokens = _random_case(target.vocab_size, seed=3, point_mass=name == "gsd")
@@ -77,7 +77,7 @@ def test_acceptance_rises_with_the_knob_and_the_region_keeps_zero_parts_exact(de
     assert torch.equal(alpha[:, :3], exact[:, :3])
 
 
-def test_sampled_acceptance_rate_rises_with_the_knob(demo) -> None:  # type: ignore[no-untyped-def]
+def test_sampled_acceptance_rate_rises_with_the_knob(demo) -> None:
     target, drafter = demo
     cond, settings = Conditioning.classes(list(range(8))), target.default_settings.with_(seed=5)
     for name, kind in (
@@ -94,7 +94,7 @@ def test_sampled_acceptance_rate_rises_with_the_knob(demo) -> None:  # type: ign
         assert rates[2] > rates[0] + 0.02 and rates[1] > rates[0], (name, kind, rates)
 
 
-def test_impossible_parameters_are_refused(demo) -> None:  # type: ignore[no-untyped-def]
+def test_impossible_parameters_are_refused(demo) -> None:
     target, _ = demo
     with pytest.raises(SettingsError, match="0..1"):
         make_policy("csd", 1.5)
@@ -107,7 +107,7 @@ def test_impossible_parameters_are_refused(demo) -> None:  # type: ignore[no-unt
     with pytest.raises(SettingsError, match="gsd policy has no option temperature: it takes p_gap_at_full"):
         make_policy("gsd", 0.5, model=target, temperature=3.0)
     with pytest.raises(SettingsError, match="rank_window must be a number, got 'x'"):  # not "has no option"
-        make_policy("gsd", 0.5, model=target, rank_window="x")  # type: ignore[arg-type]
+        make_policy("gsd", 0.5, model=target, rank_window="x")
     assert set(RELAXED) < set(POLICIES)
     for name in ("lantern", "clusters", "cascade"):  # one rule for LANTERN++'s lambda everywhere
         assert make_policy(name, 0.5, model=target, ratio_bound=float("inf")).ratio_bound is None
@@ -124,7 +124,7 @@ def test_impossible_parameters_are_refused(demo) -> None:  # type: ignore[no-unt
         ("clusters", {"group_mass"}),
     ],
 )
-def test_the_loop_records_what_each_policy_decided_on(demo, name: str, keys: set) -> None:  # type: ignore[no-untyped-def]
+def test_the_loop_records_what_each_policy_decided_on(demo, name: str, keys: set) -> None:
     target, drafter = demo
     result = generate(
         target,
@@ -144,7 +144,7 @@ def test_the_loop_records_what_each_policy_decided_on(demo, name: str, keys: set
     assert exact.diagnostics == {}
 
 
-def test_bench_sweeps_policies_as_method_variants(capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bench_sweeps_policies_as_method_variants(capsys) -> None:
     from specar import cli
 
     code = cli.main(
@@ -171,7 +171,7 @@ def test_bench_sweeps_policies_as_method_variants(capsys) -> None:  # type: igno
         assert message in capsys.readouterr().err
 
 
-def _teacher_forced(model, cond: Conditioning, tokens: torch.Tensor, settings) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _teacher_forced(model, cond: Conditioning, tokens: torch.Tensor, settings) -> torch.Tensor:
     """The processed target ``p`` at every position of ``tokens`` given the tokens before it."""
     processor = DistributionProcessor(settings, model.constrain)
     B, N = tokens.shape
@@ -187,7 +187,7 @@ def _teacher_forced(model, cond: Conditioning, tokens: torch.Tensor, settings) -
     "name,kind,options",
     [("lantern", "jacobi", (("neighbours", 511.0),)), ("csd", "drafter", ()), ("clusters", "drafter", ())],
 )
-def test_a_black_mask_region_is_decoded_exactly(demo, name: str, kind: str, options: tuple) -> None:  # type: ignore[no-untyped-def]
+def test_a_black_mask_region_is_decoded_exactly(demo, name: str, kind: str, options: tuple) -> None:
     """Inside the mask's black half every token follows the target's ``p`` given its prefix (PIT/KS
     over about 3,000 tokens); in the relaxed half the same test sees the relaxation's bias."""
     target, drafter = demo
@@ -206,10 +206,11 @@ def test_a_black_mask_region_is_decoded_exactly(demo, name: str, kind: str, opti
     assert ks_uniform(pit[:, ~exact_part].flatten())[1] < 0.01  # the test can see a relaxation
 
 
-def test_bench_sweep_writes_the_pareto_table_and_plot(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bench_sweep_writes_the_pareto_table_and_plot(tmp_path, capsys) -> None:
     from PIL import Image
 
-    from specar import cli, pareto
+    from specar import cli
+    from specar.lab import pareto
 
     table, plot, saved = tmp_path / "pareto.md", tmp_path / "pareto.png", tmp_path / "run.json"
     assert (
@@ -292,7 +293,7 @@ def test_bench_sweep_writes_the_pareto_table_and_plot(tmp_path, capsys) -> None:
     assert cli.main(["pareto", str(tmp_path / "missing.json")]) == 2
 
 
-def test_expert_options_and_recommended_defaults(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_expert_options_and_recommended_defaults(tmp_path, capsys) -> None:
     from specar import cli
 
     assert parse_policy_options("lambda_at_full=2, tv_threshold=0.5") == {"lambda_at_full": 2.0, "tv_threshold": 0.5}
@@ -335,7 +336,7 @@ def test_expert_options_and_recommended_defaults(tmp_path, capsys) -> None:  # t
     assert "csd policy has no option tau" in capsys.readouterr().err
 
 
-def test_lantern_neighbourhoods_stay_a_small_share_of_the_codebook(demo) -> None:  # type: ignore[no-untyped-def]
+def test_lantern_neighbourhoods_stay_a_small_share_of_the_codebook(demo) -> None:
     from specar.policies.lantern import default_neighbours, neighbour_table
 
     assert default_neighbours(16384) == 1000 and default_neighbours(512) == 32 and default_neighbours(8) == 1
@@ -346,7 +347,7 @@ def test_lantern_neighbourhoods_stay_a_small_share_of_the_codebook(demo) -> None
     assert table.shape == (512, 32) and not bool((table == torch.arange(512)[:, None]).any())  # never itself
 
 
-def _output_distribution(policy, p: torch.Tensor, q: torch.Tensor, position: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _output_distribution(policy, p: torch.Tensor, q: torch.Tensor, position: int) -> torch.Tensor:
     """What one speculative step emits at one position, in closed form: sum_x q(x) [a(x) x + (1 - a(x)) r_x]."""
     vocab = p.shape[-1]
     tokens = torch.arange(vocab)[None, :]
@@ -358,7 +359,7 @@ def _output_distribution(policy, p: torch.Tensor, q: torch.Tensor, position: int
     return q * alpha[0] + ((q * (1 - alpha[0]))[:, None] * rows).sum(0)
 
 
-def test_cluster_acceptance_keeps_every_group_s_target_mass(demo) -> None:  # type: ignore[no-untyped-def]
+def test_cluster_acceptance_keeps_every_group_s_target_mass(demo) -> None:
     from specar.policies.clusters import code_ranks
 
     target, _ = demo
@@ -392,7 +393,7 @@ def test_cluster_acceptance_keeps_every_group_s_target_mass(demo) -> None:  # ty
     assert float((out - p).abs().sum()) > 0.01  # inside groups the output does follow the draft
 
 
-def test_cascade_groups_codes_that_look_alike_and_that_the_target_embeds_alike(demo) -> None:  # type: ignore[no-untyped-def]
+def test_cascade_groups_codes_that_look_alike_and_that_the_target_embeds_alike(demo) -> None:
     from specar.policies.clusters import code_ranks
     from specar.policies.relaxed import code_latents
 
@@ -420,7 +421,7 @@ def test_cascade_groups_codes_that_look_alike_and_that_the_target_embeds_alike(d
         assert spread(latents, both, level) < 1.05 * spread(latents, look, level)
 
 
-def test_wide_code_embeddings_are_grouped_on_their_leading_components(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_wide_code_embeddings_are_grouped_on_their_leading_components(monkeypatch) -> None:
     """Models wider than EMBEDDING_COMPONENTS are split on a low-rank projection (seconds for Emu3's
     32k x 4096 table instead of minutes), and the groups are still a partition of the codebook."""
     import specar.policies.clusters as clusters
@@ -434,7 +435,7 @@ def test_wide_code_embeddings_are_grouped_on_their_leading_components(monkeypatc
     assert torch.equal(torch.sort(ranks).values, torch.arange(full.shape[0]))
 
 
-def test_cluster_ratio_bound_keeps_group_masses_and_caps_each_code(demo) -> None:  # type: ignore[no-untyped-def]
+def test_cluster_ratio_bound_keeps_group_masses_and_caps_each_code(demo) -> None:
     """LANTERN++'s bound on cluster acceptance: no code is accepted more than lambda times as often as the
     exact test would accept it, the residual still gives every group the target's mass, and lambda = 1
     emits exactly p."""
@@ -463,7 +464,7 @@ def test_cluster_ratio_bound_keeps_group_masses_and_caps_each_code(demo) -> None
         make_policy("clusters", 1.0, model=target, ratio_bound=0.5)
 
 
-def test_cluster_plausible_share_keeps_group_masses_and_never_favours_implausible_codes(demo) -> None:  # type: ignore[no-untyped-def]
+def test_cluster_plausible_share_keeps_group_masses_and_never_favours_implausible_codes(demo) -> None:
     """Under a plausible share s a code the target finds less than s times as likely as its group's
     favourite is tested on its own mass: every group keeps the target's mass, such codes are emitted no
     more often than the target would, and acceptance falls as s rises."""
@@ -489,7 +490,7 @@ def test_cluster_plausible_share_keeps_group_masses_and_never_favours_implausibl
         make_policy("clusters", 1.0, model=target, plausible_share=1.5)
 
 
-def test_evidence_guard_keeps_group_masses_and_never_favours_codes_that_say_less_about_the_condition(demo) -> None:  # type: ignore[no-untyped-def]
+def test_evidence_guard_keeps_group_masses_and_never_favours_codes_that_say_less_about_the_condition(demo) -> None:
     """Under an evidence margin m a code whose condition evidence lies more than m below its group's
     target-weighted mean is tested on its own mass: every group keeps the target's mass, such codes are
     emitted no more often than the target would, the emitted codes' expected evidence is no lower than
@@ -505,7 +506,7 @@ def test_evidence_guard_keeps_group_masses_and_never_favours_codes_that_say_less
     p_group = torch.zeros(int(groups.max()) + 1, dtype=p.dtype).index_add_(0, groups, p)
     group_mean = (torch.zeros_like(p_group).index_add_(0, groups, p * evidence) / p_group)[groups]
 
-    def emitted(policy) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    def emitted(policy) -> torch.Tensor:
         alpha, _ = policy.acceptance(p.expand(1, vocab, -1), q.expand(1, vocab, -1), tokens, ctx)
         rows = policy.residual(
             p.expand(vocab, -1),
@@ -536,7 +537,7 @@ def test_evidence_guard_keeps_group_masses_and_never_favours_codes_that_say_less
         )
 
 
-def test_evidence_guard_reads_the_target_s_guidance_halves_in_chains_and_trees(demo, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_evidence_guard_reads_the_target_s_guidance_halves_in_chains_and_trees(demo, monkeypatch) -> None:
     """The loop hands every code's evidence to the verifier for chains and trees: a tight margin accepts
     less than none. Without classifier-free guidance there is no evidence: a margin the user set is refused,
     a policy's default guard is off."""
@@ -573,7 +574,7 @@ def test_evidence_guard_reads_the_target_s_guidance_halves_in_chains_and_trees(d
     assert torch.equal(runs[0], runs[1])  # ... runs unguarded, bit for bit, where there is no evidence to read
 
 
-def test_cluster_acceptance_of_point_mass_siblings_tests_the_group(demo) -> None:  # type: ignore[no-untyped-def]
+def test_cluster_acceptance_of_point_mass_siblings_tests_the_group(demo) -> None:
     target, _ = demo
     p, _, tokens = _random_case(target.vocab_size, seed=9, point_mass=True)
     p, x = p[:1, 0], tokens[:1, 0]
@@ -590,7 +591,7 @@ def test_cluster_acceptance_of_point_mass_siblings_tests_the_group(demo) -> None
     assert torch.allclose(rest[0, ~same], p[0, ~same] / p[0, ~same].sum(), atol=1e-6)
 
 
-def test_cluster_acceptance_over_siblings_drawn_without_replacement_keeps_group_masses(demo) -> None:  # type: ignore[no-untyped-def]
+def test_cluster_acceptance_over_siblings_drawn_without_replacement_keeps_group_masses(demo) -> None:
     """Static trees draw a node's children from q without replacement and the verifier tests each with q
     renormalised without the codes already tried. A rejected sibling's group has no residual mass left, so a
     later sibling of the same group is always rejected, and the group-level speculative-sampling argument
@@ -625,7 +626,7 @@ def test_cluster_acceptance_over_siblings_drawn_without_replacement_keeps_group_
     assert total_variation(emitted, p) > 3 * noise_floor(p, rows)  # inside groups the draft does steer the code
 
 
-def test_cluster_groups_must_be_powers_of_two(demo) -> None:  # type: ignore[no-untyped-def]
+def test_cluster_groups_must_be_powers_of_two(demo) -> None:
     target, _ = demo
     for bad in (0.0, 3.0, 2.5):
         with pytest.raises(SettingsError, match="power of two"):
@@ -634,10 +635,11 @@ def test_cluster_groups_must_be_powers_of_two(demo) -> None:  # type: ignore[no-
         make_policy("clusters", 0.5)
 
 
-def test_runs_record_the_policy_parameters_they_ran_with(demo, tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_runs_record_the_policy_parameters_they_ran_with(demo, tmp_path, capsys) -> None:
     import math
 
-    from specar import cli, pareto
+    from specar import cli
+    from specar.lab import pareto
     from specar.policies import cascade
 
     target = demo[0]

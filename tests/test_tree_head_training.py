@@ -8,8 +8,8 @@ import torch
 
 from specar import Conditioning, generate
 from specar.demo.model import DEMO_SETTINGS, load_demo
-from specar.demo.train_tree_head import main as train_main
-from specar.demo.tree_head_data import CHUNK, generate_chunks, read_chunks
+from specar.demo.training.train_tree_head import main as train_main
+from specar.demo.training.tree_head_data import CHUNK, generate_chunks, read_chunks
 from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape
 from specar.drafts.tree_head import load_tree_head
 

@@ -35,8 +35,8 @@ class RecordsBlocks:
 
     blocks: list[tuple[torch.Tensor, object]]
 
-    def propose(self, state: DecodeState):  # type: ignore[no-untyped-def]
-        block = super().propose(state)  # type: ignore[misc]
+    def propose(self, state: DecodeState):
+        block = super().propose(state)
         self.__dict__.setdefault("blocks", []).append((state.committed.clone(), block))
         return block
 
@@ -49,7 +49,7 @@ class RecordingDrafterTree(RecordsBlocks, DrafterTreeDrafts):
     pass
 
 
-def _head_inputs(target, tokens: torch.Tensor, guided: bool) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[no-untyped-def]
+def _head_inputs(target, tokens: torch.Tensor, guided: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Teacher-forced target states and code embeddings of whole sequences (both CFG halves)."""
     gpt = target.gpt
     ids = torch.tensor(COND.class_ids)
@@ -185,7 +185,7 @@ def test_tree_guidance_sets_the_head_s_cfg_scale_only() -> None:
     for guidance in (None, 6.0):
         drafts = RecordingDrafts(tiny_tree_head(target), TreeShape(top_k=3, depth=3, nodes=6, guidance=guidance))
         result = generate(target, COND, SAMPLING, draft=drafts)
-        trees[guidance] = torch.cat([block.tokens for _, block in drafts.blocks[:3]])  # type: ignore[attr-defined]
+        trees[guidance] = torch.cat([block.tokens for _, block in drafts.blocks[:3]])
         assert result.finished and drafts.processor is not None
         assert drafts.processor.settings.cfg_scale == (guidance or SAMPLING.cfg_scale)
     assert not torch.equal(trees[None], trees[6.0])
@@ -251,7 +251,7 @@ def test_cascade_at_zero_is_the_exact_tree_and_relaxation_raises_acceptance() ->
     target = tiny_model_with_codes(0)
     cond = Conditioning.classes(list(range(8)))
 
-    def run(policy):  # type: ignore[no-untyped-def]
+    def run(policy):
         draft = TreeHeadDrafts(tiny_tree_head(target), TreeShape(top_k=4, depth=4, nodes=16))
         return generate(target, cond, SAMPLING, policy=policy, draft=draft)
 
@@ -267,7 +267,7 @@ def test_cascade_at_zero_is_the_exact_tree_and_relaxation_raises_acceptance() ->
     assert bool((loose.diagnostics["interchangeable"][known] >= 0).all())
 
 
-def _cascade_case(converged: bool, root: bool = False):  # type: ignore[no-untyped-def]
+def _cascade_case(converged: bool, root: bool = False):
     """A CASCADE policy on explicit groups (codes 0..15 in order: pairs, or fours where converged),
     a node drafting token 0 (point mass) with siblings 5 (same state) and 9 (another state)."""
     policy = make_policy(

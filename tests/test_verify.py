@@ -23,7 +23,7 @@ def _counts(tokens: torch.Tensor) -> torch.Tensor:
     return torch.bincount(tokens, minlength=V)
 
 
-def _first_emitted(block: DraftBlock, verdict) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def _first_emitted(block: DraftBlock, verdict) -> torch.Tensor:
     first_node = verdict.path[:, 0].clamp(min=0)
     return torch.where(verdict.accepted > 0, block.tokens.gather(1, first_node[:, None])[:, 0], verdict.next_token)
 

@@ -24,7 +24,7 @@ TINY_DRAFTER = dict(vocab_size=64, dim=32, n_layer=1, n_head=2, num_classes=10, 
 
 
 def tiny_gpt(seed: int = 0, **overrides: object) -> GPT:
-    cfg = GPTConfig(**{**TINY, **overrides})  # type: ignore[arg-type]
+    cfg = GPTConfig(**{**TINY, **overrides})
     gpt = GPT(cfg)
     gpt.init_weights(0.2, torch.Generator().manual_seed(seed))
     return gpt.eval()
@@ -106,7 +106,7 @@ def tiny_mar(seed: int = 0, std: float = 0.15, perturb: float = 0.0, **overrides
         head_width=32,
         head_depth=2,
     )
-    mar = MAR(MARConfig(**{**sizes, **overrides}))  # type: ignore[arg-type]
+    mar = MAR(MARConfig(**{**sizes, **overrides}))
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in mar.parameters():

@@ -59,7 +59,7 @@ class MARConfig:
     @staticmethod
     def from_dict(data: dict[str, object]) -> "MARConfig":
         known = {k: v for k, v in data.items() if k in MARConfig.__dataclass_fields__}
-        return MARConfig(**known)  # type: ignore[arg-type]
+        return MARConfig(**known)
 
 
 # The published ImageNet 256 models (MAR README: diffloss depth/width per size); VAE kl16 tokens.

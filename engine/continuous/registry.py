@@ -80,7 +80,7 @@ def load_continuous_model(
             name=path.stem,
             clip_x0=1.0,
             class_names=tuple(meta["class_names"]) if "class_names" in meta else None,
-        )  # type: ignore[arg-type]
+        )
     else:
         decoder = load_kl16(_find_vae(path, vae_path), dev)
         model = MARTokenModel(mar, decoder, name=path.stem)

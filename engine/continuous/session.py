@@ -9,7 +9,8 @@ with ``gamma`` draft MAR steps per verification; the policy ``cspd`` relaxes the
 from __future__ import annotations
 
 from ..errors import SettingsError
-from ..session import DraftRecipe, JobOutput, PolicyRecipe, class_for_prompt, job_output, summary_line
+from ..progress import summary_line
+from ..session import DraftRecipe, JobOutput, PolicyRecipe, class_for_prompt, job_output
 from ..types import Observer
 from .acceptance import GaussianAcceptance, inner_temperature_for
 from .loop import generate_continuous
@@ -26,7 +27,7 @@ def is_continuous_model(model: object) -> bool:
 def class_ids_for(model: ContinuousTokenModel, prompt: str, batch: int) -> list[int]:
     """A class name (any case, with suggestions when misspelt) or number, repeated ``batch`` times."""
     text = prompt.strip()
-    class_id = int(text) if text.isdigit() else class_for_prompt(model, text)  # type: ignore[arg-type]
+    class_id = int(text) if text.isdigit() else class_for_prompt(model, text)
     if not 0 <= class_id < model.num_classes:
         raise SettingsError(f"{model.name} has classes 0..{model.num_classes - 1}, not {class_id}")
     return [class_id] * batch
@@ -58,7 +59,7 @@ def summarize(result: ContinuousResult, draft: ContinuousTokenModel | None, spec
         if draft is not None
         else "plain MAR"
     )
-    return summary_line(result, setup, draft is not None, ("pass", "passes"))
+    return summary_line(result, setup, ("pass", "passes"))
 
 
 def run_continuous_job(
@@ -81,8 +82,8 @@ def run_continuous_job(
             f"(SpecAR Drafter Model), not {draft.describe()}"
         )
     speculation = speculation_for(draft, policy)
-    result = generate_continuous(model, class_ids_for(model, prompt, batch), settings, drafter, speculation, observer)  # type: ignore[arg-type]
-    return job_output(model, result, summarize(result, drafter, speculation))  # type: ignore[arg-type]
+    result = generate_continuous(model, class_ids_for(model, prompt, batch), settings, drafter, speculation, observer)
+    return job_output(model, result, summarize(result, drafter, speculation))
 
 
 __all__ = ["run_continuous_job", "is_continuous_model", "speculation_for", "CONTINUOUS_POLICIES"]

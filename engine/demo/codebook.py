@@ -18,10 +18,12 @@ import torch
 
 from ..checkpoints import read_safetensors_metadata, read_state_dict, save_safetensors
 from ..errors import CheckpointError
+from ..sampling import MASS_EPSILON
 
 PATCH = 2
 CHANNELS = 3
 PATCH_DIM = PATCH * PATCH * CHANNELS
+MIN_SQUARED_ERROR = 1e-10  # identical images score a finite PSNR (about 148 dB)
 CHUNK = 16384  # rows per distance computation; bounds memory at CHUNK x K floats
 
 
@@ -95,7 +97,7 @@ def _kmeans_pp(points: torch.Tensor, k: int, gen: torch.Generator) -> torch.Tens
     centres = [points[first]]
     dist = ((points - points[first]) ** 2).sum(1)
     for _ in range(k - 1):
-        pick = int(torch.multinomial(dist + 1e-12, 1, generator=gen))
+        pick = int(torch.multinomial(dist + MASS_EPSILON, 1, generator=gen))  # all-zero distances still draw
         centres.append(points[pick])
         dist = torch.minimum(dist, ((points - points[pick]) ** 2).sum(1))
     return torch.stack(centres)
@@ -141,7 +143,7 @@ def fit_codebook(
 def psnr(a: np.ndarray | torch.Tensor, b: np.ndarray | torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB between two uint8 image batches."""
     err = (torch.as_tensor(a).float() - torch.as_tensor(b).float()).pow(2).mean()
-    return float(10 * torch.log10(255.0**2 / err.clamp_min(1e-10)))
+    return float(10 * torch.log10(255.0**2 / err.clamp_min(MIN_SQUARED_ERROR)))
 
 
 __all__ = ["PatchCodebook", "fit_codebook", "images_to_patches", "psnr"]

@@ -18,8 +18,8 @@ from ..continuous.types import ContinuousSettings
 from ..errors import CheckpointError
 from ..models.registry import resolve_device
 from .scenes import CLASS_NAMES
+from .paths import WEIGHTS_DIR
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 FILES = {"target": "mar_target.safetensors", "drafter": "mar_drafter.safetensors"}
 # Half of MAR's 64 steps for 256 tokens and 25 head denoising steps (MAR: 100) keep a CPU run in
 # about a second per image; the transformer passes dominate the cost, not the head.
@@ -36,11 +36,11 @@ def load_mar_demo(
     if not path.is_file():
         raise CheckpointError(
             f"the continuous demo weights are not built yet: {path} is missing; train them with "
-            f"`python -m specar.demo.train_mar --role {role} ...` (see that module) and copy "
+            f"`python -m specar.demo.training.train_mar --role {role} ...` (see that module) and copy "
             f"out/mar-{role}/{FILES[role]} here"
         )
     mar, meta = read_mar(path)
-    names = tuple(meta.get("class_names", CLASS_NAMES))  # type: ignore[arg-type]
+    names = tuple(meta.get("class_names", CLASS_NAMES))
     model = MARTokenModel(
         mar,
         PatchPixels(),

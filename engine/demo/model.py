@@ -20,19 +20,19 @@ from ..models.registry import resolve_device
 from ..types import SamplingSettings
 from .codebook import PatchCodebook
 from .scenes import CLASS_NAMES
+from .paths import WEIGHTS_DIR
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 # The sampling the feasibility study measured speculative decoding with.
 DEMO_SETTINGS = SamplingSettings(cfg_scale=2.0, temperature=1.0, top_k=100, top_p=1.0)
 TRAIN_HINT = {
-    "target.safetensors": "train it with `python -m specar.demo.train --role target --threads 1 --minutes 100 "
+    "target.safetensors": "train it with `python -m specar.demo.training.train --role target --threads 1 --minutes 100 "
     "--compile --out out/demo-target` and copy out/demo-target/target.safetensors here",
-    "drafter.safetensors": "train it with `python -m specar.demo.train --role drafter --threads 1 --steps 1877 "
-    "--compile --teacher engine/demo/weights/target.safetensors --out out/demo-drafter` and "
+    "drafter.safetensors": "train it with `python -m specar.demo.training.train --role drafter --threads 1 "
+    "--steps 1877 --compile --teacher engine/demo/weights/target.safetensors --out out/demo-drafter` and "
     "copy out/demo-drafter/drafter.safetensors here",
-    "codebook.safetensors": "`python -m specar.demo.train` fits it here before training a model",
-    "tree_head.safetensors": "train it with `python -m specar.demo.tree_head_data` then `python -m "
-    "specar.demo.train_tree_head` (see that module) and copy out/tree-head/tree_head.safetensors here",
+    "codebook.safetensors": "`python -m specar.demo.training.train` fits it here before training a model",
+    "tree_head.safetensors": "train it with `python -m specar.demo.training.tree_head_data` then `python -m "
+    "specar.demo.training.train_tree_head` (see that module) and copy out/tree-head/tree_head.safetensors here",
 }
 
 
@@ -56,7 +56,7 @@ def _load(file_name: str, name: str, weights_dir: str | Path | None, device: str
     gpt.reset_rope()
     model = LlamaGenModel(gpt, codebook.to(dev), name=name, default_settings=DEMO_SETTINGS)
     config = json.loads(read_safetensors_metadata(weights).get("config", "{}"))
-    model.class_names = tuple(config.get("class_names", CLASS_NAMES))  # type: ignore[attr-defined]
+    model.class_names = tuple(config.get("class_names", CLASS_NAMES))
     return model
 
 

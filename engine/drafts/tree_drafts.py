@@ -37,6 +37,7 @@ from .tree_head import HeadCache, TreeHead, place_head
 
 TREE_KINDS = ("dynamic", "static")
 SCORE_FLOOR = -1e4  # log q of tokens q never draws (keeps scores finite)
+HEAD_CACHE_MARGIN = 8  # spare head-cache slots beyond the most one image writes (context, tree entries, deepest chain)
 DEPTH_PENALTY = 1e-3  # per level: a child always scores below its parent, so the kept tree is closed
 
 
@@ -135,7 +136,7 @@ class TreeHeadDrafts(DraftSource):
         self.pair = 2 if state.guided else 1
         rows = self.pair * state.batch
         deepest = max(self.shape.depth, len(self.shape.branching))
-        self.cache = self.head.new_cache(rows, state.num_tokens + self.shape.head_entries + deepest + 8)
+        self.cache = self.head.new_cache(rows, state.num_tokens + self.shape.head_entries + deepest + HEAD_CACHE_MARGIN)
         self.known = torch.zeros(rows, dtype=torch.long)  # head entries with the target's true features
         self.backlog = state.context_hidden  # [R, c, D]: features for entries 0..c-1
         self.backlog_counts = state.committed.clone()

@@ -144,7 +144,7 @@ class ChameleonImageModel(TextVocabularyImageModel):
     def prompt_ids(self, prompt: str) -> list[int]:
         size = self.image_pixels
         text = self.syntax.prompt_template.format(prompt=prompt, width=size, height=size)
-        words = self.tokenizer.encode(text, add_special_tokens=False)  # type: ignore[attr-defined]
+        words = self.tokenizer.encode(text, add_special_tokens=False)
         return [self.bos_id, *words, self.ids["<reserved08706>"], *self._image_start()]
 
     def prefix_rows(self, cond: Conditioning, guided: bool) -> list[list[int]]:

@@ -90,7 +90,7 @@ class Emu3ImageModel(TextVocabularyImageModel):
 
     def prompt_ids(self, prompt: str) -> list[int]:
         """``BOS prompt <|image start|> h*w <|image token|>``, as Emu3's processor writes it."""
-        encode = self.tokenizer.encode  # type: ignore[attr-defined]
+        encode = self.tokenizer.encode
         h, w = self.grid
         return [
             self.bos_id,
@@ -127,7 +127,7 @@ def _pixel_range(directory: Path) -> tuple[tuple[float, ...], tuple[float, ...]]
     config = read_json(path) if path.is_file() else {}
 
     def channels(value: object) -> tuple[float, ...]:
-        return tuple(float(v) for v in value) if isinstance(value, list) else (float(value),)  # type: ignore[arg-type]
+        return tuple(float(v) for v in value) if isinstance(value, list) else (float(value),)
 
     return channels(config.get("image_mean", 0.5)), channels(config.get("image_std", 0.5))
 

@@ -26,6 +26,8 @@ from ..types import Conditioning, SamplingSettings
 from .base import ImageTokenModel, ModelOutput
 from .row_layout import ExpandedBlock, RowLayout
 
+DRAFT_HEADROOM = 64  # cache slots past the image for the last draft blocks, so the cache need not regrow there
+
 
 class _CacheBridge:
     """The one cache method transformers' attention layers call, served by a :class:`RaggedKVCache`."""
@@ -48,10 +50,10 @@ def cache_argument(decoder: torch.nn.Module) -> str:
 
 def attention_shape(config: object) -> tuple[int, int, int]:
     """``(layers, kv_heads, head_dim)`` of a transformers decoder config."""
-    heads = int(config.num_attention_heads)  # type: ignore[attr-defined]
+    heads = int(config.num_attention_heads)
     kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
-    head_dim = getattr(config, "head_dim", None) or int(config.hidden_size) // heads  # type: ignore[attr-defined]
-    return int(config.num_hidden_layers), kv_heads, int(head_dim)  # type: ignore[attr-defined]
+    head_dim = getattr(config, "head_dim", None) or int(config.hidden_size) // heads
+    return int(config.num_hidden_layers), kv_heads, int(head_dim)
 
 
 def load_pretrained(
@@ -134,7 +136,7 @@ class TransformersImageModel(ImageTokenModel):
         self.name = name
         self.vocab_size = vocab_size
         self.grid = grid
-        self.hidden_size = int(text_config.hidden_size)  # type: ignore[attr-defined]
+        self.hidden_size = int(text_config.hidden_size)
         self.default_settings = default_settings
         self.row_end_token = row_end_token
         self.layout = RowLayout(grid[1], grid[0]) if row_end_token is not None else None
@@ -216,7 +218,13 @@ class TransformersImageModel(ImageTokenModel):
         layers, kv_heads, head_dim = attention_shape(self.text_config)
         image_slots = self.num_image_tokens + (self.grid[0] if self.layout else 0)
         self.cache = RaggedKVCache(
-            layers, len(rows), kv_heads, head_dim, self.dtype, self.device, capacity=width + image_slots + 64
+            layers,
+            len(rows),
+            kv_heads,
+            head_dim,
+            self.dtype,
+            self.device,
+            capacity=width + image_slots + DRAFT_HEADROOM,
         )
         hidden = self._run(self.embed_text(ids), positions, None, valid)[:, -1:]
         return ModelOutput(self.head(hidden).float(), hidden)

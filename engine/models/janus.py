@@ -53,7 +53,7 @@ class JanusImageModel(TransformersImageModel):
 
     def prompt_ids(self, prompt: str) -> list[int]:
         text = PROMPT_TEMPLATE.format(prompt=prompt)
-        return [self.bos_id, *self.tokenizer.encode(text, add_special_tokens=False), self.boi_id]  # type: ignore[attr-defined]
+        return [self.bos_id, *self.tokenizer.encode(text, add_special_tokens=False), self.boi_id]
 
     def prefix_rows(self, cond: Conditioning, guided: bool) -> list[list[int]]:
         rows = [self.prompt_ids(p) for p in cond.prompts or ()]
@@ -83,7 +83,7 @@ def _special_ids(model: torch.nn.Module, tokenizer: object, name: str) -> tuple[
     """BOS, pad and ``<begin_of_image>`` ids from the generation config, else from the tokenizer."""
     gen = model.generation_config
     extra = getattr(gen, "generation_kwargs", None) or {}
-    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}  # type: ignore[attr-defined]
+    vocab = tokenizer.get_vocab() if hasattr(tokenizer, "get_vocab") else {}
     found = {
         "bos": gen.bos_token_id if gen.bos_token_id is not None else vocab.get("<｜begin▁of▁sentence｜>"),
         "pad": gen.pad_token_id if gen.pad_token_id is not None else vocab.get("<｜▁pad▁｜>"),

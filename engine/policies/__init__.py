@@ -51,7 +51,7 @@ def make_policy(
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SettingsError(f"{name} option {key} must be a number, got {value!r}")
     if getattr(factory, "needs_model", False):
-        options = {**options, "model": model}  # type: ignore[dict-item]
+        options = {**options, "model": model}
     return factory(relaxation, region, **options)
 
 

@@ -33,7 +33,7 @@ import torch
 from ..errors import SettingsError
 from ..models.base import ImageTokenModel
 from ..types import SamplingSettings
-from ..sampling import residual
+from ..sampling import DIVISOR_FLOOR, MASS_EPSILON, residual
 from .base import PolicyContext
 from .exact import Q_FLOOR, token_probs
 from .relaxed import RelaxedPolicy, check_range, code_latents, ratio_bound_option, require_model
@@ -68,7 +68,7 @@ EMBEDDING_COMPONENTS = 256  # at most this many principal components of the targ
 def _unit_scale(vectors: torch.Tensor) -> torch.Tensor:
     """Centred rows scaled to unit mean squared norm (so two kinds of vectors weigh alike)."""
     centred = vectors - vectors.mean(0, keepdim=True)
-    return centred / centred.pow(2).sum(-1).mean().sqrt().clamp_min(1e-12)
+    return centred / centred.pow(2).sum(-1).mean().sqrt().clamp_min(MASS_EPSILON)
 
 
 def grouping_vectors(model: ImageTokenModel, target_alike: bool) -> torch.Tensor:
@@ -144,7 +144,7 @@ class ClusterPolicy(RelaxedPolicy):
         self.evidence_margin = None if margin is None or math.isinf(margin) else margin
 
     @property
-    def needs_code_evidence(self) -> bool:  # type: ignore[override]
+    def needs_code_evidence(self) -> bool:
         return self.evidence_margin is not None
 
     def parameters(self) -> dict[str, float | None]:
@@ -235,7 +235,7 @@ class ClusterPolicy(RelaxedPolicy):
         evidence = ctx.evidence.to(p.dtype).reshape(p.shape)
         group_p = torch.zeros_like(p).scatter_add_(-1, groups, p)
         group_evidence = torch.zeros_like(p).scatter_add_(-1, groups, p * evidence)
-        mean = (group_evidence / group_p.clamp_min(1e-30)).gather(-1, groups)
+        mean = (group_evidence / group_p.clamp_min(DIVISOR_FLOOR)).gather(-1, groups)
         return mean - evidence
 
     def acceptance(
@@ -281,7 +281,7 @@ class ClusterPolicy(RelaxedPolicy):
             weights = (p - given).clamp_min(0.0)
         excess = (p_group.gather(1, groups) - accepted).clamp_min(0.0)
         weight_group = torch.zeros_like(p).scatter_add_(1, groups, weights).gather(1, groups)
-        grouped = excess * weights / weight_group.clamp_min(1e-30)
+        grouped = excess * weights / weight_group.clamp_min(DIVISOR_FLOOR)
         total = grouped.sum(-1, keepdim=True)
-        grouped = torch.where(total > 0, grouped / total.clamp_min(1e-30), p)
+        grouped = torch.where(total > 0, grouped / total.clamp_min(DIVISOR_FLOOR), p)
         return torch.where(relaxed[:, None], grouped, residual(p, q))

@@ -140,7 +140,7 @@ class LlamaGenModel(ImageTokenModel):
                 tokens,
                 slots,
                 view.slots,
-                view.attention_mask,  # type: ignore[misc]
+                view.attention_mask,
                 *view.keys,
                 *view.values,
             )
@@ -186,7 +186,7 @@ class LlamaGenModel(ImageTokenModel):
                 assert self.text_encoder is not None
                 captions, caption_mask = self.text_encoder.encode(list(cond.prompts))
                 cond = Conditioning(caption_embeddings=captions, caption_mask=caption_mask)
-            emb = cond.caption_embeddings.to(self.device, self.dtype)  # type: ignore[union-attr]
+            emb = cond.caption_embeddings.to(self.device, self.dtype)
             mask = cond.caption_mask
             mask = torch.ones(emb.shape[:2], dtype=torch.bool) if mask is None else mask.bool()
             mask = mask.to(self.device)

@@ -59,15 +59,15 @@ def infer_gpt_config(state: dict[str, torch.Tensor], hints: dict[str, object], s
             f"{source}: cannot tell the number of attention heads of a {n_layer}-layer, {dim}-wide GPT; "
             'put {"n_head": ...} in a config.json next to the weights'
         )
-    head_dim = dim // int(n_head)  # type: ignore[call-overload]
-    fields["n_head"] = int(n_head)  # type: ignore[call-overload]
-    fields["n_kv_head"] = (state["layers.0.attention.wqkv.weight"].shape[0] // head_dim - int(n_head)) // 2  # type: ignore[call-overload]
+    head_dim = dim // int(n_head)
+    fields["n_head"] = int(n_head)
+    fields["n_kv_head"] = (state["layers.0.attention.wqkv.weight"].shape[0] // head_dim - int(n_head)) // 2
     for key in ("rope_base", "norm_eps", "grid_size"):
         if key in hints:
             fields[key] = hints[key]
     if "grid_size" not in fields and "image_size" in hints:
-        fields["grid_size"] = int(hints["image_size"]) // int(hints.get("downsample", VQ_DOWNSAMPLE))  # type: ignore[call-overload]
-    return GPTConfig(**fields)  # type: ignore[arg-type]
+        fields["grid_size"] = int(hints["image_size"]) // int(hints.get("downsample", VQ_DOWNSAMPLE))
+    return GPTConfig(**fields)
 
 
 def _heads_from_presets(dim: int, n_layer: int) -> int | None:

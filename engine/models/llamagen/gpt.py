@@ -92,7 +92,7 @@ class GPTConfig:
         if name not in GPT_PRESETS:
             raise CheckpointError(f"unknown LlamaGen size {name!r}; known: {', '.join(GPT_PRESETS)}")
         n_layer, n_head, dim = GPT_PRESETS[name]
-        return GPTConfig(n_layer=n_layer, n_head=n_head, dim=dim, **overrides)  # type: ignore[arg-type]
+        return GPTConfig(n_layer=n_layer, n_head=n_head, dim=dim, **overrides)
 
     def to_dict(self) -> dict[str, object]:
         return asdict(self)

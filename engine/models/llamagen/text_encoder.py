@@ -59,7 +59,7 @@ class T5CaptionEncoder:
         ``[B, token_slots]`` mask."""
         batch = self.tokenizer(
             [clean_prompt(p) for p in prompts],
-            max_length=self.token_slots,  # type: ignore[operator]
+            max_length=self.token_slots,
             padding="max_length",
             truncation=True,
             add_special_tokens=True,

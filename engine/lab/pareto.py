@@ -21,9 +21,9 @@ from typing import Iterable, Sequence
 from PIL import Image, ImageDraw, ImageFont
 
 from .bench import AR_METHODS, SECOND_SEED_OFFSET, split_method
-from .drafts import DRAFTS, DraftOptions
-from .drafts.tree_drafts import TreeShape
-from .errors import SettingsError
+from ..drafts import DRAFTS, DraftOptions
+from ..drafts.tree_drafts import TreeShape
+from ..errors import SettingsError
 
 EXACT = "exact"
 
@@ -101,10 +101,10 @@ def _source_label(base: str, options: dict[str, object]) -> str:
     shape = TreeShape(**{k: tuple(v) if isinstance(v, list) else v for k, v in tree.items()}) if tree else TreeShape()
     draft = DraftOptions(
         window=int(options.get("window") or 16),
-        gamma=int(options.get("gamma") or 6),  # type: ignore[call-overload]
+        gamma=int(options.get("gamma") or 6),
         tree=shape,
         tree_branching=tuple(options.get("tree_branching") or ()),
-    )  # type: ignore[arg-type]
+    )
     head = options.get("tree_head")
     return DRAFTS[base].label(draft, head if isinstance(head, str) and DRAFTS[base].needs == "tree head" else "")
 
@@ -123,8 +123,8 @@ def read_run(run: dict[str, object]) -> tuple[list[ParetoPoint], dict[ARKey, dic
     assert isinstance(options, dict) and isinstance(settings, dict)
     points: list[ParetoPoint] = []
     ar_quality: dict[ARKey, dict[str, float]] = {}
-    seed = int(settings.get("seed") or 0)  # type: ignore[call-overload]
-    for row in run.get("rows", []):  # type: ignore[union-attr]
+    seed = int(settings.get("seed") or 0)
+    for row in run.get("rows", []):
         quality = row.get("quality")
         if not quality:
             raise SettingsError(
@@ -157,7 +157,7 @@ def read_run(run: dict[str, object]) -> tuple[list[ParetoPoint], dict[ARKey, dic
 
 def _expert_options(options: dict[str, object]) -> str:
     pairs = options.get("policy_options") or []
-    return ", ".join(f"{name}={value:g}" for name, value in pairs)  # type: ignore[union-attr]
+    return ", ".join(f"{name}={value:g}" for name, value in pairs)
 
 
 def _format_parameter(value: float | None) -> str:
@@ -228,14 +228,14 @@ def collect(runs: Sequence[dict[str, object]], images: int | None = None) -> tup
     A run without its source's exact point borrows it from another run."""
     if not runs:
         raise SettingsError("give at least one benchmark JSON file (specar bench --quality --json OUT.json)")
-    counts = sorted({int(run.get("images", 0)) for run in runs})  # type: ignore[call-overload]
+    counts = sorted({int(run.get("images", 0)) for run in runs})
     wanted = counts[-1] if images is None else images
     if wanted not in counts:
         raise SettingsError(f"no run has {wanted} images; runs have {', '.join(map(str, counts))}")
     points: list[ParetoPoint] = []
     ar_rows: dict[ARKey, dict[str, float]] = {}
     for run in runs:
-        if int(run.get("images", 0)) == wanted:  # type: ignore[call-overload]
+        if int(run.get("images", 0)) == wanted:
             run_points, run_ar = read_run(run)
             points += run_points
             ar_rows.update(run_ar)

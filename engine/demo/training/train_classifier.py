@@ -1,6 +1,6 @@
 """Train the scene classifier behind the demo quality metrics, and its real-data reference statistics.
 
-    python -m specar.demo.train_classifier --out engine/demo/weights
+    python -m specar.demo.training.train_classifier --out engine/demo/weights
 
 Deterministic for a given seed and thread count: images come from ``scenes`` with fixed seeds
 (training, held-out and reference sets use disjoint ones), and torch is seeded. Every model sample
@@ -20,9 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoints import save_safetensors
-from .codebook import PatchCodebook, fit_codebook
-from .evaluator import (
+from ...checkpoints import save_safetensors
+from ..codebook import PatchCodebook, fit_codebook
+from ...lab.demo_evaluator import (
     CLASSIFIER_FILE,
     CLASSIFIER_KIND,
     REFERENCE_FILE,
@@ -33,7 +33,8 @@ from .evaluator import (
     gaussian_stats,
     to_model_input,
 )
-from .scenes import IMAGE_SIZE, sample_scenes
+from ..paths import WEIGHTS_DIR
+from ..scenes import IMAGE_SIZE, sample_scenes
 
 TRAIN_SEED, HELDOUT_SEED, REFERENCE_SEED = 1_000, 2_000, 3_000  # offsets added to --seed
 CODEBOOK_IMAGES = 4_000  # images the augmentation codebook is fitted on
@@ -42,8 +43,10 @@ PATCH_GRID = (IMAGE_SIZE // 2, IMAGE_SIZE // 2)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m specar.demo.train_classifier", description=__doc__.split("\n")[0])
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "weights", help="output folder")
+    p = argparse.ArgumentParser(
+        prog="python -m specar.demo.training.train_classifier", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-size", type=int, default=24_000)
     p.add_argument("--heldout-size", type=int, default=4_000)

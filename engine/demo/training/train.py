@@ -1,6 +1,6 @@
 """Train the demo target or drafter (LlamaGen architecture) on procedural scenes.
 
-    python -m specar.demo.train --role target --threads 1 --minutes 100 --out out/demo-target
+    python -m specar.demo.training.train --role target --threads 1 --minutes 100 --out out/demo-target
 
 Every batch is rendered on the fly from ``(seed, step)``, so the data never repeats, needs no
 disk, and a resumed run sees exactly the batches an uninterrupted one would. The codebook is
@@ -33,13 +33,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import load_into, read_safetensors_metadata, read_state_dict, save_safetensors
-from ..models.llamagen.checkpoint import read_gpt
-from ..models.llamagen.gpt import GPT, GPTConfig
-from .codebook import PatchCodebook, fit_codebook
-from .scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
+from ...checkpoints import load_into, read_safetensors_metadata, read_state_dict, save_safetensors
+from ...models.llamagen.checkpoint import read_gpt
+from ...models.llamagen.gpt import GPT, GPTConfig
+from ..codebook import PatchCodebook, fit_codebook
+from ..scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
+from ..paths import WEIGHTS_DIR
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 GRID = 16
 # Architecture and peak learning rate per role.
 ROLES: dict[str, dict[str, int]] = {
@@ -256,8 +256,8 @@ class Trainer:
         meta = load_state(self.state_path, self.model, self.opt)
         if meta["gpt"] != self.cfg.to_dict() or meta["seed"] != self.args.seed or meta["batch"] != self.args.batch:
             raise SystemExit(f"{self.state_path} was written by a different configuration; start a new --out")
-        self.step, self.total, self.warmup = int(meta["step"]), meta["total_steps"], int(meta["warmup"])  # type: ignore[assignment]
-        self.peak_lr = float(meta["peak_lr"])  # type: ignore[arg-type]
+        self.step, self.total, self.warmup = int(meta["step"]), meta["total_steps"], int(meta["warmup"])
+        self.peak_lr = float(meta["peak_lr"])
         log(f"resumed {self.state_path} at step {self.step}/{self.total}")
 
     def calibrate(self, started: float, losses: list[float]) -> None:
@@ -328,7 +328,7 @@ class Trainer:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m specar.demo.train", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m specar.demo.training.train", description=__doc__.split("\n\n")[0])
     p.add_argument("--role", choices=sorted(ROLES), required=True)
     budget = p.add_mutually_exclusive_group(required=True)
     budget.add_argument("--minutes", type=float, help="wall-clock budget; fixes the step count after a few timed steps")

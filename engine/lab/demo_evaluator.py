@@ -19,9 +19,9 @@ from torch import nn
 
 from ..checkpoints import load_into, read_safetensors_metadata, read_state_dict
 from ..errors import CheckpointError, SettingsError
-from .scenes import IMAGE_SIZE, NUM_CLASSES, colour_of, shape_of
+from ..demo.scenes import IMAGE_SIZE, NUM_CLASSES, colour_of, shape_of
+from ..demo.paths import WEIGHTS_DIR
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CLASSIFIER_FILE = "classifier.safetensors"
 REFERENCE_FILE = "classifier_reference.safetensors"
 CLASSIFIER_KIND = "scene_classifier"

@@ -21,12 +21,12 @@ from typing import Callable, Sequence
 
 import torch
 
-from ..bench import SECOND_SEED_OFFSET, BenchRow, summarize
+from .bench import SECOND_SEED_OFFSET, BenchRow, summarize
 from ..errors import SettingsError
-from .acceptance import inner_temperature_for
-from .loop import check_draft_fits, generate_continuous
-from .model import ContinuousTokenModel
-from .types import ContinuousResult, ContinuousSettings, CSpDSettings
+from ..continuous.acceptance import inner_temperature_for
+from ..continuous.loop import check_draft_fits, generate_continuous
+from ..continuous.model import ContinuousTokenModel
+from ..continuous.types import ContinuousResult, ContinuousSettings, CSpDSettings
 
 BASELINE = "mar"
 Evaluate = Callable[[torch.Tensor, list[int]], dict[str, float]]

@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from .sampling import Constraint, DistributionProcessor
-from .types import SamplingSettings
+from ..sampling import Constraint, DistributionProcessor
+from ..types import SamplingSettings
 
 
 def randomized_pit(p: torch.Tensor, tokens: torch.Tensor, seed: int = 7) -> torch.Tensor:

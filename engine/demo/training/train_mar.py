@@ -1,7 +1,7 @@
 """Train the continuous demo pair: small MAR models over 2x2 RGB patches (12-d tokens).
 
-    python -m specar.demo.train_mar --role target --steps 1500 --threads 1 --out out/mar-target
-    python -m specar.demo.train_mar --role drafter --steps 1500 --threads 1 --out out/mar-drafter
+    python -m specar.demo.training.train_mar --role target --steps 1500 --threads 1 --out out/mar-target
+    python -m specar.demo.training.train_mar --role drafter --steps 1500 --threads 1 --out out/mar-drafter
 
 A 32x32 scene becomes 16x16 continuous tokens, each the 12 values of a 2x2 patch in [-1, 1], so
 no VAE is needed and decoding is a reshape. Both models are trained on the data independently,
@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from ..continuous.checkpoint import save_mar
-from ..continuous.mar import MAR, MARConfig
-from .codebook import images_to_patches
-from .scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
+from ...continuous.checkpoint import save_mar
+from ...continuous.mar import MAR, MARConfig
+from ..codebook import images_to_patches
+from ..scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
 from .train import Schedule, init_from, load_state, log, param_groups, save_state, stream_seed
 
 ROLES: dict[str, MARConfig] = {
@@ -125,7 +125,7 @@ class MARTrainer:
             meta = load_state(self.state_path, self.model, self.opt)
             if meta["mar"] != self.cfg.to_dict() or meta["steps"] != args.steps or meta["batch"] != args.batch:
                 raise SystemExit(f"{self.state_path} was written by a different configuration; start a new --out")
-            self.step = int(meta["step"])  # type: ignore[arg-type]
+            self.step = int(meta["step"])
             log(f"resumed at step {self.step}/{args.steps}")
         started = last_log = last_save = time.time()
         losses: list[float] = []
@@ -162,7 +162,7 @@ class MARTrainer:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m specar.demo.train_mar", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m specar.demo.training.train_mar", description=__doc__.split("\n\n")[0])
     p.add_argument("--role", choices=sorted(ROLES), required=True)
     p.add_argument("--steps", type=int, required=True, help="optimizer steps (cosine schedule length)")
     p.add_argument("--out", default="out/mar")

@@ -17,12 +17,12 @@ from typing import Callable
 
 import torch
 
-from .errors import SettingsError
-from .timing import synchronize
-from .models.base import ImageTokenModel
-from .models.llamagen.gpt import GPTConfig
-from .types import Conditioning
-from .verify import tree_attention, tree_layout
+from ..errors import SettingsError
+from ..timing import synchronize
+from ..models.base import ImageTokenModel
+from ..models.llamagen.gpt import GPTConfig
+from ..types import Conditioning
+from ..verify import tree_attention, tree_layout
 
 BLOCKS = (1, 4, 16)
 PROMPT_TOKENS = 32  # text tokens before the image for the text-to-image models
@@ -54,9 +54,9 @@ def _random_init(module: torch.nn.Module, device: torch.device, dtype: torch.dty
 def _janus(text: dict[str, object], device: torch.device, dtype: torch.dtype) -> ImageTokenModel:
     from transformers import GenerationConfig, JanusConfig, JanusForConditionalGeneration
 
-    from .models.janus import JanusImageModel
+    from ..models.janus import JanusImageModel
 
-    hidden = int(text["hidden_size"])  # type: ignore[call-overload]
+    hidden = int(text["hidden_size"])
     # the understanding tower never runs in generation: a minimal one that keeps the 24x24 grid
     vision = dict(
         image_size=384,
@@ -86,8 +86,8 @@ def _janus(text: dict[str, object], device: torch.device, dtype: torch.dtype) ->
 
 
 def _llamagen(config: GPTConfig, device: torch.device, dtype: torch.dtype) -> ImageTokenModel:
-    from .models.llamagen.adapter import LlamaGenModel
-    from .models.llamagen.gpt import GPT
+    from ..models.llamagen.adapter import LlamaGenModel
+    from ..models.llamagen.gpt import GPT
 
     with torch.device("meta"):
         gpt = GPT(config)
@@ -224,14 +224,14 @@ def projected_speedup(row: dict[str, object], target: ForwardTimes, drafter: For
     forward over the cost of the block it verifies, plus its drafter forwards at ``drafter``'s
     one-token cost (``None`` when the method drafts with a model and no drafter was timed).
     A projection: it leaves out the loop's own time and assumes the demo's acceptance."""
-    per_forward = float(row["tokens_per_forward"])  # type: ignore[arg-type]
-    block = float(row.get("tokens_per_verify") or 1.0)  # type: ignore[arg-type]
+    per_forward = float(row["tokens_per_forward"])
+    block = float(row.get("tokens_per_verify") or 1.0)
     cost = relative_cost(target, block)
-    drafter_calls = float(row.get("drafter_forwards_per_call") or 0.0)  # type: ignore[arg-type]
+    drafter_calls = float(row.get("drafter_forwards_per_call") or 0.0)
     if drafter_calls:
         if drafter is None:
             return None
-        forwards = float(row["target_forwards_per_image"]) * int(row["images"]) / int(row["calls"])  # type: ignore[arg-type]
+        forwards = float(row["target_forwards_per_image"]) * int(row["images"]) / int(row["calls"])
         cost += drafter_calls / forwards * min(drafter.milliseconds.values()) / min(target.milliseconds.values())
     return per_forward / cost
 
@@ -252,7 +252,7 @@ def projection_table(rows: list[dict[str, object]], targets: list[ForwardTimes],
             speedup = projected_speedup(row, target, drafter)
             cells.append("needs --drafter-model" if speedup is None else f"{speedup:.2f}x")
         lines.append(
-            f"| {row['method']} | {float(row['tokens_per_forward']):.2f} | "  # type: ignore[arg-type]
+            f"| {row['method']} | {float(row['tokens_per_forward']):.2f} | "
             f"{float(row.get('tokens_per_verify') or 1.0):.1f} | " + " | ".join(cells) + " |"
-        )  # type: ignore[arg-type]
+        )
     return "\n".join(lines)

@@ -1,8 +1,9 @@
 """Train the demo's EAGLE-style tree head on the demo target's own samples.
 
-    python -m specar.demo.tree_head_data --images 10240 --out out/tree-head-data-10k
-    python -m specar.demo.train_tree_head --data out/tree-head-data-10k --steps 3000 --threads 2 --out out/tree-head
-    python -m specar.demo.train_tree_head --data out/tree-head-data-10k --steps 3000 --redundancy 0.9 \\
+    python -m specar.demo.training.tree_head_data --images 10240 --out out/tree-head-data-10k
+    python -m specar.demo.training.train_tree_head --data out/tree-head-data-10k --steps 3000 --threads 2 \\
+        --out out/tree-head
+    python -m specar.demo.training.train_tree_head --data out/tree-head-data-10k --steps 3000 --redundancy 0.9 \\
         --out out/tree-head-redundancy
 
 (the first two lines made the shipped head: 44 minutes on two CPU threads).
@@ -35,9 +36,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..checkpoints import read_state_dict, save_safetensors
-from ..drafts.tree_head import TreeHead, TreeHeadConfig, save_tree_head
-from .model import load_demo
+from ...checkpoints import read_state_dict, save_safetensors
+from ...drafts.tree_head import TreeHead, TreeHeadConfig, save_tree_head
+from ..model import load_demo
 from .train import Schedule, load_state, log, save_state, stream_seed
 from .tree_head_data import read_chunks
 
@@ -46,7 +47,7 @@ CLASS_LOSS_WEIGHT = 0.1  # EAGLE-1: v_loss + 0.1 * p_loss
 HEAD_HEADS, HEAD_FFN = 6, 512  # the demo target's head count and feed-forward width
 
 
-def target_states(target, class_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:  # type: ignore[no-untyped-def]
+def target_states(target, class_ids: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Teacher-forced target states ``[2B, N + 1, D]`` for the class rows then the null-class rows:
     slot 0 is the state after the condition, slot t + 1 the state after image token t."""
     gpt = target.gpt
@@ -60,7 +61,7 @@ def interchangeable_tokens(
     target,
     class_ids: torch.Tensor,
     tokens: torch.Tensor,
-    states: torch.Tensor,  # type: ignore[no-untyped-def]
+    states: torch.Tensor,
     p: torch.Tensor,
     alternatives: int,
     tau: float,
@@ -222,8 +223,8 @@ class HeadTrainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.redundancy = self.redundancy_targets() if args.redundancy is not None else None
         if args.resume and self.state_path.is_file():
-            meta = load_state(self.state_path, self.head, self.opt)  # type: ignore[arg-type]
-            self.step = int(meta["step"])  # type: ignore[arg-type]
+            meta = load_state(self.state_path, self.head, self.opt)
+            self.step = int(meta["step"])
             log(f"resumed at step {self.step}")
         log(
             f"tree head {sum(p.numel() for p in self.head.parameters()) / 1e6:.2f}M params, {self.train_count} "
@@ -243,10 +244,10 @@ class HeadTrainer:
                 )
                 window, last_log = [], now
             if now - last_save >= args.save_minutes * 60:
-                save_state(self.state_path, self.head, self.opt, self.meta())  # type: ignore[arg-type]
+                save_state(self.state_path, self.head, self.opt, self.meta())
                 last_save = time.time()
         val = self.validate()
-        save_state(self.state_path, self.head, self.opt, self.meta())  # type: ignore[arg-type]
+        save_state(self.state_path, self.head, self.opt, self.meta())
         final = self.out / "tree_head.safetensors"
         save_tree_head(
             self.head,
@@ -263,7 +264,9 @@ class HeadTrainer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(prog="python -m specar.demo.train_tree_head", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m specar.demo.training.train_tree_head", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--data", type=Path, default=Path("out/tree-head-data"))
     p.add_argument("--out", type=Path, default=Path("out/tree-head"))
     p.add_argument("--steps", type=int, default=3000)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from .models.base import ImageTokenModel
-from .types import Conditioning
+from ..models.base import ImageTokenModel
+from ..policies.evidence import code_evidence
+from ..types import Conditioning
 
 LOGIT_BUDGET = 1 << 27  # logits (two halves x images x tokens x codes) one pass may hold, about 0.5 GB
 
@@ -48,11 +49,3 @@ def evidence_of(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Per-image condition evidence ``[B]`` from :func:`teacher_forced_logits` of ``tokens [B, N]``."""
     per_code = code_evidence(logits)
     return per_code.gather(-1, tokens.to(per_code.device)[..., None])[..., 0].sum(-1).cpu()
-
-
-def code_evidence(logits: torch.Tensor) -> torch.Tensor:
-    """``log p(x | c) - log p(x | no condition)`` for every code ``[B, k, V]`` from the paired raw logits
-    ``[cond rows; uncond rows]`` ``[2B, k, V]``: how much each code would say about the condition (codes a
-    half rules out get a large finite value, so comparisons and sums stay defined)."""
-    conditioned, unconditioned = logits.float().log_softmax(-1).chunk(2)
-    return torch.nan_to_num(conditioned - unconditioned, nan=0.0, posinf=1e4, neginf=-1e4)

@@ -1,6 +1,6 @@
 """Self-generated training data for the demo's tree head: images the demo target drew itself.
 
-    python -m specar.demo.tree_head_data --images 6000 --out out/tree-head-data --threads 1
+    python -m specar.demo.training.tree_head_data --images 6000 --out out/tree-head-data --threads 1
 
 EAGLE-style heads learn to predict the target's next hidden state, so they are trained on what
 the target actually generates at its sampling settings (LANTERN self-distils the same way). The
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoints import read_state_dict, save_safetensors
-from ..loop import generate
-from ..types import Conditioning
-from .model import DEMO_SETTINGS, load_demo
+from ...checkpoints import read_state_dict, save_safetensors
+from ...loop import generate
+from ...types import Conditioning
+from ..model import DEMO_SETTINGS, load_demo
 
 CHUNK = 64  # images per generated batch and per file
 
@@ -51,7 +51,7 @@ def read_chunks(directory: Path) -> tuple[torch.Tensor, torch.Tensor]:
     paths = sorted(directory.glob("chunk_*.safetensors"))
     if not paths:
         raise FileNotFoundError(
-            f"no chunk_*.safetensors in {directory}: run python -m specar.demo.tree_head_data first"
+            f"no chunk_*.safetensors in {directory}: run python -m specar.demo.training.tree_head_data first"
         )
     parts = [read_state_dict(p) for p in paths]
     return (torch.cat([p["tokens"].long() for p in parts]), torch.cat([p["class_ids"].long() for p in parts]))

@@ -13,49 +13,33 @@ from typing import Callable, Sequence
 
 import torch
 
-from .drafts import DRAFTS, DraftOptions, check_policy_fits, make_draft
-from .drafts.base import DraftSource
-from .drafts.drafter import check_drafter_fits
-from .errors import SettingsError
+from ..drafts import DRAFTS, DraftOptions, check_policy_fits
+from ..drafts.base import DraftSource
+from ..drafts.drafter import check_drafter_fits
+from ..errors import SettingsError
+from ..loop import generate
+from ..methods import METHOD_SUMMARIES, PLAIN_AR, MethodOptions, make_method_draft
+from ..models.base import ImageTokenModel
+from ..policies import POLICIES
+from ..types import ConditionFn, GenerationResult, SamplingSettings, StepEvent
 from .evidence import evidence_of, images_per_pass, teacher_forced_logits
 from .fidelity import ks_uniform, token_pit
-from .loop import generate
-from .models.base import ImageTokenModel
-from .policies import POLICIES, AcceptancePolicy, make_policy
-from .types import Conditioning, GenerationResult, SamplingSettings, StepEvent
 
 METHODS: dict[str, str] = {
-    "ar": "plain autoregressive decoding, one token per target forward (the baseline)",
+    **METHOD_SUMMARIES,
     "ar2": "plain AR again with other seeds: the seed-to-seed spread that quality metrics are read against",
-    **{name: kind.summary for name, kind in DRAFTS.items()},
 }
 SECOND_SEED_OFFSET = 1_000_003  # ar2's seeds: far from any seed the first AR run uses
-AR_METHODS = ("ar", "ar2")  # plain AR: no drafts, no acceptance policy
+AR_METHODS = (PLAIN_AR, "ar2")  # plain AR: no drafts, no acceptance policy
 WARMUP_FORWARDS = 8  # enough to run every kernel shape once (prefill, blocks, drafter) without a whole image
 
-ConditionFn = Callable[[Sequence[int]], Conditioning]
-"""Conditioning for the images with these indices (so every method draws the same images)."""
 Call = tuple[list[int], SamplingSettings]
 """One generate call of a benchmark: the indices of its images and its settings (seed)."""
 
 
-@dataclass(frozen=True)
-class MethodOptions(DraftOptions):
-    """The draft sources' knobs and the acceptance policy's: name, relaxation, native parameters."""
-
-    policy: str = "exact"
-    relaxation: float = 0.0  # 0..1 for relaxed policies (0 = lossless)
-    policy_options: tuple[tuple[str, float], ...] = ()  # native parameters of the policy (experts)
-
-    def make_policy(self, model: ImageTokenModel) -> AcceptancePolicy:
-        return make_policy(self.policy, self.relaxation, model=model, **dict(self.policy_options))
-
-
-def make_method_draft(
-    method: str, options: MethodOptions, drafter: ImageTokenModel | None = None
-) -> DraftSource | None:
-    """A fresh draft source for a bench method (``None`` for plain AR)."""
-    return None if method in AR_METHODS else make_draft(method, options, drafter)
+def draft_for(method: str, options: DraftOptions, drafter: ImageTokenModel | None) -> DraftSource | None:
+    """A fresh draft source for a bench method's base name (``None`` for both AR runs)."""
+    return make_method_draft(PLAIN_AR if method in AR_METHODS else method, options, drafter)
 
 
 def split_method(name: str) -> tuple[str, str | None, float | None]:
@@ -220,7 +204,7 @@ def run_call(
         model,
         conditions(indices),
         settings,
-        make_method_draft(base, options, drafter),
+        draft_for(base, options, drafter),
         options.make_policy(model),
         observer,
         precise_timing=True,
@@ -260,7 +244,7 @@ def validate(
     """Fail on bad settings before any method runs, not after minutes of the first ones."""
     for method in methods:
         variant = options_for(method, options)
-        make_method_draft(split_method(method)[0], variant, drafter)
+        draft_for(split_method(method)[0], variant, drafter)
         check_policy_fits(variant.make_policy(model), split_method(method)[0])
     takes_drafter = [DRAFTS[base].takes_drafter for base in (split_method(m)[0] for m in methods) if base in DRAFTS]
     if any(takes_drafter) and drafter is not None:
