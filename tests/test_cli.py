@@ -24,26 +24,14 @@ from specar.heatmap import (
     side_by_side,
 )
 from specar.drafts.tree_head import save_tree_head
-from specar.models.vq16 import VQ16Config, VQ16Decoder
 from specar.progress import ProgressBar
 from specar.session import class_for_prompt
 from specar.types import GenerationResult, TokenKind
-from tiny import TINY_DRAFTER, save_official_pt, tiny_gpt, tiny_model, tiny_tree_head
+from tiny import TINY_DRAFTER, tiny_gpt, tiny_model, tiny_model_dir, tiny_tree_head
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_VQ = VQ16Config(codebook_size=64, codebook_dim=8, z_channels=32, ch=32, ch_mult=(1, 2), num_res_blocks=1)
 IMAGE_SIDE = 8 * 2  # 8x8 tokens, 2x upsampling in the tiny VQ decoder
 FAST = ["--cfg", "1", "--window", "6", "--quiet"]  # no CFG pair: half the work per forward
-
-
-def _model_dir(root: Path, gpt: torch.nn.Module, n_head: int, with_vq: bool) -> Path:
-    root.mkdir()
-    save_official_pt(gpt, root / "c2i_tiny.pt")
-    (root / "config.json").write_text(json.dumps({"family": "llamagen", "n_head": n_head, "grid_size": 8}))
-    if with_vq:
-        torch.manual_seed(0)
-        torch.save({"model": VQ16Decoder(TINY_VQ).state_dict()}, root / "vq_tiny.pt")
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -53,9 +41,11 @@ def dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     save_tree_head(tiny_tree_head(tiny_model(0)), head)
     return {
         "head": head,
-        "model": _model_dir(root / "target", tiny_gpt(), 4, with_vq=True),
-        "drafter": _model_dir(root / "drafter", tiny_gpt(1, **TINY_DRAFTER), 2, with_vq=False),
-        "bad_drafter": _model_dir(root / "bad", tiny_gpt(1, **{**TINY_DRAFTER, "vocab_size": 32}), 2, with_vq=False),
+        "model": tiny_model_dir(root / "target", tiny_gpt(), 4, with_vq=True),
+        "drafter": tiny_model_dir(root / "drafter", tiny_gpt(1, **TINY_DRAFTER), 2, with_vq=False),
+        "bad_drafter": tiny_model_dir(
+            root / "bad", tiny_gpt(1, **{**TINY_DRAFTER, "vocab_size": 32}), 2, with_vq=False
+        ),
     }
 
 

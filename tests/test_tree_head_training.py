@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from specar import Conditioning, generate
@@ -47,3 +48,5 @@ def test_data_then_training_then_drafting(tmp_path: Path) -> None:
     head = load_tree_head(out / "tree_head.safetensors", target)
     result = generate(target, Conditioning.classes([1]), DEMO_SETTINGS, draft=TreeHeadDrafts(head, TreeShape(nodes=12)))
     assert result.finished and result.drafter_forwards > 0
+    with pytest.raises(SystemExit, match=f"error: .* holds {CHUNK} images: --val-images {CHUNK} must leave some"):
+        train_main(["--data", str(data), "--out", str(out), "--steps", "1", "--val-images", str(CHUNK)])

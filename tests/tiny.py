@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import torch
 
 from specar.checkpoints import save_safetensors
@@ -18,9 +20,11 @@ from specar.drafts.auto import CALIBRATION_BLOCKS, AutoDrafts, ForwardCosts
 from specar.drafts.tree_head import TreeHead
 from specar.models.llamagen.adapter import LlamaGenModel
 from specar.models.llamagen.gpt import GPT, GPTConfig
+from specar.models.vq16 import VQ16Config, VQ16Decoder
 
 TINY = dict(vocab_size=64, dim=64, n_layer=2, n_head=4, num_classes=10, grid_size=8)
 TINY_DRAFTER = dict(vocab_size=64, dim=32, n_layer=1, n_head=2, num_classes=10, grid_size=8)
+TINY_VQ = VQ16Config(codebook_size=64, codebook_dim=8, z_channels=32, ch=32, ch_mult=(1, 2), num_res_blocks=1)
 
 
 def tiny_gpt(seed: int = 0, **overrides: object) -> GPT:
@@ -62,6 +66,18 @@ def save_official_pt(gpt: GPT, path: Path, wrapper: str | None = "model", stale_
     obj: object = {wrapper: state, "steps": 10} if wrapper else state
     torch.save(obj, path)
     return path
+
+
+def tiny_model_dir(root: Path, gpt: torch.nn.Module, n_head: int, with_vq: bool) -> Path:
+    """A LlamaGen model folder as users lay it out: official ``.pt`` weights, ``config.json`` and (optionally)
+    a VQ tokenizer, so ``load_model(root)`` and ``specar --model root`` read it like a real checkpoint."""
+    root.mkdir()
+    save_official_pt(gpt, root / "c2i_tiny.pt")
+    (root / "config.json").write_text(json.dumps({"family": "llamagen", "n_head": n_head, "grid_size": 8}))
+    if with_vq:
+        torch.manual_seed(0)
+        torch.save({"model": VQ16Decoder(TINY_VQ).state_dict()}, root / "vq_tiny.pt")
+    return root
 
 
 def save_own_safetensors(gpt: GPT, path: Path) -> Path:

@@ -1,6 +1,6 @@
 """Train the scene classifier behind the demo quality metrics, and its real-data reference statistics.
 
-    python -m specar.demo.training.train_classifier --out engine/demo/weights
+    python -m specar.demo.training.train_classifier --out out/classifier   # then copy it into engine/demo/weights
 
 Deterministic for a given seed and thread count: images come from ``scenes`` with fixed seeds
 (training, held-out and reference sets use disjoint ones), and torch is seeded. Every model sample
@@ -33,7 +33,6 @@ from ...lab.demo_evaluator import (
     gaussian_stats,
     to_model_input,
 )
-from ..paths import WEIGHTS_DIR
 from ..scenes import IMAGE_SIZE, sample_scenes
 
 TRAIN_SEED, HELDOUT_SEED, REFERENCE_SEED = 1_000, 2_000, 3_000  # offsets added to --seed
@@ -46,7 +45,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="python -m specar.demo.training.train_classifier", description=__doc__.split("\n")[0]
     )
-    p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="output folder")
+    p.add_argument("--out", type=Path, default=Path("out/classifier"), help="output folder (copy it to ship it)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-size", type=int, default=24_000)
     p.add_argument("--heldout-size", type=int, default=4_000)

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 
 from ...checkpoints import read_state_dict, save_safetensors
+from ...errors import SettingsError, SpecARError
 from ...drafts.tree_head import TreeHead, TreeHeadConfig, save_tree_head
 from ..model import load_demo
 from .train import Schedule, load_state, log, save_state, stream_seed
@@ -125,6 +126,11 @@ class HeadTrainer:
         self.state_path = self.out / "tree-head-state.safetensors"
         self.step, self.total = 0, args.steps
         n = self.tokens.shape[0]
+        if not 0 < args.val_images < n:
+            raise SettingsError(
+                f"{args.data} holds {n} images: --val-images {args.val_images} must leave some to train on "
+                "(draw more with tree_head_data --images, or hold out fewer)"
+            )
         self.val_index = torch.arange(n - args.val_images, n)
         self.train_count = n - args.val_images
 
@@ -289,7 +295,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--save-minutes", type=float, default=5.0)
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    HeadTrainer(args).run()
+    try:
+        HeadTrainer(args).run()
+    except SpecARError as exc:
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":
