@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from . import cli_continuous
-from .cli_output import StopOnInterrupt, write_json, write_pictures
+from .cli_output import StopOnInterrupt, check_outputs, write_json, write_pictures
 from .continuous.registry import is_continuous
 from .drafts import DRAFTS, check_policy_fits, jacobi_method
 from .drafts.drafter import check_drafter_fits
@@ -620,6 +620,7 @@ def _batch_size(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    check_outputs(args)
     if is_continuous(args.model, args.family):
         return cli_continuous.generate(args)
     wanted = DRAFTS.get(_method(args.draft, args))

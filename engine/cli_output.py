@@ -11,6 +11,8 @@ import signal
 from pathlib import Path
 from types import FrameType
 
+from .atomic import replace_atomically
+from .errors import SettingsError
 from .explain import explanation
 from .heatmap import acceptance_heatmap, committed_mask, image_grid, save_png, side_by_side
 from .models.base import ImageTokenModel
@@ -18,16 +20,46 @@ from .types import GenerationResult
 
 
 def write_text(path: str, text: str) -> None:
-    """Write ``text`` to ``path`` whole or not at all: a temporary file beside it, then renamed."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
-    partial.write_text(text)
-    os.replace(partial, target)
+    """Write ``text`` to ``path`` whole or not at all."""
+    replace_atomically(path, lambda partial: partial.write_text(text))
 
 
 def write_json(path: str, data: dict[str, object]) -> None:
-    write_text(path, json.dumps(data, indent=1) + "\n")
+    """Strict JSON (no bare NaN or Infinity, which JSON readers refuse): undefined numbers become null."""
+    write_text(path, json.dumps(_json_ready(data), indent=1, allow_nan=False) + "\n")
+
+
+def _json_ready(value: object) -> object:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_ready(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(item) for item in value]
+    return value
+
+
+PICTURE_OPTIONS = ("out", "heatmap", "compare", "explain")
+FILE_OPTIONS = (*PICTURE_OPTIONS, "stats", "json", "plot", "table")
+
+
+def check_outputs(args: argparse.Namespace) -> None:
+    """Refuse output paths that would fail or clash, before any model loads or decodes: two options naming
+    one file, a picture not named .png (SpecAR writes PNG), a folder that cannot be written."""
+    given = {f"--{name}": Path(getattr(args, name)) for name in FILE_OPTIONS if getattr(args, name, None)}
+    seen: dict[Path, str] = {}
+    for option, path in given.items():
+        resolved = path.resolve()
+        if resolved in seen:
+            raise SettingsError(f"{seen[resolved]} and {option} both name {path}: give each output its own file")
+        seen[resolved] = option
+        if path.is_dir():
+            raise SettingsError(f"{option} {path} is a folder; name a file in it")
+        if option.removeprefix("--") in PICTURE_OPTIONS + ("plot",) and path.suffix.lower() != ".png":
+            raise SettingsError(f"{option} {path}: SpecAR writes PNG pictures; name the file .png")
+        folder = next(parent for parent in path.resolve().parents if parent.exists())
+        if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+            raise SettingsError(f"cannot write {option} {path}: {folder} is not a writable folder")
 
 
 class StopOnInterrupt:

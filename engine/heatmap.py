@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import replace_atomically
 from .types import GenerationResult, TokenKind
 
 RGB = tuple[int, int, int]
@@ -189,9 +190,7 @@ def comparison(
 
 
 def save_png(image: Image.Image | torch.Tensor | np.ndarray, path: str | Path) -> Path:
-    """Write a PIL image or a ``uint8 [B, H, W, 3]`` batch (as a grid) to ``path``, making folders."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write a PIL image or a ``uint8 [B, H, W, 3]`` batch (as a grid) to ``path`` as PNG, making folders; whole
+    or not at all."""
     picture = image if isinstance(image, Image.Image) else image_grid(image)
-    picture.save(path, format="PNG")
-    return path
+    return replace_atomically(path, lambda partial: picture.save(partial, format="PNG"))

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .errors import SettingsError
+from .validation import finite_number, seed, whole_number
 
 
 @dataclass(frozen=True)
@@ -35,16 +36,18 @@ class SamplingSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.cfg_scale < 0:
-            raise SettingsError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        finite_number("cfg_scale", self.cfg_scale, low=0.0)
+        finite_number("temperature", self.temperature, low=0.0)
         if not self.greedy and self.temperature <= 0:
             raise SettingsError(
                 f"temperature must be > 0 when sampling, got {self.temperature} (use greedy decoding for temperature 0)"
             )
-        if self.top_k < 0:
-            raise SettingsError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
+        whole_number("top_k", self.top_k, low=0)  # 0 disables it
+        if not 0.0 < finite_number("top_p", self.top_p) <= 1.0:
             raise SettingsError(f"top_p must be in (0, 1], got {self.top_p}")
+        seed(self.seed)
+        if not isinstance(self.greedy, bool):
+            raise SettingsError(f"greedy must be True or False, got {self.greedy!r}")
 
     @property
     def uses_cfg(self) -> bool:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..errors import SettingsError
+from ..validation import finite_number, seed, whole_number
 from ..types import GenerationResult
 from .acceptance import GaussianAcceptance
 from .schedule import CFG_SCHEDULES
@@ -30,16 +31,14 @@ class ContinuousSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.num_iter < 1:
-            raise SettingsError(f"num_iter must be >= 1, got {self.num_iter}")
-        if self.num_sampling_steps < 1:
-            raise SettingsError(f"num_sampling_steps must be >= 1, got {self.num_sampling_steps}")
-        if self.cfg_scale < 0:
-            raise SettingsError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+        whole_number("num_iter", self.num_iter, low=1)
+        whole_number("num_sampling_steps", self.num_sampling_steps, low=1)
+        finite_number("cfg_scale", self.cfg_scale, low=0.0)
         if self.cfg_schedule not in CFG_SCHEDULES:
             raise SettingsError(f"cfg_schedule must be one of {', '.join(CFG_SCHEDULES)}, got {self.cfg_schedule!r}")
-        if self.temperature <= 0:
+        if finite_number("temperature", self.temperature) <= 0:
             raise SettingsError(f"temperature must be > 0, got {self.temperature}")
+        seed(self.seed)
 
     @property
     def uses_cfg(self) -> bool:

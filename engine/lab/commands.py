@@ -32,7 +32,7 @@ from ..cli_continuous import (
     refuse_discrete_options,
     speculation_settings,
 )
-from ..cli_output import write_json, write_text
+from ..cli_output import check_outputs, write_json, write_text
 from ..continuous.registry import is_continuous, load_continuous_model
 from ..drafts import DRAFTS
 from ..drafts.tree_head import head_fingerprint
@@ -80,6 +80,7 @@ def _options_record(options: MethodOptions) -> dict[str, object]:
 
 
 def bench(args: argparse.Namespace) -> int:
+    check_outputs(args)
     if is_continuous(args.model, args.family):
         return continuous_bench(args)
     requested = {split_method(m)[0] for m in parse_methods(args.methods)} if args.methods else set()
@@ -187,6 +188,7 @@ def _write_pareto(runs: list[dict[str, object]], plot: str | None, table: str | 
 
 
 def pareto(args: argparse.Namespace) -> int:
+    check_outputs(args)
     print(_write_pareto(load_runs(args.runs), args.plot, args.table, args.images))
     return 0
 
@@ -220,6 +222,7 @@ def format_table(rows: list[BenchRow], model: ImageTokenModel, settings: Samplin
 
 
 def forward_bench(args: argparse.Namespace) -> int:
+    check_outputs(args)
     if args.drafter_model and not args.project:
         raise SettingsError("--drafter-model is for --project: give the benchmark JSON to project")
     runs = load_runs([args.project]) if args.project else []
