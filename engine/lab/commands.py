@@ -244,7 +244,7 @@ def forward_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-# -- continuous-token bench ---
+# -- continuous-token bench -----------------------------------------------------------------------
 
 
 def continuous_bench(args: argparse.Namespace) -> int:
