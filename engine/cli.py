@@ -25,7 +25,7 @@ from .drafts.drafter import check_drafter_fits
 from .drafts.jacobi import INITIALISATIONS, Q_CONVENTIONS
 from .drafts.tree_drafts import TreeShape
 from .drafts.tree_head import BUNDLED_HEAD, TreeHead, resolve_tree_head
-from .errors import SettingsError, SpecARError
+from .errors import NonFiniteOutputError, SettingsError, SpecARError
 from .loop import generate
 from .methods import METHOD_SUMMARIES, MethodOptions, make_method_draft
 from .models.base import ImageTokenModel
@@ -645,7 +645,12 @@ def _generate(args: argparse.Namespace) -> int:
             progress(event)
             return not stop.requested
 
-        result = generate(model, cond, settings, make_method_draft(method, options, drafter), policy, observer)
+        try:
+            result = generate(model, cond, settings, make_method_draft(method, options, drafter), policy, observer)
+        except NonFiniteOutputError as failed:  # keep what was decoded before it, then report
+            progress.finish()
+            write_pictures(args, model, failed.result)
+            raise
     progress.finish(summary_line(result))
     if result.draft_summary and not args.quiet:
         print(result.draft_summary, file=sys.stderr)

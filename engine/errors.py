@@ -22,3 +22,12 @@ class SettingsError(SpecARError):
 
 class IncompatibleDrafterError(SpecARError):
     """A drafter cannot draft for this target (vocabulary, grid or conditioning differ)."""
+
+
+class NonFiniteOutputError(SpecARError):
+    """A model returned NaN or infinite logits; ``result`` holds the tokens decided before it (as an
+    interrupted run would), so callers can still show them."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result

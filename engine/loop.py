@@ -15,11 +15,12 @@ per target forward, to learn how far each row advanced.
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
 
-from .errors import SettingsError
+from .errors import NonFiniteOutputError, SettingsError
 from .policies.evidence import code_evidence
 from .drafts.base import DecodeState, DraftSource, StepOutcome
 from .models.base import ImageTokenModel
@@ -88,12 +89,15 @@ def generate(
 
     out = clock.run(lambda: model.prefill(cond, settings.uses_cfg))
     p0 = processor(out.logits, torch.zeros(B, 1, dtype=torch.long, device=dev))
+    prefill_health = _health(out.logits)  # read with the first step's sync
+    nothing = torch.zeros(0, device=dev)  # a part with nothing to check
     tokens[:, 0] = sample(p0[:, 0], generator)
     kinds[:, 0] = int(TokenKind.PLAIN)
     forward_index[:, 0] = 0
     committed = torch.ones(B, dtype=torch.long)
     context_hidden = out.hidden
     target_forwards, drafted, accepted_total, finished = 1, 0, 0, True
+    failure = ""  # why the run stopped early on non-finite model output
     block_tokens = 0  # tokens fed to the target's block forwards (pending token and drafts), per row
     if prefix is not None and prefix.shape[1] > 0:
         P = _check_prefix(prefix, B, N, model.vocab_size)
@@ -161,7 +165,18 @@ def generate(
                     policy, p, block, node_positions, limit, generator, out.hidden[:B], layout, evidence
                 )
 
-            accepted, next_kind = torch.stack([verdict.accepted, verdict.next_kind]).cpu()  # the step's one host sync
+            health = [prefill_health, _health(out.logits), _health(block.q) if block.size else nothing]
+            prefill_health = nothing
+            synced = torch.cat([verdict.accepted.float(), verdict.next_kind.float(), *health]).cpu()  # the one sync
+            accepted, next_kind = synced[:B].long(), synced[B : 2 * B].long()
+            if not math.isfinite(sum(synced[2 * B :].tolist())):  # rare: find which rows, and whose output
+                finite = _finite_rows(synced[2 * B :], [len(part) for part in health], B) | done
+                failure = _non_finite(finite, committed, model.dtype)
+            if failure:
+                garbled = ~finite[0]  # a non-finite prefill: the first token too was drawn from garbage
+                committed = torch.where(garbled, 0, committed)
+                kinds[:, 0].masked_fill_(garbled.to(dev), -1)
+                break
             accepted = torch.where(done, 0, accepted)
             kept = torch.where(done, 0, 1 + accepted)  # pending token + accepted nodes
             cached_before = committed - 1
@@ -184,14 +199,14 @@ def generate(
             if draft is not None:
                 draft.observe(state, StepOutcome(block, verdict, p, out.hidden, committed_before))
             keep_going = notify()
-        finished = bool(int(committed.min()) >= N)
+        finished = not failure and bool(int(committed.min()) >= N)
     finally:
         if draft is not None:
             draft.end()
         model.release()
     synchronize(dev)
     wall = time.perf_counter() - started
-    return GenerationResult(
+    result = GenerationResult(
         tokens=tokens[:, :N].cpu(),
         kinds=kinds[:, :N].cpu(),
         forward_index=forward_index[:, :N].cpu(),
@@ -207,6 +222,40 @@ def generate(
         draft_summary=draft.summary() if draft is not None else "",
         block_tokens=block_tokens,
     )
+    if failure:
+        raise NonFiniteOutputError(failure, result)
+    return result
+
+
+def _health(values: torch.Tensor) -> torch.Tensor:
+    """One number per row of raw logits ``[R, k, V]`` (both guidance halves) or draft probabilities
+    ``[B, n, V]``: their sum, non-finite exactly when a value is NaN or infinite. Raw logits, because
+    greedy processing would turn NaN into a valid-looking argmax."""
+    return values.sum((-2, -1), dtype=torch.float32)
+
+
+def _finite_rows(sums: torch.Tensor, lengths: list[int], batch: int) -> torch.Tensor:
+    """``[3, batch]`` bool (prefill, target forward, drafts) from the host copy of the :func:`_health`
+    sums; an empty part (nothing checked) is finite, guidance halves fold onto their image."""
+    parts = torch.split(torch.isfinite(sums), lengths)
+    return torch.stack(
+        [part.view(-1, batch).all(0) if len(part) else torch.ones(batch, dtype=torch.bool) for part in parts]
+    )
+
+
+def _non_finite(finite: torch.Tensor, committed: torch.Tensor, dtype: torch.dtype) -> str:
+    """The reason to stop when rows of ``finite [3, B]`` (prefill, target forward, drafts) are not all true
+    ("" when they are)."""
+    for ok, who, first in zip(finite, ("target", "target", "draft source"), (True, False, False)):
+        if not bool(ok.all()):
+            token = 0 if first else int(committed[~ok].min())
+            hint = (
+                " (fp16 overflow? try bf16 or fp32)" if dtype == torch.float16 else " (NaN weights in the checkpoint?)"
+            )
+            return (
+                f"the {who} returned NaN or infinite logits at image token {token}{hint}; the tokens before it are kept"
+            )
+    return ""
 
 
 def _check_prefix(prefix: torch.Tensor, batch: int, total: int, vocab: int) -> int:

@@ -8,13 +8,25 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
-from specar import SettingsError, cli
+from specar import (
+    Conditioning,
+    DrafterModelDrafts,
+    ImageTokenModel,
+    JacobiDrafts,
+    ModelOutput,
+    SettingsError,
+    cli,
+    generate,
+)
 from specar.cli_output import write_json
 from specar.continuous.types import ContinuousSettings
 from specar.heatmap import save_png
+from specar.errors import NonFiniteOutputError
 from specar.types import SamplingSettings
+from tiny import tiny_drafter, tiny_gpt, tiny_model, tiny_model_dir
 
 BAD_SAMPLING = [  # (field, value, what the error says)
     ("cfg_scale", float("nan"), "cfg_scale must be a finite number"),
@@ -128,3 +140,61 @@ def test_stats_json_is_strict(tmp_path: Path) -> None:
         "rows": [{"speed": None}, 1.5],
         "name": "x",
     }
+
+
+def _poisoned(model: ImageTokenModel, after_calls: int) -> ImageTokenModel:
+    """``model`` whose forwards return NaN logits from call ``after_calls`` on (as fp16 overflow would)."""
+    real_forward, calls = model.forward, []
+
+    def forward(*args: object, **kwargs: object) -> ModelOutput:
+        out = real_forward(*args, **kwargs)
+        calls.append(1)
+        return ModelOutput(out.logits.fill_(float("nan")), out.hidden) if len(calls) > after_calls else out
+
+    model.forward = forward
+    return model
+
+
+@pytest.mark.parametrize("source", ["ar", "jacobi"])
+def test_a_target_returning_nan_stops_the_run_and_keeps_the_tokens_before_it(source: str) -> None:
+    """The target returns NaN from its 6th block forward on: the run stops there with one line, and the tokens
+    decided before it are exactly plain AR's (greedy), as on interrupt."""
+    settings = SamplingSettings(greedy=True, cfg_scale=3.0)
+    cond = Conditioning.classes([1, 2])
+    clean = generate(tiny_model(0), cond, settings)
+    draft = JacobiDrafts(window=4) if source == "jacobi" else None
+    with pytest.raises(
+        NonFiniteOutputError, match=r"^the target returned NaN or infinite logits at image token \d+"
+    ) as failed:
+        generate(_poisoned(tiny_model(0), after_calls=5), cond, settings, draft=draft)
+    partial = failed.value.result
+    assert "\n" not in str(failed.value) and not partial.finished
+    assert 0 < int(partial.committed.min()) < partial.tokens.shape[1]
+    for row, kept in enumerate(partial.committed.tolist()):
+        assert torch.equal(partial.tokens[row, :kept], clean.tokens[row, :kept])
+
+
+def test_a_drafter_returning_nan_stops_a_sampled_run() -> None:
+    """Sampled acceptance reads the drafter's probabilities, so NaN there would garble tokens: refused."""
+    drafter = _poisoned(tiny_drafter(), after_calls=6)
+    with pytest.raises(NonFiniteOutputError, match="^the draft source returned NaN or infinite logits") as failed:
+        generate(tiny_model(0), Conditioning.classes([1, 2]), SamplingSettings(), DrafterModelDrafts(drafter, gamma=3))
+    assert not failed.value.result.finished and int(failed.value.result.committed.min()) > 0
+
+
+def test_a_checkpoint_with_nan_weights_is_one_line_and_keeps_nothing_garbled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    gpt = tiny_gpt()
+    with torch.no_grad():
+        gpt.tok_embeddings.weight[3].fill_(float("nan"))  # code 3's embedding: NaN once an image draws it
+        gpt.cls_embedding.embedding_table.weight.fill_(float("nan"))  # and every class: NaN at the first token
+    folder = tiny_model_dir(tmp_path / "nan", gpt, 4, with_vq=True)
+    code = cli.main(
+        ["generate", "--model", str(folder), "--draft", "none", "--out", str(tmp_path / "x.png"), "--quiet"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert code == cli.EXIT_USAGE and err.startswith(
+        "error: the target returned NaN or infinite logits at image token 0"
+    )
+    assert "\n" not in err and (tmp_path / "x.png").is_file()  # black where nothing was decided
