@@ -17,9 +17,11 @@ from specar import (
     ImageTokenModel,
     JacobiDrafts,
     ModelOutput,
+    CheckpointError,
     SettingsError,
     cli,
     generate,
+    load_model,
 )
 from specar.cli_output import write_json
 from specar.continuous.types import ContinuousSettings
@@ -198,3 +200,27 @@ def test_a_checkpoint_with_nan_weights_is_one_line_and_keeps_nothing_garbled(
         "error: the target returned NaN or infinite logits at image token 0"
     )
     assert "\n" not in err and (tmp_path / "x.png").is_file()  # black where nothing was decided
+
+
+BAD_CONFIGS = [  # config.json changes -> what the one-line error says
+    ({"n_head": "four"}, "config n_head must be a whole number, got 'four'"),
+    ({"n_head": 4.5}, "config n_head must be a whole number, got 4.5"),
+    ({"n_head": -4}, "config n_head must be in [1, any], got -4"),
+    ({"grid_size": 0}, "config grid_size must be in [1, any], got 0"),
+    ({"grid_size": 2000}, "LlamaGen grid_size must be in [1, 128], got 2000"),
+    ({"grid_size": None, "image_size": "big"}, "config image_size must be a whole number, got 'big'"),
+    ({"grid_size": None, "image_size": 256, "downsample": 0}, "config downsample must be in [1, any], got 0"),
+    ({"grid_size": None, "image_size": 8}, "config image_size 8 is smaller than one token"),
+    ({"norm_eps": -1}, "LlamaGen norm_eps must be > 0, got -1"),
+    ({"rope_base": float("nan")}, "LlamaGen rope_base must be a finite number, got nan"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD_CONFIGS, ids=lambda v: str(v)[:40])
+def test_a_bad_config_json_is_one_line(change: dict[str, object], message: str, tmp_path: Path) -> None:
+    folder = tiny_model_dir(tmp_path / "model", tiny_gpt(), 4, with_vq=False)
+    config = {**json.loads((folder / "config.json").read_text()), **change}
+    (folder / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
+    with pytest.raises(CheckpointError) as refused:
+        load_model(str(folder), device="cpu")
+    assert message in str(refused.value) and "\n" not in str(refused.value)

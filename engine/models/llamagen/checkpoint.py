@@ -17,6 +17,7 @@ import torch
 
 from ...checkpoints import load_into, read_json, read_safetensors_metadata, read_state_dict
 from ...errors import CheckpointError
+from ...validation import whole_number
 from .gpt import GPT, GPT_PRESETS, GPTConfig
 
 IGNORED_KEY_PARTS = ("freqs_cis", "causal_mask", ".kv_cache.")
@@ -53,6 +54,9 @@ def infer_gpt_config(state: dict[str, torch.Tensor], hints: dict[str, object], s
         )
     else:
         raise CheckpointError(f"{source} has neither a class table nor a caption projection (cls_embedding.*)")
+    for key in ("n_head", "image_size", "downsample", "grid_size"):
+        if key in hints:
+            whole_number(f"{source}: config {key}", hints[key], low=1, error=CheckpointError)
     n_head = hints.get("n_head") or _heads_from_presets(dim, n_layer)
     if n_head is None:
         raise CheckpointError(
@@ -67,7 +71,12 @@ def infer_gpt_config(state: dict[str, torch.Tensor], hints: dict[str, object], s
             fields[key] = hints[key]
     if "grid_size" not in fields and "image_size" in hints:
         fields["grid_size"] = int(hints["image_size"]) // int(hints.get("downsample", VQ_DOWNSAMPLE))
-    return GPTConfig(**fields)
+        if fields["grid_size"] == 0:
+            raise CheckpointError(f"{source}: config image_size {hints['image_size']} is smaller than one token")
+    try:
+        return GPTConfig(**fields)
+    except CheckpointError as exc:
+        raise CheckpointError(f"{source}: {exc}") from None
 
 
 def _heads_from_presets(dim: int, n_layer: int) -> int | None:

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...errors import CheckpointError
+from ...validation import positive_number, whole_number
 from ...kv_cache import FixedCacheView, RaggedKVCache
 
 # name: (n_layer, n_head, dim) as in LlamaGen's GPT_models table.
@@ -36,6 +37,9 @@ GPT_PRESETS: dict[str, tuple[int, int, int]] = {
 
 def _round_up(n: int, multiple: int) -> int:
     return n if n % multiple == 0 else n + multiple - n % multiple
+
+
+MAX_GRID_SIZE = 128  # tokens per side: 2048 px at LlamaGen's 16x downsampling (its largest is 32)
 
 
 @dataclass
@@ -59,6 +63,17 @@ class GPTConfig:
     grid_size: int = 16
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "dim", "n_layer", "n_head", "multiple_of", "cls_token_num", "caption_dim"):
+            whole_number(f"LlamaGen {name}", getattr(self, name), low=1, error=CheckpointError)
+        whole_number("LlamaGen num_classes", self.num_classes, low=0, error=CheckpointError)
+        whole_number("LlamaGen grid_size", self.grid_size, low=1, high=MAX_GRID_SIZE, error=CheckpointError)
+        for name in ("n_kv_head", "ffn_hidden"):
+            if getattr(self, name) is not None:
+                whole_number(f"LlamaGen {name}", getattr(self, name), low=1, error=CheckpointError)
+        for name in ("rope_base", "norm_eps") + (
+            ("ffn_dim_multiplier",) if self.ffn_dim_multiplier is not None else ()
+        ):
+            positive_number(f"LlamaGen {name}", getattr(self, name), error=CheckpointError)
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.model_type not in ("c2i", "t2i"):
