@@ -92,11 +92,20 @@ def _load_pickle(path: Path) -> object:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
-            f"{path.name} holds Python objects besides tensors; refusing to unpickle it "
-            f"(weights_only=True). Convert it to .safetensors or re-save only its state dict. ({exc})"
-        ) from exc
+            f"{path.name} holds Python objects besides tensors ({_first_line(exc)}); SpecAR does not unpickle "
+            "those: convert the file to .safetensors or re-save only its state dict"
+        ) from None
     except Exception as exc:
-        raise CheckpointError(f"{path.name} could not be read as a PyTorch checkpoint ({exc})") from exc
+        raise CheckpointError(f"{path.name} could not be read as a PyTorch checkpoint ({_first_line(exc)})") from None
+
+
+def _first_line(exc: Exception) -> str:
+    """The cause in one line, without torch's advice (which may suggest loading unsafely)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "Unsupported global" in line or "Unsupported operand" in line:
+            return line.rstrip(".")[:200]
+    return (lines[0] if lines else type(exc).__name__).rstrip(".")[:200]
 
 
 def _unwrap(obj: object, path: Path, wrapper_keys: tuple[str, ...]) -> dict[str, torch.Tensor]:

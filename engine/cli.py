@@ -18,9 +18,10 @@ from typing import Callable, Sequence
 
 from . import __version__
 from . import cli_continuous
+from .cli_continuous import refuse_continuous_options
 from .cli_output import StopOnInterrupt, check_outputs, write_json, write_pictures
 from .continuous.registry import is_continuous
-from .drafts import DRAFTS, check_policy_fits, jacobi_method
+from .drafts import DRAFTS, KNOBS, check_policy_fits, jacobi_method, unused_knobs
 from .drafts.drafter import check_drafter_fits
 from .drafts.jacobi import INITIALISATIONS, Q_CONVENTIONS
 from .drafts.tree_drafts import TreeShape
@@ -38,6 +39,8 @@ from .types import ConditionFn, Conditioning, GenerationResult, SamplingSettings
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl-C"
 DEFAULT_BENCH_METHODS = "jacobi,jacobi-row,mcsjd"
+DEFAULTS = MethodOptions()
+KNOB_OPTIONS = {knob: "--" + knob.replace("_", "-") for knob in KNOBS}  # each draft knob's option
 SEED_SPREAD = "plain AR again with other seeds: the seed-to-seed spread that quality metrics are read against"
 # --draft: none, jacobi (the variant from --jacobi-init and --coupling), model (the drafter chain), and the
 # registry's other sources by name
@@ -228,13 +231,14 @@ def _add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     group.add_argument(
         "--window",
         type=_int_at_least(1),
-        default=16,
+        default=None,
         metavar="N",
-        help="Jacobi decoding: tokens fed to the target per forward, the pending one plus N-1 guesses (default: 16)",
+        help="Jacobi decoding: tokens fed to the target per forward, the pending one plus N-1 guesses "
+        f"(default: {DEFAULTS.window})",
     )
     group.add_argument(
         "--q-init",
-        default="one_hot",
+        default=None,
         choices=Q_CONVENTIONS,
         help=(
             "Jacobi decoding: how a fresh random guess is weighed when accepting it; both are exact (default: "
@@ -244,37 +248,37 @@ def _add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
     group.add_argument(
         "--gamma",
         type=_int_at_least(1),
-        default=6,
+        default=None,
         metavar="N",
-        help="drafter decoding: tokens the drafter proposes per target forward (default: 6)",
+        help=f"drafter decoding: tokens the drafter proposes per target forward (default: {DEFAULTS.gamma})",
     )
     dynamic = TreeShape()
     group.add_argument(
         "--tree-top-k",
         type=_int_at_least(1),
-        default=dynamic.top_k,
+        default=None,
         metavar="N",
         help=f"dynamic tree: children kept per node and nodes expanded per depth (default: {dynamic.top_k})",
     )
     group.add_argument(
         "--tree-depth",
         type=_int_at_least(1),
-        default=dynamic.depth,
+        default=None,
         metavar="N",
         help=f"dynamic tree: deepest draft, in tokens (default: {dynamic.depth})",
     )
     group.add_argument(
         "--tree-nodes",
         type=_int_at_least(1),
-        default=dynamic.nodes,
+        default=None,
         metavar="N",
         help=f"dynamic tree: nodes verified per target forward (default: {dynamic.nodes})",
     )
     group.add_argument(
         "--tree-branching",
-        default=",".join(map(str, dynamic.branching)),
+        default=None,
         metavar="B1,B2,...",
-        help="static tree: children of every node at each depth (default: %(default)s)",
+        help=f"static tree: children of every node at each depth (default: {','.join(map(str, dynamic.branching))})",
     )
     group.add_argument(
         "--tree-guidance",
@@ -324,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     drafting.add_argument(
         "--jacobi-init",
-        default="random",
+        default=None,
         choices=INITIALISATIONS,
         help=(
             "Jacobi decoding: first guess for a new position, a random token or the token one row above "
@@ -538,13 +542,22 @@ def method_options(args: argparse.Namespace, head: TreeHead | None = None) -> Me
     """The draft and policy knobs; a relaxed policy without --relax runs at its recommended setting."""
     relax = recommended_relaxation(args.policy) if args.relax is None else args.relax
     policy_options = tuple(parse_policy_options(args.policy_option).items())
-    tree = TreeShape(top_k=args.tree_top_k, depth=args.tree_depth, nodes=args.tree_nodes, guidance=args.tree_guidance)
+    given = DEFAULTS.tree
+    tree = TreeShape(
+        top_k=given.top_k if args.tree_top_k is None else args.tree_top_k,
+        depth=given.depth if args.tree_depth is None else args.tree_depth,
+        nodes=given.nodes if args.tree_nodes is None else args.tree_nodes,
+        guidance=args.tree_guidance,
+    )
+    branching = (
+        DEFAULTS.tree_branching if args.tree_branching is None else TreeShape.parse_branching(args.tree_branching)
+    )
     return MethodOptions(
-        window=args.window,
-        gamma=args.gamma,
-        q_init=args.q_init,
+        window=DEFAULTS.window if args.window is None else args.window,
+        gamma=DEFAULTS.gamma if args.gamma is None else args.gamma,
+        q_init=DEFAULTS.q_init if args.q_init is None else args.q_init,
         tree=tree,
-        tree_branching=TreeShape.parse_branching(args.tree_branching),
+        tree_branching=branching,
         tree_head=head,
         policy=args.policy,
         relaxation=relax,
@@ -586,12 +599,24 @@ def conditions_for(model: ImageTokenModel, class_ids: list[int] | None, prompt: 
 # -- generate -------------------------------------------------------------------------------------
 
 
+def refuse_unused_knobs(args: argparse.Namespace, methods: list[str], used_by: str) -> None:
+    """Refuse draft options that none of ``methods`` reads, rather than ignore them."""
+    given = {knob for knob in KNOBS if getattr(args, knob, None) is not None}
+    unused = [KNOB_OPTIONS[knob] for knob in unused_knobs(methods, given)]
+    if unused:
+        raise SettingsError(f"{', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used by {used_by}")
+
+
 def _method(kind: str | None, args: argparse.Namespace) -> str:
     """The method ``--draft`` names: ``none`` is plain AR, ``model`` the drafter chain, ``jacobi``
     the SJD variant of ``--jacobi-init`` and ``--coupling``; the rest are registry names."""
     kind = kind or "auto"
     if kind == "jacobi":
-        return jacobi_method(args.jacobi_init, args.coupling)
+        return jacobi_method(args.jacobi_init or "random", args.coupling)
+    if args.jacobi_init is not None or args.coupling:
+        raise SettingsError(
+            f"--jacobi-init and --coupling choose the Jacobi variant; they are not used by --draft {kind}"
+        )
     return {"none": "ar", "model": "drafter"}.get(kind, kind)
 
 
@@ -627,6 +652,8 @@ def _generate(args: argparse.Namespace) -> int:
     use_bundled_drafter(args, wanted is not None and wanted.takes_drafter)
     use_bundled_head(args, wanted is not None and wanted.needs == "tree head")
     method = _checked_method(args)
+    refuse_unused_knobs(args, [method], "plain decoding" if method == "ar" else f"the {method} draft")
+    refuse_continuous_options(args)
     batch = _batch_size(args)
     method_options(args)  # bad settings fail before the model loads
     model = load_target(args)

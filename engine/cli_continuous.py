@@ -20,6 +20,7 @@ from .continuous.model import MARTokenModel
 from .continuous.registry import load_continuous_model
 from .continuous.types import ContinuousSettings, CSpDSettings
 from .cli_output import StopOnInterrupt, write_json, write_pictures
+from .drafts import KNOBS
 from .errors import SettingsError
 from .progress import ProgressBar, summary_line
 from .session import class_for_prompt
@@ -51,16 +52,14 @@ def add_continuous_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--draft-steps",
         type=int,
-        default=CSpDSettings().draft_steps,
         metavar="N",
-        help="CSpD: draft MAR steps verified by one target pass (default: %(default)s)",
+        help=f"CSpD: draft MAR steps verified by one target pass (default: {CSpDSettings().draft_steps})",
     )
     group.add_argument(
         "--prefill-ratio",
         type=float,
-        default=CSpDSettings().prefill_ratio,
         metavar="F",
-        help="CSpD: share of the first steps the target runs alone (default: %(default)s)",
+        help=f"CSpD: share of the first steps the target runs alone (default: {CSpDSettings().prefill_ratio})",
     )
     group.add_argument(
         "--inner-temperature",
@@ -72,11 +71,37 @@ def add_continuous_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--residual-tries",
         type=int,
-        default=GaussianAcceptance().max_tries,
         metavar="N",
-        help="CSpD: tries of the residual sampler before it falls back to a target sample (default: %(default)s)",
+        help="CSpD: tries of the residual sampler before it falls back to a target sample "
+        f"(default: {GaussianAcceptance().max_tries})",
     )
     group.add_argument("--vae", metavar="PATH", help="MAR's KL-16 VAE (kl16.ckpt) for official MAR checkpoints")
+
+
+CONTINUOUS_OPTIONS = {
+    "--mar-steps": "mar_steps",
+    "--head-steps": "head_steps",
+    "--cfg-schedule": "cfg_schedule",
+    "--draft-steps": "draft_steps",
+    "--prefill-ratio": "prefill_ratio",
+    "--inner-temperature": "inner_temperature",
+    "--residual-tries": "residual_tries",
+    "--vae": "vae",
+}
+
+
+def refuse_continuous_options(args: argparse.Namespace) -> None:
+    """Refuse the MAR and CSpD options on a discrete-token model, rather than ignore them."""
+    given = [option for option, name in CONTINUOUS_OPTIONS.items() if getattr(args, name, None) is not None]
+    if given:
+        raise SettingsError(
+            f"{', '.join(given)} {_apply(given)} to continuous-token (MAR) models; "
+            f"{args.model} is a discrete-token model"
+        )
+
+
+def _apply(options: list[str]) -> str:
+    return "applies" if len(options) == 1 else "apply"
 
 
 def refuse_discrete_options(args: argparse.Namespace) -> None:
@@ -90,12 +115,15 @@ def refuse_discrete_options(args: argparse.Namespace) -> None:
             ("--tree-head", "tree_head"),
             ("--vq", "vq"),
             ("--compile", "compile"),
+            ("--jacobi-init", "jacobi_init"),
+            ("--coupling", "coupling"),
+            *((f"--{knob.replace('_', '-')}", knob) for knob in KNOBS),
         )
         if getattr(args, name, None) not in (None, False, "exact")
-    ]
+    ] + (["--dtype"] if getattr(args, "dtype", "auto") != "auto" else [])
     if given:
         raise SettingsError(
-            f"{', '.join(given)} apply to discrete-token models; {args.model} is a continuous MAR model "
+            f"{', '.join(given)} {_apply(given)} to discrete-token models; {args.model} is a continuous MAR model "
             "(see the CSpD options)"
         )
 
@@ -115,7 +143,14 @@ def continuous_settings(model: MARTokenModel, args: argparse.Namespace) -> Conti
 def speculation_settings(args: argparse.Namespace) -> CSpDSettings:
     relax = RECOMMENDED_RELAXATION if args.relax is None else args.relax
     temperature = args.inner_temperature if args.inner_temperature is not None else inner_temperature_for(relax)
-    return CSpDSettings(args.prefill_ratio, args.draft_steps, GaussianAcceptance(temperature, args.residual_tries))
+    defaults = CSpDSettings()
+    return CSpDSettings(
+        defaults.prefill_ratio if args.prefill_ratio is None else args.prefill_ratio,
+        defaults.draft_steps if args.draft_steps is None else args.draft_steps,
+        GaussianAcceptance(
+            temperature, defaults.acceptance.max_tries if args.residual_tries is None else args.residual_tries
+        ),
+    )
 
 
 def classes_for(model: MARTokenModel, args: argparse.Namespace, count: int) -> list[int]:

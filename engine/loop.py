@@ -75,6 +75,7 @@ def generate(
     policy = policy or ExactPolicy()
     model.check_conditioning(cond)
     policy.check_sampling(settings)
+    policy.check_model(model)
     B, N, dev = cond.batch_size, model.num_image_tokens, model.device
     generator = make_generator(settings.seed, dev)
     processor = DistributionProcessor(settings, model.constrain)

@@ -7,14 +7,22 @@ a mask painted over half a token relaxes that token half as much.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .errors import SettingsError
 
 
-def mask_to_token_weights(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-    """Pixel ``mask [H, W]`` or ``[B, H, W]`` in 0..1 -> per-token weights ``[B or 1, h*w]`` in raster order."""
+def mask_to_token_weights(mask: torch.Tensor | np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """Pixel ``mask [H, W]`` or ``[B, H, W]`` in 0..1 (a tensor or an array) -> per-token weights
+    ``[B or 1, h*w]`` in raster order."""
+    try:
+        mask = torch.as_tensor(mask).float()
+    except (TypeError, ValueError, RuntimeError):
+        raise SettingsError(f"a region mask must be an array of numbers in 0..1, got {type(mask).__name__}") from None
+    if not bool(torch.isfinite(mask).all()):
+        raise SettingsError("a region mask must hold finite numbers in 0..1 (it has NaN or infinite values)")
     if mask.dim() == 2:
         mask = mask[None]
     if mask.dim() != 3 or mask.shape[1] < 1 or mask.shape[2] < 1:

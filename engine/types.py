@@ -78,6 +78,14 @@ class Conditioning:
             raise SettingsError(
                 f"Conditioning needs exactly one of class_ids, prompts, caption_embeddings; got {kinds or 'none'}"
             )
+        if self.class_ids is not None and not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in self.class_ids
+        ):
+            raise SettingsError(f"class ids must be whole numbers >= 0, got {list(self.class_ids)}")
+        if self.prompts is not None and not all(isinstance(prompt, str) for prompt in self.prompts):
+            raise SettingsError("prompts must be text")
+        if self.batch_size == 0:
+            raise SettingsError("Conditioning needs at least one image (an empty list of classes or prompts)")
 
     @property
     def batch_size(self) -> int:
@@ -90,7 +98,8 @@ class Conditioning:
 
     @staticmethod
     def classes(class_ids: list[int] | tuple[int, ...]) -> "Conditioning":
-        return Conditioning(class_ids=tuple(int(c) for c in class_ids))
+        """Class-conditional images; whole-number ids of any integer type (numpy, 0-d tensors) are accepted."""
+        return Conditioning(class_ids=tuple(_class_id(c) for c in class_ids))
 
     def repeat_each(self, times: int) -> "Conditioning":
         """Every image's condition ``times`` times in a row (a drafter running several rows per image)."""
@@ -101,6 +110,16 @@ class Conditioning:
         assert self.caption_embeddings is not None
         mask = None if self.caption_mask is None else self.caption_mask.repeat_interleave(times, 0)
         return Conditioning(caption_embeddings=self.caption_embeddings.repeat_interleave(times, 0), caption_mask=mask)
+
+
+def _class_id(value: object) -> int:
+    try:
+        whole = int(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"a class id must be a whole number, got {value!r}") from None
+    if isinstance(value, (bool, str, float)) or whole != value:
+        raise SettingsError(f"a class id must be a whole number, got {value!r}")
+    return whole
 
 
 ConditionFn = Callable[[Sequence[int]], Conditioning]

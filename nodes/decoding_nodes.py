@@ -7,6 +7,7 @@ import torch
 from ..engine.continuous.session import speculation_for
 from ..engine.drafts import jacobi_method
 from ..engine.drafts.jacobi import INITIALISATIONS
+from ..engine.errors import SettingsError
 from ..engine.policies import POLICIES, make_policy, parse_policy_options, recommended_relaxation
 from ..engine.session import DraftRecipe, PolicyRecipe
 from .host import Host
@@ -25,10 +26,10 @@ def _policy(
         recipe = PolicyRecipe(policy, relaxation, mask, tuple(options.items()))
         speculation_for(DraftRecipe(), recipe)  # bad options fail on this node
         return (recipe,)
+    if policy not in POLICIES:  # e.g. a workflow saved with a policy this version does not have
+        raise SettingsError(f"unknown acceptance policy {policy!r}; available: {', '.join(POLICIES)}, cspd (MAR)")
     if not getattr(POLICIES[policy], "needs_model", False):  # the others are checked against the model by the sampler
-        make_policy(
-            policy, relaxation, **options
-        )  # a bad combination fails here, on this node, not later in the sampler
+        make_policy(policy, relaxation, **options)  # a bad combination fails here, on this node, not in the sampler
     return (PolicyRecipe(policy, relaxation, mask, tuple(options.items())),)
 
 

@@ -53,9 +53,13 @@ class LiveReport:
         mask = committed_mask(event.kinds[:1], self.model.grid, size)
         return Image.fromarray((pixels * mask[..., None])[0].numpy())
 
-    def finish(self) -> None:
-        if self.last_event is not None:
-            self.send(self.frames.frame(self.last_event, final=True))
+    def finish(self, error: str | None = None) -> None:
+        """The run's last frame, so the widget never stays on "sampling…": the final state, and why a run
+        that raised stopped (a frame without cells when it stopped before the first step)."""
+        frame = self.frames.frame(self.last_event, final=True) if self.last_event is not None else None
+        if error is not None:
+            frame = {**(frame or {"run": self.frames.run, "done": True}), "error": error}
+        self.send(frame)
 
     def send(self, frame: dict[str, object] | None) -> None:
         if frame is not None and self.host.node_id is not None:
@@ -99,8 +103,12 @@ def decode_job(
     """One observed run; an interrupted run ends the node the way the host expects."""
     report = LiveReport(host, model)
     run = run_continuous_job if is_continuous_model(model) else run_job
-    with on_compute_device(host, model, draft):
-        job = run(model, prompt, batch, settings, draft, policy, report)
+    try:
+        with on_compute_device(host, model, draft):
+            job = run(model, prompt, batch, settings, draft, policy, report)
+    except Exception as exc:
+        report.finish(error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise
     report.finish()
     if not job.result.finished:
         host.raise_interrupted()

@@ -7,6 +7,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -19,16 +20,21 @@ from specar import (
     ModelOutput,
     CheckpointError,
     SettingsError,
+    SpecARError,
     cli,
     generate,
     load_model,
+    make_policy,
+    resolve_device,
 )
 from specar.cli_output import write_json
+from specar.continuous.acceptance import GaussianAcceptance
 from specar.continuous.types import ContinuousSettings
 from specar.heatmap import save_png
+from specar.regions import mask_to_token_weights
 from specar.errors import NonFiniteOutputError
 from specar.types import SamplingSettings
-from tiny import tiny_drafter, tiny_gpt, tiny_model, tiny_model_dir
+from tiny import tiny_drafter, tiny_gpt, tiny_model, tiny_model_dir, tiny_model_with_codes
 
 BAD_SAMPLING = [  # (field, value, what the error says)
     ("cfg_scale", float("nan"), "cfg_scale must be a finite number"),
@@ -224,3 +230,67 @@ def test_a_bad_config_json_is_one_line(change: dict[str, object], message: str, 
     with pytest.raises(CheckpointError) as refused:
         load_model(str(folder), device="cpu")
     assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_api_mistakes_are_settings_errors_not_tracebacks() -> None:
+    """Each call a user can get wrong through the Python API ends in a SpecARError naming the problem."""
+    model, coded = tiny_model(0), tiny_model_with_codes(0)
+    mistakes = [
+        (lambda: load_model(None), "load_model needs a model name"),
+        (lambda: load_model(""), "load_model needs a model name"),
+        (lambda: Conditioning.classes([]), "at least one image"),
+        (lambda: Conditioning.classes(["3"]), "a class id must be a whole number, got '3'"),
+        (lambda: Conditioning(class_ids=(True,)), "class ids must be whole numbers"),
+        (lambda: model.decode(torch.full((1, 64), 64)), "has codes 0..63; got codes from 64 to 64"),
+        (lambda: model.decode(torch.full((1, 64), -1)), "has codes 0..63; got codes from -1 to -1"),
+        (lambda: model.decode(torch.zeros(1, 64)), "decodes a tensor of integer codes"),
+        (lambda: model.decode(torch.zeros(1, 10, dtype=torch.long)), "decodes codes \\[images, 64\\]"),
+        (lambda: resolve_device("mps"), "device mps was asked for but this PyTorch sees no Apple GPU"),
+        (lambda: GaussianAcceptance(1e308), "inner_temperature must be in \\[1, 10000\\]"),
+        (lambda: mask_to_token_weights(np.full((4, 4), np.nan), (2, 2)), "finite numbers in 0..1"),
+        (
+            lambda: generate(
+                tiny_model(0, vocab_size=32), Conditioning.classes([1]), policy=make_policy("gsd", 0.5, model=coded)
+            ),
+            "built for tiny \\(64 codes\\), not for tiny \\(32 codes\\)",
+        ),
+    ]
+    for call, message in mistakes:
+        with pytest.raises(SpecARError, match=message):
+            call()
+    assert mask_to_token_weights(np.ones((16, 16)), (8, 8)).shape == (1, 64)  # an array mask is fine
+
+
+@pytest.mark.parametrize(
+    ("command", "message"),
+    [
+        (["generate", "--draft", "model", "--window", "8"], "--window is not used by the drafter draft"),
+        (
+            ["generate", "--draft", "jacobi", "--jacobi-init", "row_above", "--q-init", "uniform"],
+            "--q-init is not used",
+        ),
+        (["generate", "--draft", "none", "--gamma", "3"], "--gamma is not used by plain decoding"),
+        (["generate", "--draft", "tree", "--tree-branching", "2,2"], "--tree-branching is not used by the tree draft"),
+        (["generate", "--draft", "model", "--coupling"], "--coupling choose the Jacobi variant"),
+        (["generate", "--mar-steps", "3"], "--mar-steps applies to continuous-token (MAR) models; demo is a discrete"),
+        (["generate", "--model", "mar-demo", "--window", "4"], "--window applies to discrete-token models"),
+        (["generate", "--model", "mar-demo", "--dtype", "bf16"], "--dtype applies to discrete-token models"),
+        (["generate", "--draft", "model", "--drafter", "mar-demo-drafter"], "mar-demo-drafter is a continuous-token"),
+        (["bench", "--methods", "jacobi-row", "--gamma", "3"], "--gamma is not used by --methods jacobi-row"),
+    ],
+)
+def test_options_a_run_would_ignore_are_refused(
+    command: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = ["--out", str(tmp_path / "x.png")] if command[0] == "generate" else []
+    code = cli.main([*command, *out, "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == cli.EXIT_USAGE and message in err and "\n" not in err
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_a_count_option_must_be_whole_and_dtype_applies_to_the_demo() -> None:
+    with pytest.raises(SettingsError, match="LANTERN neighbours must be a whole number, got 2.5"):
+        make_policy("lantern", 0.5, model=tiny_model_with_codes(0), neighbours=2.5)
+    assert make_policy("lantern", 0.5, model=tiny_model_with_codes(0), neighbours=2.0).neighbours == 2
+    assert load_model("demo", device="cpu", dtype="bf16").dtype == torch.bfloat16

@@ -322,3 +322,28 @@ def test_widget_clears_when_its_node_runs_again(server: tuple[str, Path], page: 
     assert page.evaluate("() => window.__specar.onStart") == {"committed": "0", "status": "sampling…"}
     _post(f"{server[0]}/interrupt", {})
     _wait_finished(page)
+
+
+def test_the_widget_survives_malformed_frames_and_shows_failures(server: tuple[str, Path], page: Any) -> None:
+    """Frames that are malformed (another version's, or corrupted) or that only report why a run failed leave a
+    clear status line and raise nothing in the page."""
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    statuses = page.evaluate(
+        """() => {
+        const app = window.comfyAPI.app.app, api = window.comfyAPI.api.api;
+        const node = app.graph._nodes.find((n) => n.type === "SpecARSampler");
+        const id = String(node.id), seen = [];
+        for (const detail of [
+            { node: id, grid: "x" },
+            { node: id, grid: [2, 2], cells: 5, committed: 1, total: 4 },
+            { node: id, run: "r", done: true, error: "the target returned NaN" },
+        ]) {
+            api.dispatchEvent(new CustomEvent("specar.heatmap", { detail }));
+            seen.push(node.specarView.status.textContent);
+        }
+        return seen;
+    }"""
+    )
+    assert statuses == ["heatmap frame unreadable", "heatmap frame unreadable", "failed: the target returned NaN"]
+    assert errors == []

@@ -16,7 +16,7 @@ from pack import load_pack
 from tiny import save_own_safetensors, tiny_gpt, tiny_tree_head
 
 load_pack()
-from specar_pack.engine.errors import CheckpointError, IncompatibleDrafterError, SettingsError  # noqa: E402
+from specar_pack.engine.errors import CheckpointError, IncompatibleDrafterError, SettingsError, SpecARError  # noqa: E402
 from specar_pack.engine.drafts.drafter_tree import DEFAULT_BRANCHING  # noqa: E402
 from specar_pack.engine.drafts.tree_drafts import TreeShape  # noqa: E402
 from specar_pack.engine.drafts.tree_head import save_tree_head  # noqa: E402
@@ -74,6 +74,30 @@ def test_sampler_with_jacobi_drafts(demo) -> None:
     assert len(frames) <= forwards + 1  # throttled, plus the final frame
 
 
+def test_a_run_that_fails_ends_the_widget_with_the_reason() -> None:
+    """A run that raises (here: the target returns NaN from its 20th forward) still sends a final frame,
+    carrying the one-line reason, so the widget does not stay on "sampling…"."""
+    (model,) = run(
+        "SpecARModelLoader", LocalHost(), model="demo", dtype="auto", family="auto", image_size=0, compile=False
+    )
+    real_forward, calls = model.forward, []
+
+    def forward(*args, **kwargs):
+        out = real_forward(*args, **kwargs)
+        calls.append(1)
+        if len(calls) >= 20:
+            out.logits.fill_(float("nan"))
+        return out
+
+    model.forward = forward
+    host = LocalHost(node_id="9")
+    with pytest.raises(SpecARError, match="the target returned NaN"):
+        run("SpecARSampler", host, model=model, **SAMPLING)
+    frames = [data for event, data in host.messages if event == HEATMAP_EVENT]
+    assert frames[-1]["done"] and frames[-1]["error"].startswith("the target returned NaN or infinite logits")
+    assert 0 < frames[-1]["committed"] < frames[-1]["total"]
+
+
 def test_greedy_sampler_is_lossless_with_every_draft_source(demo) -> None:
     host = LocalHost()
     greedy = {**SAMPLING, "temperature": 0.0}
@@ -124,6 +148,8 @@ def test_policy_node(demo) -> None:
     host = LocalHost()
     with pytest.raises(SettingsError, match="lossless"):
         run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.5, expert_options="")
+    with pytest.raises(SettingsError, match="unknown acceptance policy 'typical'; available: exact"):
+        run("SpecARAcceptancePolicy", host, policy="typical", relaxation=0.5, expert_options="")
     mask = torch.zeros(1, 32, 32)
     mask[:, :16] = 1.0
     (recipe,) = run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.0, expert_options="", mask=mask)

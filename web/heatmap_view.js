@@ -48,10 +48,34 @@ export function statusText(frame) {
   ];
   if (frame.batch > 1) parts.push(`image 1 of ${frame.batch}`);
   parts.push(!frame.done ? "sampling…" : frame.committed === frame.total ? "done" : "stopped");
+  if (typeof frame.error === "string") parts.push(`failed: ${frame.error}`);
   return parts.join(" · ");
 }
 
+const isCount = (value) => Number.isInteger(value) && value >= 0;
+
+/** Whether a frame has every field drawFrame reads, with the right types (else it is not drawn). */
+export function isDrawable(frame) {
+  return (
+    frame !== null &&
+    typeof frame === "object" &&
+    Array.isArray(frame.grid) &&
+    frame.grid.length === 2 &&
+    frame.grid.every((n) => isCount(n) && n > 0) &&
+    typeof frame.cells === "string" &&
+    [frame.committed, frame.total, frame.target_forwards, frame.batch].every(isCount) &&
+    Number.isFinite(frame.tokens_per_forward) &&
+    Array.isArray(frame.legend)
+  );
+}
+
+/** Draw a frame; a frame that only reports a failure, or one that is malformed, leaves a clear status. */
 export function drawFrame(view, frame) {
+  if (!isDrawable(frame)) {
+    const failed = frame && typeof frame.error === "string" ? `failed: ${frame.error}` : "heatmap frame unreadable";
+    showIdle(view, failed);
+    return;
+  }
   const [rows, cols] = frame.grid;
   const cells = parseCells(frame.cells);
   if (cells.length !== rows * cols) return;
@@ -72,8 +96,10 @@ export function drawFrame(view, frame) {
 
 function drawLegend(view, legend) {
   view.legend.replaceChildren();
-  for (const [label, color] of legend) {
-    if (!/^#[0-9a-f]{6}$/i.test(color)) continue;
+  for (const entry of legend) {
+    if (!Array.isArray(entry) || entry.length !== 2) continue;
+    const [label, color] = entry;
+    if (typeof label !== "string" || !/^#[0-9a-f]{6}$/i.test(color)) continue;
     const item = document.createElement("span");
     const swatch = document.createElement("span");
     swatch.style.cssText = `display:inline-block;width:9px;height:9px;margin-right:3px;border:1px solid #666;background:${color}`;

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SettingsError
+from ..validation import finite_number, whole_number
 
 REFERENCE_INNER_TEMPERATURE = 42.0  # CSpD's code default
 RECOMMENDED_RELAXATION = 0.75  # chosen from the demo benchmark (README, "Continuous tokens: MAR with CSpD")
@@ -50,6 +51,10 @@ class Gaussian:
         return self.mean + self.std * noise
 
 
+MAX_INNER_TEMPERATURE = 1e4  # 1 is the exact Gaussian ratio, the reference's loosest 42; squared, this stays finite
+MAX_TRIES = 10_000  # residual-sampler tries per token before its bounded fallback
+
+
 @dataclass(frozen=True)
 class GaussianAcceptance:
     """The CSpD test with its two parameters (see the module docstring)."""
@@ -58,12 +63,8 @@ class GaussianAcceptance:
     max_tries: int = 100
 
     def __post_init__(self) -> None:
-        if not self.inner_temperature >= 1.0:
-            raise SettingsError(
-                f"inner_temperature must be >= 1 (1 = exact Gaussian ratio), got {self.inner_temperature}"
-            )
-        if self.max_tries < 1:
-            raise SettingsError(f"max_tries must be >= 1, got {self.max_tries}")
+        finite_number("inner_temperature", self.inner_temperature, low=1.0, high=MAX_INNER_TEMPERATURE)
+        whole_number("max_tries", self.max_tries, low=1, high=MAX_TRIES)
 
     def log_alpha(self, x: torch.Tensor, p: Gaussian, q: Gaussian) -> torch.Tensor:
         """``log alpha(x) = min(0, log p~(x) - log q~(x))`` per row, with the tempered densities."""

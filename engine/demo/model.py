@@ -16,7 +16,7 @@ from ..checkpoints import read_safetensors_metadata
 from ..errors import CheckpointError
 from ..models.llamagen.adapter import LlamaGenModel
 from ..models.llamagen.checkpoint import read_gpt
-from ..models.registry import resolve_device
+from ..models.registry import resolve_device, resolve_dtype
 from ..types import SamplingSettings
 from .codebook import PatchCodebook
 from .scenes import CLASS_NAMES
@@ -42,7 +42,13 @@ def _require(path: Path) -> Path:
     return path
 
 
-def _load(file_name: str, name: str, weights_dir: str | Path | None, device: str | torch.device) -> LlamaGenModel:
+def _load(
+    file_name: str,
+    name: str,
+    weights_dir: str | Path | None,
+    device: str | torch.device,
+    dtype: str | torch.dtype = "auto",
+) -> LlamaGenModel:
     directory = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     weights = _require(directory / file_name)
     codebook = PatchCodebook.load(_require(directory / "codebook.safetensors"))
@@ -52,7 +58,7 @@ def _load(file_name: str, name: str, weights_dir: str | Path | None, device: str
             f"{weights} has {gpt.cfg.vocab_size} codes but the codebook beside it has {codebook.size}"
         )
     dev = resolve_device(device)
-    gpt = gpt.to(dev, torch.float32)
+    gpt = gpt.to(dev, resolve_dtype(dtype, dev))
     gpt.reset_rope()
     model = LlamaGenModel(gpt, codebook.to(dev), name=name, default_settings=DEMO_SETTINGS)
     config = json.loads(read_safetensors_metadata(weights).get("config", "{}"))
@@ -60,14 +66,18 @@ def _load(file_name: str, name: str, weights_dir: str | Path | None, device: str
     return model
 
 
-def load_demo(weights_dir: str | Path | None = None, device: str | torch.device = "auto") -> LlamaGenModel:
+def load_demo(
+    weights_dir: str | Path | None = None, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+) -> LlamaGenModel:
     """The demo target (4 layers, width 192) with its patch codebook as the pixel decoder."""
-    return _load("target.safetensors", "specar-demo", weights_dir, device)
+    return _load("target.safetensors", "specar-demo", weights_dir, device, dtype)
 
 
-def load_demo_drafter(weights_dir: str | Path | None = None, device: str | torch.device = "auto") -> LlamaGenModel:
+def load_demo_drafter(
+    weights_dir: str | Path | None = None, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto"
+) -> LlamaGenModel:
     """The demo drafter (2 layers, width 128, distilled from the target); same codebook, classes and defaults."""
-    return _load("drafter.safetensors", "specar-demo-drafter", weights_dir, device)
+    return _load("drafter.safetensors", "specar-demo-drafter", weights_dir, device, dtype)
 
 
 def demo_tree_head_path(weights_dir: str | Path | None = None) -> Path:

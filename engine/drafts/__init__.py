@@ -38,6 +38,9 @@ class DraftOptions:
         return TreeShape(kind="static", branching=self.tree_branching, guidance=self.tree.guidance)
 
 
+KNOBS = ("window", "q_init", "gamma", "tree_top_k", "tree_depth", "tree_nodes", "tree_guidance", "tree_branching")
+"""The draft knobs a front end may set; ``tree_*`` are the fields of ``DraftOptions.tree`` and its branching."""
+
 Label = Callable[[DraftOptions, str], str]
 """A source's name in stats and tables from its options and its model's name ('' when unknown)."""
 
@@ -53,6 +56,7 @@ class DraftKind:
     takes_drafter: bool = False  # uses a drafter model when one is given
     drafts_trees: bool = False
     jacobi: tuple[str, bool] | None = None  # SJD variants: (initialisation, coupling)
+    reads: tuple[str, ...] = ()  # the DraftOptions knobs it uses (KNOBS), so a front end can refuse the others
 
 
 def _named(prefix: str, model: str) -> str:
@@ -67,6 +71,7 @@ def _jacobi(name: str, init: str, coupling: bool, summary: str) -> DraftKind:
         label=lambda o, _: f"{name}, window {o.window}",
         record=lambda o: {"window": o.window, "init": init, "q_init": o.q_init, "coupling": coupling},
         jacobi=(init, coupling),
+        reads=("window", "q_init") if init == "random" else ("window",),  # row-above slots are not random draws
     )
 
 
@@ -93,6 +98,9 @@ def _head_tree(method: str, summary: str) -> DraftKind:
         record=lambda o: asdict(o.tree_shape(method)),
         needs="tree head",
         drafts_trees=True,
+        reads=("tree_top_k", "tree_depth", "tree_nodes", "tree_guidance")
+        if method == "tree"
+        else ("tree_branching", "tree_guidance"),
     )
 
 
@@ -138,6 +146,7 @@ DRAFTS: dict[str, DraftKind] = {
             record=lambda o: {"gamma": o.gamma},
             needs="drafter",
             takes_drafter=True,
+            reads=("gamma",),
         ),
         _head_tree("tree", "an EAGLE-style head drafts a dynamic tree (EAGLE-2), verified in one forward"),
         _head_tree("tree-static", "the head drafts a static tree with sampled children (EAGLE-1 / LANTERN++)"),
@@ -150,6 +159,7 @@ DRAFTS: dict[str, DraftKind] = {
             needs="drafter",
             takes_drafter=True,
             drafts_trees=True,
+            reads=("tree_branching",),
         ),
     )
 }
@@ -169,6 +179,12 @@ def make_draft(method: str, options: DraftOptions, drafter: ImageTokenModel | No
 def jacobi_method(init: str, coupling: bool) -> str:
     """The name of the SJD variant with this initialisation and coupling."""
     return next(name for name, kind in DRAFTS.items() if kind.jacobi == (init, coupling))
+
+
+def unused_knobs(methods: list[str], given: set[str]) -> list[str]:
+    """The knobs among ``given`` that none of ``methods`` reads (plain AR reads none)."""
+    read = {knob for method in methods if method in DRAFTS for knob in DRAFTS[method].reads}
+    return [knob for knob in KNOBS if knob in given and knob not in read]
 
 
 def check_policy_fits(policy: object, method: str) -> None:

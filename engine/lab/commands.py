@@ -20,6 +20,7 @@ from ..cli import (
     load_target,
     load_tree_head,
     method_options,
+    refuse_unused_knobs,
     sampling_settings,
     use_bundled_drafter,
     use_bundled_head,
@@ -29,6 +30,7 @@ from ..cli_continuous import (
     classes_for,
     continuous_settings,
     draft_model,
+    refuse_continuous_options,
     refuse_discrete_options,
     speculation_settings,
 )
@@ -96,6 +98,8 @@ def bench(args: argparse.Namespace) -> int:
         raise SettingsError("--drafter is given but --methods does not include drafter, drafter-tree or auto")
     if (args.plot or args.table) and not args.quality:
         raise SettingsError("--plot and --table show quality against speed: add --quality")
+    refuse_unused_knobs(args, [split_method(m)[0] for m in methods], "--methods " + ",".join(methods[1:]))
+    refuse_continuous_options(args)
     if args.tree_head and not any(split_method(m)[0] in head_drafts for m in methods):
         raise SettingsError("--tree-head is given but --methods does not include tree or tree-static")
     method_options(args)

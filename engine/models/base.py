@@ -109,9 +109,23 @@ class ImageTokenModel(ABC):
     def latent(self, codes: torch.Tensor) -> torch.Tensor:
         """Codebook vectors of ``codes`` (what latent-proximity relaxations compare)."""
 
-    @abstractmethod
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Codes ``[B, N]`` -> ``uint8`` images ``[B, H, W, 3]`` on the CPU."""
+        """Codes ``[B, N]`` -> ``uint8`` images ``[B, H, W, 3]`` on the CPU; codes that are not this model's
+        (wrong shape or type, outside the vocabulary) are refused rather than decoded into garbage."""
+        if not isinstance(codes, torch.Tensor) or codes.is_floating_point() or codes.is_complex():
+            raise SettingsError(f"{self.name} decodes a tensor of integer codes, got {type(codes).__name__}")
+        if codes.dim() != 2 or codes.shape[1] != self.num_image_tokens or codes.shape[0] == 0:
+            raise SettingsError(
+                f"{self.name} decodes codes [images, {self.num_image_tokens}], got shape {list(codes.shape)}"
+            )
+        low, high = int(codes.min()), int(codes.max())
+        if low < 0 or high >= self.vocab_size:
+            raise SettingsError(f"{self.name} has codes 0..{self.vocab_size - 1}; got codes from {low} to {high}")
+        return self.decode_codes(codes)
+
+    @abstractmethod
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """:meth:`decode` of codes already checked to be this model's."""
 
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Input embeddings of image codes ``[R, n]`` (what a tree head reads besides hidden states)."""

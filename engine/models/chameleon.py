@@ -171,7 +171,7 @@ class ChameleonImageModel(TextVocabularyImageModel):
         return self._require_decoder().codebook_vectors(codes.to(self.device))
 
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         return to_uint8(self._require_decoder().decode(codes.to(self.device), self.grid))
 
     def moved_to(self, device: torch.device) -> None:

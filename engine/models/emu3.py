@@ -112,7 +112,7 @@ class Emu3ImageModel(TextVocabularyImageModel):
         return self.emu3.model.vqmodel.quantize.embedding(codes.to(self.device)).float()
 
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         h, w = self.grid
         pixels = self.emu3.model.vqmodel.decode(codes.to(self.device).view(-1, h, w)).float()
         mean = torch.tensor(self.pixel_mean, device=pixels.device).view(1, -1, 1, 1)

@@ -74,7 +74,7 @@ class JanusImageModel(TransformersImageModel):
         return F.normalize(table(codes.to(self.device)).float(), p=2, dim=-1)
 
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         pixels = self.janus.decode_image_tokens(codes.to(self.device))  # [B, H, W, 3] in [-1, 1]
         return to_uint8(pixels.permute(0, 3, 1, 2))
 

@@ -37,6 +37,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         raise SettingsError(f"unknown device {device!r} (use auto, cpu, cuda, cuda:N or mps)") from exc
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise SettingsError("device cuda was asked for but this PyTorch sees no CUDA GPU (use --device cpu or auto)")
+    mps = getattr(torch.backends, "mps", None)
+    if resolved.type == "mps" and not (mps is not None and mps.is_available()):
+        raise SettingsError("device mps was asked for but this PyTorch sees no Apple GPU (use --device cpu or auto)")
     return resolved
 
 
@@ -142,10 +145,18 @@ def load_model(
     or our ``family`` key) or from the weights. ``image_size`` (pixels) picks the resolution of
     families that offer several (Lumina-mGPT, Emu3); others have one.
     """
+    if not isinstance(spec, (str, Path)) or not str(spec).strip():
+        raise SettingsError(f"load_model needs a model name (demo, demo-drafter) or a path, got {spec!r}")
+    from ..continuous.registry import DEMO_ROLES
+
+    if str(spec) in DEMO_ROLES:
+        raise SettingsError(
+            f"{spec} is a continuous-token (MAR) model: it cannot draft for, or stand in for, a discrete-token model"
+        )
     if str(spec) in BUNDLED:
         from ..demo.model import load_demo, load_demo_drafter
 
-        return (load_demo if spec == "demo" else load_demo_drafter)(device=device)
+        return (load_demo if spec == "demo" else load_demo_drafter)(device=device, dtype=dtype)
     path = Path(spec)
     if not path.exists():
         raise CheckpointError(f"model {str(spec)!r} not found (give a weights file or a model directory)")

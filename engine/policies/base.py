@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import SettingsError
+from ..models.base import ImageTokenModel
 from ..types import SamplingSettings
 
 
@@ -67,6 +68,20 @@ class AcceptancePolicy(ABC):
 
     def check_sampling(self, settings: SamplingSettings) -> None:
         """Refuse sampling settings this policy cannot work under (before any decoding)."""
+
+    def check_model(self, model: ImageTokenModel) -> None:
+        """Refuse a target this policy was not built for: another vocabulary than the model it compares codes
+        of (``make_policy(..., model=)``), or a region laid out for another number of tokens."""
+        own = getattr(self, "model", None)
+        if own is not None and own.vocab_size != model.vocab_size:
+            raise SettingsError(
+                f"this {self.name} policy was built for {own.name} ({own.vocab_size} codes), not for {model.name} "
+                f"({model.vocab_size} codes): build it with model= the target"
+            )
+        if self.region is not None and self.region.shape[1] != model.num_image_tokens:
+            raise SettingsError(
+                f"the region has {self.region.shape[1]} token weights but {model.name} draws {model.num_image_tokens}"
+            )
 
     def relaxation_at(self, positions: torch.Tensor) -> torch.Tensor:
         """Relaxation strength ``[B, m]`` at image-token ``positions [B, m]``: the global value

@@ -21,7 +21,7 @@ import torch
 from ..models.base import ImageTokenModel
 from .base import PolicyContext
 from .exact import Q_FLOOR
-from .relaxed import RelaxedPolicy, check_range, code_latents, require_model
+from .relaxed import RelaxedPolicy, check_count, check_range, code_latents, require_model
 
 P_GAP_AT_FULL = 0.3
 RANK_WINDOW = 7
@@ -59,7 +59,7 @@ class GSDPolicy(RelaxedPolicy):
         super().__init__(relaxation, region)
         self.model = require_model(self.name, model)
         self.p_gap_at_full = check_range("GSD probability gap", p_gap_at_full, 0.0, 1.0)
-        self.rank_window = int(check_range("GSD rank window", rank_window, 0, self.model.vocab_size))
+        self.rank_window = check_count("GSD rank window", rank_window, 0, self.model.vocab_size)
         self.max_distance = (
             default_distance(self.model)
             if max_distance is None

@@ -18,7 +18,7 @@ import torch
 from ..models.base import ImageTokenModel
 from .base import PolicyContext
 from .exact import Q_FLOOR, token_probs
-from .relaxed import RelaxedPolicy, check_range, code_latents, ratio_bound_option, require_model
+from .relaxed import RelaxedPolicy, check_count, check_range, code_latents, ratio_bound_option, require_model
 
 DELTA_AT_FULL = 0.5  # delta at relaxation 1 (the paper's default 0.1 is relaxation 0.2)
 NEIGHBOURS = 1000  # LANTERN's k for LlamaGen's 16,384 codes ...
@@ -73,7 +73,7 @@ class LanternPolicy(RelaxedPolicy):
         wanted = (
             default_neighbours(self.model.vocab_size)
             if neighbours is None
-            else int(check_range("LANTERN neighbours", neighbours, 1, 10**7))
+            else check_count("LANTERN neighbours", neighbours, 1, 10**7)
         )
         self.neighbours = min(wanted, self.model.vocab_size - 1)
         self.ratio_bound = ratio_bound_option(self.name, ratio_bound)

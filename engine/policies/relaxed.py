@@ -44,6 +44,13 @@ def check_range(name: str, value: float, low: float, high: float) -> float:
     return value
 
 
+def check_count(name: str, value: float, low: int, high: int) -> int:
+    """A whole number of things in ``low..high`` (options arrive as floats: 2.0 is 2, 2.5 is refused)."""
+    if not float(check_range(name, value, low, high)).is_integer():
+        raise SettingsError(f"{name} must be a whole number, got {value}")
+    return int(value)
+
+
 def ratio_bound_option(name: str, value: float | None) -> float | None:
     """LANTERN++'s lambda as every policy takes it: at least 1; ``None`` or ``inf`` switch it off."""
     if value is None:

@@ -269,7 +269,7 @@ class LlamaGenModel(ImageTokenModel):
         return self._require_decoder().codebook_vectors(codes)
 
     @torch.inference_mode()
-    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         return to_uint8(self._require_decoder().decode(codes, self.grid))
 
 
