@@ -8,21 +8,60 @@
 The engine never imports ComfyUI; the nodes and the ``specar`` CLI are its callers.
 """
 
-from .continuous.loop import generate_continuous
-from .continuous.registry import load_continuous_model
-from .continuous.types import ContinuousResult, ContinuousSettings, CSpDSettings
-from .drafts.auto import AutoDrafts
-from .drafts.base import DecodeState, DraftSource, StepOutcome
-from .drafts.drafter import DrafterModelDrafts
-from .drafts.jacobi import JacobiDrafts
-from .errors import CheckpointError, IncompatibleDrafterError, SettingsError, SpecARError
-from .loop import generate
-from .models.base import ImageTokenModel, ModelOutput
-from .models.registry import load_model, resolve_device, resolve_dtype
-from .policies import AcceptancePolicy, ExactPolicy, make_policy
-from .types import Conditioning, DraftBlock, GenerationResult, SamplingSettings, StepEvent, TokenKind, Verdict
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+# Public names and the modules that define them, imported on first use: ``import specar`` stays cheap, so the
+# command's entry point (``entry.py``) is running before torch loads and can answer Ctrl-C during that import.
+_EXPORTS: dict[str, str] = {
+    "generate_continuous": ".continuous.loop",
+    "load_continuous_model": ".continuous.registry",
+    "ContinuousResult": ".continuous.types",
+    "ContinuousSettings": ".continuous.types",
+    "CSpDSettings": ".continuous.types",
+    "AutoDrafts": ".drafts.auto",
+    "DecodeState": ".drafts.base",
+    "DraftSource": ".drafts.base",
+    "StepOutcome": ".drafts.base",
+    "DrafterModelDrafts": ".drafts.drafter",
+    "JacobiDrafts": ".drafts.jacobi",
+    "CheckpointError": ".errors",
+    "IncompatibleDrafterError": ".errors",
+    "SettingsError": ".errors",
+    "SpecARError": ".errors",
+    "generate": ".loop",
+    "ImageTokenModel": ".models.base",
+    "ModelOutput": ".models.base",
+    "load_model": ".models.registry",
+    "resolve_device": ".models.registry",
+    "resolve_dtype": ".models.registry",
+    "AcceptancePolicy": ".policies",
+    "ExactPolicy": ".policies",
+    "make_policy": ".policies",
+    "Conditioning": ".types",
+    "DraftBlock": ".types",
+    "GenerationResult": ".types",
+    "SamplingSettings": ".types",
+    "StepEvent": ".types",
+    "TokenKind": ".types",
+    "Verdict": ".types",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
 
 __all__ = [
     "AcceptancePolicy",

@@ -1,5 +1,5 @@
 """``python -m specar`` is the ``specar`` command."""
 
-from .cli import main
+from .entry import main
 
 raise SystemExit(main())

@@ -16,7 +16,7 @@ import sys
 from dataclasses import asdict
 from typing import Callable, Sequence
 
-from . import __version__
+from . import __version__, entry
 from . import cli_continuous
 from .cli_continuous import refuse_continuous_options
 from .cli_output import StopOnInterrupt, check_outputs, write_json, write_pictures
@@ -37,7 +37,7 @@ from .session import class_for_prompt
 from .types import ConditionFn, Conditioning, GenerationResult, SamplingSettings, StepEvent
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130  # the shell convention for "stopped by Ctrl-C"
+EXIT_INTERRUPTED = entry.EXIT_INTERRUPTED
 DEFAULT_BENCH_METHODS = "jacobi,jacobi-row,mcsjd"
 DEFAULTS = MethodOptions()
 KNOB_OPTIONS = {knob: "--" + knob.replace("_", "-") for knob in KNOBS}  # each draft knob's option

@@ -21,7 +21,7 @@ from .continuous.registry import load_continuous_model
 from .continuous.types import ContinuousSettings, CSpDSettings
 from .cli_output import StopOnInterrupt, write_json, write_pictures
 from .drafts import KNOBS
-from .errors import SettingsError
+from .errors import NonFiniteOutputError, SettingsError
 from .progress import ProgressBar, summary_line
 from .session import class_for_prompt
 from .types import StepEvent
@@ -194,7 +194,12 @@ def generate(args: argparse.Namespace) -> int:
             progress(event)
             return not stop.requested
 
-        result = generate_continuous(model, classes, settings, draft, speculation, observer)
+        try:
+            result = generate_continuous(model, classes, settings, draft, speculation, observer)
+        except NonFiniteOutputError as failed:  # keep what was decided before it, then report
+            progress.finish()
+            write_pictures(args, model, failed.result)
+            raise
     progress.finish(summary_line(result))
     write_pictures(args, model, result)
     if args.stats:

@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .memory import check_fits
+
 
 @dataclass
 class AttentionPlan:
@@ -98,6 +100,13 @@ class RaggedKVCache:
             raise ValueError(f"a forward needs {needed} cache slots but this fixed cache holds {self.capacity}")
         new_cap = max(needed, int(self.capacity * 1.5) + 16)
         shape = (self.rows, self.n_kv_heads, new_cap, self.head_dim)
+        element = torch.empty(0, dtype=self.dtype).element_size()
+        check_fits(
+            f"the attention cache of {self.rows} rows x {new_cap} positions",
+            2 * self.n_layers * self.rows * self.n_kv_heads * new_cap * self.head_dim * element,
+            torch.device(self.device),
+            "draw fewer images at once (batch), a smaller image, or smaller drafts",
+        )
         old_k, old_v, old_valid = self.k, self.v, self.key_valid
         self.k = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]
         self.v = [torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.n_layers)]

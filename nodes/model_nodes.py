@@ -34,8 +34,15 @@ def load(host: Host, choice: str, dtype: str, family: str = "auto", image_size: 
     """Load a bundled model or one from the model folders onto the offload device; the sampler
     moves it to the compute device for each run and back afterwards. Continuous-token (MAR)
     models come back as :class:`specar.continuous.model.MARTokenModel`, which the sampler knows."""
-    path = find_models(host.model_folders()).get(choice)
-    spec: str | Path = choice if choice in BUNDLED or choice in DEMO_ROLES else path or Path(choice)
+    found = find_models(host.model_folders())
+    bundled = choice in BUNDLED or choice in DEMO_ROLES
+    if not bundled and choice not in found:
+        folders = ", ".join(str(folder) for folder in host.model_folders()) or "models/specar"
+        raise SettingsError(
+            f"model {choice!r} is not among the bundled models or those in {folders}: put each checkpoint in "
+            "models/specar/<name>/ (or a single weights file there) and refresh the node"
+        )
+    spec: str | Path = choice if bundled else found[choice]
     if is_continuous(spec, family):
         return load_continuous_model(spec, host.offload_device())
     return load_model(

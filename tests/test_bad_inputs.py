@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +25,7 @@ from specar import (
     SpecARError,
     cli,
     generate,
+    generate_continuous,
     load_model,
     make_policy,
     resolve_device,
@@ -32,9 +35,10 @@ from specar.continuous.acceptance import GaussianAcceptance
 from specar.continuous.types import ContinuousSettings
 from specar.heatmap import save_png
 from specar.regions import mask_to_token_weights
+from specar.drafts.tree_drafts import TreeShape
 from specar.errors import NonFiniteOutputError
 from specar.types import SamplingSettings
-from tiny import tiny_drafter, tiny_gpt, tiny_model, tiny_model_dir, tiny_model_with_codes
+from tiny import tiny_drafter, tiny_gpt, tiny_mar, tiny_model, tiny_model_dir, tiny_model_with_codes
 
 BAD_SAMPLING = [  # (field, value, what the error says)
     ("cfg_scale", float("nan"), "cfg_scale must be a finite number"),
@@ -294,3 +298,85 @@ def test_a_count_option_must_be_whole_and_dtype_applies_to_the_demo() -> None:
         make_policy("lantern", 0.5, model=tiny_model_with_codes(0), neighbours=2.5)
     assert make_policy("lantern", 0.5, model=tiny_model_with_codes(0), neighbours=2.0).neighbours == 2
     assert load_model("demo", device="cpu", dtype="bf16").dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: TreeShape.parse_branching("64*64"), "the static tree '64\\*64' is too large"),
+        (lambda: TreeShape.parse_branching("1*100000000"), "is too large"),
+        (lambda: TreeShape.parse_branching("2,x"), "'x' in '2,x' is not a number or NUMBER\\*DEPTHS"),
+        (lambda: TreeShape.parse_branching("2,,1"), "'' in '2,,1' is not a number"),
+        (lambda: TreeShape(kind="static", branching=(32, 32, 16)), "a static tree 32-32-16 is too large"),
+        (lambda: TreeShape(top_k=64, depth=64, nodes=5000), "a dynamic tree of 5000 nodes is too large"),
+        (lambda: JacobiDrafts(window=10**6), "a Jacobi window of 1,000,000 is too large"),
+        (lambda: DrafterModelDrafts(tiny_drafter(), gamma=5000), "a drafter chain of 5,000 tokens is too large"),
+    ],
+)
+def test_drafts_larger_than_one_forward_may_verify_are_refused(make, message: str) -> None:
+    with pytest.raises(SettingsError, match=message):
+        make()
+
+
+def test_a_batch_over_the_free_memory_is_refused_before_any_layer_runs(monkeypatch) -> None:
+    """The attention cache is sized before it is allocated: a request over the free memory (here the machine is
+    told it has 1 MiB) ends in one line that says what to lower, and no layer has run."""
+    monkeypatch.setattr("specar.memory.available_bytes", lambda device: 2**20)
+    model = tiny_model(0)
+    calls: list[int] = []
+    model.gpt.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(
+        SettingsError, match=r"the attention cache of 8 rows x \d+ positions needs .* free on cpu: draw"
+    ):
+        generate(model, Conditioning.classes([1, 2, 3, 4]), SamplingSettings(cfg_scale=2.0))
+    assert calls == []
+    assert TreeShape.parse_branching("2,2,1*30") == (2, 2) + (1,) * 30  # the documented forms still parse
+
+
+def test_a_mar_target_returning_nan_stops_the_run_in_one_line() -> None:
+    """The continuous loop stops at the first MAR step whose sampled tokens are not finite, keeping what came
+    before (here the target's head returns NaN from its third pass on)."""
+    model = tiny_mar(0)
+    real, calls = model.head_sample, []
+
+    def head_sample(*args, **kwargs):
+        out = real(*args, **kwargs)
+        calls.append(1)
+        if len(calls) >= 3:
+            out.tokens.fill_(float("nan"))
+        return out
+
+    model.head_sample = head_sample
+    settings = ContinuousSettings(num_iter=6, num_sampling_steps=3, seed=1)
+    with pytest.raises(
+        NonFiniteOutputError, match="^the MAR target returned NaN or infinite values at step 3 of 6"
+    ) as e:
+        generate_continuous(model, [1, 2], settings)
+    partial = e.value.result
+    assert not partial.finished and 0 < int(partial.committed.min()) < partial.tokens.shape[1]
+    assert bool(torch.isfinite(partial.tokens[partial.kinds >= 0]).all())
+
+
+def test_ctrl_c_while_the_command_loads_is_quiet(monkeypatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The entry point is running before torch loads (``import specar`` is light), so Ctrl-C during the imports
+    ends with one line and the usual exit code, not a traceback."""
+    import builtins
+
+    from specar import entry
+
+    real_import = builtins.__import__
+
+    def interrupted(name, globals=None, locals=None, fromlist=(), level=0):
+        if level == 1 and name == "cli":
+            raise KeyboardInterrupt
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", interrupted)
+    assert entry.main() == cli.EXIT_INTERRUPTED and capsys.readouterr().err == "interrupted\n"
+    light = subprocess.run(
+        [sys.executable, "-c", "import sys, specar, specar.entry; print('torch' in sys.modules)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert light.stdout.strip() == "False", light.stderr

@@ -290,6 +290,10 @@ def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None:
         )
     with pytest.raises(SettingsError, match="no VQ tokenizer"):
         run("SpecARSampler", host, model=tiny, **{**SAMPLING, "prompt": "1"})
+    outside = tmp_path / "elsewhere.safetensors"  # a real checkpoint, but not in the model folders
+    save_own_safetensors(tiny_gpt(), outside)
+    with pytest.raises(SettingsError, match="is not among the bundled models or those in .*models/specar/<name>/"):
+        run("SpecARModelLoader", host, model=str(outside), dtype="auto", family="auto", image_size=0, compile=False)
     (mismatched,) = run(
         "SpecARDrafterModel", host, drafter="tiny.safetensors", gamma=4, dtype="fp32", shape="chain", branching="2"
     )

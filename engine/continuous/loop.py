@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-from ..errors import IncompatibleDrafterError
+from ..errors import IncompatibleDrafterError, NonFiniteOutputError
 from ..sampling import make_generator
 from ..types import Observer, StepEvent, TokenKind
 from .acceptance import Gaussian
@@ -89,6 +89,16 @@ def _predict(
     rows = positions.repeat(z.shape[0] // positions.shape[0], 1)
     picked = z.gather(1, rows[..., None].expand(-1, -1, z.shape[-1])).reshape(-1, z.shape[-1])
     return model.head_sample(picked, run.rows(positions), process, cfg_scale, temperature)
+
+
+class _NonFinite(Exception):
+    """Internal: a model's tokens came out NaN or infinite (``args[0]`` names the model)."""
+
+
+def _require_finite(tokens: torch.Tensor, who: str) -> None:
+    """Stop before non-finite tokens are written (one small read-back per MAR step, which syncs anyway)."""
+    if not bool(torch.isfinite(tokens).all()):
+        raise _NonFinite(who)
 
 
 def _scatter(target: torch.Tensor, positions: torch.Tensor, values: torch.Tensor) -> None:
@@ -155,53 +165,65 @@ def generate_continuous(
         return out
 
     drafted_since = 0
-    for step in range(settings.num_iter):
-        positions = schedule.positions(step)
-        cfg = cfg_at(settings.cfg_scale, settings.cfg_schedule, schedule.unknown_after(step), L)
-        if draft is None or speculation.is_prefill(step, settings.num_iter):
-            out = timed(
-                lambda: _predict(target, run, run.unknown, target_rows, positions, process, cfg, settings.temperature)
-            )
-            _scatter(run.tokens, positions, out.tokens)
-            _scatter(run.kinds, positions.cpu(), torch.full((positions.numel(),), int(TokenKind.PLAIN)))
-            _scatter(run.forward_index, positions.cpu(), torch.full((positions.numel(),), passes["target"]))
-            run.unknown.scatter_(1, positions, False)
-            verified_unknown = run.unknown.clone()
-            passes["target"] += 1
-        else:
-            assert draft_rows is not None
-            out = timed(
-                lambda: _predict(draft, run, run.unknown, draft_rows, positions, process, cfg, settings.temperature)
-            )
-            _scatter(run.tokens, positions, out.tokens)
-            _scatter(q_mean, positions, out.mean)
-            _scatter(q_std, positions, out.std)
-            run.unknown.scatter_(1, positions, False)
-            passes["draft"] += 1
-            drafted_since += 1
-            if drafted_since < speculation.draft_steps and step < settings.num_iter - 1:
-                continue
-            drafted_since = 0
-            _verify(
-                target,
-                run,
-                verified_unknown,
-                target_rows,
-                process,
-                cfg,
-                settings.temperature,
-                Gaussian(q_mean, q_std),
-                speculation,
-                decisions,
-                passes,
-                timed,
-            )
-            verified_unknown = run.unknown.clone()
-        if not notify():
-            finished = step == settings.num_iter - 1
-            break
+    failure = ""  # why the run stopped early on non-finite model output
+    try:
+        for step in range(settings.num_iter):
+            positions = schedule.positions(step)
+            cfg = cfg_at(settings.cfg_scale, settings.cfg_schedule, schedule.unknown_after(step), L)
+            if draft is None or speculation.is_prefill(step, settings.num_iter):
+                out = timed(
+                    lambda: _predict(
+                        target, run, run.unknown, target_rows, positions, process, cfg, settings.temperature
+                    )
+                )
+                _require_finite(out.tokens, "target")
+                _scatter(run.tokens, positions, out.tokens)
+                _scatter(run.kinds, positions.cpu(), torch.full((positions.numel(),), int(TokenKind.PLAIN)))
+                _scatter(run.forward_index, positions.cpu(), torch.full((positions.numel(),), passes["target"]))
+                run.unknown.scatter_(1, positions, False)
+                verified_unknown = run.unknown.clone()
+                passes["target"] += 1
+            else:
+                assert draft_rows is not None
+                out = timed(
+                    lambda: _predict(draft, run, run.unknown, draft_rows, positions, process, cfg, settings.temperature)
+                )
+                _require_finite(out.tokens, "draft model")
+                _scatter(run.tokens, positions, out.tokens)
+                _scatter(q_mean, positions, out.mean)
+                _scatter(q_std, positions, out.std)
+                run.unknown.scatter_(1, positions, False)
+                passes["draft"] += 1
+                drafted_since += 1
+                if drafted_since < speculation.draft_steps and step < settings.num_iter - 1:
+                    continue
+                drafted_since = 0
+                _verify(
+                    target,
+                    run,
+                    verified_unknown,
+                    target_rows,
+                    process,
+                    cfg,
+                    settings.temperature,
+                    Gaussian(q_mean, q_std),
+                    speculation,
+                    decisions,
+                    passes,
+                    timed,
+                )
+                verified_unknown = run.unknown.clone()
+            if not notify():
+                finished = step == settings.num_iter - 1
+                break
+    except _NonFinite as bad:
+        failure = (
+            f"the MAR {bad.args[0]} returned NaN or infinite values at step {step + 1} of {settings.num_iter}; "
+            "the tokens decided before it are kept"
+        )
+        finished = False
     decided = run.kinds >= 0
-    return ContinuousResult(
+    result = ContinuousResult(
         tokens=run.tokens.cpu(),
         kinds=run.kinds,
         forward_index=run.forward_index,
@@ -216,6 +238,9 @@ def generate_continuous(
         diagnostics={"acceptance_prob": run.alpha} if draft is not None else {},
         residual_fallbacks=passes["fallbacks"],
     )
+    if failure:
+        raise NonFiniteOutputError(failure, result)
+    return result
 
 
 def _verify(
@@ -243,6 +268,7 @@ def _verify(
     tokens, accepted, alpha, fell_back = speculation.acceptance.decide(
         drafted, Gaussian(out.mean, out.std), q_rows, decisions
     )
+    _require_finite(tokens, "target")
     _scatter(run.tokens, positions, tokens)
     kinds = torch.where(accepted, int(TokenKind.ACCEPTED), int(TokenKind.CORRECTED)).cpu()
     _scatter(run.kinds, positions.cpu(), kinds)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import IncompatibleDrafterError, SettingsError
+from ..memory import check_block
 from ..models.base import ImageTokenModel
 from ..sampling import DistributionProcessor, sample
 from ..types import DraftBlock
@@ -53,6 +54,7 @@ class DrafterModelDrafts(DraftSource):
             raise SettingsError(
                 f"drafter gamma (tokens drafted per target forward) must be an integer >= 1, got {gamma!r}"
             )
+        check_block(f"a drafter chain of {gamma:,} tokens", gamma)
         self.drafter, self.gamma = drafter, gamma
         self.processor: DistributionProcessor | None = None
         self.valid = torch.zeros(0, dtype=torch.long)  # [B] host: leading image tokens the drafter's cache holds right

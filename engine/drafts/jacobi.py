@@ -22,6 +22,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import SettingsError
+from ..memory import check_block
 from ..sampling import Q_FLOOR, point_mass, residual, sample
 from ..types import DraftBlock
 from .base import DecodeState, DraftSource, StepOutcome, chain
@@ -37,6 +38,7 @@ class JacobiDrafts(DraftSource):
         super().__init__()
         if not isinstance(window, int) or window < 1:
             raise SettingsError(f"Jacobi window must be an integer >= 1 (tokens per target forward), got {window!r}")
+        check_block(f"a Jacobi window of {window:,}", window)
         if init not in INITIALISATIONS:
             raise SettingsError(f"Jacobi init must be one of {INITIALISATIONS}, got {init!r}")
         if q_init not in Q_CONVENTIONS:

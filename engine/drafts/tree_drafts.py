@@ -24,18 +24,20 @@ the guided logits (any q keeps verification lossless).
 
 from __future__ import annotations
 
-import math
+import re
 from dataclasses import dataclass
 
 import torch
 
 from ..errors import SettingsError
+from ..memory import MAX_BLOCK_TOKENS, check_block
 from ..sampling import DistributionProcessor, point_mass
 from ..types import DraftBlock
 from .base import DecodeState, DraftSource, StepOutcome
 from .tree_head import HeadCache, TreeHead, place_head
 
 TREE_KINDS = ("dynamic", "static")
+BRANCHING_PART = re.compile(r"(\d+)(?:\s*\*\s*(\d+))?")  # B, or B*N for N depths of B children
 SCORE_FLOOR = -1e4  # log q of tokens q never draws (keeps scores finite)
 HEAD_CACHE_MARGIN = 8  # spare head-cache slots beyond the most one image writes (context, tree entries, deepest chain)
 DEPTH_PENALTY = 1e-3  # per level: a child always scores below its parent, so the kept tree is closed
@@ -77,13 +79,16 @@ class TreeShape:
             raise SettingsError(
                 f"static tree branching must be integers >= 1 per depth, e.g. 4,2,2,1; got {self.branching!r}"
             )
+        if self.kind == "dynamic":
+            check_block(f"a dynamic tree of {self.nodes} nodes", self.nodes)
+            check_block(f"a dynamic tree of depth {self.depth}", self.depth)
+        else:
+            check_block(f"a static tree {branching_label(self.branching)}", static_tree_size(self.branching))
 
     @property
     def size(self) -> int:
         """Nodes per tree (the most a target forward verifies, besides the pending token)."""
-        if self.kind == "dynamic":
-            return self.nodes
-        return sum(math.prod(self.branching[: d + 1]) for d in range(len(self.branching)))
+        return self.nodes if self.kind == "dynamic" else static_tree_size(self.branching)
 
     @property
     def head_entries(self) -> int:
@@ -95,18 +100,33 @@ class TreeShape:
     @staticmethod
     def parse_branching(text: str) -> tuple[int, ...]:
         """``"4,2,2,1"`` -> ``(4, 2, 2, 1)``; ``B*N`` repeats ``B`` for ``N`` depths:
-        ``"2,2,1*3"`` -> ``(2, 2, 1, 1, 1)``."""
-        try:
-            widths: list[int] = []
-            for part in text.replace("x", ",").split(","):
-                if part.strip():
-                    width, star, times = part.partition("*")
-                    widths += [int(width)] * (int(times) if star else 1)
-            return tuple(widths)
-        except ValueError:
-            raise SettingsError(
-                f"static tree branching must be integers per depth, e.g. 4,2,2,1 or 2,2,1*14; got {text!r}"
-            ) from None
+        ``"2,2,1*3"`` -> ``(2, 2, 1, 1, 1)``. Anything else is refused, not guessed at; so is a tree
+        larger than one forward may verify, before its widths are even expanded."""
+        widths: list[tuple[int, int]] = []
+        for part in text.split(","):
+            found = BRANCHING_PART.fullmatch(part.strip())
+            if found is None:
+                raise SettingsError(
+                    f"static tree branching is children per depth, e.g. 4,2,2,1 or 2,2,1*14; {part.strip()!r} in "
+                    f"{text!r} is not a number or NUMBER*DEPTHS"
+                )
+            widths.append((int(found[1]), int(found[2] or 1)))
+        check_block(f"the static tree {text!r}", sum(times for _, times in widths))  # depths, before expanding
+        branching = tuple(width for width, times in widths for _ in range(times))
+        check_block(f"the static tree {text!r}", static_tree_size(branching))
+        return branching
+
+
+def static_tree_size(branching: tuple[int, ...]) -> int:
+    """Nodes of a static tree with ``branching`` children per depth; counting stops just past
+    ``MAX_BLOCK_TOKENS`` (enough to refuse it), so absurd templates cost no time."""
+    nodes, level = 0, 1
+    for width in branching:
+        level *= width
+        nodes += level
+        if nodes > MAX_BLOCK_TOKENS:
+            break
+    return nodes
 
 
 class TreeHeadDrafts(DraftSource):
