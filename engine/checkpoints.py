@@ -8,6 +8,7 @@ LlamaGen and Chameleon checkpoints are plain tensor dicts and load that way.
 from __future__ import annotations
 
 import json
+import re
 import pickle
 from pathlib import Path
 from typing import Mapping
@@ -99,12 +100,15 @@ def _load_pickle(path: Path) -> object:
         raise CheckpointError(f"{path.name} could not be read as a PyTorch checkpoint ({_first_line(exc)})") from None
 
 
+UNSAFE_CONTENT = re.compile(r"Unsupported (?:global: GLOBAL [\w.]+|operand \d+)")  # what torch's refusal names
+
+
 def _first_line(exc: Exception) -> str:
     """The cause in one line, without torch's advice (which may suggest loading unsafely)."""
+    found = UNSAFE_CONTENT.search(str(exc))
+    if found:
+        return found[0]
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    for line in lines:
-        if "Unsupported global" in line or "Unsupported operand" in line:
-            return line.rstrip(".")[:200]
     return (lines[0] if lines else type(exc).__name__).rstrip(".")[:200]
 
 

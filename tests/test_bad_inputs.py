@@ -305,7 +305,7 @@ def test_a_count_option_must_be_whole_and_dtype_applies_to_the_demo() -> None:
     [
         (lambda: TreeShape.parse_branching("64*64"), "the static tree '64\\*64' is too large"),
         (lambda: TreeShape.parse_branching("1*100000000"), "is too large"),
-        (lambda: TreeShape.parse_branching("2,x"), "'x' in '2,x' is not a number or NUMBER\\*DEPTHS"),
+        (lambda: TreeShape.parse_branching("2,x"), "'' in '2,x' is not a number or NUMBER\\*DEPTHS"),
         (lambda: TreeShape.parse_branching("2,,1"), "'' in '2,,1' is not a number"),
         (lambda: TreeShape(kind="static", branching=(32, 32, 16)), "a static tree 32-32-16 is too large"),
         (lambda: TreeShape(top_k=64, depth=64, nodes=5000), "a dynamic tree of 5000 nodes is too large"),

@@ -150,6 +150,8 @@ def test_policy_node(demo) -> None:
         run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.5, expert_options="")
     with pytest.raises(SettingsError, match="unknown acceptance policy 'typical'; available: exact"):
         run("SpecARAcceptancePolicy", host, policy="typical", relaxation=0.5, expert_options="")
+    with pytest.raises(SettingsError, match="cfg_scale must be a finite number, got nan"):
+        run("SpecARSampler", host, model=demo, **{**SAMPLING, "cfg": float("nan")})
     mask = torch.zeros(1, 32, 32)
     mask[:, :16] = 1.0
     (recipe,) = run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.0, expert_options="", mask=mask)

@@ -99,11 +99,11 @@ class TreeShape:
 
     @staticmethod
     def parse_branching(text: str) -> tuple[int, ...]:
-        """``"4,2,2,1"`` -> ``(4, 2, 2, 1)``; ``B*N`` repeats ``B`` for ``N`` depths:
+        """``"4,2,2,1"`` (or ``"4x2x2x1"``) -> ``(4, 2, 2, 1)``; ``B*N`` repeats ``B`` for ``N`` depths:
         ``"2,2,1*3"`` -> ``(2, 2, 1, 1, 1)``. Anything else is refused, not guessed at; so is a tree
         larger than one forward may verify, before its widths are even expanded."""
         widths: list[tuple[int, int]] = []
-        for part in text.split(","):
+        for part in re.split(r"[,x]", text):
             found = BRANCHING_PART.fullmatch(part.strip())
             if found is None:
                 raise SettingsError(
