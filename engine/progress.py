@@ -69,8 +69,9 @@ def summary_line(result: GenerationResult, setup: str = "", unit: tuple[str, str
     ``unit`` names one target call (singular, plural): a forward, or a pass of a model without a KV cache."""
     per_image = result.tokens.shape[1]
     parts = [setup] if setup else []
+    each = f", {float(result.forwards_per_image.float().mean()):.1f} per image" if result.batch_size > 1 else ""
     parts += [
-        f"{result.target_forwards} target {unit[1]} for {result.batch_size}x{per_image} tokens",
+        f"{result.target_forwards} target {unit[1]} for {result.batch_size}x{per_image} tokens{each}",
         f"{result.tokens_per_forward:.2f} tokens/{unit[0]}",
     ]
     if result.drafted:

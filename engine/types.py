@@ -207,6 +207,21 @@ class TokenKind(enum.IntEnum):
     BONUS = 3  # drawn by the target after every draft of the block was accepted
 
 
+def forwards_per_image(forward_index: torch.Tensor) -> torch.Tensor:
+    """``[B]``: the distinct target forwards that committed tokens of each image, from ``forward_index [B, N]``
+    (-1 where nothing is committed). Rows advance independently, so this is what each image would have
+    needed decoded on its own; a batch's count of forwards is set by its slowest row."""
+    ordered = forward_index.sort(dim=1).values
+    starts = (ordered[:, 1:] != ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+    return (ordered[:, 0] >= 0).long() + starts.sum(dim=1)
+
+
+def tokens_per_forward(committed: torch.Tensor, forward_index: torch.Tensor) -> float:
+    """Step compression, the one figure every report shows: image tokens committed per target forward,
+    per image (so it does not depend on the batch size)."""
+    return float(committed.sum()) / max(int(forwards_per_image(forward_index).sum()), 1)
+
+
 @dataclass
 class StepEvent:
     """What an observer sees after every target forward."""
@@ -221,7 +236,7 @@ class StepEvent:
 
     @property
     def tokens_per_forward(self) -> float:
-        return float(self.committed.float().mean()) / max(self.target_forwards, 1)
+        return tokens_per_forward(self.committed, self.forward_index)
 
 
 @dataclass
@@ -256,19 +271,13 @@ class GenerationResult:
 
     @property
     def forwards_per_image(self) -> torch.Tensor:
-        """Target forwards that committed tokens of each image ``[B]``.
-
-        Rows advance independently, so this is what each image would have needed decoded on its
-        own; ``target_forwards`` counts the batched forwards, set by the slowest row.
-        """
-        fi = self.forward_index
-        steps = (fi[:, 1:] != fi[:, :-1]) & (fi[:, 1:] >= 0)
-        return (fi[:, 0] >= 0).long() + steps.sum(dim=1)
+        """Target forwards that committed tokens of each image ``[B]`` (see :func:`forwards_per_image`)."""
+        return forwards_per_image(self.forward_index)
 
     @property
     def tokens_per_forward(self) -> float:
-        """Step compression: image tokens per target forward, per image (batch-independent)."""
-        return float(self.committed.sum()) / max(int(self.forwards_per_image.sum()), 1)
+        """Step compression: image tokens per target forward, per image (see :func:`tokens_per_forward`)."""
+        return tokens_per_forward(self.committed, self.forward_index)
 
     @property
     def acceptance_rate(self) -> float:

@@ -66,3 +66,25 @@ def test_frames_are_throttled_and_carry_their_colours() -> None:
     expected = cell_colors(event.kinds[:1], event.forward_index[:1])[0].round().to(torch.uint8)
     assert bytes.fromhex(hex_cells(event)) == expected.numpy().tobytes()
     assert all(color.startswith("#") and len(color) == 7 for _, color in last["legend"])
+
+
+def test_every_report_shows_one_tokens_per_forward() -> None:
+    """Rows of a batch advance apart, so batched forwards and per-image forwards differ; the stats line, the
+    last live frame and the result all show committed tokens over per-image forwards, and the stats line's own
+    numbers agree with it."""
+    from specar import Conditioning, JacobiDrafts, generate
+    from specar.progress import summary_line
+    from tiny import tiny_model
+
+    events: list[StepEvent] = []
+    result = generate(
+        tiny_model(0), Conditioning.classes([1, 2, 3, 4]), draft=JacobiDrafts(window=6), observer=events.append
+    )
+    per_image = result.forwards_per_image.float()
+    assert result.target_forwards > float(per_image.mean())  # the rows did drift apart
+    assert events[-1].tokens_per_forward == result.tokens_per_forward
+    assert result.tokens_per_forward == pytest.approx(64 / float(per_image.mean()))
+    line = summary_line(result)
+    assert (
+        f"{float(per_image.mean()):.1f} per image" in line and f"{result.tokens_per_forward:.2f} tokens/forward" in line
+    )

@@ -81,11 +81,6 @@ class ContinuousResult(GenerationResult):
 
     residual_fallbacks: int = 0
 
-    @property
-    def forwards_per_image(self) -> torch.Tensor:
-        """Target passes that decided tokens of each image (all images share every pass)."""
-        return torch.tensor([len(set(row[row >= 0].tolist())) for row in self.forward_index])
-
     def _committed_tokens(self) -> torch.Tensor:
         return self.tokens.masked_fill((self.kinds < 0).unsqueeze(-1), float("nan"))
 
