@@ -21,6 +21,7 @@ import time
 import torch
 
 from .errors import NonFiniteOutputError, SettingsError
+from .memory import check_fits
 from .policies.evidence import code_evidence
 from .drafts.base import DecodeState, DraftSource, StepOutcome
 from .models.base import ImageTokenModel
@@ -29,6 +30,9 @@ from .sampling import DistributionProcessor, make_generator, sample
 from .types import Conditioning, DraftBlock, GenerationResult, Observer, SamplingSettings, StepEvent, TokenKind, Verdict
 from .timing import Clock, synchronize
 from .verify import tree_attention_rows, tree_tables, verify_chain, verify_tree
+
+
+STEP_TENSORS = 5  # [B, k, V] float32 tensors one step holds at once: two halves of logits, p, q, a residual
 
 
 def _block_inputs(
@@ -77,6 +81,13 @@ def generate(
     policy.check_sampling(settings)
     policy.check_model(model)
     B, N, dev = cond.batch_size, model.num_image_tokens, model.device
+    block = 1 + (draft.largest_block if draft is not None else 0)  # tokens per target forward, at most
+    check_fits(  # raw logits (both guidance halves), the distributions and the drafts' of one step, in float32
+        f"one step's distributions ({B} images x {block} tokens x {model.vocab_size:,} codes)",
+        STEP_TENSORS * B * block * model.vocab_size * 4,
+        torch.device(dev),
+        "draw fewer images at once (batch), or draft fewer tokens per forward",
+    )
     generator = make_generator(settings.seed, dev)
     processor = DistributionProcessor(settings, model.constrain)
     clock = Clock(dev if precise_timing else None)

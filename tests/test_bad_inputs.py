@@ -380,3 +380,16 @@ def test_ctrl_c_while_the_command_loads_is_quiet(monkeypatch, capsys: pytest.Cap
         timeout=60,
     )
     assert light.stdout.strip() == "False", light.stderr
+
+
+def test_a_step_too_large_for_the_free_memory_is_refused_before_the_prefill(monkeypatch) -> None:
+    """A step's distributions ([images x tokens per forward x codes], several of them) are sized from the draft
+    source's largest block before anything runs."""
+    monkeypatch.setattr("specar.memory.available_bytes", lambda device: 256 * 2**10)
+    model = tiny_model(0)
+    calls: list[int] = []
+    model.gpt.layers[0].register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(SettingsError, match=r"one step's distributions \(4 images x 64 tokens x 64 codes\) needs"):
+        generate(model, Conditioning.classes([1, 2, 3, 4]), draft=JacobiDrafts(window=64))
+    assert calls == []
+    assert JacobiDrafts(window=64).largest_block == 63 and DrafterModelDrafts(tiny_drafter(), 5).largest_block == 5

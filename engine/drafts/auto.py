@@ -255,6 +255,7 @@ class AutoDrafts(DraftSource):
         self.drafter, self.given_costs = drafter, costs
         self.jacobi = JacobiDrafts(JACOBI_WINDOW + 1, "row_above")
         self.drafter_drafts = DrafterModelDrafts(drafter, DRAFTER_MAX_DRAFTS) if drafter is not None else None
+        self.largest_block = max(JACOBI_WINDOW, DRAFTER_MAX_DRAFTS if drafter is not None else 0)
         self.arms: list[_Arm] = []
         self.costs: ForwardCosts | None = None
         self.plain_steps = 0  # forwards with no draft worth its verify

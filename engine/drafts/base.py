@@ -56,6 +56,9 @@ class DraftSource(ABC):
     """Proposes draft blocks; keeps whatever state it needs between target forwards."""
 
     name: str = "draft"
+    # The most drafts one block holds (what a target forward verifies besides the pending token), so the loop
+    # can size a step's distributions before the first is allocated; each source sets it from its options.
+    largest_block: int = 0
 
     def __init__(self) -> None:
         self.forwards = 0  # forwards of a separate drafter network, if any

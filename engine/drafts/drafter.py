@@ -56,6 +56,7 @@ class DrafterModelDrafts(DraftSource):
             )
         check_block(f"a drafter chain of {gamma:,} tokens", gamma)
         self.drafter, self.gamma = drafter, gamma
+        self.largest_block = gamma
         self.processor: DistributionProcessor | None = None
         self.valid = torch.zeros(0, dtype=torch.long)  # [B] host: leading image tokens the drafter's cache holds right
         self._proposed: tuple[DraftBlock, torch.Tensor] | None = None  # the last block, and committed when drafted

@@ -44,6 +44,7 @@ class DrafterTreeDrafts(DraftSource):
         self.shape = TreeShape(kind="static", branching=tuple(branching))  # checks the template
         self.drafter = drafter
         self.leaves = math.prod(self.shape.branching)
+        self.largest_block = self.shape.size
         self.processor: DistributionProcessor | None = None
         self.shared: torch.Tensor | None = None  # [B] host: leading tokens every row of an image has cached
 

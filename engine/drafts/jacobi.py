@@ -45,6 +45,7 @@ class JacobiDrafts(DraftSource):
             raise SettingsError(f"Jacobi q_init must be one of {Q_CONVENTIONS}, got {q_init!r}")
         self.window, self.init, self.q_init, self.coupling = window, init, q_init, coupling
         self.slots = window - 1  # drafts per block: the window also feeds the pending token
+        self.largest_block = self.slots
         self.tokens = torch.zeros(0, 0, dtype=torch.long)
         self.q = torch.zeros(0, 0, 0)
 

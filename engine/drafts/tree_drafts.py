@@ -135,6 +135,7 @@ class TreeHeadDrafts(DraftSource):
     def __init__(self, head: TreeHead, shape: TreeShape | None = None) -> None:
         super().__init__()
         self.head, self.shape = head, shape or TreeShape()
+        self.largest_block = self.shape.size
         self.processor: DistributionProcessor | None = None
         self.cache: HeadCache | None = None
         self.code_groups: torch.Tensor | None = None  # [V] the policy's group id per code (dynamic trees)
