@@ -35,6 +35,12 @@ from .verify import tree_attention_rows, tree_tables, verify_chain, verify_tree
 STEP_TENSORS = 5  # [B, k, V] float32 tensors one step holds at once: two halves of logits, p, q, a residual
 
 
+def step_bytes(batch: int, block: int, vocab: int) -> int:
+    """Memory of one step's raw logits (both guidance halves), distributions and drafts, in float32, for
+    ``batch`` images and forwards of at most ``block`` tokens."""
+    return STEP_TENSORS * batch * block * vocab * 4
+
+
 def _block_inputs(
     block: DraftBlock, depth: torch.Tensor | None, pending: torch.Tensor, start: torch.Tensor, last: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
@@ -84,7 +90,7 @@ def generate(
     block = 1 + (draft.largest_block if draft is not None else 0)  # tokens per target forward, at most
     check_fits(  # raw logits (both guidance halves), the distributions and the drafts' of one step, in float32
         f"one step's distributions ({B} images x {block} tokens x {model.vocab_size:,} codes)",
-        STEP_TENSORS * B * block * model.vocab_size * 4,
+        step_bytes(B, block, model.vocab_size),
         torch.device(dev),
         "draw fewer images at once (batch), or draft fewer tokens per forward",
     )

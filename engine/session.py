@@ -22,7 +22,7 @@ from .drafts.tree_head import TreeHead
 from .errors import SettingsError
 from .explain import explanation
 from .heatmap import acceptance_heatmap, committed_mask
-from .loop import generate
+from .loop import generate, step_bytes
 from .models.base import ImageTokenModel
 from .policies import AcceptancePolicy, make_policy
 from .progress import summary_line
@@ -59,6 +59,12 @@ class DraftRecipe:
             check_drafter_fits(target, self.drafter)
             self.drafter.to(target.device)
         return make_draft(self.method, self.options(), self.drafter)
+
+    def step_bytes(self, target: ImageTokenModel, batch: int) -> int:
+        """Memory one step of ``batch`` images needs for its distributions (the loop's own estimate), so a
+        host can make room before the run."""
+        source = None if self.method == "ar" else make_draft(self.method, self.options(), self.drafter)
+        return step_bytes(batch, 1 + (source.largest_block if source is not None else 0), target.vocab_size)
 
     def describe(self) -> str:
         if self.method == "ar":

@@ -9,15 +9,24 @@ the node logic runs the same way in both and the ComfyUI-specific layer stays th
 from __future__ import annotations
 
 import os
+import weakref
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Sequence
 
 import torch
 from PIL import Image
 
 MODEL_FOLDER = "specar"  # models/specar/ in ComfyUI: model files and model directories
 PREVIEW_MAX_SIZE = 512
+
+
+class Loadable(Protocol):
+    """A SpecAR model as hosts load it: a target, a drafter, a tree head or a continuous model."""
+
+    def networks(self) -> list[torch.nn.Module]: ...
+
+    def to(self, device: torch.device) -> object: ...
 
 
 class Host(ABC):
@@ -32,6 +41,12 @@ class Host(ABC):
     @abstractmethod
     def offload_device(self) -> torch.device:
         """Where models wait between runs."""
+
+    @abstractmethod
+    def load(self, models: Sequence[Loadable], working_bytes: int = 0) -> torch.device:
+        """Put ``models`` on the compute device for a run, with room for ``working_bytes`` beside their
+        weights, and return that device. Models stay there after the run (the host decides when to
+        offload them)."""
 
     @abstractmethod
     def model_folders(self) -> list[Path]:
@@ -74,12 +89,19 @@ class LocalHost(Host):
         self.interrupt_after = interrupt_after  # say "interrupted" from this progress report on
         self.progress_reports: list[tuple[int, int, bool]] = []
         self.messages: list[tuple[str, dict[str, Any]]] = []
+        self.loads: list[tuple[tuple[Loadable, ...], int]] = []  # (models, working bytes) of every load
 
     def device(self) -> torch.device:
         return self._device
 
     def offload_device(self) -> torch.device:
         return torch.device("cpu")
+
+    def load(self, models: Sequence[Loadable], working_bytes: int = 0) -> torch.device:
+        self.loads.append((tuple(models), working_bytes))
+        for model in models:
+            model.to(self._device)
+        return self._device
 
     def model_folders(self) -> list[Path]:
         return self.folders
@@ -114,6 +136,29 @@ class ComfyHost(Host):
     def offload_device(self) -> torch.device:
         return self._mm.unet_offload_device()
 
+    def load(self, models: Sequence[Loadable], working_bytes: int = 0) -> torch.device:
+        """Through ComfyUI's model management: it frees other models for the room, counts ours among its
+        loaded models, keeps them on the device between runs and offloads them when others need it.
+        The whole of each model loads (a decoding loop cannot stream weights), under --lowvram too."""
+        patchers = [self._patcher(model) for model in models]
+        self._mm.load_models_gpu(patchers, memory_required=working_bytes, force_full_load=True)
+        device = self.device()
+        for model in models:
+            model.to(device)  # state kept outside the networks follows them
+        return device
+
+    def _patcher(self, model: Loadable) -> Any:
+        patcher = _PATCHERS.get(model)
+        if patcher is None:
+            import comfy.model_patcher
+
+            weights = SpecARWeights(model.networks())
+            patcher = comfy.model_patcher.ModelPatcher(
+                weights, load_device=self.device(), offload_device=self.offload_device()
+            )
+            _PATCHERS[model] = patcher
+        return patcher
+
     def model_folders(self) -> list[Path]:
         return comfy_model_folders()
 
@@ -131,6 +176,15 @@ class ComfyHost(Host):
 
         server = PromptServer.instance
         server.send_sync(event, data, server.client_id)
+
+
+class SpecARWeights(torch.nn.ModuleList):
+    """The networks of one SpecAR model as the single module ComfyUI's ``ModelPatcher`` manages (and
+    names in its log: "Requested to load SpecARWeights")."""
+
+
+# One patcher per loaded SpecAR model, for as long as the model lives (ComfyUI's node cache holds it).
+_PATCHERS: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
 
 
 def register_comfy_model_folder() -> None:

@@ -31,8 +31,9 @@ def drafter_choices(folders: list[Path]) -> list[str]:
 
 
 def load(host: Host, choice: str, dtype: str, family: str = "auto", image_size: int = 0) -> ImageTokenModel:
-    """Load a bundled model or one from the model folders onto the offload device; the sampler
-    moves it to the compute device for each run and back afterwards. Continuous-token (MAR)
+    """Load a bundled model or one from the model folders onto the offload device; the sampler has the
+    host load it onto the compute device (ComfyUI: its model management, which keeps it there between
+    runs while memory allows). Continuous-token (MAR)
     models come back as :class:`specar.continuous.model.MARTokenModel`, which the sampler knows."""
     found = find_models(host.model_folders())
     bundled = choice in BUNDLED or choice in DEMO_ROLES

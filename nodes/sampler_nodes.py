@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -66,16 +64,11 @@ class LiveReport:
             self.host.send(HEATMAP_EVENT, {"node": str(self.host.node_id), **frame})
 
 
-@contextmanager
-def on_compute_device(host: Host, model: ImageTokenModel, draft: DraftRecipe) -> Iterator[None]:
-    """Models run on the host's compute device and go back to its offload device afterwards."""
-    model.to(host.device())
-    try:
-        yield
-    finally:
-        model.to(host.offload_device())
-        if draft.drafter is not None:
-            draft.drafter.to(host.offload_device())
+def load_for_run(host: Host, model: ImageTokenModel, draft: DraftRecipe, batch: int) -> None:
+    """The target and every model its drafts come from, on the host's compute device together, with room
+    for one step's distributions (the loop's own memory check then finds it free)."""
+    models = [model, *(m for m in (draft.drafter, draft.tree_head) if m is not None)]
+    host.load(models, working_bytes=0 if is_continuous_model(model) else draft.step_bytes(model, batch))
 
 
 def sampling_settings(
@@ -104,8 +97,8 @@ def decode_job(
     report = LiveReport(host, model)
     run = run_continuous_job if is_continuous_model(model) else run_job
     try:
-        with on_compute_device(host, model, draft):
-            job = run(model, prompt, batch, settings, draft, policy, report)
+        load_for_run(host, model, draft, batch)
+        job = run(model, prompt, batch, settings, draft, policy, report)
     except Exception as exc:
         report.finish(error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         raise

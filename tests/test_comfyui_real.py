@@ -347,3 +347,25 @@ def test_the_widget_survives_malformed_frames_and_shows_failures(server: tuple[s
     )
     assert statuses == ["heatmap frame unreadable", "heatmap frame unreadable", "failed: the target returned NaN"]
     assert errors == []
+
+
+def test_models_stay_loaded_between_runs_and_unload_on_request(server: tuple[str, Path], page: Any) -> None:
+    """ComfyUI's model management holds the pack's models (target and drafter): a second run finds them
+    loaded (no new load request in ComfyUI's log, so no copy), and an unload request frees them (the next
+    run requests them again)."""
+    url, log_path = server
+    workflow = json.loads((ROOT / "workflows" / "specar_demo_drafter.json").read_text())
+    sampler = next(n for n in workflow["nodes"] if n["type"] == "SpecARSampler")
+
+    def load_requests_after_a_run(seed: int) -> int:
+        sampler["widgets_values"][1] = seed  # a new seed: an identical prompt would be served from the cache
+        _queue_workflow(page, workflow)
+        assert _wait_finished(page)["type"] == "execution_success"
+        return log_path.read_text().count("Requested to load SpecARWeights")
+
+    loaded = load_requests_after_a_run(515151)
+    assert loaded >= 1
+    assert load_requests_after_a_run(515152) == loaded
+    _post(f"{url}/free", {"unload_models": True})
+    time.sleep(2.0)  # the idle queue worker wakes on the flag and unloads before the next prompt arrives
+    assert load_requests_after_a_run(515153) > loaded

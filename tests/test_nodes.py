@@ -226,6 +226,32 @@ def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:
         )
 
 
+def test_a_run_loads_the_target_and_its_drafters_together_with_room_for_a_step(demo) -> None:
+    host = LocalHost()
+    (head,) = run(
+        "SpecARTreeHead",
+        host,
+        head="demo-tree-head",
+        tree="dynamic",
+        top_k=4,
+        depth=4,
+        nodes=12,
+        branching="2,1",
+        guidance=0,
+    )
+    (drafter,) = run(
+        "SpecARDrafterModel", host, drafter="demo-drafter", gamma=3, dtype="auto", shape="chain", branching="2,1"
+    )
+    run("SpecARSampler", host, model=demo, draft=head, **SAMPLING)
+    run("SpecARSampler", host, model=demo, draft=drafter, **SAMPLING)
+    run("SpecARSampler", host, model=demo, **SAMPLING)
+    (tree_models, tree_bytes), (drafter_models, drafter_bytes), (auto_models, _) = host.loads
+    assert tree_models == (demo, head.tree_head)
+    assert drafter_models[0] is demo and drafter_models[1] is drafter.drafter and auto_models == (demo,)
+    vocab, images = demo.vocab_size, SAMPLING["batch_size"]
+    assert tree_bytes == 5 * images * (1 + 12) * vocab * 4 and drafter_bytes == 5 * images * (1 + 3) * vocab * 4
+
+
 def test_drafter_node_drafts_static_trees_losslessly_and_cascade_relaxes_them(demo) -> None:
     host = LocalHost()
     greedy = {**SAMPLING, "temperature": 0.0}

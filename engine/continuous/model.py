@@ -14,6 +14,7 @@ from typing import Protocol
 import torch
 
 from ..errors import SettingsError
+from ..models.base import attribute_networks
 from .diffusion import DiffusionNoise, GaussianDiffusion, HeadSample
 from .mar import MAR
 from .types import ContinuousSettings
@@ -64,6 +65,12 @@ class ContinuousTokenModel(Protocol):
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """``uint8 [B, H, W, 3]`` pixels of tokens ``[B, L, C]``."""
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The torch modules holding the weights (what a memory-accounting host loads and offloads)."""
+
+    def to(self, device: torch.device | str) -> "ContinuousTokenModel":
+        """Move the weights to ``device``."""
+
 
 class MARTokenModel:
     """:class:`ContinuousTokenModel` for :class:`MAR` weights and a pixel decoder."""
@@ -94,6 +101,10 @@ class MARTokenModel:
     @property
     def seq_len(self) -> int:
         return self.mar.cfg.seq_len
+
+    def networks(self) -> list[torch.nn.Module]:
+        """The torch modules holding the weights (see :meth:`specar.ImageTokenModel.networks`)."""
+        return attribute_networks(self)
 
     def to(self, device: torch.device | str) -> "MARTokenModel":
         self.mar.to(device)

@@ -172,6 +172,10 @@ class TreeHead(nn.Module):
         rope = self.rope[positions.clamp(0, self.rope.shape[0] - 1)]
         return self.layers[0](h, rope, cache, slots, mask)
 
+    def networks(self) -> list[nn.Module]:
+        """Itself: the head is one module (the interface hosts load models through)."""
+        return [self]
+
     def forward(self, embeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Causal pass for training: ``embeds[:, t]`` of token t and ``features[:, t]`` the target's
         state after token t-1 -> predicted state after token t, ``[R, N, D]``."""

@@ -169,6 +169,20 @@ class ImageTokenModel(ABC):
     def to(self, device: torch.device) -> None:
         """Move the network and pixel decoder to ``device`` (hosts offload models between runs)."""
 
+    def networks(self) -> list[torch.nn.Module]:
+        """The torch modules that hold this model's weights: what a host that accounts for memory (ComfyUI's
+        model management) sizes, loads and offloads. :meth:`to` still follows, for state kept outside them."""
+        return attribute_networks(self)
+
+
+def attribute_networks(owner: object) -> list[torch.nn.Module]:
+    """The torch modules among ``owner``'s attributes, each once."""
+    found: dict[int, torch.nn.Module] = {}
+    for value in vars(owner).values():
+        if isinstance(value, torch.nn.Module):
+            found.setdefault(id(value), value)
+    return list(found.values())
+
 
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Float images ``[B, 3, H, W]`` in [-1, 1] -> ``uint8 [B, H, W, 3]`` on the CPU."""

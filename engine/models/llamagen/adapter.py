@@ -10,7 +10,7 @@ from ...compile import LARGEST_BUCKET, CompiledForward, CompileFailed, static_bu
 from ...errors import SettingsError
 from ...kv_cache import FixedCacheView, RaggedKVCache
 from ...types import Conditioning, SamplingSettings
-from ..base import ImageTokenModel, ModelOutput, PixelDecoder, to_uint8
+from ..base import ImageTokenModel, ModelOutput, PixelDecoder, attribute_networks, to_uint8
 from .gpt import GPT, default_capacity
 
 
@@ -237,6 +237,10 @@ class LlamaGenModel(ImageTokenModel):
         if self.cache is not None and self.cache.fixed:
             self._spare_cache = self.cache
         self.cache = None
+
+    def networks(self) -> list[torch.nn.Module]:
+        encoder = attribute_networks(self.text_encoder) if self.text_encoder is not None else []
+        return [*super().networks(), *encoder]
 
     def to(self, device: torch.device) -> None:
         if device == self.device:
