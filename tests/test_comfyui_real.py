@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import pytest
 
 from pack import ROOT, load_pack
+from workflow_layout import overlapping_pairs
 from tiny_hf import build_tiny_chameleon, build_tiny_emu3, build_tiny_janus, build_tiny_llamagen_t2i
 
 COMFY = os.environ.get("SPECAR_COMFYUI")
@@ -369,3 +370,23 @@ def test_models_stay_loaded_between_runs_and_unload_on_request(server: tuple[str
     _post(f"{url}/free", {"unload_models": True})
     time.sleep(2.0)  # the idle queue worker wakes on the flag and unloads before the next prompt arrives
     assert load_requests_after_a_run(515153) > loaded
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_workflow_nodes_do_not_overlap_as_the_frontend_draws_them(page: Any, path: Path) -> None:
+    """Node rectangles (title bar included) at the sizes the frontend gives them after loading and drawing."""
+    rectangles = page.evaluate(
+        """async (workflow) => {
+        const app = window.comfyAPI.app.app;
+        await app.loadGraphData(workflow);
+        app.graph.setDirtyCanvas(true, true);
+        app.canvas.draw(true, true);
+        await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+        const title = window.LiteGraph.NODE_TITLE_HEIGHT;
+        return app.graph._nodes.map((n) => ({
+            node: `${n.id} ${n.title}`, x: n.pos[0], y: n.pos[1] - title, w: n.size[0], h: n.size[1] + title,
+        }));
+    }""",
+        json.loads(path.read_text()),
+    )
+    assert overlapping_pairs(rectangles) == []

@@ -18,6 +18,7 @@ from specar_pack.nodes.schema import BOOLEAN, COMBO, FLOAT, INT, STRING  # noqa:
 
 sys.path.insert(0, str(ROOT / "workflows"))
 from build import CORE_NODES, FAMILY_WORKFLOWS, SEED_CONTROL, VIRTUAL_NODES, render_all  # noqa: E402
+from workflow_layout import overlapping_pairs, rectangles  # noqa: E402
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
@@ -104,3 +105,9 @@ def test_every_family_workflow_folder_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     for family, folder, _, _ in FAMILY_WORKFLOWS.values():
         assert f"models/specar/{folder}/" in readme, folder
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_no_two_nodes_overlap(path: Path) -> None:
+    """As saved; the real-ComfyUI test checks the sizes the frontend draws them at."""
+    assert overlapping_pairs(rectangles(json.loads(path.read_text()))) == []

@@ -33,6 +33,11 @@ CORE_NODES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], 
 }
 VIRTUAL_NODES = {"Note": (("text", "STRING"),)}
 SEED_CONTROL = "fixed"  # the frontend's "control after generate" value that follows a seed widget
+TITLE_HEIGHT = 30  # the frontend draws a node's title bar above its position
+GAP = 20  # between one node's bottom and the next one's title bar
+LEFT = 20  # the left column: loader, draft source, policy, note
+MIDDLE = 500  # the sampler
+RIGHT = 880  # its previews
 
 
 def node_specs() -> dict[str, Any]:
@@ -94,11 +99,14 @@ class Graph:
     def add(
         self,
         type_: str,
-        pos: tuple[int, int],
+        pos: tuple[int, int] | Node,
         size: tuple[int, int] = (320, 130),
         title: str | None = None,
         **widgets: Any,
     ) -> Node:
+        """A node at ``pos``, or stacked under the node given as ``pos`` (same column, title bar clear)."""
+        if isinstance(pos, Node):
+            pos = (pos.pos[0], pos.pos[1] + pos.size[1] + GAP + TITLE_HEIGHT)
         if type_ in self.specs:
             spec = self.specs[type_]
             values: list[Any] = []
@@ -154,38 +162,43 @@ class Graph:
 
 
 def _sampler_with_previews(g: Graph, model: Node, draft: Node | None, policy: Node | None, **widgets: Any) -> Node:
-    sampler = g.add("SpecARSampler", (420, 60), (340, 560), **widgets)
+    sampler = g.add("SpecARSampler", (MIDDLE, 60), (340, 560), **widgets)
     g.connect(model, 0, sampler, "model")
     if draft is not None:
         g.connect(draft, 0, sampler, "draft")
     if policy is not None:
         g.connect(policy, 0, sampler, "policy")
-    images = g.add("PreviewImage", (800, 60), (300, 300), title="Images")
-    heat = g.add("PreviewImage", (800, 400), (300, 300), title="Acceptance heatmap")
-    stats = g.add("PreviewAny", (1130, 60), (320, 200), title="Stats")
+    images = g.add("PreviewImage", (RIGHT, 60), (300, 300), title="Images")
+    heat = g.add("PreviewImage", images, (300, 300), title="Acceptance heatmap")
+    stats = g.add("PreviewAny", (RIGHT + 330, 60), (320, 200), title="Stats")
     for index, target, name in ((0, images, "images"), (1, heat, "images"), (2, stats, "source")):
         g.connect(sampler, index, target, name)
     if policy is not None:
-        why = g.add("PreviewImage", (1130, 300), (420, 400), title="Why accepted")
+        why = g.add("PreviewImage", stats, (420, 400), title="Why accepted")
         g.connect(sampler, 3, why, "images")
     return sampler
 
 
 def _start(
-    specs: dict[str, Any], draft_type: str, note: str, note_pos: tuple[int, int] = (20, 420), note_height: int = 200
+    specs: dict[str, Any], draft_type: str, draft_size: tuple[int, int] = (340, 160)
 ) -> tuple[Graph, Node, Node]:
-    """A graph with its explanatory note, the model loader and a draft-source node."""
+    """A graph with the model loader and a draft-source node at the top of the left column."""
     g = Graph(specs)
-    g.add("Note", note_pos, (360, note_height), text=note)
-    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
-    draft = g.add(draft_type, (20, 210), (340, 140))
+    model = g.add("SpecARModelLoader", (LEFT, 60), (340, 160))
+    draft = g.add(draft_type, model, draft_size)
     return g, model, draft
 
 
+def _note(g: Graph, above: Node, text: str, height: int = 220) -> Node:
+    """The workflow's explanation, at the bottom of the left column."""
+    return g.add("Note", above, (360, height), text=text)
+
+
 def demo_jacobi(specs: dict[str, Any]) -> Graph:
-    g, model, draft = _start(
-        specs,
-        "SpecARJacobiDrafts",
+    g, model, draft = _start(specs, "SpecARJacobiDrafts")
+    _note(
+        g,
+        draft,
         (
             "SpecAR demo: Jacobi self-drafting.\n\nThe bundled demo model draws 32x32 scenes of 16 classes: "
             "red/green/blue/yellow circle, square, triangle or ring. Type one in the prompt.\n\n"
@@ -198,24 +211,33 @@ def demo_jacobi(specs: dict[str, Any]) -> Graph:
 
 
 def demo_drafter(specs: dict[str, Any]) -> Graph:
-    g, model, draft = _start(
-        specs,
-        "SpecARDrafterModel",
+    g, model, draft = _start(specs, "SpecARDrafterModel")
+    _note(
+        g,
+        draft,
         (
             "SpecAR demo: a drafter model.\n\nA 0.5M-parameter drafter (shipped with the demo) proposes gamma tokens; "
             "the 2M-parameter target checks them in one forward. Exact acceptance: lossless.\n\n"
             "Your own drafters go in ComfyUI/models/specar/ and need the target's vocabulary and token grid."
         ),
-        note_height=180,
+        180,
     )
     _sampler_with_previews(g, model, draft, None, prompt="blue square", batch_size=4, seed=7)
     return g
 
 
 def relaxation_mask(specs: dict[str, Any]) -> Graph:
-    g, model, draft = _start(
-        specs,
-        "SpecARJacobiDrafts",
+    g, model, draft = _start(specs, "SpecARJacobiDrafts")
+    canvas = g.add("SolidMask", draft, (210, 110), title="Mask: black 32x32", value=0.0, width=32, height=32)
+    top = g.add("SolidMask", canvas, (210, 110), title="Mask: white top half", value=1.0, width=32, height=16)
+    mask = g.add("MaskComposite", (LEFT + 230, canvas.pos[1]), (210, 150), x=0, y=0, operation="add")
+    g.connect(canvas, 0, mask, "destination")
+    g.connect(top, 0, mask, "source")
+    policy = g.add("SpecARAcceptancePolicy", top, (340, 150), policy="gsd", relaxation=recommended_relaxation("gsd"))
+    g.connect(mask, 0, policy, "mask")
+    _note(
+        g,
+        policy,
         (
             "SpecAR: relaxation limited to a region.\n\nThe mask is white on the top half of the 32x32 image: "
             "GSD's relaxed acceptance acts there (the slider sets how much), the bottom half stays lossless. The "
@@ -223,26 +245,16 @@ def relaxation_mask(specs: dict[str, Any]) -> Graph:
             "compare the "
             "stats with relaxation 0, and see the README's speed/quality table before raising it."
         ),
-        (20, 700),
-        220,
     )
-    canvas = g.add("SolidMask", (20, 390), (200, 110), title="Mask: black 32x32", value=0.0, width=32, height=32)
-    top = g.add("SolidMask", (20, 540), (200, 110), title="Mask: white top half", value=1.0, width=32, height=16)
-    mask = g.add("MaskComposite", (230, 390), (170, 150), x=0, y=0, operation="add")
-    g.connect(canvas, 0, mask, "destination")
-    g.connect(top, 0, mask, "source")
-    policy = g.add(
-        "SpecARAcceptancePolicy", (230, 560), (340, 150), policy="gsd", relaxation=recommended_relaxation("gsd")
-    )
-    g.connect(mask, 0, policy, "mask")
     _sampler_with_previews(g, model, draft, policy, prompt="green triangle", batch_size=4, seed=3)
     return g
 
 
 def compare(specs: dict[str, Any]) -> Graph:
-    g, model, draft = _start(
-        specs,
-        "SpecARJacobiDrafts",
+    g, model, draft = _start(specs, "SpecARJacobiDrafts")
+    _note(
+        g,
+        draft,
         (
             "SpecAR: plain AR against speculative decoding, same seed, same machine.\n\nThe picture shows "
             "plain AR, the "
@@ -250,13 +262,13 @@ def compare(specs: dict[str, Any]) -> Graph:
             "forward and the "
             "measured wall-clock speed-up."
         ),
-        note_height=160,
+        160,
     )
-    node = g.add("SpecARCompare", (420, 60), (340, 560), prompt="yellow circle", batch_size=2, seed=11)
+    node = g.add("SpecARCompare", (MIDDLE, 60), (340, 560), prompt="yellow circle", batch_size=2, seed=11)
     g.connect(model, 0, node, "model")
     g.connect(draft, 0, node, "draft")
-    picture = g.add("PreviewImage", (800, 60), (520, 420), title="Plain AR | speculative | heatmap")
-    stats = g.add("PreviewAny", (800, 520), (520, 200), title="Speed-up")
+    picture = g.add("PreviewImage", (RIGHT, 60), (520, 420), title="Plain AR | speculative | heatmap")
+    stats = g.add("PreviewAny", picture, (520, 200), title="Speed-up")
     g.connect(node, 0, picture, "images")
     g.connect(node, 1, stats, "source")
     return g
@@ -278,9 +290,13 @@ def relaxed_policy(policy: str) -> Callable[[dict[str, Any]], Graph]:
     """A drafter workflow with a relaxed acceptance policy at a moderate setting."""
 
     def build(specs: dict[str, Any]) -> Graph:
-        g, model, draft = _start(
-            specs,
-            "SpecARDrafterModel",
+        g, model, draft = _start(specs, "SpecARDrafterModel")
+        chosen = g.add(
+            "SpecARAcceptancePolicy", draft, (340, 150), policy=policy, relaxation=recommended_relaxation(policy)
+        )
+        _note(
+            g,
+            chosen,
             (
                 f"SpecAR: the {policy.upper()} relaxed acceptance policy.\n\n{POLICY_NOTES[policy]}\n\nThe "
                 "relaxation is set "
@@ -288,10 +304,6 @@ def relaxed_policy(policy: str) -> Callable[[dict[str, Any]], Graph]:
                 "maps what the "
                 "policy decided on. The README's table lists measured speed and quality for each setting."
             ),
-            note_height=220,
-        )
-        chosen = g.add(
-            "SpecARAcceptancePolicy", (20, 660), (340, 150), policy=policy, relaxation=recommended_relaxation(policy)
         )
         _sampler_with_previews(g, model, draft, chosen, prompt="green ring", batch_size=4, seed=21)
         return g
@@ -310,10 +322,10 @@ def _tree_workflow(
 ) -> Graph:
     """A tree-drafting graph: note, model loader, draft source, acceptance policy and the sampler with previews."""
     g = Graph(specs)
-    g.add("Note", (20, 440), (360, 240), text=note)
-    model = g.add("SpecARModelLoader", (20, 60), (340, 110))
-    draft = g.add(draft_type, (20, 210), (340, 200), **draft_widgets)
-    chosen = g.add("SpecARAcceptancePolicy", (20, 700), (340, 150), **policy_widgets)
+    model = g.add("SpecARModelLoader", (LEFT, 60), (340, 160))
+    draft = g.add(draft_type, model, (340, 210), **draft_widgets)
+    chosen = g.add("SpecARAcceptancePolicy", draft, (340, 150), **policy_widgets)
+    _note(g, chosen, note, 240)
     _sampler_with_previews(g, model, draft, chosen, prompt=prompt, batch_size=4, seed=seed)
     return g
 
@@ -386,11 +398,13 @@ def mar_cspd(specs: dict[str, Any]) -> Graph:
     from specar_pack.engine.continuous.acceptance import RECOMMENDED_RELAXATION
 
     g = Graph(specs)
-    g.add(
-        "Note",
-        (20, 560),
-        (360, 260),
-        text=(
+    model = g.add("SpecARModelLoader", (LEFT, 60), (340, 160), model="mar-demo")
+    draft = g.add("SpecARDrafterModel", model, (340, 160), drafter="mar-demo-drafter", gamma=8)
+    chosen = g.add("SpecARAcceptancePolicy", draft, (340, 150), policy="cspd", relaxation=RECOMMENDED_RELAXATION)
+    _note(
+        g,
+        chosen,
+        (
             "SpecAR: continuous tokens (MAR) with continuous speculative decoding (CSpD).\n\nThe bundled MAR "
             "demo draws "
             "the same 16 scene classes from continuous 2x2-pixel tokens, each sampled by a small diffusion head. The "
@@ -399,10 +413,8 @@ def mar_cspd(specs: dict[str, Any]) -> Graph:
             "The cspd policy's relaxation flattens that test (0 = exact Gaussian ratio); the README lists target "
             "passes and quality per setting."
         ),
+        260,
     )
-    model = g.add("SpecARModelLoader", (20, 60), (340, 160), model="mar-demo")
-    draft = g.add("SpecARDrafterModel", (20, 260), (340, 130), drafter="mar-demo-drafter", gamma=8)
-    chosen = g.add("SpecARAcceptancePolicy", (20, 420), (340, 130), policy="cspd", relaxation=RECOMMENDED_RELAXATION)
     _sampler_with_previews(g, model, draft, chosen, prompt="yellow ring", batch_size=4, seed=2, top_k=0)
     return g
 
@@ -453,18 +465,18 @@ def family_workflow(name: str) -> Callable[[dict[str, Any]], Graph]:
 
         defaults = family_defaults(family)
         g = Graph(specs)
-        g.add(
-            "Note",
-            (20, 420),
-            (360, 240),
-            text=(
+        model = g.add("SpecARModelLoader", (LEFT, 60), (340, 160), model=folder, family=family)
+        draft = g.add("SpecARJacobiDrafts", model, (340, 140), window=16)
+        _note(
+            g,
+            draft,
+            (
                 f"SpecAR: {about}\n\nPut the checkpoint in ComfyUI/models/specar/{folder}/ (README: Models) and "
                 "pick it in the loader. Jacobi drafts need no extra weights and keep the output distribution exact; "
                 "sampling settings are the authors' defaults. A GPU with bf16 is assumed."
             ),
+            240,
         )
-        model = g.add("SpecARModelLoader", (20, 60), (340, 160), model=folder, family=family)
-        draft = g.add("SpecARJacobiDrafts", (20, 260), (340, 140), window=16)
         _sampler_with_previews(
             g,
             model,
