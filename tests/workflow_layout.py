@@ -28,8 +28,8 @@ def rectangles(workflow: dict[str, Any]) -> list[dict[str, Any]]:
 
 def overlapping_pairs(boxes: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """The names of every two rectangles that share area (touching edges do not count)."""
-    return [
-        (a["node"], b["node"])
-        for a, b in combinations(boxes, 2)
-        if a["x"] < b["x"] + b["w"] and b["x"] < a["x"] + a["w"] and a["y"] < b["y"] + b["h"] and b["y"] < a["y"] + a["h"]
-    ]
+
+    def apart(a: dict[str, Any], b: dict[str, Any]) -> bool:
+        return a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"] or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"]
+
+    return [(a["node"], b["node"]) for a, b in combinations(boxes, 2) if not apart(a, b)]
