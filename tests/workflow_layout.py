@@ -30,6 +30,8 @@ def overlapping_pairs(boxes: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """The names of every two rectangles that share area (touching edges do not count)."""
 
     def apart(a: dict[str, Any], b: dict[str, Any]) -> bool:
-        return a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"] or a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"]
+        side_by_side = a["x"] + a["w"] <= b["x"] or b["x"] + b["w"] <= a["x"]
+        one_above_the_other = a["y"] + a["h"] <= b["y"] or b["y"] + b["h"] <= a["y"]
+        return side_by_side or one_above_the_other
 
     return [(a["node"], b["node"]) for a, b in combinations(boxes, 2) if not apart(a, b)]
