@@ -8,11 +8,13 @@ with this package installed in it (``pip install --no-deps -e .``: the tests imp
 links this repository into ``custom_nodes/``, starts ComfyUI with ``--cpu`` on 127.0.0.1, checks
 ``/object_info`` against the node specs, loads and queues every shipped workflow in the real
 frontend, checks images and live heatmap messages, interrupts a run, and screenshots the widget
-mid-run (to SPECAR_SCREENSHOT when set).
+mid-run (to SPECAR_SCREENSHOT when set). With SPECAR_THUMBNAILS set, each demo workflow's run
+writes its template-browser thumbnail (``workflows/<name>.jpg``).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -20,15 +22,21 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from functools import partial
 from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from PIL import Image
 
 from pack import ROOT, load_pack
 from workflow_layout import overlapping_pairs
+
+sys.path.insert(0, str(ROOT / "workflows"))
+from build import FAMILY_WORKFLOWS, demo_drafter, demo_jacobi, file_name  # noqa: E402
+from thumbnails import demo_thumbnail, save_jpeg  # noqa: E402
 from tiny_hf import build_tiny_chameleon, build_tiny_emu3, build_tiny_janus, build_tiny_llamagen_t2i
 
 COMFY = os.environ.get("SPECAR_COMFYUI")
@@ -47,6 +55,7 @@ CHROMIUM_FLAGS = [
 ]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 RUN_TIMEOUT = 240.0
+THUMBNAIL_ROWS = ("Images", "Acceptance heatmap", "Plain AR | speculative | heatmap")  # preview titles, in order
 
 
 def _free_port() -> int:
@@ -67,26 +76,29 @@ def _post(url: str, data: dict[str, Any]) -> Any:
         return json.loads(body) if body else None
 
 
-# family workflow -> (tiny checkpoint builder, loader widgets to change so a tiny model draws quickly)
+# family -> (tiny checkpoint builder, loader widgets to change so a tiny model draws quickly)
 TINY_FAMILY_MODELS: dict[str, tuple[Any, dict[str, Any]]] = {
-    "specar_janus_pro": (build_tiny_janus, {}),
-    "specar_emu3": (build_tiny_emu3, {"image_size": 16}),
-    "specar_lumina_mgpt": (partial(build_tiny_chameleon, lumina=True, vqgan=True), {"image_size": 128}),
-    "specar_anole": (partial(build_tiny_chameleon, lumina=False, vqgan=True), {"image_size": 128}),
-    "specar_llamagen_t2i": (build_tiny_llamagen_t2i, {}),
+    "janus": (build_tiny_janus, {}),
+    "emu3": (build_tiny_emu3, {"image_size": 16}),
+    "lumina-mgpt": (partial(build_tiny_chameleon, lumina=True, vqgan=True), {"image_size": 128}),
+    "anole": (partial(build_tiny_chameleon, lumina=False, vqgan=True), {"image_size": 128}),
+    "llamagen": (build_tiny_llamagen_t2i, {}),
 }
+
+
+def _tiny_loader_widgets(workflow_name: str) -> dict[str, Any]:
+    """Loader widgets that make a family workflow draw quickly with its tiny model (none for the demos)."""
+    family = FAMILY_WORKFLOWS.get(workflow_name, (None,))[0]
+    return TINY_FAMILY_MODELS[family][1] if family else {}
 
 
 def _install_tiny_family_models(comfy: Path) -> list[Path]:
     """Tiny random checkpoints under the folder names the family workflows pick (removed afterwards)."""
-    sys.path.insert(0, str(ROOT / "workflows"))
-    from build import FAMILY_WORKFLOWS
-
     made = []
-    for name, (build, _) in TINY_FAMILY_MODELS.items():
-        folder = comfy / "models" / "specar" / FAMILY_WORKFLOWS[name][1]
+    for family, folder_name, _, _ in FAMILY_WORKFLOWS.values():
+        folder = comfy / "models" / "specar" / folder_name
         if not folder.exists():
-            build(folder)
+            TINY_FAMILY_MODELS[family][0](folder)
             made.append(folder)
     return made
 
@@ -242,17 +254,24 @@ def _wait_finished(page: Any) -> dict[str, Any]:
 def test_every_workflow_runs_in_the_real_frontend(server: tuple[str, Path], page: Any, path: Path) -> None:
     url, _ = server
     workflow = json.loads(path.read_text())
-    _set_loader_widgets(workflow, TINY_FAMILY_MODELS.get(path.stem, (None, {}))[1])
+    _set_loader_widgets(workflow, _tiny_loader_widgets(path.stem))
     _queue_workflow(page, workflow)
     finished = _wait_finished(page)
     assert finished["type"] == "execution_success", finished
     history = _get(f"{url}/history/{finished['prompt_id']}")[finished["prompt_id"]]
-    images = [image for output in history["outputs"].values() for image in output.get("images", [])]
-    assert images, "no images came out"
-    for image in images:
-        query = f"filename={image['filename']}&subfolder={image['subfolder']}&type={image['type']}"
-        with urllib.request.urlopen(f"{url}/view?{query}") as response:
-            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+    pictures: dict[str, list[Any]] = {}  # preview title -> its images
+    titles = {str(n["id"]): n.get("title", n["type"]) for n in workflow["nodes"]}
+    for node_id, output in history["outputs"].items():
+        for image in output.get("images", []):
+            query = f"filename={image['filename']}&subfolder={image['subfolder']}&type={image['type']}"
+            with urllib.request.urlopen(f"{url}/view?{query}") as response:
+                data = response.read()
+            assert data[:8] == b"\x89PNG\r\n\x1a\n"
+            pictures.setdefault(titles[node_id], []).append(Image.open(io.BytesIO(data)))
+    assert pictures, "no images came out"
+    if os.environ.get("SPECAR_THUMBNAILS") and path.stem not in FAMILY_WORKFLOWS:  # what the demo draws, as its card
+        rows = [pictures[title] for title in THUMBNAIL_ROWS if title in pictures]
+        save_jpeg(demo_thumbnail(path.stem.split(" ", 1)[1], rows), path.with_suffix(".jpg"))
     texts = [text for output in history["outputs"].values() for text in output.get("text", [])]
     assert any("tokens/forward" in text or "tokens/pass" in text for text in texts)  # discrete or MAR (CSpD)
     frames = page.evaluate("() => window.__specar.frames")
@@ -271,7 +290,7 @@ def test_every_workflow_runs_in_the_real_frontend(server: tuple[str, Path], page
 
 
 def test_interrupt_stops_a_run_between_forwards(server: tuple[str, Path], page: Any) -> None:
-    workflow = json.loads((ROOT / "workflows" / "specar_demo_jacobi.json").read_text())
+    workflow = json.loads((ROOT / "workflows" / file_name(demo_jacobi)).read_text())
     sampler = next(n for n in workflow["nodes"] if n["type"] == "SpecARSampler")
     sampler["widgets_values"][1] = 424242  # a new seed: an identical prompt would be served from the cache
     sampler["widgets_values"][3] = 128  # a long batch, so there is time to interrupt it
@@ -355,7 +374,7 @@ def test_models_stay_loaded_between_runs_and_unload_on_request(server: tuple[str
     loaded (no new load request in ComfyUI's log, so no copy), and an unload request frees them (the next
     run requests them again)."""
     url, log_path = server
-    workflow = json.loads((ROOT / "workflows" / "specar_demo_drafter.json").read_text())
+    workflow = json.loads((ROOT / "workflows" / file_name(demo_drafter)).read_text())
     sampler = next(n for n in workflow["nodes"] if n["type"] == "SpecARSampler")
 
     def load_requests_after_a_run(seed: int) -> int:
@@ -390,3 +409,14 @@ def test_workflow_nodes_do_not_overlap_as_the_frontend_draws_them(page: Any, pat
         json.loads(path.read_text()),
     )
     assert overlapping_pairs(rectangles) == []
+
+
+def test_the_template_browser_lists_every_workflow_with_its_thumbnail(server: tuple[str, Path]) -> None:
+    url, _ = server
+    listed = _get(f"{url}/workflow_templates")["specar"]
+    assert sorted(listed) == [path.stem for path in WORKFLOWS]
+    for name in listed:  # the addresses the template browser fetches a card's picture and workflow from
+        for suffix, magic in ((".jpg", b"\xff\xd8\xff"), (".json", b"{")):
+            address = f"{url}/api/workflow_templates/specar/{urllib.parse.quote(name + suffix)}"
+            with urllib.request.urlopen(address) as response:
+                assert response.read(len(magic)) == magic, address

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from pack import ROOT, load_pack
 
@@ -19,6 +20,7 @@ from specar_pack.nodes.schema import BOOLEAN, COMBO, FLOAT, INT, STRING  # noqa:
 sys.path.insert(0, str(ROOT / "workflows"))
 from build import CORE_NODES, FAMILY_WORKFLOWS, SEED_CONTROL, VIRTUAL_NODES, render_all  # noqa: E402
 from workflow_layout import overlapping_pairs, rectangles  # noqa: E402
+from thumbnails import SIZE  # noqa: E402
 
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 SEED_CONTROLS = {"fixed", "increment", "decrement", "randomize"}
@@ -111,3 +113,18 @@ def test_every_family_workflow_folder_is_documented_in_the_readme() -> None:
 def test_no_two_nodes_overlap(path: Path) -> None:
     """As saved; the real-ComfyUI test checks the sizes the frontend draws them at."""
     assert overlapping_pairs(rectangles(json.loads(path.read_text()))) == []
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_every_workflow_has_its_template_thumbnail(path: Path) -> None:
+    with Image.open(path.with_suffix(".jpg")) as thumbnail:
+        assert thumbnail.format == "JPEG" and thumbnail.size == (SIZE, SIZE)
+
+
+def test_workflow_names_number_the_demos_first() -> None:
+    names = [path.stem for path in WORKFLOWS]
+    numbers = [int(name.split(" ", 1)[0]) for name in names]
+    assert numbers == list(range(1, len(names) + 1))
+    needs_weights = [name.endswith("(needs downloaded weights)") for name in names]
+    assert needs_weights == sorted(needs_weights) and sum(needs_weights) == len(FAMILY_WORKFLOWS)
+    assert all(name.split(" ", 1)[1].startswith("Demo,") != weights for name, weights in zip(names, needs_weights))

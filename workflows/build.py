@@ -286,6 +286,9 @@ POLICY_NOTES = {
 }
 
 
+POLICY_TITLES = {"lantern": "LANTERN", "gsd": "GSD", "csd": "CSD", "clusters": "look-alike clusters"}
+
+
 def relaxed_policy(policy: str) -> Callable[[dict[str, Any]], Graph]:
     """A drafter workflow with a relaxed acceptance policy at a moderate setting."""
 
@@ -421,32 +424,32 @@ def mar_cspd(specs: dict[str, Any]) -> Graph:
 
 # workflow name -> (family, folder under models/specar/ as the README lays it out, prompt, note)
 FAMILY_WORKFLOWS = {
-    "specar_janus_pro": (
+    "13 Janus Pro (needs downloaded weights)": (
         "janus",
         "Janus-Pro-7B",
         "a red fox sleeping in fresh snow, soft morning light",
         "Janus-Pro (1B or 7B) from a transformers checkpoint (deepseek-community/Janus-Pro-7B).",
     ),
-    "specar_lumina_mgpt": (
+    "14 Lumina mGPT (needs downloaded weights)": (
         "lumina-mgpt",
         "Lumina-mGPT-7B-768",
         "a lighthouse on a cliff at sunset, oil painting",
         "Lumina-mGPT with Chameleon's VQGAN (vqgan.ckpt in the folder). Size: the folder's number "
         "(768) unless image_size says otherwise.",
     ),
-    "specar_anole": (
+    "15 Anole (needs downloaded weights)": (
         "anole",
         "Anole-7b-v0.1-hf",
         "a bowl of ramen on a wooden table",
         "Anole (leloy/Anole-7b-v0.1-hf) with Chameleon's VQGAN (vqgan.ckpt in the folder); 512x512.",
     ),
-    "specar_emu3": (
+    "16 Emu3 Gen (needs downloaded weights)": (
         "emu3",
         "Emu3-Gen-hf",
         "a portrait of a young woman with freckles, film grain",
         "Emu3-Gen (BAAI/Emu3-Gen-hf); 720x720 is 8,100 tokens, so expect minutes per image even when fast.",
     ),
-    "specar_llamagen_t2i": (
+    "17 LlamaGen text to image (needs downloaded weights)": (
         "llamagen",
         "LlamaGen-T2I-XL-512",
         "a cozy cabin in a snowy forest at night",
@@ -494,18 +497,28 @@ def family_workflow(name: str) -> Callable[[dict[str, Any]], Graph]:
     return build
 
 
+# file name -> builder. The template browser shows each file name as the workflow's title, so the names say
+# what each does, number the order to read them in, and mark the ones that need downloaded weights.
 WORKFLOWS = {
-    "specar_demo_jacobi": demo_jacobi,
-    "specar_demo_drafter": demo_drafter,
-    "specar_relaxation_mask": relaxation_mask,
-    "specar_compare_ar_vs_speculative": compare,
-    **{f"specar_policy_{name}": relaxed_policy(name) for name in POLICY_NOTES},
-    "specar_tree_cascade": tree_cascade,
-    "specar_drafter_tree_cascade": drafter_tree_cascade,
-    "specar_tree_lantern_pp": tree_lantern_pp,
-    "specar_mar_cspd": mar_cspd,
+    "01 Demo, Jacobi self drafting (lossless)": demo_jacobi,
+    "02 Demo, a drafter model (lossless)": demo_drafter,
+    "03 Demo, plain AR against speculative, timed": compare,
+    **{
+        f"{4 + i:02d} Demo, relaxed acceptance, {POLICY_TITLES[name]}": relaxed_policy(name)
+        for i, name in enumerate(POLICY_NOTES)
+    },
+    "08 Demo, relaxation only in a masked region": relaxation_mask,
+    "09 Demo, tree head drafts with CASCADE": tree_cascade,
+    "10 Demo, drafter model tree with CASCADE": drafter_tree_cascade,
+    "11 Demo, LANTERN++ on a static tree": tree_lantern_pp,
+    "12 Demo, continuous tokens (MAR) with CSpD": mar_cspd,
     **{name: family_workflow(name) for name in FAMILY_WORKFLOWS},
 }
+
+
+def file_name(builder: Callable[[dict[str, Any]], Graph]) -> str:
+    """The workflow file ``builder`` writes."""
+    return next(f"{name}.json" for name, made_by in WORKFLOWS.items() if made_by is builder)
 
 
 def render_all() -> dict[str, str]:
@@ -513,9 +526,24 @@ def render_all() -> dict[str, str]:
     return {f"{name}.json": json.dumps(build(specs).to_json(), indent=1) + "\n" for name, build in WORKFLOWS.items()}
 
 
+def family_cards() -> dict[str, Any]:
+    """Thumbnails of the workflows that need downloaded weights: what to download and where it goes."""
+    from thumbnails import label_card
+
+    return {
+        f"{name}.jpg": label_card(name.split(" ", 1)[1], [about, f"Put it in ComfyUI/models/specar/{folder}/"])
+        for name, (_, folder, _, about) in FAMILY_WORKFLOWS.items()
+    }
+
+
 def main() -> None:
+    from thumbnails import save_jpeg
+
     for name, text in render_all().items():
         (HERE / name).write_text(text)
+        print(f"wrote workflows/{name}")
+    for name, card in family_cards().items():
+        save_jpeg(card, HERE / name)
         print(f"wrote workflows/{name}")
 
 
