@@ -53,7 +53,7 @@ def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
         with safe_open(str(path), framework="pt") as handle:
             return dict(handle.metadata() or {})
     except Exception as exc:  # safetensors raises its own error types
-        raise CheckpointError(f"{Path(path).name} is not a valid safetensors file ({exc})") from exc
+        raise _unreadable(Path(path)) from exc
 
 
 def save_safetensors(
@@ -79,13 +79,21 @@ def read_json(path: str | Path) -> dict[str, object]:
     return data
 
 
+def _unreadable(path: Path) -> CheckpointError:
+    """A file that safetensors cannot read, in a user's words (the parser's reason stays on the exception's cause)."""
+    return CheckpointError(
+        f"{path.name} is not a readable safetensors file: it may be damaged or only partly downloaded; "
+        "download it again"
+    )
+
+
 def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
         return load_file(str(path), device="cpu")
     except Exception as exc:
-        raise CheckpointError(f"{path.name} is not a valid safetensors file ({exc})") from exc
+        raise _unreadable(path) from exc
 
 
 def _load_pickle(path: Path) -> object:

@@ -31,3 +31,9 @@ class NonFiniteOutputError(SpecARError):
     def __init__(self, message: str, result: object = None) -> None:
         super().__init__(message)
         self.result = result
+
+
+# Named where users import them from, so hosts that print an error's type (ComfyUI's error dialog) show
+# "specar.SettingsError" rather than the file path a custom node pack is loaded from.
+for _error in (SpecARError, CheckpointError, SettingsError, IncompatibleDrafterError, NonFiniteOutputError):
+    _error.__module__ = "specar"

@@ -105,8 +105,8 @@ def class_for_prompt(model: ImageTokenModel, prompt: str) -> int:
         if wanted == name.strip().lower() or wanted in (alias.strip().lower() for alias in name.split(",")):
             return index
     close = difflib.get_close_matches(prompt, names, n=3)
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise SettingsError(f"{model.name} has no class named {prompt!r}{hint} Class names: {', '.join(names)}")
+    hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+    raise SettingsError(f"{model.name} has no class named {prompt!r}.{hint} Class names: {', '.join(names)}.")
 
 
 def conditioning_for(model: ImageTokenModel, prompt: str, batch: int) -> Conditioning:

@@ -31,7 +31,7 @@ def test_missing_model(tmp_path: Path) -> None:
 def test_corrupt_safetensors(tmp_path: Path) -> None:
     bad = tmp_path / "model.safetensors"
     bad.write_bytes(b"\x00garbage" * 50)
-    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+    with pytest.raises(CheckpointError, match="not a readable safetensors file: it may be damaged"):
         load_model(bad, device="cpu")
 
 
@@ -152,3 +152,16 @@ def test_interrupted_generation_keeps_what_was_committed() -> None:
     assert 5 <= int(result.committed.min()) < 64
     committed = result.kinds >= 0
     assert committed.sum(1).tolist() == result.committed.tolist()
+
+
+def test_errors_are_named_where_users_import_them() -> None:
+    """Hosts that print an error's type (ComfyUI's error dialog) show ``specar.SettingsError``, not a file path;
+    the errors still pickle (the name resolves)."""
+    import pickle
+
+    import specar
+
+    for name in ("SpecARError", "CheckpointError", "SettingsError", "IncompatibleDrafterError", "NonFiniteOutputError"):
+        error_type = getattr(specar, name)
+        assert f"{error_type.__module__}.{error_type.__qualname__}" == f"specar.{name}"
+        assert type(pickle.loads(pickle.dumps(error_type("why")))) is error_type

@@ -72,7 +72,7 @@ def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
         read_mar(other)
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes(b"\x00\x01not a safetensors file")
-    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+    with pytest.raises(CheckpointError, match="not a readable safetensors file: it may be damaged"):
         read_mar(corrupt)
     not_mar = tmp_path / "not-mar.pth"
     torch.save({"model": {"tok_embeddings.weight": torch.zeros(3, 3)}}, not_mar)

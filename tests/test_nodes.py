@@ -180,7 +180,10 @@ def test_relaxed_policy_node_with_expert_options_explains_its_acceptances(demo) 
 
 def test_prompt_errors(demo) -> None:
     host = LocalHost()
-    with pytest.raises(SettingsError, match="did you mean 'red ring'"):
+    with pytest.raises(
+        SettingsError,
+        match=r"no class named 'red rings'\. Did you mean 'red ring' or .*\? Class names: red circle, .*, yellow ring\.$",
+    ):
         run("SpecARSampler", host, model=demo, **{**SAMPLING, "prompt": "red rings"})
     with pytest.raises(SettingsError, match="classes 0..15"):
         run("SpecARSampler", host, model=demo, **{**SAMPLING, "prompt": "99"})

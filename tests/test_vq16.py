@@ -190,7 +190,7 @@ def test_matches_transformers_janus_vqvae(tmp_path) -> None:
 def test_corrupt_file_is_a_checkpoint_error(tmp_path) -> None:
     path = tmp_path / "vq.safetensors"
     path.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
-    with pytest.raises(CheckpointError, match="not a valid safetensors"):
+    with pytest.raises(CheckpointError, match="not a readable safetensors file: it may be damaged"):
         load_vq16(path)
 
 
