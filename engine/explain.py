@@ -20,7 +20,17 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from .heatmap import LEGEND_BACKGROUND, RGB, as_uint8_array, acceptance_heatmap, legend_strip, upscale_cells
+from .heatmap import (
+    LEGEND_BACKGROUND,
+    LINE_HEIGHT,
+    RGB,
+    acceptance_heatmap,
+    as_uint8_array,
+    label_font,
+    legend_strip,
+    text_width,
+    upscale_cells,
+)
 from .types import GenerationResult
 
 COLOR_UNTESTED: RGB = (96, 96, 96)  # no draft was tested at this token
@@ -35,7 +45,7 @@ LABELS: dict[str, str] = {
     "convergence": "context convergence (cos)",
     "acceptance_prob": "CSpD acceptance probability",
 }
-PANEL_MIN_WIDTH = 150  # pixels per panel, so captions fit
+PANEL_MIN_WIDTH = 150  # pixels per panel at least; wider where a caption needs it
 MAX_ROWS = 8  # images explained per picture: a batch of 128 would make a picture 19,000 pixels tall
 
 
@@ -79,7 +89,6 @@ def explanation(images: torch.Tensor | np.ndarray, result: GenerationResult, gri
     heatmap legend and the ramp below."""
     pictures = as_uint8_array(images)[:MAX_ROWS]
     B, H, W, _ = pictures.shape
-    factor = max(1, math.ceil(PANEL_MIN_WIDTH / W))
     size = (H, W)
     columns = [
         ("image", pictures),
@@ -89,30 +98,34 @@ def explanation(images: torch.Tensor | np.ndarray, result: GenerationResult, gri
         (_caption(name, *span), as_uint8_array(panel)[:MAX_ROWS])
         for name, (panel, span) in diagnostic_maps(result, grid, size).items()
     ]
+    font = label_font()
+    widest = max(PANEL_MIN_WIDTH, *(text_width(caption, font) + 8 for caption, _ in columns))
+    factor = max(1, math.ceil(widest / W))
     body = np.concatenate([c.repeat(factor, axis=1).repeat(factor, axis=2) for _, c in columns], axis=2)
     body = np.concatenate(list(body), axis=0)
-    font = ImageFont.load_default()
-    caption_height, ramp_height = 26, 16
+    caption_height, ramp_height = 2 * LINE_HEIGHT + 4, LINE_HEIGHT + 4
     legend = legend_strip(body.shape[1])
     width = max(body.shape[1], legend.width)
     canvas = Image.new("RGB", (width, caption_height + body.shape[0] + legend.height + ramp_height), LEGEND_BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     panel = W * factor
     for i, (caption, _) in enumerate(columns):
-        draw.multiline_text((i * panel + 2, 1), caption, fill=(0, 0, 0), font=font, spacing=1)
+        draw.multiline_text((i * panel + 4, 1), caption, fill=(0, 0, 0), font=font, spacing=5)
     canvas.paste(Image.fromarray(body), (0, caption_height))
     canvas.paste(legend, (0, caption_height + body.shape[0]))
     _draw_ramp(draw, caption_height + body.shape[0] + legend.height, width, font)
     return canvas
 
 
-def _draw_ramp(draw: ImageDraw.ImageDraw, top: int, width: int, font: ImageFont.ImageFont) -> None:
+def _draw_ramp(
+    draw: ImageDraw.ImageDraw, top: int, width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont
+) -> None:
     label_low, label_high = "policy panels: low ", " high; grey = draft not tested"
     x = 6
     draw.text((x, top + 2), label_low, fill=(0, 0, 0), font=font)
-    x += int(draw.textlength(label_low, font=font))
+    x += text_width(label_low, font)
     bar = min(160, max(40, width // 4))
     for i in range(bar):
         color = tuple(int(c) for c in ramp_colors(torch.tensor([i / (bar - 1)]), 0.0, 1.0)[0].round().tolist())
-        draw.line([x + i, top + 3, x + i, top + 12], fill=color)
+        draw.line([x + i, top + 5, x + i, top + LINE_HEIGHT - 2], fill=color)
     draw.text((x + bar, top + 2), label_high, fill=(0, 0, 0), font=font)

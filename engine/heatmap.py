@@ -31,6 +31,22 @@ ACCEPTED_RUN_LONG = 16  # runs this long (a full default Jacobi window) get the 
 
 LEGEND_BACKGROUND: RGB = (255, 255, 255)
 COMPARISON_MIN_WIDTH = 160  # pixels per column of a comparison picture (small images are enlarged)
+LABEL_SIZE = 15  # pixels: captions and legends read at normal zoom
+LINE_HEIGHT = LABEL_SIZE + 5
+
+
+def label_font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's bundled scalable font at :data:`LABEL_SIZE`; its small bitmap font where Pillow lacks FreeType."""
+    try:
+        return ImageFont.load_default(size=LABEL_SIZE)
+    except (TypeError, ImportError, OSError):  # Pillow < 10.1, or built without FreeType
+        return ImageFont.load_default()
+
+
+def text_width(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> int:
+    """Pixels the widest line of ``text`` takes in ``font``."""
+    return max(int(font.getlength(line)) for line in text.split("\n"))
+
 
 LEGEND: tuple[tuple[str, RGB], ...] = (
     ("target only", COLOR_PLAIN),
@@ -131,16 +147,15 @@ def image_grid(images: torch.Tensor | np.ndarray, ncols: int | None = None, back
 
 def legend_strip(width: int) -> Image.Image:
     """A one-line key of the heatmap colours, at least ``width`` pixels wide."""
-    font = ImageFont.load_default()
-    swatch, gap, height = 10, 12, 16
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    widths = [swatch + 4 + int(measure.textlength(label, font=font)) for label, _ in LEGEND]
+    font = label_font()
+    swatch, gap, height = LABEL_SIZE - 3, 14, LINE_HEIGHT + 4
+    widths = [swatch + 5 + text_width(label, font) for label, _ in LEGEND]
     strip = Image.new("RGB", (max(width, sum(widths) + gap * len(LEGEND)), height), LEGEND_BACKGROUND)
     draw = ImageDraw.Draw(strip)
     x = gap // 2
     for (label, color), item_width in zip(LEGEND, widths):
-        draw.rectangle([x, 3, x + swatch - 1, 3 + swatch - 1], fill=color, outline=(90, 90, 90))
-        draw.text((x + swatch + 4, 2), label, fill=(0, 0, 0), font=font)
+        draw.rectangle([x, 5, x + swatch - 1, 5 + swatch - 1], fill=color, outline=(90, 90, 90))
+        draw.text((x + swatch + 5, 2), label, fill=(0, 0, 0), font=font)
         x += item_width + gap
     return strip
 
@@ -166,26 +181,31 @@ def comparison(
     right: torch.Tensor | np.ndarray,
     heatmaps: torch.Tensor | np.ndarray,
     captions: tuple[str, str, str],
+    note: str = "",
 ) -> Image.Image:
-    """Three labelled columns (e.g. plain AR, speculative, its heatmap), one row per image, and
-    the heatmap legend below: what a viewer needs to judge speed against quality at a glance."""
+    """Three labelled columns (e.g. plain AR, speculative, its heatmap), one row per image, the
+    heatmap legend and an optional one-line ``note`` below: what a viewer needs to judge speed
+    against quality at a glance."""
     columns = [as_uint8_array(left), as_uint8_array(right), as_uint8_array(heatmaps)]
-    factor = max(1, math.ceil(COMPARISON_MIN_WIDTH / columns[0].shape[2]))  # room for the captions
+    font = label_font()
+    widest = max(COMPARISON_MIN_WIDTH, *(text_width(caption, font) + 8 for caption in captions))
+    factor = max(1, math.ceil(widest / columns[0].shape[2]))  # room for the captions
     columns = [c.repeat(factor, axis=1).repeat(factor, axis=2) for c in columns]
     rows = np.concatenate(columns, axis=2)  # [B, H, 3W, 3]
     B, H, W3, _ = rows.shape
     body = np.concatenate(list(rows), axis=0)  # images stacked vertically
-    font = ImageFont.load_default()
-    caption_height = 14
+    caption_height = LINE_HEIGHT * max(caption.count("\n") + 1 for caption in captions) + 2
     legend = legend_strip(W3)
-    canvas = Image.new(
-        "RGB", (max(W3, legend.width), caption_height + body.shape[0] + legend.height), LEGEND_BACKGROUND
-    )
+    width = max(W3, legend.width, text_width(note, font) + 12 if note else 0)
+    note_height = LINE_HEIGHT + 4 if note else 0
+    canvas = Image.new("RGB", (width, caption_height + body.shape[0] + legend.height + note_height), LEGEND_BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for i, caption in enumerate(captions):
-        draw.text((i * (W3 // 3) + 2, 1), caption, fill=(0, 0, 0), font=font)
+        draw.multiline_text((i * (W3 // 3) + 4, 1), caption, fill=(0, 0, 0), font=font, spacing=5)
     canvas.paste(Image.fromarray(body), (0, caption_height))
     canvas.paste(legend, (0, caption_height + body.shape[0]))
+    if note:
+        draw.text((6, caption_height + body.shape[0] + legend.height + 1), note, fill=(0, 0, 0), font=font)
     return canvas
 
 

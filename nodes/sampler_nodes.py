@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 import uuid
 
@@ -15,12 +16,14 @@ from ..engine.heatmap import committed_mask, comparison
 from ..engine.live import HeatmapFrames
 from ..engine.models.base import ImageTokenModel
 from ..engine.session import DraftRecipe, JobOutput, PolicyRecipe, run_job
+from ..engine.errors import SettingsError
 from ..engine.types import SamplingSettings, StepEvent
 from .host import Host
 from .schema import DRAFT, FLOAT, IMAGE, INT, MODEL, POLICY, STRING, Field, NodeSpec, Output
 
 HEATMAP_EVENT = "specar.heatmap"  # the web widget listens for this message type
 PREVIEW_INTERVAL = 0.5  # seconds between partial-image previews (decoding one costs a little)
+MAX_SIDE = 4096  # pixels: the largest side an enlarged output may have
 
 
 class LiveReport:
@@ -117,13 +120,27 @@ def _sample(
     cfg: float,
     temperature: float,
     top_k: int,
+    scale: int,
     draft: DraftRecipe | None = None,
     policy: PolicyRecipe | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, str, torch.Tensor]:
     settings = sampling_settings(model, seed, cfg, temperature, top_k)
     draft = draft or (DraftRecipe() if is_continuous_model(model) else DraftRecipe("auto"))
     job = decode_job(host, model, prompt, batch_size, settings, draft, policy or PolicyRecipe())
-    return job.images, job.heatmaps, job.summary, job.explanation
+    return enlarge(job.images, scale), enlarge(job.heatmaps, scale), job.summary, job.explanation
+
+
+def enlarge(images: torch.Tensor, scale: int) -> torch.Tensor:
+    """``[B, H, W, C]`` images ``scale`` times larger, each pixel copied into a block (nearest neighbour), so
+    small images stay sharp when viewed; refused before allocating when a side would pass :data:`MAX_SIDE`."""
+    if scale == 1:
+        return images
+    longest = max(images.shape[1], images.shape[2]) * scale
+    if longest > MAX_SIDE:
+        raise SettingsError(
+            f"scale {scale} would make {longest}-pixel images; outputs are at most {MAX_SIDE} pixels a side"
+        )
+    return images.repeat_interleave(scale, dim=1).repeat_interleave(scale, dim=2)
 
 
 def _compare(
@@ -136,23 +153,43 @@ def _compare(
     cfg: float,
     temperature: float,
     top_k: int,
+    timed_pairs: int,
     policy: PolicyRecipe | None = None,
 ) -> tuple[torch.Tensor, str]:
     settings = sampling_settings(model, seed, cfg, temperature, top_k)
     policy = policy or PolicyRecipe()
-    plain = decode_job(host, model, prompt, batch_size, settings, DraftRecipe(), PolicyRecipe())
-    fast = decode_job(host, model, prompt, batch_size, settings, draft, policy)
-    speedup = plain.result.wall_seconds / max(fast.result.wall_seconds, 1e-9)
+    arms = {"plain": (DraftRecipe(), PolicyRecipe()), "fast": (draft, policy)}
+    seconds: dict[str, list[float]] = {"plain": [], "fast": []}
+    jobs: dict[str, JobOutput] = {}
+    for pair in range(1 + timed_pairs):  # pair 0 warms up (first-call costs, allocator, caches) and is not timed
+        for arm in ("plain", "fast") if pair % 2 else ("fast", "plain"):  # alternate who goes first
+            recipe, chosen_policy = arms[arm]
+            jobs[arm] = decode_job(host, model, prompt, batch_size, settings, recipe, chosen_policy)
+            if pair:
+                seconds[arm].append(jobs[arm].result.wall_seconds)
+    plain, fast = jobs["plain"], jobs["fast"]
+    speedup = statistics.median(seconds["plain"]) / max(statistics.median(seconds["fast"]), 1e-9)
     fewer = plain.result.target_forwards / max(fast.result.target_forwards, 1)
     stats = fast.result.stats()
     plain_name = "plain MAR" if is_continuous_model(model) else "plain AR"
     method = "CSpD" if is_continuous_model(model) else draft.method
-    captions = (plain_name, f"{method}: {stats['tokens_per_forward']:.2f} tok/fwd, {speedup:.2f}x", "acceptance")
-    picture = comparison(_uint8(plain.images), _uint8(fast.images), _uint8(fast.heatmaps), captions)
+    captions = (
+        f"{plain_name}\n(same seed)",
+        f"{method}: {stats['tokens_per_forward']:.2f} tok/fwd\n{fewer:.2f}x fewer forwards, {speedup:.2f}x faster",
+        "acceptance",
+    )
+    why_different = (
+        "lossless: the same distribution as plain decoding, not the same pixels"
+        if policy.name == "exact" or policy.relaxation == 0
+        else f"relaxed ({policy.name} {policy.relaxation:g}): may differ from plain decoding's distribution"
+    )
+    picture = comparison(_uint8(plain.images), _uint8(fast.images), _uint8(fast.heatmaps), captions, why_different)
     summary = (
         f"{plain_name}: {plain.summary}\nspeculative: {fast.summary}\n"
-        f"{fewer:.2f}x fewer target forwards, {speedup:.2f}x wall-clock speed-up (same seed, same machine)"
+        f"{fewer:.2f}x fewer target forwards, {speedup:.2f}x wall-clock speed-up (median of {timed_pairs} timed "
+        f"pair{'s' if timed_pairs > 1 else ''} after a warm-up; same seed, same machine)"
     )
+    host.progress(1, 1, picture)  # the node's preview ends on the result, not on a partly decoded frame
     return torch.from_numpy(np.array(picture)).float()[None] / 255.0, summary
 
 
@@ -199,6 +236,16 @@ _SAMPLING_FIELDS = (
     ),
 )
 
+_SCALE = Field(
+    "scale",
+    INT,
+    "enlarge the images and heatmap this many times, copying pixels (nearest neighbour), so small images such "
+    "as the demo's 32x32 stay sharp on screen; 1 = as generated",
+    default=1,
+    min=1,
+    max=32,
+)
+
 SAMPLER = NodeSpec(
     node_id="SpecARSampler",
     display_name="SpecAR Sampler",
@@ -208,6 +255,7 @@ SAMPLER = NodeSpec(
     inputs=(
         Field("model", MODEL, "from SpecAR Load Model"),
         *_SAMPLING_FIELDS,
+        _SCALE,
         Field(
             "draft",
             DRAFT,
@@ -241,12 +289,21 @@ SAMPLER = NodeSpec(
 COMPARE = NodeSpec(
     node_id="SpecARCompare",
     display_name="SpecAR Compare",
-    description="Runs plain AR and the speculative setting on the same seed, one after the other on this machine, "
-    "and shows both with the measured speed-up and tokens per forward.",
+    description="Runs plain AR and the speculative setting on the same seed, taking turns on this machine after a "
+    "warm-up, and shows both with the measured speed-up, the forwards saved and tokens per forward.",
     inputs=(
         Field("model", MODEL, "from SpecAR Load Model"),
         Field("draft", DRAFT, "the speculative setting to compare with plain decoding"),
         *_SAMPLING_FIELDS,
+        Field(
+            "timed_pairs",
+            INT,
+            "pairs of runs (plain, then speculative, alternating who goes first) timed after one untimed warm-up "
+            "pair; the speed-up is the ratio of the medians",
+            default=2,
+            min=1,
+            max=10,
+        ),
         Field("policy", POLICY, "from SpecAR Acceptance Policy (none: exact, lossless)", optional=True),
     ),
     outputs=(

@@ -24,3 +24,13 @@ def load_pack() -> ModuleType:
     sys.modules[PACK_NAME] = module
     spec.loader.exec_module(module)
     return module
+
+
+def run_node(node_id: str, host: object, **inputs: object) -> tuple:
+    """A node run as ComfyUI makes it: widgets the caller leaves out keep their defaults."""
+    load_pack()
+    from specar_pack.nodes import NODES_BY_ID
+
+    spec = NODES_BY_ID[node_id]
+    defaults = {f.name: f.default for f in spec.widgets() if f.name not in inputs}
+    return spec.run(host, **defaults, **inputs)

@@ -7,13 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pack import load_pack
+from pack import load_pack, run_node
 from tiny import tiny_mar
 
 load_pack()
 from specar_pack.engine.continuous.checkpoint import save_mar  # noqa: E402
 from specar_pack.engine.errors import IncompatibleDrafterError, SettingsError  # noqa: E402
-from specar_pack.nodes import NODES_BY_ID  # noqa: E402
 from specar_pack.nodes.host import LocalHost, NodeInterrupted  # noqa: E402
 from specar_pack.nodes.sampler_nodes import HEATMAP_EVENT  # noqa: E402
 
@@ -21,7 +20,7 @@ SAMPLING = dict(prompt="green", seed=3, batch_size=2, cfg=2.0, temperature=1.0, 
 
 
 def run(node_id: str, host: LocalHost, **inputs: object) -> tuple:
-    return NODES_BY_ID[node_id].run(host, **inputs)
+    return run_node(node_id, host, **inputs)
 
 
 @pytest.fixture(scope="module")

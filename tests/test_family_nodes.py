@@ -55,6 +55,7 @@ def test_family_generates_through_the_nodes(host: LocalHost, folder: str) -> Non
         cfg=3.0,
         temperature=1.0,
         top_k=50,
+        scale=1,
     )
     assert images.shape == (2, pixels, pixels, 3) and heatmaps.shape[0] == 2
     assert float(images.std()) > 0 and "tokens/forward" in stats

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pack import load_pack
+from pack import load_pack, run_node
 from tiny import save_own_safetensors, tiny_gpt, tiny_tree_head
 
 load_pack()
@@ -30,7 +30,7 @@ SAMPLING = dict(prompt="red ring", seed=3, batch_size=2, cfg=2.0, temperature=1.
 
 
 def run(node_id: str, host: LocalHost, **inputs: object) -> tuple:
-    return NODES_BY_ID[node_id].run(host, **inputs)
+    return run_node(node_id, host, **inputs)
 
 
 @pytest.fixture(scope="module")
@@ -135,13 +135,30 @@ def test_interrupt_stops_between_forwards(demo) -> None:
     assert demo.device == torch.device("cpu") and demo.cache is None  # offloaded, cache released
 
 
+def test_scale_enlarges_outputs_pixel_for_pixel_and_refuses_huge_ones(demo) -> None:
+    host = LocalHost()
+    small, small_heat, *_ = run("SpecARSampler", host, model=demo, **SAMPLING)
+    large, large_heat, *_ = run("SpecARSampler", host, model=demo, **SAMPLING, scale=8)
+    assert large.shape == (2, 256, 256, 3) and large_heat.shape == (2, 256, 256, 3)
+    assert torch.equal(large[:, ::8, ::8], small) and torch.equal(large[:, 7::8, 7::8], small)
+    assert torch.equal(large_heat[:, 3::8, 5::8], small_heat)
+    with pytest.raises(SettingsError, match="scale 200 would make 6400-pixel images; outputs are at most 4096"):
+        run("SpecARSampler", host, model=demo, **SAMPLING, scale=200)
+
+
 def test_compare_reports_speedup(demo) -> None:
     host = LocalHost()
     (draft,) = run("SpecARJacobiDrafts", host, window=16, initialisation="row_above", coupled=False)
-    picture, stats = run("SpecARCompare", host, model=demo, draft=draft, **{**SAMPLING, "batch_size": 1})
+    picture, stats = run(
+        "SpecARCompare", host, model=demo, draft=draft, **{**SAMPLING, "batch_size": 1}, timed_pairs=2
+    )
     assert picture.dim() == 4 and picture.shape[0] == 1 and picture.shape[3] == 3
     assert picture.shape[2] >= 3 * 160  # three labelled columns, enlarged for their captions
-    assert "fewer target forwards" in stats and "wall-clock speed-up" in stats
+    assert "fewer target forwards" in stats and "median of 2 timed pairs after a warm-up" in stats
+    runs = [frame for event, frame in host.messages if event == HEATMAP_EVENT and frame.get("done")]
+    assert len(runs) == 2 * 3  # a warm-up pair and two timed pairs
+    final_value, final_total, with_preview = host.progress_reports[-1]
+    assert final_value == final_total and with_preview  # the preview ends on the comparison, not a partial frame
 
 
 def test_policy_node(demo) -> None:

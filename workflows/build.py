@@ -38,6 +38,7 @@ GAP = 20  # between one node's bottom and the next one's title bar
 LEFT = 20  # the left column: loader, draft source, policy, note
 MIDDLE = 500  # the sampler
 RIGHT = 880  # its previews
+DEMO_SCALE = 8  # the demo's 32x32 images, enlarged to 256x256 in the previews
 
 
 def node_specs() -> dict[str, Any]:
@@ -206,7 +207,7 @@ def demo_jacobi(specs: dict[str, Any]) -> Graph:
             "the images' distribution identical to plain decoding. Watch the heatmap widget while it runs."
         ),
     )
-    _sampler_with_previews(g, model, draft, None, prompt="red ring", batch_size=4)
+    _sampler_with_previews(g, model, draft, None, prompt="red ring", batch_size=4, scale=DEMO_SCALE)
     return g
 
 
@@ -222,7 +223,7 @@ def demo_drafter(specs: dict[str, Any]) -> Graph:
         ),
         180,
     )
-    _sampler_with_previews(g, model, draft, None, prompt="blue square", batch_size=4, seed=7)
+    _sampler_with_previews(g, model, draft, None, prompt="blue square", batch_size=4, seed=7, scale=DEMO_SCALE)
     return g
 
 
@@ -246,7 +247,7 @@ def relaxation_mask(specs: dict[str, Any]) -> Graph:
             "stats with relaxation 0, and see the README's speed/quality table before raising it."
         ),
     )
-    _sampler_with_previews(g, model, draft, policy, prompt="green triangle", batch_size=4, seed=3)
+    _sampler_with_previews(g, model, draft, policy, prompt="green triangle", batch_size=4, seed=3, scale=DEMO_SCALE)
     return g
 
 
@@ -308,7 +309,7 @@ def relaxed_policy(policy: str) -> Callable[[dict[str, Any]], Graph]:
                 "policy decided on. The README's table lists measured speed and quality for each setting."
             ),
         )
-        _sampler_with_previews(g, model, draft, chosen, prompt="green ring", batch_size=4, seed=21)
+        _sampler_with_previews(g, model, draft, chosen, prompt="green ring", batch_size=4, seed=21, scale=DEMO_SCALE)
         return g
 
     return build
@@ -329,7 +330,7 @@ def _tree_workflow(
     draft = g.add(draft_type, model, (340, 210), **draft_widgets)
     chosen = g.add("SpecARAcceptancePolicy", draft, (340, 150), **policy_widgets)
     _note(g, chosen, note, 240)
-    _sampler_with_previews(g, model, draft, chosen, prompt=prompt, batch_size=4, seed=seed)
+    _sampler_with_previews(g, model, draft, chosen, prompt=prompt, batch_size=4, seed=seed, scale=DEMO_SCALE)
     return g
 
 
@@ -418,7 +419,9 @@ def mar_cspd(specs: dict[str, Any]) -> Graph:
         ),
         260,
     )
-    _sampler_with_previews(g, model, draft, chosen, prompt="yellow ring", batch_size=4, seed=2, top_k=0)
+    _sampler_with_previews(
+        g, model, draft, chosen, prompt="yellow ring", batch_size=4, seed=2, top_k=0, scale=DEMO_SCALE
+    )
     return g
 
 
