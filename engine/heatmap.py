@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -187,21 +188,43 @@ def comparison(
     heatmap legend and an optional one-line ``note`` below: what a viewer needs to judge speed
     against quality at a glance."""
     columns = [as_uint8_array(left), as_uint8_array(right), as_uint8_array(heatmaps)]
-    font = label_font()
-    widest = max(COMPARISON_MIN_WIDTH, *(text_width(caption, font) + 8 for caption in captions))
-    factor = max(1, math.ceil(widest / columns[0].shape[2]))  # room for the captions
+    factor = _enlargement(columns[0].shape[2], captions)
     columns = [c.repeat(factor, axis=1).repeat(factor, axis=2) for c in columns]
     rows = np.concatenate(columns, axis=2)  # [B, H, 3W, 3]
-    B, H, W3, _ = rows.shape
     body = np.concatenate(list(rows), axis=0)  # images stacked vertically
+    return _labelled(body, columns[0].shape[2], list(captions), note)
+
+
+def relaxation_sheet(
+    images: torch.Tensor | np.ndarray, heatmaps: torch.Tensor | np.ndarray, captions: list[str], note: str = ""
+) -> Image.Image:
+    """One labelled column per setting (e.g. per relaxation): the image above its acceptance heatmap, the
+    heatmap legend and an optional one-line ``note`` below, so settings are compared by eye."""
+    pictures, maps = as_uint8_array(images), as_uint8_array(heatmaps)
+    factor = _enlargement(pictures.shape[2], captions)
+    columns = np.concatenate([pictures, maps], axis=1).repeat(factor, axis=1).repeat(factor, axis=2)
+    body = np.concatenate(list(columns), axis=1)  # [2H, K * W, 3]: settings side by side
+    return _labelled(body, columns.shape[2], captions, note)
+
+
+def _enlargement(width: int, captions: Sequence[str]) -> int:
+    """How many times to enlarge columns ``width`` pixels wide so each caption fits above its column."""
+    font = label_font()
+    widest = max(COMPARISON_MIN_WIDTH, *(text_width(caption, font) + 8 for caption in captions))
+    return max(1, math.ceil(widest / width))
+
+
+def _labelled(body: np.ndarray, column_width: int, captions: list[str], note: str) -> Image.Image:
+    """``body`` with a caption over each of its columns, the heatmap legend below and an optional note."""
+    font = label_font()
     caption_height = LINE_HEIGHT * max(caption.count("\n") + 1 for caption in captions) + 2
-    legend = legend_strip(W3)
-    width = max(W3, legend.width, text_width(note, font) + 12 if note else 0)
+    legend = legend_strip(body.shape[1])
     note_height = LINE_HEIGHT + 4 if note else 0
+    width = max(body.shape[1], legend.width, text_width(note, font) + 12 if note else 0)
     canvas = Image.new("RGB", (width, caption_height + body.shape[0] + legend.height + note_height), LEGEND_BACKGROUND)
     draw = ImageDraw.Draw(canvas)
     for i, caption in enumerate(captions):
-        draw.multiline_text((i * (W3 // 3) + 4, 1), caption, fill=(0, 0, 0), font=font, spacing=5)
+        draw.multiline_text((i * column_width + 4, 1), caption, fill=(0, 0, 0), font=font, spacing=5)
     canvas.paste(Image.fromarray(body), (0, caption_height))
     canvas.paste(legend, (0, caption_height + body.shape[0]))
     if note:

@@ -24,7 +24,7 @@ from .explain import explanation
 from .heatmap import acceptance_heatmap, committed_mask
 from .loop import generate, step_bytes
 from .models.base import ImageTokenModel
-from .policies import AcceptancePolicy, make_policy
+from .policies import POLICIES, AcceptancePolicy, ExactPolicy, make_policy
 from .progress import summary_line
 from .regions import mask_to_token_weights
 from .types import Conditioning, GenerationResult, Observer, SamplingSettings
@@ -84,12 +84,18 @@ class PolicyRecipe:
     options: tuple[tuple[str, float], ...] = ()
 
     def build(self, target: ImageTokenModel) -> AcceptancePolicy:
+        """The policy; at relaxation 0 every policy accepts exactly as :class:`ExactPolicy` does (bit for bit),
+        so it runs as that, without its per-step work."""
+        if self.relaxation == 0 and self.name in POLICIES:
+            return ExactPolicy()
         region = mask_to_token_weights(self.mask, target.grid) if self.mask is not None else None
         return make_policy(self.name, self.relaxation, region, model=target, **dict(self.options))
 
     def describe(self) -> str:
+        if self.relaxation == 0:
+            return "exact" if self.name == "exact" else f"{self.name} at 0 (exact)"
         masked = ", masked" if self.mask is not None else ""
-        return self.name if self.relaxation == 0 else f"{self.name} (relaxation {self.relaxation:g}{masked})"
+        return f"{self.name} (relaxation {self.relaxation:g}{masked})"
 
 
 def class_for_prompt(model: ImageTokenModel, prompt: str) -> int:

@@ -33,6 +33,7 @@ def _policy(
     return (PolicyRecipe(policy, relaxation, mask, tuple(options.items())),)
 
 
+DEFAULT_POLICY = "clusters"  # keeps every group of look-alike codes at the target's probability as it relaxes
 RECOMMENDED = ", ".join(f"{name} {recommended_relaxation(name):g}" for name in POLICIES if name != "exact")
 
 
@@ -67,23 +68,23 @@ JACOBI_DRAFTS = NodeSpec(
 ACCEPTANCE_POLICY = NodeSpec(
     node_id="SpecARAcceptancePolicy",
     display_name="SpecAR Acceptance Policy",
-    description="How drafted tokens are accepted. exact keeps the images' distribution identical to plain decoding; "
-    "relaxed policies accept more (faster) at a measured quality cost. An optional mask limits relaxation "
-    "to painted regions.",
+    description="How drafted tokens are accepted: pick a policy, then the relaxation. At 0 every policy keeps the "
+    "images' distribution identical to plain decoding; higher values accept more drafts (faster) at a measured "
+    "quality cost. An optional mask limits relaxation to painted regions.",
     inputs=(
         Field(
             "policy",
             COMBO,
-            "exact is lossless; relaxed policies appear here as they are installed; cspd relaxes "
-            "the Gaussian test of continuous (MAR) models",
-            default="exact",
+            "how the relaxation slider relaxes acceptance (at relaxation 0 every policy is lossless, bit for bit "
+            "the exact policy); cspd relaxes the Gaussian test of continuous (MAR) models",
+            default=DEFAULT_POLICY,
             options=(*POLICIES, "cspd"),
         ),
         Field(
             "relaxation",
             FLOAT,
             "0 = lossless; towards 1 accepts more drafts (faster, less faithful). Recommended "
-            f"settings (docs/benchmarks.md shows what each costs): {RECOMMENDED}. Must be 0 for exact",
+            f"settings (docs/benchmarks.md shows what each costs): {RECOMMENDED}. The exact policy takes only 0",
             default=0.0,
             min=0.0,
             max=1.0,

@@ -183,7 +183,7 @@ def _compare(
         if policy.name == "exact" or policy.relaxation == 0
         else f"relaxed ({policy.name} {policy.relaxation:g}): may differ from plain decoding's distribution"
     )
-    picture = comparison(_uint8(plain.images), _uint8(fast.images), _uint8(fast.heatmaps), captions, why_different)
+    picture = comparison(as_uint8(plain.images), as_uint8(fast.images), as_uint8(fast.heatmaps), captions, why_different)
     summary = (
         f"{plain_name}: {plain.summary}\nspeculative: {fast.summary}\n"
         f"{fewer:.2f}x fewer target forwards, {speedup:.2f}x wall-clock speed-up (median of {timed_pairs} timed "
@@ -193,11 +193,11 @@ def _compare(
     return torch.from_numpy(np.array(picture)).float()[None] / 255.0, summary
 
 
-def _uint8(images: torch.Tensor) -> torch.Tensor:
+def as_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images * 255).round().to(torch.uint8)
 
 
-_SAMPLING_FIELDS = (
+SAMPLING_FIELDS = (
     Field(
         "prompt",
         STRING,
@@ -254,7 +254,7 @@ SAMPLER = NodeSpec(
     "forward as pay on this machine; plain decoding where none pay); continuous (MAR) models decode plainly.",
     inputs=(
         Field("model", MODEL, "from SpecAR Load Model"),
-        *_SAMPLING_FIELDS,
+        *SAMPLING_FIELDS,
         _SCALE,
         Field(
             "draft",
@@ -294,7 +294,7 @@ COMPARE = NodeSpec(
     inputs=(
         Field("model", MODEL, "from SpecAR Load Model"),
         Field("draft", DRAFT, "the speculative setting to compare with plain decoding"),
-        *_SAMPLING_FIELDS,
+        *SAMPLING_FIELDS,
         Field(
             "timed_pairs",
             INT,

@@ -55,7 +55,13 @@ CHROMIUM_FLAGS = [
 ]
 WORKFLOWS = sorted((ROOT / "workflows").glob("*.json"))
 RUN_TIMEOUT = 240.0
-THUMBNAIL_ROWS = ("Images", "Acceptance heatmap", "Plain AR | speculative | heatmap")  # preview titles, in order
+DECODING_NODES = ("SpecARSampler", "SpecARCompare", "SpecARRelaxationPreview")  # the ones that draw live heatmaps
+THUMBNAIL_ROWS = (  # preview titles, in order
+    "Images",
+    "Acceptance heatmap",
+    "Plain AR | speculative | heatmap",
+    "Relaxations side by side",
+)
 
 
 def _free_port() -> int:
@@ -275,7 +281,7 @@ def test_every_workflow_runs_in_the_real_frontend(server: tuple[str, Path], page
     texts = [text for output in history["outputs"].values() for text in output.get("text", [])]
     assert any("tokens/forward" in text or "tokens/pass" in text for text in texts)  # discrete or MAR (CSpD)
     frames = page.evaluate("() => window.__specar.frames")
-    sampler_ids = {str(n["id"]) for n in workflow["nodes"] if n["type"] in ("SpecARSampler", "SpecARCompare")}
+    sampler_ids = {str(n["id"]) for n in workflow["nodes"] if n["type"] in DECODING_NODES}
     assert frames and {f["node"] for f in frames} == sampler_ids
     assert frames[-1]["done"] and frames[-1]["committed"] == frames[-1]["total"]
     # The widget drew the last frame: its status line and committed count say so.

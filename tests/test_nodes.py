@@ -20,6 +20,7 @@ from specar_pack.engine.errors import CheckpointError, IncompatibleDrafterError,
 from specar_pack.engine.drafts.drafter_tree import DEFAULT_BRANCHING  # noqa: E402
 from specar_pack.engine.drafts.tree_drafts import TreeShape  # noqa: E402
 from specar_pack.engine.drafts.tree_head import save_tree_head  # noqa: E402
+from specar_pack.engine.policies import ExactPolicy  # noqa: E402
 from specar_pack.nodes import NODES, NODES_BY_ID  # noqa: E402
 from specar_pack.nodes.host import LocalHost, NodeInterrupted  # noqa: E402
 from specar_pack.engine.session import DraftRecipe, run_job  # noqa: E402
@@ -146,12 +147,28 @@ def test_scale_enlarges_outputs_pixel_for_pixel_and_refuses_huge_ones(demo) -> N
         run("SpecARSampler", host, model=demo, **SAMPLING, scale=200)
 
 
+def test_relaxation_preview_draws_one_seed_at_each_relaxation(demo) -> None:
+    host = LocalHost()
+    sampling = {k: v for k, v in SAMPLING.items() if k != "batch_size"}
+    picture, stats = run("SpecARRelaxationPreview", host, model=demo, policy="gsd", relaxations="1, 0.5", **sampling)
+    assert host.progress_reports[-1] == (1, 1, True)  # the preview ends on the finished picture
+    lines = stats.splitlines()
+    assert [line.split(":")[0] for line in lines] == ["relaxation 0", "relaxation 0.5", "relaxation 1"]
+    assert picture.shape[0] == 1 and picture.shape[2] >= 3 * 160  # three labelled columns
+    forwards = [int(line.split(" target forwards")[0].split()[-1]) for line in lines]
+    *_, exact_stats, _ = run("SpecARSampler", host, model=demo, **{**SAMPLING, "batch_size": 1})
+    assert forwards[0] == int(exact_stats.split(" target forwards")[0].split()[-1])  # relaxation 0: the lossless run
+    assert forwards[2] <= forwards[0]
+    many = ",".join(str(i / 10) for i in range(1, 9))
+    for bad, why in (("0.5, 2", "between 0 and 1"), ("0, a", "'a' is not one"), (many, "at most 8")):
+        with pytest.raises(SettingsError, match=why):
+            run("SpecARRelaxationPreview", host, model=demo, policy="gsd", relaxations=bad, **sampling)
+
+
 def test_compare_reports_speedup(demo) -> None:
     host = LocalHost()
     (draft,) = run("SpecARJacobiDrafts", host, window=16, initialisation="row_above", coupled=False)
-    picture, stats = run(
-        "SpecARCompare", host, model=demo, draft=draft, **{**SAMPLING, "batch_size": 1}, timed_pairs=2
-    )
+    picture, stats = run("SpecARCompare", host, model=demo, draft=draft, **{**SAMPLING, "batch_size": 1}, timed_pairs=2)
     assert picture.dim() == 4 and picture.shape[0] == 1 and picture.shape[3] == 3
     assert picture.shape[2] >= 3 * 160  # three labelled columns, enlarged for their captions
     assert "fewer target forwards" in stats and "median of 2 timed pairs after a warm-up" in stats
@@ -171,12 +188,25 @@ def test_policy_node(demo) -> None:
         run("SpecARSampler", host, model=demo, **{**SAMPLING, "cfg": float("nan")})
     mask = torch.zeros(1, 32, 32)
     mask[:, :16] = 1.0
-    (recipe,) = run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.0, expert_options="", mask=mask)
+    (recipe,) = run("SpecARAcceptancePolicy", host, policy="gsd", relaxation=0.5, expert_options="", mask=mask)
     policy = recipe.build(demo)
     assert policy.region.shape == (1, 256)
     assert torch.equal(policy.region[0], (torch.arange(256) < 128).float())  # top 8 token rows
     images, *_ = run("SpecARSampler", host, model=demo, policy=recipe, **SAMPLING)
     assert images.shape[0] == 2
+
+
+def test_the_policy_node_is_one_decision_lossless_at_relaxation_zero(demo) -> None:
+    """The node's default is a relaxed policy at 0, which runs as the exact policy: the same images, bit for bit."""
+    host = LocalHost()
+    (default,) = run("SpecARAcceptancePolicy", host, expert_options="")
+    assert default.relaxation == 0 and default.name != "exact" and isinstance(default.build(demo), ExactPolicy)
+    assert default.describe() == f"{default.name} at 0 (exact)"
+    (exact,) = run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.0, expert_options="")
+    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, shape="chain", branching="2,1")
+    relaxed_at_zero, *_, stats, _ = run("SpecARSampler", host, model=demo, draft=drafter, policy=default, **SAMPLING)
+    lossless, *_ = run("SpecARSampler", host, model=demo, draft=drafter, policy=exact, **SAMPLING)
+    assert torch.equal(relaxed_at_zero, lossless) and "at 0 (exact)" in stats
 
 
 def test_relaxed_policy_node_with_expert_options_explains_its_acceptances(demo) -> None:

@@ -425,34 +425,57 @@ def mar_cspd(specs: dict[str, Any]) -> Graph:
     return g
 
 
+def relaxation_preview(specs: dict[str, Any]) -> Graph:
+    g, model, draft = _start(specs, "SpecARDrafterModel")
+    _note(
+        g,
+        draft,
+        (
+            "SpecAR: pick a relaxation by eye.\n\nThe preview draws the same seed at each relaxation of one policy "
+            "and shows every image above its acceptance heatmap, with the target forwards and the time it took "
+            "against relaxation 0 (lossless). Choose the highest setting whose picture still looks right, then "
+            "set it on SpecAR Acceptance Policy. Here: LANTERN with the bundled drafter, whose quality "
+            "docs/benchmarks.md measures per setting."
+        ),
+    )
+    preview = g.add("SpecARRelaxationPreview", (MIDDLE, 60), (340, 560), policy="lantern", prompt="blue circle", seed=4)
+    g.connect(model, 0, preview, "model")
+    g.connect(draft, 0, preview, "draft")
+    picture = g.add("PreviewImage", (RIGHT, 60), (860, 420), title="Relaxations side by side")
+    stats = g.add("PreviewAny", picture, (860, 200), title="Stats")
+    g.connect(preview, 0, picture, "images")
+    g.connect(preview, 1, stats, "source")
+    return g
+
+
 # workflow name -> (family, folder under models/specar/ as the README lays it out, prompt, note)
 FAMILY_WORKFLOWS = {
-    "13 Janus Pro (needs downloaded weights)": (
+    "14 Janus Pro (needs downloaded weights)": (
         "janus",
         "Janus-Pro-7B",
         "a red fox sleeping in fresh snow, soft morning light",
         "Janus-Pro (1B or 7B) from a transformers checkpoint (deepseek-community/Janus-Pro-7B).",
     ),
-    "14 Lumina mGPT (needs downloaded weights)": (
+    "15 Lumina mGPT (needs downloaded weights)": (
         "lumina-mgpt",
         "Lumina-mGPT-7B-768",
         "a lighthouse on a cliff at sunset, oil painting",
         "Lumina-mGPT with Chameleon's VQGAN (vqgan.ckpt in the folder). Size: the folder's number "
         "(768) unless image_size says otherwise.",
     ),
-    "15 Anole (needs downloaded weights)": (
+    "16 Anole (needs downloaded weights)": (
         "anole",
         "Anole-7b-v0.1-hf",
         "a bowl of ramen on a wooden table",
         "Anole (leloy/Anole-7b-v0.1-hf) with Chameleon's VQGAN (vqgan.ckpt in the folder); 512x512.",
     ),
-    "16 Emu3 Gen (needs downloaded weights)": (
+    "17 Emu3 Gen (needs downloaded weights)": (
         "emu3",
         "Emu3-Gen-hf",
         "a portrait of a young woman with freckles, film grain",
         "Emu3-Gen (BAAI/Emu3-Gen-hf); 720x720 is 8,100 tokens, so expect minutes per image even when fast.",
     ),
-    "17 LlamaGen text to image (needs downloaded weights)": (
+    "18 LlamaGen text to image (needs downloaded weights)": (
         "llamagen",
         "LlamaGen-T2I-XL-512",
         "a cozy cabin in a snowy forest at night",
@@ -515,6 +538,7 @@ WORKFLOWS = {
     "10 Demo, drafter model tree with CASCADE": drafter_tree_cascade,
     "11 Demo, LANTERN++ on a static tree": tree_lantern_pp,
     "12 Demo, continuous tokens (MAR) with CSpD": mar_cspd,
+    "13 Demo, pick a relaxation by eye": relaxation_preview,
     **{name: family_workflow(name) for name in FAMILY_WORKFLOWS},
 }
 
