@@ -183,7 +183,9 @@ def _compare(
         if policy.name == "exact" or policy.relaxation == 0
         else f"relaxed ({policy.name} {policy.relaxation:g}): may differ from plain decoding's distribution"
     )
-    picture = comparison(as_uint8(plain.images), as_uint8(fast.images), as_uint8(fast.heatmaps), captions, why_different)
+    picture = comparison(
+        as_uint8(plain.images), as_uint8(fast.images), as_uint8(fast.heatmaps), captions, why_different
+    )
     summary = (
         f"{plain_name}: {plain.summary}\nspeculative: {fast.summary}\n"
         f"{fewer:.2f}x fewer target forwards, {speedup:.2f}x wall-clock speed-up (median of {timed_pairs} timed "
