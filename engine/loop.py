@@ -42,17 +42,22 @@ def step_bytes(batch: int, block: int, vocab: int) -> int:
 
 
 def _block_inputs(
-    block: DraftBlock, depth: torch.Tensor | None, pending: torch.Tensor, start: torch.Tensor, last: int
+    block: DraftBlock,
+    depth: torch.Tensor | None,
+    pending: torch.Tensor,
+    start: torch.Tensor,
+    last: int,
+    steps: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Inputs, input positions, tree mask and node positions for one target forward.
 
     ``start [B]`` is the pending token's position; ``depth [B, n]`` the node depths of a tree
-    (``None`` for a chain). Positions past the image (rows that are done) are clamped, as their
-    outputs are discarded.
+    (``None`` for a chain, whose offsets are the run's ``steps`` 0, 1, ...). Positions past the
+    image (rows that are done) are clamped, as their outputs are discarded.
     """
-    inputs = torch.cat([pending, block.tokens], dim=1)
+    inputs = torch.cat([pending, block.tokens], dim=1) if block.size else pending
     if depth is None:
-        offsets = torch.arange(block.size + 1, device=pending.device)
+        offsets = steps[: block.size + 1]
         mask = None
     else:
         offsets = torch.cat([torch.zeros(depth.shape[0], 1, dtype=torch.long, device=depth.device), depth], 1)
@@ -87,10 +92,10 @@ def generate(
     policy.check_sampling(settings)
     policy.check_model(model)
     B, N, dev = cond.batch_size, model.num_image_tokens, model.device
-    block = 1 + (draft.largest_block if draft is not None else 0)  # tokens per target forward, at most
+    largest = draft.largest_block if draft is not None else 0  # drafts per target forward, at most
     check_fits(  # raw logits (both guidance halves), the distributions and the drafts' of one step, in float32
-        f"one step's distributions ({B} images x {block} tokens x {model.vocab_size:,} codes)",
-        step_bytes(B, block, model.vocab_size),
+        f"one step's distributions ({B} images x {largest + 1} tokens x {model.vocab_size:,} codes)",
+        step_bytes(B, largest + 1, model.vocab_size),
         torch.device(dev),
         "draw fewer images at once (batch), or draft fewer tokens per forward",
     )
@@ -109,6 +114,9 @@ def generate(
     p0 = processor(out.logits, torch.zeros(B, 1, dtype=torch.long, device=dev))
     prefill_health = _health(out.logits)  # read with the first step's sync
     nothing = torch.zeros(0, device=dev)  # a part with nothing to check
+    # Built once per run, not per step (each small tensor op costs microseconds against a forward's milliseconds):
+    offsets = torch.arange(largest + 1, device=dev)  # of a chain's tokens from its pending token
+    no_drafts = DraftBlock.empty(B, model.vocab_size, dev)  # plain AR's block
     tokens[:, 0] = sample(p0[:, 0], generator)
     kinds[:, 0] = int(TokenKind.PLAIN)
     forward_index[:, 0] = 0
@@ -159,23 +167,24 @@ def generate(
         if draft is not None:
             draft.begin(state)
         keep_going = notify()
-        while keep_going and int(committed.min()) < N:
-            remaining = N - committed
-            done = remaining == 0
-            state.max_drafts = int(remaining.max()) - 1
-            block = draft.propose(state) if draft is not None else DraftBlock.empty(B, model.vocab_size, dev)
+        while keep_going and (least := min(committed.tolist())) < N:
+            state.max_drafts = N - 1 - least
+            block = draft.propose(state) if draft is not None else no_drafts
+            if block.size > largest:
+                raise ValueError(f"{draft.name} proposed {block.size} drafts; its largest_block is {largest}")
             committed_dev = committed.to(dev)
-            pending = tokens.gather(1, (committed_dev - 1)[:, None])
+            start = committed_dev - 1  # each row's pending token: the last one committed
+            pending = tokens.gather(1, start[:, None])
             layout = None if block.is_chain else tree_tables(block.parents, block.max_depth, block.max_children)
             inputs, positions, mask, node_positions = _block_inputs(
-                block, None if layout is None else layout[1], pending, committed_dev - 1, N - 1
+                block, None if layout is None else layout[1], pending, start, N - 1, offsets
             )
             out = clock.run(lambda: model.forward(inputs, positions, mask))
             block_tokens += inputs.shape[1]
             p = processor(out.logits, (positions + 1).clamp(max=N - 1))
             read_evidence = policy.needs_code_evidence and settings.uses_cfg  # evidence needs both guidance halves
             evidence = code_evidence(out.logits) if read_evidence else None
-            limit = (remaining - 1).clamp(min=0).to(dev)
+            limit = (N - 1 - committed_dev).clamp(min=0)  # drafts a row may still accept; 0 once it is done
             if layout is None:
                 verdict = verify_chain(policy, p, block, node_positions, limit, generator, evidence)
             else:
@@ -186,32 +195,31 @@ def generate(
             health = [prefill_health, _health(out.logits), _health(block.q) if block.size else nothing]
             prefill_health = nothing
             synced = torch.cat([verdict.accepted.float(), verdict.next_kind.float(), *health]).cpu()  # the one sync
-            accepted, next_kind = synced[:B].long(), synced[B : 2 * B].long()
-            if not math.isfinite(sum(synced[2 * B :].tolist())):  # rare: find which rows, and whose output
-                finite = _finite_rows(synced[2 * B :], [len(part) for part in health], B) | done
+            numbers = synced.tolist()
+            if not math.isfinite(sum(numbers[2 * B :])):  # rare: find which rows, and whose output
+                finite = _finite_rows(synced[2 * B :], [len(part) for part in health], B) | (committed == N)
                 failure = _non_finite(finite, committed, model.dtype)
             if failure:
                 garbled = ~finite[0]  # a non-finite prefill: the first token too was drawn from garbage
                 committed = torch.where(garbled, 0, committed)
                 kinds[:, 0].masked_fill_(garbled.to(dev), -1)
                 break
-            accepted = torch.where(done, 0, accepted)
-            kept = torch.where(done, 0, 1 + accepted)  # pending token + accepted nodes
-            cached_before = committed - 1
-            if layout is None:
-                model.truncate(cached_before + kept)
-            else:
-                keep = torch.cat([torch.zeros(B, 1, dtype=torch.long, device=dev), 1 + verdict.path.clamp(min=0)], 1)
-                model.compact(keep, kept)
-
-            done_dev = done.to(dev)
-            _commit(tokens, kinds, forward_index, block, verdict, committed_dev, done_dev, target_forwards, N)
-            _record(diagnostics, verdict, committed_dev, done_dev, N)
-            examined = accepted + (next_kind == int(TokenKind.CORRECTED)).long()
-            drafted += int(examined[~done].sum())
-            accepted_total += int(accepted.sum())
+            # A done row had limit 0: it accepted nothing, its next token is PLAIN and goes to scratch column N.
             committed_before = committed
-            committed = torch.where(done, committed, committed + 1 + accepted)
+            committed = (committed + 1 + synced[:B].long()).clamp(max=N)  # pending token + accepted nodes
+            if layout is None:
+                model.truncate(committed - 1)
+                path_tokens = block.tokens  # a chain's path is its first accepted drafts
+            else:
+                path = verdict.path.clamp(min=0)
+                keep = torch.nn.functional.pad(1 + path, (1, 0))  # the block's slot 0: the pending token
+                model.compact(keep, committed - committed_before)
+                path_tokens = block.tokens.gather(1, path)
+            _commit(tokens, kinds, forward_index, path_tokens, verdict, committed_dev, target_forwards, offsets)
+            _record(diagnostics, verdict, committed_dev, N)
+            accepted_now = int(sum(numbers[:B]))
+            accepted_total += accepted_now
+            drafted += accepted_now + numbers[B : 2 * B].count(int(TokenKind.CORRECTED))  # drafts tested
             state.committed = committed
             target_forwards += 1
             if draft is not None:
@@ -284,11 +292,9 @@ def _check_prefix(prefix: torch.Tensor, batch: int, total: int, vocab: int) -> i
     return int(prefix.shape[1])
 
 
-def _record(
-    records: dict[str, torch.Tensor], verdict: Verdict, committed: torch.Tensor, done: torch.Tensor, N: int
-) -> None:
+def _record(records: dict[str, torch.Tensor], verdict: Verdict, committed: torch.Tensor, N: int) -> None:
     """Store the policy's per-draft quantities at the positions of the drafts it tested: the accepted
-    ones and the first rejected one (whose position got the correction)."""
+    ones and the first rejected one (whose position got the correction). A done row tested none."""
     for name, values in verdict.diagnostics.items():
         B, n = values.shape
         if name not in records:
@@ -296,7 +302,7 @@ def _record(
         offsets = torch.arange(n, device=values.device)[None, :]
         accepted = verdict.accepted[:, None]
         corrected = (verdict.next_kind == int(TokenKind.CORRECTED))[:, None]
-        tested = ((offsets < accepted) | ((offsets == accepted) & corrected)) & ~done[:, None]
+        tested = (offsets < accepted) | ((offsets == accepted) & corrected)
         slots = torch.where(tested, (committed[:, None] + offsets).clamp(max=N), N)  # column N: scratch
         records[name].scatter_(1, slots, values.float())
 
@@ -305,25 +311,29 @@ def _commit(
     tokens: torch.Tensor,
     kinds: torch.Tensor,
     forward_index: torch.Tensor,
-    block: DraftBlock,
+    path_tokens: torch.Tensor,
     verdict: Verdict,
     committed: torch.Tensor,
-    done: torch.Tensor,
     step: int,
-    N: int,
+    steps: torch.Tensor,
 ) -> None:
-    """Write each row's accepted path and next token at its committed offset (done rows: nowhere)."""
-    B = tokens.shape[0]
-    depth = verdict.path.shape[1]
-    offsets = torch.arange(depth + 1, device=tokens.device)[None, :]
-    path_tokens = block.tokens.gather(1, verdict.path.clamp(min=0)) if depth else tokens[:, :0]
-    filler = torch.zeros(B, 1, dtype=torch.long, device=tokens.device)
-    acc = verdict.accepted[:, None]
-    new_tokens = torch.where(offsets < acc, torch.cat([path_tokens, filler], 1), verdict.next_token[:, None])
-    new_kinds = torch.where(offsets < acc, int(TokenKind.ACCEPTED), verdict.next_kind[:, None]).to(torch.int8)
-    target = committed[:, None] + offsets
-    writable = (offsets <= acc) & ~done[:, None] & (target < N)
-    target = torch.where(writable, target, N)
-    tokens.scatter_(1, target, torch.where(writable, new_tokens, tokens.gather(1, target)))
-    kinds.scatter_(1, target, torch.where(writable, new_kinds, kinds.gather(1, target)))
-    forward_index.scatter_(1, target, torch.where(writable, step, forward_index.gather(1, target)).to(torch.int32))
+    """Write each row's accepted path (its tokens ``path_tokens [B, d]``, any value past the accepted
+    ones) and next token at the row's committed offset.
+
+    Slots that take nothing are written to the scratch column N rather than read back and kept, and
+    so is a done row's next token: it sits at offset ``committed = N``, having accepted nothing.
+    ``steps`` are 0, 1, ... (at least ``d + 1`` of them).
+    """
+    N = tokens.shape[1] - 1
+    new_tokens, new_kinds = verdict.next_token[:, None], verdict.next_kind[:, None]
+    target = committed[:, None]
+    depth = path_tokens.shape[1]
+    if depth:
+        offsets, accepted = steps[: depth + 1], verdict.accepted[:, None]
+        on_path = offsets < accepted
+        new_tokens = torch.where(on_path, torch.cat([path_tokens, new_tokens], 1), new_tokens)
+        new_kinds = torch.where(on_path, int(TokenKind.ACCEPTED), new_kinds)
+        target = torch.where(offsets <= accepted, target + offsets, N)
+    tokens.scatter_(1, target, new_tokens)
+    kinds.scatter_(1, target, new_kinds.to(torch.int8))
+    forward_index.scatter_(1, target, step)

@@ -149,10 +149,18 @@ class DraftBlock:
     max_depth: int | None = None
     max_children: int | None = None
 
+    _chain: bool | None = field(default=None, init=False, repr=False, compare=False)  # is_chain, once known
+
     def __post_init__(self) -> None:
         batch, n = self.tokens.shape
         if not isinstance(self.parents, torch.Tensor):
-            self.parents = torch.tensor(list(self.parents), dtype=torch.long).reshape(1, n)
+            listed = list(self.parents)
+            chain = listed == list(range(-1, n - 1))
+            if not self.bounded:  # read off the list, not worked out again from the tensor
+                self._chain = chain
+            # a chain (every step of most sources) is an arange: much cheaper than reading a list into a tensor
+            parents = torch.arange(-1, n - 1) if chain else torch.tensor(listed, dtype=torch.long)
+            self.parents = parents.reshape(1, n)
         device = self.parents.device if self.bounded else "cpu"
         self.parents = self.parents.to(device, torch.long).expand(batch, n)
 
@@ -166,9 +174,13 @@ class DraftBlock:
 
     @property
     def is_chain(self) -> bool:
-        if self.bounded:  # a bounded tree is laid out as a tree, whatever its shape
-            return self.size == 0
-        return bool((self.parents == torch.arange(-1, self.size - 1)[None, :]).all())
+        """Whether node ``i``'s parent is node ``i - 1`` in every row; found once (the loop asks every step)."""
+        if self._chain is None:
+            if self.bounded:  # a bounded tree is laid out as a tree, whatever its shape
+                self._chain = self.size == 0
+            else:
+                self._chain = bool((self.parents == torch.arange(-1, self.size - 1)[None, :]).all())
+        return self._chain
 
     @staticmethod
     def empty(batch: int, vocab: int, device: torch.device) -> "DraftBlock":

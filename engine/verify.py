@@ -28,9 +28,8 @@ def _row(dist: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 
 
 def _next_kind(limit: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    plain = torch.full_like(limit, int(TokenKind.PLAIN))
     kind = torch.where(rejected, int(TokenKind.CORRECTED), int(TokenKind.BONUS))
-    return torch.where(limit == 0, plain, kind)
+    return torch.where(limit == 0, int(TokenKind.PLAIN), kind)
 
 
 def verify_chain(
@@ -50,28 +49,23 @@ def verify_chain(
     """
     B, n = block.tokens.shape
     dev = p.device
+    if not n:  # nothing drafted: plain AR's step, drawn from the pending token's distribution
+        none = torch.zeros(B, dtype=torch.long, device=dev)  # accepted; also the next kind, PLAIN (0)
+        return Verdict(none, none[:, None][:, :0], sample(p[:, 0], generator), p[:, 0], none)
     limit = limit.clamp(max=n)
-    steps = torch.arange(n, device=dev)
-    diagnostics: dict[str, torch.Tensor] = {}
-    if n:
-        ctx = PolicyContext(positions, evidence=None if evidence is None else evidence[:, :n])
-        alpha, diagnostics = policy.acceptance(p[:, :n], block.q, block.tokens, ctx)
-        u = torch.rand(B, n, generator=generator, device=dev)
-        ok = (u < alpha) & (steps[None, :] < limit[:, None])
-        accepted = ok.long().cumprod(dim=1).sum(dim=1)
-    else:
-        accepted = torch.zeros(B, dtype=torch.long, device=dev)
+    steps, rows = torch.arange(n, device=dev), torch.arange(B, device=dev)
+    ctx = PolicyContext(positions, evidence=None if evidence is None else evidence[:, :n])
+    alpha, diagnostics = policy.acceptance(p[:, :n], block.q, block.tokens, ctx)
+    u = torch.rand(B, n, generator=generator, device=dev)
+    accepted = torch.minimum((u < alpha).cumprod(dim=1).sum(dim=1), limit)  # the longest accepted prefix
     rejected = accepted < limit
-    p_next = _row(p, accepted)
-    if n:
-        j = accepted.clamp(max=n - 1)
-        at_j = None if evidence is None else _row(evidence, j)[:, None]
-        ctx = PolicyContext(positions.gather(1, j[:, None]), evidence=at_j)
-        corrected = policy.residual(p_next, _row(block.q, j), block.tokens.gather(1, j[:, None]).squeeze(1), ctx)
-        next_dist = torch.where(rejected[:, None], corrected, p_next)
-    else:
-        next_dist = p_next
-    path = torch.where(steps[None, :] < accepted[:, None], steps[None, :], -1)
+    p_next = p[rows, accepted]
+    j = accepted.clamp(max=n - 1)  # the draft a correction replaces
+    at_j = None if evidence is None else evidence[rows, j][:, None]
+    ctx = PolicyContext(positions.gather(1, j[:, None]), evidence=at_j)
+    corrected = policy.residual(p_next, block.q[rows, j], block.tokens[rows, j], ctx)
+    next_dist = torch.where(rejected[:, None], corrected, p_next)
+    path = torch.where(steps < accepted[:, None], steps, -1)
     return Verdict(accepted, path, sample(next_dist, generator), next_dist, _next_kind(limit, rejected), diagnostics)
 
 

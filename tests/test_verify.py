@@ -7,7 +7,7 @@ import torch
 from stats import noise_floor, total_variation
 
 from specar.policies import ExactPolicy
-from specar.sampling import point_mass
+from specar.sampling import _kth_largest, point_mass, sample
 from specar.types import DraftBlock, TokenKind
 from specar.verify import tree_attention, tree_layout, verify_chain, verify_tree
 
@@ -98,3 +98,33 @@ def test_tree_layout_and_mask() -> None:
     assert mask[5].tolist() == [True, True, False, True, False, True]  # node 4 sees pending, 0, 2, itself
     with pytest.raises(ValueError):
         tree_layout([1, -1])
+
+
+def test_an_empty_chain_is_a_plain_step_drawn_from_the_first_row() -> None:
+    p = torch.stack([_dist(0), _dist(1)])[:, None].expand(2, 1, V)
+    block = DraftBlock.empty(2, V, torch.device("cpu"))
+    verdict = verify_chain(
+        ExactPolicy(),
+        p,
+        block,
+        torch.zeros(2, 0, dtype=torch.long),
+        torch.tensor([5, 0]),
+        torch.Generator().manual_seed(3),
+    )
+    expected = sample(p[:, 0], torch.Generator().manual_seed(3))
+    assert verdict.accepted.tolist() == [0, 0] and verdict.path.shape == (2, 0)
+    assert verdict.next_token.tolist() == expected.tolist()
+    assert verdict.next_kind.tolist() == [TokenKind.PLAIN, TokenKind.PLAIN]
+
+
+def test_the_top_k_threshold_is_the_kth_largest_value_ties_and_masked_codes_included() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(200):
+        vocab = int(torch.randint(2, 300, (1,), generator=gen))
+        k = int(torch.randint(1, vocab, (1,), generator=gen))
+        logits = torch.randn(3, 4, vocab, generator=gen)
+        if trial % 3 == 0:
+            logits = logits.round()  # ties at the threshold
+        if trial % 5 == 0:
+            logits[..., : vocab // 2] = float("-inf")  # codes a constraint removed
+        assert torch.equal(_kth_largest(logits, k), torch.topk(logits, k, dim=-1).values[..., -1:])

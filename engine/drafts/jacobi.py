@@ -48,10 +48,12 @@ class JacobiDrafts(DraftSource):
         self.largest_block = self.slots
         self.tokens = torch.zeros(0, 0, dtype=torch.long)
         self.q = torch.zeros(0, 0, 0)
+        self.slot = torch.zeros(0, dtype=torch.long)  # 0, 1, ... over the window's slots, made once per run
 
     def begin(self, state: DecodeState) -> None:
         B, V = state.batch, state.model.vocab_size
         dev = state.tokens.device
+        self.slot = torch.arange(self.slots, device=dev)
         self.tokens = torch.zeros(B, self.slots, dtype=torch.long, device=dev)
         self.q = torch.zeros(B, self.slots, V, device=dev)
         self._initialise(state, state.committed.to(dev), start_slot=torch.zeros(B, dtype=torch.long, device=dev))
@@ -67,10 +69,9 @@ class JacobiDrafts(DraftSource):
         if self.coupling and m:
             fresh[:, :m] = self._couple(block, p[:, :m], fresh[:, :m], state.generator)
         # Slot s of the new window is position committed_new + s = old p row accepted + 1 + s.
-        rows = verdict.accepted[:, None] + 1 + torch.arange(self.slots, device=p.device)[None, :]
-        rows = rows.clamp(max=m)
+        rows = (verdict.accepted[:, None] + 1 + self.slot).clamp(max=m)
         self.tokens = fresh.gather(1, rows)
-        self.q = p.gather(1, rows[..., None].expand(-1, -1, p.shape[-1])).clone()
+        self.q = p.gather(1, rows[..., None].expand(-1, -1, p.shape[-1]))
         first_new = (m - verdict.accepted).clamp(min=0, max=self.slots)
         self._initialise(state, state.committed.to(p.device), first_new)
 
@@ -91,8 +92,7 @@ class JacobiDrafts(DraftSource):
             return
         V = self.q.shape[-1]
         dev = self.tokens.device
-        slot = torch.arange(S, device=dev)[None, :]
-        new = slot >= start_slot[:, None]
+        new = self.slot >= start_slot[:, None]
         guess = torch.randint(0, V, (B, S), generator=state.generator, device=dev)
         if self.init == "row_above":
             guess = self._row_above(state, committed, guess, new)
@@ -109,11 +109,9 @@ class JacobiDrafts(DraftSource):
         """The token one grid row above each slot: committed, or a draft already in the window."""
         width = state.model.grid[1]
         S = guess.shape[1]
-        position = committed[:, None] + torch.arange(S, device=guess.device)[None, :]
-        above = position - width
-        out = guess.clone()
-        from_committed = (above >= 0) & (above < committed[:, None])
-        out = torch.where(from_committed, state.tokens.gather(1, above.clamp(0, state.tokens.shape[1] - 1)), out)
+        above = committed[:, None] + (self.slot - width)
+        from_committed = (above >= 0) & (self.slot < width)  # above < committed exactly when slot < width
+        out = torch.where(from_committed, state.tokens.gather(1, above.clamp(0, state.tokens.shape[1] - 1)), guess)
         # Slots whose row-above lies inside the window itself (windows wider than a grid row),
         # filled in order so each reads an already-decided slot.
         for s in range(width, S):

@@ -24,7 +24,8 @@ def token_probs(dist: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
 
 def exact_ratio(p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """``min(1, p(x)/q(x))`` for every drafted token: the lossless acceptance probability."""
-    return (token_probs(p, tokens) / token_probs(q, tokens).clamp_min(Q_FLOOR)).clamp_max(1.0)
+    x = tokens.unsqueeze(-1)
+    return (p.gather(-1, x) / q.gather(-1, x).clamp_min(Q_FLOOR)).clamp_max_(1.0).squeeze(-1)
 
 
 class ExactPolicy(AcceptancePolicy):
