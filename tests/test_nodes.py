@@ -406,3 +406,9 @@ def test_hex_cells_match_heatmap_colours(demo) -> None:
 def test_bundled_demo_is_found_without_folders() -> None:
     assert NODES_BY_ID["SpecARDrafterModel"].field("drafter").choices() == ["demo-drafter", "mar-demo-drafter"]
     assert NODES_BY_ID["SpecARModelLoader"].field("model").choices([Path("/nonexistent")]) == ["demo", "mar-demo"]
+
+
+def test_the_web_widget_serves_every_node_that_sends_heatmap_frames() -> None:
+    script = (Path(__file__).resolve().parents[1] / "web" / "specar.js").read_text()
+    listed = script.split("const NODE_TYPES = new Set([", 1)[1].split("])", 1)[0]
+    assert {name.strip().strip('"') for name in listed.split(",")} == {s.node_id for s in NODES if s.needs_node_id}

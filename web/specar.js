@@ -1,11 +1,11 @@
-// SpecAR's ComfyUI extension: a live acceptance heatmap on the sampler and compare nodes.
+// SpecAR's ComfyUI extension: a live acceptance heatmap on the nodes that decode (sampler, compare, relaxation preview).
 // The server sends "specar.heatmap" frames (throttled, with the node id) while it decodes.
 import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { createHeatmapView, drawFrame, showIdle } from "./heatmap_view.js";
 
 const EVENT = "specar.heatmap";
-const NODE_TYPES = new Set(["SpecARSampler", "SpecARCompare"]);
+const NODE_TYPES = new Set(["SpecARSampler", "SpecARCompare", "SpecARRelaxationPreview"]);
 const WIDGET_HEIGHT = 240;
 
 function viewOf(id) {
