@@ -1,7 +1,7 @@
 """ComfyUI nodes: thin wrappers that translate node inputs into engine calls.
 
-Every node is a plain :class:`~nodes.schema.NodeSpec`; :mod:`nodes.comfy_v3` turns them into
-ComfyUI V3 node classes when ComfyUI loads the pack.
+Every node is a plain :class:`~nodes.schema.NodeSpec`; :mod:`nodes.comfy_v3` holds the ComfyUI V3
+node class of each, imported when ComfyUI loads the pack.
 """
 
 from .decoding_nodes import ACCEPTANCE_POLICY, JACOBI_DRAFTS

@@ -1,19 +1,27 @@
-"""NodeSpecs -> ComfyUI V3 node classes (``comfy_api.latest``), built when ComfyUI calls the entry point.
+"""The pack's ComfyUI V3 node classes (``comfy_api.latest``), one per node.
 
-Nothing here is imported outside ComfyUI: the classes must subclass ``io.ComfyNode``, which only
-exists there, so they are made on demand from the plain specs.
+This module is imported only inside a running ComfyUI (by the entry point in ``__init__.py``): the
+classes subclass ``io.ComfyNode``, which exists only there. Each class names its
+:class:`~nodes.schema.NodeSpec`, which holds the inputs, outputs and texts and a plain ``run``
+function that CI tests without ComfyUI; the class turns the spec into ComfyUI's schema and hands
+``execute`` to ``run`` with a :class:`~nodes.host.ComfyHost`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
-from . import NODES
+from comfy_api.latest import ComfyExtension, io
+
+from .decoding_nodes import ACCEPTANCE_POLICY, JACOBI_DRAFTS
 from .host import ComfyHost, comfy_model_folders, register_comfy_model_folder
+from .model_nodes import DRAFTER_MODEL, LOAD_MODEL, TREE_HEAD
+from .preview_nodes import RELAXATION_PREVIEW
+from .sampler_nodes import COMPARE, SAMPLER
 from .schema import BOOLEAN, CATEGORY, COMBO, FLOAT, IMAGE, INT, MASK, STRING, Field, NodeSpec, Output
 
 
-def _input(io: Any, field: Field) -> Any:
+def _input(field: Field) -> Any:
     common = {"optional": field.optional, "tooltip": field.tooltip}
     numbers = {"default": field.default, "min": field.min, "max": field.max, "step": field.step}
     if field.type == INT:
@@ -34,45 +42,85 @@ def _input(io: Any, field: Field) -> Any:
     return io.Custom(field.type).Input(field.name, **common)
 
 
-def _output(io: Any, output: Output) -> Any:
+def _output(output: Output) -> Any:
     kind = {IMAGE: io.Image, STRING: io.String, MASK: io.Mask}.get(output.type) or io.Custom(output.type)
     return kind.Output(display_name=output.name, tooltip=output.tooltip)
 
 
-def node_class(io: Any, spec: NodeSpec) -> type:
-    """A V3 node class whose ``execute`` runs ``spec.run`` with a :class:`ComfyHost`."""
+class SpecARNode(io.ComfyNode):
+    """A SpecAR node: its schema and its run come from :attr:`SPEC`."""
 
-    def define_schema(cls: type) -> Any:
+    SPEC: ClassVar[NodeSpec]
+
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        spec = cls.SPEC
         return io.Schema(
             node_id=spec.node_id,
             display_name=spec.display_name,
             category=CATEGORY,
             description=spec.description,
-            inputs=[_input(io, f) for f in spec.inputs],
-            outputs=[_output(io, o) for o in spec.outputs],
+            inputs=[_input(f) for f in spec.inputs],
+            outputs=[_output(o) for o in spec.outputs],
             hidden=[io.Hidden.unique_id] if spec.needs_node_id else [],
             is_output_node=spec.is_output_node,
         )
 
-    def execute(cls: type, **inputs: Any) -> Any:
-        host = ComfyHost(str(cls.hidden.unique_id) if spec.needs_node_id else None)
-        return io.NodeOutput(*spec.run(host, **inputs))
-
-    return type(
-        spec.node_id,
-        (io.ComfyNode,),
-        {"define_schema": classmethod(define_schema), "execute": classmethod(execute), "__doc__": spec.description},
-    )
+    @classmethod
+    def execute(cls, **inputs: Any) -> io.NodeOutput:
+        host = ComfyHost(str(cls.hidden.unique_id) if cls.SPEC.needs_node_id else None)
+        return io.NodeOutput(*cls.SPEC.run(host, **inputs))
 
 
-async def comfy_entrypoint() -> Any:
-    from comfy_api.latest import ComfyExtension, io
+class SpecARModelLoader(SpecARNode):
+    SPEC = LOAD_MODEL
 
+
+class SpecARJacobiDrafts(SpecARNode):
+    SPEC = JACOBI_DRAFTS
+
+
+class SpecARDrafterModel(SpecARNode):
+    SPEC = DRAFTER_MODEL
+
+
+class SpecARTreeHead(SpecARNode):
+    SPEC = TREE_HEAD
+
+
+class SpecARAcceptancePolicy(SpecARNode):
+    SPEC = ACCEPTANCE_POLICY
+
+
+class SpecARSampler(SpecARNode):
+    SPEC = SAMPLER
+
+
+class SpecARCompare(SpecARNode):
+    SPEC = COMPARE
+
+
+class SpecARRelaxationPreview(SpecARNode):
+    SPEC = RELAXATION_PREVIEW
+
+
+NODE_CLASSES: tuple[type[SpecARNode], ...] = (
+    SpecARModelLoader,
+    SpecARJacobiDrafts,
+    SpecARDrafterModel,
+    SpecARTreeHead,
+    SpecARAcceptancePolicy,
+    SpecARSampler,
+    SpecARCompare,
+    SpecARRelaxationPreview,
+)
+
+
+class SpecARExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return list(NODE_CLASSES)
+
+
+async def comfy_entrypoint() -> SpecARExtension:
     register_comfy_model_folder()
-    classes = [node_class(io, spec) for spec in NODES]
-
-    class SpecARExtension(ComfyExtension):
-        async def get_node_list(self) -> list[type]:
-            return classes
-
     return SpecARExtension()
