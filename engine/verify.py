@@ -18,7 +18,7 @@ from dataclasses import replace
 import torch
 
 from .policies.base import AcceptancePolicy, PolicyContext
-from .sampling import DIVISOR_FLOOR, sample
+from .sampling import DIVISOR_FLOOR, MASS_EPSILON, sample
 from .types import DraftBlock, TokenKind, Verdict
 
 
@@ -56,6 +56,8 @@ def verify_chain(
     steps, rows = torch.arange(n, device=dev), torch.arange(B, device=dev)
     ctx = PolicyContext(positions, evidence=None if evidence is None else evidence[:, :n])
     alpha, diagnostics = policy.acceptance(p[:, :n], block.q, block.tokens, ctx)
+    if not policy.lossless:
+        alpha = _within_support(alpha, p[:, :n], block.tokens)
     u = torch.rand(B, n, generator=generator, device=dev)
     accepted = torch.minimum((u < alpha).cumprod(dim=1).sum(dim=1), limit)  # the longest accepted prefix
     rejected = accepted < limit
@@ -64,9 +66,26 @@ def verify_chain(
     at_j = None if evidence is None else evidence[rows, j][:, None]
     ctx = PolicyContext(positions.gather(1, j[:, None]), evidence=at_j)
     corrected = policy.residual(p_next, block.q[rows, j], block.tokens[rows, j], ctx)
+    if not policy.lossless:
+        corrected = _on_support(corrected, p_next)
     next_dist = torch.where(rejected[:, None], corrected, p_next)
     path = torch.where(steps < accepted[:, None], steps, -1)
     return Verdict(accepted, path, sample(next_dist, generator), next_dist, _next_kind(limit, rejected), diagnostics)
+
+
+def _within_support(alpha: torch.Tensor, p: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Acceptance ``alpha [B, m]`` with drafts the target's processed distribution ``p [B, m, V]`` gives no
+    probability (outside the user's top-k or top-p, or a forbidden code) never accepted: a relaxed policy
+    may move mass between look-alike codes, never onto codes the sampling settings exclude."""
+    return torch.where(p.gather(-1, tokens[..., None]).squeeze(-1) > 0, alpha, 0.0)
+
+
+def _on_support(dist: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    """A relaxed policy's correction distribution ``[B, V]`` kept to the support of the target's ``p [B, V]``
+    and renormalised (``p`` itself where nothing is left)."""
+    kept = torch.where(p > 0, dist, 0.0)
+    mass = kept.sum(-1, keepdim=True)
+    return torch.where(mass > MASS_EPSILON, kept / mass.clamp_min(DIVISOR_FLOOR), p)
 
 
 def tree_tables(
@@ -188,6 +207,7 @@ def verify_tree(
     diagnostics: dict[str, torch.Tensor] = {}  # per level: the accepted node's values, else the last one tried
     for level in range(max_depth):
         kids = table[rows, cur + 1]  # [B, K]
+        target = _row(p, cur + 1)  # the target's own distribution here, whose support relaxed policies keep to
         moved = torch.zeros(B, dtype=torch.bool, device=dev)
         tried = torch.zeros(B, V, dtype=torch.bool, device=dev)
         open_rows = alive & (accepted < limit)
@@ -204,12 +224,17 @@ def verify_tree(
             if hidden is not None and policy.needs_tree_states:
                 ctx = _tree_context(ctx, hidden, block.tokens, kids, node, cur, before)
             alpha, info = policy.acceptance(dist[:, None], q[:, None], x, ctx)
+            if not policy.lossless:
+                alpha = _within_support(alpha, target[:, None], x)
             for name, values in info.items():
                 slot = diagnostics.setdefault(name, torch.full((B, max_depth), float("nan"), device=dev))
                 slot[:, level] = torch.where(live, values[:, 0].float(), slot[:, level])
             take = live & (torch.rand(B, generator=generator, device=dev) < alpha[:, 0])
             drop = live & ~take
-            dist = torch.where(drop[:, None], policy.residual(dist, q, x[:, 0], ctx), dist)
+            residual = policy.residual(dist, q, x[:, 0], ctx)
+            if not policy.lossless:
+                residual = _on_support(residual, target)
+            dist = torch.where(drop[:, None], residual, dist)
             tried |= drop[:, None] & (torch.arange(V, device=dev)[None, :] == x)
             dist = torch.where(take[:, None], _row(p, node + 1), dist)
             if dist_evidence is not None:
