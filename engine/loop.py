@@ -87,7 +87,7 @@ def generate(
     read in one extra target forward.
     """
     settings = settings or model.default_settings
-    policy = policy or ExactPolicy()
+    policy = (policy or ExactPolicy()).for_model(model)
     model.check_conditioning(cond)
     policy.check_sampling(settings)
     policy.check_model(model)

@@ -98,8 +98,6 @@ def test_impossible_parameters_are_refused(demo) -> None:
     target, _ = demo
     with pytest.raises(SettingsError, match="0..1"):
         make_policy("csd", 1.5)
-    with pytest.raises(SettingsError, match="needs the target model"):
-        make_policy("lantern", 0.5)
     with pytest.raises(SettingsError, match="delta"):
         make_policy("lantern", 0.5, model=target, delta_at_full=2.0)
     with pytest.raises(SettingsError, match="tau"):
@@ -631,8 +629,26 @@ def test_cluster_groups_must_be_powers_of_two(demo) -> None:
     for bad in (0.0, 3.0, 2.5):
         with pytest.raises(SettingsError, match="power of two"):
             make_policy("clusters", 0.5, model=target, max_group=bad)
-    with pytest.raises(SettingsError, match="needs the target model"):
-        make_policy("clusters", 0.5)
+    with pytest.raises(SettingsError, match="power of two"):  # a policy named without its target: built by generate
+        generate(
+            target, Conditioning.classes([0]), draft=JacobiDrafts(4), policy=make_policy("clusters", 0.5, max_group=3.0)
+        )
+
+
+@pytest.mark.parametrize("name", ["lantern", "gsd", "clusters"])
+def test_generate_builds_a_policy_named_without_its_target(demo, name: str) -> None:
+    """make_policy(name, r) without model= works: generate() builds the policy for its target, the same policy
+    make_policy(..., model=target) gives."""
+    target, drafter = demo
+    cond, settings = Conditioning.classes([2, 9]), SamplingSettings(cfg_scale=2.0, top_k=24, seed=5)
+    named = make_policy(name, 0.75)
+    with pytest.raises(SettingsError, match="generate\\(\\) builds it for its target"):
+        named.acceptance(
+            torch.ones(1, 1, 512) / 512, torch.ones(1, 1, 512) / 512, torch.zeros(1, 1, dtype=torch.long), None
+        )
+    built = make_policy(name, 0.75, model=target)
+    runs = [generate(target, cond, settings, DrafterModelDrafts(drafter, 4), policy) for policy in (named, built)]
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
 
 
 def test_runs_record_the_policy_parameters_they_ran_with(demo, tmp_path, capsys) -> None:

@@ -361,3 +361,12 @@ def test_head_that_does_not_fit_is_refused_before_decoding() -> None:
 
 def test_outcome_type_is_what_observe_reads() -> None:
     assert {"block", "verdict", "p", "hidden", "committed_before"} <= set(StepOutcome.__dataclass_fields__)
+
+
+def test_tree_draft_sources_are_exported_where_the_readme_says() -> None:
+    import specar
+    from specar.drafts import drafter_tree, tree_drafts, tree_head
+
+    assert specar.TreeHeadDrafts is tree_drafts.TreeHeadDrafts and specar.TreeShape is tree_drafts.TreeShape
+    assert specar.TreeHead is tree_head.TreeHead and specar.load_tree_head is tree_head.load_tree_head
+    assert specar.DrafterTreeDrafts is drafter_tree.DrafterTreeDrafts

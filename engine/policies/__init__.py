@@ -51,8 +51,38 @@ def make_policy(
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SettingsError(f"{name} option {key} must be a number, got {value!r}")
     if getattr(factory, "needs_model", False):
+        if model is None:
+            return TargetPendingPolicy(name, relaxation, region, options)
         options = {**options, "model": model}
     return factory(relaxation, region, **options)
+
+
+class TargetPendingPolicy(AcceptancePolicy):
+    """A policy that compares the target's code vectors, named before the target is known:
+    :func:`specar.generate` builds it for its target (:meth:`for_model`)."""
+
+    def __init__(self, name: str, relaxation: float, region: torch.Tensor | None, options: dict[str, float]) -> None:
+        super().__init__(relaxation, region)
+        self.name, self.options = name, dict(options)
+        self.needs_tree_states = getattr(POLICIES[name], "needs_tree_states", False)
+        self.needs_code_evidence = getattr(POLICIES[name], "needs_code_evidence", False)
+
+    def for_model(self, model: ImageTokenModel) -> AcceptancePolicy:
+        return make_policy(self.name, self.relaxation, self.region, model=model, **self.options)
+
+    def acceptance(
+        self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise self._unbuilt()
+
+    def residual(self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
+        raise self._unbuilt()
+
+    def _unbuilt(self) -> SettingsError:
+        return SettingsError(
+            f"the {self.name} policy compares the target's code vectors: generate() builds it for its target; "
+            "to call it directly, build it with policy.for_model(target) or make_policy(..., model=target)"
+        )
 
 
 def parse_policy_options(text: str | Sequence[str] | None) -> dict[str, float]:

@@ -66,6 +66,10 @@ class AcceptancePolicy(ABC):
         values = {name: getattr(self, name) for name in self.parameter_names}
         return {name: None if value is None else float(value) for name, value in values.items()}
 
+    def for_model(self, model: ImageTokenModel) -> "AcceptancePolicy":
+        """This policy for the target ``model`` (itself; a policy named before its target is built here)."""
+        return self
+
     def check_sampling(self, settings: SamplingSettings) -> None:
         """Refuse sampling settings this policy cannot work under (before any decoding)."""
 
