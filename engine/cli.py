@@ -19,7 +19,14 @@ from typing import Callable, Sequence
 from . import __version__, entry
 from . import cli_continuous
 from .cli_continuous import refuse_continuous_options
-from .cli_output import StopOnInterrupt, check_outputs, write_json, write_pictures
+from .cli_output import (
+    StopOnInterrupt,
+    check_outputs,
+    refuse_pictures_without_pixels,
+    require_an_output,
+    write_json,
+    write_pictures,
+)
 from .continuous.registry import is_continuous
 from .drafts import DRAFTS, KNOBS, check_policy_fits, jacobi_method, unused_knobs
 from .drafts.drafter import check_drafter_fits
@@ -347,7 +354,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="images drawn together (default: the number of --class-id values, else 1)",
     )
-    out.add_argument("--out", required=True, metavar="IMAGE.png", help="where to write the images, tiled into one PNG")
+    out.add_argument(
+        "--out",
+        metavar="IMAGE.png",
+        help="where to write the images, tiled into one PNG (give --out, --stats or both; a model without a VQ "
+        "tokenizer writes tokens only, to --stats)",
+    )
     out.add_argument(
         "--heatmap",
         metavar="HEAT.png",
@@ -646,6 +658,7 @@ def _batch_size(args: argparse.Namespace) -> int:
 
 def _generate(args: argparse.Namespace) -> int:
     check_outputs(args)
+    require_an_output(args)
     if is_continuous(args.model, args.family):
         return cli_continuous.generate(args)
     wanted = DRAFTS.get(_method(args.draft, args))
@@ -657,7 +670,7 @@ def _generate(args: argparse.Namespace) -> int:
     batch = _batch_size(args)
     method_options(args)  # bad settings fail before the model loads
     model = load_target(args)
-    model.require_pixels()
+    refuse_pictures_without_pixels(args, model)
     drafter = load_drafter(args, model) if args.drafter else None
     options = method_options(args, load_tree_head(args, model))
     policy = options.make_policy(model)

@@ -62,6 +62,25 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise SettingsError(f"cannot write {option} {path}: {folder} is not a writable folder")
 
 
+def require_an_output(args: argparse.Namespace) -> None:
+    """Refuse a generation that would write nothing."""
+    if not any(getattr(args, name, None) for name in (*PICTURE_OPTIONS, "stats")):
+        raise SettingsError("nothing to write: give --out IMAGE.png for the images, --stats STATS.json for the tokens")
+
+
+def refuse_pictures_without_pixels(args: argparse.Namespace, model: ImageTokenModel) -> None:
+    """A model without a VQ tokenizer generates tokens (``--stats``) but cannot make the picture outputs."""
+    if model.can_decode:
+        return
+    for name in PICTURE_OPTIONS:
+        if getattr(args, name, None):
+            raise SettingsError(
+                f"--{name} needs pixels, and {model.name} has no VQ tokenizer to make them: put a vq*.pt or "
+                "vq*.safetensors file beside the model weights (or pass --vq PATH), or write only the tokens with "
+                "--stats STATS.json"
+            )
+
+
 class StopOnInterrupt:
     """The first Ctrl-C asks the loop (through its observer) to stop after the current forward;
     a second one interrupts at once. Outside the main thread signals cannot be caught: no-op."""
@@ -88,12 +107,16 @@ class StopOnInterrupt:
 
 
 def write_pictures(args: argparse.Namespace, model: ImageTokenModel, result: GenerationResult) -> None:
+    """The picture outputs asked for (none: nothing is decoded)."""
+    if not any(getattr(args, name, None) for name in PICTURE_OPTIONS):
+        return
     images = model.decode(result.tokens)
     size = (int(images.shape[1]), int(images.shape[2]))
     if not result.finished:
         images = images * committed_mask(result.kinds, model.grid, size)[..., None]
     ncols = math.ceil(math.sqrt(result.batch_size))
-    save_png(image_grid(images, ncols), args.out)
+    if args.out:
+        save_png(image_grid(images, ncols), args.out)
     heatmaps = acceptance_heatmap(result, model.grid, size)
     if args.heatmap:
         save_png(image_grid(heatmaps, ncols), args.heatmap)

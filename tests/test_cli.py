@@ -617,3 +617,23 @@ def test_a_bench_stopped_part_way_keeps_the_finished_rows(
     assert written["images"] == 2 and written["stopped"] == "KeyboardInterrupt"
     assert [row["method"] for row in written["rows"]] == ["ar", "jacobi-row"] and written["rows"][1]["images"] == 2
     assert "jacobi-row" in capsys.readouterr().out
+
+
+def test_a_model_without_a_vq_writes_tokens_and_refuses_only_pictures(
+    dirs: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The drafter folder has no VQ tokenizer: its tokens go to --stats; each picture output is refused in one line
+    that says why, before any decoding; a run that would write nothing is refused too."""
+    base = ["generate", "--model", str(dirs["drafter"]), "--class-id", "2", *FAST]
+    stats = tmp_path / "tokens.json"
+    assert cli.main([*base, "--stats", str(stats)]) == 0
+    tokens = json.loads(stats.read_text())["tokens"]
+    assert len(tokens) == 1 and len(tokens[0]) == 64 and not list(tmp_path.glob("*.png"))
+    for option in ("--out", "--heatmap", "--compare", "--explain"):
+        assert cli.main([*base, "--stats", str(stats), option, str(tmp_path / "x.png")]) != 0
+        error = capsys.readouterr().err.strip().splitlines()
+        assert len(error) == 1 and error[0].startswith(f"error: {option} needs pixels") and "--stats" in error[0]
+    assert cli.main(base) != 0
+    assert capsys.readouterr().err.strip() == (
+        "error: nothing to write: give --out IMAGE.png for the images, --stats STATS.json for the tokens"
+    )
