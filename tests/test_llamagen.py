@@ -49,9 +49,90 @@ def test_config_is_inferred_from_shapes_presets_and_file_name() -> None:
     gqa = GPTConfig(vocab_size=32, dim=64, n_layer=1, n_head=4, n_kv_head=2)
     with torch.device("meta"):
         gqa_state = GPT(gqa).state_dict()
-    assert infer_gpt_config(gqa_state, {"n_head": 4}, "x").n_kv_head == 2
+    assert infer_gpt_config(gqa_state, {"n_head": 4, "grid_size": 8}, "x").n_kv_head == 2
     with pytest.raises(CheckpointError, match="number of attention heads"):
         infer_gpt_config(gqa_state, {}, "odd.pt")
+
+
+LLAMAGEN_MODEL_ARGS = {  # as LlamaGen's training scripts write them, for the tiny c2i GPT with an 8x8 grid
+    "dim": 64,
+    "n_layer": 2,
+    "n_head": 4,
+    "n_kv_head": None,
+    "multiple_of": 256,
+    "ffn_dim_multiplier": None,
+    "rope_base": 10000,
+    "norm_eps": 1e-05,
+    "initializer_range": 0.02,
+    "token_dropout_p": 0.1,
+    "attn_dropout_p": 0.0,
+    "resid_dropout_p": 0.1,
+    "ffn_dropout_p": 0.1,
+    "drop_path_rate": 0.0,
+    "num_classes": 10,
+    "caption_dim": 2048,
+    "class_dropout_prob": 0.1,
+    "model_type": "c2i",
+    "vocab_size": 64,
+    "cls_token_num": 1,
+    "block_size": 64,
+    "max_batch_size": 32,
+    "max_seq_len": 2048,
+}
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"family": "llamagen", **LLAMAGEN_MODEL_ARGS},
+        LLAMAGEN_MODEL_ARGS,  # no family: model_type c2i is LlamaGen's own field
+        {"model_args": LLAMAGEN_MODEL_ARGS},
+    ],
+    ids=["with-family", "model-args-only", "nested"],
+)
+def test_llamagen_s_own_model_args_set_the_grid(tmp_path: Path, config: dict) -> None:
+    gpt = tiny_gpt(3)
+    assert (gpt.cfg.dim, gpt.cfg.n_layer, gpt.cfg.vocab_size, gpt.cfg.num_classes) == (64, 2, 64, 10)
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    save_official_pt(gpt, tmp_path / "c2i_tiny.pt")
+    loaded = load_model(tmp_path, device="cpu")
+    assert loaded.grid == (8, 8) and torch.equal(_tokens(loaded), _tokens(LlamaGenModel(gpt, None)))
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"n_head": 4}, "cannot tell the token grid: put grid_size, block_size or image_size in a config.json"),
+        (
+            {**LLAMAGEN_MODEL_ARGS, "image_size": 256},
+            "image_size 256 (16x16 at downsampling 16) disagrees with block_size 64 (8x8)",
+        ),
+        ({**LLAMAGEN_MODEL_ARGS, "grid_size": 16}, "block_size 64 (8x8) disagrees with grid_size 16"),
+        ({**LLAMAGEN_MODEL_ARGS, "block_size": 60}, "block_size 60 is not a square grid"),
+        ({**LLAMAGEN_MODEL_ARGS, "model_type": "t2i"}, "config says model_type='t2i' but the weights are 'c2i'"),
+        ({**LLAMAGEN_MODEL_ARGS, "num_classes": 1000}, "config says num_classes=1000 but the weights are 10"),
+    ],
+    ids=["no-grid", "block-vs-image", "grid-vs-block", "not-square", "model-type", "classes"],
+)
+def test_a_grid_nothing_tells_or_sources_that_disagree_are_refused(tmp_path: Path, config: dict, message: str) -> None:
+    folder = tmp_path / "tiny"  # a name without a size
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    save_official_pt(tiny_gpt(3), folder / "c2i_tiny.pt")
+    with pytest.raises(CheckpointError) as refused:
+        load_model(folder, device="cpu")
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_the_folder_name_tells_the_grid_when_the_config_does_not(tmp_path: Path) -> None:
+    folder = tmp_path / "LlamaGen-tiny-128"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"n_head": 4, "downsample": 16}))
+    save_official_pt(tiny_gpt(3), folder / "c2i_tiny.pt")
+    with pytest.raises(CheckpointError, match="cannot tell the token grid"):  # 128 is not an official size
+        load_model(folder, device="cpu")
+    renamed = folder.rename(tmp_path / "LlamaGen-tiny-256")
+    assert load_model(renamed, device="cpu").grid == (16, 16)
 
 
 def test_presets_match_llamagen_sizes() -> None:

@@ -10,6 +10,7 @@ transformers checkpoint (Janus-Pro, Lumina-mGPT, Anole, Emu3-Gen) is recognised 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import torch
@@ -102,6 +103,8 @@ def load_llamagen(
         hints = read_config_json(path.parent) if (path.parent / "config.json").is_file() else {}
     else:
         raise CheckpointError(f"model not found: {path}")
+    if vq_path and "downsample" not in hints and (match := re.search(r"ds(8|16)", Path(vq_path).name)):
+        hints = {**hints, "downsample": int(match.group(1))}  # vq_ds8_c2i.pt: 8 pixels per token
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     gpt = read_gpt(weights, hints).to(dev, dt)
@@ -126,6 +129,7 @@ TEXT_ENCODER_FOLDERS = ("t5", "flan-t5-xl", "text_encoder")  # where a t2i folde
 BUNDLED = {"demo": "the bundled demo target", "demo-drafter": "the bundled demo drafter"}
 
 
+LLAMAGEN_MODEL_TYPES = ("c2i", "t2i")  # the model_type of LlamaGen's own model_args, not a transformers one
 # transformers ``model_type`` -> our family name (Chameleon checkpoints are told apart in ``_family``).
 HF_FAMILIES = {"janus": "janus", "chameleon": "chameleon", "emu3": "emu3"}
 FAMILIES = ("llamagen", "janus", "lumina-mgpt", "anole", "emu3")
@@ -227,7 +231,7 @@ def _family(path: Path) -> str:
     if "family" in config:
         return str(config["family"])
     model_type = config.get("model_type")
-    if model_type is None:
+    if model_type is None or model_type in LLAMAGEN_MODEL_TYPES:
         return "llamagen"
     if model_type not in HF_FAMILIES:
         raise CheckpointError(
