@@ -39,6 +39,8 @@ _EXPORTS: dict[str, str] = {
     "SettingsError": ".errors",
     "SpecARError": ".errors",
     "generate": ".loop",
+    "score": ".scoring",
+    "processed_distributions": ".scoring",
     "ImageTokenModel": ".models.base",
     "ModelOutput": ".models.base",
     "load_model": ".models.registry",
@@ -105,6 +107,8 @@ __all__ = [
     "load_continuous_model",
     "load_model",
     "make_policy",
+    "processed_distributions",
+    "score",
     "resolve_device",
     "resolve_dtype",
 ]

@@ -200,3 +200,28 @@ def test_token_at_a_fixed_prefix_follows_p(target: LlamaGenModel, high_entropy_p
     biased = _first_token_counts(target, source, prefix, draws, BiasedPolicy())
     if source == "drafter":  # the same test rejects a lossy rule
         assert total_variation(biased, p) > 1.5 * floor
+
+
+def test_score_reads_each_token_s_log_probability_under_the_processed_target() -> None:
+    """score() is the log of the processed distribution the loop samples from, at each given token: 0 for
+    greedy tokens, finite for sampled ones, -inf outside top-k; bad tokens are one-line errors."""
+    from specar import processed_distributions, score
+    from specar.errors import SettingsError
+
+    model = tiny_model(5)
+    cond = Conditioning.classes([1, 4])
+    greedy = SamplingSettings(cfg_scale=2.0, greedy=True)
+    tokens = generate(model, cond, greedy).tokens
+    assert torch.equal(score(model, cond, tokens, greedy), torch.zeros(tokens.shape))
+    sampled_settings = SamplingSettings(cfg_scale=2.0, top_k=5, seed=3)
+    sampled = generate(model, cond, sampled_settings, draft=JacobiDrafts(4)).tokens
+    logp = score(model, cond, sampled, sampled_settings)
+    p = processed_distributions(model, cond, sampled, sampled_settings)
+    assert torch.isfinite(logp).all() and torch.allclose(logp.exp(), p.gather(-1, sampled[..., None])[..., 0])
+    excluded = p[0, 0].argmin()  # outside the top 5 at the first position
+    changed = sampled.clone()
+    changed[0, 0] = excluded
+    assert score(model, cond, changed, sampled_settings)[0, 0] == float("-inf")
+    for bad, message in ((sampled[:1], "scores codes \\[2 images"), (sampled.float(), "integer codes")):
+        with pytest.raises(SettingsError, match=message):
+            score(model, cond, bad, sampled_settings)

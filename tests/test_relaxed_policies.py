@@ -9,7 +9,7 @@ import pytest
 import torch
 from stats import noise_floor, total_variation
 
-from specar import Conditioning, generate, load_model
+from specar import Conditioning, generate, load_model, processed_distributions
 from specar.lab.bench import SECOND_SEED_OFFSET
 from specar.drafts.drafter import DrafterModelDrafts
 from specar.drafts.jacobi import JacobiDrafts
@@ -18,7 +18,6 @@ from specar.errors import SettingsError
 from specar.lab.fidelity import ks_uniform, randomized_pit
 from specar.policies import POLICIES, PolicyContext, make_policy, parse_policy_options, recommended_relaxation
 from specar.policies.exact import ExactPolicy
-from specar.sampling import DistributionProcessor
 from specar.session import PolicyRecipe
 from specar.types import DraftBlock, SamplingSettings, TokenKind
 from specar.verify import verify_tree
@@ -169,17 +168,6 @@ def test_bench_sweeps_policies_as_method_variants(capsys) -> None:
         assert message in capsys.readouterr().err
 
 
-def _teacher_forced(model, cond: Conditioning, tokens: torch.Tensor, settings) -> torch.Tensor:
-    """The processed target ``p`` at every position of ``tokens`` given the tokens before it."""
-    processor = DistributionProcessor(settings, model.constrain)
-    B, N = tokens.shape
-    with torch.no_grad():
-        first = model.prefill(cond, settings.uses_cfg).logits
-        rest = model.forward(tokens[:, :-1], torch.arange(N - 1).expand(B, -1)).logits
-    model.release()
-    return processor(torch.cat([first, rest], 1), torch.arange(N).expand(B, -1))
-
-
 # LANTERN with its widest neighbourhood (every other code), so that the relaxed half's bias is plain to see.
 @pytest.mark.parametrize(
     "name,kind,options",
@@ -196,7 +184,7 @@ def test_a_black_mask_region_is_decoded_exactly(demo, name: str, kind: str, opti
     mask[:, : W // 2] = 0.0  # left half exact
     policy = PolicyRecipe(name, 1.0, mask, options).build(target)
     result = generate(target, cond, settings, _drafts(kind, drafter), policy)
-    p = _teacher_forced(target, cond, result.tokens, settings)
+    p = processed_distributions(target, cond, result.tokens, settings)
     columns = torch.arange(target.num_image_tokens) % target.grid[1]
     exact_part = columns < target.grid[1] // 2
     pit = randomized_pit(p, result.tokens).reshape(result.tokens.shape)

@@ -22,7 +22,8 @@ from ..methods import METHOD_SUMMARIES, PLAIN_AR, MethodOptions, make_method_dra
 from ..models.base import ImageTokenModel
 from ..policies import POLICIES
 from ..types import ConditionFn, GenerationResult, SamplingSettings, StepEvent
-from .evidence import evidence_of, images_per_pass, teacher_forced_logits
+from ..scoring import teacher_forced_logits
+from .evidence import evidence_of, images_per_pass
 from .fidelity import ks_uniform, token_pit
 
 METHODS: dict[str, str] = {

@@ -18,6 +18,7 @@ import torch
 
 from ..models.base import ImageTokenModel
 from ..policies.evidence import code_evidence
+from ..scoring import teacher_forced_logits
 from ..types import Conditioning
 
 LOGIT_BUDGET = 1 << 27  # logits (two halves x images x tokens x codes) one pass may hold, about 0.5 GB
@@ -26,18 +27,6 @@ LOGIT_BUDGET = 1 << 27  # logits (two halves x images x tokens x codes) one pass
 def images_per_pass(model: ImageTokenModel, batch: int) -> int:
     """How many images one teacher-forced pass scores (its logits stay under ``LOGIT_BUDGET``)."""
     return max(1, min(batch, LOGIT_BUDGET // (2 * model.num_image_tokens * model.vocab_size)))
-
-
-@torch.inference_mode()
-def teacher_forced_logits(model: ImageTokenModel, cond: Conditioning, tokens: torch.Tensor) -> torch.Tensor:
-    """The target's raw paired logits ``[cond rows; uncond rows]`` ``[2B, N, V]`` that predict each of
-    ``tokens [B, N]`` drawn for ``cond``, in one pass over the tokens (no cache reuse)."""
-    tokens = tokens.to(model.device)
-    batch, n = tokens.shape
-    first = model.prefill(cond, guided=True).logits  # [2B, 1, V]: predicts token 0
-    positions = torch.arange(n - 1, device=model.device).expand(batch, -1)
-    rest = model.forward(tokens[:, :-1], positions).logits  # [2B, N - 1, V]: token t predicts t + 1
-    return torch.cat([first, rest], 1)
 
 
 def condition_evidence(model: ImageTokenModel, cond: Conditioning, tokens: torch.Tensor) -> torch.Tensor:
