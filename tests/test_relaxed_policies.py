@@ -719,8 +719,13 @@ def test_runs_record_the_policy_parameters_they_ran_with(demo, tmp_path, capsys)
     assert {p.expert_options for p in points if p.policy == "clusters"} == {""}
 
 
-@pytest.mark.parametrize("name", [*RELAXED, "clusters", "cascade"])
-def test_relaxed_policies_never_emit_codes_the_sampling_settings_exclude(demo, monkeypatch, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [*((name, shape) for name in (*RELAXED, "clusters") for shape in ("chain", "tree")), ("cascade", "tree")],
+)
+def test_relaxed_policies_never_emit_codes_the_sampling_settings_exclude(
+    demo, monkeypatch, name: str, shape: str
+) -> None:
     """At full relaxation with a small top-k, every accepted draft and every correction has probability under
     the target's processed distribution at its position: a relaxed policy moves mass between look-alike codes,
     never onto codes outside the user's top-k."""
@@ -759,7 +764,7 @@ def test_relaxed_policies_never_emit_codes_the_sampling_settings_exclude(demo, m
     monkeypatch.setattr(loop, "verify_chain", checked_chain)
     monkeypatch.setattr(loop, "verify_tree", checked_tree)
     settings = SamplingSettings(cfg_scale=2.0, top_k=4, seed=11)
-    draft = DrafterTreeDrafts(drafter, (2, 2, 1, 1)) if name == "cascade" else DrafterModelDrafts(drafter, 6)
+    draft = DrafterTreeDrafts(drafter, (2, 2, 1, 1)) if shape == "tree" else DrafterModelDrafts(drafter, 6)
     policy = make_policy(name, 1.0, model=target)
     generate(target, Conditioning.classes([1, 6, 11, 14]), settings, draft=draft, policy=policy)
     assert checked["tokens"] > 256 * 4 / 2  # accepted drafts and corrections were checked, not skipped
