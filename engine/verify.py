@@ -207,7 +207,8 @@ def verify_tree(
     diagnostics: dict[str, torch.Tensor] = {}  # per level: the accepted node's values, else the last one tried
     for level in range(max_depth):
         kids = table[rows, cur + 1]  # [B, K]
-        target = _row(p, cur + 1)  # the target's own distribution here, whose support relaxed policies keep to
+        # the target's own distribution here, whose support relaxed policies keep to (the exact policy needs none)
+        target = _row(p, cur + 1) if not policy.lossless else None
         moved = torch.zeros(B, dtype=torch.bool, device=dev)
         tried = torch.zeros(B, V, dtype=torch.bool, device=dev)
         open_rows = alive & (accepted < limit)
