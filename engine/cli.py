@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__, entry
@@ -307,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Speculative decoding for autoregressive image models: the same images as plain "
         "decoding, in fewer model forwards.",
-        epilog="Run 'specar COMMAND --help' (generate, bench, pareto, forward-bench) for their options.",
+        epilog="Run 'specar COMMAND --help' (generate, bench, pareto, forward-bench, train-head) for their options.",
     )
     parser.add_argument("--version", action="version", version=f"specar {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -513,7 +514,78 @@ def build_parser() -> argparse.ArgumentParser:
         help=("with --project: also time this model (e.g. llamagen-b) as the drafter of the drafter methods"),
     )
     timing.set_defaults(run=_lab_command("forward_bench"))
+    _add_train_head_parser(commands)
     return parser
+
+
+def _add_train_head_parser(commands: argparse._SubParsersAction) -> None:
+    head = commands.add_parser(
+        "train-head",
+        help="train an EAGLE-style tree head for a model on images it draws itself",
+        description="Self-distillation as EAGLE and LANTERN do it: the model draws images for your classes or "
+        "prompts, and a head of one decoder layer learns to predict its hidden states. The result, "
+        "OUT/tree_head.safetensors, drafts with --draft tree --tree-head and in the Tree Head node.",
+    )
+    model = head.add_argument_group("model")
+    model.add_argument("--model", metavar="NAME|PATH", default="demo", help="the target, as in generate")
+    model.add_argument("--family", default="auto", choices=("auto", *FAMILIES), help="the model family (default: auto)")
+    model.add_argument("--image-size", type=_int_at_least(16), metavar="PX", help="pixels per side (as in generate)")
+    model.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    model.add_argument(
+        "--dtype", default="auto", choices=DTYPE_CHOICES, help="the target's number format: auto is bf16 on GPUs"
+    )
+    draw = head.add_argument_group("what the model draws").add_mutually_exclusive_group()
+    draw.add_argument(
+        "--class-id",
+        dest="class_ids",
+        metavar="N",
+        type=_int_at_least(0),
+        nargs="+",
+        help="classes to draw, in turn (class-conditional models; default: every class)",
+    )
+    draw.add_argument("--prompts", type=Path, metavar="FILE", help="a text file with one prompt per line, used in turn")
+    data = head.add_argument_group("training")
+    data.add_argument(
+        "--images", type=_int_at_least(2), default=2000, metavar="N", help="images to draw (default: 2000)"
+    )
+    data.add_argument(
+        "--steps", type=_int_at_least(1), default=3000, metavar="N", help="training steps (default: 3000)"
+    )
+    data.add_argument("--batch", type=_int_at_least(1), default=16, metavar="N", help="images per step (default: 16)")
+    data.add_argument(
+        "--draw-batch", type=_int_at_least(1), default=32, metavar="N", help="images drawn at once (default: 32)"
+    )
+    data.add_argument("--lr", type=float, default=3e-4, help="peak learning rate, cosine decay (default: 3e-4)")
+    data.add_argument("--warmup", type=_int_at_least(0), default=100, metavar="N", help="warm-up steps (default: 100)")
+    data.add_argument(
+        "--val-images",
+        type=_int_at_least(1),
+        metavar="N",
+        help="drawn images held out to measure agreement with the model (default: a tenth, at most 256)",
+    )
+    data.add_argument("--seed", type=_int_at_least(0), default=0, help="seeds the drawing and the training")
+    data.add_argument(
+        "--redundancy",
+        type=float,
+        metavar="TAU",
+        help="CASCADE's variant: alternatives leaving the model's state at cosine >= TAU count as the real token",
+    )
+    data.add_argument(
+        "--alternatives", type=_int_at_least(1), default=4, metavar="M", help="alternatives per position (--redundancy)"
+    )
+    data.add_argument(
+        "--check-images",
+        type=_int_at_least(0),
+        default=4,
+        metavar="N",
+        help="held-out conditions the finished head drafts, to report its tokens per forward (0: none; default: 4)",
+    )
+    data.add_argument("--out", type=Path, default=Path("out/tree-head"), help="folder for data, checkpoint and head")
+    data.add_argument("--resume", action="store_true", help="continue the training checkpoint in --out")
+    data.add_argument(
+        "--save-minutes", type=float, default=5.0, metavar="M", help="minutes between checkpoints (default: 5)"
+    )
+    head.set_defaults(run=_lab_command("train_head"))
 
 
 # -- shared steps ---------------------------------------------------------------------------------
@@ -545,7 +617,8 @@ def load_tree_head(args: argparse.Namespace, target: ImageTokenModel) -> TreeHea
 
 
 def load_drafter(args: argparse.Namespace, target: ImageTokenModel) -> ImageTokenModel:
-    drafter = load_model(args.drafter, args.device, args.dtype, image_size=args.image_size)
+    """``--drafter``, loaded straight onto the target's device and in its dtype, and checked against it."""
+    drafter = load_model(args.drafter, target.device, target.dtype, image_size=args.image_size)
     check_drafter_fits(target, drafter)
     return _compiled(drafter, args)
 

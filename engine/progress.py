@@ -82,3 +82,49 @@ def summary_line(result: GenerationResult, setup: str = "", unit: tuple[str, str
     if not result.finished:
         parts.append(f"stopped at {int(result.committed.sum())}/{per_image * result.batch_size} tokens")
     return " | ".join(parts)
+
+
+class CountBar:
+    """Progress of a long job counted in units (images drawn, training steps), with the time left.
+
+    On a terminal it redraws one line; in a log (stderr not a terminal) it writes a line at most every
+    ``log_seconds``, and always the last, so a run watched through ``tail -f`` still shows its ETA.
+    """
+
+    def __init__(self, label: str, total: int, stream: TextIO | None = None, log_seconds: float = 60.0) -> None:
+        self.label, self.total = label, max(total, 1)
+        self.stream = stream or sys.stderr
+        self.live = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.interval = 0.2 if self.live else log_seconds
+        self.started = time.perf_counter()
+        self.first: int | None = None  # units already done when this run started (a resumed job)
+        self._last = float("-inf")
+
+    def update(self, done: int, note: str = "") -> None:
+        """``done`` units of ``total`` so far; ``note`` (a loss, a rate) is shown after the counts."""
+        now = time.perf_counter()
+        if self.first is None:
+            self.first, self.started = done, now
+            return
+        if done < self.total and now - self._last < self.interval:
+            return
+        self._last = now
+        rate = (done - self.first) / max(now - self.started, 1e-9)
+        left = (self.total - done) / rate if rate > 0 else float("inf")
+        filled = 24 * done // self.total
+        text = f"{self.label} [{'#' * filled}{'.' * (24 - filled)}] {done}/{self.total}"
+        text += f"  {_duration(now - self.started)} elapsed, {_duration(left)} left"
+        if note:
+            text += f"  {note}"
+        self.stream.write(f"\r{text} " if self.live else f"{text}\n")
+        if self.live and done >= self.total:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02d}m" if hours else f"{rest // 60}m{rest % 60:02d}s"

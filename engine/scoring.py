@@ -12,33 +12,42 @@ import torch
 
 from .errors import SettingsError
 from .memory import check_fits
-from .models.base import ImageTokenModel
+from .models.base import ImageTokenModel, ModelOutput
 from .sampling import DistributionProcessor
 from .types import Conditioning, SamplingSettings
 
 
 @torch.inference_mode()
-def teacher_forced_logits(
+def teacher_forced_states(
     model: ImageTokenModel, cond: Conditioning, tokens: torch.Tensor, guided: bool = True
-) -> torch.Tensor:
-    """Raw logits ``[R, N, V]`` predicting each of ``tokens [B, N]`` drawn for ``cond`` (``R = 2B``, conditional
-    rows then unconditional ones, when ``guided``), in one pass over the tokens."""
+) -> ModelOutput:
+    """The target read over ``tokens [B, N]`` drawn for ``cond`` in one pass: logits ``[R, N + 1, V]`` and
+    last-layer hidden states ``[R, N + 1, D]``, slot 0 after the condition (predicting token 0) and slot
+    ``t + 1`` after token ``t`` (``R = 2B``, conditional rows then unconditional ones, when ``guided``)."""
     tokens = _checked_tokens(model, cond, tokens)
     batch, n = tokens.shape
     rows = (2 if guided else 1) * batch
     check_fits(
         f"teacher-forced logits ({rows} rows x {n} tokens x {model.vocab_size:,} codes)",
-        3 * rows * n * model.vocab_size * 4,  # logits, their float copy, the distributions
+        3 * rows * (n + 1) * (model.vocab_size + model.hidden_size) * 4,  # outputs, float copies, distributions
         torch.device(model.device),
         "score fewer images at once",
     )
     try:
-        first = model.prefill(cond, guided).logits  # predicts token 0
-        positions = torch.arange(n - 1, device=model.device).expand(batch, -1)
-        rest = model.forward(tokens[:, :-1], positions).logits  # token t predicts t + 1
+        first = model.prefill(cond, guided)
+        positions = torch.arange(n, device=model.device).expand(batch, -1)
+        rest = model.forward(tokens, positions)  # token t predicts t + 1
     finally:
         model.release()
-    return torch.cat([first, rest], 1)
+    return ModelOutput(torch.cat([first.logits, rest.logits], 1), torch.cat([first.hidden, rest.hidden], 1))
+
+
+def teacher_forced_logits(
+    model: ImageTokenModel, cond: Conditioning, tokens: torch.Tensor, guided: bool = True
+) -> torch.Tensor:
+    """Raw logits ``[R, N, V]`` predicting each of ``tokens [B, N]`` drawn for ``cond`` (``R = 2B``, conditional
+    rows then unconditional ones, when ``guided``), in one pass over the tokens."""
+    return teacher_forced_states(model, cond, tokens, guided).logits[:, :-1]
 
 
 def processed_distributions(

@@ -16,7 +16,7 @@ import torch
 
 from .drafts import DRAFTS, DraftOptions, check_policy_fits, make_draft
 from .drafts.base import DraftSource
-from .drafts.drafter import check_drafter_fits
+from .drafts.drafter import place_drafter
 from .drafts.tree_drafts import TreeShape
 from .drafts.tree_head import TreeHead
 from .errors import SettingsError
@@ -56,8 +56,7 @@ class DraftRecipe:
         if self.method == "ar":
             return None
         if self.drafter is not None:
-            check_drafter_fits(target, self.drafter)
-            self.drafter.to(target.device)
+            place_drafter(target, self.drafter)
         return make_draft(self.method, self.options(), self.drafter)
 
     def step_bytes(self, target: ImageTokenModel, batch: int) -> int:

@@ -46,7 +46,6 @@ REPLACEMENTS = {  # text of a command -> what runs here instead
     "$(seq 0 19)": "$(seq 0 1)",  # twenty AR seed runs: two
     "for seed in range(12)": "for seed in range(2)",  # the masked-relaxation seeds: two
     "models/specar/c2i_XL_384": "{tiny_model}",  # a downloaded LlamaGen checkpoint: the tests' tiny one
-    "train_tree_head --data": "train_tree_head --val-images 16 --data",  # hold out 16 of the few images drawn here
     "train_classifier --out": "train_classifier --train-size 64 --heldout-size 32 --reference-size 32 --epochs 1 --out",
 }
 SKIPPED = {  # the first line of a block -> why it does not run here

@@ -38,19 +38,30 @@ def _reinit(model: torch.nn.Module, std: float, seed: int, perturb: float = 0.0)
                 param.add_(torch.randn(param.shape, generator=noise) * perturb)
 
 
-def build_tiny_janus(directory: Path, seed: int = 0, perturb: float = 0.0) -> Path:
-    """A 2-layer Janus with a 256-code VQ on an 8x8 grid (16x16 px), saved with its tokenizer."""
+def build_tiny_janus(
+    directory: Path,
+    seed: int = 0,
+    perturb: float = 0.0,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    words: list[str] = WORDS,
+) -> Path:
+    """A 2-layer Janus with a 256-code VQ on an 8x8 grid (16x16 px), saved with its tokenizer.
+
+    ``hidden_size``, ``layers`` and ``heads`` size the Llama decoder (and the image aligner and head, which
+    meet it), as Janus-Pro-1B and -7B differ; ``words`` in another order make another tokenizer."""
     from transformers import GenerationConfig, JanusConfig, JanusForConditionalGeneration
 
     config = JanusConfig(
         text_config=dict(
             model_type="llama",
             vocab_size=64,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=4,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=heads,
             max_position_embeddings=512,
             pad_token_id=2,
             bos_token_id=1,
@@ -63,7 +74,7 @@ def build_tiny_janus(directory: Path, seed: int = 0, perturb: float = 0.0) -> Pa
             hidden_size=32,
             num_hidden_layers=1,
             num_attention_heads=2,
-            projection_dim=64,
+            projection_dim=hidden_size,
             mlp_ratio=2,
         ),
         vq_config=dict(
@@ -73,8 +84,8 @@ def build_tiny_janus(directory: Path, seed: int = 0, perturb: float = 0.0) -> Pa
             base_channels=32,
             channel_multiplier=[1, 1],
             num_res_blocks=1,
-            projection_dim=64,
-            image_token_embed_dim=64,
+            projection_dim=hidden_size,
+            image_token_embed_dim=hidden_size,
         ),
         image_token_id=6,
     )
@@ -87,7 +98,7 @@ def build_tiny_janus(directory: Path, seed: int = 0, perturb: float = 0.0) -> Pa
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     vocab = {"<unk>": 0, "<bos>": 1, "<pad>": 2, "<begin_of_image>": 3, "<eos>": 5, "<|User|>:": 7, "<|Assistant|>:": 8}
-    vocab.update({w: 9 + i for i, w in enumerate(WORDS)})
+    vocab.update({w: 9 + i for i, w in enumerate(words)})
     word_tokenizer(vocab, ["<begin_of_image>"]).save_pretrained(directory)
     return directory
 
@@ -102,28 +113,39 @@ CHAMELEON_WORDS = ["Generate", "an", "image", "according", "to", "following", "p
 
 
 def build_tiny_chameleon(
-    directory: Path, lumina: bool, seed: int = 0, codes: int = 64, perturb: float = 0.0, vqgan: bool = False
+    directory: Path,
+    lumina: bool,
+    seed: int = 0,
+    codes: int = 64,
+    perturb: float = 0.0,
+    vqgan: bool = False,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    code_order_seed: int = 99,
 ) -> Path:
     """A 2-layer Chameleon with ``codes`` image tokens at shuffled BPE ids.
 
     ``lumina=True`` writes the checkpoint as Lumina-mGPT does: q/k-norm weights ``[1, head_dim]``,
     its training-only config keys, weights in two shards. ``vqgan`` adds a tiny ``vqgan.ckpt``.
+    ``hidden_size``, ``layers`` and ``heads`` size the decoder; ``code_order_seed`` shuffles which BPE
+    ids the codes are (another seed: another image-token map).
     """
     from safetensors.torch import load_file, save_file
     from transformers import ChameleonConfig, ChameleonForConditionalGeneration
 
     names = CHAMELEON_SPECIAL + [f"<reserved{8800 + g:05d}>" for g in range(9)] + CHAMELEON_WORDS + WORDS
     vocab = {name: i for i, name in enumerate(names)}
-    order = torch.randperm(codes, generator=torch.Generator().manual_seed(99))
+    order = torch.randperm(codes, generator=torch.Generator().manual_seed(code_order_seed))
     for slot, code in enumerate(order.tolist()):
         vocab[image_token_name(code)] = len(names) + slot
     config = ChameleonConfig(
         vocab_size=128,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
+        hidden_size=hidden_size,
+        intermediate_size=2 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
         max_position_embeddings=512,
         vocabulary_map=vocab,
         bos_token_id=0,
@@ -179,8 +201,17 @@ EMU3_SPECIAL = [
 ]
 
 
-def build_tiny_emu3(directory: Path, seed: int = 0, perturb: float = 0.0) -> Path:
-    """A 2-layer GQA Emu3 with 64 visual tokens and a 2x-downsampling VQ (8x8 codes = 16x16 px)."""
+def build_tiny_emu3(
+    directory: Path,
+    seed: int = 0,
+    perturb: float = 0.0,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    kv_heads: int = 2,
+) -> Path:
+    """A 2-layer GQA Emu3 with 64 visual tokens and a 2x-downsampling VQ (8x8 codes = 16x16 px);
+    ``hidden_size``, ``layers``, ``heads`` and ``kv_heads`` size its decoder."""
     from transformers import Emu3Config, Emu3ForConditionalGeneration
 
     names = EMU3_SPECIAL + WORDS + ["lowres,", "8*8", "4*4"]
@@ -189,11 +220,11 @@ def build_tiny_emu3(directory: Path, seed: int = 0, perturb: float = 0.0) -> Pat
     config = Emu3Config(
         text_config=dict(
             vocab_size=96,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
+            num_hidden_layers=layers,
+            num_attention_heads=heads,
+            num_key_value_heads=kv_heads,
             max_position_embeddings=512,
             bos_token_id=1,
             pad_token_id=2,
@@ -317,16 +348,19 @@ def build_tiny_t5(directory: Path, seed: int = 0) -> Path:
     return directory
 
 
-def build_tiny_llamagen_t2i(directory: Path, slots: int = 12) -> Path:
-    """A LlamaGen t2i folder: official-layout tiny GPT, a tiny VQ, ``config.json`` and a tiny T5 in ``t5/``."""
-    from tiny import save_official_pt, tiny_gpt
+def build_tiny_llamagen_t2i(directory: Path, slots: int = 12, seed: int = 0, **gpt_sizes: int) -> Path:
+    """A LlamaGen t2i folder: official-layout tiny GPT, a tiny VQ, ``config.json`` and a tiny T5 in ``t5/``;
+    ``gpt_sizes`` (``dim``, ``n_layer``, ``n_head``) size the GPT, as LlamaGen's B to XXL differ."""
+    from tiny import TINY, save_official_pt, tiny_gpt
 
     from specar.checkpoints import save_safetensors
     from specar.models.vq16 import VQ16Config, VQ16Decoder
 
     directory.mkdir(parents=True, exist_ok=True)
-    save_official_pt(tiny_gpt(0, model_type="t2i", caption_dim=32, cls_token_num=slots), directory / "t2i_tiny.pt")
-    (directory / "config.json").write_text(json.dumps({"n_head": 4, "image_size": 128}))
+    gpt = tiny_gpt(seed, model_type="t2i", caption_dim=32, cls_token_num=slots, **gpt_sizes)
+    save_official_pt(gpt, directory / "t2i_tiny.pt")
+    n_head = gpt_sizes.get("n_head", TINY["n_head"])
+    (directory / "config.json").write_text(json.dumps({"n_head": n_head, "image_size": 128}))
     torch.manual_seed(0)
     vq = VQ16Decoder(
         VQ16Config(codebook_size=64, codebook_dim=8, z_channels=32, ch=32, ch_mult=(1, 2), num_res_blocks=1)

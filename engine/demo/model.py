@@ -31,8 +31,8 @@ TRAIN_HINT = {
     "--steps 1877 --compile --teacher engine/demo/weights/target.safetensors --out out/demo-drafter` and "
     "copy out/demo-drafter/drafter.safetensors here",
     "codebook.safetensors": "`python -m specar.demo.training.train` fits it here before training a model",
-    "tree_head.safetensors": "train it with `python -m specar.demo.training.tree_head_data` then `python -m "
-    "specar.demo.training.train_tree_head` (see that module) and copy out/tree-head/tree_head.safetensors here",
+    "tree_head.safetensors": "train it with `specar train-head --model demo --images 10240 --steps 3000 --lr 2e-3 "
+    "--out out/tree-head` and copy out/tree-head/tree_head.safetensors here",
 }
 
 

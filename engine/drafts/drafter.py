@@ -23,14 +23,41 @@ from ..types import DraftBlock
 from .base import DecodeState, DraftSource, StepOutcome, chain
 
 
+FAMILY_NAMES = {
+    "llamagen": "LlamaGen",
+    "janus": "Janus",
+    "lumina-mgpt": "Lumina-mGPT",
+    "anole": "Anole",
+    "emu3": "Emu3",
+}
+# fit_signature() entries that differ between drafter and target, in words
+FIT_PROBLEMS = {
+    "prompt ids": "it turns prompts into other token ids than the target (another tokenizer or prompt template)",
+    "tokenizer": "its tokenizer has another vocabulary than the target's",
+    "image tokens": "its image codes are other tokens of its text vocabulary than the target's",
+    "row end": "it ends image rows with another token than the target (another row layout)",
+    "caption features": "it reads caption features of another shape (text slots, width) than the target",
+}
+DTYPE_NAMES = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+
+
 def check_drafter_fits(target: ImageTokenModel, drafter: ImageTokenModel) -> None:
-    """Raise :class:`IncompatibleDrafterError` unless ``drafter`` can draft for ``target``."""
+    """Raise :class:`IncompatibleDrafterError` unless ``drafter`` can draft for ``target``: a model of the same
+    family (any width or depth) with the same codes, grid and conditioning, prompt format, image-token ids
+    and row layout, in the same number format. Its device may differ (:func:`place_drafter` moves it)."""
     if not isinstance(drafter, ImageTokenModel):
         raise IncompatibleDrafterError(
             f"{getattr(drafter, 'name', drafter)} generates continuous tokens; it can only "
             f"draft for a continuous (MAR) target, not for {target.name}"
         )
     problems = []
+    family, target_family = drafter.family, target.family
+    if family != target_family:
+        named, target_named = FAMILY_NAMES.get(family, family), FAMILY_NAMES.get(target_family, target_family)
+        problems.append(
+            f"it is {_a(named)} {named} model and the target {_a(target_named)} {target_named} model "
+            "(a drafter must be of the target's family)"
+        )
     if drafter.vocab_size != target.vocab_size:
         problems.append(f"vocabulary {drafter.vocab_size} vs the target's {target.vocab_size}")
     if drafter.grid != target.grid:
@@ -39,10 +66,44 @@ def check_drafter_fits(target: ImageTokenModel, drafter: ImageTokenModel) -> Non
         problems.append(f"{drafter.conditioning_kind} conditioning vs the target's {target.conditioning_kind}")
     elif drafter.num_classes != target.num_classes:
         problems.append(f"{drafter.num_classes} classes vs the target's {target.num_classes}")
+    if family == target_family:  # another family differs everywhere: its line says it all
+        problems += _signature_problems(drafter, target)
+    if drafter.dtype != target.dtype:
+        problems.append(
+            f"weights in {DTYPE_NAMES.get(drafter.dtype, drafter.dtype)} vs the target's "
+            f"{DTYPE_NAMES.get(target.dtype, target.dtype)} (load both with the same dtype)"
+        )
     if problems:
         raise IncompatibleDrafterError(
             f"drafter {drafter.name} does not fit target {target.name}: " + "; ".join(problems)
         )
+
+
+def _signature_problems(drafter: ImageTokenModel, target: ImageTokenModel) -> list[str]:
+    """A line per :meth:`~specar.models.base.ImageTokenModel.fit_signature` entry that differs, except where
+    another line explains it: another tokenizer writes prompts as other ids, and prompts state the grid."""
+    ours, theirs = drafter.fit_signature(), target.fit_signature()
+    differ = [key for key in ours if key in theirs and ours[key] != theirs[key]]
+    if "tokenizer" in differ or drafter.grid != target.grid:
+        differ = [key for key in differ if key != "prompt ids"]
+    return [FIT_PROBLEMS.get(key, f"its {key} differs from the target's") for key in differ]
+
+
+def _a(name: str) -> str:
+    return "an" if name[:1].upper() in "AEIOU" else "a"
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """``cuda`` and ``cuda:0`` are one device (an index left out is the current one)."""
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def place_drafter(target: ImageTokenModel, drafter: ImageTokenModel) -> None:
+    """Check ``drafter`` fits ``target`` (:func:`check_drafter_fits`) and move it to the target's device."""
+    check_drafter_fits(target, drafter)
+    if not same_device(drafter.device, target.device):
+        drafter.to(torch.device(target.device))
 
 
 class DrafterModelDrafts(DraftSource):
@@ -62,7 +123,7 @@ class DrafterModelDrafts(DraftSource):
         self._proposed: tuple[DraftBlock, torch.Tensor] | None = None  # the last block, and committed when drafted
 
     def begin(self, state: DecodeState) -> None:
-        check_drafter_fits(state.model, self.drafter)
+        place_drafter(state.model, self.drafter)
         self.processor = DistributionProcessor(state.processor.settings, self.drafter.constrain)
         self.timed(lambda: self.drafter.prefill(state.cond, state.guided))
         known = int(state.committed.min()) - 1  # a fixed prefix: read it now, as the target did

@@ -30,7 +30,7 @@ from ..models.base import ImageTokenModel
 from ..sampling import DistributionProcessor
 from ..types import DraftBlock
 from .base import DecodeState, DraftSource
-from .drafter import check_drafter_fits
+from .drafter import place_drafter
 from .tree_drafts import TreeShape, branching_distribution, sample_children, static_parents
 
 DEFAULT_BRANCHING = (2, 2) + (1,) * 30  # 4 paths of 32 tokens (docs/benchmarks.md: draft trees)
@@ -49,7 +49,7 @@ class DrafterTreeDrafts(DraftSource):
         self.shared: torch.Tensor | None = None  # [B] host: leading tokens every row of an image has cached
 
     def begin(self, state: DecodeState) -> None:
-        check_drafter_fits(state.model, self.drafter)
+        place_drafter(state.model, self.drafter)
         widest = max(self.shape.branching)
         if widest > self.drafter.vocab_size:
             raise SettingsError(

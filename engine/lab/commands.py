@@ -42,7 +42,7 @@ from ..errors import SettingsError
 from ..heatmap import save_png
 from ..methods import MethodOptions
 from ..models.base import ImageTokenModel
-from ..models.registry import resolve_device, resolve_dtype
+from ..models.registry import load_model, resolve_device, resolve_dtype
 from ..types import SamplingSettings
 from .bench import (
     BenchInterrupted,
@@ -58,6 +58,8 @@ from .continuous_bench import parse_continuous_methods, run_continuous_bench
 from .forward_bench import markdown_table as forward_table, projection_table, time_forwards
 from .pareto import collect, load_runs, markdown_table as pareto_table, pareto_plot
 from .pooled import markdown_table as pooled_table, pool
+from .self_drawn import draw_images, plan_for, read_drawn
+from .train_head import HeadTrainer, HeadTrainingOptions, check_held_out, head_config, step_bytes
 
 QualityFn = Callable[[object, list[int]], dict[str, float]]
 
@@ -292,4 +294,52 @@ def continuous_bench(args: argparse.Namespace) -> int:
                 "rows": [row.to_dict() for row in rows],
             },
         )
+    return 0
+
+
+def train_head(args: argparse.Namespace) -> int:
+    """``specar train-head``: draw, train, validate, check drafting, write OUT/tree_head.safetensors."""
+    if is_continuous(args.model, args.family):
+        raise SettingsError(f"{args.model} generates continuous tokens; tree heads draft discrete codes")
+    if args.redundancy is not None and not 0.0 < args.redundancy <= 1.0:
+        raise SettingsError(f"--redundancy is a cosine similarity in (0, 1], got {args.redundancy}")
+    if not args.lr > 0 or args.lr != args.lr or args.lr == float("inf"):
+        raise SettingsError(f"--lr must be a positive number, got {args.lr}")
+    val_images = args.val_images or max(1, min(256, args.images // 10))
+    check_held_out(args.images, val_images)
+    options = HeadTrainingOptions(
+        steps=args.steps,
+        batch=args.batch,
+        lr=args.lr,
+        warmup=args.warmup,
+        seed=args.seed,
+        val_images=val_images,
+        redundancy=args.redundancy,
+        alternatives=args.alternatives,
+        save_minutes=args.save_minutes,
+        check_images=args.check_images,
+    )
+    model = load_model(args.model, args.device, args.dtype, family=args.family, image_size=args.image_size)
+    plan = plan_for(model, args.class_ids, args.prompts)
+    head_config(model)  # refuse a model no head fits before drawing anything
+    data = args.out / "data"
+    draw_images(model, plan, args.images, data, model.default_settings, args.seed, args.draw_batch)
+    tokens, conditions = read_drawn(data, args.images)
+    trainer = HeadTrainer(model, plan, tokens, conditions, options, args.out)
+    print(
+        f"train-head: {model.describe()}; head {sum(p.numel() for p in trainer.head.parameters()) / 1e6:.2f}M "
+        f"parameters; {trainer.train_count} training and {val_images} held-out images; about "
+        f"{step_bytes(model, trainer.cfg, args.batch, trainer.guided) / 2**30:.2f} GiB per step besides the weights",
+        file=sys.stderr,
+    )
+    path, record = trainer.run(args.resume)
+    validation, check = record["validation"], record["drafting_check"]
+    assert isinstance(validation, dict) and isinstance(check, dict)
+    drafting = (
+        f"; drafting {check['tokens_per_forward']:.2f} tokens per target forward ({check['images']} images, "
+        "dynamic tree)"
+        if check
+        else ""
+    )
+    print(f"wrote {path}: top-1 agreement with the model {validation['top1']:.3f} on held-out images{drafting}")
     return 0

@@ -24,6 +24,10 @@ import torch
 from ..errors import SettingsError
 from ..types import Conditioning, SamplingSettings
 
+# A drafter must turn prompts into the target's token ids; this one (punctuation, digits, accents, CJK) shows
+# a different tokenizer or prompt template (see ImageTokenModel.fit_signature).
+FIT_TEST_PROMPT = "A photo of a red cat on the grass, 2 dogs; the sky (blue) at 5:30 - café «déjà vu» 東京の空"
+
 
 @dataclass
 class ModelOutput:
@@ -76,6 +80,18 @@ class ImageTokenModel(ABC):
 
     def describe(self) -> str:
         return f"{self.name} ({self.grid[0]}x{self.grid[1]} tokens, vocab {self.vocab_size})"
+
+    @property
+    def family(self) -> str:
+        """The model family (``llamagen``, ``janus``, ``lumina-mgpt``, ``anole``, ``emu3``): a drafter must be
+        of its target's."""
+        return type(self).__name__
+
+    def fit_signature(self) -> dict[str, object]:
+        """What a drafter of this family must share with its target besides vocabulary size, grid and
+        conditioning, by name (:data:`specar.drafts.drafter.FIT_PROBLEMS` says each in words): how prompts
+        become token ids, which text tokens the image codes are, the row-end token. Computed once."""
+        return {}
 
     @abstractmethod
     def prefill(self, cond: Conditioning, guided: bool) -> ModelOutput:
@@ -134,6 +150,11 @@ class ImageTokenModel(ABC):
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         """Float32 logits over image codes from last-layer hidden states (a tree head's read-out)."""
         raise SettingsError(f"{self.name} does not expose its output head, so a tree head cannot draft for it")
+
+    def layer_shape(self) -> tuple[int, int]:
+        """``(attention heads, feed-forward width)`` of one decoder layer: the shape a tree head of
+        one layer copies, as EAGLE's and LANTERN's heads do."""
+        raise SettingsError(f"{self.name} does not expose its layer shape, so no tree head can be built for it")
 
     def check_conditioning(self, cond: Conditioning) -> None:
         """Raise :class:`~specar.errors.SettingsError` if ``cond`` cannot drive this model."""

@@ -131,6 +131,10 @@ class ChameleonImageModel(TextVocabularyImageModel):
         )
 
     @property
+    def family(self) -> str:
+        return self.syntax.family
+
+    @property
     def image_pixels(self) -> int:
         return self.grid[0] * PIXELS_PER_CODE
 

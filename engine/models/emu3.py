@@ -53,6 +53,8 @@ def visual_code_to_bpe(vocabulary: dict[str, int]) -> torch.Tensor:
 class Emu3ImageModel(TextVocabularyImageModel):
     """An Emu3-Gen checkpoint generating images through the engine."""
 
+    family = "emu3"
+
     def __init__(
         self,
         model: torch.nn.Module,

@@ -23,8 +23,9 @@ from torch import nn
 from ..errors import CheckpointError, SettingsError
 from ..kv_cache import RaggedKVCache
 from ..types import Conditioning, SamplingSettings
-from .base import ImageTokenModel, ModelOutput
+from .base import FIT_TEST_PROMPT, ImageTokenModel, ModelOutput
 from .row_layout import ExpandedBlock, RowLayout
+from .tokenizers import vocabulary_fingerprint
 
 DRAFT_HEADROOM = 64  # cache slots past the image for the last draft blocks, so the cache need not regrow there
 
@@ -149,6 +150,7 @@ class TransformersImageModel(ImageTokenModel):
         self._block_start = torch.zeros(0, dtype=torch.long)
         self._expanded: ExpandedBlock | None = None
         self._valid_slots: torch.Tensor | None = None  # [R] slots before a row-end forward's padding
+        self._signature: dict[str, object] | None = None
 
     # -- what a family provides ------------------------------------------------------------------
 
@@ -171,9 +173,27 @@ class TransformersImageModel(ImageTokenModel):
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.head(hidden).float()
 
+    def layer_shape(self) -> tuple[int, int]:
+        return int(self.text_config.num_attention_heads), int(self.text_config.intermediate_size)
+
     @property
     def conditioning_kind(self) -> str:
         return "prompt"
+
+    def fit_signature(self) -> dict[str, object]:
+        if self._signature is None:
+            rows = self.prefix_rows(Conditioning(prompts=(FIT_TEST_PROMPT,)), guided=True)
+            self._signature = {
+                "prompt ids": tuple(tuple(row) for row in rows),  # template, special tokens, unconditional rows
+                "tokenizer": vocabulary_fingerprint(getattr(self, "tokenizer", None)),
+                "row end": self.row_end_token,
+                **self.family_signature(),
+            }
+        return self._signature
+
+    def family_signature(self) -> dict[str, object]:
+        """Hook: what else a drafter of this family must share (see :meth:`fit_signature`)."""
+        return {}
 
     def check_conditioning(self, cond: Conditioning) -> None:
         if cond.prompts is None:
@@ -312,6 +332,9 @@ class TextVocabularyImageModel(TransformersImageModel):
 
     def head(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.image_vocab.logits(hidden)
+
+    def family_signature(self) -> dict[str, object]:
+        return {"image tokens": tuple(self.image_vocab.code_bpe.tolist())}
 
     def moved_to(self, device: torch.device) -> None:
         self.image_vocab.move_to(device)

@@ -35,6 +35,8 @@ PROMPT_TEMPLATE = "<|User|>: {prompt}\n\n<|Assistant|>:"
 class JanusImageModel(TransformersImageModel):
     """A Janus(-Pro) checkpoint generating images through the engine."""
 
+    family = "janus"
+
     def __init__(self, model: torch.nn.Module, tokenizer: object, name: str) -> None:
         self.janus = model
         self.tokenizer = tokenizer

@@ -44,3 +44,13 @@ def load_tokenizer(directory: str | Path, bare_names: tuple[str, ...] = ()) -> o
     except (OSError, ValueError, KeyError, TypeError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{directory}: no usable tokenizer files ({first_line})") from exc
+
+
+def vocabulary_fingerprint(tokenizer: object) -> int | None:
+    """A number that differs between tokenizers with different vocabularies (token -> id, added tokens
+    included), so two models can be checked for one tokenizer without keeping both vocabularies;
+    ``None`` for a tokenizer that does not list its vocabulary."""
+    get_vocab = getattr(tokenizer, "get_vocab", None)
+    if get_vocab is None:
+        return None
+    return hash(frozenset(get_vocab().items()))

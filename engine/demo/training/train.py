@@ -22,22 +22,18 @@ needs a known length); the log prints the resulting ``--steps`` that reproduces 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ...checkpoints import load_into, read_safetensors_metadata, read_state_dict, save_safetensors
+from ...checkpoints import load_into, read_state_dict, save_safetensors
 from ...models.llamagen.checkpoint import read_gpt
 from ...models.llamagen.gpt import GPT, GPTConfig
 from ..codebook import PatchCodebook, fit_codebook
 from ..scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
+from ...lab.training_state import Schedule, load_state, save_state, stream_seed
 from ..paths import WEIGHTS_DIR
 
 GRID = 16
@@ -54,27 +50,6 @@ VAL_BATCH = 64
 VAL_SEED = 0
 CALIBRATION_STEPS = 10  # timed steps that set the step count of a --minutes run
 BUDGET_MARGIN = 0.97  # share of the --minutes budget given to training steps (the rest: evals, saves)
-MIN_LR_RATIO = 0.05
-
-
-def stream_seed(seed: int, stream: int, index: int = 0) -> int:
-    """A 32-bit seed for item ``index`` of random stream ``stream``; independent across both."""
-    return int(np.random.SeedSequence([seed, stream, index]).generate_state(1)[0])
-
-
-@dataclass
-class Schedule:
-    """Linear warmup then cosine decay to MIN_LR_RATIO of the peak, over ``total`` steps."""
-
-    peak: float
-    warmup: int
-    total: int
-
-    def lr(self, step: int) -> float:
-        if step < self.warmup:
-            return self.peak * (step + 1) / self.warmup
-        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
-        return self.peak * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 def load_or_fit_codebook(path: Path, size: int, seed: int) -> PatchCodebook:
@@ -109,37 +84,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
-
-
-def save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict[str, object]) -> None:
-    """Model + AdamW moments as safetensors, the rest as JSON in its header; replaced atomically."""
-    tensors = {f"model.{k}": v.float() for k, v in model.state_dict().items()}
-    names = [n for n, _ in model.named_parameters()]
-    by_param = dict(zip(names, model.parameters()))
-    for name in names:
-        state = opt.state.get(by_param[name], {})
-        for key in ("exp_avg", "exp_avg_sq"):
-            if key in state:
-                tensors[f"optim.{name}.{key}"] = state[key]
-    tmp = path.with_suffix(".tmp")
-    save_safetensors(tensors, tmp, config=meta)
-    os.replace(tmp, path)
-
-
-def load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, object]:
-    """Restore what :func:`save_state` wrote; returns its JSON metadata."""
-    tensors = read_state_dict(path)
-    meta = json.loads(read_safetensors_metadata(path)["config"])
-    device = next(model.parameters()).device
-    model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
-    for name, param in model.named_parameters():
-        if f"optim.{name}.exp_avg" in tensors:
-            opt.state[param] = {
-                "step": torch.tensor(float(meta["step"])),
-                "exp_avg": tensors[f"optim.{name}.exp_avg"].to(device),
-                "exp_avg_sq": tensors[f"optim.{name}.exp_avg_sq"].to(device),
-            }
-    return meta
 
 
 def init_from(path: Path, model: torch.nn.Module) -> None:

@@ -23,7 +23,8 @@ from ...continuous.checkpoint import save_mar
 from ...continuous.mar import MAR, MARConfig
 from ..codebook import images_to_patches
 from ..scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
-from .train import Schedule, init_from, load_state, log, param_groups, save_state, stream_seed
+from ...lab.training_state import Schedule, load_state, save_state, stream_seed
+from .train import init_from, log, param_groups
 
 ROLES: dict[str, MARConfig] = {
     "target": MARConfig(

@@ -10,7 +10,8 @@ from ...compile import LARGEST_BUCKET, CompiledForward, CompileFailed, static_bu
 from ...errors import SettingsError
 from ...kv_cache import FixedCacheView, RaggedKVCache
 from ...types import Conditioning, SamplingSettings
-from ..base import ImageTokenModel, ModelOutput, PixelDecoder, attribute_networks, to_uint8
+from ..base import FIT_TEST_PROMPT, ImageTokenModel, ModelOutput, PixelDecoder, attribute_networks, to_uint8
+from ..tokenizers import vocabulary_fingerprint
 from .gpt import GPT, default_capacity
 
 
@@ -63,6 +64,9 @@ class LlamaGenModel(ImageTokenModel):
         self.batch = 0
         self.guided = False
         self._block_start = torch.zeros(0, dtype=torch.long)
+        self._signature: dict[str, object] | None = None
+
+    family = "llamagen"
 
     @property
     def conditioning_kind(self) -> str:
@@ -73,6 +77,21 @@ class LlamaGenModel(ImageTokenModel):
     @property
     def num_classes(self) -> int | None:
         return self.cfg.num_classes if self.cfg.model_type == "c2i" else None
+
+    def fit_signature(self) -> dict[str, object]:
+        """t2i: the caption features the GPT reads (given embeddings feed target and drafter alike) and, with a
+        text encoder, how its tokenizer splits a prompt (the same T5 tokenizer)."""
+        if self.cfg.model_type == "c2i":
+            return {}
+        if self._signature is None:
+            self._signature = {"caption features": (self.cfg.cls_token_num, self.cfg.caption_dim)}
+            tokenizer = getattr(self.text_encoder, "tokenizer", None)
+            if tokenizer is not None:
+                from .text_encoder import clean_prompt
+
+                self._signature["prompt ids"] = tuple(tokenizer(clean_prompt(FIT_TEST_PROMPT))["input_ids"])
+                self._signature["tokenizer"] = vocabulary_fingerprint(tokenizer)
+        return self._signature
 
     def check_conditioning(self, cond: Conditioning) -> None:
         if self.cfg.model_type == "c2i":
@@ -223,6 +242,9 @@ class LlamaGenModel(ImageTokenModel):
 
     def logits_from_hidden(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.gpt.logits(hidden)
+
+    def layer_shape(self) -> tuple[int, int]:
+        return self.cfg.n_head, self.cfg.hidden_ffn
 
     def truncate(self, lengths: torch.Tensor) -> None:
         assert self.cache is not None
