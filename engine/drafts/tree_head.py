@@ -10,15 +10,27 @@ Layout (the parameter names of LANTERN's ``cnets_llamagen``, so their published 
 they are): ``fc`` (Linear 2D -> D with bias) over ``cat[embedding, feature]``, then
 ``layers.0`` = Llama attention (``self_attn.{q,k,v,o}_proj``) without an input norm, and a SwiGLU
 MLP (``mlp.{gate,up,down}_proj``) after ``post_attention_layernorm``. Rotary angles are
-LlamaGen's 2D table indexed by image position (LANTERN's ``cls_token_num`` 0 table for c2i).
-An ``embed_tokens.weight`` in the file (LANTERN stores a frozen copy of the target's) is used
-when present; our own heads read the target's embedding instead of storing a copy.
+LlamaGen's 2D table indexed by image position; LANTERN's t2i heads put ``cls_token_num`` = 119
+zero rows before it (their sequences start with 119 caption entries, see :class:`TreeHeadConfig`).
+The output is the layer's output, with no final norm: the target's output head reads it directly.
+
+LANTERN's Chameleon heads (``cnets_anole``, ``cnets_lumina_mgpt``; layout ``"chameleon"``) add an
+``input_layernorm`` (RMSNorm) before attention and per-head q/k LayerNorms (``q_norm``/``k_norm``),
+and turn 1D rotary angles of the target's text positions (transformers' half-split pairs).
+
+An ``embed_tokens.weight`` in a LANTERN LlamaGen file is kept, and :meth:`TreeHead.embed` (the
+embedding a drafter should feed the head) returns its rows: LANTERN's training copies it from the
+target's folder, falling back to the target's ``lm_head.weight`` when the folder has no
+``model.safetensors.index.json`` (as with the single-file LlamaGen-T2I conversions), so the head
+may have learnt an embedding the target does not use. Our own heads read the target's embedding
+instead of storing a copy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,12 +41,27 @@ from torch import nn
 from ..checkpoints import load_into, read_safetensors_metadata, read_state_dict, save_safetensors
 from ..errors import CheckpointError, IncompatibleDrafterError
 from ..models.base import ImageTokenModel
+from ..models.chameleon import expand_qk_norms
 from ..models.llamagen.gpt import RMSNorm, apply_rope, rope_table_2d
+
+LAYOUTS = ("llamagen", "chameleon")
+QK_NORM_EPS = 1e-5  # Chameleon's q/k LayerNorm eps, fixed in its code (not in the config)
 
 
 @dataclass(frozen=True)
 class TreeHeadConfig:
-    """Architecture of a head; ``dim``/``vocab_size``/``grid_size`` must match its target."""
+    """Architecture of a head; ``dim``/``vocab_size``/``grid_size`` must match its target.
+
+    ``cls_token_num`` (``"llamagen"`` layout): zero rows before the 2D rotary table. LANTERN trains
+    its t2i heads on sequences of 119 caption entries (token id 0 with the target's caption states)
+    before the image entries, and their zero rows erase the caption entries' queries and keys (they
+    still pass values). Positions given to :meth:`TreeHead.step` stay image-token indices; -119..-1
+    address the caption entries.
+
+    ``layout`` ``"chameleon"``: LANTERN's Chameleon heads (Anole, Lumina-mGPT). They read text-token
+    ids, so ``vocab_size`` is the text vocabulary, and their 1D rotary angles know no grid
+    (``grid_size`` 0).
+    """
 
     dim: int
     n_head: int
@@ -44,6 +71,12 @@ class TreeHeadConfig:
     n_kv_head: int | None = None
     norm_eps: float = 1e-5
     rope_base: float = 10000.0
+    cls_token_num: int = 0
+    layout: str = "llamagen"
+
+    def __post_init__(self) -> None:
+        if self.layout not in LAYOUTS:
+            raise CheckpointError(f"tree head layout must be one of {LAYOUTS}, got {self.layout!r}")
 
     @property
     def kv_heads(self) -> int:
@@ -57,6 +90,26 @@ class TreeHeadConfig:
         return asdict(self)
 
 
+def rotate_halves(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x [R, k, H, D]`` by ``rope [R, k, D/2, 2]`` pairing dim ``i`` with ``i + D/2``
+    (transformers' ``rotate_half``, the pairing of Chameleon's rotary embedding)."""
+    a, b = x.float().chunk(2, dim=-1)
+    cos, sin = rope[:, :, None, :, 0], rope[:, :, None, :, 1]
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], dim=-1).type_as(x)
+
+
+class HeadNorm(nn.Module):
+    """Chameleon's q/k norm: a LayerNorm over each head's vector, then that head's own weight and bias."""
+
+    def __init__(self, heads: int, head_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(heads, head_dim))
+        self.bias = nn.Parameter(torch.zeros(heads, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], eps=QK_NORM_EPS) * self.weight + self.bias
+
+
 class HeadAttention(nn.Module):
     def __init__(self, cfg: TreeHeadConfig) -> None:
         super().__init__()
@@ -65,6 +118,12 @@ class HeadAttention(nn.Module):
         self.k_proj = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
         self.v_proj = nn.Linear(cfg.dim, cfg.kv_heads * cfg.head_dim, bias=False)
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.dim, bias=False)
+        self.q_norm: HeadNorm | None = None
+        self.k_norm: HeadNorm | None = None
+        self.rotate: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = apply_rope
+        if cfg.layout == "chameleon":
+            self.q_norm, self.k_norm = HeadNorm(cfg.n_head, cfg.head_dim), HeadNorm(cfg.kv_heads, cfg.head_dim)
+            self.rotate = rotate_halves
 
     def forward(
         self,
@@ -75,8 +134,11 @@ class HeadAttention(nn.Module):
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         R, k, _ = x.shape
-        q = apply_rope(self.q_proj(x).view(R, k, self.n_head, self.hd), rope).transpose(1, 2)
-        key = apply_rope(self.k_proj(x).view(R, k, self.n_kv, self.hd), rope).transpose(1, 2)
+        q = self.q_proj(x).view(R, k, self.n_head, self.hd)
+        key = self.k_proj(x).view(R, k, self.n_kv, self.hd)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, key = self.q_norm(q), self.k_norm(key)
+        q, key = self.rotate(q, rope).transpose(1, 2), self.rotate(key, rope).transpose(1, 2)
         val = self.v_proj(x).view(R, k, self.n_kv, self.hd).transpose(1, 2)
         if cache is not None:
             assert slots is not None and mask is not None
@@ -101,10 +163,12 @@ class HeadMLP(nn.Module):
 
 
 class HeadLayer(nn.Module):
-    """A Llama decoder layer without the input norm (the fc output goes straight into attention)."""
+    """A Llama decoder layer; the ``"llamagen"`` layout has no input norm (the fc output goes straight
+    into attention), the ``"chameleon"`` one keeps it."""
 
     def __init__(self, cfg: TreeHeadConfig) -> None:
         super().__init__()
+        self.input_layernorm = RMSNorm(cfg.dim, cfg.norm_eps) if cfg.layout == "chameleon" else None
         self.self_attn = HeadAttention(cfg)
         self.mlp = HeadMLP(cfg)
         self.post_attention_layernorm = RMSNorm(cfg.dim, cfg.norm_eps)
@@ -117,7 +181,8 @@ class HeadLayer(nn.Module):
         slots: torch.Tensor | int | None,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        h = x + self.self_attn(x, rope, cache, slots, mask)
+        normed = x if self.input_layernorm is None else self.input_layernorm(x)
+        h = x + self.self_attn(normed, rope, cache, slots, mask)
         return h + self.mlp(self.post_attention_layernorm(h))
 
 
@@ -156,8 +221,26 @@ class TreeHead(nn.Module):
         self.cfg = cfg
         self.fc = nn.Linear(2 * cfg.dim, cfg.dim, bias=True)
         self.layers = nn.ModuleList([HeadLayer(cfg)])
-        self.embed_tokens: nn.Embedding | None = None  # a stored copy of the target's embedding (LANTERN files)
-        self.register_buffer("rope", rope_table_2d(cfg.grid_size, cfg.head_dim, cfg.rope_base, 0), persistent=False)
+        self.embed_tokens: nn.Embedding | None = None  # the embedding a LANTERN LlamaGen head was trained with
+        if cfg.layout == "llamagen":
+            table = rope_table_2d(cfg.grid_size, cfg.head_dim, cfg.rope_base, cfg.cls_token_num)
+            self.register_buffer("rope", table, persistent=False)
+
+    def embed(self, codes: torch.Tensor, target: ImageTokenModel) -> torch.Tensor:
+        """Embeddings of ``codes`` as this head reads them: its stored table when it has one (LANTERN's
+        LlamaGen heads), else the target's."""
+        return target.embed_codes(codes) if self.embed_tokens is None else self.embed_tokens(codes)
+
+    def _rope(self, positions: torch.Tensor) -> torch.Tensor:
+        """Rotary cos/sin ``[R, k, head_dim/2, 2]``: rows of the 2D table (image-token index, shifted past
+        the ``cls_token_num`` zero rows), or 1D angles of text positions, computed in float32 (positions
+        reach thousands, beyond what a half-precision table resolves)."""
+        if self.cfg.layout == "llamagen":
+            return self.rope[(positions + self.cfg.cls_token_num).clamp(0, self.rope.shape[0] - 1)]
+        hd = self.cfg.head_dim
+        inv_freq = 1.0 / (self.cfg.rope_base ** (torch.arange(0, hd, 2, device=positions.device).float() / hd))
+        angles = positions.float()[..., None] * inv_freq
+        return torch.stack([angles.cos(), angles.sin()], dim=-1)
 
     def _run(
         self,
@@ -169,8 +252,7 @@ class TreeHead(nn.Module):
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
         h = self.fc(torch.cat([embeds.to(features.dtype), features], dim=-1))
-        rope = self.rope[positions.clamp(0, self.rope.shape[0] - 1)]
-        return self.layers[0](h, rope, cache, slots, mask)
+        return self.layers[0](h, self._rope(positions), cache, slots, mask)
 
     def networks(self) -> list[nn.Module]:
         """Itself: the head is one module (the interface hosts load models through)."""
@@ -178,7 +260,8 @@ class TreeHead(nn.Module):
 
     def forward(self, embeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """Causal pass for training: ``embeds[:, t]`` of token t and ``features[:, t]`` the target's
-        state after token t-1 -> predicted state after token t, ``[R, N, D]``."""
+        state after token t-1 -> predicted state after token t, ``[R, N, D]``. Entry t sits at position
+        t (image token t); LANTERN's t2i caption entries go through :meth:`step` at positions below 0."""
         positions = torch.arange(embeds.shape[1], device=embeds.device).expand(embeds.shape[0], -1)
         return self._run(embeds, features, positions, None, None, None)
 
@@ -193,7 +276,8 @@ class TreeHead(nn.Module):
     ) -> torch.Tensor:
         """Append ``k`` entries per row at cache ``slots [R, k]`` (an int: the same slots in every
         row); ``mask [R, k, read]`` says which slots each new entry attends to (itself included).
-        Returns predicted states ``[R, k, D]``."""
+        ``positions [R, k]``: image-token indices (``"llamagen"``) or the target's text positions
+        (``"chameleon"``; only their differences matter). Returns predicted states ``[R, k, D]``."""
         return self._run(embeds, features, positions, cache, slots, mask)
 
     def new_cache(self, rows: int, capacity: int) -> HeadCache:
@@ -220,30 +304,45 @@ def head_fingerprint(head: TreeHead) -> str:
     return digest.hexdigest()[:8]
 
 
-# LANTERN's cnets fix the token grid by the config's input_type (block sizes 576, 256, 1024).
+# LANTERN's cnets_llamagen fixes the token grid and the caption entries by the config's input_type
+# (block sizes 576, 256, 1024; cls_token_num 0, 119, 119), and the rotary base to 10000 whatever
+# the file says.
 LANTERN_GRIDS = {"c2i": 24, "t2i": 16, "t2i2": 32}
+LANTERN_CLS_TOKENS = {"c2i": 0, "t2i": 119, "t2i2": 119}
+LANTERN_ROPE_BASE = 10000.0
 
 
 def _config_from_lantern(directory: Path) -> TreeHeadConfig:
-    raw = json.loads((directory / "config.json").read_text())
-    if raw.get("input_type") not in LANTERN_GRIDS:
+    """A LlamaGen head (``input_type`` c2i/t2i/t2i2) or a Chameleon one (``model_type`` chameleon)."""
+    source = directory / "config.json"
+    raw = json.loads(source.read_text())
+    chameleon = raw.get("model_type") == "chameleon"
+    if not chameleon and raw.get("input_type") not in LANTERN_GRIDS:
         raise CheckpointError(
-            f"{directory / 'config.json'}: input_type must be one of {sorted(LANTERN_GRIDS)} "
-            f"(LANTERN's LlamaGen heads), got {raw.get('input_type')!r}"
+            f"{source}: input_type must be one of {sorted(LANTERN_GRIDS)} (LANTERN's LlamaGen heads) or "
+            f"model_type 'chameleon' (its Anole and Lumina-mGPT heads), got {raw.get('input_type')!r}"
         )
+    if chameleon and (raw.get("attention_bias") or raw.get("mlp_bias") or raw.get("rope_scaling")):
+        raise CheckpointError(f"{source}: attention/MLP biases and rotary scaling are not supported in tree heads")
     try:
+        shape = {
+            "dim": int(raw["hidden_size"]),
+            "n_head": int(raw["num_attention_heads"]),
+            "n_kv_head": int(raw.get("num_key_value_heads") or raw["num_attention_heads"]),
+            "ffn_hidden": int(raw["intermediate_size"]),
+            "vocab_size": int(raw["vocab_size"]),
+            "norm_eps": float(raw.get("rms_norm_eps", 1e-6)),
+        }
+        if chameleon:
+            return TreeHeadConfig(
+                **shape, grid_size=0, rope_base=float(raw.get("rope_theta", 10000.0)), layout="chameleon"
+            )
+        kind = raw["input_type"]
         return TreeHeadConfig(
-            dim=int(raw["hidden_size"]),
-            n_head=int(raw["num_attention_heads"]),
-            n_kv_head=int(raw.get("num_key_value_heads") or raw["num_attention_heads"]),
-            ffn_hidden=int(raw["intermediate_size"]),
-            vocab_size=int(raw["vocab_size"]),
-            norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            rope_base=float(raw.get("rope_base", 10000.0)),
-            grid_size=LANTERN_GRIDS[raw["input_type"]],
+            **shape, grid_size=LANTERN_GRIDS[kind], cls_token_num=LANTERN_CLS_TOKENS[kind], rope_base=LANTERN_ROPE_BASE
         )
     except KeyError as exc:
-        raise CheckpointError(f"{directory / 'config.json'} is not a LANTERN head config: {exc} is missing") from None
+        raise CheckpointError(f"{source} is not a LANTERN head config: {exc} is missing") from None
 
 
 def _lantern_weights(directory: Path) -> Path:
@@ -276,9 +375,16 @@ def load_tree_head(path: str | Path, target: ImageTokenModel | None = None) -> T
         check_head_fits(cfg, target, path.name)
     state = read_state_dict(weights)
     head = TreeHead(cfg)
+    if cfg.layout == "chameleon":
+        # LANTERN copies the target's own model.embed_tokens here (Chameleon checkpoints are sharded, so
+        # its loader finds it through the index): the target embeds image codes identically through its
+        # code -> text-id map, and the copy (65536 x 4096) need not be held twice.
+        state.pop("embed_tokens.weight", None)
+        state = expand_qk_norms(dict(state), cfg.n_head, cfg.kv_heads)  # Lumina-mGPT: [shards, head_dim]
+    else:
+        state = {k: v for k, v in state.items() if not k.startswith("layers.0.input_layernorm")}
     if "embed_tokens.weight" in state:
         head.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.dim)
-    state = {k: v for k, v in state.items() if not k.startswith("layers.0.input_layernorm")}
     load_into(head, {k: v.float() for k, v in state.items()}, path.name)
     head.eval()
     return head if target is None else place_head(head, target)
@@ -303,15 +409,20 @@ def resolve_tree_head(name: str | Path, target: ImageTokenModel | None = None) -
 
 
 def check_head_fits(cfg: TreeHeadConfig, target: ImageTokenModel, name: str) -> None:
+    """A Chameleon-layout head has no grid (1D rotary angles) and a text vocabulary (it embeds through
+    the target), so only its width is checked."""
     problems = []
     if cfg.dim != target.hidden_size:
         problems.append(f"width {cfg.dim} vs the target's hidden size {target.hidden_size}")
-    if cfg.vocab_size != target.vocab_size:
+    if cfg.layout == "llamagen" and cfg.vocab_size != target.vocab_size:
         problems.append(f"vocabulary {cfg.vocab_size} vs the target's {target.vocab_size}")
-    if cfg.grid_size != target.grid[0] or target.grid[0] != target.grid[1]:
+    if cfg.layout == "llamagen" and (cfg.grid_size != target.grid[0] or target.grid[0] != target.grid[1]):
         problems.append(f"token grid {cfg.grid_size}x{cfg.grid_size} vs the target's {target.grid[0]}x{target.grid[1]}")
-    if cfg.dim % cfg.n_head or cfg.head_dim % 4:
-        problems.append(f"width {cfg.dim} does not split into {cfg.n_head} heads of a size divisible by 4 (2D RoPE)")
+    pairs = 4 if cfg.layout == "llamagen" else 2  # a 2D rotary turns pairs per axis
+    if cfg.dim % cfg.n_head or cfg.head_dim % pairs:
+        problems.append(
+            f"width {cfg.dim} does not split into {cfg.n_head} heads of a size divisible by {pairs} (rotary pairs)"
+        )
     if problems:
         raise IncompatibleDrafterError(f"tree head {name} does not fit target {target.name}: " + "; ".join(problems))
 
