@@ -199,7 +199,7 @@ class TreeHeadDrafts(DraftSource):
         features = self.backlog[:, :width]  # the pending token's state, then the accepted path's
         out = self.timed(
             lambda: self.head.step(
-                state.model.embed_codes(tokens),
+                self.head.embed(tokens, state.model),
                 features.to(self.head.fc.weight.dtype),
                 positions,
                 self.cache,
@@ -237,7 +237,7 @@ class TreeHeadDrafts(DraftSource):
         own = keys[None, None, :] == slots[:, :, None]
         mask = prefix | tree | own
         rows_positions = self._rows(positions.clamp(max=state.num_tokens - 1))
-        embeds = state.model.embed_codes(self._rows(tokens))
+        embeds = self.head.embed(self._rows(tokens), state.model)
         return self.timed(lambda: self.head.step(embeds, features, rows_positions, self.cache, base + fed, mask))
 
     def _distribution(self, state: DecodeState, out: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
