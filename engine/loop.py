@@ -121,7 +121,7 @@ def generate(
     kinds[:, 0] = int(TokenKind.PLAIN)
     forward_index[:, 0] = 0
     committed = torch.ones(B, dtype=torch.long)
-    context_hidden = out.hidden
+    context_hidden, condition_hidden = out.hidden, out.condition_hidden
     target_forwards, drafted, accepted_total, finished = 1, 0, 0, True
     failure = ""  # why the run stopped early on non-finite model output
     block_tokens = 0  # tokens fed to the target's block forwards (pending token and drafts), per row
@@ -147,6 +147,7 @@ def generate(
         N - 2,
         context_hidden,
         policy.sibling_groups(),
+        condition_hidden,
     )
 
     def notify() -> bool:

@@ -45,6 +45,18 @@ def test_one_host_sync_per_target_forward(target: LlamaGenModel, source: str) ->
     assert reads.total <= steps + RESULT_COPIES, reads.sites.most_common(4)
 
 
+def test_caption_head_makes_one_host_sync_per_target_forward() -> None:
+    """A head whose sequences open with caption entries (LANTERN's t2i layout) reads the prefill's caption
+    states on a t2i target without reading a device value."""
+    target = tiny_model(0, model_type="t2i", caption_dim=16, cls_token_num=6)
+    draft = TreeHeadDrafts(tiny_tree_head(target, cls_token_num=5), TreeShape(top_k=4, depth=4, nodes=12))
+    cond = Conditioning(caption_embeddings=torch.randn(2, 6, 16, generator=torch.Generator().manual_seed(0)))
+    with DeviceReadCounter() as reads:
+        result = generate(target, cond, SETTINGS, draft=draft)
+    assert result.drafter_forwards > 0
+    assert reads.total <= result.target_forwards - 1 + RESULT_COPIES, reads.sites.most_common(4)
+
+
 def test_the_counter_sees_reads_of_model_values(target: LlamaGenModel) -> None:
     with DeviceReadCounter() as reads:
         out = target.prefill(Conditioning.classes([1]), guided=False)

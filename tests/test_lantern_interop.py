@@ -31,8 +31,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from specar import Conditioning, SamplingSettings
+from specar.drafts.base import DecodeState
+from specar.drafts.tree_drafts import TreeHeadDrafts
 from specar.drafts.tree_head import TreeHead, check_head_fits, load_tree_head
 from specar.errors import IncompatibleDrafterError
+from specar.sampling import DistributionProcessor
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lantern"
 ATOL = 1e-4
@@ -56,6 +60,16 @@ class EmbeddingTarget:
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         return self.table[codes]
+
+
+class DraftingTarget(EmbeddingTarget):
+    """What :meth:`TreeHeadDrafts.begin` and its catch-up read besides: device, dtype, image size, constraint."""
+
+    device, dtype, constrain = torch.device("cpu"), torch.float32, None
+
+    @property
+    def num_image_tokens(self) -> int:
+        return self.grid[0] * self.grid[1]
 
 
 def causal_mask(valid: torch.Tensor) -> torch.Tensor:
@@ -116,6 +130,40 @@ def test_t2i_caption_entries_change_the_image_states() -> None:
         alone = head.step(embeds, features, torch.arange(n)[None], head.new_cache(1, n), 0, mask)
     gap = (alone - ref["output"][:, image]).abs().max()
     assert gap > 0.1, f"without the caption entries the image states moved by only {gap:.2e}"
+
+
+def test_t2i_head_drafts_from_the_caption_entries_as_lantern(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drafting path: ``begin`` feeds the caption entries from the target's condition states, the
+    catch-up then feeds the committed image entries; every state the head computes is LANTERN's."""
+    head, ref, table = fixture("llamagen_t2i")
+    captions, features = head.cfg.cls_token_num, ref["hidden_states"]
+    image = ref["input_ids"][:, captions:]
+    target = DraftingTarget(table, head.cfg.grid_size, head.cfg.vocab_size)
+    tokens = torch.zeros(1, target.num_image_tokens + 1, dtype=torch.long)
+    tokens[:, : image.shape[1]] = image
+    state = DecodeState(
+        target,
+        Conditioning(caption_embeddings=torch.zeros(1, captions + 1, 8)),
+        False,
+        DistributionProcessor(SamplingSettings(greedy=True)),
+        torch.Generator(),
+        tokens,
+        torch.tensor([image.shape[1]]),
+        target.num_image_tokens - 2,
+        features[:, captions:],  # after the last caption slot, then after each image token
+        condition_hidden=features[:, :captions],
+    )
+    outs: list[torch.Tensor] = []
+    step = head.step
+    monkeypatch.setattr(head, "step", lambda *args: outs.append(step(*args)) or outs[-1])
+    drafts = TreeHeadDrafts(head)
+    with torch.no_grad():
+        drafts.begin(state)
+        root = drafts._catch_up(state)
+    assert [out.shape[1] for out in outs] == [captions, image.shape[1]]
+    torch.testing.assert_close(torch.cat(outs, 1), ref["output"], rtol=0, atol=ATOL)
+    torch.testing.assert_close(root, ref["output"][:, -1], rtol=0, atol=ATOL)
+    assert drafts.cache is not None and drafts.cache.capacity >= captions + target.num_image_tokens
 
 
 @pytest.mark.parametrize("variant", ["anole", "lumina_mgpt"])

@@ -85,6 +85,45 @@ def test_head_drafts_from_the_same_states_as_a_full_sequence_pass() -> None:
     assert checked == 15
 
 
+CAPTION_SLOTS = 6  # the tiny t2i target's caption positions; a LANTERN-style head reads all but the last
+
+
+@torch.inference_mode()
+def test_caption_head_drafts_from_the_prefill_s_caption_states() -> None:
+    """A head whose sequences open with caption entries drafts on a t2i target what one pass over
+    [caption entries, image entries] computes, each CFG row with its own caption's states (the null
+    caption's for the unconditional rows); greedy output stays the target's."""
+    target = tiny_model(0, model_type="t2i", caption_dim=16, cls_token_num=CAPTION_SLOTS)
+    head = tiny_tree_head(target, cls_token_num=CAPTION_SLOTS - 1)
+    captions = torch.randn(2, CAPTION_SLOTS, 16, generator=torch.Generator().manual_seed(0))
+    cond = Conditioning(caption_embeddings=captions, caption_mask=torch.ones(2, CAPTION_SLOTS, dtype=torch.bool))
+    settings = SamplingSettings(cfg_scale=2.0, greedy=True, seed=1)
+    drafts = RecordingDrafts(head, TreeShape(kind="static", branching=(3, 2)))
+    result = generate(target, cond, settings, draft=drafts)
+    assert torch.equal(result.tokens, generate(target, cond, settings).tokens)
+    gpt, tokens = target.gpt, result.tokens.repeat(2, 1)
+    null = gpt.cls_embedding.uncond_embedding.expand_as(captions)
+    h = torch.cat([gpt.cls_embedding(torch.cat([captions, null])), gpt.tok_embeddings(tokens)], 1)
+    states = gpt.run_layers(h, torch.arange(h.shape[1]).expand(4, -1), None)
+    entries = CAPTION_SLOTS - 1 + tokens.shape[1]  # caption entries (id 0, positions below 0), then image entries
+    ids = torch.cat([torch.zeros(4, CAPTION_SLOTS - 1, dtype=torch.long), tokens], 1)
+    positions = (torch.arange(entries) - (CAPTION_SLOTS - 1)).expand(4, -1)
+    mask = torch.ones(entries, entries, dtype=torch.bool).tril().expand(4, -1, -1)
+    predicted = head.step(head.embed(ids, target), states[:, :-1], positions, head.new_cache(4, entries), 0, mask)
+    logits = target.logits_from_hidden(predicted[:, CAPTION_SLOTS - 1 :])
+    guided = logits[:2] * 2.0 - logits[2:]
+    for committed, block in drafts.blocks[1:6]:
+        for b in range(2):
+            expected = torch.softmax(guided[b, int(committed[b]) - 1], -1)
+            assert torch.allclose(block.q[b, 0], expected, atol=1e-4)
+
+
+def test_caption_head_needs_a_target_with_as_many_caption_states() -> None:
+    head = tiny_tree_head(tiny_model(0), cls_token_num=CAPTION_SLOTS - 1)
+    with pytest.raises(IncompatibleDrafterError, match="5 caption entries"):
+        generate(tiny_model(0), COND, SAMPLING, draft=TreeHeadDrafts(head))
+
+
 def test_dynamic_trees_are_closed_and_differ_per_image() -> None:
     target = tiny_model(0)
     shape = TreeShape(top_k=4, depth=4, nodes=12)

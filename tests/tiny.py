@@ -85,12 +85,18 @@ def save_own_safetensors(gpt: GPT, path: Path) -> Path:
     return path
 
 
-def tiny_tree_head(target: LlamaGenModel, seed: int = 2, std: float = 0.2) -> TreeHead:
-    """A random EAGLE-style head for ``target`` (one layer, the target's width)."""
+def tiny_tree_head(target: LlamaGenModel, seed: int = 2, std: float = 0.2, cls_token_num: int = 0) -> TreeHead:
+    """A random EAGLE-style head for ``target`` (one layer, the target's width); ``cls_token_num`` > 0 opens
+    its sequences with that many caption entries (LANTERN's t2i layout)."""
     from specar.drafts.tree_head import TreeHeadConfig
 
     cfg = TreeHeadConfig(
-        dim=target.hidden_size, n_head=4, ffn_hidden=96, vocab_size=target.vocab_size, grid_size=target.grid[0]
+        dim=target.hidden_size,
+        n_head=4,
+        ffn_hidden=96,
+        vocab_size=target.vocab_size,
+        grid_size=target.grid[0],
+        cls_token_num=cls_token_num,
     )
     head = TreeHead(cfg)
     gen = torch.Generator().manual_seed(seed)

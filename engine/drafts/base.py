@@ -31,6 +31,9 @@ class DecodeState:
     max_drafts: int  # the most drafts any unfinished row can still use this step
     context_hidden: torch.Tensor  # [R, P, D] target states after the condition and the first P - 1 tokens
     sibling_groups: torch.Tensor | None = None  # [V] the policy's code groups (AcceptancePolicy.sibling_groups)
+    # [R, C - 1, D] target states at the condition positions before the last one, for a condition of C > 1
+    # positions (ModelOutput.condition_hidden of the prefill); None where the condition is one position
+    condition_hidden: torch.Tensor | None = None
 
     @property
     def batch(self) -> int:

@@ -2,7 +2,8 @@
 
 Each step the head first catches up on what the target committed (one entry per new token,
 with the target's true hidden states), then grows a tree from its prediction after the last
-committed token:
+committed token. A head trained on sequences that open with the caption (LANTERN's t2i heads,
+``cls_token_num`` > 0) reads those caption entries once, when the generation begins. Trees:
 
 * ``dynamic`` (EAGLE-2, arXiv 2406.16858): take the head's ``top_k`` tokens; at every further
   depth score each child as parent score + log q(child), expand the ``top_k`` best of the
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import SettingsError
+from ..errors import IncompatibleDrafterError, SettingsError
 from ..memory import MAX_BLOCK_TOKENS, check_block
 from ..sampling import DistributionProcessor, point_mass
 from ..types import DraftBlock
@@ -157,8 +158,12 @@ class TreeHeadDrafts(DraftSource):
         self.pair = 2 if state.guided else 1
         rows = self.pair * state.batch
         deepest = max(self.shape.depth, len(self.shape.branching))
-        self.cache = self.head.new_cache(rows, state.num_tokens + self.shape.head_entries + deepest + HEAD_CACHE_MARGIN)
-        self.known = torch.zeros(rows, dtype=torch.long)  # head entries with the target's true features
+        self.captions = caption_entries(self.head, state)
+        room = self.captions + state.num_tokens + self.shape.head_entries + deepest + HEAD_CACHE_MARGIN
+        self.cache = self.head.new_cache(rows, room)
+        self.known = torch.full((rows,), self.captions, dtype=torch.long)  # head entries with the target's features
+        if self.captions:
+            self._feed_captions(state)
         self.backlog = state.context_hidden  # [R, c, D]: features for entries 0..c-1
         self.backlog_counts = state.committed.clone()
 
@@ -180,6 +185,21 @@ class TreeHeadDrafts(DraftSource):
 
     # -- head forwards ----------------------------------------------------------------------------
 
+    def _feed_captions(self, state: DecodeState) -> None:
+        """Open every row's cache with the caption entries, as the head's training sequences opened:
+        entry j is token id 0 at position j - C with the target's state at caption position j as its
+        feature (each CFG row its own caption's states, the null caption's for unconditional rows).
+        Image entries then attend to them at cache slots 0..C-1."""
+        assert self.cache is not None and state.condition_hidden is not None
+        features = state.condition_hidden  # [R, C, D], C = self.captions (caption_entries checked it)
+        rows, count, dev = features.shape[0], self.captions, features.device
+        ids = torch.zeros(rows, count, dtype=torch.long, device=dev)
+        positions = torch.arange(-count, 0, device=dev).expand(rows, -1)
+        mask = torch.ones(count, count, dtype=torch.bool, device=dev).tril().expand(rows, -1, -1)
+        embeds = self.head.embed(ids, state.model)
+        dtype = self.head.fc.weight.dtype
+        self.timed(lambda: self.head.step(embeds, features.to(dtype), positions, self.cache, 0, mask))
+
     def _catch_up(self, state: DecodeState) -> torch.Tensor:
         """Feed the queued entries (a ragged count per image); returns the head's state after the
         last committed token, ``[R, D]``, from which the tree grows."""
@@ -194,7 +214,7 @@ class TreeHeadDrafts(DraftSource):
         keys = torch.arange(read, device=dev)[None, None, :]
         new_key = (keys >= known[:, None, None]) & (keys < known[:, None, None] + counts.to(dev)[:, None, None])
         mask = (keys < known[:, None, None]) | (new_key & (keys <= slots[:, :, None])) | (keys == slots[:, :, None])
-        positions = slots.clamp(max=state.num_tokens)
+        positions = (slots - self.captions).clamp(max=state.num_tokens)  # the caption entries fill the first slots
         tokens = state.tokens.repeat(self.pair, 1).gather(1, positions)
         features = self.backlog[:, :width]  # the pending token's state, then the accepted path's
         out = self.timed(
@@ -360,6 +380,20 @@ class TreeHeadDrafts(DraftSource):
             q_parent = self._distribution(state, out, (committed[:, None] + level + 1).expand(-1, n * width))
         block_tokens = torch.cat(tokens_out, 1)
         return DraftBlock(block_tokens, torch.cat(q_out, 1), torch.tensor(static_parents(widths))[None].expand(B, -1))
+
+
+def caption_entries(head: TreeHead, state: DecodeState) -> int:
+    """How many caption entries open the head's sequences: its ``cls_token_num``, which the target's
+    condition states (``state.condition_hidden``) must match in number, as in the head's training."""
+    wanted = head.cfg.cls_token_num
+    have = 0 if state.condition_hidden is None else int(state.condition_hidden.shape[1])
+    if wanted and have != wanted:
+        raise IncompatibleDrafterError(
+            f"this tree head was trained on sequences that open with {wanted} caption entries (a LANTERN t2i "
+            f"head), but target {state.model.name} gives {have} condition states before the image "
+            f"(LlamaGen t2i with {wanted + 1} caption slots gives {wanted})"
+        )
+    return wanted
 
 
 def branching_distribution(

@@ -56,7 +56,11 @@ class TreeHeadConfig:
     its t2i heads on sequences of 119 caption entries (token id 0 with the target's caption states)
     before the image entries, and their zero rows erase the caption entries' queries and keys (they
     still pass values). Positions given to :meth:`TreeHead.step` stay image-token indices; -119..-1
-    address the caption entries.
+    address the caption entries. While drafting, :class:`~specar.drafts.tree_drafts.TreeHeadDrafts`
+    feeds a head with ``cls_token_num`` > 0 these entries once per generation, before any image entry:
+    entry j reads the target's state at caption position j (``DecodeState.condition_hidden``; LlamaGen
+    t2i's 120 caption slots give 119, the last slot's state being the first image entry's feature),
+    every CFG row its own caption's (the null caption's for unconditional rows), as LANTERN drafts.
 
     ``layout`` ``"chameleon"``: LANTERN's Chameleon heads (Anole, Lumina-mGPT). They read text-token
     ids, so ``vocab_size`` is the text vocabulary, and their 1D rotary angles know no grid

@@ -33,6 +33,10 @@ FIT_TEST_PROMPT = "A photo of a red cat on the grass, 2 dogs; the sky (blue) at 
 class ModelOutput:
     logits: torch.Tensor  # [R, k, V] float32 raw logits, cond rows then uncond rows
     hidden: torch.Tensor  # [R, k, D] last-layer hidden states (after the final norm)
+    # Prefill of a condition that spans C > 1 positions (LlamaGen t2i captions): the states [R, C - 1, D] at the
+    # condition positions before the last one (whose state is ``hidden``). Tree heads trained on sequences that
+    # open with the condition (LANTERN's t2i heads) read them; None where the condition is one position.
+    condition_hidden: torch.Tensor | None = None
 
 
 class PixelDecoder(Protocol):
@@ -96,7 +100,8 @@ class ImageTokenModel(ABC):
     @abstractmethod
     def prefill(self, cond: Conditioning, guided: bool) -> ModelOutput:
         """Start a new generation: reset the cache, run the condition, and return the outputs
-        ``[R, 1, ...]`` whose logits predict image token 0. ``guided`` adds the unconditional half."""
+        ``[R, 1, ...]`` whose logits predict image token 0 (and, for a condition of several positions,
+        the states at the others: :attr:`ModelOutput.condition_hidden`). ``guided`` adds the unconditional half."""
 
     @abstractmethod
     def forward(

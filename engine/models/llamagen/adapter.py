@@ -34,7 +34,8 @@ class LlamaGenModel(ImageTokenModel):
     t2i: captions arrive as text-encoder features ``[B, T, C]`` with a mask (or as prompts, which
     the ``text_encoder`` turns into them); the unconditional half uses the stored null caption,
     and the caption mask hides padded condition slots from both halves (each slot still sees
-    itself), as LlamaGen does.
+    itself), as LlamaGen does. The prefill returns the states at the caption positions before the
+    last one as ``condition_hidden`` (LANTERN's t2i heads open their sequences with them).
     """
 
     def __init__(
@@ -216,8 +217,10 @@ class LlamaGenModel(ImageTokenModel):
             key_valid = mask
         slots = torch.arange(self.cfg.cls_token_num, device=self.device).expand(rows, -1)
         self.cache.plan(self.cfg.cls_token_num, key_valid_new=key_valid)
-        hidden = self.gpt.run_layers(h, slots, self.cache)[:, -1:]
-        return ModelOutput(self.gpt.logits(hidden), hidden)
+        states = self.gpt.run_layers(h, slots, self.cache)
+        hidden = states[:, -1:]
+        condition = None if self.cfg.model_type == "c2i" else states[:, :-1]
+        return ModelOutput(self.gpt.logits(hidden), hidden, condition)
 
     @torch.inference_mode()
     def forward(
