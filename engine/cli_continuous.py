@@ -14,11 +14,11 @@ import argparse
 import sys
 from dataclasses import asdict
 
-from .continuous.acceptance import GaussianAcceptance, RECOMMENDED_RELAXATION, inner_temperature_for
+from .continuous.acceptance import GaussianAcceptance, RECOMMENDED_RELAXATION
 from .continuous.loop import generate_continuous
 from .continuous.model import MARTokenModel
 from .continuous.registry import load_continuous_model
-from .continuous.types import ContinuousSettings, CSpDSettings
+from .continuous.types import RUN_GROWTH, ContinuousSettings, CSpDSettings
 from .cli_output import StopOnInterrupt, write_json, write_pictures
 from .drafts import KNOBS
 from .errors import NonFiniteOutputError, SettingsError
@@ -53,7 +53,8 @@ def add_continuous_options(parser: argparse.ArgumentParser) -> None:
         "--draft-steps",
         type=int,
         metavar="N",
-        help=f"CSpD: draft MAR steps verified by one target pass (default: {CSpDSettings().draft_steps})",
+        help=f"CSpD: draft MAR steps verified by one target pass at relaxation 0 (default: "
+        f"{CSpDSettings().draft_steps}); --relax lengthens the runs, up to {RUN_GROWTH + 1:g}x at 1",
     )
     group.add_argument(
         "--prefill-ratio",
@@ -140,17 +141,18 @@ def continuous_settings(model: MARTokenModel, args: argparse.Namespace) -> Conti
     return model.default_settings.with_(**{k: v for k, v in given.items() if v is not None})
 
 
-def speculation_settings(args: argparse.Namespace) -> CSpDSettings:
-    relax = RECOMMENDED_RELAXATION if args.relax is None else args.relax
-    temperature = args.inner_temperature if args.inner_temperature is not None else inner_temperature_for(relax)
+def speculation_settings(args: argparse.Namespace, relaxation: float | None = None) -> CSpDSettings:
+    """CSpD settings from the options, moved along ``relaxation`` (default: ``--relax``, else the
+    recommended one); ``--inner-temperature`` overrides the test's temperature."""
     defaults = CSpDSettings()
-    return CSpDSettings(
+    tries = defaults.acceptance.max_tries if args.residual_tries is None else args.residual_tries
+    relax = relaxation if relaxation is not None else RECOMMENDED_RELAXATION if args.relax is None else args.relax
+    settings = CSpDSettings(
         defaults.prefill_ratio if args.prefill_ratio is None else args.prefill_ratio,
         defaults.draft_steps if args.draft_steps is None else args.draft_steps,
-        GaussianAcceptance(
-            temperature, defaults.acceptance.max_tries if args.residual_tries is None else args.residual_tries
-        ),
-    )
+        GaussianAcceptance(max_tries=tries),
+    ).relaxed(relax)
+    return settings if args.inner_temperature is None else settings.with_inner_temperature(args.inner_temperature)
 
 
 def classes_for(model: MARTokenModel, args: argparse.Namespace, count: int) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..engine.continuous.session import speculation_for
+from ..engine.continuous.types import RUN_GROWTH
 from ..engine.drafts import jacobi_method
 from ..engine.drafts.jacobi import INITIALISATIONS
 from ..engine.errors import SettingsError
@@ -76,7 +77,9 @@ ACCEPTANCE_POLICY = NodeSpec(
             "policy",
             COMBO,
             "how the relaxation slider relaxes acceptance (at relaxation 0 every policy is lossless, bit for bit "
-            "the exact policy); cspd relaxes the Gaussian test of continuous (MAR) models",
+            "the exact policy); cspd serves continuous (MAR) models: relaxation loosens CSpD's Gaussian test and "
+            f"lengthens the draft runs one target pass verifies ({RUN_GROWTH + 1:g}x at 1), trading quality for fewer "
+            "target passes",
             default=DEFAULT_POLICY,
             options=(*POLICIES, "cspd"),
         ),

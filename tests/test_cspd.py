@@ -14,8 +14,10 @@ import torch
 from specar.continuous.acceptance import Gaussian, GaussianAcceptance, inner_temperature_for
 from specar.continuous.loop import generate_continuous
 from specar.continuous.schedule import cfg_at, unknown_counts
-from specar.continuous.types import ContinuousSettings, CSpDSettings
+from specar.continuous.types import RUN_GROWTH, ContinuousSettings, CSpDSettings
+from specar.continuous.session import speculation_for
 from specar.errors import IncompatibleDrafterError, SettingsError
+from specar.session import DraftRecipe, PolicyRecipe
 from specar.lab.fidelity import ks_uniform
 from specar.types import TokenKind
 from stats import ks_two_sample
@@ -108,6 +110,31 @@ def test_draft_equal_to_target_is_fully_accepted_and_identical_to_plain() -> Non
     assert spec.drafted > 0 and spec.accepted == spec.drafted
     assert torch.equal(spec.tokens, plain.tokens)
     assert plain.target_forwards == SETTINGS.num_iter and spec.target_forwards == SETTINGS.num_iter
+
+
+def test_relaxation_loosens_the_test_and_lengthens_the_runs_so_passes_fall() -> None:
+    base = CSpDSettings(draft_steps=1)
+    assert base.relaxed(0.0) == base
+    full = base.relaxed(1.0)
+    assert full.draft_steps == round(1 + RUN_GROWTH)
+    assert full.acceptance.inner_temperature == pytest.approx(inner_temperature_for(1.0))
+    assert base.relaxed(0.5).with_inner_temperature(3.0).acceptance.inner_temperature == 3.0
+    target, draft = tiny_mar(0), tiny_mar(1)
+    settings = SETTINGS.with_(num_iter=12)
+    passes = [
+        generate_continuous(target, [0, 1], settings, draft=draft, speculation=base.relaxed(r)).target_forwards
+        for r in (0.0, 0.5, 1.0)
+    ]
+    assert passes[0] > passes[1] > passes[2]
+
+
+def test_the_nodes_cspd_policy_moves_gamma_and_the_test_along_the_slider() -> None:
+    drafter = DraftRecipe(method="drafter", gamma=4)
+    assert speculation_for(drafter, None) == CSpDSettings(draft_steps=4)
+    half = speculation_for(drafter, PolicyRecipe("cspd", 0.5))
+    assert half == CSpDSettings(draft_steps=4).relaxed(0.5) and half.draft_steps == round(4 * (1 + RUN_GROWTH / 2))
+    expert = speculation_for(drafter, PolicyRecipe("cspd", 0.5, None, (("inner_temperature", 2.0),)))
+    assert expert.draft_steps == half.draft_steps and expert.acceptance.inner_temperature == 2.0
 
 
 def test_verification_batches_draft_steps_into_one_target_pass() -> None:

@@ -90,29 +90,34 @@ def test_bad_files_give_clear_errors(tmp_path: Path) -> None:
 
 
 def test_demo_trainer_lowers_the_loss_and_exports_a_loadable_file(tmp_path: Path) -> None:
-    args = train_mar.parse_args(
-        [
-            "--role",
-            "drafter",
-            "--steps",
-            "12",
-            "--batch",
-            "8",
-            "--warmup",
-            "2",
-            "--out",
-            str(tmp_path),
-            "--no-bf16",
-            "--lr",
-            "3e-3",
-        ]
-    )
+    args_list = [
+        "--role",
+        "drafter",
+        "--steps",
+        "12",
+        "--batch",
+        "8",
+        "--warmup",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--no-bf16",
+        "--lr",
+        "3e-3",
+    ]
+    args = train_mar.parse_args(args_list)
     trainer = train_mar.MARTrainer(args)
     before = trainer.val_loss()
     trainer.run()
     assert trainer.val_loss() < before
     model, meta = read_mar(tmp_path / "mar_drafter.safetensors")
-    assert meta["role"] == "drafter" and model.cfg == train_mar.ROLES["drafter"]
+    assert meta["role"] == "drafter" and model.cfg == train_mar.ROLES["drafter"] and meta["patch"] == train_mar.PATCH
+    for key, value in trainer.ema.state_dict().items():  # the file holds the moving average, in fp16
+        assert torch.equal(model.state_dict()[key], value.half().float()), key
+    resumed = train_mar.MARTrainer(train_mar.parse_args([*args_list, "--resume"]))
+    resumed.run()  # the checkpoint is at the last step: restores and re-exports
+    for key, value in trainer.ema.state_dict().items():
+        assert torch.equal(resumed.ema.state_dict()[key], value), key
     second = train_mar.MARTrainer(
         train_mar.parse_args(
             [

@@ -32,6 +32,13 @@ class PatchPixels:
     def __init__(self, patch: int = 2) -> None:
         self.patch = patch
 
+    def tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """The inverse: ``uint8 [B, H, W, 3]`` -> ``[B, (H/p)*(W/p), 3p^2]`` in [-1, 1], raster order."""
+        x = torch.as_tensor(images).float() / 127.5 - 1.0
+        (b, h, w, c), p = x.shape, self.patch
+        x = x.view(b, h // p, p, w // p, p, c).permute(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, (h // p) * (w // p), p * p * c)
+
     def __call__(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         (h, w), p, b = grid, self.patch, tokens.shape[0]
         x = tokens.float().view(b, h, w, p, p, 3).permute(0, 1, 3, 2, 4, 5).reshape(b, h * p, w * p, 3)

@@ -3,7 +3,7 @@
 The recipes are the discrete ones (:class:`specar.session.DraftRecipe`, ``PolicyRecipe``) so the
 same nodes drive both kinds of model: a drafter recipe holding a continuous draft model means CSpD
 with ``gamma`` draft MAR steps per verification; the policy ``cspd`` relaxes the Gaussian test
-(``relaxation`` -> inner temperature ``42^relaxation``), ``exact`` (or no policy) keeps it exact.
+and lengthens the draft runs (:meth:`CSpDSettings.relaxed`), ``exact`` (or no policy) keeps it exact.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from ..errors import SettingsError
 from ..progress import summary_line
 from ..session import DraftRecipe, JobOutput, PolicyRecipe, class_for_prompt, job_output
 from ..types import Observer
-from .acceptance import GaussianAcceptance, inner_temperature_for
+from .acceptance import GaussianAcceptance
 from .loop import generate_continuous
 from .model import ContinuousTokenModel
 from .types import ContinuousResult, ContinuousSettings, CSpDSettings
@@ -34,7 +34,8 @@ def class_ids_for(model: ContinuousTokenModel, prompt: str, batch: int) -> list[
 
 
 def speculation_for(draft: DraftRecipe, policy: PolicyRecipe | None) -> CSpDSettings:
-    """CSpD settings from the recipes: ``gamma`` draft steps, the Gaussian test at the policy's relaxation."""
+    """CSpD settings from the recipes: ``gamma`` draft steps per target pass and the exact Gaussian test,
+    moved along the policy's relaxation (``inner_temperature`` overrides the test's temperature)."""
     policy = policy or PolicyRecipe()
     if policy.name not in CONTINUOUS_POLICIES:
         raise SettingsError(
@@ -47,9 +48,11 @@ def speculation_for(draft: DraftRecipe, policy: PolicyRecipe | None) -> CSpDSett
     unknown = sorted(set(options) - {"inner_temperature", "max_tries"})
     if unknown:
         raise SettingsError(f"the cspd policy takes inner_temperature and max_tries, not {', '.join(unknown)}")
-    temperature = options.get("inner_temperature", inner_temperature_for(policy.relaxation))
-    acceptance = GaussianAcceptance(float(temperature), int(options.get("max_tries", GaussianAcceptance().max_tries)))
-    return CSpDSettings(draft_steps=draft.gamma, acceptance=acceptance)
+    acceptance = GaussianAcceptance(max_tries=int(options.get("max_tries", GaussianAcceptance().max_tries)))
+    speculation = CSpDSettings(draft_steps=draft.gamma, acceptance=acceptance).relaxed(policy.relaxation)
+    if "inner_temperature" in options:
+        speculation = speculation.with_inner_temperature(float(options["inner_temperature"]))
+    return speculation
 
 
 def summarize(result: ContinuousResult, draft: ContinuousTokenModel | None, speculation: CSpDSettings) -> str:

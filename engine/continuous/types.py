@@ -15,8 +15,10 @@ import torch
 from ..errors import SettingsError
 from ..validation import finite_number, seed, whole_number
 from ..types import GenerationResult
-from .acceptance import GaussianAcceptance
+from .acceptance import GaussianAcceptance, inner_temperature_for
 from .schedule import CFG_SCHEDULES
+
+RUN_GROWTH = 3.0  # relaxation 1 makes a draft run (1 + RUN_GROWTH) times as many MAR steps as relaxation 0
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,24 @@ class CSpDSettings:
 
     def is_prefill(self, step: int, num_iter: int) -> bool:
         return step <= self.prefill_ratio * num_iter
+
+    def relaxed(self, relaxation: float) -> "CSpDSettings":
+        """These settings moved along the relaxation knob (0 = themselves): the Gaussian test's inner
+        temperature becomes ``42^relaxation``, and each draft run lengthens to
+        ``round(draft_steps * (1 + RUN_GROWTH * relaxation))`` MAR steps per target pass.
+
+        The test alone would trade only fidelity: one target pass verifies a run however many drafts
+        it accepts, so the passes per image are set by the run length. Lengthening the runs is what
+        turns relaxation into speed: fewer target passes, each judging more tokens from an older
+        context, at the quality cost the benchmark measures.
+        """
+        temperature = inner_temperature_for(relaxation)
+        steps = max(1, round(self.draft_steps * (1 + RUN_GROWTH * relaxation)))
+        return replace(self, draft_steps=steps).with_inner_temperature(temperature)
+
+    def with_inner_temperature(self, temperature: float) -> "CSpDSettings":
+        """The same settings with the Gaussian test at inner temperature ``temperature`` (experts' override)."""
+        return replace(self, acceptance=replace(self.acceptance, inner_temperature=temperature))
 
 
 @dataclass

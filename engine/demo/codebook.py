@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..checkpoints import read_safetensors_metadata, read_state_dict, save_safetensors
+from ..continuous.model import PatchPixels
 from ..errors import CheckpointError
 from ..sampling import MASS_EPSILON
 
@@ -29,10 +30,7 @@ CHUNK = 16384  # rows per distance computation; bounds memory at CHUNK x K float
 
 def images_to_patches(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     """``uint8 [B, H, W, 3]`` -> patch vectors ``[B, (H/2)*(W/2), 12]`` in [-1, 1], raster order."""
-    x = torch.as_tensor(images).float() / 127.5 - 1.0
-    b, h, w, c = x.shape
-    x = x.view(b, h // PATCH, PATCH, w // PATCH, PATCH, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(b, (h // PATCH) * (w // PATCH), PATCH_DIM)
+    return PatchPixels(PATCH).tokens(torch.as_tensor(images))
 
 
 def _nearest(points: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

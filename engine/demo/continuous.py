@@ -1,9 +1,8 @@
-"""The continuous demo pair: a small MAR target and a smaller MAR draft over 2x2 RGB patches.
+"""The continuous demo pair: a small MAR target and a smaller MAR draft over 4x4 RGB patches.
 
-Tokens are 12-d pixel patches in [-1, 1] on the 16x16 grid of a 32x32 scene, so images come out
-of a reshape (no VAE). Both were trained by :mod:`.train_mar` on the procedural scenes (the
-target: 0.24M parameters, 8,000 steps in two phases; the draft: 0.08M, 5,000 steps); the evaluator
-of the discrete demo (class accuracy, FID-lite) reads their pixels unchanged.
+Tokens are 48-d pixel patches in [-1, 1] on the 8x8 grid of a 32x32 scene, so images come out of
+a reshape (no VAE). Both were trained by :mod:`.training.train_mar` on the procedural scenes; the
+evaluator of the discrete demo (class accuracy, FID-lite) reads their pixels unchanged.
 """
 
 from __future__ import annotations
@@ -43,7 +42,7 @@ def load_mar_demo(
     names = tuple(meta.get("class_names", CLASS_NAMES))
     model = MARTokenModel(
         mar,
-        PatchPixels(),
+        PatchPixels(int(meta.get("patch", 2))),
         name=f"specar-mar-demo-{role}",
         class_names=names,
         clip_x0=1.0,

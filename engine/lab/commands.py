@@ -36,6 +36,7 @@ from ..cli_continuous import (
 )
 from ..cli_output import check_outputs, write_json, write_text
 from ..continuous.registry import is_continuous, load_continuous_model
+from ..continuous.types import RUN_GROWTH
 from ..drafts import DRAFTS
 from ..drafts.tree_head import head_fingerprint
 from ..errors import SettingsError
@@ -263,7 +264,7 @@ def continuous_bench(args: argparse.Namespace) -> int:
     if len(args.batch) > 1:
         raise SettingsError("a continuous-token bench takes one --batch size")
     batch = args.batch[0]
-    speculation = speculation_settings(args)
+    speculation = speculation_settings(args, relaxation=0.0)  # each cspd=R method moves it to R
     model = load_continuous_model(args.model, args.device, args.vae)
     needs_draft = any(m.split("=")[0] in ("cspd", "draft") for m in methods)
     draft = draft_model(args, needs_draft)
@@ -276,8 +277,8 @@ def continuous_bench(args: argparse.Namespace) -> int:
         f"{model.name} vs draft {draft.name if draft else '-'}, {settings.num_iter} MAR steps, "
         f"{settings.num_sampling_steps} head steps, cfg {settings.cfg_scale} ({settings.cfg_schedule}), "
         f"temperature {settings.temperature}, seed {settings.seed}",
-        f"CSpD: prefill {speculation.prefill_ratio}, {speculation.draft_steps} draft steps per verification, "
-        "cspd=R: inner temperature 42^R",
+        f"CSpD: prefill {speculation.prefill_ratio}, {speculation.draft_steps} draft steps per verification at "
+        f"relaxation 0; cspd=R: inner temperature 42^R, runs {RUN_GROWTH + 1:g}x as long at R = 1",
         "fwd/img: target passes per image; tok/fwd: image tokens per target pass; speed-up: wall time vs mar",
     ]
     print("\n".join(header + [""] + table_lines(rows)))

@@ -8,7 +8,8 @@ Method names:
   control, since a MAR target with fewer steps is also "fewer target passes";
 * ``draft``: the draft model alone;
 * ``cspd``: CSpD with the exact Gaussian test (relaxation 0); ``cspd=R``: relaxation ``R`` in [0, 1]
-  (inner temperature ``42^R``, 1 being the reference code's 42).
+  (inner temperature ``42^R``, 1 being the reference code's 42, and longer draft runs:
+  :meth:`specar.continuous.types.CSpDSettings.relaxed`).
 
 Rows are :class:`specar.bench.BenchRow`, so tables, JSON and the quality columns read like the
 discrete benchmark's; "tokens per forward" is image tokens per *target pass*.
@@ -16,7 +17,6 @@ discrete benchmark's; "tokens per forward" is image tokens per *target pass*.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Callable, Sequence
 
 import torch
@@ -75,8 +75,7 @@ def run_method(
         raise SettingsError(f"method {method!r} needs a draft model")
     if base == "draft":
         return generate_continuous(draft, classes, settings)
-    acceptance = replace(speculation.acceptance, inner_temperature=inner_temperature_for(float(value or 0.0)))
-    return generate_continuous(target, classes, settings, draft, replace(speculation, acceptance=acceptance))
+    return generate_continuous(target, classes, settings, draft, speculation.relaxed(float(value or 0.0)))
 
 
 def run_continuous_bench(

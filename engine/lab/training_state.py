@@ -37,9 +37,17 @@ class Schedule:
         return self.peak * (MIN_LR_RATIO + (1 - MIN_LR_RATIO) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, meta: dict[str, object]) -> None:
-    """Model + AdamW moments as safetensors, the rest as JSON in its header; replaced atomically."""
+def save_state(
+    path: Path,
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    meta: dict[str, object],
+    ema: torch.nn.Module | None = None,
+) -> None:
+    """Model + AdamW moments (+ EMA weights) as safetensors, the rest as JSON in its header; replaced atomically."""
     tensors = {f"model.{k}": v.float() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.float() for k, v in ema.state_dict().items()})
     names = [n for n, _ in model.named_parameters()]
     by_param = dict(zip(names, model.parameters()))
     for name in names:
@@ -50,12 +58,16 @@ def save_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, m
     replace_atomically(path, lambda partial: save_safetensors(tensors, partial, config=meta))
 
 
-def load_state(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, object]:
+def load_state(
+    path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer, ema: torch.nn.Module | None = None
+) -> dict[str, object]:
     """Restore what :func:`save_state` wrote; returns its JSON metadata."""
     tensors = read_state_dict(path)
     meta = json.loads(read_safetensors_metadata(path)["config"])
     device = next(model.parameters()).device
     model.load_state_dict({k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema.load_state_dict({k[len("ema.") :]: v for k, v in tensors.items() if k.startswith("ema.")})
     for name, param in model.named_parameters():
         if f"optim.{name}.exp_avg" in tensors:
             opt.state[param] = {

@@ -1,19 +1,24 @@
-"""Train the continuous demo pair: small MAR models over 2x2 RGB patches (12-d tokens).
+"""Train the continuous demo pair: small MAR models over 4x4 RGB patches (48-d tokens).
 
-    python -m specar.demo.training.train_mar --role target --steps 1500 --threads 1 --out out/mar-target
-    python -m specar.demo.training.train_mar --role drafter --steps 1500 --threads 1 --out out/mar-drafter
+    python -m specar.demo.training.train_mar --role target --steps 7000 --threads 1 --out out/mar-target
+    python -m specar.demo.training.train_mar --role drafter --steps 7000 --threads 1 --out out/mar-drafter
 
-A 32x32 scene becomes 16x16 continuous tokens, each the 12 values of a 2x2 patch in [-1, 1], so
-no VAE is needed and decoding is a reshape. Both models are trained on the data independently,
-as CSpD pairs independently trained MAR sizes. Batches are rendered on the fly from
-``(seed, step)`` (as in :mod:`.train`); checkpoints are rewritten every few minutes and
-``--resume`` continues. The exported file (fp16, config and class names in the header) goes to
-``--out/mar_<role>.safetensors``; copy it to ``engine/demo/weights/`` to ship it.
+A 32x32 scene becomes 8x8 continuous tokens, each the 48 values of a 4x4 patch in [-1, 1], so no
+VAE is needed and decoding is a reshape. Large patches keep the grid small: an object covers a
+handful of tokens that a few MAR steps decide together, where 2x2 patches left hundreds of tokens
+to be sampled in parallel, each on its own, and a shape came out as a cloud of dots. Both models
+are trained on the data independently, as CSpD pairs independently trained MAR sizes; the
+exported weights are the exponential moving average of the trained ones, as MAR evaluates.
+Batches are rendered on the fly from ``(seed, step)`` (as in :mod:`.train`); checkpoints are
+rewritten every few minutes and ``--resume`` continues. The exported file (fp16, config, patch
+size and class names in the header) goes to ``--out/mar_<role>.safetensors``; copy it to
+``engine/demo/weights/`` to ship it.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 from pathlib import Path
 
@@ -21,37 +26,45 @@ import torch
 
 from ...continuous.checkpoint import save_mar
 from ...continuous.mar import MAR, MARConfig
-from ..codebook import images_to_patches
+from ...continuous.model import PatchPixels
 from ..scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
 from ...lab.training_state import Schedule, load_state, save_state, stream_seed
 from .train import init_from, log, param_groups
 
+PATCH = 4  # pixels per token side: 32x32 scenes become 8x8 tokens of 48 values
+GRID = 32 // PATCH
 ROLES: dict[str, MARConfig] = {
     "target": MARConfig(
-        token_dim=12,
-        encoder_dim=64,
-        encoder_depth=1,
+        seq_h=GRID,
+        seq_w=GRID,
+        token_dim=3 * PATCH * PATCH,
+        encoder_dim=128,
+        encoder_depth=3,
         encoder_heads=4,
-        decoder_dim=64,
-        decoder_depth=1,
+        decoder_dim=128,
+        decoder_depth=3,
         decoder_heads=4,
         num_classes=NUM_CLASSES,
         buffer_size=16,
-        head_width=64,
-        head_depth=2,
+        head_width=256,
+        head_depth=3,
+        diffusion_batch_mul=2,
     ),
     "drafter": MARConfig(
-        token_dim=12,
-        encoder_dim=32,
-        encoder_depth=1,
-        encoder_heads=2,
-        decoder_dim=32,
-        decoder_depth=1,
-        decoder_heads=2,
+        seq_h=GRID,
+        seq_w=GRID,
+        token_dim=3 * PATCH * PATCH,
+        encoder_dim=64,
+        encoder_depth=2,
+        encoder_heads=4,
+        decoder_dim=64,
+        decoder_depth=2,
+        decoder_heads=4,
         num_classes=NUM_CLASSES,
         buffer_size=16,
-        head_width=32,
-        head_depth=2,
+        head_width=128,
+        head_depth=3,
+        diffusion_batch_mul=2,
     ),
 }
 TRAIN_STREAM, VAL_STREAM, DROP_STREAM, NOISE_STREAM = 10, 11, 12, 13
@@ -59,9 +72,9 @@ VAL_IMAGES = 128
 
 
 def scene_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` fresh scenes as (class ids ``[n]``, tokens ``[n, 256, 12]``)."""
+    """``n`` fresh scenes as (class ids ``[n]``, tokens ``[n, 64, 48]``)."""
     images, ids = sample_scenes(n, seed)
-    return torch.from_numpy(ids), images_to_patches(images)
+    return torch.from_numpy(ids), PatchPixels(PATCH).tokens(torch.from_numpy(images))
 
 
 class MARTrainer:
@@ -73,6 +86,7 @@ class MARTrainer:
         self.model.init_weights(torch.Generator().manual_seed(args.seed))
         if args.init:
             init_from(Path(args.init), self.model)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False)
         self.opt = torch.optim.AdamW(param_groups(self.model, args.weight_decay), lr=args.lr, betas=(0.9, 0.95))
         self.schedule = Schedule(args.lr, min(args.warmup, args.steps // 10), args.steps)
         self.step = 0
@@ -80,9 +94,9 @@ class MARTrainer:
         self.state_path = self.out / f"mar_{args.role}-state.safetensors"
         self.val = scene_batch(VAL_IMAGES, stream_seed(0, VAL_STREAM))
 
-    def loss(self, ids: torch.Tensor, tokens: torch.Tensor, seed: int) -> torch.Tensor:
+    def loss(self, ids: torch.Tensor, tokens: torch.Tensor, seed: int, model: MAR | None = None) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.bf16):
-            return self.model.training_loss(tokens, ids, torch.Generator().manual_seed(seed))
+            return (model or self.model).training_loss(tokens, ids, torch.Generator().manual_seed(seed))
 
     def train_step(self) -> float:
         args = self.args
@@ -99,12 +113,20 @@ class MARTrainer:
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
         self.step += 1
+        self.update_ema()
         return float(loss.detach())
 
     @torch.no_grad()
-    def val_loss(self) -> float:
+    def update_ema(self) -> None:
+        """EMA of the weights; its decay ramps up over the first steps so early weights fade fast."""
+        decay = min(self.args.ema, (1 + self.step) / (10 + self.step))
+        for averaged, current in zip(self.ema.parameters(), self.model.parameters()):
+            averaged.lerp_(current, 1 - decay)
+
+    @torch.no_grad()
+    def val_loss(self, model: MAR | None = None) -> float:
         """Loss on fixed held-out scenes with fixed masks and noise, so evaluations compare."""
-        return float(self.loss(*self.val, seed=stream_seed(0, VAL_STREAM, 1)))
+        return float(self.loss(*self.val, seed=stream_seed(0, VAL_STREAM, 1), model=model))
 
     def meta(self) -> dict[str, object]:
         return {
@@ -115,6 +137,7 @@ class MARTrainer:
             "steps": self.args.steps,
             "mar": self.cfg.to_dict(),
             "init": self.args.init,
+            "ema": self.args.ema,
         }
 
     def run(self) -> None:
@@ -123,7 +146,7 @@ class MARTrainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         log(f"mar {args.role}: {n_params / 1e6:.2f}M params, {torch.get_num_threads()} threads, batch {args.batch}")
         if args.resume and self.state_path.is_file():
-            meta = load_state(self.state_path, self.model, self.opt)
+            meta = load_state(self.state_path, self.model, self.opt, self.ema)
             if meta["mar"] != self.cfg.to_dict() or meta["steps"] != args.steps or meta["batch"] != args.batch:
                 raise SystemExit(f"{self.state_path} was written by a different configuration; start a new --out")
             self.step = int(meta["step"])
@@ -140,17 +163,18 @@ class MARTrainer:
                 )
                 losses, last_log = [], now
             if now - last_save >= args.save_minutes * 60:
-                save_state(self.state_path, self.model, self.opt, self.meta())
-                log(f"step {self.step} val loss {self.val_loss():.4f}")
+                save_state(self.state_path, self.model, self.opt, self.meta(), self.ema)
+                log(f"step {self.step} val loss {self.val_loss():.4f}, EMA {self.val_loss(self.ema):.4f}")
                 last_save = time.time()
-        val = self.val_loss()
-        save_state(self.state_path, self.model, self.opt, self.meta())
+        val = self.val_loss(self.ema)
+        save_state(self.state_path, self.model, self.opt, self.meta(), self.ema)
         final = self.out / f"mar_{args.role}.safetensors"
         save_mar(
-            self.model,
+            self.ema,
             final,
             {
                 "class_names": list(CLASS_NAMES),
+                "patch": PATCH,
                 "role": args.role,
                 "train_steps": self.step,
                 "batch": args.batch,
@@ -176,9 +200,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--batch", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--warmup", type=int, default=200)
+    p.add_argument("--ema", type=float, default=0.999, help="decay of the exported moving average of the weights")
     p.add_argument("--weight-decay", type=float, default=0.02)
     p.add_argument("--class-dropout", type=float, default=0.1)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
