@@ -10,6 +10,7 @@ from tiny import tiny_auto_drafts, tiny_drafter, tiny_model
 from specar import Conditioning, SamplingSettings, generate
 from specar.drafts.auto import CALIBRATION_BLOCKS, AutoDrafts, ForwardCosts, measure_costs
 from specar.drafts.base import DecodeState
+from specar.drafts.drafter import DrafterModelDrafts
 from specar.models.llamagen.adapter import LlamaGenModel
 from specar.sampling import DistributionProcessor, make_generator
 
@@ -75,6 +76,26 @@ def test_costs_are_measured_once_per_shape(target: LlamaGenModel) -> None:
     assert set(first.target) == set(CALIBRATION_BLOCKS) and all(t > 0 for t in first.target.values())
     assert measure_costs(_state(target), None).target is first.target
     assert all(first.target[a] <= first.target[b] for a, b in zip(CALIBRATION_BLOCKS, CALIBRATION_BLOCKS[1:]))
+    target.release()
+
+
+def test_timing_the_drafter_chain_leaves_the_run_as_it_was(target: LlamaGenModel) -> None:
+    """The drafter is timed drafting real chains; its cache, its clock and the run's generator come
+    out as they went in, so the chain the run then drafts is the one it would have drafted."""
+    drafter = tiny_drafter()
+    chains = []
+    for calibrate in (False, True):
+        state = _state(target)
+        drafts = DrafterModelDrafts(drafter, 4)
+        drafts.begin(state)
+        if calibrate:
+            seconds = drafts.seconds
+            costs = measure_costs(state, drafts)
+            assert costs.drafter_step is not None and costs.drafter_step > 0
+            assert drafts.seconds == seconds
+        chains.append(drafts.propose(state).tokens)
+        drafts.end()
+    assert torch.equal(chains[0], chains[1])
     target.release()
 
 

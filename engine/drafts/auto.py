@@ -10,7 +10,10 @@ step, to maximise
 where ``a_i`` is the source's acceptance rate at depth ``i`` given depth ``i - 1`` was accepted,
 counted over this generation's recent steps (with a weak prior, and the deepest measured depth
 standing in for deeper ones), and the times come from :class:`ForwardCosts`, measured on this
-machine once per model, batch size and guidance, the first time a generation asks.
+machine once per model, batch size and guidance, the first time a generation asks. The drafter is
+timed drafting a real chain, each chain followed by the target's verify of it as in the loop: a
+drafter forward timed alone, with its weights warm in the processor's caches, costs a fraction of
+what it costs between the target's forwards.
 
 The drafter's drafts are fresh every forward, so any ``L`` up to its longest chain is a candidate.
 Jacobi's are not: a window slot gets better only when a forward verifies it (its next draft is
@@ -32,7 +35,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..timing import fastest
+from ..timing import Clock, fastest
 from ..models.base import ImageTokenModel
 from ..sampling import make_generator, sample
 from ..types import DraftBlock
@@ -45,6 +48,7 @@ JACOBI_WINDOW = (
     CALIBRATION_BLOCKS[-1] - 1
 )  # drafts per Jacobi block: the window of 16 of the SJD paper, less the pending token
 DRAFTER_MAX_DRAFTS = 8
+CALIBRATION_ROUNDS = 3  # timed rounds per measured cost: the calibration is part of the first run's time
 PRIOR_ACCEPTED, PRIOR_REJECTED = 1.2, 0.8  # a weak prior: acceptance 0.6 at depths with no data yet
 MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tracked over the last ~20 forwards
 STINT = 8  # forwards between choices of the draft source
@@ -52,11 +56,11 @@ STINT = 8  # forwards between choices of the draft source
 
 @dataclass(frozen=True)
 class ForwardCosts:
-    """Seconds of one target forward per block size, and of one drafter step, on this machine."""
+    """Seconds of one target forward per block size, and of one draft of the drafter's chain, on this machine."""
 
     target: dict[int, float]  # block tokens (pending token included) -> seconds
     padded: bool  # blocks run padded to the next measured size (compiled buckets): cost is a step function
-    drafter_step: float | None = None
+    drafter_step: float | None = None  # seconds per draft of a chain, as the loop spends them
 
     def target_seconds(self, tokens: int) -> float:
         sizes = sorted(self.target)
@@ -72,7 +76,7 @@ class ForwardCosts:
         blocks = ", ".join(f"{n}: {self.target[n] / one:.2f}x" for n in sorted(self.target) if n > 1)
         text = f"target forward {1000 * one:.2f} ms for 1 token ({blocks} for n tokens)"
         if self.drafter_step is not None:
-            text += f", drafter step {1000 * self.drafter_step:.2f} ms ({self.drafter_step / one:.2f}x)"
+            text += f", drafter {1000 * self.drafter_step:.2f} ms per draft ({self.drafter_step / one:.2f}x)"
         return text
 
 
@@ -107,17 +111,52 @@ def _block_seconds(model: ImageTokenModel, state: DecodeState, sizes: tuple[int,
             sample(state.processor(out.logits, (positions + 1).clamp(max=last)), scratch)
             model.truncate(filled)
 
-        seconds = fastest({size: (lambda size=size: block(size)) for size in sizes}, dev)
+        seconds = fastest({size: (lambda size=size: block(size)) for size in sizes}, dev, CALIBRATION_ROUNDS)
         model.truncate(cached)
         known[key] = {size: min(t for s, t in seconds.items() if s >= size) for size in sizes}
     return known[key]
 
 
-def measure_costs(state: DecodeState, drafter: ImageTokenModel | None) -> ForwardCosts:
-    """The target's block costs and the drafter's one-token step (both caches prefilled)."""
+# drafter -> (batch, guided) -> seconds per draft of a chain; weak keys, as for _MEASURED
+_CHAIN_MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], float]]" = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _chain_seconds_per_draft(drafts: DrafterModelDrafts, state: DecodeState) -> float:
+    """Seconds per draft of a real chain of ``drafts.gamma`` drafts (the drafter's forwards, its
+    distributions and samples), each chain followed by the target's verify of it as in the loop;
+    the verify's own time, timed in turns, is taken off. The drafts are drawn from a scratch
+    generator, never the run's; the target's cache is rolled back after each try, and the
+    drafter's is by the next chain, which first cuts it back to the tokens verified so far."""
+    known = _CHAIN_MEASURED.setdefault(drafts.drafter, {})
+    key = (state.batch, state.guided)
+    if key not in known:
+        model, dev, k = state.model, state.tokens.device, drafts.gamma
+        trial = replace(state, generator=make_generator(0, dev), max_drafts=k)
+        cached = state.committed - 1  # host [B]: image tokens in the target's cache
+        positions = cached.to(dev)[:, None] + torch.arange(k + 1, device=dev)[None, :]
+
+        def verify() -> None:
+            model.forward(torch.zeros_like(positions), positions)
+            model.truncate(cached)
+
+        def chain_then_verify() -> None:
+            drafts.propose(trial)
+            verify()
+
+        run_clock, drafts.clock = drafts.clock, Clock()  # trials are not the run's drafting time
+        seconds = fastest({"verify": verify, "chain": chain_then_verify}, dev, CALIBRATION_ROUNDS)
+        drafts.clock = run_clock
+        known[key] = max(seconds["chain"] - seconds["verify"], 0.0) / k
+    return known[key]
+
+
+def measure_costs(state: DecodeState, drafter: DrafterModelDrafts | None) -> ForwardCosts:
+    """The target's block costs and the drafter's cost per draft (both caches prefilled)."""
     target = _block_seconds(state.model, state, CALIBRATION_BLOCKS)
-    drafter_step = _block_seconds(drafter, state, (1,))[1] if drafter is not None else None
-    return ForwardCosts(target, state.model.pads_blocks, drafter_step)
+    per_draft = _chain_seconds_per_draft(drafter, state) if drafter is not None else None
+    return ForwardCosts(target, state.model.pads_blocks, per_draft)
 
 
 class _DepthAcceptance:
@@ -270,7 +309,7 @@ class AutoDrafts(DraftSource):
         for source in self.sources:
             source.clock = self.clock  # their drafter time is this source's
             source.begin(state)
-        self.costs = self.given_costs or measure_costs(state, self.drafter)
+        self.costs = self.given_costs or measure_costs(state, self.drafter_drafts)
         self.arms = [_JacobiArm(self.jacobi)]
         if self.drafter_drafts is not None:
             self.arms.append(_DrafterArm(self.drafter_drafts, self.costs.drafter_step or 0.0))
