@@ -168,7 +168,7 @@ DRAFTER_MODEL = NodeSpec(
             "gamma",
             INT,
             "chain: tokens the drafter proposes per target forward (MAR: draft steps per target "
-            "pass at relaxation 0, CSpD's default 8; the cspd policy's relaxation lengthens the runs)",
+            "pass at relaxation 0; the cspd policy's relaxation lengthens the runs)",
             default=6,
             min=1,
             max=32,

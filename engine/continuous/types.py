@@ -60,7 +60,7 @@ class CSpDSettings:
     """
 
     prefill_ratio: float = 0.15
-    draft_steps: int = 8
+    draft_steps: int = 4
     acceptance: GaussianAcceptance = GaussianAcceptance()
 
     def __post_init__(self) -> None:

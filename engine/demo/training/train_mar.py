@@ -1,7 +1,8 @@
 """Train the continuous demo pair: small MAR models over 4x4 RGB patches (48-d tokens).
 
-    python -m specar.demo.training.train_mar --role target --steps 7000 --threads 1 --out out/mar-target
-    python -m specar.demo.training.train_mar --role drafter --steps 7000 --threads 1 --out out/mar-drafter
+    python -m specar.demo.training.train_mar --role target --steps 6000 --lr 1.5e-3 --threads 1 --out out/mar-target
+    python -m specar.demo.training.train_mar --role drafter --steps 6000 --lr 2e-3 --seed 1 --threads 1 \
+        --out out/mar-drafter
 
 A 32x32 scene becomes 8x8 continuous tokens, each the 48 values of a 4x4 patch in [-1, 1], so no
 VAE is needed and decoding is a reshape. Large patches keep the grid small: an object covers a
