@@ -20,8 +20,7 @@ from .scenes import CLASS_NAMES
 from .paths import WEIGHTS_DIR
 
 FILES = {"target": "mar_target.safetensors", "drafter": "mar_drafter.safetensors"}
-# MAR's ratio of steps to tokens (64 steps for 256 tokens) and 25 head denoising steps (MAR: 100);
-# on this demo fewer MAR steps cost no measurable quality (docs/benchmarks.md).
+# MAR's ratio of steps to tokens (64 steps for 256 tokens) and 25 head denoising steps (MAR: 100).
 DEMO_CONTINUOUS_SETTINGS = ContinuousSettings(num_iter=16, num_sampling_steps=25, cfg_scale=4.0, temperature=1.0)
 
 
