@@ -34,40 +34,29 @@ from .train import init_from, log, param_groups
 
 PATCH = 4  # pixels per token side: 32x32 scenes become 8x8 tokens of 48 values
 GRID = 32 // PATCH
-ROLES: dict[str, MARConfig] = {
-    "target": MARConfig(
+
+
+def demo_mar(width: int, depth: int, head_width: int) -> MARConfig:
+    """A demo MAR on the 8x8 patch grid: ``depth`` encoder and decoder blocks of ``width``, a 3-block head."""
+    return MARConfig(
         seq_h=GRID,
         seq_w=GRID,
         token_dim=3 * PATCH * PATCH,
-        encoder_dim=128,
-        encoder_depth=3,
+        encoder_dim=width,
+        encoder_depth=depth,
         encoder_heads=4,
-        decoder_dim=128,
-        decoder_depth=3,
+        decoder_dim=width,
+        decoder_depth=depth,
         decoder_heads=4,
         num_classes=NUM_CLASSES,
         buffer_size=16,
-        head_width=256,
+        head_width=head_width,
         head_depth=3,
         diffusion_batch_mul=2,
-    ),
-    "drafter": MARConfig(
-        seq_h=GRID,
-        seq_w=GRID,
-        token_dim=3 * PATCH * PATCH,
-        encoder_dim=64,
-        encoder_depth=2,
-        encoder_heads=4,
-        decoder_dim=64,
-        decoder_depth=2,
-        decoder_heads=4,
-        num_classes=NUM_CLASSES,
-        buffer_size=16,
-        head_width=128,
-        head_depth=3,
-        diffusion_batch_mul=2,
-    ),
-}
+    )
+
+
+ROLES: dict[str, MARConfig] = {"target": demo_mar(128, 3, 256), "drafter": demo_mar(64, 2, 128)}
 TRAIN_STREAM, VAL_STREAM, DROP_STREAM, NOISE_STREAM = 10, 11, 12, 13
 VAL_IMAGES = 128
 
