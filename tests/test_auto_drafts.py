@@ -45,6 +45,31 @@ def test_switches_between_sources_and_stays_exact(target: LlamaGenModel) -> None
     assert "drafter" in result.draft_summary and "jacobi-row" in result.draft_summary
 
 
+def test_a_drafter_that_sat_out_catches_up_rows_of_any_length(target: LlamaGenModel) -> None:
+    """Rows far apart, one with fewer tokens than the other is missing: one forward re-feeds both (the
+    short row feeds a tail it then drops), and each row drafts what the drafter drafts for it alone."""
+    settings = SamplingSettings(cfg_scale=2.0, greedy=True, seed=3)
+    cond = Conditioning.classes([1, 4])
+    image = generate(target, cond, settings).tokens
+    tokens = torch.cat([image, torch.zeros(2, 1, dtype=torch.long)], 1)
+    behind = torch.tensor([3, 12])
+
+    def drafts_for(rows: list[int], committed: torch.Tensor, sat_out: bool) -> torch.Tensor:
+        state = _decode_state(target, Conditioning.classes([[1, 4][r] for r in rows]), settings, tokens[rows])
+        state.committed = torch.ones(len(rows), dtype=torch.long) if sat_out else committed
+        drafts = DrafterModelDrafts(tiny_drafter(), 4)
+        drafts.begin(state)
+        state.committed = committed
+        block = drafts.propose(state).tokens
+        drafts.end()
+        return block
+
+    together = drafts_for([0, 1], behind, sat_out=True)
+    for row in (0, 1):
+        assert torch.equal(together[row], drafts_for([row], behind[row : row + 1], sat_out=False)[0])
+    target.release()
+
+
 def test_same_seed_same_image(target: LlamaGenModel) -> None:
     settings = SamplingSettings(cfg_scale=2.0, top_k=20, seed=11)
     drafter = tiny_drafter()
@@ -97,6 +122,24 @@ def test_timing_the_drafter_chain_leaves_the_run_as_it_was(target: LlamaGenModel
         drafts.end()
     assert torch.equal(chains[0], chains[1])
     target.release()
+
+
+def _decode_state(
+    model: LlamaGenModel, cond: Conditioning, settings: SamplingSettings, tokens: torch.Tensor
+) -> DecodeState:
+    out = model.prefill(cond, guided=settings.uses_cfg)
+    committed = torch.ones(cond.batch_size, dtype=torch.long)
+    return DecodeState(
+        model,
+        cond,
+        settings.uses_cfg,
+        DistributionProcessor(settings),
+        make_generator(settings.seed, model.device),
+        tokens,
+        committed,
+        model.num_image_tokens - 2,
+        out.hidden,
+    )
 
 
 def _state(model: LlamaGenModel) -> DecodeState:

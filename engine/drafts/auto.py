@@ -30,16 +30,20 @@ another (equally distributed) image from the same seed.
 
 from __future__ import annotations
 
+import math
 import weakref
 from dataclasses import dataclass, replace
+from statistics import NormalDist
 
 import torch
 
 from ..timing import Clock, fastest
 from ..models.base import ImageTokenModel
-from ..sampling import make_generator, sample
+from ..policies import ExactPolicy
+from ..sampling import make_generator, point_mass
 from ..types import DraftBlock
-from .base import DecodeState, DraftSource, StepOutcome
+from ..verify import verify_chain
+from .base import DecodeState, DraftSource, StepOutcome, chain
 from .drafter import DrafterModelDrafts
 from .jacobi import JacobiDrafts
 
@@ -49,9 +53,15 @@ JACOBI_WINDOW = (
 )  # drafts per Jacobi block: the window of 16 of the SJD paper, less the pending token
 DRAFTER_MAX_DRAFTS = 8
 CALIBRATION_ROUNDS = 3  # timed rounds per measured cost: the calibration is part of the first run's time
-PRIOR_ACCEPTED, PRIOR_REJECTED = 1.2, 0.8  # a weak prior: acceptance 0.6 at depths with no data yet
+PRIOR_ACCEPTED, PRIOR_REJECTED = (
+    1.6,
+    0.4,
+)  # a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
 MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tracked over the last ~20 forwards
 STINT = 8  # forwards between choices of the draft source
+COST_TOLERANCE = 0.1  # a source must be expected to beat plain steps by more than this share to be used
+RUN_OF_BLOCKS = 2  # blocks of one size timed back to back, as a stint runs them (a block timed just after a
+# larger one finds less of the model and cache in the processor's caches, and is timed slower than in a run)
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class ForwardCosts:
     target: dict[int, float]  # block tokens (pending token included) -> seconds
     padded: bool  # blocks run padded to the next measured size (compiled buckets): cost is a step function
     drafter_step: float | None = None  # seconds per draft of a chain, as the loop spends them
+    drafter_chain: float = 0.0  # seconds a chain costs beyond its drafts (its first forward re-feeds the cache)
+    drafter_refeed: float = 0.0  # seconds per token the drafter re-feeds when it drafts again after sitting out
 
     def target_seconds(self, tokens: int) -> float:
         sizes = sorted(self.target)
@@ -71,92 +83,141 @@ class ForwardCosts:
         share = (tokens - lower) / (upper - lower)
         return self.target[lower] + share * (self.target[upper] - self.target[lower])
 
+    def drafting_seconds(self, drafts: int) -> float:
+        """Seconds the drafter spends on a chain of ``drafts`` drafts."""
+        return self.drafter_chain + drafts * (self.drafter_step or 0.0)
+
     def describe(self) -> str:
         one = self.target[1]
         blocks = ", ".join(f"{n}: {self.target[n] / one:.2f}x" for n in sorted(self.target) if n > 1)
         text = f"target forward {1000 * one:.2f} ms for 1 token ({blocks} for n tokens)"
         if self.drafter_step is not None:
-            text += f", drafter {1000 * self.drafter_step:.2f} ms per draft ({self.drafter_step / one:.2f}x)"
+            text += (
+                f", drafter {1000 * self.drafter_chain:.2f} ms per chain + {1000 * self.drafter_step:.2f} ms per "
+                f"draft ({self.drafter_chain / one:.2f}x + {self.drafter_step / one:.2f}x)"
+            )
         return text
 
 
-# model (target or drafter) -> (batch, guided) -> seconds per block size; weak keys, so a freed
-# model takes its measurements along
+# model (target or drafter) -> (batch, guided) -> seconds per block size, and drafter -> (batch,
+# guided) -> seconds per chain, per draft and per re-fed token; weak keys, so a freed model takes its measurements along
 _MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], dict[int, float]]]" = (
     weakref.WeakKeyDictionary()
 )
-
-
-def _block_seconds(model: ImageTokenModel, state: DecodeState, sizes: tuple[int, ...]) -> dict[int, float]:
-    """Seconds of one step of ``sizes`` tokens (the forward, its distributions and a sample from
-    them, as a draft or verify step spends them) with half an image of placeholder tokens cached
-    (attention over the cache grows through an image; half-way is its mean), the cache rolled back
-    after each; measured once per model, batch size and guidance, the sizes taking turns. A block
-    is never cheaper than a smaller one, so a size timed slower than a larger one takes the larger's time."""
-    known = _MEASURED.setdefault(model, {})
-    key = (state.batch, state.guided)
-    if key not in known:
-        dev = state.tokens.device
-        last = state.num_tokens - 1
-        scratch = make_generator(0, dev)  # the run's own generator is never drawn from here
-        cached = state.committed - 1  # host [B]: image tokens in the cache
-        context = max(0, state.num_tokens // 2 - int(cached.min()))
-        positions = cached.to(dev)[:, None] + torch.arange(context, device=dev)[None, :]
-        model.forward(torch.zeros_like(positions), positions)
-        filled = cached + context
-
-        def block(size: int) -> None:
-            positions = (filled.to(dev)[:, None] + torch.arange(size, device=dev)[None, :]).clamp(max=last)
-            out = model.forward(torch.zeros_like(positions), positions)
-            sample(state.processor(out.logits, (positions + 1).clamp(max=last)), scratch)
-            model.truncate(filled)
-
-        seconds = fastest({size: (lambda size=size: block(size)) for size in sizes}, dev, CALIBRATION_ROUNDS)
-        model.truncate(cached)
-        known[key] = {size: min(t for s, t in seconds.items() if s >= size) for size in sizes}
-    return known[key]
-
-
-# drafter -> (batch, guided) -> seconds per draft of a chain; weak keys, as for _MEASURED
-_CHAIN_MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], float]]" = (
+_CHAIN_MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], tuple[float, float, float]]]" = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _chain_seconds_per_draft(drafts: DrafterModelDrafts, state: DecodeState) -> float:
-    """Seconds per draft of a real chain of ``drafts.gamma`` drafts (the drafter's forwards, its
-    distributions and samples), each chain followed by the target's verify of it as in the loop;
-    the verify's own time, timed in turns, is taken off. The drafts are drawn from a scratch
-    generator, never the run's; the target's cache is rolled back after each try, and the
-    drafter's is by the next chain, which first cuts it back to the tokens verified so far."""
-    known = _CHAIN_MEASURED.setdefault(drafts.drafter, {})
-    key = (state.batch, state.guided)
-    if key not in known:
-        model, dev, k = state.model, state.tokens.device, drafts.gamma
-        trial = replace(state, generator=make_generator(0, dev), max_drafts=k)
-        cached = state.committed - 1  # host [B]: image tokens in the target's cache
-        positions = cached.to(dev)[:, None] + torch.arange(k + 1, device=dev)[None, :]
-
-        def verify() -> None:
-            model.forward(torch.zeros_like(positions), positions)
-            model.truncate(cached)
-
-        def chain_then_verify() -> None:
-            drafts.propose(trial)
-            verify()
-
-        run_clock, drafts.clock = drafts.clock, Clock()  # trials are not the run's drafting time
-        seconds = fastest({"verify": verify, "chain": chain_then_verify}, dev, CALIBRATION_ROUNDS)
-        drafts.clock = run_clock
-        known[key] = max(seconds["chain"] - seconds["verify"], 0.0) / k
-    return known[key]
-
-
 def measure_costs(state: DecodeState, drafter: DrafterModelDrafts | None) -> ForwardCosts:
-    """The target's block costs and the drafter's cost per draft (both caches prefilled)."""
-    target = _block_seconds(state.model, state, CALIBRATION_BLOCKS)
-    per_draft = _chain_seconds_per_draft(drafter, state) if drafter is not None else None
-    return ForwardCosts(target, state.model.pads_blocks, per_draft)
+    """The target's block costs and the drafter's cost per draft, measured the first time a model,
+    batch size and guidance ask (both caches prefilled).
+
+    Both are timed with half an image of placeholder tokens in the caches (attention over the cache
+    grows through an image, and half-way is its mean; at a batch of images it is much of a forward),
+    filled once for both and rolled back afterwards."""
+    key = (state.batch, state.guided)
+    blocks = _MEASURED.setdefault(state.model, {})
+    chains = _CHAIN_MEASURED.setdefault(drafter.drafter, {}) if drafter is not None else None  # (chain, draft)
+    if key not in blocks or (chains is not None and key not in chains):
+        dev = state.tokens.device
+        cached = state.committed - 1  # host [B]: image tokens in the target's cache
+        context = max(0, state.num_tokens // 2 - int(cached.min()))
+        room = max(CALIBRATION_BLOCKS[-1], drafter.gamma + 1 if drafter is not None else 0)
+        filled = torch.maximum(cached, (cached + context).clamp(max=state.num_tokens - room))
+        _fill(state.model, cached, filled, dev)
+        if key not in blocks:
+            blocks[key] = _block_seconds(state, filled, CALIBRATION_BLOCKS)
+        if chains is not None and key not in chains:
+            assert drafter is not None
+            chains[key] = _chain_seconds(drafter, state, filled)
+        state.model.truncate(cached)
+    if chains is None:
+        return ForwardCosts(blocks[key], state.model.pads_blocks)
+    per_chain, per_draft, per_refed = chains[key]
+    return ForwardCosts(blocks[key], state.model.pads_blocks, per_draft, per_chain, per_refed)
+
+
+def _fill(model: ImageTokenModel, cached: torch.Tensor, filled: torch.Tensor, dev: torch.device) -> None:
+    """Feed placeholder tokens so that every row's cache holds ``filled [B]`` image tokens (host, ``>= cached``)."""
+    width = int((filled - cached).max())
+    if width > 0:
+        positions = (cached.to(dev)[:, None] + torch.arange(width, device=dev)[None, :]).clamp(
+            max=filled.to(dev)[:, None] - 1
+        )
+        model.forward(torch.zeros_like(positions), positions)
+        model.truncate(filled)
+
+
+def _block_seconds(state: DecodeState, filled: torch.Tensor, sizes: tuple[int, ...]) -> dict[int, float]:
+    """Seconds of one target step of ``sizes`` tokens after ``filled [B]`` cached tokens: the forward,
+    its distributions and the verification of the drafts in it (or a plain step's sample), as the
+    loop spends them. The cache is rolled back after each; the sizes take turns, each timed over a
+    run of :data:`RUN_OF_BLOCKS` steps. A block is never
+    cheaper than a smaller one, so a size timed slower than a larger one takes the larger's time."""
+    model, dev, last = state.model, state.tokens.device, state.num_tokens - 1
+    scratch = make_generator(0, dev)  # the run's own generator is never drawn from here
+    policy, limit = ExactPolicy(), torch.full((state.batch,), max(sizes), device=dev)
+    drafts = torch.zeros(state.batch, max(sizes) - 1, dtype=torch.long, device=dev)
+    blocks = {size: chain(drafts[:, : size - 1], point_mass(drafts[:, : size - 1], model.vocab_size)) for size in sizes}
+
+    def run(size: int) -> None:
+        positions = (filled.to(dev)[:, None] + torch.arange(size, device=dev)[None, :]).clamp(max=last)
+        for _ in range(RUN_OF_BLOCKS):
+            out = model.forward(torch.zeros_like(positions), positions)
+            p = state.processor(out.logits, (positions + 1).clamp(max=last))
+            verify_chain(policy, p, blocks[size], positions[:, 1:], limit, scratch)
+            model.truncate(filled)
+
+    seconds = fastest({size: (lambda size=size: run(size)) for size in sizes}, dev, CALIBRATION_ROUNDS)
+    return {size: min(t for s, t in seconds.items() if s >= size) / RUN_OF_BLOCKS for size in sizes}
+
+
+def _chain_seconds(drafts: DrafterModelDrafts, state: DecodeState, filled: torch.Tensor) -> tuple[float, float, float]:
+    """Seconds per chain, per draft and per re-fed token of the drafter (the last from the forward
+    that fills its cache; the others from its forwards, distributions and samples) after
+    ``filled [B]`` cached tokens, from real chains of one and of ``drafts.gamma`` drafts, each followed
+    by the target's verify of it as in the loop (a drafter forward timed alone, with its weights warm
+    in the processor's caches, costs less); the verifies' own times, timed in turns, are taken off.
+
+    Every chain opens as in the loop, re-feeding the last two committed tokens: that first forward is
+    the chain's cost beyond its drafts. The drafts are drawn from a scratch generator, never the
+    run's; the drafter's cache, bookkeeping and clock come out as they went in."""
+    model, drafter, dev, k = state.model, drafts.drafter, state.tokens.device, drafts.gamma
+    valid = drafts.valid.clone()  # host [B]: image tokens the drafter's cache holds
+    fill = Clock(dev)
+    fill.run(lambda: _fill(drafter, valid, filled, dev))
+    per_refed = fill.seconds / max(int((filled - valid).max()), 1)
+    committed = filled + 1
+    trial = replace(state, generator=make_generator(0, dev), tokens=torch.zeros_like(state.tokens), committed=committed)
+    lengths = (1, k) if k > 1 else (1,)
+
+    def verify(length: int) -> None:
+        positions = (filled.to(dev)[:, None] + torch.arange(length + 1, device=dev)[None, :]).clamp(
+            max=state.num_tokens - 1
+        )
+        model.forward(torch.zeros_like(positions), positions)
+        model.truncate(filled)
+
+    def chain_then_verify(length: int) -> None:
+        drafts.valid = committed - 2  # the loop's usual re-feed: the last two committed tokens
+        drafts.propose(replace(trial, max_drafts=length))
+        verify(length)
+
+    calls = {
+        (kind, length): (lambda kind=kind, length=length: (chain_then_verify if kind else verify)(length))
+        for length in lengths
+        for kind in (False, True)
+    }
+    run_clock, drafts.clock = drafts.clock, Clock()  # trials are not the run's drafting time
+    seconds = fastest(calls, dev, CALIBRATION_ROUNDS)
+    drafts.clock = run_clock
+    drafter.truncate(valid)
+    drafts.valid = valid
+    chains = {length: max(seconds[True, length] - seconds[False, length], 0.0) for length in lengths}
+    per_draft = (chains[k] - chains[1]) / (k - 1) if k > 1 else chains[1]
+    per_draft = max(per_draft, chains[k] / k)  # noise never makes a longer chain look cheaper per draft
+    return max(chains[1] - per_draft, 0.0), per_draft, per_refed
 
 
 class _DepthAcceptance:
@@ -193,13 +254,19 @@ class _DepthAcceptance:
 
 
 class _Arm:
-    """A draft source the chooser can use: what it is expected to commit, at what cost."""
+    """A draft source the chooser can use: what it is expected to commit, at what cost.
+
+    In a batch, rows advance by different amounts and a generation lasts until its last row is
+    done, so the more a source's yield per forward varies, the more forwards the slowest of the
+    rows needs beyond the mean. :meth:`efficiency` is the expected share of a batch's forwards that
+    is not spent waiting for it (1 for one image), and scales the yield each arm expects."""
 
     label = ""
 
     def __init__(self, source: DraftSource) -> None:
         self.source = source
         self.used: dict[int, int] = {}  # chain length -> target forwards it drafted
+        self.yields = [0.0, 0.0, 0.0]  # count, sum and sum of squares of the tokens a row committed per forward
 
     def plan(self, state: DecodeState, costs: ForwardCosts) -> tuple[float, int]:
         """Expected committed tokens per second at the best chain length, and that length."""
@@ -207,6 +274,22 @@ class _Arm:
 
     def record(self, drafts: int, accepted: torch.Tensor) -> None:
         """One block of ``drafts`` drafts it proposed; ``accepted [rows]`` host, per running row."""
+        count, total, squares = self.yields
+        committed = accepted.double() + 1
+        self.yields = [count + len(committed), total + float(committed.sum()), squares + float(committed.pow(2).sum())]
+
+    def efficiency(self, state: DecodeState) -> float:
+        """The slowest of ``B`` rows needs about ``z_B * sd * sqrt(F) / mean`` forwards beyond the ``F`` a row
+        needs on average to commit what is left (a sum of ``F`` yields of mean ``mean`` and deviation
+        ``sd``; ``z_B`` the expected largest of ``B`` standard normal draws)."""
+        count, total, squares = self.yields
+        if state.batch == 1 or count < 2:
+            return 1.0
+        mean = total / count
+        spread = math.sqrt(max(squares / count - mean * mean, 0.0)) / mean
+        forwards = max((state.num_tokens - int(state.committed.min())) / mean, 1.0)
+        slowest = NormalDist().inv_cdf((state.batch - 0.375) / (state.batch + 0.25))  # Blom's approximation
+        return 1.0 / (1.0 + slowest * spread / math.sqrt(forwards))
 
     def fade(self) -> None:
         """A target forward went by: older outcomes count for less."""
@@ -230,10 +313,11 @@ class _JacobiArm(_Arm):
 
     def plan(self, state: DecodeState, costs: ForwardCosts) -> tuple[float, int]:
         length = min(self.window, state.max_drafts)
-        expected = 1 + min(self.mean_accepted, length)
+        expected = (1 + min(self.mean_accepted, length)) * self.efficiency(state)
         return expected / costs.target_seconds(length + 1), length
 
     def record(self, drafts: int, accepted: torch.Tensor) -> None:
+        super().record(drafts, accepted)
         self.since_start += 1
         if len(accepted) and self.since_start > self.WARMUP:
             self.mean_accepted += 0.25 * (float(accepted.float().mean()) - self.mean_accepted)
@@ -252,25 +336,27 @@ class _DrafterArm(_Arm):
 
     label = "drafter"
 
-    def __init__(self, source: DrafterModelDrafts, seconds_per_draft: float) -> None:
+    def __init__(self, source: DrafterModelDrafts) -> None:
         super().__init__(source)
         self.drafter = source
         self.acceptance = _DepthAcceptance(DRAFTER_MAX_DRAFTS)
-        self.seconds_per_draft = seconds_per_draft
 
     def plan(self, state: DecodeState, costs: ForwardCosts) -> tuple[float, int]:
         best, survive, expected = (0.0, 0), 1.0, 1.0
-        if not self.drafter.can_catch_up(state):
-            return best
-        rates = self.acceptance.rates()
+        rates, efficiency = self.acceptance.rates(), self.efficiency(state)
+        # a drafter that sat out first re-feeds what its cache missed: once per stint
+        missed = max(int((state.committed - self.drafter.valid).max()) - 2, 0)
+        catch_up = missed * costs.drafter_refeed / STINT
         for length in range(1, min(DRAFTER_MAX_DRAFTS, state.max_drafts) + 1):
             survive *= rates[length]
             expected += survive
-            rate = expected / (costs.target_seconds(length + 1) + length * self.seconds_per_draft)
+            seconds = costs.target_seconds(length + 1) + costs.drafting_seconds(length) + catch_up
+            rate = expected * efficiency / seconds
             best = max(best, (rate, length))
         return best
 
     def record(self, drafts: int, accepted: torch.Tensor) -> None:
+        super().record(drafts, accepted)
         self.acceptance.record(drafts, accepted)
 
     def fade(self) -> None:
@@ -282,8 +368,10 @@ class AutoDrafts(DraftSource):
 
     The source is re-chosen every :data:`STINT` forwards (Jacobi's window needs a few forwards to
     refine, so switching every forward would never show its yield); the drafter's chain length,
-    every forward. A plain stint is chosen where no source is expected to pay for its verifies; an
-    arm's estimate drifts back to its prior while unused, so it is tried again later.
+    every forward. A plain stint is chosen where no source is expected to beat plain steps by more
+    than :data:`COST_TOLERANCE`: a drafted step also spends time the calibration does not time (the
+    drafts' bookkeeping, the choice itself), and a batch's rows are less level than the calibration's.
+    An arm's estimate drifts back to its prior while unused, so it is tried again later.
     """
 
     name = "auto"
@@ -312,7 +400,7 @@ class AutoDrafts(DraftSource):
         self.costs = self.given_costs or measure_costs(state, self.drafter_drafts)
         self.arms = [_JacobiArm(self.jacobi)]
         if self.drafter_drafts is not None:
-            self.arms.append(_DrafterArm(self.drafter_drafts, self.costs.drafter_step or 0.0))
+            self.arms.append(_DrafterArm(self.drafter_drafts))
 
     def choose(self, state: DecodeState) -> tuple[_Arm | None, int]:
         """This forward's arm (``None``: a plain step) and chain length."""
@@ -322,17 +410,14 @@ class AutoDrafts(DraftSource):
             plain = 1.0 / self.costs.target_seconds(1)
             rated = [(each.plan(state, self.costs)[0], index) for index, each in enumerate(self.arms)]
             rate, index = max(rated)
-            chosen = self.arms[index] if rate > plain else None
+            chosen = self.arms[index] if rate > plain * (1 + COST_TOLERANCE) else None
             if chosen is not None and chosen is not arm:
                 chosen.start(state)
             arm, left = chosen, STINT
         self._stint = (arm, left - 1)
         if arm is None:
             return None, 0
-        rate, length = arm.plan(state, self.costs)
-        if length == 0 and arm is not self.arms[0]:  # the drafter cannot catch up this forward
-            return self.arms[0], self.arms[0].plan(state, self.costs)[1]
-        return arm, length
+        return arm, arm.plan(state, self.costs)[1]
 
     def propose(self, state: DecodeState) -> DraftBlock:
         arm, length = self.choose(state)

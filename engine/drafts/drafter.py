@@ -7,7 +7,7 @@ tokens. That one uniform step covers both outcomes of the previous block (a reje
 cache one token ahead of the correction; a fully accepted block leaves the last draft uncached),
 so rows with different acceptance lengths stay in one rectangular forward. Where the drafter sat
 out some steps (another source drafted them, :mod:`.auto`), it re-feeds every committed token its
-cache has not seen.
+cache has not seen, in the same one forward.
 """
 
 from __future__ import annotations
@@ -132,10 +132,6 @@ class DrafterModelDrafts(DraftSource):
             self.timed(lambda: self.drafter.forward(state.tokens[:, :known], positions))
         self.valid = state.committed - 1
 
-    def can_catch_up(self, state: DecodeState) -> bool:
-        """Whether one rectangular forward re-feeds what every row's cache is missing."""
-        return int((state.committed - self.valid).max()) <= int(state.committed.min())
-
     def propose(self, state: DecodeState) -> DraftBlock:
         assert self.processor is not None, "begin() first"
         m = min(self.gamma, state.max_drafts)
@@ -143,18 +139,18 @@ class DrafterModelDrafts(DraftSource):
         dev = state.tokens.device
         if m <= 0:
             return DraftBlock.empty(B, V, dev)
-        committed = state.committed.to(dev)
-        refeed = int((state.committed - self.valid).max())
-        if refeed > int(state.committed.min()):
-            raise RuntimeError("the drafter's cache is too far behind to catch up in one forward")
-        self.drafter.truncate(state.committed - refeed)
-        positions = committed[:, None] - refeed + torch.arange(refeed, device=dev)[None, :]
-        inputs = state.tokens.gather(1, positions)
+        inputs, positions, last = self._catch_up_inputs(state)
+        committed = state.committed.to(dev)[:, None]
         drafts, qs = [], []
-        for _ in range(m):
+        for step in range(m):
             out = self.timed(lambda: self.drafter.forward(inputs, positions))
-            predicted = positions[:, -1:] + 1
-            q = self.processor(out.logits[:, -1:], predicted)
+            logits = out.logits[:, -1:]
+            if step == 0 and last is not None:  # rows that fed a tail past their last committed token
+                self.drafter.truncate(state.committed)
+                rows = last.repeat(out.logits.shape[0] // B)  # both halves of a CFG pair
+                logits = out.logits.gather(1, rows[:, None, None].expand(-1, 1, out.logits.shape[-1]))
+            predicted = committed + step
+            q = self.processor(logits, predicted)
             token = sample(q, state.generator)
             drafts.append(token)
             qs.append(q)
@@ -162,6 +158,21 @@ class DrafterModelDrafts(DraftSource):
         block = chain(torch.cat(drafts, dim=1), torch.cat(qs, dim=1))
         self._proposed = (block, state.committed)
         return block
+
+    def _catch_up_inputs(self, state: DecodeState) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The first forward of a chain: every row feeds the same number of tokens, the most any row's
+        cache is missing, ending with its last committed token. A row with fewer tokens than that feeds
+        its first ones, past its last committed token too; its cache is cut back after the forward (the
+        causal cache entries before the tail do not depend on it), and ``last [B]`` (else ``None``) says
+        where each row's last committed token sits in the forward."""
+        dev = state.tokens.device
+        refeed = int((state.committed - self.valid).max())
+        start = (state.committed - refeed).clamp(min=0)
+        self.drafter.truncate(start)
+        positions = start.to(dev)[:, None] + torch.arange(refeed, device=dev)[None, :]
+        inputs = state.tokens.gather(1, positions)
+        last = (state.committed - 1 - start).to(dev) if int(state.committed.min()) < refeed else None
+        return inputs, positions, last
 
     def observe(self, state: DecodeState, outcome: StepOutcome) -> None:
         """The cache holds the committed tokens and the drafts up to the first one rejected

@@ -132,12 +132,19 @@ def rope_table_2d(grid_size: int, head_dim: int, base: float, cls_token_num: int
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate interleaved pairs of ``x [R, k, H, D]`` by ``rope [R, k, D/2, 2]`` (complex style)."""
-    pairs = x.float().reshape(*x.shape[:-1], -1, 2)
-    cos, sin = rope[:, :, None, :, 0], rope[:, :, None, :, 1]
-    a, b = pairs[..., 0], pairs[..., 1]
-    out = torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1)
-    return out.flatten(3).type_as(x)
+    """Rotate interleaved pairs of ``x [R, k, H, D]`` by ``rope [R, k, D/2, 2]`` (cos, sin).
+
+    Eager code turns each pair as a complex number, one kernel instead of a dozen (most of the
+    cost at the few tokens a decoding step feeds); compiled code spells the product out in real
+    arithmetic, which the compiler fuses and cannot do for complex tensors."""
+    if torch.compiler.is_compiling():
+        pairs = x.float().reshape(*x.shape[:-1], -1, 2)
+        cos, sin = rope[:, :, None, :, 0], rope[:, :, None, :, 1]
+        a, b = pairs[..., 0], pairs[..., 1]
+        return torch.stack([a * cos - b * sin, b * cos + a * sin], dim=-1).flatten(3).type_as(x)
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+    turns = torch.view_as_complex(rope.float())[:, :, None]
+    return torch.view_as_real(pairs * turns).flatten(3).type_as(x)
 
 
 class RMSNorm(nn.Module):
@@ -147,9 +154,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return normed.type_as(x) * self.weight
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)  # one kernel
+        return F.rms_norm(x.float(), self.weight.shape, eps=self.eps).type_as(x) * self.weight
 
 
 class FeedForward(nn.Module):
@@ -180,9 +187,10 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         R, k, _ = x.shape
         kv = self.n_kv_head * self.head_dim
-        q, key, val = self.wqkv(x).split([self.n_head * self.head_dim, kv, kv], dim=-1)
-        q = apply_rope(q.view(R, k, self.n_head, self.head_dim), rope).transpose(1, 2)
-        key = apply_rope(key.view(R, k, self.n_kv_head, self.head_dim), rope).transpose(1, 2)
+        heads = self.n_head + self.n_kv_head
+        qk, val = self.wqkv(x).split([heads * self.head_dim, kv], dim=-1)
+        qk = apply_rope(qk.view(R, k, heads, self.head_dim), rope)  # queries and keys turned at once
+        q, key = qk.transpose(1, 2).split([self.n_head, self.n_kv_head], dim=1)
         val = val.view(R, k, self.n_kv_head, self.head_dim).transpose(1, 2)
         if cache is None:
             causal = mask is None
