@@ -148,6 +148,9 @@ class DraftBlock:
     # back (each read would be a host sync). Without them parents move to the host.
     max_depth: int | None = None
     max_children: int | None = None
+    # Every node is a fixed pick (its q a point mass on its own token) and siblings are distinct
+    # tokens, as in a dynamic tree; exact verification then takes a shortcut (verify.verify_tree).
+    picks: bool = False
 
     _chain: bool | None = field(default=None, init=False, repr=False, compare=False)  # is_chain, once known
 

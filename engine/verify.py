@@ -5,7 +5,12 @@ under the acceptance probabilities). Trees use recursive rejection over siblings
 arXiv 2305.09781; EAGLE): try the children of the current node in block order; after each
 rejection the target distribution becomes the policy's residual and the tried token is removed
 from the sibling draft distribution; the first accepted child becomes the current node.
-Both are lossless with :class:`~specar.policies.ExactPolicy`.
+Both are lossless with :class:`~specar.policies.ExactPolicy`. A tree of fixed picks (point-mass
+drafts, distinct siblings: a dynamic tree) under that policy takes a shortcut with the same outcome
+distribution: trying point-mass siblings in turn with residualisation accepts sibling ``x`` with
+probability ``p(x)``, exactly as drawing one token from ``p`` and following the sibling that equals
+it; so one draw per node from the target, in one batched call, and the path of drafts that match
+them replace the loop over levels and siblings.
 
 ``p[:, 0]`` is always the target distribution for the first drafted position (the output row of
 the pending token) and ``p[:, i + 1]`` the distribution after block node ``i``.
@@ -195,6 +200,8 @@ def verify_tree(
     table = table.to(dev)
     max_depth = 0 if not n else block.max_depth if block.max_depth is not None else int(depth.max())
     limit = limit.clamp(max=max_depth)
+    if block.picks and policy.lossless and n:
+        return _verify_picks(p, block, table, depth.to(dev), max_depth, limit, generator)
     rows = torch.arange(B, device=dev)
     cur = torch.full((B,), -1, dtype=torch.long, device=dev)
     before = torch.full((B,), -2, dtype=torch.long, device=dev)  # cur's parent; -2: not in this block
@@ -250,6 +257,45 @@ def verify_tree(
         alive &= moved
     next_kind = _next_kind(limit, rejected)
     return Verdict(accepted, path, sample(dist, generator), dist, next_kind, diagnostics)
+
+
+def _verify_picks(
+    p: torch.Tensor,
+    block: DraftBlock,
+    table: torch.Tensor,
+    depth: torch.Tensor,
+    max_depth: int,
+    limit: torch.Tensor,
+    generator: torch.Generator,
+) -> Verdict:
+    """Exact verification of a tree of fixed picks (module doc): draw ``y`` from ``p`` at every node,
+    accept the nodes whose token equals the draw at their parent and whose ancestors were all
+    accepted (at most one child matches, siblings being distinct), up to ``limit``. The draw at the
+    deepest accepted node is the next token: a bonus where it has no children within the limit, else a
+    correction, whose distribution is ``p`` there without its children's tokens."""
+    B, n = block.tokens.shape
+    parents = block.parents.to(p.device)
+    drawn = sample(p, generator)  # [B, n + 1]: row 0 after the pending token, row i + 1 after node i
+    match = (block.tokens == drawn.gather(1, parents + 1)) & (depth <= limit[:, None])
+    on_path = match & (parents < 0)
+    for _ in range(max_depth - 1):  # each pass settles one more level: a node needs its parent on the path
+        on_path = match & ((parents < 0) | on_path.gather(1, parents.clamp(min=0)))
+    accepted = on_path.sum(1)
+    node = torch.arange(n, device=p.device)
+    deepest = torch.where(on_path & (depth == accepted[:, None]), node, -1).amax(1)  # -1: none accepted
+    path = torch.full((B, max_depth + 1), -1, dtype=torch.long, device=p.device)
+    path.scatter_(1, torch.where(on_path, depth - 1, max_depth), node.expand(B, n))
+    rows = deepest + 1
+    children = table.gather(1, rows.view(-1, 1, 1).expand(-1, 1, table.shape[-1]))[:, 0]  # [B, K]
+    rejected = (children[:, 0] >= 0) & (accepted < limit)
+    here = _row(p, rows)
+    child_tokens = block.tokens.gather(1, children.clamp(min=0))  # padding slots repeat the first child
+    kept = here.scatter(1, torch.where(children >= 0, child_tokens, child_tokens[:, :1]), 0.0)
+    mass = kept.sum(-1, keepdim=True)
+    corrected = torch.where(mass > 0, kept / mass.clamp_min(DIVISOR_FLOOR), here)
+    next_dist = torch.where(rejected[:, None], corrected, here)
+    next_token = drawn.gather(1, rows[:, None])[:, 0]
+    return Verdict(accepted, path[:, :max_depth], next_token, next_dist, _next_kind(limit, rejected))
 
 
 def _tree_context(

@@ -6,6 +6,7 @@ proven with the other sources in test_lossless.py.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -24,6 +25,7 @@ from specar.errors import CheckpointError, IncompatibleDrafterError, SettingsErr
 from specar.policies import make_policy
 from specar.policies.base import PolicyContext
 from specar.sampling import DistributionProcessor
+from specar.types import DraftBlock
 from specar.verify import tree_tables
 
 COND = Conditioning.classes([1, 4, 7])
@@ -286,12 +288,20 @@ def test_lantern_head_folder_loads_with_its_own_embedding(tmp_path: Path) -> Non
     assert torch.allclose(loaded(embeds, features), head(embeds, features), atol=1e-5)
 
 
+class NodeByNodeTree(TreeHeadDrafts):
+    """A dynamic tree whose blocks do not say they are fixed picks: the exact policy then verifies it
+    node by node, as every relaxed policy does, rather than by one draw per node."""
+
+    def propose(self, state: DecodeState) -> DraftBlock:
+        return dataclasses.replace(super().propose(state), picks=False)
+
+
 def test_cascade_at_zero_is_the_exact_tree_and_relaxation_raises_acceptance() -> None:
     target = tiny_model_with_codes(0)
     cond = Conditioning.classes(list(range(8)))
 
     def run(policy):
-        draft = TreeHeadDrafts(tiny_tree_head(target), TreeShape(top_k=4, depth=4, nodes=16))
+        draft = NodeByNodeTree(tiny_tree_head(target), TreeShape(top_k=4, depth=4, nodes=16))
         return generate(target, cond, SAMPLING, policy=policy, draft=draft)
 
     exact = run(None)

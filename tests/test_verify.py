@@ -73,6 +73,54 @@ def test_tree_siblings_recursive_rejection_emits_p(siblings: str) -> None:
     assert total_variation(_counts(_first_emitted(block, verdict)), p) <= noise_floor(p, ROWS)
 
 
+def test_a_tree_of_fixed_picks_emits_p() -> None:
+    """The shortcut for point-mass trees (one draw per node, follow the matching sibling)."""
+    p, q = _dist(10), _dist(11, sharp=0.7)
+    tokens = q.topk(3).indices.expand(ROWS, 3)
+    block = DraftBlock(tokens, point_mass(tokens, V), [-1, -1, -1], picks=True)
+    p_rows = torch.cat([p[None], torch.stack([_dist(20 + i) for i in range(3)])]).expand(ROWS, 4, V)
+    verdict = verify_tree(
+        ExactPolicy(), p_rows, block, torch.zeros(ROWS, 3, dtype=torch.long), torch.full((ROWS,), 4), _gen(9)
+    )
+    assert total_variation(_counts(_first_emitted(block, verdict)), p) <= noise_floor(p, ROWS)
+
+
+def test_fixed_picks_shortcut_matches_node_by_node_verification() -> None:
+    """Accepted depth, path, next token and its kind: the same joint distribution either way, rows
+    with a depth limit included; and the next-token distribution the shortcut reports is the one it
+    draws from."""
+    p_rows = torch.stack([_dist(40 + i, sharp=1.0) for i in range(7)]).expand(ROWS, 7, V)
+    parents = [-1, -1, 0, 0, 1, 2]  # two roots; node 0 has children 2, 3; node 1 has 4; node 2 has 5
+    tokens = torch.stack([_dist(40).topk(2).indices, _dist(41).topk(2).indices, _dist(42).topk(2).indices])
+    tokens = torch.tensor([tokens[0, 0], tokens[0, 1], tokens[1, 0], tokens[1, 1], tokens[2, 0], tokens[2, 1]])
+    tokens = tokens.expand(ROWS, 6)
+    limit = torch.tensor([0, 1, 2, 5]).repeat(ROWS // 4)
+    outcomes, next_dists = [], []
+    for picks in (False, True):
+        block = DraftBlock(tokens, point_mass(tokens, V), parents, picks=picks)
+        verdict = verify_tree(ExactPolicy(), p_rows, block, torch.zeros(ROWS, 6, dtype=torch.long), limit, _gen(picks))
+        drawn = verdict.next_dist.gather(1, verdict.next_token[:, None])[:, 0]
+        assert bool((drawn > 0).all())  # the next token lies in the reported distribution's support
+        where = ((verdict.path + 1) @ torch.tensor([100, 10, 1])) * 10 + verdict.next_kind  # path and kind
+        next_dists.append({int(w): verdict.next_dist[i] for i, w in enumerate(where.tolist())})
+        key = verdict.accepted * 10_000 + (verdict.path + 1) @ torch.tensor([1000, 100, 10]) + verdict.next_token
+        outcomes.append((key * 10 + verdict.next_kind, limit))
+    for where, dist in next_dists[0].items():  # a correction's distribution: p there without the children tried
+        if where in next_dists[1]:
+            assert torch.allclose(dist, next_dists[1][where], atol=1e-6)
+    for row_limit in range(4):
+        node_by_node, shortcut = (key[torch.arange(ROWS) % 4 == row_limit] for key, _ in outcomes)
+        values, counts = torch.cat([node_by_node, shortcut]).unique(return_counts=True)
+        reference = torch.stack([(node_by_node == v).sum() for v in values]).float()
+        ours = torch.stack([(shortcut == v).sum() for v in values]).float()
+        rows = len(node_by_node)
+        assert 0.5 * (reference / rows - ours / rows).abs().sum() <= noise_floor(reference / rows, rows) * 1.5
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed))
+
+
 def test_tree_second_level_follows_the_accepted_node() -> None:
     """After accepting node i, the next token follows p after node i (bonus or deeper node)."""
     p_root = point_mass(torch.tensor(4), V)

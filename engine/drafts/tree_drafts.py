@@ -324,8 +324,11 @@ class TreeHeadDrafts(DraftSource):
         parent_cand = all_parents.gather(1, chosen)
         parents = torch.where(parent_cand < 0, -1, position.gather(1, parent_cand.clamp(min=0)))
         block_tokens = all_tokens.gather(1, chosen)
-        # every node has at most k children (k candidates per expanded node, k roots)
-        return DraftBlock(block_tokens, point_mass(block_tokens, V), parents, max_depth=depth, max_children=k)
+        # every node has at most k children (k candidates per expanded node, k roots);
+        # siblings are distinct codes (top-k of one q, or the picks of distinct groups)
+        return DraftBlock(
+            block_tokens, point_mass(block_tokens, V), parents, max_depth=depth, max_children=k, picks=True
+        )
 
     def _top_children(self, q: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The ``k`` children of a node with draft ``q [..., V]`` and their log-probability scores.
