@@ -100,7 +100,7 @@ def generate(
         "draw fewer images at once (batch), or draft fewer tokens per forward",
     )
     generator = make_generator(settings.seed, dev)
-    processor = DistributionProcessor(settings, model.constrain)
+    processor = DistributionProcessor(settings, model.constraint)
     clock = Clock(dev if precise_timing else None)
     if draft is not None:
         draft.clock = Clock(dev if precise_timing else None)
@@ -182,7 +182,8 @@ def generate(
             )
             out = clock.run(lambda: model.forward(inputs, positions, mask))
             block_tokens += inputs.shape[1]
-            p = processor(out.logits, (positions + 1).clamp(max=N - 1))
+            predicted = (positions + 1).clamp(max=N - 1) if processor.constrain is not None else positions
+            p = processor(out.logits, predicted)  # positions matter only to a model's constraint
             read_evidence = policy.needs_code_evidence and settings.uses_cfg  # evidence needs both guidance halves
             evidence = code_evidence(out.logits) if read_evidence else None
             limit = (N - 1 - committed_dev).clamp(min=0)  # drafts a row may still accept; 0 once it is done
@@ -195,7 +196,7 @@ def generate(
 
             health = [prefill_health, _health(out.logits), _health(block.q) if block.size else nothing]
             prefill_health = nothing
-            synced = torch.cat([verdict.accepted.float(), verdict.next_kind.float(), *health]).cpu()  # the one sync
+            synced = torch.cat([verdict.accepted, verdict.next_kind, *health]).cpu()  # the one sync (as floats)
             numbers = synced.tolist()
             if not math.isfinite(sum(numbers[2 * B :])):  # rare: find which rows, and whose output
                 finite = _finite_rows(synced[2 * B :], [len(part) for part in health], B) | (committed == N)

@@ -43,7 +43,7 @@ class DistributionProcessor:
         if not self.settings.uses_cfg:
             return logits
         cond, uncond = logits.chunk(2, dim=0)
-        return uncond + self.settings.cfg_scale * (cond - uncond)
+        return torch.lerp(uncond, cond, self.settings.cfg_scale)  # uncond + scale * (cond - uncond), one kernel
 
     def __call__(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Processed probabilities ``[B, k, V]`` for raw model logits ``[R, k, V]``."""

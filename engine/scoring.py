@@ -58,7 +58,7 @@ def processed_distributions(
     settings = settings or model.default_settings
     logits = teacher_forced_logits(model, cond, tokens, settings.uses_cfg)
     positions = torch.arange(tokens.shape[1], device=logits.device).expand(tokens.shape[0], -1)
-    return DistributionProcessor(settings, model.constrain)(logits, positions)
+    return DistributionProcessor(settings, model.constraint)(logits, positions)
 
 
 def score(

@@ -65,7 +65,7 @@ class EmbeddingTarget:
 class DraftingTarget(EmbeddingTarget):
     """What :meth:`TreeHeadDrafts.begin` and its catch-up read besides: device, dtype, image size, constraint."""
 
-    device, dtype, constrain = torch.device("cpu"), torch.float32, None
+    device, dtype, constraint = torch.device("cpu"), torch.float32, None
 
     @property
     def num_image_tokens(self) -> int:

@@ -124,7 +124,7 @@ class DrafterModelDrafts(DraftSource):
 
     def begin(self, state: DecodeState) -> None:
         place_drafter(state.model, self.drafter)
-        self.processor = DistributionProcessor(state.processor.settings, self.drafter.constrain)
+        self.processor = DistributionProcessor(state.processor.settings, self.drafter.constraint)
         self.timed(lambda: self.drafter.prefill(state.cond, state.guided))
         known = int(state.committed.min()) - 1  # a fixed prefix: read it now, as the target did
         if known > 0:

@@ -56,7 +56,7 @@ class DrafterTreeDrafts(DraftSource):
                 f"a static tree node cannot have {widest} distinct children in a vocabulary of "
                 f"{self.drafter.vocab_size} codes"
             )
-        self.processor = DistributionProcessor(state.processor.settings, self.drafter.constrain)
+        self.processor = DistributionProcessor(state.processor.settings, self.drafter.constraint)
         self.timed(lambda: self.drafter.prefill(state.cond.repeat_each(self.leaves), state.guided))
         self.shared = torch.zeros(state.batch, dtype=torch.long)
         self.pair = 2 if state.guided else 1  # the drafter's rows: [cond rows; uncond rows] with CFG

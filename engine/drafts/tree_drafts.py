@@ -153,7 +153,7 @@ class TreeHeadDrafts(DraftSource):
                     "(cfg 1): leave the tree guidance unset"
                 )
             settings = settings.with_(cfg_scale=self.shape.guidance)
-        self.processor = DistributionProcessor(settings, state.model.constrain)
+        self.processor = DistributionProcessor(settings, state.model.constraint)
         self.code_groups = state.sibling_groups
         self.pair = 2 if state.guided else 1
         rows = self.pair * state.batch

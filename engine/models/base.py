@@ -17,7 +17,7 @@ from __future__ import annotations
 import sys
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 
@@ -125,6 +125,12 @@ class ImageTokenModel(ABC):
     def constrain(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Model-specific restrictions of guided logits ``[B, k, V]`` predicting ``positions``."""
         return logits
+
+    @property
+    def constraint(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None:
+        """:meth:`constrain` where this model restricts its logits, ``None`` where it does not (a
+        processor then skips the call, and its caller the positions it would need)."""
+        return None if type(self).constrain is ImageTokenModel.constrain else self.constrain
 
     @abstractmethod
     def latent(self, codes: torch.Tensor) -> torch.Tensor:

@@ -281,16 +281,19 @@ class GPT(nn.Module):
         self.rope = table.to(self.output.weight.device)
 
     def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
-        """Normal(0, std) for every matrix and embedding; norms stay at one.
+        """Normal(0, std) for every matrix and embedding; norms stay at one; a t2i model's stored
+        null caption is drawn again from ``generator`` too, so one generator fixes the whole model.
 
         Tests build random models with std about 0.2: with LlamaGen's 0.02 a random model emits
         one code over and over, which would make speculative tests pass trivially.
         """
-        for name, param in self.named_parameters():
-            if name.endswith("norm.weight"):
-                continue
-            with torch.no_grad():
-                param.normal_(0.0, std, generator=generator)
+        with torch.no_grad():
+            for name, param in self.named_parameters():
+                if not name.endswith("norm.weight"):
+                    param.normal_(0.0, std, generator=generator)
+            if isinstance(self.cls_embedding, CaptionEmbedder):
+                null = self.cls_embedding.uncond_embedding
+                null.normal_(0.0, null.shape[-1] ** -0.5, generator=generator)
 
     def new_cache(self, rows: int, capacity: int, fixed: bool = False) -> RaggedKVCache:
         p = next(self.parameters())
