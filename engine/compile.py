@@ -6,8 +6,10 @@ them as constants and pre-packs them for the matrix library), which is where mos
 Compiled code is specialised to shapes, so the model's cache has a fixed capacity and every block
 of ``k`` new tokens is padded up to a *bucket*: ``1, 2, 3, 5, 9, 17, 33, ...`` (a power of two
 plus one fits a draft of ``2**n`` tokens behind the pending token exactly). A block reuses the
-smallest bucket already compiled that holds it, so a run compiles one or two shapes, not one per
-tail length.
+smallest bucket already compiled that holds it (unless that pads it more than fourfold), so a run
+compiles one or two shapes, not one per tail length. A size that must vary from call to call (on
+CPUs, how much of the cache attention reads) is compiled as a dynamic size, so it costs no
+recompilation.
 
 The first call of a bucket compiles it; that time is counted in :attr:`CompiledForward.compile_seconds`
 so hosts can report it. Where compilation is not available (no C compiler, Apple MPS, an
@@ -27,6 +29,7 @@ import torch
 
 BUCKETS = (1, 2, 3, 5, 9, 17, 33, 65, 129, 257)
 LARGEST_BUCKET = BUCKETS[-1]
+PADDING_LIMIT = 4  # a block reuses a compiled bucket at most about this many times its size
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -43,9 +46,11 @@ def unavailable_reason(device: torch.device) -> str | None:
 
 
 def bucket_for(k: int, compiled: set[int]) -> int | None:
-    """The bucket a block of ``k`` tokens runs in: the smallest compiled one that holds it, else
-    the smallest bucket that does; ``None`` when ``k`` exceeds every bucket."""
-    held = [b for b in compiled if b >= k]
+    """The bucket a block of ``k`` tokens runs in: the smallest compiled one that holds it without
+    padding it past ``PADDING_LIMIT`` times its size, else the smallest bucket that holds it; ``None``
+    when ``k`` exceeds every bucket. (A run's tail blocks reuse its usual bucket; a run's blocks do
+    not pad into a bucket compiled once for a long read of a prefix.)"""
+    held = [b for b in compiled if k <= b <= PADDING_LIMIT * k + 1]
     if held:
         return min(held)
     return next((b for b in BUCKETS if b >= k), None)
@@ -74,9 +79,16 @@ class CompiledForward:
     """
 
     def __init__(
-        self, step: Callable[..., object], device: torch.device, name: str, notice: Callable[[str], None] | None = None
+        self,
+        step: Callable[..., object],
+        device: torch.device,
+        name: str,
+        notice: Callable[[str], None] | None = None,
+        varying: tuple[tuple[int, int], ...] = (),
     ) -> None:
-        self.step, self.device, self.name = step, device, name
+        """``varying`` lists (argument, dimension) pairs whose size changes from call to call: they
+        are compiled as dynamic sizes, so one compiled forward serves every size."""
+        self.step, self.device, self.name, self.varying = step, device, name, varying
         self.notice = notice or _print_notice
         self.compiled: dict[tuple[object, ...], Callable[..., object]] = {}  # by argument shapes
         self.buckets: set[int] = set()
@@ -95,7 +107,10 @@ class CompiledForward:
 
     def __call__(self, bucket: int, *args: torch.Tensor) -> object:
         args = tuple(arg.contiguous() for arg in args)
-        signature = tuple(arg.shape for arg in args)
+        shapes = [list(arg.shape) for arg in args]
+        for index, dim in self.varying:
+            shapes[index][dim] = -1
+        signature = tuple(tuple(shape) for shape in shapes)
         fn = self.compiled.get(signature)
         if fn is not None:
             # each compiled function has one cache entry (see _fresh_function) and is only ever
@@ -104,8 +119,13 @@ class CompiledForward:
             with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
                 return self._owned(fn(*args))
         mode = "reduce-overhead" if self.device.type == "cuda" else None
+        for index, dim in self.varying:
+            torch._dynamo.mark_dynamic(args[index], dim)
         fn = torch.compile(
-            _fresh_function(self.step, f"k{bucket}_{len(self.compiled)}"), dynamic=False, fullgraph=True, mode=mode
+            _fresh_function(self.step, f"k{bucket}_{len(self.compiled)}"),
+            dynamic=None if self.varying else False,
+            fullgraph=True,
+            mode=mode,
         )
         start = time.perf_counter()
         try:

@@ -6,9 +6,12 @@ row of the batch may accept a different number. The cache therefore stores one l
 rolls back by lowering lengths: no copy. Trees keep their accepted path with :meth:`compact`.
 
 Buffers are preallocated and grown geometrically; attention only reads up to the longest row.
-A *fixed* cache instead keeps one capacity for its whole life and attention always reads all of
-it (masked): every forward of a block size then has the same shapes, which is what a compiled
-forward needs. Lengths live on the host because the loop already knows them there (it syncs
+A *fixed* cache instead keeps one capacity for its whole life, which is what a compiled forward
+needs (the buffers it writes keep their addresses). Attention then reads all of it (masked), so
+every forward of a block size has the same shapes, as CUDA graphs need; or, with a read
+``window``, up to the next multiple of the window past the longest row, a size the compiled
+forward takes as dynamic (on CPUs, where reading the whole cache at every step costs more than
+the compiler saves). Lengths live on the host because the loop already knows them there (it syncs
 once per forward), so planning a forward never waits for the device.
 """
 
@@ -55,14 +58,16 @@ class FixedCacheView:
 
     def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         write_block(self.keys[layer], self.values[layer], self.slots, k_new, v_new)
-        return self.keys[layer], self.values[layer]
+        read = self.attention_mask.shape[-1]  # the planned read window (the whole capacity without one)
+        return self.keys[layer][:, :, :read], self.values[layer][:, :, :read]
 
 
 class RaggedKVCache:
     """Per-layer K/V buffers ``[R, heads, capacity, head_dim]`` with a length per row.
 
     ``fixed=True`` allocates ``capacity`` once and never grows (a forward that would overflow it
-    is refused); attention then always reads the whole capacity.
+    is refused); attention then reads the whole capacity, or with a ``window`` the slots up to the
+    next multiple of it past the longest row.
     """
 
     def __init__(
@@ -75,9 +80,10 @@ class RaggedKVCache:
         device: torch.device,
         capacity: int = 256,
         fixed: bool = False,
+        window: int | None = None,
     ) -> None:
         self.n_layers, self.rows, self.n_kv_heads, self.head_dim = n_layers, rows, n_kv_heads, head_dim
-        self.dtype, self.device, self.fixed = dtype, device, fixed
+        self.dtype, self.device, self.fixed, self.window = dtype, device, fixed, window
         self.capacity = 0
         self.k: list[torch.Tensor] = []
         self.v: list[torch.Tensor] = []
@@ -129,7 +135,7 @@ class RaggedKVCache:
         lengths = self.lengths
         longest = int(lengths.max())
         self._grow(longest + k)
-        read_length = self.capacity if self.fixed else longest + k
+        read_length = self._read_length(longest + k)
         dev = self.device
         lengths_dev = lengths.to(dev)
         offsets = torch.arange(k, device=dev)
@@ -159,6 +165,15 @@ class RaggedKVCache:
         self.lengths = lengths + k
         self._plan = plan
         return plan
+
+    def _read_length(self, needed: int) -> int:
+        """Slots attention reads for a forward that needs ``needed``: exactly those, or for a fixed
+        cache its whole capacity, or with a read ``window`` the next multiple of it (capped there)."""
+        if not self.fixed:
+            return needed
+        if self.window is None:
+            return self.capacity
+        return min(self.capacity, -(-needed // self.window) * self.window)
 
     def update(self, layer: int, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Write this layer's new keys/values ``[R, H, k, D]``; return what attention reads."""

@@ -44,6 +44,7 @@ def test_buckets_hold_every_block_and_reuse_compiled_shapes() -> None:
     assert [bucket_for(k, set()) for k in (1, 2, 3, 4, 6, 17, 18, 257)] == [1, 2, 3, 5, 9, 17, 33, 257]
     assert bucket_for(258, set()) is None
     assert bucket_for(5, {17}) == 17 and bucket_for(5, {3, 9, 17}) == 9 and bucket_for(18, {17}) == 33
+    assert bucket_for(17, {129}) == 17 and bucket_for(1, {17}) == 1  # no padding into a far larger bucket
     assert list(BUCKETS) == sorted(BUCKETS)
 
 
@@ -85,6 +86,11 @@ def test_compiled_demo_is_lossless() -> None:
     demo.set_compile(True)
     for draft in (None, JacobiDrafts(window=16, init="row_above")):
         assert torch.equal(generate(demo, Conditioning.classes([2, 9]), settings, draft=draft).tokens, eager.tokens)
+    # one compiled forward per block bucket serves every read window of the cache: nothing recompiles
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    generate(demo, Conditioning.classes([5, 11]), settings.with_(greedy=False), draft=JacobiDrafts(16, "row_above"))
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    assert demo.compiled is not None and len(demo.compiled.compiled) == len(demo.compiled.buckets)
 
 
 def test_without_a_compiler_it_runs_eagerly_after_one_notice(

@@ -139,14 +139,18 @@ def measure_costs(state: DecodeState, drafter: DrafterModelDrafts | None) -> For
 
 
 def _fill(model: ImageTokenModel, cached: torch.Tensor, filled: torch.Tensor, dev: torch.device) -> None:
-    """Feed placeholder tokens so that every row's cache holds ``filled [B]`` image tokens (host, ``>= cached``)."""
-    width = int((filled - cached).max())
-    if width > 0:
+    """Feed placeholder tokens so that every row's cache holds ``filled [B]`` image tokens (host, ``>= cached``):
+    in one forward, or for a compiled model in blocks of the largest calibrated size (a compiled
+    forward of a new size would compile it just for this)."""
+    chunk = CALIBRATION_BLOCKS[-1] if model.pads_blocks else None
+    while (width := int((filled - cached).max())) > 0:
+        width = min(width, chunk or width)
         positions = (cached.to(dev)[:, None] + torch.arange(width, device=dev)[None, :]).clamp(
             max=filled.to(dev)[:, None] - 1
         )
         model.forward(torch.zeros_like(positions), positions)
-        model.truncate(filled)
+        cached = torch.minimum(cached + width, filled)
+        model.truncate(cached)
 
 
 def _block_seconds(state: DecodeState, filled: torch.Tensor, sizes: tuple[int, ...]) -> dict[int, float]:

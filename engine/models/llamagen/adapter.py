@@ -126,7 +126,7 @@ class LlamaGenModel(ImageTokenModel):
         if not enabled:
             self.compiled = self._spare_cache = None
         elif self.compiled is None:
-            self.compiled = CompiledForward(_compiled_step(self.gpt), self.device, self.name)
+            self.compiled = _compiled_forward(self.gpt, self.device, self.name)
 
     @property
     def compile_seconds(self) -> float:
@@ -176,7 +176,8 @@ class LlamaGenModel(ImageTokenModel):
         if spare is not None and spare.rows == rows:
             spare.reset()
             return spare
-        cache = self.gpt.new_cache(rows, default_capacity(self.cfg, LARGEST_BUCKET), fixed=True)
+        window = READ_WINDOW if self.device.type == "cpu" else None  # see _compiled_forward
+        cache = self.gpt.new_cache(rows, default_capacity(self.cfg, LARGEST_BUCKET), fixed=True, window=window)
         static_buffers(cache.k + cache.v)
         return cache
 
@@ -273,7 +274,7 @@ class LlamaGenModel(ImageTokenModel):
         self.cache = self._spare_cache = None
         self.gpt.to(device)
         if self.compiled is not None:  # compiled code holds the weights where they were
-            self.compiled = CompiledForward(_compiled_step(self.gpt), device, self.name)
+            self.compiled = _compiled_forward(self.gpt, device, self.name)
         if self.decoder is not None:
             self.decoder = self.decoder.to(device)
         if self.text_encoder is not None:
@@ -300,6 +301,17 @@ class LlamaGenModel(ImageTokenModel):
     @torch.inference_mode()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         return to_uint8(self._require_decoder().decode(codes, self.grid))
+
+
+READ_WINDOW = 32  # on CPUs a compiled forward reads the cache up to the next multiple of this many slots
+
+
+def _compiled_forward(gpt: GPT, device: torch.device, name: str) -> CompiledForward:
+    """On CPUs attention reads the cache only up to a window past the longest row, so the attention
+    mask's last size (argument 3 of the step) varies; on GPUs it reads the whole fixed cache, whose
+    static shapes CUDA graphs need."""
+    varying = ((3, 3),) if device.type == "cpu" else ()
+    return CompiledForward(_compiled_step(gpt), device, name, varying=varying)
 
 
 def _compiled_step(gpt: GPT) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:

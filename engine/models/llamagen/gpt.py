@@ -295,7 +295,7 @@ class GPT(nn.Module):
                 null = self.cls_embedding.uncond_embedding
                 null.normal_(0.0, null.shape[-1] ** -0.5, generator=generator)
 
-    def new_cache(self, rows: int, capacity: int, fixed: bool = False) -> RaggedKVCache:
+    def new_cache(self, rows: int, capacity: int, fixed: bool = False, window: int | None = None) -> RaggedKVCache:
         p = next(self.parameters())
         return RaggedKVCache(
             self.cfg.n_layer,
@@ -306,6 +306,7 @@ class GPT(nn.Module):
             p.device,
             capacity,
             fixed,
+            window,
         )
 
     def run_layers(
