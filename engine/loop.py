@@ -29,7 +29,7 @@ from .policies import AcceptancePolicy, ExactPolicy
 from .sampling import DistributionProcessor, make_generator, sample
 from .types import Conditioning, DraftBlock, GenerationResult, Observer, SamplingSettings, StepEvent, TokenKind, Verdict
 from .timing import Clock, synchronize
-from .verify import tree_attention_rows, tree_tables, verify_chain, verify_tree
+from .verify import plain_step, tree_attention_rows, tree_tables, verify_chain, verify_tree
 
 
 STEP_TENSORS = 5  # [B, k, V] float32 tensors one step holds at once: two halves of logits, p, q, a residual
@@ -117,6 +117,7 @@ def generate(
     # Built once per run, not per step (each small tensor op costs microseconds against a forward's milliseconds):
     offsets = torch.arange(largest + 1, device=dev)  # of a chain's tokens from its pending token
     no_drafts = DraftBlock.empty(B, model.vocab_size, dev)  # plain AR's block
+    zeros = torch.zeros(B, dtype=torch.long, device=dev)  # a plain step's accepted counts and next kinds
     tokens[:, 0] = sample(p0[:, 0], generator)
     kinds[:, 0] = int(TokenKind.PLAIN)
     forward_index[:, 0] = 0
@@ -168,7 +169,7 @@ def generate(
         if draft is not None:
             draft.begin(state)
         keep_going = notify()
-        while keep_going and (least := min(committed.tolist())) < N:
+        while keep_going and (least := min(counts := committed.tolist())) < N:
             state.max_drafts = N - 1 - least
             block = draft.propose(state) if draft is not None else no_drafts
             if block.size > largest:
@@ -185,9 +186,11 @@ def generate(
             predicted = (positions + 1).clamp(max=N - 1) if processor.constrain is not None else positions
             p = processor(out.logits, predicted)  # positions matter only to a model's constraint
             read_evidence = policy.needs_code_evidence and settings.uses_cfg  # evidence needs both guidance halves
-            evidence = code_evidence(out.logits) if read_evidence else None
-            limit = (N - 1 - committed_dev).clamp(min=0)  # drafts a row may still accept; 0 once it is done
-            if layout is None:
+            evidence = code_evidence(out.logits) if read_evidence and block.size else None
+            limit = (N - 1 - committed_dev).clamp(min=0) if block.size else None  # drafts a row may still accept
+            if not block.size:
+                verdict = plain_step(p, generator, zeros)
+            elif layout is None:
                 verdict = verify_chain(policy, p, block, node_positions, limit, generator, evidence)
             else:
                 verdict = verify_tree(
@@ -210,7 +213,8 @@ def generate(
             committed_before = committed
             committed = (committed + 1 + synced[:B].long()).clamp(max=N)  # pending token + accepted nodes
             if layout is None:
-                model.truncate(committed - 1)
+                if block.size or max(counts) >= N:  # after a plain step a running row's cache is as it must be
+                    model.truncate(committed - 1)
                 path_tokens = block.tokens  # a chain's path is its first accepted drafts
             else:
                 path = verdict.path.clamp(min=0)

@@ -42,7 +42,8 @@ class DistributionProcessor:
         logits = logits.float()
         if not self.settings.uses_cfg:
             return logits
-        cond, uncond = logits.chunk(2, dim=0)
+        half = logits.shape[0] // 2
+        cond, uncond = logits[:half], logits[half:]
         return torch.lerp(uncond, cond, self.settings.cfg_scale)  # uncond + scale * (cond - uncond), one kernel
 
     def __call__(self, logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,15 @@ def _next_kind(limit: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     return torch.where(limit == 0, int(TokenKind.PLAIN), kind)
 
 
+def plain_step(p: torch.Tensor, generator: torch.Generator, zeros: torch.Tensor | None = None) -> Verdict:
+    """Nothing drafted: plain AR's step, its token drawn from the pending token's distribution ``p[:, 0]``.
+
+    ``zeros [B]`` (long) may be handed in to be reused: nothing accepted, and the next kind PLAIN (0)."""
+    if zeros is None:
+        zeros = torch.zeros(p.shape[0], dtype=torch.long, device=p.device)
+    return Verdict(zeros, zeros[:, None][:, :0], sample(p[:, 0], generator), p[:, 0], zeros)
+
+
 def verify_chain(
     policy: AcceptancePolicy,
     p: torch.Tensor,
@@ -54,9 +63,8 @@ def verify_chain(
     """
     B, n = block.tokens.shape
     dev = p.device
-    if not n:  # nothing drafted: plain AR's step, drawn from the pending token's distribution
-        none = torch.zeros(B, dtype=torch.long, device=dev)  # accepted; also the next kind, PLAIN (0)
-        return Verdict(none, none[:, None][:, :0], sample(p[:, 0], generator), p[:, 0], none)
+    if not n:
+        return plain_step(p, generator)
     limit = limit.clamp(max=n)
     steps, rows = torch.arange(n, device=dev), torch.arange(B, device=dev)
     ctx = PolicyContext(positions, evidence=None if evidence is None else evidence[:, :n])
