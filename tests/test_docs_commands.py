@@ -53,7 +53,7 @@ SKIPPED = {  # the first line of a block -> why it does not run here
     'pip install "torch==2.13.0" -e ".[test]"': ".ci/run runs it as written (this test is part of it)",
     "cd ComfyUI/custom_nodes": "clones into a ComfyUI checkout from GitHub; tests/test_comfyui_real.py installs "
     "the pack in a real ComfyUI",
-    "OMP_NUM_THREADS=1 specar bench --images 12 --batch 1 --methods jacobi-row,drafter --compile": "inductor "
+    "OMP_NUM_THREADS=1 specar bench --images 12 --batch 1 --methods auto,jacobi-row,drafter --compile": "inductor "
     "compiles for over a minute on a cold cache; tests/test_compile.py runs --compile through the CLI",
 }
 
