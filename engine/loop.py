@@ -185,17 +185,18 @@ def generate(
             block_tokens += inputs.shape[1]
             predicted = (positions + 1).clamp(max=N - 1) if processor.constrain is not None else positions
             p = processor(out.logits, predicted)  # positions matter only to a model's constraint
-            read_evidence = policy.needs_code_evidence and settings.uses_cfg  # evidence needs both guidance halves
-            evidence = code_evidence(out.logits) if read_evidence and block.size else None
-            limit = (N - 1 - committed_dev).clamp(min=0) if block.size else None  # drafts a row may still accept
             if not block.size:
                 verdict = plain_step(p, generator, zeros)
-            elif layout is None:
-                verdict = verify_chain(policy, p, block, node_positions, limit, generator, evidence)
             else:
-                verdict = verify_tree(
-                    policy, p, block, node_positions, limit, generator, out.hidden[:B], layout, evidence
-                )
+                read_evidence = policy.needs_code_evidence and settings.uses_cfg  # needs both guidance halves
+                evidence = code_evidence(out.logits) if read_evidence else None
+                limit = (N - 1 - committed_dev).clamp(min=0)  # drafts a row may still accept; 0 once it is done
+                if layout is None:
+                    verdict = verify_chain(policy, p, block, node_positions, limit, generator, evidence)
+                else:
+                    verdict = verify_tree(
+                        policy, p, block, node_positions, limit, generator, out.hidden[:B], layout, evidence
+                    )
 
             health = [prefill_health, _health(out.logits), _health(block.q) if block.size else nothing]
             prefill_health = nothing

@@ -23,7 +23,7 @@ from dataclasses import replace
 import torch
 
 from .policies.base import AcceptancePolicy, PolicyContext
-from .sampling import DIVISOR_FLOOR, MASS_EPSILON, sample
+from .sampling import DIVISOR_FLOOR, MASS_EPSILON, residual, sample
 from .types import DraftBlock, TokenKind, Verdict
 
 
@@ -298,9 +298,8 @@ def _verify_picks(
     rejected = (children[:, 0] >= 0) & (accepted < limit)
     here = _row(p, rows)
     child_tokens = block.tokens.gather(1, children.clamp(min=0))  # padding slots repeat the first child
-    kept = here.scatter(1, torch.where(children >= 0, child_tokens, child_tokens[:, :1]), 0.0)
-    mass = kept.sum(-1, keepdim=True)
-    corrected = torch.where(mass > 0, kept / mass.clamp_min(DIVISOR_FLOOR), here)
+    tried = torch.zeros_like(here).scatter_(1, torch.where(children >= 0, child_tokens, child_tokens[:, :1]), 1.0)
+    corrected = residual(here, tried)  # p without the children's tokens
     next_dist = torch.where(rejected[:, None], corrected, here)
     next_token = drawn.gather(1, rows[:, None])[:, 0]
     return Verdict(accepted, path[:, :max_depth], next_token, next_dist, _next_kind(limit, rejected))

@@ -53,10 +53,8 @@ JACOBI_WINDOW = (
 )  # drafts per Jacobi block: the window of 16 of the SJD paper, less the pending token
 DRAFTER_MAX_DRAFTS = 8
 CALIBRATION_ROUNDS = 3  # timed rounds per measured cost: the calibration is part of the first run's time
-PRIOR_ACCEPTED, PRIOR_REJECTED = (
-    1.6,
-    0.4,
-)  # a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
+# a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
+PRIOR_ACCEPTED, PRIOR_REJECTED = 1.6, 0.4
 MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tracked over the last ~20 forwards
 STINT = 8  # forwards between choices of the draft source
 COST_TOLERANCE = 0.1  # a source must be expected to beat plain steps by more than this share to be used
@@ -110,7 +108,7 @@ _CHAIN_MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, boo
 
 
 def measure_costs(state: DecodeState, drafter: DrafterModelDrafts | None) -> ForwardCosts:
-    """The target's block costs and the drafter's cost per draft, measured the first time a model,
+    """The target's block costs and the drafter's chain costs, measured the first time a model,
     batch size and guidance ask (both caches prefilled).
 
     Both are timed with half an image of placeholder tokens in the caches (attention over the cache
@@ -118,7 +116,7 @@ def measure_costs(state: DecodeState, drafter: DrafterModelDrafts | None) -> For
     filled once for both and rolled back afterwards."""
     key = (state.batch, state.guided)
     blocks = _MEASURED.setdefault(state.model, {})
-    chains = _CHAIN_MEASURED.setdefault(drafter.drafter, {}) if drafter is not None else None  # (chain, draft)
+    chains = _CHAIN_MEASURED.setdefault(drafter.drafter, {}) if drafter is not None else None
     if key not in blocks or (chains is not None and key not in chains):
         dev = state.tokens.device
         cached = state.committed - 1  # host [B]: image tokens in the target's cache
@@ -157,8 +155,8 @@ def _block_seconds(state: DecodeState, filled: torch.Tensor, sizes: tuple[int, .
     """Seconds of one target step of ``sizes`` tokens after ``filled [B]`` cached tokens: the forward,
     its distributions and the verification of the drafts in it (or a plain step's sample), as the
     loop spends them. The cache is rolled back after each; the sizes take turns, each timed over a
-    run of :data:`RUN_OF_BLOCKS` steps. A block is never
-    cheaper than a smaller one, so a size timed slower than a larger one takes the larger's time."""
+    run of :data:`RUN_OF_BLOCKS` steps. A block is never cheaper than a smaller one, so a size timed
+    slower than a larger one takes the larger's time."""
     model, dev, last = state.model, state.tokens.device, state.num_tokens - 1
     scratch = make_generator(0, dev)  # the run's own generator is never drawn from here
     policy, limit = ExactPolicy(), torch.full((state.batch,), max(sizes), device=dev)
