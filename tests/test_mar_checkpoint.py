@@ -111,7 +111,7 @@ def test_demo_trainer_lowers_the_loss_and_exports_a_loadable_file(tmp_path: Path
     trainer.run()
     assert trainer.val_loss() < before
     model, meta = read_mar(tmp_path / "mar_drafter.safetensors")
-    assert meta["role"] == "drafter" and model.cfg == train_mar.ROLES["drafter"] and meta["patch"] == train_mar.PATCH
+    assert meta["role"] == "drafter" and model.cfg == train_mar.ROLES["drafter"] and meta["pixels"] == "vae"
     for key, value in trainer.ema.state_dict().items():  # the file holds the moving average, in fp16
         assert torch.equal(model.state_dict()[key], value.half().float()), key
     resumed = train_mar.MARTrainer(train_mar.parse_args([*args_list, "--resume"]))
@@ -156,9 +156,9 @@ def test_diffusion_sampler_uses_the_given_noise() -> None:
 
 def test_kl16_decoder_loads_the_official_layout_and_decodes(tmp_path: Path) -> None:
     """A small KL VAE in kl16.ckpt's layout (encoder weights included, as in the real file)."""
-    from specar.continuous.kl_vae import KL16Decoder, load_kl16
+    from specar.continuous.kl_vae import KLDecoder, KLDecoderConfig, load_kl_vae
 
-    vae = KL16Decoder(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)
+    vae = KLDecoder(KLDecoderConfig(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1))
     state = {
         k: torch.randn(v.shape, generator=torch.Generator().manual_seed(i)) * 0.1
         for i, (k, v) in enumerate(vae.state_dict().items())
@@ -167,10 +167,46 @@ def test_kl16_decoder_loads_the_official_layout_and_decodes(tmp_path: Path) -> N
     state["quant_conv.weight"] = torch.zeros(8, 8, 1, 1)
     path = tmp_path / "kl16.ckpt"
     torch.save({"model": state}, path)
-    loaded = load_kl16(path)
+    loaded = load_kl_vae(path)
     assert [len(level.block) for level in loaded.decoder.up] == [2, 2]
     images = loaded(torch.randn(2, 9, 4), (3, 3))
     assert images.shape == (2, 6, 6, 3) and images.dtype == torch.uint8
     with pytest.raises(CheckpointError, match="not a KL VAE"):
         torch.save({"model": {"w": torch.zeros(1)}}, tmp_path / "bad.ckpt")
-        load_kl16(tmp_path / "bad.ckpt")
+        load_kl_vae(tmp_path / "bad.ckpt")
+
+
+def test_a_vae_file_with_a_bad_latent_scale_is_refused(tmp_path: Path) -> None:
+    from specar.continuous.kl_vae import KLDecoder, KLDecoderConfig, load_kl_vae
+
+    state = KLDecoder(KLDecoderConfig(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)).state_dict()
+    path = tmp_path / "vae.safetensors"
+    save_safetensors(state, path, config={"latent_scale": 0.5})
+    assert load_kl_vae(path).latent_scale == 0.5
+    for bad in (0, -1.0, "big", float("inf")):
+        save_safetensors(state, path, config={"latent_scale": bad})
+        with pytest.raises(CheckpointError, match="latent_scale .* must be a positive number"):
+            load_kl_vae(path)
+
+
+def test_vae_trainer_exports_the_decoder_the_engine_loads_and_resumes(tmp_path: Path) -> None:
+    from specar.continuous.kl_vae import load_kl_vae
+    from specar.demo.training import train_vae
+
+    args = ["--steps", "3", "--batch", "4", "--warmup", "1", "--out", str(tmp_path), "--log-seconds", "1000"]
+    train_vae.main(args)
+    exported = tmp_path / "mar_vae.safetensors"
+    decoder = load_kl_vae(exported)
+    assert decoder.cfg == train_vae.DEMO_VAE and 0 < decoder.latent_scale < float("inf")
+    trained = train_vae.KLAutoencoder()
+    train_mar.init_from(tmp_path / "mar_vae-state.safetensors", trained)
+    pixels = train_vae.scene_pixels(2, 5)
+    latents = trained.eval().encode(pixels)
+    tokens = (latents * decoder.latent_scale).flatten(2).transpose(1, 2)
+    images = decoder(tokens, (8, 8))
+    assert images.shape == (2, 32, 32, 3) and images.dtype == torch.uint8
+    expected = ((trained.pixels(latents).detach().clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1)
+    assert (images.float() - expected).abs().max() <= 2  # the same network, read back from fp16 weights
+    first = exported.read_bytes()
+    train_vae.main([*args, "--resume"])  # the state is at the last step: restores and re-exports the same file
+    assert exported.read_bytes() == first

@@ -17,6 +17,25 @@ from specar.lab.demo_evaluator import load_evaluator
 CLASSES = list(range(16))
 
 
+def test_the_demo_vae_reconstructs_scenes_the_evaluator_recognises() -> None:
+    from specar.continuous.kl_vae import load_kl_vae
+    from specar.demo.continuous import VAE_FILE
+    from specar.demo.paths import WEIGHTS_DIR
+    from specar.demo.scenes import sample_scenes
+    from specar.demo.training.train import init_from
+    from specar.demo.training.train_vae import KLAutoencoder, psnr, to_pixels
+
+    decoder = load_kl_vae(WEIGHTS_DIR / VAE_FILE)
+    autoencoder = KLAutoencoder()
+    init_from(WEIGHTS_DIR / VAE_FILE, autoencoder)
+    images, ids = sample_scenes(32, 77)
+    pixels = to_pixels(images)
+    latents = autoencoder.eval().encode(pixels)
+    decoded = decoder((latents * decoder.latent_scale).flatten(2).transpose(1, 2), (8, 8))
+    assert psnr(to_pixels(decoded.numpy()), pixels) >= 33.0
+    assert load_evaluator().evaluate(decoded, ids).class_accuracy == 1.0
+
+
 @pytest.fixture(scope="module")
 def pair():
     return load_continuous_model("mar-demo", "cpu"), load_continuous_model("mar-demo-drafter", "cpu")

@@ -1,22 +1,27 @@
-"""MAR's KL-16 VAE decoder (the LDM ``AutoencoderKL`` with ``ch_mult (1, 1, 2, 2, 4)``), decode side only.
+"""The decoder of a KL-regularised VAE (the LDM ``AutoencoderKL``), decode side only.
 
-MAR trains on the VAE's 16-channel latents scaled by 0.2325 (one token per 16x16 pixel patch),
-so decoding divides by that factor, runs ``post_quant_conv`` and the decoder, and maps [-1, 1] to
-8-bit pixels. The decoder network is the taming/LDM decoder Chameleon's VQGAN uses too (same
-layout: ``mid.block_1``, ``up.<level>.block.<j>``, ...), here without attention outside the middle
-and with 16 latent channels. The encoder is never run, so its weights are skipped when loading.
+MAR trains on the latents of its KL-16 VAE (16 channels, one token per 16x16 pixel patch, ``ch_mult
+(1, 1, 2, 2, 4)``) scaled by 0.2325; the continuous demo uses a small VAE of the same layout (4
+channels per 4x4 patch) whose file records its own scale. Decoding divides by the scale, runs
+``post_quant_conv`` and the decoder, and maps [-1, 1] to 8-bit pixels. The decoder network is the
+taming/LDM decoder Chameleon's VQGAN uses too (same layout: ``mid.block_1``, ``up.<level>.block.<j>``,
+...), here without attention outside the middle. The encoder is never run, so its weights are
+skipped when loading.
 """
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ..checkpoints import load_into, read_state_dict
+from ..checkpoints import load_into, read_safetensors_metadata, read_state_dict
 from ..errors import CheckpointError
+from ..models.base import to_uint8
 from ..models.chameleon_vqgan import TamingDecoder, VQGANConfig
 
 LATENT_SCALE = 0.2325  # MAR's scaling of the KL-16 latents
@@ -24,33 +29,67 @@ IGNORED_PREFIXES = ("encoder.", "quant_conv.", "loss.")
 _LEVEL_KEY = re.compile(r"decoder\.up\.(\d+)\.block\.(\d+)\.conv1\.weight")
 
 
-class KL16Decoder(nn.Module):
-    """Tokens ``[B, h*w, C]`` (MAR's scaled latents) -> ``uint8 [B, 16h, 16w, 3]``; a :class:`~.model.PixelDecoder`."""
+@dataclass(frozen=True)
+class KLDecoderConfig:
+    """Latent channels and decoder widths; the defaults are MAR's KL-16 VAE."""
 
-    def __init__(
-        self, embed_dim: int = 16, ch: int = 128, ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4), num_res_blocks: int = 2
-    ) -> None:
+    embed_dim: int = 16
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 1, 2, 2, 4)
+    num_res_blocks: int = 2
+
+    @property
+    def downsampling(self) -> int:
+        """Pixels per latent along each side."""
+        return 2 ** (len(self.ch_mult) - 1)
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "ch_mult": list(self.ch_mult)}
+
+
+class KLDecoder(nn.Module):
+    """Tokens ``[B, h*w, C]`` (scaled latents) -> ``uint8 [B, f*h, f*w, 3]``; a :class:`~.model.PixelDecoder`."""
+
+    def __init__(self, cfg: KLDecoderConfig = KLDecoderConfig(), latent_scale: float = LATENT_SCALE) -> None:
         super().__init__()
-        self.embed_dim = embed_dim
-        self.post_quant_conv = nn.Conv2d(embed_dim, embed_dim, 1)
+        self.cfg = cfg
+        self.latent_scale = latent_scale
+        self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.embed_dim, 1)
         self.decoder = TamingDecoder(
-            VQGANConfig(z_channels=embed_dim, ch=ch, ch_mult=ch_mult, num_res_blocks=num_res_blocks)
+            VQGANConfig(z_channels=cfg.embed_dim, ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks)
         )
+
+    def pixels(self, latents: torch.Tensor) -> torch.Tensor:
+        """Unscaled latents ``[B, C, h, w]`` -> pixels ``[B, 3, f*h, f*w]`` in about [-1, 1]."""
+        return self.decoder(self.post_quant_conv(latents))
 
     @torch.no_grad()
     def forward(self, tokens: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         b, (h, w) = tokens.shape[0], grid
-        if tokens.shape[-1] != self.embed_dim:
-            raise CheckpointError(f"tokens have {tokens.shape[-1]} channels but the VAE takes {self.embed_dim}")
+        if tokens.shape[-1] != self.cfg.embed_dim:
+            raise CheckpointError(f"tokens have {tokens.shape[-1]} channels but the VAE takes {self.cfg.embed_dim}")
         param = self.post_quant_conv.weight
-        z = tokens.to(param.device, param.dtype).transpose(1, 2).reshape(b, self.embed_dim, h, w) / LATENT_SCALE
-        pixels = self.decoder(self.post_quant_conv(z))
-        return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        z = tokens.to(param.device, param.dtype).transpose(1, 2).reshape(b, self.cfg.embed_dim, h, w)
+        return to_uint8(self.pixels(z / self.latent_scale))
 
 
-def load_kl16(path: str | Path, device: str | torch.device = "cpu") -> KL16Decoder:
-    """The decoder half of MAR's ``kl16.ckpt`` (``{"model": state}``, read with ``weights_only=True``)
-    or a safetensors copy."""
+def _latent_scale(path: Path) -> float:
+    """The scale a file's header records (the demo's VAE), else MAR's."""
+    if path.suffix.lower() != ".safetensors":
+        return LATENT_SCALE
+    try:
+        config = json.loads(read_safetensors_metadata(path).get("config", "{}"))
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path.name} has an unreadable header config ({exc})") from exc
+    scale = config.get("latent_scale", LATENT_SCALE) if isinstance(config, dict) else LATENT_SCALE
+    if not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+        raise CheckpointError(f"{path.name} records latent_scale {scale!r}; it must be a positive number")
+    return float(scale)
+
+
+def load_kl_vae(path: str | Path, device: str | torch.device = "cpu") -> KLDecoder:
+    """The decoder half of a KL VAE: MAR's ``kl16.ckpt`` (``{"model": state}``, read with
+    ``weights_only=True``), a safetensors copy, or the continuous demo's VAE."""
     path = Path(path)
     state = read_state_dict(path)
     if "post_quant_conv.weight" not in state:
@@ -66,9 +105,9 @@ def load_kl16(path: str | Path, device: str | torch.device = "cpu") -> KL16Decod
         raise CheckpointError(f"{path.name} has no decoder.up.* blocks")
     ch_mult = tuple(int(state[f"decoder.up.{i}.block.0.conv1.weight"].shape[0]) // ch for i in sorted(levels))
     blocks = max(levels.values())  # blocks per level are num_res_blocks + 1, indices 0..num_res_blocks
-    model = KL16Decoder(embed_dim, ch, ch_mult, blocks)
+    model = KLDecoder(KLDecoderConfig(embed_dim, ch, ch_mult, blocks), _latent_scale(path))
     load_into(model, {k: v.float() for k, v in state.items()}, path.name, ignore=IGNORED_PREFIXES)
     return model.to(device).eval().requires_grad_(False)
 
 
-__all__ = ["KL16Decoder", "load_kl16", "LATENT_SCALE"]
+__all__ = ["KLDecoder", "KLDecoderConfig", "load_kl_vae", "LATENT_SCALE"]

@@ -115,6 +115,8 @@ class MARTokenModel:
 
     def to(self, device: torch.device | str) -> "MARTokenModel":
         self.mar.to(device)
+        if isinstance(self.decoder, torch.nn.Module):
+            self.decoder.to(device)
         return self
 
     def class_rows(self, class_ids: torch.Tensor, guided: bool) -> torch.Tensor:

@@ -18,7 +18,7 @@ from ..checkpoints import read_safetensors_metadata
 from ..errors import CheckpointError
 from ..models.registry import resolve_device
 from .checkpoint import KIND, read_mar
-from .kl_vae import load_kl16
+from .kl_vae import load_kl_vae
 from .model import MARTokenModel, PatchPixels
 
 DEMO_ROLES = {"mar-demo": "target", "mar-demo-drafter": "drafter"}
@@ -82,7 +82,7 @@ def load_continuous_model(
             class_names=tuple(meta["class_names"]) if "class_names" in meta else None,
         )
     else:
-        decoder = load_kl16(_find_vae(path, vae_path), dev)
+        decoder = load_kl_vae(_find_vae(path, vae_path), dev)
         model = MARTokenModel(mar, decoder, name=path.stem)
     return model.to(dev)
 

@@ -1,47 +1,49 @@
-"""Train the continuous demo pair: small MAR models over 4x4 RGB patches (48-d tokens).
+"""Train the continuous demo pair: small MAR models over the demo VAE's 8x8x4 latents.
 
-    python -m specar.demo.training.train_mar --role target --steps 6000 --lr 1.5e-3 --threads 1 --out out/mar-target
+    python -m specar.demo.training.train_vae --steps 2500 --out out/mar-vae
+    python -m specar.demo.training.train_mar --role target --steps 6000 --vae out/mar-vae/mar_vae.safetensors \
+        --threads 1 --out out/mar-target
     python -m specar.demo.training.train_mar --role drafter --steps 6000 --lr 2e-3 --seed 1 --threads 1 \
-        --out out/mar-drafter
+        --vae out/mar-vae/mar_vae.safetensors --out out/mar-drafter
 
-A 32x32 scene becomes 8x8 continuous tokens, each the 48 values of a 4x4 patch in [-1, 1], so no
-VAE is needed and decoding is a reshape. Large patches keep the grid small: an object covers a
-handful of tokens that a few MAR steps decide together, where 2x2 patches left hundreds of tokens
-to be sampled in parallel, each on its own, and a shape came out as a cloud of dots. Both models
+A 32x32 scene becomes 8x8 continuous tokens: the scaled posterior samples of the demo's KL VAE
+(:mod:`.train_vae`), four values per 4x4 patch, as MAR trains on its KL-16 latents. Both models
 are trained on the data independently, as CSpD pairs independently trained MAR sizes; the
 exported weights are the exponential moving average of the trained ones, as MAR evaluates.
 Batches are rendered on the fly from ``(seed, step)`` (as in :mod:`.train`); checkpoints are
-rewritten every few minutes and ``--resume`` continues. The exported file (fp16, config, patch
-size and class names in the header) goes to ``--out/mar_<role>.safetensors``; copy it to
-``engine/demo/weights/`` to ship it.
+rewritten every few minutes and ``--resume`` continues. The exported file (fp16, config and class
+names in the header) goes to ``--out/mar_<role>.safetensors``; copy it and the VAE to
+``engine/demo/weights/`` to ship them.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import time
 from pathlib import Path
 
 import torch
 
+from ...checkpoints import read_safetensors_metadata
 from ...continuous.checkpoint import save_mar
 from ...continuous.mar import MAR, MARConfig
-from ...continuous.model import PatchPixels
+from ..paths import WEIGHTS_DIR
 from ..scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
 from ...lab.training_state import Schedule, load_state, save_state, stream_seed
 from .train import init_from, log, param_groups
+from .train_vae import DEMO_VAE, KLAutoencoder, to_pixels
 
-PATCH = 4  # pixels per token side: 32x32 scenes become 8x8 tokens of 48 values
-GRID = 32 // PATCH
+GRID = 32 // DEMO_VAE.downsampling
 
 
 def demo_mar(width: int, depth: int, head_width: int) -> MARConfig:
-    """A demo MAR on the 8x8 patch grid: ``depth`` encoder and decoder blocks of ``width``, a 3-block head."""
+    """A demo MAR on the 8x8 latent grid: ``depth`` encoder and decoder blocks of ``width``, a 3-block head."""
     return MARConfig(
         seq_h=GRID,
         seq_w=GRID,
-        token_dim=3 * PATCH * PATCH,
+        token_dim=DEMO_VAE.embed_dim,
         encoder_dim=width,
         encoder_depth=depth,
         encoder_heads=4,
@@ -57,14 +59,25 @@ def demo_mar(width: int, depth: int, head_width: int) -> MARConfig:
 
 
 ROLES: dict[str, MARConfig] = {"target": demo_mar(128, 3, 256), "drafter": demo_mar(64, 2, 128)}
-TRAIN_STREAM, VAL_STREAM, DROP_STREAM, NOISE_STREAM = 10, 11, 12, 13
+TRAIN_STREAM, VAL_STREAM, DROP_STREAM, NOISE_STREAM, LATENT_STREAM = 10, 11, 12, 13, 14
 VAL_IMAGES = 128
 
 
-def scene_batch(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` fresh scenes as (class ids ``[n]``, tokens ``[n, 64, 48]``)."""
-    images, ids = sample_scenes(n, seed)
-    return torch.from_numpy(ids), PatchPixels(PATCH).tokens(torch.from_numpy(images))
+class SceneLatents:
+    """Fresh scenes as MAR tokens: the frozen VAE's scaled posterior samples."""
+
+    def __init__(self, vae_path: Path) -> None:
+        self.vae = KLAutoencoder()
+        init_from(vae_path, self.vae)
+        self.vae.eval().requires_grad_(False)
+        self.scale = float(json.loads(read_safetensors_metadata(vae_path)["config"])["latent_scale"])
+
+    @torch.no_grad()
+    def batch(self, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(class ids ``[n]``, tokens ``[n, 64, C]``) of ``n`` scenes rendered from ``seed``."""
+        images, ids = sample_scenes(n, seed)
+        latents = self.vae.encode(to_pixels(images), torch.Generator().manual_seed(stream_seed(seed, LATENT_STREAM)))
+        return torch.from_numpy(ids), (latents * self.scale).flatten(2).transpose(1, 2).contiguous()
 
 
 class MARTrainer:
@@ -82,7 +95,8 @@ class MARTrainer:
         self.step = 0
         self.out = Path(args.out)
         self.state_path = self.out / f"mar_{args.role}-state.safetensors"
-        self.val = scene_batch(VAL_IMAGES, stream_seed(0, VAL_STREAM))
+        self.latents = SceneLatents(Path(args.vae))
+        self.val = self.latents.batch(VAL_IMAGES, stream_seed(0, VAL_STREAM))
 
     def loss(self, ids: torch.Tensor, tokens: torch.Tensor, seed: int, model: MAR | None = None) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.bf16):
@@ -90,7 +104,7 @@ class MARTrainer:
 
     def train_step(self) -> float:
         args = self.args
-        ids, tokens = scene_batch(args.batch, stream_seed(args.seed, TRAIN_STREAM, self.step))
+        ids, tokens = self.latents.batch(args.batch, stream_seed(args.seed, TRAIN_STREAM, self.step))
         drop = torch.rand(
             ids.shape, generator=torch.Generator().manual_seed(stream_seed(args.seed, DROP_STREAM, self.step))
         )
@@ -164,7 +178,7 @@ class MARTrainer:
             final,
             {
                 "class_names": list(CLASS_NAMES),
-                "patch": PATCH,
+                "pixels": "vae",
                 "role": args.role,
                 "train_steps": self.step,
                 "batch": args.batch,
@@ -179,6 +193,7 @@ class MARTrainer:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m specar.demo.training.train_mar", description=__doc__.split("\n\n")[0])
     p.add_argument("--role", choices=sorted(ROLES), required=True)
+    p.add_argument("--vae", default=str(WEIGHTS_DIR / "mar_vae.safetensors"), help="the demo VAE (train_vae's output)")
     p.add_argument("--steps", type=int, required=True, help="optimizer steps (cosine schedule length)")
     p.add_argument("--out", default="out/mar")
     p.add_argument("--resume", action="store_true")
