@@ -181,12 +181,14 @@ def test_a_vae_file_with_a_bad_latent_scale_is_refused(tmp_path: Path) -> None:
 
     state = KLDecoder(KLDecoderConfig(embed_dim=4, ch=32, ch_mult=(1, 2), num_res_blocks=1)).state_dict()
     path = tmp_path / "vae.safetensors"
-    save_safetensors(state, path, config={"latent_scale": 0.5})
-    assert load_kl_vae(path).latent_scale == 0.5
-    for bad in (0, -1.0, "big", float("inf")):
-        save_safetensors(state, path, config={"latent_scale": bad})
-        with pytest.raises(CheckpointError, match="latent_scale .* must be a positive number"):
-            load_kl_vae(path)
+    save_safetensors(state, path, config={"latent_scale": 0.5, "latent_bound": 4})
+    loaded = load_kl_vae(path)
+    assert loaded.latent_scale == 0.5 and loaded.latent_bound == 4.0
+    for name in ("latent_scale", "latent_bound"):
+        for bad in (0, -1.0, "big", float("inf")):
+            save_safetensors(state, path, config={name: bad})
+            with pytest.raises(CheckpointError, match=f"{name} .* must be a positive number"):
+                load_kl_vae(path)
 
 
 def test_vae_trainer_exports_the_decoder_the_engine_loads_and_resumes(tmp_path: Path) -> None:
@@ -197,7 +199,7 @@ def test_vae_trainer_exports_the_decoder_the_engine_loads_and_resumes(tmp_path: 
     train_vae.main(args)
     exported = tmp_path / "mar_vae.safetensors"
     decoder = load_kl_vae(exported)
-    assert decoder.cfg == train_vae.DEMO_VAE and 0 < decoder.latent_scale < float("inf")
+    assert decoder.cfg == train_vae.DEMO_VAE and 0 < decoder.latent_scale < float("inf") and decoder.latent_bound >= 1
     trained = train_vae.KLAutoencoder()
     train_mar.init_from(tmp_path / "mar_vae-state.safetensors", trained)
     pixels = train_vae.scene_pixels(2, 5)

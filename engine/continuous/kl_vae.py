@@ -50,10 +50,16 @@ class KLDecoderConfig:
 class KLDecoder(nn.Module):
     """Tokens ``[B, h*w, C]`` (scaled latents) -> ``uint8 [B, f*h, f*w, 3]``; a :class:`~.model.PixelDecoder`."""
 
-    def __init__(self, cfg: KLDecoderConfig = KLDecoderConfig(), latent_scale: float = LATENT_SCALE) -> None:
+    def __init__(
+        self,
+        cfg: KLDecoderConfig = KLDecoderConfig(),
+        latent_scale: float = LATENT_SCALE,
+        latent_bound: float | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.latent_scale = latent_scale
+        self.latent_bound = latent_bound  # |scaled latent| of the training data, where a file records it
         self.post_quant_conv = nn.Conv2d(cfg.embed_dim, cfg.embed_dim, 1)
         self.decoder = TamingDecoder(
             VQGANConfig(z_channels=cfg.embed_dim, ch=cfg.ch, ch_mult=cfg.ch_mult, num_res_blocks=cfg.num_res_blocks)
@@ -73,18 +79,20 @@ class KLDecoder(nn.Module):
         return to_uint8(self.pixels(z / self.latent_scale))
 
 
-def _latent_scale(path: Path) -> float:
-    """The scale a file's header records (the demo's VAE), else MAR's."""
+def _latent_range(path: Path) -> tuple[float, float | None]:
+    """The scale and bound a file's header records (the demo's VAE), else MAR's scale and no bound."""
     if path.suffix.lower() != ".safetensors":
-        return LATENT_SCALE
+        return LATENT_SCALE, None
     try:
         config = json.loads(read_safetensors_metadata(path).get("config", "{}"))
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{path.name} has an unreadable header config ({exc})") from exc
-    scale = config.get("latent_scale", LATENT_SCALE) if isinstance(config, dict) else LATENT_SCALE
-    if not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
-        raise CheckpointError(f"{path.name} records latent_scale {scale!r}; it must be a positive number")
-    return float(scale)
+    config = config if isinstance(config, dict) else {}
+    scale, bound = config.get("latent_scale", LATENT_SCALE), config.get("latent_bound")
+    for name, value in (("latent_scale", scale), ("latent_bound", bound)):
+        if value is not None and (not isinstance(value, (int, float)) or not 0 < value < float("inf")):
+            raise CheckpointError(f"{path.name} records {name} {value!r}; it must be a positive number")
+    return float(scale), None if bound is None else float(bound)
 
 
 def load_kl_vae(path: str | Path, device: str | torch.device = "cpu") -> KLDecoder:
@@ -105,7 +113,7 @@ def load_kl_vae(path: str | Path, device: str | torch.device = "cpu") -> KLDecod
         raise CheckpointError(f"{path.name} has no decoder.up.* blocks")
     ch_mult = tuple(int(state[f"decoder.up.{i}.block.0.conv1.weight"].shape[0]) // ch for i in sorted(levels))
     blocks = max(levels.values())  # blocks per level are num_res_blocks + 1, indices 0..num_res_blocks
-    model = KLDecoder(KLDecoderConfig(embed_dim, ch, ch_mult, blocks), _latent_scale(path))
+    model = KLDecoder(KLDecoderConfig(embed_dim, ch, ch_mult, blocks), *_latent_range(path))
     load_into(model, {k: v.float() for k, v in state.items()}, path.name, ignore=IGNORED_PREFIXES)
     return model.to(device).eval().requires_grad_(False)
 

@@ -44,11 +44,13 @@ def load_mar_demo(
     if meta.get("pixels") != "vae":
         raise CheckpointError(f"{FILES[role]} does not make the demo VAE's latents; retrain it with train_mar")
     dev = resolve_device(device)
+    vae = load_kl_vae(folder / VAE_FILE, dev)
     model = MARTokenModel(
         mar,
-        load_kl_vae(folder / VAE_FILE, dev),
+        vae,
         name=f"specar-mar-demo-{role}",
         class_names=tuple(meta.get("class_names", CLASS_NAMES)),
+        clip_x0=vae.latent_bound,
         default_settings=DEMO_CONTINUOUS_SETTINGS,
     )
     return model.to(dev)

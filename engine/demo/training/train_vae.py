@@ -171,16 +171,19 @@ def train(args: argparse.Namespace) -> None:
 
 @torch.no_grad()
 def export(model: KLAutoencoder, path: Path, args: argparse.Namespace) -> None:
-    """fp16 weights of both halves; the header holds the decoder config and the latent scale."""
+    """fp16 weights of both halves; the header holds the decoder config, the latent scale
+    and the bound of the scaled latents."""
     model.eval()
     latents = model.encode(scene_pixels(SCALE_IMAGES, stream_seed(0, VAL_STREAM, 1)), torch.Generator().manual_seed(0))
     scale = 1.0 / float(latents.std())
+    bound = math.ceil(float(latents.abs().max()) * scale)  # the range the sampler clips clean-latent estimates to
     val = scene_pixels(VAL_IMAGES, stream_seed(0, VAL_STREAM))
     quality = psnr(model.pixels(model.encode(val)), val)
     config = {
         "kind": "specar-kl-vae",
         **DEMO_VAE.to_dict(),
         "latent_scale": round(scale, 5),
+        "latent_bound": bound,
         "train_steps": args.steps,
         "kl_weight": args.kl_weight,
         "val_psnr": round(quality, 2),
