@@ -93,7 +93,7 @@ class MARTokenModel:
     ) -> None:
         self.mar = mar.eval()
         self.default_settings = default_settings
-        self.clip_x0 = clip_x0  # bound of the data (1.0 for pixel patches, the demo VAE's recorded latent range)
+        self.clip_x0 = clip_x0  # bound of the data: 1.0 for pixel patches, the demo VAE's latent range
         self.decoder = decoder
         self.name = name
         self.grid = (mar.cfg.seq_h, mar.cfg.seq_w)
