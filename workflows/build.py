@@ -409,13 +409,13 @@ def mar_cspd(specs: dict[str, Any]) -> Graph:
         g,
         chosen,
         (
-            "SpecAR: continuous tokens (MAR) with continuous speculative decoding (CSpD).\n\nThe bundled MAR "
-            "demo draws the same 16 scene classes from continuous tokens (the latents of a small VAE, as MAR "
-            "uses its KL-16 VAE), each sampled by a small diffusion head. The drafter (a smaller MAR) runs "
-            "gamma MAR steps; one target pass verifies all of them, accepting each token by the ratio of the "
-            "two models' Gaussians (both denoise from the same noise) and resampling the rest.\n\nThe cspd policy's relaxation flattens that test (0 = exact "
-            "Gaussian ratio) and lengthens the drafter's runs, so the target runs fewer passes; docs/benchmarks.md "
-            "lists target passes, time and quality per setting."
+            "SpecAR: continuous tokens (MAR) with continuous speculative decoding (CSpD).\n\nThe bundled MAR demo "
+            "draws the same 16 scene classes from continuous tokens (the latents of a small VAE, as MAR uses its "
+            "KL-16 VAE), each sampled by a small diffusion head. The drafter (a smaller MAR) runs gamma MAR "
+            "steps; one target pass verifies all of them, accepting each token by the ratio of the two models' "
+            "Gaussians (both denoise from the same noise) and resampling the rest.\n\nThe cspd policy's relaxation "
+            "flattens that test (0 = exact Gaussian ratio) and lengthens the drafter's runs, so the target runs "
+            "fewer passes; docs/benchmarks.md lists target passes, time and quality per setting."
         ),
         260,
     )
