@@ -399,12 +399,10 @@ def tree_lantern_pp(specs: dict[str, Any]) -> Graph:
 
 
 def mar_cspd(specs: dict[str, Any]) -> Graph:
-    from specar_pack.engine.continuous.acceptance import RECOMMENDED_RELAXATION
-
     g = Graph(specs)
     model = g.add("SpecARModelLoader", (LEFT, 60), (340, 160), model="mar-demo")
     draft = g.add("SpecARDrafterModel", model, (340, 160), drafter="mar-demo-drafter", gamma=4)
-    chosen = g.add("SpecARAcceptancePolicy", draft, (340, 150), policy="cspd", relaxation=RECOMMENDED_RELAXATION)
+    chosen = g.add("SpecARAcceptancePolicy", draft, (340, 150), policy="cspd", relaxation=0.0)
     _note(
         g,
         chosen,
