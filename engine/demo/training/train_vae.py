@@ -73,6 +73,12 @@ class KLEncoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(self.mid(self.down(self.conv_in(x))))))
 
 
+def posterior_sample(mean: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One draw of the diagonal Gaussian posterior (the reparameterisation, so gradients reach the encoder)."""
+    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+    return mean + (0.5 * logvar).exp() * noise
+
+
 class KLAutoencoder(KLDecoder):
     """The engine's decoder plus an encoder, with the LDM ``AutoencoderKL`` parameter names."""
 
@@ -89,15 +95,11 @@ class KLAutoencoder(KLDecoder):
     def encode(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """A posterior sample (the mean when ``generator`` is None), unscaled, ``[B, C, h, w]``."""
         mean, logvar = self.moments(pixels)
-        if generator is None:
-            return mean
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        return mean + (0.5 * logvar).exp() * noise
+        return mean if generator is None else posterior_sample(mean, logvar, generator)
 
     def loss(self, pixels: torch.Tensor, kl_weight: float, generator: torch.Generator) -> torch.Tensor:
         mean, logvar = self.moments(pixels)
-        noise = torch.randn(mean.shape, generator=generator)
-        recon = self.pixels(mean + (0.5 * logvar).exp() * noise)
+        recon = self.pixels(posterior_sample(mean, logvar, generator))
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         return (recon - pixels).abs().mean() + (recon - pixels).pow(2).mean() + kl_weight * kl
 
