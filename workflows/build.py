@@ -402,7 +402,7 @@ def mar_cspd(specs: dict[str, Any]) -> Graph:
     g = Graph(specs)
     model = g.add("SpecARModelLoader", (LEFT, 60), (340, 160), model="mar-demo")
     draft = g.add("SpecARDrafterModel", model, (340, 160), drafter="mar-demo-drafter", gamma=4)
-    chosen = g.add("SpecARAcceptancePolicy", draft, (340, 150), policy="cspd", relaxation=0.0)
+    chosen = g.add("SpecARAcceptancePolicy", draft, (340, 150), policy="cspd", relaxation=0.5)
     _note(
         g,
         chosen,

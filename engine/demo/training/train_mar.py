@@ -1,15 +1,19 @@
 """Train the continuous demo pair: small MAR models over the demo VAE's 8x8x4 latents.
 
     python -m specar.demo.training.train_vae --steps 2500 --out out/mar-vae
-    python -m specar.demo.training.train_mar --role target --steps 6000 --vae out/mar-vae/mar_vae.safetensors \
-        --threads 1 --out out/mar-target
+    python -m specar.demo.training.train_mar --role target --steps 6000 --lr 1.5e-3 \
+        --vae out/mar-vae/mar_vae.safetensors --out out/mar-target
+    python -m specar.demo.training.train_mar --role target --steps 6000 --lr 6e-4 --seed 1 \
+        --init out/mar-target/mar_target-state.safetensors --vae out/mar-vae/mar_vae.safetensors \
+        --out out/mar-target-2
     python -m specar.demo.training.train_mar --role drafter --steps 6000 --lr 2e-3 --seed 1 --threads 1 \
         --vae out/mar-vae/mar_vae.safetensors --out out/mar-drafter
 
 A 32x32 scene becomes 8x8 continuous tokens: the scaled posterior samples of the demo's KL VAE
 (:mod:`.train_vae`), four values per 4x4 patch, as MAR trains on its KL-16 latents. Both models
 are trained on the data independently, as CSpD pairs independently trained MAR sizes; the
-exported weights are the exponential moving average of the trained ones, as MAR evaluates.
+exported weights are the exponential moving average of the trained ones, as MAR evaluates. The
+target's second phase (``--init``, a fresh schedule at a lower rate) is what sharpens its edges.
 Batches are rendered on the fly from ``(seed, step)`` (as in :mod:`.train`); checkpoints are
 rewritten every few minutes and ``--resume`` continues. The exported file (fp16, config and class
 names in the header) goes to ``--out/mar_<role>.safetensors``; copy it and the VAE to
