@@ -51,9 +51,9 @@ def test_the_trained_pair_draws_its_classes_and_cspd_saves_target_passes(pair) -
     assert spec.target_forwards * 1.8 <= plain.target_forwards
     assert spec.acceptance_rate > 0.1  # the trained draft is accepted where the test is relaxed
     evaluator = load_evaluator()
-    for result in (plain, spec):  # generous (16 images): the asked-for colour, and most shapes
+    for result in (plain, spec):  # 16 images: the asked-for colour, and the shape with at most two misses
         report = evaluator.evaluate(target.decode(result.tokens), CLASSES)
-        assert report.colour_accuracy >= 0.9 and report.class_accuracy >= 0.6
+        assert report.colour_accuracy >= 0.9 and report.class_accuracy >= 0.85
 
 
 def test_cli_generates_with_the_bundled_draft_by_default(tmp_path: Path) -> None:
