@@ -130,8 +130,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--tree-head",
         metavar="NAME|PATH",
         help=(
-            "the EAGLE-style head for tree drafts: our .safetensors or a LANTERN drafter folder "
-            "(default with --model demo: demo-tree-head, the bundled one)"
+            "the EAGLE-style head for tree drafts and auto's head chains: our .safetensors or a LANTERN drafter "
+            "folder (default with --model demo: demo-tree-head, the bundled one)"
         ),
     )
     group.add_argument(
@@ -328,8 +328,8 @@ def build_parser() -> argparse.ArgumentParser:
         help=(
             "where guesses come from: none is plain one-token-at-a-time decoding, jacobi lets the model guess "
             "for itself, "
-            "auto picks row-above Jacobi or --drafter and the number of guesses each step by costs measured on "
-            "this machine, "
+            "auto picks row-above Jacobi, --drafter or --tree-head and the number of guesses each step by costs "
+            "measured on this machine, "
             "model uses --drafter, tree and tree-static let --tree-head draft a tree of guesses, drafter-tree lets "
             "--drafter draft a static tree (--tree-branching) (default: auto)"
         ),
@@ -623,8 +623,9 @@ def load_drafter(args: argparse.Namespace, target: ImageTokenModel) -> ImageToke
     return _compiled(drafter, args)
 
 
-def method_options(args: argparse.Namespace, head: TreeHead | None = None) -> MethodOptions:
-    """The draft and policy knobs; a relaxed policy without --relax runs at its recommended setting."""
+def method_options(args: argparse.Namespace, head: TreeHead | None = None, auto_head: bool = True) -> MethodOptions:
+    """The draft and policy knobs; a relaxed policy without --relax runs at its recommended setting.
+    ``auto_head``: auto drafts with ``head`` too (not where it was loaded only for the tree methods)."""
     relax = recommended_relaxation(args.policy) if args.relax is None else args.relax
     policy_options = tuple(parse_policy_options(args.policy_option).items())
     given = DEFAULTS.tree
@@ -644,6 +645,7 @@ def method_options(args: argparse.Namespace, head: TreeHead | None = None) -> Me
         tree=tree,
         tree_branching=branching,
         tree_head=head,
+        auto_head=auto_head,
         policy=args.policy,
         relaxation=relax,
         policy_options=policy_options,
@@ -708,8 +710,10 @@ def _method(kind: str | None, args: argparse.Namespace) -> str:
 def _checked_method(args: argparse.Namespace) -> str:
     method = _method(args.draft, args)
     kind = DRAFTS.get(method)
-    if args.tree_head and (kind is None or kind.needs != "tree head"):
-        raise SettingsError(f"--tree-head is only used with --draft tree or tree-static, not with --draft {args.draft}")
+    if args.tree_head and (kind is None or not kind.uses_head):
+        raise SettingsError(
+            f"--tree-head is only used with --draft tree, tree-static or auto, not with --draft {args.draft}"
+        )
     if kind is not None and kind.needs == "drafter" and not args.drafter:
         raise SettingsError(f"--draft {args.draft} needs --drafter PATH (a small model of the same family)")
     if args.drafter and (kind is None or not kind.takes_drafter):
@@ -736,7 +740,7 @@ def _generate(args: argparse.Namespace) -> int:
         return cli_continuous.generate(args)
     wanted = DRAFTS.get(_method(args.draft, args))
     use_bundled_drafter(args, wanted is not None and wanted.takes_drafter)
-    use_bundled_head(args, wanted is not None and wanted.needs == "tree head")
+    use_bundled_head(args, wanted is not None and wanted.needs == "tree head")  # auto takes a head only when named
     method = _checked_method(args)
     refuse_unused_knobs(args, [method], "plain decoding" if method == "ar" else f"the {method} draft")
     refuse_continuous_options(args)

@@ -83,6 +83,9 @@ def head_choices(folders: list[Path]) -> list[str]:
 def _load_tree_head(
     host: Host, head: str, tree: str, top_k: int, depth: int, nodes: int, branching: str, guidance: float
 ) -> tuple[DraftRecipe]:
+    located = head if head == BUNDLED_HEAD else find_models(host.model_folders()).get(head) or Path(head)
+    if tree == "auto":
+        return (DraftRecipe("auto", tree_head=resolve_tree_head(located)),)
     shape = TreeShape(
         kind=tree,
         top_k=top_k,
@@ -91,8 +94,7 @@ def _load_tree_head(
         branching=TreeShape.parse_branching(branching),
         guidance=guidance or None,
     )
-    path = find_models(host.model_folders()).get(head)
-    loaded = resolve_tree_head(head if head == BUNDLED_HEAD else path or Path(head))
+    loaded = resolve_tree_head(located)
     return (DraftRecipe("tree" if tree == "dynamic" else "tree-static", tree_head=loaded, tree=shape),)
 
 
@@ -213,7 +215,15 @@ TREE_HEAD = NodeSpec(
             default=BUNDLED_HEAD,
             options=head_choices,
         ),
-        Field("tree", COMBO, "dynamic or static tree", default="dynamic", options=TREE_KINDS),
+        Field(
+            "tree",
+            COMBO,
+            "dynamic or static tree; auto: every few forwards a chain from this head or row-above Jacobi, and the "
+            "number of guesses, whichever commits the most tokens per second on this machine (the tree settings "
+            "unused)",
+            default="dynamic",
+            options=(*TREE_KINDS, "auto"),
+        ),
         Field(
             "top_k",
             INT,

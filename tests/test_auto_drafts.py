@@ -3,16 +3,21 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
-from tiny import tiny_auto_drafts, tiny_drafter, tiny_model
+from tiny import tiny_auto_drafts, tiny_drafter, tiny_model, tiny_tree_head
 
 from specar import Conditioning, SamplingSettings, generate
 from specar.drafts.auto import CALIBRATION_BLOCKS, AutoDrafts, ForwardCosts, measure_costs
 from specar.drafts.base import DecodeState
 from specar.drafts.drafter import DrafterModelDrafts
+from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape, pack_queue
+from specar.drafts.tree_head import TreeHead
 from specar.models.llamagen.adapter import LlamaGenModel
 from specar.sampling import DistributionProcessor, make_generator
+from specar.types import DraftBlock
 
 COND = Conditioning.classes([1, 4, 7])
 
@@ -43,6 +48,62 @@ def test_switches_between_sources_and_stays_exact(target: LlamaGenModel) -> None
     used = {arm.label for arm in auto.arms if arm.used}
     assert used == {"jacobi-row", "drafter"}, result.draft_summary
     assert "drafter" in result.draft_summary and "jacobi-row" in result.draft_summary
+
+
+def test_the_head_drafts_too_and_catches_up_on_what_others_committed(target: LlamaGenModel) -> None:
+    """With a tree head given, all three arms draft in one image. The head sat out while the others
+    drafted; its entries for their tokens come from the target's states of those blocks, so its
+    drafts are those of a head that drafted every block (greedy equality needs only losslessness;
+    this checks the catch-up directly)."""
+    settings = SamplingSettings(cfg_scale=3.0, greedy=True, seed=1)
+    auto = tiny_auto_drafts(head=True)
+    result = generate(target, COND, settings, draft=auto)
+    assert torch.equal(result.tokens, generate(target, COND, settings).tokens)
+    used = {arm.label for arm in auto.arms if arm.used}
+    assert used == {"jacobi-row", "drafter", "tree head"}, result.draft_summary
+    assert "tree head (" in result.draft_summary
+
+
+def test_a_head_that_sat_out_drafts_as_one_that_never_did(target: LlamaGenModel) -> None:
+    """States queued over several blocks feed the head in one catch-up: the chain it then drafts is
+    the chain of a head that was fed block by block."""
+    settings = SamplingSettings(cfg_scale=2.0, greedy=True, seed=3)  # plain steps: the same tokens in both runs
+    probes = {}
+    for every in (1, 4):
+        probe = _HeadProbe(tiny_tree_head(target), every)
+        generate(target, Conditioning.classes([1, 4]), settings, draft=probe, observer=lambda e: e.target_forwards < 17)
+        probes[every] = probe.chains
+    fed_every_block = probes[1][3::4]
+    assert len(probes[4]) == len(fed_every_block) == 4
+    for late, fed in zip(probes[4], fed_every_block):
+        assert torch.equal(late.tokens, fed.tokens)
+        assert torch.allclose(late.q, fed.q, rtol=1e-3, atol=1e-4), (late.q - fed.q).abs().max()
+    target.release()
+
+
+def test_queued_states_stay_in_order_per_row() -> None:
+    first = torch.arange(2 * 3).view(2, 3, 1).float()  # row 0 committed 3 states of it, row 1 only its first
+    second = 10 + torch.arange(2 * 2).view(2, 2, 1).float()  # row 0 none of it, row 1 both
+    third = 20 + torch.arange(2 * 1).view(2, 1, 1).float()
+    out = pack_queue([(first, torch.tensor([3, 1])), (second, torch.tensor([0, 2])), (third, torch.tensor([1, 1]))])
+    assert out[0, :4, 0].tolist() == [0, 1, 2, 20]
+    assert out[1, :4, 0].tolist() == [3, 12, 13, 21]
+
+
+class _HeadProbe(TreeHeadDrafts):
+    """Drafts nothing (the target steps plainly) but, every ``every``-th block, catches the head up and
+    drafts a probe chain with a fixed generator, kept in ``chains``."""
+
+    def __init__(self, head: TreeHead, every: int) -> None:
+        super().__init__(head, TreeShape(kind="static", branching=(1,) * 4))
+        self.every, self.blocks, self.chains = every, 0, []
+
+    def propose(self, state: DecodeState) -> DraftBlock:
+        self.blocks += 1
+        if self.blocks % self.every == 0:
+            fixed = replace(state, generator=make_generator(7, state.tokens.device))
+            self.chains.append(super().propose(fixed))
+        return DraftBlock.empty(state.batch, state.model.vocab_size, state.tokens.device)
 
 
 def test_a_drafter_that_sat_out_catches_up_rows_of_any_length(target: LlamaGenModel) -> None:
@@ -116,7 +177,7 @@ def test_timing_the_drafter_chain_leaves_the_run_as_it_was(target: LlamaGenModel
         if calibrate:
             seconds = drafts.seconds
             costs = measure_costs(state, drafts)
-            assert costs.drafter_step is not None and costs.drafter_step > 0
+            assert costs.drafter is not None and costs.drafter.step > 0
             assert drafts.seconds == seconds
         chains.append(drafts.propose(state).tokens)
         drafts.end()

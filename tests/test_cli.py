@@ -126,7 +126,9 @@ def test_greedy_tree_drafts_equal_plain_decoding(dirs: dict[str, Path], tmp_path
         "9",
     )
     _, static = _generate(dirs, tmp_path / "static", *args, "--draft", "tree-static", "--tree-branching", "3,2,1")
-    assert dynamic["tokens"] == plain["tokens"] == static["tokens"]
+    _, auto = _generate(dirs, tmp_path / "auto", *args)  # auto, the default, drafts with a head it is given
+    assert dynamic["tokens"] == plain["tokens"] == static["tokens"] == auto["tokens"]
+    assert auto["method"] == "auto" and "tree head" in auto["draft_choices"]
     assert dynamic["method"] == "tree" and dynamic["method_options"]["nodes"] == 9
     assert static["method_options"]["branching"] == [3, 2, 1] and static["drafter_forwards"] > 0
     code, cascade = _generate(
@@ -350,7 +352,10 @@ def test_bench_records_which_tree_head_drafted(dirs: dict[str, Path], tmp_path: 
         (["bench", "--model", "{model}", "--methods", "drafter"], "--drafter"),
         (["generate", "--model", "{model}", "--out", "x.png", "--policy", "cascade"], "siblings of a draft tree"),
         (["generate", "--model", "{model}", "--out", "x.png", "--draft", "tree"], "needs a tree head"),
-        (["generate", "--model", "{model}", "--out", "x.png", "--tree-head", "{head}"], "--draft tree"),
+        (
+            ["generate", "--model", "{model}", "--out", "x.png", "--draft", "jacobi", "--tree-head", "{head}"],
+            "--draft tree, tree-static or auto",
+        ),
         (
             [
                 "generate",

@@ -27,7 +27,9 @@ SOURCES = {
     "drafter-tree": lambda target: DrafterTreeDrafts(tiny_drafter(), branching=(3, 2, 1, 1)),
     "tree-static": lambda target: TreeHeadDrafts(tiny_tree_head(target), TreeShape(kind="static", branching=(3, 2, 1))),
     "tree-dynamic": lambda target: TreeHeadDrafts(tiny_tree_head(target), TreeShape(top_k=4, depth=4, nodes=12)),
+    "tree-chain": lambda target: TreeHeadDrafts(tiny_tree_head(target), TreeShape(kind="static", branching=(1,) * 4)),
     "auto": lambda target: tiny_auto_drafts(),
+    "auto-head": lambda target: tiny_auto_drafts(head=True),
 }
 RESULT_COPIES = 3  # tokens, kinds and forward indices come back to the host once, at the end
 

@@ -29,12 +29,14 @@ SOURCES = {
     "drafter-self": lambda: DrafterModelDrafts(tiny_model(0, "self"), gamma=5),
     "tree-dynamic": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(top_k=4, depth=4, nodes=12)),
     "tree-static": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(kind="static", branching=(3, 2, 1))),
+    "tree-chain": lambda: TreeHeadDrafts(tiny_tree_head(tiny_model(0)), TreeShape(kind="static", branching=(1,) * 5)),
     "drafter-tree": lambda: DrafterTreeDrafts(tiny_drafter(), branching=(3, 2, 1, 1)),
     # the head drafts at its own CFG scale (CFG only); the target verifies at the run's
     "tree-guided": lambda: TreeHeadDrafts(
         tiny_tree_head(tiny_model(0)), TreeShape(top_k=4, depth=4, nodes=12, guidance=5.0)
     ),
     "auto": tiny_auto_drafts,
+    "auto-head": lambda: tiny_auto_drafts(head=True),
 }
 UNGUIDED_SOURCES = [name for name in SOURCES if name != "tree-guided"]
 
@@ -133,9 +135,11 @@ def _pit_pvalue(target: LlamaGenModel, source: str, policy: AcceptancePolicy | N
         "drafter",
         "tree-dynamic",
         "tree-static",
+        "tree-chain",
         "tree-guided",
         "drafter-tree",
         "auto",
+        "auto-head",
     ],
 )
 def test_whole_images_follow_the_target_distribution(target: LlamaGenModel, source: str) -> None:
@@ -187,8 +191,10 @@ def high_entropy_prefix(target: LlamaGenModel) -> tuple[torch.Tensor, torch.Tens
         "drafter",
         "tree-dynamic",
         "tree-static",
+        "tree-chain",
         "drafter-tree",
         "auto",
+        "auto-head",
     ],
 )
 def test_token_at_a_fixed_prefix_follows_p(target: LlamaGenModel, high_entropy_prefix, source: str) -> None:

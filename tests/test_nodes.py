@@ -242,7 +242,7 @@ def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:
     host = LocalHost()
     greedy = {**SAMPLING, "temperature": 0.0}
     plain, *_ = run("SpecARSampler", host, model=demo, **greedy)
-    for tree, guidance in (("dynamic", 0.0), ("static", 4.0)):  # the head's own CFG scale keeps it lossless too
+    for tree, guidance in (("auto", 0.0), ("dynamic", 0.0), ("static", 4.0)):  # the head's CFG scale keeps it lossless
         (draft,) = run(
             "SpecARTreeHead",
             host,
@@ -256,6 +256,7 @@ def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:
         )
         fast, _, stats, _ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
         assert torch.equal(plain, fast) and "tree" in stats
+        assert tree != "auto" or "auto (row-above Jacobi or tree head" in stats
     (cascade,) = run("SpecARAcceptancePolicy", host, policy="cascade", relaxation=0.5, expert_options="")
     images, _, stats, why = run("SpecARSampler", host, model=demo, draft=draft, policy=cascade, **SAMPLING)
     assert images.shape == (2, 32, 32, 3) and "cascade" in stats

@@ -16,7 +16,7 @@ from specar.checkpoints import save_safetensors
 from specar.continuous.mar import MAR, MARConfig
 from specar.continuous.model import MARTokenModel, PatchPixels
 from specar.demo.codebook import PatchCodebook
-from specar.drafts.auto import CALIBRATION_BLOCKS, AutoDrafts, ForwardCosts
+from specar.drafts.auto import CALIBRATION_BLOCKS, AutoDrafts, ChainCost, ForwardCosts
 from specar.drafts.tree_head import TreeHead
 from specar.models.llamagen.adapter import LlamaGenModel
 from specar.models.llamagen.gpt import GPT, GPTConfig
@@ -48,14 +48,17 @@ def tiny_drafter(seed: int = 1, **overrides: object) -> LlamaGenModel:
     return tiny_model(seed, "tiny-drafter", **{**TINY_DRAFTER, **overrides})
 
 
-# a verify of n tokens costs 1 + n/8 one-token forwards, a drafter step a quarter of one: under these
-# costs row-above Jacobi and the tiny drafter both draft, switching within an image
-SWITCHING_COSTS = ForwardCosts({n: 1.0 + n / 8 for n in CALIBRATION_BLOCKS}, padded=False, drafter_step=0.25)
+# a verify of n tokens costs 1 + n/8 one-token forwards, a drafter or head step a quarter of one: under these
+# costs row-above Jacobi and the tiny drafter (and the tiny head) all draft, switching within an image
+SWITCHING_COSTS = ForwardCosts(
+    {n: 1.0 + n / 8 for n in CALIBRATION_BLOCKS}, padded=False, drafter=ChainCost(0.25), head=ChainCost(0.25)
+)
 
 
-def tiny_auto_drafts() -> AutoDrafts:
-    """Auto drafting with the tiny drafter under fixed costs (the same choices on every machine)."""
-    return AutoDrafts(tiny_drafter(), costs=SWITCHING_COSTS)
+def tiny_auto_drafts(head: bool = False) -> AutoDrafts:
+    """Auto drafting with the tiny drafter (and a tiny head for ``tiny_model(0)``) under fixed costs (the
+    same choices on every machine)."""
+    return AutoDrafts(tiny_drafter(), tiny_tree_head(tiny_model(0)) if head else None, costs=SWITCHING_COSTS)
 
 
 def save_official_pt(gpt: GPT, path: Path, wrapper: str | None = "model", stale_rope: bool = True) -> Path:

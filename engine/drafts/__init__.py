@@ -31,6 +31,7 @@ class DraftOptions:
     tree: TreeShape = TreeShape()  # the dynamic tree of "tree" (and the head's drafting guidance)
     tree_branching: tuple[int, ...] = TreeShape().branching  # children per depth of the static trees
     tree_head: TreeHead | None = None
+    auto_head: bool = True  # auto drafts with tree_head too
 
     def tree_shape(self, method: str) -> TreeShape:
         if method == "tree":
@@ -54,9 +55,14 @@ class DraftKind:
     record: Callable[[DraftOptions], dict[str, object]]  # the options stats and JSON keep
     needs: str = ""  # a second model it cannot run without: "drafter" or "tree head"
     takes_drafter: bool = False  # uses a drafter model when one is given
+    takes_head: bool = False  # uses a tree head when one is given
     drafts_trees: bool = False
     jacobi: tuple[str, bool] | None = None  # SJD variants: (initialisation, coupling)
     reads: tuple[str, ...] = ()  # the DraftOptions knobs it uses (KNOBS), so a front end can refuse the others
+
+    @property
+    def uses_head(self) -> bool:
+        return self.takes_head or self.needs == "tree head"
 
 
 def _named(prefix: str, model: str) -> str:
@@ -104,6 +110,12 @@ def _head_tree(method: str, summary: str) -> DraftKind:
     )
 
 
+def _auto_label(options: DraftOptions, drafter: str) -> str:
+    head = options.tree_head is not None and options.auto_head
+    given = (f" or drafter {drafter}" if drafter else "") + (" or tree head" if head else "")
+    return f"auto (row-above Jacobi{given}, length by measured cost)"
+
+
 def _needs_drafter(
     method: str, make: Callable[[DraftOptions, ImageTokenModel], DraftSource]
 ) -> Callable[[DraftOptions, ImageTokenModel | None], DraftSource]:
@@ -120,14 +132,13 @@ DRAFTS: dict[str, DraftKind] = {
     for kind in (
         DraftKind(
             "auto",
-            "each forward, row-above Jacobi or the drafter (when given) with the chain length that "
-            "commits the most tokens per second, by costs measured on this machine",
-            make=lambda _, drafter: AutoDrafts(drafter),
-            label=lambda _, drafter: (
-                "auto (row-above Jacobi" + (f" or drafter {drafter}" if drafter else "") + ", length by measured cost)"
-            ),
+            "each forward, row-above Jacobi, the drafter or the tree head (when given) with the chain length "
+            "that commits the most tokens per second, by costs measured on this machine",
+            make=lambda o, drafter: AutoDrafts(drafter, o.tree_head if o.auto_head else None),
+            label=_auto_label,
             record=lambda _: {},
             takes_drafter=True,
+            takes_head=True,
         ),
         _jacobi("jacobi", "random", False, "speculative Jacobi decoding, random initialisation of new window slots"),
         _jacobi(

@@ -1,8 +1,8 @@
 """Draft length and source chosen by cost: the most committed tokens per second, not per forward.
 
 Every target forward, :class:`AutoDrafts` picks one arm, a draft source (Jacobi with row-above
-initialisation, always; the drafter model when one is given) and a chain length ``L``, or a plain
-step, to maximise
+initialisation, always; the drafter model and the tree head, drafting chains, when given) and a chain
+length ``L``, or a plain step, to maximise
 
     expected committed tokens / expected seconds
     = (1 + sum_{j<=L} prod_{i<=j} a_i) / (target forward of L + 1 tokens + drafting time)
@@ -10,12 +10,14 @@ step, to maximise
 where ``a_i`` is the source's acceptance rate at depth ``i`` given depth ``i - 1`` was accepted,
 counted over this generation's recent steps (with a weak prior, and the deepest measured depth
 standing in for deeper ones), and the times come from :class:`ForwardCosts`, measured on this
-machine once per model, batch size and guidance, the first time a generation asks. The drafter is
-timed drafting a real chain, each chain followed by the target's verify of it as in the loop: a
-drafter forward timed alone, with its weights warm in the processor's caches, costs a fraction of
-what it costs between the target's forwards.
+machine once per model, batch size and guidance, the first time a generation asks. The drafter and
+the head are timed drafting real chains, each chain followed by the target's verify of it as in the
+loop: a drafter forward timed alone, with its weights warm in the processor's caches, costs a
+fraction of what it costs between the target's forwards.
 
-The drafter's drafts are fresh every forward, so any ``L`` up to its longest chain is a candidate.
+The drafter's and the head's drafts are fresh every forward, so any ``L`` up to their longest chain
+is a candidate. The head drafts from the target's states of the committed tokens, so it sees every
+verified block, whoever drafted it, and catches up on them when it drafts again.
 Jacobi's are not: a window slot gets better only when a forward verifies it (its next draft is
 sampled from the target's distribution there), so a short block leaves the rest of the window
 unrefined and lowers the acceptance of later blocks. Jacobi therefore runs its whole window or
@@ -34,6 +36,7 @@ import math
 import weakref
 from dataclasses import dataclass, replace
 from statistics import NormalDist
+from typing import Callable
 
 import torch
 
@@ -46,12 +49,14 @@ from ..verify import verify_chain
 from .base import DecodeState, DraftSource, StepOutcome, chain
 from .drafter import DrafterModelDrafts
 from .jacobi import JacobiDrafts
+from .tree_drafts import TreeHeadDrafts, TreeShape
+from .tree_head import TreeHead
 
 CALIBRATION_BLOCKS = (1, 2, 3, 5, 9, 17)  # target block sizes timed (pending token included)
 JACOBI_WINDOW = (
     CALIBRATION_BLOCKS[-1] - 1
 )  # drafts per Jacobi block: the window of 16 of the SJD paper, less the pending token
-DRAFTER_MAX_DRAFTS = 8
+CHAIN_MAX_DRAFTS = 8  # the drafter's and the head's longest chain
 CALIBRATION_ROUNDS = 3  # timed rounds per measured cost: the calibration is part of the first run's time
 # a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
 PRIOR_ACCEPTED, PRIOR_REJECTED = 1.6, 0.4
@@ -63,14 +68,31 @@ RUN_OF_BLOCKS = 2  # blocks of one size timed back to back, as a stint runs them
 
 
 @dataclass(frozen=True)
+class ChainCost:
+    """Seconds a chain drafter (the drafter model, the tree head) spends, as the loop spends them."""
+
+    step: float  # per draft
+    chain: float = 0.0  # per chain beyond its drafts (its first forward catches up on the committed tokens)
+    refeed: float = 0.0  # per token the drafter model re-feeds when it drafts again after sitting out
+
+    def seconds(self, drafts: int) -> float:
+        return self.chain + drafts * self.step
+
+    def describe(self, name: str, one: float) -> str:
+        return (
+            f"{name} {1000 * self.chain:.2f} ms per chain + {1000 * self.step:.2f} ms per draft "
+            f"({self.chain / one:.2f}x + {self.step / one:.2f}x)"
+        )
+
+
+@dataclass(frozen=True)
 class ForwardCosts:
-    """Seconds of one target forward per block size, and of one draft of the drafter's chain, on this machine."""
+    """Seconds of one target forward per block size, and of the chain drafters' drafts, on this machine."""
 
     target: dict[int, float]  # block tokens (pending token included) -> seconds
     padded: bool  # blocks run padded to the next measured size (compiled buckets): cost is a step function
-    drafter_step: float | None = None  # seconds per draft of a chain, as the loop spends them
-    drafter_chain: float = 0.0  # seconds a chain costs beyond its drafts (its first forward re-feeds the cache)
-    drafter_refeed: float = 0.0  # seconds per token the drafter re-feeds when it drafts again after sitting out
+    drafter: ChainCost | None = None
+    head: ChainCost | None = None
 
     def target_seconds(self, tokens: int) -> float:
         sizes = sorted(self.target)
@@ -81,59 +103,62 @@ class ForwardCosts:
         share = (tokens - lower) / (upper - lower)
         return self.target[lower] + share * (self.target[upper] - self.target[lower])
 
-    def drafting_seconds(self, drafts: int) -> float:
-        """Seconds the drafter spends on a chain of ``drafts`` drafts."""
-        return self.drafter_chain + drafts * (self.drafter_step or 0.0)
-
     def describe(self) -> str:
         one = self.target[1]
         blocks = ", ".join(f"{n}: {self.target[n] / one:.2f}x" for n in sorted(self.target) if n > 1)
-        text = f"target forward {1000 * one:.2f} ms for 1 token ({blocks} for n tokens)"
-        if self.drafter_step is not None:
-            text += (
-                f", drafter {1000 * self.drafter_chain:.2f} ms per chain + {1000 * self.drafter_step:.2f} ms per "
-                f"draft ({self.drafter_chain / one:.2f}x + {self.drafter_step / one:.2f}x)"
-            )
-        return text
+        parts = [f"target forward {1000 * one:.2f} ms for 1 token ({blocks} for n tokens)"]
+        for name, cost in (("drafter", self.drafter), ("tree head", self.head)):
+            if cost is not None:
+                parts.append(cost.describe(name, one))
+        return ", ".join(parts)
 
 
-# model (target or drafter) -> (batch, guided) -> seconds per block size, and drafter -> (batch,
-# guided) -> seconds per chain, per draft and per re-fed token; weak keys, so a freed model takes its measurements along
+# model (target, drafter or head) -> (batch, guided) -> seconds per block size (target) or chain costs (drafters);
+# weak keys, so a freed model takes its measurements along
 _MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], dict[int, float]]]" = (
     weakref.WeakKeyDictionary()
 )
-_CHAIN_MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], tuple[float, float, float]]]" = (
+_CHAIN_MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel | TreeHead, dict[tuple[int, bool], ChainCost]]" = (
     weakref.WeakKeyDictionary()
 )
 
 
-def measure_costs(state: DecodeState, drafter: DrafterModelDrafts | None) -> ForwardCosts:
-    """The target's block costs and the drafter's chain costs, measured the first time a model,
-    batch size and guidance ask (both caches prefilled).
+def measure_costs(
+    state: DecodeState, drafter: DrafterModelDrafts | None, head: TreeHeadDrafts | None = None
+) -> ForwardCosts:
+    """The target's block costs and the chain drafters' costs, measured the first time a model,
+    batch size and guidance ask (every cache prefilled, the head begun).
 
-    Both are timed with half an image of placeholder tokens in the caches (attention over the cache
-    grows through an image, and half-way is its mean; at a batch of images it is much of a forward),
-    filled once for both and rolled back afterwards."""
+    All are timed with half an image of placeholder tokens in the target's and the drafter's caches
+    (attention over the cache grows through an image, and half-way is its mean; at a batch of images
+    it is much of a forward), filled once and rolled back afterwards. The head's cache holds only
+    the entries of the image so far: a one-token entry's attention is a small share of its step."""
     key = (state.batch, state.guided)
     blocks = _MEASURED.setdefault(state.model, {})
-    chains = _CHAIN_MEASURED.setdefault(drafter.drafter, {}) if drafter is not None else None
-    if key not in blocks or (chains is not None and key not in chains):
+    timers: dict[ImageTokenModel | TreeHead, Callable[[torch.Tensor], ChainCost]] = {}
+    if drafter is not None:
+        timers[drafter.drafter] = lambda filled: _drafter_costs(drafter, state, filled)
+    if head is not None:
+        timers[head.head] = lambda filled: _head_costs(head, state, filled)
+    missing = [net for net in timers if key not in _CHAIN_MEASURED.setdefault(net, {})]
+    if key not in blocks or missing:
         dev = state.tokens.device
         cached = state.committed - 1  # host [B]: image tokens in the target's cache
         context = max(0, state.num_tokens // 2 - int(cached.min()))
-        room = max(CALIBRATION_BLOCKS[-1], drafter.gamma + 1 if drafter is not None else 0)
+        room = max(CALIBRATION_BLOCKS[-1], CHAIN_MAX_DRAFTS + 1)
         filled = torch.maximum(cached, (cached + context).clamp(max=state.num_tokens - room))
         _fill(state.model, cached, filled, dev)
         if key not in blocks:
             blocks[key] = _block_seconds(state, filled, CALIBRATION_BLOCKS)
-        if chains is not None and key not in chains:
-            assert drafter is not None
-            chains[key] = _chain_seconds(drafter, state, filled)
+        for net in missing:
+            _CHAIN_MEASURED[net][key] = timers[net](filled)
         state.model.truncate(cached)
-    if chains is None:
-        return ForwardCosts(blocks[key], state.model.pads_blocks)
-    per_chain, per_draft, per_refed = chains[key]
-    return ForwardCosts(blocks[key], state.model.pads_blocks, per_draft, per_chain, per_refed)
+    return ForwardCosts(
+        blocks[key],
+        state.model.pads_blocks,
+        drafter=None if drafter is None else _CHAIN_MEASURED[drafter.drafter][key],
+        head=None if head is None else _CHAIN_MEASURED[head.head][key],
+    )
 
 
 def _fill(model: ImageTokenModel, cached: torch.Tensor, filled: torch.Tensor, dev: torch.device) -> None:
@@ -175,24 +200,54 @@ def _block_seconds(state: DecodeState, filled: torch.Tensor, sizes: tuple[int, .
     return {size: min(t for s, t in seconds.items() if s >= size) / RUN_OF_BLOCKS for size in sizes}
 
 
-def _chain_seconds(drafts: DrafterModelDrafts, state: DecodeState, filled: torch.Tensor) -> tuple[float, float, float]:
-    """Seconds per chain, per draft and per re-fed token of the drafter (the last from the forward
-    that fills its cache; the others from its forwards, distributions and samples) after
-    ``filled [B]`` cached tokens, from real chains of one and of ``drafts.gamma`` drafts, each followed
-    by the target's verify of it as in the loop (a drafter forward timed alone, with its weights warm
-    in the processor's caches, costs less); the verifies' own times, timed in turns, are taken off.
-
-    Every chain opens as in the loop, re-feeding the last two committed tokens: that first forward is
-    the chain's cost beyond its drafts. The drafts are drawn from a scratch generator, never the
-    run's; the drafter's cache, bookkeeping and clock come out as they went in."""
-    model, drafter, dev, k = state.model, drafts.drafter, state.tokens.device, drafts.gamma
+def _drafter_costs(drafts: DrafterModelDrafts, state: DecodeState, filled: torch.Tensor) -> ChainCost:
+    """The drafter's costs after ``filled [B]`` cached tokens (the target's cache holds them): the
+    per-token cost of re-feeding, from the forward that fills the drafter's cache, and the chains'
+    (:func:`_chain_costs`), each opening as in the loop by re-feeding the last two committed tokens.
+    The drafter's cache and bookkeeping come out as they went in."""
+    dev = state.tokens.device
     valid = drafts.valid.clone()  # host [B]: image tokens the drafter's cache holds
     fill = Clock(dev)
-    fill.run(lambda: _fill(drafter, valid, filled, dev))
+    fill.run(lambda: _fill(drafts.drafter, valid, filled, dev))
     per_refed = fill.seconds / max(int((filled - valid).max()), 1)
+    reopen = lambda: setattr(drafts, "valid", filled - 1)  # noqa: E731  the loop's usual re-feed of two tokens
+    per_chain, per_draft = _chain_costs(drafts, state, filled, drafts.gamma, reopen)
+    drafts.drafter.truncate(valid)
+    drafts.valid = valid
+    return ChainCost(per_draft, per_chain, per_refed)
+
+
+def _head_costs(drafts: TreeHeadDrafts, state: DecodeState, filled: torch.Tensor) -> ChainCost:
+    """The head's chain costs (:func:`_chain_costs`) after ``filled [B]`` committed tokens: every chain
+    opens as in the loop with a catch-up on its queue, past as many entries as the image holds (their
+    slots are read as they are: a timing needs their number, not their values). Its queue and its
+    count of fed entries come out as they went in; the slots the chains wrote are past them, and the
+    run's later entries overwrite them."""
+    known, queued = drafts.known.clone(), list(drafts.queue)
+    waiting = sum(counts for _, counts in queued)  # [B] tokens whose states are queued
+    entries = drafts.captions + drafts._rows(filled + 1 - waiting)  # fed before the queue, as at filled + 1
+
+    def reopen() -> None:
+        drafts.known, drafts.queue = entries.clone(), list(queued)
+
+    per_chain, per_draft = _chain_costs(drafts, state, filled, CHAIN_MAX_DRAFTS, reopen)
+    drafts.known, drafts.queue = known, queued
+    return ChainCost(per_draft, per_chain)
+
+
+def _chain_costs(
+    drafts: DraftSource, state: DecodeState, filled: torch.Tensor, longest: int, reopen: Callable[[], None]
+) -> tuple[float, float]:
+    """Seconds per chain and per draft of ``drafts`` after ``filled [B]`` cached tokens, from real chains
+    of one and of ``longest`` drafts (``reopen`` first puts the source as the loop finds it), each
+    followed by the target's verify of it as in the loop (a drafter forward timed alone, with its
+    weights warm in the processor's caches, costs less); the verifies' own times, timed in turns,
+    are taken off. The drafts are drawn from a scratch generator, never the run's, and the source's
+    clock comes out as it went in."""
+    model, dev = state.model, state.tokens.device
     committed = filled + 1
     trial = replace(state, generator=make_generator(0, dev), tokens=torch.zeros_like(state.tokens), committed=committed)
-    lengths = (1, k) if k > 1 else (1,)
+    lengths = (1, longest) if longest > 1 else (1,)
 
     def verify(length: int) -> None:
         positions = (filled.to(dev)[:, None] + torch.arange(length + 1, device=dev)[None, :]).clamp(
@@ -202,7 +257,7 @@ def _chain_seconds(drafts: DrafterModelDrafts, state: DecodeState, filled: torch
         model.truncate(filled)
 
     def chain_then_verify(length: int) -> None:
-        drafts.valid = committed - 2  # the loop's usual re-feed: the last two committed tokens
+        reopen()
         drafts.propose(replace(trial, max_drafts=length))
         verify(length)
 
@@ -214,12 +269,10 @@ def _chain_seconds(drafts: DrafterModelDrafts, state: DecodeState, filled: torch
     run_clock, drafts.clock = drafts.clock, Clock()  # trials are not the run's drafting time
     seconds = fastest(calls, dev, CALIBRATION_ROUNDS)
     drafts.clock = run_clock
-    drafter.truncate(valid)
-    drafts.valid = valid
     chains = {length: max(seconds[True, length] - seconds[False, length], 0.0) for length in lengths}
-    per_draft = (chains[k] - chains[1]) / (k - 1) if k > 1 else chains[1]
-    per_draft = max(per_draft, chains[k] / k)  # noise never makes a longer chain look cheaper per draft
-    return max(chains[1] - per_draft, 0.0), per_draft, per_refed
+    per_draft = (chains[longest] - chains[1]) / (longest - 1) if longest > 1 else chains[1]
+    per_draft = max(per_draft, chains[longest] / longest)  # noise never makes a longer chain look cheaper per draft
+    return max(chains[1] - per_draft, 0.0), per_draft
 
 
 class _DepthAcceptance:
@@ -333,26 +386,29 @@ class _JacobiArm(_Arm):
         self.source.begin(state)
 
 
-class _DrafterArm(_Arm):
-    """The drafter model at any chain length; acceptance modelled per depth (its drafts are fresh each block)."""
+class _ChainArm(_Arm):
+    """A chain drafter (the drafter model, the tree head) at any chain length; acceptance modelled per
+    depth (its drafts are fresh each block)."""
 
-    label = "drafter"
-
-    def __init__(self, source: DrafterModelDrafts) -> None:
+    def __init__(self, source: DraftSource, label: str, cost: Callable[[ForwardCosts], ChainCost | None]) -> None:
         super().__init__(source)
-        self.drafter = source
-        self.acceptance = _DepthAcceptance(DRAFTER_MAX_DRAFTS)
+        self.label, self.cost = label, cost
+        self.acceptance = _DepthAcceptance(CHAIN_MAX_DRAFTS)
+
+    def catch_up_seconds(self, state: DecodeState, costs: ForwardCosts) -> float:
+        """Seconds per forward of a stint it spends catching up on tokens drafted while it sat out."""
+        return 0.0
 
     def plan(self, state: DecodeState, costs: ForwardCosts) -> tuple[float, int]:
+        cost = self.cost(costs)
+        assert cost is not None, "a chain arm's costs are measured when it is given"
         best, survive, expected = (0.0, 0), 1.0, 1.0
         rates, efficiency = self.acceptance.rates(), self.efficiency(state)
-        # a drafter that sat out first re-feeds what its cache missed: once per stint
-        missed = max(int((state.committed - self.drafter.valid).max()) - 2, 0)
-        catch_up = missed * costs.drafter_refeed / STINT
-        for length in range(1, min(DRAFTER_MAX_DRAFTS, state.max_drafts) + 1):
+        catch_up = self.catch_up_seconds(state, costs)
+        for length in range(1, min(CHAIN_MAX_DRAFTS, state.max_drafts) + 1):
             survive *= rates[length]
             expected += survive
-            seconds = costs.target_seconds(length + 1) + costs.drafting_seconds(length) + catch_up
+            seconds = costs.target_seconds(length + 1) + cost.seconds(length) + catch_up
             rate = expected * efficiency / seconds
             best = max(best, (rate, length))
         return best
@@ -363,6 +419,19 @@ class _DrafterArm(_Arm):
 
     def fade(self) -> None:
         self.acceptance.fade()
+
+
+class _DrafterArm(_ChainArm):
+    """The drafter model, which re-feeds the tokens its cache missed while it sat out."""
+
+    def __init__(self, source: DrafterModelDrafts) -> None:
+        super().__init__(source, "drafter", lambda costs: costs.drafter)
+        self.drafter = source
+
+    def catch_up_seconds(self, state: DecodeState, costs: ForwardCosts) -> float:
+        assert costs.drafter is not None
+        missed = max(int((state.committed - self.drafter.valid).max()) - 2, 0)  # once per stint
+        return missed * costs.drafter.refeed / STINT
 
 
 class AutoDrafts(DraftSource):
@@ -378,13 +447,17 @@ class AutoDrafts(DraftSource):
 
     name = "auto"
 
-    def __init__(self, drafter: ImageTokenModel | None = None, costs: ForwardCosts | None = None) -> None:
+    def __init__(
+        self, drafter: ImageTokenModel | None = None, head: TreeHead | None = None, costs: ForwardCosts | None = None
+    ) -> None:
         """``costs`` fixes the cost table (reproducible choices on any machine); by default it is measured."""
         super().__init__()
         self.drafter, self.given_costs = drafter, costs
         self.jacobi = JacobiDrafts(JACOBI_WINDOW + 1, "row_above")
-        self.drafter_drafts = DrafterModelDrafts(drafter, DRAFTER_MAX_DRAFTS) if drafter is not None else None
-        self.largest_block = max(JACOBI_WINDOW, DRAFTER_MAX_DRAFTS if drafter is not None else 0)
+        self.drafter_drafts = DrafterModelDrafts(drafter, CHAIN_MAX_DRAFTS) if drafter is not None else None
+        chain = TreeShape(kind="static", branching=(1,) * CHAIN_MAX_DRAFTS)
+        self.head_drafts = TreeHeadDrafts(head, chain) if head is not None else None
+        self.largest_block = max(JACOBI_WINDOW, CHAIN_MAX_DRAFTS)
         self.arms: list[_Arm] = []
         self.costs: ForwardCosts | None = None
         self.plain_steps = 0  # forwards with no draft worth its verify
@@ -393,16 +466,18 @@ class AutoDrafts(DraftSource):
 
     @property
     def sources(self) -> list[DraftSource]:
-        return [self.jacobi] + ([self.drafter_drafts] if self.drafter_drafts is not None else [])
+        return [self.jacobi] + [s for s in (self.drafter_drafts, self.head_drafts) if s is not None]
 
     def begin(self, state: DecodeState) -> None:
         for source in self.sources:
             source.clock = self.clock  # their drafter time is this source's
             source.begin(state)
-        self.costs = self.given_costs or measure_costs(state, self.drafter_drafts)
+        self.costs = self.given_costs or measure_costs(state, self.drafter_drafts, self.head_drafts)
         self.arms = [_JacobiArm(self.jacobi)]
         if self.drafter_drafts is not None:
             self.arms.append(_DrafterArm(self.drafter_drafts))
+        if self.head_drafts is not None:
+            self.arms.append(_ChainArm(self.head_drafts, "tree head", lambda costs: costs.head))
 
     def choose(self, state: DecodeState) -> tuple[_Arm | None, int]:
         """This forward's arm (``None``: a plain step) and chain length."""
@@ -433,10 +508,13 @@ class AutoDrafts(DraftSource):
     def observe(self, state: DecodeState, outcome: StepOutcome) -> None:
         for arm in self.arms:
             arm.fade()
-        if self._chosen is not None and outcome.block.size:
+        chosen = self._chosen if outcome.block.size else None
+        if chosen is not None:
             running = state.committed > outcome.committed_before  # rows that were not done already
-            self._chosen.record(outcome.block.size, (state.committed - outcome.committed_before - 1)[running])
-            self._chosen.source.observe(state, outcome)
+            chosen.record(outcome.block.size, (state.committed - outcome.committed_before - 1)[running])
+            chosen.source.observe(state, outcome)
+        if self.head_drafts is not None and (chosen is None or chosen.source is not self.head_drafts):
+            self.head_drafts.observe(state, outcome)  # it drafts from the target's states of every committed token
 
     def end(self) -> None:
         for source in self.sources:

@@ -15,7 +15,9 @@ committed token. A head trained on sequences that open with the caption (LANTERN
 * ``static`` (EAGLE-1 templates; LANTERN++, arXiv 2502.06352): every node at depth d gets
   ``branching[d]`` children sampled without replacement from the head's q, which they keep, so
   verification is recursive rejection with the true q. The tree keeps drafting deep even where
-  the head is unsure, which is what LANTERN++ pairs with latent relaxation.
+  the head is unsure, which is what LANTERN++ pairs with latent relaxation. A static tree of one
+  child per depth is a chain, drafted lean: one sample per depth from q, one head entry per row,
+  and no tree masks or sibling bookkeeping (what auto drafting uses the head for).
 
 Both halves of a CFG pair feed the same tree tokens, each with its own features; q is the
 guided, processed head distribution (the target's sampling settings). Under greedy settings
@@ -32,9 +34,9 @@ import torch
 
 from ..errors import IncompatibleDrafterError, SettingsError
 from ..memory import MAX_BLOCK_TOKENS, check_block
-from ..sampling import DistributionProcessor, point_mass
+from ..sampling import DistributionProcessor, point_mass, sample
 from ..types import DraftBlock
-from .base import DecodeState, DraftSource, StepOutcome
+from .base import DecodeState, DraftSource, StepOutcome, chain
 from .tree_head import HeadCache, TreeHead, place_head
 
 TREE_KINDS = ("dynamic", "static")
@@ -90,6 +92,11 @@ class TreeShape:
     def size(self) -> int:
         """Nodes per tree (the most a target forward verifies, besides the pending token)."""
         return self.nodes if self.kind == "dynamic" else static_tree_size(self.branching)
+
+    @property
+    def is_chain(self) -> bool:
+        """A static tree of one child per depth."""
+        return self.kind == "static" and all(width == 1 for width in self.branching)
 
     @property
     def head_entries(self) -> int:
@@ -164,21 +171,21 @@ class TreeHeadDrafts(DraftSource):
         self.known = torch.full((rows,), self.captions, dtype=torch.long)  # head entries with the target's features
         if self.captions:
             self._feed_captions(state)
-        self.backlog = state.context_hidden  # [R, c, D]: features for entries 0..c-1
-        self.backlog_counts = state.committed.clone()
+        # target states not yet fed, block by block: (states [R, w, D], how many of them each image committed [B])
+        self.queue = [(state.context_hidden, state.committed.clone())]  # features for entries 0..c-1
 
     def observe(self, state: DecodeState, outcome: StepOutcome) -> None:
         """Queue the target's states after the pending token and every accepted node: they are
-        the features of the entries for the tokens committed this step."""
+        the features of the entries for the tokens committed this step. Whatever blocks verified
+        them (a head that sat out while auto drafted otherwise), they queue up until it drafts again."""
         path = outcome.verdict.path
-        index = torch.cat([torch.zeros_like(path[:, :1]), 1 + path.clamp(min=0)], 1)
-        index = self._rows(index)
-        self.backlog = outcome.hidden.gather(1, index[..., None].expand(-1, -1, outcome.hidden.shape[-1]))
-        self.backlog_counts = state.committed - outcome.committed_before
+        index = self._rows(torch.nn.functional.pad(1 + path.clamp(min=0), (1, 0)))  # slot 0: the pending token
+        states = outcome.hidden.gather(1, index[..., None].expand(-1, -1, outcome.hidden.shape[-1]))
+        self.queue.append((states, state.committed - outcome.committed_before))
 
     def end(self) -> None:
         self.cache = None
-        self.backlog = None
+        self.queue = []
 
     def _rows(self, per_image: torch.Tensor) -> torch.Tensor:
         return torch.cat([per_image] * self.pair) if self.pair > 1 else per_image
@@ -203,9 +210,10 @@ class TreeHeadDrafts(DraftSource):
     def _catch_up(self, state: DecodeState) -> torch.Tensor:
         """Feed the queued entries (a ragged count per image); returns the head's state after the
         last committed token, ``[R, D]``, from which the tree grows."""
-        assert self.cache is not None and self.backlog is not None
+        assert self.cache is not None and self.queue
         dev = state.tokens.device
-        counts = self._rows(self.backlog_counts)
+        queued = pack_queue([(states, self._rows(counts)) for states, counts in self.queue])
+        counts = self._rows(sum((counts for _, counts in self.queue), torch.zeros_like(self.queue[0][1])))
         width = max(int(counts.max()), 1)
         known = self.known.to(dev)
         offsets = torch.arange(width, device=dev)
@@ -216,7 +224,7 @@ class TreeHeadDrafts(DraftSource):
         mask = (keys < known[:, None, None]) | (new_key & (keys <= slots[:, :, None])) | (keys == slots[:, :, None])
         positions = (slots - self.captions).clamp(max=state.num_tokens)  # the caption entries fill the first slots
         tokens = state.tokens.repeat(self.pair, 1).gather(1, positions)
-        features = self.backlog[:, :width]  # the pending token's state, then the accepted path's
+        features = queued[:, :width]  # the pending token's state, then the accepted path's
         out = self.timed(
             lambda: self.head.step(
                 self.head.embed(tokens, state.model),
@@ -228,7 +236,7 @@ class TreeHeadDrafts(DraftSource):
             )
         )
         self.known = self.known + counts.cpu()
-        self.backlog = None
+        self.queue = []
         last = (counts.to(dev) - 1).clamp(min=0)
         return out.gather(1, last[:, None, None].expand(-1, 1, out.shape[-1]))[:, 0]
 
@@ -278,7 +286,35 @@ class TreeHeadDrafts(DraftSource):
         q_root = self._distribution(state, root[:, None], committed[:, None])[:, 0]
         if self.shape.kind == "dynamic":
             return self._dynamic(state, root, q_root, committed, depth)
+        if self.shape.is_chain:
+            return self._chain(state, root, q_root, committed, depth)
         return self._static(state, root, q_root, committed, depth)
+
+    def _chain(
+        self, state: DecodeState, root: torch.Tensor, q_root: torch.Tensor, committed: torch.Tensor, depth: int
+    ) -> DraftBlock:
+        """``depth`` drafts, each sampled from the head's q after the one before (which it keeps).
+        Every entry attends to its row's committed entries and to the chain drafted so far."""
+        assert self.cache is not None
+        dev = q_root.device
+        base = int(self.known.max())  # the chain's slots start past every row's committed entries
+        keys = torch.arange(base + depth, device=dev)
+        readable = (keys[None, None, :] < self.known.to(dev)[:, None, None]) | (keys >= base)  # [R, 1, base + depth]
+        tokens, qs = [], []
+        q, features = q_root, root[:, None]
+        for level in range(depth):
+            token = sample(q, state.generator)
+            tokens.append(token)
+            qs.append(q)
+            if level == depth - 1:
+                break
+            slot, entries = base + level, self._rows(token[:, None])
+            positions = self._rows((committed[:, None] + level).clamp(max=state.num_tokens - 1))
+            embeds = self.head.embed(entries, state.model)
+            mask = readable[..., : slot + 1]
+            features = self.timed(lambda: self.head.step(embeds, features, positions, self.cache, slot, mask))
+            q = self._distribution(state, features, committed[:, None] + level + 1)[:, 0]
+        return chain(torch.stack(tokens, 1), torch.stack(qs, 1))
 
     def _dynamic(
         self, state: DecodeState, root: torch.Tensor, q_root: torch.Tensor, committed: torch.Tensor, depth: int
@@ -438,6 +474,22 @@ def branching_label(branching: tuple[int, ...] | list[int], sep: str = "-", repe
         parts += [f"{branching[i]}{repeat}{run}"] if run >= 3 else [str(branching[i])] * run
         i += run
     return sep.join(parts)
+
+
+def pack_queue(chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+    """Row ``r``'s first ``counts[r]`` states of every chunk ``(states [R, w, D], counts [R] host)`` in order,
+    left-aligned in ``[R, total, D]`` (slots past a row's own total hold leftovers, never read)."""
+    if len(chunks) == 1:
+        return chunks[0][0]
+    states = torch.cat([part for part, _ in chunks], 1)
+    counts = torch.stack([count for _, count in chunks])  # [k, R]
+    ends = counts.cumsum(0)
+    offsets = torch.tensor([0] + [part.shape[1] for part, _ in chunks[:-1]]).cumsum(0)  # each chunk's first column
+    slot = torch.arange(int(ends[-1].max()))
+    chunk = (slot[None, None, :] >= ends[:, :, None]).sum(0).clamp(max=len(chunks) - 1)  # [R, total]
+    before = (ends - counts).T.gather(1, chunk)  # states of earlier chunks in the row
+    index = (offsets[chunk] + slot[None, :] - before).clamp(0, states.shape[1] - 1).to(states.device)
+    return states.gather(1, index[..., None].expand(-1, -1, states.shape[-1]))
 
 
 def static_parents(branching: tuple[int, ...]) -> list[int]:

@@ -90,9 +90,11 @@ def bench(args: argparse.Namespace) -> int:
         return continuous_bench(args)
     requested = {split_method(m)[0] for m in parse_methods(args.methods)} if args.methods else set()
     takes_drafter = {name for name, kind in DRAFTS.items() if kind.takes_drafter}
-    head_drafts = {name for name, kind in DRAFTS.items() if kind.needs == "tree head"}
+    head_drafts = {name for name, kind in DRAFTS.items() if kind.uses_head}
+    needs_head = {name for name, kind in DRAFTS.items() if kind.needs == "tree head"}
+    head_named = args.tree_head is not None  # auto drafts with a head named, not one loaded for the tree methods
     use_bundled_drafter(args, args.methods is None or bool(requested & takes_drafter))
-    use_bundled_head(args, bool(requested & head_drafts))
+    use_bundled_head(args, bool(requested & needs_head))
     default = DEFAULT_BENCH_METHODS + (",drafter" if args.drafter else "")
     methods = parse_methods(args.methods or default)
     if args.sweep:
@@ -104,11 +106,11 @@ def bench(args: argparse.Namespace) -> int:
     refuse_unused_knobs(args, [split_method(m)[0] for m in methods], "--methods " + ",".join(methods[1:]))
     refuse_continuous_options(args)
     if args.tree_head and not any(split_method(m)[0] in head_drafts for m in methods):
-        raise SettingsError("--tree-head is given but --methods does not include tree or tree-static")
+        raise SettingsError("--tree-head is given but --methods does not include tree, tree-static or auto")
     method_options(args)
     model = load_target(args)
     drafter = load_drafter(args, model) if args.drafter else None
-    options = method_options(args, load_tree_head(args, model))
+    options = method_options(args, load_tree_head(args, model), auto_head=head_named)
     settings = sampling_settings(model, args)
     log = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
     evaluate = _demo_quality(model.name == "specar-demo", model.name) if args.quality else None
