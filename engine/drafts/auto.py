@@ -323,8 +323,9 @@ class _Arm:
         self.used: dict[int, int] = {}  # chain length -> target forwards it drafted
         self.yields = [0.0, 0.0, 0.0]  # count, sum and sum of squares of the tokens a row committed per forward
 
-    def plan(self, state: DecodeState, costs: ForwardCosts) -> tuple[float, int]:
-        """Expected committed tokens per second at the best chain length, and that length."""
+    def plan(self, state: DecodeState, costs: ForwardCosts, running: bool = True) -> tuple[float, int]:
+        """Expected committed tokens per second at the best chain length, and that length; ``running``: as
+        the arm of the stint under way (else as one that would open a stint)."""
         raise NotImplementedError
 
     def record(self, drafts: int, accepted: torch.Tensor) -> None:
@@ -364,18 +365,27 @@ class _JacobiArm(_Arm):
         super().__init__(source)
         self.window = source.slots
         self.mean_accepted = self.PRIOR
+        self.warmup_accepted = self.PRIOR  # the same over the blocks that open a stint
         self.since_start = 0
 
-    def plan(self, state: DecodeState, costs: ForwardCosts) -> tuple[float, int]:
+    def plan(self, state: DecodeState, costs: ForwardCosts, running: bool = True) -> tuple[float, int]:
+        """A stint that opens afresh (another arm ran before it) spends its first blocks refining the window."""
         length = min(self.window, state.max_drafts)
-        expected = (1 + min(self.mean_accepted, length)) * self.efficiency(state)
+        accepted = self.mean_accepted
+        if not running:
+            accepted += self.WARMUP * (self.warmup_accepted - self.mean_accepted) / STINT
+        expected = (1 + min(accepted, length)) * self.efficiency(state)
         return expected / costs.target_seconds(length + 1), length
 
     def record(self, drafts: int, accepted: torch.Tensor) -> None:
         super().record(drafts, accepted)
         self.since_start += 1
-        if len(accepted) and self.since_start > self.WARMUP:
-            self.mean_accepted += 0.25 * (float(accepted.float().mean()) - self.mean_accepted)
+        if len(accepted):
+            mean = float(accepted.float().mean())
+            if self.since_start > self.WARMUP:
+                self.mean_accepted += 0.25 * (mean - self.mean_accepted)
+            else:
+                self.warmup_accepted += 0.25 * (mean - self.warmup_accepted)
 
     def fade(self) -> None:
         self.mean_accepted += (1 - MEMORY) * (self.PRIOR - self.mean_accepted)
@@ -399,7 +409,7 @@ class _ChainArm(_Arm):
         """Seconds per forward of a stint it spends catching up on tokens drafted while it sat out."""
         return 0.0
 
-    def plan(self, state: DecodeState, costs: ForwardCosts) -> tuple[float, int]:
+    def plan(self, state: DecodeState, costs: ForwardCosts, running: bool = True) -> tuple[float, int]:
         cost = self.cost(costs)
         assert cost is not None, "a chain arm's costs are measured when it is given"
         best, survive, expected = (0.0, 0), 1.0, 1.0
@@ -485,7 +495,7 @@ class AutoDrafts(DraftSource):
         arm, left = self._stint
         if left == 0:
             plain = 1.0 / self.costs.target_seconds(1)
-            rated = [(each.plan(state, self.costs)[0], index) for index, each in enumerate(self.arms)]
+            rated = [(each.plan(state, self.costs, each is arm)[0], index) for index, each in enumerate(self.arms)]
             rate, index = max(rated)
             chosen = self.arms[index] if rate > plain * (1 + COST_TOLERANCE) else None
             if chosen is not None and chosen is not arm:
