@@ -35,7 +35,7 @@ from pack import ROOT, load_pack
 from workflow_layout import overlapping_pairs
 
 sys.path.insert(0, str(ROOT / "workflows"))
-from build import FAMILY_WORKFLOWS, demo_drafter, demo_jacobi, file_name  # noqa: E402
+from build import FAMILY_WORKFLOWS, demo_drafter, demo_jacobi, file_name, tree_lantern_pp  # noqa: E402
 from thumbnails import demo_thumbnail, save_jpeg  # noqa: E402
 from tiny_hf import build_tiny_chameleon, build_tiny_emu3, build_tiny_janus, build_tiny_llamagen_t2i
 
@@ -293,6 +293,24 @@ def test_every_workflow_runs_in_the_real_frontend(server: tuple[str, Path], page
         sorted(sampler_ids)[0],
     )
     assert widget["committed"] == str(frames[-1]["total"]) and "tokens/forward" in widget["status"]
+
+
+def test_the_tree_head_drafts_for_auto_in_the_real_frontend(server: tuple[str, Path], page: Any) -> None:
+    """The Tree Head node set to auto: its head's chains or row-above Jacobi, chosen by measured cost; the
+    stats line names both sources and the costs it chose by."""
+    url, _ = server
+    load_pack()
+    from specar_pack.nodes import NODES_BY_ID
+
+    workflow = json.loads((ROOT / "workflows" / file_name(tree_lantern_pp)).read_text())
+    head = next(n for n in workflow["nodes"] if n["type"] == "SpecARTreeHead")
+    head["widgets_values"][[f.name for f in NODES_BY_ID["SpecARTreeHead"].widgets()].index("tree")] = "auto"
+    _queue_workflow(page, workflow)
+    finished = _wait_finished(page)
+    assert finished["type"] == "execution_success", finished
+    history = _get(f"{url}/history/{finished['prompt_id']}")[finished["prompt_id"]]
+    texts = [text for output in history["outputs"].values() for text in output.get("text", [])]
+    assert any("auto (row-above Jacobi or tree head" in text and "tree head" in text for text in texts), texts
 
 
 def test_interrupt_stops_a_run_between_forwards(server: tuple[str, Path], page: Any) -> None:
