@@ -185,6 +185,26 @@ def test_timing_the_drafter_chain_leaves_the_run_as_it_was(target: LlamaGenModel
     target.release()
 
 
+def test_timing_the_head_chain_leaves_the_run_as_it_was(target: LlamaGenModel) -> None:
+    """The head is timed drafting real chains; its queue, its fed entries, its clock and the run's
+    generator come out as they went in, so the chain the run then drafts is the one it would have drafted."""
+    head = tiny_tree_head(target)
+    chains = []
+    for calibrate in (False, True):
+        state = _state(target)
+        drafts = TreeHeadDrafts(head, TreeShape(kind="static", branching=(1,) * 4))
+        drafts.begin(state)
+        if calibrate:
+            seconds = drafts.seconds
+            costs = measure_costs(state, None, drafts)
+            assert costs.head is not None and costs.head.step > 0 and costs.drafter is None
+            assert drafts.seconds == seconds
+        chains.append(drafts.propose(state).tokens)
+        drafts.end()
+    assert torch.equal(chains[0], chains[1])
+    target.release()
+
+
 def _decode_state(
     model: LlamaGenModel, cond: Conditioning, settings: SamplingSettings, tokens: torch.Tensor
 ) -> DecodeState:

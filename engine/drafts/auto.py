@@ -218,20 +218,11 @@ def _drafter_costs(drafts: DrafterModelDrafts, state: DecodeState, filled: torch
 
 
 def _head_costs(drafts: TreeHeadDrafts, state: DecodeState, filled: torch.Tensor) -> ChainCost:
-    """The head's chain costs (:func:`_chain_costs`) after ``filled [B]`` committed tokens: every chain
-    opens as in the loop with a catch-up on its queue, past as many entries as the image holds (their
-    slots are read as they are: a timing needs their number, not their values). Its queue and its
-    count of fed entries come out as they went in; the slots the chains wrote are past them, and the
-    run's later entries overwrite them."""
-    known, queued = drafts.known.clone(), list(drafts.queue)
-    waiting = sum(counts for _, counts in queued)  # [B] tokens whose states are queued
-    entries = drafts.captions + drafts._rows(filled + 1 - waiting)  # fed before the queue, as at filled + 1
-
-    def reopen() -> None:
-        drafts.known, drafts.queue = entries.clone(), list(queued)
-
+    """The head's chain costs (:func:`_chain_costs`) after ``filled [B]`` cached tokens, every chain
+    opening as in the loop with a catch-up on its queue (:meth:`TreeHeadDrafts.trial`)."""
+    reopen, restore = drafts.trial(filled + 1)
     per_chain, per_draft = _chain_costs(drafts, state, filled, CHAIN_MAX_DRAFTS, reopen)
-    drafts.known, drafts.queue = known, queued
+    restore()
     return ChainCost(per_draft, per_chain)
 
 
