@@ -28,6 +28,7 @@ from .cli_output import (
     write_json,
     write_pictures,
 )
+from .compile import compile_seconds
 from .continuous.registry import is_continuous
 from .drafts import DRAFTS, KNOBS, check_policy_fits, jacobi_method, unused_knobs
 from .drafts.drafter import check_drafter_fits
@@ -144,8 +145,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help=(
-            "run target and drafter forwards through torch.compile with static shapes (LlamaGen and the demo; "
-            "needs a C compiler on CPUs; falls back to eager with a notice; default: off)"
+            "run target, drafter and tree-head forwards through torch.compile with static shapes (LlamaGen and "
+            "the demo; needs a C compiler on CPUs; falls back to eager with a notice; default: off)"
         ),
     )
     group.add_argument(
@@ -599,11 +600,7 @@ def use_bundled_drafter(args: argparse.Namespace, wanted: bool) -> None:
 
 def load_target(args: argparse.Namespace) -> ImageTokenModel:
     model = load_model(args.model, args.device, args.dtype, args.vq, family=args.family, image_size=args.image_size)
-    return _compiled(model, args)
-
-
-def _compiled(model: ImageTokenModel, args: argparse.Namespace) -> ImageTokenModel:
-    model.set_compile(args.compile)
+    model.set_compile(args.compile)  # its drafter or tree head follows it (place_drafter, place_head)
     return model
 
 
@@ -620,7 +617,7 @@ def load_drafter(args: argparse.Namespace, target: ImageTokenModel) -> ImageToke
     """``--drafter``, loaded straight onto the target's device and in its dtype, and checked against it."""
     drafter = load_model(args.drafter, target.device, target.dtype, image_size=args.image_size)
     check_drafter_fits(target, drafter)
-    return _compiled(drafter, args)
+    return drafter
 
 
 def method_options(args: argparse.Namespace, head: TreeHead | None = None, auto_head: bool = True) -> MethodOptions:
@@ -771,7 +768,7 @@ def _generate(args: argparse.Namespace) -> int:
     progress.finish(summary_line(result))
     if result.draft_summary and not args.quiet:
         print(result.draft_summary, file=sys.stderr)
-    compiling = model.compile_seconds + (drafter.compile_seconds if drafter else 0.0)
+    compiling = compile_seconds(model, drafter, options.tree_head)
     if compiling and not args.quiet:
         print(f"compiled forwards: {compiling:.1f} s of this run was compiling (first calls only)", file=sys.stderr)
     if args.stats:
@@ -787,6 +784,7 @@ def _generate(args: argparse.Namespace) -> int:
                     drafter,
                     cond,
                     settings,
+                    compiling,
                 ),
                 "relaxation": options.relaxation,
                 "policy_options": dict(options.policy_options),
@@ -810,8 +808,10 @@ def _stats(
     drafter: ImageTokenModel | None,
     cond: Conditioning,
     settings: SamplingSettings,
+    compiling: float,
 ) -> dict[str, object]:
-    """The result's own stats plus everything needed to reproduce it."""
+    """The result's own stats plus everything needed to reproduce it (``compiling``: seconds of it spent
+    compiling)."""
     conditioning = (
         {"class_ids": list(cond.class_ids)} if cond.class_ids is not None else {"prompts": list(cond.prompts or ())}
     )
@@ -826,7 +826,7 @@ def _stats(
         "settings": asdict(settings),
         "device": str(model.device),
         "dtype": dtype_name(model),
-        "compile_seconds": round(model.compile_seconds + (drafter.compile_seconds if drafter else 0.0), 2),
+        "compile_seconds": round(compiling, 2),
     }
 
 

@@ -23,13 +23,14 @@ import shutil
 import sys
 import time
 import types
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
 BUCKETS = (1, 2, 3, 5, 9, 17, 33, 65, 129, 257)
 LARGEST_BUCKET = BUCKETS[-1]
 PADDING_LIMIT = 4  # a block reuses a compiled bucket at most about this many times its size
+READ_WINDOW = 32  # on CPUs a compiled forward reads its cache up to the next multiple of this many slots
 
 
 def unavailable_reason(device: torch.device) -> str | None:
@@ -43,6 +44,18 @@ def unavailable_reason(device: torch.device) -> str | None:
     if sys.platform == "win32" and device.type == "cpu":
         return "compiling for the CPU on Windows needs MSVC's cl on the PATH"
     return None
+
+
+class Compiles(Protocol):
+    """Anything with compiled forwards: models, drafters, tree heads."""
+
+    @property
+    def compile_seconds(self) -> float: ...
+
+
+def compile_seconds(*parts: Compiles | None) -> float:
+    """Seconds the given parts spent compiling on first calls (``None``: a part the run does not have)."""
+    return sum(part.compile_seconds for part in parts if part is not None)
 
 
 def bucket_for(k: int, compiled: set[int]) -> int | None:

@@ -55,7 +55,10 @@ def _block_inputs(
     (``None`` for a chain, whose offsets are the run's ``steps`` 0, 1, ...). Positions past the
     image (rows that are done) are clamped, as their outputs are discarded.
     """
-    inputs = torch.cat([pending, block.tokens], dim=1) if block.size else pending
+    if not block.size:  # a plain step: the pending token alone, at a position inside the image
+        positions = start[:, None]
+        return pending, positions, None, positions[:, 1:]
+    inputs = torch.cat([pending, block.tokens], dim=1)
     if depth is None:
         offsets = steps[: block.size + 1]
         mask = None
@@ -169,7 +172,8 @@ def generate(
         if draft is not None:
             draft.begin(state)
         keep_going = notify()
-        while keep_going and (least := min(counts := committed.tolist())) < N:
+        counts = committed.tolist()  # the host's copy, kept in step with ``committed``
+        while keep_going and (least := min(counts)) < N:
             state.max_drafts = N - 1 - least
             block = draft.propose(state) if draft is not None else no_drafts
             if block.size > largest:
@@ -208,13 +212,18 @@ def generate(
             if failure:
                 garbled = ~finite[0]  # a non-finite prefill: the first token too was drawn from garbage
                 committed = torch.where(garbled, 0, committed)
+                counts = committed.tolist()
                 kinds[:, 0].masked_fill_(garbled.to(dev), -1)
                 break
             # A done row had limit 0: it accepted nothing, its next token is PLAIN and goes to scratch column N.
             committed_before = committed
-            committed = (committed + 1 + synced[:B].long()).clamp(max=N)  # pending token + accepted nodes
+            # pending token + accepted nodes, worked out on the host: a few list operations cost less than
+            # the tensor operations they replace
+            a_row_was_done = max(counts) >= N
+            counts = [min(count + 1 + int(accepted), N) for count, accepted in zip(counts, numbers[:B])]
+            committed = torch.tensor(counts)
             if layout is None:
-                if block.size or max(counts) >= N:  # after a plain step a running row's cache is as it must be
+                if block.size or a_row_was_done:  # after a plain step a running row's cache is as it must be
                     model.truncate(committed - 1)
                 path_tokens = block.tokens  # a chain's path is its first accepted drafts
             else:

@@ -78,7 +78,8 @@ def _kth_largest(logits: torch.Tensor, k: int) -> torch.Tensor:
     """
     if logits.device.type == "cpu":
         at = logits.shape[-1] - k
-        chosen = np.partition(logits.detach().float().numpy(), at, axis=-1)[..., at : at + 1]
+        values = logits if logits.dtype == torch.float32 and not logits.requires_grad else logits.detach().float()
+        chosen = np.partition(values.numpy(), at, axis=-1)[..., at : at + 1]
         return torch.from_numpy(chosen)
     return torch.topk(logits, k, dim=-1).values[..., -1:]
 

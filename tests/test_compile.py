@@ -14,7 +14,9 @@ from test_lossless import _target_distributions
 from specar import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
 from specar.compile import BUCKETS, CompiledForward, bucket_for, unavailable_reason
 from specar.drafts.drafter_tree import DrafterTreeDrafts
+from specar.drafts.auto import AutoDrafts
 from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape
+from specar.drafts.tree_head import BUNDLED_HEAD, TreeHead, resolve_tree_head
 from specar.lab.fidelity import ks_uniform, randomized_pit
 from specar.models.llamagen.adapter import LlamaGenModel
 
@@ -48,21 +50,58 @@ def test_buckets_hold_every_block_and_reuse_compiled_shapes() -> None:
     assert list(BUCKETS) == sorted(BUCKETS)
 
 
-@pytest.mark.parametrize("source", ["ar", "jacobi", "drafter", "drafter-tree", "tree-static"])
-def test_compiled_greedy_equals_eager_plain_ar(target: LlamaGenModel, drafter: LlamaGenModel, source: str) -> None:
+HEAD_SHAPES = {
+    "tree-static": TreeShape(kind="static", branching=(3, 2, 1)),
+    "tree-dynamic": TreeShape(kind="dynamic", top_k=3, depth=4, nodes=10),
+    "tree-chain": TreeShape(kind="static", branching=(1,) * 6),
+}
+
+
+@pytest.fixture(scope="module")
+def head(target: LlamaGenModel) -> TreeHead:
+    return tiny_tree_head(target)
+
+
+@pytest.mark.parametrize("source", ["ar", "jacobi", "drafter", "drafter-tree", *HEAD_SHAPES, "auto-head"])
+def test_compiled_greedy_equals_eager_plain_ar(
+    target: LlamaGenModel, drafter: LlamaGenModel, head: TreeHead, source: str
+) -> None:
     settings = SamplingSettings(cfg_scale=3.0, greedy=True, seed=5)
     drafts = {
         "ar": lambda: None,
         "jacobi": lambda: JacobiDrafts(window=16),
         "drafter": lambda: DrafterModelDrafts(drafter, gamma=4),
         "drafter-tree": lambda: DrafterTreeDrafts(drafter, branching=(3, 2, 1, 1)),
-        "tree-static": lambda: TreeHeadDrafts(tiny_tree_head(target), TreeShape(kind="static", branching=(3, 2, 1))),
+        **{name: (lambda shape=shape: TreeHeadDrafts(head, shape)) for name, shape in HEAD_SHAPES.items()},
+        "auto-head": lambda: AutoDrafts(drafter, head),
     }
     eager_ar = generate(tiny_model(0), COND, settings)
     spec = generate(target, COND, settings, draft=drafts[source]())
     assert torch.equal(spec.tokens, eager_ar.tokens)
     assert spec.finished
     assert target.compiled is not None and target.compiled.active and target.compile_seconds > 0
+    if source in HEAD_SHAPES:  # a head drafts through compiled steps when its target is compiled
+        assert head.compiled is not None and head.compiled.active and head.compile_seconds > 0
+
+
+@pytest.mark.parametrize("shape", ["tree-chain", "tree-static"])
+def test_compiled_head_follows_the_target_distribution(target: LlamaGenModel, head: TreeHead, shape: str) -> None:
+    settings = SamplingSettings(cfg_scale=2.0, top_k=24, seed=2025)
+    cond = Conditioning.classes([i % 10 for i in range(48)])
+    result = generate(target, cond, settings, draft=TreeHeadDrafts(head, HEAD_SHAPES[shape]))
+    p = _target_distributions(target, cond, result.tokens, settings)
+    assert ks_uniform(randomized_pit(p, result.tokens))[1] > 0.001
+
+
+def test_drafters_and_heads_compile_exactly_when_their_target_does(target: LlamaGenModel) -> None:
+    eager_target, head, drafter = tiny_model(0), tiny_tree_head(target, seed=3), tiny_drafter()
+    settings = SamplingSettings(cfg_scale=3.0, greedy=True, seed=5)
+    plain = generate(eager_target, COND, settings).tokens
+    for draft in (TreeHeadDrafts(head, HEAD_SHAPES["tree-chain"]), DrafterModelDrafts(drafter, gamma=4)):
+        assert torch.equal(generate(eager_target, COND, settings, draft=draft).tokens, plain)
+    assert head.compiled is None and drafter.compiled is None
+    generate(target, COND, settings, draft=DrafterModelDrafts(drafter, gamma=4))  # a compiled target: one switch
+    assert drafter.compiled is not None and drafter.compiled.active and drafter.compile_seconds > 0
 
 
 @pytest.mark.parametrize("source", ["jacobi", "drafter"])
@@ -84,8 +123,11 @@ def test_compiled_demo_is_lossless() -> None:
     settings = demo.default_settings.with_(greedy=True, seed=3)
     eager = generate(demo, Conditioning.classes([2, 9]), settings)
     demo.set_compile(True)
-    for draft in (None, JacobiDrafts(window=16, init="row_above")):
+    head = resolve_tree_head(BUNDLED_HEAD, demo)
+    chain = TreeShape(kind="static", branching=(1,) * 8)
+    for draft in (None, JacobiDrafts(window=16, init="row_above"), TreeHeadDrafts(head, chain)):
         assert torch.equal(generate(demo, Conditioning.classes([2, 9]), settings, draft=draft).tokens, eager.tokens)
+    assert head.compiled is not None and head.compiled.active
     # one compiled forward per block bucket serves every read window of the cache: nothing recompiles
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     generate(demo, Conditioning.classes([5, 11]), settings.with_(greedy=False), draft=JacobiDrafts(16, "row_above"))

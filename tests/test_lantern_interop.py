@@ -63,9 +63,10 @@ class EmbeddingTarget:
 
 
 class DraftingTarget(EmbeddingTarget):
-    """What :meth:`TreeHeadDrafts.begin` and its catch-up read besides: device, dtype, image size, constraint."""
+    """What :meth:`TreeHeadDrafts.begin` and its catch-up read besides: device, dtype, image size, constraint,
+    whether it compiles."""
 
-    device, dtype, constraint = torch.device("cpu"), torch.float32, None
+    device, dtype, constraint, pads_blocks = torch.device("cpu"), torch.float32, None, False
 
     @property
     def num_image_tokens(self) -> int:

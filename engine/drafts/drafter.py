@@ -100,10 +100,13 @@ def same_device(a: torch.device, b: torch.device) -> bool:
 
 
 def place_drafter(target: ImageTokenModel, drafter: ImageTokenModel) -> None:
-    """Check ``drafter`` fits ``target`` (:func:`check_drafter_fits`) and move it to the target's device."""
+    """Check ``drafter`` fits ``target`` (:func:`check_drafter_fits`), move it to the target's device, and
+    compile its forwards exactly when the target's are (one switch serves the run)."""
     check_drafter_fits(target, drafter)
     if not same_device(drafter.device, target.device):
         drafter.to(torch.device(target.device))
+    if drafter.pads_blocks != target.pads_blocks:
+        drafter.set_compile(target.pads_blocks)
 
 
 class DrafterModelDrafts(DraftSource):

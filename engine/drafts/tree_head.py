@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..compile import READ_WINDOW, CompiledForward, CompileFailed, static_buffers
 from ..checkpoints import load_into, read_safetensors_metadata, read_state_dict, save_safetensors
 from ..errors import CheckpointError, IncompatibleDrafterError
 from ..models.base import ImageTokenModel
@@ -191,17 +192,28 @@ class HeadLayer(nn.Module):
 
 
 class HeadCache:
-    """Keys/values of the head's one layer, ``[R, kv_heads, capacity, head_dim]``; the caller
-    decides which slots a forward writes and what each query may read (a mask over slots)."""
+    """Keys/values of the head's one layer, ``[R, kv_heads, capacity + 1, head_dim]``; the caller
+    decides which slots a forward writes and what each query may read (a mask over slots). The
+    last slot is scratch: a compiled step writes the entries it pads a block with there, and no
+    entry reads it."""
 
-    def __init__(self, rows: int, cfg: TreeHeadConfig, capacity: int, dtype: torch.dtype, device: torch.device) -> None:
-        shape = (rows, cfg.kv_heads, capacity, cfg.head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.k, self.v = keys, values
+
+    @classmethod
+    def empty(
+        cls, rows: int, cfg: TreeHeadConfig, capacity: int, dtype: torch.dtype, device: torch.device
+    ) -> "HeadCache":
+        shape = (rows, cfg.kv_heads, capacity + 1, cfg.head_dim)
+        return cls(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
 
     @property
     def capacity(self) -> int:
-        return int(self.k.shape[2])
+        return int(self.k.shape[2]) - 1
+
+    @property
+    def scratch(self) -> int:
+        return int(self.k.shape[2]) - 1
 
     def write(
         self, key: torch.Tensor, val: torch.Tensor, slots: torch.Tensor | int, read: int
@@ -226,6 +238,8 @@ class TreeHead(nn.Module):
         self.fc = nn.Linear(2 * cfg.dim, cfg.dim, bias=True)
         self.layers = nn.ModuleList([HeadLayer(cfg)])
         self.embed_tokens: nn.Embedding | None = None  # the embedding a LANTERN LlamaGen head was trained with
+        self.compiled: CompiledForward | None = None  # its compiled steps, while compiling is on
+        self._held_cache: HeadCache | None = None
         if cfg.layout == "llamagen":
             table = rope_table_2d(cfg.grid_size, cfg.head_dim, cfg.rope_base, cfg.cls_token_num)
             self.register_buffer("rope", table, persistent=False)
@@ -282,11 +296,82 @@ class TreeHead(nn.Module):
         row); ``mask [R, k, read]`` says which slots each new entry attends to (itself included).
         ``positions [R, k]``: image-token indices (``"llamagen"``) or the target's text positions
         (``"chameleon"``; only their differences matter). Returns predicted states ``[R, k, D]``."""
+        if self.compiled is not None and self.compiled.active:
+            out = self._step_compiled(embeds, features, positions, cache, slots, mask)
+            if out is not None:
+                return out
         return self._run(embeds, features, positions, cache, slots, mask)
 
     def new_cache(self, rows: int, capacity: int) -> HeadCache:
+        """A cache of ``capacity`` entries per row. A compiled head hands out the one it holds when that
+        has the same shape (CUDA graphs replay on the addresses they were captured with), so it drafts
+        for one generation at a time, as a model does."""
         weight = self.fc.weight
-        return HeadCache(rows, self.cfg, capacity, weight.dtype, weight.device)
+        held = self._held_cache
+        if held is not None and held.k.shape[:3] == (rows, self.cfg.kv_heads, capacity + 1):
+            if held.k.dtype == weight.dtype and held.k.device == weight.device:
+                return held
+        cache = HeadCache.empty(rows, self.cfg, capacity, weight.dtype, weight.device)
+        if self.compiled is not None:
+            static_buffers([cache.k, cache.v])
+            self._held_cache = cache
+        return cache
+
+    # -- compiled fast path ----------------------------------------------------------------------
+
+    def set_compile(self, enabled: bool) -> None:
+        """Run :meth:`step` through ``torch.compile`` (see :mod:`specar.compile`) or eagerly. A head
+        drafts for a target and follows that target's setting (:func:`place_head`)."""
+        if not enabled:
+            self.compiled = self._held_cache = None
+        elif self.compiled is None:
+            self.compiled = _compiled_step(self)
+
+    @property
+    def compile_seconds(self) -> float:
+        return self.compiled.compile_seconds if self.compiled is not None else 0.0
+
+    def _step_compiled(
+        self,
+        embeds: torch.Tensor,
+        features: torch.Tensor,
+        positions: torch.Tensor,
+        cache: HeadCache,
+        slots: torch.Tensor | int,
+        mask: torch.Tensor,
+    ) -> torch.Tensor | None:
+        """:meth:`step` with its ``k`` entries padded to a bucket, or ``None`` where it must run eagerly.
+
+        Padding entries write to the cache's scratch slot and read slot 0, and their outputs are
+        dropped. On GPUs every step reads the whole cache (CUDA graphs need static shapes); on CPUs
+        the slots the mask covers, rounded up to a window (a size compiled as dynamic, and never 1,
+        which the compiler would take as fixed)."""
+        assert self.compiled is not None
+        rows, k = embeds.shape[:2]
+        bucket = self.compiled.bucket(k)
+        if bucket is None:
+            return None
+        dev = positions.device
+        positions = positions.expand(rows, k)  # may come as one position per row for all its entries
+        if isinstance(slots, int):
+            slots = (slots + torch.arange(k, device=dev)).expand(rows, -1)
+        read = mask.shape[-1]
+        read = cache.capacity if dev.type == "cuda" else min(-(-read // READ_WINDOW) * READ_WINDOW, cache.capacity)
+        pad = bucket - k
+        padded_mask = torch.zeros(rows, bucket, read, dtype=torch.bool, device=dev)
+        padded_mask[:, :k, : mask.shape[-1]] = mask
+        if pad:
+            padded_mask[:, k:, 0] = True
+            embeds = F.pad(embeds, (0, 0, 0, pad))
+            features = F.pad(features, (0, 0, 0, pad))
+            positions = F.pad(positions, (0, pad))
+            slots = torch.cat([slots, torch.full((rows, pad), cache.scratch, dtype=slots.dtype, device=dev)], 1)
+        try:
+            out = self.compiled(bucket, embeds, features, positions, slots, padded_mask, cache.k, cache.v)
+        except CompileFailed:
+            return None
+        assert isinstance(out, torch.Tensor)
+        return out[:, :k]
 
 
 # -- files ----------------------------------------------------------------------------------------
@@ -395,9 +480,35 @@ def load_tree_head(path: str | Path, target: ImageTokenModel | None = None) -> T
 
 
 def place_head(head: TreeHead, target: ImageTokenModel) -> TreeHead:
-    """``head`` checked against ``target`` and on its device and dtype (hosts move targets between runs)."""
+    """``head`` checked against ``target``, on its device and dtype (hosts move targets between runs), and
+    compiled exactly when the target is."""
     check_head_fits(head.cfg, target, "in use")
-    return head.to(target.device, target.dtype)
+    weight = head.fc.weight
+    if weight.device != torch.device(target.device) or weight.dtype != target.dtype:
+        head.set_compile(False)  # compiled code holds the weights as they were
+        head = head.to(target.device, target.dtype)
+    head.set_compile(target.pads_blocks)
+    return head
+
+
+def _compiled_step(head: TreeHead) -> CompiledForward:
+    """The step that gets compiled: entries, features, positions, cache write slots and read mask, and the
+    cache buffers (written in place) in; predicted states out."""
+
+    def step(
+        embeds: torch.Tensor,
+        features: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        mask: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+    ) -> torch.Tensor:
+        return head._run(embeds, features, positions, HeadCache(keys, values), slots, mask)
+
+    device = head.fc.weight.device
+    varying = ((4, 2),) if device.type == "cpu" else ()  # the mask's read size (see _step_compiled)
+    return CompiledForward(step, device, "tree head", varying=varying)
 
 
 BUNDLED_HEAD = "demo-tree-head"

@@ -35,6 +35,7 @@ from ..cli_continuous import (
     speculation_settings,
 )
 from ..cli_output import check_outputs, write_json, write_text
+from ..compile import compile_seconds
 from ..continuous.registry import is_continuous, load_continuous_model
 from ..continuous.types import RUN_GROWTH
 from ..drafts import DRAFTS
@@ -149,9 +150,9 @@ def bench(args: argparse.Namespace) -> int:
             add_quality(rows, model, conditions, evaluate, settings)
         print(format_table(rows, model, settings, batch) + ("\n" if batch != args.batch[-1] else ""))
         runs.append(record(rows, batch))
-    compile_seconds = _report_compile(model, drafter, log)
+    compiled = _report_compile(compile_seconds(model, drafter, options.tree_head), log)
     for run in runs:
-        run["compile_seconds"] = compile_seconds
+        run["compile_seconds"] = compiled
     if args.json:
         write_json(args.json, runs[0] if len(runs) == 1 else {"runs": runs})
     if args.plot or args.table:
@@ -159,11 +160,8 @@ def bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report_compile(
-    model: ImageTokenModel, drafter: ImageTokenModel | None, log: Callable[[str], None] | None
-) -> float | None:
+def _report_compile(seconds: float, log: Callable[[str], None] | None) -> float | None:
     """Say how long compiling took (first calls, outside the timed runs); ``None`` if nothing was compiled."""
-    seconds = model.compile_seconds + (drafter.compile_seconds if drafter is not None else 0.0)
     if not seconds:
         return None
     if log is not None:

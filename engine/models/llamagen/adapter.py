@@ -6,7 +6,7 @@ from typing import Callable, Protocol
 
 import torch
 
-from ...compile import LARGEST_BUCKET, CompiledForward, CompileFailed, static_buffers
+from ...compile import LARGEST_BUCKET, READ_WINDOW, CompiledForward, CompileFailed, static_buffers
 from ...errors import SettingsError
 from ...kv_cache import FixedCacheView, RaggedKVCache
 from ...types import Conditioning, SamplingSettings
@@ -301,9 +301,6 @@ class LlamaGenModel(ImageTokenModel):
     @torch.inference_mode()
     def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
         return to_uint8(self._require_decoder().decode(codes, self.grid))
-
-
-READ_WINDOW = 32  # on CPUs a compiled forward reads the cache up to the next multiple of this many slots
 
 
 def _compiled_forward(gpt: GPT, device: torch.device, name: str) -> CompiledForward:
