@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .compile import compile_seconds
 from .drafts import DRAFTS, DraftOptions, check_policy_fits, make_draft
 from .drafts.base import DraftSource
 from .drafts.drafter import place_drafter
@@ -163,8 +164,12 @@ def run_job(
     cond = conditioning_for(model, prompt, batch)
     acceptance = policy.build(model)
     check_policy_fits(acceptance, draft.method)
+    compiling = compile_seconds(model, draft.drafter, draft.tree_head)
     result = generate(model, cond, settings, draft.build(model), acceptance, observer)
     summary = summary_line(result, f"{draft.describe()}, policy {policy.describe()}")
+    compiling = compile_seconds(model, draft.drafter, draft.tree_head) - compiling
+    if compiling:
+        summary += f" | {compiling:.1f} s of it compiling (a block size's first use)"
     if result.draft_summary:
         summary += "\n" + result.draft_summary
     return job_output(model, result, summary)

@@ -17,8 +17,11 @@ from specar.drafts.drafter_tree import DrafterTreeDrafts
 from specar.drafts.auto import AutoDrafts
 from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape
 from specar.drafts.tree_head import BUNDLED_HEAD, TreeHead, resolve_tree_head
+from specar.lab.bench import plan_calls, run_call
 from specar.lab.fidelity import ks_uniform, randomized_pit
+from specar.methods import MethodOptions
 from specar.models.llamagen.adapter import LlamaGenModel
+from specar.session import run_job
 
 pytestmark = pytest.mark.skipif(
     unavailable_reason(torch.device("cpu")) is not None, reason="torch.compile needs a C compiler here"
@@ -123,6 +126,9 @@ def test_compiled_demo_is_lossless() -> None:
     settings = demo.default_settings.with_(greedy=True, seed=3)
     eager = generate(demo, Conditioning.classes([2, 9]), settings)
     demo.set_compile(True)
+    # the stats line says how long a run spent compiling, when it compiled anything
+    first, again = (run_job(demo, "2", 2, settings).summary for _ in range(2))
+    assert " s of it compiling" in first and "compiling" not in again
     head = resolve_tree_head(BUNDLED_HEAD, demo)
     chain = TreeShape(kind="static", branching=(1,) * 8)
     for draft in (None, JacobiDrafts(window=16, init="row_above"), TreeHeadDrafts(head, chain)):
@@ -159,3 +165,11 @@ def test_a_failed_compilation_falls_back_to_eager(capsys: pytest.CaptureFixture[
         forward(1, torch.ones(2))
     assert not forward.active and "compilation failed" in capsys.readouterr().err
     assert forward.bucket(1) is None
+
+
+def test_bench_takes_compiling_off_a_call_s_times() -> None:
+    model = compiled(tiny_model(0))
+    call = plan_calls(1, 1, SamplingSettings(cfg_scale=3.0, seed=5))[0]
+    result = run_call(model, "jacobi", lambda indices: Conditioning.classes([1] * len(indices)), call, MethodOptions())
+    assert model.compile_seconds > 0  # every bucket compiled inside this call
+    assert 0 < result.model_seconds < result.wall_seconds < model.compile_seconds

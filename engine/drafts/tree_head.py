@@ -41,6 +41,7 @@ from torch import nn
 from ..compile import READ_WINDOW, CompiledForward, CompileFailed, static_buffers
 from ..checkpoints import load_into, read_safetensors_metadata, read_state_dict, save_safetensors
 from ..errors import CheckpointError, IncompatibleDrafterError
+from ..kv_cache import write_block
 from ..models.base import ImageTokenModel
 from ..models.chameleon import expand_qk_norms
 from ..models.llamagen.gpt import RMSNorm, apply_rope, rope_table_2d
@@ -223,9 +224,7 @@ class HeadCache:
             self.k[:, :, slots : slots + key.shape[2]] = key.to(self.k.dtype)
             self.v[:, :, slots : slots + val.shape[2]] = val.to(self.v.dtype)
         else:
-            index = slots[:, None, :, None].expand(-1, key.shape[1], -1, key.shape[3])
-            self.k.scatter_(2, index, key.to(self.k.dtype))
-            self.v.scatter_(2, index, val.to(self.v.dtype))
+            write_block(self.k, self.v, slots, key, val)
         return self.k[:, :, :read], self.v[:, :, :read]
 
 
@@ -358,8 +357,7 @@ class TreeHead(nn.Module):
         read = mask.shape[-1]
         read = cache.capacity if dev.type == "cuda" else min(-(-read // READ_WINDOW) * READ_WINDOW, cache.capacity)
         pad = bucket - k
-        padded_mask = torch.zeros(rows, bucket, read, dtype=torch.bool, device=dev)
-        padded_mask[:, :k, : mask.shape[-1]] = mask
+        padded_mask = F.pad(mask.expand(rows, k, -1), (0, read - mask.shape[-1], 0, pad))
         if pad:
             padded_mask[:, k:, 0] = True
             embeds = F.pad(embeds, (0, 0, 0, pad))
