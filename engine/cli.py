@@ -145,8 +145,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=False,
         help=(
-            "run target, drafter and tree-head forwards through torch.compile with static shapes (LlamaGen and "
-            "the demo; needs a C compiler on CPUs; falls back to eager with a notice; default: off)"
+            "run target and drafter forwards (and a tree head's, on GPUs) through torch.compile with static "
+            "shapes (LlamaGen and the demo; needs a C compiler on CPUs; falls back to eager with a notice; "
+            "default: off)"
         ),
     )
     group.add_argument(

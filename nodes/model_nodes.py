@@ -142,9 +142,10 @@ LOAD_MODEL = NodeSpec(
         Field(
             "compile",
             BOOLEAN,
-            "run the model's forwards, and its drafter's or tree head's, through torch.compile (LlamaGen and "
-            "the demo; others stay eager): each new block size compiles once on first use; whether it is faster "
-            "depends on the machine (docs/benchmarks.md); without a C compiler it stays eager with a notice",
+            "run the model's forwards, its drafter's, and on GPUs its tree head's, through torch.compile "
+            "(LlamaGen and the demo; others stay eager): each new block size compiles once on first use; whether "
+            "it is faster depends on the machine (docs/benchmarks.md); without a C compiler it stays eager with a "
+            "notice",
             default=False,
         ),
     ),

@@ -319,8 +319,8 @@ class TreeHead(nn.Module):
     # -- compiled fast path ----------------------------------------------------------------------
 
     def set_compile(self, enabled: bool) -> None:
-        """Run :meth:`step` through ``torch.compile`` (see :mod:`specar.compile`) or eagerly. A head
-        drafts for a target and follows that target's setting (:func:`place_head`)."""
+        """Run :meth:`step` through ``torch.compile`` (see :mod:`specar.compile`) or eagerly; drafting
+        for an eager target turns it off (:func:`place_head`)."""
         if not enabled:
             self.compiled = self._held_cache = None
         elif self.compiled is None:
@@ -478,14 +478,21 @@ def load_tree_head(path: str | Path, target: ImageTokenModel | None = None) -> T
 
 
 def place_head(head: TreeHead, target: ImageTokenModel) -> TreeHead:
-    """``head`` checked against ``target``, on its device and dtype (hosts move targets between runs), and
-    compiled exactly when the target is."""
+    """``head`` checked against ``target`` and on its device and dtype (hosts move targets between runs).
+
+    A head compiles with its target on GPUs, where a CUDA graph replays a step's few dozen kernel
+    launches as one, and never without it. On CPUs a compiled head step costs about what an eager one
+    does (one layer leaves little to fuse) and a padded catch-up costs more (docs/benchmarks.md), so
+    there it compiles only when asked (:meth:`TreeHead.set_compile`)."""
     check_head_fits(head.cfg, target, "in use")
     weight = head.fc.weight
     if weight.device != torch.device(target.device) or weight.dtype != target.dtype:
         head.set_compile(False)  # compiled code holds the weights as they were
         head = head.to(target.device, target.dtype)
-    head.set_compile(target.pads_blocks)
+    if not target.pads_blocks:
+        head.set_compile(False)
+    elif torch.device(target.device).type == "cuda":
+        head.set_compile(True)
     return head
 
 
