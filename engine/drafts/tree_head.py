@@ -296,7 +296,7 @@ class TreeHead(nn.Module):
         ``positions [R, k]``: image-token indices (``"llamagen"``) or the target's text positions
         (``"chameleon"``; only their differences matter). Returns predicted states ``[R, k, D]``."""
         if self.compiled is not None and self.compiled.active:
-            out = self._step_compiled(embeds, features, positions, cache, slots, mask)
+            out = self._step_compiled((embeds, features, positions), cache, slots, mask)
             if out is not None:
                 return out
         return self._run(embeds, features, positions, cache, slots, mask)
@@ -332,20 +332,20 @@ class TreeHead(nn.Module):
 
     def _step_compiled(
         self,
-        embeds: torch.Tensor,
-        features: torch.Tensor,
-        positions: torch.Tensor,
+        entries: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         cache: HeadCache,
         slots: torch.Tensor | int,
         mask: torch.Tensor,
     ) -> torch.Tensor | None:
-        """:meth:`step` with its ``k`` entries padded to a bucket, or ``None`` where it must run eagerly.
+        """:meth:`step` with its ``k`` entries (embeddings, features, positions) padded to a bucket, or
+        ``None`` where it must run eagerly.
 
         Padding entries write to the cache's scratch slot and read slot 0, and their outputs are
         dropped. On GPUs every step reads the whole cache (CUDA graphs need static shapes); on CPUs
         the slots the mask covers, rounded up to a window (a size compiled as dynamic, and never 1,
         which the compiler would take as fixed)."""
         assert self.compiled is not None
+        embeds, features, positions = entries
         rows, k = embeds.shape[:2]
         bucket = self.compiled.bucket(k)
         if bucket is None:
