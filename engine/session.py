@@ -164,8 +164,9 @@ def run_job(
     cond = conditioning_for(model, prompt, batch)
     acceptance = policy.build(model)
     check_policy_fits(acceptance, draft.method)
+    source = draft.build(model)  # refuses a drafter that cannot draft for this model
     compiling = compile_seconds(model, draft.drafter, draft.tree_head)
-    result = generate(model, cond, settings, draft.build(model), acceptance, observer)
+    result = generate(model, cond, settings, source, acceptance, observer)
     summary = summary_line(result, f"{draft.describe()}, policy {policy.describe()}")
     compiling = compile_seconds(model, draft.drafter, draft.tree_head) - compiling
     if compiling:
