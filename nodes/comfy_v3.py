@@ -18,7 +18,7 @@ from .host import ComfyHost, comfy_model_folders, register_comfy_model_folder
 from .model_nodes import DRAFTER_MODEL, LOAD_MODEL, TREE_HEAD
 from .preview_nodes import RELAXATION_PREVIEW
 from .sampler_nodes import COMPARE, SAMPLER
-from .schema import BOOLEAN, CATEGORY, COMBO, FLOAT, IMAGE, INT, MASK, STRING, Field, NodeSpec, Output
+from .schema import BOOLEAN, CATEGORY, CHOICE, COMBO, FLOAT, IMAGE, INT, MASK, STRING, Field, NodeSpec, Output
 
 
 def _input(field: Field) -> Any:
@@ -35,6 +35,10 @@ def _input(field: Field) -> Any:
         return io.Boolean.Input(field.name, default=field.default, **common)
     if field.type == COMBO:
         return io.Combo.Input(field.name, options=field.choices(comfy_model_folders()), default=field.default, **common)
+    if field.type == CHOICE:  # the default case comes first: ComfyUI shows a dynamic combo's first option
+        cases = sorted(field.cases, key=lambda case: case.key != field.default)
+        options = [io.DynamicCombo.Option(case.key, [_input(f) for f in case.inputs]) for case in cases]
+        return io.DynamicCombo.Input(field.name, options=options, **common)
     if field.type == MASK:
         return io.Mask.Input(field.name, **common)
     if field.type == IMAGE:
@@ -58,6 +62,7 @@ class SpecARNode(io.ComfyNode):
         return io.Schema(
             node_id=spec.node_id,
             display_name=spec.display_name,
+            search_aliases=list(spec.search_aliases),
             category=CATEGORY,
             description=spec.description,
             inputs=[_input(f) for f in spec.inputs],
@@ -121,6 +126,20 @@ class SpecARExtension(ComfyExtension):
         return list(NODE_CLASSES)
 
 
+MINIMUM_COMFYUI = "0.11"  # the first release whose V3 schema has both dynamic combos and search aliases
+
+
+def _missing_features() -> list[str]:
+    """What this ComfyUI's V3 API lacks of what the nodes use (an older release: the pack will not load)."""
+    missing = [] if hasattr(io, "DynamicCombo") else ["DynamicCombo"]
+    return missing + ([] if "search_aliases" in getattr(io.Schema, "__dataclass_fields__", {}) else ["search_aliases"])
+
+
 async def comfy_entrypoint() -> SpecARExtension:
+    missing = _missing_features()
+    if missing:
+        raise RuntimeError(
+            f"SpecAR needs ComfyUI {MINIMUM_COMFYUI} or newer (this one lacks {' and '.join(missing)}): update ComfyUI"
+        )
     register_comfy_model_folder()
     return SpecARExtension()

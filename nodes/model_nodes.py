@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from ..engine.continuous.registry import DEMO_ROLES, is_continuous, load_continuous_model
 from ..engine.continuous.session import is_continuous_model
 from ..engine.drafts.drafter_tree import DEFAULT_BRANCHING
-from ..engine.drafts.tree_drafts import TREE_KINDS, TreeShape, branching_label
+from ..engine.drafts.tree_drafts import TreeShape, branching_label
 from ..engine.drafts.tree_head import BUNDLED_HEAD, resolve_tree_head
 from ..engine.errors import SettingsError
 from ..engine.models.base import ImageTokenModel
 from ..engine.models.registry import BUNDLED, DTYPE_CHOICES, FAMILIES, find_models, load_model, resolve_dtype
 from ..engine.session import DraftRecipe
 from .host import Host
-from .schema import BOOLEAN, COMBO, DRAFT, FLOAT, INT, MODEL, STRING, Field, NodeSpec, Output
+from .schema import BOOLEAN, CHOICE, COMBO, DRAFT, FLOAT, INT, MODEL, STRING, Case, Field, NodeSpec, Output
 
 BUNDLED_TARGET, BUNDLED_DRAFTER = "demo", "demo-drafter"
 BUNDLED_MAR, BUNDLED_MAR_DRAFTER = "mar-demo", "mar-demo-drafter"
-DRAFTER_SHAPES = ("chain", "static tree", "auto")
 _BRANCHING = branching_label(DEFAULT_BRANCHING, sep=",", repeat="*")  # "2,2,1*30", as the node shows it
 
 
@@ -64,15 +65,16 @@ def _load_target(
     return (loaded,)
 
 
-def _load_drafter(host: Host, drafter: str, gamma: int, dtype: str, shape: str, branching: str) -> tuple[DraftRecipe]:
+def _load_drafter(host: Host, drafter: str, dtype: str, shape: dict[str, Any]) -> tuple[DraftRecipe]:
     model = load(host, drafter, dtype)
-    if shape == "chain":
-        return (DraftRecipe("drafter", gamma=gamma, drafter=model),)
+    kind = DRAFTER_SHAPE.case(shape["shape"]).key
+    if kind == "chain":
+        return (DraftRecipe("drafter", gamma=shape["gamma"], drafter=model),)
     if is_continuous_model(model):
         raise SettingsError("a MAR drafter drafts continuous tokens as a chain (CSpD): set shape to chain")
-    if shape == "auto":
+    if kind == "auto":
         return (DraftRecipe("auto", drafter=model),)
-    tree = TreeShape(kind="static", branching=TreeShape.parse_branching(branching))
+    tree = TreeShape(kind="static", branching=TreeShape.parse_branching(shape["branching"]))
     return (DraftRecipe("drafter-tree", drafter=model, tree=tree),)
 
 
@@ -80,22 +82,18 @@ def head_choices(folders: list[Path]) -> list[str]:
     return [BUNDLED_HEAD, *find_models(folders)]
 
 
-def _load_tree_head(
-    host: Host, head: str, tree: str, top_k: int, depth: int, nodes: int, branching: str, guidance: float
-) -> tuple[DraftRecipe]:
+def _load_tree_head(host: Host, head: str, tree: dict[str, Any]) -> tuple[DraftRecipe]:
     located = head if head == BUNDLED_HEAD else find_models(host.model_folders()).get(head) or Path(head)
-    if tree == "auto":
+    kind = HEAD_TREE.case(tree["tree"]).key
+    if kind == "auto":
         return (DraftRecipe("auto", tree_head=resolve_tree_head(located)),)
-    shape = TreeShape(
-        kind=tree,
-        top_k=top_k,
-        depth=depth,
-        nodes=nodes,
-        branching=TreeShape.parse_branching(branching),
-        guidance=guidance or None,
-    )
+    if kind == "dynamic":
+        shape = TreeShape(kind=kind, top_k=tree["top_k"], depth=tree["depth"], nodes=tree["nodes"])
+    else:
+        shape = TreeShape(kind=kind, branching=TreeShape.parse_branching(tree["branching"]))
+    shape = replace(shape, guidance=tree["guidance"] or None)
     loaded = resolve_tree_head(located)
-    return (DraftRecipe("tree" if tree == "dynamic" else "tree-static", tree_head=loaded, tree=shape),)
+    return (DraftRecipe("tree" if kind == "dynamic" else "tree-static", tree_head=loaded, tree=shape),)
 
 
 _DTYPE_FIELD = Field(
@@ -109,6 +107,15 @@ _DTYPE_FIELD = Field(
 LOAD_MODEL = NodeSpec(
     node_id="SpecARModelLoader",
     display_name="SpecAR Load Model",
+    search_aliases=(
+        "speculative decoding",
+        "autoregressive image model",
+        "LlamaGen",
+        "Janus-Pro",
+        "Lumina-mGPT",
+        "Emu3",
+        "MAR",
+    ),
     description="Loads an autoregressive image model: 'demo' is the small bundled model (no download), 'mar-demo' its "
     "continuous-token (MAR) counterpart; other entries are files and model directories in "
     "ComfyUI/models/specar/ (LlamaGen, Janus-Pro, Lumina-mGPT, Anole, Emu3-Gen, MAR; see the README for "
@@ -153,9 +160,48 @@ LOAD_MODEL = NodeSpec(
     run=_load_target,
 )
 
+DRAFTER_SHAPE = Field(
+    "shape",
+    CHOICE,
+    "chain: one line of gamma guesses; static tree: a tree of sampled guesses (branching), which the cascade "
+    "policy relaxes (README, tree section); auto: every few forwards this drafter or row-above Jacobi, and the "
+    "number of guesses, whichever commits the most tokens per second on this machine",
+    default="chain",
+    cases=(
+        Case(
+            "chain",
+            (
+                Field(
+                    "gamma",
+                    INT,
+                    "tokens the drafter proposes per target forward (MAR: draft steps per target pass at "
+                    "relaxation 0; the cspd policy's relaxation lengthens the runs)",
+                    default=6,
+                    min=1,
+                    max=32,
+                ),
+            ),
+        ),
+        Case(
+            "static tree",
+            (
+                Field(
+                    "branching",
+                    STRING,
+                    "children of every node at each depth; B*N repeats B for N depths (2,2,1*30: four paths of 32 "
+                    "guesses)",
+                    default=_BRANCHING,
+                ),
+            ),
+        ),
+        Case("auto"),
+    ),
+)
+
 DRAFTER_MODEL = NodeSpec(
     node_id="SpecARDrafterModel",
     display_name="SpecAR Drafter Model",
+    search_aliases=("draft model", "speculative decoding", "small model drafts", "CSpD"),
     description="Speculative decoding with a small drafter model of the same family: it proposes gamma tokens, the "
     "target checks them all in one forward. Lossless with the exact policy. With a continuous (MAR) "
     "target this is CSpD: the drafter runs gamma MAR steps, one target pass verifies them.",
@@ -167,33 +213,8 @@ DRAFTER_MODEL = NodeSpec(
             default=BUNDLED_DRAFTER,
             options=drafter_choices,
         ),
-        Field(
-            "gamma",
-            INT,
-            "chain: tokens the drafter proposes per target forward (MAR: draft steps per target "
-            "pass at relaxation 0; the cspd policy's relaxation lengthens the runs)",
-            default=6,
-            min=1,
-            max=32,
-        ),
         _DTYPE_FIELD,
-        Field(
-            "shape",
-            COMBO,
-            "chain: one line of gamma guesses; static tree: a tree of sampled guesses (branching), "
-            "which the cascade policy relaxes (README, tree section); auto: every few forwards this drafter or "
-            "row-above Jacobi, and the number of guesses, whichever commits the most tokens per second on this "
-            "machine (gamma and branching unused)",
-            default="chain",
-            options=DRAFTER_SHAPES,
-        ),
-        Field(
-            "branching",
-            STRING,
-            "static tree: children of every node at each depth; B*N repeats B for N depths "
-            "(2,2,1*30: four paths of 32 guesses)",
-            default=_BRANCHING,
-        ),
+        DRAFTER_SHAPE,
     ),
     outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),
     run=_load_drafter,
@@ -201,9 +222,54 @@ DRAFTER_MODEL = NodeSpec(
 
 _DYNAMIC = TreeShape()
 
+_GUIDANCE = Field(
+    "guidance",
+    FLOAT,
+    "the CFG scale the head drafts with; 0 = the sampler's. Higher makes the head's picks more specific to the "
+    "prompt (docs/benchmarks.md: measured with cascade, not a default); lossless with exact",
+    default=0.0,
+    min=0.0,
+    max=20.0,
+    step=0.5,
+)
+
+HEAD_TREE = Field(
+    "tree",
+    CHOICE,
+    "dynamic grows the tree where the head is confident; static always drafts the same shape; auto: every few "
+    "forwards a chain from this head or row-above Jacobi, and the number of guesses, whichever commits the most "
+    "tokens per second on this machine",
+    default="dynamic",
+    cases=(
+        Case(
+            "dynamic",
+            (
+                Field("top_k", INT, "children kept per node and nodes expanded per depth", _DYNAMIC.top_k, 1, 32),
+                Field("depth", INT, "deepest guess, in tokens", default=_DYNAMIC.depth, min=1, max=16),
+                Field("nodes", INT, "guesses checked per target forward", default=_DYNAMIC.nodes, min=1, max=256),
+                _GUIDANCE,
+            ),
+        ),
+        Case(
+            "static",
+            (
+                Field(
+                    "branching",
+                    STRING,
+                    "children of every node at each depth, e.g. 4,2,2,1,1,1; B*N repeats B for N depths",
+                    default=",".join(map(str, _DYNAMIC.branching)),
+                ),
+                _GUIDANCE,
+            ),
+        ),
+        Case("auto"),
+    ),
+)
+
 TREE_HEAD = NodeSpec(
     node_id="SpecARTreeHead",
     display_name="SpecAR Tree Head Drafts",
+    search_aliases=("EAGLE", "LANTERN", "draft tree", "draft head"),
     description="An EAGLE-style head reads the target's own hidden states and drafts a whole tree of guesses, which "
     "the target checks in one forward. dynamic grows the tree where the head is confident (EAGLE-2, "
     "LANTERN); static always drafts the same shape with sampled children (LANTERN++). Lossless with the "
@@ -216,42 +282,7 @@ TREE_HEAD = NodeSpec(
             default=BUNDLED_HEAD,
             options=head_choices,
         ),
-        Field(
-            "tree",
-            COMBO,
-            "dynamic or static tree; auto: every few forwards a chain from this head or row-above Jacobi, and the "
-            "number of guesses, whichever commits the most tokens per second on this machine (the tree settings "
-            "unused)",
-            default="dynamic",
-            options=(*TREE_KINDS, "auto"),
-        ),
-        Field(
-            "top_k",
-            INT,
-            "dynamic: children kept per node and nodes expanded per depth",
-            default=_DYNAMIC.top_k,
-            min=1,
-            max=32,
-        ),
-        Field("depth", INT, "dynamic: deepest guess, in tokens", default=_DYNAMIC.depth, min=1, max=16),
-        Field("nodes", INT, "dynamic: guesses checked per target forward", default=_DYNAMIC.nodes, min=1, max=256),
-        Field(
-            "branching",
-            STRING,
-            "static: children of every node at each depth, e.g. 4,2,2,1,1,1",
-            default=",".join(map(str, _DYNAMIC.branching)),
-        ),
-        Field(
-            "guidance",
-            FLOAT,
-            "the CFG scale the head drafts with; 0 = the sampler's. Higher makes the head's picks "
-            "more specific to the prompt (docs/benchmarks.md: measured with cascade, not a default); lossless "
-            "with exact",
-            default=0.0,
-            min=0.0,
-            max=20.0,
-            step=0.5,
-        ),
+        HEAD_TREE,
     ),
     outputs=(Output(DRAFT, "draft", "a draft source for the sampler"),),
     run=_load_tree_head,

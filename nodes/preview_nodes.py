@@ -86,6 +86,7 @@ def _preview(
 RELAXATION_PREVIEW = NodeSpec(
     node_id="SpecARRelaxationPreview",
     display_name="SpecAR Relaxation Preview",
+    search_aliases=("relaxation sweep", "pick relaxation", "quality against speed"),
     description="Draws one image of the same seed at several relaxations of one policy and shows each above its "
     "acceptance heatmap, with the target forwards and time it took against relaxation 0 (lossless): pick a "
     "relaxation by eye, then set it on SpecAR Acceptance Policy.",

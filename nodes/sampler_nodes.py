@@ -251,6 +251,7 @@ _SCALE = Field(
 SAMPLER = NodeSpec(
     node_id="SpecARSampler",
     display_name="SpecAR Sampler",
+    search_aliases=("speculative sampler", "autoregressive sampler", "generate image", "sample tokens"),
     description="Draws images with speculative decoding and shows live, per token, which tokens came from accepted "
     "drafts. Without a draft input it drafts by itself (auto: row-above Jacobi guesses, as many per "
     "forward as pay on this machine; plain decoding where none pay); continuous (MAR) models decode plainly.",
@@ -291,6 +292,7 @@ SAMPLER = NodeSpec(
 COMPARE = NodeSpec(
     node_id="SpecARCompare",
     display_name="SpecAR Compare",
+    search_aliases=("speed-up", "benchmark", "plain against speculative", "timing"),
     description="Runs plain AR and the speculative setting on the same seed, taking turns on this machine after a "
     "warm-up, and shows both with the measured speed-up, the forwards saved and tokens per forward.",
     inputs=(

@@ -27,10 +27,21 @@ def load_pack() -> ModuleType:
 
 
 def run_node(node_id: str, host: object, **inputs: object) -> tuple:
-    """A node run as ComfyUI makes it: widgets the caller leaves out keep their defaults."""
+    """A node run as ComfyUI makes it: widgets the caller leaves out keep their defaults, and a choice
+    with inputs of its own (``policy="csd", relaxation=0.5``) reaches the run as ComfyUI hands it over,
+    one dict holding the choice and its case's inputs."""
     load_pack()
     from specar_pack.nodes import NODES_BY_ID
 
     spec = NODES_BY_ID[node_id]
-    defaults = {f.name: f.default for f in spec.widgets() if f.name not in inputs}
-    return spec.run(host, **defaults, **inputs)
+    values = {}
+    for f in spec.inputs:
+        if f.cases:
+            choice = f.defaults(inputs.pop(f.name, None))
+            values[f.name] = {**choice, **{name: inputs.pop(name) for name in choice if name in inputs}}
+        elif f.name in inputs:
+            values[f.name] = inputs.pop(f.name)
+        elif f.is_widget:
+            values[f.name] = f.default
+    assert not inputs, f"{node_id} has no input {', '.join(inputs)} (with the choices made)"
+    return spec.run(host, **values)

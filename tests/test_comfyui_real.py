@@ -35,7 +35,7 @@ from pack import ROOT, load_pack
 from workflow_layout import overlapping_pairs
 
 sys.path.insert(0, str(ROOT / "workflows"))
-from build import FAMILY_WORKFLOWS, demo_drafter, demo_jacobi, file_name, tree_lantern_pp  # noqa: E402
+from build import FAMILY_WORKFLOWS, demo_drafter, demo_jacobi, file_name, tree_lantern_pp, widget_values  # noqa: E402
 from thumbnails import demo_thumbnail, save_jpeg  # noqa: E402
 from tiny_hf import build_tiny_chameleon, build_tiny_emu3, build_tiny_janus, build_tiny_llamagen_t2i
 
@@ -187,6 +187,25 @@ def page(server: tuple[str, Path]) -> Iterator[Any]:
         browser.close()
 
 
+def _check_declared(field: Any, declared: list[Any]) -> None:
+    """One input as ``/object_info`` declares it against its spec (a choice: each case's own inputs too)."""
+    kind, options = declared[0], declared[1] if len(declared) > 1 else {}
+    if field.type == "COMBO":
+        assert set(field.choices()) <= set(options.get("options", kind if isinstance(kind, list) else []))
+    else:
+        assert kind == field.type
+    if field.cases:  # the default case first: the frontend opens a dynamic combo on its first option
+        assert [case["key"] for case in options["options"]][0] == field.default
+        assert sorted(case["key"] for case in options["options"]) == sorted(field.choices())
+        for case in options["options"]:
+            inputs = {**case["inputs"].get("required", {}), **case["inputs"].get("optional", {})}
+            assert list(inputs) == [sub.name for sub in field.case(case["key"]).inputs]
+            for sub in field.case(case["key"]).inputs:
+                _check_declared(sub, inputs[sub.name])
+    elif field.default is not None:
+        assert options.get("default") == field.default
+
+
 def test_pack_loads_and_object_info_matches_the_specs(server: tuple[str, Path]) -> None:
     url, log_path = server
     log = log_path.read_text()
@@ -198,16 +217,11 @@ def test_pack_loads_and_object_info_matches_the_specs(server: tuple[str, Path]) 
     for spec in NODES:
         node = info[spec.node_id]
         assert node["display_name"] == spec.display_name
+        assert node["search_aliases"] == list(spec.search_aliases)
         declared = {**node["input"].get("required", {}), **node["input"].get("optional", {})}
         assert list(declared) == [f.name for f in spec.inputs]
         for f in spec.inputs:
-            kind, options = declared[f.name][0], declared[f.name][1] if len(declared[f.name]) > 1 else {}
-            if f.type == "COMBO":
-                assert set(f.choices()) <= set(options.get("options", kind if isinstance(kind, list) else []))
-            else:
-                assert kind == f.type
-            if f.default is not None:
-                assert options.get("default") == f.default
+            _check_declared(f, declared[f.name])
         assert node["output"] == [o.type for o in spec.outputs]
     templates = _get(f"{url}/workflow_templates")
     assert sorted(templates["specar"]) == [p.stem for p in WORKFLOWS]  # the frontend's template browser lists them
@@ -304,7 +318,7 @@ def test_the_tree_head_drafts_for_auto_in_the_real_frontend(server: tuple[str, P
 
     workflow = json.loads((ROOT / "workflows" / file_name(tree_lantern_pp)).read_text())
     head = next(n for n in workflow["nodes"] if n["type"] == "SpecARTreeHead")
-    head["widgets_values"][[f.name for f in NODES_BY_ID["SpecARTreeHead"].widgets()].index("tree")] = "auto"
+    head["widgets_values"] = widget_values(NODES_BY_ID["SpecARTreeHead"], {"tree": "auto"})
     _queue_workflow(page, workflow)
     finished = _wait_finished(page)
     assert finished["type"] == "execution_success", finished
@@ -413,6 +427,42 @@ def test_models_stay_loaded_between_runs_and_unload_on_request(server: tuple[str
     _post(f"{url}/free", {"unload_models": True})
     time.sleep(2.0)  # the idle queue worker wakes on the flag and unloads before the next prompt arrives
     assert load_requests_after_a_run(515153) > loaded
+
+
+def test_a_policy_choice_brings_its_own_widgets_in_the_frontend(server: tuple[str, Path], page: Any) -> None:
+    """The policy is a dynamic combo: a saved workflow's values land on the chosen policy's own widgets,
+    another choice swaps them for its own at their defaults, and the prompt sent to the server carries them."""
+    load_pack()
+    from specar_pack.nodes import NODES_BY_ID
+
+    choice = NODES_BY_ID["SpecARAcceptancePolicy"].field("policy")
+    workflow = json.loads((ROOT / "workflows" / file_name(tree_lantern_pp)).read_text())
+    saved = next(n for n in workflow["nodes"] if n["type"] == "SpecARAcceptancePolicy")
+    shown = page.evaluate(
+        """async ({ workflow, id, choices }) => {
+        const app = window.comfyAPI.app.app;
+        await app.loadGraphData(workflow);
+        const node = app.graph.getNodeById(id);
+        const widgets = () => node.widgets.map((w) => [w.name, w.value]);
+        const seen = [widgets()];
+        for (const choice of choices) {
+            node.widgets[0].value = choice;
+            seen.push(widgets());
+        }
+        const prompt = (await app.graphToPrompt()).output[String(id)].inputs;
+        return { seen, prompt };
+    }""",
+        {"workflow": workflow, "id": saved["id"], "choices": ["exact", "csd"]},
+    )
+    names = [sub.name for sub in choice.case("lantern").inputs]
+    assert shown["seen"][0] == [
+        ["policy", "lantern"],
+        *([f"policy.{n}", v] for n, v in zip(names, saved["widgets_values"][1:])),
+    ]
+    assert shown["seen"][1] == [["policy", "exact"]]  # exact shows no relaxation slider
+    csd = {sub.name: sub.default for sub in choice.case("csd").inputs}
+    assert shown["seen"][2] == [["policy", "csd"], *([f"policy.{n}", v] for n, v in csd.items())]
+    assert shown["prompt"]["policy"] == "csd" and shown["prompt"]["policy.tv_threshold"] == csd["tv_threshold"]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])

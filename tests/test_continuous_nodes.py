@@ -49,7 +49,6 @@ def _loaded(host: LocalHost) -> tuple[object, object]:
         gamma=2,
         dtype="auto",
         shape="chain",
-        branching="2",
     )
     model.default_settings = model.default_settings.with_(num_iter=6, num_sampling_steps=5)
     return model, draft
@@ -58,7 +57,7 @@ def _loaded(host: LocalHost) -> tuple[object, object]:
 def test_sampler_runs_cspd_and_streams_the_heatmap(folder: Path) -> None:
     host = LocalHost(folders=[folder], node_id="9")
     model, draft = _loaded(host)
-    (policy,) = run("SpecARAcceptancePolicy", host, policy="cspd", relaxation=0.5, expert_options="")
+    (policy,) = run("SpecARAcceptancePolicy", host, policy="cspd", relaxation=0.5)
     images, heatmaps, stats, why = run("SpecARSampler", host, model=model, draft=draft, policy=policy, **SAMPLING)
     assert images.shape == heatmaps.shape == (2, 8, 8, 3)
     assert "CSpD" in stats and "acceptance" in stats and why.shape[0] == 1
@@ -82,7 +81,7 @@ def test_plain_sampling_compare_and_interrupts(folder: Path) -> None:
 def test_discrete_settings_are_refused_with_a_clear_message(folder: Path) -> None:
     host = LocalHost(folders=[folder])
     model, draft = _loaded(host)
-    (csd,) = run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, expert_options="")
+    (csd,) = run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5)
     with pytest.raises(SettingsError, match="Gaussian test"):
         run("SpecARSampler", host, model=model, draft=draft, policy=csd, **SAMPLING)
     (jacobi,) = run("SpecARJacobiDrafts", host, window=8, initialisation="random", coupled=False)
@@ -91,7 +90,7 @@ def test_discrete_settings_are_refused_with_a_clear_message(folder: Path) -> Non
     with pytest.raises(SettingsError, match="temperature"):
         run("SpecARSampler", host, model=model, **{**SAMPLING, "temperature": 0.0})
     with pytest.raises(SettingsError, match="inner_temperature"):
-        run("SpecARAcceptancePolicy", host, policy="cspd", relaxation=0.0, expert_options="tau=3")
+        run("SpecARAcceptancePolicy", host, policy="cspd", inner_temperature=0.5)
     (discrete,) = run("SpecARModelLoader", host, model="demo", dtype="auto", family="auto", image_size=0, compile=False)
     with pytest.raises(IncompatibleDrafterError, match="continuous tokens"):
         run("SpecARSampler", host, model=discrete, draft=draft, **{**SAMPLING, "prompt": "red ring"})

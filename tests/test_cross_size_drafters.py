@@ -285,7 +285,7 @@ def test_drafter_model_node_runs_a_smaller_drafter(pair: Callable[[str], Pair]) 
     (target,) = run_node("SpecARModelLoader", host, model=built.target.name, **loader)
     sampling = dict(prompt="a red cat", seed=3, batch_size=2, cfg=3.0, temperature=0.0, top_k=0)
     plain = run_node("SpecARSampler", host, model=target, **sampling)[0]
-    drafter_node = dict(drafter=built.drafters["narrower"].name, gamma=4, shape="chain", branching="2")
+    drafter_node = dict(drafter=built.drafters["narrower"].name, gamma=4, shape="chain")
     (draft,) = run_node("SpecARDrafterModel", host, dtype="fp32", **drafter_node)
     drafted, _, stats, _ = run_node("SpecARSampler", host, model=target, draft=draft, **sampling)
     assert torch.equal(drafted, plain) and "acceptance" in stats

@@ -7,6 +7,7 @@ nodes/host.py's ComfyHost and nodes/comfy_v3.py, exercised by tests/test_comfyui
 from __future__ import annotations
 
 import inspect
+import math
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,12 @@ from specar_pack.engine.drafts.tree_drafts import TreeShape  # noqa: E402
 from specar_pack.engine.drafts.tree_head import save_tree_head  # noqa: E402
 from specar_pack.engine.policies import ExactPolicy  # noqa: E402
 from specar_pack.nodes import NODES, NODES_BY_ID  # noqa: E402
+from specar_pack.nodes.decoding_nodes import POLICY_KNOBS  # noqa: E402
+from specar_pack.engine.policies import POLICIES  # noqa: E402
 from specar_pack.nodes.host import LocalHost, NodeInterrupted  # noqa: E402
 from specar_pack.engine.session import DraftRecipe, run_job  # noqa: E402
 from specar_pack.nodes.sampler_nodes import HEATMAP_EVENT, sampling_settings  # noqa: E402
-from specar_pack.nodes.schema import COMBO, FLOAT, INT  # noqa: E402
+from specar_pack.nodes.schema import CHOICE, COMBO, FLOAT, INT  # noqa: E402
 
 SAMPLING = dict(prompt="red ring", seed=3, batch_size=2, cfg=2.0, temperature=1.0, top_k=100)
 
@@ -47,11 +50,12 @@ def test_specs_are_consistent(spec) -> None:
     parameters = list(inspect.signature(spec.run).parameters)
     assert parameters[0] == "host" and parameters[1:] == [f.name for f in spec.inputs]
     for f in spec.inputs:
-        assert f.tooltip
-        if f.type in (INT, FLOAT):
-            assert f.min <= f.default <= f.max
-        if f.type == COMBO:
-            assert f.default in f.choices()
+        for shown in (f, *(sub for case in f.cases for sub in case.inputs)):  # a choice's own inputs too
+            assert shown.tooltip
+            if shown.type in (INT, FLOAT):
+                assert shown.min <= shown.default <= shown.max
+            if shown.type in (COMBO, CHOICE):
+                assert shown.default in shown.choices()
         optional_parameter = inspect.signature(spec.run).parameters[f.name].default is not inspect.Parameter.empty
         assert f.optional == optional_parameter, f.name
     assert len({n.node_id for n in NODES}) == len(NODES)
@@ -105,12 +109,8 @@ def test_greedy_sampler_is_lossless_with_every_draft_source(demo) -> None:
     settings = sampling_settings(demo, greedy["seed"], greedy["cfg"], 0.0, greedy["top_k"])
     plain = run_job(demo, greedy["prompt"], greedy["batch_size"], settings, DraftRecipe("ar")).images
     (jacobi,) = run("SpecARJacobiDrafts", host, window=8, initialisation="random", coupled=True)
-    (drafter,) = run(
-        "SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto", shape="chain", branching="2"
-    )
-    (auto,) = run(
-        "SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto", shape="auto", branching="2"
-    )
+    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, dtype="auto", shape="chain")
+    (auto,) = run("SpecARDrafterModel", host, drafter="demo-drafter", dtype="auto", shape="auto")
     for draft in (jacobi, drafter, auto, None):  # None: the sampler's own default, auto self-drafting
         fast, _, stats, _ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
         assert torch.equal(plain, fast)
@@ -180,15 +180,15 @@ def test_compare_reports_speedup(demo) -> None:
 
 def test_policy_node(demo) -> None:
     host = LocalHost()
-    with pytest.raises(SettingsError, match="lossless"):
-        run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.5, expert_options="")
+    with pytest.raises(AssertionError, match="no input relaxation"):  # exact shows no slider
+        run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.5)
     with pytest.raises(SettingsError, match="unknown acceptance policy 'typical'; available: exact"):
-        run("SpecARAcceptancePolicy", host, policy="typical", relaxation=0.5, expert_options="")
+        NODES_BY_ID["SpecARAcceptancePolicy"].run(host, policy={"policy": "typical", "relaxation": 0.5})
     with pytest.raises(SettingsError, match="cfg_scale must be a finite number, got nan"):
         run("SpecARSampler", host, model=demo, **{**SAMPLING, "cfg": float("nan")})
     mask = torch.zeros(1, 32, 32)
     mask[:, :16] = 1.0
-    (recipe,) = run("SpecARAcceptancePolicy", host, policy="gsd", relaxation=0.5, expert_options="", mask=mask)
+    (recipe,) = run("SpecARAcceptancePolicy", host, policy="gsd", relaxation=0.5, mask=mask)
     policy = recipe.build(demo)
     assert policy.region.shape == (1, 256)
     assert torch.equal(policy.region[0], (torch.arange(256) < 128).float())  # top 8 token rows
@@ -199,30 +199,73 @@ def test_policy_node(demo) -> None:
 def test_the_policy_node_is_one_decision_lossless_at_relaxation_zero(demo) -> None:
     """The node's default is a relaxed policy at 0, which runs as the exact policy: the same images, bit for bit."""
     host = LocalHost()
-    (default,) = run("SpecARAcceptancePolicy", host, expert_options="")
+    (default,) = run("SpecARAcceptancePolicy", host)
     assert default.relaxation == 0 and default.name != "exact" and isinstance(default.build(demo), ExactPolicy)
     assert default.describe() == f"{default.name} at 0 (exact)"
-    (exact,) = run("SpecARAcceptancePolicy", host, policy="exact", relaxation=0.0, expert_options="")
-    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, shape="chain", branching="2,1")
+    (exact,) = run("SpecARAcceptancePolicy", host, policy="exact")
+    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=4, shape="chain")
     relaxed_at_zero, *_, stats, _ = run("SpecARSampler", host, model=demo, draft=drafter, policy=default, **SAMPLING)
     lossless, *_ = run("SpecARSampler", host, model=demo, draft=drafter, policy=exact, **SAMPLING)
     assert torch.equal(relaxed_at_zero, lossless) and "at 0 (exact)" in stats
 
 
-def test_relaxed_policy_node_with_expert_options_explains_its_acceptances(demo) -> None:
+def test_relaxed_policy_node_with_its_own_parameters_explains_its_acceptances(demo) -> None:
     host = LocalHost()
-    with pytest.raises(SettingsError, match="NAME=NUMBER"):
-        run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, expert_options="tv_threshold")
     with pytest.raises(SettingsError, match="tau"):
-        run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, expert_options="tv_threshold=2")
-    (recipe,) = run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, expert_options="tv_threshold=0.4")
-    assert recipe.build(demo).tv_threshold == 0.4
-    (drafter,) = run(
-        "SpecARDrafterModel", host, drafter="demo-drafter", gamma=6, dtype="auto", shape="chain", branching="2"
-    )
+        run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, tv_threshold=2.0)
+    (recipe,) = run("SpecARAcceptancePolicy", host, policy="csd", relaxation=0.5, tv_threshold=0.4)
+    assert recipe.build(demo).tv_threshold == 0.4 and recipe.options == (("tv_threshold", 0.4),)
+    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=6, dtype="auto", shape="chain")
     *_, stats, why = run("SpecARSampler", host, model=demo, draft=drafter, policy=recipe, **SAMPLING)
     assert "policy csd (relaxation 0.5)" in stats
     assert why.shape[2] >= 4 * 150  # image | heatmap | entropy | TV
+
+
+def test_every_policy_parameter_is_a_widget_at_the_engine_s_default() -> None:
+    """Each policy shows all its native parameters; at their defaults the policy keeps its own settings."""
+    for name, knobs in POLICY_KNOBS.items():
+        if name == "cspd":
+            assert [k.field.name for k in knobs] == ["inner_temperature", "max_tries"]
+            continue
+        factory = POLICIES[name]
+        parameters = inspect.signature(factory).parameters
+        native = [p for p in parameters if p not in ("self", "relaxation", "region", "model")]
+        assert sorted(k.field.name for k in knobs) == sorted(native), name
+        for knob in knobs:
+            engine_default = parameters[knob.field.name].default
+            if engine_default is None:  # the policy's own choice: shown as it is, or as 0 (automatic or off)
+                own = {
+                    "target_alike": getattr(factory, "groups_target_alike", None),
+                    "ratio_bound": getattr(factory, "default_ratio_bound", None),
+                    "evidence_margin": getattr(factory, "default_evidence_margin", None),
+                }.get(knob.field.name)
+                engine_default = 0 if own is None else own
+            assert knob.field.default == engine_default, (name, knob.field.name)
+        (recipe,) = run("SpecARAcceptancePolicy", LocalHost(), policy=name)
+        assert recipe.options == (), name
+
+
+def test_policy_parameters_reach_the_policy(demo) -> None:
+    host = LocalHost()
+    (recipe,) = run(
+        "SpecARAcceptancePolicy",
+        host,
+        policy="cascade",
+        relaxation=0.5,
+        ratio_bound=0.0,
+        evidence_margin=0.0,
+        target_alike=False,
+        max_group=8,
+    )
+    options = dict(recipe.options)
+    assert options == {"ratio_bound": math.inf, "evidence_margin": math.inf, "target_alike": 0.0, "max_group": 8.0}
+    policy = recipe.build(demo)
+    assert policy.ratio_bound is None and policy.evidence_margin is None and not policy.groups_target_alike
+    with pytest.raises(SettingsError, match="power of two"):
+        run("SpecARAcceptancePolicy", host, policy="cascade", relaxation=0.5, max_group=12)[0].build(demo)
+    (lantern,) = run("SpecARAcceptancePolicy", host, policy="lantern", relaxation=0.3, neighbours=10, ratio_bound=5.0)
+    built = lantern.build(demo)
+    assert built.neighbours == 10 and built.ratio_bound == 5.0
 
 
 def test_prompt_errors(demo) -> None:
@@ -242,22 +285,17 @@ def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:
     host = LocalHost()
     greedy = {**SAMPLING, "temperature": 0.0}
     plain, *_ = run("SpecARSampler", host, model=demo, **greedy)
-    for tree, guidance in (("auto", 0.0), ("dynamic", 0.0), ("static", 4.0)):  # the head's CFG scale keeps it lossless
-        (draft,) = run(
-            "SpecARTreeHead",
-            host,
-            head="demo-tree-head",
-            tree=tree,
-            top_k=6,
-            depth=5,
-            nodes=30,
-            branching="3,2,1,1",
-            guidance=guidance,
-        )
+    trees = {  # the head's CFG scale keeps it lossless
+        "auto": {},
+        "dynamic": dict(top_k=6, depth=5, nodes=30, guidance=0.0),
+        "static": dict(branching="3,2,1,1", guidance=4.0),
+    }
+    for tree, settings in trees.items():
+        (draft,) = run("SpecARTreeHead", host, head="demo-tree-head", tree=tree, **settings)
         fast, _, stats, _ = run("SpecARSampler", host, model=demo, draft=draft, **greedy)
         assert torch.equal(plain, fast) and "tree" in stats
         assert tree != "auto" or "auto (row-above Jacobi or tree head" in stats
-    (cascade,) = run("SpecARAcceptancePolicy", host, policy="cascade", relaxation=0.5, expert_options="")
+    (cascade,) = run("SpecARAcceptancePolicy", host, policy="cascade", relaxation=0.5)
     images, _, stats, why = run("SpecARSampler", host, model=demo, draft=draft, policy=cascade, **SAMPLING)
     assert images.shape == (2, 32, 32, 3) and "cascade" in stats
     (jacobi,) = run("SpecARJacobiDrafts", host, window=8, initialisation="random", coupled=False)
@@ -269,11 +307,7 @@ def test_tree_head_node_is_lossless_and_cascade_needs_a_tree(demo) -> None:
             host,
             head="demo-tree-head",
             tree="static",
-            top_k=6,
-            depth=5,
-            nodes=30,
             branching="3,two",
-            guidance=0.0,
         )
 
 
@@ -287,12 +321,8 @@ def test_a_run_loads_the_target_and_its_drafters_together_with_room_for_a_step(d
         top_k=4,
         depth=4,
         nodes=12,
-        branching="2,1",
-        guidance=0,
     )
-    (drafter,) = run(
-        "SpecARDrafterModel", host, drafter="demo-drafter", gamma=3, dtype="auto", shape="chain", branching="2,1"
-    )
+    (drafter,) = run("SpecARDrafterModel", host, drafter="demo-drafter", gamma=3, dtype="auto", shape="chain")
     run("SpecARSampler", host, model=demo, draft=head, **SAMPLING)
     run("SpecARSampler", host, model=demo, draft=drafter, **SAMPLING)
     run("SpecARSampler", host, model=demo, **SAMPLING)
@@ -311,14 +341,13 @@ def test_drafter_node_drafts_static_trees_losslessly_and_cascade_relaxes_them(de
         "SpecARDrafterModel",
         host,
         drafter="demo-drafter",
-        gamma=6,
         dtype="auto",
         shape="static tree",
         branching="2,2,1*6",
     )
     fast, _, stats, _ = run("SpecARSampler", host, model=demo, draft=tree, **greedy)
     assert torch.equal(plain, fast) and "static 2-2-1x6" in stats
-    (cascade,) = run("SpecARAcceptancePolicy", host, policy="cascade", relaxation=1.0, expert_options="")
+    (cascade,) = run("SpecARAcceptancePolicy", host, policy="cascade", relaxation=1.0)
     images, _, stats, _ = run("SpecARSampler", host, model=demo, draft=tree, policy=cascade, **SAMPLING)
     assert images.shape == (2, 32, 32, 3) and "cascade" in stats
     with pytest.raises(SettingsError, match="branching"):
@@ -326,7 +355,6 @@ def test_drafter_node_drafts_static_trees_losslessly_and_cascade_relaxes_them(de
             "SpecARDrafterModel",
             host,
             drafter="demo-drafter",
-            gamma=6,
             dtype="auto",
             shape="static tree",
             branching="2,two",
@@ -336,12 +364,11 @@ def test_drafter_node_drafts_static_trees_losslessly_and_cascade_relaxes_them(de
             "SpecARDrafterModel",
             host,
             drafter="mar-demo-drafter",
-            gamma=6,
             dtype="auto",
             shape="static tree",
             branching="2,1",
         )
-    default = NODES_BY_ID["SpecARDrafterModel"].field("branching").default
+    default = NODES_BY_ID["SpecARDrafterModel"].field("shape").defaults("static tree")["branching"]
     assert TreeShape.parse_branching(default) == DEFAULT_BRANCHING
 
 
@@ -373,9 +400,7 @@ def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None:
     save_own_safetensors(tiny_gpt(), outside)
     with pytest.raises(SettingsError, match="is not among the bundled models or those in .*models/specar/<name>/"):
         run("SpecARModelLoader", host, model=str(outside), dtype="auto", family="auto", image_size=0, compile=False)
-    (mismatched,) = run(
-        "SpecARDrafterModel", host, drafter="tiny.safetensors", gamma=4, dtype="fp32", shape="chain", branching="2"
-    )
+    (mismatched,) = run("SpecARDrafterModel", host, drafter="tiny.safetensors", gamma=4, dtype="fp32", shape="chain")
     with pytest.raises(IncompatibleDrafterError):
         run("SpecARSampler", host, model=demo, draft=mismatched, **SAMPLING)
     save_tree_head(tiny_tree_head(tiny), folder / "tiny-head.safetensors")
@@ -387,8 +412,6 @@ def test_model_folder_listing_loading_and_errors(tmp_path: Path, demo) -> None:
         top_k=4,
         depth=3,
         nodes=8,
-        branching="2",
-        guidance=0.0,
     )
     with pytest.raises(IncompatibleDrafterError, match="tree head"):
         run("SpecARSampler", host, model=demo, draft=wrong_head, **SAMPLING)

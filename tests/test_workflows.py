@@ -15,7 +15,7 @@ from pack import ROOT, load_pack
 
 load_pack()
 from specar_pack.nodes import NODES_BY_ID  # noqa: E402
-from specar_pack.nodes.schema import BOOLEAN, COMBO, FLOAT, INT, STRING  # noqa: E402
+from specar_pack.nodes.schema import BOOLEAN, CHOICE, COMBO, FLOAT, INT, STRING  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "workflows"))
 from build import CORE_NODES, FAMILY_WORKFLOWS, SEED_CONTROL, VIRTUAL_NODES, render_all  # noqa: E402
@@ -41,7 +41,7 @@ def _check_widget(field: Any, value: Any) -> None:
         assert isinstance(value, str), (field.name, value)
     elif field.type == COMBO and callable(field.options):  # model folders: the user's, or one the README documents
         assert value in field.choices() or value in DOCUMENTED_FOLDERS, (field.name, value)
-    elif field.type == COMBO:
+    elif field.type in (COMBO, CHOICE):
         assert value in field.choices(), (field.name, value)
 
 
@@ -50,14 +50,15 @@ def _inputs_and_outputs(node: dict[str, Any]) -> tuple[dict[str, tuple[str, bool
     kind = node["type"]
     if kind in NODES_BY_ID:
         spec = NODES_BY_ID[kind]
-        widgets = spec.widgets()
-        expected = sum(2 if f.seed else 1 for f in widgets)
         values = list(node["widgets_values"])
-        assert len(values) == expected, (kind, values)
-        for f in widgets:
-            _check_widget(f, values.pop(0))
+        for f in spec.widgets():
+            value = values.pop(0)
+            _check_widget(f, value)
             if f.seed:
                 assert values.pop(0) in SEED_CONTROLS
+            for sub in f.case(value).inputs if f.cases else ():  # a choice's own widgets follow it
+                _check_widget(sub, values.pop(0))
+        assert not values, (kind, node["widgets_values"])
         return {f.name: (f.type, f.optional) for f in spec.sockets()}, [o.type for o in spec.outputs]
     if kind in CORE_NODES:
         widgets, sockets, outputs = CORE_NODES[kind]

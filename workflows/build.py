@@ -22,8 +22,8 @@ ROOT = HERE.parent
 # type -> (widgets as (name, type), socket inputs as (name, type), outputs as (name, type)); virtual
 # nodes (Note) exist only in the frontend and never reach the server.
 CORE_NODES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]] = {
-    "PreviewImage": ((), (("images", "IMAGE"),), ()),
-    "PreviewAny": ((), (("source", "*"),), ()),
+    "PreviewImage": ((), (("images", "IMAGE"),), (("images", "IMAGE"),)),
+    "PreviewAny": ((), (("source", "*"),), (("STRING", "STRING"),)),
     "SolidMask": ((("value", "FLOAT"), ("width", "INT"), ("height", "INT")), (), (("MASK", "MASK"),)),
     "MaskComposite": (
         (("x", "INT"), ("y", "INT"), ("operation", "COMBO")),
@@ -34,6 +34,7 @@ CORE_NODES: dict[str, tuple[tuple[tuple[str, str], ...], tuple[tuple[str, str], 
 VIRTUAL_NODES = {"Note": (("text", "STRING"),)}
 SEED_CONTROL = "fixed"  # the frontend's "control after generate" value that follows a seed widget
 TITLE_HEIGHT = 30  # the frontend draws a node's title bar above its position
+SLOT_HEIGHT, WIDGET_HEIGHT, NODE_PADDING = 20, 24, 12  # a socket row and a widget row, as the frontend draws them
 GAP = 20  # between one node's bottom and the next one's title bar
 LEFT = 20  # the left column: loader, draft source, policy, note
 MIDDLE = 500  # the sampler
@@ -56,6 +57,20 @@ def recommended_relaxation(policy: str) -> float:
     from specar_pack.engine.policies import recommended_relaxation as recommended
 
     return recommended(policy)
+
+
+def widget_values(spec: Any, widgets: dict[str, Any]) -> list[Any]:
+    """A SpecAR node's ``widgets_values`` as the frontend saves them: each widget's value (``widgets``, which
+    this empties, else its default), a seed's "control after generate" after it, and a choice's own inputs
+    right after the choice."""
+    values: list[Any] = []
+    for f in spec.widgets():
+        values.append(widgets.pop(f.name, f.default))
+        if f.seed:
+            values.append(SEED_CONTROL)
+        if f.cases:
+            values.extend(widgets.pop(sub.name, sub.default) for sub in f.case(values[-1]).inputs)
+    return values
 
 
 @dataclass
@@ -110,11 +125,7 @@ class Graph:
             pos = (pos.pos[0], pos.pos[1] + pos.size[1] + GAP + TITLE_HEIGHT)
         if type_ in self.specs:
             spec = self.specs[type_]
-            values: list[Any] = []
-            for f in spec.widgets():
-                values.append(widgets.pop(f.name, f.default))
-                if f.seed:
-                    values.append(SEED_CONTROL)
+            values = widget_values(spec, widgets)
             inputs = [{"name": f.name, "type": f.type, "link": None} for f in spec.sockets()]
             outputs = [(o.name, o.type) for o in spec.outputs]
         elif type_ in CORE_NODES:
@@ -127,6 +138,8 @@ class Graph:
             inputs, outputs = [], []
         if widgets:
             raise ValueError(f"{type_} has no widgets {sorted(widgets)}")
+        rows = max(len(inputs), len(outputs)) * SLOT_HEIGHT + len(values) * WIDGET_HEIGHT + NODE_PADDING
+        size = (size[0], max(size[1], rows))  # as tall as the frontend draws it, so no node hides another
         node = Node(
             len(self.nodes) + 1,
             type_,
@@ -391,7 +404,8 @@ def tree_lantern_pp(specs: dict[str, Any]) -> Graph:
         dict(
             policy="lantern",
             relaxation=recommended_relaxation("lantern"),
-            expert_options="neighbours=10, ratio_bound=5",
+            neighbours=10,
+            ratio_bound=5.0,
         ),
         "blue ring",
         9,
