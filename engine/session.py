@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .compile import compile_seconds
+from .continuous.types import CONTINUOUS_POLICIES
 from .drafts import DRAFTS, DraftOptions, check_policy_fits, make_draft
 from .drafts.base import DraftSource
 from .drafts.drafter import place_drafter
@@ -86,6 +87,11 @@ class PolicyRecipe:
     def build(self, target: ImageTokenModel) -> AcceptancePolicy:
         """The policy; at relaxation 0 every policy accepts exactly as :class:`ExactPolicy` does (bit for bit),
         so it runs as that, without its per-step work."""
+        if self.name not in POLICIES and self.name in CONTINUOUS_POLICIES:
+            raise SettingsError(
+                f"the {self.name} policy accepts continuous (MAR) tokens and {target.name} draws discrete ones: "
+                f"pick one of {', '.join(POLICIES)}"
+            )
         if self.relaxation == 0 and self.name in POLICIES:
             return ExactPolicy()
         region = mask_to_token_weights(self.mask, target.grid) if self.mask is not None else None

@@ -245,6 +245,14 @@ def test_every_policy_parameter_is_a_widget_at_the_engine_s_default() -> None:
         assert recipe.options == (), name
 
 
+def test_cspd_is_refused_on_a_token_model_in_the_artist_s_words(demo) -> None:
+    (cspd,) = run("SpecARAcceptancePolicy", LocalHost(), policy="cspd", relaxation=0.5)
+    with pytest.raises(
+        SettingsError, match="accepts continuous .MAR. tokens and specar-demo draws discrete ones: pick one of"
+    ):
+        run("SpecARSampler", LocalHost(), model=demo, policy=cspd, **SAMPLING)
+
+
 def test_policy_parameters_reach_the_policy(demo) -> None:
     host = LocalHost()
     (recipe,) = run(

@@ -15,9 +15,7 @@ from ..types import Observer
 from .acceptance import GaussianAcceptance
 from .loop import generate_continuous
 from .model import ContinuousTokenModel
-from .types import ContinuousResult, ContinuousSettings, CSpDSettings
-
-CONTINUOUS_POLICIES = ("exact", "cspd")
+from .types import CONTINUOUS_POLICIES, ContinuousResult, ContinuousSettings, CSpDSettings
 
 
 def is_continuous_model(model: object) -> bool:

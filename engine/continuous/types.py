@@ -18,6 +18,8 @@ from ..types import GenerationResult
 from .acceptance import GaussianAcceptance, inner_temperature_for
 from .schedule import CFG_SCHEDULES
 
+CONTINUOUS_POLICIES = ("exact", "cspd")  # how a MAR target may accept drafts: exactly, or by CSpD's relaxed test
+
 RUN_GROWTH = 3.0  # relaxation 1 makes a draft run (1 + RUN_GROWTH) times as many MAR steps as relaxation 0
 
 
