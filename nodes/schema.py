@@ -38,7 +38,7 @@ class Case:
 
 @dataclass(frozen=True)
 class Field:
-    """One input: a widget (INT, FLOAT, STRING, BOOLEAN, COMBO) or a socket (any other type)."""
+    """One input: a widget (INT, FLOAT, STRING, BOOLEAN, COMBO, CHOICE) or a socket (any other type)."""
 
     name: str
     type: str
