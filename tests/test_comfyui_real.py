@@ -35,7 +35,15 @@ from pack import ROOT, load_pack
 from workflow_layout import overlapping_pairs
 
 sys.path.insert(0, str(ROOT / "workflows"))
-from build import FAMILY_WORKFLOWS, demo_drafter, demo_jacobi, file_name, tree_lantern_pp, widget_values  # noqa: E402
+from build import (  # noqa: E402
+    FAMILY_WORKFLOWS,
+    demo_drafter,
+    demo_jacobi,
+    drafter_tree_cascade,
+    file_name,
+    tree_lantern_pp,
+    widget_values,
+)
 from thumbnails import demo_thumbnail, save_jpeg  # noqa: E402
 from tiny_hf import build_tiny_chameleon, build_tiny_emu3, build_tiny_janus, build_tiny_llamagen_t2i
 
@@ -463,6 +471,56 @@ def test_a_policy_choice_brings_its_own_widgets_in_the_frontend(server: tuple[st
     csd = {sub.name: sub.default for sub in choice.case("csd").inputs}
     assert shown["seen"][2] == [["policy", "csd"], *([f"policy.{n}", v] for n, v in csd.items())]
     assert shown["prompt"]["policy"] == "csd" and shown["prompt"]["policy.tv_threshold"] == csd["tv_threshold"]
+
+
+FLAT_LAYOUTS = {  # widget names in the order workflows saved them before choices brought their own widgets
+    "SpecARAcceptancePolicy": ("policy", "relaxation", "expert_options"),
+    "SpecARDrafterModel": ("drafter", "gamma", "dtype", "shape", "branching"),
+    "SpecARTreeHead": ("head", "tree", "top_k", "depth", "nodes", "branching", "guidance"),
+}
+OLD_DEFAULTS = {"relaxation": 0.0, "expert_options": "", "gamma": 6, "branching": "2,2,1*30", "top_k": 10}
+OLD_DEFAULTS |= {"depth": 8, "nodes": 48, "guidance": 0.0}
+
+
+def _flattened(node: dict[str, Any], spec: Any) -> list[Any]:
+    """The node's widget values as the flat layout saved them (its policy parameters as free text)."""
+    values = list(node["widgets_values"])
+    named: dict[str, Any] = {}
+    for f in spec.widgets():
+        named[f.name] = values.pop(0)
+        for sub in f.case(named[f.name]).inputs if f.cases else ():
+            named[sub.name] = values.pop(0)
+    if node["type"] == "SpecARAcceptancePolicy":
+        knobs = [sub for sub in spec.field("policy").case(named["policy"]).inputs if sub.name != "relaxation"]
+        changed = [f"{sub.name}={named[sub.name]:g}" for sub in knobs if named[sub.name] != sub.default]
+        named["expert_options"] = ", ".join(changed)
+    return [named.get(name, OLD_DEFAULTS.get(name)) for name in FLAT_LAYOUTS[node["type"]]]
+
+
+@pytest.mark.parametrize("maker", [tree_lantern_pp, drafter_tree_cascade], ids=lambda maker: maker.__name__)
+def test_a_workflow_saved_with_flat_widgets_loads_onto_the_choices_widgets(
+    server: tuple[str, Path], page: Any, maker: Any
+) -> None:
+    """A workflow saved before the policy, the drafter's shape and the tree kind brought their own widgets
+    loads with every value on the widget it was set for (the free-text policy options on their own widgets)."""
+    load_pack()
+    from specar_pack.nodes import NODES_BY_ID
+
+    workflow = json.loads((ROOT / "workflows" / file_name(maker)).read_text())
+    current = {n["id"]: list(n["widgets_values"]) for n in workflow["nodes"] if n["type"] in FLAT_LAYOUTS}
+    for node in workflow["nodes"]:
+        if node["type"] in FLAT_LAYOUTS:
+            node["widgets_values"] = _flattened(node, NODES_BY_ID[node["type"]])
+    assert all(n["widgets_values"] != current[n["id"]] for n in workflow["nodes"] if n["id"] in current)
+    loaded = page.evaluate(
+        """async ({ workflow, ids }) => {
+        const app = window.comfyAPI.app.app;
+        await app.loadGraphData(workflow);
+        return ids.map((id) => app.graph.getNodeById(id).widgets.map((w) => w.value));
+    }""",
+        {"workflow": workflow, "ids": list(current)},
+    )
+    assert dict(zip(current, loaded)) == current
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
