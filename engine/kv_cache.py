@@ -31,7 +31,16 @@ class AttentionPlan:
     write_slots: torch.Tensor  # [R, k] long, cache slot of each new token
     uniform_start: int | None  # the common start slot when every row has the same length
     read_length: int  # slots [0, read_length) are read by attention
-    mask: torch.Tensor  # [R, 1, k, read_length] bool, True = may attend
+    # [R, 1, k, read_length] bool, True = may attend; [1, 1, k, read_length] when every row's is the same,
+    # None when every new token may attend to every slot read (one new token per row, all rows alike)
+    mask: torch.Tensor | None
+
+    def full_mask(self) -> torch.Tensor:
+        """The mask as ``[R, 1, k, read_length]`` (for attention code that takes no shared or absent mask)."""
+        rows, k = self.write_slots.shape
+        if self.mask is None:
+            return torch.ones(rows, 1, k, self.read_length, dtype=torch.bool, device=self.write_slots.device)
+        return self.mask.expand(rows, -1, -1, -1)
 
 
 def write_block(
@@ -89,6 +98,7 @@ class RaggedKVCache:
         self.v: list[torch.Tensor] = []
         self.key_valid = torch.zeros(rows, 0, dtype=torch.bool, device=device)
         self.lengths = torch.zeros(rows, dtype=torch.long)  # host copy, the source of truth
+        self.all_valid = True  # no slot was ever marked as one no token may attend to (padding)
         self._plan: AttentionPlan | None = None
         self._grow(capacity)
 
@@ -97,6 +107,7 @@ class RaggedKVCache:
         that compiled code, CUDA graphs included, keeps seeing the same buffers)."""
         self.lengths = torch.zeros(self.rows, dtype=torch.long)
         self.key_valid.fill_(True)
+        self.all_valid = True
         self._plan = None
 
     def _grow(self, needed: int) -> None:
@@ -140,6 +151,34 @@ class RaggedKVCache:
         lengths_dev = lengths.to(dev)
         offsets = torch.arange(k, device=dev)
         write_slots = lengths_dev[:, None] + offsets[None, :]
+        uniform = int(lengths.min()) == longest and not self.fixed
+        self.all_valid = self.all_valid and key_valid_new is None
+        if uniform and allowed is None and self.all_valid:
+            # A causal block on rows of one length, every slot valid: the same mask for every row, built
+            # in two operations (or none for one token, which may attend to everything read).
+            mask = (
+                None if k == 1 else torch.ones(k, read_length, dtype=torch.bool, device=dev).tril_(longest)[None, None]
+            )
+        else:
+            mask = self._mask(k, allowed, key_valid_new, write_slots, lengths_dev, offsets, read_length)
+        plan = AttentionPlan(write_slots, longest if uniform else None, read_length, mask)
+        self.lengths = lengths + k
+        self._plan = plan
+        return plan
+
+    def _mask(
+        self,
+        k: int,
+        allowed: torch.Tensor | None,
+        key_valid_new: torch.Tensor | None,
+        write_slots: torch.Tensor,
+        lengths_dev: torch.Tensor,
+        offsets: torch.Tensor,
+        read_length: int,
+    ) -> torch.Tensor:
+        """Mark the new slots' validity and build the general mask ``[R, 1, k, read_length]``: rows of
+        any length, tree masks, and slots no token may attend to."""
+        dev = self.device
         if key_valid_new is not None:
             self.key_valid.scatter_(1, write_slots, key_valid_new.to(dev))
         else:
@@ -159,12 +198,7 @@ class RaggedKVCache:
             block_ok = allowed.gather(2, relc[:, None, :].expand(-1, k, -1))
         is_self = relc[:, None, :] == offsets[None, :, None]
         block_ok = block_ok & in_block[:, None, :] & (valid[:, None, :] | is_self)
-        mask = (in_prefix[:, None, :] | block_ok).unsqueeze(1)
-        uniform = int(lengths.min()) == longest and not self.fixed
-        plan = AttentionPlan(write_slots, longest if uniform else None, read_length, mask)
-        self.lengths = lengths + k
-        self._plan = plan
-        return plan
+        return (in_prefix[:, None, :] | block_ok).unsqueeze(1)
 
     def _read_length(self, needed: int) -> int:
         """Slots attention reads for a forward that needs ``needed``: exactly those, or for a fixed
@@ -189,8 +223,8 @@ class RaggedKVCache:
         return kb[:, :, : plan.read_length], vb[:, :, : plan.read_length]
 
     @property
-    def attention_mask(self) -> torch.Tensor:
-        """The planned forward's mask ``[R, 1, k, read_length]`` (True = may attend)."""
+    def attention_mask(self) -> torch.Tensor | None:
+        """The planned forward's mask (True = may attend), as :attr:`AttentionPlan.mask` holds it."""
         assert self._plan is not None, "plan() must be called before a forward"
         return self._plan.mask
 

@@ -6,6 +6,7 @@ import torch
 from tiny import tiny_model
 
 from specar import Conditioning
+from specar.kv_cache import RaggedKVCache
 from specar.models.llamagen.gpt import rope_table_2d
 from specar.verify import tree_attention
 
@@ -106,3 +107,20 @@ def test_rope_table_zeroes_condition_slots_and_splits_rows_and_columns() -> None
     freqs = 1.0 / (10000.0 ** (torch.arange(0, 8, 2).float() / 8))
     assert torch.allclose(table[cell, :4, 0], torch.cos(1 * freqs))
     assert torch.allclose(table[cell, 4:, 1], torch.sin(3 * freqs))
+
+
+def test_a_causal_block_on_rows_of_one_length_gets_the_general_mask_in_short_form() -> None:
+    """Rows of one length, every slot valid: one token reads everything (no mask), a block one causal
+    mask shared by every row; both say what the general mask says. Padding turns the short form off."""
+    cache = RaggedKVCache(1, 2, 1, 4, torch.float32, torch.device("cpu"), capacity=8)
+    cache.plan(5)
+    for k in (1, 3):
+        short = cache.plan(k)
+        cache.lengths = cache.lengths - k
+        general = cache._mask(k, None, None, short.write_slots, cache.lengths, torch.arange(k), short.read_length)
+        assert (short.mask is None) == (k == 1) and torch.equal(short.full_mask(), general)
+        cache.lengths = cache.lengths + k
+    padded = RaggedKVCache(1, 2, 1, 4, torch.float32, torch.device("cpu"), capacity=8)
+    padded.plan(3, key_valid_new=torch.tensor([[True, False, True], [True, True, True]]))
+    plan = padded.plan(1)
+    assert plan.mask is not None and not bool(plan.mask[0, 0, 0, 1]) and bool(plan.mask[1, 0, 0, 1])

@@ -211,8 +211,9 @@ class TransformersImageModel(ImageTokenModel):
     ) -> torch.Tensor:
         assert self.cache is not None, "prefill() first"
         plan = self.cache.plan(embeds.shape[1], allowed=allowed, key_valid_new=valid)
-        additive = torch.zeros(plan.mask.shape, dtype=embeds.dtype, device=self.device)
-        additive.masked_fill_(~plan.mask, torch.finfo(embeds.dtype).min)
+        mask = plan.full_mask()
+        additive = torch.zeros(mask.shape, dtype=embeds.dtype, device=self.device)
+        additive.masked_fill_(~mask, torch.finfo(embeds.dtype).min)
         cache = {cache_argument(self.decoder): _CacheBridge(self.cache)}
         out = self.decoder(
             inputs_embeds=embeds, attention_mask=additive, position_ids=positions, use_cache=True, **cache
