@@ -8,7 +8,6 @@ from typing import Callable, TypeVar
 import torch
 
 T = TypeVar("T")
-K = TypeVar("K")
 
 
 def synchronize(device: torch.device | None) -> None:
@@ -34,17 +33,3 @@ class Clock:
         synchronize(self.device)
         self.seconds += time.perf_counter() - start
         return out
-
-
-def fastest(calls: dict[K, Callable[[], object]], device: torch.device, rounds: int = 5) -> dict[K, float]:
-    """Fastest time of each call over ``rounds`` rounds that run every call once, after one untimed
-    round (kernels, allocator, compilation). Taking turns spreads a busy spell of the machine over
-    all calls alike, so their ratios hold even when their absolute times do not."""
-    best = {key: float("inf") for key in calls}
-    for round_index in range(rounds + 1):
-        for key, call in calls.items():
-            clock = Clock(device)
-            clock.run(call)
-            if round_index:
-                best[key] = min(best[key], clock.seconds)
-    return best

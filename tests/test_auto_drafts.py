@@ -158,51 +158,31 @@ def test_padded_costs_are_steps_and_eager_costs_interpolate() -> None:
 
 
 def test_costs_are_measured_once_per_shape(target: LlamaGenModel) -> None:
-    first = measure_costs(_state(target), None)
+    settings = SamplingSettings(cfg_scale=2.0, seed=0)
+    cond = Conditioning.classes([2])
+    first = measure_costs(target, cond, settings)
     assert set(first.target) == set(CALIBRATION_BLOCKS) and all(t > 0 for t in first.target.values())
-    assert measure_costs(_state(target), None).target is first.target
+    assert measure_costs(target, cond, settings).target is first.target
+    assert measure_costs(target, Conditioning.classes([2, 3]), settings).target is not first.target  # batch 2
     assert all(first.target[a] <= first.target[b] for a, b in zip(CALIBRATION_BLOCKS, CALIBRATION_BLOCKS[1:]))
-    target.release()
+    assert first.plain_seconds() > 0 and first.jacobi_seconds(CALIBRATION_BLOCKS[-1] - 1) > 0
+    assert first.drafter is None and first.head is None
 
 
-def test_timing_the_drafter_chain_leaves_the_run_as_it_was(target: LlamaGenModel) -> None:
-    """The drafter is timed drafting real chains; its cache, its clock and the run's generator come
-    out as they went in, so the chain the run then drafts is the one it would have drafted."""
-    drafter = tiny_drafter()
-    chains = []
-    for calibrate in (False, True):
-        state = _state(target)
-        drafts = DrafterModelDrafts(drafter, 4)
-        drafts.begin(state)
-        if calibrate:
-            seconds = drafts.seconds
-            costs = measure_costs(state, drafts)
-            assert costs.drafter is not None and costs.drafter.step > 0
-            assert drafts.seconds == seconds
-        chains.append(drafts.propose(state).tokens)
-        drafts.end()
-    assert torch.equal(chains[0], chains[1])
-    target.release()
-
-
-def test_timing_the_head_chain_leaves_the_run_as_it_was(target: LlamaGenModel) -> None:
-    """The head is timed drafting real chains; its queue, its fed entries, its clock and the run's
-    generator come out as they went in, so the chain the run then drafts is the one it would have drafted."""
-    head = tiny_tree_head(target)
-    chains = []
-    for calibrate in (False, True):
-        state = _state(target)
-        drafts = TreeHeadDrafts(head, TreeShape(kind="static", branching=(1,) * 4))
-        drafts.begin(state)
-        if calibrate:
-            seconds = drafts.seconds
-            costs = measure_costs(state, None, drafts)
-            assert costs.head is not None and costs.head.step > 0 and costs.drafter is None
-            assert drafts.seconds == seconds
-        chains.append(drafts.propose(state).tokens)
-        drafts.end()
-    assert torch.equal(chains[0], chains[1])
-    target.release()
+@pytest.mark.parametrize("head", [False, True])
+def test_the_calibrating_run_draws_the_image_a_calibrated_one_does(target: LlamaGenModel, head: bool) -> None:
+    """Auto times its arms by running the loop before the generation's prefill, with its own generator: the
+    first run of a model (which calibrates the target, the drafter and the head) draws, for a seed, the
+    image the next run draws from the stored costs, drafting with every arm."""
+    drafter, tree_head = tiny_drafter(), tiny_tree_head(target) if head else None
+    settings = SamplingSettings(cfg_scale=3.0, seed=3)
+    cond = Conditioning.classes([5])
+    runs = [generate(target, cond, settings, draft=AutoDrafts(drafter, tree_head)) for _ in range(2)]
+    assert torch.equal(runs[0].tokens, runs[1].tokens)
+    assert runs[0].draft_summary == runs[1].draft_summary
+    costs = measure_costs(target, cond, settings, drafter, tree_head)
+    assert costs.drafter is not None and costs.drafter.step >= 0 and costs.drafter.refeed > 0
+    assert (costs.head is not None) == head
 
 
 def _decode_state(

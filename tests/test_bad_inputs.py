@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from specar import (
+    AutoDrafts,
     Conditioning,
     DrafterModelDrafts,
     ImageTokenModel,
@@ -38,7 +39,7 @@ from specar.regions import mask_to_token_weights
 from specar.drafts.tree_drafts import TreeShape
 from specar.errors import NonFiniteOutputError
 from specar.types import SamplingSettings
-from tiny import tiny_drafter, tiny_gpt, tiny_mar, tiny_model, tiny_model_dir, tiny_model_with_codes
+from tiny import SWITCHING_COSTS, tiny_drafter, tiny_gpt, tiny_mar, tiny_model, tiny_model_dir, tiny_model_with_codes
 
 BAD_SAMPLING = [  # (field, value, what the error says)
     ("cfg_scale", float("nan"), "cfg_scale must be a finite number"),
@@ -186,11 +187,15 @@ def test_a_target_returning_nan_stops_the_run_and_keeps_the_tokens_before_it(sou
         assert torch.equal(partial.tokens[row, :kept], clean.tokens[row, :kept])
 
 
-def test_a_drafter_returning_nan_stops_a_sampled_run() -> None:
-    """Sampled acceptance reads the drafter's probabilities, so NaN there would garble tokens: refused."""
+@pytest.mark.parametrize("source", ["drafter", "auto"])
+def test_a_drafter_returning_nan_stops_a_sampled_run(source: str) -> None:
+    """Sampled acceptance reads the drafter's probabilities, so NaN there would garble tokens: refused, also
+    where auto drafts with it between blocks of Jacobi's (whose drafts are the target's own and are not checked
+    apart)."""
     drafter = _poisoned(tiny_drafter(), after_calls=6)
+    draft = DrafterModelDrafts(drafter, gamma=3) if source == "drafter" else AutoDrafts(drafter, costs=SWITCHING_COSTS)
     with pytest.raises(NonFiniteOutputError, match="^the draft source returned NaN or infinite logits") as failed:
-        generate(tiny_model(0), Conditioning.classes([1, 2]), SamplingSettings(), DrafterModelDrafts(drafter, gamma=3))
+        generate(tiny_model(0), Conditioning.classes([1, 2]), SamplingSettings(), draft)
     assert not failed.value.result.finished and int(failed.value.result.committed.min()) > 0
 
 

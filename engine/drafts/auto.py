@@ -10,10 +10,9 @@ length ``L``, or a plain step, to maximise
 where ``a_i`` is the source's acceptance rate at depth ``i`` given depth ``i - 1`` was accepted,
 counted over this generation's recent steps (with a weak prior, and the deepest measured depth
 standing in for deeper ones), and the times come from :class:`ForwardCosts`, measured on this
-machine once per model, batch size and guidance, the first time a generation asks. The drafter and
-the head are timed drafting real chains, each chain followed by the target's verify of it as in the
-loop: a drafter forward timed alone, with its weights warm in the processor's caches, costs a
-fraction of what it costs between the target's forwards.
+machine once per model, batch size and guidance, the first time a generation asks, before its
+prefill. Every arm is timed running the loop itself, so its price holds all that a step of it
+spends: the drafting, the distributions, the verification and the bookkeeping around them.
 
 The drafter's and the head's drafts are fresh every forward, so any ``L`` up to their longest chain
 is a candidate. The head drafts from the target's states of the committed tokens, so it sees every
@@ -33,6 +32,7 @@ another (equally distributed) image from the same seed.
 from __future__ import annotations
 
 import math
+import time
 import weakref
 from dataclasses import dataclass, replace
 from statistics import NormalDist
@@ -40,14 +40,15 @@ from typing import Callable
 
 import torch
 
-from ..timing import Clock, fastest
+from ..errors import NonFiniteOutputError
+from ..timing import Clock
 from ..models.base import ImageTokenModel
 from ..policies import ExactPolicy
-from ..sampling import make_generator, point_mass
-from ..types import DraftBlock
+from ..sampling import DistributionProcessor, make_generator, point_mass
+from ..types import Conditioning, DraftBlock, SamplingSettings, StepEvent
 from ..verify import verify_chain
 from .base import DecodeState, DraftSource, StepOutcome, chain
-from .drafter import DrafterModelDrafts
+from .drafter import DrafterModelDrafts, place_drafter
 from .jacobi import JacobiDrafts
 from .tree_drafts import TreeHeadDrafts, TreeShape
 from .tree_head import TreeHead
@@ -57,7 +58,7 @@ JACOBI_WINDOW = (
     CALIBRATION_BLOCKS[-1] - 1
 )  # drafts per Jacobi block: the window of 16 of the SJD paper, less the pending token
 CHAIN_MAX_DRAFTS = 8  # the drafter's and the head's longest chain
-CALIBRATION_ROUNDS = 3  # timed rounds per measured cost: the calibration is part of the first run's time
+CALIBRATION_ROUNDS = 2  # rounds of timing, each keeping its fastest: the calibration is part of the first run's time
 # a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
 PRIOR_ACCEPTED, PRIOR_REJECTED = 1.6, 0.4
 MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tracked over the last ~20 forwards
@@ -65,11 +66,13 @@ STINT = 8  # forwards between choices of the draft source
 COST_TOLERANCE = 0.1  # a source must be expected to beat plain steps by more than this share to be used
 RUN_OF_BLOCKS = 2  # blocks of one size timed back to back, as a stint runs them (a block timed just after a
 # larger one finds less of the model and cache in the processor's caches, and is timed slower than in a run)
+STEPS_UNTIMED, STEPS_TIMED = 1, 3  # forwards of a calibration stint: the first pays for switching arms
+CHAIN_TIMED = (1, 4)  # chain lengths a chain drafter is timed drafting; its costs are linear in the length between
 
 
 @dataclass(frozen=True)
 class ChainCost:
-    """Seconds a chain drafter (the drafter model, the tree head) spends, as the loop spends them."""
+    """Seconds a chain drafter (the drafter model, the tree head) adds to a target step, as the loop spends them."""
 
     step: float  # per draft
     chain: float = 0.0  # per chain beyond its drafts (its first forward catches up on the committed tokens)
@@ -87,12 +90,18 @@ class ChainCost:
 
 @dataclass(frozen=True)
 class ForwardCosts:
-    """Seconds of one target forward per block size, and of the chain drafters' drafts, on this machine."""
+    """Seconds of one target step per block size, and what each arm adds to it in the loop, on this machine.
+
+    ``target`` times the forward, its distributions and the verification of its drafts; ``plain`` and
+    ``jacobi`` are what a whole step of the loop spends beyond that (committing tokens, the health check, a
+    Jacobi window's new samples and initialisation), and the chain costs hold the same for the drafters."""
 
     target: dict[int, float]  # block tokens (pending token included) -> seconds
     padded: bool  # blocks run padded to the next measured size (compiled buckets): cost is a step function
     drafter: ChainCost | None = None
     head: ChainCost | None = None
+    plain: float = 0.0  # seconds a plain step of the loop spends beyond its one-token block
+    jacobi: float = 0.0  # seconds a Jacobi block of the loop spends beyond its target block
 
     def target_seconds(self, tokens: int) -> float:
         sizes = sorted(self.target)
@@ -103,19 +112,35 @@ class ForwardCosts:
         share = (tokens - lower) / (upper - lower)
         return self.target[lower] + share * (self.target[upper] - self.target[lower])
 
+    def plain_seconds(self) -> float:
+        return self.target_seconds(1) + self.plain
+
+    def jacobi_seconds(self, drafts: int) -> float:
+        return self.target_seconds(drafts + 1) + self.jacobi
+
     def describe(self) -> str:
-        one = self.target[1]
+        one = self.plain_seconds()
         blocks = ", ".join(f"{n}: {self.target[n] / one:.2f}x" for n in sorted(self.target) if n > 1)
-        parts = [f"target forward {1000 * one:.2f} ms for 1 token ({blocks} for n tokens)"]
+        parts = [
+            f"plain step {1000 * one:.2f} ms (target forward of n tokens {blocks}; "
+            f"Jacobi's window +{self.jacobi / one:.2f}x)"
+        ]
         for name, cost in (("drafter", self.drafter), ("tree head", self.head)):
             if cost is not None:
                 parts.append(cost.describe(name, one))
         return ", ".join(parts)
 
 
-# model (target, drafter or head) -> (batch, guided) -> seconds per block size (target) or chain costs (drafters);
-# weak keys, so a freed model takes its measurements along
-_MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], dict[int, float]]]" = (
+@dataclass(frozen=True)
+class _TargetCosts:
+    blocks: dict[int, float]
+    plain: float
+    jacobi: float
+
+
+# model -> (batch, guided) -> the target's block costs and loop extras; drafter or head -> (batch, guided) ->
+# its chain costs. Weak keys, so a freed model takes its measurements along.
+_MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], _TargetCosts]]" = (
     weakref.WeakKeyDictionary()
 )
 _CHAIN_MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel | TreeHead, dict[tuple[int, bool], ChainCost]]" = (
@@ -124,41 +149,178 @@ _CHAIN_MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel | TreeHead, dict[tup
 
 
 def measure_costs(
-    state: DecodeState, drafter: DrafterModelDrafts | None, head: TreeHeadDrafts | None = None
+    model: ImageTokenModel,
+    cond: Conditioning,
+    settings: SamplingSettings,
+    drafter: ImageTokenModel | None = None,
+    head: TreeHead | None = None,
 ) -> ForwardCosts:
-    """The target's block costs and the chain drafters' costs, measured the first time a model,
-    batch size and guidance ask (every cache prefilled, the head begun).
+    """The target's block costs and every arm's costs in the loop, measured the first time a model, batch
+    size and guidance ask, before the generation's prefill (the model's cache is free).
 
-    All are timed with half an image of placeholder tokens in the target's and the drafter's caches
-    (attention over the cache grows through an image, and half-way is its mean; at a batch of images
-    it is much of a forward), filled once and rolled back afterwards. The head's cache holds only
-    the entries of the image so far: a one-token entry's attention is a small share of its step."""
-    key = (state.batch, state.guided)
-    blocks = _MEASURED.setdefault(state.model, {})
-    timers: dict[ImageTokenModel | TreeHead, Callable[[torch.Tensor], ChainCost]] = {}
+    Blocks are timed after half an image of placeholder tokens (attention over the cache grows through an
+    image, and half-way is its mean; at a batch of images it is much of a forward). Then auto's own arms run
+    the loop from a placeholder prefix of half an image (:func:`_stint_seconds`): plain steps, Jacobi's
+    window, and chains of each length in :data:`CHAIN_TIMED` of the drafter and the head. What a forward of
+    an arm costs beyond its target block (the loop's and the source's bookkeeping, the drafting) is the
+    arm's price: timing the forwards alone would price drafted steps below what the loop spends on them,
+    against plain steps. Blocks and arms take turns over :data:`CALIBRATION_ROUNDS` rounds, and each keeps
+    its fastest, so a busy spell of the machine falls on all alike."""
+    key = (cond.batch_size, settings.uses_cfg)
+    measured = _MEASURED.setdefault(model, {})
+    nets: dict[str, ImageTokenModel | TreeHead] = {}
     if drafter is not None:
-        timers[drafter.drafter] = lambda filled: _drafter_costs(drafter, state, filled)
+        nets["drafter"] = drafter
     if head is not None:
-        timers[head.head] = lambda filled: _head_costs(head, state, filled)
-    missing = [net for net in timers if key not in _CHAIN_MEASURED.setdefault(net, {})]
-    if key not in blocks or missing:
-        dev = state.tokens.device
-        cached = state.committed - 1  # host [B]: image tokens in the target's cache
-        context = max(0, state.num_tokens // 2 - int(cached.min()))
-        room = max(CALIBRATION_BLOCKS[-1], CHAIN_MAX_DRAFTS + 1)
-        filled = torch.maximum(cached, (cached + context).clamp(max=state.num_tokens - room))
-        _fill(state.model, cached, filled, dev)
-        if key not in blocks:
-            blocks[key] = _block_seconds(state, filled, CALIBRATION_BLOCKS)
-        for net in missing:
-            _CHAIN_MEASURED[net][key] = timers[net](filled)
-        state.model.truncate(cached)
+        nets["tree head"] = head
+    missing = {name: net for name, net in nets.items() if key not in _CHAIN_MEASURED.setdefault(net, {})}
+    if drafter is not None:
+        place_drafter(model, drafter)
+    if key not in measured or missing:
+        stints = [("plain", 0), ("jacobi-row", JACOBI_WINDOW)] if key not in measured else []
+        stints += [(name, length) for name in missing for length in CHAIN_TIMED]
+        timing = drafter if "drafter" in missing else None, head if "tree head" in missing else None
+        blocks, steps, refeed = _time_rounds(model, cond, settings, stints, *timing)
+        # what a stint's forward spent beyond its target block (never less than nothing: that is noise; and
+        # nothing for a stint the calibration could not time)
+        extra = {
+            (name, drafts): max(steps.get((name, drafts), 0.0) - blocks[drafts + 1], 0.0) for name, drafts in stints
+        }
+        if key not in measured:
+            measured[key] = _TargetCosts(blocks, extra["plain", 0], extra["jacobi-row", JACOBI_WINDOW])
+        lengths = CHAIN_TIMED
+        for name, net in missing.items():
+            chain_extra = {length: extra[name, length] for length in lengths}
+            per_draft = max((chain_extra[lengths[1]] - chain_extra[lengths[0]]) / (lengths[1] - lengths[0]), 0.0)
+            _CHAIN_MEASURED[net][key] = ChainCost(
+                per_draft, max(chain_extra[lengths[0]] - per_draft, 0.0), refeed if name == "drafter" else 0.0
+            )
+    target = measured[key]
     return ForwardCosts(
-        blocks[key],
-        state.model.pads_blocks,
-        drafter=None if drafter is None else _CHAIN_MEASURED[drafter.drafter][key],
-        head=None if head is None else _CHAIN_MEASURED[head.head][key],
+        target.blocks,
+        model.pads_blocks,
+        drafter=None if drafter is None else _CHAIN_MEASURED[drafter][key],
+        head=None if head is None else _CHAIN_MEASURED[head][key],
+        plain=target.plain,
+        jacobi=target.jacobi,
     )
+
+
+def _time_rounds(
+    model: ImageTokenModel,
+    cond: Conditioning,
+    settings: SamplingSettings,
+    stints: list[tuple[str, int]],
+    drafter: ImageTokenModel | None,
+    head: TreeHead | None,
+) -> tuple[dict[int, float], dict[tuple[str, int], float], float]:
+    """The fastest over the rounds of: seconds per target block size, seconds per forward of each stint
+    (arm label, chain length; "plain" for plain steps) as auto runs it (where one could be timed), and seconds
+    per token of ``drafter`` re-feeding committed tokens (0 without one)."""
+    blocks = {size: math.inf for size in CALIBRATION_BLOCKS}
+    steps = {stint: math.inf for stint in stints}
+    refeed = math.inf if drafter is not None else 0.0
+    dev, N = model.device, model.num_image_tokens
+    prefix = torch.zeros(cond.batch_size, N // 2, dtype=torch.long, device=dev)
+    processor = DistributionProcessor(settings, model.constraint)
+    for _ in range(CALIBRATION_ROUNDS):
+        for size, seconds in _block_seconds(model, cond, processor, prefix.shape[1]).items():
+            blocks[size] = min(blocks[size], seconds)
+        if drafter is not None:
+            refeed = min(refeed, _refeed_seconds(drafter, cond, settings.uses_cfg, prefix.shape[1]))
+        for stint, seconds in _stint_seconds(model, cond, settings, drafter, head, stints, prefix).items():
+            steps[stint] = min(steps[stint], seconds)
+    # a block is never cheaper than a smaller one: a size timed slower than a larger one takes the larger's time
+    blocks = {size: min(t for s, t in blocks.items() if s >= size) for size in blocks}
+    return blocks, {stint: t for stint, t in steps.items() if math.isfinite(t)}, refeed
+
+
+def _block_seconds(
+    model: ImageTokenModel, cond: Conditioning, processor: DistributionProcessor, context: int
+) -> dict[int, float]:
+    """Seconds of one target step of each calibrated size after ``context`` cached placeholder tokens: the
+    forward, its distributions and the verification of the drafts in it (or a plain step's sample). The sizes
+    take turns, each timed over a run of :data:`RUN_OF_BLOCKS` steps, the cache rolled back after each."""
+    dev, B, last = model.device, cond.batch_size, model.num_image_tokens - 1
+    scratch = make_generator(0, dev)
+    policy, limit = ExactPolicy(), torch.full((B,), CALIBRATION_BLOCKS[-1], device=dev)
+    drafts = torch.zeros(B, CALIBRATION_BLOCKS[-1] - 1, dtype=torch.long, device=dev)
+    model.prefill(cond, processor.settings.uses_cfg)
+    filled = torch.full((B,), min(context, model.num_image_tokens - CALIBRATION_BLOCKS[-1]), dtype=torch.long)
+    _fill(model, torch.zeros(B, dtype=torch.long), filled, dev)
+
+    def run(size: int) -> None:
+        block = chain(drafts[:, : size - 1], point_mass(drafts[:, : size - 1], model.vocab_size))
+        positions = (filled.to(dev)[:, None] + torch.arange(size, device=dev)[None, :]).clamp(max=last)
+        for _ in range(RUN_OF_BLOCKS):
+            out = model.forward(torch.zeros_like(positions), positions)
+            p = processor(out.logits, (positions + 1).clamp(max=last))
+            verify_chain(policy, p, block, positions[:, 1:], limit, scratch)
+            model.truncate(filled)
+
+    seconds = {}
+    for size in CALIBRATION_BLOCKS:
+        clock = Clock(dev)
+        clock.run(lambda: run(size))
+        seconds[size] = clock.seconds / RUN_OF_BLOCKS
+    model.release()
+    return seconds
+
+
+def _refeed_seconds(drafter: ImageTokenModel, cond: Conditioning, guided: bool, context: int) -> float:
+    """Seconds per token of ``drafter`` reading ``context`` committed tokens in one forward, as it re-feeds
+    the tokens its cache missed when it drafts again after sitting out."""
+    dev, B = drafter.device, cond.batch_size
+    drafter.prefill(cond, guided)
+    clock = Clock(dev)
+    clock.run(lambda: _fill(drafter, torch.zeros(B, dtype=torch.long), torch.full((B,), context), dev))
+    drafter.release()
+    return clock.seconds / max(context, 1)
+
+
+def _stint_seconds(
+    model: ImageTokenModel,
+    cond: Conditioning,
+    settings: SamplingSettings,
+    drafter: ImageTokenModel | None,
+    head: TreeHead | None,
+    stints: list[tuple[str, int]],
+    prefix: torch.Tensor,
+) -> dict[tuple[str, int], float]:
+    """Seconds per target forward of each stint, run in turn by auto's own arms from a placeholder ``prefix``
+    (as many runs as the image's end makes it take): the mean over :data:`STEPS_TIMED` forwards after
+    :data:`STEPS_UNTIMED` (a stint's first forward pays for switching arms: a fresh Jacobi window, a catch-up).
+    The runs draw from their own generators and keep nothing; non-finite output ends a run (the generation
+    itself then stops with its own one-line reason, about its own tokens)."""
+    from ..loop import generate  # the loop drafts with auto: imported when auto calibrates
+
+    seconds: dict[tuple[str, int], float] = {}
+    per_stint = STEPS_UNTIMED + STEPS_TIMED
+    todo = list(stints)
+    while todo:
+        stamps: list[float] = []
+
+        def stamp(event: StepEvent) -> bool:
+            stamps.append(time.perf_counter())
+            return len(stamps) <= per_stint * len(todo)
+
+        try:
+            generate(model, cond, settings, _Stints(drafter, head, todo, per_stint), prefix=prefix, observer=stamp)
+        except NonFiniteOutputError:  # placeholder tokens the model cannot take: the timings so far serve
+            pass
+        intervals = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
+        done = 0
+        for index, stint in enumerate(todo):
+            timed = intervals[index * per_stint + STEPS_UNTIMED : (index + 1) * per_stint]
+            if not timed:  # the run ended: the stints left go to the next one
+                break
+            seconds[stint], done = sum(timed) / len(timed), index + 1
+        if not done:  # not one timed forward: the first stint keeps what it ran, if anything, and is not tried again
+            if intervals:
+                seconds[todo[0]] = sum(intervals) / len(intervals)
+            done = 1
+        todo = todo[done:]
+    return seconds
 
 
 def _fill(model: ImageTokenModel, cached: torch.Tensor, filled: torch.Tensor, dev: torch.device) -> None:
@@ -174,96 +336,6 @@ def _fill(model: ImageTokenModel, cached: torch.Tensor, filled: torch.Tensor, de
         model.forward(torch.zeros_like(positions), positions)
         cached = torch.minimum(cached + width, filled)
         model.truncate(cached)
-
-
-def _block_seconds(state: DecodeState, filled: torch.Tensor, sizes: tuple[int, ...]) -> dict[int, float]:
-    """Seconds of one target step of ``sizes`` tokens after ``filled [B]`` cached tokens: the forward,
-    its distributions and the verification of the drafts in it (or a plain step's sample), as the
-    loop spends them. The cache is rolled back after each; the sizes take turns, each timed over a
-    run of :data:`RUN_OF_BLOCKS` steps. A block is never cheaper than a smaller one, so a size timed
-    slower than a larger one takes the larger's time."""
-    model, dev, last = state.model, state.tokens.device, state.num_tokens - 1
-    scratch = make_generator(0, dev)  # the run's own generator is never drawn from here
-    policy, limit = ExactPolicy(), torch.full((state.batch,), max(sizes), device=dev)
-    drafts = torch.zeros(state.batch, max(sizes) - 1, dtype=torch.long, device=dev)
-    blocks = {size: chain(drafts[:, : size - 1], point_mass(drafts[:, : size - 1], model.vocab_size)) for size in sizes}
-
-    def run(size: int) -> None:
-        positions = (filled.to(dev)[:, None] + torch.arange(size, device=dev)[None, :]).clamp(max=last)
-        for _ in range(RUN_OF_BLOCKS):
-            out = model.forward(torch.zeros_like(positions), positions)
-            p = state.processor(out.logits, (positions + 1).clamp(max=last))
-            verify_chain(policy, p, blocks[size], positions[:, 1:], limit, scratch)
-            model.truncate(filled)
-
-    seconds = fastest({size: (lambda size=size: run(size)) for size in sizes}, dev, CALIBRATION_ROUNDS)
-    return {size: min(t for s, t in seconds.items() if s >= size) / RUN_OF_BLOCKS for size in sizes}
-
-
-def _drafter_costs(drafts: DrafterModelDrafts, state: DecodeState, filled: torch.Tensor) -> ChainCost:
-    """The drafter's costs after ``filled [B]`` cached tokens (the target's cache holds them): the
-    per-token cost of re-feeding, from the forward that fills the drafter's cache, and the chains'
-    (:func:`_chain_costs`), each opening as in the loop by re-feeding the last two committed tokens.
-    The drafter's cache and bookkeeping come out as they went in."""
-    dev = state.tokens.device
-    valid = drafts.valid.clone()  # host [B]: image tokens the drafter's cache holds
-    fill = Clock(dev)
-    fill.run(lambda: _fill(drafts.drafter, valid, filled, dev))
-    per_refed = fill.seconds / max(int((filled - valid).max()), 1)
-    reopen = lambda: setattr(drafts, "valid", filled - 1)  # noqa: E731  the loop's usual re-feed of two tokens
-    per_chain, per_draft = _chain_costs(drafts, state, filled, drafts.gamma, reopen)
-    drafts.drafter.truncate(valid)
-    drafts.valid = valid
-    return ChainCost(per_draft, per_chain, per_refed)
-
-
-def _head_costs(drafts: TreeHeadDrafts, state: DecodeState, filled: torch.Tensor) -> ChainCost:
-    """The head's chain costs (:func:`_chain_costs`) after ``filled [B]`` cached tokens, every chain
-    opening as in the loop with a catch-up on its queue (:meth:`TreeHeadDrafts.trial`)."""
-    reopen, restore = drafts.trial(filled + 1)
-    per_chain, per_draft = _chain_costs(drafts, state, filled, CHAIN_MAX_DRAFTS, reopen)
-    restore()
-    return ChainCost(per_draft, per_chain)
-
-
-def _chain_costs(
-    drafts: DraftSource, state: DecodeState, filled: torch.Tensor, longest: int, reopen: Callable[[], None]
-) -> tuple[float, float]:
-    """Seconds per chain and per draft of ``drafts`` after ``filled [B]`` cached tokens, from real chains
-    of one and of ``longest`` drafts (``reopen`` first puts the source as the loop finds it), each
-    followed by the target's verify of it as in the loop (a drafter forward timed alone, with its
-    weights warm in the processor's caches, costs less); the verifies' own times, timed in turns,
-    are taken off. The drafts are drawn from a scratch generator, never the run's, and the source's
-    clock comes out as it went in."""
-    model, dev = state.model, state.tokens.device
-    committed = filled + 1
-    trial = replace(state, generator=make_generator(0, dev), tokens=torch.zeros_like(state.tokens), committed=committed)
-    lengths = (1, longest) if longest > 1 else (1,)
-
-    def verify(length: int) -> None:
-        positions = (filled.to(dev)[:, None] + torch.arange(length + 1, device=dev)[None, :]).clamp(
-            max=state.num_tokens - 1
-        )
-        model.forward(torch.zeros_like(positions), positions)
-        model.truncate(filled)
-
-    def chain_then_verify(length: int) -> None:
-        reopen()
-        drafts.propose(replace(trial, max_drafts=length))
-        verify(length)
-
-    calls = {
-        (kind, length): (lambda kind=kind, length=length: (chain_then_verify if kind else verify)(length))
-        for length in lengths
-        for kind in (False, True)
-    }
-    run_clock, drafts.clock = drafts.clock, Clock()  # trials are not the run's drafting time
-    seconds = fastest(calls, dev, CALIBRATION_ROUNDS)
-    drafts.clock = run_clock
-    chains = {length: max(seconds[True, length] - seconds[False, length], 0.0) for length in lengths}
-    per_draft = (chains[longest] - chains[1]) / (longest - 1) if longest > 1 else chains[1]
-    per_draft = max(per_draft, chains[longest] / longest)  # noise never makes a longer chain look cheaper per draft
-    return max(chains[1] - per_draft, 0.0), per_draft
 
 
 class _DepthAcceptance:
@@ -366,7 +438,7 @@ class _JacobiArm(_Arm):
         if not running:
             accepted += self.WARMUP * (self.warmup_accepted - self.mean_accepted) / STINT
         expected = (1 + min(accepted, length)) * self.efficiency(state)
-        return expected / costs.target_seconds(length + 1), length
+        return expected / costs.jacobi_seconds(length), length
 
     def record(self, drafts: int, accepted: torch.Tensor) -> None:
         super().record(drafts, accepted)
@@ -441,8 +513,8 @@ class AutoDrafts(DraftSource):
     The source is re-chosen every :data:`STINT` forwards (Jacobi's window needs a few forwards to
     refine, so switching every forward would never show its yield); the drafter's chain length,
     every forward. A plain stint is chosen where no source is expected to beat plain steps by more
-    than :data:`COST_TOLERANCE`: a drafted step also spends time the calibration does not time (the
-    drafts' bookkeeping, the choice itself), and a batch's rows are less level than the calibration's.
+    than :data:`COST_TOLERANCE`: the calibration's timings are noisy, it does not time the choice itself,
+    and a batch's rows are less level than in its short runs.
     An arm's estimate drifts back to its prior while unused, so it is tried again later.
     """
 
@@ -460,20 +532,29 @@ class AutoDrafts(DraftSource):
         self.head_drafts = TreeHeadDrafts(head, chain) if head is not None else None
         self.largest_block = max(JACOBI_WINDOW, CHAIN_MAX_DRAFTS)
         self.arms: list[_Arm] = []
-        self.costs: ForwardCosts | None = None
+        self.costs: ForwardCosts | None = costs
         self.plain_steps = 0  # forwards with no draft worth its verify
         self._stint: tuple[_Arm | None, int] = (None, 0)  # the arm of this stint (None: plain) and forwards left
         self._chosen: _Arm | None = None
 
     @property
+    def drafts_from_target(self) -> bool:  # type: ignore[override]
+        """As the source of the block just proposed (Jacobi's drafts are the target's own)."""
+        return self._chosen is None or self._chosen.source.drafts_from_target
+
+    @property
     def sources(self) -> list[DraftSource]:
         return [self.jacobi] + [s for s in (self.drafter_drafts, self.head_drafts) if s is not None]
+
+    def prepare(self, model: ImageTokenModel, cond: Conditioning, settings: SamplingSettings) -> None:
+        if self.given_costs is None:
+            head = self.head_drafts.head if self.head_drafts is not None else None
+            self.costs = measure_costs(model, cond, settings, self.drafter, head)
 
     def begin(self, state: DecodeState) -> None:
         for source in self.sources:
             source.clock = self.clock  # their drafter time is this source's
             source.begin(state)
-        self.costs = self.given_costs or measure_costs(state, self.drafter_drafts, self.head_drafts)
         self.arms = [_JacobiArm(self.jacobi)]
         if self.drafter_drafts is not None:
             self.arms.append(_DrafterArm(self.drafter_drafts))
@@ -482,10 +563,10 @@ class AutoDrafts(DraftSource):
 
     def choose(self, state: DecodeState) -> tuple[_Arm | None, int]:
         """This forward's arm (``None``: a plain step) and chain length."""
-        assert self.costs is not None, "begin() first"
+        assert self.costs is not None, "prepare() first: the loop calls it before the prefill"
         arm, left = self._stint
         if left == 0:
-            plain = 1.0 / self.costs.target_seconds(1)
+            plain = 1.0 / self.costs.plain_seconds()
             rated = [(each.plan(state, self.costs, each is arm)[0], index) for index, each in enumerate(self.arms)]
             rate, index = max(rated)
             chosen = self.arms[index] if rate > plain * (1 + COST_TOLERANCE) else None
@@ -534,3 +615,27 @@ class AutoDrafts(DraftSource):
         if self.plain_steps:
             parts.append(f"no drafts x{self.plain_steps}")
         return f"auto chose {', '.join(parts) or 'nothing'}; {self.costs.describe()}"
+
+
+class _Stints(AutoDrafts):
+    """Auto's arms in a fixed order of stints, each ``forwards`` long: (arm label or "plain", chain length).
+    Calibration times them with this, so that every price holds what auto's own steps spend."""
+
+    def __init__(
+        self, drafter: ImageTokenModel | None, head: TreeHead | None, stints: list[tuple[str, int]], forwards: int
+    ) -> None:
+        super().__init__(drafter, head)
+        self.plan = [stint for stint in stints for _ in range(forwards)]
+        self.forward = 0
+
+    def prepare(self, model: ImageTokenModel, cond: Conditioning, settings: SamplingSettings) -> None:
+        """Nothing to measure: the plan fixes every choice."""
+
+    def choose(self, state: DecodeState) -> tuple[_Arm | None, int]:
+        label, length = self.plan[min(self.forward, len(self.plan) - 1)]
+        self.forward += 1
+        arm = next((each for each in self.arms if each.label == label), None)
+        if arm is not None and arm is not self._stint[0]:
+            arm.start(state)
+        self._stint = (arm, 0)
+        return arm, min(length, state.max_drafts)

@@ -11,7 +11,7 @@ import torch
 from ..models.base import ImageTokenModel
 from ..sampling import DistributionProcessor
 from ..timing import Clock
-from ..types import Conditioning, DraftBlock, Verdict
+from ..types import Conditioning, DraftBlock, SamplingSettings, Verdict
 
 
 T = TypeVar("T")
@@ -62,6 +62,9 @@ class DraftSource(ABC):
     # The most drafts one block holds (what a target forward verifies besides the pending token), so the loop
     # can size a step's distributions before the first is allocated; each source sets it from its options.
     largest_block: int = 0
+    # Every q the source proposes is one of the target's processed distributions or a point mass: the loop's
+    # check of the target's logits for NaN and infinities covers its drafts, which then need no check of their own.
+    drafts_from_target: bool = False
 
     def __init__(self) -> None:
         self.forwards = 0  # forwards of a separate drafter network, if any
@@ -75,6 +78,10 @@ class DraftSource(ABC):
         """Run one forward of the source's own network, counting it and its time."""
         self.forwards += 1
         return self.clock.run(call)
+
+    def prepare(self, model: ImageTokenModel, cond: Conditioning, settings: SamplingSettings) -> None:
+        """Called once before the target's prefill, while its cache is free: a source may run the loop
+        itself here (auto times its choices)."""
 
     def begin(self, state: DecodeState) -> None:
         """Called once after the target's prefill committed token 0."""

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -187,23 +186,6 @@ class TreeHeadDrafts(DraftSource):
     def end(self) -> None:
         self.cache = None
         self.queue = []
-
-    def trial(self, committed: torch.Tensor) -> tuple[Callable[[], None], Callable[[], None]]:
-        """For timing chains as if ``committed [B]`` tokens were in: ``reopen`` puts the source as the
-        loop would find it then, its queue unfed past as many entries as that leaves (their slots are
-        read as they are: a timing needs their number, not their values); ``restore`` puts it back as
-        it is now. The slots a chain writes lie past its entries, and the run's own entries overwrite them."""
-        known, queued = self.known.clone(), list(self.queue)
-        waiting = torch.stack([counts for _, counts in queued]).sum(0)
-        entries = self.captions + self._rows(committed - waiting)
-
-        def reopen() -> None:
-            self.known, self.queue = entries.clone(), list(queued)
-
-        def restore() -> None:
-            self.known, self.queue = known, queued
-
-        return reopen, restore
 
     def _rows(self, per_image: torch.Tensor) -> torch.Tensor:
         return torch.cat([per_image] * self.pair) if self.pair > 1 else per_image
