@@ -124,7 +124,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         metavar="NAME|PATH",
         help=(
             "a small model of the same family (same vocabulary and token grid) that proposes tokens for the target to "
-            "check (default with --model demo: demo-drafter, the bundled one)"
+            "check (default with --model demo: demo-drafter, the bundled one, for the drafter methods; auto drafts "
+            "with a drafter only when one is named)"
         ),
     )
     group.add_argument(
@@ -621,9 +622,12 @@ def load_drafter(args: argparse.Namespace, target: ImageTokenModel) -> ImageToke
     return drafter
 
 
-def method_options(args: argparse.Namespace, head: TreeHead | None = None, auto_head: bool = True) -> MethodOptions:
+def method_options(
+    args: argparse.Namespace, head: TreeHead | None = None, auto_head: bool = True, auto_drafter: bool = True
+) -> MethodOptions:
     """The draft and policy knobs; a relaxed policy without --relax runs at its recommended setting.
-    ``auto_head``: auto drafts with ``head`` too (not where it was loaded only for the tree methods)."""
+    ``auto_head``, ``auto_drafter``: auto drafts with ``head`` and the drafter too (not where they were loaded
+    only for the tree and drafter methods)."""
     relax = recommended_relaxation(args.policy) if args.relax is None else args.relax
     policy_options = tuple(parse_policy_options(args.policy_option).items())
     given = DEFAULTS.tree
@@ -644,6 +648,7 @@ def method_options(args: argparse.Namespace, head: TreeHead | None = None, auto_
         tree_branching=branching,
         tree_head=head,
         auto_head=auto_head,
+        auto_drafter=auto_drafter,
         policy=args.policy,
         relaxation=relax,
         policy_options=policy_options,
@@ -737,7 +742,7 @@ def _generate(args: argparse.Namespace) -> int:
     if is_continuous(args.model, args.family):
         return cli_continuous.generate(args)
     wanted = DRAFTS.get(_method(args.draft, args))
-    use_bundled_drafter(args, wanted is not None and wanted.takes_drafter)
+    use_bundled_drafter(args, wanted is not None and wanted.needs == "drafter")  # auto takes one only when named
     use_bundled_head(args, wanted is not None and wanted.needs == "tree head")  # auto takes a head only when named
     method = _checked_method(args)
     refuse_unused_knobs(args, [method], "plain decoding" if method == "ar" else f"the {method} draft")

@@ -30,7 +30,9 @@ def test_greedy_speculative_decoding_equals_ar_on_the_trained_model(demo) -> Non
         assert spec.tokens_per_forward > 1.2  # a trained model really skips forwards
 
 
-def test_generate_defaults_to_the_demo_pair(tmp_path: Path) -> None:
+def test_generate_defaults_to_the_demo_target_drafting_with_auto(tmp_path: Path) -> None:
+    """The default method is auto; the bundled drafter joins it only when named (on the demo, auto's
+    stints with it commit fewer tokens per second than its Jacobi and plain stints alone)."""
     stats = tmp_path / "stats.json"
     code = cli.main(
         [
@@ -48,10 +50,32 @@ def test_generate_defaults_to_the_demo_pair(tmp_path: Path) -> None:
     )
     assert code == 0
     data = json.loads(stats.read_text())
-    assert data["method"] == "auto" and data["model"] == "specar-demo" and data["drafter"] == "specar-demo-drafter"
+    assert data["method"] == "auto" and data["model"] == "specar-demo" and data["drafter"] is None
     assert Image.open(tmp_path / "grid.png").size == Image.open(tmp_path / "heat.png").size
     # How much auto drafts depends on the costs it measures on this machine (tests/test_auto_drafts.py fixes them).
     assert data["tokens_per_forward"] >= 1.0 and data["draft_choices"]
+    assert "drafter" not in data["draft_choices"]  # neither priced nor chosen
+
+
+def test_auto_drafts_with_the_bundled_drafter_when_it_is_named(tmp_path: Path) -> None:
+    stats = tmp_path / "stats.json"
+    code = cli.main(["generate", "--drafter", "demo-drafter", "--out", str(tmp_path / "a.png"), "--stats", str(stats)])
+    data = json.loads(stats.read_text())
+    assert code == 0 and data["method"] == "auto" and data["drafter"] == "specar-demo-drafter"
+    assert "drafter" in data["draft_choices"]  # its costs were measured: it is one of auto's arms
+
+
+def test_the_bench_gives_the_bundled_drafter_to_the_drafter_methods_and_to_auto_only_when_named(
+    tmp_path: Path,
+) -> None:
+    for named in (False, True):
+        out = tmp_path / f"named-{named}.json"
+        extra = ["--drafter", "demo-drafter"] if named else []
+        args = ["bench", "--images", "1", "--methods", "auto,drafter", "--quiet", "--json", str(out), *extra]
+        assert cli.main(args) == 0
+        rows = {row["method"]: row for row in json.loads(out.read_text())["rows"]}
+        assert rows["drafter"]["drafter_forwards_per_call"] > 0
+        assert ("drafter" in rows["auto"]["draft_summary"]) == named
 
 
 def test_bench_quality_columns(capsys: pytest.CaptureFixture[str]) -> None:

@@ -32,6 +32,7 @@ class DraftOptions:
     tree_branching: tuple[int, ...] = TreeShape().branching  # children per depth of the static trees
     tree_head: TreeHead | None = None
     auto_head: bool = True  # auto drafts with tree_head too
+    auto_drafter: bool = True  # auto drafts with the drafter model too
 
     def tree_shape(self, method: str) -> TreeShape:
         if method == "tree":
@@ -112,7 +113,7 @@ def _head_tree(method: str, summary: str) -> DraftKind:
 
 def _auto_label(options: DraftOptions, drafter: str) -> str:
     head = options.tree_head is not None and options.auto_head
-    given = (f" or drafter {drafter}" if drafter else "") + (" or tree head" if head else "")
+    given = (f" or drafter {drafter}" if drafter and options.auto_drafter else "") + (" or tree head" if head else "")
     return f"auto (row-above Jacobi{given}, length by measured cost)"
 
 
@@ -134,7 +135,9 @@ DRAFTS: dict[str, DraftKind] = {
             "auto",
             "each forward, row-above Jacobi, the drafter or the tree head (when given) with the chain length "
             "that commits the most tokens per second, by costs measured on this machine",
-            make=lambda o, drafter: AutoDrafts(drafter, o.tree_head if o.auto_head else None),
+            make=lambda o, drafter: AutoDrafts(
+                drafter if o.auto_drafter else None, o.tree_head if o.auto_head else None
+            ),
             label=_auto_label,
             record=lambda _: {},
             takes_drafter=True,

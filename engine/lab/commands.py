@@ -93,8 +93,10 @@ def bench(args: argparse.Namespace) -> int:
     takes_drafter = {name for name, kind in DRAFTS.items() if kind.takes_drafter}
     head_drafts = {name for name, kind in DRAFTS.items() if kind.uses_head}
     needs_head = {name for name, kind in DRAFTS.items() if kind.needs == "tree head"}
+    needs_drafter = {name for name, kind in DRAFTS.items() if kind.needs == "drafter"}
     head_named = args.tree_head is not None  # auto drafts with a head named, not one loaded for the tree methods
-    use_bundled_drafter(args, args.methods is None or bool(requested & takes_drafter))
+    drafter_named = args.drafter is not None  # the same for the drafter
+    use_bundled_drafter(args, args.methods is None or bool(requested & needs_drafter))
     use_bundled_head(args, bool(requested & needs_head))
     default = DEFAULT_BENCH_METHODS + (",drafter" if args.drafter else "")
     methods = parse_methods(args.methods or default)
@@ -111,7 +113,7 @@ def bench(args: argparse.Namespace) -> int:
     method_options(args)
     model = load_target(args)
     drafter = load_drafter(args, model) if args.drafter else None
-    options = method_options(args, load_tree_head(args, model), auto_head=head_named)
+    options = method_options(args, load_tree_head(args, model), auto_head=head_named, auto_drafter=drafter_named)
     settings = sampling_settings(model, args)
     log = None if args.quiet else (lambda line: print(f"bench: {line}", file=sys.stderr))
     evaluate = _demo_quality(model.name == "specar-demo", model.name) if args.quality else None
