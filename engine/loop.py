@@ -204,15 +204,12 @@ def generate(
                         policy, p, block, node_positions, limit, generator, out.hidden[:B], layout, evidence
                     )
 
-            checks_drafts = block.size and draft is not None and not draft.drafts_from_target
-            health = [prefill_health, _health(out.logits), _health(block.q) if checks_drafts else nothing]
+            health = [prefill_health, _health(out.logits), _health(block.q) if block.size else nothing]
             prefill_health = nothing
-            # The one sync (as floats). A plain step accepts nothing and draws a PLAIN token (0): only the health
-            # sums need reading.
-            decided = [verdict.accepted, verdict.next_kind] if block.size else []
-            sums, numbers = _read(decided, health, B)
+            synced = torch.cat([verdict.accepted, verdict.next_kind, *health]).cpu()  # the one sync (as floats)
+            numbers = synced.tolist()
             if not math.isfinite(sum(numbers[2 * B :])):  # rare: find which rows, and whose output
-                finite = _finite_rows(sums, [len(part) for part in health], B) | (committed == N)
+                finite = _finite_rows(synced[2 * B :], [len(part) for part in health], B) | (committed == N)
                 failure = _non_finite(finite, committed, model.dtype)
             if failure:
                 garbled = ~finite[0]  # a non-finite prefill: the first token too was drawn from garbage
@@ -272,17 +269,6 @@ def generate(
     if failure:
         raise NonFiniteOutputError(failure, result)
     return result
-
-
-def _read(decided: list[torch.Tensor], health: list[torch.Tensor], batch: int) -> tuple[torch.Tensor, list[float]]:
-    """Bring a step's accepted counts and next kinds (``decided``: both ``[B]``, or none for a plain step) and
-    its health sums to the host in one copy: the sums ``[n]`` and every number as a list, the ``2 B``
-    decided ones first (zeros for a plain step)."""
-    parts = [part for part in (*decided, *health) if len(part)]
-    synced = (parts[0] if len(parts) == 1 else torch.cat(parts)).cpu()
-    if decided:
-        return synced[2 * batch :], synced.tolist()
-    return synced, [0.0] * (2 * batch) + synced.tolist()
 
 
 def _health(values: torch.Tensor) -> torch.Tensor:

@@ -190,8 +190,7 @@ def test_a_target_returning_nan_stops_the_run_and_keeps_the_tokens_before_it(sou
 @pytest.mark.parametrize("source", ["drafter", "auto"])
 def test_a_drafter_returning_nan_stops_a_sampled_run(source: str) -> None:
     """Sampled acceptance reads the drafter's probabilities, so NaN there would garble tokens: refused, also
-    where auto drafts with it between blocks of Jacobi's (whose drafts are the target's own and are not checked
-    apart)."""
+    where auto drafts with it between blocks of Jacobi's."""
     drafter = _poisoned(tiny_drafter(), after_calls=6)
     draft = DrafterModelDrafts(drafter, gamma=3) if source == "drafter" else AutoDrafts(drafter, costs=SWITCHING_COSTS)
     with pytest.raises(NonFiniteOutputError, match="^the draft source returned NaN or infinite logits") as failed:

@@ -174,8 +174,8 @@ def measure_costs(
     if head is not None:
         nets["tree head"] = head
     missing = {name: net for name, net in nets.items() if key not in _CHAIN_MEASURED.setdefault(net, {})}
-    if drafter is not None:
-        place_drafter(model, drafter)
+    if drafter is not None and "drafter" in missing:
+        place_drafter(model, drafter)  # on the target's device before it is timed (its runs place it too)
     if key not in measured or missing:
         stints = [("plain", 0), ("jacobi-row", JACOBI_WINDOW)] if key not in measured else []
         stints += [(name, length) for name in missing for length in CHAIN_TIMED]
@@ -536,11 +536,6 @@ class AutoDrafts(DraftSource):
         self.plain_steps = 0  # forwards with no draft worth its verify
         self._stint: tuple[_Arm | None, int] = (None, 0)  # the arm of this stint (None: plain) and forwards left
         self._chosen: _Arm | None = None
-
-    @property
-    def drafts_from_target(self) -> bool:  # type: ignore[override]
-        """As the source of the block just proposed (Jacobi's drafts are the target's own)."""
-        return self._chosen is None or self._chosen.source.drafts_from_target
 
     @property
     def sources(self) -> list[DraftSource]:

@@ -62,9 +62,6 @@ class DraftSource(ABC):
     # The most drafts one block holds (what a target forward verifies besides the pending token), so the loop
     # can size a step's distributions before the first is allocated; each source sets it from its options.
     largest_block: int = 0
-    # Every q the source proposes is one of the target's processed distributions or a point mass: the loop's
-    # check of the target's logits for NaN and infinities covers its drafts, which then need no check of their own.
-    drafts_from_target: bool = False
 
     def __init__(self) -> None:
         self.forwards = 0  # forwards of a separate drafter network, if any

@@ -33,7 +33,6 @@ Q_CONVENTIONS = ("one_hot", "uniform")
 
 class JacobiDrafts(DraftSource):
     name = "jacobi"
-    drafts_from_target = True  # samples of the target's distributions, or point masses for new slots
 
     def __init__(self, window: int = 16, init: str = "random", q_init: str = "one_hot", coupling: bool = False) -> None:
         super().__init__()
