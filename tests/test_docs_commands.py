@@ -8,8 +8,9 @@ be added to the docs without being run here.
 What changes before a block runs is listed in three tables: ``SIZE_LIMITS`` lowers image counts, batches and
 steps; ``REPLACEMENTS`` swaps names of checkpoints that cannot exist here for the tiny random models the tests
 build; ``SKIPPED`` names the blocks that do not run here, with the reason. Each document's blocks run in
-order in one folder, so later commands read what earlier ones wrote; ``engine`` there links to the package
-folder, for commands that name shipped files by their path in the repository.
+order in one folder (on one worker, when the suite runs on several), so later commands read what earlier
+ones wrote; ``engine`` there links to the package folder, for commands that name shipped files by their
+path in the repository.
 """
 
 from __future__ import annotations
@@ -144,7 +145,9 @@ def test_no_whole_command_hides_in_the_prose(document: str) -> None:
     assert inline_commands(document) == []
 
 
-@pytest.mark.parametrize("block", RUN_BLOCKS, ids=str)
+@pytest.mark.parametrize(
+    "block", [pytest.param(block, marks=pytest.mark.xdist_group(block.document)) for block in RUN_BLOCKS], ids=str
+)
 def test_documented_block_runs(block: Block, folders: dict[str, Path], tiny_model: Path) -> None:
     if block.skip_reason:
         pytest.skip(block.skip_reason)
