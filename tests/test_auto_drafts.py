@@ -150,6 +150,20 @@ def test_chooses_by_cost_per_second() -> None:
     assert dear.choose(state)[1] == 0  # a verify of n tokens costs n forwards: no draft pays, a plain step
 
 
+def test_a_batch_prices_the_wait_for_its_slowest_row_before_any_yield_is_measured() -> None:
+    """A Jacobi step at 3.4 plain steps beats plain ones for one image at the prior yield of 4 tokens per
+    forward; a batch of 4 expects its slowest row to fall behind (yields taken as geometric until measured)
+    and decodes plainly."""
+    costs = ForwardCosts({1: 1.0, CALIBRATION_BLOCKS[-1]: 3.4}, padded=False)
+    chosen = {}
+    for batch in (1, 4):
+        auto = AutoDrafts(costs=costs)
+        state = _state(tiny_model(0), batch)
+        auto.begin(state)
+        chosen[batch] = auto.choose(state)[0]
+    assert chosen[1] is not None and chosen[1].label == "jacobi-row" and chosen[4] is None
+
+
 def test_padded_costs_are_steps_and_eager_costs_interpolate() -> None:
     table = {1: 1.0, 2: 2.0, 3: 3.0, 5: 5.0, 9: 9.0, 17: 17.0}
     assert ForwardCosts(table, padded=False).target_seconds(7) == 7.0
@@ -158,15 +172,22 @@ def test_padded_costs_are_steps_and_eager_costs_interpolate() -> None:
 
 
 def test_costs_are_measured_once_per_shape(target: LlamaGenModel) -> None:
+    """Without a chain drafter only the loop's plain and Jacobi steps are timed; a drafter given later adds
+    the block table it is priced by, and keeps the steps already timed."""
     settings = SamplingSettings(cfg_scale=2.0, seed=0)
     cond = Conditioning.classes([2])
     first = measure_costs(target, cond, settings)
-    assert set(first.target) == set(CALIBRATION_BLOCKS) and all(t > 0 for t in first.target.values())
-    assert measure_costs(target, cond, settings).target is first.target
-    assert measure_costs(target, Conditioning.classes([2, 3]), settings).target is not first.target  # batch 2
-    assert all(first.target[a] <= first.target[b] for a, b in zip(CALIBRATION_BLOCKS, CALIBRATION_BLOCKS[1:]))
-    assert first.plain_seconds() > 0 and first.jacobi_seconds(CALIBRATION_BLOCKS[-1] - 1) > 0
-    assert first.drafter is None and first.head is None
+    window = CALIBRATION_BLOCKS[-1]
+    assert set(first.target) == {1, window} and all(t > 0 for t in first.target.values())
+    assert first.plain == first.jacobi == 0.0 and first.drafter is None and first.head is None
+    assert measure_costs(target, cond, settings) == first
+    assert measure_costs(target, Conditioning.classes([2, 3]), settings) != first  # batch 2: timed again
+    drafted = measure_costs(target, cond, settings, tiny_drafter())
+    assert set(drafted.target) == set(CALIBRATION_BLOCKS) and drafted.drafter is not None
+    assert all(drafted.target[a] <= drafted.target[b] for a, b in zip(CALIBRATION_BLOCKS, CALIBRATION_BLOCKS[1:]))
+    assert drafted.plain_seconds() == pytest.approx(first.plain_seconds())  # the same steps, now split
+    assert drafted.jacobi_seconds(window - 1) == pytest.approx(first.jacobi_seconds(window - 1))
+    assert measure_costs(target, cond, settings) == replace(drafted, drafter=None)
 
 
 @pytest.mark.parametrize("head", [False, True])
@@ -203,11 +224,11 @@ def _decode_state(
     )
 
 
-def _state(model: LlamaGenModel) -> DecodeState:
-    cond = Conditioning.classes([2])
+def _state(model: LlamaGenModel, batch: int = 1) -> DecodeState:
+    cond = Conditioning.classes([2] * batch)
     settings = SamplingSettings(cfg_scale=2.0, seed=0)
     out = model.prefill(cond, guided=True)
-    tokens = torch.zeros(1, model.num_image_tokens + 1, dtype=torch.long)
+    tokens = torch.zeros(batch, model.num_image_tokens + 1, dtype=torch.long)
     return DecodeState(
         model,
         cond,
@@ -215,7 +236,7 @@ def _state(model: LlamaGenModel) -> DecodeState:
         DistributionProcessor(settings),
         make_generator(0, model.device),
         tokens,
-        torch.ones(1, dtype=torch.long),
+        torch.ones(batch, dtype=torch.long),
         model.num_image_tokens - 2,
         out.hidden,
     )

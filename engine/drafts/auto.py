@@ -31,6 +31,7 @@ another (equally distributed) image from the same seed.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import weakref
@@ -92,16 +93,20 @@ class ChainCost:
 class ForwardCosts:
     """Seconds of one target step per block size, and what each arm adds to it in the loop, on this machine.
 
-    ``target`` times the forward, its distributions and the verification of its drafts; ``plain`` and
-    ``jacobi`` are what a whole step of the loop spends beyond that (committing tokens, the health check, a
-    Jacobi window's new samples and initialisation), and the chain costs hold the same for the drafters."""
+    With a chain drafter, ``target`` is the block table: the forward, its distributions and the verification
+    of its drafts, per block size; ``plain`` and ``jacobi`` are what a whole step of the loop spends beyond
+    that (committing tokens, the health check, a Jacobi window's new samples and initialisation), and the
+    chain costs hold the same for the drafters. Without one, ``target`` holds the whole plain and Jacobi
+    steps of the loop, at one token and at Jacobi's window, and nothing is extra."""
 
     target: dict[int, float]  # block tokens (pending token included) -> seconds
     padded: bool  # blocks run padded to the next measured size (compiled buckets): cost is a step function
     drafter: ChainCost | None = None
     head: ChainCost | None = None
-    plain: float = 0.0  # seconds a plain step of the loop spends beyond its one-token block
-    jacobi: float = 0.0  # seconds a Jacobi block of the loop spends beyond its target block
+    # seconds a plain step of the loop spends beyond its one-token block, and a Jacobi step beyond its block
+    # (below 0 where noise timed the block slower than the whole step: the step's own time is the price)
+    plain: float = 0.0
+    jacobi: float = 0.0
 
     def target_seconds(self, tokens: int) -> float:
         sizes = sorted(self.target)
@@ -120,11 +125,11 @@ class ForwardCosts:
 
     def describe(self) -> str:
         one = self.plain_seconds()
-        blocks = ", ".join(f"{n}: {self.target[n] / one:.2f}x" for n in sorted(self.target) if n > 1)
-        parts = [
-            f"plain step {1000 * one:.2f} ms (target forward of n tokens {blocks}; "
-            f"Jacobi's window +{self.jacobi / one:.2f}x)"
-        ]
+        window = f"Jacobi's window step {self.jacobi_seconds(JACOBI_WINDOW) / one:.2f}x"
+        if len(self.target) > 2:  # the block table a chain drafter is priced by
+            blocks = ", ".join(f"{n}: {self.target[n] / one:.2f}x" for n in sorted(self.target) if n > 1)
+            window += f", target forward of n tokens {blocks}"
+        parts = [f"plain step {1000 * one:.2f} ms ({window})"]
         for name, cost in (("drafter", self.drafter), ("tree head", self.head)):
             if cost is not None:
                 parts.append(cost.describe(name, one))
@@ -133,12 +138,20 @@ class ForwardCosts:
 
 @dataclass(frozen=True)
 class _TargetCosts:
-    blocks: dict[int, float]
-    plain: float
-    jacobi: float
+    plain: float  # seconds of a plain step of the loop
+    jacobi: float  # seconds of a step of the loop with Jacobi's window
+    blocks: dict[int, float] | None = None  # the target's block table: measured when a chain drafter needs it
+
+    def costs(self, padded: bool) -> ForwardCosts:
+        """Without a block table the two steps are the table (costs in between interpolate, as Jacobi's
+        window shrinks at an image's end); with one, what each step spends beyond its block is its extra."""
+        if self.blocks is None:
+            return ForwardCosts({1: self.plain, JACOBI_WINDOW + 1: self.jacobi}, padded)
+        plain, jacobi = self.plain - self.blocks[1], self.jacobi - self.blocks[JACOBI_WINDOW + 1]
+        return ForwardCosts(self.blocks, padded, plain=plain, jacobi=jacobi)
 
 
-# model -> (batch, guided) -> the target's block costs and loop extras; drafter or head -> (batch, guided) ->
+# model -> (batch, guided) -> the target's steps (and block table); drafter or head -> (batch, guided) ->
 # its chain costs. Weak keys, so a freed model takes its measurements along.
 _MEASURED: "weakref.WeakKeyDictionary[ImageTokenModel, dict[tuple[int, bool], _TargetCosts]]" = (
     weakref.WeakKeyDictionary()
@@ -155,17 +168,17 @@ def measure_costs(
     drafter: ImageTokenModel | None = None,
     head: TreeHead | None = None,
 ) -> ForwardCosts:
-    """The target's block costs and every arm's costs in the loop, measured the first time a model, batch
-    size and guidance ask, before the generation's prefill (the model's cache is free).
+    """Every arm's cost in the loop, measured the first time a model, batch size and guidance ask, before the
+    generation's prefill (the model's cache is free).
 
-    Blocks are timed after half an image of placeholder tokens (attention over the cache grows through an
-    image, and half-way is its mean; at a batch of images it is much of a forward). Then auto's own arms run
-    the loop from a placeholder prefix of half an image (:func:`_stint_seconds`): plain steps, Jacobi's
-    window, and chains of each length in :data:`CHAIN_TIMED` of the drafter and the head. What a forward of
-    an arm costs beyond its target block (the loop's and the source's bookkeeping, the drafting) is the
-    arm's price: timing the forwards alone would price drafted steps below what the loop spends on them,
-    against plain steps. Blocks and arms take turns over :data:`CALIBRATION_ROUNDS` rounds, and each keeps
-    its fastest, so a busy spell of the machine falls on all alike."""
+    Auto's own arms run the loop from a placeholder prefix of half an image (:func:`_stint_seconds`; attention
+    over the cache grows through an image, and half-way is its mean): plain steps, Jacobi's window, and chains
+    of each length in :data:`CHAIN_TIMED` of the drafter and the head. A step so timed holds all that the loop
+    spends on it (the drafting, the bookkeeping), which timing the forwards alone would miss: it would price
+    drafted steps below plain ones. A chain drafter's price at other lengths needs the target's cost per block
+    size, so with one the block table is timed too (:func:`_block_seconds`), and a chain's price is what its
+    step costs beyond its block. Every timing is the fastest of :data:`CALIBRATION_ROUNDS`, taken in turns, so
+    a busy spell of the machine falls on all alike."""
     key = (cond.batch_size, settings.uses_cfg)
     measured = _MEASURED.setdefault(model, {})
     nets: dict[str, ImageTokenModel | TreeHead] = {}
@@ -176,77 +189,51 @@ def measure_costs(
     missing = {name: net for name, net in nets.items() if key not in _CHAIN_MEASURED.setdefault(net, {})}
     if drafter is not None and "drafter" in missing:
         place_drafter(model, drafter)  # on the target's device before it is timed (its runs place it too)
-    if key not in measured or missing:
-        stints = [("plain", 0), ("jacobi-row", JACOBI_WINDOW)] if key not in measured else []
-        stints += [(name, length) for name in missing for length in CHAIN_TIMED]
+    target = measured.get(key)
+    stints = [("plain", 0), ("jacobi-row", JACOBI_WINDOW)] if target is None else []
+    stints += [(name, length) for name in missing for length in CHAIN_TIMED]
+    steps = {}
+    if stints:
         timing = drafter if "drafter" in missing else None, head if "tree head" in missing else None
-        blocks, steps, refeed = _time_rounds(model, cond, settings, stints, *timing)
-        # what a stint's forward spent beyond its target block (never less than nothing: that is noise; and
-        # nothing for a stint the calibration could not time)
-        extra = {
-            (name, drafts): max(steps.get((name, drafts), 0.0) - blocks[drafts + 1], 0.0) for name, drafts in stints
+        steps = _stint_seconds(model, cond, settings, *timing, stints)
+    if target is None:
+        plain, jacobi = steps.get(("plain", 0)), steps.get(("jacobi-row", JACOBI_WINDOW))
+        if plain is not None and jacobi is not None:
+            target = _TargetCosts(plain, jacobi)
+        else:  # a stint no run could time (a model that cannot take placeholders) is priced by its block alone
+            blocks = _block_seconds(model, cond, settings)
+            target = _TargetCosts(plain or blocks[1], jacobi or blocks[JACOBI_WINDOW + 1], blocks)
+    if nets and target.blocks is None:
+        target = replace(target, blocks=_block_seconds(model, cond, settings))
+    measured[key] = target
+    for name, net in missing.items():
+        assert target.blocks is not None
+        extra = {  # what its step spent beyond its target block (never less than nothing: that is noise)
+            length: max(steps.get((name, length), 0.0) - target.blocks[length + 1], 0.0) for length in CHAIN_TIMED
         }
-        if key not in measured:
-            measured[key] = _TargetCosts(blocks, extra["plain", 0], extra["jacobi-row", JACOBI_WINDOW])
-        lengths = CHAIN_TIMED
-        for name, net in missing.items():
-            chain_extra = {length: extra[name, length] for length in lengths}
-            per_draft = max((chain_extra[lengths[1]] - chain_extra[lengths[0]]) / (lengths[1] - lengths[0]), 0.0)
-            _CHAIN_MEASURED[net][key] = ChainCost(
-                per_draft, max(chain_extra[lengths[0]] - per_draft, 0.0), refeed if name == "drafter" else 0.0
-            )
-    target = measured[key]
-    return ForwardCosts(
-        target.blocks,
-        model.pads_blocks,
+        first, last = CHAIN_TIMED
+        per_draft = max((extra[last] - extra[first]) / (last - first), 0.0)
+        refeed = _refeed_seconds(net, cond, settings.uses_cfg) if name == "drafter" else 0.0
+        _CHAIN_MEASURED[net][key] = ChainCost(per_draft, max(extra[first] - per_draft, 0.0), refeed)
+    return replace(
+        target.costs(model.pads_blocks),
         drafter=None if drafter is None else _CHAIN_MEASURED[drafter][key],
         head=None if head is None else _CHAIN_MEASURED[head][key],
-        plain=target.plain,
-        jacobi=target.jacobi,
     )
 
 
-def _time_rounds(
-    model: ImageTokenModel,
-    cond: Conditioning,
-    settings: SamplingSettings,
-    stints: list[tuple[str, int]],
-    drafter: ImageTokenModel | None,
-    head: TreeHead | None,
-) -> tuple[dict[int, float], dict[tuple[str, int], float], float]:
-    """The fastest over the rounds of: seconds per target block size, seconds per forward of each stint
-    (arm label, chain length; "plain" for plain steps) as auto runs it (where one could be timed), and seconds
-    per token of ``drafter`` re-feeding committed tokens (0 without one)."""
-    blocks = {size: math.inf for size in CALIBRATION_BLOCKS}
-    steps = {stint: math.inf for stint in stints}
-    refeed = math.inf if drafter is not None else 0.0
-    dev, N = model.device, model.num_image_tokens
-    prefix = torch.zeros(cond.batch_size, N // 2, dtype=torch.long, device=dev)
-    processor = DistributionProcessor(settings, model.constraint)
-    for _ in range(CALIBRATION_ROUNDS):
-        for size, seconds in _block_seconds(model, cond, processor, prefix.shape[1]).items():
-            blocks[size] = min(blocks[size], seconds)
-        if drafter is not None:
-            refeed = min(refeed, _refeed_seconds(drafter, cond, settings.uses_cfg, prefix.shape[1]))
-        for stint, seconds in _stint_seconds(model, cond, settings, drafter, head, stints, prefix).items():
-            steps[stint] = min(steps[stint], seconds)
-    # a block is never cheaper than a smaller one: a size timed slower than a larger one takes the larger's time
-    blocks = {size: min(t for s, t in blocks.items() if s >= size) for size in blocks}
-    return blocks, {stint: t for stint, t in steps.items() if math.isfinite(t)}, refeed
-
-
-def _block_seconds(
-    model: ImageTokenModel, cond: Conditioning, processor: DistributionProcessor, context: int
-) -> dict[int, float]:
-    """Seconds of one target step of each calibrated size after ``context`` cached placeholder tokens: the
-    forward, its distributions and the verification of the drafts in it (or a plain step's sample). The sizes
-    take turns, each timed over a run of :data:`RUN_OF_BLOCKS` steps, the cache rolled back after each."""
+def _block_seconds(model: ImageTokenModel, cond: Conditioning, settings: SamplingSettings) -> dict[int, float]:
+    """Seconds of one target step of each calibrated size after half an image of cached placeholder tokens:
+    the forward, its distributions and the verification of the drafts in it (or a plain step's sample). The
+    sizes take turns, each timed over a run of :data:`RUN_OF_BLOCKS` steps, the cache rolled back after each;
+    a size timed slower than a larger one takes the larger's time (a block is never cheaper than a smaller one)."""
     dev, B, last = model.device, cond.batch_size, model.num_image_tokens - 1
+    processor = DistributionProcessor(settings, model.constraint)
     scratch = make_generator(0, dev)
     policy, limit = ExactPolicy(), torch.full((B,), CALIBRATION_BLOCKS[-1], device=dev)
     drafts = torch.zeros(B, CALIBRATION_BLOCKS[-1] - 1, dtype=torch.long, device=dev)
-    model.prefill(cond, processor.settings.uses_cfg)
-    filled = torch.full((B,), min(context, model.num_image_tokens - CALIBRATION_BLOCKS[-1]), dtype=torch.long)
+    model.prefill(cond, settings.uses_cfg)
+    filled = torch.full((B,), min(model.num_image_tokens // 2, model.num_image_tokens - CALIBRATION_BLOCKS[-1]))
     _fill(model, torch.zeros(B, dtype=torch.long), filled, dev)
 
     def run(size: int) -> None:
@@ -258,24 +245,30 @@ def _block_seconds(
             verify_chain(policy, p, block, positions[:, 1:], limit, scratch)
             model.truncate(filled)
 
-    seconds = {}
-    for size in CALIBRATION_BLOCKS:
-        clock = Clock(dev)
-        clock.run(lambda: run(size))
-        seconds[size] = clock.seconds / RUN_OF_BLOCKS
+    seconds = {size: math.inf for size in CALIBRATION_BLOCKS}
+    for _ in range(CALIBRATION_ROUNDS):
+        for size in CALIBRATION_BLOCKS:
+            clock = Clock(dev)
+            clock.run(lambda: run(size))
+            seconds[size] = min(seconds[size], clock.seconds / RUN_OF_BLOCKS)
     model.release()
-    return seconds
+    return {size: min(t for s, t in seconds.items() if s >= size) for size in seconds}
 
 
-def _refeed_seconds(drafter: ImageTokenModel, cond: Conditioning, guided: bool, context: int) -> float:
-    """Seconds per token of ``drafter`` reading ``context`` committed tokens in one forward, as it re-feeds
-    the tokens its cache missed when it drafts again after sitting out."""
-    dev, B = drafter.device, cond.batch_size
+def _refeed_seconds(drafter: ImageTokenModel, cond: Conditioning, guided: bool) -> float:
+    """Seconds per token of ``drafter`` reading half an image of committed tokens in one forward, as it
+    re-feeds the tokens its cache missed when it drafts again after sitting out (the fastest of the rounds)."""
+    dev, B, context = drafter.device, cond.batch_size, max(drafter.num_image_tokens // 2, 1)
     drafter.prefill(cond, guided)
-    clock = Clock(dev)
-    clock.run(lambda: _fill(drafter, torch.zeros(B, dtype=torch.long), torch.full((B,), context), dev))
+    empty, filled = torch.zeros(B, dtype=torch.long), torch.full((B,), context)
+    seconds = math.inf
+    for _ in range(CALIBRATION_ROUNDS):
+        clock = Clock(dev)
+        clock.run(lambda: _fill(drafter, empty, filled, dev))
+        drafter.truncate(empty.to(dev))
+        seconds = min(seconds, clock.seconds / context)
     drafter.release()
-    return clock.seconds / max(context, 1)
+    return seconds
 
 
 def _stint_seconds(
@@ -285,18 +278,20 @@ def _stint_seconds(
     drafter: ImageTokenModel | None,
     head: TreeHead | None,
     stints: list[tuple[str, int]],
-    prefix: torch.Tensor,
 ) -> dict[tuple[str, int], float]:
-    """Seconds per target forward of each stint, run in turn by auto's own arms from a placeholder ``prefix``
-    (as many runs as the image's end makes it take): the mean over :data:`STEPS_TIMED` forwards after
-    :data:`STEPS_UNTIMED` (a stint's first forward pays for switching arms: a fresh Jacobi window, a catch-up).
-    The runs draw from their own generators and keep nothing; non-finite output ends a run (the generation
-    itself then stops with its own one-line reason, about its own tokens)."""
+    """Seconds per target forward of each stint (arm label, chain length; "plain" for plain steps), the fastest
+    over :data:`CALIBRATION_ROUNDS` rounds of auto's own arms running in turn from a placeholder prefix of half
+    an image, in one run of the loop (or as many as the image's end makes it take): a stint's time is the mean
+    over :data:`STEPS_TIMED` forwards after :data:`STEPS_UNTIMED` (its first forward pays for switching arms: a
+    fresh Jacobi window, a catch-up). The runs draw from their own generators and keep nothing; non-finite
+    output ends a run (the generation itself then stops with its own one-line reason, about its own tokens).
+    A stint no run could time is left out."""
     from ..loop import generate  # the loop drafts with auto: imported when auto calibrates
 
-    seconds: dict[tuple[str, int], float] = {}
+    prefix = torch.zeros(cond.batch_size, model.num_image_tokens // 2, dtype=torch.long, device=model.device)
+    seconds = {stint: math.inf for stint in stints}
     per_stint = STEPS_UNTIMED + STEPS_TIMED
-    todo = list(stints)
+    todo = stints * CALIBRATION_ROUNDS
     while todo:
         stamps: list[float] = []
 
@@ -314,13 +309,13 @@ def _stint_seconds(
             timed = intervals[index * per_stint + STEPS_UNTIMED : (index + 1) * per_stint]
             if not timed:  # the run ended: the stints left go to the next one
                 break
-            seconds[stint], done = sum(timed) / len(timed), index + 1
+            seconds[stint], done = min(seconds[stint], sum(timed) / len(timed)), index + 1
         if not done:  # not one timed forward: the first stint keeps what it ran, if anything, and is not tried again
             if intervals:
-                seconds[todo[0]] = sum(intervals) / len(intervals)
+                seconds[todo[0]] = min(seconds[todo[0]], sum(intervals) / len(intervals))
             done = 1
         todo = todo[done:]
-    return seconds
+    return {stint: t for stint, t in seconds.items() if math.isfinite(t)}
 
 
 def _fill(model: ImageTokenModel, cached: torch.Tensor, filled: torch.Tensor, dev: torch.device) -> None:
@@ -371,6 +366,12 @@ class _DepthAcceptance:
         return rates
 
 
+@functools.lru_cache(maxsize=None)
+def _slowest_of(rows: int) -> float:
+    """The expected largest of ``rows`` standard normal draws (Blom's approximation)."""
+    return NormalDist().inv_cdf((rows - 0.375) / (rows + 0.25))
+
+
 class _Arm:
     """A draft source the chooser can use: what it is expected to commit, at what cost.
 
@@ -397,18 +398,23 @@ class _Arm:
         committed = accepted.double() + 1
         self.yields = [count + len(committed), total + float(committed.sum()), squares + float(committed.pow(2).sum())]
 
-    def efficiency(self, state: DecodeState) -> float:
+    def efficiency(self, state: DecodeState, expected: float) -> float:
         """The slowest of ``B`` rows needs about ``z_B * sd * sqrt(F) / mean`` forwards beyond the ``F`` a row
         needs on average to commit what is left (a sum of ``F`` yields of mean ``mean`` and deviation
-        ``sd``; ``z_B`` the expected largest of ``B`` standard normal draws)."""
-        count, total, squares = self.yields
-        if state.batch == 1 or count < 2:
+        ``sd``; ``z_B`` the expected largest of ``B`` standard normal draws). Before the arm has yields of its
+        own, ``mean`` is the ``expected`` yield it plans for, and its accepted drafts are taken as geometric
+        (deviation ``sqrt(a (a + 1))`` for a mean of ``a``): each draft is accepted only if the one before it
+        was; bursts of whole blocks make Jacobi's spread wider still."""
+        if state.batch == 1:
             return 1.0
-        mean = total / count
-        spread = math.sqrt(max(squares / count - mean * mean, 0.0)) / mean
+        count, total, squares = self.yields
+        if count < 2:
+            mean, deviation = expected, math.sqrt(max(expected - 1, 0.0) * expected)
+        else:
+            mean = total / count
+            deviation = math.sqrt(max(squares / count - mean * mean, 0.0))
         forwards = max((state.num_tokens - int(state.committed.min())) / mean, 1.0)
-        slowest = NormalDist().inv_cdf((state.batch - 0.375) / (state.batch + 0.25))  # Blom's approximation
-        return 1.0 / (1.0 + slowest * spread / math.sqrt(forwards))
+        return 1.0 / (1.0 + _slowest_of(state.batch) * deviation / mean / math.sqrt(forwards))
 
     def fade(self) -> None:
         """A target forward went by: older outcomes count for less."""
@@ -437,8 +443,8 @@ class _JacobiArm(_Arm):
         accepted = self.mean_accepted
         if not running:
             accepted += self.WARMUP * (self.warmup_accepted - self.mean_accepted) / STINT
-        expected = (1 + min(accepted, length)) * self.efficiency(state)
-        return expected / costs.jacobi_seconds(length), length
+        expected = 1 + min(accepted, length)
+        return expected * self.efficiency(state, expected) / costs.jacobi_seconds(length), length
 
     def record(self, drafts: int, accepted: torch.Tensor) -> None:
         super().record(drafts, accepted)
@@ -476,13 +482,13 @@ class _ChainArm(_Arm):
         cost = self.cost(costs)
         assert cost is not None, "a chain arm's costs are measured when it is given"
         best, survive, expected = (0.0, 0), 1.0, 1.0
-        rates, efficiency = self.acceptance.rates(), self.efficiency(state)
+        rates = self.acceptance.rates()
         catch_up = self.catch_up_seconds(state, costs)
         for length in range(1, min(CHAIN_MAX_DRAFTS, state.max_drafts) + 1):
             survive *= rates[length]
             expected += survive
             seconds = costs.target_seconds(length + 1) + cost.seconds(length) + catch_up
-            rate = expected * efficiency / seconds
+            rate = expected * self.efficiency(state, expected) / seconds
             best = max(best, (rate, length))
         return best
 
@@ -550,6 +556,7 @@ class AutoDrafts(DraftSource):
         for source in self.sources:
             source.clock = self.clock  # their drafter time is this source's
             source.begin(state)
+        self.plain_steps, self._stint = 0, (None, 0)
         self.arms = [_JacobiArm(self.jacobi)]
         if self.drafter_drafts is not None:
             self.arms.append(_DrafterArm(self.drafter_drafts))
