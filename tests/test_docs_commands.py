@@ -113,9 +113,11 @@ ALL_BLOCKS = [block for document in DOCUMENTS for block in fenced_blocks(documen
 RUN_BLOCKS = [block for block in ALL_BLOCKS if block.language in RUNNABLE]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One working folder per document (with ``engine`` linked in), shared by its blocks in order."""
+    """One working folder per document (with ``engine`` linked in), shared by its blocks in order. For the
+    session: a worker of a parallel run may run other modules' tests between a document's blocks, which would
+    end a module's fixture and lose what earlier blocks wrote."""
     made = {}
     for document in DOCUMENTS:
         folder = tmp_path_factory.mktemp(Path(document).stem)
@@ -124,7 +126,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return made
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny LlamaGen checkpoint folder with ImageNet's 1,000 classes, for snippets that draw ImageNet classes."""
     return tiny_model_dir(tmp_path_factory.mktemp("checkpoint") / "llamagen", tiny_gpt(num_classes=1000), 4, True)
