@@ -8,9 +8,8 @@ be added to the docs without being run here.
 What changes before a block runs is listed in three tables: ``SIZE_LIMITS`` lowers image counts, batches and
 steps; ``REPLACEMENTS`` swaps names of checkpoints that cannot exist here for the tiny random models the tests
 build; ``SKIPPED`` names the blocks that do not run here, with the reason. Each document's blocks run in
-order in one folder (on one worker, when the suite runs on several), so later commands read what earlier
-ones wrote; ``engine`` there links to the package folder, for commands that name shipped files by their
-path in the repository.
+order in one folder, in one test, so later commands read what earlier ones wrote; ``engine`` there links
+to the package folder, for commands that name shipped files by their path in the repository.
 """
 
 from __future__ import annotations
@@ -114,19 +113,6 @@ RUN_BLOCKS = [block for block in ALL_BLOCKS if block.language in RUNNABLE]
 
 
 @pytest.fixture(scope="session")
-def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One working folder per document (with ``engine`` linked in), shared by its blocks in order. For the
-    session: a worker of a parallel run may run other modules' tests between a document's blocks, which would
-    end a module's fixture and lose what earlier blocks wrote."""
-    made = {}
-    for document in DOCUMENTS:
-        folder = tmp_path_factory.mktemp(Path(document).stem)
-        (folder / "engine").symlink_to(ROOT / "engine", target_is_directory=True)
-        made[document] = folder
-    return made
-
-
-@pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny LlamaGen checkpoint folder with ImageNet's 1,000 classes, for snippets that draw ImageNet classes."""
     return tiny_model_dir(tmp_path_factory.mktemp("checkpoint") / "llamagen", tiny_gpt(num_classes=1000), 4, True)
@@ -147,22 +133,29 @@ def test_no_whole_command_hides_in_the_prose(document: str) -> None:
     assert inline_commands(document) == []
 
 
-@pytest.mark.parametrize(
-    "block", [pytest.param(block, marks=pytest.mark.xdist_group(block.document)) for block in RUN_BLOCKS], ids=str
-)
-def test_documented_block_runs(block: Block, folders: dict[str, Path], tiny_model: Path) -> None:
+@pytest.mark.parametrize("document", DOCUMENTS)
+def test_documented_blocks_run(document: str, tmp_path: Path, tiny_model: Path) -> None:
+    """A document's blocks run in order in one folder (one test, so that no parallel worker splits them)."""
+    (tmp_path / "engine").symlink_to(ROOT / "engine", target_is_directory=True)
+    ran = [run_block(block, tmp_path, tiny_model) for block in RUN_BLOCKS if block.document == document]
+    assert ran, f"{document} has no runnable block"
+
+
+def run_block(block: Block, folder: Path, tiny_model: Path) -> str:
+    """Run ``block`` in ``folder`` at this machine's sizes (or skip it, as SKIPPED says); its name."""
     if block.skip_reason:
-        pytest.skip(block.skip_reason)
+        return f"{block} skipped: {block.skip_reason}"
     body = limited(block.body, tiny_model)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     if block.language == "bash":
         command = ["bash", "-euo", "pipefail", "-c", body]
     else:
-        script = folders[block.document] / f"block_{block.line}.py"
+        script = folder / f"block_{block.line}.py"
         script.write_text(body)
         command = [sys.executable, str(script)]
-    ran = subprocess.run(command, cwd=folders[block.document], env=env, capture_output=True, text=True, timeout=600)
+    ran = subprocess.run(command, cwd=folder, env=env, capture_output=True, text=True, timeout=600)
     assert ran.returncode == 0, f"{block} failed:\n{body}\n--- output ---\n{ran.stdout[-3000:]}{ran.stderr[-3000:]}"
+    return str(block)
 
 
 def test_sizes_and_models_are_lowered_as_the_tables_say(tmp_path: Path) -> None:
