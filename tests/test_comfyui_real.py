@@ -1,8 +1,9 @@
 """The pack in a real ComfyUI, driven by a real browser (skipped unless SPECAR_COMFYUI is set).
 
-    SPECAR_COMFYUI=/path/to/ComfyUI python -m pytest tests/test_comfyui_real.py
+    SPECAR_COMFYUI=/path/to/ComfyUI python -m pytest tests/test_comfyui_real.py -o addopts=""
 
-needs a ComfyUI checkout (never part of this repository) whose Python environment runs this test,
+(``-o addopts=""``: in one process, without the suite's parallel workers, since it runs one ComfyUI with
+this pack linked in) needs a ComfyUI checkout (never part of this repository) whose Python environment runs this test,
 with this package installed in it (``pip install --no-deps -e .``: the tests import ``specar``),
 ``playwright`` installed and Chromium at /usr/bin/chromium (or SPECAR_CHROMIUM). The test
 links this repository into ``custom_nodes/``, starts ComfyUI with ``--cpu`` on 127.0.0.1, checks
