@@ -2,9 +2,9 @@
 
     SPECAR_COMFYUI=/path/to/ComfyUI python -m pytest tests/test_comfyui_real.py -o addopts=""
 
-(``-o addopts=""``: in one process, without the suite's parallel workers, since it runs one ComfyUI with
-this pack linked in) needs a ComfyUI checkout (never part of this repository) whose Python environment runs this test,
-with this package installed in it (``pip install --no-deps -e .``: the tests import ``specar``),
+runs in one process (``-o addopts=""`` drops the suite's parallel workers: it starts one ComfyUI with this
+pack linked in). It needs a ComfyUI checkout (never part of this repository) whose Python environment runs
+this test, with this package installed in it (``pip install --no-deps -e .``: the tests import ``specar``),
 ``playwright`` installed and Chromium at /usr/bin/chromium (or SPECAR_CHROMIUM). The test
 links this repository into ``custom_nodes/``, starts ComfyUI with ``--cpu`` on 127.0.0.1, checks
 ``/object_info`` against the node specs, loads and queues every shipped workflow in the real

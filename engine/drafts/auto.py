@@ -126,7 +126,7 @@ class ForwardCosts:
     def describe(self) -> str:
         one = self.plain_seconds()
         window = f"Jacobi's window step {self.jacobi_seconds(JACOBI_WINDOW) / one:.2f}x"
-        if len(self.target) > 2:  # the block table a chain drafter is priced by
+        if self.target.keys() > {1, JACOBI_WINDOW + 1}:  # the block table a chain drafter is priced by
             blocks = ", ".join(f"{n}: {self.target[n] / one:.2f}x" for n in sorted(self.target) if n > 1)
             window += f", target forward of n tokens {blocks}"
         parts = [f"plain step {1000 * one:.2f} ms ({window})"]
@@ -366,6 +366,11 @@ class _DepthAcceptance:
         return rates
 
 
+def _remaining(state: DecodeState) -> int:
+    """Tokens the least advanced row has still to commit."""
+    return state.num_tokens - int(state.committed.min())
+
+
 @functools.lru_cache(maxsize=None)
 def _slowest_of(rows: int) -> float:
     """The expected largest of ``rows`` standard normal draws (Blom's approximation)."""
@@ -398,14 +403,15 @@ class _Arm:
         committed = accepted.double() + 1
         self.yields = [count + len(committed), total + float(committed.sum()), squares + float(committed.pow(2).sum())]
 
-    def efficiency(self, state: DecodeState, expected: float) -> float:
+    def efficiency(self, batch: int, remaining: int, expected: float) -> float:
         """The slowest of ``B`` rows needs about ``z_B * sd * sqrt(F) / mean`` forwards beyond the ``F`` a row
         needs on average to commit what is left (a sum of ``F`` yields of mean ``mean`` and deviation
         ``sd``; ``z_B`` the expected largest of ``B`` standard normal draws). Before the arm has yields of its
         own, ``mean`` is the ``expected`` yield it plans for, and its accepted drafts are taken as geometric
         (deviation ``sqrt(a (a + 1))`` for a mean of ``a``): each draft is accepted only if the one before it
-        was; bursts of whole blocks make Jacobi's spread wider still."""
-        if state.batch == 1:
+        was; bursts of whole blocks make Jacobi's spread wider still. ``remaining``: the tokens the least
+        advanced of the ``batch`` rows has still to commit."""
+        if batch == 1:
             return 1.0
         count, total, squares = self.yields
         if count < 2:
@@ -413,8 +419,8 @@ class _Arm:
         else:
             mean = total / count
             deviation = math.sqrt(max(squares / count - mean * mean, 0.0))
-        forwards = max((state.num_tokens - int(state.committed.min())) / mean, 1.0)
-        return 1.0 / (1.0 + _slowest_of(state.batch) * deviation / mean / math.sqrt(forwards))
+        forwards = max(remaining / mean, 1.0)
+        return 1.0 / (1.0 + _slowest_of(batch) * deviation / mean / math.sqrt(forwards))
 
     def fade(self) -> None:
         """A target forward went by: older outcomes count for less."""
@@ -444,7 +450,8 @@ class _JacobiArm(_Arm):
         if not running:
             accepted += self.WARMUP * (self.warmup_accepted - self.mean_accepted) / STINT
         expected = 1 + min(accepted, length)
-        return expected * self.efficiency(state, expected) / costs.jacobi_seconds(length), length
+        efficiency = self.efficiency(state.batch, _remaining(state), expected)
+        return expected * efficiency / costs.jacobi_seconds(length), length
 
     def record(self, drafts: int, accepted: torch.Tensor) -> None:
         super().record(drafts, accepted)
@@ -482,13 +489,13 @@ class _ChainArm(_Arm):
         cost = self.cost(costs)
         assert cost is not None, "a chain arm's costs are measured when it is given"
         best, survive, expected = (0.0, 0), 1.0, 1.0
-        rates = self.acceptance.rates()
+        rates, remaining = self.acceptance.rates(), _remaining(state)
         catch_up = self.catch_up_seconds(state, costs)
         for length in range(1, min(CHAIN_MAX_DRAFTS, state.max_drafts) + 1):
             survive *= rates[length]
             expected += survive
             seconds = costs.target_seconds(length + 1) + cost.seconds(length) + catch_up
-            rate = expected * self.efficiency(state, expected) / seconds
+            rate = expected * self.efficiency(state.batch, remaining, expected) / seconds
             best = max(best, (rate, length))
         return best
 
