@@ -235,10 +235,10 @@ class RaggedKVCache:
 
     def truncate(self, lengths: torch.Tensor) -> None:
         """Keep the first ``lengths[r]`` slots of every row (a rollback; nothing is copied)."""
-        lengths = lengths.to("cpu", torch.long)
-        if any(new > old for new, old in zip(lengths.tolist(), self.lengths.tolist())):  # cheaper than tensor ops
+        wanted = lengths.tolist()
+        if any(new > old for new, old in zip(wanted, self.lengths.tolist())):  # cheaper than tensor ops
             raise ValueError("truncate() can only shorten rows")
-        self.lengths = lengths.clone()
+        self.lengths = torch.tensor(wanted, dtype=torch.long)  # the host's own copy, whatever ``lengths`` was
 
     def compact(self, start: torch.Tensor, keep: torch.Tensor, counts: torch.Tensor) -> None:
         """Move slots ``start[r] + keep[r, i]`` to ``start[r] + i`` for ``i < counts[r]``.

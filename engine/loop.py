@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import time
 
+import numpy as np
 import torch
 
 from .errors import NonFiniteOutputError, SettingsError
@@ -107,9 +108,12 @@ def generate(
     clock = Clock(dev if precise_timing else None)
     if draft is not None:
         draft.clock = Clock(dev if precise_timing else None)
+    on_host = torch.device(dev).type == "cpu"  # the host's tensors serve the model as they are
     tokens = torch.zeros(B, N + 1, dtype=torch.long, device=dev)  # column N: scratch for rows that are done
-    kinds = torch.full((B, N + 1), -1, dtype=torch.int8, device=dev)
-    forward_index = torch.full((B, N + 1), -1, dtype=torch.int32, device=dev)
+    # How each token came and in which forward: on the host, marked from each step's sync
+    kinds = torch.full((B, N), -1, dtype=torch.int8)
+    forward_index = torch.full((B, N), -1, dtype=torch.int32)
+    marks = (kinds.numpy(), forward_index.numpy())  # the same memory, written without tensor operations
     diagnostics: dict[str, torch.Tensor] = {}  # name -> [B, N + 1], filled by _record
     started = time.perf_counter()
     if draft is not None:
@@ -163,8 +167,8 @@ def generate(
             target_forwards - 1,
             tokens[:, :N],
             committed.clone(),
-            kinds[:, :N],
-            forward_index[:, :N],
+            kinds,
+            forward_index,
             target_forwards,
             N,
         )
@@ -175,14 +179,16 @@ def generate(
             draft.begin(state)
         keep_going = notify()
         counts = committed.tolist()  # the host's copy, kept in step with ``committed``
+        # Each row's last committed token, fed first in the next forward: after a step, the token it drew
+        # (for a row already done, whatever it drew: its outputs are discarded).
+        pending = tokens.gather(1, committed.to(dev)[:, None] - 1)
         while keep_going and (least := min(counts)) < N:
             state.max_drafts = N - 1 - least
             block = draft.propose(state) if draft is not None else no_drafts
             if block.size > largest:
                 raise ValueError(f"{draft.name} proposed {block.size} drafts; its largest_block is {largest}")
-            committed_dev = committed.to(dev)
+            committed_dev = committed if on_host else committed.to(dev)
             start = committed_dev - 1  # each row's pending token: the last one committed
-            pending = tokens.gather(1, start[:, None])
             layout = None if block.is_chain else tree_tables(block.parents, block.max_depth, block.max_children)
             inputs, positions, mask, node_positions = _block_inputs(
                 block, None if layout is None else layout[1], pending, start, N - 1, offsets
@@ -206,22 +212,27 @@ def generate(
 
             health = [prefill_health, _health(out.logits), _health(block.q) if block.size else nothing]
             prefill_health = nothing
-            synced = torch.cat([verdict.accepted, verdict.next_kind, *health]).cpu()  # the one sync (as floats)
-            numbers = synced.tolist()
+            # The one sync (as floats). A plain step's counts are known (nothing accepted, next kind PLAIN).
+            outcome = [verdict.accepted, verdict.next_kind] if block.size else []
+            parts = outcome + [part for part in health if len(part)]
+            synced = parts[0] if len(parts) == 1 else torch.cat(parts)
+            numbers = synced.tolist() if block.size else [0] * (2 * B) + synced.tolist()
             if not math.isfinite(sum(numbers[2 * B :])):  # rare: find which rows, and whose output
-                finite = _finite_rows(synced[2 * B :], [len(part) for part in health], B) | (committed == N)
+                sums = (synced[2 * B :] if block.size else synced).cpu()
+                finite = _finite_rows(sums, [len(part) for part in health], B) | (committed == N)
                 failure = _non_finite(finite, committed, model.dtype)
             if failure:
                 garbled = ~finite[0]  # a non-finite prefill: the first token too was drawn from garbage
                 committed = torch.where(garbled, 0, committed)
                 counts = committed.tolist()
-                kinds[:, 0].masked_fill_(garbled.to(dev), -1)
+                kinds[:, 0].masked_fill_(garbled, -1)
                 break
             # A done row had limit 0: it accepted nothing, its next token is PLAIN and goes to scratch column N.
             committed_before = committed
             # pending token + accepted nodes, worked out on the host: a few list operations cost less than
             # the tensor operations they replace
             a_row_was_done = max(counts) >= N
+            counts_before = counts
             counts = [min(count + 1 + int(accepted), N) for count, accepted in zip(counts, numbers[:B])]
             committed = torch.tensor(counts)
             if layout is None:
@@ -233,7 +244,9 @@ def generate(
                 keep = torch.nn.functional.pad(1 + path, (1, 0))  # the block's slot 0: the pending token
                 model.compact(keep, committed - committed_before)
                 path_tokens = block.tokens.gather(1, path)
-            _commit(tokens, kinds, forward_index, path_tokens, verdict, committed_dev, target_forwards, offsets)
+            _commit(tokens, path_tokens, verdict, committed_dev, offsets)
+            _mark(*marks, counts_before, numbers[:B], numbers[B : 2 * B], target_forwards)
+            pending = verdict.next_token[:, None]
             _record(diagnostics, verdict, committed_dev, N)
             accepted_now = int(sum(numbers[:B]))
             accepted_total += accepted_now
@@ -252,8 +265,8 @@ def generate(
     wall = time.perf_counter() - started
     result = GenerationResult(
         tokens=tokens[:, :N].cpu(),
-        kinds=kinds[:, :N].cpu(),
-        forward_index=forward_index[:, :N].cpu(),
+        kinds=kinds,
+        forward_index=forward_index,
         committed=committed.clone(),
         target_forwards=target_forwards,
         drafter_forwards=draft.forwards if draft is not None else 0,
@@ -326,14 +339,7 @@ def _record(records: dict[str, torch.Tensor], verdict: Verdict, committed: torch
 
 
 def _commit(
-    tokens: torch.Tensor,
-    kinds: torch.Tensor,
-    forward_index: torch.Tensor,
-    path_tokens: torch.Tensor,
-    verdict: Verdict,
-    committed: torch.Tensor,
-    step: int,
-    steps: torch.Tensor,
+    tokens: torch.Tensor, path_tokens: torch.Tensor, verdict: Verdict, committed: torch.Tensor, steps: torch.Tensor
 ) -> None:
     """Write each row's accepted path (its tokens ``path_tokens [B, d]``, any value past the accepted
     ones) and next token at the row's committed offset.
@@ -343,15 +349,31 @@ def _commit(
     ``steps`` are 0, 1, ... (at least ``d + 1`` of them).
     """
     N = tokens.shape[1] - 1
-    new_tokens, new_kinds = verdict.next_token[:, None], verdict.next_kind[:, None]
-    target = committed[:, None]
+    new_tokens, target = verdict.next_token[:, None], committed[:, None]
     depth = path_tokens.shape[1]
     if depth:
         offsets, accepted = steps[: depth + 1], verdict.accepted[:, None]
-        on_path = offsets < accepted
-        new_tokens = torch.where(on_path, torch.cat([path_tokens, new_tokens], 1), new_tokens)
-        new_kinds = torch.where(on_path, int(TokenKind.ACCEPTED), new_kinds)
+        new_tokens = torch.where(offsets < accepted, torch.cat([path_tokens, new_tokens], 1), new_tokens)
         target = torch.where(offsets <= accepted, target + offsets, N)
     tokens.scatter_(1, target, new_tokens)
-    kinds.scatter_(1, target, new_kinds.to(torch.int8))
-    forward_index.scatter_(1, target, step)
+
+
+def _mark(
+    kinds: np.ndarray,
+    forward_index: np.ndarray,
+    before: list[int],
+    accepted: list[float],
+    next_kinds: list[float],
+    step: int,
+) -> None:
+    """Mark each running row's newly committed tokens in the host's ``kinds`` and ``forward_index``
+    ``[B, N]``: its ``accepted`` drafts, then the token the target drew (of kind ``next_kinds``), all
+    committed by forward ``step``. ``before`` are the rows' committed counts before the step; a done
+    row (``before = N``) commits nothing. Plain list and array work: no tensor operation."""
+    total = kinds.shape[1]
+    for row, (start, took, kind) in enumerate(zip(before, accepted, next_kinds)):
+        if start < total:
+            end = start + int(took)
+            kinds[row, start:end] = int(TokenKind.ACCEPTED)
+            kinds[row, end] = int(kind)
+            forward_index[row, start : end + 1] = step

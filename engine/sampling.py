@@ -40,7 +40,8 @@ class DistributionProcessor:
 
     def guide(self, logits: torch.Tensor) -> torch.Tensor:
         """Combine the paired batch ``[cond rows; uncond rows]`` into guided logits ``[B, k, V]``."""
-        logits = logits.float()
+        if logits.dtype != torch.float32:
+            logits = logits.float()
         if not self.settings.uses_cfg:
             return logits
         half = logits.shape[0] // 2

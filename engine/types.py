@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import enum
+import functools
 from dataclasses import dataclass, field, replace
 
 import torch
@@ -161,11 +162,13 @@ class DraftBlock:
             chain = listed == list(range(-1, n - 1))
             if not self.bounded:  # read off the list, not worked out again from the tensor
                 self._chain = chain
-            # a chain (every step of most sources) is an arange: much cheaper than reading a list into a tensor
-            parents = torch.arange(-1, n - 1) if chain else torch.tensor(listed, dtype=torch.long)
-            self.parents = parents.reshape(1, n)
-        device = self.parents.device if self.bounded else "cpu"
-        self.parents = self.parents.to(device, torch.long).expand(batch, n)
+            # a chain (every step of most sources) reuses its parents: cheaper than reading a list into a tensor
+            self.parents = _chain_parents(n) if chain else torch.tensor(listed, dtype=torch.long).reshape(1, n)
+        if self.bounded:
+            self.parents = self.parents.to(dtype=torch.long)
+        elif self.parents.device.type != "cpu" or self.parents.dtype != torch.long:
+            self.parents = self.parents.to("cpu", torch.long)
+        self.parents = self.parents.expand(batch, n)
 
     @property
     def bounded(self) -> bool:
@@ -192,6 +195,12 @@ class DraftBlock:
             q=torch.zeros(batch, 0, vocab, dtype=torch.float32, device=device),
             parents=torch.zeros(batch, 0, dtype=torch.long),
         )
+
+
+@functools.lru_cache(maxsize=None)
+def _chain_parents(n: int) -> torch.Tensor:
+    """``[1, n]`` parents of a chain of ``n`` nodes (-1, 0, 1, ...), made once per length and never written to."""
+    return torch.arange(-1, n - 1).reshape(1, n)
 
 
 @dataclass

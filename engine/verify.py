@@ -18,6 +18,7 @@ the pending token) and ``p[:, i + 1]`` the distribution after block node ``i``.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import replace
 
 import torch
@@ -32,6 +33,13 @@ def _row(dist: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return dist.gather(1, index.view(-1, 1, 1).expand(-1, 1, dist.shape[-1])).squeeze(1)
 
 
+@functools.lru_cache(maxsize=256)
+def _arange(n: int, device: torch.device) -> torch.Tensor:
+    """``0, 1, ..., n - 1`` on ``device``, made once per length (the chain verification needs two every step)
+    and never written to."""
+    return torch.arange(n, device=device)
+
+
 def _next_kind(limit: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
     kind = torch.where(rejected, int(TokenKind.CORRECTED), int(TokenKind.BONUS))
     return torch.where(limit == 0, int(TokenKind.PLAIN), kind)
@@ -43,7 +51,8 @@ def plain_step(p: torch.Tensor, generator: torch.Generator, zeros: torch.Tensor 
     ``zeros [B]`` (long) may be handed in to be reused: nothing accepted, and the next kind PLAIN (0)."""
     if zeros is None:
         zeros = torch.zeros(p.shape[0], dtype=torch.long, device=p.device)
-    return Verdict(zeros, zeros[:, None][:, :0], sample(p[:, 0], generator), p[:, 0], zeros)
+    first = p[:, 0]
+    return Verdict(zeros, zeros[:, None][:, :0], sample(first, generator), first, zeros)
 
 
 def verify_chain(
@@ -66,7 +75,7 @@ def verify_chain(
     if not n:
         return plain_step(p, generator)
     limit = limit.clamp(max=n)
-    steps, rows = torch.arange(n, device=dev), torch.arange(B, device=dev)
+    steps, rows = _arange(n, dev), _arange(B, dev)
     ctx = PolicyContext(positions, evidence=None if evidence is None else evidence[:, :n])
     alpha, diagnostics = policy.acceptance(p[:, :n], block.q, block.tokens, ctx)
     if not policy.lossless:

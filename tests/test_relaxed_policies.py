@@ -78,19 +78,25 @@ def test_acceptance_rises_with_the_knob_and_the_region_keeps_zero_parts_exact(de
 
 def test_sampled_acceptance_rate_rises_with_the_knob(demo) -> None:
     target, drafter = demo
-    cond, settings = Conditioning.classes(list(range(8))), target.default_settings.with_(seed=5)
-    for name, kind in (
-        ("lantern", "drafter"),
-        ("csd", "drafter"),
-        ("gsd", "jacobi"),
-        ("lantern", "jacobi"),
-        ("clusters", "drafter"),
+    cond = Conditioning.classes(list(range(8)))
+    # GSD moves row-above Jacobi's acceptance the least (about +0.03 at full relaxation), less than one
+    # 8-image run's spread from seed to seed, so its rates are pooled over four runs and read with a smaller margin.
+    for name, kind, seeds, margin in (
+        ("lantern", "drafter", (5,), 0.02),
+        ("csd", "drafter", (5,), 0.02),
+        ("gsd", "jacobi", (5, 6, 7, 8), 0.01),
+        ("lantern", "jacobi", (5,), 0.02),
+        ("clusters", "drafter", (5,), 0.02),
     ):
-        rates = [
-            generate(target, cond, settings, _drafts(kind, drafter), make_policy(name, r, model=target)).acceptance_rate
-            for r in (0.0, 0.5, 1.0)
-        ]
-        assert rates[2] > rates[0] + 0.02 and rates[1] > rates[0], (name, kind, rates)
+        rates = []
+        for relaxation in (0.0, 0.5, 1.0):
+            policy = make_policy(name, relaxation, model=target)
+            runs = [
+                generate(target, cond, target.default_settings.with_(seed=seed), _drafts(kind, drafter), policy)
+                for seed in seeds
+            ]
+            rates.append(sum(run.accepted for run in runs) / sum(run.drafted for run in runs))
+        assert rates[2] > rates[0] + margin and rates[1] > rates[0], (name, kind, rates)
 
 
 def test_impossible_parameters_are_refused(demo) -> None:
@@ -175,9 +181,10 @@ def test_bench_sweeps_policies_as_method_variants(capsys) -> None:
 )
 def test_a_black_mask_region_is_decoded_exactly(demo, name: str, kind: str, options: tuple) -> None:
     """Inside the mask's black half every token follows the target's ``p`` given its prefix (PIT/KS
-    over about 6,000 tokens); in the relaxed half the same test sees the relaxation's bias."""
+    over about 12,000 tokens); in the relaxed half the same test sees the relaxation's bias (96 images: at 48
+    the relaxed half's p-value ranges over 0.00005-0.02 across seeds, too close to the line to hold)."""
     target, drafter = demo
-    cond = Conditioning.classes([i % target.num_classes for i in range(48)])
+    cond = Conditioning.classes([i % target.num_classes for i in range(96)])
     settings = target.default_settings.with_(seed=31)
     H, W = target.decode(torch.zeros(1, target.num_image_tokens, dtype=torch.long)).shape[1:3]
     mask = torch.ones(H, W)

@@ -49,14 +49,19 @@ class JacobiDrafts(DraftSource):
         self.tokens = torch.zeros(0, 0, dtype=torch.long)
         self.q = torch.zeros(0, 0, 0)
         self.slot = torch.zeros(0, dtype=torch.long)  # 0, 1, ... over the window's slots, made once per run
+        self.slot_after = self.slot  # 1, 2, ...: slot s holds the position s + 1 past the pending token
+        self.slot_above = self.slot  # each slot's offset to its row above, less the committed count
 
     def begin(self, state: DecodeState) -> None:
         B, V = state.batch, state.model.vocab_size
         dev = state.tokens.device
         self.slot = torch.arange(self.slots, device=dev)
+        self.slot_after = self.slot + 1
+        self.slot_above = self.slot - state.model.grid[1]
         self.tokens = torch.zeros(B, self.slots, dtype=torch.long, device=dev)
         self.q = torch.zeros(B, self.slots, V, device=dev)
-        self._initialise(state, state.committed.to(dev), start_slot=torch.zeros(B, dtype=torch.long, device=dev))
+        everything = torch.ones(B, self.slots, dtype=torch.bool, device=dev)
+        self._initialise(state, state.committed, everything)
 
     def propose(self, state: DecodeState) -> DraftBlock:
         m = min(self.slots, state.max_drafts)
@@ -68,12 +73,14 @@ class JacobiDrafts(DraftSource):
         fresh = sample(p, state.generator)  # [B, m + 1]: a new draft at every window position
         if self.coupling and m:
             fresh[:, :m] = self._couple(block, p[:, :m], fresh[:, :m], state.generator)
-        # Slot s of the new window is position committed_new + s = old p row accepted + 1 + s.
-        rows = (verdict.accepted[:, None] + 1 + self.slot).clamp(max=m)
+        # Slot s of the new window is position committed_new + s = old p row accepted + 1 + s; slots
+        # past the block's last row are new to the window.
+        rows = verdict.accepted[:, None] + self.slot_after
+        new = rows > m
+        rows = rows.clamp_(max=m)
         self.tokens = fresh.gather(1, rows)
         self.q = p.gather(1, rows[..., None].expand(-1, -1, p.shape[-1]))
-        first_new = (m - verdict.accepted).clamp(min=0, max=self.slots)
-        self._initialise(state, state.committed.to(p.device), first_new)
+        self._initialise(state, state.committed, new)
 
     def _couple(
         self, block: DraftBlock, q_new: torch.Tensor, fresh: torch.Tensor, gen: torch.Generator
@@ -85,17 +92,20 @@ class JacobiDrafts(DraftSource):
         moved = sample(residual(q_new, block.q), gen)
         return torch.where(keep, old, moved)
 
-    def _initialise(self, state: DecodeState, committed: torch.Tensor, start_slot: torch.Tensor) -> None:
-        """Fill window slots ``>= start_slot[b]`` (positions new to the window) by the init rule."""
+    def _initialise(self, state: DecodeState, committed: torch.Tensor, new: torch.Tensor) -> None:
+        """Fill the window slots marked ``new [B, S]`` (positions new to the window) by the init rule;
+        ``committed [B]`` (host) counts each row's committed tokens."""
         B, S = self.tokens.shape
         if S == 0:
             return
         V = self.q.shape[-1]
         dev = self.tokens.device
-        new = self.slot >= start_slot[:, None]
-        guess = torch.randint(0, V, (B, S), generator=state.generator, device=dev)
-        if self.init == "row_above":
-            guess = self._row_above(state, committed, guess, new)
+        if self.init == "row_above" and S <= state.model.grid[1] and min(committed.tolist()) >= state.model.grid[1]:
+            guess = self._committed_above(state, committed)  # every slot's row above is committed: no guess needed
+        else:
+            guess = torch.randint(0, V, (B, S), generator=state.generator, device=dev)
+            if self.init == "row_above":
+                guess = self._row_above(state, committed.to(dev), guess, new)
         if self.init == "random" and self.q_init == "uniform":
             q_guess = torch.full((B, S, V), 1.0 / V, device=dev)
         else:
@@ -103,13 +113,17 @@ class JacobiDrafts(DraftSource):
         self.tokens = torch.where(new, guess, self.tokens)
         self.q = torch.where(new[..., None], q_guess, self.q)
 
+    def _committed_above(self, state: DecodeState, committed: torch.Tensor) -> torch.Tensor:
+        """The committed token one grid row above each slot, for windows no wider than a row, past the first row."""
+        return state.tokens.gather(1, committed.to(self.slot.device)[:, None] + self.slot_above)
+
     def _row_above(
         self, state: DecodeState, committed: torch.Tensor, guess: torch.Tensor, new: torch.Tensor
     ) -> torch.Tensor:
         """The token one grid row above each slot: committed, or a draft already in the window."""
         width = state.model.grid[1]
         S = guess.shape[1]
-        above = committed[:, None] + (self.slot - width)
+        above = committed[:, None] + self.slot_above
         from_committed = (above >= 0) & (self.slot < width)  # above < committed exactly when slot < width
         out = torch.where(from_committed, state.tokens.gather(1, above.clamp(0, state.tokens.shape[1] - 1)), guess)
         # Slots whose row-above lies inside the window itself (windows wider than a grid row),
