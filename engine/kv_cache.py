@@ -159,6 +159,11 @@ class RaggedKVCache:
             mask = (
                 None if k == 1 else torch.ones(k, read_length, dtype=torch.bool, device=dev).tril_(longest)[None, None]
             )
+        elif allowed is None and self.all_valid:
+            # A causal block on rows of several lengths, every slot valid: new token i of row r may read every
+            # slot up to its own, ``lengths[r] + i``.
+            slots = torch.arange(read_length, device=dev)
+            mask = (slots <= write_slots[:, :, None]).unsqueeze(1)
         else:
             mask = self._mask(k, allowed, key_valid_new, write_slots, lengths_dev, offsets, read_length)
         plan = AttentionPlan(write_slots, longest if uniform else None, read_length, mask)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from tiny import tiny_model
 
@@ -124,3 +125,18 @@ def test_a_causal_block_on_rows_of_one_length_gets_the_general_mask_in_short_for
     padded.plan(3, key_valid_new=torch.tensor([[True, False, True], [True, True, True]]))
     plan = padded.plan(1)
     assert plan.mask is not None and not bool(plan.mask[0, 0, 0, 1]) and bool(plan.mask[1, 0, 0, 1])
+
+
+@pytest.mark.parametrize("fixed", [False, True])
+def test_a_causal_block_on_rows_of_several_lengths_gets_the_general_mask_in_short_form(fixed: bool) -> None:
+    """Rows of several lengths, every slot valid (a batch whose rows accepted different numbers of drafts):
+    each new token reads every slot up to its own, as the general mask says, in a fixed cache too."""
+    cache = RaggedKVCache(1, 3, 1, 4, torch.float32, torch.device("cpu"), capacity=16, fixed=fixed)
+    cache.plan(6)
+    cache.truncate(torch.tensor([6, 2, 4]))
+    for k in (1, 3):
+        short = cache.plan(k)
+        cache.lengths = cache.lengths - k
+        general = cache._mask(k, None, None, short.write_slots, cache.lengths, torch.arange(k), short.read_length)
+        assert torch.equal(short.full_mask(), general)
+        cache.lengths = cache.lengths + k
