@@ -10,7 +10,7 @@ import torch
 from tiny import tiny_auto_drafts, tiny_drafter, tiny_model, tiny_tree_head
 
 from specar import Conditioning, SamplingSettings, generate
-from specar.drafts.auto import CALIBRATION_BLOCKS, AutoDrafts, ForwardCosts, measure_costs
+from specar.drafts.auto import CALIBRATION_BLOCKS, JACOBI_WINDOWS, AutoDrafts, ForwardCosts, measure_costs
 from specar.drafts.base import DecodeState
 from specar.drafts.drafter import DrafterModelDrafts
 from specar.drafts.tree_drafts import TreeHeadDrafts, TreeShape, pack_queue
@@ -151,10 +151,10 @@ def test_chooses_by_cost_per_second() -> None:
 
 
 def test_a_batch_prices_the_wait_for_its_slowest_row_before_any_yield_is_measured() -> None:
-    """A Jacobi step at 3.4 plain steps beats plain ones for one image at the prior yield of 4 tokens per
-    forward; a batch of 4 expects its slowest row to fall behind (yields taken as geometric until measured)
-    and decodes plainly."""
-    costs = ForwardCosts({1: 1.0, CALIBRATION_BLOCKS[-1]: 3.4}, padded=False)
+    """A Jacobi step at 3.4 plain steps (at any window) beats plain ones for one image at the longest window's
+    prior yield of 4 tokens per forward; a batch of 4 expects its slowest row to fall behind (yields taken as
+    geometric until measured) and decodes plainly."""
+    costs = ForwardCosts({n: 1.0 if n == 1 else 3.4 for n in CALIBRATION_BLOCKS}, padded=False)
     chosen = {}
     for batch in (1, 4):
         auto = AutoDrafts(costs=costs)
@@ -162,6 +162,23 @@ def test_a_batch_prices_the_wait_for_its_slowest_row_before_any_yield_is_measure
         auto.begin(state)
         chosen[batch] = auto.choose(state)[0]
     assert chosen[1] is not None and chosen[1].label == "jacobi-row" and chosen[4] is None
+    assert chosen[1].runs("jacobi-row", JACOBI_WINDOWS[-1])
+
+
+def test_a_short_jacobi_window_is_chosen_where_long_blocks_cost_more_than_they_yield() -> None:
+    """Blocks whose cost grows with their size (a batch on a CPU) make a short Jacobi window the best buy; where
+    every block costs the same, the longest window is, and where a shorter one is expected to beat it by less
+    than the timings' noise, the longest still is."""
+    growing = ForwardCosts({n: 1.0 + (n - 1) / 8 for n in CALIBRATION_BLOCKS}, padded=False)
+    flat = ForwardCosts({n: 1.0 if n == 1 else 1.2 for n in CALIBRATION_BLOCKS}, padded=False)
+    close = ForwardCosts({1: 1.0, 2: 1.1, 3: 1.2, 5: 1.3, 9: 1.4, 17: 1.8}, padded=False)
+    lengths = {}
+    for name, costs in (("growing", growing), ("flat", flat), ("close", close)):
+        auto = AutoDrafts(costs=costs)
+        state = _state(tiny_model(0))
+        auto.begin(state)
+        lengths[name] = auto.choose(state)[1]
+    assert lengths == {"growing": JACOBI_WINDOWS[1], "flat": JACOBI_WINDOWS[-1], "close": JACOBI_WINDOWS[-1]}
 
 
 def test_padded_costs_are_steps_and_eager_costs_interpolate() -> None:
@@ -177,16 +194,18 @@ def test_costs_are_measured_once_per_shape(target: LlamaGenModel) -> None:
     settings = SamplingSettings(cfg_scale=2.0, seed=0)
     cond = Conditioning.classes([2])
     first = measure_costs(target, cond, settings)
-    window = CALIBRATION_BLOCKS[-1]
-    assert set(first.target) == {1, window} and all(t > 0 for t in first.target.values())
-    assert first.plain == first.jacobi == 0.0 and first.drafter is None and first.head is None
+    assert set(first.target) == {1, *(w + 1 for w in JACOBI_WINDOWS)} and all(t > 0 for t in first.target.values())
+    steps = [first.target[n] for n in sorted(first.target)]
+    assert steps == sorted(steps)  # a step is never priced below a shorter one
+    assert first.plain == 0.0 and first.jacobi == {} and first.drafter is None and first.head is None
     assert measure_costs(target, cond, settings) == first
     assert measure_costs(target, Conditioning.classes([2, 3]), settings) != first  # batch 2: timed again
     drafted = measure_costs(target, cond, settings, tiny_drafter())
     assert set(drafted.target) == set(CALIBRATION_BLOCKS) and drafted.drafter is not None
     assert all(drafted.target[a] <= drafted.target[b] for a, b in zip(CALIBRATION_BLOCKS, CALIBRATION_BLOCKS[1:]))
     assert drafted.plain_seconds() == pytest.approx(first.plain_seconds())  # the same steps, now split
-    assert drafted.jacobi_seconds(window - 1) == pytest.approx(first.jacobi_seconds(window - 1))
+    for window in JACOBI_WINDOWS:
+        assert drafted.jacobi_seconds(window) == pytest.approx(first.jacobi_seconds(window))
     assert measure_costs(target, cond, settings) == replace(drafted, drafter=None)
 
 

@@ -201,7 +201,9 @@ def test_token_at_a_fixed_prefix_follows_p(target: LlamaGenModel, high_entropy_p
     prefix, p = high_entropy_prefix
     draws = 3000
     counts = _first_token_counts(target, source, prefix, draws)
-    floor = noise_floor(p, draws)
+    # about the 99.9th percentile of direct sampling: each of these sources is one fixed random stream, redrawn
+    # by any change to how a source uses the generator
+    floor = noise_floor(p, draws, trials=1000)
     assert total_variation(counts, p) <= floor
     biased = _first_token_counts(target, source, prefix, draws, BiasedPolicy())
     if source == "drafter":  # the same test rejects a lossy rule

@@ -1,8 +1,8 @@
 """Draft length and source chosen by cost: the most committed tokens per second, not per forward.
 
 Every target forward, :class:`AutoDrafts` picks one arm, a draft source (Jacobi with row-above
-initialisation, always; the drafter model and the tree head, drafting chains, when given) and a chain
-length ``L``, or a plain step, to maximise
+initialisation at one window of :data:`JACOBI_WINDOWS`, always; the drafter model and the tree head,
+drafting chains, when given) and a chain length ``L``, or a plain step, to maximise
 
     expected committed tokens / expected seconds
     = (1 + sum_{j<=L} prod_{i<=j} a_i) / (target forward of L + 1 tokens + drafting time)
@@ -19,8 +19,10 @@ is a candidate. The head drafts from the target's states of the committed tokens
 verified block, whoever drafted it, and catches up on them when it drafts again.
 Jacobi's are not: a window slot gets better only when a forward verifies it (its next draft is
 sampled from the target's distribution there), so a short block leaves the rest of the window
-unrefined and lowers the acceptance of later blocks. Jacobi therefore runs its whole window or
-not at all.
+unrefined and lowers the acceptance of later blocks. Jacobi therefore runs its whole window or not at
+all, and the window is chosen once per generation (:meth:`AutoDrafts.windows`): the longest commits the
+most per forward, a shorter one pays where a block's cost grows faster than its yield (a batch of images
+on a CPU).
 
 The choice depends on past outcomes and on the measured costs only, never on the drafts it is
 about to verify, so the exact policy stays exact: every draft still carries the distribution it
@@ -35,7 +37,7 @@ import functools
 import math
 import time
 import weakref
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 from typing import Callable
 
@@ -55,9 +57,12 @@ from .tree_drafts import TreeHeadDrafts, TreeShape
 from .tree_head import TreeHead
 
 CALIBRATION_BLOCKS = (1, 2, 3, 5, 9, 17)  # target block sizes timed (pending token included)
-JACOBI_WINDOW = (
-    CALIBRATION_BLOCKS[-1] - 1
-)  # drafts per Jacobi block: the window of 16 of the SJD paper, less the pending token
+# Jacobi's windows (drafts per block, each a calibrated block size less its pending token, up to the SJD paper's
+# window of 16) -> accepted drafts per block before any was measured, and where an unused estimate drifts back
+# to: about what row-above Jacobi accepts on the bundled demo model. A short window accepts less than its share
+# of a long one: a draft is refined only while it sits in the window.
+JACOBI_PRIORS = {2: 1.0, 4: 1.6, 8: 2.2, CALIBRATION_BLOCKS[-1] - 1: 3.0}
+JACOBI_WINDOWS = tuple(JACOBI_PRIORS)
 CHAIN_MAX_DRAFTS = 8  # the drafter's and the head's longest chain
 CALIBRATION_ROUNDS = 2  # rounds of timing, each keeping its fastest: the calibration is part of the first run's time
 # a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
@@ -97,16 +102,17 @@ class ForwardCosts:
     of its drafts, per block size; ``plain`` and ``jacobi`` are what a whole step of the loop spends beyond
     that (committing tokens, the health check, a Jacobi window's new samples and initialisation), and the
     chain costs hold the same for the drafters. Without one, ``target`` holds the whole plain and Jacobi
-    steps of the loop, at one token and at Jacobi's window, and nothing is extra."""
+    steps of the loop, at one token and at each Jacobi window, and nothing is extra."""
 
     target: dict[int, float]  # block tokens (pending token included) -> seconds
     padded: bool  # blocks run padded to the next measured size (compiled buckets): cost is a step function
     drafter: ChainCost | None = None
     head: ChainCost | None = None
-    # seconds a plain step of the loop spends beyond its one-token block, and a Jacobi step beyond its block
-    # (below 0 where noise timed the block slower than the whole step: the step's own time is the price)
+    # seconds a plain step of the loop spends beyond its one-token block, and a Jacobi step of each window
+    # (drafts) beyond its block (below 0 where noise timed the block slower than the whole step: the step's own
+    # time is the price)
     plain: float = 0.0
-    jacobi: float = 0.0
+    jacobi: dict[int, float] = field(default_factory=dict)
 
     def target_seconds(self, tokens: int) -> float:
         sizes = sorted(self.target)
@@ -121,14 +127,19 @@ class ForwardCosts:
         return self.target_seconds(1) + self.plain
 
     def jacobi_seconds(self, drafts: int) -> float:
-        return self.target_seconds(drafts + 1) + self.jacobi
+        """A Jacobi step of ``drafts`` drafts: its block, and what the window it runs in spends beyond it (a
+        window shrinks to the drafts left at an image's end)."""
+        windows = sorted(self.jacobi)
+        window = next((w for w in windows if w >= drafts), windows[-1] if windows else 0)
+        return self.target_seconds(drafts + 1) + self.jacobi.get(window, 0.0)
 
     def describe(self) -> str:
         one = self.plain_seconds()
-        window = f"Jacobi's window step {self.jacobi_seconds(JACOBI_WINDOW) / one:.2f}x"
-        if self.target.keys() > {1, JACOBI_WINDOW + 1}:  # the block table a chain drafter is priced by
+        steps = ", ".join(f"{w}: {self.jacobi_seconds(w) / one:.2f}x" for w in JACOBI_WINDOWS)
+        window = f"Jacobi step of n drafts {steps}"
+        if self.target.keys() > {1, *(w + 1 for w in JACOBI_WINDOWS)}:  # the block table a chain drafter needs
             blocks = ", ".join(f"{n}: {self.target[n] / one:.2f}x" for n in sorted(self.target) if n > 1)
-            window += f", target forward of n tokens {blocks}"
+            window += f"; target forward of n tokens {blocks}"
         parts = [f"plain step {1000 * one:.2f} ms ({window})"]
         for name, cost in (("drafter", self.drafter), ("tree head", self.head)):
             if cost is not None:
@@ -139,16 +150,19 @@ class ForwardCosts:
 @dataclass(frozen=True)
 class _TargetCosts:
     plain: float  # seconds of a plain step of the loop
-    jacobi: float  # seconds of a step of the loop with Jacobi's window
+    jacobi: dict[int, float]  # drafts per block -> seconds of a step of the loop with that Jacobi window
     blocks: dict[int, float] | None = None  # the target's block table: measured when a chain drafter needs it
 
     def costs(self, padded: bool) -> ForwardCosts:
-        """Without a block table the two steps are the table (costs in between interpolate, as Jacobi's
-        window shrinks at an image's end); with one, what each step spends beyond its block is its extra."""
+        """Without a block table the steps are the table (costs in between interpolate, as a Jacobi window
+        shrinks at an image's end); with one, what each step spends beyond its block is its extra. A step timed
+        slower than a larger one takes the larger's time: that is noise."""
+        timed = {1: self.plain, **{drafts + 1: t for drafts, t in self.jacobi.items()}}
+        steps = {n: min(t for m, t in timed.items() if m >= n) for n in timed}
         if self.blocks is None:
-            return ForwardCosts({1: self.plain, JACOBI_WINDOW + 1: self.jacobi}, padded)
-        plain, jacobi = self.plain - self.blocks[1], self.jacobi - self.blocks[JACOBI_WINDOW + 1]
-        return ForwardCosts(self.blocks, padded, plain=plain, jacobi=jacobi)
+            return ForwardCosts(steps, padded)
+        extra = {drafts: steps[drafts + 1] - self.blocks[drafts + 1] for drafts in self.jacobi}
+        return ForwardCosts(self.blocks, padded, plain=steps[1] - self.blocks[1], jacobi=extra)
 
 
 # model -> (batch, guided) -> the target's steps (and block table); drafter or head -> (batch, guided) ->
@@ -190,19 +204,21 @@ def measure_costs(
     if drafter is not None and "drafter" in missing:
         place_drafter(model, drafter)  # on the target's device before it is timed (its runs place it too)
     target = measured.get(key)
-    stints = [("plain", 0), ("jacobi-row", JACOBI_WINDOW)] if target is None else []
+    stints = [("plain", 0)] + [("jacobi-row", drafts) for drafts in JACOBI_WINDOWS] if target is None else []
     stints += [(name, length) for name in missing for length in CHAIN_TIMED]
     steps = {}
     if stints:
         timing = drafter if "drafter" in missing else None, head if "tree head" in missing else None
         steps = _stint_seconds(model, cond, settings, *timing, stints)
     if target is None:
-        plain, jacobi = steps.get(("plain", 0)), steps.get(("jacobi-row", JACOBI_WINDOW))
-        if plain is not None and jacobi is not None:
+        plain = steps.get(("plain", 0))
+        jacobi = {drafts: steps[stint] for drafts in JACOBI_WINDOWS if (stint := ("jacobi-row", drafts)) in steps}
+        if plain is not None and len(jacobi) == len(JACOBI_WINDOWS):
             target = _TargetCosts(plain, jacobi)
         else:  # a stint no run could time (a model that cannot take placeholders) is priced by its block alone
             blocks = _block_seconds(model, cond, settings)
-            target = _TargetCosts(plain or blocks[1], jacobi or blocks[JACOBI_WINDOW + 1], blocks)
+            jacobi = {drafts: jacobi.get(drafts, blocks[drafts + 1]) for drafts in JACOBI_WINDOWS}
+            target = _TargetCosts(plain or blocks[1], jacobi, blocks)
     if nets and target.blocks is None:
         target = replace(target, blocks=_block_seconds(model, cond, settings))
     measured[key] = target
@@ -428,19 +444,23 @@ class _Arm:
     def start(self, state: DecodeState) -> None:
         """A stint of this arm begins (it saw none of the blocks since its last one)."""
 
+    def runs(self, label: str, length: int) -> bool:
+        """Whether this arm drafts a stint of ``label`` at chain length ``length``."""
+        return label == self.label
+
 
 class _JacobiArm(_Arm):
     """Row-above Jacobi at its whole window; expected yield = the recent mean of accepted drafts per block."""
 
     label = "jacobi-row"
-    PRIOR = 3.0  # accepted drafts per block before any was measured, and where an unused estimate drifts back to
     WARMUP = 2  # blocks after a stint starts that refine the window and are not counted
 
     def __init__(self, source: JacobiDrafts) -> None:
         super().__init__(source)
         self.window = source.slots
-        self.mean_accepted = self.PRIOR
-        self.warmup_accepted = self.PRIOR  # the same over the blocks that open a stint
+        self.prior = JACOBI_PRIORS[self.window]
+        self.mean_accepted = self.prior
+        self.warmup_accepted = self.prior  # the same over the blocks that open a stint
         self.since_start = 0
 
     def plan(self, state: DecodeState, costs: ForwardCosts, running: bool = True) -> tuple[float, int]:
@@ -464,12 +484,15 @@ class _JacobiArm(_Arm):
                 self.warmup_accepted += 0.25 * (mean - self.warmup_accepted)
 
     def fade(self) -> None:
-        self.mean_accepted += (1 - MEMORY) * (self.PRIOR - self.mean_accepted)
+        self.mean_accepted += (1 - MEMORY) * (self.prior - self.mean_accepted)
 
     def start(self, state: DecodeState) -> None:
         """The window starts afresh: the blocks other arms drafted were not its own to refine."""
         self.since_start = 0
         self.source.begin(state)
+
+    def runs(self, label: str, length: int) -> bool:
+        return label == self.label and length == self.window
 
 
 class _ChainArm(_Arm):
@@ -539,11 +562,11 @@ class AutoDrafts(DraftSource):
         """``costs`` fixes the cost table (reproducible choices on any machine); by default it is measured."""
         super().__init__()
         self.drafter, self.given_costs = drafter, costs
-        self.jacobi = JacobiDrafts(JACOBI_WINDOW + 1, "row_above")
+        self.jacobi_windows = [JacobiDrafts(drafts + 1, "row_above") for drafts in JACOBI_WINDOWS]
         self.drafter_drafts = DrafterModelDrafts(drafter, CHAIN_MAX_DRAFTS) if drafter is not None else None
         chain = TreeShape(kind="static", branching=(1,) * CHAIN_MAX_DRAFTS)
         self.head_drafts = TreeHeadDrafts(head, chain) if head is not None else None
-        self.largest_block = max(JACOBI_WINDOW, CHAIN_MAX_DRAFTS)
+        self.largest_block = max(*JACOBI_WINDOWS, CHAIN_MAX_DRAFTS)
         self.arms: list[_Arm] = []
         self.costs: ForwardCosts | None = costs
         self.plain_steps = 0  # forwards with no draft worth its verify
@@ -552,7 +575,7 @@ class AutoDrafts(DraftSource):
 
     @property
     def sources(self) -> list[DraftSource]:
-        return [self.jacobi] + [s for s in (self.drafter_drafts, self.head_drafts) if s is not None]
+        return [*self.jacobi_windows] + [s for s in (self.drafter_drafts, self.head_drafts) if s is not None]
 
     def prepare(self, model: ImageTokenModel, cond: Conditioning, settings: SamplingSettings) -> None:
         if self.given_costs is None:
@@ -560,15 +583,28 @@ class AutoDrafts(DraftSource):
             self.costs = measure_costs(model, cond, settings, self.drafter, head)
 
     def begin(self, state: DecodeState) -> None:
-        for source in self.sources:
-            source.clock = self.clock  # their drafter time is this source's
-            source.begin(state)
         self.plain_steps, self._stint = 0, (None, 0)
-        self.arms = [_JacobiArm(self.jacobi)]
+        self.arms = [*self.windows([_JacobiArm(window) for window in self.jacobi_windows], state)]
         if self.drafter_drafts is not None:
             self.arms.append(_DrafterArm(self.drafter_drafts))
         if self.head_drafts is not None:
             self.arms.append(_ChainArm(self.head_drafts, "tree head", lambda costs: costs.head))
+        for arm in self.arms:
+            arm.source.clock = self.clock  # their drafter time is this source's
+            arm.source.begin(state)
+
+    def windows(self, arms: list[_JacobiArm], state: DecodeState) -> list[_JacobiArm]:
+        """The Jacobi window a generation drafts with: the one expected to commit the most tokens per second
+        at its prior yield, by the measured costs, where it beats the longest window by more than
+        :data:`COST_TOLERANCE` (else the longest). One window for the whole generation: windows judged by their
+        own recent blocks would be judged on different regions of the image (a flat one accepts whole windows,
+        a detailed one little), and a short window that accepts all it holds tells nothing of what a longer
+        one would."""
+        assert self.costs is not None, "prepare() first: the loop calls it before the prefill"
+        rates = [arm.plan(state, self.costs)[0] for arm in arms]
+        longest = rates[-1]  # a shorter window must beat it by more than the timings' noise, as drafts beat plain steps
+        best = max(range(len(arms)), key=rates.__getitem__)
+        return [arms[best] if rates[best] > longest * (1 + COST_TOLERANCE) else arms[-1]]
 
     def choose(self, state: DecodeState) -> tuple[_Arm | None, int]:
         """This forward's arm (``None``: a plain step) and chain length."""
@@ -640,10 +676,14 @@ class _Stints(AutoDrafts):
     def prepare(self, model: ImageTokenModel, cond: Conditioning, settings: SamplingSettings) -> None:
         """Nothing to measure: the plan fixes every choice."""
 
+    def windows(self, arms: list[_JacobiArm], state: DecodeState) -> list[_JacobiArm]:
+        """Every window: each is timed."""
+        return arms
+
     def choose(self, state: DecodeState) -> tuple[_Arm | None, int]:
         label, length = self.plan[min(self.forward, len(self.plan) - 1)]
         self.forward += 1
-        arm = next((each for each in self.arms if each.label == label), None)
+        arm = next((each for each in self.arms if each.runs(label, length)), None)
         if arm is not None and arm is not self._stint[0]:
             arm.start(state)
         self._stint = (arm, 0)
