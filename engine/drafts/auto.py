@@ -186,7 +186,7 @@ def measure_costs(
     generation's prefill (the model's cache is free).
 
     Auto's own arms run the loop from a placeholder prefix of half an image (:func:`_stint_seconds`; attention
-    over the cache grows through an image, and half-way is its mean): plain steps, Jacobi's window, and chains
+    over the cache grows through an image, and half-way is its mean): plain steps, each Jacobi window, and chains
     of each length in :data:`CHAIN_TIMED` of the drafter and the head. A step so timed holds all that the loop
     spends on it (the drafting, the bookkeeping), which timing the forwards alone would miss: it would price
     drafted steps below plain ones. A chain drafter's price at other lengths needs the target's cost per block
