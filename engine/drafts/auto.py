@@ -157,8 +157,7 @@ class _TargetCosts:
         """Without a block table the steps are the table (costs in between interpolate, as a Jacobi window
         shrinks at an image's end); with one, what each step spends beyond its block is its extra. A step timed
         slower than a larger one takes the larger's time: that is noise."""
-        timed = {1: self.plain, **{drafts + 1: t for drafts, t in self.jacobi.items()}}
-        steps = {n: min(t for m, t in timed.items() if m >= n) for n in timed}
+        steps = _capped_by_larger({1: self.plain, **{drafts + 1: t for drafts, t in self.jacobi.items()}})
         if self.blocks is None:
             return ForwardCosts(steps, padded)
         extra = {drafts: steps[drafts + 1] - self.blocks[drafts + 1] for drafts in self.jacobi}
@@ -268,6 +267,12 @@ def _block_seconds(model: ImageTokenModel, cond: Conditioning, settings: Samplin
             clock.run(lambda: run(size))
             seconds[size] = min(seconds[size], clock.seconds / RUN_OF_BLOCKS)
     model.release()
+    return _capped_by_larger(seconds)
+
+
+def _capped_by_larger(seconds: dict[int, float]) -> dict[int, float]:
+    """Block size -> seconds, each size priced no higher than any larger one: a block timed slower than a larger
+    one was timed in a busy moment (a block never costs less than a smaller one)."""
     return {size: min(t for s, t in seconds.items() if s >= size) for size in seconds}
 
 
@@ -573,10 +578,6 @@ class AutoDrafts(DraftSource):
         self._stint: tuple[_Arm | None, int] = (None, 0)  # the arm of this stint (None: plain) and forwards left
         self._chosen: _Arm | None = None
 
-    @property
-    def sources(self) -> list[DraftSource]:
-        return [*self.jacobi_windows] + [s for s in (self.drafter_drafts, self.head_drafts) if s is not None]
-
     def prepare(self, model: ImageTokenModel, cond: Conditioning, settings: SamplingSettings) -> None:
         if self.given_costs is None:
             head = self.head_drafts.head if self.head_drafts is not None else None
@@ -644,9 +645,9 @@ class AutoDrafts(DraftSource):
             self.head_drafts.observe(state, outcome)  # it drafts from the target's states of every committed token
 
     def end(self) -> None:
-        for source in self.sources:
-            source.end()
-        self.forwards = sum(source.forwards for source in self.sources)
+        for arm in self.arms:  # the sources this generation began
+            arm.source.end()
+        self.forwards = sum(arm.source.forwards for arm in self.arms)
 
     def summary(self) -> str:
         """What was chosen, and the measured costs it was chosen by."""
