@@ -179,3 +179,19 @@ def test_load_demo(tmp_path: Path, small_codebook: Path) -> None:
     assert drafter.default_settings == DEMO_SETTINGS
     out = generate(drafter, Conditioning.classes([parse_prompt("blue square")]), DEMO_SETTINGS.with_(seed=1))
     assert drafter.decode(out.tokens).shape == (1, 32, 32, 3)
+
+
+def test_bf16_autocast_defaults_to_where_the_device_multiplies_bf16_natively(small_codebook: Path) -> None:
+    """Emulated bf16 is many times slower than fp32, so the trainers autocast by default only on hardware with
+    bf16 matmuls; ``--bf16``/``--no-bf16`` choose either way."""
+    from specar.demo.training import native_bf16, train_mar
+
+    cpu = torch.device("cpu")
+    base = TINY_ARGS + ["--codebook", str(small_codebook)]
+    assert train.Trainer(train.parse_args(base)).amp == native_bf16(cpu)
+    assert train.Trainer(train.parse_args(base + ["--bf16"])).amp is True
+    assert train.Trainer(train.parse_args(base + ["--no-bf16"])).amp is False
+    mar = ["--role", "drafter", "--steps", "2"]
+    assert train_mar.MARTrainer(train_mar.parse_args(mar)).amp == native_bf16(cpu)
+    assert train_mar.MARTrainer(train_mar.parse_args(mar + ["--bf16"])).amp is True
+    assert native_bf16(torch.device("meta")) is False

@@ -35,6 +35,7 @@ from ..codebook import PatchCodebook, fit_codebook
 from ..scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
 from ...lab.training_state import Schedule, load_state, save_state, stream_seed
 from ..paths import WEIGHTS_DIR
+from . import native_bf16
 
 GRID = 16
 # Architecture and peak learning rate per role.
@@ -111,7 +112,7 @@ class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.device = torch.device(args.device)
-        self.amp = args.bf16
+        self.amp = native_bf16(self.device) if args.bf16 is None else args.bf16
         self.codebook = load_or_fit_codebook(Path(args.codebook), args.codebook_size, args.seed)
         arch = {k: getattr(args, k) or v for k, v in ROLES[args.role].items()}
         self.peak_lr = args.lr or ROLE_LR[args.role]
@@ -225,7 +226,8 @@ class Trainer:
         n_params = sum(p.numel() for p in self.model.parameters())
         log(
             f"{args.role}: {n_params / 1e6:.2f}M params {self.cfg.to_dict()} on {self.device}, "
-            f"{torch.get_num_threads()} threads, batch {args.batch}, peak lr {self.peak_lr}"
+            f"{torch.get_num_threads()} threads, batch {args.batch}, peak lr {self.peak_lr}, "
+            f"{'bf16 autocast' if self.amp else 'fp32'}"
         )
         if args.resume and self.state_path.is_file():
             self.resume()
@@ -308,8 +310,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--bf16",
         action=argparse.BooleanOptionalAction,
-        default=True,
-        help="bf16 autocast for matmuls (fp32 weights and optimizer)",
+        default=None,
+        help="bf16 autocast for matmuls (fp32 weights and optimizer); default: where the device multiplies bf16 "
+        "natively (emulated bf16 is many times slower than fp32)",
     )
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=False, help="torch.compile the model")
     p.add_argument("--n-layer", dest="n_layer", type=int, default=None)

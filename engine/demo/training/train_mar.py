@@ -36,6 +36,7 @@ from ...continuous.mar import MAR, MARConfig
 from ..paths import WEIGHTS_DIR
 from ..scenes import CLASS_NAMES, NUM_CLASSES, sample_scenes
 from ...lab.training_state import Schedule, load_state, save_state, stream_seed
+from . import native_bf16
 from .train import init_from, log, param_groups
 from .train_vae import DEMO_VAE, KLAutoencoder, to_pixels
 
@@ -87,6 +88,7 @@ class SceneLatents:
 class MARTrainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.amp = native_bf16(torch.device("cpu")) if args.bf16 is None else args.bf16
         self.cfg = ROLES[args.role]
         torch.manual_seed(args.seed)
         self.model = MAR(self.cfg)
@@ -103,7 +105,7 @@ class MARTrainer:
         self.val = self.latents.batch(VAL_IMAGES, stream_seed(0, VAL_STREAM))
 
     def loss(self, ids: torch.Tensor, tokens: torch.Tensor, seed: int, model: MAR | None = None) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.args.bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.amp):
             return (model or self.model).training_loss(tokens, ids, torch.Generator().manual_seed(seed))
 
     def train_step(self) -> float:
@@ -152,7 +154,10 @@ class MARTrainer:
         args = self.args
         self.out.mkdir(parents=True, exist_ok=True)
         n_params = sum(p.numel() for p in self.model.parameters())
-        log(f"mar {args.role}: {n_params / 1e6:.2f}M params, {torch.get_num_threads()} threads, batch {args.batch}")
+        log(
+            f"mar {args.role}: {n_params / 1e6:.2f}M params, {torch.get_num_threads()} threads, batch {args.batch}, "
+            f"{'bf16 autocast' if self.amp else 'fp32'}"
+        )
         if args.resume and self.state_path.is_file():
             meta = load_state(self.state_path, self.model, self.opt, self.ema)
             if meta["mar"] != self.cfg.to_dict() or meta["steps"] != args.steps or meta["batch"] != args.batch:
@@ -215,7 +220,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ema", type=float, default=0.999, help="decay of the exported moving average of the weights")
     p.add_argument("--weight-decay", type=float, default=0.02)
     p.add_argument("--class-dropout", type=float, default=0.1)
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument(
+        "--bf16",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="bf16 autocast (fp32 weights and optimizer); default: where the CPU multiplies bf16 natively "
+        "(emulated bf16 is many times slower than fp32)",
+    )
     p.add_argument("--log-seconds", type=float, default=60.0)
     p.add_argument("--save-minutes", type=float, default=5.0)
     return p.parse_args(argv)
