@@ -138,6 +138,13 @@ def _unwrap(obj: object, path: Path, wrapper_keys: tuple[str, ...]) -> dict[str,
     return tensors
 
 
+def allocate(module: torch.nn.Module, device: torch.device | str) -> torch.nn.Module:
+    """``module``, built on the meta device, with uninitialised storage on ``device`` (``Module.to_empty``
+    without its ``empty_like`` of meta tensors, whose first call imports torch's compiler stack: a second
+    or more of a process's first model load)."""
+    return module._apply(lambda tensor: torch.empty(tensor.shape, dtype=tensor.dtype, device=device))
+
+
 def load_into(
     module: torch.nn.Module, tensors: Mapping[str, torch.Tensor], source: str, ignore: tuple[str, ...] = ()
 ) -> None:

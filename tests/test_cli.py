@@ -584,6 +584,19 @@ def test_the_product_never_imports_the_lab(tmp_path: Path) -> None:
     assert lab_imports == []
 
 
+def test_loading_and_sampling_the_demo_never_imports_the_compiler(tmp_path: Path) -> None:
+    """Loading a LlamaGen checkpoint builds it on the meta device; the few meta-tensor operations that import
+    torch's compiler stack (a second or more of every command's start) are kept out of loading and sampling."""
+    code = (
+        "import sys, specar; target = specar.load_model('demo'); specar.load_model('demo-drafter')\n"
+        "specar.generate(target, specar.Conditioning.classes([1]), target.default_settings)\n"
+        "print(sorted(m for m in ('torch._dynamo', 'sympy') if m in sys.modules))"
+    )
+    ran = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.strip() == "[]"
+
+
 def test_a_bench_stopped_part_way_keeps_the_finished_rows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -17,6 +17,7 @@ from typing import Callable
 
 import torch
 
+from ..checkpoints import allocate
 from ..errors import SettingsError
 from ..timing import synchronize
 from ..models.base import ImageTokenModel
@@ -44,7 +45,7 @@ class _FixedTokenizer:
 
 
 def _random_init(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
-    module = module.to_empty(device=device)
+    module = allocate(module, device)
     with torch.no_grad():
         for param in module.parameters():
             param.normal_(0.0, 0.02)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from ...checkpoints import load_into, read_json, read_safetensors_metadata, read_state_dict
+from ...checkpoints import allocate, load_into, read_json, read_safetensors_metadata, read_state_dict
 from ...errors import CheckpointError
 from ...validation import whole_number
 from .gpt import GPT, GPT_PRESETS, GPTConfig
@@ -149,8 +149,8 @@ def read_gpt(path: Path, hints: dict[str, object]) -> GPT:
     cfg = infer_gpt_config(state, hints, path.name)
     with torch.device("meta"):
         gpt = GPT(cfg)
-    gpt = gpt.to_empty(device="cpu")
-    gpt.reset_rope()  # a non-persistent buffer: to_empty() left it without values
+    gpt = allocate(gpt, "cpu")
+    gpt.reset_rope()  # a non-persistent buffer: allocate() left it without values
     load_into(gpt, state, path.name)
     return gpt
 

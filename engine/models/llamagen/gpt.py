@@ -120,15 +120,19 @@ def rope_table_2d(grid_size: int, head_dim: int, base: float, cls_token_num: int
     column index, each with frequencies ``base^(-2i / (head_dim/2))``. Condition positions get
     cos = sin = 0, which zeroes their queries and keys: in LlamaGen the condition contributes only
     through its values. We reproduce that exactly, since checkpoints were trained with it.
+
+    Computed on the CPU even where a meta device is the default (checkpoints are built on it before their
+    weights are read): arithmetic on meta tensors imports torch's compiler stack, a second or more.
     """
     half = head_dim // 2
-    freqs = 1.0 / (base ** (torch.arange(0, half, 2)[: half // 2].float() / half))
-    steps = torch.outer(torch.arange(grid_size).float(), freqs)  # [g, hd/4]
+    cpu = torch.device("cpu")
+    freqs = 1.0 / (base ** (torch.arange(0, half, 2, device=cpu)[: half // 2].float() / half))
+    steps = torch.outer(torch.arange(grid_size, device=cpu).float(), freqs)  # [g, hd/4]
     rows = steps[:, None, :].expand(-1, grid_size, -1)
     cols = steps[None, :, :].expand(grid_size, -1, -1)
     angles = torch.cat([rows, cols], dim=-1).flatten(0, 1)  # [g*g, hd/2]
     table = torch.stack([angles.cos(), angles.sin()], dim=-1)
-    return torch.cat([torch.zeros(cls_token_num, half, 2), table])
+    return torch.cat([torch.zeros(cls_token_num, half, 2, device=cpu), table])
 
 
 def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
@@ -223,13 +227,22 @@ class TransformerBlock(nn.Module):
         return h + self.feed_forward(self.ffn_norm(h))
 
 
+def unfilled_embedding(rows: int, dim: int) -> nn.Embedding:
+    """An embedding table left unfilled: a checkpoint or :meth:`GPT.init_weights` fills it.
+
+    ``nn.Embedding`` would fill it with normal noise first, and on the meta device (where checkpoints are
+    built before their weights are read) that fill imports torch's compiler stack, a second or more of
+    every process's first model load."""
+    return nn.Embedding(rows, dim, _weight=torch.empty(rows, dim))
+
+
 class LabelEmbedder(nn.Module):
     """Class embedding; row ``num_classes`` is the null class used for classifier-free guidance."""
 
     def __init__(self, num_classes: int, dim: int) -> None:
         super().__init__()
         self.num_classes = num_classes
-        self.embedding_table = nn.Embedding(num_classes + 1, dim)
+        self.embedding_table = unfilled_embedding(num_classes + 1, dim)
 
     def forward(self, class_ids: torch.Tensor) -> torch.Tensor:
         return self.embedding_table(class_ids).unsqueeze(1)
@@ -263,7 +276,7 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.tok_embeddings = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.tok_embeddings = unfilled_embedding(cfg.vocab_size, cfg.dim)
         if cfg.model_type == "c2i":
             self.cls_embedding: nn.Module = LabelEmbedder(cfg.num_classes, cfg.dim)
         else:
