@@ -48,7 +48,7 @@ def tiny_drafter(seed: int = 1, **overrides: object) -> LlamaGenModel:
     return tiny_model(seed, "tiny-drafter", **{**TINY_DRAFTER, **overrides})
 
 
-# a verify of n tokens costs 1 + n/8 one-token forwards, a drafter or head step a quarter of one: under these
+# a verify of n tokens costs 1 + n/8 one-token forwards, a drafter or head step a tenth of one: under these
 # costs row-above Jacobi and the tiny drafter (and the tiny head) all draft, switching within an image
 SWITCHING_COSTS = ForwardCosts(
     {n: 1.0 + n / 8 for n in CALIBRATION_BLOCKS}, padded=False, drafter=ChainCost(0.1), head=ChainCost(0.1)

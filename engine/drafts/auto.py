@@ -585,7 +585,7 @@ class AutoDrafts(DraftSource):
 
     def begin(self, state: DecodeState) -> None:
         self.plain_steps, self._stint = 0, (None, 0)
-        self.arms = [*self.windows([_JacobiArm(window) for window in self.jacobi_windows], state)]
+        self.arms = self.windows([_JacobiArm(window) for window in self.jacobi_windows], state)
         if self.drafter_drafts is not None:
             self.arms.append(_DrafterArm(self.drafter_drafts))
         if self.head_drafts is not None:
