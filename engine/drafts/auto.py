@@ -1,8 +1,9 @@
 """Draft length and source chosen by cost: the most committed tokens per second, not per forward.
 
 Every target forward, :class:`AutoDrafts` picks one arm, a draft source (Jacobi with row-above
-initialisation at one window of :data:`JACOBI_WINDOWS`, always; the drafter model and the tree head,
-drafting chains, when given) and a chain length ``L``, or a plain step, to maximise
+initialisation at one window of :data:`JACOBI_WINDOWS`, always, coupled as MC-SJD at the longest; the
+drafter model and the tree head, drafting chains, when given) and a chain length ``L``, or a plain step,
+to maximise
 
     expected committed tokens / expected seconds
     = (1 + sum_{j<=L} prod_{i<=j} a_i) / (target forward of L + 1 tokens + drafting time)
@@ -61,8 +62,13 @@ CALIBRATION_BLOCKS = (1, 2, 3, 5, 9, 17)  # target block sizes timed (pending to
 # window of 16) -> accepted drafts per block before any was measured, and where an unused estimate drifts back
 # to: about what row-above Jacobi accepts on the bundled demo model. A short window accepts less than its share
 # of a long one: a draft is refined only while it sits in the window.
-JACOBI_PRIORS = {2: 1.0, 4: 1.6, 8: 2.2, CALIBRATION_BLOCKS[-1] - 1: 3.0}
+JACOBI_PRIORS = {2: 1.0, 4: 1.6, 8: 2.2, CALIBRATION_BLOCKS[-1] - 1: 3.1}
 JACOBI_WINDOWS = tuple(JACOBI_PRIORS)
+# The longest window couples its drafts across forwards (MC-SJD): a draft far out in it is refined over many
+# forwards, and one that changes only where its new distribution makes it keeps agreeing with its neighbours, so
+# more of them are accepted together. A short window's drafts are refined a few times at most: coupling them
+# accepts no more (on the demo), and costs a little per step.
+COUPLED_WINDOW = JACOBI_WINDOWS[-1]
 CHAIN_MAX_DRAFTS = 8  # the drafter's and the head's longest chain
 CALIBRATION_ROUNDS = 2  # rounds of timing, each keeping its fastest: the calibration is part of the first run's time
 # a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
@@ -453,6 +459,11 @@ class _Arm:
         """Whether this arm drafts a stint of ``label`` at chain length ``length``."""
         return label == self.label
 
+    @property
+    def name(self) -> str:
+        """The arm as the run's summary names it: its method."""
+        return self.label
+
 
 class _JacobiArm(_Arm):
     """Row-above Jacobi at its whole window; expected yield = the recent mean of accepted drafts per block."""
@@ -462,7 +473,7 @@ class _JacobiArm(_Arm):
 
     def __init__(self, source: JacobiDrafts) -> None:
         super().__init__(source)
-        self.window = source.slots
+        self.window, self.coupled = source.slots, source.coupling
         self.prior = JACOBI_PRIORS[self.window]
         self.mean_accepted = self.prior
         self.warmup_accepted = self.prior  # the same over the blocks that open a stint
@@ -498,6 +509,10 @@ class _JacobiArm(_Arm):
 
     def runs(self, label: str, length: int) -> bool:
         return label == self.label and length == self.window
+
+    @property
+    def name(self) -> str:
+        return "mcsjd-row" if self.coupled else self.label
 
 
 class _ChainArm(_Arm):
@@ -567,7 +582,9 @@ class AutoDrafts(DraftSource):
         """``costs`` fixes the cost table (reproducible choices on any machine); by default it is measured."""
         super().__init__()
         self.drafter, self.given_costs = drafter, costs
-        self.jacobi_windows = [JacobiDrafts(drafts + 1, "row_above") for drafts in JACOBI_WINDOWS]
+        self.jacobi_windows = [
+            JacobiDrafts(drafts + 1, "row_above", coupling=drafts == COUPLED_WINDOW) for drafts in JACOBI_WINDOWS
+        ]
         self.drafter_drafts = DrafterModelDrafts(drafter, CHAIN_MAX_DRAFTS) if drafter is not None else None
         chain = TreeShape(kind="static", branching=(1,) * CHAIN_MAX_DRAFTS)
         self.head_drafts = TreeHeadDrafts(head, chain) if head is not None else None
@@ -657,7 +674,7 @@ class AutoDrafts(DraftSource):
         for arm in self.arms:
             if arm.used:
                 lengths = ", ".join(f"{length} drafts x{count}" for length, count in sorted(arm.used.items()))
-                parts.append(f"{arm.label} ({lengths})")
+                parts.append(f"{arm.name} ({lengths})")
         if self.plain_steps:
             parts.append(f"no drafts x{self.plain_steps}")
         return f"auto chose {', '.join(parts) or 'nothing'}; {self.costs.describe()}"

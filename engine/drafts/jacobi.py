@@ -70,9 +70,11 @@ class JacobiDrafts(DraftSource):
     def observe(self, state: DecodeState, outcome: StepOutcome) -> None:
         p, block, verdict = outcome.p, outcome.block, outcome.verdict
         m = block.size
-        fresh = sample(p, state.generator)  # [B, m + 1]: a new draft at every window position
+        # [B, m + 1]: a new draft at every window position; coupled, the block's drafts move only where they must
         if self.coupling and m:
-            fresh[:, :m] = self._couple(block, p[:, :m], fresh[:, :m], state.generator)
+            fresh = torch.cat([self._couple(block, p[:, :m], state.generator), sample(p[:, m:], state.generator)], 1)
+        else:
+            fresh = sample(p, state.generator)
         # Slot s of the new window is position committed_new + s = old p row accepted + 1 + s; slots
         # past the block's last row are new to the window.
         rows = verdict.accepted[:, None] + self.slot_after
@@ -82,9 +84,7 @@ class JacobiDrafts(DraftSource):
         self.q = p.gather(1, rows[..., None].expand(-1, -1, p.shape[-1]))
         self._initialise(state, state.committed, new)
 
-    def _couple(
-        self, block: DraftBlock, q_new: torch.Tensor, fresh: torch.Tensor, gen: torch.Generator
-    ) -> torch.Tensor:
+    def _couple(self, block: DraftBlock, q_new: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Maximal coupling of each old draft (from ``block.q``) with its new distribution ``q_new``."""
         old = block.tokens
         ratio = q_new.gather(-1, old[..., None]) / block.q.gather(-1, old[..., None]).clamp_min(Q_FLOOR)
