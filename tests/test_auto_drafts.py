@@ -181,6 +181,20 @@ def test_a_short_jacobi_window_is_chosen_where_long_blocks_cost_more_than_they_y
     assert lengths == {"growing": JACOBI_WINDOWS[1], "flat": JACOBI_WINDOWS[-1], "close": JACOBI_WINDOWS[-1]}
 
 
+def test_the_longest_window_drafts_coupled_and_the_summary_names_it(target: LlamaGenModel) -> None:
+    """Where every block costs the same, auto drafts with its longest Jacobi window, whose drafts are coupled across
+    forwards (MC-SJD: in a long window coupled drafts are accepted more often), and its summary names that method."""
+    flat = ForwardCosts({n: 1.0 if n == 1 else 1.2 for n in CALIBRATION_BLOCKS}, padded=False)
+    auto = AutoDrafts(costs=flat)
+    settings = SamplingSettings(cfg_scale=3.0, greedy=True, seed=2)
+    cond = Conditioning.classes([4])
+    result = generate(target, cond, settings, draft=auto)
+    assert torch.equal(result.tokens, generate(target, cond, settings).tokens)
+    used = [arm for arm in auto.arms if arm.used]
+    assert [arm.source.window - 1 for arm in used] == [JACOBI_WINDOWS[-1]], result.draft_summary
+    assert used[0].source.coupling and "mcsjd-row (" in result.draft_summary
+
+
 def test_padded_costs_are_steps_and_eager_costs_interpolate() -> None:
     table = {1: 1.0, 2: 2.0, 3: 3.0, 5: 5.0, 9: 9.0, 17: 17.0}
     assert ForwardCosts(table, padded=False).target_seconds(7) == 7.0
