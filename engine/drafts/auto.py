@@ -473,7 +473,7 @@ class _JacobiArm(_Arm):
 
     def __init__(self, source: JacobiDrafts) -> None:
         super().__init__(source)
-        self.window, self.coupled = source.slots, source.coupling
+        self.window = source.slots
         self.prior = JACOBI_PRIORS[self.window]
         self.mean_accepted = self.prior
         self.warmup_accepted = self.prior  # the same over the blocks that open a stint
@@ -512,7 +512,9 @@ class _JacobiArm(_Arm):
 
     @property
     def name(self) -> str:
-        return "mcsjd-row" if self.coupled else self.label
+        from . import jacobi_method  # the registry imports this module: looked up when a summary is written
+
+        return jacobi_method(self.source.init, self.source.coupling)
 
 
 class _ChainArm(_Arm):
