@@ -254,7 +254,8 @@ def generate(
             state.committed = committed
             target_forwards += 1
             if draft is not None:
-                draft.observe(state, StepOutcome(block, verdict, p, out.hidden, committed_before))
+                accepted_rows = [int(took) if start < N else None for start, took in zip(counts_before, numbers[:B])]
+                draft.observe(state, StepOutcome(block, verdict, p, out.hidden, committed_before, accepted_rows))
             keep_going = notify()
         finished = not failure and bool(int(committed.min()) >= N)
     finally:

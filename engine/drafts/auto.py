@@ -373,9 +373,9 @@ class _DepthAcceptance:
         self.examined = [MEMORY * n for n in self.examined]
         self.accepted = [MEMORY * n for n in self.accepted]
 
-    def record(self, drafts: int, accepted: torch.Tensor) -> None:
-        """``accepted`` [rows] host: drafts accepted per row of a block of ``drafts`` drafts."""
-        for a in accepted.tolist():
+    def record(self, drafts: int, accepted: list[int]) -> None:
+        """``accepted``: drafts accepted per row of a block of ``drafts`` drafts."""
+        for a in accepted:
             for depth in range(1, min(a + 1, drafts) + 1):
                 self.examined[depth] += 1
                 self.accepted[depth] += depth <= a
@@ -394,8 +394,8 @@ class _DepthAcceptance:
 
 
 def _remaining(state: DecodeState) -> int:
-    """Tokens the least advanced row has still to commit."""
-    return state.num_tokens - int(state.committed.min())
+    """Tokens the least advanced row has still to commit (read only for a batch: one image's arms do not wait)."""
+    return state.num_tokens - int(state.committed.min()) if state.batch > 1 else 0
 
 
 @functools.lru_cache(maxsize=None)
@@ -424,11 +424,11 @@ class _Arm:
         the arm of the stint under way (else as one that would open a stint)."""
         raise NotImplementedError
 
-    def record(self, drafts: int, accepted: torch.Tensor) -> None:
-        """One block of ``drafts`` drafts it proposed; ``accepted [rows]`` host, per running row."""
+    def record(self, drafts: int, accepted: list[int]) -> None:
+        """One block of ``drafts`` drafts it proposed; ``accepted``: drafts accepted by each running row."""
         count, total, squares = self.yields
-        committed = accepted.double() + 1
-        self.yields = [count + len(committed), total + float(committed.sum()), squares + float(committed.pow(2).sum())]
+        committed = [a + 1 for a in accepted]
+        self.yields = [count + len(committed), total + sum(committed), squares + sum(c * c for c in committed)]
 
     def efficiency(self, batch: int, remaining: int, expected: float) -> float:
         """The slowest of ``B`` rows needs about ``z_B * sd * sqrt(F) / mean`` forwards beyond the ``F`` a row
@@ -489,11 +489,11 @@ class _JacobiArm(_Arm):
         efficiency = self.efficiency(state.batch, _remaining(state), expected)
         return expected * efficiency / costs.jacobi_seconds(length), length
 
-    def record(self, drafts: int, accepted: torch.Tensor) -> None:
+    def record(self, drafts: int, accepted: list[int]) -> None:
         super().record(drafts, accepted)
         self.since_start += 1
-        if len(accepted):
-            mean = float(accepted.float().mean())
+        if accepted:
+            mean = sum(accepted) / len(accepted)
             if self.since_start > self.WARMUP:
                 self.mean_accepted += 0.25 * (mean - self.mean_accepted)
             else:
@@ -544,7 +544,7 @@ class _ChainArm(_Arm):
             best = max(best, (rate, length))
         return best
 
-    def record(self, drafts: int, accepted: torch.Tensor) -> None:
+    def record(self, drafts: int, accepted: list[int]) -> None:
         super().record(drafts, accepted)
         self.acceptance.record(drafts, accepted)
 
@@ -650,6 +650,8 @@ class AutoDrafts(DraftSource):
             self.plain_steps += 1
             return DraftBlock.empty(state.batch, state.model.vocab_size, state.tokens.device)
         arm.used[length] = arm.used.get(length, 0) + 1
+        if length == min(arm.source.largest_block, state.max_drafts):  # what the source drafts when left to itself
+            return arm.source.propose(state)
         return arm.source.propose(replace(state, max_drafts=length))
 
     def observe(self, state: DecodeState, outcome: StepOutcome) -> None:
@@ -657,8 +659,8 @@ class AutoDrafts(DraftSource):
             arm.fade()
         chosen = self._chosen if outcome.block.size else None
         if chosen is not None:
-            running = state.committed > outcome.committed_before  # rows that were not done already
-            chosen.record(outcome.block.size, (state.committed - outcome.committed_before - 1)[running])
+            running = [took for took in outcome.accepted if took is not None]  # rows that were not done already
+            chosen.record(outcome.block.size, running)
             chosen.source.observe(state, outcome)
         if self.head_drafts is not None and (chosen is None or chosen.source is not self.head_drafts):
             self.head_drafts.observe(state, outcome)  # it drafts from the target's states of every committed token

@@ -53,6 +53,9 @@ class StepOutcome:
     p: torch.Tensor  # [B, n + 1, V] processed target distributions of the forward
     hidden: torch.Tensor  # [R, n + 1, D] target hidden states of the forward
     committed_before: torch.Tensor  # [B] host, committed tokens before this step
+    # per row, the drafts it accepted in this step, or None for a row that was done before it (host numbers,
+    # read from the step's one sync, for sources that keep their own statistics)
+    accepted: list[int | None]
 
 
 class DraftSource(ABC):
