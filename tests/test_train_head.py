@@ -106,3 +106,15 @@ def test_refusals_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str
     drawn_again = ["train-head", *SMALL_RUN, "--seed", "5", "--out", out]
     assert main(drawn_again) == 2
     assert "holds images drawn with another --seed: choose another --out" in capsys.readouterr().err
+
+
+def test_a_loss_that_turns_nan_stops_the_run_before_a_head_is_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A head of NaN weights must never be written as if trained: a diverging run stops with one line."""
+    out = tmp_path / "head"
+    args = ["train-head", "--model", "demo", "--device", "cpu", *SMALL_RUN, "--steps", "4", "--out", str(out)]
+    assert main([*args, "--lr", "1e30"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "the head's loss became NaN or infinite at step 2: training diverged" in errors[0]
+    assert not (out / "tree_head.safetensors").exists()

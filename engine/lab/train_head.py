@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -193,6 +194,11 @@ class HeadTrainer:
         classification = -(p * log_q).sum(-1).mean()
         top1 = (log_q.argmax(-1) == p.argmax(-1)).float().mean()
         stats = {"regression": regression.item(), "classification": classification.item(), "top1": top1.item()}
+        if not math.isfinite(stats["regression"] + stats["classification"]):  # before it reaches the head's weights
+            raise SettingsError(
+                f"the head's loss became NaN or infinite at step {self.step + 1}: training diverged (lower --lr) or "
+                f"{self.model.name} returns NaN or infinite states (its weights); start again in a new --out"
+            )
         return regression + CLASS_LOSS_WEIGHT * classification, stats
 
     def train_step(self) -> dict[str, float]:
