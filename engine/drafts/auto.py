@@ -394,8 +394,8 @@ class _DepthAcceptance:
 
 
 def _remaining(state: DecodeState) -> int:
-    """Tokens the least advanced row has still to commit (read only for a batch: one image's arms do not wait)."""
-    return state.num_tokens - int(state.committed.min()) if state.batch > 1 else 0
+    """Tokens the least advanced row has still to commit."""
+    return state.num_tokens - int(state.committed.min())
 
 
 @functools.lru_cache(maxsize=None)
@@ -430,15 +430,16 @@ class _Arm:
         committed = [a + 1 for a in accepted]
         self.yields = [count + len(committed), total + sum(committed), squares + sum(c * c for c in committed)]
 
-    def efficiency(self, batch: int, remaining: int, expected: float) -> float:
+    def efficiency(self, state: DecodeState, expected: float) -> float:
         """The slowest of ``B`` rows needs about ``z_B * sd * sqrt(F) / mean`` forwards beyond the ``F`` a row
         needs on average to commit what is left (a sum of ``F`` yields of mean ``mean`` and deviation
         ``sd``; ``z_B`` the expected largest of ``B`` standard normal draws). Before the arm has yields of its
         own, ``mean`` is the ``expected`` yield it plans for, and its accepted drafts are taken as geometric
         (deviation ``sqrt(a (a + 1))`` for a mean of ``a``): each draft is accepted only if the one before it
-        was; bursts of whole blocks make Jacobi's spread wider still. ``remaining``: the tokens the least
-        advanced of the ``batch`` rows has still to commit."""
-        if batch == 1:
+        was; bursts of whole blocks make Jacobi's spread wider still. What is left is what the least advanced
+        of the batch's rows has still to commit."""
+        batch = state.batch
+        if batch == 1:  # one image waits for no other row
             return 1.0
         count, total, squares = self.yields
         if count < 2:
@@ -446,7 +447,7 @@ class _Arm:
         else:
             mean = total / count
             deviation = math.sqrt(max(squares / count - mean * mean, 0.0))
-        forwards = max(remaining / mean, 1.0)
+        forwards = max(_remaining(state) / mean, 1.0)
         return 1.0 / (1.0 + _slowest_of(batch) * deviation / mean / math.sqrt(forwards))
 
     def fade(self) -> None:
@@ -486,7 +487,7 @@ class _JacobiArm(_Arm):
         if not running:
             accepted += self.WARMUP * (self.warmup_accepted - self.mean_accepted) / STINT
         expected = 1 + min(accepted, length)
-        efficiency = self.efficiency(state.batch, _remaining(state), expected)
+        efficiency = self.efficiency(state, expected)
         return expected * efficiency / costs.jacobi_seconds(length), length
 
     def record(self, drafts: int, accepted: list[int]) -> None:
@@ -534,13 +535,13 @@ class _ChainArm(_Arm):
         cost = self.cost(costs)
         assert cost is not None, "a chain arm's costs are measured when it is given"
         best, survive, expected = (0.0, 0), 1.0, 1.0
-        rates, remaining = self.acceptance.rates(), _remaining(state)
+        rates = self.acceptance.rates()
         catch_up = self.catch_up_seconds(state, costs)
         for length in range(1, min(CHAIN_MAX_DRAFTS, state.max_drafts) + 1):
             survive *= rates[length]
             expected += survive
             seconds = costs.target_seconds(length + 1) + cost.seconds(length) + catch_up
-            rate = expected * self.efficiency(state.batch, remaining, expected) / seconds
+            rate = expected * self.efficiency(state, expected) / seconds
             best = max(best, (rate, length))
         return best
 
