@@ -144,10 +144,15 @@ def test_documented_blocks_run(document: str, tmp_path: Path, tiny_model: Path) 
             run_block(block, tmp_path, tiny_model)
 
 
+def command_environment(**extra: str) -> dict[str, str]:
+    """This environment, with this interpreter's ``specar`` and ``python`` first on the PATH, and ``extra`` set."""
+    return {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **extra}
+
+
 def run_block(block: Block, folder: Path, tiny_model: Path) -> None:
     """Run ``block`` in ``folder`` at this machine's sizes and with the models it can load."""
     body = limited(block.body, tiny_model)
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = command_environment()
     if block.language == "bash":
         command = ["bash", "-euo", "pipefail", "-c", body]
     else:

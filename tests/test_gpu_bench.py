@@ -7,15 +7,14 @@ real-size models the docs test lowers (``test_docs_commands.limited``).
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 from safetensors.torch import load_file
 import torch
 
-from test_docs_commands import ROOT, limited
+from test_docs_commands import ROOT, command_environment, limited
+from tiny import TINY
 
 SCRIPT = ROOT / ".ci" / "gpu-bench"
 ON_A_CPU = {  # text of the script -> what runs here instead
@@ -23,8 +22,7 @@ ON_A_CPU = {  # text of the script -> what runs here instead
     "sys.exit(0 if torch.cuda.is_available() else": "sys.exit(0 if True else",
     "--device cuda": "--device cpu",
     " --compile": " --no-compile",  # inductor compiles for minutes on a cold cache; tests/test_compile.py compiles
-    'GPTConfig.preset("GPT-XL", grid_size=24)': "GPTConfig(vocab_size=64, dim=64, n_layer=2, n_head=4, num_classes=10, "
-    "grid_size=8)",
+    'GPTConfig.preset("GPT-XL", grid_size=24)': f"GPTConfig(**{TINY!r})",
     "--draw-batch 64": "--draw-batch 2",
 }
 
@@ -37,11 +35,7 @@ def test_the_gpu_script_runs_through_on_a_cpu_at_small_sizes(tmp_path: Path) -> 
     copy = tmp_path / "gpu-bench"
     copy.write_text(limited(script, tmp_path))
     out = tmp_path / "out"
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": "1",
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-    }
+    env = command_environment(OMP_NUM_THREADS="1")  # one thread: the other test worker has the other core
     ran = subprocess.run(["bash", str(copy), str(out)], env=env, capture_output=True, text=True, timeout=900)
     assert ran.returncode == 0, f"{ran.stdout[-3000:]}{ran.stderr[-3000:]}"
     for name in ("demo-eager.json", "demo-compiled.json", "demo-head-compiled.json", "demo-batches.json"):
