@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import replace
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 from tiny import tiny_auto_drafts, tiny_drafter, tiny_model, tiny_tree_head
 
 from specar import Conditioning, SamplingSettings, generate
+from specar.drafts import auto as auto_drafts
 from specar.drafts.auto import CALIBRATION_BLOCKS, JACOBI_WINDOWS, AutoDrafts, ForwardCosts, measure_costs
 from specar.drafts.base import DecodeState
 from specar.drafts.drafter import DrafterModelDrafts
@@ -221,6 +223,45 @@ def test_costs_are_measured_once_per_shape(target: LlamaGenModel) -> None:
     for window in JACOBI_WINDOWS:
         assert drafted.jacobi_seconds(window) == pytest.approx(first.jacobi_seconds(window))
     assert measure_costs(target, cond, settings) == replace(drafted, drafter=None)
+
+
+def test_a_shorter_window_by_a_margin_noise_can_make_is_a_close_call() -> None:
+    linear = ForwardCosts({1: 1.0, 3: 1.1, 5: 1.2, 9: 1.4, 17: 1.8}, padded=False)  # a step grows 0.05 per token
+    assert not auto_drafts._close_call(linear)  # the longest window is the one to draft with
+    steep = ForwardCosts({1: 1.0, 3: 1.3, 5: 1.6, 9: 2.2, 17: 3.0}, padded=False)  # a shorter window wins by a fifth
+    assert auto_drafts._close_call(steep)
+    steeper = ForwardCosts({1: 1.0, 3: 1.5, 5: 2.0, 9: 3.0, 17: 5.0}, padded=False)  # it wins by far: no noise
+    assert not auto_drafts._close_call(steeper)
+
+
+def test_a_close_call_times_the_target_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each stint's price is the median of its single steps; where the first rounds' prices make a close call, the
+    target's stints are timed for as many rounds again and priced from all their steps; otherwise they are not."""
+    runs: list[dict[tuple[str, int], list[float]]] = []
+    timed = auto_drafts._stint_samples
+
+    def recorded(*args: object) -> dict[tuple[str, int], list[float]]:
+        samples = timed(*args)  # type: ignore[arg-type]
+        runs.append({stint: list(seconds) for stint, seconds in samples.items()})
+        return samples
+
+    monkeypatch.setattr(auto_drafts, "_stint_samples", recorded)
+    settings, cond = SamplingSettings(cfg_scale=2.0, seed=0), Conditioning.classes([2])
+    stints = [("plain", 0)] + [("jacobi-row", drafts) for drafts in JACOBI_WINDOWS]
+    steps = auto_drafts.CALIBRATION_ROUNDS * auto_drafts.STEPS_TIMED
+    monkeypatch.setattr(auto_drafts, "_close_call", lambda costs: True)
+    costs = measure_costs(tiny_model(0), cond, settings)
+    assert [sorted(run) for run in runs] == [sorted(stints), sorted(stints)]
+    assert all(0 < len(run[stint]) <= steps for run in runs for stint in stints)  # an image's end may cut a stint
+    for drafts in JACOBI_WINDOWS:
+        both = runs[0][("jacobi-row", drafts)] + runs[1][("jacobi-row", drafts)]
+        assert costs.target[drafts + 1] <= statistics.median(both)  # a size priced above a larger one takes its price
+    assert costs.target[JACOBI_WINDOWS[-1] + 1] == statistics.median(both)
+
+    runs.clear()
+    monkeypatch.setattr(auto_drafts, "_close_call", lambda costs: False)
+    measure_costs(tiny_model(0), cond, settings)
+    assert [sorted(run) for run in runs] == [sorted(stints)]
 
 
 @pytest.mark.parametrize("head", [False, True])

@@ -39,7 +39,7 @@ import math
 import time
 import weakref
 from dataclasses import dataclass, field, replace
-from statistics import NormalDist
+from statistics import NormalDist, median
 from typing import Callable
 
 import torch
@@ -70,12 +70,15 @@ JACOBI_WINDOWS = tuple(JACOBI_PRIORS)
 # accepts no more (on the demo), and costs a little per step.
 COUPLED_WINDOW = JACOBI_WINDOWS[-1]
 CHAIN_MAX_DRAFTS = 8  # the drafter's and the head's longest chain
-CALIBRATION_ROUNDS = 2  # rounds of timing, each keeping its fastest: the calibration is part of the first run's time
+CALIBRATION_ROUNDS = 2  # rounds of timing, the arms in turns: the calibration is part of the first run's time
 # a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
 PRIOR_ACCEPTED, PRIOR_REJECTED = 1.6, 0.4
 MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tracked over the last ~20 forwards
 STINT = 8  # forwards between choices of the draft source
 COST_TOLERANCE = 0.1  # a source must be expected to beat plain steps by more than this share to be used
+# a shorter Jacobi window that beats the longest by less than this share beyond COST_TOLERANCE, by the first
+# rounds' prices, is timed again: a margin a busy moment of the machine can make
+SECOND_LOOK = 0.2
 RUN_OF_BLOCKS = 2  # blocks of one size timed back to back, as a stint runs them (a block timed just after a
 # larger one finds less of the model and cache in the processor's caches, and is timed slower than in a run)
 STEPS_UNTIMED, STEPS_TIMED = 1, 3  # forwards of a calibration stint: the first pays for switching arms
@@ -190,14 +193,20 @@ def measure_costs(
     """Every arm's cost in the loop, measured the first time a model, batch size and guidance ask, before the
     generation's prefill (the model's cache is free).
 
-    Auto's own arms run the loop from a placeholder prefix of half an image (:func:`_stint_seconds`; attention
+    Auto's own arms run the loop from a placeholder prefix of half an image (:func:`_stint_samples`; attention
     over the cache grows through an image, and half-way is its mean): plain steps, each Jacobi window, and chains
     of each length in :data:`CHAIN_TIMED` of the drafter and the head. A step so timed holds all that the loop
     spends on it (the drafting, the bookkeeping), which timing the forwards alone would miss: it would price
     drafted steps below plain ones. A chain drafter's price at other lengths needs the target's cost per block
     size, so with one the block table is timed too (:func:`_block_seconds`), and a chain's price is what its
-    step costs beyond its block. Every timing is the fastest of :data:`CALIBRATION_ROUNDS`, taken in turns, so
-    a busy spell of the machine falls on all alike."""
+    step costs beyond its block.
+
+    Every step's price is the median of the single steps timed over :data:`CALIBRATION_ROUNDS` rounds, the arms
+    taking turns: a busy moment of the machine slows some of a stint's steps and a quiet one speeds some up, and
+    the median moves little with either. Where the prices make a Jacobi window shorter than the longest the one
+    an image would draft with, by a margin noise can make (:func:`_close_call`), the target's stints are timed
+    for as many rounds again before the prices stand: a short window is right where a block's cost grows fast
+    (a batch on a CPU), and costly where a busy moment priced the longest one high."""
     key = (cond.batch_size, settings.uses_cfg)
     measured = _MEASURED.setdefault(model, {})
     nets: dict[str, ImageTokenModel | TreeHead] = {}
@@ -209,28 +218,34 @@ def measure_costs(
     if drafter is not None and "drafter" in missing:
         place_drafter(model, drafter)  # on the target's device before it is timed (its runs place it too)
     target = measured.get(key)
-    stints = [("plain", 0)] + [("jacobi-row", drafts) for drafts in JACOBI_WINDOWS] if target is None else []
-    stints += [(name, length) for name in missing for length in CHAIN_TIMED]
-    steps = {}
+    target_stints = [("plain", 0)] + [("jacobi-row", drafts) for drafts in JACOBI_WINDOWS] if target is None else []
+    stints = target_stints + [(name, length) for name in missing for length in CHAIN_TIMED]
+    samples: dict[tuple[str, int], list[float]] = {}
     if stints:
         timing = drafter if "drafter" in missing else None, head if "tree head" in missing else None
-        steps = _stint_seconds(model, cond, settings, *timing, stints)
+        samples = _stint_samples(model, cond, settings, *timing, stints)
     if target is None:
-        plain = steps.get(("plain", 0))
-        jacobi = {drafts: steps[stint] for drafts in JACOBI_WINDOWS if (stint := ("jacobi-row", drafts)) in steps}
-        if plain is not None and len(jacobi) == len(JACOBI_WINDOWS):
-            target = _TargetCosts(plain, jacobi)
-        else:  # a stint no run could time (a model that cannot take placeholders) is priced by its block alone
+        target = _timed_steps(samples)
+        if target is not None and _close_call(target.costs(model.pads_blocks)):
+            for stint, more in _stint_samples(model, cond, settings, None, None, target_stints).items():
+                samples[stint] += more
+            target = _timed_steps(samples)
+        if target is None:  # a stint no run could time (a model that cannot take placeholders) is priced by its block
             blocks = _block_seconds(model, cond, settings)
-            jacobi = {drafts: jacobi.get(drafts, blocks[drafts + 1]) for drafts in JACOBI_WINDOWS}
-            target = _TargetCosts(plain or blocks[1], jacobi, blocks)
+            plain = median(samples[("plain", 0)]) if ("plain", 0) in samples else blocks[1]
+            jacobi = {
+                drafts: median(samples[stint]) if (stint := ("jacobi-row", drafts)) in samples else blocks[drafts + 1]
+                for drafts in JACOBI_WINDOWS
+            }
+            target = _TargetCosts(plain, jacobi, blocks)
     if nets and target.blocks is None:
         target = replace(target, blocks=_block_seconds(model, cond, settings))
     measured[key] = target
     for name, net in missing.items():
         assert target.blocks is not None
         extra = {  # what its step spent beyond its target block (never less than nothing: that is noise)
-            length: max(steps.get((name, length), 0.0) - target.blocks[length + 1], 0.0) for length in CHAIN_TIMED
+            length: max(median(samples.get((name, length), [0.0])) - target.blocks[length + 1], 0.0)
+            for length in CHAIN_TIMED
         }
         first, last = CHAIN_TIMED
         per_draft = max((extra[last] - extra[first]) / (last - first), 0.0)
@@ -243,11 +258,36 @@ def measure_costs(
     )
 
 
+def _timed_steps(samples: dict[tuple[str, int], list[float]]) -> _TargetCosts | None:
+    """The target's plain and Jacobi steps priced from their timed samples, or ``None`` if one was not timed."""
+    jacobi = {drafts: samples.get(("jacobi-row", drafts), []) for drafts in JACOBI_WINDOWS}
+    plain = samples.get(("plain", 0), [])
+    if not plain or not all(jacobi.values()):
+        return None
+    return _TargetCosts(median(plain), {drafts: median(timed) for drafts, timed in jacobi.items()})
+
+
+def _close_call(costs: ForwardCosts) -> bool:
+    """Whether, at the windows' prior yields, one image would draft with a window shorter than the longest, by a
+    margin of less than :data:`SECOND_LOOK` beyond the one it needs."""
+    rates = [(1 + JACOBI_PRIORS[drafts]) / costs.jacobi_seconds(drafts) for drafts in JACOBI_WINDOWS]
+    chosen = _window_choice(rates)
+    return chosen != len(rates) - 1 and rates[chosen] <= rates[-1] * (1 + COST_TOLERANCE + SECOND_LOOK)
+
+
+def _window_choice(rates: list[float]) -> int:
+    """Index of the Jacobi window to draft with, given each window's expected tokens per second (shortest first):
+    the best, where it beats the longest by more than :data:`COST_TOLERANCE`, else the longest."""
+    best = max(range(len(rates)), key=rates.__getitem__)
+    return best if rates[best] > rates[-1] * (1 + COST_TOLERANCE) else len(rates) - 1
+
+
 def _block_seconds(model: ImageTokenModel, cond: Conditioning, settings: SamplingSettings) -> dict[int, float]:
     """Seconds of one target step of each calibrated size after half an image of cached placeholder tokens:
     the forward, its distributions and the verification of the drafts in it (or a plain step's sample). The
-    sizes take turns, each timed over a run of :data:`RUN_OF_BLOCKS` steps, the cache rolled back after each;
-    a size timed slower than a larger one takes the larger's time (a block is never cheaper than a smaller one)."""
+    sizes take turns, each in a run of :data:`RUN_OF_BLOCKS` steps, the cache rolled back after each; a size's
+    price is the median of its steps, and a size priced above a larger one takes the larger's price (a block
+    is never cheaper than a smaller one)."""
     dev, B, last = model.device, cond.batch_size, model.num_image_tokens - 1
     processor = DistributionProcessor(settings, model.constraint)
     scratch = make_generator(0, dev)
@@ -257,23 +297,23 @@ def _block_seconds(model: ImageTokenModel, cond: Conditioning, settings: Samplin
     filled = torch.full((B,), min(model.num_image_tokens // 2, model.num_image_tokens - CALIBRATION_BLOCKS[-1]))
     _fill(model, torch.zeros(B, dtype=torch.long), filled, dev)
 
-    def run(size: int) -> None:
+    def step(size: int) -> None:
         block = chain(drafts[:, : size - 1], point_mass(drafts[:, : size - 1], model.vocab_size))
         positions = (filled.to(dev)[:, None] + torch.arange(size, device=dev)[None, :]).clamp(max=last)
-        for _ in range(RUN_OF_BLOCKS):
-            out = model.forward(torch.zeros_like(positions), positions)
-            p = processor(out.logits, (positions + 1).clamp(max=last))
-            verify_chain(policy, p, block, positions[:, 1:], limit, scratch)
-            model.truncate(filled)
+        out = model.forward(torch.zeros_like(positions), positions)
+        p = processor(out.logits, (positions + 1).clamp(max=last))
+        verify_chain(policy, p, block, positions[:, 1:], limit, scratch)
+        model.truncate(filled)
 
-    seconds = {size: math.inf for size in CALIBRATION_BLOCKS}
+    samples: dict[int, list[float]] = {size: [] for size in CALIBRATION_BLOCKS}
     for _ in range(CALIBRATION_ROUNDS):
         for size in CALIBRATION_BLOCKS:
-            clock = Clock(dev)
-            clock.run(lambda: run(size))
-            seconds[size] = min(seconds[size], clock.seconds / RUN_OF_BLOCKS)
+            for _ in range(RUN_OF_BLOCKS):
+                clock = Clock(dev)
+                clock.run(lambda: step(size))
+                samples[size].append(clock.seconds)
     model.release()
-    return _capped_by_larger(seconds)
+    return _capped_by_larger({size: median(timed) for size, timed in samples.items()})
 
 
 def _capped_by_larger(seconds: dict[int, float]) -> dict[int, float]:
@@ -298,25 +338,25 @@ def _refeed_seconds(drafter: ImageTokenModel, cond: Conditioning, guided: bool) 
     return seconds
 
 
-def _stint_seconds(
+def _stint_samples(
     model: ImageTokenModel,
     cond: Conditioning,
     settings: SamplingSettings,
     drafter: ImageTokenModel | None,
     head: TreeHead | None,
     stints: list[tuple[str, int]],
-) -> dict[tuple[str, int], float]:
-    """Seconds per target forward of each stint (arm label, chain length; "plain" for plain steps), the fastest
+) -> dict[tuple[str, int], list[float]]:
+    """Seconds of each timed target forward of each stint (arm label, chain length; "plain" for plain steps),
     over :data:`CALIBRATION_ROUNDS` rounds of auto's own arms running in turn from a placeholder prefix of half
-    an image, in one run of the loop (or as many as the image's end makes it take): a stint's time is the mean
-    over :data:`STEPS_TIMED` forwards after :data:`STEPS_UNTIMED` (its first forward pays for switching arms: a
+    an image, in one run of the loop (or as many as the image's end makes it take): each stint times
+    :data:`STEPS_TIMED` forwards after :data:`STEPS_UNTIMED` (its first forward pays for switching arms: a
     fresh Jacobi window, a catch-up). The runs draw from their own generators and keep nothing; non-finite
     output ends a run (the generation itself then stops with its own one-line reason, about its own tokens).
     A stint no run could time is left out."""
     from ..loop import generate  # the loop drafts with auto: imported when auto calibrates
 
     prefix = torch.zeros(cond.batch_size, model.num_image_tokens // 2, dtype=torch.long, device=model.device)
-    seconds = {stint: math.inf for stint in stints}
+    samples: dict[tuple[str, int], list[float]] = {stint: [] for stint in stints}
     per_stint = STEPS_UNTIMED + STEPS_TIMED
     todo = stints * CALIBRATION_ROUNDS
     while todo:
@@ -336,13 +376,13 @@ def _stint_seconds(
             timed = intervals[index * per_stint + STEPS_UNTIMED : (index + 1) * per_stint]
             if not timed:  # the run ended: the stints left go to the next one
                 break
-            seconds[stint], done = min(seconds[stint], sum(timed) / len(timed)), index + 1
+            samples[stint] += timed
+            done = index + 1
         if not done:  # not one timed forward: the first stint keeps what it ran, if anything, and is not tried again
-            if intervals:
-                seconds[todo[0]] = min(seconds[todo[0]], sum(intervals) / len(intervals))
+            samples[todo[0]] += intervals
             done = 1
         todo = todo[done:]
-    return {stint: t for stint, t in seconds.items() if math.isfinite(t)}
+    return {stint: timed for stint, timed in samples.items() if timed}
 
 
 def _fill(model: ImageTokenModel, cached: torch.Tensor, filled: torch.Tensor, dev: torch.device) -> None:
@@ -622,10 +662,7 @@ class AutoDrafts(DraftSource):
         a detailed one little), and a short window that accepts all it holds tells nothing of what a longer
         one would."""
         assert self.costs is not None, "prepare() first: the loop calls it before the prefill"
-        rates = [arm.plan(state, self.costs)[0] for arm in arms]
-        longest = rates[-1]  # a shorter window must beat it by more than the timings' noise, as drafts beat plain steps
-        best = max(range(len(arms)), key=rates.__getitem__)
-        return [arms[best] if rates[best] > longest * (1 + COST_TOLERANCE) else arms[-1]]
+        return [arms[_window_choice([arm.plan(state, self.costs)[0] for arm in arms])]]
 
     def choose(self, state: DecodeState) -> tuple[_Arm | None, int]:
         """This forward's arm (``None``: a plain step) and chain length."""
