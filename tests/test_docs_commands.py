@@ -6,7 +6,8 @@ block, or a whole command left inline in the prose instead of in a block, fails 
 be added to the docs without being run here.
 
 What changes before a block runs is listed in three tables: ``SIZE_LIMITS`` lowers image counts, batches and
-steps; ``REPLACEMENTS`` swaps names of checkpoints that cannot exist here for the tiny random models the tests
+steps (a bench that only times its methods draws one image; one that scores quality draws two, as FID-lite
+needs); ``REPLACEMENTS`` swaps names of checkpoints that cannot exist here for the tiny random models the tests
 build; ``SKIPPED`` names the blocks that do not run here, with the reason. Each document's blocks run in
 order in one folder, in one test, so later commands read what earlier ones wrote; ``engine`` there links
 to the package folder, for commands that name shipped files by their path in the repository.
@@ -39,6 +40,9 @@ SIZE_LIMITS = {  # option -> the most it gets here (each entry of a list such as
     "--steps": 2,
     "--repeats": 2,
 }
+TIMING_BENCH_IMAGES = 1  # --images of a bench without --quality: its timings are not read here, its run is
+TIMING_BENCH = re.compile(r"\bspecar\s+bench\b(?!.*--quality)", re.S)
+LOGICAL_LINE = re.compile(r"(?:[^\n]*\\\n)*[^\n]*")  # a line with the lines it continues with a backslash
 REPLACEMENTS = {  # text of a command -> what runs here instead
     "llamagen-xl": "tiny-llamagen",  # forward-bench: real-size random models take minutes and gigabytes
     "janus-pro-1b": "tiny-janus",
@@ -97,13 +101,19 @@ def inline_commands(document: str) -> list[str]:
 def limited(command: str, tiny_model: Path) -> str:
     """``command`` at the sizes and with the models this machine can run."""
 
-    def lower(match: re.Match[str]) -> str:
-        cap = SIZE_LIMITS[match["option"]]
-        sizes = dict.fromkeys(min(int(size), cap) for size in match["sizes"].split(","))
-        return f"{match['option']}{match['space']}{','.join(map(str, sizes))}"
-
     options = "|".join(map(re.escape, SIZE_LIMITS))
-    command = re.sub(rf"(?P<option>{options})(?P<space>[ =])(?P<sizes>\d+(?:,\d+)*)\b", lower, command)
+    sized = re.compile(rf"(?P<option>{options})(?P<space>[ =])(?P<sizes>\d+(?:,\d+)*)\b")
+
+    def lower_line(line: re.Match[str]) -> str:
+        caps = {**SIZE_LIMITS, "--images": TIMING_BENCH_IMAGES} if TIMING_BENCH.search(line[0]) else SIZE_LIMITS
+
+        def lower(match: re.Match[str]) -> str:
+            sizes = dict.fromkeys(min(int(size), caps[match["option"]]) for size in match["sizes"].split(","))
+            return f"{match['option']}{match['space']}{','.join(map(str, sizes))}"
+
+        return sized.sub(lower, line[0])
+
+    command = LOGICAL_LINE.sub(lower_line, command)
     for written, here in REPLACEMENTS.items():
         command = re.sub(rf"(?<![\w-]){re.escape(written)}(?![\w-])", here.format(tiny_model=tiny_model), command)
     return command
@@ -168,8 +178,10 @@ def test_sizes_and_models_are_lowered_as_the_tables_say(tmp_path: Path) -> None:
     written = "specar bench --images 1000 --batch 1,4,16 --models llamagen-xl --drafter-model llamagen-b"
     assert (
         limited(written, tmp_path)
-        == "specar bench --images 2 --batch 1,2 --models tiny-llamagen --drafter-model tiny-llamagen"
+        == "specar bench --images 1 --batch 1,2 --models tiny-llamagen --drafter-model tiny-llamagen"
     )
+    scored = "specar bench --images 1000 \\\n  --quality\nspecar train-head --images 500 --steps 3000"
+    assert limited(scored, tmp_path) == "specar bench --images 2 \\\n  --quality\nspecar train-head --images 2 --steps 2"
     assert limited('load_model("models/specar/c2i_XL_384")', tmp_path) == f'load_model("{tmp_path}")'
     assert WHOLE_COMMAND.match("specar bench --images 8") and WHOLE_COMMAND.match(
         "OMP_NUM_THREADS=1 specar bench --quality"
