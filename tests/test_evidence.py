@@ -1,4 +1,5 @@
-"""Condition evidence: the teacher-forced sum equals the token-by-token one and reads the condition."""
+"""Condition evidence: the teacher-forced sum equals the token-by-token one and reads the condition; the token
+fidelity test the bench reports beside it."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ import torch
 from specar import Conditioning, generate, load_model
 from specar import cli
 from specar.lab.evidence import condition_evidence, images_per_pass
+from specar.lab.fidelity import ks_uniform, randomized_pit
 from specar.models.base import ImageTokenModel
+from specar.sampling import make_generator, sample
 from tiny import tiny_model
 
 
@@ -46,6 +49,15 @@ def test_evidence_reads_the_condition_the_images_were_drawn_for() -> None:
     wrong = condition_evidence(model, Conditioning.classes([(c + 5) % 16 for c in classes]), tokens)
     assert float(right.mean()) > 5.0 and bool((right > wrong).all())
     assert images_per_pass(model, 1000) >= 100  # the demo scores a bench call's images in one pass
+
+
+def test_the_pit_s_uniforms_are_not_the_sampler_s_when_their_seeds_match() -> None:
+    """The bench seeds each image's sampler and its PIT with the image's number: tokens drawn one per step with seed
+    3, as plain AR draws them, pass the PIT test with seed 3 (were the PIT to reuse the sampler's uniforms, each
+    token's randomisation would follow from the draw that picked it, and the test would fail its own target)."""
+    p = torch.softmax(torch.randn(16384, 64, generator=torch.Generator().manual_seed(0)) * 3, -1)
+    tokens = sample(p, make_generator(3, "cpu"))  # one uniform per token, in order, as a one-image run draws them
+    assert ks_uniform(randomized_pit(p, tokens, seed=3))[1] > 0.001
 
 
 def test_bench_quality_reports_evidence_and_tests_every_token_against_the_target(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..sampling import Constraint, DistributionProcessor
@@ -33,8 +34,10 @@ def randomized_pit(p: torch.Tensor, tokens: torch.Tensor, seed: int = 7) -> torc
     own = p.gather(-1, tokens.unsqueeze(-1))
     above = (p * (p > own)).sum(-1)
     level = (p * (p == own)).sum(-1)
-    uniform = torch.rand(above.shape, generator=torch.Generator().manual_seed(seed), dtype=above.dtype)
-    return (above + uniform.to(above.device) * level).flatten()
+    # From numpy's PCG64, not torch's generator: the sampler draws each token with a uniform from a torch
+    # generator seeded with its image's seed, and a PIT seeded alike would reuse that very uniform for it.
+    uniform = torch.from_numpy(np.random.default_rng(seed).random(tuple(above.shape)))
+    return (above + uniform.to(above.device, above.dtype) * level).flatten()
 
 
 def token_pit(
