@@ -329,6 +329,48 @@ def test_expert_options_and_recommended_defaults(tmp_path, capsys) -> None:
     assert "csd policy has no option tau" in capsys.readouterr().err
 
 
+def _gsd_by_sorting(policy, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext) -> tuple:
+    """GSD as its definition reads: rank every code (by probability, ties by code number), take the codes within
+    the rank window of the draft, keep those close in p and in code space; the draft always belongs."""
+    from specar.policies.relaxed import code_latents
+
+    base, px = policy.base_ratio(p, q, tokens)
+    order = torch.sort(p, dim=-1, descending=True, stable=True).indices
+    rank = order.argsort(-1)  # each code's place in the order
+    draft_rank = rank.gather(-1, tokens[..., None])
+    group = (rank - draft_rank).abs() <= policy.rank_window
+    group &= (p - px[..., None]).abs() < (policy.p_gap_at_full * policy.relaxation_at(ctx.positions))[..., None]
+    latents = code_latents(policy.model)
+    group &= (latents[tokens][..., None, :] - latents).pow(2).sum(-1) <= policy.max_distance
+    group.scatter_(-1, tokens[..., None], True)
+    grouped = ((p * group).sum(-1) / (q * group).sum(-1).clamp_min(1e-10)).clamp_max(1.0)
+    size = group.sum(-1)
+    return torch.where(size > 1, torch.maximum(grouped, base), base), size
+
+
+@pytest.mark.parametrize("rank_window", [0, 1, 7, 511])
+def test_gsd_groups_the_codes_ranked_next_to_the_draft(demo, rank_window: int) -> None:
+    """GSD finds the draft's rank neighbours by selection; its groups and acceptance are the sorting definition's,
+    for drafts anywhere in the order (top, tail, codes top-k left at zero, tied there) and for both kinds of q."""
+    target, _ = demo
+    policy = make_policy("gsd", 1.0, model=target, rank_window=rank_window)
+    ctx = PolicyContext(torch.arange(6).expand(4, -1))
+    grouped = 0
+    for seed in range(12):
+        p, q, tokens = _random_case(target.vocab_size, seed=seed, point_mass=seed % 2 == 0)
+        p = p.masked_fill(p < p.topk(100, -1).values[..., -1:], 0.0)  # top-k's zeros: a tie of 412 codes
+        p = p / p.sum(-1, keepdim=True)
+        if seed % 3 == 0:
+            tokens[:, :3] = p.argsort(-1)[:, :3, 0]  # drafts the target gives no mass at all
+            q[:, :3] = torch.nn.functional.one_hot(tokens[:, :3], target.vocab_size).float()
+        alpha, recorded = policy.acceptance(p, q, tokens, ctx)
+        expected, size = _gsd_by_sorting(policy, p, q, tokens, ctx)
+        assert torch.equal(recorded["group_size"], size.float()), seed
+        assert torch.allclose(alpha, expected, atol=1e-6), seed
+        grouped += int((size > 1).sum())
+    assert grouped > 0 or rank_window == 0  # the comparison saw groups
+
+
 def test_lantern_neighbourhoods_stay_a_small_share_of_the_codebook(demo) -> None:
     from specar.policies.lantern import default_neighbours, neighbour_table
 

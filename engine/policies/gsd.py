@@ -10,6 +10,11 @@ The knob maps linearly onto ``p_gap`` (relaxation 0.5 is the paper's 0.15). With
 Deviation: the paper measures distance between the target's input-embedding rows (threshold
 0.5 for Lumina-mGPT); SpecAR uses the tokenizer's code vectors (what ``latent()`` gives for every
 family) with a scale-free default threshold, the 5th percentile of all squared code distances.
+
+Ranks order codes by target probability, ties (the codes top-k leaves at zero) by code number. Only
+the ``2 * rank_window`` codes ranked next to the draft can join its group, so they are found by
+selection (two ``topk`` calls) and only they are compared with the draft, instead of sorting and
+comparing the whole vocabulary at every drafted position.
 """
 
 from __future__ import annotations
@@ -70,19 +75,38 @@ class GSDPolicy(RelaxedPolicy):
         self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         base, px = self.base_ratio(p, q, tokens)
-        latents = code_latents(self.model).to(p.device)
-        order = p.argsort(-1, descending=True)  # codes in the target's order
-        draft_rank = (order == tokens[..., None]).int().argmax(-1, keepdim=True)
-        offsets = torch.arange(-self.rank_window, self.rank_window + 1, device=p.device)
-        window = (draft_rank + offsets).clamp(0, p.shape[-1] - 1)  # clamped slots repeat ranks inside the window
-        near_in_rank = torch.zeros_like(p, dtype=torch.bool).scatter_(-1, order.gather(-1, window), True)
+        codes, ranked = rank_neighbours(p, tokens, self.rank_window)
         gap = (self.p_gap_at_full * self.relaxation_at(ctx.positions))[..., None]
-        similar_p = (p - px[..., None]).abs() < gap
-        close = torch.cdist(latents[tokens].flatten(0, 1), latents).pow(2).reshape(p.shape) <= self.max_distance
-        group = near_in_rank & similar_p & close
-        group.scatter_(-1, tokens[..., None], True)  # the draft itself always belongs
-        grouped = ((p * group).sum(-1) / (q * group).sum(-1).clamp_min(Q_FLOOR)).clamp_max(1.0)
-        size = group.sum(-1)
+        p_near = p.gather(-1, codes)
+        latents = code_latents(self.model).to(p.device)
+        squared = (latents[codes] - latents[tokens][..., None, :]).pow(2).sum(-1)
+        member = ranked & ((p_near - px[..., None]).abs() < gap) & (squared <= self.max_distance)
+        qx = q.gather(-1, tokens[..., None]).squeeze(-1)
+        group_p = px + (p_near * member).sum(-1)
+        group_q = qx + (q.gather(-1, codes) * member).sum(-1)
+        grouped = (group_p / group_q.clamp_min(Q_FLOOR)).clamp_max(1.0)
+        size = 1 + member.sum(-1)  # the draft itself always belongs
         # With a point-mass draft (Jacobi, as in the paper) sum_G q = q(x) and the group only adds mass; with a
         # drafter's full q the group's ratio can fall below the draft's own, and a relaxation must never lower it.
         return torch.where(size > 1, torch.maximum(grouped, base), base), {"group_size": size.float()}
+
+
+def rank_neighbours(p: torch.Tensor, tokens: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The codes ranked within ``window`` places of each drafted token in ``p [..., V]``, ``[..., 2 * window]``,
+    and whether each slot holds one (a draft ranked near the top or the bottom has fewer neighbours).
+
+    Ranks order codes by probability, ties by code number: each code gets a distinct integer key, its
+    probability's bit pattern (which orders non-negative floats as their values) then its place.
+    """
+    V = p.shape[-1]
+    if window == 0:
+        empty = tokens[..., None][..., :0]
+        return empty, empty.bool()
+    bits = (p.float() + 0.0).view(torch.int32)  # + 0.0 turns a -0.0 into 0.0
+    keys = bits.long().mul_(V).add_(torch.arange(V - 1, -1, -1, device=p.device))  # larger key: ranked first
+    own = keys.gather(-1, tokens[..., None])
+    last, first = torch.iinfo(torch.long).max, torch.iinfo(torch.long).min
+    above = keys.masked_fill(keys <= own, last).topk(window, -1, largest=False)
+    below = keys.masked_fill_(keys >= own, first).topk(window, -1, largest=True)  # keys are not needed again
+    codes = torch.cat([above.indices, below.indices], -1)
+    return codes, torch.cat([above.values != last, below.values != first], -1)
