@@ -232,12 +232,9 @@ def measure_costs(
             target = _timed_steps(samples)
         if target is None:  # a stint no run could time (a model that cannot take placeholders) is priced by its block
             blocks = _block_seconds(model, cond, settings)
-            plain = median(samples[("plain", 0)]) if ("plain", 0) in samples else blocks[1]
-            jacobi = {
-                drafts: median(samples[stint]) if (stint := ("jacobi-row", drafts)) in samples else blocks[drafts + 1]
-                for drafts in JACOBI_WINDOWS
-            }
-            target = _TargetCosts(plain, jacobi, blocks)
+            priced = {stint: median(timed) for stint, timed in samples.items()}
+            jacobi = {drafts: priced.get(("jacobi-row", drafts), blocks[drafts + 1]) for drafts in JACOBI_WINDOWS}
+            target = _TargetCosts(priced.get(("plain", 0), blocks[1]), jacobi, blocks)
     if nets and target.blocks is None:
         target = replace(target, blocks=_block_seconds(model, cond, settings))
     measured[key] = target
