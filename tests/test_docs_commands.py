@@ -52,6 +52,8 @@ REPLACEMENTS = {  # text of a command -> what runs here instead
     "for trial in range(200)": "for trial in range(2)",  # auto's window over fresh calibrations: two
     "models/specar/c2i_XL_384": "{tiny_model}",  # a downloaded LlamaGen checkpoint: the tests' tiny one
     "train_classifier --out": "train_classifier --train-size 64 --heldout-size 32 --reference-size 32 --epochs 1 --out",
+    # a training step compiles for half a minute on a cold inductor cache; tests/test_compile.py compiles
+    "--compile": "--no-compile",
 }
 SKIPPED = {  # the first line of a block -> why it does not run here
     'pip install "torch==2.13.0" -e . && specar generate': ".ci/run runs it as written, in a fresh environment",
