@@ -6,12 +6,15 @@ the real ``torch.compile`` (inductor) on tiny random LlamaGen models and on the 
 
 from __future__ import annotations
 
+from typing import Callable
+
 import pytest
 import torch
+from torch import Tensor
 from tiny import tiny_drafter, tiny_model, tiny_tree_head
 from test_lossless import _target_distributions
 
-from specar import Conditioning, DrafterModelDrafts, JacobiDrafts, SamplingSettings, generate
+from specar import Conditioning, DrafterModelDrafts, DraftSource, JacobiDrafts, SamplingSettings, generate
 from specar.compile import BUCKETS, CompiledForward, bucket_for, unavailable_reason
 from specar.drafts.drafter_tree import DrafterTreeDrafts
 from specar.drafts.auto import AutoDrafts
@@ -60,9 +63,10 @@ HEAD_SHAPES = {
 }
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head(target: LlamaGenModel) -> TreeHead:
-    """A head asked to compile (on CPUs a head compiles with its target only when asked)."""
+    """A head asked to compile (on CPUs a head compiles with its target only when asked), shared as the target
+    is: its compiled steps serve every test's drafts."""
     head = tiny_tree_head(target)
     head.set_compile(True)
     return head
@@ -90,13 +94,29 @@ def test_compiled_greedy_equals_eager_plain_ar(
         assert head.compiled is not None and head.compiled.active and head.compile_seconds > 0
 
 
+SAMPLED = SamplingSettings(cfg_scale=2.0, top_k=24)
+
+
+def sampled_images(target: LlamaGenModel, draft: Callable[[], DraftSource], seed: int) -> tuple[Conditioning, Tensor]:
+    """48 images, drawn ``COND``'s batch at a time with fresh drafts and seeds: at that batch they run on the
+    forwards the greedy tests compiled (each batch size compiles every bucket afresh)."""
+    batch = len(COND.class_ids)
+    calls = [Conditioning.classes([(batch * call + i) % 10 for i in range(batch)]) for call in range(48 // batch)]
+    tokens = [
+        generate(target, cond, SAMPLED.with_(seed=seed + n), draft=draft()).tokens for n, cond in enumerate(calls)
+    ]
+    return Conditioning.classes([c for cond in calls for c in cond.class_ids]), torch.cat(tokens)
+
+
+def follows_target(target: LlamaGenModel, cond: Conditioning, tokens: Tensor) -> bool:
+    """Every token's randomized PIT under the target's own distribution is uniform (KS p above 0.001)."""
+    p = _target_distributions(target, cond, tokens, SAMPLED)
+    return ks_uniform(randomized_pit(p, tokens))[1] > 0.001
+
+
 @pytest.mark.parametrize("shape", ["tree-chain", "tree-static"])
 def test_compiled_head_follows_the_target_distribution(target: LlamaGenModel, head: TreeHead, shape: str) -> None:
-    settings = SamplingSettings(cfg_scale=2.0, top_k=24, seed=2025)
-    cond = Conditioning.classes([i % 10 for i in range(48)])
-    result = generate(target, cond, settings, draft=TreeHeadDrafts(head, HEAD_SHAPES[shape]))
-    p = _target_distributions(target, cond, result.tokens, settings)
-    assert ks_uniform(randomized_pit(p, result.tokens))[1] > 0.001
+    assert follows_target(target, *sampled_images(target, lambda: TreeHeadDrafts(head, HEAD_SHAPES[shape]), 2025))
 
 
 def test_drafters_and_heads_follow_their_target_s_compile_switch(target: LlamaGenModel) -> None:
@@ -117,12 +137,8 @@ def test_drafters_and_heads_follow_their_target_s_compile_switch(target: LlamaGe
 def test_compiled_whole_images_follow_the_target_distribution(
     target: LlamaGenModel, drafter: LlamaGenModel, source: str
 ) -> None:
-    settings = SamplingSettings(cfg_scale=2.0, top_k=24, seed=2024)
-    cond = Conditioning.classes([i % 10 for i in range(48)])
-    draft = JacobiDrafts(window=16) if source == "jacobi" else DrafterModelDrafts(drafter, gamma=4)
-    result = generate(target, cond, settings, draft=draft)
-    p = _target_distributions(target, cond, result.tokens, settings)
-    assert ks_uniform(randomized_pit(p, result.tokens))[1] > 0.001
+    draft = (lambda: JacobiDrafts(window=16)) if source == "jacobi" else (lambda: DrafterModelDrafts(drafter, gamma=4))
+    assert follows_target(target, *sampled_images(target, draft, 2024))
 
 
 def test_compiled_demo_is_lossless() -> None:
