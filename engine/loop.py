@@ -30,7 +30,7 @@ from .policies import AcceptancePolicy, ExactPolicy
 from .sampling import DistributionProcessor, make_generator, sample
 from .types import Conditioning, DraftBlock, GenerationResult, Observer, SamplingSettings, StepEvent, TokenKind, Verdict
 from .timing import Clock, synchronize
-from .verify import plain_step, tree_attention_rows, tree_tables, verify_chain, verify_tree
+from .verify import TreeLayout, block_tree_layout, plain_step, verify_chain, verify_tree
 
 
 STEP_TENSORS = 5  # [B, k, V] float32 tensors one step holds at once: two halves of logits, p, q, a residual
@@ -44,7 +44,7 @@ def step_bytes(batch: int, block: int, vocab: int) -> int:
 
 def _block_inputs(
     block: DraftBlock,
-    depth: torch.Tensor | None,
+    layout: TreeLayout | None,
     pending: torch.Tensor,
     start: torch.Tensor,
     last: int,
@@ -52,21 +52,21 @@ def _block_inputs(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Inputs, input positions, tree mask and node positions for one target forward.
 
-    ``start [B]`` is the pending token's position; ``depth [B, n]`` the node depths of a tree
-    (``None`` for a chain, whose offsets are the run's ``steps`` 0, 1, ...). Positions past the
+    ``start [B]`` is the pending token's position; ``layout`` a tree's (:func:`block_tree_layout`;
+    ``None`` for a chain, whose offsets are the run's ``steps`` 0, 1, ...). Positions past the
     image (rows that are done) are clamped, as their outputs are discarded.
     """
     if not block.size:  # a plain step: the pending token alone, at a position inside the image
         positions = start[:, None]
         return pending, positions, None, positions[:, 1:]
     inputs = torch.cat([pending, block.tokens], dim=1)
-    if depth is None:
+    if layout is None:
         offsets = steps[: block.size + 1]
         mask = None
     else:
+        _, depth, mask = layout
         offsets = torch.cat([torch.zeros(depth.shape[0], 1, dtype=torch.long, device=depth.device), depth], 1)
-        offsets = offsets.to(pending.device)
-        mask = tree_attention_rows(block.parents, block.max_depth).to(pending.device)
+        offsets, mask = offsets.to(pending.device), mask.to(pending.device)
     positions = (start[:, None] + offsets).clamp(max=last)
     return inputs, positions, mask, positions[:, 1:]
 
@@ -189,10 +189,8 @@ def generate(
                 raise ValueError(f"{draft.name} proposed {block.size} drafts; its largest_block is {largest}")
             committed_dev = committed if on_host else committed.to(dev)
             start = committed_dev - 1  # each row's pending token: the last one committed
-            layout = None if block.is_chain else tree_tables(block.parents, block.max_depth, block.max_children)
-            inputs, positions, mask, node_positions = _block_inputs(
-                block, None if layout is None else layout[1], pending, start, N - 1, offsets
-            )
+            layout = None if block.is_chain else block_tree_layout(block.parents, block.max_depth, block.max_children)
+            inputs, positions, mask, node_positions = _block_inputs(block, layout, pending, start, N - 1, offsets)
             out = clock.run(lambda: model.forward(inputs, positions, mask))
             block_tokens += inputs.shape[1]
             predicted = (positions + 1).clamp(max=N - 1) if processor.constrain is not None else positions
@@ -207,7 +205,7 @@ def generate(
                     verdict = verify_chain(policy, p, block, node_positions, limit, generator, evidence)
                 else:
                     verdict = verify_tree(
-                        policy, p, block, node_positions, limit, generator, out.hidden[:B], layout, evidence
+                        policy, p, block, node_positions, limit, generator, out.hidden[:B], layout[:2], evidence
                     )
 
             health = [prefill_health, _health(out.logits), _health(block.q) if block.size else nothing]

@@ -19,7 +19,7 @@ the pending token) and ``p[:, i + 1]`` the distribution after block node ``i``.
 from __future__ import annotations
 
 import functools
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -178,6 +178,26 @@ def tree_attention_rows(parents: torch.Tensor, max_depth: int | None = None) -> 
     return mask
 
 
+TreeLayout = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""A block's children table and node depths (:func:`tree_tables`) and attention mask (:func:`tree_attention_rows`)."""
+
+
+def block_tree_layout(parents: torch.Tensor, max_depth: int | None, max_children: int | None) -> TreeLayout:
+    """:func:`tree_tables` and :func:`tree_attention_rows` of a block's ``parents [B, n]``. Host parents
+    (a static tree's, the same every step) are laid out once and then looked up, as they are a few dozen
+    small tensor operations per depth level; device parents are laid out every time (reading them to make a
+    key would be a host sync). The returned tensors are shared: read them, never write to them."""
+    if parents.device.type != "cpu" or (max_depth is not None and max_children is not None):
+        return (*tree_tables(parents, max_depth, max_children), tree_attention_rows(parents, max_depth))
+    return _host_tree_layout(tuple(parents.shape), parents.contiguous().numpy().tobytes())
+
+
+@functools.lru_cache(maxsize=32)
+def _host_tree_layout(shape: tuple[int, ...], parents: bytes) -> TreeLayout:
+    tree = torch.frombuffer(bytearray(parents), dtype=torch.long).view(shape)
+    return (*tree_tables(tree), tree_attention_rows(tree))
+
+
 def tree_layout(parents: list[int]) -> tuple[torch.Tensor, list[int]]:
     """:func:`tree_tables` for one tree given as a list: children table ``[n + 1, K]`` and depths."""
     table, depth = tree_tables(torch.tensor(parents, dtype=torch.long).reshape(1, -1))
@@ -210,70 +230,205 @@ def verify_tree(
     Siblings are tried in block order. Each is tested against the current (residualised) target
     with its draft distribution renormalised without the siblings already tried, which keeps the
     scheme exact for point-mass siblings and for siblings sampled without replacement alike.
+    Levels below the last node with two or more children (a static tree's long single-child tails)
+    are tested in one vectorised pass with the same draws and outcomes as the walk.
     """
     B, n = block.tokens.shape
-    dev, V = p.device, p.shape[-1]
+    dev = p.device
     table, depth = layout if layout is not None else tree_tables(block.parents, block.max_depth, block.max_children)
-    table = table.to(dev)
     max_depth = 0 if not n else block.max_depth if block.max_depth is not None else int(depth.max())
+    tail = _single_child_levels(table, depth, max_depth) if not block.bounded else 0
+    table = table.to(dev)
     limit = limit.clamp(max=max_depth)
     if block.picks and policy.lossless and n:
         return _verify_picks(p, block, table, depth.to(dev), max_depth, limit, generator)
+    walk = _Walk(
+        cur=torch.full((B,), -1, dtype=torch.long, device=dev),
+        before=torch.full((B,), -2, dtype=torch.long, device=dev),
+        dist=p[:, 0].clone(),
+        dist_evidence=None if evidence is None else evidence[:, 0],
+        accepted=torch.zeros(B, dtype=torch.long, device=dev),
+        alive=torch.ones(B, dtype=torch.bool, device=dev),
+        rejected=torch.zeros(B, dtype=torch.bool, device=dev),
+        path=torch.full((B, max_depth), -1, dtype=torch.long, device=dev),
+    )
+    for level in range(max_depth - tail):
+        _walk_level(walk, level, policy, p, block, positions, limit, generator, hidden, table, evidence)
+    if tail:
+        _chain_tail(walk, max_depth - tail, policy, p, block, positions, limit, generator, hidden, table, evidence)
+    next_kind = _next_kind(limit, walk.rejected)
+    return Verdict(walk.accepted, walk.path, sample(walk.dist, generator), walk.dist, next_kind, walk.diagnostics)
+
+
+@dataclass
+class _Walk:
+    """Where each row's recursive rejection stands: its current node ``cur`` (-1: the pending token) and
+    that node's parent ``before`` (-2: not in this block), the distribution the next child is tested
+    against and the evidence of the row it came from, and what was accepted so far."""
+
+    cur: torch.Tensor  # [B]
+    before: torch.Tensor  # [B]
+    dist: torch.Tensor  # [B, V]
+    dist_evidence: torch.Tensor | None  # [B, V]
+    accepted: torch.Tensor  # [B]
+    alive: torch.Tensor  # [B]: every level so far accepted a child
+    rejected: torch.Tensor  # [B]: the walk ended on a rejected child
+    path: torch.Tensor  # [B, max_depth]
+    # per level: the accepted node's values, else those of the last node tried
+    diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def record(self, info: dict[str, torch.Tensor], levels: slice, tested: torch.Tensor) -> None:
+        """Keep ``info`` values ``[B, m]`` of the nodes tested (``tested [B, m]``) at ``levels``."""
+        B, depth = self.path.shape
+        for name, values in info.items():
+            slot = self.diagnostics.setdefault(name, torch.full((B, depth), float("nan"), device=self.path.device))
+            slot[:, levels] = torch.where(tested, values.float(), slot[:, levels])
+
+
+def _single_child_levels(table: torch.Tensor, depth: torch.Tensor, max_depth: int) -> int:
+    """How many of a tree's last levels pick among at most one child in every row: the levels below its
+    deepest node with two or more children. Read off the host's children table (no device value)."""
+    if table.shape[-1] < 2:
+        return max_depth
+    node_depth = torch.cat([torch.zeros_like(depth[:, :1]), depth], 1)  # table rows: the root, then the nodes
+    branching = table[..., 1] >= 0
+    return max_depth - (int(node_depth[branching].max()) + 1 if bool(branching.any()) else 0)
+
+
+def _walk_level(
+    walk: _Walk,
+    level: int,
+    policy: AcceptancePolicy,
+    p: torch.Tensor,
+    block: DraftBlock,
+    positions: torch.Tensor,
+    limit: torch.Tensor,
+    generator: torch.Generator,
+    hidden: torch.Tensor | None,
+    table: torch.Tensor,
+    evidence: torch.Tensor | None,
+) -> None:
+    """Try the children of every row's current node in block order, one draw each, until one is accepted."""
+    B, V = walk.dist.shape
+    dev = p.device
     rows = torch.arange(B, device=dev)
-    cur = torch.full((B,), -1, dtype=torch.long, device=dev)
-    before = torch.full((B,), -2, dtype=torch.long, device=dev)  # cur's parent; -2: not in this block
-    dist = p[:, 0].clone()
-    dist_evidence = None if evidence is None else evidence[:, 0]  # evidence of the row dist comes from
-    accepted = torch.zeros(B, dtype=torch.long, device=dev)
-    alive = torch.ones(B, dtype=torch.bool, device=dev)
-    rejected = torch.zeros(B, dtype=torch.bool, device=dev)
-    path = torch.full((B, max_depth), -1, dtype=torch.long, device=dev)
-    diagnostics: dict[str, torch.Tensor] = {}  # per level: the accepted node's values, else the last one tried
-    for level in range(max_depth):
-        kids = table[rows, cur + 1]  # [B, K]
-        # the target's own distribution here, whose support relaxed policies keep to (the exact policy needs none)
-        target = _row(p, cur + 1) if not policy.lossless else None
-        moved = torch.zeros(B, dtype=torch.bool, device=dev)
-        tried = torch.zeros(B, V, dtype=torch.bool, device=dev)
-        open_rows = alive & (accepted < limit)
-        for r in range(kids.shape[1]):
-            child = kids[:, r]
-            live = open_rows & ~moved & (child >= 0)
-            node = child.clamp_min(0)
-            x = block.tokens.gather(1, node[:, None])
-            q = _row(block.q, node).masked_fill(tried, 0.0)
-            q = q / q.sum(-1, keepdim=True).clamp_min(DIVISOR_FLOOR)
-            ctx = PolicyContext(
-                positions.gather(1, node[:, None]), evidence=None if dist_evidence is None else dist_evidence[:, None]
-            )
-            if hidden is not None and policy.needs_tree_states:
-                ctx = _tree_context(ctx, hidden, block.tokens, kids, node, cur, before)
-            alpha, info = policy.acceptance(dist[:, None], q[:, None], x, ctx)
-            if not policy.lossless:
-                alpha = _within_support(alpha, target[:, None], x)
-            for name, values in info.items():
-                slot = diagnostics.setdefault(name, torch.full((B, max_depth), float("nan"), device=dev))
-                slot[:, level] = torch.where(live, values[:, 0].float(), slot[:, level])
-            take = live & (torch.rand(B, generator=generator, device=dev) < alpha[:, 0])
-            drop = live & ~take
-            residual = policy.residual(dist, q, x[:, 0], ctx)
-            if not policy.lossless:
-                residual = _on_support(residual, target)
-            dist = torch.where(drop[:, None], residual, dist)
-            tried |= drop[:, None] & (torch.arange(V, device=dev)[None, :] == x)
-            dist = torch.where(take[:, None], _row(p, node + 1), dist)
-            if dist_evidence is not None:
-                dist_evidence = torch.where(take[:, None], _row(evidence, node + 1), dist_evidence)
-            before = torch.where(take, cur, before)
-            cur = torch.where(take, node, cur)
-            path[:, level] = torch.where(take, node, path[:, level])
-            moved |= take
-        had_children = open_rows & (kids[:, 0] >= 0)
-        rejected |= had_children & ~moved
-        accepted += moved.long()
-        alive &= moved
-    next_kind = _next_kind(limit, rejected)
-    return Verdict(accepted, path, sample(dist, generator), dist, next_kind, diagnostics)
+    kids = table[rows, walk.cur + 1]  # [B, K]
+    # the target's own distribution here, whose support relaxed policies keep to (the exact policy needs none)
+    target = _row(p, walk.cur + 1) if not policy.lossless else None
+    moved = torch.zeros(B, dtype=torch.bool, device=dev)
+    tried = torch.zeros(B, V, dtype=torch.bool, device=dev)
+    open_rows = walk.alive & (walk.accepted < limit)
+    for r in range(kids.shape[1]):
+        child = kids[:, r]
+        live = open_rows & ~moved & (child >= 0)
+        node = child.clamp_min(0)
+        x = block.tokens.gather(1, node[:, None])
+        q = _row(block.q, node).masked_fill(tried, 0.0)
+        q = q / q.sum(-1, keepdim=True).clamp_min(DIVISOR_FLOOR)
+        evidence_here = None if walk.dist_evidence is None else walk.dist_evidence[:, None]
+        ctx = PolicyContext(positions.gather(1, node[:, None]), evidence=evidence_here)
+        if hidden is not None and policy.needs_tree_states:
+            family = (node[:, None], walk.cur[:, None], walk.before[:, None])  # the node, its parent and grandparent
+            ctx = _tree_context(ctx, hidden, block.tokens, kids[:, None], *family)
+        alpha, info = policy.acceptance(walk.dist[:, None], q[:, None], x, ctx)
+        if not policy.lossless:
+            alpha = _within_support(alpha, target[:, None], x)
+        walk.record(info, slice(level, level + 1), live[:, None])
+        take = live & (torch.rand(B, generator=generator, device=dev) < alpha[:, 0])
+        drop = live & ~take
+        residual = policy.residual(walk.dist, q, x[:, 0], ctx)
+        if not policy.lossless:
+            residual = _on_support(residual, target)
+        walk.dist = torch.where(drop[:, None], residual, walk.dist)
+        tried |= drop[:, None] & (torch.arange(V, device=dev)[None, :] == x)
+        walk.dist = torch.where(take[:, None], _row(p, node + 1), walk.dist)
+        if walk.dist_evidence is not None:
+            walk.dist_evidence = torch.where(take[:, None], _row(evidence, node + 1), walk.dist_evidence)
+        walk.before = torch.where(take, walk.cur, walk.before)
+        walk.cur = torch.where(take, node, walk.cur)
+        walk.path[:, level] = torch.where(take, node, walk.path[:, level])
+        moved |= take
+    had_children = open_rows & (kids[:, 0] >= 0)
+    walk.rejected |= had_children & ~moved
+    walk.accepted += moved.long()
+    walk.alive &= moved
+
+
+def _chain_tail(
+    walk: _Walk,
+    first_level: int,
+    policy: AcceptancePolicy,
+    p: torch.Tensor,
+    block: DraftBlock,
+    positions: torch.Tensor,
+    limit: torch.Tensor,
+    generator: torch.Generator,
+    hidden: torch.Tensor | None,
+    table: torch.Tensor,
+    evidence: torch.Tensor | None,
+) -> None:
+    """The walk's levels from ``first_level`` on, where every node has at most one child: each row's path
+    goes on down its current node's chain of only children, which is tested like a chain (the longest
+    prefix whose draws fall under the acceptance), with the residual taken at the first rejected node.
+
+    Why it equals the walk: below a node with one child, the child is tested against the target's own
+    distribution after its parent (no sibling was tried), so every node's test is known before any is
+    decided. The walk draws one number per child slot per level, and so does this pass."""
+    B, V = walk.dist.shape
+    depth, K = walk.path.shape[1], table.shape[-1]
+    dev = p.device
+    T = depth - first_level
+    only_child = table[..., 0]  # [B, n + 1]: the first (in the tail, the only) child of the root and of each node
+    chain, above = [], walk.cur
+    for _ in range(T):
+        above = only_child.gather(1, (above + 1).clamp(min=0)[:, None])[:, 0]
+        chain.append(above)
+    nodes = torch.stack(chain, 1)  # [B, T]: -1 from where the chain ends
+    exists = (nodes >= 0).cumprod(1).bool()
+    nodes = torch.where(exists, nodes, -1)
+    node = nodes.clamp(min=0)
+    parent = torch.cat([walk.cur[:, None], nodes[:, :-1]], 1)
+    x = block.tokens.gather(1, node)
+    q = block.q.gather(1, node[..., None].expand(-1, -1, V))
+    q = q / q.sum(-1, keepdim=True).clamp_min(DIVISOR_FLOOR)
+    here = (parent + 1).clamp(min=0)[..., None].expand(-1, -1, V)
+    dist = p.gather(1, here)  # [B, T, V]: the target after each node's parent, as the walk would hold it
+    ctx = PolicyContext(positions.gather(1, node), evidence=None if evidence is None else evidence.gather(1, here))
+    if hidden is not None and policy.needs_tree_states:
+        kids = table.gather(1, (parent + 1).clamp(min=0)[..., None].expand(-1, -1, K))
+        grandparent = torch.cat([walk.before[:, None], parent[:, :-1]], 1)
+        ctx = _tree_context(ctx, hidden, block.tokens, kids, node, parent, grandparent)
+    alpha, info = policy.acceptance(dist, q, x, ctx)
+    if not policy.lossless:
+        alpha = _within_support(alpha, dist, x)
+    steps = torch.arange(T, device=dev)
+    u = torch.rand(T, K, B, generator=generator, device=dev)[:, 0].t()  # the walk's draw for each level's first slot
+    open_rows = walk.alive & (walk.accepted < limit)
+    testable = open_rows[:, None] & exists & (walk.accepted[:, None] + steps < limit[:, None])
+    taken = (testable & (u < alpha)).cumprod(1).bool()
+    tested = testable & torch.cat([torch.ones_like(taken[:, :1]), taken[:, :-1]], 1)  # every node above was taken
+    walk.record(info, slice(first_level, depth), tested)
+    count = taken.sum(1)
+    dropped = (tested & ~taken).any(1)
+    stop = count.clamp(max=T - 1)[:, None]  # the first node not taken: where a rejection happened
+    at_stop = PolicyContext(**{name: _at(value, stop) for name, value in vars(ctx).items()})
+    p_stop = _at(dist, stop)[:, 0]
+    residual = policy.residual(p_stop, _at(q, stop)[:, 0], x.gather(1, stop)[:, 0], at_stop)
+    if not policy.lossless:
+        residual = _on_support(residual, p_stop)
+    last = nodes.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0]
+    walk.dist = torch.where(dropped[:, None], residual, torch.where((count > 0)[:, None], _row(p, last + 1), walk.dist))
+    walk.path[:, first_level:] = torch.where(taken, nodes, walk.path[:, first_level:])
+    walk.rejected |= dropped
+    walk.accepted += count
+    walk.alive &= count == T
+
+
+def _at(value: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:
+    """``value [B, T, ...]`` at one node per row, ``index [B, 1]`` -> ``[B, 1, ...]``."""
+    if value is None:
+        return None
+    return value.gather(1, index.view(index.shape[0], 1, *[1] * (value.dim() - 2)).expand(-1, 1, *value.shape[2:]))
 
 
 def _verify_picks(
@@ -323,23 +478,24 @@ def _tree_context(
     parent: torch.Tensor,
     grandparent: torch.Tensor,
 ) -> PolicyContext:
-    """Add the tested node's state, its parent's, its grandparent's (NaN where that token is not
-    in the block) and its siblings' (tokens and states) to ``ctx``."""
+    """Add the tested nodes' states ``node [B, m]``, their parents', their grandparents' (NaN where that
+    token is not in the block: index -2) and their siblings' (tokens and states; ``kids [B, m, K]`` are
+    the parents' children) to ``ctx``. Index -1 is the pending token."""
 
     def states(index: torch.Tensor) -> torch.Tensor:  # block index (-1: pending token) -> [B, ..., D]
         flat = (index + 1).reshape(index.shape[0], -1)
         picked = hidden.gather(1, flat[..., None].expand(-1, -1, hidden.shape[-1]))
         return picked.view(*index.shape, hidden.shape[-1])
 
-    others = (kids >= 0) & (kids != node[:, None])
-    siblings = torch.where(others, tokens.gather(1, kids.clamp(min=0)), -1)
-    known = (grandparent >= -1)[:, None, None]
-    grandparent_hidden = torch.where(known, states(grandparent.clamp(min=-1)[:, None]), float("nan"))
+    others = (kids >= 0) & (kids != node[..., None])
+    siblings = torch.where(others, tokens.gather(1, kids.clamp(min=0).flatten(1)).view(kids.shape), -1)
+    known = (grandparent >= -1)[..., None]
+    grandparent_hidden = torch.where(known, states(grandparent.clamp(min=-1)), float("nan"))
     return replace(
         ctx,
-        hidden=states(node[:, None]),
-        parent_hidden=states(parent[:, None]),
+        hidden=states(node),
+        parent_hidden=states(parent),
         grandparent_hidden=grandparent_hidden,
-        siblings=siblings[:, None],
-        sibling_hidden=states(kids.clamp(min=0))[:, None],
+        siblings=siblings,
+        sibling_hidden=states(kids.clamp(min=0)),
     )
