@@ -252,10 +252,17 @@ def verify_tree(
         rejected=torch.zeros(B, dtype=torch.bool, device=dev),
         path=torch.full((B, max_depth), -1, dtype=torch.long, device=dev),
     )
-    for level in range(max_depth - tail):
+    slots = table.shape[-1]
+    for level in range(max_depth):
+        if _nothing_left(walk.alive & (walk.accepted < limit)):
+            # every row's walk has ended: take the draws the levels left would have taken, so what comes
+            # next is drawn as if they had been walked
+            torch.rand((max_depth - level) * slots * B, generator=generator, device=dev)
+            break
+        if level == max_depth - tail:
+            _chain_tail(walk, level, policy, p, block, positions, limit, generator, hidden, table, evidence)
+            break
         _walk_level(walk, level, policy, p, block, positions, limit, generator, hidden, table, evidence)
-    if tail:
-        _chain_tail(walk, max_depth - tail, policy, p, block, positions, limit, generator, hidden, table, evidence)
     next_kind = _next_kind(limit, walk.rejected)
     return Verdict(walk.accepted, walk.path, sample(walk.dist, generator), walk.dist, next_kind, walk.diagnostics)
 
@@ -283,6 +290,12 @@ class _Walk:
         for name, values in info.items():
             slot = self.diagnostics.setdefault(name, torch.full((B, depth), float("nan"), device=self.path.device))
             slot[:, levels] = torch.where(tested, values.float(), slot[:, levels])
+
+
+def _nothing_left(rows: torch.Tensor) -> bool:
+    """Whether no row of ``rows [B]`` (bool) is set, read only where that costs no wait for a device: on a
+    CPU. Elsewhere the walk goes on through tests that change nothing rather than sync the host."""
+    return rows.device.type == "cpu" and not bool(rows.any())
 
 
 def _single_child_levels(table: torch.Tensor, depth: torch.Tensor, max_depth: int) -> int:
@@ -318,9 +331,12 @@ def _walk_level(
     moved = torch.zeros(B, dtype=torch.bool, device=dev)
     tried = torch.zeros(B, V, dtype=torch.bool, device=dev)
     open_rows = walk.alive & (walk.accepted < limit)
+    draws = torch.rand(kids.shape[1], B, generator=generator, device=dev)  # one per child slot and row
     for r in range(kids.shape[1]):
         child = kids[:, r]
         live = open_rows & ~moved & (child >= 0)
+        if _nothing_left(live):  # no row tests this slot: its test would change nothing
+            continue
         node = child.clamp_min(0)
         x = block.tokens.gather(1, node[:, None])
         q = _row(block.q, node).masked_fill(tried, 0.0)
@@ -334,7 +350,7 @@ def _walk_level(
         if not policy.lossless:
             alpha = _within_support(alpha, target[:, None], x)
         walk.record(info, slice(level, level + 1), live[:, None])
-        take = live & (torch.rand(B, generator=generator, device=dev) < alpha[:, 0])
+        take = live & (draws[r] < alpha[:, 0])
         drop = live & ~take
         residual = policy.residual(walk.dist, q, x[:, 0], ctx)
         if not policy.lossless:

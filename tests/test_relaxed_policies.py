@@ -820,19 +820,20 @@ def test_relaxed_policies_never_emit_codes_the_sampling_settings_exclude(
 
 
 @pytest.mark.parametrize("name", ["exact", "cascade", "clusters", "lantern"])
-def test_a_trees_single_child_tail_gives_the_walks_verdicts(demo, monkeypatch, name: str) -> None:
-    """Below a static tree's last branching level the verifier tests the rest of each path in one pass. It must
-    give what the sibling-by-sibling walk gives on the same inputs and draws, bit for bit: accepted depths,
-    paths, next tokens, their distributions and kinds, the per-level diagnostics and the generator's state
-    after, with depth limits, condition evidence and (CASCADE) the target's states."""
+def test_the_tree_verifiers_shortcuts_give_the_full_walks_verdicts(demo, monkeypatch, name: str) -> None:
+    """The tree verifier tests a static tree's single-child levels in one pass, and on a CPU skips the tests no
+    row needs (siblings after an accepted one, levels after every row's walk ended). Both must give what the
+    full sibling-by-sibling walk gives on the same inputs and draws, bit for bit: accepted depths, paths, next
+    tokens, their distributions and kinds, the per-level diagnostics and the generator's state after, with
+    depth limits, condition evidence and (CASCADE) the target's states, one image or several."""
     import specar.verify as verify
 
     target, _ = demo
     V, B = target.vocab_size, 12
     policy = ExactPolicy() if name == "exact" else make_policy(name, 1.0, model=target)
     g = torch.Generator().manual_seed(3)
-    verdicts, rejected_there, accepted_there = {}, 0, 0  # in the tails
-    for shape in [(2, 2) + (1,) * 10, (3, 1, 2, 1, 1, 1), (1,) * 6]:
+    rejected_there, accepted_there = 0, 0  # in the single-child tails
+    for shape in [(2, 2) + (1,) * 10, (3, 1, 2, 1, 1, 1), (1,) * 6, (3, 3, 2)]:
         parents = static_parents(shape)
         n = len(parents)
         p = torch.softmax(torch.randn(B, n + 1, V, generator=g) * 3, -1)
@@ -840,26 +841,31 @@ def test_a_trees_single_child_tail_gives_the_walks_verdicts(demo, monkeypatch, n
         noise = torch.linspace(0.2, 1.5, B)[:, None, None] * torch.randn(B, n, V, generator=g)
         q = torch.softmax(p[:, torch.tensor(parents) + 1].log() + noise, -1)
         tokens = torch.multinomial(q.view(-1, V), 1, generator=g).view(B, n)
-        block = DraftBlock(tokens, q, parents)
         positions = 20 + torch.arange(n).expand(B, n)
         limit = torch.tensor([0, 1, 3, 6, 100, 100]).repeat(2)
         hidden = torch.randn(1, 1, 24, generator=g) + 0.1 * torch.randn(B, n + 1, 24, generator=g)
         evidence = 0.3 * torch.randn(B, n + 1, V, generator=g)
-        for mode in ("tail", "walk"):
-            if mode == "walk":
-                monkeypatch.setattr(verify, "_single_child_levels", lambda table, depth, levels: 0)
-            gen = torch.Generator().manual_seed(7)
-            verdict = verify_tree(policy, p, block, positions, limit, gen, hidden, None, evidence)
-            verdicts[mode] = (verdict, torch.rand(4, generator=gen))
-        monkeypatch.undo()
-        (tail, after_tail), (walk, after_walk) = verdicts["tail"], verdicts["walk"]
-        tail_start = max((level + 1 for level, width in enumerate(shape) if width > 1), default=0)
-        rejected_there += int(((tail.accepted >= tail_start) & (tail.next_kind == int(TokenKind.CORRECTED))).sum())
-        accepted_there += int((tail.accepted - tail_start).clamp(min=0).sum())
-        for field in ("accepted", "path", "next_token", "next_dist", "next_kind"):
-            assert torch.equal(getattr(tail, field), getattr(walk, field)), (shape, field)
-        assert torch.equal(after_tail, after_walk)  # the same draws were consumed
-        assert tail.diagnostics.keys() == walk.diagnostics.keys()
-        for key, values in tail.diagnostics.items():
-            assert torch.equal(values.nan_to_num(-1.0), walk.diagnostics[key].nan_to_num(-1.0)), (shape, key)
+        for rows in (slice(None), slice(4, 5), slice(11, 12)):  # twelve images, then one at a time
+            block = DraftBlock(tokens[rows], q[rows], parents)
+            verdicts = {}
+            for mode in ("shortcuts", "walk"):
+                if mode == "walk":
+                    monkeypatch.setattr(verify, "_single_child_levels", lambda table, depth, levels: 0)
+                    monkeypatch.setattr(verify, "_nothing_left", lambda live: False)
+                gen = torch.Generator().manual_seed(7)
+                states = (hidden[rows], None, evidence[rows])
+                verdict = verify_tree(policy, p[rows], block, positions[rows], limit[rows], gen, *states)
+                verdicts[mode] = (verdict, torch.rand(4, generator=gen))
+            monkeypatch.undo()
+            (fast, after_fast), (walk, after_walk) = verdicts["shortcuts"], verdicts["walk"]
+            tail_start = max((level + 1 for level, width in enumerate(shape) if width > 1), default=0)
+            tail_ended = (fast.accepted >= tail_start) & (fast.next_kind == int(TokenKind.CORRECTED))
+            rejected_there += int(tail_ended.sum()) if tail_start < len(shape) else 0
+            accepted_there += int((fast.accepted - tail_start).clamp(min=0).sum())
+            for field in ("accepted", "path", "next_token", "next_dist", "next_kind"):
+                assert torch.equal(getattr(fast, field), getattr(walk, field)), (shape, rows, field)
+            assert torch.equal(after_fast, after_walk)  # the same draws were consumed
+            for key, values in walk.diagnostics.items():  # a verdict that tested nothing may leave them out
+                ours = fast.diagnostics.get(key, torch.full_like(values, float("nan")))
+                assert torch.equal(ours.nan_to_num(-1.0), values.nan_to_num(-1.0)), (shape, rows, key)
     assert rejected_there >= 3 and accepted_there >= 10  # the tails were reached, tested and left on rejections
