@@ -252,6 +252,7 @@ def verify_tree(
         rejected=torch.zeros(B, dtype=torch.bool, device=dev),
         path=torch.full((B, max_depth), -1, dtype=torch.long, device=dev),
     )
+    tree = _Tree(policy, p, block, positions, limit, generator, hidden, table, evidence)
     slots = table.shape[-1]
     for level in range(max_depth):
         if _nothing_left(walk.alive & (walk.accepted < limit)):
@@ -260,11 +261,26 @@ def verify_tree(
             torch.rand((max_depth - level) * slots * B, generator=generator, device=dev)
             break
         if level == max_depth - tail:
-            _chain_tail(walk, level, policy, p, block, positions, limit, generator, hidden, table, evidence)
+            _chain_tail(walk, level, tree)
             break
-        _walk_level(walk, level, policy, p, block, positions, limit, generator, hidden, table, evidence)
+        _walk_level(walk, level, tree)
     next_kind = _next_kind(limit, walk.rejected)
     return Verdict(walk.accepted, walk.path, sample(walk.dist, generator), walk.dist, next_kind, walk.diagnostics)
+
+
+@dataclass(frozen=True)
+class _Tree:
+    """What every level of one tree's verification reads (the arguments of :func:`verify_tree`)."""
+
+    policy: AcceptancePolicy
+    p: torch.Tensor  # [B, n + 1, V]
+    block: DraftBlock
+    positions: torch.Tensor  # [B, n]
+    limit: torch.Tensor  # [B]
+    generator: torch.Generator
+    hidden: torch.Tensor | None  # [B, n + 1, D]
+    table: torch.Tensor  # [B, n + 1, K] children
+    evidence: torch.Tensor | None  # [B, n + 1, V]
 
 
 @dataclass
@@ -308,58 +324,46 @@ def _single_child_levels(table: torch.Tensor, depth: torch.Tensor, max_depth: in
     return max_depth - (int(node_depth[branching].max()) + 1 if bool(branching.any()) else 0)
 
 
-def _walk_level(
-    walk: _Walk,
-    level: int,
-    policy: AcceptancePolicy,
-    p: torch.Tensor,
-    block: DraftBlock,
-    positions: torch.Tensor,
-    limit: torch.Tensor,
-    generator: torch.Generator,
-    hidden: torch.Tensor | None,
-    table: torch.Tensor,
-    evidence: torch.Tensor | None,
-) -> None:
+def _walk_level(walk: _Walk, level: int, tree: _Tree) -> None:
     """Try the children of every row's current node in block order, one draw each, until one is accepted."""
     B, V = walk.dist.shape
-    dev = p.device
+    dev = tree.p.device
     rows = torch.arange(B, device=dev)
-    kids = table[rows, walk.cur + 1]  # [B, K]
+    kids = tree.table[rows, walk.cur + 1]  # [B, K]
     # the target's own distribution here, whose support relaxed policies keep to (the exact policy needs none)
-    target = _row(p, walk.cur + 1) if not policy.lossless else None
+    target = _row(tree.p, walk.cur + 1) if not tree.policy.lossless else None
     moved = torch.zeros(B, dtype=torch.bool, device=dev)
     tried = torch.zeros(B, V, dtype=torch.bool, device=dev)
-    open_rows = walk.alive & (walk.accepted < limit)
-    draws = torch.rand(kids.shape[1], B, generator=generator, device=dev)  # one per child slot and row
+    open_rows = walk.alive & (walk.accepted < tree.limit)
+    draws = torch.rand(kids.shape[1], B, generator=tree.generator, device=dev)  # one per child slot and row
     for r in range(kids.shape[1]):
         child = kids[:, r]
         live = open_rows & ~moved & (child >= 0)
         if _nothing_left(live):  # no row tests this slot: its test would change nothing
             continue
         node = child.clamp_min(0)
-        x = block.tokens.gather(1, node[:, None])
-        q = _row(block.q, node).masked_fill(tried, 0.0)
+        x = tree.block.tokens.gather(1, node[:, None])
+        q = _row(tree.block.q, node).masked_fill(tried, 0.0)
         q = q / q.sum(-1, keepdim=True).clamp_min(DIVISOR_FLOOR)
         evidence_here = None if walk.dist_evidence is None else walk.dist_evidence[:, None]
-        ctx = PolicyContext(positions.gather(1, node[:, None]), evidence=evidence_here)
-        if hidden is not None and policy.needs_tree_states:
+        ctx = PolicyContext(tree.positions.gather(1, node[:, None]), evidence=evidence_here)
+        if tree.hidden is not None and tree.policy.needs_tree_states:
             family = (node[:, None], walk.cur[:, None], walk.before[:, None])  # the node, its parent and grandparent
-            ctx = _tree_context(ctx, hidden, block.tokens, kids[:, None], *family)
-        alpha, info = policy.acceptance(walk.dist[:, None], q[:, None], x, ctx)
-        if not policy.lossless:
+            ctx = _tree_context(ctx, tree.hidden, tree.block.tokens, kids[:, None], *family)
+        alpha, info = tree.policy.acceptance(walk.dist[:, None], q[:, None], x, ctx)
+        if not tree.policy.lossless:
             alpha = _within_support(alpha, target[:, None], x)
         walk.record(info, slice(level, level + 1), live[:, None])
         take = live & (draws[r] < alpha[:, 0])
         drop = live & ~take
-        residual = policy.residual(walk.dist, q, x[:, 0], ctx)
-        if not policy.lossless:
+        residual = tree.policy.residual(walk.dist, q, x[:, 0], ctx)
+        if not tree.policy.lossless:
             residual = _on_support(residual, target)
         walk.dist = torch.where(drop[:, None], residual, walk.dist)
         tried |= drop[:, None] & (torch.arange(V, device=dev)[None, :] == x)
-        walk.dist = torch.where(take[:, None], _row(p, node + 1), walk.dist)
+        walk.dist = torch.where(take[:, None], _row(tree.p, node + 1), walk.dist)
         if walk.dist_evidence is not None:
-            walk.dist_evidence = torch.where(take[:, None], _row(evidence, node + 1), walk.dist_evidence)
+            walk.dist_evidence = torch.where(take[:, None], _row(tree.evidence, node + 1), walk.dist_evidence)
         walk.before = torch.where(take, walk.cur, walk.before)
         walk.cur = torch.where(take, node, walk.cur)
         walk.path[:, level] = torch.where(take, node, walk.path[:, level])
@@ -370,19 +374,7 @@ def _walk_level(
     walk.alive &= moved
 
 
-def _chain_tail(
-    walk: _Walk,
-    first_level: int,
-    policy: AcceptancePolicy,
-    p: torch.Tensor,
-    block: DraftBlock,
-    positions: torch.Tensor,
-    limit: torch.Tensor,
-    generator: torch.Generator,
-    hidden: torch.Tensor | None,
-    table: torch.Tensor,
-    evidence: torch.Tensor | None,
-) -> None:
+def _chain_tail(walk: _Walk, first_level: int, tree: _Tree) -> None:
     """The walk's levels from ``first_level`` on, where every node has at most one child: each row's path
     goes on down its current node's chain of only children, which is tested like a chain (the longest
     prefix whose draws fall under the acceptance), with the residual taken at the first rejected node.
@@ -391,10 +383,10 @@ def _chain_tail(
     distribution after its parent (no sibling was tried), so every node's test is known before any is
     decided. The walk draws one number per child slot per level, and so does this pass."""
     B, V = walk.dist.shape
-    depth, K = walk.path.shape[1], table.shape[-1]
-    dev = p.device
+    depth, K = walk.path.shape[1], tree.table.shape[-1]
+    dev = tree.p.device
     T = depth - first_level
-    only_child = table[..., 0]  # [B, n + 1]: the first (in the tail, the only) child of the root and of each node
+    only_child = tree.table[..., 0]  # [B, n + 1]: the first (in the tail, the only) child of the root and of each node
     chain, above = [], walk.cur
     for _ in range(T):
         above = only_child.gather(1, (above + 1).clamp(min=0)[:, None])[:, 0]
@@ -404,23 +396,25 @@ def _chain_tail(
     nodes = torch.where(exists, nodes, -1)
     node = nodes.clamp(min=0)
     parent = torch.cat([walk.cur[:, None], nodes[:, :-1]], 1)
-    x = block.tokens.gather(1, node)
-    q = block.q.gather(1, node[..., None].expand(-1, -1, V))
+    x = tree.block.tokens.gather(1, node)
+    q = tree.block.q.gather(1, node[..., None].expand(-1, -1, V))
     q = q / q.sum(-1, keepdim=True).clamp_min(DIVISOR_FLOOR)
     here = (parent + 1).clamp(min=0)[..., None].expand(-1, -1, V)
-    dist = p.gather(1, here)  # [B, T, V]: the target after each node's parent, as the walk would hold it
-    ctx = PolicyContext(positions.gather(1, node), evidence=None if evidence is None else evidence.gather(1, here))
-    if hidden is not None and policy.needs_tree_states:
-        kids = table.gather(1, (parent + 1).clamp(min=0)[..., None].expand(-1, -1, K))
+    dist = tree.p.gather(1, here)  # [B, T, V]: the target after each node's parent, as the walk would hold it
+    evidence = None if tree.evidence is None else tree.evidence.gather(1, here)
+    ctx = PolicyContext(tree.positions.gather(1, node), evidence=evidence)
+    if tree.hidden is not None and tree.policy.needs_tree_states:
+        kids = tree.table.gather(1, (parent + 1).clamp(min=0)[..., None].expand(-1, -1, K))
         grandparent = torch.cat([walk.before[:, None], parent[:, :-1]], 1)
-        ctx = _tree_context(ctx, hidden, block.tokens, kids, node, parent, grandparent)
-    alpha, info = policy.acceptance(dist, q, x, ctx)
-    if not policy.lossless:
+        ctx = _tree_context(ctx, tree.hidden, tree.block.tokens, kids, node, parent, grandparent)
+    alpha, info = tree.policy.acceptance(dist, q, x, ctx)
+    if not tree.policy.lossless:
         alpha = _within_support(alpha, dist, x)
     steps = torch.arange(T, device=dev)
-    u = torch.rand(T, K, B, generator=generator, device=dev)[:, 0].t()  # the walk's draw for each level's first slot
-    open_rows = walk.alive & (walk.accepted < limit)
-    testable = open_rows[:, None] & exists & (walk.accepted[:, None] + steps < limit[:, None])
+    draws = torch.rand(T, K, B, generator=tree.generator, device=dev)  # the walk's: one per child slot and row
+    u = draws[:, 0].t()  # [B, T]: each level's draw for its one child
+    open_rows = walk.alive & (walk.accepted < tree.limit)
+    testable = open_rows[:, None] & exists & (walk.accepted[:, None] + steps < tree.limit[:, None])
     taken = (testable & (u < alpha)).cumprod(1).bool()
     tested = testable & torch.cat([torch.ones_like(taken[:, :1]), taken[:, :-1]], 1)  # every node above was taken
     walk.record(info, slice(first_level, depth), tested)
@@ -429,11 +423,12 @@ def _chain_tail(
     stop = count.clamp(max=T - 1)[:, None]  # the first node not taken: where a rejection happened
     at_stop = PolicyContext(**{name: _at(value, stop) for name, value in vars(ctx).items()})
     p_stop = _at(dist, stop)[:, 0]
-    residual = policy.residual(p_stop, _at(q, stop)[:, 0], x.gather(1, stop)[:, 0], at_stop)
-    if not policy.lossless:
+    residual = tree.policy.residual(p_stop, _at(q, stop)[:, 0], x.gather(1, stop)[:, 0], at_stop)
+    if not tree.policy.lossless:
         residual = _on_support(residual, p_stop)
     last = nodes.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0]
-    walk.dist = torch.where(dropped[:, None], residual, torch.where((count > 0)[:, None], _row(p, last + 1), walk.dist))
+    moved_on = torch.where((count > 0)[:, None], _row(tree.p, last + 1), walk.dist)
+    walk.dist = torch.where(dropped[:, None], residual, moved_on)
     walk.path[:, first_level:] = torch.where(taken, nodes, walk.path[:, first_level:])
     walk.rejected |= dropped
     walk.accepted += count
