@@ -310,7 +310,7 @@ class _Walk:
 
 def _nothing_left(rows: torch.Tensor) -> bool:
     """Whether no row of ``rows [B]`` (bool) is set, read only where that costs no wait for a device: on a
-    CPU. Elsewhere the walk goes on through tests that change nothing rather than sync the host."""
+    CPU. Elsewhere the walk goes on through work that changes nothing rather than sync the host."""
     return rows.device.type == "cpu" and not bool(rows.any())
 
 
@@ -356,11 +356,12 @@ def _walk_level(walk: _Walk, level: int, tree: _Tree) -> None:
         walk.record(info, slice(level, level + 1), live[:, None])
         take = live & (draws[r] < alpha[:, 0])
         drop = live & ~take
-        residual = tree.policy.residual(walk.dist, q, x[:, 0], ctx)
-        if not tree.policy.lossless:
-            residual = _on_support(residual, target)
-        walk.dist = torch.where(drop[:, None], residual, walk.dist)
-        tried |= drop[:, None] & (torch.arange(V, device=dev)[None, :] == x)
+        if not _nothing_left(drop):  # a rejection here: the next sibling faces the residual
+            residual = tree.policy.residual(walk.dist, q, x[:, 0], ctx)
+            if not tree.policy.lossless:
+                residual = _on_support(residual, target)
+            walk.dist = torch.where(drop[:, None], residual, walk.dist)
+            tried |= drop[:, None] & (torch.arange(V, device=dev)[None, :] == x)
         walk.dist = torch.where(take[:, None], _row(tree.p, node + 1), walk.dist)
         if walk.dist_evidence is not None:
             walk.dist_evidence = torch.where(take[:, None], _row(tree.evidence, node + 1), walk.dist_evidence)
@@ -420,15 +421,16 @@ def _chain_tail(walk: _Walk, first_level: int, tree: _Tree) -> None:
     walk.record(info, slice(first_level, depth), tested)
     count = taken.sum(1)
     dropped = (tested & ~taken).any(1)
-    stop = count.clamp(max=T - 1)[:, None]  # the first node not taken: where a rejection happened
-    at_stop = PolicyContext(**{name: _at(value, stop) for name, value in vars(ctx).items()})
-    p_stop = _at(dist, stop)[:, 0]
-    residual = tree.policy.residual(p_stop, _at(q, stop)[:, 0], x.gather(1, stop)[:, 0], at_stop)
-    if not tree.policy.lossless:
-        residual = _on_support(residual, p_stop)
     last = nodes.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0]
-    moved_on = torch.where((count > 0)[:, None], _row(tree.p, last + 1), walk.dist)
-    walk.dist = torch.where(dropped[:, None], residual, moved_on)
+    walk.dist = torch.where((count > 0)[:, None], _row(tree.p, last + 1), walk.dist)
+    if not _nothing_left(dropped):  # a rejection: its row's next token comes from the residual there
+        stop = count.clamp(max=T - 1)[:, None]  # the first node not taken
+        at_stop = PolicyContext(**{name: _at(value, stop) for name, value in vars(ctx).items()})
+        p_stop = _at(dist, stop)[:, 0]
+        residual = tree.policy.residual(p_stop, _at(q, stop)[:, 0], x.gather(1, stop)[:, 0], at_stop)
+        if not tree.policy.lossless:
+            residual = _on_support(residual, p_stop)
+        walk.dist = torch.where(dropped[:, None], residual, walk.dist)
     walk.path[:, first_level:] = torch.where(taken, nodes, walk.path[:, first_level:])
     walk.rejected |= dropped
     walk.accepted += count

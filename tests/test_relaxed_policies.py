@@ -821,11 +821,12 @@ def test_relaxed_policies_never_emit_codes_the_sampling_settings_exclude(
 
 @pytest.mark.parametrize("name", ["exact", "cascade", "clusters", "lantern"])
 def test_the_tree_verifiers_shortcuts_give_the_full_walks_verdicts(demo, monkeypatch, name: str) -> None:
-    """The tree verifier tests a static tree's single-child levels in one pass, and on a CPU skips the tests no
-    row needs (siblings after an accepted one, levels after every row's walk ended). Both must give what the
-    full sibling-by-sibling walk gives on the same inputs and draws, bit for bit: accepted depths, paths, next
-    tokens, their distributions and kinds, the per-level diagnostics and the generator's state after, with
-    depth limits, condition evidence and (CASCADE) the target's states, one image or several."""
+    """The tree verifier tests a static tree's single-child levels in one pass, and on a CPU skips the work no
+    row needs (siblings after an accepted one, levels after every walk ended, residuals of nothing rejected).
+    Both must give what the full sibling-by-sibling walk gives on the same inputs and draws, bit for bit:
+    accepted depths, paths, next tokens, their distributions and kinds, the per-level diagnostics and the
+    generator's state after, with depth limits, condition evidence and (CASCADE) the target's states, one
+    image or several."""
     import specar.verify as verify
 
     target, _ = demo
