@@ -231,7 +231,8 @@ def verify_tree(
     with its draft distribution renormalised without the siblings already tried, which keeps the
     scheme exact for point-mass siblings and for siblings sampled without replacement alike.
     Levels below the last node with two or more children (a static tree's long single-child tails)
-    are tested in one vectorised pass with the same draws and outcomes as the walk.
+    are tested in one vectorised pass, and on a CPU the walk skips work no row needs; both keep the
+    draws and outcomes of the full walk.
     """
     B, n = block.tokens.shape
     dev = p.device
