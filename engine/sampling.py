@@ -63,7 +63,8 @@ class DistributionProcessor:
         if s.temperature != 1.0:  # dividing by 1 changes nothing and would cost a pass over the logits
             logits = logits / s.temperature
         if s.top_k and s.top_k < logits.shape[-1]:
-            logits = logits.masked_fill(logits < _kth_largest(logits, s.top_k), NEG_INF)
+            # ``where`` rather than ``masked_fill``: the same values in fewer passes on a CPU
+            logits = torch.where(logits < _kth_largest(logits, s.top_k), NEG_INF, logits)
         if s.top_p < 1.0:
             logits = _nucleus(logits, s.top_p)
         return torch.softmax(logits, dim=-1)
@@ -77,7 +78,7 @@ def _kth_largest(logits: torch.Tensor, k: int) -> torch.Tensor:
     every step brings new logits, so their branches are mispredicted throughout. Elsewhere ``topk``
     (MPS lacks ``kthvalue`` before torch 2.9). All give the same value, so the same tokens.
     """
-    if logits.device.type == "cpu":
+    if logits.is_cpu:
         at = logits.shape[-1] - k
         values = logits if logits.dtype == torch.float32 and not logits.requires_grad else logits.detach().float()
         chosen = np.partition(values.numpy(), at, axis=-1)[..., at : at + 1]

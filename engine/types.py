@@ -154,9 +154,12 @@ class DraftBlock:
     picks: bool = False
 
     _chain: bool | None = field(default=None, init=False, repr=False, compare=False)  # is_chain, once known
+    # Drafts per row: the loop reads it several times a step, so it is read off the shape once
+    size: int = field(default=0, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         batch, n = self.tokens.shape
+        self.size = n
         if not isinstance(self.parents, torch.Tensor):
             listed = list(self.parents)
             chain = listed == list(range(-1, n - 1))
@@ -173,10 +176,6 @@ class DraftBlock:
     @property
     def bounded(self) -> bool:
         return self.max_depth is not None and self.max_children is not None
-
-    @property
-    def size(self) -> int:
-        return int(self.tokens.shape[1])
 
     @property
     def is_chain(self) -> bool:
