@@ -231,8 +231,9 @@ def verify_tree(
     with its draft distribution renormalised without the siblings already tried, which keeps the
     scheme exact for point-mass siblings and for siblings sampled without replacement alike.
     Levels below the last node with two or more children (a static tree's long single-child tails)
-    are tested in one vectorised pass, and on a CPU the walk skips work no row needs; both keep the
-    draws and outcomes of the full walk.
+    are tested in one vectorised pass. On a CPU, where reading a value costs no wait, the walk skips
+    work no row needs, and a run of levels at which every row takes its current node's first child
+    is tested in one pass too. All keep the draws and outcomes of the full walk.
     """
     B, n = block.tokens.shape
     dev = p.device
@@ -253,18 +254,18 @@ def verify_tree(
         rejected=torch.zeros(B, dtype=torch.bool, device=dev),
         path=torch.full((B, max_depth), -1, dtype=torch.long, device=dev),
     )
-    tree = _Tree(policy, p, block, positions, limit, generator, hidden, table, evidence)
-    slots = table.shape[-1]
-    for level in range(max_depth):
-        if _nothing_left(walk.alive & (walk.accepted < limit)):
-            # every row's walk has ended: take the draws the levels left would have taken, so what comes
-            # next is drawn as if they had been walked
-            torch.rand((max_depth - level) * slots * B, generator=generator, device=dev)
-            break
-        if level == max_depth - tail:
+    # The walk's draws, one per level, child slot and row, taken at once whatever the walk ends up testing
+    draws = torch.rand(max_depth, table.shape[-1], B, generator=generator, device=dev)
+    tree = _Tree(policy, p, block, positions, limit, draws, hidden, table, evidence)
+    level, tail_start = 0, max_depth - tail
+    while level < max_depth and not _nothing_left(walk.alive & (walk.accepted < limit)):
+        if level == tail_start:
             _chain_tail(walk, level, tree)
             break
-        _walk_level(walk, level, tree)
+        level += _first_children(walk, level, tail_start, tree)
+        if level < tail_start:
+            _walk_level(walk, level, tree)
+            level += 1
     next_kind = _next_kind(limit, walk.rejected)
     return Verdict(walk.accepted, walk.path, sample(walk.dist, generator), walk.dist, next_kind, walk.diagnostics)
 
@@ -278,7 +279,7 @@ class _Tree:
     block: DraftBlock
     positions: torch.Tensor  # [B, n]
     limit: torch.Tensor  # [B]
-    generator: torch.Generator
+    draws: torch.Tensor  # [max_depth, K, B] uniforms: one per level, child slot and row
     hidden: torch.Tensor | None  # [B, n + 1, D]
     table: torch.Tensor  # [B, n + 1, K] children
     evidence: torch.Tensor | None  # [B, n + 1, V]
@@ -336,7 +337,7 @@ def _walk_level(walk: _Walk, level: int, tree: _Tree) -> None:
     moved = torch.zeros(B, dtype=torch.bool, device=dev)
     tried = torch.zeros(B, V, dtype=torch.bool, device=dev)
     open_rows = walk.alive & (walk.accepted < tree.limit)
-    draws = torch.rand(kids.shape[1], B, generator=tree.generator, device=dev)  # one per child slot and row
+    draws = tree.draws[level]  # [K, B]
     for r in range(kids.shape[1]):
         child = kids[:, r]
         live = open_rows & ~moved & (child >= 0)
@@ -370,30 +371,48 @@ def _walk_level(walk: _Walk, level: int, tree: _Tree) -> None:
         walk.cur = torch.where(take, node, walk.cur)
         walk.path[:, level] = torch.where(take, node, walk.path[:, level])
         moved |= take
+        if _nothing_left(open_rows & ~moved):  # every row has moved on: the slots left would test nothing
+            break
     had_children = open_rows & (kids[:, 0] >= 0)
     walk.rejected |= had_children & ~moved
     walk.accepted += moved.long()
     walk.alive &= moved
 
 
-def _chain_tail(walk: _Walk, first_level: int, tree: _Tree) -> None:
-    """The walk's levels from ``first_level`` on, where every node has at most one child: each row's path
-    goes on down its current node's chain of only children, which is tested like a chain (the longest
-    prefix whose draws fall under the acceptance), with the residual taken at the first rejected node.
+@dataclass(frozen=True)
+class _ChainTests:
+    """The tests of a run of first children: from each row's current node down its chain of first children,
+    ``T`` levels, every node tested as the walk tests a level's first child (``[B, T]`` unless noted)."""
 
-    Why it equals the walk: below a node with one child, the child is tested against the target's own
-    distribution after its parent (no sibling was tried), so every node's test is known before any is
-    decided. The walk draws one number per child slot per level, and so does this pass."""
+    nodes: torch.Tensor  # block indices; -1 from where a row's chain ends
+    dist: torch.Tensor  # [B, T, V]: the target after each node's parent
+    q: torch.Tensor  # [B, T, V]: each node's draft distribution
+    x: torch.Tensor  # the nodes' tokens
+    ctx: PolicyContext
+    info: dict[str, torch.Tensor]  # the policy's per-node values
+    taken: torch.Tensor  # bool: tested and accepted, and so was every node above
+    tested: torch.Tensor  # bool: reached by the walk (every node above taken) and within the row's limit
+
+    @property
+    def count(self) -> torch.Tensor:
+        """``[B]``: how many levels each row's walk goes down."""
+        return self.taken.sum(1)
+
+
+def _test_chain(walk: _Walk, first_level: int, levels: int, tree: _Tree) -> _ChainTests:
+    """Test ``levels`` levels of first children from ``first_level`` in one pass.
+
+    Why each test is the walk's: a level's first child is tested against the target's own distribution after
+    its parent, as no sibling was tried before it, so every node's test on the chain is known before any is
+    decided; each takes its level's draw for child slot 0."""
     B, V = walk.dist.shape
-    depth, K = walk.path.shape[1], tree.table.shape[-1]
-    dev = tree.p.device
-    T = depth - first_level
-    only_child = tree.table[..., 0]  # [B, n + 1]: the first (in the tail, the only) child of the root and of each node
+    K = tree.table.shape[-1]
+    first_child = tree.table[..., 0]  # [B, n + 1]: the first child of the root and of each node
     chain, above = [], walk.cur
-    for _ in range(T):
-        above = only_child.gather(1, (above + 1).clamp(min=0)[:, None])[:, 0]
+    for _ in range(levels):
+        above = first_child.gather(1, (above + 1).clamp(min=0)[:, None])[:, 0]
         chain.append(above)
-    nodes = torch.stack(chain, 1)  # [B, T]: -1 from where the chain ends
+    nodes = torch.stack(chain, 1)  # [B, T]
     exists = (nodes >= 0).cumprod(1).bool()
     nodes = torch.where(exists, nodes, -1)
     node = nodes.clamp(min=0)
@@ -402,7 +421,7 @@ def _chain_tail(walk: _Walk, first_level: int, tree: _Tree) -> None:
     q = tree.block.q.gather(1, node[..., None].expand(-1, -1, V))
     q = q / q.sum(-1, keepdim=True).clamp_min(DIVISOR_FLOOR)
     here = (parent + 1).clamp(min=0)[..., None].expand(-1, -1, V)
-    dist = tree.p.gather(1, here)  # [B, T, V]: the target after each node's parent, as the walk would hold it
+    dist = tree.p.gather(1, here)
     evidence = None if tree.evidence is None else tree.evidence.gather(1, here)
     ctx = PolicyContext(tree.positions.gather(1, node), evidence=evidence)
     if tree.hidden is not None and tree.policy.needs_tree_states:
@@ -412,30 +431,67 @@ def _chain_tail(walk: _Walk, first_level: int, tree: _Tree) -> None:
     alpha, info = tree.policy.acceptance(dist, q, x, ctx)
     if not tree.policy.lossless:
         alpha = _within_support(alpha, dist, x)
-    steps = torch.arange(T, device=dev)
-    draws = torch.rand(T, K, B, generator=tree.generator, device=dev)  # the walk's: one per child slot and row
-    u = draws[:, 0].t()  # [B, T]: each level's draw for its one child
+    steps = torch.arange(levels, device=nodes.device)
+    u = tree.draws[first_level : first_level + levels, 0].t()  # [B, T]: each level's draw for its first child
     open_rows = walk.alive & (walk.accepted < tree.limit)
     testable = open_rows[:, None] & exists & (walk.accepted[:, None] + steps < tree.limit[:, None])
     taken = (testable & (u < alpha)).cumprod(1).bool()
-    tested = testable & torch.cat([torch.ones_like(taken[:, :1]), taken[:, :-1]], 1)  # every node above was taken
-    walk.record(info, slice(first_level, depth), tested)
-    count = taken.sum(1)
-    dropped = (tested & ~taken).any(1)
-    last = nodes.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0]
+    tested = testable & torch.cat([torch.ones_like(taken[:, :1]), taken[:, :-1]], 1)
+    return _ChainTests(nodes, dist, q, x, ctx, info, taken, tested)
+
+
+def _chain_tail(walk: _Walk, first_level: int, tree: _Tree) -> None:
+    """The walk's levels from ``first_level`` on, where every node has at most one child: each row's path
+    goes on down its current node's chain of only children, tested as a chain (the longest prefix whose
+    draws fall under the acceptance), with the residual taken at the first rejected node."""
+    depth = walk.path.shape[1]
+    T = depth - first_level
+    chain = _test_chain(walk, first_level, T, tree)
+    walk.record(chain.info, slice(first_level, depth), chain.tested)
+    count = chain.count
+    dropped = (chain.tested & ~chain.taken).any(1)
+    last = chain.nodes.gather(1, (count - 1).clamp(min=0)[:, None])[:, 0]
     walk.dist = torch.where((count > 0)[:, None], _row(tree.p, last + 1), walk.dist)
     if not _nothing_left(dropped):  # a rejection: its row's next token comes from the residual there
         stop = count.clamp(max=T - 1)[:, None]  # the first node not taken
-        at_stop = PolicyContext(**{name: _at(value, stop) for name, value in vars(ctx).items()})
-        p_stop = _at(dist, stop)[:, 0]
-        residual = tree.policy.residual(p_stop, _at(q, stop)[:, 0], x.gather(1, stop)[:, 0], at_stop)
+        at_stop = PolicyContext(**{name: _at(value, stop) for name, value in vars(chain.ctx).items()})
+        p_stop = _at(chain.dist, stop)[:, 0]
+        x_stop = chain.x.gather(1, stop)[:, 0]
+        residual = tree.policy.residual(p_stop, _at(chain.q, stop)[:, 0], x_stop, at_stop)
         if not tree.policy.lossless:
             residual = _on_support(residual, p_stop)
         walk.dist = torch.where(dropped[:, None], residual, walk.dist)
-    walk.path[:, first_level:] = torch.where(taken, nodes, walk.path[:, first_level:])
+    walk.path[:, first_level:] = torch.where(chain.taken, chain.nodes, walk.path[:, first_level:])
     walk.rejected |= dropped
     walk.accepted += count
     walk.alive &= count == T
+
+
+def _first_children(walk: _Walk, level: int, end: int, tree: _Tree) -> int:
+    """On a CPU: the number of levels from ``level`` (before ``end``) at which every open row's walk takes its
+    current node's first child, found in one pass (:func:`_test_chain`); the walk is moved down them.
+    Elsewhere 0 (finding it means reading a device value). A tree whose first children are mostly accepted (a
+    dynamic tree puts its likeliest child first) is then walked sibling by sibling only where one is rejected."""
+    if not walk.dist.is_cpu or end - level < 2:
+        return 0
+    open_rows = walk.alive & (walk.accepted < tree.limit)
+    chain = _test_chain(walk, level, end - level, tree)
+    levels = int(chain.count[open_rows].min())
+    if not levels:
+        return 0
+    taken = chain.taken[:, :levels]  # every open row's, and no other row's
+    last = chain.nodes[:, levels - 1]
+    walk.dist = torch.where(open_rows[:, None], _row(tree.p, last + 1), walk.dist)
+    if walk.dist_evidence is not None:
+        walk.dist_evidence = torch.where(open_rows[:, None], _row(tree.evidence, last + 1), walk.dist_evidence)
+    parent = chain.nodes[:, levels - 2] if levels > 1 else walk.cur
+    walk.before = torch.where(open_rows, parent, walk.before)
+    walk.cur = torch.where(open_rows, last, walk.cur)
+    down = slice(level, level + levels)
+    walk.record({name: values[:, :levels] for name, values in chain.info.items()}, down, taken)
+    walk.path[:, down] = torch.where(taken, chain.nodes[:, :levels], walk.path[:, down])
+    walk.accepted += levels * open_rows.long()
+    return levels
 
 
 def _at(value: torch.Tensor | None, index: torch.Tensor) -> torch.Tensor | None:

@@ -822,7 +822,8 @@ def test_relaxed_policies_never_emit_codes_the_sampling_settings_exclude(
 @pytest.mark.parametrize("name", ["exact", "cascade", "clusters", "lantern"])
 def test_the_tree_verifiers_shortcuts_give_the_full_walks_verdicts(demo, monkeypatch, name: str) -> None:
     """The tree verifier tests a static tree's single-child levels in one pass, and on a CPU skips the work no
-    row needs (siblings after an accepted one, levels after every walk ended, residuals of nothing rejected).
+    row needs (siblings after an accepted one, levels after every walk ended, residuals of nothing rejected)
+    and tests runs of levels at which every row takes its first child in one pass.
     Both must give what the full sibling-by-sibling walk gives on the same inputs and draws, bit for bit:
     accepted depths, paths, next tokens, their distributions and kinds, the per-level diagnostics and the
     generator's state after, with depth limits, condition evidence and (CASCADE) the target's states, one
@@ -846,13 +847,14 @@ def test_the_tree_verifiers_shortcuts_give_the_full_walks_verdicts(demo, monkeyp
         limit = torch.tensor([0, 1, 3, 6, 100, 100]).repeat(2)
         hidden = torch.randn(1, 1, 24, generator=g) + 0.1 * torch.randn(B, n + 1, 24, generator=g)
         evidence = 0.3 * torch.randn(B, n + 1, V, generator=g)
-        for rows in (slice(None), slice(4, 5), slice(11, 12)):  # twelve images, then one at a time
+        for rows in [slice(None)] + [slice(row, row + 1) for row in range(B)]:  # twelve images, then one at a time
             block = DraftBlock(tokens[rows], q[rows], parents)
             verdicts = {}
             for mode in ("shortcuts", "walk"):
                 if mode == "walk":
                     monkeypatch.setattr(verify, "_single_child_levels", lambda table, depth, levels: 0)
                     monkeypatch.setattr(verify, "_nothing_left", lambda live: False)
+                    monkeypatch.setattr(verify, "_first_children", lambda walk, level, end, tree: 0)
                 gen = torch.Generator().manual_seed(7)
                 states = (hidden[rows], None, evidence[rows])
                 verdict = verify_tree(policy, p[rows], block, positions[rows], limit[rows], gen, *states)
