@@ -271,7 +271,7 @@ class TreeHeadDrafts(DraftSource):
     def _distribution(self, state: DecodeState, out: torch.Tensor, predicted: torch.Tensor) -> torch.Tensor:
         """The head's guided, processed distribution ``[B, k, V]`` for states ``out [R, k, D]``."""
         assert self.processor is not None
-        logits = state.model.logits_from_hidden(out)
+        logits = self.clock.run(lambda: state.model.logits_from_hidden(out))  # the target's output layer: model time
         return branching_distribution(self.processor, logits, predicted.clamp(max=state.num_tokens - 1))
 
     # -- trees ------------------------------------------------------------------------------------
