@@ -827,7 +827,7 @@ def test_the_tree_verifiers_shortcuts_give_the_full_walks_verdicts(demo, monkeyp
     Both must give what the full sibling-by-sibling walk gives on the same inputs and draws, bit for bit:
     accepted depths, paths, next tokens, their distributions and kinds, the per-level diagnostics and the
     generator's state after, with depth limits, condition evidence and (CASCADE) the target's states, one
-    image or several."""
+    image or several, on static trees and on trees that differ by row."""
     import specar.verify as verify
 
     target, _ = demo
@@ -835,20 +835,24 @@ def test_the_tree_verifiers_shortcuts_give_the_full_walks_verdicts(demo, monkeyp
     policy = ExactPolicy() if name == "exact" else make_policy(name, 1.0, model=target)
     g = torch.Generator().manual_seed(3)
     rejected_there, accepted_there = 0, 0  # in the single-child tails
-    for shape in [(2, 2) + (1,) * 10, (3, 1, 2, 1, 1, 1), (1,) * 6, (3, 3, 2)]:
-        parents = static_parents(shape)
-        n = len(parents)
+    static = [(2, 2) + (1,) * 10, (3, 1, 2, 1, 1, 1), (1,) * 6, (3, 3, 2)]
+    # and a different tree in every row, as a dynamic tree's (parents first: node i's parent is in -1..i-1)
+    later = (torch.rand(B, 13, generator=g) * torch.arange(2, 15)).long() - 1  # nodes 1..13
+    own = torch.cat([torch.full((B, 1), -1), later], 1)
+    for shape, tree in [(shape, torch.tensor(static_parents(shape)).expand(B, -1)) for shape in static] + [(None, own)]:
+        n = tree.shape[1]
         p = torch.softmax(torch.randn(B, n + 1, V, generator=g) * 3, -1)
         # drafts near the target after each node's parent, nearer in some rows, so paths end at every depth
         noise = torch.linspace(0.2, 1.5, B)[:, None, None] * torch.randn(B, n, V, generator=g)
-        q = torch.softmax(p[:, torch.tensor(parents) + 1].log() + noise, -1)
+        q = torch.softmax(p.gather(1, (tree + 1)[..., None].expand(-1, -1, V)).log() + noise, -1)
         tokens = torch.multinomial(q.view(-1, V), 1, generator=g).view(B, n)
         positions = 20 + torch.arange(n).expand(B, n)
         limit = torch.tensor([0, 1, 3, 6, 100, 100]).repeat(2)
         hidden = torch.randn(1, 1, 24, generator=g) + 0.1 * torch.randn(B, n + 1, 24, generator=g)
         evidence = 0.3 * torch.randn(B, n + 1, V, generator=g)
-        for rows in [slice(None)] + [slice(row, row + 1) for row in range(B)]:  # twelve images, then one at a time
-            block = DraftBlock(tokens[rows], q[rows], parents)
+        # twelve images, two and three (with and without depth limits), then one at a time
+        for rows in [slice(None), slice(4, 6), slice(0, 3)] + [slice(row, row + 1) for row in range(B)]:
+            block = DraftBlock(tokens[rows], q[rows], tree[rows])
             verdicts = {}
             for mode in ("shortcuts", "walk"):
                 if mode == "walk":
@@ -861,10 +865,11 @@ def test_the_tree_verifiers_shortcuts_give_the_full_walks_verdicts(demo, monkeyp
                 verdicts[mode] = (verdict, torch.rand(4, generator=gen))
             monkeypatch.undo()
             (fast, after_fast), (walk, after_walk) = verdicts["shortcuts"], verdicts["walk"]
-            tail_start = max((level + 1 for level, width in enumerate(shape) if width > 1), default=0)
-            tail_ended = (fast.accepted >= tail_start) & (fast.next_kind == int(TokenKind.CORRECTED))
-            rejected_there += int(tail_ended.sum()) if tail_start < len(shape) else 0
-            accepted_there += int((fast.accepted - tail_start).clamp(min=0).sum())
+            if shape is not None:
+                tail_start = max((level + 1 for level, width in enumerate(shape) if width > 1), default=0)
+                tail_ended = (fast.accepted >= tail_start) & (fast.next_kind == int(TokenKind.CORRECTED))
+                rejected_there += int(tail_ended.sum()) if tail_start < len(shape) else 0
+                accepted_there += int((fast.accepted - tail_start).clamp(min=0).sum())
             for field in ("accepted", "path", "next_token", "next_dist", "next_kind"):
                 assert torch.equal(getattr(fast, field), getattr(walk, field)), (shape, rows, field)
             assert torch.equal(after_fast, after_walk)  # the same draws were consumed
