@@ -36,9 +36,12 @@ SOURCES = {
     aten.randn.default,
 }
 READS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.equal.default}
-HOST_METHODS = ("tolist", "numpy", "cpu")
+# Tensor methods that read values to the host. The scalar conversions are caught here too, not only as
+# ``_local_scalar_dense`` below: under ``torch.inference_mode`` (the decoding loop's) that op does not reach a
+# Python dispatch mode on a CPU.
+HOST_METHODS = ("tolist", "numpy", "cpu", "item", "__int__", "__bool__", "__float__", "__index__")
 # functions whose host reads run only for CPU tensors (a GPU run takes another branch), so no GPU waits on them
-CPU_ONLY_READERS = {("sampling.py", "_kth_largest"), ("verify.py", "_nothing_left")}
+CPU_ONLY_READERS = {("sampling.py", "_kth_largest"), ("verify.py", "_nothing_left"), ("verify.py", "_first_children")}
 
 
 class DeviceReadCounter(TorchDispatchMode):
@@ -48,7 +51,8 @@ class DeviceReadCounter(TorchDispatchMode):
         super().__init__()
         self.device_values: dict[int, weakref.ref[torch.Tensor]] = {}  # by id: storage addresses are reused
         self.sites: Counter[str] = Counter()
-        self._saved: dict[str, Callable[..., Any]] = {}
+        self._saved: dict[str, Callable[..., Any] | None] = {}  # None: inherited, not set on torch.Tensor
+        self._reading = 0  # inside a counted host method: its own _local_scalar_dense is not counted again
 
     @property
     def total(self) -> int:
@@ -75,7 +79,7 @@ class DeviceReadCounter(TorchDispatchMode):
         kwargs = kwargs or {}
         inputs = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
         from_device = any(self._is_device(t) for t in inputs)
-        if func in READS and from_device:
+        if func in READS and from_device and not self._reading:
             self._count(func.__name__)
         out = func(*args, **kwargs)
         if from_device or func in SOURCES:
@@ -89,7 +93,7 @@ class DeviceReadCounter(TorchDispatchMode):
     def __enter__(self) -> "DeviceReadCounter":
         for name in HOST_METHODS:
             original = getattr(torch.Tensor, name)
-            self._saved[name] = original
+            self._saved[name] = torch.Tensor.__dict__.get(name)
 
             def counted(
                 tensor: torch.Tensor, *a: Any, _original: Callable[..., Any] = original, _name: str = name, **k: Any
@@ -97,10 +101,14 @@ class DeviceReadCounter(TorchDispatchMode):
                 if not self._is_device(tensor):
                     return _original(tensor, *a, **k)
                 self._count(_name)
-                if _name != "cpu":
-                    return _original(tensor, *a, **k)
-                # on a GPU the host copy is a new host value; on a CPU .cpu() returns the tensor itself
-                host = _original(tensor.clone(), *a, **k)
+                self._reading += 1
+                try:
+                    if _name != "cpu":
+                        return _original(tensor, *a, **k)
+                    # on a GPU the host copy is a new host value; on a CPU .cpu() returns the tensor itself
+                    host = _original(tensor.clone(), *a, **k)
+                finally:
+                    self._reading -= 1
                 self.device_values.pop(id(host), None)
                 return host
 
@@ -109,5 +117,8 @@ class DeviceReadCounter(TorchDispatchMode):
 
     def __exit__(self, *exc: object) -> None:
         for name, original in self._saved.items():
-            setattr(torch.Tensor, name, original)
+            if original is None:
+                delattr(torch.Tensor, name)
+            else:
+                setattr(torch.Tensor, name, original)
         super().__exit__(*exc)

@@ -67,8 +67,30 @@ def test_the_counter_sees_reads_of_model_values(target: LlamaGenModel) -> None:
         host = out.logits.cpu()
         int(host.argmax())  # already on the host: not a sync
         int(torch.ones(3).sum())  # host bookkeeping: not a sync
+        with torch.inference_mode():  # the decoding loop's mode, where scalar reads bypass dispatch modes
+            values = out.logits.sum(-1)
+            bool(values.any()), float(values.max()), values.min().item()
     target.release()
-    assert reads.total == 3
+    assert reads.total == 6, reads.sites
+
+
+@pytest.mark.parametrize("policy", ["cascade", "lantern"])
+def test_relaxed_tree_verification_makes_one_host_sync_per_target_forward(policy: str) -> None:
+    """Group and latent relaxations walk the tree with the target's states, evidence and code vectors (which
+    need a tokenizer: the demo model's), and read no device value beyond the loop's one per forward. The run
+    hands back one host copy per diagnostic the policy records."""
+    from specar.drafts.tree_head import BUNDLED_HEAD, resolve_tree_head
+    from specar.models.registry import load_model
+    from specar.policies import make_policy
+
+    demo = load_model("demo", device="cpu")
+    draft = TreeHeadDrafts(resolve_tree_head(BUNDLED_HEAD, demo), TreeShape())
+    with DeviceReadCounter() as reads:
+        result = generate(
+            demo, Conditioning.classes([1, 4]), demo.default_settings, draft, make_policy(policy, 1.0, model=demo)
+        )
+    allowed = result.target_forwards - 1 + RESULT_COPIES + len(result.diagnostics)
+    assert reads.total <= allowed, reads.sites.most_common(4)
 
 
 @pytest.mark.parametrize("source", ["jacobi-row", "drafter", "auto"])
