@@ -28,12 +28,16 @@ SOURCES = {
     aten.embedding.default,
     aten._scaled_dot_product_flash_attention_for_cpu.default,
     aten.rand.default,
+    aten.rand.generator,
     aten.uniform_.default,
     aten.normal_.default,
     aten.exponential_.default,
     aten.multinomial.default,
     aten.randint.low,
+    aten.randint.low_generator,
+    aten.randint.generator,
     aten.randn.default,
+    aten.randn.generator,
 }
 READS = {aten._local_scalar_dense.default, aten.nonzero.default, aten.equal.default}
 # Tensor methods that read values to the host. The scalar conversions are caught here too, not only as
