@@ -183,6 +183,31 @@ def test_a_short_jacobi_window_is_chosen_where_long_blocks_cost_more_than_they_y
     assert lengths == {"growing": JACOBI_WINDOWS[1], "flat": JACOBI_WINDOWS[-1], "close": JACOBI_WINDOWS[-1]}
 
 
+def test_the_first_grid_row_is_stepped_plainly_where_row_above_jacobi_has_nothing_above(target: LlamaGenModel) -> None:
+    """In an image's first grid row, row-above Jacobi has no row above to draft from and its blocks commit about a
+    token each: auto steps plainly there, even where a block costs little more than a plain step, and drafts from
+    the next row on. The window is still chosen by its prior yield, not by the first row's."""
+    flat = ForwardCosts({n: 1.0 if n == 1 else 1.2 for n in CALIBRATION_BLOCKS}, padded=False)
+    model = tiny_model(0)
+    width = model.grid[1]
+    state = _state(model)
+    chosen = {}
+    for committed in (1, width - 1, width):
+        auto = AutoDrafts(costs=flat)
+        state.committed = torch.tensor([committed])
+        auto.begin(state)
+        assert [arm.window for arm in auto.arms] == [JACOBI_WINDOWS[-1]]
+        chosen[committed] = auto.choose(state)[1]
+    assert chosen == {1: 0, width - 1: 0, width: JACOBI_WINDOWS[-1]}
+
+    settings = SamplingSettings(cfg_scale=3.0, greedy=True, seed=2)
+    result = generate(target, COND, settings, draft=AutoDrafts(costs=flat))
+    assert torch.equal(result.tokens, generate(target, COND, settings).tokens)
+    first_row = result.forward_index[:, : target.grid[1]]
+    assert torch.equal(first_row, torch.arange(target.grid[1]).expand_as(first_row))  # a forward per token
+    assert result.target_forwards < target.num_image_tokens  # and drafted blocks after it
+
+
 def test_the_longest_window_drafts_coupled_and_the_summary_names_it(target: LlamaGenModel) -> None:
     """Where every block costs the same, auto drafts with its longest Jacobi window, whose drafts are coupled across
     forwards (MC-SJD: in a long window coupled drafts are accepted more often), and its summary names that method."""
@@ -299,6 +324,7 @@ def _decode_state(
 
 
 def _state(model: LlamaGenModel, batch: int = 1) -> DecodeState:
+    """A state one grid row and a token into the image: row-above Jacobi has a row above to draft from."""
     cond = Conditioning.classes([2] * batch)
     settings = SamplingSettings(cfg_scale=2.0, seed=0)
     out = model.prefill(cond, guided=True)
@@ -310,7 +336,7 @@ def _state(model: LlamaGenModel, batch: int = 1) -> DecodeState:
         DistributionProcessor(settings),
         make_generator(0, model.device),
         tokens,
-        torch.ones(batch, dtype=torch.long),
+        torch.full((batch,), model.grid[1] + 1),
         model.num_image_tokens - 2,
         out.hidden,
     )

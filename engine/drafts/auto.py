@@ -69,6 +69,11 @@ JACOBI_WINDOWS = tuple(JACOBI_PRIORS)
 # more of them are accepted together. A short window's drafts are refined a few times at most: coupling them
 # accepts no more (on the demo), and costs a little per step.
 COUPLED_WINDOW = JACOBI_WINDOWS[-1]
+# Row-above Jacobi's accepted drafts per block in an image's first grid row, where nothing is above the window's
+# first draft: its drafts there are random guesses, then samples given the wrong guesses before them, and the
+# target accepts almost none of them (about 0.06 per block on the bundled demo model). A block of such drafts
+# costs more than a plain step and commits about as much.
+FIRST_ROW_ACCEPTED = 0.1
 CHAIN_MAX_DRAFTS = 8  # the drafter's and the head's longest chain
 CALIBRATION_ROUNDS = 2  # rounds of timing, the arms in turns: the calibration is part of the first run's time
 # a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
@@ -518,11 +523,19 @@ class _JacobiArm(_Arm):
         self.since_start = 0
 
     def plan(self, state: DecodeState, costs: ForwardCosts, running: bool = True) -> tuple[float, int]:
-        """A stint that opens afresh (another arm ran before it) spends its first blocks refining the window."""
-        length = min(self.window, state.max_drafts)
+        """A stint that opens afresh (another arm ran before it) spends its first blocks refining the window. In
+        an image's first grid row the window has nothing above it to draft from (:data:`FIRST_ROW_ACCEPTED`)."""
+        if int(state.committed.min()) < state.model.grid[1]:
+            return self.rate(state, costs, FIRST_ROW_ACCEPTED)
         accepted = self.mean_accepted
         if not running:
             accepted += self.WARMUP * (self.warmup_accepted - self.mean_accepted) / STINT
+        return self.rate(state, costs, accepted)
+
+    def rate(self, state: DecodeState, costs: ForwardCosts, accepted: float) -> tuple[float, int]:
+        """Expected committed tokens per second at the whole window for ``accepted`` drafts per block, and the
+        window's length."""
+        length = min(self.window, state.max_drafts)
         expected = 1 + min(accepted, length)
         efficiency = self.efficiency(state, expected)
         return expected * efficiency / costs.jacobi_seconds(length), length
@@ -659,7 +672,7 @@ class AutoDrafts(DraftSource):
         a detailed one little), and a short window that accepts all it holds tells nothing of what a longer
         one would."""
         assert self.costs is not None, "prepare() first: the loop calls it before the prefill"
-        return [arms[_window_choice([arm.plan(state, self.costs)[0] for arm in arms])]]
+        return [arms[_window_choice([arm.rate(state, self.costs, arm.prior)[0] for arm in arms])]]
 
     def choose(self, state: DecodeState) -> tuple[_Arm | None, int]:
         """This forward's arm (``None``: a plain step) and chain length."""
