@@ -71,7 +71,7 @@ JACOBI_WINDOWS = tuple(JACOBI_PRIORS)
 COUPLED_WINDOW = JACOBI_WINDOWS[-1]
 # Row-above Jacobi's accepted drafts per block in an image's first grid row, where nothing is above the window's
 # first draft: its drafts there are random guesses, then samples given the wrong guesses before them, and the
-# target accepts almost none of them (about 0.06 per block on the bundled demo model). A block of such drafts
+# target accepts almost none of them (benchmarks.md measures it on the bundled demo model). A block of such drafts
 # costs more than a plain step and commits about as much.
 FIRST_ROW_ACCEPTED = 0.1
 CHAIN_MAX_DRAFTS = 8  # the drafter's and the head's longest chain
@@ -350,17 +350,36 @@ def _stint_samples(
 ) -> dict[tuple[str, int], list[float]]:
     """Seconds of each timed target forward of each stint (arm label, chain length; "plain" for plain steps),
     over :data:`CALIBRATION_ROUNDS` rounds of auto's own arms running in turn from a placeholder prefix of half
-    an image, in one run of the loop (or as many as the image's end makes it take): each stint times
-    :data:`STEPS_TIMED` forwards after :data:`STEPS_UNTIMED` (its first forward pays for switching arms: a
-    fresh Jacobi window, a catch-up). The runs draw from their own generators and keep nothing; non-finite
-    output ends a run (the generation itself then stops with its own one-line reason, about its own tokens).
-    A stint no run could time is left out."""
-    from ..loop import generate  # the loop drafts with auto: imported when auto calibrates
-
+    an image, each round in a run of the loop of its own (or as many as the image's end makes it take): each
+    stint times :data:`STEPS_TIMED` forwards after :data:`STEPS_UNTIMED` (its first forward pays for switching
+    arms: a fresh Jacobi window, a catch-up). A round moves its rows on by tens of tokens, and a step attends to
+    the cache up to the longest row, so rounds run back to back would price the later ones near the image's end,
+    where a batch's steps cost more than on average (and a plain step the most against a block, whose own tokens
+    weigh more). The runs draw from their own generators and keep nothing; non-finite output ends a run (the
+    generation itself then stops with its own one-line reason, about its own tokens). A stint no run could time
+    is left out."""
     prefix = torch.zeros(cond.batch_size, model.num_image_tokens // 2, dtype=torch.long, device=model.device)
     samples: dict[tuple[str, int], list[float]] = {stint: [] for stint in stints}
+    for _ in range(CALIBRATION_ROUNDS):
+        _time_round(model, cond, settings, drafter, head, list(stints), prefix, samples)
+    return {stint: timed for stint, timed in samples.items() if timed}
+
+
+def _time_round(
+    model: ImageTokenModel,
+    cond: Conditioning,
+    settings: SamplingSettings,
+    drafter: ImageTokenModel | None,
+    head: TreeHead | None,
+    todo: list[tuple[str, int]],
+    prefix: torch.Tensor,
+    samples: dict[tuple[str, int], list[float]],
+) -> None:
+    """Run the stints ``todo`` in turn from ``prefix``, in one run of the loop or as many as the image's end makes
+    it take, adding each stint's timed forwards to ``samples``."""
+    from ..loop import generate  # the loop drafts with auto: imported when auto calibrates
+
     per_stint = STEPS_UNTIMED + STEPS_TIMED
-    todo = stints * CALIBRATION_ROUNDS
     while todo:
         stamps: list[float] = []
 
@@ -384,7 +403,6 @@ def _stint_samples(
             samples[todo[0]] += intervals
             done = 1
         todo = todo[done:]
-    return {stint: timed for stint, timed in samples.items() if timed}
 
 
 def _fill(model: ImageTokenModel, cached: torch.Tensor, filled: torch.Tensor, dev: torch.device) -> None:
