@@ -206,6 +206,7 @@ def test_the_first_grid_row_is_stepped_plainly_where_row_above_jacobi_has_nothin
     first_row = result.forward_index[:, : target.grid[1]]
     assert torch.equal(first_row, torch.arange(target.grid[1]).expand_as(first_row))  # a forward per token
     assert result.target_forwards < target.num_image_tokens  # and drafted blocks after it
+    assert f"({target.grid[1] - 1} in the first grid row)" in result.draft_summary, result.draft_summary
 
 
 def test_the_longest_window_drafts_coupled_and_the_summary_names_it(target: LlamaGenModel) -> None:

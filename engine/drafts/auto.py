@@ -453,6 +453,11 @@ class _DepthAcceptance:
         return rates
 
 
+def _in_first_grid_row(state: DecodeState) -> bool:
+    """Whether a row has not finished the image's first grid row (row-above drafts have nothing above there)."""
+    return int(state.committed.min()) < state.model.grid[1]
+
+
 def _remaining(state: DecodeState) -> int:
     """Tokens the least advanced row has still to commit."""
     return state.num_tokens - int(state.committed.min())
@@ -543,7 +548,7 @@ class _JacobiArm(_Arm):
     def plan(self, state: DecodeState, costs: ForwardCosts, running: bool = True) -> tuple[float, int]:
         """A stint that opens afresh (another arm ran before it) spends its first blocks refining the window. In
         an image's first grid row the window has nothing above it to draft from (:data:`FIRST_ROW_ACCEPTED`)."""
-        if int(state.committed.min()) < state.model.grid[1]:
+        if _in_first_grid_row(state):
             return self.rate(state, costs, FIRST_ROW_ACCEPTED)
         accepted = self.mean_accepted
         if not running:
@@ -663,6 +668,7 @@ class AutoDrafts(DraftSource):
         self.arms: list[_Arm] = []
         self.costs: ForwardCosts | None = costs
         self.plain_steps = 0  # forwards with no draft worth its verify
+        self.first_row_plain_steps = 0  # those of them in the image's first grid row, where Jacobi has no row above
         self._stint: tuple[_Arm | None, int] = (None, 0)  # the arm of this stint (None: plain) and forwards left
         self._chosen: _Arm | None = None
 
@@ -672,7 +678,7 @@ class AutoDrafts(DraftSource):
             self.costs = measure_costs(model, cond, settings, self.drafter, head)
 
     def begin(self, state: DecodeState) -> None:
-        self.plain_steps, self._stint = 0, (None, 0)
+        self.plain_steps, self.first_row_plain_steps, self._stint = 0, 0, (None, 0)
         self.arms = self.windows([_JacobiArm(window) for window in self.jacobi_windows], state)
         if self.drafter_drafts is not None:
             self.arms.append(_DrafterArm(self.drafter_drafts))
@@ -714,6 +720,7 @@ class AutoDrafts(DraftSource):
         self._chosen = arm if length else None
         if arm is None or length == 0:
             self.plain_steps += 1
+            self.first_row_plain_steps += _in_first_grid_row(state)
             return DraftBlock.empty(state.batch, state.model.vocab_size, state.tokens.device)
         arm.used[length] = arm.used.get(length, 0) + 1
         if length == min(arm.source.largest_block, state.max_drafts):  # what the source drafts when left to itself
@@ -746,7 +753,8 @@ class AutoDrafts(DraftSource):
                 lengths = ", ".join(f"{length} drafts x{count}" for length, count in sorted(arm.used.items()))
                 parts.append(f"{arm.name} ({lengths})")
         if self.plain_steps:
-            parts.append(f"no drafts x{self.plain_steps}")
+            first_row = f" ({self.first_row_plain_steps} in the first grid row)" if self.first_row_plain_steps else ""
+            parts.append(f"no drafts x{self.plain_steps}{first_row}")
         return f"auto chose {', '.join(parts) or 'nothing'}; {self.costs.describe()}"
 
 
