@@ -23,7 +23,9 @@ sampled from the target's distribution there), so a short block leaves the rest 
 unrefined and lowers the acceptance of later blocks. Jacobi therefore runs its whole window or not at
 all, and the window is chosen once per generation (:meth:`AutoDrafts.windows`): the longest commits the
 most per forward, a shorter one pays where a block's cost grows faster than its yield (a batch of images
-on a CPU).
+on a CPU). In an image's first grid row the window has no row above to draft from, and its blocks are rated
+at what they accept there (:data:`FIRST_ROW_ACCEPTED`): almost nothing, so auto steps plainly through it
+unless a drafter or head pays.
 
 The choice depends on past outcomes and on the measured costs only, never on the drafts it is
 about to verify, so the exact policy stays exact: every draft still carries the distribution it
