@@ -134,7 +134,7 @@ def generate(
     context_hidden, condition_hidden = out.hidden, out.condition_hidden
     target_forwards, drafted, accepted_total, finished = 1, 0, 0, True
     failure = ""  # why the run stopped early on non-finite model output
-    block_tokens = 0  # tokens fed to the target's block forwards (pending token and drafts), per row
+    block_sizes: dict[int, int] = {}  # forwards by the tokens each fed per row (pending token and drafts)
     if prefix is not None and prefix.shape[1] > 0:
         P = _check_prefix(prefix, B, N, model.vocab_size)
         tokens[:, :P] = prefix.to(dev)
@@ -192,7 +192,7 @@ def generate(
             layout = None if block.is_chain else block_tree_layout(block.parents, block.max_depth, block.max_children)
             inputs, positions, mask, node_positions = _block_inputs(block, layout, pending, start, N - 1, offsets)
             out = clock.run(lambda: model.forward(inputs, positions, mask))
-            block_tokens += inputs.shape[1]
+            block_sizes[inputs.shape[1]] = block_sizes.get(inputs.shape[1], 0) + 1
             predicted = (positions + 1).clamp(max=N - 1) if processor.constrain is not None else positions
             p = processor(out.logits, predicted)  # positions matter only to a model's constraint
             if not block.size:
@@ -276,7 +276,7 @@ def generate(
         finished=finished,
         diagnostics={name: values[:, :N].float().cpu() for name, values in diagnostics.items()},
         draft_summary=draft.summary() if draft is not None else "",
-        block_tokens=block_tokens,
+        block_sizes=block_sizes,
     )
     if failure:
         raise NonFiniteOutputError(failure, result)

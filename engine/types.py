@@ -286,11 +286,18 @@ class GenerationResult:
     # the exact policy records nothing.
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
     draft_summary: str = ""  # what the draft source chose, if it chooses (DraftSource.summary)
-    block_tokens: int = 0  # tokens fed to the target's forwards after the prefill (pending token and drafts), per row
+    # target forwards after the prefill by the tokens each fed per row (pending token and drafts): what their cost
+    # depends on
+    block_sizes: dict[int, int] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:
         return int(self.tokens.shape[0])
+
+    @property
+    def block_tokens(self) -> int:
+        """Tokens fed to the target's forwards after the prefill, per row."""
+        return sum(size * count for size, count in self.block_sizes.items())
 
     @property
     def forwards_per_image(self) -> torch.Tensor:

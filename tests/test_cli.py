@@ -476,6 +476,11 @@ def test_forward_bench_projects_a_benchmark(tmp_path: Path) -> None:
         "drafter_forwards_per_call": 0.0,
     }
     assert projected_speedup(jacobi, times, None) == pytest.approx(2.0)
+    # a mix of plain steps and 16-token blocks is priced forward by forward, not as a forward of its mean block
+    flat = ForwardTimes("m", "cpu", "float32", 40, {"k=1": 10.0, "k=4": 10.0, "k=16": 20.0, "tree-60": 60.0})
+    mixed = {**jacobi, "tokens_per_verify": 8.5, "block_sizes": {"1": 1, "16": 1}}  # as JSON keys
+    assert projected_speedup(mixed, flat, None) == pytest.approx(4.0 / 1.5)
+    assert projected_speedup({**mixed, "block_sizes": {}}, flat, None) == pytest.approx(4.0 / 1.375)  # its mean
     drafter = {
         "method": "drafter",
         "tokens_per_forward": 3.0,
@@ -518,6 +523,8 @@ def test_forward_bench_projects_a_benchmark(tmp_path: Path) -> None:
     assert code == 0 and "Projected wall-clock speed-up" in text
     row = next(line for line in text.splitlines() if line.startswith("| jacobi-row |"))
     assert row.count("x |") == 1 and float(row.split("|")[3]) > 2  # tokens per verify: the window's blocks
+    record = json.loads(bench.read_text())["rows"][1]
+    assert sum(record["block_sizes"].values()) == record["target_forwards_per_image"] - 1  # every forward's size
 
 
 def test_installed_under_the_name_specar_only(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ objects, so quality metrics and Pareto sweeps can build on a run without decodin
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
@@ -121,6 +122,7 @@ class BenchRow:
     seconds_per_image: float
     speedup: float  # AR seconds per image / this method's, same run
     tokens_per_verify: float  # mean block a target forward reads (pending token and drafts): what its cost depends on
+    block_sizes: dict[int, int]  # target forwards after the prefill by block size, over all calls (per row)
     draft_summary: str  # what a choosing draft source (auto) chose in the last call, and by which costs
     loop_overhead: float  # share of wall time outside model forwards
     results: list[GenerationResult] = field(default_factory=list, repr=False, compare=False)
@@ -241,6 +243,7 @@ def summarize(method: str, results: list[GenerationResult], baseline_seconds_per
         seconds_per_image=per_image,
         speedup=(baseline_seconds_per_image or per_image) / per_image,
         tokens_per_verify=sum(r.block_tokens for r in results) / max(1, sum(r.target_forwards - 1 for r in results)),
+        block_sizes=dict(sorted(sum((Counter(r.block_sizes) for r in results), Counter()).items())),
         draft_summary=results[-1].draft_summary,
         loop_overhead=1.0 - sum(r.model_seconds for r in results) / wall,
         results=results,

@@ -222,12 +222,15 @@ def relative_cost(times: ForwardTimes, tokens: float) -> float:
 
 def projected_speedup(row: dict[str, object], target: ForwardTimes, drafter: ForwardTimes | None) -> float | None:
     """Wall-clock speed-up over plain AR of a benchmark row's method on ``target``: its tokens per
-    forward over the cost of the block it verifies, plus its drafter forwards at ``drafter``'s
+    forward over the mean cost of the blocks it verifies, each forward priced at its own block size (a
+    method that mixes plain steps with long blocks, as auto does, costs less than a forward of its mean
+    block; a row without its sizes is priced at that mean), plus its drafter forwards at ``drafter``'s
     one-token cost (``None`` when the method drafts with a model and no drafter was timed).
     A projection: it leaves out the loop's own time and assumes the demo's acceptance."""
     per_forward = float(row["tokens_per_forward"])
-    block = float(row.get("tokens_per_verify") or 1.0)
-    cost = relative_cost(target, block)
+    sizes = row.get("block_sizes") or {row.get("tokens_per_verify") or 1.0: 1}
+    assert isinstance(sizes, dict)
+    cost = sum(count * relative_cost(target, float(size)) for size, count in sizes.items()) / sum(sizes.values())
     drafter_calls = float(row.get("drafter_forwards_per_call") or 0.0)
     if drafter_calls:
         if drafter is None:
