@@ -295,11 +295,6 @@ class GenerationResult:
         return int(self.tokens.shape[0])
 
     @property
-    def block_tokens(self) -> int:
-        """Tokens fed to the target's forwards after the prefill, per row."""
-        return sum(size * count for size, count in self.block_sizes.items())
-
-    @property
     def forwards_per_image(self) -> torch.Tensor:
         """Target forwards that committed tokens of each image ``[B]`` (see :func:`forwards_per_image`)."""
         return forwards_per_image(self.forward_index)

@@ -229,6 +229,7 @@ def summarize(method: str, results: list[GenerationResult], baseline_seconds_per
     wall = sum(r.wall_seconds for r in results)
     drafted = sum(r.drafted for r in results)
     per_image = wall / images
+    block_sizes = dict(sorted(sum((Counter(r.block_sizes) for r in results), Counter()).items()))
     return BenchRow(
         method=method,
         images=images,
@@ -242,8 +243,8 @@ def summarize(method: str, results: list[GenerationResult], baseline_seconds_per
         drafter_forwards_per_call=sum(r.drafter_forwards for r in results) / calls,
         seconds_per_image=per_image,
         speedup=(baseline_seconds_per_image or per_image) / per_image,
-        tokens_per_verify=sum(r.block_tokens for r in results) / max(1, sum(r.target_forwards - 1 for r in results)),
-        block_sizes=dict(sorted(sum((Counter(r.block_sizes) for r in results), Counter()).items())),
+        tokens_per_verify=sum(size * count for size, count in block_sizes.items()) / max(1, sum(block_sizes.values())),
+        block_sizes=block_sizes,
         draft_summary=results[-1].draft_summary,
         loop_overhead=1.0 - sum(r.model_seconds for r in results) / wall,
         results=results,
