@@ -10,7 +10,7 @@ import pytest
 import torch
 from tiny import tiny_auto_drafts, tiny_drafter, tiny_model, tiny_tree_head
 
-from specar import Conditioning, SamplingSettings, generate
+from specar import Conditioning, JacobiDrafts, SamplingSettings, generate
 from specar.drafts import auto as auto_drafts
 from specar.drafts.auto import CALIBRATION_BLOCKS, JACOBI_WINDOWS, AutoDrafts, ForwardCosts, measure_costs
 from specar.drafts.base import DecodeState
@@ -183,30 +183,35 @@ def test_a_short_jacobi_window_is_chosen_where_long_blocks_cost_more_than_they_y
     assert lengths == {"growing": JACOBI_WINDOWS[1], "flat": JACOBI_WINDOWS[-1], "close": JACOBI_WINDOWS[-1]}
 
 
-def test_the_first_grid_row_is_stepped_plainly_where_row_above_jacobi_has_nothing_above(target: LlamaGenModel) -> None:
-    """In an image's first grid row, row-above Jacobi has no row above to draft from and its blocks commit about a
-    token each: auto steps plainly there, even where a block costs little more than a plain step, and drafts from
-    the next row on. The window is still chosen by its prior yield, not by the first row's."""
+def test_auto_drafts_from_the_image_first_token(target: LlamaGenModel) -> None:
+    """Row-above Jacobi drafts the first grid row too (the stretch under way, where nothing is above), so auto
+    drafts with its window from the first token on."""
     flat = ForwardCosts({n: 1.0 if n == 1 else 1.2 for n in CALIBRATION_BLOCKS}, padded=False)
-    model = tiny_model(0)
-    width = model.grid[1]
-    state = _state(model)
-    chosen = {}
-    for committed in (1, width - 1, width):
-        auto = AutoDrafts(costs=flat)
-        state.committed = torch.tensor([committed])
-        auto.begin(state)
-        assert [arm.window for arm in auto.arms] == [JACOBI_WINDOWS[-1]]
-        chosen[committed] = auto.choose(state)[1]
-    assert chosen == {1: 0, width - 1: 0, width: JACOBI_WINDOWS[-1]}
+    state = _state(tiny_model(0))
+    state.committed = torch.tensor([1])
+    auto = AutoDrafts(costs=flat)
+    auto.begin(state)
+    assert auto.choose(state)[1] == JACOBI_WINDOWS[-1]
 
-    settings = SamplingSettings(cfg_scale=3.0, greedy=True, seed=2)
-    result = generate(target, COND, settings, draft=AutoDrafts(costs=flat))
-    assert torch.equal(result.tokens, generate(target, COND, settings).tokens)
-    first_row = result.forward_index[:, : target.grid[1]]
-    assert torch.equal(first_row, torch.arange(target.grid[1]).expand_as(first_row))  # a forward per token
-    assert result.target_forwards < target.num_image_tokens  # and drafted blocks after it
-    assert f"({target.grid[1] - 1} in the first grid row)" in result.draft_summary, result.draft_summary
+
+def test_a_gap_between_bursts_keeps_jacobi_drafting_and_a_lasting_drop_does_not() -> None:
+    """Jacobi's blocks accept in bursts: a few blocks that accept nothing after a run of good ones leave the window
+    worth drafting, where a block costs 2.2 plain steps; a drop that lasts (a third of a draft per block) makes
+    plain steps the better choice."""
+    costs = ForwardCosts({1: 1.0, 2: 1.15, 3: 1.3, 5: 1.5, 9: 1.8, 17: 2.2}, padded=False)
+    state = _state(tiny_model(0))
+    arm = auto_drafts._JacobiArm(JacobiDrafts(JACOBI_WINDOWS[-1] + 1, "row_above", coupling=True))
+    threshold = (1 + auto_drafts.COST_TOLERANCE) / costs.plain_seconds()  # what a stint must beat
+
+    def blocks(accepted: list[int]) -> float:
+        for each in accepted:
+            arm.fade()  # a forward went by
+            arm.record(JACOBI_WINDOWS[-1], [each])
+        return arm.plan(state, costs)[0]
+
+    assert blocks([5] * 12) > threshold
+    assert blocks([0] * 6) > threshold  # a gap
+    assert blocks([0, 1, 0] * 14) < threshold  # a drop that lasts
 
 
 def test_the_longest_window_drafts_coupled_and_the_summary_names_it(target: LlamaGenModel) -> None:

@@ -23,9 +23,7 @@ sampled from the target's distribution there), so a short block leaves the rest 
 unrefined and lowers the acceptance of later blocks. Jacobi therefore runs its whole window or not at
 all, and the window is chosen once per generation (:meth:`AutoDrafts.windows`): the longest commits the
 most per forward, a shorter one pays where a block's cost grows faster than its yield (a batch of images
-on a CPU). In an image's first grid row the window has no row above to draft from, and its blocks are rated
-at what they accept there (:data:`FIRST_ROW_ACCEPTED`): almost nothing, so auto steps plainly through it
-unless a drafter or head pays.
+on a CPU).
 
 The choice depends on past outcomes and on the measured costs only, never on the drafts it is
 about to verify, so the exact policy stays exact: every draft still carries the distribution it
@@ -71,16 +69,14 @@ JACOBI_WINDOWS = tuple(JACOBI_PRIORS)
 # more of them are accepted together. A short window's drafts are refined a few times at most: coupling them
 # accepts no more (on the demo), and costs a little per step.
 COUPLED_WINDOW = JACOBI_WINDOWS[-1]
-# Row-above Jacobi's accepted drafts per block in an image's first grid row, where nothing is above the window's
-# first draft: its drafts there are random guesses, then samples given the wrong guesses before them, and the
-# target accepts almost none of them (benchmarks.md measures it on the bundled demo model). A block of such drafts
-# costs more than a plain step and commits about as much.
-FIRST_ROW_ACCEPTED = 0.1
 CHAIN_MAX_DRAFTS = 8  # the drafter's and the head's longest chain
 CALIBRATION_ROUNDS = 2  # rounds of timing, the arms in turns: the calibration is part of the first run's time
 # a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
 PRIOR_ACCEPTED, PRIOR_REJECTED = 1.6, 0.4
 MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tracked over the last ~20 forwards
+# blocks a Jacobi window's prior yield counts as: a plain stint gives up STINT forwards of drafting, so it takes a
+# drop in yield that lasts, not a gap between bursts, to choose one
+PRIOR_BLOCKS = 8.0
 STINT = 8  # forwards between choices of the draft source
 COST_TOLERANCE = 0.1  # a source must be expected to beat plain steps by more than this share to be used
 # a shorter Jacobi window that beats the longest by less than this share beyond COST_TOLERANCE, by the first
@@ -455,11 +451,6 @@ class _DepthAcceptance:
         return rates
 
 
-def _in_first_grid_row(state: DecodeState) -> bool:
-    """Whether a row has not finished the image's first grid row (row-above drafts have nothing above there)."""
-    return int(state.committed.min()) < state.model.grid[1]
-
-
 def _remaining(state: DecodeState) -> int:
     """Tokens the least advanced row has still to commit."""
     return state.num_tokens - int(state.committed.min())
@@ -533,8 +524,33 @@ class _Arm:
         return self.label
 
 
+class _RecentMean:
+    """The mean of recent values, each counting for less by :data:`MEMORY` per target forward, starting from a
+    prior that counts as :data:`PRIOR_BLOCKS` values (and where it drifts back to while nothing is added)."""
+
+    def __init__(self, prior: float) -> None:
+        self.prior = prior
+        self.total = self.count = 0.0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+
+    def fade(self) -> None:
+        self.total *= MEMORY
+        self.count *= MEMORY
+
+    @property
+    def value(self) -> float:
+        return (self.total + PRIOR_BLOCKS * self.prior) / (self.count + PRIOR_BLOCKS)
+
+
 class _JacobiArm(_Arm):
-    """Row-above Jacobi at its whole window; expected yield = the recent mean of accepted drafts per block."""
+    """Row-above Jacobi at its whole window; expected yield = the recent mean of accepted drafts per block.
+
+    Jacobi's blocks accept in bursts: a block that accepts nothing is often followed by one that accepts most of
+    the window, as the window's drafts settle. So the yield is the mean over the last ~20 forwards (as the chain
+    arms' acceptance): a gap in a burst is not read as a drop that a plain stint would pay for."""
 
     label = "jacobi-row"
     WARMUP = 2  # blocks after a stint starts that refine the window and are not counted
@@ -543,18 +559,15 @@ class _JacobiArm(_Arm):
         super().__init__(source)
         self.window = source.slots
         self.prior = JACOBI_PRIORS[self.window]
-        self.mean_accepted = self.prior
-        self.warmup_accepted = self.prior  # the same over the blocks that open a stint
+        self.accepted = _RecentMean(self.prior)
+        self.warmup_accepted = _RecentMean(self.prior)  # the same over the blocks that open a stint
         self.since_start = 0
 
     def plan(self, state: DecodeState, costs: ForwardCosts, running: bool = True) -> tuple[float, int]:
-        """A stint that opens afresh (another arm ran before it) spends its first blocks refining the window. In
-        an image's first grid row the window has nothing above it to draft from (:data:`FIRST_ROW_ACCEPTED`)."""
-        if _in_first_grid_row(state):
-            return self.rate(state, costs, FIRST_ROW_ACCEPTED)
-        accepted = self.mean_accepted
+        """A stint that opens afresh (another arm ran before it) spends its first blocks refining the window."""
+        accepted = self.accepted.value
         if not running:
-            accepted += self.WARMUP * (self.warmup_accepted - self.mean_accepted) / STINT
+            accepted += self.WARMUP * (self.warmup_accepted.value - accepted) / STINT
         return self.rate(state, costs, accepted)
 
     def rate(self, state: DecodeState, costs: ForwardCosts, accepted: float) -> tuple[float, int]:
@@ -570,13 +583,10 @@ class _JacobiArm(_Arm):
         self.since_start += 1
         if accepted:
             mean = sum(accepted) / len(accepted)
-            if self.since_start > self.WARMUP:
-                self.mean_accepted += 0.25 * (mean - self.mean_accepted)
-            else:
-                self.warmup_accepted += 0.25 * (mean - self.warmup_accepted)
+            (self.accepted if self.since_start > self.WARMUP else self.warmup_accepted).add(mean)
 
     def fade(self) -> None:
-        self.mean_accepted += (1 - MEMORY) * (self.prior - self.mean_accepted)
+        self.accepted.fade()  # the blocks that open stints are few: all of them count
 
     def start(self, state: DecodeState) -> None:
         """The window starts afresh: the blocks other arms drafted were not its own to refine."""
@@ -670,7 +680,6 @@ class AutoDrafts(DraftSource):
         self.arms: list[_Arm] = []
         self.costs: ForwardCosts | None = costs
         self.plain_steps = 0  # forwards with no draft worth its verify
-        self.first_row_plain_steps = 0  # those of them in the image's first grid row, where Jacobi has no row above
         self._stint: tuple[_Arm | None, int] = (None, 0)  # the arm of this stint (None: plain) and forwards left
         self._chosen: _Arm | None = None
 
@@ -680,7 +689,7 @@ class AutoDrafts(DraftSource):
             self.costs = measure_costs(model, cond, settings, self.drafter, head)
 
     def begin(self, state: DecodeState) -> None:
-        self.plain_steps, self.first_row_plain_steps, self._stint = 0, 0, (None, 0)
+        self.plain_steps, self._stint = 0, (None, 0)
         self.arms = self.windows([_JacobiArm(window) for window in self.jacobi_windows], state)
         if self.drafter_drafts is not None:
             self.arms.append(_DrafterArm(self.drafter_drafts))
@@ -722,7 +731,6 @@ class AutoDrafts(DraftSource):
         self._chosen = arm if length else None
         if arm is None or length == 0:
             self.plain_steps += 1
-            self.first_row_plain_steps += _in_first_grid_row(state)
             return DraftBlock.empty(state.batch, state.model.vocab_size, state.tokens.device)
         arm.used[length] = arm.used.get(length, 0) + 1
         if length == min(arm.source.largest_block, state.max_drafts):  # what the source drafts when left to itself
@@ -755,8 +763,7 @@ class AutoDrafts(DraftSource):
                 lengths = ", ".join(f"{length} drafts x{count}" for length, count in sorted(arm.used.items()))
                 parts.append(f"{arm.name} ({lengths})")
         if self.plain_steps:
-            first_row = f" ({self.first_row_plain_steps} in the first grid row)" if self.first_row_plain_steps else ""
-            parts.append(f"no drafts x{self.plain_steps}{first_row}")
+            parts.append(f"no drafts x{self.plain_steps}")
         return f"auto chose {', '.join(parts) or 'nothing'}; {self.costs.describe()}"
 
 

@@ -8,8 +8,10 @@ there, with that distribution as its ``q``. Positions new to the window are init
 * ``random``: a uniform random token. Official SJD stores a one-hot ``q`` (accept with ``p(x)``);
   the CSD re-implementation stores the uniform ``q = 1/V`` (accept with ``min(1, V p(x))``).
   Both are exact; ``q_init`` picks the convention, one-hot by default as in the SJD code.
-* ``row_above``: the token one grid row above, as a point mass (spatial prior; on the demo model
-  it lifts tokens per forward from about 2.4 to 3.1).
+* ``row_above``: the token one grid row above, as a point mass (a spatial prior). In the image's first
+  grid row, which has nothing above it, the last committed token, drafted afresh every forward: a row
+  of an image often runs in stretches of one code, and the stretch under way is accepted far more
+  often there than a sample given the drafts before it, which nothing above anchors.
 
 ``coupling=True`` is MC-SJD's coupled resampling (arXiv 2510.24211): where a position already
 held a draft, keep it with probability ``min(1, q_new(d)/q_old(d))`` and otherwise draw from
@@ -82,6 +84,9 @@ class JacobiDrafts(DraftSource):
         rows = rows.clamp_(max=m)
         self.tokens = fresh.gather(1, rows)
         self.q = p.gather(1, rows[..., None].expand(-1, -1, p.shape[-1]))
+        width = state.model.grid[1]
+        if self.init == "row_above" and min(state.committed.tolist()) < width:
+            new |= state.committed.to(new.device)[:, None] + self.slot < width  # the first grid row: drafted afresh
         self._initialise(state, state.committed, new)
 
     def _couple(self, block: DraftBlock, q_new: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -102,10 +107,10 @@ class JacobiDrafts(DraftSource):
         dev = self.tokens.device
         if self.init == "row_above" and S <= state.model.grid[1] and min(committed.tolist()) >= state.model.grid[1]:
             guess = self._committed_above(state, committed)  # every slot's row above is committed: no guess needed
+        elif self.init == "row_above":
+            guess = self._row_above(state, committed.to(dev), new)
         else:
             guess = torch.randint(0, V, (B, S), generator=state.generator, device=dev)
-            if self.init == "row_above":
-                guess = self._row_above(state, committed.to(dev), guess, new)
         if self.init == "random" and self.q_init == "uniform":
             q_guess = torch.full((B, S, V), 1.0 / V, device=dev)
         else:
@@ -117,15 +122,15 @@ class JacobiDrafts(DraftSource):
         """The committed token one grid row above each slot, for windows no wider than a row, past the first row."""
         return state.tokens.gather(1, committed.to(self.slot.device)[:, None] + self.slot_above)
 
-    def _row_above(
-        self, state: DecodeState, committed: torch.Tensor, guess: torch.Tensor, new: torch.Tensor
-    ) -> torch.Tensor:
-        """The token one grid row above each slot: committed, or a draft already in the window."""
+    def _row_above(self, state: DecodeState, committed: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """The token one grid row above each slot: committed, or a draft already in the window; in the first
+        grid row, the last committed token."""
         width = state.model.grid[1]
-        S = guess.shape[1]
+        S = new.shape[1]
         above = committed[:, None] + self.slot_above
         from_committed = (above >= 0) & (self.slot < width)  # above < committed exactly when slot < width
-        out = torch.where(from_committed, state.tokens.gather(1, above.clamp(0, state.tokens.shape[1] - 1)), guess)
+        last = state.tokens.gather(1, committed[:, None] - 1)  # [B, 1]: each row's last committed token
+        out = torch.where(from_committed, state.tokens.gather(1, above.clamp(0, state.tokens.shape[1] - 1)), last)
         # Slots whose row-above lies inside the window itself (windows wider than a grid row),
         # filled in order so each reads an already-decided slot.
         for s in range(width, S):
