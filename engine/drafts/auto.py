@@ -64,11 +64,11 @@ CALIBRATION_BLOCKS = (1, 2, 3, 5, 9, 17)  # target block sizes timed (pending to
 # of a long one: a draft is refined only while it sits in the window.
 JACOBI_PRIORS = {2: 1.0, 4: 1.6, 8: 2.2, CALIBRATION_BLOCKS[-1] - 1: 3.1}
 JACOBI_WINDOWS = tuple(JACOBI_PRIORS)
-# The longest window couples its drafts across forwards (MC-SJD): a draft far out in it is refined over many
-# forwards, and one that changes only where its new distribution makes it keeps agreeing with its neighbours, so
-# more of them are accepted together. A short window's drafts are refined a few times at most: coupling them
-# accepts no more (on the demo), and costs a little per step.
-COUPLED_WINDOW = JACOBI_WINDOWS[-1]
+# Long windows couple their drafts across forwards (MC-SJD): a draft far out in one is refined over many forwards,
+# and one that changes only where its new distribution makes it keeps agreeing with its neighbours, so more of them
+# are accepted together. A short window's drafts are refined a few times at most: coupling them accepts no more
+# (on the demo), and costs a little per step.
+COUPLED_FROM = 8  # drafts
 CHAIN_MAX_DRAFTS = 8  # the drafter's and the head's longest chain
 CALIBRATION_ROUNDS = 2  # rounds of timing, the arms in turns: the calibration is part of the first run's time
 # a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
@@ -671,7 +671,7 @@ class AutoDrafts(DraftSource):
         super().__init__()
         self.drafter, self.given_costs = drafter, costs
         self.jacobi_windows = [
-            JacobiDrafts(drafts + 1, "row_above", coupling=drafts == COUPLED_WINDOW) for drafts in JACOBI_WINDOWS
+            JacobiDrafts(drafts + 1, "row_above", coupling=drafts >= COUPLED_FROM) for drafts in JACOBI_WINDOWS
         ]
         self.drafter_drafts = DrafterModelDrafts(drafter, CHAIN_MAX_DRAFTS) if drafter is not None else None
         chain = TreeShape(kind="static", branching=(1,) * CHAIN_MAX_DRAFTS)
