@@ -62,7 +62,7 @@ CALIBRATION_BLOCKS = (1, 2, 3, 5, 9, 17)  # target block sizes timed (pending to
 # window of 16) -> accepted drafts per block before any was measured, and where an unused estimate drifts back
 # to: about what row-above Jacobi accepts on the bundled demo model. A short window accepts less than its share
 # of a long one: a draft is refined only while it sits in the window.
-JACOBI_PRIORS = {2: 1.0, 4: 1.6, 8: 2.2, CALIBRATION_BLOCKS[-1] - 1: 3.1}
+JACOBI_PRIORS = {2: 1.2, 4: 2.0, 8: 3.2, CALIBRATION_BLOCKS[-1] - 1: 4.8}
 JACOBI_WINDOWS = tuple(JACOBI_PRIORS)
 # Long windows couple their drafts across forwards (MC-SJD): a draft far out in one is refined over many forwards,
 # and one that changes only where its new distribution makes it keeps agreeing with its neighbours, so more of them
@@ -76,7 +76,7 @@ PRIOR_ACCEPTED, PRIOR_REJECTED = 1.6, 0.4
 MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tracked over the last ~20 forwards
 # blocks a Jacobi window's prior yield counts as: a plain stint gives up STINT forwards of drafting, so it takes a
 # drop in yield that lasts, not a gap between bursts, to choose one
-PRIOR_BLOCKS = 8.0
+PRIOR_BLOCKS = 4.0
 STINT = 8  # forwards between choices of the draft source
 COST_TOLERANCE = 0.1  # a source must be expected to beat plain steps by more than this share to be used
 # a shorter Jacobi window that beats the longest by less than this share beyond COST_TOLERANCE, by the first
