@@ -152,6 +152,10 @@ class DraftBlock:
     # Every node is a fixed pick (its q a point mass on its own token) and siblings are distinct
     # tokens, as in a dynamic tree; exact verification then takes a shortcut (verify.verify_tree).
     picks: bool = False
+    # The source redraws every slot of a chain after the forward by maximal coupling with the target's new
+    # distribution there (MC-SJD), which is the exact policy's test and residual: exact verification then
+    # draws them too (Verdict.slot_draws), in the passes it makes anyway.
+    redrawn: bool = False
 
     _chain: bool | None = field(default=None, init=False, repr=False, compare=False)  # is_chain, once known
     # Drafts per row: the loop reads it several times a step, so it is read off the shape once
@@ -211,6 +215,12 @@ class Verdict:
     ``next_dist``: a correction after a rejection, or a bonus token when nothing on the path was
     rejected; ``next_kind`` says which (a :class:`TokenKind`). ``diagnostics`` holds per-node
     quantities a policy decided on (for heatmaps): chains ``[B, n]`` per node, trees ``[B, depth]`` per level.
+
+    ``slot_draws`` and ``slot_passed`` come with an exact verification of a ``redrawn`` chain of ``n`` drafts:
+    ``slot_draws [B, n + 1]`` a token drawn at every slot from ``norm(max(0, p - q))`` (the last slot, past
+    the drafts, from ``p``), and ``slot_passed [B, n]`` whether each slot's uniform fell under its acceptance
+    ``min(1, p(x)/q(x))``. Past a row's first rejection nothing read them, so they are fresh there: a maximal
+    coupling of each later draft with its new distribution.
     """
 
     accepted: torch.Tensor  # [B] long
@@ -219,6 +229,8 @@ class Verdict:
     next_dist: torch.Tensor  # [B, V] float32
     next_kind: torch.Tensor  # [B] long TokenKind of next_token
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
+    slot_draws: torch.Tensor | None = None  # [B, n + 1] long
+    slot_passed: torch.Tensor | None = None  # [B, n] bool
 
 
 class TokenKind(enum.IntEnum):

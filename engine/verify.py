@@ -81,8 +81,11 @@ def verify_chain(
     if not policy.lossless:
         alpha = _within_support(alpha, p[:, :n], block.tokens)
     u = torch.rand(B, n, generator=generator, device=dev)
-    accepted = torch.minimum((u < alpha).cumprod(dim=1).sum(dim=1), limit)  # the longest accepted prefix
+    passed = u < alpha
+    accepted = torch.minimum(passed.cumprod(dim=1).sum(dim=1), limit)  # the longest accepted prefix
     rejected = accepted < limit
+    if block.redrawn and policy.lossless:
+        return _verify_redrawn(p, block, passed, accepted, rejected, limit, generator, diagnostics)
     p_next = p[rows, accepted]
     j = accepted.clamp(max=n - 1)  # the draft a correction replaces
     at_j = None if evidence is None else evidence[rows, j][:, None]
@@ -93,6 +96,35 @@ def verify_chain(
     next_dist = torch.where(rejected[:, None], corrected, p_next)
     path = torch.where(steps < accepted[:, None], steps, -1)
     return Verdict(accepted, path, sample(next_dist, generator), next_dist, _next_kind(limit, rejected), diagnostics)
+
+
+def _verify_redrawn(
+    p: torch.Tensor,
+    block: DraftBlock,
+    passed: torch.Tensor,
+    accepted: torch.Tensor,
+    rejected: torch.Tensor,
+    limit: torch.Tensor,
+    generator: torch.Generator,
+    diagnostics: dict[str, torch.Tensor],
+) -> Verdict:
+    """The rest of :func:`verify_chain` for a ``redrawn`` chain under the exact policy: one draw at every slot
+    (:class:`~specar.types.Verdict`'s ``slot_draws``), of which the row's next token is the one at ``accepted``.
+
+    A rejected slot's correction comes from its residual, as after one draw there; a row that accepted every
+    draft takes the last slot's draw, from ``p``; a row stopped by its ``limit`` takes its bonus from ``p`` at
+    that slot, which replaces the residual there."""
+    B, n = block.tokens.shape
+    slots = _arange(n + 1, p.device)
+    dist = torch.cat([residual(p[:, :n], block.q), p[:, n:]], 1)  # [B, n + 1, V]
+    bonus_here = (slots == accepted[:, None]) & ~rejected[:, None]
+    dist = torch.where(bonus_here[..., None], p, dist)
+    draws = sample(dist, generator)
+    path = torch.where(slots[:n] < accepted[:, None], slots[:n], -1)
+    at = accepted[:, None]
+    next_dist = dist.gather(1, at[..., None].expand(-1, 1, dist.shape[-1]))[:, 0]
+    kind = _next_kind(limit, rejected)
+    return Verdict(accepted, path, draws.gather(1, at)[:, 0], next_dist, kind, diagnostics, draws, passed)
 
 
 def _within_support(alpha: torch.Tensor, p: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

@@ -28,11 +28,12 @@ def _first_emitted(block: DraftBlock, verdict) -> torch.Tensor:
     return torch.where(verdict.accepted > 0, block.tokens.gather(1, first_node[:, None])[:, 0], verdict.next_token)
 
 
-def test_chain_with_full_draft_distribution_emits_p() -> None:
+@pytest.mark.parametrize("redrawn", [False, True])
+def test_chain_with_full_draft_distribution_emits_p(redrawn: bool) -> None:
     p, q = _dist(0), _dist(1)
     gen = torch.Generator().manual_seed(5)
     drafts = torch.multinomial(q, ROWS, replacement=True, generator=gen)[:, None]
-    block = DraftBlock(drafts, q.expand(ROWS, 1, V).clone(), [-1])
+    block = DraftBlock(drafts, q.expand(ROWS, 1, V).clone(), [-1], redrawn=redrawn)
     p_rows = torch.stack([p, _dist(2)]).expand(ROWS, 2, V)
     verdict = verify_chain(
         ExactPolicy(), p_rows, block, torch.zeros(ROWS, 1, dtype=torch.long), torch.full((ROWS,), 5), gen
@@ -43,16 +44,57 @@ def test_chain_with_full_draft_distribution_emits_p() -> None:
     assert set(kinds.unique().tolist()) == {int(TokenKind.BONUS), int(TokenKind.CORRECTED)}
 
 
-def test_chain_respects_the_per_row_limit() -> None:
+@pytest.mark.parametrize("redrawn", [False, True])
+def test_chain_respects_the_per_row_limit(redrawn: bool) -> None:
     p = point_mass(torch.tensor([[3, 4, 5]]), V).expand(4, 3, V)
     block = DraftBlock(
-        torch.tensor([[3, 4]]).expand(4, 2), point_mass(torch.tensor([[3, 4]]), V).expand(4, 2, V), [-1, 0]
+        torch.tensor([[3, 4]]).expand(4, 2),
+        point_mass(torch.tensor([[3, 4]]), V).expand(4, 2, V),
+        [-1, 0],
+        redrawn=redrawn,
     )
     limit = torch.tensor([0, 1, 2, 7])
     verdict = verify_chain(ExactPolicy(), p, block, torch.zeros(4, 2, dtype=torch.long), limit, torch.Generator())
     assert verdict.accepted.tolist() == [0, 1, 2, 2]
     assert verdict.next_token.tolist() == [3, 4, 5, 5]
     assert verdict.next_kind.tolist() == [TokenKind.PLAIN, TokenKind.BONUS, TokenKind.BONUS, TokenKind.BONUS]
+
+
+def test_a_redrawn_chain_stopped_by_its_limit_takes_its_bonus_from_p() -> None:
+    """The slot where a row's limit stops it holds a draft that was never tested: the bonus there is drawn
+    from the target's p, which may well be that draft's token, never from the residual without it."""
+    p = torch.stack([point_mass(torch.tensor(3), V), _dist(20), _dist(21)]).expand(ROWS, 3, V)
+    drafts = torch.tensor([[3, int(p[0, 1].argmax())]])  # the second, the likeliest code there
+    block = DraftBlock(drafts.expand(ROWS, 2), point_mass(drafts, V).expand(ROWS, 2, V), [-1, 0])
+    block.redrawn = True
+    limit = torch.ones(ROWS, dtype=torch.long)
+    verdict = verify_chain(
+        ExactPolicy(), p.clone(), block, torch.zeros(ROWS, 2, dtype=torch.long), limit, torch.Generator()
+    )
+    assert verdict.accepted.eq(1).all()
+    assert total_variation(_counts(verdict.next_token), p[0, 1]) <= noise_floor(p[0, 1], ROWS)
+
+
+def test_a_redrawn_chain_couples_every_draft_past_the_first_rejection() -> None:
+    """Past a row's first rejection, ``where(slot_passed, draft, slot_draws)`` is a maximal coupling of the draft
+    (drawn from ``q``) with the target's new distribution ``p`` there, whatever the row's outcome: distributed
+    as ``p``, and equal to the draft with probability ``sum(min(p, q))``."""
+    p_rows = torch.stack([_dist(30), _dist(31), _dist(32)])
+    q = torch.stack([_dist(33), _dist(34)])
+    gen = torch.Generator().manual_seed(7)
+    drafts = torch.stack([torch.multinomial(q[i], ROWS, replacement=True, generator=gen) for i in range(2)], 1)
+    block = DraftBlock(drafts, q.expand(ROWS, 2, V).clone(), [-1, 0], redrawn=True)
+    limit = torch.full((ROWS,), 2)
+    verdict = verify_chain(
+        ExactPolicy(), p_rows.expand(ROWS, 3, V), block, torch.zeros(ROWS, 2, dtype=torch.long), limit, gen
+    )
+    assert verdict.slot_draws is not None and verdict.slot_passed is not None
+    redrawn = torch.where(verdict.slot_passed, drafts, verdict.slot_draws[:, :2])
+    past = verdict.accepted == 0  # slot 1 lies past these rows' first rejection
+    assert total_variation(_counts(redrawn[past, 1]), p_rows[1]) <= noise_floor(p_rows[1], int(past.sum()))
+    kept = (redrawn[:, 1] == drafts[:, 1]).float().mean()
+    assert abs(kept - torch.minimum(p_rows[1], q[1]).sum()) < 4 * (0.25 / ROWS) ** 0.5
+    assert total_variation(_counts(verdict.slot_draws[:, 2]), p_rows[2]) <= noise_floor(p_rows[2], ROWS)
 
 
 @pytest.mark.parametrize("siblings", ["point_mass_top3", "without_replacement"])

@@ -67,13 +67,20 @@ class JacobiDrafts(DraftSource):
 
     def propose(self, state: DecodeState) -> DraftBlock:
         m = min(self.slots, state.max_drafts)
-        return chain(self.tokens[:, :m], self.q[:, :m])
+        block = chain(self.tokens[:, :m], self.q[:, :m])
+        block.redrawn = self.coupling
+        return block
 
     def observe(self, state: DecodeState, outcome: StepOutcome) -> None:
         p, block, verdict = outcome.p, outcome.block, outcome.verdict
         m = block.size
         # [B, m + 1]: a new draft at every window position; coupled, the block's drafts move only where they must
-        if self.coupling and m:
+        if self.coupling and m and verdict.slot_draws is not None:  # verification drew them (exact policy)
+            fresh = torch.cat(
+                [torch.where(verdict.slot_passed, block.tokens, verdict.slot_draws[:, :m]), verdict.slot_draws[:, m:]],
+                1,
+            )
+        elif self.coupling and m:
             fresh = torch.cat([self._couple(block, p[:, :m], state.generator), sample(p[:, m:], state.generator)], 1)
         else:
             fresh = sample(p, state.generator)
