@@ -116,13 +116,19 @@ def _verify_redrawn(
     that slot, which replaces the residual there."""
     B, n = block.tokens.shape
     slots = _arange(n + 1, p.device)
-    dist = torch.cat([residual(p[:, :n], block.q), p[:, n:]], 1)  # [B, n + 1, V]
-    bonus_here = (slots == accepted[:, None]) & ~rejected[:, None]
-    dist = torch.where(bonus_here[..., None], p, dist)
+    # max(0, p - q) at every slot, unnormalised (a draw scales by its row's total); p where nothing is left, which
+    # no draw that is used can meet: there p <= q everywhere, so p = q and the draft passes its test
+    left = (p[:, :n] - block.q).clamp_min_(0.0)
+    left = torch.where(left.sum(-1, keepdim=True) > MASS_EPSILON, left, p[:, :n])
+    dist = torch.cat([left, p[:, n:]], 1)  # [B, n + 1, V]
+    stopped = (accepted < n) & ~rejected  # by its limit, at an untested draft: its bonus comes from p there
+    if not _nothing_left(stopped):
+        dist = torch.where(((slots == accepted[:, None]) & stopped[:, None])[..., None], p, dist)
     draws = sample(dist, generator)
     path = torch.where(slots[:n] < accepted[:, None], slots[:n], -1)
     at = accepted[:, None]
-    next_dist = dist.gather(1, at[..., None].expand(-1, 1, dist.shape[-1]))[:, 0]
+    here = dist.gather(1, at[..., None].expand(-1, 1, dist.shape[-1]))[:, 0]
+    next_dist = here / here.sum(-1, keepdim=True)
     kind = _next_kind(limit, rejected)
     return Verdict(accepted, path, draws.gather(1, at)[:, 0], next_dist, kind, diagnostics, draws, passed)
 

@@ -154,8 +154,8 @@ def test_chooses_by_cost_per_second() -> None:
 
 def test_a_batch_prices_the_wait_for_its_slowest_row_before_any_yield_is_measured() -> None:
     """A Jacobi step at 5 plain steps (at any window) beats plain ones for one image at the longest window's
-    prior yield of 5.8 tokens per forward; a batch of 4 expects its slowest row to fall behind (yields taken as
-    geometric until measured) and decodes plainly."""
+    prior yield of 5.8 tokens per forward; a batch of 4 expects its slowest row to fall behind (images differ in
+    how much a window accepts) and decodes plainly."""
     costs = ForwardCosts({n: 1.0 if n == 1 else 5.0 for n in CALIBRATION_BLOCKS}, padded=False)
     chosen = {}
     for batch in (1, 4):
@@ -181,6 +181,20 @@ def test_a_short_jacobi_window_is_chosen_where_long_blocks_cost_more_than_they_y
         auto.begin(state)
         lengths[name] = auto.choose(state)[1]
     assert lengths == {"growing": JACOBI_WINDOWS[1], "flat": JACOBI_WINDOWS[-1], "close": JACOBI_WINDOWS[-1]}
+
+
+def test_a_batch_takes_the_window_whose_images_differ_less() -> None:
+    """Where a 17-token step costs 3.35 plain steps and a 9-token one 2.3, one image drafts with the longest
+    window (the 8-draft one is not ahead of it by the margin it needs), and a batch of 4 with the 8-draft one: a
+    long window's yield varies the more from image to image, and a batch waits for its slowest row."""
+    costs = ForwardCosts({1: 1.0, 2: 1.4, 3: 1.5, 5: 1.8, 9: 2.3, 17: 3.35}, padded=False)
+    lengths = {}
+    for batch in (1, 4):
+        auto = AutoDrafts(costs=costs)
+        state = _state(tiny_model(0), batch)
+        auto.begin(state)
+        lengths[batch] = auto.choose(state)[1]
+    assert lengths == {1: JACOBI_WINDOWS[-1], 4: JACOBI_WINDOWS[-2]}
 
 
 def test_auto_drafts_from_the_image_first_token(target: LlamaGenModel) -> None:
@@ -256,18 +270,21 @@ def test_costs_are_measured_once_per_shape(target: LlamaGenModel) -> None:
     assert measure_costs(target, cond, settings) == replace(drafted, drafter=None)
 
 
-def test_a_shorter_window_by_a_margin_noise_can_make_is_a_close_call() -> None:
-    linear = ForwardCosts({1: 1.0, 3: 1.1, 5: 1.2, 9: 1.4, 17: 1.8}, padded=False)  # a step grows 0.05 per token
-    assert not auto_drafts._close_call(linear)  # the longest window is the one to draft with
+def test_a_window_chosen_by_a_margin_noise_can_make_is_a_close_call() -> None:
+    """For one image: the longest window ahead by far, or narrowly; a shorter one ahead narrowly, or by far."""
+    flat = ForwardCosts({1: 1.0, 3: 1.02, 5: 1.04, 9: 1.08, 17: 1.16}, padded=False)  # a step grows 0.01 per token
+    assert not auto_drafts._close_call(flat, 1)
+    linear = ForwardCosts({1: 1.0, 3: 1.1, 5: 1.2, 9: 1.4, 17: 1.8}, padded=False)  # 0.05 per token
+    assert auto_drafts._close_call(linear, 1)  # the 8-draft window 15% short of the margin it needs
     steep = ForwardCosts({1: 1.0, 3: 1.3, 5: 1.6, 9: 2.2, 17: 3.6}, padded=False)  # a shorter window wins by a fifth
-    assert auto_drafts._close_call(steep)
+    assert auto_drafts._close_call(steep, 1)
     steeper = ForwardCosts({1: 1.0, 3: 1.5, 5: 2.0, 9: 3.0, 17: 6.0}, padded=False)  # it wins by far: no noise
-    assert not auto_drafts._close_call(steeper)
+    assert not auto_drafts._close_call(steeper, 1)
 
 
 def test_a_close_call_times_the_target_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each stint's price is the median of its single steps; where the first rounds' prices make a close call, the
-    target's stints are timed for as many rounds again and priced from all their steps; otherwise they are not."""
+    """Each stint's price is the median of its single steps; where the first look's prices make a close call, the
+    target's stints are timed for more rounds and priced from all their steps; otherwise they are not."""
     runs: list[dict[tuple[str, int], list[float]]] = []
     timed = auto_drafts._stint_samples
 
@@ -279,18 +296,19 @@ def test_a_close_call_times_the_target_again(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(auto_drafts, "_stint_samples", recorded)
     settings, cond = SamplingSettings(cfg_scale=2.0, seed=0), Conditioning.classes([2])
     stints = [("plain", 0)] + [("jacobi-row", drafts) for drafts in JACOBI_WINDOWS]
-    steps = auto_drafts.CALIBRATION_ROUNDS * auto_drafts.STEPS_TIMED
-    monkeypatch.setattr(auto_drafts, "_close_call", lambda costs: True)
+    looks = (auto_drafts.FIRST_LOOK_ROUNDS, auto_drafts.SECOND_LOOK_ROUNDS)
+    monkeypatch.setattr(auto_drafts, "_close_call", lambda costs, batch: True)
     costs = measure_costs(tiny_model(0), cond, settings)
     assert [sorted(run) for run in runs] == [sorted(stints), sorted(stints)]
-    assert all(0 < len(run[stint]) <= steps for run in runs for stint in stints)  # an image's end may cut a stint
+    for run, rounds in zip(runs, looks):  # an image's end may cut a stint
+        assert all(0 < len(run[stint]) <= rounds * auto_drafts.STEPS_TIMED for stint in stints)
     for drafts in JACOBI_WINDOWS:
         both = runs[0][("jacobi-row", drafts)] + runs[1][("jacobi-row", drafts)]
         assert costs.target[drafts + 1] <= statistics.median(both)  # a size priced above a larger one takes its price
     assert costs.target[JACOBI_WINDOWS[-1] + 1] == statistics.median(both)
 
     runs.clear()
-    monkeypatch.setattr(auto_drafts, "_close_call", lambda costs: False)
+    monkeypatch.setattr(auto_drafts, "_close_call", lambda costs, batch: False)
     measure_costs(tiny_model(0), cond, settings)
     assert [sorted(run) for run in runs] == [sorted(stints)]
 

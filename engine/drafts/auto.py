@@ -64,13 +64,22 @@ CALIBRATION_BLOCKS = (1, 2, 3, 5, 9, 17)  # target block sizes timed (pending to
 # of a long one: a draft is refined only while it sits in the window.
 JACOBI_PRIORS = {2: 1.2, 4: 2.0, 8: 3.2, CALIBRATION_BLOCKS[-1] - 1: 4.8}
 JACOBI_WINDOWS = tuple(JACOBI_PRIORS)
+# Each window -> the spread of the forwards an image needs with it, as a batch's wait for its slowest row measures
+# it: a batch of B images needs about 1 + z_B * spread times the forwards one image needs on average (z_B the
+# expected largest of B standard normal draws; fitted to batches of 4 and 16 on the bundled demo model). Jacobi's
+# yield follows the image (a flat one accepts whole windows, a detailed one little), so an image's forwards vary
+# far more than a sum of independent per-forward yields would, and the more, the longer the window.
+JACOBI_SPREAD = {2: 0.10, 4: 0.13, 8: 0.16, CALIBRATION_BLOCKS[-1] - 1: 0.32}
 # Long windows couple their drafts across forwards (MC-SJD): a draft far out in one is refined over many forwards,
 # and one that changes only where its new distribution makes it keeps agreeing with its neighbours, so more of them
 # are accepted together. A short window's drafts are refined a few times at most: coupling them accepts no more
 # (on the demo), and costs a little per step.
 COUPLED_FROM = 8  # drafts
 CHAIN_MAX_DRAFTS = 8  # the drafter's and the head's longest chain
-CALIBRATION_ROUNDS = 2  # rounds of timing, the arms in turns: the calibration is part of the first run's time
+CALIBRATION_ROUNDS = 2  # rounds of timing the target's block table, the sizes in turns
+# rounds of the arms' stints, the arms in turns, at the first look and where that look is a close call: the
+# calibration is part of the first run's time, and where one window wins by far, noise would not change the choice
+FIRST_LOOK_ROUNDS, SECOND_LOOK_ROUNDS = 1, 2
 # a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
 PRIOR_ACCEPTED, PRIOR_REJECTED = 1.6, 0.4
 MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tracked over the last ~20 forwards
@@ -79,8 +88,8 @@ MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tr
 PRIOR_BLOCKS = 4.0
 STINT = 8  # forwards between choices of the draft source
 COST_TOLERANCE = 0.1  # a source must be expected to beat plain steps by more than this share to be used
-# a shorter Jacobi window that beats the longest by less than this share beyond COST_TOLERANCE, by the first
-# rounds' prices, is timed again: a margin a busy moment of the machine can make
+# where the first look's prices put a shorter Jacobi window within this share (either way) of the margin it needs
+# to beat the longest by, the target's stints are timed again: a margin a busy moment of the machine can make
 SECOND_LOOK = 0.2
 RUN_OF_BLOCKS = 2  # blocks of one size timed back to back, as a stint runs them (a block timed just after a
 # larger one finds less of the model and cache in the processor's caches, and is timed slower than in a run)
@@ -204,12 +213,12 @@ def measure_costs(
     size, so with one the block table is timed too (:func:`_block_seconds`), and a chain's price is what its
     step costs beyond its block.
 
-    Every step's price is the median of the single steps timed over :data:`CALIBRATION_ROUNDS` rounds, the arms
+    Every step's price is the median of the single steps timed over :data:`FIRST_LOOK_ROUNDS` rounds, the arms
     taking turns: a busy moment of the machine slows some of a stint's steps and a quiet one speeds some up, and
-    the median moves little with either. Where the prices make a Jacobi window shorter than the longest the one
-    an image would draft with, by a margin noise can make (:func:`_close_call`), the target's stints are timed
-    for as many rounds again before the prices stand: a short window is right where a block's cost grows fast
-    (a batch on a CPU), and costly where a busy moment priced the longest one high."""
+    the median moves little with either. Where those prices choose between the longest Jacobi window and a
+    shorter one by a margin noise can make (:func:`_close_call`), the target's stints are timed for
+    :data:`SECOND_LOOK_ROUNDS` rounds more before the prices stand: a short window is right where a block's cost
+    grows fast (a batch on a CPU), and costly where a busy moment priced the longest one high."""
     key = (cond.batch_size, settings.uses_cfg)
     measured = _MEASURED.setdefault(model, {})
     nets: dict[str, ImageTokenModel | TreeHead] = {}
@@ -226,11 +235,13 @@ def measure_costs(
     samples: dict[tuple[str, int], list[float]] = {}
     if stints:
         timing = drafter if "drafter" in missing else None, head if "tree head" in missing else None
-        samples = _stint_samples(model, cond, settings, *timing, stints)
+        samples = _stint_samples(model, cond, settings, *timing, stints, FIRST_LOOK_ROUNDS)
     if target is None:
         target = _timed_steps(samples)
-        if target is not None and _close_call(target.costs(model.pads_blocks)):
-            for stint, more in _stint_samples(model, cond, settings, None, None, target_stints).items():
+        if target is not None and _close_call(target.costs(model.pads_blocks), cond.batch_size):
+            for stint, more in _stint_samples(
+                model, cond, settings, None, None, target_stints, SECOND_LOOK_ROUNDS
+            ).items():
                 samples[stint] += more
             target = _timed_steps(samples)
         if target is None:  # a stint no run could time (a model that cannot take placeholders) is priced by its block
@@ -267,12 +278,16 @@ def _timed_steps(samples: dict[tuple[str, int], list[float]]) -> _TargetCosts | 
     return _TargetCosts(median(plain), {drafts: median(timed) for drafts, timed in jacobi.items()})
 
 
-def _close_call(costs: ForwardCosts) -> bool:
-    """Whether, at the windows' prior yields, one image would draft with a window shorter than the longest, by a
-    margin of less than :data:`SECOND_LOOK` beyond the one it needs."""
-    rates = [(1 + JACOBI_PRIORS[drafts]) / costs.jacobi_seconds(drafts) for drafts in JACOBI_WINDOWS]
-    chosen = _window_choice(rates)
-    return chosen != len(rates) - 1 and rates[chosen] <= rates[-1] * (1 + COST_TOLERANCE + SECOND_LOOK)
+def _close_call(costs: ForwardCosts, batch: int) -> bool:
+    """Whether, at the windows' prior yields, the best shorter window's expected tokens per second for a batch of
+    ``batch`` images lie within :data:`SECOND_LOOK` (either way, as a ratio) of what it must reach to be chosen
+    over the longest (:func:`_window_choice`): a choice a busy moment of the machine could have made."""
+    rates = [
+        (1 + JACOBI_PRIORS[drafts]) * _jacobi_efficiency(batch, drafts) / costs.jacobi_seconds(drafts)
+        for drafts in JACOBI_WINDOWS
+    ]
+    needed = rates[-1] * (1 + COST_TOLERANCE)
+    return abs(math.log(max(rates[:-1]) / needed)) < math.log(1 + SECOND_LOOK)
 
 
 def _window_choice(rates: list[float]) -> int:
@@ -345,9 +360,10 @@ def _stint_samples(
     drafter: ImageTokenModel | None,
     head: TreeHead | None,
     stints: list[tuple[str, int]],
+    rounds: int,
 ) -> dict[tuple[str, int], list[float]]:
     """Seconds of each timed target forward of each stint (arm label, chain length; "plain" for plain steps),
-    over :data:`CALIBRATION_ROUNDS` rounds of auto's own arms running in turn from a placeholder prefix of half
+    over ``rounds`` rounds of auto's own arms running in turn from a placeholder prefix of half
     an image, each round in a run of the loop of its own (or as many as the image's end makes it take): each
     stint times :data:`STEPS_TIMED` forwards after :data:`STEPS_UNTIMED` (its first forward pays for switching
     arms: a fresh Jacobi window, a catch-up). A round moves its rows on by tens of tokens, and a step attends to
@@ -358,7 +374,7 @@ def _stint_samples(
     is left out."""
     prefix = torch.zeros(cond.batch_size, model.num_image_tokens // 2, dtype=torch.long, device=model.device)
     samples: dict[tuple[str, int], list[float]] = {stint: [] for stint in stints}
-    for _ in range(CALIBRATION_ROUNDS):
+    for _ in range(rounds):
         _time_round(model, cond, settings, drafter, head, list(stints), prefix, samples)
     return {stint: timed for stint, timed in samples.items() if timed}
 
@@ -454,6 +470,12 @@ class _DepthAcceptance:
 def _remaining(state: DecodeState) -> int:
     """Tokens the least advanced row has still to commit."""
     return state.num_tokens - int(state.committed.min())
+
+
+def _jacobi_efficiency(batch: int, window: int) -> float:
+    """The share of a batch's forwards with a Jacobi window of ``window`` drafts not spent waiting for its slowest
+    row (:meth:`_JacobiArm.efficiency`)."""
+    return 1.0 if batch == 1 else 1.0 / (1.0 + _slowest_of(batch) * JACOBI_SPREAD[window])
 
 
 @functools.lru_cache(maxsize=None)
@@ -577,6 +599,12 @@ class _JacobiArm(_Arm):
         expected = 1 + min(accepted, length)
         efficiency = self.efficiency(state, expected)
         return expected * efficiency / costs.jacobi_seconds(length), length
+
+    def efficiency(self, state: DecodeState, expected: float) -> float:
+        """A batch of ``B`` rows needs about ``1 + z_B * spread`` times the forwards of its mean row, the spread
+        the window's :data:`JACOBI_SPREAD`: what sets the wait is how much images differ, which a row's own
+        yields, taken as independent draws (:meth:`_Arm.efficiency`), would miss."""
+        return _jacobi_efficiency(state.batch, self.window)
 
     def record(self, drafts: int, accepted: list[int]) -> None:
         super().record(drafts, accepted)
