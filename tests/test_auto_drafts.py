@@ -283,8 +283,8 @@ def test_a_window_chosen_by_a_margin_noise_can_make_is_a_close_call() -> None:
 
 
 def test_a_close_call_times_the_target_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each stint's price is the median of its single steps; where the first look's prices make a close call, the
-    target's stints are timed for more rounds and priced from all their steps; otherwise they are not."""
+    """Each stint's price is the median of its single steps; where the first rounds' prices make a close call, the
+    target's stints are timed for as many rounds again and priced from all their steps; otherwise they are not."""
     runs: list[dict[tuple[str, int], list[float]]] = []
     timed = auto_drafts._stint_samples
 
@@ -296,12 +296,11 @@ def test_a_close_call_times_the_target_again(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(auto_drafts, "_stint_samples", recorded)
     settings, cond = SamplingSettings(cfg_scale=2.0, seed=0), Conditioning.classes([2])
     stints = [("plain", 0)] + [("jacobi-row", drafts) for drafts in JACOBI_WINDOWS]
-    looks = (auto_drafts.FIRST_LOOK_ROUNDS, auto_drafts.SECOND_LOOK_ROUNDS)
+    steps = auto_drafts.CALIBRATION_ROUNDS * auto_drafts.STEPS_TIMED
     monkeypatch.setattr(auto_drafts, "_close_call", lambda costs, batch: True)
     costs = measure_costs(tiny_model(0), cond, settings)
     assert [sorted(run) for run in runs] == [sorted(stints), sorted(stints)]
-    for run, rounds in zip(runs, looks):  # an image's end may cut a stint
-        assert all(0 < len(run[stint]) <= rounds * auto_drafts.STEPS_TIMED for stint in stints)
+    assert all(0 < len(run[stint]) <= steps for run in runs for stint in stints)  # an image's end may cut a stint
     for drafts in JACOBI_WINDOWS:
         both = runs[0][("jacobi-row", drafts)] + runs[1][("jacobi-row", drafts)]
         assert costs.target[drafts + 1] <= statistics.median(both)  # a size priced above a larger one takes its price

@@ -76,10 +76,7 @@ JACOBI_SPREAD = {2: 0.10, 4: 0.13, 8: 0.16, CALIBRATION_BLOCKS[-1] - 1: 0.32}
 # (on the demo), and costs a little per step.
 COUPLED_FROM = 8  # drafts
 CHAIN_MAX_DRAFTS = 8  # the drafter's and the head's longest chain
-CALIBRATION_ROUNDS = 2  # rounds of timing the target's block table, the sizes in turns
-# rounds of the arms' stints, the arms in turns, at the first look and where that look is a close call: the
-# calibration is part of the first run's time, and where one window wins by far, noise would not change the choice
-FIRST_LOOK_ROUNDS, SECOND_LOOK_ROUNDS = 1, 2
+CALIBRATION_ROUNDS = 2  # rounds of timing, the arms in turns: the calibration is part of the first run's time
 # a weak prior: acceptance 0.8 (a drafter trained for its target) at depths with no data yet
 PRIOR_ACCEPTED, PRIOR_REJECTED = 1.6, 0.4
 MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tracked over the last ~20 forwards
@@ -88,7 +85,7 @@ MEMORY = 0.95  # counts fade by this factor per target forward: acceptance is tr
 PRIOR_BLOCKS = 4.0
 STINT = 8  # forwards between choices of the draft source
 COST_TOLERANCE = 0.1  # a source must be expected to beat plain steps by more than this share to be used
-# where the first look's prices put a shorter Jacobi window within this share (either way) of the margin it needs
+# where the first rounds' prices put a shorter Jacobi window within this share (either way) of the margin it needs
 # to beat the longest by, the target's stints are timed again: a margin a busy moment of the machine can make
 SECOND_LOOK = 0.2
 RUN_OF_BLOCKS = 2  # blocks of one size timed back to back, as a stint runs them (a block timed just after a
@@ -213,12 +210,12 @@ def measure_costs(
     size, so with one the block table is timed too (:func:`_block_seconds`), and a chain's price is what its
     step costs beyond its block.
 
-    Every step's price is the median of the single steps timed over :data:`FIRST_LOOK_ROUNDS` rounds, the arms
+    Every step's price is the median of the single steps timed over :data:`CALIBRATION_ROUNDS` rounds, the arms
     taking turns: a busy moment of the machine slows some of a stint's steps and a quiet one speeds some up, and
     the median moves little with either. Where those prices choose between the longest Jacobi window and a
-    shorter one by a margin noise can make (:func:`_close_call`), the target's stints are timed for
-    :data:`SECOND_LOOK_ROUNDS` rounds more before the prices stand: a short window is right where a block's cost
-    grows fast (a batch on a CPU), and costly where a busy moment priced the longest one high."""
+    shorter one by a margin noise can make (:func:`_close_call`), the target's stints are timed for as many
+    rounds again before the prices stand: a short window is right where a block's cost grows fast (a batch on a
+    CPU), and costly where a busy moment priced the longest one high."""
     key = (cond.batch_size, settings.uses_cfg)
     measured = _MEASURED.setdefault(model, {})
     nets: dict[str, ImageTokenModel | TreeHead] = {}
@@ -235,13 +232,11 @@ def measure_costs(
     samples: dict[tuple[str, int], list[float]] = {}
     if stints:
         timing = drafter if "drafter" in missing else None, head if "tree head" in missing else None
-        samples = _stint_samples(model, cond, settings, *timing, stints, FIRST_LOOK_ROUNDS)
+        samples = _stint_samples(model, cond, settings, *timing, stints)
     if target is None:
         target = _timed_steps(samples)
         if target is not None and _close_call(target.costs(model.pads_blocks), cond.batch_size):
-            for stint, more in _stint_samples(
-                model, cond, settings, None, None, target_stints, SECOND_LOOK_ROUNDS
-            ).items():
+            for stint, more in _stint_samples(model, cond, settings, None, None, target_stints).items():
                 samples[stint] += more
             target = _timed_steps(samples)
         if target is None:  # a stint no run could time (a model that cannot take placeholders) is priced by its block
@@ -360,10 +355,9 @@ def _stint_samples(
     drafter: ImageTokenModel | None,
     head: TreeHead | None,
     stints: list[tuple[str, int]],
-    rounds: int,
 ) -> dict[tuple[str, int], list[float]]:
     """Seconds of each timed target forward of each stint (arm label, chain length; "plain" for plain steps),
-    over ``rounds`` rounds of auto's own arms running in turn from a placeholder prefix of half
+    over :data:`CALIBRATION_ROUNDS` rounds of auto's own arms running in turn from a placeholder prefix of half
     an image, each round in a run of the loop of its own (or as many as the image's end makes it take): each
     stint times :data:`STEPS_TIMED` forwards after :data:`STEPS_UNTIMED` (its first forward pays for switching
     arms: a fresh Jacobi window, a catch-up). A round moves its rows on by tens of tokens, and a step attends to
@@ -374,7 +368,7 @@ def _stint_samples(
     is left out."""
     prefix = torch.zeros(cond.batch_size, model.num_image_tokens // 2, dtype=torch.long, device=model.device)
     samples: dict[tuple[str, int], list[float]] = {stint: [] for stint in stints}
-    for _ in range(rounds):
+    for _ in range(CALIBRATION_ROUNDS):
         _time_round(model, cond, settings, drafter, head, list(stints), prefix, samples)
     return {stint: timed for stint, timed in samples.items() if timed}
 
