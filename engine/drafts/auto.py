@@ -91,6 +91,9 @@ SECOND_LOOK = 0.2
 RUN_OF_BLOCKS = 2  # blocks of one size timed back to back, as a stint runs them (a block timed just after a
 # larger one finds less of the model and cache in the processor's caches, and is timed slower than in a run)
 STEPS_UNTIMED, STEPS_TIMED = 1, 3  # forwards of a calibration stint: the first pays for switching arms
+# plain forwards a calibration run takes, untimed, after reading its prefix and before its first stint: the steps
+# just after that long forward run slow (the processor's caches refill), which would price the first stint high
+PREFIX_WARMUP = 3
 CHAIN_TIMED = (1, 4)  # chain lengths a chain drafter is timed drafting; its costs are linear in the length between
 
 
@@ -358,9 +361,9 @@ def _stint_samples(
 ) -> dict[tuple[str, int], list[float]]:
     """Seconds of each timed target forward of each stint (arm label, chain length; "plain" for plain steps),
     over :data:`CALIBRATION_ROUNDS` rounds of auto's own arms running in turn from a placeholder prefix of half
-    an image, each round in a run of the loop of its own (or as many as the image's end makes it take): each
-    stint times :data:`STEPS_TIMED` forwards after :data:`STEPS_UNTIMED` (its first forward pays for switching
-    arms: a fresh Jacobi window, a catch-up). A round moves its rows on by tens of tokens, and a step attends to
+    an image, each round in a run of the loop of its own (or as many as the image's end makes it take), after
+    :data:`PREFIX_WARMUP` untimed plain forwards: each stint times :data:`STEPS_TIMED` forwards after
+    :data:`STEPS_UNTIMED` (its first forward pays for switching arms: a fresh Jacobi window, a catch-up). A round moves its rows on by tens of tokens, and a step attends to
     the cache up to the longest row, so rounds run back to back would price the later ones near the image's end,
     where a batch's steps cost more than on average (and a plain step the most against a block, whose own tokens
     weigh more). The runs draw from their own generators and keep nothing; non-finite output ends a run (the
@@ -393,13 +396,14 @@ def _time_round(
 
         def stamp(event: StepEvent) -> bool:
             stamps.append(time.perf_counter())
-            return len(stamps) <= per_stint * len(todo)
+            return len(stamps) <= PREFIX_WARMUP + per_stint * len(todo)
 
+        stints = _Stints(drafter, head, todo, per_stint, PREFIX_WARMUP)
         try:
-            generate(model, cond, settings, _Stints(drafter, head, todo, per_stint), prefix=prefix, observer=stamp)
+            generate(model, cond, settings, stints, prefix=prefix, observer=stamp)
         except NonFiniteOutputError:  # placeholder tokens the model cannot take: the timings so far serve
             pass
-        intervals = [later - earlier for earlier, later in zip(stamps, stamps[1:])]
+        intervals = [later - earlier for earlier, later in zip(stamps, stamps[1:])][PREFIX_WARMUP:]
         done = 0
         for index, stint in enumerate(todo):
             timed = intervals[index * per_stint + STEPS_UNTIMED : (index + 1) * per_stint]
@@ -790,14 +794,20 @@ class AutoDrafts(DraftSource):
 
 
 class _Stints(AutoDrafts):
-    """Auto's arms in a fixed order of stints, each ``forwards`` long: (arm label or "plain", chain length).
-    Calibration times them with this, so that every price holds what auto's own steps spend."""
+    """Auto's arms in a fixed order of stints, each ``forwards`` long: (arm label or "plain", chain length), after
+    ``warmup`` plain forwards. Calibration times them with this, so that every price holds what auto's own steps
+    spend."""
 
     def __init__(
-        self, drafter: ImageTokenModel | None, head: TreeHead | None, stints: list[tuple[str, int]], forwards: int
+        self,
+        drafter: ImageTokenModel | None,
+        head: TreeHead | None,
+        stints: list[tuple[str, int]],
+        forwards: int,
+        warmup: int = 0,
     ) -> None:
         super().__init__(drafter, head)
-        self.plan = [stint for stint in stints for _ in range(forwards)]
+        self.plan = [("plain", 0)] * warmup + [stint for stint in stints for _ in range(forwards)]
         self.forward = 0
 
     def prepare(self, model: ImageTokenModel, cond: Conditioning, settings: SamplingSettings) -> None:
