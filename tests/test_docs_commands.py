@@ -51,6 +51,7 @@ REPLACEMENTS = {  # text of a command -> what runs here instead
     "for seed in range(12)": "for seed in range(2)",  # the masked-relaxation seeds: two
     "for trial in range(200)": "for trial in range(2)",  # auto's window over fresh calibrations: two
     "for seed in range(24)": "for seed in range(2)",  # row-above SJD's acceptance in the first grid row: two images
+    "images = 192  # at each batch size": "images = 16  # at each batch size",  # Jacobi's spread over a batch: one
     "models/specar/c2i_XL_384": "{tiny_model}",  # a downloaded LlamaGen checkpoint: the tests' tiny one
     "train_classifier --out": "train_classifier --train-size 64 --heldout-size 32 --reference-size 32 --epochs 1 --out",
     # a training step compiles for half a minute on a cold inductor cache; tests/test_compile.py compiles

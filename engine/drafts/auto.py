@@ -363,8 +363,9 @@ def _stint_samples(
     over :data:`CALIBRATION_ROUNDS` rounds of auto's own arms running in turn from a placeholder prefix of half
     an image, each round in a run of the loop of its own (or as many as the image's end makes it take), after
     :data:`PREFIX_WARMUP` untimed plain forwards: each stint times :data:`STEPS_TIMED` forwards after
-    :data:`STEPS_UNTIMED` (its first forward pays for switching arms: a fresh Jacobi window, a catch-up). A round moves its rows on by tens of tokens, and a step attends to
-    the cache up to the longest row, so rounds run back to back would price the later ones near the image's end,
+    :data:`STEPS_UNTIMED` (its first forward pays for switching arms: a fresh Jacobi window, a catch-up). A round
+    moves its rows on by tens of tokens, and a step attends to the cache up to the longest row, so rounds run
+    back to back would price the later ones near the image's end,
     where a batch's steps cost more than on average (and a plain step the most against a block, whose own tokens
     weigh more). The runs draw from their own generators and keep nothing; non-finite output ends a run (the
     generation itself then stops with its own one-line reason, about its own tokens). A stint no run could time
@@ -495,7 +496,6 @@ class _Arm:
     def __init__(self, source: DraftSource) -> None:
         self.source = source
         self.used: dict[int, int] = {}  # chain length -> target forwards it drafted
-        self.yields = [0.0, 0.0, 0.0]  # count, sum and sum of squares of the tokens a row committed per forward
 
     def plan(self, state: DecodeState, costs: ForwardCosts, running: bool = True) -> tuple[float, int]:
         """Expected committed tokens per second at the best chain length, and that length; ``running``: as
@@ -504,29 +504,12 @@ class _Arm:
 
     def record(self, drafts: int, accepted: list[int]) -> None:
         """One block of ``drafts`` drafts it proposed; ``accepted``: drafts accepted by each running row."""
-        count, total, squares = self.yields
-        committed = [a + 1 for a in accepted]
-        self.yields = [count + len(committed), total + sum(committed), squares + sum(c * c for c in committed)]
+        raise NotImplementedError
 
     def efficiency(self, state: DecodeState, expected: float) -> float:
-        """The slowest of ``B`` rows needs about ``z_B * sd * sqrt(F) / mean`` forwards beyond the ``F`` a row
-        needs on average to commit what is left (a sum of ``F`` yields of mean ``mean`` and deviation
-        ``sd``; ``z_B`` the expected largest of ``B`` standard normal draws). Before the arm has yields of its
-        own, ``mean`` is the ``expected`` yield it plans for, and its accepted drafts are taken as geometric
-        (deviation ``sqrt(a (a + 1))`` for a mean of ``a``): each draft is accepted only if the one before it
-        was; bursts of whole blocks make Jacobi's spread wider still. What is left is what the least advanced
-        of the batch's rows has still to commit."""
-        batch = state.batch
-        if batch == 1:  # one image waits for no other row
-            return 1.0
-        count, total, squares = self.yields
-        if count < 2:
-            mean, deviation = expected, math.sqrt(max(expected - 1, 0.0) * expected)
-        else:
-            mean = total / count
-            deviation = math.sqrt(max(squares / count - mean * mean, 0.0))
-        forwards = max(_remaining(state) / mean, 1.0)
-        return 1.0 / (1.0 + _slowest_of(batch) * deviation / mean / math.sqrt(forwards))
+        """The expected share of a batch's forwards not spent waiting for its slowest row, at an ``expected``
+        yield per forward (1 for one image)."""
+        raise NotImplementedError
 
     def fade(self) -> None:
         """A target forward went by: older outcomes count for less."""
@@ -601,11 +584,11 @@ class _JacobiArm(_Arm):
     def efficiency(self, state: DecodeState, expected: float) -> float:
         """A batch of ``B`` rows needs about ``1 + z_B * spread`` times the forwards of its mean row, the spread
         the window's :data:`JACOBI_SPREAD`: what sets the wait is how much images differ, which a row's own
-        yields, taken as independent draws (:meth:`_Arm.efficiency`), would miss."""
+        yields, taken as independent draws (as :meth:`_ChainArm.efficiency` takes a chain drafter's), would
+        miss."""
         return _jacobi_efficiency(state.batch, self.window)
 
     def record(self, drafts: int, accepted: list[int]) -> None:
-        super().record(drafts, accepted)
         self.since_start += 1
         if accepted:
             mean = sum(accepted) / len(accepted)
@@ -637,6 +620,7 @@ class _ChainArm(_Arm):
         super().__init__(source)
         self.label, self.cost = label, cost
         self.acceptance = _DepthAcceptance(CHAIN_MAX_DRAFTS)
+        self.yields = [0.0, 0.0, 0.0]  # count, sum and sum of squares of the tokens a row committed per forward
 
     def catch_up_seconds(self, state: DecodeState, costs: ForwardCosts) -> float:
         """Seconds per forward of a stint it spends catching up on tokens drafted while it sat out."""
@@ -657,8 +641,30 @@ class _ChainArm(_Arm):
         return best
 
     def record(self, drafts: int, accepted: list[int]) -> None:
-        super().record(drafts, accepted)
+        count, total, squares = self.yields
+        committed = [a + 1 for a in accepted]
+        self.yields = [count + len(committed), total + sum(committed), squares + sum(c * c for c in committed)]
         self.acceptance.record(drafts, accepted)
+
+    def efficiency(self, state: DecodeState, expected: float) -> float:
+        """The slowest of ``B`` rows needs about ``z_B * sd * sqrt(F) / mean`` forwards beyond the ``F`` a row
+        needs on average to commit what is left (a sum of ``F`` yields of mean ``mean`` and deviation
+        ``sd``; ``z_B`` the expected largest of ``B`` standard normal draws): a chain drafter's drafts are fresh
+        every forward, so its yields are taken as independent. Before the arm has yields of its own, ``mean``
+        is the ``expected`` yield it plans for, and its accepted drafts are taken as geometric (deviation
+        ``sqrt(a (a + 1))`` for a mean of ``a``): each draft is accepted only if the one before it was. What is
+        left is what the least advanced of the batch's rows has still to commit."""
+        batch = state.batch
+        if batch == 1:  # one image waits for no other row
+            return 1.0
+        count, total, squares = self.yields
+        if count < 2:
+            mean, deviation = expected, math.sqrt(max(expected - 1, 0.0) * expected)
+        else:
+            mean = total / count
+            deviation = math.sqrt(max(squares / count - mean * mean, 0.0))
+        forwards = max(_remaining(state) / mean, 1.0)
+        return 1.0 / (1.0 + _slowest_of(batch) * deviation / mean / math.sqrt(forwards))
 
     def fade(self) -> None:
         self.acceptance.fade()
