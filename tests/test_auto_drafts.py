@@ -152,17 +152,20 @@ def test_chooses_by_cost_per_second() -> None:
     assert dear.choose(state)[1] == 0  # a verify of n tokens costs n forwards: no draft pays, a plain step
 
 
+def _first_choice(costs: ForwardCosts, batch: int = 1) -> tuple["auto_drafts._Arm | None", int]:
+    """The arm (``None``: a plain step) and chain length auto picks first for ``batch`` images at ``costs``."""
+    auto = AutoDrafts(costs=costs)
+    state = _state(tiny_model(0), batch)
+    auto.begin(state)
+    return auto.choose(state)
+
+
 def test_a_batch_prices_the_wait_for_its_slowest_row_before_any_yield_is_measured() -> None:
     """A Jacobi step at 5 plain steps (at any window) beats plain ones for one image at the longest window's
     prior yield of 5.8 tokens per forward; a batch of 4 expects its slowest row to fall behind (images differ in
     how much a window accepts) and decodes plainly."""
     costs = ForwardCosts({n: 1.0 if n == 1 else 5.0 for n in CALIBRATION_BLOCKS}, padded=False)
-    chosen = {}
-    for batch in (1, 4):
-        auto = AutoDrafts(costs=costs)
-        state = _state(tiny_model(0), batch)
-        auto.begin(state)
-        chosen[batch] = auto.choose(state)[0]
+    chosen = {batch: _first_choice(costs, batch)[0] for batch in (1, 4)}
     assert chosen[1] is not None and chosen[1].label == "jacobi-row" and chosen[4] is None
     assert chosen[1].runs("jacobi-row", JACOBI_WINDOWS[-1])
 
@@ -174,12 +177,9 @@ def test_a_short_jacobi_window_is_chosen_where_long_blocks_cost_more_than_they_y
     growing = ForwardCosts({n: 1.0 + (n - 1) / 4 for n in CALIBRATION_BLOCKS}, padded=False)
     flat = ForwardCosts({n: 1.0 if n == 1 else 1.2 for n in CALIBRATION_BLOCKS}, padded=False)
     close = ForwardCosts({1: 1.0, 2: 1.1, 3: 1.2, 5: 1.3, 9: 1.4, 17: 2.1}, padded=False)
-    lengths = {}
-    for name, costs in (("growing", growing), ("flat", flat), ("close", close)):
-        auto = AutoDrafts(costs=costs)
-        state = _state(tiny_model(0))
-        auto.begin(state)
-        lengths[name] = auto.choose(state)[1]
+    lengths = {
+        name: _first_choice(costs)[1] for name, costs in (("growing", growing), ("flat", flat), ("close", close))
+    }
     assert lengths == {"growing": JACOBI_WINDOWS[1], "flat": JACOBI_WINDOWS[-1], "close": JACOBI_WINDOWS[-1]}
 
 
@@ -188,12 +188,7 @@ def test_a_batch_takes_the_window_whose_images_differ_less() -> None:
     window (the 8-draft one is not ahead of it by the margin it needs), and a batch of 4 with the 8-draft one: a
     long window's yield varies the more from image to image, and a batch waits for its slowest row."""
     costs = ForwardCosts({1: 1.0, 2: 1.4, 3: 1.5, 5: 1.8, 9: 2.3, 17: 3.35}, padded=False)
-    lengths = {}
-    for batch in (1, 4):
-        auto = AutoDrafts(costs=costs)
-        state = _state(tiny_model(0), batch)
-        auto.begin(state)
-        lengths[batch] = auto.choose(state)[1]
+    lengths = {batch: _first_choice(costs, batch)[1] for batch in (1, 4)}
     assert lengths == {1: JACOBI_WINDOWS[-1], 4: JACOBI_WINDOWS[-2]}
 
 
