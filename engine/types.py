@@ -217,10 +217,10 @@ class Verdict:
     quantities a policy decided on (for heatmaps): chains ``[B, n]`` per node, trees ``[B, depth]`` per level.
 
     ``slot_draws`` and ``slot_passed`` come with an exact verification of a ``redrawn`` chain of ``n`` drafts:
-    ``slot_draws [B, n + 1]`` a token drawn at every slot from ``norm(max(0, p - q))`` (the last slot, past
-    the drafts, from ``p``), and ``slot_passed [B, n]`` whether each slot's uniform fell under its acceptance
-    ``min(1, p(x)/q(x))``. Past a row's first rejection nothing read them, so they are fresh there: a maximal
-    coupling of each later draft with its new distribution.
+    ``slot_draws [B, n + 1]`` a token drawn at every slot from ``norm(max(0, p - q))`` (from ``p`` at the last
+    slot, past the drafts, and where a row's limit stopped it), and ``slot_passed [B, n]`` whether each slot's
+    uniform fell under its acceptance ``min(1, p(x)/q(x))``. Past a row's first rejection nothing read them, so
+    they are fresh there: a maximal coupling of each later draft with its new distribution.
     """
 
     accepted: torch.Tensor  # [B] long
