@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .policies.base import AcceptancePolicy, PolicyContext
-from .sampling import DIVISOR_FLOOR, MASS_EPSILON, residual, sample
+from .sampling import DIVISOR_FLOOR, MASS_EPSILON, residual, residual_weights, sample
 from .types import DraftBlock, TokenKind, Verdict
 
 
@@ -116,11 +116,7 @@ def _verify_redrawn(
     that slot, which replaces the residual there."""
     B, n = block.tokens.shape
     slots = _arange(n + 1, p.device)
-    # max(0, p - q) at every slot, unnormalised (a draw scales by its row's total); p where nothing is left, which
-    # no draw that is used can meet: there p <= q everywhere, so p = q and the draft passes its test
-    left = (p[:, :n] - block.q).clamp_min_(0.0)
-    left = torch.where(left.sum(-1, keepdim=True) > MASS_EPSILON, left, p[:, :n])
-    dist = torch.cat([left, p[:, n:]], 1)  # [B, n + 1, V]
+    dist = torch.cat([residual_weights(p[:, :n], block.q), p[:, n:]], 1)  # [B, n + 1, V]
     stopped = (accepted < n) & ~rejected  # by its limit, at an untested draft: its bonus comes from p there
     if not _nothing_left(stopped):
         dist = torch.where(((slots == accepted[:, None]) & stopped[:, None])[..., None], p, dist)
