@@ -366,9 +366,9 @@ def _stint_samples(
     :data:`STEPS_UNTIMED` (its first forward pays for switching arms: a fresh Jacobi window, a catch-up). A round
     moves its rows on by tens of tokens, and a step attends to the cache up to the longest row, so rounds run
     back to back would price the later ones near the image's end, where a batch's steps cost more than on
-    average (and a plain step the most against a block, whose own tokens weigh more). The runs draw from their own generators and keep nothing; non-finite output ends a run (the
-    generation itself then stops with its own one-line reason, about its own tokens). A stint no run could time
-    is left out."""
+    average (and a plain step the most against a block, whose own tokens weigh more). The runs draw from their
+    own generators and keep nothing; non-finite output ends a run (the generation itself then stops with its own
+    one-line reason, about its own tokens). A stint no run could time is left out."""
     prefix = torch.zeros(cond.batch_size, model.num_image_tokens // 2, dtype=torch.long, device=model.device)
     samples: dict[tuple[str, int], list[float]] = {stint: [] for stint in stints}
     for _ in range(CALIBRATION_ROUNDS):
