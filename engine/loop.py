@@ -200,7 +200,9 @@ def generate(
             else:
                 read_evidence = policy.needs_code_evidence and settings.uses_cfg  # needs both guidance halves
                 evidence = code_evidence(out.logits) if read_evidence else None
-                limit = (N - 1 - committed_dev).clamp(min=0)  # drafts a row may still accept; 0 once it is done
+                # Drafts a row may still accept, 0 once it is done; a chain needs no caps while every row has room
+                room = N - 1 - max(counts)
+                limit = None if layout is None and room >= block.size else (N - 1 - committed_dev).clamp(min=0)
                 if layout is None:
                     verdict = verify_chain(policy, p, block, node_positions, limit, generator, evidence)
                 else:
@@ -208,7 +210,11 @@ def generate(
                         policy, p, block, node_positions, limit, generator, out.hidden[:B], layout[:2], evidence
                     )
 
-            health = [prefill_health, _health(out.logits), _health(block.q) if block.size else nothing]
+            health = [
+                prefill_health,
+                _health(out.logits),
+                _health(block.q) if block.size and not block.q_checked else nothing,
+            ]
             prefill_health = nothing
             # The one sync (as floats). A plain step's counts are known (nothing accepted, next kind PLAIN).
             outcome = [verdict.accepted, verdict.next_kind] if block.size else []

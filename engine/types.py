@@ -156,6 +156,9 @@ class DraftBlock:
     # distribution there (MC-SJD), which is the exact policy's test and residual: exact verification then
     # draws them too (Verdict.slot_draws), in the passes it makes anyway.
     redrawn: bool = False
+    # ``q`` holds only rows of the target's own processed distributions, whose logits the loop checked for NaN
+    # when they came, and point masses or uniform rows (Jacobi): the loop need not check it again.
+    q_checked: bool = False
 
     _chain: bool | None = field(default=None, init=False, repr=False, compare=False)  # is_chain, once known
     # Drafts per row: the loop reads it several times a step, so it is read off the shape once
@@ -213,8 +216,10 @@ class Verdict:
     ``path[b, :accepted[b]]`` are the block indices of the accepted nodes (for a chain simply
     0, 1, ...). ``next_token`` is the token the target emitted after them, drawn from
     ``next_dist``: a correction after a rejection, or a bonus token when nothing on the path was
-    rejected; ``next_kind`` says which (a :class:`TokenKind`). ``diagnostics`` holds per-node
-    quantities a policy decided on (for heatmaps): chains ``[B, n]`` per node, trees ``[B, depth]`` per level.
+    rejected; ``next_kind`` says which (a :class:`TokenKind`). ``next_dist`` is ``None`` where the
+    token is one of ``slot_draws``, whose distributions the verification never normalises (the loop
+    does not read them). ``diagnostics`` holds per-node quantities a policy decided on (for heatmaps):
+    chains ``[B, n]`` per node, trees ``[B, depth]`` per level.
 
     ``slot_draws`` and ``slot_passed`` come with an exact verification of a ``redrawn`` chain of ``n`` drafts:
     ``slot_draws [B, n + 1]`` a token drawn at every slot from ``norm(max(0, p - q))`` (from ``p`` at the last
@@ -226,7 +231,7 @@ class Verdict:
     accepted: torch.Tensor  # [B] long
     path: torch.Tensor  # [B, depth] long, block indices of accepted nodes, padded with -1
     next_token: torch.Tensor  # [B] long
-    next_dist: torch.Tensor  # [B, V] float32
+    next_dist: torch.Tensor | None  # [B, V] float32
     next_kind: torch.Tensor  # [B] long TokenKind of next_token
     diagnostics: dict[str, torch.Tensor] = field(default_factory=dict)
     slot_draws: torch.Tensor | None = None  # [B, n + 1] long

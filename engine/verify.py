@@ -40,9 +40,9 @@ def _arange(n: int, device: torch.device) -> torch.Tensor:
     return torch.arange(n, device=device)
 
 
-def _next_kind(limit: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+def _next_kind(limit: torch.Tensor | None, rejected: torch.Tensor) -> torch.Tensor:
     kind = torch.where(rejected, int(TokenKind.CORRECTED), int(TokenKind.BONUS))
-    return torch.where(limit == 0, int(TokenKind.PLAIN), kind)
+    return kind if limit is None else torch.where(limit == 0, int(TokenKind.PLAIN), kind)
 
 
 def plain_step(p: torch.Tensor, generator: torch.Generator, zeros: torch.Tensor | None = None) -> Verdict:
@@ -60,21 +60,22 @@ def verify_chain(
     p: torch.Tensor,
     block: DraftBlock,
     positions: torch.Tensor,
-    limit: torch.Tensor,
+    limit: torch.Tensor | None,
     generator: torch.Generator,
     evidence: torch.Tensor | None = None,
 ) -> Verdict:
     """Verify a chain of ``n`` drafts against ``p [B, n + 1, V]``.
 
     ``positions [B, n]`` are the drafts' image-token indices; ``limit [B]`` caps how many drafts a
-    row may accept (a row near its last token must not run past it). ``evidence [B, n + 1, V]``
+    row may accept (a row near its last token must not run past it), ``None`` when every row may
+    accept all ``n`` (most steps: the caps then cost no tensor operations). ``evidence [B, n + 1, V]``
     (every code's condition evidence, rows as ``p``) is handed to policies that read it.
     """
     B, n = block.tokens.shape
     dev = p.device
     if not n:
         return plain_step(p, generator)
-    limit = limit.clamp(max=n)
+    limit = None if limit is None else limit.clamp(max=n)
     steps, rows = _arange(n, dev), _arange(B, dev)
     ctx = PolicyContext(positions, evidence=None if evidence is None else evidence[:, :n])
     alpha, diagnostics = policy.acceptance(p[:, :n], block.q, block.tokens, ctx)
@@ -82,8 +83,12 @@ def verify_chain(
         alpha = _within_support(alpha, p[:, :n], block.tokens)
     u = torch.rand(B, n, generator=generator, device=dev)
     passed = u < alpha
-    accepted = torch.minimum(passed.cumprod(dim=1).sum(dim=1), limit)  # the longest accepted prefix
-    rejected = accepted < limit
+    accepted = passed.cumprod(dim=1).sum(dim=1)  # the longest accepted prefix
+    if limit is None:
+        rejected = accepted < n
+    else:
+        accepted = torch.minimum(accepted, limit)
+        rejected = accepted < limit
     if block.redrawn and policy.lossless:
         return _verify_redrawn(p, block, passed, accepted, rejected, limit, generator, diagnostics)
     p_next = p[rows, accepted]
@@ -104,7 +109,7 @@ def _verify_redrawn(
     passed: torch.Tensor,
     accepted: torch.Tensor,
     rejected: torch.Tensor,
-    limit: torch.Tensor,
+    limit: torch.Tensor | None,
     generator: torch.Generator,
     diagnostics: dict[str, torch.Tensor],
 ) -> Verdict:
@@ -117,16 +122,14 @@ def _verify_redrawn(
     B, n = block.tokens.shape
     slots = _arange(n + 1, p.device)
     dist = torch.cat([residual_weights(p[:, :n], block.q), p[:, n:]], 1)  # [B, n + 1, V]
-    stopped = (accepted < n) & ~rejected  # by its limit, at an untested draft: its bonus comes from p there
-    if not _nothing_left(stopped):
-        dist = torch.where(((slots == accepted[:, None]) & stopped[:, None])[..., None], p, dist)
+    if limit is not None:
+        stopped = (accepted < n) & ~rejected  # by its limit, at an untested draft: its bonus comes from p there
+        if not _nothing_left(stopped):
+            dist = torch.where(((slots == accepted[:, None]) & stopped[:, None])[..., None], p, dist)
     draws = sample(dist, generator)
     path = torch.where(slots[:n] < accepted[:, None], slots[:n], -1)
-    at = accepted[:, None]
-    here = dist.gather(1, at[..., None].expand(-1, 1, dist.shape[-1]))[:, 0]
-    next_dist = here / here.sum(-1, keepdim=True)
     kind = _next_kind(limit, rejected)
-    return Verdict(accepted, path, draws.gather(1, at)[:, 0], next_dist, kind, diagnostics, draws, passed)
+    return Verdict(accepted, path, draws.gather(1, accepted[:, None])[:, 0], None, kind, diagnostics, draws, passed)
 
 
 def _within_support(alpha: torch.Tensor, p: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

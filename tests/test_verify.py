@@ -60,6 +60,27 @@ def test_chain_respects_the_per_row_limit(redrawn: bool) -> None:
     assert verdict.next_kind.tolist() == [TokenKind.PLAIN, TokenKind.BONUS, TokenKind.BONUS, TokenKind.BONUS]
 
 
+@pytest.mark.parametrize("redrawn", [False, True])
+def test_no_limit_is_room_for_every_draft(redrawn: bool) -> None:
+    """``limit=None`` (the loop's call while no row is near its last token) decides exactly as a limit at
+    least the block's length, draw for draw."""
+    rows, n = 64, 4
+    seeded = torch.Generator().manual_seed(3)
+    p = torch.softmax(torch.randn(rows, n + 1, V, generator=seeded), -1)
+    q = torch.softmax(torch.randn(rows, n, V, generator=seeded), -1)
+    tokens = sample(q, seeded)
+    block = DraftBlock(tokens, q, list(range(-1, n - 1)), redrawn=redrawn)
+    positions = torch.zeros(rows, n, dtype=torch.long)
+    capped, uncapped = (
+        verify_chain(ExactPolicy(), p, block, positions, limit, torch.Generator().manual_seed(4))
+        for limit in (torch.full((rows,), n + 3), None)
+    )
+    assert 0 < int(uncapped.accepted.sum()) < rows * n  # acceptances and rejections both happened
+    for name in ("accepted", "path", "next_token", "next_kind", "slot_draws", "slot_passed"):
+        a, b = getattr(capped, name), getattr(uncapped, name)
+        assert (a is None and b is None) if not redrawn and name.startswith("slot") else torch.equal(a, b), name
+
+
 def test_a_redrawn_chain_stopped_by_its_limit_takes_its_bonus_from_p() -> None:
     """The slot where a row's limit stops it holds a draft that was never tested: the bonus there is drawn
     from the target's p, which may well be that draft's token, never from the residual without it."""

@@ -68,7 +68,7 @@ class JacobiDrafts(DraftSource):
     def propose(self, state: DecodeState) -> DraftBlock:
         m = min(self.slots, state.max_drafts)
         block = chain(self.tokens[:, :m], self.q[:, :m])
-        block.redrawn = self.coupling
+        block.redrawn, block.q_checked = self.coupling, True
         return block
 
     def observe(self, state: DecodeState, outcome: StepOutcome) -> None:
