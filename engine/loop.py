@@ -251,7 +251,7 @@ def generate(
             _commit(tokens, path_tokens, verdict, committed_dev, offsets)
             _mark(*marks, counts_before, numbers[:B], numbers[B : 2 * B], target_forwards)
             pending = verdict.next_token[:, None]
-            _record(diagnostics, verdict, committed_dev, N)
+            _record(diagnostics, verdict, committed_dev, N, offsets)
             accepted_now = int(sum(numbers[:B]))
             accepted_total += accepted_now
             drafted += accepted_now + numbers[B : 2 * B].count(int(TokenKind.CORRECTED))  # drafts tested
@@ -328,17 +328,18 @@ def _check_prefix(prefix: torch.Tensor, batch: int, total: int, vocab: int) -> i
     return int(prefix.shape[1])
 
 
-def _record(records: dict[str, torch.Tensor], verdict: Verdict, committed: torch.Tensor, N: int) -> None:
+def _record(
+    records: dict[str, torch.Tensor], verdict: Verdict, committed: torch.Tensor, N: int, steps: torch.Tensor
+) -> None:
     """Store the policy's per-draft quantities at the positions of the drafts it tested: the accepted
-    ones and the first rejected one (whose position got the correction). A done row tested none."""
+    ones and the first rejected one (whose position got the correction). A done row tested none.
+    ``steps`` are 0, 1, ... (at least as many as the block's drafts)."""
     for name, values in verdict.diagnostics.items():
         B, n = values.shape
         if name not in records:
             records[name] = torch.full((B, N + 1), float("nan"), device=values.device)
-        offsets = torch.arange(n, device=values.device)[None, :]
-        accepted = verdict.accepted[:, None]
-        corrected = (verdict.next_kind == int(TokenKind.CORRECTED))[:, None]
-        tested = (offsets < accepted) | ((offsets == accepted) & corrected)
+        offsets = steps[None, :n]
+        tested = offsets < (verdict.accepted + (verdict.next_kind == int(TokenKind.CORRECTED)))[:, None]
         slots = torch.where(tested, (committed[:, None] + offsets).clamp(max=N), N)  # column N: scratch
         records[name].scatter_(1, slots, values.float())
 
