@@ -10,13 +10,15 @@ steps (a bench that only times its methods draws one image; one that scores qual
 needs); ``REPLACEMENTS`` swaps names of checkpoints that cannot exist here for the tiny random models the tests
 build; ``SKIPPED`` names the blocks that do not run here, with the reason. Each document's blocks run in
 order in one folder, in one test, so later commands read what earlier ones wrote; ``engine`` there links
-to the package folder, for commands that name shipped files by their path in the repository.
+to the package folder, for commands that name shipped files by their path in the repository, and
+``docs/pareto`` is a copy of the benchmark runs the documents redraw their Pareto plot from.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -155,6 +157,7 @@ def test_documented_blocks_run(document: str, tmp_path: Path, tiny_model: Path) 
     blocks = [block for block in RUN_BLOCKS if block.document == document]
     assert blocks, f"{document} has no runnable block"
     (tmp_path / "engine").symlink_to(ROOT / "engine", target_is_directory=True)
+    shutil.copytree(ROOT / "docs" / "pareto", tmp_path / "docs" / "pareto")  # the runs the Pareto plot is drawn from
     for block in blocks:
         if not block.skip_reason:  # SKIPPED says why
             run_block(block, tmp_path, tiny_model)

@@ -335,7 +335,7 @@ OTHER_COLOR = (150, 60, 170)
 BAND_COLOR = (222, 222, 222)
 PANEL_SIZE = (520, 380)
 MARGIN = (64, 24, 24, 48)  # left, top, right, bottom of each panel's plotting area
-MAX_SOURCES = 3  # marker shapes: circle, square, triangle
+MAX_SOURCES = 4  # marker shapes: circle, square, triangle, diamond
 
 
 def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -354,8 +354,10 @@ def _marker(draw: ImageDraw.ImageDraw, x: float, y: float, shape: int, color: tu
         draw.ellipse([x - r, y - r, x + r, y + r], fill=color, outline=(0, 0, 0))
     elif shape == 1:
         draw.rectangle([x - r, y - r, x + r, y + r], fill=color, outline=(0, 0, 0))
-    else:
+    elif shape == 2:
         draw.polygon([(x, y - r - 1), (x - r - 1, y + r), (x + r + 1, y + r)], fill=color, outline=(0, 0, 0))
+    else:
+        draw.polygon([(x, y - r - 1), (x + r + 1, y), (x, y + r + 1), (x - r - 1, y)], fill=color, outline=(0, 0, 0))
 
 
 def _panel(

@@ -49,7 +49,7 @@ def default_distance(model: ImageTokenModel) -> float:
 class GSDPolicy(RelaxedPolicy):
     name = "gsd"
     parameter_names = ("p_gap_at_full", "rank_window", "max_distance")
-    recommended_relaxation = 1.0  # README Pareto benchmark: inside the AR band with Jacobi drafts (1.09x)
+    recommended_relaxation = 1.0  # inside plain AR's quality band with Jacobi's drafts (docs/benchmarks.md)
     needs_model = True
 
     def __init__(

@@ -55,7 +55,7 @@ def neighbour_table(model: ImageTokenModel, k: int) -> torch.Tensor:
 class LanternPolicy(RelaxedPolicy):
     name = "lantern"
     parameter_names = ("delta_at_full", "neighbours", "ratio_bound")
-    recommended_relaxation = 0.75  # README Pareto benchmark: fastest inside the AR band with the drafter (1.17x)
+    recommended_relaxation = 0.75  # inside plain AR's quality band with the drafter's chains (docs/benchmarks.md)
     needs_model = True
 
     def __init__(
