@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .memory import check_fits
@@ -238,12 +239,13 @@ class RaggedKVCache:
         assert self.fixed and self._plan is not None, "view() is for a planned forward of a fixed cache"
         return FixedCacheView(self.k, self.v, self._plan.write_slots, self._plan.mask)
 
-    def truncate(self, lengths: torch.Tensor) -> None:
-        """Keep the first ``lengths[r]`` slots of every row (a rollback; nothing is copied)."""
-        wanted = lengths.tolist()
-        if any(new > old for new, old in zip(wanted, self.lengths.tolist())):  # cheaper than tensor ops
+    def truncate(self, lengths: torch.Tensor | list[int]) -> None:
+        """Keep the first ``lengths[r]`` slots of every row (a rollback; nothing is copied). A list of the rows'
+        lengths saves the conversions of a tensor (list work costs less than tensor operations here)."""
+        wanted = lengths if isinstance(lengths, list) else lengths.tolist()
+        if any(new > old for new, old in zip(wanted, self.lengths.tolist())):
             raise ValueError("truncate() can only shorten rows")
-        self.lengths = torch.tensor(wanted, dtype=torch.long)  # the host's own copy, whatever ``lengths`` was
+        self.lengths = torch.from_numpy(np.array(wanted, dtype=np.int64))  # the host's own copy
 
     def compact(self, start: torch.Tensor, keep: torch.Tensor, counts: torch.Tensor) -> None:
         """Move slots ``start[r] + keep[r, i]`` to ``start[r] + i`` for ``i < counts[r]``.

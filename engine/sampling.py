@@ -70,19 +70,26 @@ class DistributionProcessor:
         return torch.softmax(logits, dim=-1)
 
 
+# NumPy 2 sorts with SIMD kernels on x86 (AVX2 and up) and ARM, and a SIMD sort of a row of logits beats a selection in
+# it; NumPy 1 has them on few CPUs, and a scalar sort costs more than a selection
+_NUMPY_SORTS_IN_SIMD = int(np.__version__.split(".")[0]) >= 2
+
+
 def _kth_largest(logits: torch.Tensor, k: int) -> torch.Tensor:
     """The ``k``-th largest entry of every row, ``[..., 1]``.
 
-    On a CPU, NumPy's selection (``np.partition``, vectorised on CPUs with SIMD sorting kernels).
-    ``torch.kthvalue`` and ``topk`` select by quickselect, which branches on every comparison, and
-    every step brings new logits, so their branches are mispredicted throughout. Elsewhere ``topk``
-    (MPS lacks ``kthvalue`` before torch 2.9). All give the same value, so the same tokens.
+    On a CPU, NumPy's: a SIMD sort of the rows where NumPy has one for the CPU, else a selection
+    (``np.partition``). ``torch.kthvalue`` and ``topk`` select by quickselect, which branches on every
+    comparison, and every step brings new logits, so their branches are mispredicted throughout.
+    Elsewhere ``topk`` (MPS lacks ``kthvalue`` before torch 2.9). All give the same value, so the same
+    tokens.
     """
     if logits.is_cpu:
         at = logits.shape[-1] - k
         values = logits if logits.dtype == torch.float32 and not logits.requires_grad else logits.detach().float()
-        chosen = np.partition(values.numpy(), at, axis=-1)[..., at : at + 1]
-        return torch.from_numpy(chosen)
+        rows = values.numpy()
+        ordered = np.sort(rows, axis=-1) if _NUMPY_SORTS_IN_SIMD else np.partition(rows, at, axis=-1)
+        return torch.from_numpy(ordered[..., at : at + 1])
     return torch.topk(logits, k, dim=-1).values[..., -1:]
 
 

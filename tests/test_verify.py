@@ -6,6 +6,7 @@ import pytest
 import torch
 from stats import noise_floor, total_variation
 
+from specar import sampling
 from specar.policies import ExactPolicy
 from specar.sampling import _kth_largest, point_mass, sample
 from specar.types import DraftBlock, TokenKind
@@ -228,7 +229,11 @@ def test_an_empty_chain_is_a_plain_step_drawn_from_the_first_row() -> None:
     assert verdict.next_kind.tolist() == [TokenKind.PLAIN, TokenKind.PLAIN]
 
 
-def test_the_top_k_threshold_is_the_kth_largest_value_ties_and_masked_codes_included() -> None:
+@pytest.mark.parametrize("numpy_sorts_in_simd", [True, False])  # sorted rows, or a selection in them
+def test_the_top_k_threshold_is_the_kth_largest_value_ties_and_masked_codes_included(
+    numpy_sorts_in_simd: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sampling, "_NUMPY_SORTS_IN_SIMD", numpy_sorts_in_simd)
     gen = torch.Generator().manual_seed(0)
     for trial in range(200):
         vocab = int(torch.randint(2, 300, (1,), generator=gen))

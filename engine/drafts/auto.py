@@ -501,6 +501,10 @@ class _Arm:
         the arm of the stint under way (else as one that would open a stint)."""
         raise NotImplementedError
 
+    def length(self, state: DecodeState, costs: ForwardCosts) -> int:
+        """The chain length of this forward, in a stint of this arm."""
+        return self.plan(state, costs)[1]
+
     def record(self, drafts: int, accepted: list[int]) -> None:
         """One block of ``drafts`` drafts it proposed; ``accepted``: drafts accepted by each running row."""
         raise NotImplementedError
@@ -572,10 +576,14 @@ class _JacobiArm(_Arm):
             accepted += self.WARMUP * (self.warmup_accepted.value - accepted) / STINT
         return self.rate(state, costs, accepted)
 
+    def length(self, state: DecodeState, costs: ForwardCosts) -> int:
+        """The whole window, or the drafts an image has left (the rate needs working out only to choose)."""
+        return min(self.window, state.max_drafts)
+
     def rate(self, state: DecodeState, costs: ForwardCosts, accepted: float) -> tuple[float, int]:
         """Expected committed tokens per second at the whole window for ``accepted`` drafts per block, and the
         window's length."""
-        length = min(self.window, state.max_drafts)
+        length = self.length(state, costs)
         expected = 1 + min(accepted, length)
         efficiency = self.efficiency(state, expected)
         return expected * efficiency / costs.jacobi_seconds(length), length
@@ -755,7 +763,7 @@ class AutoDrafts(DraftSource):
         self._stint = (arm, left - 1)
         if arm is None:
             return None, 0
-        return arm, arm.plan(state, self.costs)[1]
+        return arm, arm.length(state, self.costs)
 
     def propose(self, state: DecodeState) -> DraftBlock:
         arm, length = self.choose(state)

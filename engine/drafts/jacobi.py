@@ -25,7 +25,7 @@ import torch
 
 from ..errors import SettingsError
 from ..memory import check_block
-from ..sampling import Q_FLOOR, point_mass, residual, sample
+from ..sampling import Q_FLOOR, residual, sample
 from ..types import DraftBlock
 from .base import DecodeState, DraftSource, StepOutcome, chain
 
@@ -53,6 +53,7 @@ class JacobiDrafts(DraftSource):
         self.slot = torch.zeros(0, dtype=torch.long)  # 0, 1, ... over the window's slots, made once per run
         self.slot_after = self.slot  # 1, 2, ...: slot s holds the position s + 1 past the pending token
         self.slot_above = self.slot  # each slot's offset to its row above, less the committed count
+        self.batch_row = self.slot  # [B, 1]: each image's row, to index a row's slots with
 
     def begin(self, state: DecodeState) -> None:
         B, V = state.batch, state.model.vocab_size
@@ -60,6 +61,7 @@ class JacobiDrafts(DraftSource):
         self.slot = torch.arange(self.slots, device=dev)
         self.slot_after = self.slot + 1
         self.slot_above = self.slot - state.model.grid[1]
+        self.batch_row = torch.arange(B, device=dev)[:, None]
         self.tokens = torch.zeros(B, self.slots, dtype=torch.long, device=dev)
         self.q = torch.zeros(B, self.slots, V, device=dev)
         everything = torch.ones(B, self.slots, dtype=torch.bool, device=dev)
@@ -90,7 +92,7 @@ class JacobiDrafts(DraftSource):
         new = rows > m
         rows = rows.clamp_(max=m)
         self.tokens = fresh.gather(1, rows)
-        self.q = p.gather(1, rows[..., None].expand(-1, -1, p.shape[-1]))
+        self.q = p[self.batch_row, rows]  # whole rows copied: far quicker than a gather entry by entry
         width = state.model.grid[1]
         if self.init == "row_above" and min(state.committed.tolist()) < width:
             new |= state.committed.to(new.device)[:, None] + self.slot < width  # the first grid row: drafted afresh
@@ -118,12 +120,12 @@ class JacobiDrafts(DraftSource):
             guess = self._row_above(state, committed.to(dev), new)
         else:
             guess = torch.randint(0, V, (B, S), generator=state.generator, device=dev)
-        if self.init == "random" and self.q_init == "uniform":
-            q_guess = torch.full((B, S, V), 1.0 / V, device=dev)
-        else:
-            q_guess = point_mass(guess, V)
         self.tokens = torch.where(new, guess, self.tokens)
-        self.q = torch.where(new[..., None], q_guess, self.q)
+        # ``self.q`` is this source's own tensor (made in begin, or copied from p in observe): set in place
+        if self.init == "random" and self.q_init == "uniform":
+            self.q.masked_fill_(new[..., None], 1.0 / V)
+        else:  # a point mass at the guess: cleared, then 1 added at the guess
+            self.q.masked_fill_(new[..., None], 0.0).scatter_add_(-1, guess[..., None], new[..., None].float())
 
     def _committed_above(self, state: DecodeState, committed: torch.Tensor) -> torch.Tensor:
         """The committed token one grid row above each slot, for windows no wider than a row, past the first row."""

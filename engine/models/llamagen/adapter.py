@@ -253,7 +253,7 @@ class LlamaGenModel(ImageTokenModel):
     def truncate(self, lengths: torch.Tensor) -> None:
         assert self.cache is not None
         per_image = [length + self.cfg.cls_token_num for length in lengths.tolist()]  # list work, no tensor ops
-        self.cache.truncate(torch.tensor(per_image * 2 if self.guided else per_image))
+        self.cache.truncate(per_image * 2 if self.guided else per_image)
 
     @torch.inference_mode()
     def compact(self, keep: torch.Tensor, counts: torch.Tensor) -> None:
