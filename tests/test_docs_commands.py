@@ -53,6 +53,7 @@ REPLACEMENTS = {  # text of a command -> what runs here instead
     "for seed in range(12)": "for seed in range(2)",  # the masked-relaxation seeds: two
     "for trial in range(200)": "for trial in range(2)",  # auto's window over fresh calibrations: two
     "for trial in range(10)": "for trial in range(2)",  # calibrated against looped step costs at batch 4: two
+    "for call in range(8):  # batches of 4": "for call in range(1):  # batches of 4",  # the windows at batch 4: one
     "for seed in range(24)": "for seed in range(2)",  # row-above SJD's acceptance in the first grid row: two images
     "images = 192  # at each batch size": "images = 16  # at each batch size",  # Jacobi's spread over a batch: one
     "models/specar/c2i_XL_384": "{tiny_model}",  # a downloaded LlamaGen checkpoint: the tests' tiny one
