@@ -92,7 +92,7 @@ class JacobiDrafts(DraftSource):
         new = rows > m
         rows = rows.clamp_(max=m)
         self.tokens = fresh.gather(1, rows)
-        self.q = p[self.batch_row, rows]  # whole rows copied: far quicker than a gather entry by entry
+        self.q = p[self.batch_row, rows]  # whole rows copied, not gathered entry by entry
         width = state.model.grid[1]
         if self.init == "row_above" and min(state.committed.tolist()) < width:
             new |= state.committed.to(new.device)[:, None] + self.slot < width  # the first grid row: drafted afresh
