@@ -153,8 +153,8 @@ class DraftBlock:
     # tokens, as in a dynamic tree; exact verification then takes a shortcut (verify.verify_tree).
     picks: bool = False
     # The source redraws every slot of a chain after the forward by maximal coupling with the target's new
-    # distribution there (MC-SJD), which is the exact policy's test and residual: exact verification then
-    # draws them too (Verdict.slot_draws), in the passes it makes anyway.
+    # distribution there (MC-SJD), which is the exact policy's test and residual: verification then draws
+    # them too (Verdict.slot_draws), in the passes it makes anyway.
     redrawn: bool = False
     # ``q`` holds only rows of the target's own processed distributions, whose logits the loop checked for NaN
     # when they came, and point masses or uniform rows (Jacobi): the loop need not check it again.
@@ -221,11 +221,13 @@ class Verdict:
     does not read them). ``diagnostics`` holds per-node quantities a policy decided on (for heatmaps):
     chains ``[B, n]`` per node, trees ``[B, depth]`` per level.
 
-    ``slot_draws`` and ``slot_passed`` come with an exact verification of a ``redrawn`` chain of ``n`` drafts:
+    ``slot_draws`` and ``slot_passed`` come with the verification of a ``redrawn`` chain of ``n`` drafts:
     ``slot_draws [B, n + 1]`` a token drawn at every slot from ``norm(max(0, p - q))`` (from ``p`` at the last
     slot, past the drafts, and where a row's limit stopped it), and ``slot_passed [B, n]`` whether each slot's
-    uniform fell under its acceptance ``min(1, p(x)/q(x))``. Past a row's first rejection nothing read them, so
-    they are fresh there: a maximal coupling of each later draft with its new distribution.
+    uniform fell under the exact ratio ``min(1, p(x)/q(x))`` (a relaxed policy tests its own acceptance on the
+    same uniform, and draws a rejected row's correction from its own residual apart). Past a row's first
+    rejection nothing read them, so they are fresh there: a maximal coupling of each later draft with its new
+    distribution.
     """
 
     accepted: torch.Tensor  # [B] long

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from .policies.base import AcceptancePolicy, PolicyContext
+from .policies.exact import exact_ratio
 from .sampling import DIVISOR_FLOOR, MASS_EPSILON, residual, residual_weights, sample
 from .types import DraftBlock, TokenKind, Verdict
 
@@ -89,47 +90,65 @@ def verify_chain(
     else:
         accepted = torch.minimum(accepted, limit)
         rejected = accepted < limit
-    if block.redrawn and policy.lossless:
-        return _verify_redrawn(p, block, passed, accepted, rejected, limit, generator, diagnostics)
+    if block.redrawn:
+        # Coupling a draft with its new distribution takes the exact test's outcome on the same uniform
+        slot_passed = passed if policy.lossless else u < exact_ratio(p[:, :n], block.q, block.tokens)
+        draws = _slot_draws(p, block, accepted, rejected, limit, generator)
+        next_token = draws.gather(1, accepted[:, None])[:, 0]
+        if not policy.lossless:  # a rejected row's correction comes from the policy's own residual
+            j = accepted.clamp(max=n - 1)
+            corrected = _correction(policy, p[rows, j], block, j, positions, evidence)
+            next_token = torch.where(rejected, sample(corrected, generator), next_token)
+        path = torch.where(steps < accepted[:, None], steps, -1)
+        kind = _next_kind(limit, rejected)
+        return Verdict(accepted, path, next_token, None, kind, diagnostics, draws, slot_passed)
     p_next = p[rows, accepted]
     j = accepted.clamp(max=n - 1)  # the draft a correction replaces
-    at_j = None if evidence is None else evidence[rows, j][:, None]
-    ctx = PolicyContext(positions.gather(1, j[:, None]), evidence=at_j)
-    corrected = policy.residual(p_next, block.q[rows, j], block.tokens[rows, j], ctx)
-    if not policy.lossless:
-        corrected = _on_support(corrected, p_next)
+    corrected = _correction(policy, p_next, block, j, positions, evidence)
     next_dist = torch.where(rejected[:, None], corrected, p_next)
     path = torch.where(steps < accepted[:, None], steps, -1)
     return Verdict(accepted, path, sample(next_dist, generator), next_dist, _next_kind(limit, rejected), diagnostics)
 
 
-def _verify_redrawn(
+def _correction(
+    policy: AcceptancePolicy,
+    target: torch.Tensor,
+    block: DraftBlock,
+    j: torch.Tensor,
+    positions: torch.Tensor,
+    evidence: torch.Tensor | None,
+) -> torch.Tensor:
+    """The distribution ``[B, V]`` a correction of each row's draft ``j [B]`` is drawn from, where the target
+    says ``target [B, V]`` (the policy's residual, kept to the target's support under a relaxed policy)."""
+    rows = _arange(len(j), j.device)
+    at_j = None if evidence is None else evidence[rows, j][:, None]
+    ctx = PolicyContext(positions.gather(1, j[:, None]), evidence=at_j)
+    corrected = policy.residual(target, block.q[rows, j], block.tokens[rows, j], ctx)
+    return corrected if policy.lossless else _on_support(corrected, target)
+
+
+def _slot_draws(
     p: torch.Tensor,
     block: DraftBlock,
-    passed: torch.Tensor,
     accepted: torch.Tensor,
     rejected: torch.Tensor,
     limit: torch.Tensor | None,
     generator: torch.Generator,
-    diagnostics: dict[str, torch.Tensor],
-) -> Verdict:
-    """The rest of :func:`verify_chain` for a ``redrawn`` chain under the exact policy: one draw at every slot
-    (:class:`~specar.types.Verdict`'s ``slot_draws``), of which the row's next token is the one at ``accepted``.
-
-    A rejected slot's correction comes from its residual, as after one draw there; a row that accepted every
-    draft takes the last slot's draw, from ``p``; a row stopped by its ``limit`` takes its bonus from ``p`` at
-    that slot, which replaces the residual there."""
-    B, n = block.tokens.shape
+) -> torch.Tensor:
+    """A draw at every slot of a ``redrawn`` chain (:class:`~specar.types.Verdict`'s ``slot_draws [B, n + 1]``)
+    from ``norm(max(0, p - q))``, which a coupled draft takes where its exact test failed: the next window's
+    drafts, and under the exact policy each row's next token too, the draw at ``accepted``. A rejected slot's
+    draw is a correction from its residual, as after one draw there; a row that accepted every draft takes the
+    last slot's draw, from ``p``; a row stopped by its ``limit`` takes its bonus from ``p`` at that slot, which
+    replaces the residual there."""
+    n = block.tokens.shape[1]
     slots = _arange(n + 1, p.device)
     dist = torch.cat([residual_weights(p[:, :n], block.q), p[:, n:]], 1)  # [B, n + 1, V]
     if limit is not None:
         stopped = (accepted < n) & ~rejected  # by its limit, at an untested draft: its bonus comes from p there
         if not _nothing_left(stopped):
             dist = torch.where(((slots == accepted[:, None]) & stopped[:, None])[..., None], p, dist)
-    draws = sample(dist, generator)
-    path = torch.where(slots[:n] < accepted[:, None], slots[:n], -1)
-    kind = _next_kind(limit, rejected)
-    return Verdict(accepted, path, draws.gather(1, accepted[:, None])[:, 0], None, kind, diagnostics, draws, passed)
+    return sample(dist, generator)
 
 
 def _within_support(alpha: torch.Tensor, p: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:

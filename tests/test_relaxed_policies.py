@@ -20,7 +20,7 @@ from specar.policies import POLICIES, PolicyContext, make_policy, parse_policy_o
 from specar.policies.exact import ExactPolicy
 from specar.session import PolicyRecipe
 from specar.types import DraftBlock, SamplingSettings, TokenKind
-from specar.verify import verify_tree
+from specar.verify import verify_chain, verify_tree
 
 RELAXED = ("lantern", "gsd", "csd")
 
@@ -886,3 +886,81 @@ def test_the_tree_verifiers_shortcuts_give_the_full_walks_verdicts(demo, monkeyp
                 ours = fast.diagnostics.get(key, torch.full_like(values, float("nan")))
                 assert torch.equal(ours.nan_to_num(-1.0), values.nan_to_num(-1.0)), (shape, rows, key)
     assert rejected_there >= 3 and accepted_there >= 10  # the tails were reached, tested and left on rejections
+
+
+@pytest.mark.parametrize("name", [*RELAXED, "clusters"])
+def test_a_redrawn_chain_decides_as_a_plain_one_and_couples_its_drafts(demo, name: str) -> None:
+    """Coupled Jacobi under a relaxed policy: the verification that also draws every slot's coupled draft
+    (``redrawn``) accepts exactly what the plain verification accepts on the same uniforms, draws a rejected
+    row's correction from the policy's own distribution, and past the first rejection keeps each draft with
+    the exact ratio, so the next window's draft there is distributed as the target's ``p``."""
+    from specar.policies.clusters import code_ranks
+
+    target, _ = demo
+    rows, vocab = 20000, target.vocab_size
+    g = torch.Generator().manual_seed(12)
+    logits = torch.randn(3, vocab, generator=g) * 3  # after the pending token and each of two drafts
+    first_draft = 7  # a row-above draft (a point mass); its look-alikes are likely too, so a cluster may take them
+    logits[0, (code_ranks(target) >> 4) == code_ranks(target)[first_draft] >> 4] += 6
+    p = torch.softmax(logits, -1)
+    q = torch.stack([torch.nn.functional.one_hot(torch.tensor(first_draft), vocab).float(), torch.roll(p[1], 1)])
+    gen = torch.Generator().manual_seed(13)
+    drafts = torch.stack([torch.full((rows,), first_draft), torch.multinomial(q[1], rows, True, generator=gen)], 1)
+    policy = make_policy(name, 1.0, model=target)
+    verdicts = [
+        verify_chain(
+            policy,
+            p.expand(rows, 3, vocab),
+            DraftBlock(drafts, q.expand(rows, 2, vocab).clone(), [-1, 0], redrawn=redrawn),
+            torch.full((rows, 2), 40),
+            None,
+            torch.Generator().manual_seed(14),
+        )
+        for redrawn in (False, True)
+    ]
+    plain, redrawn = verdicts
+    for field in ("accepted", "path", "next_kind"):
+        assert torch.equal(getattr(plain, field), getattr(redrawn, field)), field
+    first = plain.accepted == 0  # rows that rejected the first draft: the correction comes from the policy
+    assert int(first.sum()) > 1000 and int((~first).sum()) > 100  # rejections and acceptances both happened
+    expected = plain.next_dist[int(first.nonzero()[0])]
+    corrections = torch.bincount(redrawn.next_token[first], minlength=vocab)
+    assert total_variation(corrections, expected) <= noise_floor(expected, int(first.sum()), trials=200)
+    coupled = torch.where(redrawn.slot_passed, drafts, redrawn.slot_draws[:, :2])[first, 1]
+    coupled_counts = torch.bincount(coupled, minlength=vocab)
+    assert total_variation(coupled_counts, p[1]) <= noise_floor(p[1], len(coupled), trials=200)
+    kept = (coupled == drafts[first, 1]).float().mean()
+    assert abs(kept - torch.minimum(p[1], q[1]).sum()) < 4 * (0.25 / len(coupled)) ** 0.5
+
+
+@pytest.mark.parametrize("vocab", [512, 60])  # the demo's, and one that no group size above 4 divides
+def test_groups_of_one_size_read_from_blocks_decide_as_group_ids_do(demo, vocab: int) -> None:
+    """Without a region every token's group has one size, and cluster acceptance reads a group's mass from its
+    block of the nested order; a region of ones (the same strengths everywhere) takes the path over every
+    code's group id: the same acceptance, recorded group masses and residual."""
+    from tiny import tiny_gpt
+
+    from specar.demo.codebook import PatchCodebook
+    from specar.models.llamagen.adapter import LlamaGenModel
+
+    if vocab == 512:
+        target = demo[0]
+    else:
+        centroids = torch.rand(vocab, 12, generator=torch.Generator().manual_seed(3)) * 2 - 1
+        target = LlamaGenModel(tiny_gpt(0, vocab_size=vocab), PatchCodebook(centroids), "tiny")
+    everywhere = torch.ones(1, target.num_image_tokens)
+    ctx = PolicyContext(torch.arange(24).view(4, 6))  # the tested tokens' positions
+    for point_mass in (False, True):
+        p, q, tokens = _random_case(vocab, seed=5, point_mass=point_mass)
+        for relaxation in (0.25, 0.5, 1.0):
+            for options in ({}, {"ratio_bound": 2.0}, {"plausible_share": 0.3}):
+                blocks = make_policy("clusters", relaxation, model=target, **options)
+                ids = make_policy("clusters", relaxation, everywhere, model=target, **options)
+                assert blocks.uniform_level() == round(relaxation * 4) and ids.uniform_level() is None
+                alpha, info = blocks.acceptance(p, q, tokens, ctx)
+                alpha_ids, info_ids = ids.acceptance(p, q, tokens, ctx)
+                assert torch.allclose(alpha, alpha_ids, atol=1e-6), (relaxation, options)
+                assert torch.allclose(info["group_mass"], info_ids["group_mass"], atol=1e-6)
+                row_ctx = PolicyContext(ctx.positions[:, :1])
+                residuals = [policy.residual(p[:, 0], q[:, 0], tokens[:, 0], row_ctx) for policy in (blocks, ids)]
+                assert torch.allclose(*residuals, atol=1e-6), (relaxation, options)

@@ -16,7 +16,9 @@ there, with that distribution as its ``q``. Positions new to the window are init
 ``coupling=True`` is MC-SJD's coupled resampling (arXiv 2510.24211): where a position already
 held a draft, keep it with probability ``min(1, q_new(d)/q_old(d))`` and otherwise draw from
 ``norm(max(0, q_new - q_old))``, a maximal coupling, so the new draft is still distributed as
-``q_new`` but changes only when it must, which keeps drafts stable across iterations.
+``q_new`` but changes only when it must, which keeps drafts stable across iterations. That test is the
+exact policy's, so the verification makes these draws in the passes it makes anyway
+(:class:`~specar.types.Verdict`'s ``slot_draws``), under a relaxed policy as well.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import torch
 
 from ..errors import SettingsError
 from ..memory import check_block
-from ..sampling import Q_FLOOR, residual, sample
+from ..sampling import sample
 from ..types import DraftBlock
 from .base import DecodeState, DraftSource, StepOutcome, chain
 
@@ -76,14 +78,13 @@ class JacobiDrafts(DraftSource):
     def observe(self, state: DecodeState, outcome: StepOutcome) -> None:
         p, block, verdict = outcome.p, outcome.block, outcome.verdict
         m = block.size
-        # [B, m + 1]: a new draft at every window position; coupled, the block's drafts move only where they must
-        if self.coupling and m and verdict.slot_draws is not None:  # verification drew them (exact policy)
+        # [B, m + 1]: a new draft at every window position; coupled, the block's drafts move only where they must,
+        # to the draws the verification made at every slot
+        if self.coupling and m:
             fresh = torch.cat(
                 [torch.where(verdict.slot_passed, block.tokens, verdict.slot_draws[:, :m]), verdict.slot_draws[:, m:]],
                 1,
             )
-        elif self.coupling and m:
-            fresh = torch.cat([self._couple(block, p[:, :m], state.generator), sample(p[:, m:], state.generator)], 1)
         else:
             fresh = sample(p, state.generator)
         # Slot s of the new window is position committed_new + s = old p row accepted + 1 + s; slots
@@ -97,14 +98,6 @@ class JacobiDrafts(DraftSource):
         if self.init == "row_above" and min(state.committed.tolist()) < width:
             new |= state.committed.to(new.device)[:, None] + self.slot < width  # the first grid row: drafted afresh
         self._initialise(state, state.committed, new)
-
-    def _couple(self, block: DraftBlock, q_new: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Maximal coupling of each old draft (from ``block.q``) with its new distribution ``q_new``."""
-        old = block.tokens
-        ratio = q_new.gather(-1, old[..., None]) / block.q.gather(-1, old[..., None]).clamp_min(Q_FLOOR)
-        keep = torch.rand(old.shape, generator=gen, device=old.device) < ratio.squeeze(-1)
-        moved = sample(residual(q_new, block.q), gen)
-        return torch.where(keep, old, moved)
 
     def _initialise(self, state: DecodeState, committed: torch.Tensor, new: torch.Tensor) -> None:
         """Fill the window slots marked ``new [B, S]`` (positions new to the window) by the init rule;

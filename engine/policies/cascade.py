@@ -139,6 +139,9 @@ class CascadePolicy(ClusterPolicy):
     def group_ids(self, tokens: torch.Tensor, ctx: PolicyContext) -> torch.Tensor:
         return self._grouping(tokens, ctx)[0]
 
+    def uniform_level(self) -> int | None:
+        return None  # groups follow the tree's states node by node
+
     def acceptance(
         self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

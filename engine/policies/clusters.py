@@ -131,6 +131,11 @@ class ClusterPolicy(RelaxedPolicy):
                 )
             self.groups_target_alike = bool(target_alike)
         self.ranks = code_ranks(require_model(self.name, model), self.groups_target_alike)
+        self.order = torch.empty_like(self.ranks)  # the codes in nested order: every aligned block of 2^s is a group
+        self.order[self.ranks] = torch.arange(len(self.ranks), device=self.ranks.device)
+        # Without a region every tested token has the same group size; the knob maps onto it as in group_levels
+        self.level = int(torch.round(torch.tensor(self.relaxation, dtype=torch.float32) * self.levels))
+        self._members: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None  # see _group_members
         self.ratio_bound = ratio_bound_option(
             self.name, self.default_ratio_bound if ratio_bound is None else ratio_bound
         )
@@ -170,8 +175,21 @@ class ClusterPolicy(RelaxedPolicy):
         return int(size).bit_length() - 1
 
     def sibling_groups(self) -> torch.Tensor | None:
-        level = round(self.relaxation * self.levels)
-        return self.ranks >> level if level > 0 else None
+        return self.ranks >> self.level if self.level > 0 else None
+
+    def uniform_level(self) -> int | None:
+        """log2 of the group size at every tested token where nothing varies it (no region), else ``None``.
+        Groups of one size are aligned blocks of the nested order, so their masses are block sums."""
+        return self.level if self.region is None else None
+
+    def _blocks(self, dist: torch.Tensor, level: int) -> torch.Tensor:
+        """``dist [..., V]`` in nested order as ``[..., groups, 2^level]``, one group per block (zeros pad the
+        last group where the vocabulary is not a multiple of the group size)."""
+        size = 1 << level
+        ordered = dist.index_select(-1, self.order.to(dist.device))
+        if pad := -dist.shape[-1] % size:
+            ordered = torch.nn.functional.pad(ordered, (0, pad))
+        return ordered.unflatten(-1, (-1, size))
 
     def group_levels(self, ctx: PolicyContext) -> torch.Tensor:
         """log2 of the group size at each tested token ``[B, m]`` (0: the exact test)."""
@@ -241,7 +259,42 @@ class ClusterPolicy(RelaxedPolicy):
     def acceptance(
         self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return self.accept_in_groups(p, q, tokens, self.group_ids(tokens, ctx), ctx)
+        level = self.uniform_level()
+        if level is None or self.evidence_margin is not None:
+            return self.accept_in_groups(p, q, tokens, self.group_ids(tokens, ctx), ctx)
+        if level == 0:
+            return self.base_ratio(p, q, tokens)[0], {"group_mass": torch.zeros_like(tokens, dtype=p.dtype)}
+        return self._accept_in_blocks(p, q, tokens, level)
+
+    def _accept_in_blocks(
+        self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, level: int
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """:meth:`accept_in_groups` for groups of ``2^level`` codes everywhere, reading only each tested token's
+        group: its codes are one block of the nested order."""
+        members, weights = self._group_members(level, tokens)  # [B, m, 2^level]
+        p_members, q_members = p.gather(-1, members), q.gather(-1, members)
+        if weights is not None:  # the last group is short of codes: its padding repeats a code, weighted 0
+            p_members, q_members = p_members * weights, q_members * weights
+        p_group, q_group = p_members.sum(-1), q_members.sum(-1)
+        p_best = p_members.amax(-1) if self.plausible_share > 0 else None
+        px = token_probs(p, tokens)
+        grouped = self._code_acceptance(p_group, q_group, px, token_probs(q, tokens), p_best, None)
+        return grouped, {"group_mass": p_group - px}
+
+    def _group_members(self, level: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The codes of each token's group of ``2^level`` ``[..., 2^level]``, and where the vocabulary is not a
+        multiple of the group size the weight (1, or 0 for padding) of each entry."""
+        if self._members is None or self._members[0].device != tokens.device:
+            size = 1 << level
+            order = self.order.to(tokens.device)
+            pad = -len(order) % size
+            members = torch.cat([order, order[-1:].expand(pad)]).view(-1, size)  # padded with the last code
+            weights = (torch.arange(members.numel(), device=tokens.device) < len(order)).float().view_as(members)
+            self._members = (self.ranks.to(tokens.device) >> level, members, weights if pad else None)
+        group_of, members, weights = self._members
+        groups = group_of.take(tokens).flatten()
+        shaped = (*tokens.shape, -1)
+        return members.index_select(0, groups).view(shaped), None if weights is None else weights[groups].view(shaped)
 
     def accept_in_groups(
         self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, groups: torch.Tensor, ctx: PolicyContext
@@ -262,6 +315,10 @@ class ClusterPolicy(RelaxedPolicy):
         """A group from ``max(0, p_G - A_G)``, where ``A_G`` is the mass acceptance gives group G, and a
         code inside it from ``p`` (plain group acceptance) or from what acceptance left of ``p`` (under a
         ratio bound, a plausible share or an evidence guard): every group keeps the target's mass."""
+        level = self.uniform_level()
+        plain = self.ratio_bound is None and self.plausible_share == 0 and self.evidence_margin is None
+        if level is not None and level > 0 and plain:
+            return self._residual_in_blocks(p, q, level)
         groups = self.group_ids(tokens[:, None], ctx)[:, 0]  # verifiers hand one tested token per row
         relaxed = (groups == groups.gather(-1, tokens[:, None])).sum(-1) > 1
         p_group = torch.zeros_like(p).scatter_add_(1, groups, p)  # group ids < V: no host sync to size it
@@ -285,3 +342,14 @@ class ClusterPolicy(RelaxedPolicy):
         total = grouped.sum(-1, keepdim=True)
         grouped = torch.where(total > 0, grouped / total.clamp_min(DIVISOR_FLOOR), p)
         return torch.where(relaxed[:, None], grouped, residual(p, q))
+
+    def _residual_in_blocks(self, p: torch.Tensor, q: torch.Tensor, level: int) -> torch.Tensor:
+        """:meth:`residual` of plain group acceptance for groups of ``2^level`` codes everywhere: each group's
+        ``max(0, p_G - q_G)`` spread over its codes as ``p`` is, from block sums."""
+        p_blocks = self._blocks(p, level)
+        p_group = p_blocks.sum(-1, keepdim=True)
+        excess = (p_group - self._blocks(q, level).sum(-1, keepdim=True)).clamp_min(0.0)
+        grouped = (excess * p_blocks / p_group.clamp_min(DIVISOR_FLOOR)).flatten(-2)
+        grouped = grouped.index_select(-1, self.ranks.to(p.device))  # back to code order (drops the padding)
+        total = grouped.sum(-1, keepdim=True)
+        return torch.where(total > 0, grouped / total.clamp_min(DIVISOR_FLOOR), p)
