@@ -135,7 +135,8 @@ class ClusterPolicy(RelaxedPolicy):
         self.order[self.ranks] = torch.arange(len(self.ranks), device=self.ranks.device)
         # Without a region every tested token has the same group size; the knob maps onto it as in group_levels
         self.level = int(torch.round(torch.tensor(self.relaxation, dtype=torch.float32) * self.levels))
-        self._members: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None  # see _group_members
+        # (level, device) -> each code's group, each group's codes and their weights: see _group_members
+        self._members: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         self.ratio_bound = ratio_bound_option(
             self.name, self.default_ratio_bound if ratio_bound is None else ratio_bound
         )
@@ -260,10 +261,10 @@ class ClusterPolicy(RelaxedPolicy):
         self, p: torch.Tensor, q: torch.Tensor, tokens: torch.Tensor, ctx: PolicyContext
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         level = self.uniform_level()
+        if level == 0:  # groups of one code: the exact test
+            return self.base_ratio(p, q, tokens)[0], {"group_mass": torch.zeros_like(tokens, dtype=p.dtype)}
         if level is None or self.evidence_margin is not None:
             return self.accept_in_groups(p, q, tokens, self.group_ids(tokens, ctx), ctx)
-        if level == 0:
-            return self.base_ratio(p, q, tokens)[0], {"group_mass": torch.zeros_like(tokens, dtype=p.dtype)}
         return self._accept_in_blocks(p, q, tokens, level)
 
     def _accept_in_blocks(
@@ -284,14 +285,15 @@ class ClusterPolicy(RelaxedPolicy):
     def _group_members(self, level: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The codes of each token's group of ``2^level`` ``[..., 2^level]``, and where the vocabulary is not a
         multiple of the group size the weight (1, or 0 for padding) of each entry."""
-        if self._members is None or self._members[0].device != tokens.device:
+        key = (level, tokens.device)
+        if key not in self._members:
             size = 1 << level
             order = self.order.to(tokens.device)
             pad = -len(order) % size
             members = torch.cat([order, order[-1:].expand(pad)]).view(-1, size)  # padded with the last code
             weights = (torch.arange(members.numel(), device=tokens.device) < len(order)).float().view_as(members)
-            self._members = (self.ranks.to(tokens.device) >> level, members, weights if pad else None)
-        group_of, members, weights = self._members
+            self._members[key] = (self.ranks.to(tokens.device) >> level, members, weights if pad else None)
+        group_of, members, weights = self._members[key]
         groups = group_of.take(tokens).flatten()
         shaped = (*tokens.shape, -1)
         return members.index_select(0, groups).view(shaped), None if weights is None else weights[groups].view(shaped)
@@ -316,8 +318,10 @@ class ClusterPolicy(RelaxedPolicy):
         code inside it from ``p`` (plain group acceptance) or from what acceptance left of ``p`` (under a
         ratio bound, a plausible share or an evidence guard): every group keeps the target's mass."""
         level = self.uniform_level()
+        if level == 0:  # groups of one code: the exact residual
+            return residual(p, q)
         plain = self.ratio_bound is None and self.plausible_share == 0 and self.evidence_margin is None
-        if level is not None and level > 0 and plain:
+        if level is not None and plain:
             return self._residual_in_blocks(p, q, level)
         groups = self.group_ids(tokens[:, None], ctx)[:, 0]  # verifiers hand one tested token per row
         relaxed = (groups == groups.gather(-1, tokens[:, None])).sum(-1) > 1
