@@ -131,11 +131,9 @@ class ClusterPolicy(RelaxedPolicy):
                 )
             self.groups_target_alike = bool(target_alike)
         self.ranks = code_ranks(require_model(self.name, model), self.groups_target_alike)
-        self.order = torch.empty_like(self.ranks)  # the codes in nested order: every aligned block of 2^s is a group
-        self.order[self.ranks] = torch.arange(len(self.ranks), device=self.ranks.device)
         # Without a region every tested token has the same group size; the knob maps onto it as in group_levels
         self.level = int(torch.round(torch.tensor(self.relaxation, dtype=torch.float32) * self.levels))
-        # (level, device) -> each code's group, each group's codes and their weights: see _group_members
+        # (level, device) -> each code's group, each group's codes and their weights: see _groups_as_blocks
         self._members: dict[tuple[int, torch.device], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]] = {}
         self.ratio_bound = ratio_bound_option(
             self.name, self.default_ratio_bound if ratio_bound is None else ratio_bound
@@ -183,14 +181,29 @@ class ClusterPolicy(RelaxedPolicy):
         Groups of one size are aligned blocks of the nested order, so their masses are block sums."""
         return self.level if self.region is None else None
 
+    def _groups_as_blocks(
+        self, level: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Groups of ``2^level`` codes as blocks of the nested order (made once per size and device): each code's
+        group ``[V]``, each group's codes ``[groups, 2^level]`` and, where the vocabulary is not a multiple of
+        the group size, each entry's weight (0 for the padding, which repeats the last code), else ``None``."""
+        key = (level, device)
+        if key not in self._members:
+            size = 1 << level
+            ranks = self.ranks.to(device)
+            order = torch.argsort(ranks)  # the codes in nested order
+            pad = -len(order) % size
+            members = torch.cat([order, order[-1:].expand(pad)]).view(-1, size)
+            weights = (torch.arange(members.numel(), device=device) < len(order)).float().view_as(members)
+            self._members[key] = (ranks >> level, members, weights if pad else None)
+        return self._members[key]
+
     def _blocks(self, dist: torch.Tensor, level: int) -> torch.Tensor:
-        """``dist [..., V]`` in nested order as ``[..., groups, 2^level]``, one group per block (zeros pad the
-        last group where the vocabulary is not a multiple of the group size)."""
-        size = 1 << level
-        ordered = dist.index_select(-1, self.order.to(dist.device))
-        if pad := -dist.shape[-1] % size:
-            ordered = torch.nn.functional.pad(ordered, (0, pad))
-        return ordered.unflatten(-1, (-1, size))
+        """``dist [..., V]`` in nested order as ``[..., groups, 2^level]``, one group per block (the last
+        group's padding at 0)."""
+        _, members, weights = self._groups_as_blocks(level, dist.device)
+        blocks = dist.index_select(-1, members.flatten()).unflatten(-1, members.shape)
+        return blocks if weights is None else blocks * weights
 
     def group_levels(self, ctx: PolicyContext) -> torch.Tensor:
         """log2 of the group size at each tested token ``[B, m]`` (0: the exact test)."""
@@ -285,15 +298,7 @@ class ClusterPolicy(RelaxedPolicy):
     def _group_members(self, level: int, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The codes of each token's group of ``2^level`` ``[..., 2^level]``, and where the vocabulary is not a
         multiple of the group size the weight (1, or 0 for padding) of each entry."""
-        key = (level, tokens.device)
-        if key not in self._members:
-            size = 1 << level
-            order = self.order.to(tokens.device)
-            pad = -len(order) % size
-            members = torch.cat([order, order[-1:].expand(pad)]).view(-1, size)  # padded with the last code
-            weights = (torch.arange(members.numel(), device=tokens.device) < len(order)).float().view_as(members)
-            self._members[key] = (self.ranks.to(tokens.device) >> level, members, weights if pad else None)
-        group_of, members, weights = self._members[key]
+        group_of, members, weights = self._groups_as_blocks(level, tokens.device)
         groups = group_of.take(tokens).flatten()
         shaped = (*tokens.shape, -1)
         return members.index_select(0, groups).view(shaped), None if weights is None else weights[groups].view(shaped)
