@@ -30,7 +30,8 @@ def total_variation(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 class CSDPolicy(RelaxedPolicy):
     name = "csd"
     parameter_names = ("lambda_at_full", "tv_threshold")
-    # No measured CSD setting stays in plain AR's quality band on the demo (docs/benchmarks.md): the mildest
+    # No measured CSD setting stays in plain AR's quality band on the demo (docs/benchmarks.md); 0.1 is the mildest
+    # measured
     recommended_relaxation = 0.1
 
     def __init__(
