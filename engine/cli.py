@@ -40,7 +40,7 @@ from .loop import generate
 from .methods import METHOD_SUMMARIES, MethodOptions, make_method_draft
 from .models.base import ImageTokenModel
 from .models.registry import DTYPE_CHOICES, FAMILIES, load_model
-from .policies import POLICIES, parse_policy_options, recommended_relaxation
+from .policies import POLICIES, parse_policy_options, recommendation, recommended_relaxation
 from .progress import ProgressBar, summary_line
 from .session import class_for_prompt
 from .types import ConditionFn, Conditioning, GenerationResult, SamplingSettings, StepEvent
@@ -227,8 +227,8 @@ def _add_method_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGr
         default=None,
         metavar="F",
         help="relaxed policies: 0 = lossless (the exact policy's tokens), towards 1 = faster, less faithful "
-        "(default: the policy's recommended setting from the benchmark: "
-        + ", ".join(f"{name} {recommended_relaxation(name):g}" for name in POLICIES if name != "exact")
+        "(default: the policy's recommended setting from the benchmark, measured with one draft source: "
+        + "; ".join(f"{name} {recommendation(name)}" for name in POLICIES if name != "exact")
         + ")",
     )
     group.add_argument(

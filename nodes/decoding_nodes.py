@@ -14,7 +14,7 @@ from ..engine.continuous.types import RUN_GROWTH
 from ..engine.drafts import jacobi_method
 from ..engine.drafts.jacobi import INITIALISATIONS
 from ..engine.errors import SettingsError
-from ..engine.policies import POLICIES, make_policy, recommended_relaxation
+from ..engine.policies import POLICIES, make_policy, recommendation
 from ..engine.policies import cascade
 from ..engine.policies.clusters import MAX_GROUP as CLUSTERS_MAX_GROUP
 from ..engine.policies.csd import LAMBDA_AT_FULL, TV_THRESHOLD
@@ -204,7 +204,7 @@ POLICY_KNOBS: dict[str, tuple[PolicyKnob, ...]] = {
 
 
 def _relaxation(policy: str) -> Field:
-    recommended = RECOMMENDED_RELAXATION if policy == "cspd" else recommended_relaxation(policy)
+    recommended = f"{RECOMMENDED_RELAXATION:g}" if policy == "cspd" else recommendation(policy)
     serves = (
         f"loosens CSpD's Gaussian test and lengthens the draft runs one target pass verifies ({RUN_GROWTH + 1:g}x at 1)"
         if policy == "cspd"
@@ -214,7 +214,7 @@ def _relaxation(policy: str) -> Field:
         "relaxation",
         FLOAT,
         f"0 = lossless (bit for bit the exact policy); towards 1 {serves}: faster, less faithful. "
-        f"Recommended: {recommended:g} (docs/benchmarks.md shows what it costs)",
+        f"Recommended: {recommended} (docs/benchmarks.md shows what it costs)",
         default=0.0,
         min=0.0,
         max=1.0,

@@ -16,7 +16,14 @@ from specar.drafts.jacobi import JacobiDrafts
 from specar.drafts.tree_drafts import sample_children, static_parents
 from specar.errors import SettingsError
 from specar.lab.fidelity import ks_uniform, randomized_pit
-from specar.policies import POLICIES, PolicyContext, make_policy, parse_policy_options, recommended_relaxation
+from specar.policies import (
+    POLICIES,
+    PolicyContext,
+    make_policy,
+    parse_policy_options,
+    recommendation,
+    recommended_relaxation,
+)
 from specar.policies.exact import ExactPolicy
 from specar.session import PolicyRecipe
 from specar.types import DraftBlock, SamplingSettings, TokenKind
@@ -305,7 +312,11 @@ def test_expert_options_and_recommended_defaults(tmp_path, capsys) -> None:
         parse_policy_options("tv_threshold")
     for name in RELAXED:
         assert 0.0 < recommended_relaxation(name) <= 1.0
-    assert recommended_relaxation("exact") == 0.0
+        source = POLICIES[name].recommended_with  # a setting is recommended with the drafts it was measured on
+        told = f" with {source}" if source else " (the mildest measured; none kept plain AR's quality)"
+        assert recommendation(name) == f"{recommended_relaxation(name):g}{told}"
+    assert recommended_relaxation("exact") == 0.0 and recommendation("exact") == "0"
+    assert recommendation("gsd") == "1 with Jacobi drafts"
     stats = tmp_path / "stats.json"
     assert (
         cli.main(

@@ -107,7 +107,19 @@ def recommended_relaxation(name: str) -> float:
     """The relaxation a policy runs at when none is given: chosen from the Pareto benchmark (0 for exact)."""
     if name not in POLICIES:
         raise SettingsError(f"unknown acceptance policy {name!r}; available: {', '.join(POLICIES)}")
-    return float(getattr(POLICIES[name], "recommended_relaxation", 0.0))
+    return POLICIES[name].recommended_relaxation
+
+
+def recommendation(name: str) -> str:
+    """The recommended relaxation in words, with the draft source it was measured on, e.g. ``"1 with Jacobi drafts"``.
+
+    A relaxation's quality cost depends on the drafts it relaxes (a chain compounds it, Jacobi's drafts are the
+    target's own guesses), so a setting is recommended only with the source it kept plain AR's quality with."""
+    relaxation = recommended_relaxation(name)  # checks the name
+    source = POLICIES[name].recommended_with
+    if source:
+        return f"{relaxation:g} with {source}"
+    return f"{relaxation:g} (the mildest measured; none kept plain AR's quality)" if relaxation else "0"
 
 
 __all__ = [
@@ -122,5 +134,6 @@ __all__ = [
     "POLICIES",
     "make_policy",
     "parse_policy_options",
+    "recommendation",
     "recommended_relaxation",
 ]

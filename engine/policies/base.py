@@ -51,6 +51,9 @@ class AcceptancePolicy(ABC):
     needs_tree_states: bool = False  # tree verification passes node, parent and sibling states (PolicyContext)
     needs_code_evidence: bool = False  # verification passes every code's condition evidence (under CFG)
     parameter_names: tuple[str, ...] = ()  # attributes holding the native parameters (see parameters())
+    recommended_relaxation: float = 0.0  # the setting used when none is given (docs/benchmarks.md)
+    # the draft source with which that setting kept plain AR's quality on the demo ("" where none did)
+    recommended_with: str = ""
 
     def __init__(self, relaxation: float = 0.0, region: torch.Tensor | None = None) -> None:
         if not 0.0 <= relaxation <= 1.0:

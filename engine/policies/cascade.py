@@ -69,9 +69,8 @@ class CascadePolicy(ClusterPolicy):
     needs_tree_states = True  # the verifier hands over node, parent, grandparent and sibling states
     default_evidence_margin = EVIDENCE_MARGIN
     default_ratio_bound = RATIO_BOUND
-    # README tree table (1,000 images per seed set): on the drafter model's 2-2-1x30 tree 1.32-1.34x the exact tree on
-    # four seed sets, class accuracy and FID-lite not told from AR's (pooled).
     recommended_relaxation = 1.0
+    recommended_with = "a drafter model's deep static tree"
 
     def __init__(
         self,

@@ -108,8 +108,8 @@ class ClusterPolicy(RelaxedPolicy):
     groups_target_alike = False  # groups of look-alike codes only (see grouping_vectors)
     default_evidence_margin: float | None = None  # no evidence guard unless asked for
     default_ratio_bound: float | None = None  # no ratio bound unless asked for
-    # the setting that kept AR's quality with a gamma-32 drafter chain (docs/benchmarks.md: relaxed policies on chains)
     recommended_relaxation = 1.0
+    recommended_with = "a drafter model's chains of 32"
 
     def __init__(
         self,

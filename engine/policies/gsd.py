@@ -50,6 +50,7 @@ class GSDPolicy(RelaxedPolicy):
     name = "gsd"
     parameter_names = ("p_gap_at_full", "rank_window", "max_distance")
     recommended_relaxation = 1.0  # inside plain AR's quality band with Jacobi's drafts (docs/benchmarks.md)
+    recommended_with = "Jacobi drafts"
     needs_model = True
 
     def __init__(

@@ -56,6 +56,7 @@ class LanternPolicy(RelaxedPolicy):
     name = "lantern"
     parameter_names = ("delta_at_full", "neighbours", "ratio_bound")
     recommended_relaxation = 0.75  # inside plain AR's quality band with the drafter's chains (docs/benchmarks.md)
+    recommended_with = "a drafter model's chains of 6"
     needs_model = True
 
     def __init__(
