@@ -90,6 +90,8 @@ def verify_chain(
     else:
         accepted = torch.minimum(accepted, limit)
         rejected = accepted < limit
+    path = torch.where(steps < accepted[:, None], steps, -1)
+    kind = _next_kind(limit, rejected)
     if block.redrawn:
         # Coupling a draft with its new distribution takes the exact test's outcome on the same uniform
         slot_passed = passed if policy.lossless else u < exact_ratio(p[:, :n], block.q, block.tokens)
@@ -99,15 +101,12 @@ def verify_chain(
             j = accepted.clamp(max=n - 1)
             corrected = _correction(policy, p[rows, j], block, j, positions, evidence)
             next_token = torch.where(rejected, sample(corrected, generator), next_token)
-        path = torch.where(steps < accepted[:, None], steps, -1)
-        kind = _next_kind(limit, rejected)
         return Verdict(accepted, path, next_token, None, kind, diagnostics, draws, slot_passed)
     p_next = p[rows, accepted]
     j = accepted.clamp(max=n - 1)  # the draft a correction replaces
     corrected = _correction(policy, p_next, block, j, positions, evidence)
     next_dist = torch.where(rejected[:, None], corrected, p_next)
-    path = torch.where(steps < accepted[:, None], steps, -1)
-    return Verdict(accepted, path, sample(next_dist, generator), next_dist, _next_kind(limit, rejected), diagnostics)
+    return Verdict(accepted, path, sample(next_dist, generator), next_dist, kind, diagnostics)
 
 
 def _correction(
