@@ -111,8 +111,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         "--image-size",
         type=_int_at_least(16),
         metavar="PX",
-        help="pixels per side for families that draw several sizes (Lumina-mGPT, Emu3; default: the "
-        "checkpoint's usual size)",
+        help="pixels per side for families that draw several sizes (Lumina-mGPT, Anole, Emu3; default: the "
+        "checkpoint's usual size; the other families draw only that one)",
     )
     group.add_argument(
         "--vq",

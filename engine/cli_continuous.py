@@ -115,6 +115,7 @@ def refuse_discrete_options(args: argparse.Namespace) -> None:
             ("--top-p", "top_p"),
             ("--tree-head", "tree_head"),
             ("--vq", "vq"),
+            ("--image-size", "image_size"),
             ("--compile", "compile"),
             ("--jacobi-init", "jacobi_init"),
             ("--coupling", "coupling"),

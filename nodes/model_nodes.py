@@ -13,7 +13,15 @@ from ..engine.drafts.tree_drafts import TreeShape, branching_label
 from ..engine.drafts.tree_head import BUNDLED_HEAD, resolve_tree_head
 from ..engine.errors import SettingsError
 from ..engine.models.base import ImageTokenModel
-from ..engine.models.registry import BUNDLED, DTYPE_CHOICES, FAMILIES, find_models, load_model, resolve_dtype
+from ..engine.models.registry import (
+    BUNDLED,
+    DTYPE_CHOICES,
+    FAMILIES,
+    check_image_size,
+    find_models,
+    load_model,
+    resolve_dtype,
+)
 from ..engine.session import DraftRecipe
 from .host import Host
 from .schema import BOOLEAN, CHOICE, COMBO, DRAFT, FLOAT, INT, MODEL, STRING, Case, Field, NodeSpec, Output
@@ -46,6 +54,7 @@ def load(host: Host, choice: str, dtype: str, family: str = "auto", image_size: 
         )
     spec: str | Path = choice if bundled else found[choice]
     if is_continuous(spec, family):
+        check_image_size("a MAR model", image_size or None)
         return load_continuous_model(spec, host.offload_device())
     return load_model(
         spec, host.offload_device(), resolve_dtype(dtype, host.device()), family=family, image_size=image_size or None
@@ -139,8 +148,8 @@ LOAD_MODEL = NodeSpec(
         Field(
             "image_size",
             INT,
-            "pixels per side for families that draw several sizes (Lumina-mGPT: multiples of 32; "
-            "Emu3: of 8); 0 takes the checkpoint's usual size",
+            "pixels per side for families that draw several sizes (Lumina-mGPT: multiples of 32; Anole: of 16; "
+            "Emu3: of 8); 0 takes the checkpoint's usual size, the only one the others draw",
             default=0,
             min=0,
             max=4096,

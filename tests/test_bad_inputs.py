@@ -283,6 +283,8 @@ def test_api_mistakes_are_settings_errors_not_tracebacks() -> None:
         (["generate", "--mar-steps", "3"], "--mar-steps applies to continuous-token (MAR) models; demo is a discrete"),
         (["generate", "--model", "mar-demo", "--window", "4"], "--window applies to discrete-token models"),
         (["generate", "--model", "mar-demo", "--dtype", "bf16"], "--dtype applies to discrete-token models"),
+        (["generate", "--model", "mar-demo", "--image-size", "64"], "--image-size applies to discrete-token models"),
+        (["generate", "--image-size", "64"], "the bundled demo target draws the one image size it was trained for"),
         (["generate", "--draft", "model", "--drafter", "mar-demo-drafter"], "mar-demo-drafter is a continuous-token"),
         (["bench", "--methods", "jacobi-row", "--gamma", "3"], "--gamma is not used by --methods jacobi-row"),
     ],

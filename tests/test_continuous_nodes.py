@@ -91,7 +91,11 @@ def test_discrete_settings_are_refused_with_a_clear_message(folder: Path) -> Non
         run("SpecARSampler", host, model=model, **{**SAMPLING, "temperature": 0.0})
     with pytest.raises(SettingsError, match="inner_temperature"):
         run("SpecARAcceptancePolicy", host, policy="cspd", inner_temperature=0.5)
-    (discrete,) = run("SpecARModelLoader", host, model="demo", dtype="auto", family="auto", image_size=0, compile=False)
+    loader = dict(dtype="auto", family="auto", compile=False)
+    for name, model_named in (("mar-tiny.safetensors", "a MAR model"), ("demo", "the bundled demo target")):
+        with pytest.raises(SettingsError, match=f"{model_named} draws the one image size it was trained for"):
+            run("SpecARModelLoader", host, model=name, image_size=512, **loader)
+    (discrete,) = run("SpecARModelLoader", host, model="demo", image_size=0, **loader)
     with pytest.raises(IncompatibleDrafterError, match="continuous tokens"):
         run("SpecARSampler", host, model=discrete, draft=draft, **{**SAMPLING, "prompt": "red ring"})
     assert model.device == torch.device("cpu")

@@ -18,18 +18,12 @@ import torch
 from ..errors import IncompatibleDrafterError, SettingsError
 from ..memory import check_block
 from ..models.base import ImageTokenModel
+from ..models.registry import FAMILY_NAMES
 from ..sampling import DistributionProcessor, sample
 from ..types import DraftBlock
 from .base import DecodeState, DraftSource, StepOutcome, chain
 
 
-FAMILY_NAMES = {
-    "llamagen": "LlamaGen",
-    "janus": "Janus",
-    "lumina-mgpt": "Lumina-mGPT",
-    "anole": "Anole",
-    "emu3": "Emu3",
-}
 # fit_signature() entries that differ between drafter and target, in words
 FIT_PROBLEMS = {
     "prompt ids": "it turns prompts into other token ids than the target (another tokenizer or prompt template)",

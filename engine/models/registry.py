@@ -132,7 +132,25 @@ BUNDLED = {"demo": "the bundled demo target", "demo-drafter": "the bundled demo 
 LLAMAGEN_MODEL_TYPES = ("c2i", "t2i")  # the model_type of LlamaGen's own model_args, not a transformers one
 # transformers ``model_type`` -> our family name (Chameleon checkpoints are told apart in ``_family``).
 HF_FAMILIES = {"janus": "janus", "chameleon": "chameleon", "emu3": "emu3"}
-FAMILIES = ("llamagen", "janus", "lumina-mgpt", "anole", "emu3")
+FAMILY_NAMES = {  # family -> its name in messages
+    "llamagen": "LlamaGen",
+    "janus": "Janus",
+    "lumina-mgpt": "Lumina-mGPT",
+    "anole": "Anole",
+    "emu3": "Emu3",
+}
+FAMILIES = tuple(FAMILY_NAMES)
+SIZED_FAMILIES = ("lumina-mgpt", "anole", "emu3")  # the families that draw several image sizes
+
+
+def check_image_size(model: str, image_size: int | None) -> None:
+    """Refuse an image size for ``model`` (its name or family, in words) when its family draws one size only:
+    ignoring the request would hand back images of another size without a word."""
+    if image_size is not None:
+        raise SettingsError(
+            f"{model} draws the one image size it was trained for; an image size applies only to "
+            f"{', '.join(FAMILY_NAMES[family] for family in SIZED_FAMILIES)} (leave it out, or 0 in the loader node)"
+        )
 
 
 def load_model(
@@ -160,12 +178,15 @@ def load_model(
     if str(spec) in BUNDLED:
         from ..demo.model import load_demo, load_demo_drafter
 
+        check_image_size(BUNDLED[str(spec)], image_size)
         return (load_demo if spec == "demo" else load_demo_drafter)(device=device, dtype=dtype)
     path = Path(spec)
     if not path.exists():
         raise CheckpointError(f"model {str(spec)!r} not found (give a weights file or a model directory)")
     if family == "auto":
         family = _family(path)
+    if family in FAMILIES and family not in SIZED_FAMILIES:
+        check_image_size(f"a {FAMILY_NAMES[family]} model", image_size)
     if family == "llamagen":
         return load_llamagen(path, vq_path, device, dtype)
     if family not in FAMILIES:
