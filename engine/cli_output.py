@@ -57,6 +57,10 @@ def check_outputs(args: argparse.Namespace) -> None:
             raise SettingsError(f"{option} {path} is a folder; name a file in it")
         if option.removeprefix("--") in PICTURE_OPTIONS + ("plot",) and path.suffix.lower() != ".png":
             raise SettingsError(f"{option} {path}: SpecAR writes PNG pictures; name the file .png")
+        if path.exists() and not path.is_file():  # a stream (/dev/stdout, a named pipe): written in place
+            if not os.access(path, os.W_OK):
+                raise SettingsError(f"cannot write {option} {path}: it is not writable")
+            continue
         folder = next(parent for parent in path.resolve().parents if parent.exists())
         if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
             raise SettingsError(f"cannot write {option} {path}: {folder} is not a writable folder")

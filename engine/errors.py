@@ -20,6 +20,10 @@ class SettingsError(SpecARError):
     """A sampling or decoding setting is out of range or contradicts another one."""
 
 
+class OutputError(SpecARError):
+    """An output file could not be written (a full disk, a read-only folder, no permission)."""
+
+
 class IncompatibleDrafterError(SpecARError):
     """A drafter cannot draft for this target (vocabulary, grid or conditioning differ)."""
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +40,7 @@ from specar.continuous.types import ContinuousSettings
 from specar.heatmap import save_png
 from specar.regions import mask_to_token_weights
 from specar.drafts.tree_drafts import TreeShape
-from specar.errors import NonFiniteOutputError
+from specar.errors import NonFiniteOutputError, OutputError
 from specar.types import SamplingSettings
 from tiny import SWITCHING_COSTS, tiny_drafter, tiny_gpt, tiny_mar, tiny_model, tiny_model_dir, tiny_model_with_codes
 
@@ -136,9 +139,37 @@ def test_a_failed_picture_write_leaves_the_previous_file_whole(tmp_path: Path, m
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Image.Image, "save", disk_full)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match=f"^cannot write {out}: No space left on device$"):
         save_png(Image.new("RGB", (4, 4), "blue"), out)
     assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+def test_outputs_through_links_and_streams_stay_what_they_are(tmp_path: Path) -> None:
+    """A link keeps naming its file, which gets the new contents; a named pipe is written in place (a rename
+    over it would put a file where the pipe was); a failure is one line naming the path."""
+    real = tmp_path / "real.json"
+    real.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(real)
+    write_json(str(link), {"a": 1})
+    assert link.is_symlink() and json.loads(real.read_text()) == {"a": 1}
+
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(pipe.read_bytes()), daemon=True)
+    reader.start()
+    write_json(str(pipe), {"b": 2})
+    reader.join(timeout=10)
+    assert stat.S_ISFIFO(pipe.stat().st_mode) and json.loads(received[0]) == {"b": 2}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "pipe", "real.json"]
+
+    if Path("/dev/full").exists():  # a device that refuses every write
+        with pytest.raises(OutputError, match="^cannot write /dev/full: No space left on device$"):
+            write_json("/dev/full", {"c": 3})
+        assert stat.S_ISCHR(Path("/dev/full").stat().st_mode)
+    with pytest.raises(OutputError, match="it is a folder"):
+        write_json(str(tmp_path), {"d": 4})
 
 
 def test_stats_json_is_strict(tmp_path: Path) -> None:
