@@ -90,6 +90,7 @@ def generate(
     ``P`` tokens (continuing an interrupted image, or pinning a context in tests); they are
     read in one extra target forward.
     """
+    _check_arguments(model, cond, settings, draft, policy, prefix)
     settings = settings or model.default_settings
     policy = (policy or ExactPolicy()).for_model(model)
     model.check_conditioning(cond)
@@ -320,7 +321,31 @@ def _non_finite(finite: torch.Tensor, committed: torch.Tensor, dtype: torch.dtyp
     return ""
 
 
+# generate's arguments: the kind each must be, and how to make one
+_ARGUMENT_KINDS: tuple[tuple[str, type, str], ...] = (
+    ("model", ImageTokenModel, "load one with specar.load_model"),
+    ("cond", Conditioning, "e.g. Conditioning.classes([3])"),
+    ("settings", SamplingSettings, "e.g. model.default_settings.with_(seed=1), or None"),
+    ("draft", DraftSource, "e.g. AutoDrafts() or JacobiDrafts(16), or None for plain AR"),
+    ("policy", AcceptancePolicy, "e.g. make_policy('gsd', 0.5), or None for lossless acceptance"),
+    ("prefix", torch.Tensor, "a tensor of codes [images, P], or None"),
+)
+
+
+def _check_arguments(*values: object) -> None:
+    """Refuse an argument of the wrong kind by name, before any work: a name where a draft source belongs, say,
+    would otherwise fail deep inside the loop. Continuous-token (MAR) models have a loop of their own."""
+    if hasattr(values[0], "head_sample"):
+        name = getattr(values[0], "name", "this model")
+        raise SettingsError(f"{name} is a continuous-token (MAR) model: generate_continuous decodes it")
+    for value, (name, kind, example) in zip(values, _ARGUMENT_KINDS):
+        if not isinstance(value, kind) and not (value is None and name not in ("model", "cond")):
+            raise SettingsError(f"generate's {name}: expected {kind.__name__} ({example}), got {type(value).__name__}")
+
+
 def _check_prefix(prefix: torch.Tensor, batch: int, total: int, vocab: int) -> int:
+    if prefix.dtype.is_floating_point or prefix.dtype.is_complex or prefix.dtype == torch.bool:
+        raise SettingsError(f"prefix must hold integer codes, got {prefix.dtype}")
     if prefix.dim() != 2 or prefix.shape[0] != batch or not 0 < prefix.shape[1] < total:
         raise SettingsError(f"prefix must be [batch={batch}, P] with 0 < P < {total}, got {list(prefix.shape)}")
     if int(prefix.min()) < 0 or int(prefix.max()) >= vocab:

@@ -36,6 +36,7 @@ from specar import (
 )
 from specar.cli_output import write_json
 from specar.continuous.acceptance import GaussianAcceptance
+from specar.continuous.registry import load_continuous_model
 from specar.continuous.types import ContinuousSettings
 from specar.heatmap import save_png
 from specar.regions import mask_to_token_weights
@@ -292,6 +293,21 @@ def test_api_mistakes_are_settings_errors_not_tracebacks() -> None:
                 tiny_model(0, vocab_size=32), Conditioning.classes([1]), policy=make_policy("gsd", 0.5, model=coded)
             ),
             "built for tiny \\(64 codes\\), not for tiny \\(32 codes\\)",
+        ),
+        (lambda: generate(model, Conditioning.classes([1]), draft="jacobi"), "generate's draft: expected DraftSource"),
+        (
+            lambda: generate(model, Conditioning.classes([1]), policy="gsd"),
+            "generate's policy: expected AcceptancePolicy",
+        ),
+        (
+            lambda: generate(model, Conditioning.classes([1]), {"seed": 1}),
+            "generate's settings: expected SamplingSettings",
+        ),
+        (lambda: generate(model, [1]), "generate's cond: expected Conditioning \\(e.g. Conditioning.classes"),
+        (lambda: generate(load_continuous_model("mar-demo"), Conditioning.classes([1])), "generate_continuous decodes"),
+        (
+            lambda: generate(model, Conditioning.classes([1]), prefix=torch.zeros(1, 3)),
+            "integer codes, got torch.float32",
         ),
     ]
     for call, message in mistakes:
