@@ -527,6 +527,24 @@ def test_forward_bench_projects_a_benchmark(tmp_path: Path) -> None:
     assert sum(record["block_sizes"].values()) == record["target_forwards_per_image"] - 1  # every forward's size
 
 
+def test_forward_bench_refuses_what_it_cannot_read_or_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --project file that is no benchmark result, and a model the memory could not hold, are one line each,
+    before any weights are made."""
+    picture, other = tmp_path / "x.png", tmp_path / "other.json"
+    picture.write_bytes(b"\x89PNG\r\n")
+    other.write_text('{"a": 1}')
+    for path, message in ((picture, "cannot read benchmark results"), (other, "holds no benchmark results")):
+        assert cli.main(["forward-bench", "--models", "tiny-llamagen", "--project", str(path)]) == cli.EXIT_USAGE
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err
+    monkeypatch.setattr("specar.memory.available_bytes", lambda device: 2**30)
+    assert cli.main(["forward-bench", "--models", "llamagen-xl", "--device", "cpu"]) == cli.EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert "a random model of 0.8B parameters in float32 needs 2.9 GiB, more than the 1.0 GiB free" in err
+
+
 def test_installed_under_the_name_specar_only(tmp_path: Path) -> None:
     """The package folder is engine/, but it installs as ``specar``: nothing named ``engine`` is importable
     from outside the repository (a name that would collide in a shared ComfyUI environment)."""

@@ -10,6 +10,7 @@ halves. Weights are random (std 0.02), which does not change the time of a forwa
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import time
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ import torch
 
 from ..checkpoints import allocate
 from ..errors import SettingsError
+from ..memory import check_fits
 from ..timing import synchronize
 from ..models.base import ImageTokenModel
 from ..models.llamagen.gpt import GPTConfig
@@ -45,11 +47,22 @@ class _FixedTokenizer:
 
 
 def _random_init(module: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """``module`` (built on the meta device) with normal random weights of ``dtype`` on ``device``, made in that
+    type, after checking the device can hold them."""
+    module = module.to(dtype)  # still on the meta device
+    parameters = sum(param.numel() for param in module.parameters())
+    nbytes = sum(t.numel() * t.element_size() for t in itertools.chain(module.parameters(), module.buffers()))
+    check_fits(
+        f"a random model of {parameters / 1e9:.1f}B parameters in {str(dtype).removeprefix('torch.')}",
+        nbytes,
+        device,
+        "time a smaller model (--models) or a narrower number format (--dtype)",
+    )
     module = allocate(module, device)
     with torch.no_grad():
         for param in module.parameters():
             param.normal_(0.0, 0.02)
-    return module.to(dtype).eval().requires_grad_(False)
+    return module.eval().requires_grad_(False)
 
 
 def _janus(text: dict[str, object], device: torch.device, dtype: torch.dtype) -> ImageTokenModel:

@@ -217,9 +217,12 @@ def load_runs(paths: Sequence[str | Path]) -> list[dict[str, object]]:
     for path in paths:
         try:
             data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError) as exc:  # ValueError: not JSON, or not text at all
             raise SettingsError(f"cannot read benchmark results {path}: {exc}") from None
-        runs.extend(data["runs"] if isinstance(data, dict) and "runs" in data else [data])  # several batch sizes
+        found = data["runs"] if isinstance(data, dict) and "runs" in data else [data]  # several batch sizes
+        if not all(isinstance(run, dict) and isinstance(run.get("rows"), list) for run in found):
+            raise SettingsError(f"{path} holds no benchmark results (write them with specar bench --json)")
+        runs.extend(found)
     return runs
 
 
