@@ -61,9 +61,21 @@ def check_outputs(args: argparse.Namespace) -> None:
             if not os.access(path, os.W_OK):
                 raise SettingsError(f"cannot write {option} {path}: it is not writable")
             continue
-        folder = next(parent for parent in path.resolve().parents if parent.exists())
-        if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
-            raise SettingsError(f"cannot write {option} {path}: {folder} is not a writable folder")
+        _require_writable_folder(option, path, path.resolve().parents)
+
+
+def check_output_folder(option: str, path: Path) -> None:
+    """Refuse an output folder that is a file, or that could not be made or written, before any work."""
+    if path.exists() and not path.is_dir():
+        raise SettingsError(f"{option} {path} is a file; name a folder")
+    _require_writable_folder(option, path, [path.resolve(), *path.resolve().parents])
+
+
+def _require_writable_folder(option: str, path: Path, folders: list[Path] | tuple[Path, ...]) -> None:
+    """The first of ``folders`` (a path's own, then its parents') that exists must be a folder this user may write."""
+    folder = next(candidate for candidate in folders if candidate.exists())
+    if not (folder.is_dir() and os.access(folder, os.W_OK | os.X_OK)):
+        raise SettingsError(f"cannot write {option} {path}: {folder} is not a writable folder")
 
 
 def require_an_output(args: argparse.Namespace) -> None:

@@ -346,6 +346,17 @@ def test_options_a_run_would_ignore_are_refused(
     assert not (tmp_path / "x.png").exists()
 
 
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    taken = tmp_path / "head.png"
+    taken.write_bytes(b"not a folder")
+    code = cli.main(["train-head", "--model", "demo", "--images", "4", "--steps", "1", "--out", str(taken)])
+    err = capsys.readouterr().err.strip()
+    assert code == cli.EXIT_USAGE and err == f"error: --out {taken} is a file; name a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["head.png"]
+
+
 def test_a_count_option_must_be_whole_and_dtype_applies_to_the_demo() -> None:
     with pytest.raises(SettingsError, match="LANTERN neighbours must be a whole number, got 2.5"):
         make_policy("lantern", 0.5, model=tiny_model_with_codes(0), neighbours=2.5)

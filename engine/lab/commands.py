@@ -34,7 +34,7 @@ from ..cli_continuous import (
     refuse_discrete_options,
     speculation_settings,
 )
-from ..cli_output import check_outputs, write_json, write_text
+from ..cli_output import check_output_folder, check_outputs, write_json, write_text
 from ..compile import compile_seconds
 from ..continuous.registry import is_continuous, load_continuous_model
 from ..continuous.types import RUN_GROWTH
@@ -304,6 +304,7 @@ def train_head(args: argparse.Namespace) -> int:
     """``specar train-head``: draw, train, validate, check drafting, write OUT/tree_head.safetensors."""
     if is_continuous(args.model, args.family):
         raise SettingsError(f"{args.model} generates continuous tokens; tree heads draft discrete codes")
+    check_output_folder("--out", args.out)
     if args.redundancy is not None and not 0.0 < args.redundancy <= 1.0:
         raise SettingsError(f"--redundancy is a cosine similarity in (0, 1], got {args.redundancy}")
     if not args.lr > 0 or args.lr != args.lr or args.lr == float("inf"):
