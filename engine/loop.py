@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from .continuous.model import is_continuous_model
 from .errors import NonFiniteOutputError, SettingsError
 from .memory import check_fits
 from .policies.evidence import code_evidence
@@ -335,9 +336,8 @@ _ARGUMENT_KINDS: tuple[tuple[str, type, str], ...] = (
 def _check_arguments(*values: object) -> None:
     """Refuse an argument of the wrong kind by name, before any work: a name where a draft source belongs, say,
     would otherwise fail deep inside the loop. Continuous-token (MAR) models have a loop of their own."""
-    if hasattr(values[0], "head_sample"):
-        name = getattr(values[0], "name", "this model")
-        raise SettingsError(f"{name} is a continuous-token (MAR) model: generate_continuous decodes it")
+    if is_continuous_model(values[0]):
+        raise SettingsError(f"{values[0].name} is a continuous-token (MAR) model: generate_continuous decodes it")
     for value, (name, kind, example) in zip(values, _ARGUMENT_KINDS):
         if not isinstance(value, kind) and not (value is None and name not in ("model", "cond")):
             raise SettingsError(f"generate's {name}: expected {kind.__name__} ({example}), got {type(value).__name__}")

@@ -140,4 +140,9 @@ class MARTokenModel:
         return self.decoder(tokens, self.grid)
 
 
-__all__ = ["ContinuousTokenModel", "MARTokenModel", "PatchPixels", "PixelDecoder"]
+def is_continuous_model(model: object) -> bool:
+    """Whether ``model`` decodes continuous tokens (a MAR), which have a loop of their own."""
+    return hasattr(model, "head_sample")
+
+
+__all__ = ["ContinuousTokenModel", "MARTokenModel", "PatchPixels", "PixelDecoder", "is_continuous_model"]

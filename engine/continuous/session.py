@@ -14,12 +14,8 @@ from ..session import DraftRecipe, JobOutput, PolicyRecipe, class_for_prompt, jo
 from ..types import Observer
 from .acceptance import GaussianAcceptance
 from .loop import generate_continuous
-from .model import ContinuousTokenModel
+from .model import ContinuousTokenModel, is_continuous_model
 from .types import CONTINUOUS_POLICIES, ContinuousResult, ContinuousSettings, CSpDSettings
-
-
-def is_continuous_model(model: object) -> bool:
-    return hasattr(model, "head_sample")
 
 
 def class_ids_for(model: ContinuousTokenModel, prompt: str, batch: int) -> list[int]:
