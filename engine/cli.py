@@ -88,6 +88,13 @@ def _batch_sizes(text: str) -> list[int]:
     return list(dict.fromkeys(sizes))
 
 
+def _listed(text: str) -> str:
+    """A comma-separated list with at least one entry (an empty one would quietly mean the default list)."""
+    if not any(part.strip() for part in text.split(",")):
+        raise argparse.ArgumentTypeError(f"must list at least one entry; got {text!r}")
+    return text
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model")
     group.add_argument(
@@ -407,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     runs = bench.add_argument_group("benchmark")
     runs.add_argument(
         "--methods",
+        type=_listed,
         metavar="LIST",
         help=(
             f"comma-separated methods to compare with plain decoding (ar), which always runs; METHOD:POLICY=RELAX "

@@ -357,6 +357,11 @@ def test_an_output_folder_that_is_a_file_is_refused_before_any_work(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head.png"]
 
 
+def test_an_empty_method_list_is_refused_not_read_as_the_default(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["bench", "--methods", " , "]) == cli.EXIT_USAGE
+    assert "argument --methods: must list at least one entry; got ' , '" in capsys.readouterr().err
+
+
 def test_a_count_option_must_be_whole_and_dtype_applies_to_the_demo() -> None:
     with pytest.raises(SettingsError, match="LANTERN neighbours must be a whole number, got 2.5"):
         make_policy("lantern", 0.5, model=tiny_model_with_codes(0), neighbours=2.5)
