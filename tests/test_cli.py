@@ -530,8 +530,8 @@ def test_forward_bench_projects_a_benchmark(tmp_path: Path) -> None:
 def test_forward_bench_refuses_what_it_cannot_read_or_hold(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """A --project file that is no benchmark result, and a model the memory could not hold, are one line each,
-    before any weights are made."""
+    """A --project file that is no benchmark result, a context longer than the model's image, and a model the
+    memory could not hold are one line each (the last before any weights are made)."""
     picture, other = tmp_path / "x.png", tmp_path / "other.json"
     picture.write_bytes(b"\x89PNG\r\n")
     other.write_text('{"a": 1}')
@@ -539,6 +539,8 @@ def test_forward_bench_refuses_what_it_cannot_read_or_hold(
         assert cli.main(["forward-bench", "--models", "tiny-llamagen", "--project", str(path)]) == cli.EXIT_USAGE
         err = capsys.readouterr().err.strip()
         assert message in err and "\n" not in err
+    assert cli.main(["forward-bench", "--models", "tiny-llamagen", "--context", "600"]) == cli.EXIT_USAGE
+    assert "--context 600: tiny-llamagen has 576 image tokens; give at most 556" in capsys.readouterr().err
     monkeypatch.setattr("specar.memory.available_bytes", lambda device: 2**30)
     assert cli.main(["forward-bench", "--models", "llamagen-xl", "--device", "cpu"]) == cli.EXIT_USAGE
     err = capsys.readouterr().err.strip()

@@ -182,7 +182,10 @@ def time_forwards(
         raise SettingsError(f"unknown model {name!r} for forward-bench (known: {', '.join(MODELS)})")
     model = MODELS[name](device, dtype)
     cond = Conditioning(prompts=("x",)) if model.conditioning_kind == "prompt" else Conditioning.classes([1])
-    context = min(context, model.num_image_tokens - 20)
+    room = model.num_image_tokens - 20  # the timed blocks go after the context
+    if context > room:
+        tokens = model.num_image_tokens
+        raise SettingsError(f"--context {context}: {name} has {tokens} image tokens; give at most {room}")
     model.prefill(cond, guided=True)
     model.forward(torch.ones(1, context, dtype=torch.long, device=device), torch.arange(context, device=device)[None])
     model.truncate(torch.tensor([context]))
