@@ -20,14 +20,9 @@ def replace_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     rename over it would put a file where the device was."""
     given = Path(path)
     try:
-        mode: int | None = given.stat().st_mode  # of what a link points to
-    except FileNotFoundError:
-        mode = None
-    except OSError as exc:
-        raise OutputError(f"cannot write {given}: {exc.strerror or exc}") from exc
-    if mode is not None and stat.S_ISDIR(mode):
-        raise OutputError(f"cannot write {given}: it is a folder")
-    try:
+        mode = _mode(given)
+        if mode is not None and stat.S_ISDIR(mode):
+            raise OutputError(f"cannot write {given}: it is a folder")
         if mode is not None and not stat.S_ISREG(mode):
             write(given)
             return given
@@ -42,3 +37,11 @@ def replace_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
     except OSError as exc:
         raise OutputError(f"cannot write {given}: {exc.strerror or exc}") from exc
     return given
+
+
+def _mode(path: Path) -> int | None:
+    """The file type and permissions of what ``path`` names (a link: of what it points to); ``None`` if nothing."""
+    try:
+        return path.stat().st_mode
+    except FileNotFoundError:
+        return None
